@@ -1,0 +1,117 @@
+"""PerceiverIO = preprocessor -> encoder -> decoder -> postprocessor.
+
+A model is fully described by a JSON-serialisable config dict (see
+`presets.py`), so checkpoints can store it and be reloaded without knowing the
+preset. Top-level performance options apply to every part:
+
+* `dtype`: compute dtype ('float32' or 'bfloat16'); parameters stay float32;
+* `remat`: rematerialise latent self-attention layers in the backward pass;
+* `query_chunk_size`: decode large query sets in chunks (bounded memory);
+* `attention_impl`: 'auto' | 'fused' | 'einsum';
+* `gelu_approximate`: tanh GELU (official) or exact erf GELU (HuggingFace).
+"""
+
+import copy
+from typing import Any, Dict, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from perceiver_io import decoders as decoders_lib
+from perceiver_io.encoder import PerceiverEncoder
+from perceiver_io.postprocessors import build_postprocessor
+from perceiver_io.postprocessors import EmbeddingDecoder
+from perceiver_io.preprocessors import build_preprocessor
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
+           'float16': jnp.float16}
+_DECODERS = {'basic': decoders_lib.BasicDecoder,
+             'classification': decoders_lib.ClassificationDecoder,
+             'flow': decoders_lib.FlowDecoder,
+             'multimodal': decoders_lib.MultimodalDecoder,
+             'projection': decoders_lib.ProjectionDecoder}
+_PERF_KEYS = ('dtype', 'remat', 'query_chunk_size', 'attention_impl',
+              'gelu_approximate')
+_KNOWN_KEYS = ('preprocessor', 'encoder', 'decoder', 'postprocessor',
+               'name') + _PERF_KEYS
+
+
+def compute_dtype(config):
+  name = config.get('dtype', 'float32')
+  if name not in _DTYPES:
+    raise ValueError(f'dtype must be one of {sorted(_DTYPES)}, got {name!r}.')
+  return _DTYPES[name]
+
+
+def validate_config(config: Dict[str, Any]) -> None:
+  unknown = sorted(set(config) - set(_KNOWN_KEYS))
+  if unknown:
+    raise ValueError(f'unknown model config keys {unknown}; valid keys are '
+                     f'{sorted(_KNOWN_KEYS)}.')
+  for key in ('preprocessor', 'encoder', 'decoder'):
+    if key not in config:
+      raise ValueError(f'model config is missing {key!r}.')
+  if config['decoder'].get('type') not in _DECODERS:
+    raise ValueError(f'decoder type must be one of {sorted(_DECODERS)}, got '
+                     f'{config["decoder"].get("type")!r}.')
+
+
+class PerceiverIO(nn.Module):
+  """The whole model, built from `config` (a plain dict; see presets.py).
+
+  Call: `model.apply(variables, inputs, attention_mask=None, query_mask=None,
+  subsampled_output_points=None, deterministic=True)`. With
+  `deterministic=False` pass `rngs={'dropout': key}` (and `'mask'` for
+  multimodal masking with 0 < p < 1) and `mutable=['batch_stats']` for the
+  conv preprocessor.
+  """
+  config: Dict[str, Any]
+
+  def setup(self):
+    cfg = self.config
+    validate_config(cfg)
+    dtype = compute_dtype(cfg)
+    perf = dict(gelu_approximate=cfg.get('gelu_approximate', True),
+                attention_impl=cfg.get('attention_impl', 'auto'))
+    self.preprocessor = build_preprocessor(cfg['preprocessor'], dtype=dtype)
+    self.encoder = PerceiverEncoder(dtype=dtype, remat=cfg.get('remat', False),
+                                    **perf, **cfg['encoder'])
+    dec = dict(cfg['decoder'])
+    kind = dec.pop('type')
+    if kind in ('basic', 'flow', 'multimodal'):
+      dec.setdefault('query_chunk_size', cfg.get('query_chunk_size'))
+    if kind != 'projection':
+      dec.update(perf)
+    self.decoder = _DECODERS[kind](dtype=dtype, **dec)
+    self.postprocessor = build_postprocessor(cfg.get('postprocessor'),
+                                             dtype=dtype)
+
+  def __call__(self, inputs, *, attention_mask=None, query_mask=None,
+               subsampled_output_points=None, deterministic=True):
+    pre = self.preprocessor(inputs, deterministic)
+    if attention_mask is not None and attention_mask.shape != pre.inputs.shape[:2]:
+      raise ValueError(f'attention_mask must have shape [batch, elements] = '
+                       f'{pre.inputs.shape[:2]}, got {attention_mask.shape}.')
+    z = self.encoder(pre.inputs, attention_mask, deterministic)
+    out = self.decoder(z, inputs=pre.inputs, modality_sizes=pre.modality_sizes,
+                       inputs_without_pos=pre.inputs_without_pos,
+                       index_dims=pre.index_dims,
+                       subsampled_points=subsampled_output_points,
+                       query_mask=query_mask, deterministic=deterministic)
+    if self.postprocessor is None:
+      return out
+    if isinstance(self.postprocessor, EmbeddingDecoder):
+      return self.postprocessor(
+          out, embedding_matrix=self.preprocessor.embedding_matrix())
+    sizes = None
+    if isinstance(self.decoder, decoders_lib.MultimodalDecoder):
+      sizes = self.decoder.output_sizes(subsampled_output_points)
+    return self.postprocessor(out, modality_sizes=sizes)
+
+
+def build_model(config: Dict[str, Any], **overrides) -> PerceiverIO:
+  """PerceiverIO from a config dict; `overrides` set top-level keys."""
+  config = copy.deepcopy(dict(config))
+  config.update(overrides)
+  validate_config(config)
+  return PerceiverIO(config)
