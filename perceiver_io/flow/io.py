@@ -1,0 +1,813 @@
+"""Optical-flow file formats and the official benchmark folder layouts.
+
+Why this module exists: every flow benchmark stores its frames and ground
+truth differently (Middlebury `.flo` floats, KITTI 16-bit PNGs, PPM/PNG frames
+in per-dataset folder trees), and a loader that silently misreads one of them
+(e.g. a 16-bit PNG decoded as 8-bit, or a big-endian `.flo`) produces plausible
+but wrong numbers. This module reads and writes the formats byte-exactly,
+rejects malformed files with one clear message, and enumerates samples from
+the official layouts of MPI-Sintel, KITTI 2012/2015, FlyingChairs and
+Middlebury. It depends only on NumPy and Pillow (no TensorFlow).
+
+Every sample is a dict::
+
+  {'frame1': uint8 [H, W, 3], 'frame2': uint8 [H, W, 3],
+   'flow': float32 [H, W, 2] (u = x/column, v = y/row displacement, pixels,
+           from frame1 to frame2),
+   'valid': float32 [H, W] (1 = ground truth known and used, 0 = ignore),
+   'name': str}
+
+Pillow cannot decode 16-bit RGB PNGs (it silently keeps only the high byte),
+so KITTI flow PNGs are decoded here with `zlib` plus a vectorised PNG
+un-filter; the encoder writes standard PNGs that Pillow, OpenCV and the KITTI
+devkit read.
+"""
+
+import dataclasses
+import os
+import re
+import struct
+import tempfile
+import zlib
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image
+
+PathLike = Union[str, os.PathLike]
+Sample = Dict[str, object]
+
+FLO_MAGIC = 202021.25
+FLO_MAGIC_BYTES = struct.pack('<f', FLO_MAGIC)  # b'PIEH'
+# Middlebury marks unknown flow with values above 1e9.
+FLO_UNKNOWN_THRESHOLD = 1e9
+KITTI_FLOW_SCALE = 64.0
+KITTI_FLOW_OFFSET = 2.0**15
+
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+_PNG_COLOUR_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}
+_PNG_COLOUR_NAMES = {0: 'grayscale', 2: 'RGB', 3: 'palette', 4: 'grayscale+alpha',
+                     6: 'RGBA'}
+
+
+# --------------------------------------------------------------------------
+# Atomic writes.
+# --------------------------------------------------------------------------
+
+
+def atomic_write(path: PathLike, write_fn: Callable[[str], None]) -> None:
+  """Calls `write_fn(tmp_path)` and renames the result onto `path`.
+
+  The temporary file lives in the destination folder (so the rename is atomic
+  on POSIX) and is removed if `write_fn` raises, so an existing good file at
+  `path` is never replaced by a half-written one.
+
+  Args:
+    path: destination file.
+    write_fn: writes the complete file to the path it is given.
+  """
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'Cannot write {path}: folder {directory} does not exist.')
+  fd, tmp_path = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path),
+                                  suffix='.tmp')
+  os.close(fd)
+  try:
+    write_fn(tmp_path)
+    os.replace(tmp_path, path)
+  except BaseException:
+    if os.path.exists(tmp_path):
+      os.remove(tmp_path)
+    raise
+
+
+def _atomic_write_bytes(path: PathLike, data: bytes) -> None:
+  def write(tmp_path):
+    with open(tmp_path, 'wb') as f:
+      f.write(data)
+  atomic_write(path, write)
+
+
+def _read_bytes(path: PathLike, what: str) -> bytes:
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{what} not found: {path}')
+  with open(path, 'rb') as f:
+    return f.read()
+
+
+# --------------------------------------------------------------------------
+# Middlebury .flo
+# --------------------------------------------------------------------------
+
+
+def _check_flow_array(flow: np.ndarray, what: str = 'flow') -> np.ndarray:
+  flow = np.asarray(flow)
+  if flow.ndim != 3 or flow.shape[-1] != 2:
+    raise ValueError(f'{what} must have shape [H, W, 2] (u, v); got {flow.shape}.')
+  if flow.shape[0] < 1 or flow.shape[1] < 1:
+    raise ValueError(f'{what} must be non-empty; got shape {flow.shape}.')
+  if not np.issubdtype(flow.dtype, np.number):
+    raise ValueError(f'{what} must be numeric; got dtype {flow.dtype}.')
+  return flow
+
+
+def decode_flo(data: bytes, source: str = '<bytes>') -> np.ndarray:
+  """Decodes the bytes of a Middlebury `.flo` file.
+
+  Layout (little-endian): float32 magic 202021.25 (the ASCII bytes 'PIEH'),
+  int32 width, int32 height, then height*width*2 float32 values, row-major,
+  with u and v interleaved per pixel.
+
+  Args:
+    data: the whole file.
+    source: file name used in error messages.
+
+  Returns:
+    float32 [H, W, 2] flow, exactly as stored (unknown-flow markers > 1e9 are
+    kept; see `known_flow_mask`).
+  """
+  if len(data) < 12:
+    raise ValueError(f'{source}: truncated .flo file: {len(data)} bytes, but the header alone '
+                     'is 12 bytes (magic, width, height).')
+  magic = struct.unpack('<f', data[:4])[0]
+  if data[:4] != FLO_MAGIC_BYTES:
+    swapped = struct.unpack('>f', data[:4])[0]
+    hint = (' (it looks big-endian; .flo files are little-endian)'
+            if swapped == FLO_MAGIC else '')
+    raise ValueError(f'{source}: not a Middlebury .flo file: magic number is {magic!r} '
+                     f'(bytes {data[:4]!r}), expected {FLO_MAGIC} (bytes {FLO_MAGIC_BYTES!r}){hint}.')
+  width, height = struct.unpack('<ii', data[4:12])
+  if width <= 0 or height <= 0 or width > 1 << 16 or height > 1 << 16:
+    raise ValueError(f'{source}: invalid .flo header: width={width}, height={height}; both must '
+                     'be in [1, 65536].')
+  expected = 12 + width * height * 2 * 4
+  if len(data) != expected:
+    kind = 'truncated' if len(data) < expected else 'oversized'
+    raise ValueError(f'{source}: {kind} .flo file: the header says {width}x{height}, which needs '
+                     f'{expected} bytes (12 header + {width}*{height}*2*4 data), but the file has '
+                     f'{len(data)} bytes.')
+  flow = np.frombuffer(data, dtype='<f4', offset=12).reshape(height, width, 2)
+  return flow.astype(np.float32)
+
+
+def encode_flo(flow: np.ndarray) -> bytes:
+  """Encodes a [H, W, 2] flow as the bytes of a Middlebury `.flo` file."""
+  flow = _check_flow_array(flow)
+  height, width, _ = flow.shape
+  header = FLO_MAGIC_BYTES + struct.pack('<ii', width, height)
+  return header + np.ascontiguousarray(flow, dtype='<f4').tobytes()
+
+
+def read_flo(path: PathLike) -> np.ndarray:
+  """Reads a Middlebury `.flo` file into a float32 [H, W, 2] array."""
+  return decode_flo(_read_bytes(path, '.flo file'), source=os.fspath(path))
+
+
+def write_flo(path: PathLike, flow: np.ndarray) -> None:
+  """Writes a [H, W, 2] flow as a `.flo` file (atomically)."""
+  _atomic_write_bytes(path, encode_flo(flow))
+
+
+def known_flow_mask(flow: np.ndarray) -> np.ndarray:
+  """1.0 where a `.flo` value is a real flow (finite and |u|, |v| < 1e9), else 0.0."""
+  flow = np.asarray(flow)
+  known = np.all(np.isfinite(flow) & (np.abs(flow) < FLO_UNKNOWN_THRESHOLD), axis=-1)
+  return known.astype(np.float32)
+
+
+# --------------------------------------------------------------------------
+# PNG codec for 8/16-bit images (needed because Pillow truncates 16-bit RGB).
+# --------------------------------------------------------------------------
+
+
+def _paeth(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+  """PNG Paeth predictor on int arrays (ties prefer a, then b)."""
+  p = a + b - c
+  pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
+  return np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+
+
+def _png_unfilter(filtered: np.ndarray, filter_types: np.ndarray) -> np.ndarray:
+  """Undoes PNG per-row filtering.
+
+  Args:
+    filtered: uint8 [H, W, bpp] filtered bytes (bpp = bytes per pixel).
+    filter_types: uint8 [H], one PNG filter type (0..4) per row.
+
+  Returns:
+    uint8 [H, W, bpp] raw bytes.
+  """
+  height, width, _ = filtered.shape
+  x = filtered.astype(np.int32)
+  if np.all(filter_types <= 2):
+    # None / Sub / Up only: each row is a vectorised prefix sum or add.
+    out = np.empty_like(filtered)
+    prev = np.zeros_like(x[0])
+    for r in range(height):
+      if filter_types[r] == 1:
+        row = np.cumsum(x[r], axis=0) & 255
+      elif filter_types[r] == 2:
+        row = (x[r] + prev) & 255
+      else:
+        row = x[r]
+      out[r] = row
+      prev = row
+    return out
+  # Average and Paeth depend on the left, upper and upper-left neighbours, so
+  # decode along anti-diagonals k = r + c: every pixel of a diagonal depends
+  # only on the two previous diagonals. The image is skewed so that diagonal k
+  # is the contiguous slab `skewed[k + 2]` (row r at index r + 1; index 0 and
+  # the first two slabs are zero padding, which PNG defines as 0). Positions
+  # with c < 0 stay 0; positions with c >= W hold garbage that no real pixel
+  # reads. H + W - 1 vectorised steps in total.
+  bpp = x.shape[2]
+  num_diagonals = height + width - 1
+  rows, cols = np.indices((height, width))
+  x_skewed = np.zeros((num_diagonals, height, bpp), np.int32)
+  x_skewed[rows + cols, rows] = x
+  skewed = np.zeros((num_diagonals + 2, height + 1, bpp), np.int32)
+  ftype = filter_types.astype(np.int32)[:, None]
+  is_sub, is_up, is_avg, is_paeth = (ftype == 1), (ftype == 2), (ftype == 3), (ftype == 4)
+  any_avg, any_paeth = bool(is_avg.any()), bool(is_paeth.any())
+  for k in range(num_diagonals):
+    left = skewed[k + 1, 1:]
+    up = skewed[k + 1, :-1]
+    up_left = skewed[k, :-1]
+    pred = np.where(is_sub, left, np.where(is_up, up, 0))
+    if any_avg:
+      pred = np.where(is_avg, (left + up) >> 1, pred)
+    if any_paeth:
+      pred = np.where(is_paeth, _paeth(left, up, up_left), pred)
+    skewed[k + 2, 1:] = (x_skewed[k] + pred) & 255
+  return skewed[rows + cols + 2, rows + 1].astype(np.uint8)
+
+
+def _png_filter_rows(raw: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+  """Filters rows with the per-row filter of least absolute sum (libpng's heuristic).
+
+  Args:
+    raw: uint8 [H, W, bpp].
+
+  Returns:
+    (filtered uint8 [H, W, bpp], filter types uint8 [H]).
+  """
+  x = raw.astype(np.int32)
+  zeros_col = np.zeros_like(x[:, :1])
+  zeros_row = np.zeros_like(x[:1])
+  a = np.concatenate([zeros_col, x[:, :-1]], axis=1)
+  b = np.concatenate([zeros_row, x[:-1]], axis=0)
+  c = np.concatenate([zeros_col, b[:, :-1]], axis=1)
+  candidates = np.stack([x, x - a, x - b, x - ((a + b) >> 1), x - _paeth(a, b, c)]) & 255
+  signed = np.where(candidates > 127, 256 - candidates, candidates)
+  choice = np.argmin(signed.sum(axis=(2, 3)), axis=0)
+  filtered = np.take_along_axis(candidates, choice[None, :, None, None], axis=0)[0]
+  return filtered.astype(np.uint8), choice.astype(np.uint8)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+  return (struct.pack('>I', len(body)) + kind + body +
+          struct.pack('>I', zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+
+def encode_png(image: np.ndarray) -> bytes:
+  """Encodes a uint8 or uint16 [H, W] / [H, W, C] (C in 1..4) image as PNG bytes.
+
+  uint16 images are written as 16-bit PNGs (big-endian samples, as PNG
+  requires), which Pillow cannot write for colour images.
+  """
+  image = np.asarray(image)
+  if image.dtype not in (np.uint8, np.uint16):
+    raise ValueError(f'PNG image must be uint8 or uint16; got {image.dtype}.')
+  if image.ndim == 2:
+    image = image[:, :, None]
+  if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4) or 0 in image.shape:
+    raise ValueError(f'PNG image must have shape [H, W] or [H, W, C] with C in 1..4; '
+                     f'got {image.shape}.')
+  height, width, channels = image.shape
+  colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+  bit_depth = 16 if image.dtype == np.uint16 else 8
+  raw = np.ascontiguousarray(image.astype('>u2' if bit_depth == 16 else np.uint8))
+  raw = raw.view(np.uint8).reshape(height, width, -1)
+  filtered, types = _png_filter_rows(raw)
+  scanlines = np.concatenate([types[:, None], filtered.reshape(height, -1)], axis=1)
+  ihdr = struct.pack('>IIBBBBB', width, height, bit_depth, colour_type, 0, 0, 0)
+  return (_PNG_SIGNATURE + _png_chunk(b'IHDR', ihdr) +
+          _png_chunk(b'IDAT', zlib.compress(scanlines.tobytes(), 6)) + _png_chunk(b'IEND', b''))
+
+
+@dataclasses.dataclass(frozen=True)
+class PngHeader:
+  width: int
+  height: int
+  bit_depth: int
+  colour_type: int
+  interlace: int
+
+
+def decode_png(data: bytes, source: str = '<bytes>',
+               require: Optional[Callable[[PngHeader], Optional[str]]] = None) -> np.ndarray:
+  """Decodes a non-interlaced 8/16-bit grayscale/RGB(A) PNG.
+
+  Args:
+    data: the whole file.
+    source: file name used in error messages.
+    require: optional check of the header; returns an error message (raised as
+      ValueError before any pixel data is decoded) or None.
+
+  Returns:
+    uint8 or uint16 [H, W, C] array, C = 1 (gray), 2 (gray+alpha), 3 or 4.
+  """
+  if data[:8] != _PNG_SIGNATURE:
+    raise ValueError(f'{source}: not a PNG file (missing the PNG signature).')
+  pos, header, idat = 8, None, []
+  while True:
+    if pos + 8 > len(data):
+      raise ValueError(f'{source}: truncated PNG (file ends inside a chunk header, before IEND).')
+    length, kind = struct.unpack('>I4s', data[pos:pos + 8])
+    body = data[pos + 8:pos + 8 + length]
+    crc = data[pos + 8 + length:pos + 12 + length]
+    if len(body) != length or len(crc) != 4:
+      raise ValueError(f'{source}: truncated PNG (chunk {kind!r} needs {length} bytes).')
+    if struct.unpack('>I', crc)[0] != zlib.crc32(kind + body) & 0xFFFFFFFF:
+      raise ValueError(f'{source}: corrupt PNG (CRC mismatch in chunk {kind!r}).')
+    pos += 12 + length
+    if kind == b'IHDR':
+      width, height, depth, colour, _, _, interlace = struct.unpack('>IIBBBBB', body)
+      header = PngHeader(width, height, depth, colour, interlace)
+      if require is not None:
+        message = require(header)
+        if message:
+          raise ValueError(f'{source}: {message}')
+      if colour not in _PNG_COLOUR_CHANNELS or depth not in (8, 16) or interlace != 0:
+        raise ValueError(
+            f'{source}: unsupported PNG: {depth}-bit {_PNG_COLOUR_NAMES.get(colour, colour)}, '
+            f'interlace={interlace}; this decoder handles non-interlaced 8/16-bit '
+            'grayscale/RGB(A) PNGs (use read_image for palette images).')
+    elif kind == b'IDAT':
+      idat.append(body)
+    elif kind == b'IEND':
+      break
+  if header is None or not idat:
+    raise ValueError(f'{source}: corrupt PNG (missing IHDR or IDAT chunk).')
+  try:
+    raw = zlib.decompress(b''.join(idat))
+  except zlib.error as e:
+    raise ValueError(f'{source}: corrupt PNG image data ({e}).') from e
+  channels = _PNG_COLOUR_CHANNELS[header.colour_type]
+  bpp = channels * header.bit_depth // 8
+  stride = 1 + header.width * bpp
+  if len(raw) != header.height * stride:
+    raise ValueError(f'{source}: corrupt PNG: {len(raw)} bytes of image data, expected '
+                     f'{header.height * stride} for {header.width}x{header.height}.')
+  rows = np.frombuffer(raw, np.uint8).reshape(header.height, stride)
+  filter_types = rows[:, 0]
+  if np.any(filter_types > 4):
+    raise ValueError(f'{source}: corrupt PNG (row filter type > 4).')
+  pixels = _png_unfilter(rows[:, 1:].reshape(header.height, header.width, bpp), filter_types)
+  if header.bit_depth == 16:
+    return pixels.view('>u2').reshape(header.height, header.width, channels).astype(np.uint16)
+  return pixels.reshape(header.height, header.width, channels)
+
+
+# --------------------------------------------------------------------------
+# KITTI 16-bit flow PNG
+# --------------------------------------------------------------------------
+
+
+def _require_kitti_png(header: PngHeader) -> Optional[str]:
+  if header.bit_depth == 16 and header.colour_type == 2:
+    return None
+  return ('not a KITTI flow PNG: KITTI stores flow as a 16-bit RGB PNG (R = u*64 + 2^15, '
+          'G = v*64 + 2^15, B = valid), but this file is a '
+          f'{header.bit_depth}-bit {_PNG_COLOUR_NAMES.get(header.colour_type, "?")} PNG.')
+
+
+def read_kitti_flow(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
+  """Reads a KITTI flow PNG.
+
+  Args:
+    path: a 16-bit RGB PNG (KITTI `flow_occ` / `flow_noc`).
+
+  Returns:
+    (flow float32 [H, W, 2] with u, v = (value - 2^15) / 64,
+     valid float32 [H, W] = 1 where the blue channel is non-zero).
+    Flow is 0 where invalid.
+  """
+  data = _read_bytes(path, 'KITTI flow PNG')
+  pixels = decode_png(data, source=os.fspath(path), require=_require_kitti_png)
+  valid = (pixels[..., 2] > 0).astype(np.float32)
+  flow = (pixels[..., :2].astype(np.float32) - KITTI_FLOW_OFFSET) / KITTI_FLOW_SCALE
+  flow *= valid[..., None]
+  return flow, valid
+
+
+def write_kitti_flow(path: PathLike, flow: np.ndarray, valid: Optional[np.ndarray] = None) -> None:
+  """Writes flow as a KITTI 16-bit PNG (atomically).
+
+  Args:
+    path: destination `.png`.
+    flow: [H, W, 2] flow in pixels; valid values must lie in [-512, 511.984]
+      (the range of (uint16 - 2^15) / 64). Values are rounded to 1/64 px.
+    valid: optional [H, W] mask (non-zero = valid); default all valid. Invalid
+      pixels are written as u = v = 0, valid = 0.
+  """
+  flow = _check_flow_array(flow).astype(np.float64)
+  if valid is None:
+    valid = np.ones(flow.shape[:2], bool)
+  valid = np.asarray(valid)
+  if valid.shape != flow.shape[:2]:
+    raise ValueError(f'valid mask shape {valid.shape} does not match flow shape {flow.shape[:2]}.')
+  valid = valid != 0
+  flow = np.where(valid[..., None], flow, 0.0)
+  if not np.all(np.isfinite(flow)):
+    raise ValueError('KITTI flow PNG cannot store non-finite flow at valid pixels.')
+  encoded = np.round(flow * KITTI_FLOW_SCALE + KITTI_FLOW_OFFSET)
+  if encoded.min() < 0 or encoded.max() > 65535:
+    raise ValueError('flow out of the KITTI PNG range [-512, 511.984] px: min '
+                     f'{flow.min():.3f}, max {flow.max():.3f}.')
+  pixels = np.concatenate([encoded, valid[..., None]], axis=-1).astype(np.uint16)
+  _atomic_write_bytes(path, encode_png(pixels))
+
+
+# --------------------------------------------------------------------------
+# Images and masks
+# --------------------------------------------------------------------------
+
+
+def read_image(path: PathLike, strict: bool = False) -> np.ndarray:
+  """Reads a PNG/JPEG/PPM/... image as uint8 [H, W, 3] RGB.
+
+  Policy for other modes (when `strict=False`): grayscale (L, 1, LA) is
+  replicated to 3 channels, alpha (RGBA, LA) is dropped, palette/CMYK/YCbCr are
+  converted to RGB. With `strict=True` anything that is not already 8-bit RGB
+  is rejected. 16/32-bit images are always rejected (their scaling to 8 bits
+  is ambiguous).
+
+  Args:
+    path: image file.
+    strict: reject non-RGB images instead of converting them.
+
+  Returns:
+    uint8 [H, W, 3].
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'Image not found: {path}')
+  try:
+    with Image.open(path) as im:
+      im.load()
+      mode = im.mode
+      if mode == 'RGB':
+        rgb = np.asarray(im)
+      elif strict:
+        raise ValueError(f'{path}: expected an 8-bit RGB image (strict=True), got mode {mode!r}. '
+                         'Use strict=False to replicate grayscale and drop alpha.')
+      elif mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F'):
+        raise ValueError(f'{path}: {mode!r} is a 16/32-bit single-channel image; expected an '
+                         '8-bit RGB or grayscale frame (is this a flow/depth map?).')
+      elif mode in ('L', '1', 'LA'):
+        gray = np.asarray(im.convert('L'))
+        rgb = np.repeat(gray[:, :, None], 3, axis=2)
+      else:  # RGBA, P, CMYK, YCbCr, ...: drop alpha / convert to RGB.
+        rgb = np.asarray(im.convert('RGB'))
+  except Image.UnidentifiedImageError as e:
+    raise ValueError(f'{path}: not an image file Pillow can read ({e}).') from e
+  return np.ascontiguousarray(rgb, dtype=np.uint8)
+
+
+def read_mask(path: PathLike) -> np.ndarray:
+  """Reads an 8-bit mask image (e.g. Sintel occlusions/invalid); returns bool [H, W], True = non-zero."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'Mask image not found: {path}')
+  with Image.open(path) as im:
+    im.load()
+    if im.mode not in ('L', '1', 'P', 'RGB', 'RGBA', 'LA'):
+      raise ValueError(f'{path}: expected an 8-bit mask image, got mode {im.mode!r}.')
+    gray = np.asarray(im.convert('L'))
+  return gray > 0
+
+
+# --------------------------------------------------------------------------
+# Samples and dataset layouts
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowPairFiles:
+  """The files of one ground-truth frame pair.
+
+  Attributes:
+    name: sample name (unique within a listing).
+    frame1: first frame.
+    frame2: second frame.
+    flow: ground-truth flow file, forward from frame1 to frame2.
+    flow_format: 'flo' (Middlebury float) or 'kitti_png' (16-bit PNG).
+    invalid_masks: mask PNGs whose non-zero pixels are excluded from `valid`
+      (Sintel `invalid`, optionally `occlusions`).
+  """
+  name: str
+  frame1: str
+  frame2: str
+  flow: str
+  flow_format: str
+  invalid_masks: Tuple[str, ...] = ()
+
+
+def load_pair(files: FlowPairFiles) -> Sample:
+  """Reads one sample dict (see the module docstring) from its files.
+
+  `valid` is 0 where the flow file marks the flow unknown (`.flo` values
+  >= 1e9 or non-finite; KITTI blue channel 0) or where an invalid mask is set;
+  the flow itself is set to 0 at unknown-flow pixels so downstream arithmetic
+  stays finite.
+  """
+  frame1 = read_image(files.frame1)
+  frame2 = read_image(files.frame2)
+  if frame1.shape != frame2.shape:
+    raise ValueError(f'{files.name}: frames have different sizes: {files.frame1} is '
+                     f'{frame1.shape[1]}x{frame1.shape[0]}, {files.frame2} is '
+                     f'{frame2.shape[1]}x{frame2.shape[0]}; both frames of a pair must match.')
+  if files.flow_format == 'flo':
+    flow = read_flo(files.flow)
+    valid = known_flow_mask(flow)
+    flow = np.where(valid[..., None] > 0, flow, 0.0).astype(np.float32)
+  elif files.flow_format == 'kitti_png':
+    flow, valid = read_kitti_flow(files.flow)
+  else:
+    raise ValueError(f'Unknown flow_format {files.flow_format!r}; expected "flo" or "kitti_png".')
+  if flow.shape[:2] != frame1.shape[:2]:
+    raise ValueError(f'{files.name}: flow {files.flow} is {flow.shape[1]}x{flow.shape[0]} but the '
+                     f'frames are {frame1.shape[1]}x{frame1.shape[0]}.')
+  for mask_path in files.invalid_masks:
+    mask = read_mask(mask_path)
+    if mask.shape != valid.shape:
+      raise ValueError(f'{files.name}: mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but '
+                       f'the frames are {frame1.shape[1]}x{frame1.shape[0]}.')
+    valid = np.where(mask, 0.0, valid).astype(np.float32)
+  return {'frame1': frame1, 'frame2': frame2, 'flow': flow, 'valid': valid, 'name': files.name}
+
+
+def iterate_pairs(files: Iterable[FlowPairFiles]) -> Iterator[Sample]:
+  """Loads the sample dicts of a listing lazily, in order."""
+  for f in files:
+    yield load_pair(f)
+
+
+def _require_dir(path: str, what: str, layout: str) -> str:
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'{what} folder not found: {path}. Expected layout: {layout}')
+  return path
+
+
+def _require_file(path: str, what: str) -> str:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{what} not found: {path}')
+  return path
+
+
+def _nonempty(listing: List[FlowPairFiles], root: str, layout: str) -> List[FlowPairFiles]:
+  if not listing:
+    raise FileNotFoundError(f'No ground-truth samples found under {root}. Expected layout: {layout}')
+  return listing
+
+
+_SINTEL_LAYOUT = ('<root>/training/{clean,final}/<scene>/frame_XXXX.png and '
+                  '<root>/training/flow/<scene>/frame_XXXX.flo (optional '
+                  'training/invalid and training/occlusions masks).')
+
+
+def list_sintel(root: PathLike, passes: Union[str, Sequence[str]] = ('clean', 'final'),
+                use_invalid_masks: bool = True, exclude_occlusions: bool = False
+                ) -> List[FlowPairFiles]:
+  """Lists MPI-Sintel training pairs.
+
+  Pairs are driven by the ground truth: `flow/<scene>/frame_i.flo` pairs
+  `<pass>/<scene>/frame_i.png` with `frame_{i+1}.png`.
+
+  Args:
+    root: the Sintel root (holding `training/`) or the `training/` folder.
+    passes: 'clean', 'final' or both (in that order of listing).
+    use_invalid_masks: exclude pixels set in `training/invalid/<scene>/frame_i.png`
+      when that folder exists (the benchmark's own invalid pixels).
+    exclude_occlusions: also exclude pixels set in `training/occlusions/...`
+      (gives the "non-occluded" EPE; the standard Sintel EPE includes them).
+
+  Returns:
+    list of FlowPairFiles named '<pass>/<scene>/frame_XXXX'.
+  """
+  root = os.fspath(root)
+  training = os.path.join(root, 'training')
+  if not os.path.isdir(training) and os.path.isdir(os.path.join(root, 'flow')):
+    training = root
+  passes = (passes,) if isinstance(passes, str) else tuple(passes)
+  for p in passes:
+    if p not in ('clean', 'final'):
+      raise ValueError(f'Unknown Sintel pass {p!r}; expected "clean" and/or "final".')
+  flow_root = _require_dir(os.path.join(training, 'flow'), 'Sintel flow', _SINTEL_LAYOUT)
+  listing = []
+  for pass_name in passes:
+    pass_root = _require_dir(os.path.join(training, pass_name), f'Sintel {pass_name} pass',
+                             _SINTEL_LAYOUT)
+    for scene in sorted(os.listdir(flow_root)):
+      scene_flow = os.path.join(flow_root, scene)
+      if not os.path.isdir(scene_flow):
+        continue
+      for flow_name in sorted(os.listdir(scene_flow)):
+        match = re.fullmatch(r'frame_(\d+)\.flo', flow_name)
+        if not match:
+          continue
+        index = int(match.group(1))
+        width = len(match.group(1))
+        stem = f'frame_{index:0{width}d}'
+        frame1 = os.path.join(pass_root, scene, stem + '.png')
+        frame2 = os.path.join(pass_root, scene, f'frame_{index + 1:0{width}d}.png')
+        masks = []
+        mask_dirs = (['invalid'] if use_invalid_masks else []) + (
+            ['occlusions'] if exclude_occlusions else [])
+        for mask_dir in mask_dirs:
+          mask_root = os.path.join(training, mask_dir)
+          if mask_dir == 'occlusions' or os.path.isdir(mask_root):
+            masks.append(_require_file(os.path.join(mask_root, scene, stem + '.png'),
+                                       f'Sintel {mask_dir} mask'))
+        listing.append(FlowPairFiles(
+            name=f'{pass_name}/{scene}/{stem}',
+            frame1=_require_file(frame1, 'Sintel frame'),
+            frame2=_require_file(frame2, 'Sintel frame (the next frame of the pair)'),
+            flow=os.path.join(scene_flow, flow_name), flow_format='flo',
+            invalid_masks=tuple(masks)))
+  return _nonempty(listing, root, _SINTEL_LAYOUT)
+
+
+_KITTI_LAYOUT = ('<root>/training/<image dir>/XXXXXX_10.png, XXXXXX_11.png and '
+                 '<root>/training/flow_{occ,noc}/XXXXXX_10.png, where <image dir> is image_2 '
+                 '(KITTI 2015) or colored_0 / image_0 (KITTI 2012).')
+_KITTI_IMAGE_DIRS = ('image_2', 'colored_0', 'image_0')
+
+
+def list_kitti(root: PathLike, gt: str = 'occ', image_dir: Optional[str] = None
+               ) -> List[FlowPairFiles]:
+  """Lists KITTI 2012 / 2015 training pairs with ground truth.
+
+  Args:
+    root: the KITTI root (holding `training/`) or the `training/` folder.
+    gt: 'occ' (all pixels with ground truth, the benchmark's Fl-all/EPE-all) or
+      'noc' (non-occluded pixels only).
+    image_dir: frame folder; default the first of image_2 (2015), colored_0
+      (2012 colour), image_0 (2012 grayscale, replicated to 3 channels) that
+      exists.
+
+  Returns:
+    list of FlowPairFiles named 'XXXXXX_10'.
+  """
+  if gt not in ('occ', 'noc'):
+    raise ValueError(f'Unknown KITTI ground truth {gt!r}; expected "occ" or "noc".')
+  root = os.fspath(root)
+  training = os.path.join(root, 'training')
+  if not os.path.isdir(training) and os.path.isdir(os.path.join(root, f'flow_{gt}')):
+    training = root
+  flow_root = _require_dir(os.path.join(training, f'flow_{gt}'), f'KITTI flow_{gt}', _KITTI_LAYOUT)
+  if image_dir is None:
+    candidates = [d for d in _KITTI_IMAGE_DIRS if os.path.isdir(os.path.join(training, d))]
+    if not candidates:
+      raise FileNotFoundError(f'No KITTI frame folder (one of {", ".join(_KITTI_IMAGE_DIRS)}) '
+                              f'under {training}. Expected layout: {_KITTI_LAYOUT}')
+    image_dir = candidates[0]
+  image_root = _require_dir(os.path.join(training, image_dir), 'KITTI frame', _KITTI_LAYOUT)
+  listing = []
+  for flow_name in sorted(os.listdir(flow_root)):
+    match = re.fullmatch(r'(\d+)_10\.png', flow_name)
+    if not match:
+      continue
+    sample_id = match.group(1)
+    listing.append(FlowPairFiles(
+        name=f'{sample_id}_10',
+        frame1=_require_file(os.path.join(image_root, f'{sample_id}_10.png'), 'KITTI frame'),
+        frame2=_require_file(os.path.join(image_root, f'{sample_id}_11.png'), 'KITTI frame'),
+        flow=os.path.join(flow_root, flow_name), flow_format='kitti_png'))
+  return _nonempty(listing, root, _KITTI_LAYOUT)
+
+
+_CHAIRS_LAYOUT = ('<root>/XXXXX_img1.ppm, XXXXX_img2.ppm, XXXXX_flow.flo (or the same under '
+                  '<root>/data/), with FlyingChairs_train_val.txt (1 = train, 2 = val) for splits.')
+
+
+def list_flying_chairs(root: PathLike, split: Optional[str] = None,
+                       split_file: Optional[PathLike] = None) -> List[FlowPairFiles]:
+  """Lists FlyingChairs pairs.
+
+  Args:
+    root: `FlyingChairs_release` (with `data/`) or the folder holding the files.
+    split: None (all), 'train' or 'val'. Uses the official split file, whose
+      i-th line (1 = train, 2 = val) belongs to the i-th sample in sorted order.
+    split_file: the split file; default `FlyingChairs_train_val.txt` in `root`
+      or in the parent of the data folder.
+
+  Returns:
+    list of FlowPairFiles named 'XXXXX'.
+  """
+  root = os.fspath(root)
+  data_dir = os.path.join(root, 'data') if os.path.isdir(os.path.join(root, 'data')) else root
+  _require_dir(data_dir, 'FlyingChairs', _CHAIRS_LAYOUT)
+  listing = []
+  for flow_name in sorted(os.listdir(data_dir)):
+    match = re.fullmatch(r'(\d+)_flow\.flo', flow_name)
+    if not match:
+      continue
+    sample_id = match.group(1)
+    listing.append(FlowPairFiles(
+        name=sample_id,
+        frame1=_require_file(os.path.join(data_dir, f'{sample_id}_img1.ppm'), 'FlyingChairs frame'),
+        frame2=_require_file(os.path.join(data_dir, f'{sample_id}_img2.ppm'), 'FlyingChairs frame'),
+        flow=os.path.join(data_dir, flow_name), flow_format='flo'))
+  _nonempty(listing, root, _CHAIRS_LAYOUT)
+  if split is None:
+    return listing
+  if split not in ('train', 'val'):
+    raise ValueError(f'Unknown FlyingChairs split {split!r}; expected None, "train" or "val".')
+  if split_file is None:
+    candidates = [os.path.join(d, 'FlyingChairs_train_val.txt')
+                  for d in (root, os.path.dirname(os.path.abspath(data_dir)))]
+    existing = [c for c in candidates if os.path.isfile(c)]
+    if not existing:
+      raise FileNotFoundError(f'FlyingChairs split file not found (looked for {candidates}); '
+                              'pass split_file= or split=None.')
+    split_file = existing[0]
+  with open(_require_file(os.fspath(split_file), 'FlyingChairs split file')) as f:
+    labels = [line.strip() for line in f if line.strip()]
+  if len(labels) != len(listing) or any(label not in ('1', '2') for label in labels):
+    raise ValueError(f'{split_file}: expected {len(listing)} lines of 1 (train) / 2 (val), one per '
+                     f'sample; got {len(labels)} lines.')
+  wanted = '1' if split == 'train' else '2'
+  return [f for f, label in zip(listing, labels) if label == wanted]
+
+
+_MIDDLEBURY_LAYOUT = ('<root>/other-data/<scene>/frame10.png, frame11.png and '
+                      '<root>/other-gt-flow/<scene>/flow10.flo, or one folder holding '
+                      'frame10.png, frame11.png and flow10.flo.')
+
+
+def list_middlebury(root: PathLike) -> List[FlowPairFiles]:
+  """Lists Middlebury pairs (frame10 -> frame11 with flow10.flo).
+
+  Args:
+    root: the folder holding `other-data/` and `other-gt-flow/`, or a flat
+      scene folder with frame10.png, frame11.png and flow10.flo.
+
+  Returns:
+    list of FlowPairFiles named by scene (the flat folder's own name).
+  """
+  root = os.fspath(root)
+  _require_dir(root, 'Middlebury', _MIDDLEBURY_LAYOUT)
+  if os.path.isfile(os.path.join(root, 'flow10.flo')):
+    name = os.path.basename(os.path.normpath(os.path.abspath(root)))
+    return [FlowPairFiles(
+        name=name,
+        frame1=_require_file(os.path.join(root, 'frame10.png'), 'Middlebury frame'),
+        frame2=_require_file(os.path.join(root, 'frame11.png'), 'Middlebury frame'),
+        flow=os.path.join(root, 'flow10.flo'), flow_format='flo')]
+  gt_root = _require_dir(os.path.join(root, 'other-gt-flow'), 'Middlebury other-gt-flow',
+                         _MIDDLEBURY_LAYOUT)
+  data_root = _require_dir(os.path.join(root, 'other-data'), 'Middlebury other-data',
+                           _MIDDLEBURY_LAYOUT)
+  listing = []
+  for scene in sorted(os.listdir(gt_root)):
+    flow = os.path.join(gt_root, scene, 'flow10.flo')
+    if not os.path.isfile(flow):
+      continue
+    listing.append(FlowPairFiles(
+        name=scene,
+        frame1=_require_file(os.path.join(data_root, scene, 'frame10.png'), 'Middlebury frame'),
+        frame2=_require_file(os.path.join(data_root, scene, 'frame11.png'), 'Middlebury frame'),
+        flow=flow, flow_format='flo'))
+  return _nonempty(listing, root, _MIDDLEBURY_LAYOUT)
+
+
+DATASET_LISTERS = {
+    'sintel': list_sintel,
+    'kitti': list_kitti,
+    'flying_chairs': list_flying_chairs,
+    'middlebury': list_middlebury,
+}
+
+
+def sintel_samples(root: PathLike, **kwargs) -> Iterator[Sample]:
+  """Yields MPI-Sintel samples; kwargs as in `list_sintel`."""
+  return iterate_pairs(list_sintel(root, **kwargs))
+
+
+def kitti_samples(root: PathLike, **kwargs) -> Iterator[Sample]:
+  """Yields KITTI 2012/2015 samples; kwargs as in `list_kitti`."""
+  return iterate_pairs(list_kitti(root, **kwargs))
+
+
+def flying_chairs_samples(root: PathLike, **kwargs) -> Iterator[Sample]:
+  """Yields FlyingChairs samples; kwargs as in `list_flying_chairs`."""
+  return iterate_pairs(list_flying_chairs(root, **kwargs))
+
+
+def middlebury_samples(root: PathLike) -> Iterator[Sample]:
+  """Yields Middlebury samples."""
+  return iterate_pairs(list_middlebury(root))
