@@ -280,7 +280,8 @@ def _make_sintel(root):
   for s, scene in enumerate(['alley_1', 'cave_2']):
     for i in (1, 2, 3):
       for p, pass_name in enumerate(['clean', 'final']):
-        _save(root / 'training' / pass_name / scene / f'frame_{i:04d}.png', _frame(100 * s + 10 * p + i))
+        _save(root / 'training' / pass_name / scene / f'frame_{i:04d}.png',
+              _frame(100 * s + 10 * p + i))
     for i in (1, 2):
       flow = _flow(100 * s + i)
       _write_flo(root / 'training' / 'flow' / scene / f'frame_{i:04d}.flo', flow)
@@ -347,7 +348,8 @@ def _make_kitti(root, image_dir, colour=True):
     valid[sample_id % H] = 0
     for gt in ('occ', 'noc'):
       os.makedirs(root / 'training' / f'flow_{gt}', exist_ok=True)
-      fio.write_kitti_flow(root / 'training' / f'flow_{gt}' / f'{sample_id:06d}_10.png', flow, valid)
+      fio.write_kitti_flow(root / 'training' / f'flow_{gt}' / f'{sample_id:06d}_10.png', flow,
+                           valid)
     truth[sample_id] = (flow, valid)
   return truth
 

@@ -137,7 +137,8 @@ def decode_flo(data: bytes, source: str = '<bytes>') -> np.ndarray:
     hint = (' (it looks big-endian; .flo files are little-endian)'
             if swapped == FLO_MAGIC else '')
     raise ValueError(f'{source}: not a Middlebury .flo file: magic number is {magic!r} '
-                     f'(bytes {data[:4]!r}), expected {FLO_MAGIC} (bytes {FLO_MAGIC_BYTES!r}){hint}.')
+                     f'(bytes {data[:4]!r}), expected {FLO_MAGIC} '
+                     f'(bytes {FLO_MAGIC_BYTES!r}){hint}.')
   width, height = struct.unpack('<ii', data[4:12])
   if width <= 0 or height <= 0 or width > 1 << 16 or height > 1 << 16:
     raise ValueError(f'{source}: invalid .flo header: width={width}, height={height}; both must '
@@ -478,7 +479,7 @@ def read_image(path: PathLike, strict: bool = False) -> np.ndarray:
 
 
 def read_mask(path: PathLike) -> np.ndarray:
-  """Reads an 8-bit mask image (e.g. Sintel occlusions/invalid); returns bool [H, W], True = non-zero."""
+  """Reads an 8-bit mask image (e.g. Sintel occlusions/invalid) as bool [H, W] (True = non-zero)."""
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f'Mask image not found: {path}')
@@ -570,7 +571,8 @@ def _require_file(path: str, what: str) -> str:
 
 def _nonempty(listing: List[FlowPairFiles], root: str, layout: str) -> List[FlowPairFiles]:
   if not listing:
-    raise FileNotFoundError(f'No ground-truth samples found under {root}. Expected layout: {layout}')
+    raise FileNotFoundError(f'No ground-truth samples found under {root}. '
+                            f'Expected layout: {layout}')
   return listing
 
 
