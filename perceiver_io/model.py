@@ -15,7 +15,9 @@ import copy
 from typing import Any, Dict, Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from perceiver_io import decoders as decoders_lib
 from perceiver_io.encoder import PerceiverEncoder
@@ -115,3 +117,61 @@ def build_model(config: Dict[str, Any], **overrides) -> PerceiverIO:
   config.update(overrides)
   validate_config(config)
   return PerceiverIO(config)
+
+
+def example_inputs(config: Dict[str, Any], batch_size: int = 1):
+  """Zero inputs of the shape a config expects, plus the matching call kwargs.
+
+  Used to initialise parameters (e.g. for shape checks on import) without
+  real data. Image sizes are derived from the position encoding (Fourier
+  `max_resolution` times the downsampling, or a square trainable grid).
+  """
+  pre = config['preprocessor']
+  kwargs = {}
+  if pre['type'] == 'text':
+    n = pre['max_seq_len']
+    return (jnp.zeros((batch_size, n), jnp.int32),
+            {'attention_mask': jnp.ones((batch_size, n), jnp.int32)})
+  if pre['type'] == 'multimodal':
+    inputs = {}
+    for name, sub in pre['modalities'].items():
+      x, _ = example_inputs({'preprocessor': sub}, batch_size)
+      inputs[name] = x
+    points = {}
+    for name, spec in config['decoder'].get('modalities', {}).items():
+      points[name] = (None if spec['query']['type'] == 'trainable'
+                      else jnp.arange(min(16, int(np.prod(
+                          spec['output_index_dims'])))))
+    kwargs['subsampled_output_points'] = points
+    return inputs, kwargs
+  if pre['type'] == 'onehot':
+    return jnp.zeros((batch_size, pre['num_classes']), jnp.float32), kwargs
+  pe = pre['position_encoding']
+  if pre['type'] == 'audio':
+    n = pe['max_resolution'][0] if pe['type'] == 'fourier' else (
+        int(np.prod(pe['index_dims'])) * pre['samples_per_patch'])
+    return jnp.zeros((batch_size, n), jnp.float32), kwargs
+  if pe['type'] == 'fourier':
+    grid = list(pe['max_resolution'])
+  else:
+    side = int(round(np.sqrt(np.prod(pe['index_dims']))))
+    grid = [side, side]
+  s = pre.get('spatial_downsample', 1)
+  if pre.get('prep_type') == 'conv':
+    s = 4 ** max(int(round(np.log(s) / np.log(4))), 1)
+  if pre.get('temporal'):
+    t, h, w = grid
+    shape = (batch_size, t * pre.get('temporal_downsample', 1), h * s, w * s, 3)
+  elif pre.get('flow_patches'):
+    shape = (batch_size, 2, grid[0] * s, grid[1] * s, 3)
+  else:
+    shape = (batch_size, grid[0] * s, grid[1] * s,
+             pre.get('in_channels', 3))
+  return jnp.zeros(shape, jnp.float32), kwargs
+
+
+def abstract_variables(model: PerceiverIO, batch_size: int = 1):
+  """Shapes/dtypes of `model`'s variables, without allocating them."""
+  inputs, kwargs = example_inputs(model.config, batch_size)
+  return jax.eval_shape(
+      lambda x: model.init(jax.random.PRNGKey(0), x, **kwargs), inputs)
