@@ -174,6 +174,21 @@ class ByteTokenizer:
                   + NUM_SPECIAL_TOKENS)
     return np.concatenate(pieces)
 
+  def num_tokens(self, text: str | bytes, text_pair: str | bytes | None = None,
+                 add_special_tokens: bool = True) -> int:
+    """Length of the untruncated encoding (what `encode` gives with no limit)."""
+    total = 0
+    for part, what in ((text, 'text'), (text_pair, 'text_pair')):
+      if part is None:
+        continue
+      data = _as_bytes(part, what)
+      total += len(data)
+      if self.parse_special_tokens and b'[' in data:
+        total -= sum(len(m.group()) - 1 for m in _SPECIAL_PATTERN.finditer(data))
+    if add_special_tokens:
+      total += self.num_special_tokens_to_add(text_pair is not None)
+    return total
+
   def num_special_tokens_to_add(self, pair: bool = False) -> int:
     """2 for one text ([CLS] a [SEP]), 3 for a pair ([CLS] a [SEP] b [SEP])."""
     return 3 if pair else 2

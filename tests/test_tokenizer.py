@@ -18,7 +18,10 @@ from perceiver_io.tokenizer import ByteTokenizer
 transformers.logging.set_verbosity_error()
 
 _ASCII = ''.join(chr(i) for i in range(128))
-_UNICODE = ('éèàçñüößøåÆŒ' '中文字符日本語한국어' '😀🎉👍🏽🚀🇫🇷' 'Ωπλ∑√∞' '\u200b\u00a0 \t\n')
+_UNICODE = ('éèàçñüößøåÆŒ'  # Accents (2-byte UTF-8).
+            '中文字符日本語한국어'  # CJK (3 bytes).
+            '😀🎉👍🏽🚀🇫🇷'  # Emoji, modifiers, flags (4 bytes).
+            'Ωπλ∑√∞' '\u200b\u00a0 \t\n')
 
 
 @pytest.fixture(scope='module')
