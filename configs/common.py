@@ -1,0 +1,154 @@
+"""Shared config vocabulary, so every family has the same fields.
+
+Why: the runner (`experiments/train_lib.py`) reads one fixed set of field
+names; each family module only changes values. Keeping the defaults in one
+place means a new family is a few lines, and a typo in an override fails
+(the configs are locked by the launcher) with the names that do exist.
+
+`parse_arg('tiny,task=cola')` turns the text after `:` in
+`--config=configs/x.py:<arg>` into typed fields (big_vision habit).
+"""
+
+from typing import Any, Dict
+
+import ml_collections
+
+
+def parse_arg(arg: str, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses 'a,b=1,c=x' into a ConfigDict with typed values.
+
+  Args:
+    arg: comma-separated items; a bare name sets a boolean default to True,
+      or, if the first item and no boolean default has that name, sets the
+      first field of `defaults` (e.g. the variant or task name).
+    **defaults: field name -> default value; the type of the default decides
+      how a value is parsed (bool: true/false/1/0, int, float, str).
+
+  Returns:
+    A ConfigDict with one field per default.
+
+  Raises:
+    ValueError: an unknown field or a badly typed value, naming valid fields.
+  """
+  result = dict(defaults)
+  first_field = next(iter(defaults)) if defaults else None
+  items = [item.strip() for item in (arg or '').split(',') if item.strip()]
+  for i, item in enumerate(items):
+    if '=' in item:
+      key, value = item.split('=', 1)
+    elif isinstance(defaults.get(item), bool):
+      key, value = item, 'true'
+    elif i == 0 and first_field is not None:
+      key, value = first_field, item
+    else:
+      raise ValueError(f'config argument {item!r} is not one of the fields '
+                       f'{sorted(defaults)} (write field=value).')
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f'unknown config argument {key!r}; valid arguments: '
+                       f'{sorted(defaults)}.')
+    result[key] = _parse_value(key, value.strip(), defaults[key])
+  return ml_collections.ConfigDict(result)
+
+
+def _parse_value(key: str, text: str, default: Any) -> Any:
+  if isinstance(default, bool):
+    lowered = text.lower()
+    if lowered not in ('true', 'false', '1', '0'):
+      raise ValueError(f'config argument {key}={text!r} must be true/false.')
+    return lowered in ('true', '1')
+  try:
+    if isinstance(default, int):
+      return int(text)
+    if isinstance(default, float):
+      return float(text)
+  except ValueError:
+    raise ValueError(f'config argument {key}={text!r} must be a '
+                     f'{type(default).__name__}.') from None
+  return text
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All fields the runner reads, with neutral defaults (one comment each)."""
+  c = ml_collections.ConfigDict()
+  # 'classification' | 'regression' (STS-B) | 'mlm' (masked bytes).
+  c.task = 'classification'
+  c.seed = 0
+  # Model: a perceiver_io preset plus its keyword arguments.
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = 'tiny_text_classification'
+  c.model.kwargs = ml_collections.ConfigDict()
+  c.model.dtype = 'float32'            # compute dtype; params stay float32
+  c.model.remat = False                # rematerialise latent layers
+  c.model.dropout_rate = 0.0           # encoder dropout (official: 0)
+  # '' = the preset's own decoder; 'tanh_mlp' = decoder output of
+  # head_hidden channels -> tanh -> Dense(num_classes) (paper Table 13).
+  c.model.head = ''
+  c.model.head_hidden = 0              # 0 = the latent width
+  # Start from pretrained weights: '' | 'hf:<dir or hub id>' |
+  # 'haiku:<pickle>' | 'workdir:<dir>'. Missing/mismatched params are
+  # initialised fresh and logged.
+  c.init_from = ''
+  # Data.
+  c.data = ml_collections.ConfigDict()
+  c.data.source = 'digits'
+  c.data.train_split = 'train'
+  c.data.eval_split = 'test'
+  c.data.text_fields = 'text'          # comma-separated columns (pairs: 2)
+  c.data.label_field = 'label'
+  c.data.label_names = ''              # comma-separated; '' = from the data
+  c.data.num_classes = 2
+  c.data.max_length = 2048             # bytes incl. [CLS]/[SEP]
+  c.data.image_size = 8
+  c.data.mask_rate = 0.15              # MLM only (whole words, 80/10/10)
+  c.data.docs_per_example = 10         # MLM only: documents joined per crop
+  c.data.data_dir = ''                 # TFDS data_dir ('' = default)
+  # Batch and duration (one of num_train_steps / num_epochs; steps wins if
+  # > 0).
+  c.batch_size = 32                    # global, over all devices and hosts
+  c.eval_batch_size = 64
+  c.num_train_steps = -1
+  c.num_epochs = 1.0
+  c.label_smoothing = 0.0
+  # Optimizer (experiments/optim.py).
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = 'adamw'           # 'adamw' | 'lamb' | 'adam' | 'sgd'
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-6
+  c.optimizer.grad_clip_norm = 1.0     # 0 = no clipping
+  c.optimizer.accumulate_steps = 1     # gradient accumulation (MultiSteps)
+  c.optimizer.decay_pos_embs = True    # official: position embeddings decay
+  c.schedule = ml_collections.ConfigDict()
+  # 'constant' | 'constant_cosine' (official) | 'warmup_cosine' |
+  # 'warmup_linear' | 'warmup_constant'.
+  c.schedule.name = 'constant'
+  c.schedule.warmup_steps = 0
+  c.schedule.constant_fraction = 0.5   # constant_cosine only
+  c.schedule.decay_steps = -1          # -1 = the whole run
+  c.schedule.end_value = 0.0
+  # Loop.
+  c.log_every_steps = 50
+  c.eval_every_steps = 500             # also evaluates at the end
+  c.checkpoint_every_steps = 500       # also saves at the end
+  c.keep_checkpoints = 2               # latest N, plus the best one
+  # Eval metrics beyond the task's default (comma list from
+  # experiments.tasks.GLUE_METRICS keys' values, e.g. 'f1,accuracy'); with a
+  # list, 'score' (their mean) is reported too.
+  c.eval_metrics = ''
+  c.best_metric = 'accuracy'           # eval metric that picks 'best'
+  c.best_mode = 'max'
+  c.max_eval_examples = -1             # -1 = the whole eval split
+  c.progress_bar = True
+  c.predict_examples = 0               # print N test predictions at the end
+  # Refuse a workdir that holds another model's checkpoints unless True;
+  # old checkpoints are moved aside, never deleted.
+  c.overwrite = False
+  c.disable_most_optimizations = False  # faster compiles (tests)
+  return c
+
+
+def as_dict(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  return config.to_dict()

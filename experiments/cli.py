@@ -1,0 +1,120 @@
+"""Helpers shared by the launchers (no flags here: only train/evaluate/predict
+define flags).
+
+Why: `ml_collections` already refuses unknown fields of a locked config, but
+it does so with a traceback from inside flag parsing. Users should see one
+line naming the bad field and the closest valid ones, so the launchers check
+`--config.*` overrides before absl parses them.
+"""
+
+import difflib
+import importlib.util
+import os
+import sys
+from typing import List, Optional
+
+import ml_collections
+
+
+def config_path_and_arg(value: str):
+  path, _, arg = value.partition(':')
+  return path, arg
+
+
+def add_repo_root_for(config_path: str) -> None:
+  """Lets config files `from configs import common` from any cwd."""
+  parent = os.path.dirname(os.path.abspath(config_path))
+  if os.path.basename(parent) == 'configs':
+    root = os.path.dirname(parent)
+    if root not in sys.path:
+      sys.path.insert(0, root)
+
+
+def load_config_file(value: str) -> ml_collections.ConfigDict:
+  """Loads `path[:arg]` the way `config_flags.DEFINE_config_file` does."""
+  path, arg = config_path_and_arg(value)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'config file {path!r} not found; expected e.g. '
+                            '--config=configs/quickstart.py or '
+                            'configs/glue_bytes.py:cola.')
+  add_repo_root_for(path)
+  spec = importlib.util.spec_from_file_location('_experiment_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _walk(config, dotted: str) -> Optional[str]:
+  """None if `dotted` names a field of `config`, else an error message."""
+  node = config
+  parts = dotted.split('.')
+  for i, part in enumerate(parts):
+    if isinstance(node, ml_collections.ConfigDict) and part in node:
+      node = node[part]
+      continue
+    where = '.'.join(parts[:i])
+    if not isinstance(node, ml_collections.ConfigDict):
+      return (f'config field {where!r} is a {type(node).__name__}, it has no '
+              f'sub-field {part!r}.')
+    valid = sorted(node.keys())
+    close = difflib.get_close_matches(part, valid, n=3, cutoff=0.5)
+    prefix = f'{where}.' if where else ''
+    hint = (f' Did you mean {", ".join(prefix + c for c in close)}?'
+            if close else '')
+    return (f'unknown config field {dotted!r}.{hint} Valid fields'
+            f'{" of " + where if where else ""}: {", ".join(valid)}.')
+  return None
+
+
+def override_names(argv: List[str], flag: str = 'config') -> List[str]:
+  """Dotted field names of `--config.x.y=...` / `--config.x.y ...` args."""
+  names = []
+  prefix = f'--{flag}.'
+  for arg in argv:
+    if arg.startswith(prefix):
+      names.append(arg[len(prefix):].split('=', 1)[0])
+  return names
+
+
+def check_overrides_or_exit(argv: List[str], flag: str = 'config') -> None:
+  """Exits with status 2 and one clear line for a bad config override."""
+  value = None
+  for i, arg in enumerate(argv):
+    if arg.startswith(f'--{flag}='):
+      value = arg.split('=', 1)[1]
+    elif arg == f'--{flag}' and i + 1 < len(argv):
+      value = argv[i + 1]
+  if value is None:
+    return
+  try:
+    config = load_config_file(value)
+  except (FileNotFoundError, ValueError) as e:
+    sys.stderr.write(f'error: {e}\n')
+    sys.exit(2)
+  for name in override_names(argv, flag):
+    message = _walk(config, name)
+    if message:
+      sys.stderr.write(f'error: {message}\n')
+      sys.exit(2)
+
+
+def quiet_library_logs() -> None:
+  """Orbax logs every checkpoint step at INFO through absl; keep the
+  runner's own INFO lines (root logger) and only warnings from absl users."""
+  import logging  # pylint: disable=g-import-not-at-top
+  logging.getLogger('absl').setLevel(logging.WARNING)
+  for name in ('orbax', 'jax._src.xla_bridge'):
+    logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def maybe_initialize_distributed(coordinator_address: str, num_processes: int,
+                                 process_id: int) -> None:
+  """`jax.distributed.initialize` for multi-host (or 2-process CPU) runs."""
+  if not coordinator_address and num_processes <= 1:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  kwargs = {}
+  if coordinator_address:
+    kwargs.update(coordinator_address=coordinator_address,
+                  num_processes=num_processes, process_id=process_id)
+  jax.distributed.initialize(**kwargs)

@@ -1,0 +1,62 @@
+r"""Launcher: evaluate a trained workdir, or summarise GLUE over workdirs.
+
+  python -m experiments.evaluate --workdir=/tmp/glue/cola [--checkpoint=best]
+      [--split=validation_mismatched]
+  python -m experiments.evaluate --glue_summary=/tmp/glue
+
+Prints the metrics as a table and appends them to the workdir's
+metrics.jsonl. The model and data settings come from the workdir's
+config.json; `--config.<field>=` overrides are not needed (and a --config,
+if given, is only checked).
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+
+from experiments import cli
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir to evaluate.')
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', 'latest', "'latest', 'best' or a step number.")
+_SPLIT = flags.DEFINE_string('split', '', "Eval split ('' = the config's).")
+_GLUE_SUMMARY = flags.DEFINE_string(
+    'glue_summary', '', 'Directory of GLUE workdirs to summarise.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  cli.quiet_library_logs()
+  from experiments import eval_lib  # pylint: disable=g-import-not-at-top
+  try:
+    if _GLUE_SUMMARY.value:
+      summary = eval_lib.glue_summary(_GLUE_SUMMARY.value)
+      if not summary['rows']:
+        raise FileNotFoundError(
+            f'no evaluated GLUE workdirs under {_GLUE_SUMMARY.value} (looked '
+            'for config.json with glue_task and eval lines in metrics.jsonl).')
+      columns = ['task', 'split', 'score', 'accuracy', 'f1', 'matthews_corr',
+                 'pearson', 'spearman', 'step', 'workdir']
+      print(eval_lib.format_table(summary['rows'], columns))
+      average = summary['average']
+      print(f'\nGLUE average over {len(summary["scores"])} task(s) (WNLI '
+            f'excluded): {average:.2f}' if average is not None else '')
+      if summary['missing']:
+        print(f'missing tasks: {", ".join(summary["missing"])}')
+      return
+    if not _WORKDIR.value:
+      raise app.UsageError('pass --workdir=DIR or --glue_summary=DIR.')
+    result = eval_lib.evaluate_workdir(_WORKDIR.value, _CHECKPOINT.value,
+                                       _SPLIT.value)
+  except (ValueError, FileNotFoundError) as e:
+    sys.stderr.write(f'error: {e}\n')
+    sys.exit(1)
+  print(f'{_WORKDIR.value}: checkpoint step {result["step"]}, split '
+        f'{result["split"]}')
+  print(eval_lib.metrics_table(result))
+
+
+if __name__ == '__main__':
+  app.run(main)

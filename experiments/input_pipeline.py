@@ -1,0 +1,286 @@
+"""Data for the runner: in-memory tables and step-indexed global batches.
+
+Why this design: the runner must give bit-identical training after a crash
+(resume mid-epoch), with 1 or 8 devices, and with 1 or 2 processes. So the
+examples of global batch `step` are a pure function of `(seed, step)`: a
+fresh permutation per epoch (NumPy `default_rng([seed, epoch])`), laid end to
+end, and batch `step` is rows `[step * B, (step + 1) * B)` of that stream.
+Each process materialises only its contiguous slice of each global batch
+(its own data shard), which `sharding.global_batch` assembles into one
+global array. Skipping ahead after a restart costs nothing.
+
+Tables are small enough to hold in memory for every fine-tuning set in this
+project (digits, IMDB, GLUE, local CSV/TSV/JSONL files); text is read and
+byte-tokenised once by `perceiver_io.data.text` (which counts empty, invalid
+and truncated texts). MLM pretraining streams from
+`perceiver_io.data.text.make_mlm_dataset` instead (`MlmTrainStream`), which
+is also step-indexed through its `start_step`.
+"""
+
+import logging
+from typing import Any, Dict, Iterator, List, Optional
+
+import ml_collections
+import numpy as np
+
+from perceiver_io import tokenizer as tokenizer_lib
+
+Table = Dict[str, np.ndarray]
+
+
+class TableInfo(dict):
+  """Metadata of a loaded table: num_examples, num_classes, label_names."""
+
+
+# ----------------------------------------------------------------------------
+# Sources.
+# ----------------------------------------------------------------------------
+
+
+def load_digits_table(split: str) -> tuple:
+  """scikit-learn's 8x8 digits as images in [0, 1], shape [N, 8, 8, 1].
+
+  The split is the fixed stratified 1437/360 shuffle that
+  `perceiver_io.data.image` uses for its 'digits' source.
+  """
+  from sklearn import datasets as sk_datasets  # pylint: disable=g-import-not-at-top
+  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+  digits = sk_datasets.load_digits()
+  train_idx, test_idx = model_selection.train_test_split(
+      np.arange(len(digits.target)), test_size=360, random_state=0,
+      stratify=digits.target)
+  if split == 'train':
+    idx = train_idx
+  elif split in ('test', 'validation', 'eval'):
+    idx = test_idx
+  else:
+    raise ValueError(f"digits has splits 'train' and 'test', got {split!r}.")
+  images = (digits.images[idx] / 16.0).astype(np.float32)[..., None]
+  labels = digits.target[idx].astype(np.int32)
+  info = TableInfo(num_examples=len(idx), num_classes=10,
+                   label_names=[str(i) for i in range(10)])
+  return {'image': images, 'label': labels}, info
+
+
+def _comma_list(text: str) -> List[str]:
+  return [t.strip() for t in str(text).split(',') if t.strip()]
+
+
+def tokenize_texts(texts: List[str], pairs: Optional[List[str]],
+                   max_length: int, what: str = 'texts') -> Table:
+  """Byte ids [N, max_length] + attention masks; logs truncation counts."""
+  tok = tokenizer_lib.ByteTokenizer()
+  enc = tok.batch_encode(texts, pairs, max_length=max_length,
+                         padding='max_length', truncation=True)
+  truncated = int(np.sum(np.asarray(enc['num_truncated']) > 0))
+  if truncated:
+    logging.info('%s: %d of %d examples truncated to %d bytes.', what,
+                 truncated, len(texts), max_length)
+  return {'input_ids': np.asarray(enc['input_ids'], np.int32),
+          'attention_mask': np.asarray(enc['attention_mask'], np.int32),
+          'num_truncated': np.asarray(enc['num_truncated'], np.int32)}
+
+
+def text_source_kwargs(data: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """`perceiver_io.data.text` keyword arguments from `config.data`."""
+  fields = _comma_list(data.text_fields)
+  names = _comma_list(data.label_names)
+  return dict(text_fields=tuple(fields) if fields else None,
+              label_field=data.label_field or None,
+              data_dir=data.data_dir or None)
+
+
+def load_text_table(config: ml_collections.ConfigDict, split: str) -> tuple:
+  """A whole labelled text split, tokenised, in memory.
+
+  Reads through `perceiver_io.data.text.make_text_dataset` (TFDS, GLUE,
+  TSV/CSV/JSONL, aclImdb folders; one ordered pass) and keeps the real rows.
+  """
+  from perceiver_io.data import text as text_data  # pylint: disable=g-import-not-at-top
+  data = config.data
+  names = _comma_list(data.label_names)
+  task = 'regression' if config.task == 'regression' else 'classification'
+  ds, info = text_data.make_text_dataset(
+      data.source, split, max_length=int(data.max_length), batch_size=512,
+      repeat=False, task=task,
+      classes=(names or None) if task == 'classification' else None,
+      **text_source_kwargs(data))
+  parts = {k: [] for k in ('input_ids', 'attention_mask', 'label')}
+  for batch in ds.as_numpy_iterator():
+    keep = batch['mask'] > 0
+    for k in parts:
+      parts[k].append(batch[k][keep])
+  table = {k: np.concatenate(v) for k, v in parts.items()}
+  stats = info.stats.as_dict() if info.stats is not None else {}
+  if stats:
+    logging.info('%s [%s]: %d examples, %d empty, %d invalid UTF-8, %d '
+                 'truncated to %d bytes.', data.source, split,
+                 stats['num_examples'], stats['num_empty'],
+                 stats['num_invalid_utf8'], stats['num_truncated'],
+                 int(data.max_length))
+  if task == 'classification' and np.any(table['label'] < 0):
+    row = int(np.nonzero(table['label'] < 0)[0][0])
+    raise ValueError(f'{data.source} [{split}] row {row} is unlabelled; '
+                     'training and evaluation need labelled splits.')
+  label_names = list(info.classes) if info.classes else names
+  return table, TableInfo(num_examples=len(table['label']),
+                          num_classes=info.num_classes,
+                          label_names=label_names, stats=stats,
+                          metrics=tuple(info.metrics))
+
+
+def load_table(config: ml_collections.ConfigDict, split: str) -> tuple:
+  """(table, info) for `split` of `config.data.source` (not MLM).
+
+  Returns:
+    table: dict of equal-length arrays. Images: 'image', 'label'. Text
+      classification/regression: 'input_ids', 'attention_mask', 'label'.
+    info: TableInfo.
+  """
+  if config.data.source == 'digits':
+    return load_digits_table(split)
+  return load_text_table(config, split)
+
+
+# ----------------------------------------------------------------------------
+# Step-indexed training batches.
+# ----------------------------------------------------------------------------
+
+
+def batch_indices(step: int, global_batch: int, num_examples: int,
+                  seed: int) -> np.ndarray:
+  """Row indices of global batch `step` (epochs of fresh permutations)."""
+  if num_examples < 1:
+    raise ValueError('the training table is empty.')
+  start = step * global_batch
+  first_epoch = start // num_examples
+  last_epoch = (start + global_batch - 1) // num_examples
+  parts = [np.random.default_rng([seed, e]).permutation(num_examples)
+           for e in range(first_epoch, last_epoch + 1)]
+  stream = np.concatenate(parts)
+  offset = start - first_epoch * num_examples
+  return stream[offset:offset + global_batch]
+
+
+def process_slice(global_batch: int, process_index: int,
+                  process_count: int) -> slice:
+  """This process's contiguous rows of a global batch."""
+  if global_batch % process_count:
+    raise ValueError(f'batch_size {global_batch} must be divisible by the '
+                     f'number of processes {process_count}.')
+  per = global_batch // process_count
+  return slice(process_index * per, (process_index + 1) * per)
+
+
+def train_batch(table: Table, step: int, global_batch: int, seed: int,
+                process_index: int = 0, process_count: int = 1) -> Table:
+  """This process's rows of global training batch `step` (+ 'weight')."""
+  idx = batch_indices(step, global_batch, len(next(iter(table.values()))),
+                      seed)
+  rows = process_slice(global_batch, process_index, process_count)
+  idx = idx[rows]
+  batch = {k: v[idx] for k, v in table.items()}
+  batch['weight'] = np.ones(len(idx), np.float32)
+  return batch
+
+
+def eval_batches(table: Table, global_batch: int, process_index: int = 0,
+                 process_count: int = 1,
+                 max_examples: int = -1) -> Iterator[Table]:
+  """Ordered eval batches, the last padded with weight-0 rows."""
+  n = len(next(iter(table.values())))
+  if max_examples > 0:
+    n = min(n, max_examples)
+  rows = process_slice(global_batch, process_index, process_count)
+  for start in range(0, n, global_batch):
+    idx = np.arange(start, start + global_batch)
+    weight = (idx < n).astype(np.float32)
+    idx = np.minimum(idx, n - 1)[rows]
+    batch = {k: v[idx] for k, v in table.items()}
+    batch['weight'] = weight[rows]
+    yield batch
+
+
+# ----------------------------------------------------------------------------
+# Masked-LM batches: streamed by perceiver_io.data.text.make_mlm_dataset (the
+# paper's masking: 15% of bytes, whole words, 80/10/10; documents joined and
+# cropped). The stream resumes exactly via `start_step`.
+# ----------------------------------------------------------------------------
+
+
+def _mlm_dataset(config, split: str, *, repeat: bool, start_step: int,
+                 batch_size: int):
+  from perceiver_io.data import text as text_data  # pylint: disable=g-import-not-at-top
+  data = config.data
+  fields = _comma_list(data.text_fields)
+  return text_data.make_mlm_dataset(
+      data.source, split, max_length=int(data.max_length),
+      batch_size=batch_size, repeat=repeat,
+      text_field=fields[0] if fields else None,
+      docs_per_example=int(data.docs_per_example),
+      mask_prob=float(data.mask_rate), seed=int(config.seed),
+      start_step=start_step, process_index=jax_process_index(),
+      process_count=jax_process_count(), data_dir=data.data_dir or None)
+
+
+def jax_process_index() -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index()
+
+
+def jax_process_count() -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_count()
+
+
+def mlm_to_runner(batch: Table) -> Table:
+  """Library MLM keys -> the runner's (targets, target_weights, weight)."""
+  labels = batch['mlm_labels']
+  return {'input_ids': batch['input_ids'],
+          'attention_mask': batch['attention_mask'],
+          'targets': np.where(labels < 0, 0, labels).astype(np.int32),
+          'target_weights': batch['mlm_weights'].astype(np.float32),
+          'weight': batch['mask'].astype(np.float32)}
+
+
+class MlmTrainStream:
+  """Step-indexed MLM training batches (must be read in step order)."""
+
+  def __init__(self, config, start_step: int):
+    local = int(config.batch_size) // jax_process_count()
+    ds, self.info = _mlm_dataset(config, config.data.train_split, repeat=True,
+                                 start_step=start_step, batch_size=local)
+    self._it = ds.as_numpy_iterator()
+    self._next_step = start_step
+
+  def batch(self, step: int) -> Table:
+    if step != self._next_step:
+      raise ValueError(f'MLM stream expected step {self._next_step}, got '
+                       f'{step}; rebuild the stream with start_step.')
+    self._next_step += 1
+    return mlm_to_runner(next(self._it))
+
+
+def mlm_eval_batches(config) -> Iterator[Table]:
+  local = int(config.eval_batch_size) // jax_process_count()
+  ds, _ = _mlm_dataset(config, config.data.eval_split, repeat=False,
+                       start_step=0, batch_size=local)
+  limit = int(config.max_eval_examples)
+  seen = 0
+  for batch in ds.as_numpy_iterator():
+    if 0 < limit <= seen:
+      break
+    seen += local * jax_process_count()
+    yield mlm_to_runner(batch)
+
+
+class TableTrainStream:
+  """Step-indexed batches of an in-memory table (any order of steps)."""
+
+  def __init__(self, config, table: Table):
+    self.config, self.table = config, table
+
+  def batch(self, step: int) -> Table:
+    return train_batch(self.table, step, int(self.config.batch_size),
+                       int(self.config.seed), jax_process_index(),
+                       jax_process_count())

@@ -1,0 +1,181 @@
+"""Builds the model of an experiment and merges pretrained weights into it.
+
+Why: configs name a `perceiver_io` preset; fine-tuning needs a few changes on
+top (the number of classes, a tanh-MLP head for GLUE as in the paper's
+Table 13, dropout), and starting from a checkpoint needs "load what fits,
+initialise the rest, and say which is which". Both live here so the loop
+stays short.
+"""
+
+import copy
+import logging
+from typing import Any, Dict, List, Tuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from perceiver_io import presets
+from perceiver_io.model import PerceiverIO
+
+PyTree = Any
+
+
+class PerceiverWithTanhHead(nn.Module):
+  """Perceiver IO whose decoder emits `hidden` features -> tanh -> Dense.
+
+  With a classification decoder of `hidden` outputs, decoder output Linear +
+  tanh + Dense(num_outputs) is the paper's two-layer tanh MLP head (GLUE,
+  Table 13) on the single decoder query.
+  """
+  perceiver_config: Dict[str, Any]
+  num_outputs: int
+
+  @nn.compact
+  def __call__(self, inputs, *, attention_mask=None, deterministic=True,
+               **kwargs):
+    features = PerceiverIO(self.perceiver_config, name='perceiver')(
+        inputs, attention_mask=attention_mask, deterministic=deterministic,
+        **kwargs)
+    return nn.Dense(self.num_outputs, name='head')(jnp.tanh(features))
+
+
+def model_config(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """The perceiver_io config dict (JSON-able) this experiment trains."""
+  kwargs = dict(config.model.kwargs.to_dict())
+  cfg = presets.get_config(config.model.preset, **kwargs)
+  cfg['dtype'] = config.model.dtype
+  cfg['remat'] = bool(config.model.remat)
+  if config.model.dropout_rate:
+    cfg['encoder']['dropout_rate'] = float(config.model.dropout_rate)
+  return cfg
+
+
+def num_outputs(config: ml_collections.ConfigDict) -> int:
+  if config.task == 'regression':
+    return 1
+  return int(config.data.num_classes)
+
+
+def build(config: ml_collections.ConfigDict) -> Tuple[nn.Module, Dict]:
+  """(flax module, description dict stored in the workdir) for `config`."""
+  cfg = model_config(config)
+  head = config.model.head
+  if config.task in ('classification', 'regression'):
+    if cfg['decoder'].get('type') != 'classification':
+      raise ValueError(f'task {config.task!r} needs a preset with a '
+                       f'classification decoder; {config.model.preset!r} has '
+                       f'{cfg["decoder"].get("type")!r}.')
+    if head == 'tanh_mlp':
+      hidden = int(config.model.head_hidden or
+                   cfg['encoder']['latent_channels'])
+      cfg['decoder']['num_classes'] = hidden
+      description = {'perceiver': cfg, 'head': 'tanh_mlp',
+                     'num_outputs': num_outputs(config)}
+      return (PerceiverWithTanhHead(copy.deepcopy(cfg), num_outputs(config)),
+              description)
+    cfg['decoder']['num_classes'] = num_outputs(config)
+  if head not in ('', 'tanh_mlp'):
+    raise ValueError(f"model.head must be '' or 'tanh_mlp', got {head!r}.")
+  if head == 'tanh_mlp':
+    raise ValueError("model.head='tanh_mlp' needs task classification or "
+                     'regression.')
+  return PerceiverIO(copy.deepcopy(cfg)), {'perceiver': cfg, 'head': ''}
+
+
+def build_from_description(description: Dict[str, Any]) -> nn.Module:
+  """Rebuilds the module from the description saved in a workdir."""
+  if description.get('head') == 'tanh_mlp':
+    return PerceiverWithTanhHead(description['perceiver'],
+                                 description['num_outputs'])
+  return PerceiverIO(description['perceiver'])
+
+
+def perceiver_config_of(description: Dict[str, Any]) -> Dict[str, Any]:
+  return description['perceiver']
+
+
+# ----------------------------------------------------------------------------
+# Merging pretrained variables.
+# ----------------------------------------------------------------------------
+
+
+def _flat(tree) -> Dict[Tuple[str, ...], Any]:
+  tree = flax.core.unfreeze(tree) if isinstance(
+      tree, flax.core.FrozenDict) else tree
+  return flax.traverse_util.flatten_dict(tree)
+
+
+def merge_pretrained(fresh: PyTree, pretrained: PyTree
+                     ) -> Tuple[PyTree, List[str], List[str]]:
+  """Copies every pretrained leaf whose path and shape match into `fresh`.
+
+  If `fresh` nests the model under 'perceiver' (the tanh head) and the
+  pretrained tree does not, the pretrained tree is matched under it.
+
+  Args:
+    fresh: freshly initialised variables ({'params': ..., ...}).
+    pretrained: variables from a checkpoint.
+
+  Returns:
+    (merged variables, paths newly initialised, pretrained paths unused).
+  """
+  fresh_flat = _flat(fresh)
+  pre_flat = _flat(pretrained)
+  nested = any(k[1:2] == ('perceiver',) for k in fresh_flat) and not any(
+      k[1:2] == ('perceiver',) for k in pre_flat)
+  if nested:
+    pre_flat = {(k[0], 'perceiver') + k[1:]: v for k, v in pre_flat.items()}
+  merged, new = {}, []
+  for path, value in fresh_flat.items():
+    src = pre_flat.get(path)
+    if src is not None and np.shape(src) == np.shape(value):
+      merged[path] = jnp.asarray(src, dtype=value.dtype)
+    else:
+      merged[path] = value
+      new.append('/'.join(path))
+  unused = ['/'.join(p) for p in pre_flat if p not in fresh_flat or
+            np.shape(pre_flat[p]) != np.shape(fresh_flat[p])]
+  return flax.traverse_util.unflatten_dict(merged), new, unused
+
+
+def load_pretrained(init_from: str, preset_hint: str = ''):
+  """Variables of a pretrained model named by `config.init_from`.
+
+  Args:
+    init_from: 'hf:<dir or hub id>', 'haiku:<pickle>' or 'workdir:<dir>'.
+    preset_hint: preset name for Haiku pickles (they carry no config).
+
+  Returns:
+    The pretrained variables dict.
+  """
+  kind, _, where = init_from.partition(':')
+  if not where:
+    raise ValueError(f'init_from must be hf:<dir or hub id>, haiku:<pickle> '
+                     f'or workdir:<dir>; got {init_from!r}.')
+  if kind == 'workdir':
+    from experiments import predict_lib  # pylint: disable=g-import-not-at-top
+    return predict_lib.load_variables_from_workdir(where)
+  from perceiver_io import checkpoints  # pylint: disable=g-import-not-at-top
+  if kind == 'hf':
+    import os  # pylint: disable=g-import-not-at-top
+    _, variables, _ = checkpoints.from_hf(
+        where if os.path.isdir(where) else f'hf:{where}')
+    return variables
+  if kind == 'haiku':
+    _, variables, _ = checkpoints.from_haiku(where, preset_hint)
+    return variables
+  raise ValueError(f'init_from kind must be hf, haiku or workdir; got '
+                   f'{kind!r} in {init_from!r}.')
+
+
+def log_merge(new: List[str], unused: List[str]) -> None:
+  logging.info('init_from: %d parameter arrays newly initialised%s', len(new),
+               (': ' + ', '.join(new[:20]) + (' ...' if len(new) > 20 else ''))
+               if new else '')
+  if unused:
+    logging.info('init_from: %d pretrained arrays not used: %s', len(unused),
+                 ', '.join(unused[:20]))

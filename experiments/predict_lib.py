@@ -1,0 +1,299 @@
+"""Loading a trained workdir and predicting with it (used by predict/evaluate).
+
+Why: a workdir is self-describing (config.json, model.json, data_info.json,
+checkpoints/), so prediction needs only its path. Inputs are turned into
+model batches per modality: text -> byte ids (classification, regression,
+masked-byte filling), images -> the training resolution. New modalities plug
+in by adding an entry to `_INPUT_ADAPTERS`.
+"""
+
+import functools
+import json
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from experiments import checkpointing
+from experiments import input_pipeline
+from experiments import models
+from experiments import optim
+from perceiver_io import tokenizer as tokenizer_lib
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, checkpointing.CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'{path} not found: {workdir!r} is not a workdir written by '
+        'experiments.train (expected config.json and checkpoints/ in it).')
+  return ml_collections.ConfigDict(checkpointing.read_json(path))
+
+
+def label_names(workdir: str, config) -> List[str]:
+  names = [n.strip() for n in config.data.label_names.split(',') if n.strip()]
+  path = os.path.join(workdir, checkpointing.DATA_INFO_FILE)
+  if not names and os.path.exists(path):
+    names = list(checkpointing.read_json(path).get('label_names') or [])
+  if not names:
+    names = [str(i) for i in range(models.num_outputs(config))]
+  return names
+
+
+def example_inputs(config) -> Dict[str, np.ndarray]:
+  """A one-example batch with the shapes the model was trained on."""
+  if config.data.source == 'digits':
+    size = int(config.data.image_size)
+    return {'image': np.zeros((1, size, size, 1), np.float32)}
+  length = int(config.data.max_length)
+  return {'input_ids': np.zeros((1, length), np.int32),
+          'attention_mask': np.ones((1, length), np.int32)}
+
+
+def abstract_state(config, model, example, num_steps: int = 1,
+                   sharding=None):
+  """ShapeDtypeStructs of the training state (for Orbax restore)."""
+  from experiments import train_lib  # pylint: disable=g-import-not-at-top
+  variables = jax.eval_shape(functools.partial(
+      train_lib.init_variables, model, example, int(config.seed)))
+  tx, _ = optim.make_optimizer(config, variables['params'], num_steps)
+
+  def make_state(v):
+    v = dict(v)
+    params = v.pop('params')
+    return dict(step=jnp.zeros((), jnp.int32), params=params,
+                opt_state=tx.init(params), model_state=v)
+
+  state = jax.eval_shape(make_state, variables)
+  if sharding is None:
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      state)
+
+
+def choose_step(ckpt: checkpointing.Checkpointer, which: str) -> int:
+  """'latest', 'best' or a step number -> an existing checkpoint step."""
+  steps = ckpt.all_steps()
+  if not steps:
+    raise FileNotFoundError(f'no checkpoints in {ckpt.directory}; train '
+                            'first (python -m experiments.train ...).')
+  if which in ('', 'latest'):
+    return max(steps)
+  if which == 'best':
+    best = ckpt.best_step()
+    return best if best is not None else max(steps)
+  if not str(which).isdigit() or int(which) not in steps:
+    raise ValueError(f'checkpoint step {which!r} not in {ckpt.directory}; '
+                     f'available: latest, best, {sorted(steps)}.')
+  return int(which)
+
+
+def load_workdir(workdir: str, which: str = 'latest'
+                 ) -> Tuple[Any, Dict[str, Any], ml_collections.ConfigDict,
+                            int]:
+  """(model, variables, config, step) of a trained workdir."""
+  config = load_config(workdir)
+  model, description = models.build(config)
+  saved = checkpointing.read_json(
+      os.path.join(workdir, checkpointing.MODEL_FILE))
+  if json.loads(json.dumps(description)) != saved:
+    model = models.build_from_description(saved)
+  ckpt = checkpointing.Checkpointer(workdir, keep=1000,
+                                    best_metric=config.best_metric,
+                                    best_mode=config.best_mode)
+  try:
+    step = choose_step(ckpt, which)
+    example = example_inputs(config)
+    if config.task == 'mlm':
+      example = {**example, 'input_ids': example['input_ids']}
+    state = ckpt.restore(step, abstract_state(config, model, example))
+  finally:
+    ckpt.close()
+  variables = {'params': state['params'], **state['model_state']}
+  return model, variables, config, step
+
+
+def load_variables_from_workdir(workdir: str):
+  """Just the variables (for `init_from=workdir:<dir>`)."""
+  return load_workdir(workdir)[1]
+
+
+# ----------------------------------------------------------------------------
+# Inputs -> batches.
+# ----------------------------------------------------------------------------
+
+
+def text_batch(texts: Sequence[str], config,
+               pairs: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+  table = input_pipeline.tokenize_texts(list(texts), None if pairs is None
+                                        else list(pairs),
+                                        int(config.data.max_length), 'inputs')
+  table.pop('num_truncated')
+  return table
+
+
+def digits_image(path: str, size: int = 8) -> np.ndarray:
+  """An image file -> [size, size, 1] in [0, 1], dark ink on light paper
+  inverted to match scikit-learn's digits (bright ink on black)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'image file {path!r} not found.')
+  img = Image.open(path).convert('L').resize((size, size), Image.BILINEAR)
+  x = np.asarray(img, np.float32) / 255.0
+  if x.mean() > 0.5:  # Light background: invert.
+    x = 1.0 - x
+  return x[..., None]
+
+
+def image_batch(paths: Sequence[str], config) -> Dict[str, np.ndarray]:
+  if config.data.source == 'digits':
+    images = [digits_image(p, int(config.data.image_size)) for p in paths]
+  else:
+    from perceiver_io.data import image as image_data  # pylint: disable=g-import-not-at-top
+    images = [image_data.eval_preprocess_numpy(
+        image_data.load_image_numpy(p), int(config.data.image_size))
+              for p in paths]
+  return {'image': np.stack(images).astype(np.float32)}
+
+
+def predict_batch(model, variables, batch) -> np.ndarray:
+  from experiments import train_lib  # pylint: disable=g-import-not-at-top
+  outputs, _ = train_lib.apply_model(model, variables, batch, train=False)
+  return np.asarray(outputs)
+
+
+def classify(model, variables, batch, names: Sequence[str], top_k: int = 1
+             ) -> List[List[Tuple[str, float]]]:
+  """Top-k (label, probability) per example."""
+  logits = predict_batch(model, variables, batch).astype(np.float64)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  order = np.argsort(-probs, axis=-1)[:, :top_k]
+  return [[(names[j] if j < len(names) else str(j), float(p[j])) for j in row]
+          for row, p in zip(order, probs)]
+
+
+def fill_masks(model, variables, texts: Sequence[str], config
+               ) -> List[str]:
+  """Replaces every [MASK] byte of each text with the model's best byte."""
+  tok = tokenizer_lib.ByteTokenizer()
+  batch = text_batch(texts, config)
+  logits = predict_batch(model, variables, batch)
+  out = []
+  for ids, mask, row_logits in zip(batch['input_ids'], batch['attention_mask'],
+                                   logits):
+    ids = ids.copy()
+    masked = ids == tokenizer_lib.MASK_ID
+    ids[masked] = np.argmax(row_logits[masked], axis=-1)
+    out.append(tok.decode(ids[mask.astype(bool)], skip_special_tokens=True))
+  return out
+
+
+def render_digit(image: np.ndarray) -> List[str]:
+  """8x8 image in [0, 1] -> ASCII art lines."""
+  shades = ' .:-=+*#%@'
+  img = np.asarray(image)[..., 0]
+  return [''.join(shades[min(int(v * (len(shades) - 1) + 0.5),
+                             len(shades) - 1)] * 2 for v in row)
+          for row in img]
+
+
+def print_eval_predictions(result: Dict[str, Any], config, n: int) -> None:
+  """Prints the first `n` eval examples' predictions after training."""
+  if jax.process_index() != 0 or config.task != 'classification':
+    return
+  table = result['eval_table']
+  n = min(n, len(next(iter(table.values()))))
+  state = result['state']
+  variables = jax.device_get({'params': state['params'],
+                              **state['model_state']})
+  batch = {k: v[:n] for k, v in table.items() if k != 'label'}
+  names = list(result['eval_info'].get('label_names') or []) or [
+      str(i) for i in range(int(config.data.num_classes))]
+  preds = classify(result['model'], variables, batch, names)
+  print(f'Predictions for the first {n} test examples:')
+  for i, ((label, prob),) in enumerate(preds):
+    true = names[int(table['label'][i])]
+    mark = 'correct' if label == true else 'WRONG'
+    if 'image' in table:
+      art = render_digit(table['image'][i])
+      print('\n'.join('    ' + line for line in art))
+    else:
+      print(f'  text: {tokenizer_lib.ByteTokenizer().decode(table["input_ids"][i], skip_special_tokens=True)[:80]!r}')
+    print(f'  example {i}: predicted {label} (p={prob:.3f}), true {true} '
+          f'[{mark}]')
+
+
+def _digits_range(spec: str, config) -> Tuple[Dict[str, np.ndarray],
+                                               np.ndarray]:
+  a, _, b = spec.partition(':')
+  try:
+    start, stop = int(a or 0), int(b or int(a or 0) + 1)
+  except ValueError:
+    raise ValueError(f"--digits must look like '0:5', got {spec!r}.") from None
+  table, _ = input_pipeline.load_digits_table(config.data.eval_split)
+  if not 0 <= start < stop <= len(table['label']):
+    raise ValueError(f'--digits {spec!r} is outside the {len(table["label"])} '
+                     'test digits.')
+  return ({'image': table['image'][start:stop]}, table['label'][start:stop])
+
+
+def predict_lines(workdir: str, inputs: Sequence[str], which: str = 'latest',
+                  top_k: int = 1, digits: str = '') -> List[str]:
+  """Human-readable predictions of a workdir's model for `inputs`.
+
+  Args:
+    workdir: a trained workdir.
+    inputs: texts (text models) or image paths (image models).
+    which: checkpoint: 'latest', 'best' or a step.
+    top_k: labels per input (classification).
+    digits: digits workdirs: 'a:b' predicts test digits a..b-1.
+
+  Returns:
+    One or more lines per input.
+  """
+  model, variables, config, step = load_workdir(workdir, which)
+  is_image = config.data.source == 'digits' or 'image' in example_inputs(
+      config)
+  lines = [f'# {workdir} (checkpoint step {step})']
+  truth = None
+  if is_image:
+    if digits:
+      batch, truth = _digits_range(digits, config)
+      names_in = [f'test digit {i}' for i in range(
+          int(digits.partition(':')[0] or 0),
+          int(digits.partition(':')[0] or 0) + len(truth))]
+    else:
+      if not inputs:
+        raise ValueError('give image files (or --digits=a:b) to predict.')
+      batch, names_in = image_batch(inputs, config), list(inputs)
+  else:
+    if not inputs:
+      raise ValueError('give texts as arguments or --input_file=FILE.')
+    names_in = list(inputs)
+  if config.task == 'mlm':
+    for text, filled in zip(inputs, fill_masks(model, variables, inputs,
+                                               config)):
+      lines.append(f'{text!r} -> {filled!r}')
+    return lines
+  if not is_image:
+    batch = text_batch(inputs, config)
+  if config.task == 'regression':
+    scores = predict_batch(model, variables, batch).reshape(-1)
+    for name, score in zip(names_in, scores):
+      lines.append(f'{score:.3f}\t{name}')
+    return lines
+  names = label_names(workdir, config)
+  results = classify(model, variables, batch, names, top_k=max(top_k, 1))
+  for i, (name, result) in enumerate(zip(names_in, results)):
+    labels = ', '.join(f'{label} (p={prob:.3f})' for label, prob in result)
+    shown = name if len(name) <= 80 else name[:77] + '...'
+    extra = f'  [true: {names[int(truth[i])]}]' if truth is not None else ''
+    if is_image and digits:
+      lines += ['    ' + row for row in render_digit(batch['image'][i])]
+    lines.append(f'{labels}\t{shown}{extra}')
+  return lines

@@ -1,0 +1,62 @@
+r"""Launcher: train (and evaluate) one experiment config in a workdir.
+
+  python -m experiments.train --config=configs/quickstart.py \
+      --workdir=/tmp/quickstart [--config.optimizer.learning_rate=1e-3 ...]
+
+Runs resume automatically from the workdir's latest checkpoint. Multi-host:
+run the same command on every host; `jax.distributed.initialize()` is called
+when --coordinator_address or --num_processes is given (on Cloud TPU / SLURM
+pass --num_processes=-1 to let JAX detect the cluster).
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from experiments import cli
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file, e.g. configs/quickstart.py or '
+    'configs/glue_bytes.py:cola.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', '', 'host:port of process 0 (multi-process).')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', 1, 'Number of processes; -1 = auto-detect cluster.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', 0, 'This process id.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  cli.quiet_library_logs()
+  if _NUM_PROCESSES.value == -1:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize()
+  else:
+    cli.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                     _PROCESS_ID.value)
+  from experiments import predict_lib  # pylint: disable=g-import-not-at-top
+  from experiments import train_lib  # pylint: disable=g-import-not-at-top
+  config = _CONFIG.value
+  try:
+    result = train_lib.train_and_evaluate(config, _WORKDIR.value)
+  except (ValueError, FileNotFoundError, train_lib.NonFiniteError) as e:
+    logging.error('%s', e)
+    sys.stderr.write(f'error: {e}\n')
+    sys.exit(1)
+  print(f'final step {result["step"]}: eval '
+        + '  '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
+                    for k, v in result['eval'].items()))
+  if config.predict_examples > 0:
+    predict_lib.print_eval_predictions(result, config,
+                                       int(config.predict_examples))
+
+
+if __name__ == '__main__':
+  cli.check_overrides_or_exit(sys.argv)
+  app.run(main)

@@ -1,0 +1,467 @@
+"""The training loop: one readable function plus small pure helpers.
+
+Why it looks like this (big_vision / Flax-examples habits): `train_and_evaluate`
+reads top to bottom in banner sections (workdir, data, mesh, model and
+optimizer, state and resume, steps, loop). The train step is jitted once over
+a mesh of every device of every process, with the state donated; the batch
+is sharded on 'data', the state replicated. Everything random is a function
+of the step (data order, MLM masks, dropout = fold_in(key, step)), so a run
+resumed from any checkpoint ends bit-identical to an uninterrupted one.
+"""
+
+import collections
+import functools
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from experiments import checkpointing
+from experiments import input_pipeline
+from experiments import models
+from experiments import optim
+from experiments import sharding
+from experiments import tasks
+
+PyTree = Any
+# Python-side trace counters: a retrace of a step shows up here (tests).
+TRACE_COUNTS = collections.Counter()
+METRICS_FILE = 'metrics.jsonl'
+
+
+class NonFiniteError(FloatingPointError):
+  """Loss or gradient norm became NaN/inf."""
+
+
+class Preempted(SystemExit):
+  """Raised after SIGTERM, once the checkpoint is saved (exit code 143)."""
+
+  def __init__(self):
+    super().__init__(143)
+
+
+# ============================================================================
+# Small pure helpers.
+# ============================================================================
+
+
+def total_steps(config: ml_collections.ConfigDict, num_examples: int) -> int:
+  """Training steps: num_train_steps if > 0, else num_epochs over the data."""
+  if config.num_train_steps > 0:
+    return int(config.num_train_steps)
+  if config.num_epochs <= 0:
+    raise ValueError('set config.num_train_steps > 0 or config.num_epochs > 0.')
+  return max(int(math.ceil(config.num_epochs * num_examples /
+                           config.batch_size)), 1)
+
+
+def model_inputs(batch: Dict[str, Any]):
+  """(inputs, keyword arguments) of the model call for a batch."""
+  if 'image' in batch:
+    return batch['image'], {}
+  return batch['input_ids'], {'attention_mask': batch['attention_mask']}
+
+
+def apply_model(model, variables, batch, *, train: bool,
+                dropout_key=None):
+  """Runs the model; returns (outputs, updated non-param collections)."""
+  inputs, kwargs = model_inputs(batch)
+  mutable = [k for k in variables if k != 'params'] if train else []
+  mutable = mutable or False
+  rngs = {'dropout': dropout_key} if (train and dropout_key is not None) else {}
+  out = model.apply(variables, inputs, deterministic=not train, rngs=rngs,
+                    mutable=mutable, **kwargs)
+  if mutable:
+    outputs, new_state = out
+    return outputs, dict(new_state)
+  return out, {}
+
+
+def make_train_step(model, tx, schedule, config) -> Callable:
+  """The (not yet jitted) train step: (state, batch) -> (state, metrics)."""
+  task = config.task
+  smoothing = float(config.label_smoothing)
+  accumulate = int(config.optimizer.accumulate_steps)
+  base_key = jax.random.PRNGKey(int(config.seed) + 1)
+
+  def train_step(state, batch):
+    TRACE_COUNTS['train_step'] += 1
+    step = state['step']
+    dropout_key = jax.random.fold_in(base_key, step)
+    others = state['model_state']
+
+    def loss_of(params):
+      outputs, new_others = apply_model(
+          model, {'params': params, **others}, batch, train=True,
+          dropout_key=dropout_key)
+      loss_sum, weight = tasks.loss_fn(task, outputs, batch, smoothing)
+      denom = jnp.maximum(jnp.sum(weight), 1.0)
+      return jnp.sum(loss_sum) / denom, new_others
+
+    (loss, new_others), grads = jax.value_and_grad(loss_of, has_aux=True)(
+        state['params'])
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    new_state = dict(step=step + 1, params=params, opt_state=opt_state,
+                     model_state={**others, **new_others})
+    metrics = {'loss': loss, 'grad_norm': grad_norm,
+               'learning_rate': schedule(step // accumulate)}
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model, task: str) -> Callable:
+  """(params, model_state, batch) -> per-example outputs for tasks.summarize."""
+
+  def eval_step(params, model_state, batch):
+    TRACE_COUNTS['eval_step'] += 1
+    outputs, _ = apply_model(model, {'params': params, **model_state}, batch,
+                             train=False)
+    return tasks.eval_outputs(task, outputs, batch)
+
+  return eval_step
+
+
+def eval_metric_names(config) -> tuple:
+  return tuple(n.strip() for n in config.eval_metrics.split(',') if n.strip())
+
+
+def evaluate(eval_step, state, table, config, mesh) -> Dict[str, float]:
+  """Runs the whole eval table and returns the task's metrics."""
+  gathered = collections.defaultdict(list)
+  if config.task == 'mlm':
+    batches = input_pipeline.mlm_eval_batches(config)
+  else:
+    batches = input_pipeline.eval_batches(
+        table, int(config.eval_batch_size), jax.process_index(),
+        jax.process_count(), int(config.max_eval_examples))
+  for local in batches:
+    batch = sharding.global_batch(local, mesh)
+    out = sharding.to_host(eval_step(state['params'], state['model_state'],
+                                     batch))
+    for k, v in out.items():
+      gathered[k].append(v)
+  gathered = {k: np.concatenate(v) for k, v in gathered.items()}
+  return tasks.summarize(config.task, gathered, eval_metric_names(config))
+
+
+def first_nonfinite(history) -> Optional[tuple]:
+  """(step, name, value) of the first non-finite loss/grad norm, else None."""
+  for step, metrics in history:
+    for name in ('loss', 'grad_norm'):
+      value = float(metrics[name])
+      if not math.isfinite(value):
+        return step, name, value
+  return None
+
+
+class MetricWriter:
+  """metrics.jsonl (one JSON object per line) + TensorBoard events.
+
+  Only process 0 writes. TensorBoard uses tensorboardX (no TensorFlow).
+  """
+
+  def __init__(self, workdir: str):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self.tb = None
+    if self.enabled:
+      try:
+        import tensorboardX  # pylint: disable=g-import-not-at-top
+        self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tb'))
+      except ImportError:
+        logging.warning('tensorboardX is not installed; no TensorBoard '
+                        'events (pip install tensorboardX).')
+
+  def write(self, step: int, metrics: Dict[str, Any]) -> None:
+    if not self.enabled:
+      return
+    record = {'step': int(step)}
+    record.update({k: (float(v) if isinstance(v, (float, np.floating,
+                                                 np.ndarray, jax.Array))
+                       else v) for k, v in metrics.items()})
+    append_jsonl(self.path, record)
+    if self.tb is not None:
+      for k, v in record.items():
+        if k != 'step' and isinstance(v, (int, float)):
+          self.tb.add_scalar(k, v, int(step))
+      self.tb.flush()
+
+  def close(self):
+    if self.tb is not None:
+      self.tb.close()
+
+
+def append_jsonl(path: str, record: Dict[str, Any]) -> None:
+  import json  # pylint: disable=g-import-not-at-top
+  with open(path, 'a') as f:
+    f.write(json.dumps(record, sort_keys=True) + '\n')
+
+
+def format_eta(seconds: float) -> str:
+  seconds = max(int(seconds), 0)
+  return f'{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
+def init_variables(model, example_batch, seed: int) -> PyTree:
+  """Fresh model variables from an example batch (shapes only matter)."""
+  inputs, kwargs = model_inputs(example_batch)
+  return model.init(jax.random.PRNGKey(seed), inputs, deterministic=True,
+                    **kwargs)
+
+
+def example_batch(table) -> Dict[str, np.ndarray]:
+  """One example of each input array (for init / shape inference)."""
+  return {k: np.asarray(v[:1]) for k, v in table.items()}
+
+
+def text_example(max_length: int) -> Dict[str, np.ndarray]:
+  return {'input_ids': np.zeros((1, max_length), np.int32),
+          'attention_mask': np.ones((1, max_length), np.int32)}
+
+
+def configure_jax(config) -> None:
+  if config.disable_most_optimizations:
+    jax.config.update('jax_disable_most_optimizations', True)
+
+
+# ============================================================================
+# The loop.
+# ============================================================================
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> Dict[str, Any]:
+  """Trains (resuming from `workdir` if possible), evaluates, checkpoints.
+
+  Args:
+    config: the experiment config (configs/common.py fields).
+    workdir: run directory (config.json, model.json, checkpoints/, tb/,
+      metrics.jsonl).
+
+  Returns:
+    {'step': final step, 'eval': final eval metrics, 'train_loss': last loss}.
+
+  Raises:
+    NonFiniteError: loss or gradient norm not finite (last good checkpoint
+      kept).
+    Preempted: SIGTERM arrived; a checkpoint was saved (exit code 143).
+  """
+  configure_jax(config)
+  is_main = jax.process_index() == 0
+  # -------------------------------------------------------------- workdir --
+  os.makedirs(workdir, exist_ok=True)
+  model, description = models.build(config)
+  checkpointing.check_workdir(workdir, description, bool(config.overwrite))
+  if is_main:
+    checkpointing.write_json_atomic(
+        os.path.join(workdir, checkpointing.CONFIG_FILE), config.to_dict())
+    checkpointing.write_json_atomic(
+        os.path.join(workdir, checkpointing.MODEL_FILE), description)
+
+  # ----------------------------------------------------------------- data --
+  if config.task == 'mlm':
+    if config.num_train_steps <= 0:
+      raise ValueError('MLM runs are sized in steps: set '
+                       'config.num_train_steps > 0.')
+    train_table, eval_table = None, None
+    train_info = {'num_examples': 0, 'label_names': []}
+    eval_info = {'num_examples': -1, 'label_names': []}
+  else:
+    train_table, train_info = input_pipeline.load_table(
+        config, config.data.train_split)
+    eval_table, eval_info = input_pipeline.load_table(
+        config, config.data.eval_split)
+    _check_labels(config, train_table, eval_table)
+  if is_main:
+    checkpointing.write_json_atomic(
+        os.path.join(workdir, checkpointing.DATA_INFO_FILE),
+        {'label_names': list(train_info.get('label_names') or []),
+         'num_examples': int(train_info['num_examples']),
+         'source': config.data.source})
+  num_steps = total_steps(config, train_info['num_examples'])
+  logging.info('data: %d train / %d eval examples; %d steps of batch %d.',
+               train_info['num_examples'], eval_info['num_examples'],
+               num_steps, config.batch_size)
+
+  # ----------------------------------------------------------------- mesh --
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(int(config.batch_size), mesh)
+  sharding.check_batch_size(int(config.eval_batch_size), mesh,
+                            'eval_batch_size')
+  replicated = sharding.replicated(mesh)
+  data_sharding = sharding.batch_sharding(mesh)
+  logging.info('mesh: %d devices over %d process(es).', mesh.size,
+               jax.process_count())
+
+  # -------------------------------------------------- model and optimizer --
+  example = (example_batch(train_table) if train_table is not None else
+             text_example(int(config.data.max_length)))
+  abstract_vars = jax.eval_shape(
+      functools.partial(init_variables, model, example, int(config.seed)))
+  tx, schedule = optim.make_optimizer(config, abstract_vars['params'],
+                                      num_steps)
+
+  def make_state(variables):
+    variables = dict(variables)
+    params = variables.pop('params')
+    return dict(step=jnp.zeros((), jnp.int32), params=params,
+                opt_state=tx.init(params), model_state=variables)
+
+  # ------------------------------------------------- state and resume ------
+  # Priority: (1) the workdir's latest checkpoint, (2) config.init_from,
+  # (3) fresh initialisation.
+  abstract_state = jax.eval_shape(make_state, abstract_vars)
+  abstract_state = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      abstract_state)
+  ckpt = checkpointing.Checkpointer(
+      workdir, keep=int(config.keep_checkpoints),
+      best_metric=config.best_metric, best_mode=config.best_mode)
+  latest = ckpt.latest_step()
+  if latest is not None:
+    logging.info('resuming from %s step %d.', ckpt.directory, latest)
+    state = ckpt.restore(latest, abstract_state)
+  else:
+    init = functools.partial(init_variables, model, example, int(config.seed))
+    if config.init_from:
+      variables = jax.jit(init, out_shardings=replicated)()
+      pretrained = models.load_pretrained(config.init_from,
+                                          config.model.preset)
+      variables, new, unused = models.merge_pretrained(variables, pretrained)
+      models.log_merge(new, unused)
+      variables = jax.device_put(variables, replicated)
+      state = jax.jit(make_state, out_shardings=replicated)(variables)
+    else:  # One compile for init + optimizer state.
+      state = jax.jit(lambda: make_state(init()), out_shardings=replicated)()
+  start_step = int(jax.device_get(state['step']))
+  train_stream = (input_pipeline.MlmTrainStream(config, start_step)
+                  if config.task == 'mlm' else
+                  input_pipeline.TableTrainStream(config, train_table))
+
+  # ---------------------------------------------------------------- steps --
+  train_step = jax.jit(make_train_step(model, tx, schedule, config),
+                       in_shardings=(replicated, data_sharding),
+                       out_shardings=(replicated, replicated),
+                       donate_argnums=(0,))
+  eval_step = jax.jit(make_eval_step(model, config.task),
+                      in_shardings=(replicated, replicated, data_sharding),
+                      out_shardings=replicated)
+
+  # ----------------------------------------------------------------- loop --
+  writer = MetricWriter(workdir)
+  preemption = checkpointing.PreemptionFlag().install()
+  history = []  # (step, device metrics) since the last finite check.
+  last_metrics, eval_metrics = {}, {}
+  last_good_step = latest
+  progress = _progress_bar(config, start_step, num_steps) if is_main else None
+  timer = (time.time(), start_step)
+  try:
+    for step in range(start_step, num_steps):
+      local = train_stream.batch(step)
+      state, metrics = train_step(state, sharding.global_batch(local, mesh))
+      done = step + 1
+      history.append((done, metrics))
+      if progress is not None:
+        progress.update(1)
+
+      is_last = done == num_steps
+      log_now = done % config.log_every_steps == 0 or is_last
+      eval_now = done % config.eval_every_steps == 0 or is_last
+      save_now = (done % config.checkpoint_every_steps == 0 or is_last or
+                  preemption.requested)
+      if log_now or eval_now or save_now:
+        history = [(s, sharding.to_host(m)) for s, m in history]
+        bad = first_nonfinite(history)
+        if bad is not None:
+          ckpt.wait()
+          raise NonFiniteError(
+              f'{bad[1]} is {bad[2]} at step {bad[0]}; stopping. The last '
+              f'good checkpoint (step {last_good_step}) is kept in '
+              f'{ckpt.directory}. Try a lower optimizer.learning_rate, '
+              'optimizer.grad_clip_norm > 0, or model.dtype=float32.')
+        last_metrics = dict(history[-1][1])
+        if log_now:
+          elapsed = time.time() - timer[0]
+          rate = (done - timer[1]) * config.batch_size / max(elapsed, 1e-9)
+          eta = (num_steps - done) * config.batch_size / max(rate, 1e-9)
+          train_record = {'train_loss': last_metrics['loss'],
+                          'grad_norm': last_metrics['grad_norm'],
+                          'learning_rate': last_metrics['learning_rate'],
+                          'examples_per_sec': rate}
+          writer.write(done, train_record)
+          logging.info('step %d/%d  loss %.4f  grad_norm %.3f  lr %.3g  '
+                       '%.1f examples/s  ETA %s', done, num_steps,
+                       last_metrics['loss'], last_metrics['grad_norm'],
+                       last_metrics['learning_rate'], rate, format_eta(eta))
+          timer = (time.time(), done)
+        history = []
+      if eval_now:
+        eval_metrics = evaluate(eval_step, state, eval_table, config, mesh)
+        writer.write(done, {f'eval_{k}': v for k, v in eval_metrics.items()})
+        logging.info('eval at step %d: %s', done, _format_metrics(
+            eval_metrics))
+      if save_now or eval_now:
+        ckpt.save(done, state, metrics=(
+            {k: float(v) for k, v in eval_metrics.items()} if eval_now
+            else None))
+        last_good_step = done
+      if preemption.requested and not is_last:
+        ckpt.wait()
+        logging.warning('preempted: checkpoint at step %d saved in %s.', done,
+                        ckpt.directory)
+        raise Preempted()
+  finally:
+    preemption.uninstall()
+    if progress is not None:
+      progress.close()
+    ckpt.close()
+    writer.close()
+  final_step = max(start_step, num_steps)
+  if start_step >= num_steps:  # Already trained: just evaluate.
+    eval_metrics = evaluate(eval_step, state, eval_table, config, mesh)
+  return {'step': final_step, 'eval': eval_metrics,
+          'train_loss': float(last_metrics.get('loss', float('nan'))),
+          'state': state, 'model': model, 'eval_table': eval_table,
+          'eval_info': eval_info}
+
+
+def _format_metrics(metrics: Dict[str, Any]) -> str:
+  return '  '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}'
+                   for k, v in metrics.items())
+
+
+def _progress_bar(config, start: int, total: int):
+  if not config.progress_bar:
+    return None
+  try:
+    import tqdm  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return tqdm.tqdm(total=total, initial=start, unit='step', file=sys.stderr,
+                   dynamic_ncols=True, mininterval=1.0)
+
+
+def _check_labels(config, train_table, eval_table) -> None:
+  """Labels must lie in [0, num_classes) for classification."""
+  if config.task != 'classification':
+    return
+  k = int(config.data.num_classes)
+  for name, table in (('train', train_table), ('eval', eval_table)):
+    labels = table['label']
+    bad = np.nonzero((labels < 0) | (labels >= k))[0]
+    if len(bad):
+      raise ValueError(
+          f'{name} row {int(bad[0])} has label {int(labels[bad[0]])}, outside '
+          f'0..{k - 1} (config.data.num_classes={k}); set '
+          'config.data.num_classes or fix the data.')
