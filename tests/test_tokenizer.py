@@ -79,6 +79,7 @@ def test_single_and_pair_match_hf(hf, ours, add_special_tokens):
         hf, a, b, add_special_tokens=add_special_tokens), (a, b)
 
 
+@pytest.mark.filterwarnings('ignore::UserWarning')  # HF: max_length ignored with padding=True.
 def test_truncation_and_padding_match_hf(hf, ours):
   rng = random.Random(2)
   texts = _random_texts(3, n=40, max_len=30)

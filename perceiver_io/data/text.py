@@ -36,7 +36,9 @@ Pipelines (`make_text_dataset`, `make_mlm_dataset`) return a
 ``ds.as_numpy_iterator()`` for NumPy) and an info object with counts:
 
 * Each process reads only its own contiguous shard of the split
-  (`process_index` of `process_count`; TFDS via ``tfds.even_splits``).
+  (`process_index` of `process_count`; TFDS via ``tfds.even_splits``). TFDS
+  files are read in their stored order (already shuffled when TFDS prepared
+  them); the shuffle buffer does the rest.
 * Training (``repeat=True``) shuffles with a buffer, re-seeded every epoch
   with ``(seed, epoch)``, repeats forever, drops no example inside an epoch
   (batches run across epoch boundaries) and has full batches.
@@ -53,7 +55,9 @@ Pipelines (`make_text_dataset`, `make_mlm_dataset`) return a
 * Batches: ``input_ids`` int32 [B, L], ``attention_mask`` int32 [B, L],
   ``label`` int32 (float32 for regression) [B], ``mask`` float32 [B],
   ``num_truncated`` int32 [B] (bytes cut from the example) and ``index`` int32
-  [B] (position in the selected split; -1 for padding). MLM batches have
+  [B] (position in the selected split, -1 for padding; for a TFDS split made
+  of several ``+`` parts read by several processes it is the shard offset plus
+  the position in the shard). MLM batches have
   ``mlm_labels`` (original id where masked, -100 elsewhere) and
   ``mlm_weights`` (1.0 where masked) instead of ``label``.
 
