@@ -1,0 +1,92 @@
+"""Our own checkpoint format: Orbax-saved variables plus the model config.
+
+Layout of a checkpoint directory:
+
+  config.json       the model config (reloads without knowing the preset)
+  variables/        Orbax StandardCheckpointer (params, batch_stats)
+  META.json         format version and library version
+
+Saving writes into a temporary sibling directory and renames it into place,
+so a crash or a failure never leaves a half-written checkpoint and never
+touches an existing one (saving over an existing directory needs
+`overwrite=True`, and even then the old one is only replaced after the new one
+is complete).
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+import flax
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from perceiver_io.checkpoints.common import check_and_unflatten
+from perceiver_io.checkpoints.common import CheckpointError
+from perceiver_io.model import build_model
+
+FORMAT_VERSION = 1
+
+
+def save(directory: str, variables, config, overwrite: bool = False) -> str:
+  """Saves `variables` and `config` to `directory`; returns its path."""
+  directory = os.path.abspath(directory)
+  if os.path.exists(directory) and not overwrite:
+    raise CheckpointError(f'{directory} already exists; pass overwrite=True '
+                          f'(--overwrite) to replace it, or choose a new path.')
+  parent = os.path.dirname(directory)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix='.tmp_ckpt_', dir=parent)
+  try:
+    with open(os.path.join(tmp, 'config.json'), 'w') as f:
+      json.dump(config, f, indent=2, sort_keys=True)
+    state = jax.tree_util.tree_map(np.asarray, flax.core.unfreeze(variables))
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.join(tmp, 'variables'), state)
+    ckptr.wait_until_finished()
+    from perceiver_io import __version__  # pylint: disable=g-import-not-at-top
+    with open(os.path.join(tmp, 'META.json'), 'w') as f:
+      json.dump({'format_version': FORMAT_VERSION,
+                 'perceiver_io_version': __version__}, f)
+    if os.path.exists(directory):
+      old = directory + '.old'
+      os.replace(directory, old)
+      os.replace(tmp, directory)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, directory)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return directory
+
+
+def is_checkpoint(directory: str) -> bool:
+  return (os.path.isfile(os.path.join(directory, 'config.json')) and
+          os.path.isdir(os.path.join(directory, 'variables')))
+
+
+def load(directory: str, **overrides):
+  """`(model, variables, config)` from a directory written by `save`."""
+  if not is_checkpoint(directory):
+    raise CheckpointError(f'{directory} is not a perceiver_io checkpoint '
+                          f'(expected config.json and variables/).')
+  try:
+    with open(os.path.join(directory, 'config.json')) as f:
+      config = json.load(f)
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f'{directory}/config.json is corrupt: {e}') from e
+  config.update(overrides)
+  model = build_model(config)
+  try:
+    restored = ocp.StandardCheckpointer().restore(
+        os.path.join(directory, 'variables'))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f'cannot read {directory}/variables: {e}. The '
+                          f'checkpoint is corrupt or truncated.') from e
+  flat = {k: np.asarray(v) for k, v in
+          flax.traverse_util.flatten_dict(restored).items()}
+  variables = check_and_unflatten(model, flat, directory)
+  return model, variables, model.config
