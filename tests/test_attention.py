@@ -1,0 +1,349 @@
+"""Attention, blocks and encoder against a direct NumPy implementation.
+
+Why: everything else (checkpoint parity, training) rests on these numerics:
+the 1/sqrt(qk head width) scale with separate q/k and v widths, masked logits,
+the official zero output of a fully masked query row, pre-LayerNorm blocks
+with eps 1e-5 and the optional query residual, tanh GELU, and the encoder's
+weight sharing across blocks. The reference below is written from the
+official description (reference sections 1.1-1.5), in float64.
+"""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from perceiver_io import attention as attn
+from perceiver_io.encoder import PerceiverEncoder
+
+RNG = np.random.default_rng(0)
+
+
+def _rand(*shape):
+  return RNG.standard_normal(shape).astype(np.float32)
+
+
+def _random_params(module, *args, seed=0):
+  """Random parameters of `module` for inputs `args`, from shapes only.
+
+  Kernels ~ N(0, 1/fan_in); LayerNorm scales 1 + N(0, 0.1^2); biases and
+  everything else N(0, 0.1^2), so that zero biases and unit LayerNorm scales
+  cannot hide a mistake.
+  """
+  shapes = jax.eval_shape(
+      lambda *a: module.init(jax.random.PRNGKey(0), *a), *args)['params']
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    x = rng.standard_normal(leaf.shape).astype(np.float32)
+    if name == 'kernel':
+      return x / np.sqrt(leaf.shape[0])
+    if name == 'scale':
+      return 1.0 + 0.1 * x
+    return 0.1 * x
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def _apply(module, variables, *args, **kwargs):
+  """Jitted `module.apply` (one compilation instead of one per op)."""
+  return np.asarray(jax.jit(lambda v, *a: module.apply(v, *a, **kwargs))(
+      variables, *args))
+
+
+def _np(tree):
+  return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), tree)
+
+
+# ---------------------------------------------------------- NumPy reference --
+def ref_dense(p, x):
+  return x @ p['kernel'] + p['bias']
+
+
+def ref_layer_norm(p, x, eps=1e-5):
+  mean = x.mean(-1, keepdims=True)
+  var = ((x - mean) ** 2).mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + eps) * p['scale'] + p['bias']
+
+
+def ref_gelu_tanh(x):
+  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def ref_attention(p, xq, xkv, heads, mask=None):
+  """Multi-head attention, one batch element and one head at a time."""
+  q, k, v = ref_dense(p['query'], xq), ref_dense(p['key'], xkv), ref_dense(
+      p['value'], xkv)
+  b, t, s = q.shape[0], q.shape[1], k.shape[1]
+  dq, dv = q.shape[-1] // heads, v.shape[-1] // heads
+  out = np.zeros((b, t, v.shape[-1]))
+  for n in range(b):
+    for h in range(heads):
+      qh = q[n, :, h * dq:(h + 1) * dq]
+      kh = k[n, :, h * dq:(h + 1) * dq]
+      vh = v[n, :, h * dv:(h + 1) * dv]
+      logits = qh @ kh.T / np.sqrt(dq)
+      for i in range(t):
+        valid = np.ones(s, bool) if mask is None else mask[n, i]
+        if not valid.any():
+          continue  # Official: a fully masked query row outputs zeros.
+        row = np.where(valid, logits[i], -np.inf)
+        w = np.exp(row - row.max())
+        out[n, i, h * dv:(h + 1) * dv] = (w / w.sum()) @ vh
+  return ref_dense(p['output'], out)
+
+
+def ref_mlp(p, x):
+  return ref_dense(p['dense2'], ref_gelu_tanh(ref_dense(p['dense1'], x)))
+
+
+def ref_cross_block(p, xq, xkv, heads, residual, mask=None):
+  a = ref_attention(p['attention'], ref_layer_norm(p['query_norm'], xq),
+                    ref_layer_norm(p['kv_norm'], xkv), heads, mask)
+  x = xq + a if residual else a
+  return x + ref_mlp(p['mlp'], ref_layer_norm(p['mlp_norm'], x))
+
+
+def ref_self_block(p, x, heads):
+  y = ref_layer_norm(p['attention_norm'], x)
+  x = x + ref_attention(p['attention'], y, y, heads)
+  return x + ref_mlp(p['mlp'], ref_layer_norm(p['mlp_norm'], x))
+
+
+# -------------------------------------------------------- MultiHeadAttention --
+def _mha(impl='einsum', qk=24, v=12, heads=3, out=10, dropout=0.0):
+  return attn.MultiHeadAttention(num_heads=heads, qk_channels=qk, v_channels=v,
+                                 output_channels=out, attention_impl=impl,
+                                 dropout_rate=dropout)
+
+
+def _random_mask(b, t, s, full_rows=()):
+  mask = RNG.random((b, t, s)) > 0.4
+  mask[..., 0] = True  # Every row keeps at least one key...
+  for n, i in full_rows:  # ...except these, which are fully masked.
+    mask[n, i] = False
+  return mask
+
+
+@pytest.mark.parametrize('use_mask', [False, True])
+def test_einsum_attention_matches_numpy(use_mask):
+  xq, xkv = _rand(2, 5, 7), _rand(2, 6, 9)
+  module = _mha()
+  params = _random_params(module, xq, xkv)
+  mask = _random_mask(2, 5, 6, full_rows=[(1, 2)]) if use_mask else None
+  got = _apply(module, {'params': params}, xq, xkv, mask)
+  expected = ref_attention(_np(params), xq, xkv, 3, mask)
+  assert got.shape == (2, 5, 10)
+  np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_scale_uses_qk_head_width():
+  # One head, one query, two keys, identity projections: logits are q.k / 2
+  # for a qk width of 4 -> softmax([4, 0] / 2) = [e^2, 1] / (e^2 + 1).
+  module = attn.MultiHeadAttention(num_heads=1, qk_channels=4, v_channels=1,
+                                   output_channels=1, attention_impl='einsum')
+  eye = {'kernel': np.eye(4, dtype=np.float32), 'bias': np.zeros(4, np.float32)}
+  params = {'query': eye, 'key': eye,
+            'value': {'kernel': np.array([[1.], [0.], [0.], [0.]], np.float32),
+                      'bias': np.zeros(1, np.float32)},
+            'output': {'kernel': np.ones((1, 1), np.float32),
+                       'bias': np.zeros(1, np.float32)}}
+  xq = np.array([[[2., 0., 0., 0.]]], np.float32)
+  xkv = np.array([[[2., 0., 0., 0.], [0., 0., 0., 0.]]], np.float32)
+  got = _apply(module, {'params': params}, xq, xkv)
+  w = np.exp(2.0) / (np.exp(2.0) + 1.0)
+  np.testing.assert_allclose(got[0, 0, 0], w * 2.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize('impl', ['einsum', 'auto'])
+def test_fully_masked_row_gives_output_bias(impl):
+  xq, xkv = _rand(1, 3, 8), _rand(1, 4, 8)
+  module = _mha(impl=impl, qk=8, v=8, heads=2, out=5)
+  params = _random_params(module, xq, xkv)
+  mask = np.ones((1, 3, 4), bool)
+  mask[0, 1] = False
+  got = _apply(module, {'params': params}, xq, xkv, mask)
+  np.testing.assert_array_equal(got[0, 1], np.asarray(params['output']['bias']))
+  assert not np.allclose(got[0, 0], np.asarray(params['output']['bias']))
+
+
+@pytest.mark.parametrize('use_mask', [False, True])
+def test_fused_equals_einsum(use_mask):
+  xq, xkv = _rand(2, 5, 16), _rand(2, 7, 12)
+  mask = _random_mask(2, 5, 7, full_rows=[(0, 4)]) if use_mask else None
+  params = _random_params(_mha('einsum', qk=16, v=16, heads=4), xq, xkv)
+  outs = {impl: _apply(_mha(impl, qk=16, v=16, heads=4), {'params': params},
+                       xq, xkv, mask)
+          for impl in ('einsum', 'fused', 'auto')}
+  np.testing.assert_allclose(outs['fused'], outs['einsum'], atol=1e-5)
+  np.testing.assert_allclose(outs['auto'], outs['einsum'], atol=1e-5)
+  expected = ref_attention(_np(params), xq, xkv, 4, mask)
+  np.testing.assert_allclose(outs['fused'], expected, atol=1e-5)
+
+
+def test_fused_with_unequal_widths_raises():
+  xq = _rand(1, 3, 8)
+  with pytest.raises(ValueError, match='qk_channels == v_channels'):
+    _random_params(_mha('fused', qk=8, v=4, heads=2), xq, xq)
+
+
+def test_bad_attention_settings_raise():
+  xq = _rand(1, 3, 8)
+  with pytest.raises(ValueError, match='auto, fused or einsum'):
+    _random_params(_mha('flash', qk=8, v=4, heads=2), xq, xq)
+  with pytest.raises(ValueError, match='divisible by num_heads'):
+    _random_params(_mha('einsum', qk=8, v=6, heads=4), xq, xq)
+
+
+def test_attention_dropout():
+  xq, xkv = _rand(1, 4, 8), _rand(1, 6, 8)
+  module = _mha('auto', qk=8, v=8, heads=2, out=8, dropout=0.5)
+  v = {'params': _random_params(module, xq, xkv)}
+  plain = _apply(_mha('einsum', qk=8, v=8, heads=2, out=8), v, xq, xkv)
+  # Deterministic: no dropout and no rng needed.
+  np.testing.assert_allclose(_apply(module, v, xq, xkv, deterministic=True),
+                             plain, atol=1e-5)
+  # Training: needs a 'dropout' rng.
+  with pytest.raises(flax.errors.InvalidRngError, match='dropout'):
+    module.apply(v, xq, xkv, deterministic=False)
+
+  train = jax.jit(lambda v, q, kv, k: module.apply(
+      v, q, kv, deterministic=False, rngs={'dropout': k}))
+
+  # Each batch element draws its own mask, so 2000 copies of the input give
+  # 2000 independent samples (one compilation: random bits compile slowly).
+  many_q, many_kv = np.repeat(xq, 2000, 0), np.repeat(xkv, 2000, 0)
+  outs = np.asarray(train(v, many_q, many_kv, jax.random.PRNGKey(1)))
+  assert not np.allclose(outs[0], plain[0], atol=1e-3)
+  assert not np.allclose(outs[0], outs[1], atol=1e-3)
+  np.testing.assert_array_equal(
+      outs, train(v, many_q, many_kv, jax.random.PRNGKey(1)))  # Same key.
+  assert not np.allclose(
+      outs, train(v, many_q, many_kv, jax.random.PRNGKey(2)), atol=1e-3)
+  # Inverted dropout (weights / keep prob) is unbiased: the mean over the
+  # samples approaches the deterministic output (within 5 standard errors).
+  stderr = outs.std(axis=0) / np.sqrt(len(outs))
+  assert np.all(np.abs(outs.mean(axis=0) - plain[0]) < 5 * stderr + 1e-4)
+
+
+def test_make_cross_attention_mask():
+  q = np.array([[1, 0, 1]])
+  kv = np.array([[1, 1, 0, 1]])
+  expected = np.outer(q[0], kv[0]).astype(bool)[None]
+  np.testing.assert_array_equal(attn.make_cross_attention_mask(q, kv), expected)
+
+
+# ------------------------------------------------------------------- blocks --
+@pytest.mark.parametrize('residual', [True, False])
+def test_cross_attention_block_matches_numpy(residual):
+  xq, xkv = _rand(2, 4, 12), _rand(2, 6, 20)
+  block = attn.CrossAttentionBlock(num_heads=2, qk_channels=8, v_channels=6,
+                                   widening_factor=2,
+                                   use_query_residual=residual,
+                                   attention_impl='einsum')
+  params = _random_params(block, xq, xkv)
+  mask = _random_mask(2, 4, 6, full_rows=[(0, 1)])
+  got = _apply(block, {'params': params}, xq, xkv, mask)
+  expected = ref_cross_block(_np(params), xq, xkv, 2, residual, mask)
+  assert got.shape == (2, 4, 12)  # Output in the query width.
+  np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-5)
+
+
+def _shapes(tree):
+  return jax.tree_util.tree_map(lambda x: tuple(x.shape), tree)
+
+
+def test_cross_attention_width_defaults():
+  xq, xkv = jnp.zeros((1, 3, 12)), jnp.zeros((1, 5, 20))
+
+  def shapes(**kw):
+    block = attn.CrossAttentionBlock(num_heads=2, **kw)
+    return _shapes(_random_params(block, xq, xkv))
+
+  kv = shapes(shape_for_attn='kv')['attention']
+  assert kv['query']['kernel'] == (12, 20)
+  assert kv['key']['kernel'] == (20, 20)
+  assert kv['value']['kernel'] == (20, 20)  # v defaults to the qk width.
+  assert kv['output']['kernel'] == (20, 12)  # Back to the query width.
+  q = shapes(shape_for_attn='q')['attention']
+  assert q['query']['kernel'] == (12, 12)
+  assert q['key']['kernel'] == (20, 12)
+  assert q['value']['kernel'] == (20, 12)
+  assert q['output']['kernel'] == (12, 12)
+  explicit = shapes(shape_for_attn='q', qk_channels=8, v_channels=4)
+  assert explicit['attention']['key']['kernel'] == (20, 8)
+  assert explicit['attention']['value']['kernel'] == (20, 4)
+  assert explicit['attention']['output']['kernel'] == (4, 12)
+  assert explicit['mlp']['dense1']['kernel'] == (12, 12)  # widening 1.
+  with pytest.raises(ValueError, match="'kv' or 'q'"):
+    shapes(shape_for_attn='x')
+
+
+def test_self_attention_block_matches_numpy():
+  x = _rand(2, 5, 16)
+  block = attn.SelfAttentionBlock(num_heads=4, qk_channels=8, widening_factor=3,
+                                  v_channels=16, attention_impl='einsum')
+  params = _random_params(block, x)
+  assert params['mlp']['dense1']['kernel'].shape == (16, 48)
+  got = _apply(block, {'params': params}, x)
+  np.testing.assert_allclose(got, ref_self_block(_np(params), x, 4),
+                             atol=2e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ encoder --
+def _encoder(num_blocks, per_block):
+  return PerceiverEncoder(num_latents=4, latent_channels=16,
+                          num_blocks=num_blocks,
+                          num_self_attends_per_block=per_block,
+                          num_cross_attend_heads=1, num_self_attend_heads=2,
+                          qk_channels=8, v_channels=16,
+                          attention_impl='einsum')
+
+
+def test_encoder_shares_weights_across_blocks():
+  x = _rand(2, 6, 5)
+  input_mask = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
+  one, three = _encoder(1, 2), _encoder(3, 2)
+  p1 = _random_params(one, x, input_mask)
+  p3 = _random_params(three, x, input_mask)
+  count = lambda v: sum(a.size for a in jax.tree_util.tree_leaves(v))
+  assert count(p1) == count(p3)
+  assert _shapes(p1) == _shapes(p3)
+  params = p1
+  z1 = _apply(one, {'params': params}, x, input_mask)
+  z3 = _apply(three, {'params': params}, x, input_mask)
+  assert not np.allclose(z1, z3, atol=1e-3)
+
+  # NumPy: one cross-attend, then the same two layers three times.
+  p = _np(params)
+  lat = np.broadcast_to(p['latents'], (2, 4, 16))
+  mask = np.broadcast_to(input_mask[:, None, :], (2, 4, 6))
+  z = ref_cross_block(p['cross_attend'], lat, x, 1, True, mask)
+  for _ in range(3):
+    for i in range(2):
+      z = ref_self_block(p[f'self_attend_{i}'], z, 2)
+  np.testing.assert_allclose(z3, z, atol=5e-5, rtol=1e-4)
+
+
+def test_encoder_masked_inputs_are_ignored():
+  x = _rand(1, 6, 5)
+  mask = np.array([[1, 1, 1, 0, 0, 0]], bool)
+  enc = _encoder(1, 1)
+  variables = {'params': _random_params(enc, x, mask)}
+  other = x.copy()
+  other[:, 3:] = _rand(1, 3, 5)  # Change only the masked elements.
+  run = jax.jit(enc.apply)
+  np.testing.assert_allclose(run(variables, x, mask), run(variables, other,
+                                                          mask), atol=1e-6)
+  assert not np.allclose(run(variables, x, None), run(variables, other, None),
+                         atol=1e-4)
+
+
+def test_encoder_heads_must_divide_latent_width():
+  enc = PerceiverEncoder(num_latents=2, latent_channels=10,
+                         num_self_attend_heads=4, num_blocks=1,
+                         num_self_attends_per_block=1)
+  with pytest.raises(ValueError, match='divisible'):
+    _random_params(enc, jnp.zeros((1, 3, 4)))
