@@ -73,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # 'classification' | 'regression' (STS-B) | 'mlm' (masked bytes).
   c.task = 'classification'
+  c.glue_task = ''                     # GLUE task name (evaluate summary)
   c.seed = 0
   # Model: a perceiver_io preset plus its keyword arguments.
   c.model = ml_collections.ConfigDict()

@@ -262,6 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # -------------------------------------------------------------- workdir --
   os.makedirs(workdir, exist_ok=True)
   model, description = models.build(config)
+  check_lengths(config, description)
   checkpointing.check_workdir(workdir, description, bool(config.overwrite))
   if is_main:
     checkpointing.write_json_atomic(
@@ -450,6 +451,22 @@ def _progress_bar(config, start: int, total: int):
     return None
   return tqdm.tqdm(total=total, initial=start, unit='step', file=sys.stderr,
                    dynamic_ncols=True, mininterval=1.0)
+
+
+def check_lengths(config, description) -> None:
+  """Text lengths must fit the model (MLM: exactly its output length)."""
+  pre = description['perceiver']['preprocessor']
+  if pre.get('type') != 'text':
+    return
+  length, limit = int(config.data.max_length), int(pre['max_seq_len'])
+  if config.task == 'mlm':
+    out = int(description['perceiver']['decoder']['output_index_dims'][0])
+    if length != out:
+      raise ValueError(f'config.data.max_length={length} must equal the MLM '
+                       f"decoder's output length {out} (model max_seq_len).")
+  elif length > limit:
+    raise ValueError(f'config.data.max_length={length} exceeds the model\'s '
+                     f'max_seq_len={limit}; lower config.data.max_length.')
 
 
 def _check_labels(config, train_table, eval_table) -> None:
