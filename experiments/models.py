@@ -146,30 +146,35 @@ def load_pretrained(init_from: str, preset_hint: str = ''):
   """Variables of a pretrained model named by `config.init_from`.
 
   Args:
-    init_from: 'hf:<dir or hub id>', 'haiku:<pickle>' or 'workdir:<dir>'.
+    init_from: 'hf:<dir or hub id>' (HuggingFace save_pretrained layout),
+      'haiku:<pickle>' (official DeepMind checkpoint), 'workdir:<dir>' (a
+      run of experiments.train: its latest checkpoint) or 'dir:<dir>'
+      (`perceiver_io.checkpoints.save` output). Haiku pickles may name
+      their architecture: 'haiku:<pickle>:<preset>'.
     preset_hint: preset name for Haiku pickles (they carry no config).
 
   Returns:
     The pretrained variables dict.
   """
   kind, _, where = init_from.partition(':')
-  if not where:
-    raise ValueError(f'init_from must be hf:<dir or hub id>, haiku:<pickle> '
-                     f'or workdir:<dir>; got {init_from!r}.')
+  if not where or kind not in ('hf', 'haiku', 'workdir', 'dir'):
+    raise ValueError(f'init_from must be hf:<dir or hub id>, haiku:<pickle>, '
+                     f'workdir:<dir> or dir:<dir>; got {init_from!r}.')
   if kind == 'workdir':
     from experiments import predict_lib  # pylint: disable=g-import-not-at-top
     return predict_lib.load_variables_from_workdir(where)
   from perceiver_io import checkpoints  # pylint: disable=g-import-not-at-top
-  if kind == 'hf':
-    import os  # pylint: disable=g-import-not-at-top
-    _, variables, _ = checkpoints.from_hf(
-        where if os.path.isdir(where) else f'hf:{where}')
-    return variables
+  if kind == 'dir':
+    return checkpoints.load(where)[1]
   if kind == 'haiku':
-    _, variables, _ = checkpoints.from_haiku(where, preset_hint)
-    return variables
-  raise ValueError(f'init_from kind must be hf, haiku or workdir; got '
-                   f'{kind!r} in {init_from!r}.')
+    # 'haiku:<pickle>[:<preset of the pickle>]'; the official language
+    # pickle is the MLM model, whatever head we fine-tune.
+    path, _, preset = where.partition(':')
+    if not preset:
+      preset = ('language_mlm' if 'text' in preset_hint or 'language' in
+                preset_hint else preset_hint.replace('tiny_', ''))
+    return checkpoints.from_haiku(path, preset)[1]
+  return checkpoints.from_hf(f'hf:{where}')[1]
 
 
 def log_merge(new: List[str], unused: List[str]) -> None:

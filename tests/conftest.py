@@ -1,0 +1,33 @@
+"""Shared pytest fixtures. Deliberately minimal: nothing here changes JAX's
+global state for the whole suite (no forced device counts); tests that need
+8 CPU devices or 2 processes start subprocesses with `subprocess_env`.
+"""
+
+import os
+import sys
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='session')
+def subprocess_env(tmp_path_factory):
+  """Environment for launcher subprocesses: CPU only, repo on the path, and a
+  per-session persistent compilation cache (restarts reuse compiled steps)."""
+  env = dict(os.environ)
+  env['JAX_PLATFORMS'] = 'cpu'
+  env['PYTHONPATH'] = os.pathsep.join(
+      [REPO_ROOT] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep)
+                     if p])
+  env['JAX_COMPILATION_CACHE_DIR'] = str(
+      tmp_path_factory.mktemp('jax_compilation_cache'))
+  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  env.pop('XLA_FLAGS', None)
+  env['TF_CPP_MIN_LOG_LEVEL'] = '2'
+  return env
+
+
+@pytest.fixture(scope='session')
+def python_executable():
+  return sys.executable
