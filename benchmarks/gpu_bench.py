@@ -1,0 +1,303 @@
+"""GPU benchmark: ours (fp32, bf16) vs HF (fp32, TF32, bf16 autocast) + MFU.
+
+Why: the GPU targets are throughput against the reference's best setting on
+the same card and our model FLOPs utilisation; both need the same workloads
+as the CPU comparison, on a machine that has JAX with CUDA, torch and
+transformers but no TensorFlow and no ml_collections (nothing here or in
+`perceiver_io` imports either; each result records whether they got
+imported).
+
+Two worker processes run one after the other (ours, then the reference),
+each measuring a list of (workload, mode, precision) items in priority order
+under a shared time budget; items left when the budget is spent are reported
+as skipped. Ours compiles each function ahead of time (compile time is
+reported apart); FLOPs are XLA's count of the unoptimised step with the einsum
+attention path (same arithmetic as the cuDNN path, which XLA cannot count),
+so MFU = FLOPs / median step time / the card's peak.
+
+Peak dense FLOP/s (no sparsity) by card, from NVIDIA's datasheets:
+  H100 SXM5 (80GB HBM3): BF16 989.4 T, TF32 494.7 T, FP32 66.9 T
+    (https://www.nvidia.com/en-us/data-center/h100/, "H100 SXM" column; the
+    datasheet's tensor figures are "with sparsity", halved here);
+  H100 PCIe: BF16 756.5 T, TF32 378 T, FP32 51.2 T (same datasheet);
+  H100 NVL: BF16 835.5 T, TF32 417.5 T, FP32 60 T (same datasheet);
+  H200 (SXM/NVL): BF16 989.4 T, TF32 494.7 T, FP32 66.9 T
+    (https://www.nvidia.com/en-us/data-center/h200/; same GH100 die and
+    clocks as H100 SXM).
+JAX runs float32 matmuls on GPU at its default precision, which on Hopper
+uses TF32 tensor cores, so our fp32 MFU is against the TF32 peak; torch's
+fp32 default does not (`allow_tf32=False`), hence the extra 'tf32' reference
+setting.
+
+Usage: benchmarks/gpu.sh [results_dir]  (or python -m benchmarks.gpu_bench)
+       python -m benchmarks.gpu_bench --smoke   # tiny sizes on CPU, seconds
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+from benchmarks import runner  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+TERA = 1e12
+# name fragment -> peak dense FLOP/s (bf16, tf32, fp32); see module docstring.
+PEAK_FLOPS = (
+    ('H100 PCIe', (756.5 * TERA, 378.0 * TERA, 51.2 * TERA)),
+    ('H100 NVL', (835.5 * TERA, 417.5 * TERA, 60.0 * TERA)),
+    ('H100', (989.4 * TERA, 494.7 * TERA, 66.9 * TERA)),
+    ('H200', (989.4 * TERA, 494.7 * TERA, 66.9 * TERA)),
+)
+# GPU batch sizes: the IMDB job's 4 x 2048 as in the issue, and a larger batch
+# for the image presets (a GPU at batch 2 measures launch latency).
+GPU_BATCH = {'imdb': 4, 'imagenet_fourier': 32, 'imagenet_conv': 32,
+             'optical_flow': 1}
+OURS_PRECISIONS = ('bf16', 'fp32')
+REF_PRECISIONS = ('bf16_autocast', 'tf32', 'fp32')
+
+
+def peak_flops(device_name):
+  """(bf16, tf32, fp32) peak dense FLOP/s for a card name, or None."""
+  for fragment, peaks in PEAK_FLOPS:
+    if fragment.lower() in (device_name or '').lower():
+      return peaks
+  return None
+
+
+def gpu_name():
+  """The card's name from nvidia-smi, or None without a GPU."""
+  try:
+    out = subprocess.run(['nvidia-smi', '--query-gpu=name',
+                          '--format=csv,noheader'], capture_output=True,
+                         text=True, timeout=30, check=True)
+    return out.stdout.strip().splitlines()[0]
+  except (OSError, subprocess.SubprocessError, IndexError):
+    return None
+
+
+def build_parser():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--workloads', default='imdb,imagenet_fourier,imagenet_conv,'
+                 'optical_flow')
+  p.add_argument('--modes', default='train,infer')
+  p.add_argument('--batch', action='append', default=[],
+                 help='per-workload batch overrides, e.g. imdb=32.')
+  p.add_argument('--repeats', type=int, default=10)
+  p.add_argument('--warmup', type=int, default=2)
+  p.add_argument('--budget_s', type=float, default=420.0,
+                 help='total seconds for both implementations (the '
+                 'script must finish in 8 minutes).')
+  p.add_argument('--ours_share', type=float, default=0.6,
+                 help='fraction of the budget for ours (it compiles).')
+  p.add_argument('--max_seconds', type=float, default=10.0,
+                 help='timed-phase budget per item.')
+  p.add_argument('--smoke', action='store_true',
+                 help='tiny sizes on whatever device there is (CPU here).')
+  p.add_argument('--out', default=os.path.join(_ROOT, 'benchmarks', 'results',
+                                               'gpu'))
+  return p
+
+
+def items_for(args, impl):
+  """The worker items of one implementation, most important first."""
+  from benchmarks.compare_reference import parse_key_values  # pylint: disable=g-import-not-at-top
+  batch = dict(GPU_BATCH)
+  if args.smoke:
+    batch = {k: min(v, 2) for k, v in batch.items()}
+  batch.update(parse_key_values(args.batch, '--batch'))
+  workloads = W.standard_workloads(args.smoke, batch)
+  names = [n for n in args.workloads.split(',') if n]
+  bad = [n for n in names if n not in workloads]
+  if bad:
+    raise ValueError(f'unknown workloads {bad}; choose from '
+                     f'{sorted(workloads)}.')
+  modes = [m for m in args.modes.split(',') if m]
+  items = []
+  for mode in ('train', 'infer'):  # Training first: the targets are on it.
+    if mode not in modes:
+      continue
+    for name in names:
+      w = workloads[name]
+      if mode not in w.modes:
+        continue
+      for prec in (OURS_PRECISIONS if impl == 'ours' else REF_PRECISIONS):
+        item = {'impl': impl, 'mode': mode, 'workload': dataclasses.asdict(w)}
+        if impl == 'ours':
+          item.update(dtype='bfloat16' if prec == 'bf16' else 'float32',
+                      attention_impl='auto', precision=prec)
+        else:
+          item.update(precision=prec)
+        items.append(item)
+  return items
+
+
+def run_impl(args, impl, device, deadline, hard_timeout):
+  """Runs one implementation's items in one process; returns its results."""
+  spec = {'items': items_for(args, impl), 'device': device,
+          'repeats': args.repeats, 'warmup': args.warmup,
+          'max_seconds': args.max_seconds, 'deadline': deadline,
+          'items_cache': True, 'count_flops': impl == 'ours'}
+  cmd = [sys.executable, '-m', 'benchmarks.worker', '--spec', json.dumps(spec)]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  if device == 'cpu':
+    env['JAX_PLATFORMS'] = 'cpu'
+  results = []
+  with tempfile.TemporaryFile() as err:
+    proc = subprocess.Popen(cmd, cwd=_ROOT, stdout=subprocess.PIPE,
+                            stderr=err, text=True, env=env)
+    try:
+      for line in proc.stdout:
+        if line.startswith('RESULT '):
+          r = json.loads(line[len('RESULT '):])
+          results.append(r)
+          print(f'  {r["impl"]} {r["workload"]} {r["mode"]} '
+                f'{r.get("precision")}: {r["status"]} '
+                f'{runner.fmt_seconds(r.get("median_s"))}', flush=True)
+      proc.wait(timeout=max(hard_timeout - time.time(), 1))
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      print(f'  {impl}: killed at the hard time limit', flush=True)
+    if proc.returncode not in (0, None, -9):
+      err.seek(0)
+      print(err.read().decode(errors='replace')[-3000:], file=sys.stderr)
+  done = {(r['workload'], r['mode'], r.get('precision')) for r in results}
+  for item in spec['items']:
+    key = (item['workload']['name'], item['mode'], item.get('precision'))
+    if key not in done:
+      results.append({'impl': impl, 'workload': key[0], 'mode': key[1],
+                      'precision': key[2], 'batch': item['workload']['batch'],
+                      'status': 'skipped', 'reason': 'process ended first'})
+  return results
+
+
+def summarise(doc):
+  """Per (workload, mode): ours per precision, the reference's best, MFU."""
+  peaks = peak_flops(doc['device_name'])
+  rows = []
+  keys = []
+  for r in doc['results']:
+    if (r['workload'], r['mode']) not in keys:
+      keys.append((r['workload'], r['mode']))
+  for workload, mode in keys:
+    sel = [r for r in doc['results'] if (r['workload'], r['mode']) ==
+           (workload, mode) and r.get('status') == 'ok']
+    ours = {r['precision']: r for r in sel if r['impl'] == 'ours'}
+    ref = {r['precision']: r for r in sel if r['impl'] == 'hf'}
+    batch = (sel[0]['batch'] if sel else None)
+    row = {'workload': workload, 'mode': mode, 'batch': batch}
+    for prec, r in ours.items():
+      row[f'ours_{prec}_s'] = r['median_s']
+      flops = r.get('flops')
+      if flops and peaks:
+        peak = peaks[0] if prec == 'bf16' else peaks[1]
+        row[f'ours_{prec}_mfu'] = flops / r['median_s'] / peak
+      if flops:
+        row[f'ours_{prec}_tflops_per_s'] = flops / r['median_s'] / TERA
+    for prec, r in ref.items():
+      row[f'ref_{prec}_s'] = r['median_s']
+    if ref:
+      best_prec = min(ref, key=lambda p: ref[p]['median_s'])
+      row['ref_best'] = best_prec
+      row['ref_best_s'] = ref[best_prec]['median_s']
+    if ours:
+      best = min(ours, key=lambda p: ours[p]['median_s'])
+      row['ours_best'] = best
+      row['ours_best_s'] = ours[best]['median_s']
+    if ours and ref:
+      row['throughput_ratio_best'] = row['ref_best_s'] / row['ours_best_s']
+      if 'bf16' in ours and 'bf16_autocast' in ref:
+        row['throughput_ratio_bf16'] = (ref['bf16_autocast']['median_s'] /
+                                        ours['bf16']['median_s'])
+      if 'fp32' in ours and 'fp32' in ref:
+        row['throughput_ratio_fp32'] = (ref['fp32']['median_s'] /
+                                        ours['fp32']['median_s'])
+    rows.append(row)
+  return rows
+
+
+def to_markdown(doc):
+  def pct(x):
+    return '-' if x is None else f'{100 * x:.1f}%'
+
+  def ratio(x):
+    return '-' if x is None else f'{x:.2f}x'
+
+  lines = [f'{doc["device_name"]} ({doc["date"]}); versions '
+           f'{doc["versions"]}; budget {doc["settings"]["budget_s"]} s, total '
+           f'{doc["elapsed_s"]:.0f} s.', '',
+           'Throughput ratio = reference time / our time (> 1: ours faster); '
+           '"best" compares each side\'s fastest setting. MFU = XLA-counted '
+           'model FLOPs / step time / peak (bf16 dense; TF32 for fp32).', '']
+  header = ['workload', 'mode', 'batch', 'ours bf16', 'ours fp32',
+            'ref bf16 autocast', 'ref tf32', 'ref fp32', 'ratio best',
+            'ratio bf16', 'ours bf16 MFU', 'ours fp32 MFU']
+  rows = []
+  for r in doc['summary']:
+    rows.append([r['workload'], r['mode'], r['batch'],
+                 runner.fmt_seconds(r.get('ours_bf16_s')),
+                 runner.fmt_seconds(r.get('ours_fp32_s')),
+                 runner.fmt_seconds(r.get('ref_bf16_autocast_s')),
+                 runner.fmt_seconds(r.get('ref_tf32_s')),
+                 runner.fmt_seconds(r.get('ref_fp32_s')),
+                 ratio(r.get('throughput_ratio_best')),
+                 ratio(r.get('throughput_ratio_bf16')),
+                 pct(r.get('ours_bf16_mfu')), pct(r.get('ours_fp32_mfu'))])
+  text = '\n'.join(lines) + '\n' + runner.markdown_table(header, rows)
+  bad = [r for r in doc['results'] if r.get('status') != 'ok']
+  if bad:
+    text += '\nNot measured:\n' + ''.join(
+        f'- {r["impl"]} {r["workload"]} {r["mode"]} {r.get("precision")}: '
+        f'{r["status"]} {r.get("reason") or r.get("error") or ""}\n'
+        for r in bad)
+  imported = sorted({m for r in doc['results'] for m in ('tensorflow',
+                                                         'ml_collections')
+                     if r.get(f'imported_{m}')})
+  text += ('\nImported TensorFlow / ml_collections: '
+           f'{", ".join(imported) if imported else "neither"}.\n')
+  return text
+
+
+def main(argv=None):
+  args = build_parser().parse_args(argv)
+  t_start = time.time()
+  name = gpu_name()
+  if name is None and not args.smoke:
+    raise SystemExit('No NVIDIA GPU found (nvidia-smi failed). Run with '
+                     '--smoke to test the script on CPU.')
+  device = 'gpu' if name else 'cpu'
+  doc = {'device_name': name or 'cpu (smoke)',
+         'date': runner.machine_info()['date'],
+         'machine': runner.machine_info(),
+         'versions': runner.library_versions(),
+         'settings': {k: v for k, v in vars(args).items() if k != 'out'},
+         'results': []}
+  ours_deadline = t_start + args.budget_s * args.ours_share
+  print(f'device: {doc["device_name"]}; ours until +{args.budget_s * args.ours_share:.0f} s',
+        flush=True)
+  # Hard limit for a single process: its share plus a compile's worth.
+  doc['results'] += run_impl(args, 'ours', device, ours_deadline,
+                             ours_deadline + 60)
+  ref_deadline = t_start + args.budget_s
+  doc['results'] += run_impl(args, 'hf', device, ref_deadline,
+                             ref_deadline + 30)
+  doc['elapsed_s'] = time.time() - t_start
+  doc['summary'] = summarise(doc)
+  md = to_markdown(doc)
+  runner.write_atomic(os.path.join(args.out, 'gpu.json'),
+                      json.dumps(doc, indent=1))
+  runner.write_atomic(os.path.join(args.out, 'gpu.md'), md)
+  print(md)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
