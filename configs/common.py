@@ -82,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'            # compute dtype; params stay float32
   c.model.remat = False                # rematerialise latent layers
   c.model.dropout_rate = 0.0           # encoder dropout (official: 0)
+  c.model.in_channels = 0              # image channels; 0 = the preset's (3)
   # '' = the preset's own decoder; 'tanh_mlp' = decoder output of
   # head_hidden channels -> tanh -> Dense(num_classes) (paper Table 13).
   c.model.head = ''

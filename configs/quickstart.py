@@ -41,6 +41,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       latent_channels=64 if not tiny else 16,
       blocks=1, per_block=2 if not tiny else 1,
       self_heads=4 if not tiny else 2))
+  c.model.in_channels = 1  # Grey-scale digits.
   c.data.source = 'digits'
   c.data.num_classes = 10
   c.data.image_size = 8

@@ -49,6 +49,8 @@ def model_config(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   cfg = presets.get_config(config.model.preset, **kwargs)
   cfg['dtype'] = config.model.dtype
   cfg['remat'] = bool(config.model.remat)
+  if config.model.in_channels:
+    cfg['preprocessor']['in_channels'] = int(config.model.in_channels)
   if config.model.dropout_rate:
     cfg['encoder']['dropout_rate'] = float(config.model.dropout_rate)
   return cfg

@@ -1,0 +1,277 @@
+"""One-step-scale end-to-end runs (train, evaluate, predict) of every config's
+tiny variant, on generated local files, plus bad-input handling.
+
+Runs happen in this process (no subprocess start-up); the JAX option
+`jax_disable_most_optimizations` that the tiny configs turn on is restored
+after each test so other test files compile normally.
+"""
+
+import csv
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import glue_bytes
+from configs import imdb_bytes
+from configs import mlm_bytes
+from configs import quickstart
+from experiments import eval_lib
+from experiments import input_pipeline
+from experiments import models
+from experiments import predict_lib
+from experiments import train_lib
+from perceiver_io import checkpoints as ckpt_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+POSITIVE = ['great', 'wonderful', 'loved', 'superb', 'brilliant']
+NEGATIVE = ['awful', 'boring', 'hated', 'terrible', 'dull']
+
+
+@pytest.fixture(autouse=True)
+def _restore_jax_options():
+  previous = jax.config.read('jax_disable_most_optimizations')
+  yield
+  jax.config.update('jax_disable_most_optimizations', previous)
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """Small generated CSV / TSV / text files in the formats users bring."""
+  root = tmp_path_factory.mktemp('data')
+  rng = np.random.default_rng(0)
+  for split, n in (('train', 24), ('test', 10)):
+    with open(root / f'{split}.csv', 'w', newline='', encoding='utf-8') as f:
+      writer = csv.writer(f)
+      writer.writerow(['id', 'text', 'label'])
+      for i in range(n):
+        label = i % 2
+        words = rng.choice(POSITIVE if label else NEGATIVE, 3)
+        writer.writerow([i, f'The film was {", ".join(words)} "really".',
+                         label])
+    with open(root / f'{split}.tsv', 'w', encoding='utf-8') as f:
+      f.write('sentence1\tsentence2\tlabel\n')
+      for i in range(n):
+        f.write(f'A man plays {i}.\tSomeone plays {i % 3}.\t'
+                f'{(i % 6) * 0.8:.1f}\n')
+  with open(root / 'corpus.txt', 'w', encoding='utf-8') as f:
+    for _ in range(20):
+      f.write(' '.join(rng.choice(POSITIVE + NEGATIVE + ['the', 'film'], 10))
+              + '\n')
+  with open(root / 'badlabel.csv', 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['text', 'label'])
+    writer.writerows([['fine', 0], ['good', 1], ['odd', 5], ['ok', 0]])
+  return root
+
+
+def _override(config, **fields):
+  config.unlock()
+  for dotted, value in fields.items():
+    node = config
+    *parents, leaf = dotted.split('__')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  config.lock()
+  return config
+
+
+@pytest.fixture(scope='module')
+def quickstart_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('quickstart'))
+  config = _override(quickstart.get_config('tiny'), eval_every_steps=1)
+  previous = jax.config.read('jax_disable_most_optimizations')
+  train_lib.TRACE_COUNTS.clear()
+  result = train_lib.train_and_evaluate(config, workdir)
+  counts = dict(train_lib.TRACE_COUNTS)
+  jax.config.update('jax_disable_most_optimizations', previous)
+  return workdir, config, result, counts
+
+
+def _read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def test_quickstart_tiny_writes_a_complete_workdir(quickstart_run):
+  workdir, config, result, counts = quickstart_run
+  assert result['step'] == 3
+  # The step compiled once for 3 steps; the eval step once for 3 evals.
+  assert counts['train_step'] == 1
+  assert counts['eval_step'] == 1
+  for name in ('config.json', 'model.json', 'metrics.jsonl'):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  saved = json.load(open(os.path.join(workdir, 'config.json')))
+  assert saved['model']['preset'] == 'imagenet_fourier'
+  assert glob.glob(os.path.join(workdir, 'tb', 'events.out.tfevents.*'))
+  records = _read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  train = [r for r in records if 'train_loss' in r]
+  evals = [r for r in records if 'eval_accuracy' in r]
+  assert [r['step'] for r in train] == [1, 2, 3]
+  assert [r['step'] for r in evals] == [1, 2, 3]
+  assert all(np.isfinite(r['train_loss']) and r['examples_per_sec'] > 0
+             for r in train)
+  assert evals[-1]['eval_num_examples'] == 16
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir,
+                                                         'checkpoints'))
+                 if s.isdigit())
+  assert steps[-1] == 3
+
+
+def test_quickstart_tiny_evaluate_and_predict(quickstart_run, tmp_path):
+  workdir, _, result, _ = quickstart_run
+  evaluated = eval_lib.evaluate_workdir(workdir)
+  assert evaluated['step'] == 3
+  for key in ('loss', 'accuracy'):
+    assert evaluated['metrics'][key] == pytest.approx(result['eval'][key],
+                                                      rel=1e-5)
+  last = _read_jsonl(os.path.join(workdir, 'metrics.jsonl'))[-1]
+  assert last['checkpoint'] == 'latest' and last['step'] == 3
+  lines = predict_lib.predict_lines(workdir, [], digits='0:3')
+  labelled = [l for l in lines if '(p=' in l]
+  assert len(labelled) == 3 and all('[true: ' in l for l in labelled)
+  # An image file (dark digit on white paper, 32x32) goes through the same
+  # model at 8x8.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  table, _ = input_pipeline.load_digits_table('test')
+  img = Image.fromarray((255 - table['image'][0, ..., 0] * 255).astype(
+      np.uint8)).resize((32, 32))
+  path = str(tmp_path / 'digit.png')
+  img.save(path)
+  lines = predict_lib.predict_lines(workdir, [path], top_k=3)
+  assert lines[-1].endswith(path) and lines[-1].count('(p=') == 3
+  with pytest.raises(FileNotFoundError, match='nope.png'):
+    predict_lib.predict_lines(workdir, [str(tmp_path / 'nope.png')])
+
+
+def test_workdir_of_a_different_model_is_refused(quickstart_run):
+  workdir = quickstart_run[0]
+  config = _override(quickstart.get_config('tiny'),
+                     model__kwargs__num_latents=4)
+  with pytest.raises(ValueError, match='different model.*overwrite'):
+    train_lib.train_and_evaluate(config, workdir)
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', '3'))
+
+
+def test_init_from_workdir_and_library_checkpoint(quickstart_run, tmp_path):
+  workdir = quickstart_run[0]
+  trained = models.load_pretrained(f'workdir:{workdir}')
+  # A 12-class model: everything but the classifier output comes from the run.
+  config = _override(quickstart.get_config('tiny'),
+                     model__kwargs__num_classes=12, data__num_classes=12)
+  model, _ = models.build(config)
+  fresh = jax.eval_shape(lambda: train_lib.init_variables(
+      model, predict_lib.example_inputs(config), 0))
+  fresh = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), fresh)
+  merged, new, _ = models.merge_pretrained(fresh, trained)
+  assert sorted(new) == ['params/decoder/basic/decoder/output/bias',
+                         'params/decoder/basic/decoder/output/kernel']
+  np.testing.assert_array_equal(merged['params']['encoder']['latents'],
+                                trained['params']['encoder']['latents'])
+  # The library's own checkpoint format (dir:) round-trips into init_from.
+  model_cfg = json.load(open(os.path.join(workdir, 'model.json')))
+  ckpt_lib.save(str(tmp_path / 'export'), trained, model_cfg['perceiver'])
+  exported = models.load_pretrained(f'dir:{tmp_path / "export"}')
+  np.testing.assert_array_equal(exported['params']['encoder']['latents'],
+                                trained['params']['encoder']['latents'])
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = _override(quickstart.get_config('tiny'), num_train_steps=6,
+                     checkpoint_every_steps=1, eval_every_steps=100,
+                     optimizer__learning_rate=1e30,
+                     optimizer__grad_clip_norm=0.0, schedule__name='constant',
+                     predict_examples=0)
+  with pytest.raises(train_lib.NonFiniteError, match='last good checkpoint'):
+    train_lib.train_and_evaluate(config, str(tmp_path))
+  steps = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints')
+                 if s.isdigit())
+  assert steps and steps[-1] < 6
+  _, variables, _, _ = predict_lib.load_workdir(str(tmp_path))
+  assert all(np.all(np.isfinite(np.asarray(x)))
+             for x in jax.tree_util.tree_leaves(variables))
+
+
+def test_imdb_tiny_on_local_csv_with_cli_predict(data_dir, tmp_path,
+                                                 subprocess_env):
+  config = _override(imdb_bytes.get_config('tiny'),
+                     data__source=f'csv:{data_dir}/{{split}}.csv',
+                     data__train_split='train', data__eval_split='test')
+  workdir = str(tmp_path / 'imdb')
+  result = train_lib.train_and_evaluate(config, workdir)
+  assert result['eval']['num_examples'] == 8
+  assert 0.0 <= result['eval']['accuracy'] <= 1.0
+  inputs = tmp_path / 'reviews.txt'
+  inputs.write_text('I loved this epic movie.\nDull and boring.\n')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'experiments.predict', f'--workdir={workdir}',
+       f'--input_file={inputs}', 'A third review, on the command line.'],
+      cwd=REPO, env=subprocess_env, capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = [l for l in proc.stdout.splitlines() if '(p=' in l]
+  assert len(lines) == 3
+  assert lines[0].endswith('A third review, on the command line.')
+  assert lines[1].endswith('I loved this epic movie.')
+  assert all(l.split(' ')[0] in ('0', '1') for l in lines)
+
+
+def test_glue_tiny_regression_and_tanh_head_then_summary(data_dir, tmp_path):
+  stsb = _override(glue_bytes.get_config('stsb,tiny'),
+                   data__source=f'tsv:{data_dir}/{{split}}.tsv',
+                   data__eval_split='test')
+  result = train_lib.train_and_evaluate(stsb, str(tmp_path / 'stsb'))
+  assert {'pearson', 'spearman', 'score'} <= set(result['eval'])
+  lines = predict_lib.predict_lines(str(tmp_path / 'stsb'),
+                                    ['A man plays.'])
+  assert float(lines[-1].split('\t')[0]) == pytest.approx(
+      float(lines[-1].split('\t')[0]))  # A number, tab, the input.
+  cola = _override(glue_bytes.get_config('cola,tiny'),
+                   data__source=f'csv:{data_dir}/{{split}}.csv',
+                   data__eval_split='test')
+  result = train_lib.train_and_evaluate(cola, str(tmp_path / 'cola'))
+  assert 'matthews_corr' in result['eval']
+  params = result['state']['params']
+  assert set(params) == {'perceiver', 'head'}
+  assert params['head']['kernel'].shape == (16, 2)
+  summary = eval_lib.glue_summary(str(tmp_path))
+  assert sorted(summary['scores']) == ['cola', 'stsb']
+  assert summary['average'] == pytest.approx(
+      (summary['scores']['cola'] + summary['scores']['stsb']) / 2)
+
+
+def test_mlm_tiny_on_local_text_fills_masks(data_dir, tmp_path):
+  config = _override(mlm_bytes.get_config('tiny'),
+                     data__source=f'text:{data_dir}/corpus.txt')
+  workdir = str(tmp_path / 'mlm')
+  result = train_lib.train_and_evaluate(config, workdir)
+  assert result['eval']['num_examples'] > 0
+  assert 0.0 <= result['eval']['masked_accuracy'] <= 1.0
+  lines = predict_lib.predict_lines(workdir, ['The film was [MASK][MASK].'])
+  assert '[MASK]' not in lines[-1].split(' -> ')[1]
+  model, variables, config, _ = predict_lib.load_workdir(workdir)
+  filled = predict_lib.fill_masks(model, variables, ['ab[MASK]d'], config)[0]
+  assert filled.startswith('ab') and filled.endswith('d')
+  assert '[MASK]' not in filled
+
+
+def test_missing_local_file_is_one_clear_error(tmp_path):
+  config = _override(imdb_bytes.get_config('tiny'),
+                     data__source=f'csv:{tmp_path}/absent_{{split}}.csv',
+                     data__train_split='train')
+  with pytest.raises((FileNotFoundError, ValueError), match='absent_train'):
+    train_lib.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert not os.path.exists(tmp_path / 'w' / 'checkpoints')
+
+
+def test_labels_outside_the_classes_name_the_row(data_dir, tmp_path):
+  config = _override(imdb_bytes.get_config('tiny'),
+                     data__source=f'csv:{data_dir}/badlabel.csv')
+  with pytest.raises(ValueError, match='row 2.*label 5'):
+    train_lib.train_and_evaluate(config, str(tmp_path / 'w'))
