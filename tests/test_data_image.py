@@ -396,6 +396,23 @@ def test_class_per_folder_source(class_tree):
   assert np.all(batches[-1]['image'][-1] == 0)
 
 
+def test_pipeline_eval_equals_pil_numpy_prediction_path(tmp_path):
+  """What `predict` computes (PIL decode + eval_preprocess_numpy) is what evaluation sees."""
+  root = tmp_path / 'photos'
+  (root / 'only').mkdir(parents=True)
+  paths = []
+  for i, (height, width) in enumerate([(90, 120), (64, 48)]):
+    for ext in ('jpg', 'png'):
+      paths.append(str(root / 'only' / f'{i}.{ext}'))
+      Image.fromarray(_smooth_image(height, width, seed=i)).save(paths[-1], quality=90)
+  it, _ = image_lib.make_image_dataset(str(root), 'validation', batch_size=4, train=False,
+                                       image_size=32)
+  batch = next(it)
+  for image, path in zip(batch['image'], sorted(paths)):
+    expected = image_lib.eval_preprocess_numpy(image_lib.load_image_numpy(path), image_size=32)
+    np.testing.assert_allclose(image, expected, atol=1e-4, err_msg=path)
+
+
 def test_class_list_from_csv_sets_the_indices_and_unknown_folder_is_an_error(class_tree, tmp_path):
   class_csv = tmp_path / 'classes.csv'
   with open(class_csv, 'w', newline='') as f:
