@@ -217,7 +217,8 @@ def test_inception_crop_statistics_without_randaugment():
 
 
 def test_center_crop_window_by_hand():
-  # 224 / 256 * 375 = 328.125 -> 328; offsets ((500 - 328) + 1) // 2 = 86, ((375 - 328) + 1) // 2 = 24.
+  # 224 / 256 * 375 = 328.125 -> 328; offsets ((500 - 328) + 1) // 2 = 86 and
+  # ((375 - 328) + 1) // 2 = 24.
   assert image_lib.center_crop_window(375, 500) == (24, 86, 328)
   assert image_lib.center_crop_window(500, 375) == (86, 24, 328)
   assert image_lib.center_crop_window(1, 7) == (0, 3, 1)

@@ -350,8 +350,8 @@ def load_class_names(path: str, column: Optional[str] = None) -> List[str]:
     if column is None:
       column = next((c for c in ('wnid', 'class_name', 'name', 'label') if c in fields), None)
     if column is None or column not in fields:
-      raise ValueError(f'{path}: no class-name column (wanted {column or "wnid/class_name/name/label"}'
-                       f'); the header has {fields}.')
+      wanted = column or 'wnid, class_name, name or label'
+      raise ValueError(f'{path}: no class-name column ({wanted}); the header has {fields}.')
     index_column = next((c for c in ('class_index', 'index') if c in fields), None)
     if index_column is not None:
       try:
@@ -558,7 +558,8 @@ def _eval_split_name(split: str, source: str) -> str:
     return 'train'
   if split in _EVAL_SPLIT_ALIASES:
     return 'test'
-  raise ValueError(f'Source {source!r} has splits train and test (alias validation); got {split!r}.')
+  raise ValueError(f'Source {source!r} has splits train and test (alias validation); '
+                   f'got {split!r}.')
 
 
 def _digits_source(split: str, num_classes: Optional[int]) -> _TableSource:
@@ -725,7 +726,8 @@ def train_augment(image, seed, *, image_size: int = IMAGE_SIZE,
   Returns:
     uint8 [h, w, 3] (h, w depend on the crop for 'imagenet').
   """
-  from perceiver_io.data import randaugment as randaugment_lib  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from perceiver_io.data import randaugment as randaugment_lib
   tf = _import_tf()
   seed = tf.cast(seed, tf.int64)
   crop_seed, flip_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
