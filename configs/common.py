@@ -108,6 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Batch and duration (one of num_train_steps / num_epochs; steps wins if
   # > 0).
   c.batch_size = 32                    # global, over all devices and hosts
+  # Parameters (and optimizer moments) with >= this many elements are split
+  # over the devices (ZeRO-3 style); 0 = replicate everything (pure DP).
+  c.shard_params_min_size = 0
   c.eval_batch_size = 64
   c.num_train_steps = -1
   c.num_epochs = 1.0

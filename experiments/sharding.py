@@ -27,6 +27,30 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def leaf_sharding(shape, mesh: Mesh, min_size: int) -> NamedSharding:
+  """Replicated, or (for leaves of >= `min_size` elements) split over 'data'
+  along the largest axis divisible by the number of devices.
+
+  A rule of the shape alone, so parameters and their Adam moments (same
+  shapes) get the same layout; XLA inserts the all-gathers (ZeRO-3 style).
+  """
+  if min_size <= 0 or int(np.prod(shape, dtype=np.int64)) < min_size:
+    return replicated(mesh)
+  axes = sorted(range(len(shape)), key=lambda a: -shape[a])
+  for axis in axes:
+    if shape[axis] % mesh.size == 0:
+      spec = [None] * len(shape)
+      spec[axis] = DATA_AXIS
+      return NamedSharding(mesh, P(*spec))
+  return replicated(mesh)
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh, min_size: int) -> Any:
+  """A sharding per leaf of the train state (see `leaf_sharding`)."""
+  return jax.tree_util.tree_map(
+      lambda x: leaf_sharding(x.shape, mesh, min_size), abstract_state)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis split over 'data'; other axes whole."""
   return NamedSharding(mesh, P(DATA_AXIS))

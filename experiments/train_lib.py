@@ -323,9 +323,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # Priority: (1) the workdir's latest checkpoint, (2) config.init_from,
   # (3) fresh initialisation.
   abstract_state = jax.eval_shape(make_state, abstract_vars)
+  state_sharding = sharding.state_shardings(
+      abstract_state, mesh, int(config.shard_params_min_size))
+  shardings = jax.tree_util.tree_leaves(state_sharding)
+  logging.info('state: %d of %d arrays sharded over %d devices, the rest '
+               'replicated.', sum(not s.is_fully_replicated for s in shardings),
+               len(shardings), mesh.size)
   abstract_state = jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      abstract_state)
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      abstract_state, state_sharding)
   ckpt = checkpointing.Checkpointer(
       workdir, keep=int(config.keep_checkpoints),
       best_metric=config.best_metric, best_mode=config.best_mode)
@@ -342,9 +348,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       variables, new, unused = models.merge_pretrained(variables, pretrained)
       models.log_merge(new, unused)
       variables = jax.device_put(variables, replicated)
-      state = jax.jit(make_state, out_shardings=replicated)(variables)
+      state = jax.jit(make_state, out_shardings=state_sharding)(variables)
     else:  # One compile for init + optimizer state.
-      state = jax.jit(lambda: make_state(init()), out_shardings=replicated)()
+      state = jax.jit(lambda: make_state(init()),
+                      out_shardings=state_sharding)()
   start_step = int(jax.device_get(state['step']))
   train_stream = (input_pipeline.MlmTrainStream(config, start_step)
                   if config.task == 'mlm' else
@@ -352,11 +359,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   # ---------------------------------------------------------------- steps --
   train_step = jax.jit(make_train_step(model, tx, schedule, config),
-                       in_shardings=(replicated, data_sharding),
-                       out_shardings=(replicated, replicated),
+                       in_shardings=(state_sharding, data_sharding),
+                       out_shardings=(state_sharding, replicated),
                        donate_argnums=(0,))
   eval_step = jax.jit(make_eval_step(model, config.task),
-                      in_shardings=(replicated, replicated, data_sharding),
+                      in_shardings=(state_sharding['params'],
+                                    state_sharding['model_state'],
+                                    data_sharding),
                       out_shardings=replicated)
 
   # ----------------------------------------------------------------- loop --
