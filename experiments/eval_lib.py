@@ -27,18 +27,20 @@ GLUE_AVERAGE_TASKS = ('cola', 'sst2', 'mrpc', 'qqp', 'stsb', 'mnli', 'qnli',
 
 
 def evaluate_workdir(workdir: str, which: str = 'latest',
-                     split: str = '') -> Dict[str, Any]:
+                     split: str = '', config=None) -> Dict[str, Any]:
   """Evaluates a checkpoint of `workdir`; appends the result to metrics.jsonl.
 
   Args:
     workdir: a directory written by experiments.train.
     which: 'latest', 'best' or a step number.
     split: eval split ('' = the config's `data.eval_split`).
+    config: a config to evaluate with (default: the workdir's config.json).
 
   Returns:
     {'step': checkpoint step, 'split': split, 'metrics': {...}}.
   """
-  model, variables, config, step = predict_lib.load_workdir(workdir, which)
+  model, variables, config, step = predict_lib.load_workdir(
+      workdir, which, None if config is None else config.copy_and_resolve_references())
   config.unlock()
   if split:
     config.data.eval_split = split

@@ -6,8 +6,9 @@ r"""Launcher: evaluate a trained workdir, or summarise GLUE over workdirs.
 
 Prints the metrics as a table and appends them to the workdir's
 metrics.jsonl. The model and data settings come from the workdir's
-config.json; `--config.<field>=` overrides are not needed (and a --config,
-if given, is only checked).
+config.json, unless --config is given (e.g. to evaluate on other data:
+`--config=configs/imdb_bytes.py:tiny --config.data.source=csv:...`); the
+model itself always comes from the workdir.
 """
 
 import sys
@@ -15,8 +16,13 @@ import sys
 from absl import app
 from absl import flags
 
+from ml_collections import config_flags
+
 from experiments import cli
 
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Optional config (default: the workdir\'s config.json).',
+    lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir to evaluate.')
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', 'latest', "'latest', 'best' or a step number.")
@@ -49,7 +55,7 @@ def main(argv):
     if not _WORKDIR.value:
       raise app.UsageError('pass --workdir=DIR or --glue_summary=DIR.')
     result = eval_lib.evaluate_workdir(_WORKDIR.value, _CHECKPOINT.value,
-                                       _SPLIT.value)
+                                       _SPLIT.value, _CONFIG.value)
   except (ValueError, FileNotFoundError) as e:
     sys.stderr.write(f'error: {e}\n')
     sys.exit(1)
@@ -59,4 +65,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  cli.check_overrides_or_exit(sys.argv)
   app.run(main)

@@ -92,11 +92,19 @@ def choose_step(ckpt: checkpointing.Checkpointer, which: str) -> int:
   return int(which)
 
 
-def load_workdir(workdir: str, which: str = 'latest'
+def load_workdir(workdir: str, which: str = 'latest',
+                 config: Optional[ml_collections.ConfigDict] = None
                  ) -> Tuple[Any, Dict[str, Any], ml_collections.ConfigDict,
                             int]:
-  """(model, variables, config, step) of a trained workdir."""
-  config = load_config(workdir)
+  """(model, variables, config, step) of a trained workdir.
+
+  Args:
+    workdir: a directory written by experiments.train.
+    which: 'latest', 'best' or a step number.
+    config: use this config (e.g. other eval data) instead of the workdir's
+      config.json; the model always comes from the workdir's model.json.
+  """
+  config = load_config(workdir) if config is None else config
   model, description = models.build(config)
   saved = checkpointing.read_json(
       os.path.join(workdir, checkpointing.MODEL_FILE))

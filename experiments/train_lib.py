@@ -338,7 +338,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   latest = ckpt.latest_step()
   if latest is not None:
     logging.info('resuming from %s step %d.', ckpt.directory, latest)
-    state = ckpt.restore(latest, abstract_state)
+    try:
+      state = ckpt.restore(latest, abstract_state)
+    except (ValueError, KeyError, TypeError) as e:
+      raise ValueError(
+          f'the checkpoint at step {latest} in {ckpt.directory} does not fit '
+          f'this run (same model, but e.g. another optimizer or '
+          f'accumulate_steps): {str(e)[:300]}. Use another --workdir or '
+          '--config.overwrite=True (moves the old checkpoints aside).') from e
   else:
     init = functools.partial(init_variables, model, example, int(config.seed))
     if config.init_from:
@@ -381,6 +388,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       local = train_stream.batch(step)
       state, metrics = train_step(state, sharding.global_batch(local, mesh))
       done = step + 1
+      if step == start_step:  # Compilation: keep it out of examples/s.
+        jax.block_until_ready(metrics)
+        timer = (time.time(), done)
       history.append((done, metrics))
       if progress is not None:
         progress.update(1)
@@ -404,7 +414,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         if log_now:
           elapsed = time.time() - timer[0]
           rate = (done - timer[1]) * config.batch_size / max(elapsed, 1e-9)
-          eta = (num_steps - done) * config.batch_size / max(rate, 1e-9)
+          eta = ((num_steps - done) * config.batch_size / rate if rate > 0
+                 else 0.0)
           train_record = {'train_loss': last_metrics['loss'],
                           'grad_norm': last_metrics['grad_norm'],
                           'learning_rate': last_metrics['learning_rate'],

@@ -9,6 +9,7 @@ after each test so other test files compile normally.
 import csv
 import glob
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -275,3 +276,40 @@ def test_labels_outside_the_classes_name_the_row(data_dir, tmp_path):
                      data__source=f'csv:{data_dir}/badlabel.csv')
   with pytest.raises(ValueError, match='row 2.*label 5'):
     train_lib.train_and_evaluate(config, str(tmp_path / 'w'))
+
+
+def test_init_from_hf_mlm_checkpoint_gets_a_fresh_head(data_dir, tmp_path,
+                                                       caplog):
+  """The IMDB demo path: a HuggingFace MLM checkpoint (here a tiny random one
+  saved with transformers) initialises the classifier's preprocessor and
+  encoder; the classification decoder is new."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  hf_config = transformers.PerceiverConfig(
+      d_model=32, max_position_embeddings=64, num_latents=8, d_latents=48,
+      num_blocks=1, num_self_attends_per_block=2, num_self_attention_heads=4,
+      num_cross_attention_heads=4, qk_channels=16, v_channels=48)
+  hf_dir = str(tmp_path / 'hf_mlm')
+  transformers.PerceiverForMaskedLM(hf_config).save_pretrained(hf_dir)
+  _, hf_variables, _ = ckpt_lib.from_hf(hf_dir)
+  config = _override(imdb_bytes.get_config('tiny'),
+                     init_from=f'hf:{hf_dir}', num_train_steps=1,
+                     optimizer__learning_rate=0.0, eval_every_steps=1,
+                     data__source=f'csv:{data_dir}/{{split}}.csv',
+                     data__train_split='train', data__eval_split='test',
+                     predict_examples=0)
+  caplog.set_level(logging.INFO)
+  result = train_lib.train_and_evaluate(config, str(tmp_path / 'run'))
+  new_line = [r.getMessage() for r in caplog.records
+              if 'newly initialised' in r.getMessage()]
+  assert new_line and 'params/decoder/basic/' in new_line[0]
+  assert 'params/encoder' not in new_line[0]
+  params = jax.device_get(result['state']['params'])
+  for part in ('preprocessor', 'encoder'):
+    for (path, ours), theirs in zip(
+        jax.tree_util.tree_leaves_with_path(params[part]),
+        jax.tree_util.tree_leaves(hf_variables['params'][part])):
+      np.testing.assert_array_equal(ours, theirs,
+                                    err_msg=jax.tree_util.keystr(path))
+  assert 'basic' in params['decoder']  # The new classification decoder.
