@@ -19,7 +19,9 @@ import pytest
 
 import perceiver_io
 from perceiver_io import model as model_lib
+from perceiver_io import decoders
 from perceiver_io import presets
+from perceiver_io.encoder import PerceiverEncoder
 
 FP32_TOL = 1e-5
 # Both sides of every comparison are compiled alike; skipping LLVM's backend
@@ -148,6 +150,19 @@ def _setup(name, batch_size=2, **cfg_overrides):
 
 
 # ------------------------------------------------------------------ bfloat16 --
+# The tiny presets cut to one latent layer where depth does not matter to the
+# option under test: XLA:CPU compile time dominates these tests.
+_SMALL = {'tiny_language_mlm': dict(depth=1),
+          'tiny_imagenet_conv': dict(blocks=1, per_block=1),
+          'tiny_imagenet_fourier': dict(blocks=1, per_block=1),
+          'tiny_optical_flow': dict(depth=1),
+          'tiny_multimodal_autoencoding': dict(depth=1)}
+
+
+def _setup_small(name):
+  return _setup(name, **_SMALL[name])
+
+
 def _rel_err(got, ref):
   got = np.concatenate([np.asarray(x, np.float64).ravel()
                         for x in jax.tree_util.tree_leaves(got)])
@@ -175,7 +190,7 @@ def test_bfloat16_compute_float32_params(name):
   mask value overflowing in bf16, a parameter cast wrongly, positions rounded
   before the Fourier features) is far above it.
   """
-  cfg, inputs, kwargs, variables = _setup(name)
+  cfg, inputs, kwargs, variables = _setup_small(name)
   if name == 'tiny_language_mlm':  # Masked inputs and masked queries.
     kwargs = _text_kwargs()
   bf16 = perceiver_io.build_model(cfg, dtype='bfloat16')
@@ -195,8 +210,33 @@ def test_bfloat16_compute_float32_params(name):
 
 
 # --------------------------------------------------------------------- remat --
-def test_remat_same_outputs_and_gradients():
-  # Two blocks sharing one layer's weights: remat must not break sharing.
+def _jaxpr(cfg, variables, inputs, kwargs, **overrides):
+  model = perceiver_io.build_model(cfg, **overrides)
+  return str(jax.make_jaxpr(lambda v, x: model.apply(v, x, **kwargs))(
+      variables, inputs))
+
+
+def _unit_outputs_and_grads(module, variables, args, **kwargs):
+  """Outputs, and gradients w.r.t. parameters and `args`, of a module.
+
+  The loss is a fixed random projection of the output (see
+  `_outputs_and_grads`); `kwargs` (masks) are not differentiated. One
+  compilation per module.
+  """
+  def loss(params, args, kwargs):
+    out = module.apply({'params': params}, *args, **kwargs)
+    w = np.random.default_rng(0).standard_normal(out.shape)
+    return jnp.sum(out * w.astype(np.float32)), out
+
+  run = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True),
+                compiler_options=_JIT_OPTIONS)
+  (_, out), grads = run(variables['params'], args, kwargs)
+  return out, grads
+
+
+def test_remat_option_reaches_the_encoder():
+  # The model-level flag wraps the latent layers in jax.checkpoint (remat);
+  # tracing only, nothing is compiled.
   cfg, inputs, kwargs, variables = _setup('tiny_imagenet_fourier', blocks=2,
                                           per_block=1)
   remat = perceiver_io.build_model(cfg, remat=True)
@@ -204,24 +244,31 @@ def test_remat_same_outputs_and_gradients():
       lambda x, kw: remat.init(jax.random.PRNGKey(0), x, **kw), inputs, kwargs)
   assert (jax.tree_util.tree_structure(remat_shapes) ==
           jax.tree_util.tree_structure(variables))  # Same parameter names.
-  params, others = _split(variables)
+  assert 'remat' in _jaxpr(cfg, variables, inputs, kwargs, remat=True)
+  assert 'remat' not in _jaxpr(cfg, variables, inputs, kwargs)
 
-  def grad_jaxpr(**overrides):
-    f = _outputs_and_grads(cfg, jit=False, **overrides)
-    return str(jax.make_jaxpr(f)(params, others, inputs, kwargs))
 
-  assert 'remat' in grad_jaxpr(remat=True)  # The option is really applied.
-  assert 'remat' not in grad_jaxpr()
+def test_remat_same_outputs_and_gradients():
+  # Three blocks sharing one layer's weights, a padded input: remat must
+  # change neither the outputs nor the gradients (parameters and inputs).
+  def encoder(remat):
+    return PerceiverEncoder(num_latents=8, latent_channels=32, num_blocks=3,
+                            num_self_attends_per_block=1,
+                            num_cross_attend_heads=2, num_self_attend_heads=4,
+                            qk_channels=16, v_channels=32, remat=remat)
 
-  out_p, loss_p, grad_p = _outputs_and_grads(cfg)(params, others, inputs,
-                                                  kwargs)
-  out_r, loss_r, grad_r = _outputs_and_grads(cfg, remat=True)(
-      params, others, inputs, kwargs)
+  x = np.random.default_rng(0).standard_normal((2, 12, 6)).astype(np.float32)
+  mask = np.ones((2, 12), bool)
+  mask[1, 7:] = False
+  variables = random_variables(encoder(False), x, {'input_mask': mask})
+  out_p, grad_p = _unit_outputs_and_grads(encoder(False), variables, (x,),
+                                          input_mask=mask)
+  out_r, grad_r = _unit_outputs_and_grads(encoder(True), variables, (x,),
+                                          input_mask=mask)
   np.testing.assert_allclose(out_r, out_p, atol=FP32_TOL, rtol=FP32_TOL)
-  np.testing.assert_allclose(loss_r, loss_p, rtol=FP32_TOL)
   assert_grads_close(grad_r, grad_p)
-  # The gradients reach the shared latent layer (not a vacuous comparison).
-  layer = grad_p['encoder']['self_attend_0']['mlp']['dense1']['kernel']
+  # The gradients reach the shared latent layers (not a vacuous comparison).
+  layer = grad_p[0]['self_attend_0']['mlp']['dense1']['kernel']
   assert float(jnp.max(jnp.abs(layer))) > 1e-3
 
 
@@ -232,36 +279,50 @@ def _has_scan(cfg, variables, inputs, kwargs, **overrides):
   return 'scan' in str(jax.make_jaxpr(f)(variables, inputs))
 
 
-def test_chunked_mlm_decoding_with_query_mask_and_gradients():
-  cfg, inputs, _, variables = _setup('tiny_language_mlm')
+def test_chunked_mlm_decoding_with_query_mask():
+  cfg, inputs, _, variables = _setup_small('tiny_language_mlm')
   kwargs = _text_kwargs()
-  params, others = _split(variables)
   assert _has_scan(cfg, variables, inputs, kwargs, query_chunk_size=24)
   assert not _has_scan(cfg, variables, inputs, kwargs)
-  # 64 queries in chunks of 24: the last chunk is padded.
-  out_p, loss_p, grad_p = _outputs_and_grads(cfg)(params, others, inputs,
-                                                  kwargs)
-  out_c, loss_c, grad_c = _outputs_and_grads(cfg, query_chunk_size=24)(
-      params, others, inputs, kwargs)
-  assert out_p.shape == (2, 64, 262)
-  np.testing.assert_allclose(out_c, out_p, atol=FP32_TOL, rtol=FP32_TOL)
-  np.testing.assert_allclose(loss_c, loss_p, rtol=FP32_TOL)
-  assert_grads_close(grad_c, grad_p)
-  dec = grad_p['decoder']['decoder']['cross_attend']
-  assert float(jnp.max(jnp.abs(dec['mlp']['dense1']['kernel']))) > 1e-3
-  # Chunks of 16 divide 64 exactly.
-  np.testing.assert_allclose(
-      _forward(cfg, query_chunk_size=16)(variables, inputs, kwargs), out_p,
-      atol=FP32_TOL, rtol=FP32_TOL)
+  ref = np.asarray(_forward(cfg)(variables, inputs, kwargs))
+  assert ref.shape == (2, 64, 262)
+  for chunk in (24, 16):  # 24: the last chunk is padded; 16 divides 64.
+    got = _forward(cfg, query_chunk_size=chunk)(variables, inputs, kwargs)
+    np.testing.assert_allclose(got, ref, atol=FP32_TOL, rtol=FP32_TOL)
   # The query mask matters: masked rows differ from unmasked decoding.
   unmasked = dict(kwargs, query_mask=np.ones((2, 64), bool))
   free = np.asarray(_forward(cfg)(variables, inputs, unmasked))
   off = ~kwargs['query_mask']
-  assert not np.allclose(free[off], np.asarray(out_p)[off], atol=1e-3)
+  assert not np.allclose(free[off], ref[off], atol=1e-3)
+
+
+def test_chunked_decoding_gradients():
+  # Gradients w.r.t. the decoder parameters, the queries and the latents
+  # (broadcast into every chunk) equal those of unchunked decoding.
+  def decoder(chunk):
+    return decoders.DecoderCrossAttention(
+        num_heads=2, qk_channels=8, v_channels=12, output_channels=5,
+        query_chunk_size=chunk)
+
+  rng = np.random.default_rng(0)
+  queries = rng.standard_normal((2, 23, 12)).astype(np.float32)
+  latents = rng.standard_normal((2, 8, 16)).astype(np.float32)
+  query_mask = rng.random((2, 23)) > 0.3
+  variables = random_variables(decoder(None), queries,
+                               {'z': latents, 'query_mask': query_mask})
+  out_p, grad_p = _unit_outputs_and_grads(decoder(None), variables,
+                                          (queries, latents),
+                                          query_mask=query_mask)
+  out_c, grad_c = _unit_outputs_and_grads(decoder(5), variables,
+                                          (queries, latents),
+                                          query_mask=query_mask)
+  np.testing.assert_allclose(out_c, out_p, atol=FP32_TOL, rtol=FP32_TOL)
+  assert_grads_close(grad_c, grad_p)
+  assert float(jnp.max(jnp.abs(grad_p[1][1]))) > 1e-3  # d/d latents.
 
 
 def test_chunked_flow_decoding():
-  cfg, inputs, kwargs, variables = _setup('tiny_optical_flow')
+  cfg, inputs, kwargs, variables = _setup_small('tiny_optical_flow')
   ref = _forward(cfg)(variables, inputs, kwargs)
   assert ref.shape == (2, 16, 24, 2)  # 384 queries.
   assert float(jnp.max(jnp.abs(ref))) > 1e-3
@@ -271,7 +332,7 @@ def test_chunked_flow_decoding():
 
 
 def test_chunked_multimodal_decoding():
-  cfg, inputs, kwargs, variables = _setup('tiny_multimodal_autoencoding')
+  cfg, inputs, kwargs, variables = _setup_small('tiny_multimodal_autoencoding')
   assert _has_scan(cfg, variables, inputs, kwargs, query_chunk_size=5)
   ref = _forward(cfg)(variables, inputs, kwargs)
   got = _forward(cfg, query_chunk_size=5)(variables, inputs, kwargs)
@@ -283,7 +344,7 @@ def test_chunked_multimodal_decoding():
 def test_attention_impl_einsum_vs_auto_vs_fused():
   # Equal q/k and v widths everywhere: 'auto' and 'fused' take
   # jax.nn.dot_product_attention, 'einsum' the reference path.
-  cfg, inputs, kwargs, variables = _setup('tiny_imagenet_fourier')
+  cfg, inputs, kwargs, variables = _setup_small('tiny_imagenet_fourier')
   ref = _forward(cfg, attention_impl='einsum')(variables, inputs, kwargs)
   for impl in ('auto', 'fused'):
     got = _forward(cfg, attention_impl=impl)(variables, inputs, kwargs)
@@ -293,7 +354,7 @@ def test_attention_impl_einsum_vs_auto_vs_fused():
 def test_fused_refused_for_unequal_widths():
   # The language encoder has qk 16 != v 48: 'fused' refuses with a clear error
   # ('auto' falls back to einsum, covered by the MLM tests above).
-  cfg, inputs, kwargs, _ = _setup('tiny_language_mlm')
+  cfg, inputs, kwargs, _ = _setup_small('tiny_language_mlm')
   model = perceiver_io.build_model(cfg, attention_impl='fused')
   with pytest.raises(ValueError, match='qk_channels == v_channels'):
     jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, **kwargs),

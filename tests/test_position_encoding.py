@@ -190,7 +190,10 @@ def test_trainable_encoding_shape_and_broadcast():
 def test_position_encoding_projection():
   module = pe.PositionEncoding({'type': 'fourier', 'num_bands': 2},
                                project_pos_dim=6)
-  variables = module.init(jax.random.PRNGKey(0), 1, (3, 3))
+  shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), 1, (3, 3)))
+  rng = np.random.default_rng(0)
+  variables = jax.tree_util.tree_map(
+      lambda x: rng.standard_normal(x.shape).astype(np.float32), shapes)
   kernel = variables['params']['projection']['kernel']
   bias = variables['params']['projection']['bias']
   assert kernel.shape == (10, 6)  # 2 * (2 * 2 + 1) = 10 Fourier channels.
@@ -204,4 +207,4 @@ def test_position_encoding_projection():
 def test_position_encoding_unknown_type():
   module = pe.PositionEncoding({'type': 'rotary'})
   with pytest.raises(ValueError, match="'fourier' or 'trainable'"):
-    module.init(jax.random.PRNGKey(0), 1, (3,))
+    jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), 1, (3,)))

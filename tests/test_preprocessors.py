@@ -15,6 +15,7 @@ import pytest
 from perceiver_io import preprocessors as pp
 from tests.test_position_encoding import reference_fourier
 from tests.test_position_encoding import reference_grid
+from tests.test_performance_options import random_variables
 
 RNG = np.random.default_rng(0)
 
@@ -138,7 +139,7 @@ def test_conv_downsample_padding_matches_explicit(hf_compat):
   x = _rand(2, 16, 16, 3)
   module = pp.Conv2DDownsample(num_channels=5, use_batchnorm=False,
                                hf_compat=hf_compat)
-  variables = module.init(jax.random.PRNGKey(1), x)
+  variables = random_variables(module, x, {})
   kernel = np.asarray(variables['params']['conv']['kernel'])
   got = np.asarray(module.apply(variables, x))
   if hf_compat:
@@ -158,7 +159,7 @@ def test_conv_downsample_padding_matches_explicit(hf_compat):
 def test_conv_downsample_batchnorm_eval_and_train():
   x = _rand(2, 8, 8, 3)
   module = pp.Conv2DDownsample(num_channels=4)
-  variables = module.init(jax.random.PRNGKey(2), x)
+  variables = random_variables(module, x, {})
   kernel = np.asarray(variables['params']['conv']['kernel'])
   mean, var = _rand(4), np.abs(_rand(4)) + 0.5
   scale, bias = _rand(4), _rand(4)
@@ -211,7 +212,7 @@ def test_image_conv1x1_is_strided_linear():
   module = pp.ImagePreprocessor(prep_type='conv1x1', spatial_downsample=2,
                                 num_channels=5,
                                 position_encoding=_fourier_cfg(2))
-  variables = module.init(jax.random.PRNGKey(0), x)
+  variables = random_variables(module, x, {})
   conv = variables['params']['conv1x1']
   out = module.apply(variables, x)
   expected = x[:, ::2, ::2].reshape(1, 9, 3) @ np.asarray(
@@ -226,7 +227,7 @@ def test_image_patches_add_trainable_positions():
       prep_type='patches', spatial_downsample=2, concat_or_add_pos='add',
       position_encoding={'type': 'trainable', 'num_channels': 8,
                          'index_dims': [4]})
-  variables = module.init(jax.random.PRNGKey(0), x)
+  variables = random_variables(module, x, {})
   table = variables['params']['position_encoding']['trainable']['embeddings']
   out = module.apply(variables, x)
   flat = np.asarray(pp.space_to_depth(jnp.asarray(x), 1, 2)).reshape(2, 4, 8)
@@ -254,7 +255,7 @@ def test_flow_preprocessor_matches_reference():
       prep_type='patches', flow_patches=True, spatial_downsample=1,
       temporal_downsample=2, conv_after_patching=True, num_channels=6,
       position_encoding=_fourier_cfg(2, (h, w)))
-  variables = module.init(jax.random.PRNGKey(0), frames)
+  variables = random_variables(module, frames, {})
   lin = variables['params']['patches_linear']
   out = module.apply(variables, frames)
   # Per pixel: [27 channels of frame 0, 27 of frame 1] -> Linear -> + FF.
@@ -279,7 +280,7 @@ def test_add_with_mismatched_width_raises():
 def test_text_preprocessor_embedding_plus_positions():
   module = pp.TextPreprocessor(vocab_size=11, d_model=4, max_seq_len=6)
   ids = np.array([[1, 5, 10, 0], [3, 3, 2, 7]], np.int32)
-  variables = module.init(jax.random.PRNGKey(0), ids)
+  variables = random_variables(module, ids, {})
   emb = np.asarray(variables['params']['embed']['embedding'])
   pos = np.asarray(variables['params']['position_embeddings'])
   out = module.apply(variables, ids)
@@ -322,7 +323,7 @@ def _multimodal(mask_probs):
 def test_multimodal_padding_order_and_masking():
   inputs = {'audio': _rand(2, 8), 'label': np.eye(3, dtype=np.float32)[[0, 2]]}
   module = _multimodal({'label': 1.0, 'audio': 0.0})
-  variables = module.init(jax.random.PRNGKey(0), inputs)
+  variables = random_variables(module, inputs, {})
   params = variables['params']
   out = module.apply(variables, inputs)
   # Widths: audio 2 + 1 * (2 + 1) = 5, label 3; common = 5 + 2 = 7.
@@ -345,7 +346,7 @@ def test_multimodal_random_masking_needs_mask_rng():
   inputs = {'audio': _rand(8, 8), 'label': np.eye(3, dtype=np.float32)[
       [1] * 8]}
   plain = _multimodal({'audio': 0.0})
-  variables = plain.init(jax.random.PRNGKey(0), inputs)
+  variables = random_variables(plain, inputs, {})
   module = _multimodal({'audio': 0.5})
   with pytest.raises(Exception, match='mask'):
     module.apply(variables, inputs)
