@@ -185,8 +185,8 @@ def test_bfloat16_compute_float32_params(name):
   """bf16 keeps 8 significant bits (unit round-off 2^-8 ~ 4e-3 per op).
 
   Through a handful of LayerNorm-ed residual layers the relative error of the
-  whole output (Frobenius norm) stays at the 1e-3..1e-2 level (measured about
-  1.1e-2 to 1.3e-2 here); 2e-2 leaves margin while a real bug (a softmax or
+  whole output (Frobenius norm) stays at the 1e-3..1e-2 level (measured
+  5e-3 to 1.1e-2 here); 2e-2 leaves margin while a real bug (a softmax or
   mask value overflowing in bf16, a parameter cast wrongly, positions rounded
   before the Fourier features) is far above it.
   """
@@ -244,8 +244,12 @@ def test_remat_option_reaches_the_encoder():
       lambda x, kw: remat.init(jax.random.PRNGKey(0), x, **kw), inputs, kwargs)
   assert (jax.tree_util.tree_structure(remat_shapes) ==
           jax.tree_util.tree_structure(variables))  # Same parameter names.
-  assert 'remat' in _jaxpr(cfg, variables, inputs, kwargs, remat=True)
-  assert 'remat' not in _jaxpr(cfg, variables, inputs, kwargs)
+  # The primitive prints as 'remat2' or 'checkpoint' depending on the jax
+  # version.
+  with_remat = _jaxpr(cfg, variables, inputs, kwargs, remat=True)
+  without = _jaxpr(cfg, variables, inputs, kwargs)
+  assert 'remat' in with_remat or 'checkpoint' in with_remat
+  assert 'remat' not in without and 'checkpoint' not in without
 
 
 def test_remat_same_outputs_and_gradients():
