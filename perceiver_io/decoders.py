@@ -76,6 +76,11 @@ class DecoderCrossAttention(nn.Module):
     return x
 
   def __call__(self, queries, z, query_mask=None, deterministic=True):
+    if query_mask is not None and (tuple(query_mask.shape) !=
+                                   tuple(queries.shape[:2])):
+      raise ValueError(f'query_mask must have shape [batch, num_queries] = '
+                       f'{tuple(queries.shape[:2])}, got '
+                       f'{tuple(query_mask.shape)}.')
     if self.dtype is not None:
       queries, z = queries.astype(self.dtype), z.astype(self.dtype)
     num_queries = queries.shape[1]

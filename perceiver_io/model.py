@@ -12,6 +12,7 @@ preset. Top-level performance options apply to every part:
 """
 
 import copy
+import dataclasses
 from typing import Any, Dict, Optional
 
 import flax.linen as nn
@@ -56,6 +57,31 @@ def validate_config(config: Dict[str, Any]) -> None:
   if config['decoder'].get('type') not in _DECODERS:
     raise ValueError(f'decoder type must be one of {sorted(_DECODERS)}, got '
                      f'{config["decoder"].get("type")!r}.')
+  compute_dtype(config)
+  for section in (config, config['decoder']):
+    chunk = section.get('query_chunk_size')
+    if chunk is not None and (isinstance(chunk, bool) or
+                              not isinstance(chunk, int) or chunk < 1):
+      raise ValueError(f'query_chunk_size must be a positive integer or None, '
+                       f'got {chunk!r}.')
+  for key in ('remat', 'gelu_approximate'):
+    if key in config and not isinstance(config[key], bool):
+      raise ValueError(f'{key} must be True or False, got {config[key]!r}.')
+  check_keys('encoder', config['encoder'], PerceiverEncoder,
+             exclude=_PERF_KEYS)
+  decoder_cls = _DECODERS[config['decoder']['type']]
+  check_keys('decoder', config['decoder'], decoder_cls, extra=('type',),
+             exclude=_PERF_KEYS)
+
+
+def check_keys(section, cfg, cls, extra=(), exclude=()):
+  """Unknown keys in a config section -> ValueError listing the valid ones."""
+  valid = ({f.name for f in dataclasses.fields(cls)} | set(extra)) - {
+      'parent', 'name', 'dtype', 'param_dtype'} - set(exclude)
+  unknown = sorted(set(cfg) - valid)
+  if unknown:
+    raise ValueError(f'unknown {section} config keys {unknown}; valid keys '
+                     f'are {sorted(valid)}.')
 
 
 class PerceiverIO(nn.Module):

@@ -88,7 +88,7 @@ def build_postprocessor(cfg: Optional[Dict[str, Any]], dtype=None, name=None):
   if cfg is None:
     return None
   cfg = dict(cfg)
-  kind = cfg.pop('type')
+  kind = cfg.pop('type', None)
   table = {'embedding_decoder': EmbeddingDecoder,
            'classification': ClassificationPostprocessor,
            'projection': ProjectionPostprocessor,
@@ -97,4 +97,6 @@ def build_postprocessor(cfg: Optional[Dict[str, Any]], dtype=None, name=None):
   if kind not in table:
     raise ValueError(f'unknown postprocessor type {kind!r}; expected one of '
                      f'{sorted(table)}.')
+  from perceiver_io.model import check_keys  # pylint: disable=g-import-not-at-top
+  check_keys('postprocessor', cfg, table[kind])
   return table[kind](dtype=dtype, name=name, **cfg)

@@ -192,6 +192,7 @@ class ImagePreprocessor(nn.Module):
   conv2d_use_batchnorm: bool = True
   conv_hf_compat: bool = False
   flow_patches: bool = False
+  temporal: bool = False  # Video [B, T, H, W, C] instead of images.
   dtype: Optional[Any] = None
   param_dtype: Any = jnp.float32
 
@@ -206,9 +207,12 @@ class ImagePreprocessor(nn.Module):
       _check_float(x, 'the optical-flow preprocessor',
                    'frames in [-1, 1]')
       x = extract_flow_patches(x)
+    elif self.temporal:
+      _check_rank(x, (5,), 'video [batch, time, height, width, channels]',
+                  'ImagePreprocessor (temporal)')
+      _check_float(x, 'ImagePreprocessor', 'video')
     else:
-      _check_rank(x, (4, 5), 'images [batch, height, width, channels] or '
-                  'video [batch, time, height, width, channels]',
+      _check_rank(x, (4,), 'images [batch, height, width, channels]',
                   'ImagePreprocessor')
       _check_float(x, 'ImagePreprocessor', 'images')
     if self.dtype is not None:
@@ -347,6 +351,10 @@ class MultimodalPreprocessor(nn.Module):
     width = max(preprocessor_output_width(c)
                 for c in self.modalities.values()) + self.min_padding_size
     mask_probs = self.mask_probs or {}
+    batches = {k: int(np.shape(v)[0]) for k, v in inputs.items()}
+    if len(set(batches.values())) != 1:
+      raise ValueError(f'multimodal inputs must share the batch size; got '
+                       f'{batches}.')
     padded, sizes, without_pos = [], {}, {}
     for name in sorted(self.modalities):
       out = build_preprocessor(self.modalities[name], dtype=self.dtype,
@@ -375,23 +383,21 @@ class MultimodalPreprocessor(nn.Module):
                         (sum(sizes.values()),))
 
 
+_PREPROCESSORS = {'text': TextPreprocessor, 'image': ImagePreprocessor,
+                  'audio': AudioPreprocessor, 'onehot': OneHotPreprocessor,
+                  'multimodal': MultimodalPreprocessor}
+
+
 def build_preprocessor(cfg: Dict[str, Any], dtype=None, name=None):
   """Preprocessor module from a config dict with a `type` key."""
+  from perceiver_io.model import check_keys  # pylint: disable=g-import-not-at-top
   cfg = dict(cfg)
-  kind = cfg.pop('type')
-  if kind == 'text':
-    return TextPreprocessor(dtype=dtype, name=name, **cfg)
+  kind = cfg.pop('type', None)
+  if kind not in _PREPROCESSORS:
+    raise ValueError(f'unknown preprocessor type {kind!r}; expected one of '
+                     f'{sorted(_PREPROCESSORS)}.')
+  cls = _PREPROCESSORS[kind]
   if kind == 'image':
-    cfg.pop('in_channels', None)
-    cfg.pop('temporal', None)
-    return ImagePreprocessor(dtype=dtype, name=name, **cfg)
-  if kind == 'audio':
-    return AudioPreprocessor(dtype=dtype, name=name, **cfg)
-  if kind == 'onehot':
-    return OneHotPreprocessor(dtype=dtype, name=name, **cfg)
-  if kind == 'multimodal':
-    mods = cfg.pop('modalities')
-    return MultimodalPreprocessor(modalities=mods, dtype=dtype, name=name,
-                                  **cfg)
-  raise ValueError(f"unknown preprocessor type {kind!r}; expected one of "
-                   f"'text', 'image', 'audio', 'onehot', 'multimodal'.")
+    cfg.pop('in_channels', None)  # Informational (used for widths only).
+  check_keys('preprocessor', cfg, cls)
+  return cls(dtype=dtype, name=name, **cfg)

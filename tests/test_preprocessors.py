@@ -238,7 +238,7 @@ def test_image_patches_add_trainable_positions():
 def test_video_patches_3d_fourier():
   x = _rand(1, 4, 4, 4, 3)
   module = pp.ImagePreprocessor(prep_type='patches', spatial_downsample=2,
-                                temporal_downsample=2,
+                                temporal_downsample=2, temporal=True,
                                 position_encoding=_fourier_cfg(2, (2, 2, 2)))
   out = module.apply({}, x)
   assert out.index_dims == (2, 2, 2)
