@@ -107,15 +107,20 @@ class Checkpointer:
                best_mode: str = 'max', async_save: bool = True):
     if best_mode not in ('max', 'min'):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}.")
+    worst = float('-inf') if best_mode == 'max' else float('inf')
+    best_fn = ((lambda m: float(m.get(best_metric, worst))) if best_metric
+               else None)
     policies = [ocp.checkpoint_managers.LatestN(n=max(int(keep), 1))]
-    if best_metric:
+    if best_fn is not None:
       policies.append(ocp.checkpoint_managers.BestN(
-          get_metric_fn=lambda m: m[best_metric],
-          reverse=best_mode == 'min', n=1,
+          get_metric_fn=best_fn, reverse=best_mode == 'min', n=1,
           keep_checkpoints_without_metrics=False))
+    # best_fn/best_mode are passed too: with them Orbax writes each step's
+    # metrics to disk, so `best_step` still works after a restart.
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(
             policies),
+        best_fn=best_fn, best_mode=best_mode,
         enable_async_checkpointing=async_save, create=True)
     self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
     self.best_metric = best_metric
@@ -129,20 +134,12 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def best_step(self) -> Optional[int]:
-    """Step with the best saved metric (None if none carries it)."""
-    best, best_value = None, None
-    for step in self.manager.all_steps():
-      metrics = self.manager.metrics(step) if hasattr(
-          self.manager, 'metrics') else None
-      if not metrics or self.best_metric not in metrics:
-        continue
-      value = metrics[self.best_metric]
-      better = (best_value is None or
-                (value > best_value if self.best_mode == 'max'
-                 else value < best_value))
-      if better:
-        best, best_value = step, value
-    return best
+    """Step with the best saved metric (None if none carries metrics)."""
+    if not self.best_metric:
+      return None
+    steps = [s for s in self.manager.all_steps()
+             if self.manager.metrics(s) is not None]
+    return self.manager.best_step() if steps else None
 
   def save(self, step: int, state: PyTree,
            metrics: Optional[Dict[str, float]] = None) -> None:

@@ -418,13 +418,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                  else 0.0)
           train_record = {'train_loss': last_metrics['loss'],
                           'grad_norm': last_metrics['grad_norm'],
-                          'learning_rate': last_metrics['learning_rate'],
-                          'examples_per_sec': rate}
+                          'learning_rate': last_metrics['learning_rate']}
+          speed = ''
+          if rate > 0:  # Not on the first (compiling) step.
+            train_record['examples_per_sec'] = rate
+            speed = f'  {rate:.1f} examples/s  ETA {format_eta(eta)}'
           writer.write(done, train_record)
-          logging.info('step %d/%d  loss %.4f  grad_norm %.3f  lr %.3g  '
-                       '%.1f examples/s  ETA %s', done, num_steps,
-                       last_metrics['loss'], last_metrics['grad_norm'],
-                       last_metrics['learning_rate'], rate, format_eta(eta))
+          logging.info('step %d/%d  loss %.4f  grad_norm %.3f  lr %.3g%s',
+                       done, num_steps, last_metrics['loss'],
+                       last_metrics['grad_norm'],
+                       last_metrics['learning_rate'], speed)
           timer = (time.time(), done)
         history = []
       if eval_now:

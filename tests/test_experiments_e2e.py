@@ -22,6 +22,7 @@ from configs import glue_bytes
 from configs import imdb_bytes
 from configs import mlm_bytes
 from configs import quickstart
+from experiments import checkpointing
 from experiments import eval_lib
 from experiments import input_pipeline
 from experiments import models
@@ -116,13 +117,26 @@ def test_quickstart_tiny_writes_a_complete_workdir(quickstart_run):
   evals = [r for r in records if 'eval_accuracy' in r]
   assert [r['step'] for r in train] == [1, 2, 3]
   assert [r['step'] for r in evals] == [1, 2, 3]
-  assert all(np.isfinite(r['train_loss']) and r['examples_per_sec'] > 0
-             for r in train)
+  assert all(np.isfinite(r['train_loss']) for r in train)
+  # Speed is reported from the second step on (the first one compiles).
+  assert 'examples_per_sec' not in train[0]
+  assert all(r['examples_per_sec'] > 0 for r in train[1:])
   assert evals[-1]['eval_num_examples'] == 16
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir,
                                                          'checkpoints'))
                  if s.isdigit())
-  assert steps[-1] == 3
+  # Latest 2 kept, plus the best by eval accuracy (ties: the later step).
+  accuracy = {r['step']: r['eval_accuracy'] for r in evals}
+  best = max(accuracy, key=lambda s: (accuracy[s], s))
+  assert steps == sorted({2, 3, best})
+  ckpt = checkpointing.Checkpointer(workdir, keep=100,
+                                    best_metric='accuracy')
+  try:
+    assert ckpt.best_step() == best
+    assert predict_lib.choose_step(ckpt, 'best') == best
+    assert predict_lib.choose_step(ckpt, 'latest') == 3
+  finally:
+    ckpt.close()
 
 
 def test_quickstart_tiny_evaluate_and_predict(quickstart_run, tmp_path):
