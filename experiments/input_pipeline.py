@@ -129,6 +129,12 @@ def load_text_table(config: ml_collections.ConfigDict, split: str) -> tuple:
                           metrics=tuple(info.metrics))
 
 
+TEXT_KINDS = ('tfds', 'tsv', 'csv', 'jsonl', 'aclimdb')
+# In-memory table loaders by source name; text kinds go to load_text_table.
+# New modalities (e.g. image folders) plug in here: name -> fn(split).
+TABLE_SOURCES = {'digits': load_digits_table}
+
+
 def load_table(config: ml_collections.ConfigDict, split: str) -> tuple:
   """(table, info) for `split` of `config.data.source` (not MLM).
 
@@ -137,8 +143,16 @@ def load_table(config: ml_collections.ConfigDict, split: str) -> tuple:
       classification/regression: 'input_ids', 'attention_mask', 'label'.
     info: TableInfo.
   """
-  if config.data.source == 'digits':
-    return load_digits_table(split)
+  source = config.data.source
+  if source in TABLE_SOURCES:
+    return TABLE_SOURCES[source](split)
+  kind = source.split(':', 1)[0].lower() if ':' in source else ''
+  if kind not in TEXT_KINDS:
+    raise ValueError(
+        f'unknown config.data.source {source!r}; use one of '
+        f'{sorted(TABLE_SOURCES)} or <kind>:<name or path> with kind in '
+        f'{TEXT_KINDS} (e.g. csv:/data/train.csv, tfds:glue/cola; MLM also '
+        'text:/data/*.txt).')
   return load_text_table(config, split)
 
 

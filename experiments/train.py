@@ -49,9 +49,11 @@ def main(argv):
     logging.error('%s', e)
     sys.stderr.write(f'error: {e}\n')
     sys.exit(1)
-  print(f'final step {result["step"]}: eval '
-        + '  '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
-                    for k, v in result['eval'].items()))
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    print(f'final step {result["step"]}: eval '
+          + '  '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
+                      for k, v in result['eval'].items()))
   if config.predict_examples > 0:
     predict_lib.print_eval_predictions(result, config,
                                        int(config.predict_examples))

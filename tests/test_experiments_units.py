@@ -417,3 +417,11 @@ def test_glue_summary_averages_task_scores_without_wnli(tmp_path):
   assert 'rte' in summary['missing'] and 'wnli' not in summary['missing']
   table = eval_lib.format_table(summary['rows'], ['task', 'split', 'score'])
   assert '| cola | validation | 50.0000 |' in table
+
+
+def test_unknown_data_source_lists_the_valid_ones():
+  config = quickstart.get_config('tiny')
+  config.unlock()
+  config.data.source = 'digitz'
+  with pytest.raises(ValueError, match=r"\['digits'\].*csv:/data/train.csv"):
+    input_pipeline.load_table(config, 'train')
