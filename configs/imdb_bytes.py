@@ -26,10 +26,13 @@ Variants (`configs/imdb_bytes.py:<variant>`):
   full     all 25,000 training reviews, 25,000 test reviews, batch 16,
            3 epochs, linear warmup 500 then cosine. Hardware: 1-8 GPUs; ~4 h
            on one A100. Expected: test accuracy around 0.9 (no paper number).
-  scratch  a small Perceiver (4 latent layers, 64 latents, 128 wide, 0.3M
-           params) from scratch on the first 512 bytes: for CPUs and local
-           files such as the 2,000-review subset in shared/data (10 epochs,
-           630 steps; see BUILD_NOTES for measured time and accuracy).
+  scratch  a small Perceiver (4 latent layers, 64 latents, 128 wide) from
+           scratch on the first 512 bytes, dropout 0.2: for CPUs and local
+           files. Measured on the 2,000/1,000-review IMDB subset in
+           shared/data (5 epochs, 313 steps, about 6 minutes on 2 busy CPU
+           cores): test accuracy 0.610 at the end, 0.624 at the best eval.
+           Bytes from scratch need far more data: the pretrained default is
+           the real recipe.
   tiny     a 2-layer model on 64 bytes, 3 steps (tests; seconds on a CPU).
            Needs --config.data.source= a local file (or TFDS prepared).
 """
@@ -90,16 +93,17 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
         latent_channels=128, depth=4, heads=4, qk=64))
     c.data.train_split = 'train'
     c.data.eval_split = 'test'
+    c.model.dropout_rate = 0.2
     c.data.max_length = 512
     c.batch_size = 32
     c.eval_batch_size = 100
-    c.num_epochs = 10.0
+    c.num_epochs = 5.0
     c.optimizer.learning_rate = 5e-4
-    c.optimizer.weight_decay = 0.01
+    c.optimizer.weight_decay = 0.1
     c.schedule.name = 'warmup_cosine'
     c.schedule.warmup_steps = 60
-    c.eval_every_steps = 125
-    c.checkpoint_every_steps = 125
+    c.eval_every_steps = 63
+    c.checkpoint_every_steps = 63
   elif variant == 'tiny':
     c.init_from = ''
     c.model.preset = 'tiny_text_classification'

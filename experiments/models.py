@@ -135,7 +135,7 @@ def merge_pretrained(fresh: PyTree, pretrained: PyTree
   for path, value in fresh_flat.items():
     src = pre_flat.get(path)
     if src is not None and np.shape(src) == np.shape(value):
-      merged[path] = jnp.asarray(src, dtype=value.dtype)
+      merged[path] = np.asarray(src, dtype=value.dtype)
     else:
       merged[path] = value
       new.append('/'.join(path))

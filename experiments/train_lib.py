@@ -264,11 +264,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   model, description = models.build(config)
   check_lengths(config, description)
   checkpointing.check_workdir(workdir, description, bool(config.overwrite))
-  if is_main:
-    checkpointing.write_json_atomic(
-        os.path.join(workdir, checkpointing.CONFIG_FILE), config.to_dict())
-    checkpointing.write_json_atomic(
-        os.path.join(workdir, checkpointing.MODEL_FILE), description)
 
   # ----------------------------------------------------------------- data --
   if config.task == 'mlm':
@@ -284,7 +279,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     eval_table, eval_info = input_pipeline.load_table(
         config, config.data.eval_split)
     _check_labels(config, train_table, eval_table)
-  if is_main:
+  if is_main:  # Written once the data loaded: a failed start changes nothing.
+    checkpointing.write_json_atomic(
+        os.path.join(workdir, checkpointing.CONFIG_FILE), config.to_dict())
+    checkpointing.write_json_atomic(
+        os.path.join(workdir, checkpointing.MODEL_FILE), description)
     checkpointing.write_json_atomic(
         os.path.join(workdir, checkpointing.DATA_INFO_FILE),
         {'label_names': list(train_info.get('label_names') or []),
