@@ -13,8 +13,11 @@ Command:
   python -m experiments.predict --workdir=/tmp/quickstart --digits=0:5
 
 Hardware: 2 CPU cores (no accelerator needed).
-Expected wall time: about 2-3 minutes (measured in BUILD_NOTES / README).
-Expected metric: test accuracy >= 0.95 (no paper number: toy task).
+Expected wall time: 1.5 minutes measured on 2 CPU cores that other jobs
+were also using (562 steps of batch 64 = 25 epochs, compilation included).
+Expected metric: test accuracy 0.964 (347 of 360 test digits) measured;
+runs are deterministic for a seed on a given machine (no paper number: toy
+task).
 
 Variants (`--config=configs/quickstart.py:<variant>`):
   (default)  the run above;
