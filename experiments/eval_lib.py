@@ -9,7 +9,7 @@ metrics.jsonl), so it also works on runs from other machines.
 import glob
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import jax
 import numpy as np

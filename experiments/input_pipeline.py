@@ -84,7 +84,6 @@ def tokenize_texts(texts: List[str], pairs: Optional[List[str]],
 def text_source_kwargs(data: ml_collections.ConfigDict) -> Dict[str, Any]:
   """`perceiver_io.data.text` keyword arguments from `config.data`."""
   fields = _comma_list(data.text_fields)
-  names = _comma_list(data.label_names)
   return dict(text_fields=tuple(fields) if fields else None,
               label_field=data.label_field or None,
               data_dir=data.data_dir or None)

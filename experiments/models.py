@@ -13,7 +13,6 @@ from typing import Any, Dict, List, Tuple
 
 import flax
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np

@@ -217,8 +217,14 @@ def print_eval_predictions(result: Dict[str, Any], config, n: int) -> None:
   table = result['eval_table']
   n = min(n, len(next(iter(table.values()))))
   state = result['state']
-  variables = jax.device_get({'params': state['params'],
-                              **state['model_state']})
+  tree = {'params': state['params'], **state['model_state']}
+  if not all(x.is_fully_addressable or x.is_fully_replicated
+             for x in jax.tree_util.tree_leaves(tree)):
+    print('(predictions skipped: parameters are sharded across processes; '
+          'run experiments.predict on the workdir.)')
+    return
+  variables = jax.device_get(tree)
+  tokenizer = tokenizer_lib.ByteTokenizer()
   batch = {k: v[:n] for k, v in table.items() if k != 'label'}
   names = list(result['eval_info'].get('label_names') or []) or [
       str(i) for i in range(int(config.data.num_classes))]
@@ -231,7 +237,8 @@ def print_eval_predictions(result: Dict[str, Any], config, n: int) -> None:
       art = render_digit(table['image'][i])
       print('\n'.join('    ' + line for line in art))
     else:
-      print(f'  text: {tokenizer_lib.ByteTokenizer().decode(table["input_ids"][i], skip_special_tokens=True)[:80]!r}')
+      text = tokenizer.decode(table['input_ids'][i], skip_special_tokens=True)
+      print(f'  text: {text[:80]!r}')
     print(f'  example {i}: predicted {label} (p={prob:.3f}), true {true} '
           f'[{mark}]')
 

@@ -171,7 +171,7 @@ def test_sigkill_after_checkpoint_then_restart_is_bit_identical(
                 if s.isdigit())
   assert done and done[-1] < STEPS, 'the run finished before it was killed'
   proc = _run(workdir, subprocess_env)
-  assert f'resuming from' in proc.stderr
+  assert 'resuming from' in proc.stderr
   _assert_trees(_params(workdir), reference[1], exact=True)
 
 
