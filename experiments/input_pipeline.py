@@ -45,10 +45,11 @@ def load_digits_table(split: str) -> tuple:
   """
   from sklearn import datasets as sk_datasets  # pylint: disable=g-import-not-at-top
   from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+  from perceiver_io.data import image as image_data  # pylint: disable=g-import-not-at-top
   digits = sk_datasets.load_digits()
   train_idx, test_idx = model_selection.train_test_split(
-      np.arange(len(digits.target)), test_size=360, random_state=0,
-      stratify=digits.target)
+      np.arange(len(digits.target)), test_size=image_data.DIGITS_NUM_TEST,
+      random_state=image_data.DIGITS_SPLIT_SEED, stratify=digits.target)
   if split == 'train':
     idx = train_idx
   elif split in ('test', 'validation', 'eval'):
