@@ -13,7 +13,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from experiments import cli
@@ -46,7 +45,6 @@ def main(argv):
   try:
     result = train_lib.train_and_evaluate(config, _WORKDIR.value)
   except (ValueError, FileNotFoundError, train_lib.NonFiniteError) as e:
-    logging.error('%s', e)
     sys.stderr.write(f'error: {e}\n')
     sys.exit(1)
   import jax  # pylint: disable=g-import-not-at-top
