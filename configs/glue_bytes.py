@@ -78,8 +78,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.source = f'tfds:glue/{args.task}'
   c.data.train_split = 'train'
   c.data.eval_split = eval_split
-  c.data.text_fields = ''   # '' = the task's own fields.
-  c.data.label_field = 'label'
+  # '' = the task's own fields / label column (TFDS names, or the GLUE TSV
+  # headers such as MRPC's '#1 String', '#2 String', 'Quality').
+  c.data.text_fields = ''
+  c.data.label_field = ''
   c.data.num_classes = num_classes or 1
   c.data.max_length = 2048
   c.batch_size = int(args.batch)
