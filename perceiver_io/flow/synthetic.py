@@ -346,30 +346,37 @@ def _render(layers, frame: int, height: int, width: int):
   return image.reshape(height, width, 3), top
 
 
-def _flow_and_valid(layers, top1: np.ndarray, height: int, width: int):
-  """Exact forward flow of the top-most layer, and its validity."""
+def _flow_and_valid(layers, top: np.ndarray, height: int, width: int, source: int = 0):
+  """Exact flow of the top-most layer from frame `source` to the other frame, and its validity.
+
+  Forward (source 0) maps x1 -> M x1 + t; backward (source 1) maps x2 -> M^-1 (x2 - t).
+  """
+  target = 1 - source
   yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
   x2 = np.empty_like(xx)
   y2 = np.empty_like(yy)
   for index, layer in enumerate(layers):
-    sel = top1 == index
+    sel = top == index
     if not sel.any():
       continue
     matrix, offset = layer.motion
+    if source == 1:
+      matrix = np.linalg.inv(matrix)
+      offset = -matrix @ offset
     x2[sel] = matrix[0, 0] * xx[sel] + matrix[0, 1] * yy[sel] + offset[0]
     y2[sel] = matrix[1, 0] * xx[sel] + matrix[1, 1] * yy[sel] + offset[1]
   flow = np.stack([x2 - xx, y2 - yy], axis=-1).astype(np.float32)
   valid = (x2 >= 0) & (x2 <= width - 1) & (y2 >= 0) & (y2 <= height - 1)
-  # Occlusion: a layer above the one seen at x covers x + flow(x) in frame 2.
+  # Occlusion: a layer above the one seen at x covers x + flow(x) in the target frame.
   for index, layer in enumerate(layers):
     if layer.shape is None:
       continue
-    cx, cy = layer.image_centres[1]
-    r = layer.image_radii[1]
-    candidates = (valid & (top1 < index) & (np.abs(x2 - cx) <= r) & (np.abs(y2 - cy) <= r))
+    cx, cy = layer.image_centres[target]
+    r = layer.image_radii[target]
+    candidates = (valid & (top < index) & (np.abs(x2 - cx) <= r) & (np.abs(y2 - cy) <= r))
     if not candidates.any():
       continue
-    px, py = _to_local(layer, 1, x2[candidates], y2[candidates])
+    px, py = _to_local(layer, target, x2[candidates], y2[candidates])
     covered = _inside_shape(layer.shape, px, py)
     valid[candidates] = ~covered
   return flow, valid.astype(np.float32)
@@ -386,7 +393,8 @@ def _as_generator(rng_or_seed: RngOrSeed) -> np.random.Generator:
 
 
 def generate_pair(rng_or_seed: RngOrSeed, height: int, width: int,
-                  config: Optional[SyntheticFlowConfig] = None) -> Sample:
+                  config: Optional[SyntheticFlowConfig] = None,
+                  backward: bool = False) -> Sample:
   """Renders one synthetic frame pair with exact forward flow.
 
   Args:
@@ -394,10 +402,14 @@ def generate_pair(rng_or_seed: RngOrSeed, height: int, width: int,
     height: frame height in pixels (>= 8).
     width: frame width in pixels (>= 8).
     config: scene/motion distribution; default `SyntheticFlowConfig()`.
+    backward: return the same scene in reverse order (the rendered second
+      frame first) with its exact flow back to the rendered first frame, as
+      the "backward-ordered pairs" of the Perceiver IO flow curriculum. The
+      random draws are the same as for the forward pair.
 
   Returns:
     dict with 'frame1', 'frame2' (uint8 [H, W, 3]), 'flow' (float32 [H, W, 2],
-    forward from frame1 to frame2) and 'valid' (float32 [H, W]; 0 where the
+    from frame1 to frame2) and 'valid' (float32 [H, W]; 0 where the
     pixel leaves the image or is occluded in frame 2).
   """
   if int(height) < 8 or int(width) < 8:
@@ -411,19 +423,23 @@ def generate_pair(rng_or_seed: RngOrSeed, height: int, width: int,
   layers += [_make_layer(rng, height, width, config, background=False)
              for _ in range(num_foreground)]
   image1, top1 = _render(layers, 0, height, width)
-  image2, _ = _render(layers, 1, height, width)
-  flow, valid = _flow_and_valid(layers, top1, height, width)
+  image2, top2 = _render(layers, 1, height, width)
   to_uint8 = lambda image: np.clip(np.round(image), 0, 255).astype(np.uint8)
+  if backward:
+    flow, valid = _flow_and_valid(layers, top2, height, width, source=1)
+    return {'frame1': to_uint8(image2), 'frame2': to_uint8(image1), 'flow': flow,
+            'valid': valid}
+  flow, valid = _flow_and_valid(layers, top1, height, width)
   return {'frame1': to_uint8(image1), 'frame2': to_uint8(image2), 'flow': flow, 'valid': valid}
 
 
 def sample_at(seed: int, index: int, height: int, width: int,
-              config: Optional[SyntheticFlowConfig] = None) -> Sample:
-  """Sample `index` of the stream `seed`; depends only on (seed, index)."""
+              config: Optional[SyntheticFlowConfig] = None, backward: bool = False) -> Sample:
+  """Sample `index` of the stream `seed`; depends only on (seed, index, backward)."""
   if seed < 0 or index < 0:
     raise ValueError(f'seed and index must be non-negative; got seed={seed}, index={index}.')
   rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
-  return generate_pair(rng, height, width, config)
+  return generate_pair(rng, height, width, config, backward=backward)
 
 
 def synthetic_flow_batches(seed: int, batch_size: int, height: int, width: int,
