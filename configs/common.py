@@ -99,6 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.text_fields = 'text'          # comma-separated columns (pairs: 2)
   c.data.label_field = 'label'
   c.data.label_names = ''              # comma-separated; '' = from the data
+  # TSV/CSV without a header: set False and name columns by index, e.g.
+  # CoLA: text_fields='3', label_field='1'.
+  c.data.has_header = True
   c.data.num_classes = 2
   c.data.max_length = 2048             # bytes incl. [CLS]/[SEP]
   c.data.image_size = 8

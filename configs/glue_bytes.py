@@ -17,9 +17,14 @@ Commands (one workdir per task; `python -m experiments.evaluate
       --workdir=/tmp/glue/mrpc
   python -m experiments.evaluate --workdir=/tmp/glue/mnli \
       --split=validation_mismatched
-  # Local GLUE TSVs instead of TFDS:
-  --config.data.source='tsv:/data/glue/CoLA/{split}.tsv' \
+  # Local GLUE TSVs instead of TFDS (columns found from the header):
+  --config.data.source='tsv:/data/glue/MRPC/{split}.tsv' \
       --config.data.train_split=train --config.data.eval_split=dev
+  # CoLA's TSVs have no header: name the columns by index.
+  --config.data.source='tsv:/data/CoLA/{split}.tsv' \
+      --config.data.train_split=in_domain_train \
+      --config.data.eval_split=in_domain_dev --config.data.has_header=False \
+      --config.data.text_fields=3 --config.data.label_field=1
 
 Tasks: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli.
 Hardware: one A100/H100 per task (batch 32 x 2048 bytes with remat); from

@@ -84,10 +84,14 @@ def tokenize_texts(texts: List[str], pairs: Optional[List[str]],
 
 def text_source_kwargs(data: ml_collections.ConfigDict) -> Dict[str, Any]:
   """`perceiver_io.data.text` keyword arguments from `config.data`."""
-  fields = _comma_list(data.text_fields)
+  def column(name):  # Column indices for header-less files.
+    return int(name) if str(name).isdigit() else name
+  fields = [column(f) for f in _comma_list(data.text_fields)]
   return dict(text_fields=tuple(fields) if fields else None,
-              label_field=data.label_field or None,
-              data_dir=data.data_dir or None)
+              label_field=column(data.label_field) if data.label_field
+              else None,
+              data_dir=data.data_dir or None,
+              has_header=bool(data.has_header))
 
 
 def load_text_table(config: ml_collections.ConfigDict, split: str) -> tuple:
