@@ -155,6 +155,22 @@ def evaluate(eval_step, state, table, config, mesh) -> Dict[str, float]:
   return tasks.summarize(config.task, gathered, eval_metric_names(config))
 
 
+def preemption_agreed(requested: bool, sync_point: bool) -> bool:
+  """Whether to stop for preemption now, the same answer on every process.
+
+  One process: the local flag, every step. Several: the flags are combined
+  at log steps only (a cheap all-gather), so all processes save the same
+  step together (an Orbax save is collective).
+  """
+  if jax.process_count() == 1:
+    return requested
+  if not sync_point:
+    return False
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  flags = multihost_utils.process_allgather(np.asarray([requested], np.int32))
+  return bool(np.any(flags))
+
+
 def first_nonfinite(history) -> Optional[tuple]:
   """(step, name, value) of the first non-finite loss/grad norm, else None."""
   for step, metrics in history:
@@ -397,8 +413,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       is_last = done == num_steps
       log_now = done % config.log_every_steps == 0 or is_last
       eval_now = done % config.eval_every_steps == 0 or is_last
+      preempted = preemption_agreed(preemption.requested, log_now)
       save_now = (done % config.checkpoint_every_steps == 0 or is_last or
-                  preemption.requested)
+                  preempted)
       if log_now or eval_now or save_now:
         history = [(s, sharding.to_host(m)) for s, m in history]
         bad = first_nonfinite(history)
@@ -439,7 +456,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             {k: float(v) for k, v in eval_metrics.items()} if eval_now
             else None))
         last_good_step = done
-      if preemption.requested and not is_last:
+      if preempted and not is_last:
         ckpt.wait()
         logging.warning('preempted: checkpoint at step %d saved in %s.', done,
                         ckpt.directory)
