@@ -48,19 +48,23 @@ def evaluate_workdir(workdir: str, which: str = 'latest',
   mesh = sharding.make_mesh()
   sharding.check_batch_size(int(config.eval_batch_size), mesh,
                             'eval_batch_size')
+  task_object = train_lib.get_task(config, getattr(model, 'config', None))
   table = None
-  if config.task != 'mlm':
+  if config.task != 'mlm' and task_object is None:
     table, _ = input_pipeline.load_table(config, config.data.eval_split)
   variables = jax.device_put(variables, sharding.replicated(mesh))
   state = {'params': variables['params'],
            'model_state': {k: v for k, v in variables.items()
                            if k != 'params'}}
-  eval_step = jax.jit(train_lib.make_eval_step(model, config.task),
+  eval_fn = (task_object.make_eval_step(model) if task_object is not None
+             else train_lib.make_eval_step(model, config.task))
+  eval_step = jax.jit(eval_fn,
                       in_shardings=(sharding.replicated(mesh),
                                     sharding.replicated(mesh),
                                     sharding.batch_sharding(mesh)),
                       out_shardings=sharding.replicated(mesh))
-  metrics = train_lib.evaluate(eval_step, state, table, config, mesh)
+  metrics = train_lib.run_evaluation(task_object, eval_step, state, table,
+                                     config, mesh, model)
   record = {'checkpoint': which, 'split': config.data.eval_split,
             **{f'eval_{k}': v for k, v in metrics.items()}}
   if jax.process_index() == 0:

@@ -3,6 +3,8 @@ r"""Launcher: evaluate a trained workdir, or summarise GLUE over workdirs.
   python -m experiments.evaluate --workdir=/tmp/glue/cola [--checkpoint=best]
       [--split=validation_mismatched]
   python -m experiments.evaluate --glue_summary=/tmp/glue
+  python -m experiments.evaluate --config=configs/imagenet.py:fourier \
+      --config.init_from=hf:deepmind/vision-perceiver-fourier  # no workdir
 
 Prints the metrics as a table and appends them to the workdir's
 metrics.jsonl. The model and data settings come from the workdir's
@@ -53,7 +55,16 @@ def main(argv):
         print(f'missing tasks: {", ".join(summary["missing"])}')
       return
     if not _WORKDIR.value:
-      raise app.UsageError('pass --workdir=DIR or --glue_summary=DIR.')
+      config = _CONFIG.value
+      if config is None or not config.init_from:
+        raise app.UsageError('pass --workdir=DIR, --glue_summary=DIR, or '
+                             '--config=... with --config.init_from=... '
+                             '(evaluate an imported checkpoint).')
+      from experiments import task_registry  # pylint: disable=g-import-not-at-top
+      result = task_registry.evaluate_pretrained(config)
+      print(f'{config.init_from}: split {result["split"]}')
+      print(eval_lib.metrics_table(result))
+      return
     result = eval_lib.evaluate_workdir(_WORKDIR.value, _CHECKPOINT.value,
                                        _SPLIT.value, _CONFIG.value)
   except (ValueError, FileNotFoundError) as e:

@@ -5,6 +5,8 @@ r"""Launcher: predict with a trained workdir.
   python -m experiments.predict --workdir=/tmp/mlm "This is [MASK][MASK][MASK] test."
   python -m experiments.predict --workdir=/tmp/quickstart --digits=0:5
   python -m experiments.predict --workdir=/tmp/quickstart digit.png
+  python -m experiments.predict --config=configs/imagenet.py:conv \
+      --config.init_from=hf:deepmind/vision-perceiver-conv cat.jpg
 
 Classification prints the label and its probability (top-k with --top_k);
 regression prints the score; an MLM workdir fills every [MASK] byte. For
@@ -17,8 +19,14 @@ import sys
 from absl import app
 from absl import flags
 
+from ml_collections import config_flags
+
 from experiments import cli
 
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Optional config: with --workdir, replaces its '
+    'config.json; without, predicts with --config.init_from.',
+    lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Trained workdir.')
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', 'latest', "'latest', 'best' or a step number.")
@@ -27,7 +35,14 @@ _INPUT_FILE = flags.DEFINE_string('input_file', '',
 _TOP_K = flags.DEFINE_integer('top_k', 1, 'Labels to print per input.')
 _DIGITS = flags.DEFINE_string(
     'digits', '', "Quickstart: predict test digits a:b (e.g. '0:5').")
-flags.mark_flags_as_required(['workdir'])
+# Options of tasks with their own prediction (image classes, flow files).
+_CLASS_NAMES = flags.DEFINE_string('class_names', '',
+                                   'Image tasks: class-name list file.')
+_OUTPUT = flags.DEFINE_string('output', '', 'Flow: output .flo path.')
+_GROUND_TRUTH = flags.DEFINE_string('ground_truth', '',
+                                    'Flow: ground-truth .flo for the EPE.')
+_PAD_SMALL = flags.DEFINE_boolean('pad_small', False,
+                                  'Flow: pad frames smaller than the model.')
 
 
 def read_inputs(argv, input_file: str):
@@ -46,10 +61,24 @@ def main(argv):
   from experiments import predict_lib  # pylint: disable=g-import-not-at-top
   try:
     inputs = read_inputs(argv, _INPUT_FILE.value)
-    lines = predict_lib.predict_lines(_WORKDIR.value, inputs,
-                                      which=_CHECKPOINT.value,
-                                      top_k=_TOP_K.value,
-                                      digits=_DIGITS.value)
+    options = dict(class_names=_CLASS_NAMES.value, output=_OUTPUT.value,
+                   ground_truth=_GROUND_TRUTH.value,
+                   pad_small=_PAD_SMALL.value)
+    if not _WORKDIR.value:
+      config = _CONFIG.value
+      if config is None or not config.init_from:
+        raise app.UsageError('pass --workdir=DIR, or --config=... with '
+                             '--config.init_from=... (an imported '
+                             'checkpoint).')
+      from experiments import task_registry  # pylint: disable=g-import-not-at-top
+      lines = task_registry.predict_pretrained(config, inputs,
+                                               top_k=_TOP_K.value, **options)
+    else:
+      lines = predict_lib.predict_lines(_WORKDIR.value, inputs,
+                                        which=_CHECKPOINT.value,
+                                        top_k=_TOP_K.value,
+                                        digits=_DIGITS.value,
+                                        config=_CONFIG.value, **options)
   except (ValueError, FileNotFoundError) as e:
     sys.stderr.write(f'error: {e}\n')
     sys.exit(1)
@@ -58,4 +87,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  cli.check_overrides_or_exit(sys.argv)
   app.run(main)

@@ -115,14 +115,19 @@ def load_workdir(workdir: str, which: str = 'latest',
                                     best_mode=config.best_mode)
   try:
     step = choose_step(ckpt, which)
-    example = example_inputs(config)
-    if config.task == 'mlm':
-      example = {**example, 'input_ids': example['input_ids']}
+    task_object = _task(config, model)
+    example = (task_object.example_batch() if task_object is not None
+               else example_inputs(config))
     state = ckpt.restore(step, abstract_state(config, model, example))
   finally:
     ckpt.close()
   variables = {'params': state['params'], **state['model_state']}
   return model, variables, config, step
+
+
+def _task(config, model):
+  from experiments import train_lib  # pylint: disable=g-import-not-at-top
+  return train_lib.get_task(config, getattr(model, 'config', None))
 
 
 def load_variables_from_workdir(workdir: str):
@@ -258,7 +263,8 @@ def _digits_range(spec: str, config) -> Tuple[Dict[str, np.ndarray],
 
 
 def predict_lines(workdir: str, inputs: Sequence[str], which: str = 'latest',
-                  top_k: int = 1, digits: str = '') -> List[str]:
+                  top_k: int = 1, digits: str = '', config=None,
+                  **options) -> List[str]:
   """Human-readable predictions of a workdir's model for `inputs`.
 
   Args:
@@ -267,11 +273,20 @@ def predict_lines(workdir: str, inputs: Sequence[str], which: str = 'latest',
     which: checkpoint: 'latest', 'best' or a step.
     top_k: labels per input (classification).
     digits: digits workdirs: 'a:b' predicts test digits a..b-1.
+    config: a config to use instead of the workdir's config.json.
+    **options: passed to a task object's `predict_lines` (e.g.
+      class_names, output).
 
   Returns:
     One or more lines per input.
   """
-  model, variables, config, step = load_workdir(workdir, which)
+  model, variables, config, step = load_workdir(workdir, which, config)
+  task_object = _task(config, model)
+  if task_object is not None:
+    task_object.label_names = label_names(workdir, config)
+    return [f'# {workdir} (checkpoint step {step})'] + (
+        task_object.predict_lines(model, variables, list(inputs),
+                                  top_k=top_k, **options))
   is_image = config.data.source == 'digits' or 'image' in example_inputs(
       config)
   lines = [f'# {workdir} (checkpoint step {step})']

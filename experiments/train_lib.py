@@ -37,6 +37,26 @@ TRACE_COUNTS = collections.Counter()
 METRICS_FILE = 'metrics.jsonl'
 
 
+BUILTIN_TASKS = ('classification', 'regression', 'mlm')
+
+
+def get_task(config, model_config=None):
+  """The task object for `config.task`, or None for the built-in tasks.
+
+  Tasks that bring their own data, loss and evaluation (ImageNet, optical
+  flow) are looked up in `experiments.task_registry` (imported only then);
+  see its docstring for the interface the loop calls.
+  """
+  if config.task in BUILTIN_TASKS:
+    return None
+  from experiments import task_registry  # pylint: disable=g-import-not-at-top
+  task = task_registry.get(config, model_config)
+  if task is None:
+    raise ValueError(f'unknown config.task {config.task!r}; valid: '
+                     f'{", ".join(BUILTIN_TASKS + tuple(task_registry.TASKS))}.')
+  return task
+
+
 class NonFiniteError(FloatingPointError):
   """Loss or gradient norm became NaN/inf."""
 
@@ -85,24 +105,36 @@ def apply_model(model, variables, batch, *, train: bool,
   return out, {}
 
 
-def make_train_step(model, tx, schedule, config) -> Callable:
-  """The (not yet jitted) train step: (state, batch) -> (state, metrics)."""
+def make_train_step(model, tx, schedule, config, task_object=None
+                    ) -> Callable:
+  """The (not yet jitted) train step: (state, batch) -> (state, metrics).
+
+  With a task object, its `train_transform(batch, key)` (e.g. MixUp) runs
+  first and its `loss_fn(outputs, batch)` replaces the built-in loss.
+  """
   task = config.task
   smoothing = float(config.label_smoothing)
   accumulate = int(config.optimizer.accumulate_steps)
   base_key = jax.random.PRNGKey(int(config.seed) + 1)
+  transform_key = jax.random.PRNGKey(int(config.seed) + 2)
 
   def train_step(state, batch):
     TRACE_COUNTS['train_step'] += 1
     step = state['step']
     dropout_key = jax.random.fold_in(base_key, step)
     others = state['model_state']
+    if task_object is not None:
+      batch = task_object.train_transform(
+          batch, jax.random.fold_in(transform_key, step))
 
     def loss_of(params):
       outputs, new_others = apply_model(
           model, {'params': params, **others}, batch, train=True,
           dropout_key=dropout_key)
-      loss_sum, weight = tasks.loss_fn(task, outputs, batch, smoothing)
+      if task_object is not None:
+        loss_sum, weight = task_object.loss_fn(outputs, batch)
+      else:
+        loss_sum, weight = tasks.loss_fn(task, outputs, batch, smoothing)
       denom = jnp.maximum(jnp.sum(weight), 1.0)
       return jnp.sum(loss_sum) / denom, new_others
 
@@ -153,6 +185,14 @@ def evaluate(eval_step, state, table, config, mesh) -> Dict[str, float]:
       gathered[k].append(v)
   gathered = {k: np.concatenate(v) for k, v in gathered.items()}
   return tasks.summarize(config.task, gathered, eval_metric_names(config))
+
+
+def run_evaluation(task_object, eval_step, state, table, config, mesh,
+                   model) -> Dict[str, Any]:
+  """Eval metrics from the task object if there is one, else built-in."""
+  if task_object is not None:
+    return task_object.evaluate(eval_step, state, mesh, model)
+  return evaluate(eval_step, state, table, config, mesh)
 
 
 def preemption_agreed(requested: bool, sync_point: bool) -> bool:
@@ -282,11 +322,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   checkpointing.check_workdir(workdir, description, bool(config.overwrite))
 
   # ----------------------------------------------------------------- data --
-  if config.task == 'mlm':
+  task_object = get_task(config)
+  train_table, eval_table = None, None
+  if task_object is not None:
+    train_info, eval_info = task_object.data_info()
+  elif config.task == 'mlm':
     if config.num_train_steps <= 0:
       raise ValueError('MLM runs are sized in steps: set '
                        'config.num_train_steps > 0.')
-    train_table, eval_table = None, None
     train_info = {'num_examples': 0, 'label_names': []}
     eval_info = {'num_examples': -1, 'label_names': []}
   else:
@@ -305,7 +348,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         {'label_names': list(train_info.get('label_names') or []),
          'num_examples': int(train_info['num_examples']),
          'source': config.data.source})
-  num_steps = total_steps(config, train_info['num_examples'])
+  num_steps = (task_object.num_steps()
+               if hasattr(task_object, 'num_steps')
+               else total_steps(config, train_info['num_examples']))
   logging.info('data: %d train / %d eval examples; %d steps of batch %d.',
                train_info['num_examples'], eval_info['num_examples'],
                num_steps, config.batch_size)
@@ -321,8 +366,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                jax.process_count())
 
   # -------------------------------------------------- model and optimizer --
-  example = (example_batch(train_table) if train_table is not None else
-             text_example(int(config.data.max_length)))
+  if task_object is not None:
+    example = task_object.example_batch()
+  elif train_table is not None:
+    example = example_batch(train_table)
+  else:
+    example = text_example(int(config.data.max_length))
   abstract_vars = jax.eval_shape(
       functools.partial(init_variables, model, example, int(config.seed)))
   tx, schedule = optim.make_optimizer(config, abstract_vars['params'],
@@ -375,16 +424,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       state = jax.jit(lambda: make_state(init()),
                       out_shardings=state_sharding)()
   start_step = int(jax.device_get(state['step']))
-  train_stream = (input_pipeline.MlmTrainStream(config, start_step)
-                  if config.task == 'mlm' else
-                  input_pipeline.TableTrainStream(config, train_table))
+  if task_object is not None:
+    train_stream = task_object.train_stream(start_step)
+  elif config.task == 'mlm':
+    train_stream = input_pipeline.MlmTrainStream(config, start_step)
+  else:
+    train_stream = input_pipeline.TableTrainStream(config, train_table)
 
   # ---------------------------------------------------------------- steps --
-  train_step = jax.jit(make_train_step(model, tx, schedule, config),
+  train_step = jax.jit(make_train_step(model, tx, schedule, config,
+                                       task_object),
                        in_shardings=(state_sharding, data_sharding),
                        out_shardings=(state_sharding, replicated),
                        donate_argnums=(0,))
-  eval_step = jax.jit(make_eval_step(model, config.task),
+  eval_fn = (task_object.make_eval_step(model) if task_object is not None
+             else make_eval_step(model, config.task))
+  eval_step = jax.jit(eval_fn,
                       in_shardings=(state_sharding['params'],
                                     state_sharding['model_state'],
                                     data_sharding),
@@ -447,7 +502,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           timer = (time.time(), done)
         history = []
       if eval_now:
-        eval_metrics = evaluate(eval_step, state, eval_table, config, mesh)
+        eval_metrics = run_evaluation(task_object, eval_step, state,
+                                      eval_table, config, mesh, model)
         writer.write(done, {f'eval_{k}': v for k, v in eval_metrics.items()})
         logging.info('eval at step %d: %s', done, _format_metrics(
             eval_metrics))
@@ -469,11 +525,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     writer.close()
   final_step = max(start_step, num_steps)
   if start_step >= num_steps:  # Already trained: just evaluate.
-    eval_metrics = evaluate(eval_step, state, eval_table, config, mesh)
+    eval_metrics = run_evaluation(task_object, eval_step, state, eval_table,
+                                  config, mesh, model)
   return {'step': final_step, 'eval': eval_metrics,
           'train_loss': float(last_metrics.get('loss', float('nan'))),
           'state': state, 'model': model, 'eval_table': eval_table,
-          'eval_info': eval_info}
+          'eval_info': eval_info, 'task_object': task_object}
 
 
 def _format_metrics(metrics: Dict[str, Any]) -> str:

@@ -327,3 +327,89 @@ def test_init_from_hf_mlm_checkpoint_gets_a_fresh_head(data_dir, tmp_path,
       np.testing.assert_array_equal(ours, theirs,
                                     err_msg=jax.tree_util.keystr(path))
   assert 'basic' in params['decoder']  # The new classification decoder.
+
+
+class _FakeDigitsTask:
+  """A task object (task_registry interface) over the digits table, to test
+  the loop's hooks without the ImageNet / flow tasks."""
+
+  def __init__(self, config):
+    self.config = config
+    self.train_table, _ = input_pipeline.load_digits_table('train')
+    self.test_table, _ = input_pipeline.load_digits_table('test')
+    self.transform_calls = 0
+    self.label_names = []
+
+  def data_info(self):
+    return ({'num_examples': 1437, 'label_names': [str(i) for i in range(10)]},
+            {'num_examples': 360})
+
+  def example_batch(self):
+    return {'image': np.zeros((1, 8, 8, 1), np.float32)}
+
+  def train_stream(self, start_step):
+    config, table = self.config, self.train_table
+
+    class Stream:
+      def batch(self, step):
+        return input_pipeline.train_batch(table, step, config.batch_size,
+                                          config.seed)
+    return Stream()
+
+  def train_transform(self, batch, key):
+    self.transform_calls += 1
+    del key
+    return {**batch, 'targets': jax.nn.one_hot(batch['label'], 10)}
+
+  def loss_fn(self, outputs, batch):
+    import optax  # pylint: disable=g-import-not-at-top
+    loss = optax.softmax_cross_entropy(outputs, batch['targets'])
+    return loss * batch['weight'], batch['weight']
+
+  def make_eval_step(self, model):
+    def eval_step(params, model_state, batch):
+      logits = model.apply({'params': params, **model_state}, batch['image'])
+      correct = (logits.argmax(-1) == batch['label']) * batch['weight']
+      return {'correct': correct, 'weight': batch['weight']}
+    return eval_step
+
+  def evaluate(self, eval_step, state, mesh, model=None):
+    from experiments import sharding  # pylint: disable=g-import-not-at-top
+    sums = {'correct': 0.0, 'weight': 0.0}
+    for local in input_pipeline.eval_batches(self.test_table, 8,
+                                             max_examples=16):
+      out = sharding.to_host(eval_step(state['params'], state['model_state'],
+                                       sharding.global_batch(local, mesh)))
+      for k in sums:
+        sums[k] += float(np.sum(out[k]))
+    return {'top1': sums['correct'] / sums['weight'],
+            'num_examples': int(sums['weight'])}
+
+  def predict_lines(self, model, variables, inputs, top_k=0, **unused):
+    return [f'fake {x} top{top_k}' for x in inputs]
+
+
+def test_task_objects_plug_into_train_evaluate_predict(tmp_path,
+                                                       monkeypatch):
+  made = []
+
+  def fake_get_task(config, model_config=None):
+    del model_config
+    if config.task != 'fake_digits':
+      return None
+    made.append(_FakeDigitsTask(config))
+    return made[-1]
+
+  monkeypatch.setattr(train_lib, 'get_task', fake_get_task)
+  config = _override(quickstart.get_config('tiny'), task='fake_digits',
+                     best_metric='top1', predict_examples=0)
+  workdir = str(tmp_path)
+  result = train_lib.train_and_evaluate(config, workdir)
+  assert made[0].transform_calls == 1  # Traced once, inside the jitted step.
+  assert result['eval']['num_examples'] == 16
+  records = _read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  assert records[-1]['eval_top1'] == pytest.approx(result['eval']['top1'])
+  evaluated = eval_lib.evaluate_workdir(workdir)
+  assert evaluated['metrics']['top1'] == pytest.approx(result['eval']['top1'])
+  lines = predict_lib.predict_lines(workdir, ['a.png'], top_k=3)
+  assert lines[-1] == 'fake a.png top3'
