@@ -75,6 +75,10 @@ def atomic_write(path: PathLike, write_fn: Callable[[str], None]) -> None:
   os.close(fd)
   try:
     write_fn(tmp_path)
+    # mkstemp creates the file 0600; give it the usual umask-based mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)
     os.replace(tmp_path, path)
   except BaseException:
     if os.path.exists(tmp_path):
