@@ -1,0 +1,512 @@
+"""Optical flow for the runner (task 'optical_flow'): data, loss, EPE, predict.
+
+Why a task object (see experiments/task_registry.py): flow training reads
+no files (pairs are rendered on the fly by `perceiver_io.flow.synthetic`, an
+AutoFlow-style generator, and augmented consistently with their ground
+truth), the loss is the end-point error on valid pixels only, and the
+benchmark evaluation runs full frames (Sintel 436x1024, KITTI ~375x1242)
+through overlapping model-sized tiles with distance-weighted blending.
+
+Units (one convention everywhere): the model's output is the official
+network output, i.e. the same quantity as HuggingFace's
+`PerceiverForOpticalFlow` logits, which the official colab multiplies by
+FLOW_SCALE_FACTOR = 20 to get pixels (the AutoFlow/RAFT training code
+divided its targets by 20; deepmind-research issue #266). So
+`flow_pixels = output * config.model.flow_scale` (20), and the loss and all
+metrics are in pixels; an imported official checkpoint therefore predicts
+pixels with no further factor.
+
+Frames are fed as [B, 2, H, W, 3] in [-1, 1] (x / 127.5 - 1, as the colab).
+
+Curriculum (`config.data.plain_fraction`): the first fraction of the steps
+uses un-augmented pairs in both orders (forward pair, then the same scene
+reversed with its exact backward flow), the rest uses photometric + spatial
+augmentation. The reference names a no-augmentation phase with forward and
+backward pairs but not its length or place; we put it first (easy examples
+first) and make its length a config field.
+
+Evaluation sources (`config.data.eval_source`):
+  'generated'             pairs rendered at the model size from indices
+                          never used for training (no tiling needed);
+  'sintel:<root>'         MPI-Sintel training, clean and final reported
+                          separately ('sintel_clean:'/'sintel_final:' one);
+  'kitti:<root>'          KITTI 2012/2015 training (flow_occ), EPE + Fl-all;
+  'middlebury:<root>', 'chairs:<root>'.
+Directory sources go through tiled inference at the model's size
+(official: 368x496, min overlap 20, weights = 1 + distance to the tile
+border). EPE is pooled over all valid pixels (Sintel convention);
+`epe_per_image` is the mean of per-image EPEs (RAFT's KITTI convention);
+Fl-all is the % of valid pixels with error > 3 px and > 5 % of |gt|.
+"""
+
+import collections
+import concurrent.futures
+import dataclasses
+import logging
+import multiprocessing
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from experiments import models
+from experiments import sharding
+from perceiver_io import model as model_lib
+from perceiver_io.flow import augment
+from perceiver_io.flow import io as flow_io
+from perceiver_io.flow import metrics as flow_metrics
+from perceiver_io.flow import synthetic
+from perceiver_io.flow import tiling
+from perceiver_io.flow import viz
+
+_DIR_KINDS = ('sintel', 'sintel_clean', 'sintel_final', 'kitti', 'middlebury',
+              'chairs')
+_GRAYSCALE_MODES = ('L', '1', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'F')
+_ALPHA_MODES = ('RGBA', 'RGBa', 'LA', 'PA', 'La')
+
+
+def normalize_frames(frame1: np.ndarray, frame2: np.ndarray) -> np.ndarray:
+  """Two uint8 [H, W, 3] frames -> float32 [2, H, W, 3] in [-1, 1]."""
+  return np.stack([frame1, frame2]).astype(np.float32) / 127.5 - 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorSettings:
+  """Everything a (possibly separate) worker process needs to make samples."""
+  seed: int
+  num_examples: int
+  train_size: Tuple[int, int]
+  render_size: Tuple[int, int]
+  synthetic_config: synthetic.SyntheticFlowConfig
+  photometric: Optional[augment.PhotometricConfig]
+  spatial: Optional[augment.SpatialConfig]
+
+
+def _centre_crop(sample, size):
+  height, width = sample['frame1'].shape[:2]
+  top, left = (height - size[0]) // 2, (width - size[1]) // 2
+  return augment.crop_sample(sample, top, left, size)
+
+
+def make_train_sample(settings: GeneratorSettings, position: int,
+                      plain: bool) -> Dict[str, np.ndarray]:
+  """Training example at stream `position` (a pure function of its inputs).
+
+  Plain (curriculum) positions alternate forward and backward orders of the
+  same scene and are centre-cropped; others are augmented with an rng of
+  (seed, position), so every epoch sees new augmentations.
+  """
+  if plain:
+    index, backward = (position // 2) % settings.num_examples, position % 2 == 1
+  else:
+    index, backward = position % settings.num_examples, False
+  sample = synthetic.sample_at(settings.seed, index, *settings.render_size,
+                               config=settings.synthetic_config,
+                               backward=backward)
+  if plain or (settings.photometric is None and settings.spatial is None):
+    sample = _centre_crop(sample, settings.train_size)
+  else:
+    rng = np.random.default_rng([settings.seed, 7, position])
+    sample = augment.augment_sample(rng, sample, settings.photometric,
+                                    settings.spatial)
+    if settings.spatial is None:
+      sample = _centre_crop(sample, settings.train_size)
+  return {'image': normalize_frames(sample['frame1'], sample['frame2']),
+          'flow': sample['flow'].astype(np.float32),
+          'valid': sample['valid'].astype(np.float32)}
+
+
+def _make_train_sample_star(args):
+  return make_train_sample(*args)
+
+
+def stack_samples(samples: Sequence[Dict[str, np.ndarray]]
+                  ) -> Dict[str, np.ndarray]:
+  out = {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+  out['weight'] = np.ones(len(samples), np.float32)
+  return out
+
+
+class _TrainStream:
+  """This process's rows of global batch `step` (any order of steps)."""
+
+  def __init__(self, task: 'OpticalFlowTask', start_step: int):
+    del start_step  # Batches are a pure function of the step.
+    self.task = task
+    self.settings = task.generator_settings()
+    workers = int(task.config.data.num_workers)
+    self._pool = None
+    if workers > 0:  # 'spawn': forking a process that runs JAX can hang.
+      self._pool = concurrent.futures.ProcessPoolExecutor(
+          workers, mp_context=multiprocessing.get_context('spawn'))
+
+  def batch(self, step: int) -> Dict[str, np.ndarray]:
+    global_batch = int(self.task.config.batch_size)
+    count = jax.process_count()
+    local = global_batch // count
+    first = step * global_batch + jax.process_index() * local
+    plain = step < self.task.plain_steps()
+    args = [(self.settings, first + i, plain) for i in range(local)]
+    if self._pool is None:
+      samples = [make_train_sample(*a) for a in args]
+    else:
+      samples = list(self._pool.map(_make_train_sample_star, args))
+    return stack_samples(samples)
+
+
+class OpticalFlowTask:
+  """Optical flow as a runner task (interface: task_registry)."""
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               model_config: Optional[Dict[str, Any]] = None):
+    self.config = config
+    self.model_config = model_config or models.model_config(config)
+    if self.model_config['decoder'].get('type') != 'flow':
+      raise ValueError(
+          f"task 'optical_flow' needs a model with a flow decoder; this one "
+          f"has {self.model_config['decoder'].get('type')!r} (model "
+          f"{self.model_config.get('name')!r}).")
+    shape = model_lib.example_inputs(self.model_config)[0].shape
+    self.train_size = (int(shape[2]), int(shape[3]))
+    self.flow_scale = float(config.model.flow_scale)
+    self.label_names: List[str] = []
+
+  # ------------------------------------------------------------------ data --
+
+  def _render_size(self) -> Tuple[int, int]:
+    d = self.config.data
+    height = int(d.render_height) or self.train_size[0]
+    width = int(d.render_width) or self.train_size[1]
+    if height < self.train_size[0] or width < self.train_size[1]:
+      raise ValueError(f'data.render_height/width {height}x{width} must be at '
+                       f'least the model size {self.train_size[0]}x'
+                       f'{self.train_size[1]}.')
+    return height, width
+
+  def synthetic_config(self) -> synthetic.SyntheticFlowConfig:
+    scale = float(self.config.data.motion_scale)
+    base = synthetic.SyntheticFlowConfig()
+    return dataclasses.replace(
+        base, max_translation=base.max_translation * scale,
+        background_max_translation=base.background_max_translation * scale)
+
+  def generator_settings(self) -> GeneratorSettings:
+    d = self.config.data
+    if d.source != 'generated':
+      raise ValueError(f"optical flow trains on data.source='generated' (the "
+                       f"procedural generator); got {d.source!r}.")
+    photometric = spatial = None
+    if bool(d.augment):
+      photometric = augment.PhotometricConfig()
+      spatial = augment.SpatialConfig(crop_size=self.train_size)
+    return GeneratorSettings(
+        seed=int(self.config.seed), num_examples=int(d.num_train_examples),
+        train_size=self.train_size, render_size=self._render_size(),
+        synthetic_config=self.synthetic_config(), photometric=photometric,
+        spatial=spatial)
+
+  def num_steps(self) -> int:
+    from experiments import train_lib  # pylint: disable=g-import-not-at-top
+    return train_lib.total_steps(self.config,
+                                 int(self.config.data.num_train_examples))
+
+  def plain_steps(self) -> int:
+    fraction = float(self.config.data.plain_fraction)
+    if not 0.0 <= fraction <= 1.0:
+      raise ValueError(f'data.plain_fraction must be in [0, 1], got {fraction}.')
+    return int(round(fraction * self.num_steps()))
+
+  def data_info(self):
+    settings = self.generator_settings()  # Validates the data fields.
+    if settings.num_examples < 1:
+      raise ValueError('data.num_train_examples must be >= 1.')
+    if int(self.config.batch_size) % jax.process_count():
+      raise ValueError(f'batch_size {self.config.batch_size} must be divisible '
+                       f'by the number of processes {jax.process_count()}.')
+    self._eval_spec()  # Validates the eval source before anything is written.
+    return ({'num_examples': settings.num_examples, 'label_names': []},
+            {'num_examples': -1, 'label_names': []})
+
+  def example_batch(self) -> Dict[str, np.ndarray]:
+    return {'image': np.zeros((1, 2) + self.train_size + (3,), np.float32)}
+
+  def train_stream(self, start_step: int):
+    return _TrainStream(self, start_step)
+
+  # ----------------------------------------------------- traced functions --
+
+  def train_transform(self, batch, key):
+    del key
+    return batch
+
+  def _errors(self, outputs, batch):
+    pred = outputs.astype(jnp.float32) * self.flow_scale
+    diff = pred - batch['flow']
+    # The epsilon keeps the gradient finite where the prediction is exact.
+    return jnp.sqrt(jnp.sum(diff * diff, axis=-1) + 1e-12)
+
+  def loss_fn(self, outputs, batch):
+    """(sum of EPE over valid pixels, number of valid pixels) per example."""
+    valid = batch['valid'] * batch['weight'][:, None, None]
+    epe = self._errors(outputs, batch)
+    return jnp.sum(epe * valid, axis=(1, 2)), jnp.sum(valid, axis=(1, 2))
+
+  def make_eval_step(self, model):
+    def eval_step(params, model_state, batch):
+      outputs = model.apply({'params': params, **model_state}, batch['image'],
+                            deterministic=True)
+      valid = batch['valid'] * batch['weight'][:, None, None]
+      epe = self._errors(outputs, batch)
+      magnitude = jnp.sqrt(jnp.sum(batch['flow'] ** 2, axis=-1))
+      outlier = (epe > 3.0) & (epe > 0.05 * magnitude)
+      return {'epe': jnp.sum(epe * valid, axis=(1, 2)),
+              'fl_all': jnp.sum(outlier * valid, axis=(1, 2)),
+              'epe_zero_flow': jnp.sum(magnitude * valid, axis=(1, 2)),
+              'count': jnp.sum(valid, axis=(1, 2)),
+              'weight': batch['weight']}
+    return eval_step
+
+  # ------------------------------------------------------------ evaluation --
+
+  def _eval_spec(self) -> Tuple[str, str]:
+    source = str(self.config.data.eval_source)
+    if source.startswith('generated'):
+      _, _, count = source.partition(':')
+      if count and not count.isdigit():
+        raise ValueError(f"data.eval_source 'generated[:<count>]' needs an "
+                         f"integer count; got {source!r}.")
+      return 'generated', count
+    kind, _, root = source.partition(':')
+    if kind not in _DIR_KINDS or not root:
+      raise ValueError(f"unknown data.eval_source {source!r}; use 'generated' "
+                       f"or <kind>:<folder> with kind in {_DIR_KINDS}.")
+    if not os.path.isdir(root):
+      raise FileNotFoundError(f'data.eval_source folder not found: {root}')
+    return kind, root
+
+  def evaluate(self, eval_step, state, mesh, model=None) -> Dict[str, float]:
+    kind, where = self._eval_spec()
+    if kind == 'generated':
+      return self._evaluate_generated(eval_step, state, mesh, where)
+    if model is None:
+      raise ValueError('directory evaluation needs the model.')
+    variables = jax.device_get({'params': state['params'],
+                                **state['model_state']})
+    return self.evaluate_directory(model, variables, kind, where)
+
+  def generated_eval_samples(self, count: int):
+    """Un-augmented pairs at the model size, indices after the training set."""
+    settings = dataclasses.replace(
+        self.generator_settings(), render_size=self.train_size,
+        photometric=None, spatial=None)
+    first = settings.num_examples
+    return [make_train_sample(settings, first + i, plain=False)
+            for i in range(count)]
+
+  def _evaluate_generated(self, eval_step, state, mesh, count_text: str):
+    count = int(count_text or self.config.data.num_eval_examples)
+    limit = int(self.config.max_eval_examples)
+    if limit > 0:
+      count = min(count, limit)
+    batch_size = int(self.config.eval_batch_size)
+    processes, index = jax.process_count(), jax.process_index()
+    local = batch_size // processes
+    samples = self.generated_eval_samples(count)
+    sums = collections.defaultdict(float)
+    for start in range(0, count, batch_size):
+      rows = [min(start + index * local + i, count - 1) for i in range(local)]
+      batch = stack_samples([samples[r] for r in rows])
+      batch['weight'] = np.array(
+          [float(start + index * local + i < count) for i in range(local)],
+          np.float32)
+      out = sharding.to_host(eval_step(state['params'], state['model_state'],
+                                       sharding.global_batch(batch, mesh)))
+      for key, value in out.items():
+        sums[key] += float(np.sum(value))
+    pixels = max(sums['count'], 1.0)
+    return {'epe': sums['epe'] / pixels,
+            'fl_all': 100.0 * sums['fl_all'] / pixels,
+            'epe_zero_flow': sums['epe_zero_flow'] / pixels,
+            'num_examples': int(sums['weight'])}
+
+  def _listings(self, kind: str, root: str):
+    """(name, [FlowPairFiles]) groups to report separately."""
+    if kind == 'sintel':
+      groups = [(f'sintel_{p}', flow_io.list_sintel(root, passes=p))
+                for p in ('clean', 'final')
+                if os.path.isdir(os.path.join(root, 'training', p)) or
+                os.path.isdir(os.path.join(root, p))]
+      # No pass folder: let the lister raise its layout message.
+      return groups or [('sintel', flow_io.list_sintel(root))]
+    if kind in ('sintel_clean', 'sintel_final'):
+      return [(kind, flow_io.list_sintel(root, passes=kind.split('_')[1]))]
+    if kind == 'kitti':
+      return [('kitti', flow_io.list_kitti(root))]
+    if kind == 'middlebury':
+      return [('middlebury', flow_io.list_middlebury(root))]
+    return [('chairs', flow_io.list_flying_chairs(root))]
+
+  def make_predict_fn(self, model, variables):
+    """float32 tiles [N, 2, th, tw, 3] in [-1, 1] -> flow in pixels."""
+    apply = jax.jit(lambda v, x: model.apply(v, x, deterministic=True))
+
+    def predict(tiles):
+      return np.asarray(apply(variables, jnp.asarray(tiles)),
+                        np.float32) * self.flow_scale
+
+    return predict
+
+  def full_frame_flow(self, predict_fn, frame1, frame2,
+                      pad_small: bool = False) -> np.ndarray:
+    """Flow of a whole frame pair by tiling at the model size."""
+    d = self.config
+    frames = normalize_frames(frame1, frame2)
+    return tiling.tiled_flow(
+        predict_fn, frames[0], frames[1], tile_size=self.train_size,
+        min_overlap=int(d.eval_tile_overlap),
+        batch_size=int(d.eval_tile_batch), pad_small=pad_small)
+
+  def evaluate_directory(self, model, variables, kind: str,
+                         root: str) -> Dict[str, float]:
+    """Tiled full-frame EPE / Fl-all over a benchmark folder."""
+    predict_fn = self.make_predict_fn(model, variables)
+    limit = int(self.config.max_eval_examples)
+    pad_small = bool(self.config.data.pad_small)
+    metrics = {}
+    total = 0
+    for name, listing in self._listings(kind, root):
+      if limit > 0:
+        listing = listing[:limit]
+      sums, per_image = {}, []
+      for files in listing:
+        sample = flow_io.load_pair(files)
+        self._check_tile_fits(sample['frame1'].shape, files.frame1, pad_small,
+                              '--config.data.pad_small=True')
+        flow = self.full_frame_flow(predict_fn, sample['frame1'],
+                                    sample['frame2'], pad_small)
+        one = flow_metrics.flow_metric_sums(flow, sample['flow'],
+                                            sample['valid'])
+        sums = flow_metrics.add_sums(sums, one)
+        if one['count'] > 0:
+          per_image.append(one['epe'] / one['count'])
+      pooled = flow_metrics.metrics_from_sums(sums)
+      prefix = f'{name}_' if kind == 'sintel' else ''
+      metrics.update({f'{prefix}epe': pooled['epe'],
+                      f'{prefix}epe_per_image': float(np.mean(per_image)),
+                      f'{prefix}fl_all': pooled['fl_all'],
+                      f'{prefix}acc_1px': pooled['acc_1px']})
+      total += len(listing)
+    metrics['num_examples'] = total
+    return metrics
+
+  # ------------------------------------------------------------ prediction --
+
+  def _check_tile_fits(self, shape, path, pad_small, how):
+    th, tw = self.train_size
+    if (shape[0] < th or shape[1] < tw) and not pad_small:
+      raise ValueError(
+          f'{path} is {shape[1]}x{shape[0]} (WxH), smaller than the model\'s '
+          f'{tw}x{th} tile. Resize the frames to at least {tw}x{th}, or pass '
+          f'{how} to pad them by edge replication (the padded border is '
+          'invented content; its flow is cropped away).')
+
+  @staticmethod
+  def read_frame(path: str) -> np.ndarray:
+    """An RGB frame as uint8 [H, W, 3]; grayscale and alpha are refused."""
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'frame not found: {path}')
+    try:
+      with Image.open(path) as image:
+        mode = image.mode
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f'{path}: not an image file Pillow can read ({e}).') from e
+    if mode in _ALPHA_MODES:
+      raise ValueError(f'{path} has an alpha channel (mode {mode}); the flow '
+                       'model takes two RGB frames. Save it as RGB without '
+                       'alpha first.')
+    if mode in _GRAYSCALE_MODES:
+      raise ValueError(f'{path} is a grayscale image (mode {mode}); the flow '
+                       'model takes two RGB frames. Convert it to RGB first '
+                       '(e.g. PIL: Image.open(p).convert("RGB").save(q)).')
+    return flow_io.read_image(path)
+
+  @staticmethod
+  def read_ground_truth(path: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(flow [H, W, 2], valid [H, W]) from a .flo or a KITTI 16-bit PNG."""
+    lower = path.lower()
+    if lower.endswith('.flo'):
+      flow = flow_io.read_flo(path)
+      valid = flow_io.known_flow_mask(flow)
+      return np.where(valid[..., None] > 0, flow, 0.0), valid
+    if lower.endswith('.png'):
+      return flow_io.read_kitti_flow(path)
+    raise ValueError(f'--ground_truth {path!r}: expected a Middlebury .flo '
+                     'file or a KITTI 16-bit flow .png.')
+
+  def predict_lines(self, model, variables, inputs: Sequence[str],
+                    output: str = '', ground_truth: str = '',
+                    pad_small: bool = False, **unused) -> List[str]:
+    """Two frames -> `.flo` + colour-wheel `.png` (+ EPE with ground truth).
+
+    Every input is checked before the model runs, and nothing is written
+    unless the prediction succeeded; files are written atomically.
+
+    Args:
+      model: the flow model.
+      variables: its variables.
+      inputs: [frame1, frame2] image paths (RGB, same size).
+      output: the `.flo` path ('' = <frame1 name>_flow.flo in the current
+        directory); the PNG goes next to it with the `.png` extension.
+      ground_truth: optional `.flo` or KITTI `.png` ground truth.
+      pad_small: pad frames smaller than a tile instead of refusing them.
+    """
+    if len(inputs) != 2:
+      raise ValueError(f'optical flow needs exactly two image files (frame 1 '
+                       f'and frame 2); got {len(inputs)}.')
+    frame1, frame2 = (self.read_frame(p) for p in inputs)
+    if frame1.shape != frame2.shape:
+      raise ValueError(
+          f'the frames have different sizes: {inputs[0]} is '
+          f'{frame1.shape[1]}x{frame1.shape[0]}, {inputs[1]} is '
+          f'{frame2.shape[1]}x{frame2.shape[0]}; both must be the same size.')
+    self._check_tile_fits(frame1.shape, inputs[0], pad_small, '--pad_small')
+    gt = valid = None
+    if ground_truth:
+      gt, valid = self.read_ground_truth(ground_truth)
+      if gt.shape[:2] != frame1.shape[:2]:
+        raise ValueError(f'--ground_truth {ground_truth} is {gt.shape[1]}x'
+                         f'{gt.shape[0]} but the frames are {frame1.shape[1]}x'
+                         f'{frame1.shape[0]}.')
+    flo_path = output or (os.path.splitext(os.path.basename(inputs[0]))[0]
+                          + '_flow.flo')
+    if not flo_path.lower().endswith('.flo'):
+      raise ValueError(f'--output must name a .flo file; got {flo_path!r}.')
+    folder = os.path.dirname(os.path.abspath(flo_path))
+    if not os.path.isdir(folder):
+      raise FileNotFoundError(f'output folder {folder} does not exist.')
+    png_path = os.path.splitext(flo_path)[0] + '.png'
+    flow = self.full_frame_flow(self.make_predict_fn(model, variables),
+                                frame1, frame2, pad_small)
+    flow_io.write_flo(flo_path, flow)
+    viz.save_flow_png(png_path, flow)
+    height, width = flow.shape[:2]
+    tiles = len(tiling.tile_origins(
+        (max(height, self.train_size[0]), max(width, self.train_size[1])),
+        self.train_size, int(self.config.eval_tile_overlap)))
+    magnitude = np.sqrt(np.sum(flow ** 2, axis=-1))
+    lines = [f'{inputs[0]} -> {inputs[1]}: {width}x{height}, {tiles} tile(s) '
+             f'of {self.train_size[1]}x{self.train_size[0]}; flow magnitude '
+             f'mean {magnitude.mean():.3f} px, max {magnitude.max():.3f} px',
+             f'wrote {flo_path}', f'wrote {png_path}']
+    if gt is not None:
+      m = flow_metrics.flow_metrics(flow, gt, valid)
+      zero = flow_metrics.flow_metrics(np.zeros_like(gt), gt, valid)
+      lines.append(f'EPE {m["epe"]:.4f} px over {int(m["count"])} valid '
+                   f'pixels (zero-flow EPE {zero["epe"]:.4f} px), Fl-all '
+                   f'{m["fl_all"]:.2f} %')
+    logging.info('predicted flow for %s', inputs[0])
+    return lines

@@ -1,0 +1,300 @@
+"""ImageNet-style image classification for the runner (task 'image_classification').
+
+Why a task object (see experiments/task_registry.py): ImageNet is 1.28M
+JPEGs, so data must stream through tf.data (`perceiver_io.data.image`, the
+official Perceiver pipeline) rather than sit in a table; the official recipe
+mixes labels inside the step (MixUp on half the batch, CutMix on the other
+half, then label smoothing 0.1); and evaluation reports top-1 and top-5 on
+a padded, ordered validation stream.
+
+Data (`config.data`):
+  source       'imagenet2012' (TFDS; prepare once with data.manual_dir), any
+               'tfds:<name>', a folder ('dir:<path>': <path>/<split>/ if it
+               exists, else <path>; class-per-folder or labels.csv), or
+               'synthetic:<classes>[:<n>]' (generated, for tests).
+  eval_source  '' = `source`; e.g. train on TFDS, evaluate a local val folder.
+  class_names  optional CSV/text class list: maps folder names (e.g. wnids)
+               to the model's indices and names the classes in predictions.
+               TFDS imagenet2012, the official checkpoints and
+               shared/data/imagenet_samples/synsets_all_1000.csv all use
+               0 = n01440764 (tench) ... 999 = n15075141 (toilet tissue).
+               The official code has no -1/+1 label shift (1000 outputs);
+               1001-class TF-slim checkpoints need logits[..., 1:].
+
+Images are as large as the model expects (e.g. 224 for the paper presets,
+taken from the model config, so an imported checkpoint decides its own
+size). Training: Inception crop + flip, RandAugment(layers, magnitude),
+bicubic resize, mean/std; evaluation: centre crop 224/256, bicubic, mean/std.
+"""
+
+import collections
+import csv
+import logging
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from experiments import models
+from experiments import sharding
+from perceiver_io import model as model_lib
+
+_NAME_COLUMNS = ('name', 'class_name', 'name_from_filename', 'label', 'wnid',
+                 'synset')
+
+
+def read_display_names(path: str) -> List[str]:
+  """Human-readable class names, in class-index order, from a CSV or text file.
+
+  A CSV needs a header; rows are ordered by `class_index` (or `index`) when
+  present, and the names come from the first of the columns name,
+  class_name, name_from_filename, label, wnid, synset. Other files: one name
+  per non-empty line. Names may repeat (ImageNet has two 'crane's).
+
+  Raises:
+    FileNotFoundError: the file does not exist.
+    ValueError: no usable column, or bad indices.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'class list file not found: {path}')
+  if not path.lower().endswith('.csv'):
+    with open(path, encoding='utf-8-sig') as f:
+      return [line.strip() for line in f if line.strip()]
+  with open(path, newline='', encoding='utf-8-sig') as f:
+    reader = csv.DictReader(f)
+    fields = reader.fieldnames or []
+    rows = list(reader)
+  column = next((c for c in _NAME_COLUMNS if c in fields), None)
+  if column is None:
+    raise ValueError(f'{path}: no class-name column (one of {_NAME_COLUMNS}); '
+                     f'the header is {fields}.')
+  index_column = next((c for c in ('class_index', 'index') if c in fields),
+                      None)
+  if index_column is not None:
+    try:
+      order = [int(row[index_column]) for row in rows]
+    except ValueError as e:
+      raise ValueError(f'{path}: column {index_column!r} must hold integers: '
+                       f'{e}') from e
+    if sorted(order) != list(range(len(rows))):
+      raise ValueError(f'{path}: column {index_column!r} must list '
+                       f'0..{len(rows) - 1} once each.')
+    rows = [row for _, row in sorted(zip(order, rows), key=lambda p: p[0])]
+  return [(row[column] or '').strip() for row in rows]
+
+
+class _TrainStream:
+  """Step-ordered training batches from the tf.data iterator."""
+
+  def __init__(self, iterator, start_step: int):
+    self._it = iterator
+    self._next_step = start_step
+
+  def batch(self, step: int) -> Dict[str, np.ndarray]:
+    if step != self._next_step:
+      raise ValueError(f'image stream expected step {self._next_step}, got '
+                       f'{step}; rebuild it with start_step.')
+    self._next_step += 1
+    b = next(self._it)
+    return {'image': b['image'], 'label': b['label'],
+            'weight': b['mask'].astype(np.float32)}
+
+
+class ImageClassificationTask:
+  """The ImageNet recipe as a runner task (interface: task_registry)."""
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               model_config: Optional[Dict[str, Any]] = None):
+    self.config = config
+    self.model_config = model_config or models.model_config(config)
+    decoder = self.model_config['decoder']
+    if decoder.get('type') != 'classification':
+      raise ValueError(
+          f"task 'image_classification' needs a model with a classification "
+          f"decoder; this one has {decoder.get('type')!r} (model "
+          f"{self.model_config.get('name')!r}).")
+    self.num_classes = int(decoder['num_classes'])
+    shape = model_lib.example_inputs(self.model_config)[0].shape
+    if len(shape) != 4 or shape[1] != shape[2]:
+      raise ValueError(f'image classification needs a square single-image '
+                       f'model; this one takes inputs of shape {shape}.')
+    self.image_size = int(shape[1])
+    self.in_channels = int(shape[3])
+    self.label_names: List[str] = []
+    self._first_train = None
+
+  # ------------------------------------------------------------------ data --
+
+  def _dataset(self, source: str, split: str, *, train: bool,
+               start_batch: int = 0):
+    from perceiver_io.data import image as image_data  # pylint: disable=g-import-not-at-top
+    d = self.config.data
+    if self.in_channels != 3:
+      raise ValueError(f'the ImageNet pipeline gives RGB images; the model '
+                       f'takes {self.in_channels} channels.')
+    batch = int(self.config.batch_size if train else
+                self.config.eval_batch_size)
+    count = jax.process_count()
+    if batch % count:
+      raise ValueError(f'batch size {batch} must be divisible by the number '
+                       f'of processes {count}.')
+    layers = int(d.randaugment_layers)
+    randaugment = (layers, float(d.randaugment_magnitude)) if layers > 0 else None
+    iterator, info = image_data.make_image_dataset(
+        source, split, batch_size=batch // count, train=train,
+        image_size=self.image_size, seed=int(self.config.seed),
+        process_index=jax.process_index(), process_count=count,
+        randaugment=randaugment, data_dir=d.data_dir or None,
+        manual_dir=d.manual_dir or None, class_names=d.class_names or None,
+        start_batch=start_batch, geometry=d.geometry or None)
+    self._check_classes(info, source)
+    return iterator, info
+
+  def _check_classes(self, info, source: str) -> None:
+    k = self.num_classes
+    if info['num_classes'] > k:
+      raise ValueError(f'{source} has {info["num_classes"]} classes but the '
+                       f'model predicts {k}; set config.model.kwargs.'
+                       'num_classes (training) or use a matching checkpoint.')
+    folder_names = (info['class_names'] is not None and
+                    not self.config.data.class_names and
+                    not source.startswith(('tfds:', 'imagenet2012')))
+    if folder_names and len(info['class_names']) != k:
+      raise ValueError(
+          f'{source} has {len(info["class_names"])} class folders but the '
+          f'model predicts {k} classes, so the folder order cannot be mapped '
+          f'to the model\'s indices. Pass --config.data.class_names=<CSV or '
+          f'text file listing the {k} classes in the model\'s order> (for '
+          f'ImageNet: a CSV with class_index and wnid columns, e.g. '
+          f'synsets_all_1000.csv).')
+
+  def _eval_source(self) -> str:
+    return self.config.data.eval_source or self.config.data.source
+
+  def data_info(self):
+    iterator, info = self._dataset(self.config.data.source,
+                                   self.config.data.train_split, train=True)
+    self._first_train = iterator
+    names = self.display_names(fallback=info['class_names'] or [])
+    train_info = {'num_examples': int(info['num_examples']),
+                  'label_names': names, 'num_classes': self.num_classes}
+    return train_info, {'num_examples': -1, 'label_names': names}
+
+  def example_batch(self) -> Dict[str, np.ndarray]:
+    s = self.image_size
+    return {'image': np.zeros((1, s, s, self.in_channels), np.float32)}
+
+  def train_stream(self, start_step: int):
+    if start_step == 0 and self._first_train is not None:
+      iterator, self._first_train = self._first_train, None
+    else:
+      iterator, _ = self._dataset(self.config.data.source,
+                                  self.config.data.train_split, train=True,
+                                  start_batch=start_step)
+    return _TrainStream(iterator, start_step)
+
+  # ----------------------------------------------------- traced functions --
+
+  def train_transform(self, batch, key):
+    """One-hot -> MixUp/CutMix (paired as officially) -> label smoothing."""
+    from perceiver_io.data import image as image_data  # pylint: disable=g-import-not-at-top
+    d = self.config.data
+    labels = jax.nn.one_hot(batch['label'], self.num_classes)
+    images = batch['image']
+    alpha = float(d.mixup_alpha)
+    if alpha > 0 or bool(d.cutmix):
+      images, labels = image_data.mixup_cutmix(
+          key, images, labels, alpha if alpha > 0 else None, bool(d.cutmix))
+    labels = image_data.smooth_labels(labels,
+                                      float(self.config.label_smoothing))
+    return {**batch, 'image': images, 'targets': labels}
+
+  def loss_fn(self, outputs, batch):
+    weight = batch['weight'].astype(jnp.float32)
+    loss = optax.softmax_cross_entropy(outputs.astype(jnp.float32),
+                                       batch['targets'])
+    return loss * weight, weight
+
+  def make_eval_step(self, model):
+    k = min(5, self.num_classes)
+
+    def eval_step(params, model_state, batch):
+      logits = model.apply({'params': params, **model_state}, batch['image'],
+                           deterministic=True).astype(jnp.float32)
+      weight = batch['weight'].astype(jnp.float32)
+      labels = batch['label']
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      top = jax.lax.top_k(logits, k)[1] == labels[:, None]
+      return {'loss': loss * weight, 'top1': top[:, 0] * weight,
+              'top5': jnp.any(top, axis=-1) * weight, 'weight': weight}
+
+    return eval_step
+
+  # ------------------------------------------------------------ evaluation --
+
+  def evaluate(self, eval_step, state, mesh, model=None) -> Dict[str, float]:
+    """Top-1 / top-5 accuracy (%, of 1) and loss over the eval stream."""
+    del model
+    iterator, _ = self._dataset(self._eval_source(),
+                                self.config.data.eval_split, train=False)
+    limit = int(self.config.max_eval_examples)
+    sums = collections.defaultdict(float)
+    for b in iterator:
+      if 0 < limit <= sums['weight']:
+        break
+      local = {'image': b['image'], 'label': b['label'],
+               'weight': b['mask'].astype(np.float32)}
+      out = sharding.to_host(eval_step(state['params'], state['model_state'],
+                                       sharding.global_batch(local, mesh)))
+      for key, value in out.items():
+        sums[key] += float(np.sum(value))
+    total = sums['weight']
+    if total <= 0:
+      raise ValueError(f'the eval data {self._eval_source()} '
+                       f'[{self.config.data.eval_split}] has no images.')
+    return {'top1': sums['top1'] / total, 'top5': sums['top5'] / total,
+            'loss': sums['loss'] / total, 'num_examples': int(total)}
+
+  # ------------------------------------------------------------ prediction --
+
+  def display_names(self, override: str = '',
+                    fallback: Sequence[str] = ()) -> List[str]:
+    """Class names for printing: a class-list file, the checkpoint's labels,
+    or `fallback` (e.g. folder names); [] if none."""
+    path = override or self.config.data.class_names
+    names = read_display_names(path) if path else (
+        list(self.label_names) or list(fallback))
+    if names and len(names) != self.num_classes:
+      where = path or 'the label list'
+      raise ValueError(f'{where} names {len(names)} classes but the model '
+                       f'predicts {self.num_classes}.')
+    return names
+
+  def predict_lines(self, model, variables, inputs: Sequence[str],
+                    top_k: int = 0, class_names: str = '',
+                    **unused) -> List[str]:
+    """Image files -> the top-k classes with probabilities (k = 5 default)."""
+    from perceiver_io.data import image as image_data  # pylint: disable=g-import-not-at-top
+    if not inputs:
+      raise ValueError('give one or more image files to classify.')
+    images = np.stack([image_data.eval_preprocess_numpy(
+        image_data.load_image_numpy(path), self.image_size) for path in inputs])
+    logits = np.asarray(model.apply(variables, images, deterministic=True),
+                        np.float64)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    names = self.display_names(class_names)
+    k = min(top_k or 5, self.num_classes)
+    lines = []
+    for path, p in zip(inputs, probs):
+      lines.append(path)
+      for rank, j in enumerate(np.argsort(-p)[:k], 1):
+        name = names[j] if names else f'class {j}'
+        lines.append(f'  {rank}. {p[j]:.4f}  {name}  [{j}]')
+    logging.info('classified %d image(s) at %dx%d.', len(inputs),
+                 self.image_size, self.image_size)
+    return lines
