@@ -299,12 +299,15 @@ class OpticalFlowTask:
 
   def generated_eval_samples(self, count: int):
     """Un-augmented pairs at the model size, indices after the training set."""
-    settings = dataclasses.replace(
-        self.generator_settings(), render_size=self.train_size,
-        photometric=None, spatial=None)
-    first = settings.num_examples
-    return [make_train_sample(settings, first + i, plain=False)
-            for i in range(count)]
+    settings = self.generator_settings()
+    samples = []
+    for i in range(count):
+      s = synthetic.sample_at(settings.seed, settings.num_examples + i,
+                              *self.train_size,
+                              config=settings.synthetic_config)
+      samples.append({'image': normalize_frames(s['frame1'], s['frame2']),
+                      'flow': s['flow'], 'valid': s['valid']})
+    return samples
 
   def _evaluate_generated(self, eval_step, state, mesh, count_text: str):
     count = int(count_text or self.config.data.num_eval_examples)
@@ -363,10 +366,16 @@ class OpticalFlowTask:
                       pad_small: bool = False) -> np.ndarray:
     """Flow of a whole frame pair by tiling at the model size."""
     d = self.config
+    overlap = int(d.eval_tile_overlap)
+    if not 0 <= overlap < min(self.train_size):
+      raise ValueError(
+          f'config.eval_tile_overlap={overlap} must be in [0, {min(self.train_size)}) '
+          f'for this model\'s {self.train_size[1]}x{self.train_size[0]} tiles '
+          '(official: 20 for 496x368); set --config.eval_tile_overlap.')
     frames = normalize_frames(frame1, frame2)
     return tiling.tiled_flow(
         predict_fn, frames[0], frames[1], tile_size=self.train_size,
-        min_overlap=int(d.eval_tile_overlap),
+        min_overlap=overlap,
         batch_size=int(d.eval_tile_batch), pad_small=pad_small)
 
   def evaluate_directory(self, model, variables, kind: str,
