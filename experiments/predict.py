@@ -32,7 +32,9 @@ _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', 'latest', "'latest', 'best' or a step number.")
 _INPUT_FILE = flags.DEFINE_string('input_file', '',
                                   'File with one input per line.')
-_TOP_K = flags.DEFINE_integer('top_k', 1, 'Labels to print per input.')
+_TOP_K = flags.DEFINE_integer(
+    'top_k', 0, 'Labels to print per input (0 = the task default: 5 for '
+    'ImageNet-style image classification, 1 otherwise).')
 _DIGITS = flags.DEFINE_string(
     'digits', '', "Quickstart: predict test digits a:b (e.g. '0:5').")
 # Options of tasks with their own prediction (image classes, flow files).
