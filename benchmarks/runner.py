@@ -154,6 +154,7 @@ def write_atomic(path: str, text: str) -> None:
   fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp_')
   with os.fdopen(fd, 'w') as f:
     f.write(text)
+  os.chmod(tmp, 0o644)  # mkstemp makes 0600 files.
   os.replace(tmp, path)
 
 

@@ -239,6 +239,7 @@ def plot(doc, path):
   fig.tight_layout()
   tmp = path + '.tmp.png'
   fig.savefig(tmp, dpi=110)
+  os.chmod(tmp, 0o644)
   os.replace(tmp, path)
 
 

@@ -94,6 +94,7 @@ def run_ours(spec, w, data):
   else:
     model, variables, x, kwargs = W.ours_build(w, data, **perf)
     jax.block_until_ready(variables)
+    W.release_free_memory()
     if spec.get('items_cache'):
       _VARIABLES_CACHE[w.name] = variables
   build_s = time.perf_counter() - t0
@@ -105,17 +106,19 @@ def run_ours(spec, w, data):
                                                 'attention_impl': 'einsum'}))
   if spec['mode'] == 'train':
     tx = W.ours_optimizer()
-    # Copies: the step donates its inputs, and the cache must survive.
-    params = jax.tree_util.tree_map(jnp.copy, variables['params'])
-    state = {k: jax.tree_util.tree_map(jnp.copy, v)
-             for k, v in variables.items() if k != 'params'}
+    params = variables['params']
+    state = {k: v for k, v in variables.items() if k != 'params'}
+    if w.name in _VARIABLES_CACHE:  # The step donates its inputs: keep a copy.
+      params, state = jax.tree_util.tree_map(jnp.copy, (params, state))
+    del variables
     opt_state = tx.init(params)
     labels = jnp.asarray(data['labels'])
     has_bs = 'batch_stats' in state
     args = (params, state, opt_state, x, labels, kwargs)
-    if spec.get('count_flops', True):
-      out['flops'] = _lowered_flops(
-          W.ours_train_step(count_model, tx, has_bs), *args)
+    shapes = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)  # Survive donation.
+    count = lambda: _lowered_flops(W.ours_train_step(count_model, tx, has_bs),
+                                   *shapes)
     t0 = time.perf_counter()
     step = W.ours_train_step(model, tx, has_bs).lower(*args).compile()
     out['compile_s'] = time.perf_counter() - t0
@@ -129,9 +132,8 @@ def run_ours(spec, w, data):
       loss.block_until_ready()
       box['loss'] = float(loss)
   else:
-    if spec.get('count_flops', True):
-      out['flops'] = _lowered_flops(W.ours_infer_fn(count_model), variables,
-                                    x, kwargs)
+    count = lambda: _lowered_flops(W.ours_infer_fn(count_model), variables,
+                                   x, kwargs)
     t0 = time.perf_counter()
     infer = W.ours_infer_fn(model).lower(variables, x, kwargs).compile()
     out['compile_s'] = time.perf_counter() - t0
@@ -147,6 +149,10 @@ def run_ours(spec, w, data):
   if spec.get('device', 'cpu') != 'cpu':
     stats = jax.devices()[0].memory_stats() or {}
     out['device_peak_bytes_process'] = stats.get('peak_bytes_in_use')
+  # Counted last (tracing a second model costs memory), after the peak.
+  out['peak_rss'] = W.peak_rss_bytes()
+  if spec.get('count_flops', True):
+    out['flops'] = count()
   return out
 
 
@@ -167,6 +173,7 @@ def run_hf(spec, w, data):
     torch.cuda.reset_peak_memory_stats()
   t0 = time.perf_counter()
   model = W.hf_build(w).to(device)
+  W.release_free_memory()
   build_s = time.perf_counter() - t0
   make_inputs, labels = W.hf_model_inputs(w, data, device)
   out = {'params': sum(p.numel() for p in model.parameters()),
@@ -239,9 +246,10 @@ def run(spec):
     out = run_hf(spec, w, data)
   else:
     raise ValueError(f"impl must be 'ours' or 'hf', got {spec['impl']!r}.")
+  out.setdefault('peak_rss', W.peak_rss_bytes())
   out.update(impl=spec['impl'], mode=spec['mode'], workload=w.name,
              batch=w.batch, cpu_threads=threads,
-             peak_rss=W.peak_rss_bytes(), rss_at_start=rss_at_start,
+             rss_at_start=rss_at_start,
              wall_s=time.perf_counter() - t0,
              imported_tensorflow='tensorflow' in sys.modules,
              imported_ml_collections='ml_collections' in sys.modules)

@@ -335,7 +335,7 @@ class OpticalFlowTask:
             'epe_zero_flow': sums['epe_zero_flow'] / pixels,
             'num_examples': int(sums['weight'])}
 
-  def _listings(self, kind: str, root: str):
+  def listings(self, kind: str, root: str):
     """(name, [FlowPairFiles]) groups to report separately."""
     if kind == 'sintel':
       groups = [(f'sintel_{p}', flow_io.list_sintel(root, passes=p))
@@ -386,7 +386,7 @@ class OpticalFlowTask:
     pad_small = bool(self.config.data.pad_small)
     metrics = {}
     total = 0
-    for name, listing in self._listings(kind, root):
+    for name, listing in self.listings(kind, root):
       if limit > 0:
         listing = listing[:limit]
       sums, per_image = {}, []
