@@ -51,9 +51,10 @@ Variants (`--config=configs/optical_flow.py:<variant>`):
            bfloat16 peak (`--config.model.dtype=bfloat16`), with remat
            (`--config.model.remat=True`: the decoder alone holds 182,528
            queries x 322 channels per pair). Data: rendering + augmenting a
-           448x576 pair takes ~0.3 s of one CPU core, so ~2,000 pairs/s need
-           several hundred cores (`--config.data.num_workers`, several hosts)
-           or a pre-rendered set. Expected: the paper's AutoFlow-trained
+           448x576 pair took ~0.5 s of one (busy) CPU core here, so the
+           ~1,000 pairs/s of such a run need ~500 cores
+           (`--config.data.num_workers` on several hosts) or a pre-rendered
+           set. Expected: the paper's AutoFlow-trained
            model has EPE 1.81 / 2.42 on Sintel clean / final and 4.98 on
            KITTI 2015 (Table 3); our generator is simpler than AutoFlow, so
            expect worse numbers.
