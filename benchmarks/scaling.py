@@ -8,7 +8,8 @@ resident-memory cap (`--mem_cap_gb`, default 14 GiB of this 24 GiB machine;
 a point over it is killed and recorded as "over cap", and larger points of
 that series are then skipped):
 
-* input sweep: the language classifier (full width; `--depth` latent layers)
+* input sweep: the language classifier (full width, `--depth` latent layers,
+  default 6 so the input-dependent part is not hidden by a fixed latent cost)
   on 2k .. 64k input bytes, batch 1: train step (AdamW) and inference;
 * query sweep: a small image encoder (64x64 pixels + Fourier positions, 256 x
   512 latents) decoding 2k .. 1M Fourier-feature output queries, inference;
@@ -43,17 +44,23 @@ from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top,wro
 
 INPUT_SIZES = (2048, 4096, 8192, 16384, 32768, 65536)
 QUERY_SIZES = (2048, 8192, 32768, 131072, 524288, 1048576)
+SMOKE_INPUT_SIZES = (256, 1024, 4096)  # --smoke: tiny model, seconds.
+SMOKE_QUERY_SIZES = (64, 256, 1024)  # --smoke: within its 32x32 grid.
 
 
 def build_parser():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--sweeps', default='inputs,queries')
-  p.add_argument('--inputs', default=','.join(map(str, INPUT_SIZES)),
-                 help='input lengths (bytes) for the input sweep.')
-  p.add_argument('--queries', default=','.join(map(str, QUERY_SIZES)),
-                 help='output query counts for the query sweep.')
+  p.add_argument('--inputs', default=None,
+                 help='input lengths (bytes) for the input sweep; default '
+                 f'{",".join(map(str, INPUT_SIZES))} '
+                 f'(--smoke: {",".join(map(str, SMOKE_INPUT_SIZES))}).')
+  p.add_argument('--queries', default=None,
+                 help='output query counts for the query sweep; default '
+                 f'{",".join(map(str, QUERY_SIZES))} '
+                 f'(--smoke: {",".join(map(str, SMOKE_QUERY_SIZES))}).')
   p.add_argument('--input_modes', default='train,infer')
-  p.add_argument('--depth', type=int, default=26,
+  p.add_argument('--depth', type=int, default=6,
                  help='latent self-attention layers in the input sweep.')
   p.add_argument('--query_chunk_size', type=int, default=16384,
                  help='chunk size for ours-chunked in the query sweep.')
@@ -233,7 +240,7 @@ def plot(doc, path):
       ax.grid(True, which='both', alpha=0.3)
       ax.legend(fontsize=8)
   m = doc['machine']
-  fig.suptitle(f'Perceiver IO scaling, ours vs HF transformers; '
+  fig.suptitle(f'Perceiver IO scaling, ours vs HF transformers;\n'
                f'{m.get("cpu", "?")}, {m["cpu_count"]} cores, {m["date"][:10]}'
                ' (dotted: linear through the largest point)', fontsize=9)
   fig.tight_layout()
@@ -257,7 +264,8 @@ def main(argv=None):
                       'smoke': args.smoke},
          'results': []}
   if 'inputs' in sweeps:
-    sizes = _ints(args.inputs)
+    sizes = _ints(args.inputs or ','.join(map(str, (
+        SMOKE_INPUT_SIZES if args.smoke else INPUT_SIZES))))
     specs = [(s, {'impl': s}) for s in ('ours', 'hf') if s in series]
     res = _sweep(args, sizes,
                  lambda n: W.text_workload(n, 1, args.depth, tiny=args.smoke),
@@ -266,13 +274,16 @@ def main(argv=None):
       r['sweep'] = 'inputs'
     doc['results'] += res
   if 'queries' in sweeps:
-    sizes = _ints(args.queries)
+    sizes = _ints(args.queries or ','.join(map(str, (
+        SMOKE_QUERY_SIZES if args.smoke else QUERY_SIZES))))
     specs = []
     if 'ours' in series:
       specs.append(('ours', {'impl': 'ours'}))
     if 'ours_chunked' in series:
-      specs.append(('ours_chunked', {'impl': 'ours', 'query_chunk_size':
-                                     args.query_chunk_size}))
+      chunk = min(args.query_chunk_size, 32) if args.smoke else (
+          args.query_chunk_size)  # Smoke: small enough to really chunk.
+      specs.append(('ours_chunked', {'impl': 'ours',
+                                     'query_chunk_size': chunk}))
     if 'hf' in series:
       specs.append(('hf', {'impl': 'hf'}))
     grid = (32, 32) if args.smoke else (1024, 1024)

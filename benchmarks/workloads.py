@@ -389,8 +389,41 @@ def hf_build(w: Workload, seed=0):
         num_channels=2 * (2 * NUM_BANDS + 1), num_heads=1,
         use_query_residual=False, final_project=True,
         fourier_position_encoding_kwargs=fourier(s['grid']))
-    return mp.PerceiverModel(cfg, input_preprocessor=pre, decoder=dec)
+    return _hf_query_decoding(mp.PerceiverModel(cfg, input_preprocessor=pre,
+                                                decoder=dec))
   raise ValueError(f'unknown workload kind {w.kind!r}.')
+
+
+def _hf_query_decoding(perceiver):
+  """Wraps an HF `PerceiverModel` to decode a 1-D set of subsampled points.
+
+  `PerceiverModel.forward` only accepts subsampled points as the multimodal
+  dict (it indexes ['audio'] and ['image']), so this runs the same four steps
+  it runs (preprocessor, latents, encoder, decoder_query + decoder) with the
+  points passed straight to the basic decoder's `decoder_query`.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers as tr  # pylint: disable=g-import-not-at-top
+
+  class QueryDecoding(torch.nn.Module):
+    """forward(inputs, subsampled_output_points) -> object with .logits."""
+
+    def __init__(self, model):
+      super().__init__()
+      self.perceiver = model
+
+    def forward(self, inputs, subsampled_output_points):
+      m = self.perceiver
+      x, sizes, without_pos = m.input_preprocessor(inputs)
+      latents = m.embeddings(batch_size=x.shape[0])
+      z = m.encoder(latents, attention_mask=None, inputs=x,
+                    inputs_mask=None)[0]
+      query = m.decoder.decoder_query(
+          x, sizes, without_pos, subsampled_points=subsampled_output_points)
+      logits = m.decoder(query, z=z).logits
+      return tr.modeling_outputs.ModelOutput(logits=logits)
+
+  return QueryDecoding(perceiver)
 
 
 def torch_flow_patches(frames):
