@@ -19,12 +19,13 @@ samples in shared/data), reporting the zero-flow EPE there too.
 
 It is not a unit test (minutes of CPU).
 
-Measured (2-core AMD EPYC shared with other benchmark jobs and, for these
-runs, with a second copy of this script; configs/optical_flow.py:cpu as of
-2026-11-26: 16x24 pairs cropped from 20x30 renders, motions x 0.3,
-un-augmented forward + backward pairs, batch 16, AdamW 3e-4 flat for 75 %
-of the run then cosine, 1,200 steps): 630 s including compilation and
-evaluations; validation EPE on 256 held-out generated pairs
+Measured (2-core AMD EPYC shared with another benchmark job;
+configs/optical_flow.py:cpu as of 2026-11-26: 16x24 pairs cropped from
+20x30 renders, motions x 0.3, un-augmented forward + backward pairs, batch
+16, AdamW 3e-4 flat for 75 % of the run then cosine, 1,200 steps): 285 s
+including compilation and evaluations (630 s with a second copy of the
+script running beside it; the figures are identical, the run is
+deterministic); validation EPE on 256 held-out generated pairs
   step    300     600     900     1200
   EPE   1.539   1.437   1.342   1.284 px   vs zero flow 1.614 px (-20.5 %)
 and with --motion_scale=0.15 (zero flow 0.927 px): 0.892, 0.834, 0.799,

@@ -62,7 +62,7 @@ Variants (`--config=configs/optical_flow.py:<variant>`):
            3e-4 flat for 75 % of the run, then cosine) on 20x30 generated
            pairs centre-cropped to 16x24, motions x 0.3, un-augmented
            forward + backward pairs throughout, batch 16, 1,200 steps:
-           benchmarks/flow_generated.py. Measured on 2 busy CPU cores: 630
+           benchmarks/flow_generated.py. Measured on 2 busy CPU cores: 285
            s; validation EPE 1.284 px vs 1.614 px for zero flow on 256
            held-out pairs (-20 %). The earlier 48x64 / 3e-3 / 240-step /
            augmented version stayed at zero flow (1.2317 vs 1.2316): 3e-3
