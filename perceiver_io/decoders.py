@@ -87,32 +87,33 @@ class DecoderCrossAttention(nn.Module):
     chunk = self.query_chunk_size
     if (chunk is None or num_queries <= chunk or self.is_initializing()):
       return self._decode(queries, z, query_mask, deterministic)
-    # Chunked decoding: scan over query chunks with shared (broadcast) params,
-    # so only one chunk's activations are alive at a time.
-    num_chunks = -(-num_queries // chunk)
-    pad = num_chunks * chunk - num_queries
-    batch = queries.shape[0]
-    q = jnp.pad(queries, ((0, 0), (0, pad), (0, 0)))
-    q = q.reshape(batch, num_chunks, chunk, -1).swapaxes(0, 1)
-    if query_mask is None:
-      m = jnp.ones((num_chunks, batch, chunk), bool)
-    else:
-      m = jnp.pad(query_mask.astype(bool), ((0, 0), (0, pad)))
-      m = m.reshape(batch, num_chunks, chunk).swapaxes(0, 1)
+    # Chunked decoding: scan over the full chunks with shared (broadcast)
+    # params, slicing each chunk out of `queries` inside the loop (no padded
+    # or transposed copy of the whole query array), so only one chunk's
+    # activations are alive at a time; a shorter last chunk is decoded after.
+    num_full = num_queries // chunk
     has_mask = query_mask is not None
 
-    def body(module, carry, xs):
-      q_chunk, m_chunk = xs
-      out = module._decode(q_chunk, z, m_chunk if has_mask else None,
-                           deterministic)
+    def take(array, i):
+      return jax.lax.dynamic_slice_in_dim(array, i * chunk, chunk, axis=1)
+
+    def body(module, carry, i):
+      m_chunk = take(query_mask, i) if has_mask else None
+      out = module._decode(take(queries, i), z, m_chunk, deterministic)
       return carry, out
 
     scan = nn.scan(body, variable_broadcast='params',
                    split_rngs={'params': False, 'dropout': True},
-                   length=num_chunks)
-    _, out = scan(self, None, (q, m))
-    out = out.swapaxes(0, 1).reshape(batch, num_chunks * chunk, -1)
-    return out[:, :num_queries]
+                   length=num_full)
+    _, out = scan(self, None, jnp.arange(num_full))
+    out = out.swapaxes(0, 1).reshape(queries.shape[0], num_full * chunk, -1)
+    tail = num_queries - num_full * chunk
+    if tail:
+      out_tail = self._decode(queries[:, num_full * chunk:], z,
+                              query_mask[:, num_full * chunk:] if has_mask
+                              else None, deterministic)
+      out = jnp.concatenate([out, out_tail], axis=1)
+    return out
 
 
 def _query_from_encoding(cfg, batch, output_index_dims, subsampled_points,
