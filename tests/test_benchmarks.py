@@ -1,0 +1,217 @@
+"""Checks that the benchmarks compare like with like, and that they run.
+
+Why: a speed/memory table against HuggingFace's PyTorch Perceiver means
+something only if both sides are the same model. These tests check, at tiny
+sizes, that every benchmark workload builds models with equal parameter
+counts on both sides (counted independently: ours from abstract shapes, HF
+from torch), that our model computes HF's logits when given HF's weights (so
+the two sides do the same arithmetic, not just hold the same number of
+weights), that one worker measurement runs end to end for each
+implementation, and that the comparison table reports ours / reference.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import flax
+import jax
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import compare_reference
+from benchmarks import workloads as W
+from perceiver_io.checkpoints import common as ckpt_common
+from perceiver_io.checkpoints import hf as ckpt_hf
+from perceiver_io.model import build_model
+from tests import hf_fixtures
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny_workloads():
+  """Every smoke workload plus the scaling script's tiny workloads."""
+  items = list(W.standard_workloads(smoke=True).values())
+  items.append(W.query_workload(64, grid=(32, 32), tiny=True))
+  items.append(W.text_workload(256, tiny=True))
+  return items
+
+
+def _ours_param_count(w):
+  """Our parameter count from abstract shapes (nothing is allocated)."""
+  model = build_model(W.ours_config(w))
+  x, kwargs = W.ours_model_inputs(w, W.make_inputs(w))
+  kwargs.pop('attention_mask', None)
+  one = jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype)
+  shapes = jax.eval_shape(
+      lambda x, kw: model.init(jax.random.PRNGKey(0), x, **kw), one, kwargs)
+  return sum(int(np.prod(a.shape))
+             for a in jax.tree_util.tree_leaves(shapes['params']))
+
+
+@pytest.mark.parametrize('w', _tiny_workloads(), ids=lambda w: w.name)
+def test_parameter_counts_equal(w):
+  ours = _ours_param_count(w)
+  hf = sum(p.numel() for p in W.hf_build(w).parameters())
+  assert ours == hf, f'{w.name}: ours {ours} vs HF {hf} parameters'
+  assert ours > 1000  # A real model, not an empty tree.
+
+
+def _ours_with_hf_weights(w, hf_model, arch):
+  """Our model built from the benchmark's config, loaded with HF's weights."""
+  model = build_model(W.ours_config(w))
+  state = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
+  flat = ckpt_hf.convert_state_dict(state, arch)
+  # Raises with the offending names if the two architectures differ.
+  variables = ckpt_common.check_and_unflatten(model, flat, f'HF {arch}')
+  return model, flax.core.unfreeze(variables)
+
+
+@pytest.mark.parametrize('name,arch', [
+    ('imdb', 'PerceiverForSequenceClassification'),
+    ('optical_flow', 'PerceiverForOpticalFlow')])
+def test_same_logits_on_hf_weights(name, arch):
+  """Ours (benchmark config) on HF's weights gives HF's logits.
+
+  HF's flow model is fed 3x3 patches extracted by an independent NumPy loop
+  in HF's (patch row, patch column, channel) order, so this checks the two
+  models, not the benchmark's torch patch helper.
+  """
+  w = W.standard_workloads(smoke=True)[name]
+  hf_model = hf_fixtures.randomise(W.hf_build(w))  # Also sets eval mode.
+  data = W.make_inputs(w)
+  if w.kind == 'flow':
+    patches = hf_fixtures.flow_patches_numpy(data['inputs'])
+    hf_kwargs = dict(inputs=torch.from_numpy(
+        np.ascontiguousarray(patches.transpose(0, 1, 4, 2, 3))))
+  else:
+    hf_kwargs = W.hf_model_inputs(w, data)[0]()
+  with torch.no_grad():
+    expected = hf_model(**hf_kwargs).logits.numpy()
+  model, variables = _ours_with_hf_weights(w, hf_model, arch)
+  x, kwargs = W.ours_model_inputs(w, data)
+  got = np.asarray(model.apply(variables, x, **kwargs))
+  assert got.shape == expected.shape
+  assert np.max(np.abs(expected)) > 1e-2  # Not trivially small outputs.
+  # Measured differences are <= 5e-7; tanh GELU instead of the exact one
+  # (the kind of mismatch this guards against) gives 1.4e-4 on imdb.
+  np.testing.assert_allclose(got, expected, atol=2e-5, rtol=0)
+
+
+def _run_worker(impl):
+  """Runs one tiny imdb inference measurement as `python -m benchmarks.worker`."""
+  w = W.standard_workloads(smoke=True)['imdb']
+  spec = {'impl': impl, 'mode': 'infer', 'workload': {
+      'name': w.name, 'kind': w.kind, 'batch': w.batch, 'sizes': w.sizes,
+      'modes': list(w.modes), 'description': w.description},
+          'repeats': 1, 'warmup': 1, 'threads': 1, 'device': 'cpu'}
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.worker', '--spec', json.dumps(spec)],
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180,
+      check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
+  assert len(lines) == 1, proc.stdout
+  return json.loads(lines[0][len('RESULT '):])
+
+
+def test_worker_end_to_end():
+  results = {impl: _run_worker(impl) for impl in ('ours', 'hf')}
+  for impl, r in results.items():
+    assert 'status' not in r  # A single spec reports its result directly.
+    assert (r['impl'], r['mode'], r['workload']) == (impl, 'infer', 'imdb')
+    assert r['median_s'] > 0 and len(r['times_s']) == 1
+    assert r['first_s'] > 0
+    assert r['peak_rss'] > 0 and r['peak_rss'] >= r['rss_at_start']
+    assert r['cpu_threads'] == 1
+    assert not r['imported_tensorflow']
+  assert results['ours']['params'] == results['hf']['params']
+  assert results['ours']['params'] == _ours_param_count(
+      W.standard_workloads(smoke=True)['imdb'])
+  assert results['ours']['flops'] > 0
+  assert results['ours']['compile_s'] > 0
+
+
+def test_parse_key_values():
+  parse = compare_reference.parse_key_values
+  assert parse(['imdb=2,imagenet_conv=1', 'optical_flow=3'], '--batch') == {
+      'imdb': 2, 'imagenet_conv': 1, 'optical_flow': 3}
+  assert parse(['remat=true,dtype=bfloat16,query_chunk_size=None'],
+               '--ours') == {'remat': True, 'dtype': 'bfloat16',
+                             'query_chunk_size': None}
+  assert parse([], '--batch') == {}
+  with pytest.raises(ValueError, match='key=value'):
+    parse(['imdb'], '--batch')
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--workloads', 'imdb,nope'], 'unknown workloads'),
+    (['--ours', 'bogus=1'], '--ours keys'),
+    (['--modes', 'fit'], '--modes'),
+    (['--impls', 'tf'], '--impls')])
+def test_run_all_rejects_bad_arguments(argv, message):
+  """Bad flags fail before any worker process is started."""
+  args = compare_reference.build_parser().parse_args(['--smoke'] + argv)
+  with pytest.raises(ValueError, match=message):
+    compare_reference.run_all(args)
+
+
+def _fake_doc():
+  gib = 1024 ** 3
+  base = dict(batch=4, status='ok')
+  return {
+      'machine': {'date': '2026-01-01T00:00:00', 'cpu': 'Test CPU',
+                  'cpu_count': 2, 'memory_gib': 8.0},
+      'versions': {'jax': 'x'}, 'settings': {'repeats': 3},
+      'results': [
+          dict(base, workload='imdb', mode='train', impl='ours',
+               median_s=2.0, peak_rss=3 * gib, params=100, first_s=5.0,
+               compile_s=4.0),
+          dict(base, workload='imdb', mode='train', impl='hf', median_s=4.0,
+               peak_rss=2 * gib, params=100, first_s=4.5),
+          dict(base, workload='optical_flow', mode='infer', impl='ours',
+               batch=1, median_s=0.5, peak_rss=gib, params=7),
+          dict(workload='optical_flow', mode='infer', impl='hf', batch=1,
+               status='over_memory_cap'),
+          dict(base, workload='imagenet_conv', mode='infer', impl='ours',
+               median_s=1.0, peak_rss=gib, params=10),
+          dict(base, workload='imagenet_conv', mode='infer', impl='hf',
+               median_s=1.0, peak_rss=gib, params=11),
+      ]}
+
+
+def test_summary_rows_ratios_and_failures():
+  rows = compare_reference.summary_rows(_fake_doc())
+  assert [(r['workload'], r['mode']) for r in rows] == [
+      ('imdb', 'train'), ('optical_flow', 'infer'), ('imagenet_conv', 'infer')]
+  imdb, flow, conv = rows
+  assert imdb['time_ratio'] == pytest.approx(0.5)  # 2 s / 4 s.
+  assert imdb['rss_ratio'] == pytest.approx(1.5)  # 3 GiB / 2 GiB.
+  assert imdb['params_match'] is True
+  assert flow['ref_s'] is None and flow['time_ratio'] is None
+  assert flow['ref_status'] == 'over_memory_cap'
+  assert flow['params_match'] is None  # Unknown, not "equal".
+  assert conv['params_match'] is False
+
+
+def test_markdown_table():
+  text = compare_reference.to_markdown(_fake_doc())
+  table = [l for l in text.splitlines() if l.startswith('| ')]
+  header = [c.strip() for c in table[0].strip('|').split('|')]
+  cells = [dict(zip(header, (c.strip() for c in l.strip('|').split('|'))))
+           for l in table[2:]]
+  assert len(cells) == 3
+  imdb, flow, conv = cells
+  assert imdb['ours'] == '2.00 s' and imdb['reference'] == '4.00 s'
+  assert imdb['time ratio'] == '0.50' and imdb['RSS ratio'] == '1.50'
+  assert imdb['ours peak RSS'] == '3.00 GiB'
+  assert imdb['ours compile'] == '4.00 s' and imdb['params equal'] == 'yes'
+  assert flow['ours'] == '500.0 ms'
+  assert flow['reference'] == '- (over_memory_cap)'
+  assert flow['time ratio'] == '-' and flow['params equal'] == '-'
+  assert conv['params equal'] == 'NO'
+  assert 'ratio = ours / reference' in text
+  assert 'Test CPU (2 cores, 8.0 GiB)' in text
