@@ -93,8 +93,10 @@ def build_parser():
                  help='kill a measurement above this resident memory.')
   p.add_argument('--timeout_s', type=float, default=3600.0,
                  help='kill a measurement after this long.')
-  p.add_argument('--out', default=os.path.join(_ROOT, 'benchmarks', 'results',
-                                               'cpu'), help='output folder.')
+  p.add_argument('--out', default=None,
+                 help='output folder (default benchmarks/results/cpu; with '
+                 '--smoke benchmarks/results/smoke, so a smoke run never '
+                 'replaces real results).')
   return p
 
 
@@ -238,6 +240,7 @@ def to_markdown(doc):
 
 def main(argv=None):
   args = build_parser().parse_args(argv)
+  args.out = runner.results_dir(args.out, args.smoke, 'cpu')
   doc = run_all(args)
   doc['summary'] = summary_rows(doc)
   md = to_markdown(doc)

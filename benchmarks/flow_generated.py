@@ -243,9 +243,11 @@ def main():
             f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}'
             for k, v in real[kind].items()))
   summary['real_data'] = real
-  if args.output:
-    with open(args.output, 'w') as f:
+  if args.output:  # Temp file + rename: a failed write keeps the old file.
+    tmp = args.output + '.tmp'
+    with open(tmp, 'w') as f:
       json.dump(summary, f, indent=2)
+    os.replace(tmp, args.output)
   print(f'workdir: {workdir}')
 
 

@@ -6,14 +6,15 @@
 # TensorFlow and no ml_collections.
 #
 # Usage: benchmarks/gpu.sh [RESULTS_DIR] [extra gpu_bench.py flags]
+#        (without RESULTS_DIR: benchmarks/results/gpu, or .../smoke with --smoke)
 #        benchmarks/gpu.sh /tmp/smoke --smoke   # tiny sizes, CPU is fine
 # Writes RESULTS_DIR/gpu.json and RESULTS_DIR/gpu.md (default
 # benchmarks/results/gpu). Set PYTHON to choose the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
-OUT="${1:-benchmarks/results/gpu}"
-shift || true
+OUT=benchmarks/results/gpu
+if [[ $# -gt 0 && "$1" != --* ]]; then OUT="$1"; shift; fi  # Else: flags only.
 "$PY" - <<'PY'
 import importlib.util, sys
 missing = [m for m in ('jax', 'flax', 'optax', 'torch', 'transformers',
@@ -23,4 +24,7 @@ if missing:
 PY
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
   2>/dev/null || echo "gpu.sh: nvidia-smi not found (fine with --smoke)"
+if [[ " $* " == *" --smoke "* && "$OUT" == benchmarks/results/gpu ]]; then
+  OUT=benchmarks/results/smoke
+fi
 exec timeout --signal=KILL 475 "$PY" -m benchmarks.gpu_bench --out "$OUT" "$@"

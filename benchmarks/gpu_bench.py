@@ -102,8 +102,10 @@ def build_parser():
                  help='timed-phase budget per item.')
   p.add_argument('--smoke', action='store_true',
                  help='tiny sizes on whatever device there is (CPU here).')
-  p.add_argument('--out', default=os.path.join(_ROOT, 'benchmarks', 'results',
-                                               'gpu'))
+  p.add_argument('--out', default=None,
+                 help='output folder (default benchmarks/results/gpu; with '
+                 '--smoke benchmarks/results/smoke, so a smoke run never '
+                 'replaces real results).')
   return p
 
 
@@ -268,6 +270,7 @@ def to_markdown(doc):
 
 def main(argv=None):
   args = build_parser().parse_args(argv)
+  args.out = runner.results_dir(args.out, args.smoke, 'gpu')
   t_start = time.time()
   name = gpu_name()
   if name is None and not args.smoke:

@@ -156,9 +156,12 @@ def main(argv=None):
   p.add_argument('--ours', action='append', default=[],
                  help='perf options, e.g. attention_impl=einsum.')
   p.add_argument('--smoke', action='store_true')
-  p.add_argument('--out', default=os.path.join(_ROOT, 'benchmarks', 'results',
-                                               'cpu'))
+  p.add_argument('--out', default=None,
+                 help='output folder (default benchmarks/results/cpu; with '
+                 '--smoke benchmarks/results/smoke, so a smoke run never '
+                 'replaces real results).')
   args = p.parse_args(argv)
+  args.out = runner.results_dir(args.out, args.smoke, 'cpu')
   from benchmarks.compare_reference import parse_key_values  # pylint: disable=g-import-not-at-top
   batch = {args.workload: args.batch} if args.batch else None
   workloads = W.standard_workloads(args.smoke, batch)

@@ -177,3 +177,12 @@ def markdown_table(header: List[str], rows: List[List[str]]) -> str:
            '| ' + ' | '.join('---' for _ in header) + ' |']
   lines += ['| ' + ' | '.join(str(c) for c in r) + ' |' for r in rows]
   return '\n'.join(lines) + '\n'
+
+
+def results_dir(out, smoke, kind):
+  """`--out` if given, else benchmarks/results/<kind> (or /smoke for smoke
+  runs, so that a smoke run never replaces real results)."""
+  if out:
+    return out
+  return os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results',
+                      'smoke' if smoke else kind)

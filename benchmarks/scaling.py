@@ -73,8 +73,10 @@ def build_parser():
   p.add_argument('--mem_cap_gb', type=float, default=14.0)
   p.add_argument('--timeout_s', type=float, default=1800.0)
   p.add_argument('--smoke', action='store_true', help='tiny sizes.')
-  p.add_argument('--out', default=os.path.join(_ROOT, 'benchmarks', 'results',
-                                               'cpu'))
+  p.add_argument('--out', default=None,
+                 help='output folder (default benchmarks/results/cpu; with '
+                 '--smoke benchmarks/results/smoke, so a smoke run never '
+                 'replaces real results).')
   return p
 
 
@@ -83,11 +85,12 @@ def _ints(text):
 
 
 def _point(spec, args, series, size):
+  load_before = os.getloadavg()[0]
   print(f'[{spec["workload"]["name"]} {spec["mode"]} {series}] load '
-        f'{os.getloadavg()[0]:.1f} ...', flush=True)
+        f'{load_before:.1f} ...', flush=True)
   r = runner.run_worker(spec, int(args.mem_cap_gb * runner.GIB),
                         args.timeout_s)
-  r.update(series=series, size=size, load_avg_before=os.getloadavg()[0])
+  r.update(series=series, size=size, load_avg_before=load_before)
   print(f'  -> {r["status"]} median {runner.fmt_seconds(r.get("median_s"))} '
         f'peak RSS {runner.fmt_bytes(r.get("peak_rss") or r.get("watchdog_peak_rss"))}',
         flush=True)
@@ -252,6 +255,7 @@ def plot(doc, path):
 
 def main(argv=None):
   args = build_parser().parse_args(argv)
+  args.out = runner.results_dir(args.out, args.smoke, 'cpu')
   sweeps = [s for s in args.sweeps.split(',') if s]
   if set(sweeps) - {'inputs', 'queries'}:
     raise ValueError('--sweeps takes inputs and/or queries.')

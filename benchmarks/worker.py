@@ -15,7 +15,8 @@ It prints one line `RESULT <json>` on stdout. Spec keys:
   impl: 'ours' | 'hf'; mode: 'train' | 'infer'; workload: a Workload as a
   dict; repeats, warmup, max_seconds (timed-phase budget); threads (CPU
   threads; None = all); device: 'cpu' | 'gpu'; for ours: dtype, attention_impl,
-  remat, query_chunk_size, count_flops; for hf: precision ('fp32' | 'tf32' |
+  remat, query_chunk_size, count_flops, low_memory_cpu (default True: the
+  launchers' XLA CPU setting, see perceiver_io/runtime.py); for hf: precision ('fp32' | 'tf32' |
   'bf16_autocast'), fused_adam.
 """
 
@@ -79,6 +80,9 @@ def run_ours(spec, w, data):
   custom call has no FLOP count), i.e. the model's arithmetic, not what a
   kernel happens to execute.
   """
+  from perceiver_io import runtime  # pylint: disable=g-import-not-at-top
+  if spec.get('low_memory_cpu', True):  # As the launchers do (runtime.py).
+    runtime.prefer_low_memory_cpu()
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from perceiver_io.model import build_model  # pylint: disable=g-import-not-at-top
@@ -122,6 +126,7 @@ def run_ours(spec, w, data):
     t0 = time.perf_counter()
     step = W.ours_train_step(model, tx, has_bs).lower(*args).compile()
     out['compile_s'] = time.perf_counter() - t0
+    runtime.release_host_memory()  # As train_lib does after compiling.
     out['peak_rss_after_compile'] = W.peak_rss_bytes()
     out['memory_analysis'] = _memory_analysis(step)
     box = {'p': params, 's': state, 'o': opt_state}
@@ -137,6 +142,7 @@ def run_ours(spec, w, data):
     t0 = time.perf_counter()
     infer = W.ours_infer_fn(model).lower(variables, x, kwargs).compile()
     out['compile_s'] = time.perf_counter() - t0
+    runtime.release_host_memory()
     out['peak_rss_after_compile'] = W.peak_rss_bytes()
     out['memory_analysis'] = _memory_analysis(infer)
 

@@ -430,7 +430,9 @@ def torch_flow_patches(frames):
   """[B, 2, H, W, 3] frames -> HF's [B, 2, 27, H, W] 3x3 patches (torch ops).
 
   Same work as our in-model `extract_flow_patches` (zero pad, 9 shifts);
-  channel order (c, ph, pw) as HF's `PerceiverForOpticalFlow` expects.
+  channel order (ph, pw, c), the order HF's `PerceiverForOpticalFlow` (and
+  the official model) expects (checked in tests/test_benchmarks.py against
+  tests/hf_fixtures.flow_patches_numpy).
   """
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
@@ -438,8 +440,8 @@ def torch_flow_patches(frames):
   x = frames.permute(0, 1, 4, 2, 3).reshape(b * t, c, h, w)
   x = F.pad(x, (1, 1, 1, 1))
   shifts = [x[:, :, i:i + h, j:j + w] for i in range(3) for j in range(3)]
-  patches = torch.stack(shifts, dim=2)  # [BT, C, 9, H, W]
-  return patches.reshape(b, t, c * 9, h, w)
+  patches = torch.stack(shifts, dim=1)  # [BT, 9, C, H, W]: (ph, pw), c.
+  return patches.reshape(b, t, 9 * c, h, w)
 
 
 def hf_model_inputs(w: Workload, data: Dict[str, np.ndarray], device='cpu'):

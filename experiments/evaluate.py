@@ -21,6 +21,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
+from perceiver_io import runtime
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Optional config (default: the workdir\'s config.json).',
@@ -37,6 +38,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.quiet_library_logs()
+  runtime.prefer_low_memory_cpu()  # Before JAX creates its CPU backend.
   from experiments import eval_lib  # pylint: disable=g-import-not-at-top
   try:
     if _GLUE_SUMMARY.value:

@@ -22,6 +22,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
+from perceiver_io import runtime
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Optional config: with --workdir, replaces its '
@@ -60,6 +61,7 @@ def read_inputs(argv, input_file: str):
 
 def main(argv):
   cli.quiet_library_logs()
+  runtime.prefer_low_memory_cpu()  # Before JAX creates its CPU backend.
   from experiments import predict_lib  # pylint: disable=g-import-not-at-top
   try:
     inputs = read_inputs(argv, _INPUT_FILE.value)

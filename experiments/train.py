@@ -16,6 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
+from perceiver_io import runtime
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. configs/quickstart.py or '
@@ -33,6 +34,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.quiet_library_logs()
+  runtime.prefer_low_memory_cpu()  # Before JAX creates its CPU backend.
   if _NUM_PROCESSES.value == -1:
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize()

@@ -100,6 +100,16 @@ def test_same_logits_on_hf_weights(name, arch):
   np.testing.assert_allclose(got, expected, atol=2e-5, rtol=0)
 
 
+def test_torch_flow_patches_match_numpy_reference():
+  """The benchmark's torch patch helper = the independent NumPy loop, in
+  HF's [B, T, 27, H, W] layout (channel order patch row, patch column, c)."""
+  frames = np.random.default_rng(0).uniform(
+      -1, 1, size=(2, 2, 5, 7, 3)).astype(np.float32)
+  got = W.torch_flow_patches(torch.from_numpy(frames)).numpy()
+  expected = hf_fixtures.flow_patches_numpy(frames).transpose(0, 1, 4, 2, 3)
+  np.testing.assert_array_equal(got, expected)
+
+
 def _run_worker(impl):
   """Runs one tiny imdb inference measurement as `python -m benchmarks.worker`."""
   w = W.standard_workloads(smoke=True)['imdb']
