@@ -85,8 +85,13 @@ class DecoderCrossAttention(nn.Module):
       queries, z = queries.astype(self.dtype), z.astype(self.dtype)
     num_queries = queries.shape[1]
     chunk = self.query_chunk_size
-    if (chunk is None or num_queries <= chunk or self.is_initializing()):
+    if chunk is None or num_queries <= chunk:
       return self._decode(queries, z, query_mask, deterministic)
+    if self.is_initializing():
+      # Create the parameters on one chunk (they do not depend on the number
+      # of queries), so that init, too, never holds all queries' activations.
+      self._decode(queries[:, :chunk], z, None if query_mask is None
+                   else query_mask[:, :chunk], deterministic)
     # Chunked decoding: scan over the full chunks with shared (broadcast)
     # params, slicing each chunk out of `queries` inside the loop (no padded
     # or transposed copy of the whole query array), so only one chunk's

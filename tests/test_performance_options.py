@@ -325,6 +325,31 @@ def test_chunked_decoding_gradients():
   assert float(jnp.max(jnp.abs(grad_p[1][1]))) > 1e-3  # d/d latents.
 
 
+def test_chunked_init_matches_unchunked_init_and_decodes_by_chunk():
+  """Init with chunking creates the same parameters from one chunk (the
+  parameters do not depend on the number of queries), so initialising a
+  model for 1M queries never holds all queries' activations; its output is
+  the full, chunked decode."""
+  rng = np.random.default_rng(1)
+  queries = rng.standard_normal((2, 23, 12)).astype(np.float32)
+  latents = rng.standard_normal((2, 8, 16)).astype(np.float32)
+  make = lambda chunk: decoders.DecoderCrossAttention(
+      num_heads=2, qk_channels=8, v_channels=12, output_channels=5,
+      query_chunk_size=chunk)
+  key = jax.random.PRNGKey(3)
+  out_p, vars_p = make(None).init_with_output(key, queries, latents)
+  out_c, vars_c = make(5).init_with_output(key, queries, latents)
+  assert (jax.tree_util.tree_structure(vars_c) ==
+          jax.tree_util.tree_structure(vars_p))
+  for a, b in zip(jax.tree_util.tree_leaves(vars_c),
+                  jax.tree_util.tree_leaves(vars_p)):
+    np.testing.assert_array_equal(a, b)
+  assert out_c.shape == (2, 23, 5)
+  np.testing.assert_allclose(out_c, out_p, atol=FP32_TOL, rtol=FP32_TOL)
+  jaxpr = str(jax.make_jaxpr(lambda q: make(5).init(key, q, latents))(queries))
+  assert 'scan' in jaxpr  # The init, too, decodes chunk by chunk.
+
+
 def test_chunked_flow_decoding():
   cfg, inputs, kwargs, variables = _setup_small('tiny_optical_flow')
   ref = _forward(cfg)(variables, inputs, kwargs)
