@@ -1,14 +1,24 @@
 """Shared pytest fixtures. Deliberately minimal: nothing here changes JAX's
 global state for the whole suite (no forced device counts); tests that need
-8 CPU devices or 2 processes start subprocesses with `subprocess_env`.
+8 CPU devices or 2 processes start subprocesses with `subprocess_env`. The one
+autouse fixture only *restores* `jax_disable_most_optimizations`, which the
+tiny experiment configs turn on for fast compiles.
 """
 
 import os
 import sys
 
+import jax
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _restore_jax_options():
+  previous = jax.config.read('jax_disable_most_optimizations')
+  yield
+  jax.config.update('jax_disable_most_optimizations', previous)
 
 
 @pytest.fixture(scope='session')

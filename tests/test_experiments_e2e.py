@@ -29,17 +29,11 @@ from experiments import models
 from experiments import predict_lib
 from experiments import train_lib
 from perceiver_io import checkpoints as ckpt_lib
+from tests.helpers import override_config as _override
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POSITIVE = ['great', 'wonderful', 'loved', 'superb', 'brilliant']
 NEGATIVE = ['awful', 'boring', 'hated', 'terrible', 'dull']
-
-
-@pytest.fixture(autouse=True)
-def _restore_jax_options():
-  previous = jax.config.read('jax_disable_most_optimizations')
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
 
 
 @pytest.fixture(scope='module')
@@ -70,18 +64,6 @@ def data_dir(tmp_path_factory):
     writer.writerow(['text', 'label'])
     writer.writerows([['fine', 0], ['good', 1], ['odd', 5], ['ok', 0]])
   return root
-
-
-def _override(config, **fields):
-  config.unlock()
-  for dotted, value in fields.items():
-    node = config
-    *parents, leaf = dotted.split('__')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  config.lock()
-  return config
 
 
 @pytest.fixture(scope='module')

@@ -27,25 +27,7 @@ from experiments import train_lib
 from perceiver_io.flow import io as flow_io
 from perceiver_io.flow import synthetic
 from perceiver_io.flow import viz
-
-
-@pytest.fixture(autouse=True)
-def _restore_jax_options():
-  previous = jax.config.read('jax_disable_most_optimizations')
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
-
-
-def _override(config, **fields):
-  config.unlock()
-  for dotted, value in fields.items():
-    node = config
-    *parents, leaf = dotted.split('__')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  config.lock()
-  return config
+from tests.helpers import override_config as _override
 
 
 def _save_png(path, array):

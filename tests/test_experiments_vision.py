@@ -26,27 +26,9 @@ from experiments import optim
 from experiments import predict_lib
 from experiments import task_registry
 from experiments import train_lib
+from tests.helpers import override_config as _override
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(autouse=True)
-def _restore_jax_options():
-  previous = jax.config.read('jax_disable_most_optimizations')
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
-
-
-def _override(config, **fields):
-  config.unlock()
-  for dotted, value in fields.items():
-    node = config
-    *parents, leaf = dotted.split('__')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  config.lock()
-  return config
 
 
 def _save_image(path, size, seed):
