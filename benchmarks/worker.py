@@ -16,8 +16,8 @@ It prints one line `RESULT <json>` on stdout. Spec keys:
   dict; repeats, warmup, max_seconds (timed-phase budget); threads (CPU
   threads; None = all); device: 'cpu' | 'gpu'; for ours: dtype, attention_impl,
   remat, query_chunk_size, count_flops, low_memory_cpu (default True: the
-  launchers' XLA CPU setting, see perceiver_io/runtime.py); for hf: precision ('fp32' | 'tf32' |
-  'bf16_autocast'), fused_adam.
+  launchers' XLA CPU setting, see perceiver_io/runtime.py); for hf: precision
+  ('fp32' | 'tf32' | 'bf16_autocast'), fused_adam.
 """
 
 import argparse
@@ -98,7 +98,7 @@ def run_ours(spec, w, data):
   else:
     model, variables, x, kwargs = W.ours_build(w, data, **perf)
     jax.block_until_ready(variables)
-    W.release_free_memory()
+    runtime.release_host_memory()
     if spec.get('items_cache'):
       _VARIABLES_CACHE[w.name] = variables
   build_s = time.perf_counter() - t0

@@ -261,9 +261,10 @@ def ours_build(w: Workload, data, seed=0, **perf):
 def release_free_memory() -> None:
   """Return freed heap pages to the OS (gc + glibc malloc_trim).
 
-  Applied to both implementations right after building the model, so peak
-  RSS measures training/inference, not set-up garbage that the C allocator
-  kept (initialisation leaves freed temporaries in glibc's arenas).
+  Applied to the reference right after building its model (ours uses
+  `perceiver_io.runtime.release_host_memory`, the same call, which the HF
+  worker cannot import without loading JAX), so peak RSS measures
+  training/inference, not set-up garbage that the C allocator kept.
   """
   import ctypes  # pylint: disable=g-import-not-at-top
   import gc  # pylint: disable=g-import-not-at-top
