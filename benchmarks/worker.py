@@ -178,7 +178,8 @@ def run_hf(spec, w, data):
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
   t0 = time.perf_counter()
-  model = W.hf_build(w).to(device)
+  with torch.device(device):  # Initialised where it runs (GPU: no host init).
+    model = W.hf_build(w)
   W.release_free_memory()
   build_s = time.perf_counter() - t0
   make_inputs, labels = W.hf_model_inputs(w, data, device)
@@ -257,8 +258,9 @@ def run(spec):
              batch=w.batch, cpu_threads=threads,
              rss_at_start=rss_at_start,
              wall_s=time.perf_counter() - t0,
-             imported_tensorflow='tensorflow' in sys.modules,
-             imported_ml_collections='ml_collections' in sys.modules)
+             imported_tensorflow=sys.modules.get('tensorflow') is not None,
+             imported_ml_collections=(sys.modules.get('ml_collections')
+                                      is not None))
   return out
 
 

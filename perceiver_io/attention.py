@@ -36,6 +36,22 @@ def make_cross_attention_mask(query_mask, kv_mask):
                          kv_mask[:, None, :].astype(bool))
 
 
+def cudnn_attention_supported(q, mask=None, backend=None):
+  """Whether cuDNN flash attention takes these queries ([B, T, H, D]).
+
+  Why a predicate rather than try/except: JAX refuses unsupported shapes only
+  partly at trace time, so the conservative set is chosen up front: a GPU
+  backend, bf16/fp16 activations, a head width that is a multiple of 8 and at
+  most 128, and no mask (the masked perceiver paths are the language ones,
+  whose q/k and v widths differ and never fuse anyway).
+  """
+  backend = backend or jax.default_backend()
+  head_width = q.shape[-1]
+  return (backend == 'gpu' and mask is None and
+          q.dtype in (jnp.bfloat16, jnp.float16) and
+          head_width % 8 == 0 and head_width <= 128)
+
+
 def _einsum_attention(q, k, v, mask, dropout_rate, deterministic, dropout_rng,
                       dtype):
   """The reference attention: [B,T,H,D] x [B,S,H,D] -> [B,T,H,Dv]."""
@@ -61,8 +77,10 @@ class MultiHeadAttention(nn.Module):
     output_channels: width of the output projection.
     dropout_rate: dropout on the attention weights.
     attention_impl: 'auto' (fused `jax.nn.dot_product_attention` where the
-      head widths agree and no attention dropout is active), 'einsum' or
-      'fused' (error if not possible).
+      head widths agree and no attention dropout is active; XLA's kernel),
+      'einsum', 'fused' (error if not possible) or 'cudnn' (cuDNN's flash
+      attention where `cudnn_attention_supported` says it applies, i.e. on a
+      GPU in bf16/fp16 with head width <= 128; elsewhere as 'auto').
   """
   num_heads: int
   qk_channels: int
@@ -97,10 +115,13 @@ class MultiHeadAttention(nn.Module):
     if self.attention_impl == 'fused' and not can_fuse:
       raise ValueError('attention_impl="fused" needs qk_channels == v_channels '
                        'and no active attention dropout; use "auto".')
-    if self.attention_impl not in ('auto', 'fused', 'einsum'):
-      raise ValueError(f'attention_impl must be auto, fused or einsum, got '
-                       f'{self.attention_impl!r}.')
-    if can_fuse and self.attention_impl != 'einsum':
+    if self.attention_impl not in ('auto', 'fused', 'einsum', 'cudnn'):
+      raise ValueError(f'attention_impl must be auto, fused, einsum or cudnn, '
+                       f'got {self.attention_impl!r}.')
+    if (can_fuse and self.attention_impl == 'cudnn' and
+        cudnn_attention_supported(q, mask)):
+      out = jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
+    elif can_fuse and self.attention_impl != 'einsum':
       fused_mask = None if mask is None else mask[:, None, :, :]
       out = jax.nn.dot_product_attention(q, k, v, mask=fused_mask)
     else:

@@ -375,9 +375,22 @@ def test_attention_impl_einsum_vs_auto_vs_fused():
   # jax.nn.dot_product_attention, 'einsum' the reference path.
   cfg, inputs, kwargs, variables = _setup_small('tiny_imagenet_fourier')
   ref = _forward(cfg, attention_impl='einsum')(variables, inputs, kwargs)
-  for impl in ('auto', 'fused'):
+  for impl in ('auto', 'fused', 'cudnn'):  # 'cudnn' on CPU: as 'auto'.
     got = _forward(cfg, attention_impl=impl)(variables, inputs, kwargs)
     np.testing.assert_allclose(got, ref, atol=FP32_TOL, rtol=FP32_TOL)
+
+
+def test_cudnn_attention_only_where_cudnn_takes_it():
+  from perceiver_io.attention import cudnn_attention_supported
+  q = lambda width, dtype=jnp.bfloat16: jnp.zeros((2, 8, 4, width), dtype)
+  assert cudnn_attention_supported(q(128), backend='gpu')
+  assert cudnn_attention_supported(q(64, jnp.float16), backend='gpu')
+  assert not cudnn_attention_supported(q(128), backend='cpu')
+  assert not cudnn_attention_supported(q(128, jnp.float32), backend='gpu')
+  assert not cudnn_attention_supported(q(160), backend='gpu')  # > 128
+  assert not cudnn_attention_supported(q(36), backend='gpu')  # not 8k
+  mask = jnp.ones((2, 8, 8), bool)
+  assert not cudnn_attention_supported(q(128), mask, backend='gpu')
 
 
 def test_fused_refused_for_unequal_widths():
