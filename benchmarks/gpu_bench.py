@@ -35,6 +35,7 @@ Usage: benchmarks/gpu.sh [results_dir]  (or python -m benchmarks.gpu_bench)
 
 import argparse
 import dataclasses
+import fnmatch
 import json
 import os
 import subprocess
@@ -105,6 +106,16 @@ def build_parser():
                  help='fraction of the budget for ours (it compiles).')
   p.add_argument('--max_seconds', type=float, default=4.0,
                  help='timed-phase budget per item.')
+  p.add_argument('--only', default='',
+                 help='comma-separated fnmatch patterns over '
+                 'IMPL/WORKLOAD/MODE/PRECISION (e.g. "ours/*/infer/bf16,'
+                 'hf/imdb@64/train/*"); only matching items run.')
+  p.add_argument('--flops_json', default=None,
+                 help='FLOP counts from benchmarks/count_flops.py, used where '
+                 'the GPU worker got none from XLA.')
+  p.add_argument('--merge', nargs='+', default=None,
+                 help='instead of measuring: merge these gpu.json files (a '
+                 'later file\'s item replaces an earlier one\'s) into --out.')
   p.add_argument('--smoke', action='store_true',
                  help='tiny sizes on whatever device there is (CPU here).')
   p.add_argument('--out', default=None,
@@ -130,8 +141,8 @@ def items_for(args, impl):
   as skipped): training at the issue's batches in bf16 then fp32 (the
   throughput target); training at the MFU batches (the utilisation target:
   a batch-4 step on this card measures kernel-launch latency, not the
-  model); inference in bf16; our bf16 training with cuDNN flash attention;
-  inference in fp32.
+  model); our bf16 training with cuDNN flash attention; inference in bf16,
+  then fp32.
   """
   from benchmarks.compare_reference import parse_key_values  # pylint: disable=g-import-not-at-top
   batch = dict(GPU_BATCH)
@@ -161,20 +172,34 @@ def items_for(args, impl):
     plan = ([('train', w, 'bf16') for w in train] +
             [('train', w, 'fp32') for w in train] +
             [('train', w, 'bf16') for w in big] +
-            [('infer', w, 'bf16') for w in infer] +
             [('train', w, 'bf16_cudnn') for w in train
              if w.kind.startswith('image')] +
+            [('infer', w, 'bf16') for w in infer] +
             [('infer', w, 'fp32') for w in infer])
   else:
     plan = ([('train', w, p) for w in train for p in REF_PRECISIONS] +
             [('train', w, p) for w in big for p in REF_PRECISIONS[:2]] +
             [('infer', w, p) for w in infer for p in REF_PRECISIONS])
-  return [_item(impl, mode, w, prec) for mode, w, prec in plan]
+  items = [_item(impl, mode, w, prec) for mode, w, prec in plan]
+  patterns = [p for p in args.only.split(',') if p]
+  if patterns:
+    items = [i for i in items if any(fnmatch.fnmatchcase(item_key(i), p)
+                                     for p in patterns)]
+  return items
+
+
+def item_key(item):
+  """'impl/workload/mode/precision', the name `--only` patterns match."""
+  return '/'.join([item['impl'], item['workload']['name'], item['mode'],
+                   item['precision']])
 
 
 def run_impl(args, impl, device, deadline, hard_timeout):
   """Runs one implementation's items in one process; returns its results."""
-  spec = {'items': items_for(args, impl), 'device': device,
+  items = items_for(args, impl)
+  if not items:
+    return []
+  spec = {'items': items, 'device': device,
           'repeats': args.repeats, 'warmup': args.warmup,
           'max_seconds': args.max_seconds, 'deadline': deadline,
           'items_cache': True, 'count_flops': impl == 'ours',
@@ -211,6 +236,18 @@ def run_impl(args, impl, device, deadline, hard_timeout):
                       'precision': key[2], 'batch': item['workload']['batch'],
                       'status': 'skipped', 'reason': 'process ended first'})
   return results
+
+
+def fill_flops(results, flops_table):
+  """Our results without an XLA count take the CPU count (count_flops.py)."""
+  from benchmarks.count_flops import flops_key  # pylint: disable=g-import-not-at-top
+  for r in results:
+    if r['impl'] != 'ours' or r.get('status') != 'ok' or r.get('flops'):
+      continue
+    key = flops_key(r['workload'].split('@')[0], r['batch'], r['mode'])
+    if key in flops_table:
+      r['flops'] = flops_table[key]
+      r['flops_source'] = 'count_flops.py (CPU lowering)'
 
 
 def summarise(doc):
@@ -304,9 +341,51 @@ def to_markdown(doc):
   return text
 
 
+def merge_docs(docs):
+  """One document from several runs; a later run's item replaces an earlier
+  one's, so each row's ours/reference pair comes from one run wherever the
+  later run re-measured the reference too."""
+  names = sorted({d['device_name'] for d in docs})
+  if len(names) != 1:
+    raise ValueError(f'runs on different cards cannot be merged: {names}.')
+  by_key = {}
+  for i, d in enumerate(docs):
+    for r in d['results']:
+      by_key[(r['impl'], r['workload'], r['mode'], r.get('precision'))] = {
+          **r, 'run': i}
+  return {'device_name': names[0],
+          'date': ' + '.join(d['date'] for d in docs),
+          'machine': docs[-1]['machine'], 'versions': docs[-1]['versions'],
+          'settings': {'budget_s': ' + '.join(str(d['settings']['budget_s'])
+                                              for d in docs)},
+          'runs': [{k: d.get(k) for k in ('date', 'elapsed_s', 'settings')}
+                   for d in docs],
+          'elapsed_s': sum(d['elapsed_s'] for d in docs),
+          'results': list(by_key.values())}
+
+
+def write_doc(doc, args):
+  if args.flops_json:
+    with open(args.flops_json) as f:
+      fill_flops(doc['results'], json.load(f))
+  doc['summary'] = summarise(doc)
+  md = to_markdown(doc)
+  runner.write_atomic(os.path.join(args.out, 'gpu.json'),
+                      json.dumps(doc, indent=1))
+  runner.write_atomic(os.path.join(args.out, 'gpu.md'), md)
+  print(md)
+
+
 def main(argv=None):
   args = build_parser().parse_args(argv)
   args.out = runner.results_dir(args.out, args.smoke, 'gpu')
+  if args.merge:
+    docs = []
+    for path in args.merge:
+      with open(path) as f:
+        docs.append(json.load(f))
+    write_doc(merge_docs(docs), args)
+    return 0
   t_start = time.time()
   name = gpu_name()
   if name is None and not args.smoke:
@@ -329,12 +408,7 @@ def main(argv=None):
   doc['results'] += run_impl(args, 'hf', device, ref_deadline,
                              ref_deadline + 30)
   doc['elapsed_s'] = time.time() - t_start
-  doc['summary'] = summarise(doc)
-  md = to_markdown(doc)
-  runner.write_atomic(os.path.join(args.out, 'gpu.json'),
-                      json.dumps(doc, indent=1))
-  runner.write_atomic(os.path.join(args.out, 'gpu.md'), md)
-  print(md)
+  write_doc(doc, args)
   return 0
 
 
