@@ -104,6 +104,9 @@ def build_parser():
                  'script must finish in 8 minutes).')
   p.add_argument('--ours_share', type=float, default=0.65,
                  help='fraction of the budget for ours (it compiles).')
+  p.add_argument('--ref_min_s', type=float, default=60.0,
+                 help='seconds the reference gets at least, even when ours '
+                 'ran past its share.')
   p.add_argument('--max_seconds', type=float, default=4.0,
                  help='timed-phase budget per item.')
   p.add_argument('--only', default='',
@@ -265,6 +268,10 @@ def summarise(doc):
     ref = {r['precision']: r for r in sel if r['impl'] == 'hf'}
     batch = (sel[0]['batch'] if sel else None)
     row = {'workload': workload, 'mode': mode, 'batch': batch}
+    if any('run' in r for r in sel):  # A merged document: which run gave what.
+      row['runs'] = {impl: sorted({r['run'] + 1 for r in sel
+                                   if r['impl'] == impl})
+                     for impl in ('ours', 'hf')}
     for prec, r in ours.items():
       row[f'ours_{prec}_s'] = r['median_s']
       flops = r.get('flops')
@@ -326,6 +333,17 @@ def to_markdown(doc):
                  ratio(r.get('throughput_ratio_best')),
                  ratio(r.get('throughput_ratio_bf16')),
                  pct(r.get('ours_best_mfu'))])
+  if doc.get('runs'):  # Merged: say which run measured each side.
+    header.append('runs (ours / ref)')
+    for row, r in zip(rows, doc['summary']):
+      runs = r.get('runs', {})
+      row.append(' / '.join(','.join(map(str, runs.get(i) or ['-']))
+                            for i in ('ours', 'hf')))
+    lines.insert(1, 'Merged from runs: ' + '; '.join(
+        f'{i + 1}: {run["date"]}, {run["elapsed_s"]:.0f} s'
+        for i, run in enumerate(doc['runs'])) + ' (each a fresh machine of '
+        'the same kind; a row whose two sides come from different runs '
+        'compares across machines).')
   text = '\n'.join(lines) + '\n' + runner.markdown_table(header, rows)
   bad = [r for r in doc['results'] if r.get('status') != 'ok']
   if bad:
@@ -342,17 +360,19 @@ def to_markdown(doc):
 
 
 def merge_docs(docs):
-  """One document from several runs; a later run's item replaces an earlier
-  one's, so each row's ours/reference pair comes from one run wherever the
-  later run re-measured the reference too."""
+  """One document from several runs; a later run's measured item replaces an
+  earlier one's (a skipped or failed one does not), so each row's
+  ours/reference pair comes from one run wherever the later run re-measured
+  the reference too."""
   names = sorted({d['device_name'] for d in docs})
   if len(names) != 1:
     raise ValueError(f'runs on different cards cannot be merged: {names}.')
   by_key = {}
   for i, d in enumerate(docs):
     for r in d['results']:
-      by_key[(r['impl'], r['workload'], r['mode'], r.get('precision'))] = {
-          **r, 'run': i}
+      key = (r['impl'], r['workload'], r['mode'], r.get('precision'))
+      if key not in by_key or r.get('status') == 'ok':  # Not by a skip.
+        by_key[key] = {**r, 'run': i}
   return {'device_name': names[0],
           'date': ' + '.join(d['date'] for d in docs),
           'machine': docs[-1]['machine'], 'versions': docs[-1]['versions'],
@@ -404,7 +424,9 @@ def main(argv=None):
   # Hard limit for a single process: its share plus a compile's worth.
   doc['results'] += run_impl(args, 'ours', device, ours_deadline,
                              ours_deadline + 60)
-  ref_deadline = t_start + args.budget_s
+  # The reference always gets `--ref_min_s`, even when ours ran over (its
+  # last item may finish after ours' deadline).
+  ref_deadline = max(t_start + args.budget_s, time.time() + args.ref_min_s)
   doc['results'] += run_impl(args, 'hf', device, ref_deadline,
                              ref_deadline + 30)
   doc['elapsed_s'] = time.time() - t_start

@@ -63,14 +63,16 @@ def _memory_analysis(compiled):
 def lowered_flops(fn, *args):
   """(XLA's FLOP count of the unoptimised lowered computation, error text).
 
-  The count is None, with the reason, where the backend gives none (seen on
-  JAX 0.11 with CUDA); `benchmarks/count_flops.py` counts the same program
-  lowered for the CPU instead.
+  The count is None, with the reason, where the backend gives none (JAX 0.11
+  with CUDA on an H200: `cost_analysis()` returned None);
+  `benchmarks/count_flops.py` counts the same program lowered for the CPU.
   """
   try:
     cost = fn.lower(*args).cost_analysis()
     if isinstance(cost, (list, tuple)):
       cost = cost[0]
+    if not cost or 'flops' not in cost:
+      return None, f'cost_analysis() gave {cost!r}'
     return float(cost['flops']), None
   except Exception as e:  # pylint: disable=broad-except
     return None, f'{type(e).__name__}: {e}'[:300]
