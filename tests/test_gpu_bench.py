@@ -1,0 +1,122 @@
+"""The GPU benchmark's planning and reporting, checked on the CPU.
+
+Why: the GPU script runs in a 15-minute device lease, so what it measures
+and how it reports must be right before it gets there: the item order (the
+targets first), `--only`, the MFU arithmetic with FLOP counts taken from the
+CPU lowering, and merging a second run without losing the first run's
+measurements to the second run's skips.
+"""
+
+import pytest
+
+from benchmarks import count_flops
+from benchmarks import gpu_bench
+from benchmarks import workloads as W
+
+
+def _args(*argv):
+  return gpu_bench.build_parser().parse_args(['--smoke', *argv])
+
+
+def _keys(items):
+  return [gpu_bench.item_key(i) for i in items]
+
+
+def test_items_order_targets_first():
+  ours = _keys(gpu_bench.items_for(_args('--workloads', 'imdb,imagenet_fourier'),
+                                   'ours'))
+  assert ours[:4] == ['ours/imdb/train/bf16', 'ours/imagenet_fourier/train/bf16',
+                      'ours/imdb/train/fp32',
+                      'ours/imagenet_fourier/train/fp32']
+  # Then the MFU batches (smoke: 3), cuDNN for the image model, inference.
+  assert ours[4:7] == ['ours/imdb@3/train/bf16',
+                       'ours/imagenet_fourier@3/train/bf16',
+                       'ours/imagenet_fourier/train/bf16_cudnn']
+  assert ours[7:] == ['ours/imdb/infer/bf16', 'ours/imagenet_fourier/infer/bf16',
+                      'ours/imdb/infer/fp32', 'ours/imagenet_fourier/infer/fp32']
+  hf = _keys(gpu_bench.items_for(_args('--workloads', 'imdb'), 'hf'))
+  assert hf == ['hf/imdb/train/bf16_autocast', 'hf/imdb/train/tf32',
+                'hf/imdb/train/fp32', 'hf/imdb@3/train/bf16_autocast',
+                'hf/imdb@3/train/tf32', 'hf/imdb/infer/bf16_autocast',
+                'hf/imdb/infer/tf32', 'hf/imdb/infer/fp32']
+
+
+def test_only_and_mfu_batch_flags():
+  args = _args('--only', 'ours/*/infer/bf16,ours/imdb@5/train/*',
+               '--mfu_batch', 'imdb=5', '--mfu_batch', 'imagenet_fourier=0')
+  items = gpu_bench.items_for(args, 'ours')
+  assert _keys(items) == ['ours/imdb@5/train/bf16', 'ours/imdb/infer/bf16',
+                          'ours/imagenet_fourier/infer/bf16',
+                          'ours/imagenet_conv/infer/bf16',
+                          'ours/optical_flow/infer/bf16']
+  assert items[0]['workload']['batch'] == 5
+  assert items[0]['dtype'] == 'bfloat16'
+  assert gpu_bench.items_for(args, 'hf') == []
+  cudnn = gpu_bench.items_for(_args('--only', '*bf16_cudnn'), 'ours')
+  assert {i['attention_impl'] for i in cudnn} == {'cudnn'}
+  with pytest.raises(ValueError, match='unknown workloads'):
+    gpu_bench.items_for(_args('--workloads', 'imdb,nope'), 'ours')
+
+
+def _result(impl, workload, mode, precision, median_s, batch=32, **kw):
+  return dict(impl=impl, workload=workload, mode=mode, precision=precision,
+              median_s=median_s, batch=batch, status='ok', **kw)
+
+
+def _doc(results, date='2026-01-01T00:00:00', elapsed=100.0):
+  return {'device_name': 'NVIDIA H200', 'date': date, 'machine': {},
+          'versions': {}, 'settings': {'budget_s': 420.0},
+          'elapsed_s': elapsed, 'results': results}
+
+
+def test_summary_ratios_and_mfu_from_cpu_counts():
+  doc = _doc([
+      _result('ours', 'imagenet_fourier', 'train', 'bf16', 0.2),
+      _result('ours', 'imagenet_fourier', 'train', 'bf16_cudnn', 0.1),
+      _result('ours', 'imagenet_fourier', 'train', 'fp32', 0.4),
+      _result('hf', 'imagenet_fourier', 'train', 'bf16_autocast', 0.6),
+      _result('hf', 'imagenet_fourier', 'train', 'tf32', 0.5),
+  ])
+  key = count_flops.flops_key('imagenet_fourier', 32, 'train')
+  gpu_bench.fill_flops(doc['results'], {key: 98.94e12})
+  (row,) = gpu_bench.summarise(doc)
+  assert row['ours_best'] == 'bf16_cudnn' and row['ref_best'] == 'tf32'
+  assert row['throughput_ratio_best'] == pytest.approx(5.0)  # 0.5 / 0.1
+  assert row['throughput_ratio_bf16'] == pytest.approx(6.0)  # 0.6 / 0.1
+  # 98.94 TFLOP / 0.1 s / 989.4 TFLOP/s bf16 peak = 100 %.
+  assert row['ours_best_mfu'] == pytest.approx(1.0)
+  # fp32 is held against the TF32 peak: 98.94e12 / 0.4 / 494.7e12 = 50 %.
+  assert row['ours_fp32_mfu'] == pytest.approx(0.5)
+  assert doc['results'][0]['flops_source'].startswith('count_flops')
+
+
+def test_merge_keeps_measured_items_over_later_skips():
+  run1 = _doc([_result('hf', 'imdb', 'infer', 'tf32', 0.013, batch=4),
+               _result('ours', 'imdb', 'infer', 'bf16', None, batch=4,
+                       ) | {'status': 'skipped'}])
+  run2 = _doc([_result('ours', 'imdb', 'infer', 'bf16', 0.004, batch=4),
+               _result('hf', 'imdb', 'infer', 'tf32', None, batch=4)
+               | {'status': 'skipped'}], date='2026-01-01T01:00:00')
+  merged = gpu_bench.merge_docs([run1, run2])
+  by_impl = {r['impl']: r for r in merged['results']}
+  assert by_impl['hf']['median_s'] == 0.013 and by_impl['hf']['run'] == 0
+  assert by_impl['ours']['median_s'] == 0.004 and by_impl['ours']['run'] == 1
+  (row,) = gpu_bench.summarise(merged)
+  assert row['runs'] == {'ours': [2], 'hf': [1]}
+  assert row['throughput_ratio_best'] == pytest.approx(0.013 / 0.004)
+  assert 'runs (ours / ref)' in gpu_bench.to_markdown(
+      dict(merged, summary=[row]))
+  with pytest.raises(ValueError, match='different cards'):
+    gpu_bench.merge_docs([run1, dict(run2, device_name='NVIDIA H100')])
+
+
+def test_count_flops_items_and_linearity():
+  assert count_flops.parse_item('imdb:4:train') == ('imdb', 4, 'train')
+  with pytest.raises(ValueError, match='WORKLOAD:BATCH:MODE'):
+    count_flops.parse_item('imdb:4')
+  flops = count_flops.count([('imdb', 1, 'infer'), ('imdb', 2, 'infer')],
+                            smoke=True)
+  one, two = flops['imdb@1/infer'], flops['imdb@2/infer']
+  assert one > 0 and two == pytest.approx(2 * one, rel=0.01)
+  w = W.standard_workloads(True, {'imdb': 1})['imdb']
+  assert w.batch == 1
