@@ -194,7 +194,7 @@ def test_fused_with_unequal_widths_raises():
 
 def test_bad_attention_settings_raise():
   xq = _rand(1, 3, 8)
-  with pytest.raises(ValueError, match='auto, fused or einsum'):
+  with pytest.raises(ValueError, match='auto, fused, einsum or cudnn'):
     _random_params(_mha('flash', qk=8, v=4, heads=2), xq, xq)
   with pytest.raises(ValueError, match='divisible by num_heads'):
     _random_params(_mha('einsum', qk=8, v=6, heads=4), xq, xq)
