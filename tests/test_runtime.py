@@ -8,33 +8,19 @@ from perceiver_io import runtime
 
 def test_prefer_low_memory_cpu_appends_flag_once():
   env = {'XLA_FLAGS': '--xla_dump_to=/tmp/x'}
-  assert runtime.prefer_low_memory_cpu(env, jaxlib_version='0.9.0')
+  assert runtime.prefer_low_memory_cpu(env)
   assert env['XLA_FLAGS'] == ('--xla_dump_to=/tmp/x '
                               f'{runtime.LOW_MEMORY_CPU_FLAG}=false')
-  assert not runtime.prefer_low_memory_cpu(env, jaxlib_version='0.9.0')
+  assert not runtime.prefer_low_memory_cpu(env)  # Already there: unchanged.
   assert env['XLA_FLAGS'].count(runtime.LOW_MEMORY_CPU_FLAG) == 1
-
-
-def test_ynn_flag_only_on_measured_jaxlib_versions():
-  env = {}
-  assert runtime.prefer_low_memory_cpu(env, jaxlib_version='0.10.2')
-  assert env['XLA_FLAGS'] == (f'{runtime.LOW_MEMORY_CPU_FLAG}=false '
-                              f'{runtime.YNN_DOTS_ONLY_FLAG}=individual_dot')
-  other = {}
-  runtime.prefer_low_memory_cpu(other, jaxlib_version='0.11.2')
-  assert runtime.YNN_DOTS_ONLY_FLAG not in other['XLA_FLAGS']
-  users = {'XLA_FLAGS': f'{runtime.YNN_DOTS_ONLY_FLAG}=dot'}
-  assert runtime.prefer_low_memory_cpu(users, jaxlib_version='0.10.2')
-  assert users['XLA_FLAGS'] == (f'{runtime.YNN_DOTS_ONLY_FLAG}=dot '
-                                f'{runtime.LOW_MEMORY_CPU_FLAG}=false')
 
 
 def test_prefer_low_memory_cpu_keeps_the_users_choice():
   env = {'XLA_FLAGS': f'{runtime.LOW_MEMORY_CPU_FLAG}=true'}
-  assert not runtime.prefer_low_memory_cpu(env, jaxlib_version='0.9.0')
+  assert not runtime.prefer_low_memory_cpu(env)
   assert env['XLA_FLAGS'] == f'{runtime.LOW_MEMORY_CPU_FLAG}=true'
   empty = {}
-  assert runtime.prefer_low_memory_cpu(empty, jaxlib_version='0.9.0')
+  assert runtime.prefer_low_memory_cpu(empty)
   assert empty['XLA_FLAGS'] == f'{runtime.LOW_MEMORY_CPU_FLAG}=false'
 
 
