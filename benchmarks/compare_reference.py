@@ -26,7 +26,6 @@ Writes <out>/compare.json and <out>/compare.md.
 
 import argparse
 import dataclasses
-import json
 import os
 import statistics
 import sys
@@ -244,9 +243,7 @@ def main(argv=None):
   doc = run_all(args)
   doc['summary'] = summary_rows(doc)
   md = to_markdown(doc)
-  runner.write_atomic(os.path.join(args.out, 'compare.json'),
-                      json.dumps(doc, indent=1))
-  runner.write_atomic(os.path.join(args.out, 'compare.md'), md)
+  runner.write_results(os.path.join(args.out, 'compare'), doc, md)
   print(md)
   mismatched = [r['workload'] for r in doc['summary']
                 if r['params_match'] is False]

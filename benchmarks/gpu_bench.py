@@ -390,9 +390,7 @@ def write_doc(doc, args):
       fill_flops(doc['results'], json.load(f))
   doc['summary'] = summarise(doc)
   md = to_markdown(doc)
-  runner.write_atomic(os.path.join(args.out, 'gpu.json'),
-                      json.dumps(doc, indent=1))
-  runner.write_atomic(os.path.join(args.out, 'gpu.md'), md)
+  runner.write_results(os.path.join(args.out, 'gpu'), doc, md)
   print(md)
 
 

@@ -17,7 +17,6 @@ Writes <out>/profile_<workload>_<mode>.json and .md.
 import argparse
 import collections
 import glob
-import json
 import os
 import re
 import sys
@@ -173,8 +172,7 @@ def main(argv=None):
   doc['machine'] = runner.machine_info()
   stem = os.path.join(args.out, f'profile_{args.workload}_{args.mode}')
   md = to_markdown(doc, args.top)
-  runner.write_atomic(stem + '.json', json.dumps(doc, indent=1))
-  runner.write_atomic(stem + '.md', md)
+  runner.write_results(stem, doc, md)
   print(md)
   return 0
 

@@ -158,6 +158,12 @@ def write_atomic(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
+def write_results(stem: str, doc, markdown: str) -> None:
+  """`stem`.json (the full document) and `stem`.md (its table), atomically."""
+  write_atomic(stem + '.json', json.dumps(doc, indent=1))
+  write_atomic(stem + '.md', markdown)
+
+
 def fmt_seconds(x: Optional[float]) -> str:
   if x is None:
     return '-'

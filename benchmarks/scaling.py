@@ -29,7 +29,6 @@ Writes <out>/scaling.json, scaling.md and scaling.png.
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 
@@ -299,9 +298,7 @@ def main(argv=None):
     doc['results'] += res
   doc['linearity'] = analyse(doc)
   md = to_markdown(doc)
-  runner.write_atomic(os.path.join(args.out, 'scaling.json'),
-                      json.dumps(doc, indent=1))
-  runner.write_atomic(os.path.join(args.out, 'scaling.md'), md)
+  runner.write_results(os.path.join(args.out, 'scaling'), doc, md)
   plot(doc, os.path.join(args.out, 'scaling.png'))
   print(md)
   return 0
