@@ -9,11 +9,13 @@ imported).
 
 Two worker processes run one after the other (ours, then the reference),
 each measuring a list of (workload, mode, precision) items in priority order
-under a shared time budget; items left when the budget is spent are reported
-as skipped. Ours compiles each function ahead of time (compile time is
-reported apart); FLOPs are XLA's count of the unoptimised step with the einsum
-attention path (same arithmetic as the cuDNN path, which XLA cannot count),
-so MFU = FLOPs / median step time / the card's peak.
+under a shared time budget (the reference always gets `--ref_min_s`); items
+left when the budget is spent are reported as skipped. Ours compiles each
+function ahead of time (compile time is reported apart); FLOPs are XLA's count
+of the unoptimised step with the einsum attention path (same arithmetic as the
+cuDNN path, which XLA cannot count), taken from `--flops_json`
+(`count_flops.py`, CPU lowering) where the GPU backend gives no count, so
+MFU = FLOPs / median step time / the card's peak.
 
 Peak dense FLOP/s (no sparsity) by card, from NVIDIA's datasheets:
   H100 SXM5 (80GB HBM3): BF16 989.4 T, TF32 494.7 T, FP32 66.9 T
@@ -163,14 +165,11 @@ def items_for(args, impl):
                      f'{sorted(workloads)}.')
   modes = [m for m in args.modes.split(',') if m]
   ws = [workloads[n] for n in names]
-  big = [dataclasses.replace(workloads[n], name=f'{n}@{mfu_batch[n]}',
-                             batch=mfu_batch[n])
-         for n in names if n in mfu_batch and mfu_batch[n] > 0 and
-         'train' in workloads[n].modes]
   train = [w for w in ws if 'train' in w.modes] if 'train' in modes else []
   infer = [w for w in ws if 'infer' in w.modes] if 'infer' in modes else []
-  if 'train' not in modes:
-    big = []
+  big = [dataclasses.replace(w, name=f'{w.name}@{mfu_batch[w.name]}',
+                             batch=mfu_batch[w.name])
+         for w in train if mfu_batch.get(w.name, 0) > 0]
   if impl == 'ours':
     plan = ([('train', w, 'bf16') for w in train] +
             [('train', w, 'fp32') for w in train] +

@@ -85,15 +85,8 @@ def count_model_flops(w, mode, data, **perf):
   count), from shapes only: nothing is initialised or compiled.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from perceiver_io.model import build_model  # pylint: disable=g-import-not-at-top
-  model = build_model(W.ours_config(w, **{**perf, 'attention_impl': 'einsum'}))
-  x, kwargs = W.ours_model_inputs(w, data)
-  init_kwargs = {k: v for k, v in kwargs.items() if k != 'attention_mask'}
-  one = jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype)
-  variables = jax.eval_shape(
-      lambda: model.lazy_init(jax.random.PRNGKey(0), one, **init_kwargs))
-  spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
-  x, kwargs = jax.tree_util.tree_map(spec, (x, kwargs))
+  model, variables, x, kwargs = W.ours_build(
+      w, data, abstract=True, **{**perf, 'attention_impl': 'einsum'})
   if mode == 'infer':
     return lowered_flops(W.ours_infer_fn(model), variables, x, kwargs)
   tx = W.ours_optimizer()

@@ -237,8 +237,11 @@ def ours_model_inputs(w: Workload, data: Dict[str, np.ndarray], dtype=None):
   return x, kwargs
 
 
-def ours_build(w: Workload, data, seed=0, **perf):
+def ours_build(w: Workload, data, seed=0, abstract=False, **perf):
   """Build and initialise our model. Returns (model, variables, x, kwargs).
+
+  With `abstract=True`, variables, x and kwargs are ShapeDtypeStructs: nothing
+  is allocated (for counting FLOPs from the lowered step).
 
   Initialised with Flax's `lazy_init` on an abstract one-example input: the
   parameters are created without running the forward pass. Measured here:
@@ -256,8 +259,12 @@ def ours_build(w: Workload, data, seed=0, **perf):
   init_kwargs = dict(kwargs)
   init_kwargs.pop('attention_mask', None)
   one = jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype)
-  variables = model.lazy_init(jax.random.PRNGKey(seed), one, **init_kwargs)
-  return model, variables, x, kwargs
+  init = lambda: model.lazy_init(jax.random.PRNGKey(seed), one, **init_kwargs)
+  if abstract:
+    spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
+    x, kwargs = jax.tree_util.tree_map(spec, (x, kwargs))
+    return model, jax.eval_shape(init), x, kwargs
+  return model, init(), x, kwargs
 
 
 def release_free_memory() -> None:
