@@ -38,7 +38,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.quiet_library_logs()
-  runtime.prefer_low_memory_cpu()  # Before JAX creates its CPU backend.
+  runtime.configure_process()  # Before JAX creates its CPU backend.
   from experiments import eval_lib  # pylint: disable=g-import-not-at-top
   try:
     if _GLUE_SUMMARY.value:

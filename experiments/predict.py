@@ -61,7 +61,7 @@ def read_inputs(argv, input_file: str):
 
 def main(argv):
   cli.quiet_library_logs()
-  runtime.prefer_low_memory_cpu()  # Before JAX creates its CPU backend.
+  runtime.configure_process()  # Before JAX creates its CPU backend.
   from experiments import predict_lib  # pylint: disable=g-import-not-at-top
   try:
     inputs = read_inputs(argv, _INPUT_FILE.value)

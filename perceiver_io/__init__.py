@@ -1,6 +1,8 @@
 """perceiver_io: Perceiver IO in JAX/Flax, faithful to the official model.
 
-Import is light: no TensorFlow, no torch. Typical use:
+Import is light: no TensorFlow, no torch, and no JAX until a model is used
+(`perceiver_io.runtime` must be importable before JAX and NumPy start their
+threads; see its docstring). Typical use:
 
   from perceiver_io import presets
   model = presets.build('imagenet_fourier')
@@ -10,10 +12,23 @@ Import is light: no TensorFlow, no torch. Typical use:
 or import a published checkpoint with `perceiver_io.checkpoints.from_hf(...)`.
 """
 
-from perceiver_io import presets
-from perceiver_io.model import build_model
-from perceiver_io.model import PerceiverIO
+import importlib
 
 __version__ = '0.1.0'
 
 __all__ = ['PerceiverIO', 'build_model', 'presets', '__version__']
+
+_LAZY = {'PerceiverIO': 'perceiver_io.model', 'build_model': 'perceiver_io.model',
+         'presets': None}
+
+
+def __getattr__(name):
+  if name not in _LAZY:
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+  if _LAZY[name] is None:
+    return importlib.import_module(f'{__name__}.{name}')
+  return getattr(importlib.import_module(_LAZY[name]), name)
+
+
+def __dir__():
+  return sorted(list(globals()) + list(_LAZY))

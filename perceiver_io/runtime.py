@@ -9,9 +9,22 @@ for the same step time within noise (BUILD_NOTES.md). Compiling a large step
 also leaves freed heap that glibc keeps; returning it to the OS before the
 first step lowers the peak further (5.15 GiB in the same run).
 
-The flag is read when JAX creates its CPU backend, so `prefer_low_memory_cpu`
-must run before the first JAX computation (the launchers call it first
-thing). It only touches `xla_cpu_*` behaviour; GPU/TPU runs are unaffected.
+Host memory reuse (`reuse_freed_host_memory`): XLA:CPU frees a step's
+temporaries (4.3 GB for the ImageNet Fourier train step) after every call and
+allocates them again for the next; glibc serves allocations that large, and
+every one above 64 MB made on a worker thread, with a fresh `mmap`, so each
+step page-faults its whole working set back in (1.14M minor faults and 4-6 s
+of kernel time per ImageNet Fourier step on the 2-core dev machine). Keeping
+freed memory in one glibc heap removes that: 8-142 faults and 0.1 s kernel
+time per step, same peak RSS (BUILD_NOTES.md, "Page faults").
+
+Both are read once: the XLA flag when JAX creates its CPU backend, the glibc
+arena limit when a second thread first allocates. So `configure_process` must
+run before NumPy or JAX is imported (both start threads at import): the
+launchers call it first thing in `main`, and `import perceiver_io.runtime`
+does not import them. The flag only touches `xla_cpu_*` behaviour; the glibc
+settings apply to the whole process on any backend (they only change where
+freed memory goes, not how much is used at the peak).
 """
 
 import ctypes
@@ -36,6 +49,50 @@ def prefer_low_memory_cpu(environ=None) -> bool:
     return False  # The user's explicit choice wins.
   env['XLA_FLAGS'] = f'{flags} {LOW_MEMORY_CPU_FLAG}=false'.strip()
   return True
+
+
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+# Any of these in the environment means the user tuned glibc's malloc: leave
+# it alone.
+_MALLOC_ENV = ('MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_',
+               'MALLOC_MMAP_THRESHOLD_', 'GLIBC_TUNABLES',
+               'PERCEIVER_IO_MALLOC_DEFAULTS')
+
+
+def reuse_freed_host_memory(environ=None) -> bool:
+  """Keeps freed memory mapped for reuse instead of unmapping it (glibc).
+
+  One heap for all threads (`M_ARENA_MAX=1`: other threads' heaps cannot grow
+  past 64 MB, so their large blocks would be mmapped), no mmap for large
+  blocks (`M_MMAP_MAX=0`) and no automatic trimming (`M_TRIM_THRESHOLD=-1`).
+  Peak RSS is unchanged: what a step frees is what the next step takes back.
+  `release_host_memory` still returns memory explicitly.
+
+  Must run before NumPy or JAX is imported: glibc fixes its arena limit
+  once a few threads have allocated, after which the setting is inert.
+  Skipped (returns False) where the C library is not glibc, or the
+  environment tunes malloc itself (`MALLOC_*`, `GLIBC_TUNABLES`) or sets
+  `PERCEIVER_IO_MALLOC_DEFAULTS` (to keep glibc's defaults).
+  """
+  env = os.environ if environ is None else environ
+  if any(name in env for name in _MALLOC_ENV):
+    return False
+  try:
+    mallopt = ctypes.CDLL('libc.so.6').mallopt
+  except (OSError, AttributeError):
+    return False
+  return all(mallopt(param, value) == 1 for param, value in (
+      (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+
+
+def configure_process(environ=None) -> dict:
+  """Both settings above; call before NumPy or JAX is imported.
+
+  Returns which of them were applied (False: the user's setting was kept).
+  """
+  return {'low_memory_cpu_scheduler': prefer_low_memory_cpu(environ),
+          'reuse_freed_host_memory': reuse_freed_host_memory(environ)}
 
 
 def release_host_memory() -> None:
