@@ -13,8 +13,9 @@ Written to reproduce the official Perceiver IO numerics (see
 
 Numerically equivalent attention paths: `jax.nn.dot_product_attention`
 (XLA's kernel, or cuDNN flash attention on GPU) when the q/k and v head widths
-match and no attention dropout is active, an einsum path otherwise, and on the
-CPU backend a head-major core with a hand-written gradient (`_cpu_attention`).
+match and no attention dropout is active, an einsum path otherwise, and with
+`attention_impl='cpu'` on the CPU backend a head-major core with a hand-written
+gradient (`_cpu_attention`) plus Dense layers with row-major weight gradients.
 
 CPU gradients, why hand-written: XLA's CPU matmul (YNN) is at par with torch's
 MKL for row-major operands but runs at about half speed when the left operand
@@ -24,8 +25,11 @@ exactly that form for every weight gradient (dW = x^T dy) and for the
 attention gradients dV = P^T dO and dK = dS^T Q. `dense_dot_general` and
 `_cpu_attention` copy the smaller operand into row-major transposed form
 first (a memory pass, ~1-2 % of the GEMM) so every backward GEMM is row-major.
-Other backends (GPU/TPU BLAS take transposed operands natively) keep
-autodiff's form.
+It is an option, not the default, because it pays off on some models only
+(paired runs on the dev machine: ImageNet Fourier train step 8 % faster, the
+IMDB language classifier's 5-7 % slower with 0.35 GB more XLA temporaries;
+BUILD_NOTES.md). Other backends (GPU/TPU BLAS take transposed operands
+natively) always keep autodiff's form.
 """
 
 import functools
@@ -112,11 +116,12 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None,
 
 
 def dense(features, name, dtype=None, param_dtype=jnp.float32,
-          kernel_init=None, **kwargs):
-  """`nn.Dense` with `dense_dot_general` (LeCun-normal kernel by default)."""
+          row_major_grads=False):
+  """LeCun-normal `nn.Dense`; `dense_dot_general` if `row_major_grads`."""
   return nn.Dense(features, dtype=dtype, param_dtype=param_dtype,
-                  kernel_init=kernel_init or default_kernel_init,
-                  dot_general=dense_dot_general, name=name, **kwargs)
+                  kernel_init=default_kernel_init,
+                  dot_general=dense_dot_general if row_major_grads else None,
+                  name=name)
 
 
 def make_cross_attention_mask(query_mask, kv_mask):
@@ -212,14 +217,14 @@ class MultiHeadAttention(nn.Module):
     v_channels: total value width.
     output_channels: width of the output projection.
     dropout_rate: dropout on the attention weights.
-    attention_impl: 'auto' (on the CPU backend without active attention
-      dropout: the head-major core with a row-major gradient,
-      `_cpu_attention`; elsewhere fused `jax.nn.dot_product_attention`, XLA's
-      kernel, where the head widths agree and no attention dropout is active,
-      else einsum), 'einsum', 'fused' (`jax.nn.dot_product_attention`; error
-      if not possible) or 'cudnn' (cuDNN's flash attention where
-      `cudnn_attention_supported` says it applies, i.e. on a GPU in
-      bf16/fp16 with head width <= 128; elsewhere as 'auto').
+    attention_impl: 'auto' (fused `jax.nn.dot_product_attention`, XLA's
+      kernel, where the head widths agree and no attention dropout is active;
+      else einsum), 'einsum', 'fused' (error if not possible), 'cudnn'
+      (cuDNN's flash attention where `cudnn_attention_supported` says it
+      applies, i.e. on a GPU in bf16/fp16 with head width <= 128; elsewhere
+      as 'auto') or 'cpu' (on the CPU backend without active attention
+      dropout: `_cpu_attention` and row-major weight gradients for the
+      projections; elsewhere as 'auto').
   """
   num_heads: int
   qk_channels: int
@@ -237,7 +242,9 @@ class MultiHeadAttention(nn.Module):
       if width % self.num_heads:
         raise ValueError(f'{name}={width} must be divisible by '
                          f'num_heads={self.num_heads}.')
-    proj = lambda feats, name: dense(feats, name, self.dtype, self.param_dtype)
+    cpu_path = self.attention_impl == 'cpu' and _on_cpu()
+    proj = lambda feats, name: dense(feats, name, self.dtype, self.param_dtype,
+                                     row_major_grads=cpu_path)
     q = proj(self.qk_channels, 'query')(inputs_q)
     k = proj(self.qk_channels, 'key')(inputs_kv)
     v = proj(self.v_channels, 'value')(inputs_kv)
@@ -252,14 +259,13 @@ class MultiHeadAttention(nn.Module):
     if self.attention_impl == 'fused' and not can_fuse:
       raise ValueError('attention_impl="fused" needs qk_channels == v_channels '
                        'and no active attention dropout; use "auto".')
-    if self.attention_impl not in ('auto', 'fused', 'einsum', 'cudnn'):
-      raise ValueError(f'attention_impl must be auto, fused, einsum or cudnn, '
-                       f'got {self.attention_impl!r}.')
+    if self.attention_impl not in ('auto', 'fused', 'einsum', 'cudnn', 'cpu'):
+      raise ValueError(f'attention_impl must be auto, fused, einsum, cudnn or '
+                       f'cpu, got {self.attention_impl!r}.')
     if (can_fuse and self.attention_impl == 'cudnn' and
         cudnn_attention_supported(q, mask)):
       out = jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
-    elif (self.attention_impl in ('auto', 'cudnn') and not use_dropout and
-          _on_cpu()):
+    elif cpu_path and not use_dropout:
       out = _cpu_attention(q, k, v, mask)
     elif can_fuse and self.attention_impl != 'einsum':
       fused_mask = None if mask is None else mask[:, None, :, :]
@@ -283,14 +289,16 @@ class MLP(nn.Module):
   gelu_approximate: bool = True  # official: tanh GELU; HuggingFace: exact erf.
   dtype: Optional[Dtype] = None
   param_dtype: Dtype = jnp.float32
+  row_major_grads: bool = False  # CPU weight-gradient form (module docstring).
 
   @nn.compact
   def __call__(self, x, deterministic=True):
     channels = x.shape[-1]
+    row_major = self.row_major_grads and _on_cpu()
     x = dense(self.widening_factor * channels, 'dense1', self.dtype,
-              self.param_dtype)(x)
+              self.param_dtype, row_major)(x)
     x = nn.gelu(x, approximate=self.gelu_approximate)
-    x = dense(channels, 'dense2', self.dtype, self.param_dtype)(x)
+    x = dense(channels, 'dense2', self.dtype, self.param_dtype, row_major)(x)
     return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
 
 
@@ -340,7 +348,8 @@ class CrossAttentionBlock(nn.Module):
     x = inputs_q + attn if self.use_query_residual else attn
     y = _layer_norm('mlp_norm', self.dtype, self.param_dtype)(x)
     y = MLP(self.widening_factor, self.dropout_rate, self.gelu_approximate,
-            dtype=self.dtype, param_dtype=self.param_dtype, name='mlp')(
+            dtype=self.dtype, param_dtype=self.param_dtype,
+            row_major_grads=self.attention_impl == 'cpu', name='mlp')(
                 y, deterministic=deterministic)
     return x + y
 
@@ -374,6 +383,7 @@ class SelfAttentionBlock(nn.Module):
     x = x + y
     y = _layer_norm('mlp_norm', self.dtype, self.param_dtype)(x)
     y = MLP(self.widening_factor, self.dropout_rate, self.gelu_approximate,
-            dtype=self.dtype, param_dtype=self.param_dtype, name='mlp')(
+            dtype=self.dtype, param_dtype=self.param_dtype,
+            row_major_grads=self.attention_impl == 'cpu', name='mlp')(
                 y, deterministic=deterministic)
     return x + y

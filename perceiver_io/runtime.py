@@ -9,22 +9,26 @@ for the same step time within noise (BUILD_NOTES.md). Compiling a large step
 also leaves freed heap that glibc keeps; returning it to the OS before the
 first step lowers the peak further (5.15 GiB in the same run).
 
-Host memory reuse (`reuse_freed_host_memory`): XLA:CPU frees a step's
+Host memory reuse (`reuse_freed_host_memory`, opt-in with
+`PERCEIVER_IO_REUSE_HOST_MEMORY=1`): XLA:CPU frees a step's
 temporaries (4.3 GB for the ImageNet Fourier train step) after every call and
 allocates them again for the next; glibc serves allocations that large, and
 every one above 64 MB made on a worker thread, with a fresh `mmap`, so each
 step page-faults its whole working set back in (1.14M minor faults and 4-6 s
 of kernel time per ImageNet Fourier step on the 2-core dev machine). Keeping
 freed memory in one glibc heap removes that: 8-142 faults and 0.1 s kernel
-time per step, same peak RSS (BUILD_NOTES.md, "Page faults").
+time per step. Steps get faster (ImageNet Fourier train 25.9 -> 22.2 s,
+optical flow inference 34.5 -> 19.8 s) but glibc's single heap fragments, and
+peak RSS grew on the large-temporary workloads (ImageNet Fourier train 5.4 ->
+9.3 GiB, flow 4.7 -> 6.2 GiB; BUILD_NOTES.md, "Page faults"), so it is off
+unless asked for.
 
 Both are read once: the XLA flag when JAX creates its CPU backend, the glibc
 arena limit when a second thread first allocates. So `configure_process` must
 run before NumPy or JAX is imported (both start threads at import): the
 launchers call it first thing in `main`, and `import perceiver_io.runtime`
 does not import them. The flag only touches `xla_cpu_*` behaviour; the glibc
-settings apply to the whole process on any backend (they only change where
-freed memory goes, not how much is used at the peak).
+settings apply to the whole process on any backend.
 """
 
 import ctypes
@@ -56,8 +60,8 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 # Any of these in the environment means the user tuned glibc's malloc: leave
 # it alone.
 _MALLOC_ENV = ('MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_',
-               'MALLOC_MMAP_THRESHOLD_', 'GLIBC_TUNABLES',
-               'PERCEIVER_IO_MALLOC_DEFAULTS')
+               'MALLOC_MMAP_THRESHOLD_', 'GLIBC_TUNABLES')
+REUSE_HOST_MEMORY_ENV = 'PERCEIVER_IO_REUSE_HOST_MEMORY'
 
 
 def reuse_freed_host_memory(environ=None) -> bool:
@@ -66,14 +70,15 @@ def reuse_freed_host_memory(environ=None) -> bool:
   One heap for all threads (`M_ARENA_MAX=1`: other threads' heaps cannot grow
   past 64 MB, so their large blocks would be mmapped), no mmap for large
   blocks (`M_MMAP_MAX=0`) and no automatic trimming (`M_TRIM_THRESHOLD=-1`).
-  Peak RSS is unchanged: what a step frees is what the next step takes back.
+  Trades memory for time: no page faults per step, but the one heap
+  fragments and can hold more at the peak (module docstring).
   `release_host_memory` still returns memory explicitly.
 
   Must run before NumPy or JAX is imported: glibc fixes its arena limit
   once a few threads have allocated, after which the setting is inert.
   Skipped (returns False) where the C library is not glibc, or the
-  environment tunes malloc itself (`MALLOC_*`, `GLIBC_TUNABLES`) or sets
-  `PERCEIVER_IO_MALLOC_DEFAULTS` (to keep glibc's defaults).
+  environment tunes malloc itself (`MALLOC_*`, `GLIBC_TUNABLES`).
+  `configure_process` calls it only with `PERCEIVER_IO_REUSE_HOST_MEMORY=1`.
   """
   env = os.environ if environ is None else environ
   if any(name in env for name in _MALLOC_ENV):
@@ -87,12 +92,15 @@ def reuse_freed_host_memory(environ=None) -> bool:
 
 
 def configure_process(environ=None) -> dict:
-  """Both settings above; call before NumPy or JAX is imported.
+  """The settings above; call before NumPy or JAX is imported.
 
-  Returns which of them were applied (False: the user's setting was kept).
+  The scheduler flag always (unless XLA_FLAGS sets it); host memory reuse
+  with `PERCEIVER_IO_REUSE_HOST_MEMORY=1`. Returns which were applied.
   """
-  return {'low_memory_cpu_scheduler': prefer_low_memory_cpu(environ),
-          'reuse_freed_host_memory': reuse_freed_host_memory(environ)}
+  env = os.environ if environ is None else environ
+  reuse = env.get(REUSE_HOST_MEMORY_ENV, '0') not in ('', '0')
+  return {'low_memory_cpu_scheduler': prefer_low_memory_cpu(env),
+          'reuse_freed_host_memory': reuse and reuse_freed_host_memory(env)}
 
 
 def release_host_memory() -> None:

@@ -243,10 +243,9 @@ def test_dense_dot_general_gradients_match_autodiff(features):
     np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
 
 
-def test_cpu_paths_are_taken_on_cpu_only_by_auto():
-  # On the CPU backend, 'auto' runs the custom-VJP attention core and every
-  # Dense of the block runs the custom-VJP matmul; 'einsum' keeps autodiff's
-  # attention (the custom matmul stays: it has no effect on values).
+def test_cpu_paths_are_taken_only_with_attention_impl_cpu():
+  # On the CPU backend, 'cpu' runs the custom-VJP attention core and the four
+  # projections run the custom-VJP matmul; 'auto' keeps autodiff's form.
   xq, xkv = _rand(2, 5, 16), _rand(2, 7, 12)
   def custom_calls(impl):
     module = _mha(impl, qk=16, v=8, heads=4)
@@ -255,8 +254,8 @@ def test_cpu_paths_are_taken_on_cpu_only_by_auto():
         params)
     return str(jaxpr).count('custom_vjp_call')
   assert jax.default_backend() == 'cpu'
-  assert custom_calls('auto') == 5  # 4 projections + attention core
-  assert custom_calls('einsum') == 4
+  assert custom_calls('cpu') == 5  # 4 projections + attention core
+  assert custom_calls('auto') == 0
 
 
 def test_fused_with_unequal_widths_raises():
@@ -267,7 +266,7 @@ def test_fused_with_unequal_widths_raises():
 
 def test_bad_attention_settings_raise():
   xq = _rand(1, 3, 8)
-  with pytest.raises(ValueError, match='auto, fused, einsum or cudnn'):
+  with pytest.raises(ValueError, match='auto, fused, einsum, cudnn or cpu'):
     _random_params(_mha('flash', qk=8, v=4, heads=2), xq, xq)
   with pytest.raises(ValueError, match='divisible by num_heads'):
     _random_params(_mha('einsum', qk=8, v=6, heads=4), xq, xq)

@@ -47,9 +47,10 @@ def test_importing_runtime_starts_no_numpy_or_jax():
 
 
 def test_reuse_freed_host_memory_keeps_the_users_malloc_settings():
-  for name in ('MALLOC_ARENA_MAX', 'GLIBC_TUNABLES',
-               'PERCEIVER_IO_MALLOC_DEFAULTS'):
+  for name in ('MALLOC_ARENA_MAX', 'GLIBC_TUNABLES'):
     assert not runtime.reuse_freed_host_memory({name: '1'})
+  # Opt-in: configure_process leaves malloc alone unless asked.
+  assert not runtime.configure_process({})['reuse_freed_host_memory']
 
 
 _FAULTS_CODE = '''
@@ -81,10 +82,11 @@ def test_repeated_steps_reuse_host_memory_instead_of_faulting_it_in():
   # Without the settings glibc mmaps the step's 64 MB temporary afresh each
   # call (16,384 pages faulted in); with them, once the heap has grown to the
   # step's working set, freed blocks are reused.
-  settings, faults = _minor_faults_of_a_repeated_step({})
+  settings, faults = _minor_faults_of_a_repeated_step(
+      {runtime.REUSE_HOST_MEMORY_ENV: '1'})
   assert "'reuse_freed_host_memory': True" in settings
-  _, faults_default = _minor_faults_of_a_repeated_step(
-      {'PERCEIVER_IO_MALLOC_DEFAULTS': '1'})
+  settings, faults_default = _minor_faults_of_a_repeated_step({})
+  assert "'reuse_freed_host_memory': False" in settings
   print(f'minor faults per call: {faults} with, {faults_default} without')
   assert faults_default > 8000
   assert faults < 1000
