@@ -27,12 +27,11 @@ attention gradients dV = P^T dO and dK = dS^T Q. `dense_dot_general` and
 first (a memory pass, ~1-2 % of the GEMM) so every backward GEMM is row-major.
 It is an option, not the default, because it pays off on some models only
 (paired runs on the dev machine: ImageNet Fourier train step 8 % faster, the
-IMDB language classifier's 5-7 % slower with 0.35 GB more XLA temporaries;
+IMDB language classifier's 7-17 % slower with 0.35 GB more XLA temporaries;
 BUILD_NOTES.md). Other backends (GPU/TPU BLAS take transposed operands
 natively) always keep autodiff's form.
 """
 
-import functools
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -294,11 +293,11 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x, deterministic=True):
     channels = x.shape[-1]
-    row_major = self.row_major_grads and _on_cpu()
     x = dense(self.widening_factor * channels, 'dense1', self.dtype,
-              self.param_dtype, row_major)(x)
+              self.param_dtype, self.row_major_grads)(x)
     x = nn.gelu(x, approximate=self.gelu_approximate)
-    x = dense(channels, 'dense2', self.dtype, self.param_dtype, row_major)(x)
+    x = dense(channels, 'dense2', self.dtype, self.param_dtype,
+              self.row_major_grads)(x)
     return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
 
 

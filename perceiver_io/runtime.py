@@ -17,11 +17,12 @@ every one above 64 MB made on a worker thread, with a fresh `mmap`, so each
 step page-faults its whole working set back in (1.14M minor faults and 4-6 s
 of kernel time per ImageNet Fourier step on the 2-core dev machine). Keeping
 freed memory in one glibc heap removes that: 8-142 faults and 0.1 s kernel
-time per step. Steps get faster (ImageNet Fourier train 25.9 -> 22.2 s,
-optical flow inference 34.5 -> 19.8 s) but glibc's single heap fragments, and
-peak RSS grew on the large-temporary workloads (ImageNet Fourier train 5.4 ->
-9.3 GiB, flow 4.7 -> 6.2 GiB; BUILD_NOTES.md, "Page faults"), so it is off
-unless asked for.
+time per step. Steps get faster (ImageNet Fourier train 25.9 -> 22.2 s in
+two runs of the same hour; optical flow inference 19.8 s vs HF's 34.5 s in
+one run, ours 32.0 s without it in an earlier one) but glibc's single heap
+fragments, and peak RSS grew on the large-temporary workloads (ImageNet
+Fourier train 5.4 -> 9.3 GiB, flow 4.7 -> 6.2 GiB; BUILD_NOTES.md, "Fourth
+session"), so it is off unless asked for.
 
 Both are read once: the XLA flag when JAX creates its CPU backend, the glibc
 arena limit when a second thread first allocates. So `configure_process` must
