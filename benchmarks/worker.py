@@ -16,7 +16,7 @@ It prints one line `RESULT <json>` on stdout. Spec keys:
   dict; repeats, warmup, max_seconds (timed-phase budget); threads (CPU
   threads; None = all); device: 'cpu' | 'gpu'; for ours: dtype, attention_impl,
   remat, query_chunk_size, count_flops, low_memory_cpu (default True: the
-  launchers' XLA CPU setting, see perceiver_io/runtime.py); for hf: precision
+  launchers' process settings, runtime.configure_process); for hf: precision
   ('fp32' | 'tf32' | 'bf16_autocast'), fused_adam.
 """
 
@@ -30,6 +30,9 @@ import time
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
+
+# perceiver_io.runtime imports neither NumPy nor JAX (see _launcher_settings).
+from perceiver_io import runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _launcher_settings(argv):
@@ -49,7 +52,6 @@ def _launcher_settings(argv):
   if not all(s.get('impl') == 'ours' and s.get('low_memory_cpu', True)
              for s in specs):
     return {}
-  from perceiver_io import runtime  # pylint: disable=g-import-not-at-top
   return runtime.configure_process()
 
 
@@ -131,7 +133,6 @@ def run_ours(spec, w, data):
   custom call has no FLOP count), i.e. the model's arithmetic, not what a
   kernel happens to execute.
   """
-  from perceiver_io import runtime  # pylint: disable=g-import-not-at-top
   if spec.get('low_memory_cpu', True) and not PROCESS_SETTINGS:
     runtime.configure_process()  # Worker imported, not run: best effort.
   import jax  # pylint: disable=g-import-not-at-top
@@ -226,7 +227,7 @@ def run_hf(spec, w, data):
   t0 = time.perf_counter()
   with torch.device(device):  # Initialised where it runs (GPU: no host init).
     model = W.hf_build(w)
-  W.release_free_memory()
+  runtime.release_host_memory()  # Set-up garbage is not the step's peak.
   build_s = time.perf_counter() - t0
   make_inputs, labels = W.hf_model_inputs(w, data, device)
   out = {'params': sum(p.numel() for p in model.parameters()),

@@ -267,23 +267,6 @@ def ours_build(w: Workload, data, seed=0, abstract=False, **perf):
   return model, init(), x, kwargs
 
 
-def release_free_memory() -> None:
-  """Return freed heap pages to the OS (gc + glibc malloc_trim).
-
-  Applied to the reference right after building its model (ours uses
-  `perceiver_io.runtime.release_host_memory`, the same call, which the HF
-  worker cannot import without loading JAX), so peak RSS measures
-  training/inference, not set-up garbage that the C allocator kept.
-  """
-  import ctypes  # pylint: disable=g-import-not-at-top
-  import gc  # pylint: disable=g-import-not-at-top
-  gc.collect()
-  try:
-    ctypes.CDLL('libc.so.6').malloc_trim(0)
-  except (OSError, AttributeError):
-    pass  # Not glibc: nothing to trim.
-
-
 def count_params(tree) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))

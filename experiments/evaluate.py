@@ -38,7 +38,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.quiet_library_logs()
-  runtime.configure_process()  # Before JAX creates its CPU backend.
+  runtime.configure_process()  # Before NumPy/JAX are imported (runtime.py).
   from experiments import eval_lib  # pylint: disable=g-import-not-at-top
   try:
     if _GLUE_SUMMARY.value:

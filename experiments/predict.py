@@ -61,7 +61,7 @@ def read_inputs(argv, input_file: str):
 
 def main(argv):
   cli.quiet_library_logs()
-  runtime.configure_process()  # Before JAX creates its CPU backend.
+  runtime.configure_process()  # Before NumPy/JAX are imported (runtime.py).
   from experiments import predict_lib  # pylint: disable=g-import-not-at-top
   try:
     inputs = read_inputs(argv, _INPUT_FILE.value)

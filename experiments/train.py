@@ -34,7 +34,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.quiet_library_logs()
-  runtime.configure_process()  # Before JAX creates its CPU backend.
+  runtime.configure_process()  # Before NumPy/JAX are imported (runtime.py).
   if _NUM_PROCESSES.value == -1:
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize()

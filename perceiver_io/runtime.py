@@ -65,6 +65,15 @@ _MALLOC_ENV = ('MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_',
 REUSE_HOST_MEMORY_ENV = 'PERCEIVER_IO_REUSE_HOST_MEMORY'
 
 
+def _glibc():
+  """The C library if it is glibc (has `malloc_trim`/`mallopt`), else None."""
+  try:
+    libc = ctypes.CDLL('libc.so.6')
+    return libc if hasattr(libc, 'mallopt') else None
+  except OSError:
+    return None
+
+
 def reuse_freed_host_memory(environ=None) -> bool:
   """Keeps freed memory mapped for reuse instead of unmapping it (glibc).
 
@@ -82,13 +91,10 @@ def reuse_freed_host_memory(environ=None) -> bool:
   `configure_process` calls it only with `PERCEIVER_IO_REUSE_HOST_MEMORY=1`.
   """
   env = os.environ if environ is None else environ
-  if any(name in env for name in _MALLOC_ENV):
+  libc = _glibc()
+  if libc is None or any(name in env for name in _MALLOC_ENV):
     return False
-  try:
-    mallopt = ctypes.CDLL('libc.so.6').mallopt
-  except (OSError, AttributeError):
-    return False
-  return all(mallopt(param, value) == 1 for param, value in (
+  return all(libc.mallopt(param, value) == 1 for param, value in (
       (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
 
 
@@ -109,10 +115,10 @@ def release_host_memory() -> None:
 
   Call after set-up (model initialisation, compilation): their temporaries are
   freed but glibc keeps the pages, which then add to the peak of training.
-  A no-op where the C library is not glibc.
+  A no-op where the C library is not glibc. Imports neither NumPy nor JAX, so
+  the torch benchmark worker uses it too.
   """
   gc.collect()
-  try:
-    ctypes.CDLL('libc.so.6').malloc_trim(0)
-  except (OSError, AttributeError):
-    pass
+  libc = _glibc()
+  if libc is not None:
+    libc.malloc_trim(0)

@@ -231,7 +231,7 @@ def test_cpu_attention_bfloat16_stays_bfloat16():
     assert np.linalg.norm(g - r) <= 2e-2 * np.linalg.norm(r)
 
 
-@pytest.mark.parametrize('features', [4, 40])  # transposes x, then dy
+@pytest.mark.parametrize('features', [4, 40])  # transposes dy, then x
 def test_dense_dot_general_gradients_match_autodiff(features):
   x, kernel = _rand(2, 9, 16), _rand(16, features)
   plain = lambda x, w: jax.lax.dot_general(x, w, (((2,), (0,)), ((), ())))
