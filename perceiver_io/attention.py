@@ -13,23 +13,27 @@ Written to reproduce the official Perceiver IO numerics (see
 
 Numerically equivalent attention paths: `jax.nn.dot_product_attention`
 (XLA's kernel, or cuDNN flash attention on GPU) when the q/k and v head widths
-match and no attention dropout is active, an einsum path otherwise, and with
-`attention_impl='cpu'` on the CPU backend a head-major core with a hand-written
-gradient (`_cpu_attention`) plus Dense layers with row-major weight gradients.
+match and no attention dropout is active, an einsum path otherwise, and on the
+CPU backend a head-major core with a hand-written gradient (`_cpu_attention`;
+the default there), plus, with `attention_impl='cpu'`, Dense layers with
+row-major weight gradients.
 
 CPU gradients, why hand-written: XLA's CPU matmul (YNN) is at par with torch's
 MKL for row-major operands but runs at about half speed when the left operand
 is transposed (measured on the 2-core AMD EPYC dev machine, one thread:
 40 vs 75 GFLOP/s for a 1024^3 GEMM; torch 78-85 either way). Autodiff gives
 exactly that form for every weight gradient (dW = x^T dy) and for the
-attention gradients dV = P^T dO and dK = dS^T Q. `dense_dot_general` and
-`_cpu_attention` copy the smaller operand into row-major transposed form
-first (a memory pass, ~1-2 % of the GEMM) so every backward GEMM is row-major.
-It is an option, not the default, because it pays off on some models only
-(paired runs on the dev machine: ImageNet Fourier train step 8 % faster, the
-IMDB language classifier's 7-17 % slower with 0.35 GB more XLA temporaries;
-BUILD_NOTES.md). Other backends (GPU/TPU BLAS take transposed operands
-natively) always keep autodiff's form.
+attention gradients dV = P^T dO and dK = dS^T Q. `_cpu_attention` and
+`dense_dot_general` copy one operand into row-major transposed form first (a
+memory pass, ~1-2 % of the GEMM) so every backward GEMM is row-major. The
+attention core is the CPU default because it paid off on every workload
+measured (paired train steps on the dev machine: IMDB 10 %, ImageNet Fourier
+8 %, ImageNet conv 5 %; BUILD_NOTES.md, fifth session); the Dense part stays an
+option (`attention_impl='cpu'`) because it costs XLA temporaries (IMDB +0.35 GB)
+and its gain varies by model. Other backends (GPU/TPU BLAS take transposed
+operands natively) always keep autodiff's form. A custom VJP has no
+forward-mode rule: for `jax.jvp`/`jax.jacfwd` through the model on CPU use
+`attention_impl='einsum'` or `'fused'`.
 """
 
 from typing import Any, Optional
@@ -177,10 +181,23 @@ def _cpu_attention_forward(q, k, v, mask):
   return _heads_first(out), (qh, kh, vh, weights, out, mask)
 
 
+def _xla_attention(q, k, v, mask):
+  """The autodiff-friendly forward: XLA's fused kernel if head widths agree."""
+  if q.shape[-1] == v.shape[-1]:
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=None if mask is None else mask[:, None, :, :])
+  return _einsum_attention(q, k, v, mask, 0.0, True, None, q.dtype)
+
+
 @jax.custom_vjp
 def _cpu_attention(q, k, v, mask):
-  """softmax(q k^T / sqrt(d)) v on [B,T,H,D] arrays, CPU-friendly gradient."""
-  return _cpu_attention_forward(q, k, v, mask)[0]
+  """softmax(q k^T / sqrt(d)) v on [B,T,H,D] arrays, CPU-friendly gradient.
+
+  Without a gradient (inference) this is `_xla_attention`: the head-major
+  forward is only used where its residuals serve the backward (it was 6 %
+  slower and 0.1 GB larger for ImageNet Fourier inference, paired runs).
+  """
+  return _xla_attention(q, k, v, mask)
 
 
 def _cpu_attention_bwd(res, d_out):
@@ -216,14 +233,14 @@ class MultiHeadAttention(nn.Module):
     v_channels: total value width.
     output_channels: width of the output projection.
     dropout_rate: dropout on the attention weights.
-    attention_impl: 'auto' (fused `jax.nn.dot_product_attention`, XLA's
-      kernel, where the head widths agree and no attention dropout is active;
-      else einsum), 'einsum', 'fused' (error if not possible), 'cudnn'
-      (cuDNN's flash attention where `cudnn_attention_supported` says it
-      applies, i.e. on a GPU in bf16/fp16 with head width <= 128; elsewhere
-      as 'auto') or 'cpu' (on the CPU backend without active attention
-      dropout: `_cpu_attention` and row-major weight gradients for the
-      projections; elsewhere as 'auto').
+    attention_impl: 'auto' (on the CPU backend without active attention
+      dropout `_cpu_attention`; elsewhere the fused
+      `jax.nn.dot_product_attention`, XLA's kernel, where the head widths
+      agree and no attention dropout is active, else einsum), 'einsum',
+      'fused' (error if not possible), 'cudnn' (cuDNN's flash attention where
+      `cudnn_attention_supported` says it applies, i.e. on a GPU in bf16/fp16
+      with head width <= 128; elsewhere as 'auto') or 'cpu' (as 'auto', plus
+      row-major weight gradients for the projections on the CPU backend).
   """
   num_heads: int
   qk_channels: int
@@ -241,9 +258,10 @@ class MultiHeadAttention(nn.Module):
       if width % self.num_heads:
         raise ValueError(f'{name}={width} must be divisible by '
                          f'num_heads={self.num_heads}.')
-    cpu_path = self.attention_impl == 'cpu' and _on_cpu()
-    proj = lambda feats, name: dense(feats, name, self.dtype, self.param_dtype,
-                                     row_major_grads=cpu_path)
+    on_cpu = _on_cpu()
+    proj = lambda feats, name: dense(
+        feats, name, self.dtype, self.param_dtype,
+        row_major_grads=self.attention_impl == 'cpu' and on_cpu)
     q = proj(self.qk_channels, 'query')(inputs_q)
     k = proj(self.qk_channels, 'key')(inputs_kv)
     v = proj(self.v_channels, 'value')(inputs_kv)
@@ -264,11 +282,11 @@ class MultiHeadAttention(nn.Module):
     if (can_fuse and self.attention_impl == 'cudnn' and
         cudnn_attention_supported(q, mask)):
       out = jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
-    elif cpu_path and not use_dropout:
+    elif (on_cpu and not use_dropout and
+          self.attention_impl in ('auto', 'cpu', 'cudnn')):
       out = _cpu_attention(q, k, v, mask)
     elif can_fuse and self.attention_impl != 'einsum':
-      fused_mask = None if mask is None else mask[:, None, :, :]
-      out = jax.nn.dot_product_attention(q, k, v, mask=fused_mask)
+      out = _xla_attention(q, k, v, mask)
     else:
       rng = self.make_rng('dropout') if use_dropout else None
       out = _einsum_attention(q, k, v, mask, self.dropout_rate, deterministic,

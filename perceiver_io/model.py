@@ -7,8 +7,9 @@ preset. Top-level performance options apply to every part:
 * `dtype`: compute dtype ('float32' or 'bfloat16'); parameters stay float32;
 * `remat`: rematerialise latent self-attention layers in the backward pass;
 * `query_chunk_size`: decode large query sets in chunks (bounded memory);
-* `attention_impl`: 'auto' | 'fused' | 'einsum' | 'cudnn' (GPU, bf16) |
-  'cpu' (CPU training: row-major gradients, see attention.py);
+* `attention_impl`: 'auto' (on CPU with a row-major attention backward) |
+  'fused' | 'einsum' | 'cudnn' (GPU, bf16) | 'cpu' (also row-major Dense
+  weight gradients; see attention.py);
 * `gelu_approximate`: tanh GELU (official) or exact erf GELU (HuggingFace).
 """
 

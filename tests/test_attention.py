@@ -243,19 +243,40 @@ def test_dense_dot_general_gradients_match_autodiff(features):
     np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
 
 
-def test_cpu_paths_are_taken_only_with_attention_impl_cpu():
-  # On the CPU backend, 'cpu' runs the custom-VJP attention core and the four
-  # projections run the custom-VJP matmul; 'auto' keeps autodiff's form.
+def test_cpu_paths_taken_per_attention_impl():
+  # On the CPU backend 'auto' (and 'cudnn', which falls back to 'auto') runs
+  # the custom-VJP attention core; 'cpu' adds the custom-VJP matmul for the
+  # four projections; 'einsum' and 'fused' keep autodiff's form.
   xq, xkv = _rand(2, 5, 16), _rand(2, 7, 12)
-  def custom_calls(impl):
-    module = _mha(impl, qk=16, v=8, heads=4)
+  def custom_calls(impl, qk=16, v=8):
+    module = _mha(impl, qk=qk, v=v, heads=4)
     params = _random_params(module, xq, xkv)
     jaxpr = jax.make_jaxpr(lambda p: module.apply({'params': p}, xq, xkv))(
         params)
     return str(jaxpr).count('custom_vjp_call')
   assert jax.default_backend() == 'cpu'
   assert custom_calls('cpu') == 5  # 4 projections + attention core
-  assert custom_calls('auto') == 0
+  assert custom_calls('auto') == 1
+  assert custom_calls('cudnn') == 1
+  assert custom_calls('einsum') == 0
+  assert custom_calls('fused', v=16) == 0
+
+
+def test_forward_mode_needs_einsum_on_cpu():
+  # The CPU attention core is a custom VJP, which has no forward-mode rule:
+  # JAX refuses jvp through 'auto'; 'einsum' supports it (documented).
+  xq, xkv = _rand(1, 3, 8), _rand(1, 4, 8)
+  def jvp(impl):
+    module = _mha(impl, qk=8, v=8, heads=2)
+    params = _random_params(module, xq, xkv)
+    f = lambda q: module.apply({'params': params}, q, xkv)
+    return f, jax.jvp(f, (xq,), (jnp.ones_like(xq),))[1]
+  with pytest.raises(TypeError, match='custom_vjp'):
+    jvp('auto')
+  f, tangent = jvp('einsum')
+  eps = 1e-3
+  central = (f(xq + eps) - f(xq - eps)) / (2 * eps)
+  np.testing.assert_allclose(tangent, central, atol=2e-3, rtol=2e-2)
 
 
 def test_fused_with_unequal_widths_raises():

@@ -403,18 +403,20 @@ def test_fused_refused_for_unequal_widths():
                    inputs)
 
 
+@pytest.mark.parametrize('impl', ['auto', 'cpu'])
 @pytest.mark.parametrize('name', ['tiny_imagenet_fourier', 'tiny_language_mlm'])
-def test_attention_impl_cpu_same_outputs_and_gradients(name):
-  # 'cpu' swaps autodiff's backward for hand-written row-major ones (attention
-  # core, Dense weight gradients): forward and every gradient must agree with
-  # the einsum reference, with masks (language) and without (ImageNet).
+def test_attention_impl_cpu_same_outputs_and_gradients(name, impl):
+  # On CPU 'auto' swaps autodiff's attention backward for a hand-written
+  # row-major one, 'cpu' the Dense weight gradients too: forward and every
+  # gradient must agree with the einsum reference, with masks (language) and
+  # without (ImageNet).
   cfg, inputs, kwargs, variables = _setup_small(name)
   if name == 'tiny_language_mlm':
     kwargs = {k: jnp.asarray(v) for k, v in _text_kwargs().items()}
   params, others = _split(variables)
   out_r, _, grad_r = _outputs_and_grads(cfg, attention_impl='einsum')(
       params, others, inputs, kwargs)
-  out_c, _, grad_c = _outputs_and_grads(cfg, attention_impl='cpu')(
+  out_c, _, grad_c = _outputs_and_grads(cfg, attention_impl=impl)(
       params, others, inputs, kwargs)
   assert _max_diff(out_c, out_r) < FP32_TOL * 10
   assert_grads_close(grad_c, grad_r)
