@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from benchmarks import compare_reference
+from benchmarks import paired_options
 from benchmarks import workloads as W
 from perceiver_io.checkpoints import common as ckpt_common
 from perceiver_io.checkpoints import hf as ckpt_hf
@@ -225,3 +226,33 @@ def test_markdown_table():
   assert conv['params equal'] == 'NO'
   assert 'ratio = ours / reference' in text
   assert 'Test CPU (2 cores, 8.0 GiB)' in text
+
+
+def test_paired_options_end_to_end(tmp_path):
+  # Two variants alternated in one process: a row each, ratio to the first.
+  out = tmp_path / 'paired'
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.paired_options', '--smoke',
+       '--workload', 'imagenet_fourier', '--mode', 'train', '--rounds', '2',
+       '--repeats', '1', '--variant', 'attention_impl=einsum',
+       '--variant', 'default', '--out', str(out)],
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+      check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '[4/4] round 2 default' in proc.stdout  # Progress lines.
+  doc = json.loads((out / 'paired_imagenet_fourier_train.json').read_text())
+  assert [r['variant'] for r in doc['rows']] == ['attention_impl=einsum',
+                                                 'default']
+  assert doc['rows'][0]['ratio'] == 1.0
+  for row in doc['rows']:
+    assert len(row['times_s']) == 2 and row['temp_bytes'] > 0
+  assert doc['process_settings']  # Configured before JAX started.
+  assert '| default |' in (out / 'paired_imagenet_fourier_train.md').read_text()
+
+
+def test_paired_options_rejects_unknown_option():
+  assert paired_options.parse_variants(['default', 'remat=true']) == [
+      ('default', {}), ('remat=true', {'remat': True})]
+  with pytest.raises(ValueError, match='unknown perf option'):
+    paired_options.parse_variants(['atention_impl=cpu'])

@@ -1,0 +1,157 @@
+"""Paired A/B of our performance options on one workload, in one process.
+
+Why: a 5-10 % change (an attention path, remat) is below this shared
+machine's drift between two separate runs (10-25 % within an hour), so
+decisions about defaults were made from variants alternated round by round in
+the same process, each round building, compiling and timing every variant
+again. Reports the median step time per variant, its ratio to the first
+variant, and XLA's planned temporaries (`memory_analysis`). Peak RSS is
+not reported: the variants share one process (use `compare_reference` with
+`--ours` for memory).
+
+Usage:
+  python -m benchmarks.paired_options --workload imdb --mode train \
+      --variant attention_impl=einsum --variant attention_impl=auto --rounds 2
+  python -m benchmarks.paired_options --smoke --variant attention_impl=einsum \
+      --variant attention_impl=cpu                       # tiny, seconds
+Writes <out>/paired_<workload>_<mode>.json and .md.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+from perceiver_io import runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Before NumPy/JAX start threads; not when imported (tests).
+PROCESS_SETTINGS = (runtime.configure_process() if __name__ == '__main__'
+                    else {})
+
+from benchmarks import compare_reference  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import runner  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def build_parser():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--workload', default='imdb',
+                 help='imdb, imagenet_fourier, imagenet_conv or optical_flow.')
+  p.add_argument('--mode', default='train', choices=('train', 'infer'))
+  p.add_argument('--variant', action='append', required=True,
+                 help='perf options as key=value[,key=value]; repeat the flag '
+                      'for each variant ("default" for none). The first is '
+                      'the baseline of the ratios.')
+  p.add_argument('--rounds', type=int, default=2)
+  p.add_argument('--repeats', type=int, default=2,
+                 help='timed calls per variant and round (after one warm-up).')
+  p.add_argument('--smoke', action='store_true', help='tiny sizes.')
+  p.add_argument('--out', default='benchmarks/results/paired')
+  return p
+
+
+def parse_variants(items):
+  """['default', 'attention_impl=cpu'] -> [(label, perf dict)]; checks keys."""
+  variants = []
+  for item in items:
+    perf = ({} if item == 'default' else
+            compare_reference.parse_key_values([item], '--variant'))
+    unknown = sorted(set(perf) - set(compare_reference._PERF_KEYS))  # pylint: disable=protected-access
+    if unknown:
+      raise ValueError(f'unknown perf option(s) {unknown} in --variant '
+                       f'{item!r}; known: {compare_reference._PERF_KEYS}.')  # pylint: disable=protected-access
+    variants.append((item, perf))
+  return variants
+
+
+def compile_variant(w, data, mode, perf):
+  """(call, temp_bytes): one timed unit of work for this variant."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  model, variables, x, kwargs = W.ours_build(w, data, **perf)
+  if mode == 'infer':
+    fn = W.ours_infer_fn(model).lower(variables, x, kwargs).compile()
+    call = lambda: jax.block_until_ready(fn(variables, x, kwargs))
+  else:
+    tx = W.ours_optimizer()
+    params = variables.pop('params')
+    box = [params, variables, tx.init(params)]
+    labels = jnp.asarray(data['labels'])
+    fn = W.ours_train_step(model, tx, 'batch_stats' in variables).lower(
+        *box, x, labels, kwargs).compile()
+
+    def call():
+      box[0], box[1], box[2], loss = fn(*box, x, labels, kwargs)
+      return float(loss)
+  return call, fn.memory_analysis().temp_size_in_bytes
+
+
+def run(args):
+  """Alternates the variants for `rounds`; returns the result document."""
+  variants = parse_variants(args.variant)
+  w = W.standard_workloads(smoke=args.smoke)[args.workload]
+  if args.mode not in w.modes:
+    raise ValueError(f'{args.workload} supports modes {w.modes}, '
+                     f'not {args.mode!r}.')
+  data = W.make_inputs(w)
+  times = {label: [] for label, _ in variants}
+  temps = {}
+  total = args.rounds * len(variants)
+  started = time.perf_counter()
+  for r in range(args.rounds):
+    for i, (label, perf) in enumerate(variants):
+      call, temps[label] = compile_variant(w, data, args.mode, perf)
+      call()  # Warm-up: first-call allocation.
+      for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        call()
+        times[label].append(time.perf_counter() - t0)
+      del call
+      runtime.release_host_memory()
+      done = r * len(variants) + i + 1
+      elapsed = time.perf_counter() - started
+      print(f'[{done}/{total}] round {r + 1} {label}: '
+            f'{", ".join(f"{t:.2f}" for t in times[label][-args.repeats:])} s'
+            f'  (elapsed {elapsed:.0f} s, ETA '
+            f'{elapsed / done * (total - done):.0f} s)', flush=True)
+  base = statistics.median(times[variants[0][0]])
+  rows = [{'variant': label, 'median_s': statistics.median(times[label]),
+           'ratio': statistics.median(times[label]) / base,
+           'times_s': times[label], 'temp_bytes': temps[label]}
+          for label, _ in variants]
+  return {'workload': w.name, 'mode': args.mode, 'batch': w.batch,
+          'rounds': args.rounds, 'repeats': args.repeats, 'smoke': args.smoke,
+          'machine': runner.machine_info(),
+          'versions': runner.library_versions(),
+          'process_settings': PROCESS_SETTINGS, 'rows': rows}
+
+
+def to_markdown(doc):
+  m = doc['machine']
+  lines = [f"{doc['workload']} {doc['mode']} (batch {doc['batch']}), "
+           f"{doc['rounds']} rounds x {doc['repeats']} timed calls, "
+           f"variants alternated in one process; {m.get('cpu', '?')} "
+           f"({m['cpu_count']} cores), {m['date']}.", '',
+           '| variant | median | ratio to first | XLA temporaries |',
+           '| --- | --- | --- | --- |']
+  for row in doc['rows']:
+    lines.append(f"| {row['variant']} | {row['median_s']:.2f} s | "
+                 f"{row['ratio']:.2f} | {row['temp_bytes'] / 2**30:.2f} GiB |")
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv=None):
+  args = build_parser().parse_args(argv)
+  doc = run(args)
+  stem = os.path.join(args.out, f"paired_{doc['workload']}_{doc['mode']}")
+  runner.write_results(stem, doc, to_markdown(doc))
+  print(to_markdown(doc))
+
+
+if __name__ == '__main__':
+  main()
