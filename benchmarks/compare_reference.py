@@ -37,8 +37,6 @@ if _ROOT not in sys.path:
 from benchmarks import runner  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-_PERF_KEYS = ('dtype', 'attention_impl', 'remat', 'query_chunk_size')
-
 
 def parse_key_values(items, what):
   """['a=1', 'b=x'] -> {'a': 1, 'b': 'x'} (ints/bools/None parsed)."""
@@ -84,7 +82,7 @@ def build_parser():
                  help='repeat the ours/hf pair this many times, alternating; '
                  'medians over all rounds (evens out a noisy machine).')
   p.add_argument('--ours', action='append', default=[],
-                 help=f'our perf options, e.g. remat=true; keys {_PERF_KEYS}.')
+                 help=f'our perf options, e.g. remat=true; keys {W.PERF_KEYS}.')
   p.add_argument('--hf_fused_adam', action='store_true',
                  help='torch.optim.AdamW(fused=True) for the reference.')
   p.add_argument('--smoke', action='store_true', help='tiny sizes.')
@@ -117,9 +115,9 @@ def run_all(args):
   """Runs every requested measurement; returns the results document."""
   batch = parse_key_values(args.batch, '--batch')
   ours_perf = parse_key_values(args.ours, '--ours')
-  unknown = sorted(set(ours_perf) - set(_PERF_KEYS))
+  unknown = sorted(set(ours_perf) - set(W.PERF_KEYS))
   if unknown:
-    raise ValueError(f'--ours keys must be among {_PERF_KEYS}, got {unknown}.')
+    raise ValueError(f'--ours keys must be among {W.PERF_KEYS}, got {unknown}.')
   everything = W.standard_workloads(args.smoke, batch)
   names = [n for n in args.workloads.split(',') if n]
   bad = [n for n in names if n not in everything]

@@ -61,10 +61,10 @@ def parse_variants(items):
   for item in items:
     perf = ({} if item == 'default' else
             compare_reference.parse_key_values([item], '--variant'))
-    unknown = sorted(set(perf) - set(compare_reference._PERF_KEYS))  # pylint: disable=protected-access
+    unknown = sorted(set(perf) - set(W.PERF_KEYS))
     if unknown:
       raise ValueError(f'unknown perf option(s) {unknown} in --variant '
-                       f'{item!r}; known: {compare_reference._PERF_KEYS}.')  # pylint: disable=protected-access
+                       f'{item!r}; known: {W.PERF_KEYS}.')
     variants.append((item, perf))
   return variants
 

@@ -140,8 +140,7 @@ def run_ours(spec, w, data):
   from perceiver_io.model import build_model  # pylint: disable=g-import-not-at-top
   if spec.get('device', 'cpu') == 'cpu':
     jax.config.update('jax_platforms', 'cpu')
-  perf = {k: spec[k] for k in ('dtype', 'attention_impl', 'remat',
-                               'query_chunk_size') if spec.get(k) is not None}
+  perf = {k: spec[k] for k in W.PERF_KEYS if spec.get(k) is not None}
   t0 = time.perf_counter()
   cache_key = json.dumps([w.kind, w.sizes], sort_keys=True)  # Not the batch.
   if cache_key in _VARIABLES_CACHE:

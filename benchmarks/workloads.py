@@ -173,6 +173,11 @@ def make_inputs(w: Workload, seed: int = 0) -> Dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------
 
 
+# Our performance options a benchmark may set (`build_model` overrides; the
+# GELU form is fixed to HF's by `ours_config`).
+PERF_KEYS = ('dtype', 'attention_impl', 'remat', 'query_chunk_size')
+
+
 def ours_config(w: Workload, **perf) -> Dict[str, Any]:
   """Our model config for a workload; `perf` are build_model overrides."""
   from perceiver_io import presets  # pylint: disable=g-import-not-at-top
