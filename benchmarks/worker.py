@@ -134,7 +134,10 @@ def run_ours(spec, w, data):
   kernel happens to execute.
   """
   if spec.get('low_memory_cpu', True) and not PROCESS_SETTINGS:
-    runtime.configure_process()  # Worker imported, not run: best effort.
+    # Worker imported, not run: NumPy/JAX already started their threads, too
+    # late for the glibc settings (and for synchronous dispatch); the XLA
+    # flag may still apply.
+    runtime.prefer_low_memory_cpu()
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from perceiver_io.model import build_model  # pylint: disable=g-import-not-at-top
@@ -183,6 +186,7 @@ def run_ours(spec, w, data):
                                                 x, labels, kwargs)
       loss.block_until_ready()
       box['loss'] = float(loss)
+      runtime.settle_host_memory()  # As the launchers' loops do.
   else:
     t0 = time.perf_counter()
     infer = W.ours_infer_fn(model).lower(variables, x, kwargs).compile()
@@ -193,6 +197,7 @@ def run_ours(spec, w, data):
 
     def call():
       jax.block_until_ready(infer(variables, x, kwargs))
+      runtime.settle_host_memory()
   out.update(W.time_calls(call, spec.get('repeats', 3), spec.get('warmup', 1),
                           spec.get('max_seconds')))
   if spec['mode'] == 'train':

@@ -9,6 +9,7 @@ when --coordinator_address or --num_processes is given (on Cloud TPU / SLURM
 pass --num_processes=-1 to let JAX detect the cluster).
 """
 
+import logging
 import sys
 
 from absl import app
@@ -34,7 +35,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.quiet_library_logs()
-  runtime.configure_process()  # Before NumPy/JAX are imported (runtime.py).
+  settings = runtime.configure_process()  # Before NumPy/JAX (runtime.py).
+  logging.info('process settings: %s', settings)
   if _NUM_PROCESSES.value == -1:
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize()

@@ -182,6 +182,7 @@ def evaluate(eval_step, state, table, config, mesh) -> Dict[str, float]:
     batch = sharding.global_batch(local, mesh)
     out = sharding.to_host(eval_step(state['params'], state['model_state'],
                                      batch))
+    runtime.settle_host_memory()
     for k, v in out.items():
       gathered[k].append(v)
   gathered = {k: np.concatenate(v) for k, v in gathered.items()}
@@ -463,6 +464,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         train_step = train_step.lower(state, batch).compile()
         runtime.release_host_memory()
       state, metrics = train_step(state, batch)
+      runtime.settle_host_memory()  # CPU: keep one step's temporaries.
       done = step + 1
       if step == start_step:  # Compilation: keep it out of examples/s.
         jax.block_until_ready(metrics)

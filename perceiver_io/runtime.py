@@ -10,19 +10,27 @@ also leaves freed heap that glibc keeps; returning it to the OS before the
 first step lowers the peak further (5.15 GiB in the same run).
 
 Host memory reuse (`reuse_freed_host_memory`, opt-in with
-`PERCEIVER_IO_REUSE_HOST_MEMORY=1`): XLA:CPU frees a step's
-temporaries (4.3 GB for the ImageNet Fourier train step) after every call and
-allocates them again for the next; glibc serves allocations that large, and
-every one above 64 MB made on a worker thread, with a fresh `mmap`, so each
-step page-faults its whole working set back in (1.14M minor faults and 4-6 s
-of kernel time per ImageNet Fourier step on the 2-core dev machine). Keeping
-freed memory in one glibc heap removes that: 8-142 faults and 0.1 s kernel
-time per step. Steps get faster (ImageNet Fourier train 25.9 -> 22.2 s in
-two runs of the same hour; optical flow inference 19.8 s vs HF's 34.5 s in
-one run, ours 32.0 s without it in an earlier one) but glibc's single heap
-fragments, and peak RSS grew on the large-temporary workloads (ImageNet
-Fourier train 5.4 -> 9.3 GiB, flow 4.7 -> 6.2 GiB; BUILD_NOTES.md, "Fourth
-session"), so it is off unless asked for.
+`PERCEIVER_IO_REUSE_HOST_MEMORY=1`; for large CPU runs): XLA:CPU frees a
+step's temporaries (4.3 GB for the ImageNet Fourier train step) after every
+call and allocates them again for the next; glibc serves allocations that
+large, and every one above 64 MB made on a worker thread, with a fresh
+`mmap`, so each step page-faults its whole working set back in (1.1M minor
+faults and 5-6 s of kernel time per ImageNet Fourier step on the 2-core dev
+machine, against HF's 0.28M and 2.7 s). Keeping freed memory in one glibc
+heap removes that: 0-150 faults and 0.1-0.3 s kernel time per step.
+Its catch was memory: with JAX's asynchronous CPU dispatch a step's outputs
+are ready before XLA frees its temporaries on the worker thread, so the next
+step could allocate a second set while the first was still held, and the
+heap kept both (ImageNet Fourier train peak RSS 5.1 -> 9.1-13.1 GiB, fourth
+and sixth sessions). So reuse now comes with synchronous CPU dispatch
+(`synchronous_cpu_dispatch`: a call returns after its temporaries are back
+in the heap) and `settle_host_memory` after each step (un-strands a freed
+block the next aligned allocation cannot use). Measured with both, peak RSS
+is *lower* than without reuse on every benchmark workload (e.g. ImageNet
+Fourier train 5.08 vs 5.20 GiB, optical flow inference 4.47 vs 4.68 GiB;
+BUILD_NOTES.md, "Sixth session"). It stays opt-in because synchronous
+dispatch costs small steps their overlap with the host (quickstart about 20 %
+fewer examples/s; `wants_host_memory_reuse`).
 
 Both are read once: the XLA flag when JAX creates its CPU backend, the glibc
 arena limit when a second thread first allocates. So `configure_process` must
@@ -33,6 +41,7 @@ settings apply to the whole process on any backend.
 """
 
 import ctypes
+import functools
 import gc
 import os
 
@@ -65,13 +74,32 @@ _MALLOC_ENV = ('MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_',
 REUSE_HOST_MEMORY_ENV = 'PERCEIVER_IO_REUSE_HOST_MEMORY'
 
 
+@functools.lru_cache(maxsize=1)
 def _glibc():
   """The C library if it is glibc (has `malloc_trim`/`mallopt`), else None."""
   try:
     libc = ctypes.CDLL('libc.so.6')
-    return libc if hasattr(libc, 'mallopt') else None
   except OSError:
     return None
+  if not hasattr(libc, 'mallopt'):
+    return None
+  if hasattr(libc, 'mallinfo2'):  # glibc >= 2.33
+    libc.mallinfo2.restype = _MallInfo2
+  return libc
+
+
+class _MallInfo2(ctypes.Structure):
+  _fields_ = [(name, ctypes.c_size_t) for name in (
+      'arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks', 'fsmblks',
+      'uordblks', 'fordblks', 'keepcost')]
+
+
+# Set by configure_process when host memory reuse is applied.
+_REUSING_HOST_MEMORY = False
+# Free heap below the top chunk worth handing back after a step (see
+# settle_host_memory): well under one large step's temporaries (GBs), well
+# above what small allocations strand in passing.
+STRANDED_BYTES_LIMIT = 512 << 20
 
 
 def reuse_freed_host_memory(environ=None) -> bool:
@@ -80,15 +108,14 @@ def reuse_freed_host_memory(environ=None) -> bool:
   One heap for all threads (`M_ARENA_MAX=1`: other threads' heaps cannot grow
   past 64 MB, so their large blocks would be mmapped), no mmap for large
   blocks (`M_MMAP_MAX=0`) and no automatic trimming (`M_TRIM_THRESHOLD=-1`).
-  Trades memory for time: no page faults per step, but the one heap
-  fragments and can hold more at the peak (module docstring).
+  Use it with `synchronous_cpu_dispatch` (module docstring): with
+  asynchronous dispatch the heap can hold two steps' temporaries.
   `release_host_memory` still returns memory explicitly.
 
   Must run before NumPy or JAX is imported: glibc fixes its arena limit
   once a few threads have allocated, after which the setting is inert.
   Skipped (returns False) where the C library is not glibc, or the
   environment tunes malloc itself (`MALLOC_*`, `GLIBC_TUNABLES`).
-  `configure_process` calls it only with `PERCEIVER_IO_REUSE_HOST_MEMORY=1`.
   """
   env = os.environ if environ is None else environ
   libc = _glibc()
@@ -98,16 +125,86 @@ def reuse_freed_host_memory(environ=None) -> bool:
       (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
 
 
+def synchronous_cpu_dispatch() -> bool:
+  """Runs CPU computations on the calling thread (`jax_cpu_enable_async_dispatch`).
+
+  With host memory reuse this keeps one step's temporaries in the heap, not
+  two (module docstring): executed inline, a call returns after its
+  temporaries are freed, so the next call reuses them. Measured on the
+  2-core dev machine, with reuse: ImageNet Fourier train peak RSS 5.06 GiB
+  (4 steps; 9.1-13.1 GiB with asynchronous dispatch), and no slower: the
+  steps are seconds long, so there is nothing for dispatch to overlap.
+  Imports JAX, so call it after the glibc settings, before JAX creates its
+  CPU backend (afterwards it has no effect and returns False).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  if xla_bridge.backends_are_initialized():
+    return False  # The CPU client already exists, made with the old value.
+  jax.config.update('jax_cpu_enable_async_dispatch', False)
+  return True
+
+
+def wants_host_memory_reuse(environ=None) -> bool:
+  """Whether `configure_process` should apply host memory reuse.
+
+  Opt-in: `PERCEIVER_IO_REUSE_HOST_MEMORY` set to anything but '' or '0'.
+  Not the default because the synchronous dispatch it needs slows small steps
+  (the quickstart: 50-53 s default vs 54-62 s with it, examples/s about 20 %
+  lower, 2-core dev machine), while it speeds up large ones (module
+  docstring).
+  """
+  env = os.environ if environ is None else environ
+  return env.get(REUSE_HOST_MEMORY_ENV, '0') not in ('', '0')
+
+
 def configure_process(environ=None) -> dict:
   """The settings above; call before NumPy or JAX is imported.
 
   The scheduler flag always (unless XLA_FLAGS sets it); host memory reuse
-  with `PERCEIVER_IO_REUSE_HOST_MEMORY=1`. Returns which were applied.
+  and synchronous CPU dispatch with `PERCEIVER_IO_REUSE_HOST_MEMORY=1`.
+  Returns which were applied.
   """
   env = os.environ if environ is None else environ
-  reuse = env.get(REUSE_HOST_MEMORY_ENV, '0') not in ('', '0')
-  return {'low_memory_cpu_scheduler': prefer_low_memory_cpu(env),
-          'reuse_freed_host_memory': reuse and reuse_freed_host_memory(env)}
+  settings = {'low_memory_cpu_scheduler': prefer_low_memory_cpu(env),
+              'reuse_freed_host_memory': (wants_host_memory_reuse(env) and
+                                          reuse_freed_host_memory(env))}
+  settings['synchronous_cpu_dispatch'] = (
+      settings['reuse_freed_host_memory'] and synchronous_cpu_dispatch())
+  global _REUSING_HOST_MEMORY
+  _REUSING_HOST_MEMORY = settings['reuse_freed_host_memory']
+  return settings
+
+
+def settle_host_memory(limit: int = STRANDED_BYTES_LIMIT) -> bool:
+  """After a step, with host memory reuse: frees stranded heap blocks' pages.
+
+  Why: XLA allocates a step's temporaries with an aligned allocation, which
+  glibc (before 2.38) can only serve from a free block larger than the exact
+  size. If a small allocation lands right after the temporaries during a
+  step, their freed block is stranded, exactly too small for the next step,
+  and the heap grows by a whole second block (a 1 GB toy step: peak RSS 2.27
+  vs 1.33 GiB without reuse; tests/test_runtime.py). `malloc_trim` with a
+  pad of the top chunk's size merges freed neighbours first (which alone
+  un-strands the block in that toy: peak 1.27 GiB) and returns the pages of
+  free blocks below the top to the OS, while the top chunk, where the steady
+  state keeps the temporaries, stays mapped. Costs one `mallinfo2` call when
+  nothing is stranded, so the launchers call it after every step; a no-op
+  unless `configure_process` applied host memory reuse.
+
+  Returns:
+    True if it trimmed.
+  """
+  if not _REUSING_HOST_MEMORY:
+    return False
+  libc = _glibc()
+  if libc is None or not hasattr(libc, 'mallinfo2'):
+    return False
+  info = libc.mallinfo2()
+  if info.fordblks - info.keepcost < limit:
+    return False
+  libc.malloc_trim(ctypes.c_size_t(info.keepcost))
+  return True
 
 
 def release_host_memory() -> None:

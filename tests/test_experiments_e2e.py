@@ -395,3 +395,24 @@ def test_task_objects_plug_into_train_evaluate_predict(tmp_path,
   assert evaluated['metrics']['top1'] == pytest.approx(result['eval']['top1'])
   lines = predict_lib.predict_lines(workdir, ['a.png'], top_k=3)
   assert lines[-1] == 'fake a.png top3'
+
+
+def test_train_launcher_with_host_memory_reuse(tmp_path, subprocess_env):
+  # PERCEIVER_IO_REUSE_HOST_MEMORY=1 (for large CPU runs) changes the process:
+  # one glibc heap, synchronous CPU dispatch, `settle_host_memory` after each
+  # train and eval step. The launcher must still train, evaluate and resume.
+  env = {**subprocess_env, 'PERCEIVER_IO_REUSE_HOST_MEMORY': '1'}
+  workdir = str(tmp_path / 'reuse')
+  cmd = [sys.executable, '-m', 'experiments.train',
+         '--config=configs/quickstart.py:tiny', f'--workdir={workdir}']
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "'synchronous_cpu_dispatch': True" in proc.stderr, proc.stderr[-3000:]
+  assert 'final step' in proc.stdout
+  final = [l for l in proc.stdout.splitlines() if l.startswith('final step')]
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=600)  # Resumes: already done.
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert [l for l in proc.stdout.splitlines()
+          if l.startswith('final step')][:1] == final[:1]
