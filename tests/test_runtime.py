@@ -64,8 +64,7 @@ import os, resource
 from perceiver_io import runtime
 print(runtime.configure_process())
 import jax, jax.numpy as jnp
-from jax._src import xla_bridge
-print(xla_bridge._CPU_ENABLE_ASYNC_DISPATCH.value)
+print(jax.config.read('jax_cpu_enable_async_dispatch'))
 x = jnp.ones((2048, 4096))  # 32 MB; the step's temporary is 64 MB.
 f = jax.jit(lambda x: jnp.sum(jnp.cumsum(x, axis=0) @ x.T))
 for _ in range(20):  # glibc's heap reaches its steady state in a few calls.
