@@ -134,9 +134,8 @@ def run_ours(spec, w, data):
   kernel happens to execute.
   """
   if spec.get('low_memory_cpu', True) and not PROCESS_SETTINGS:
-    # Worker imported, not run: NumPy/JAX already started their threads, too
-    # late for the glibc settings (and for synchronous dispatch); the XLA
-    # flag may still apply.
+    # Worker imported, not run (tests): the XLA flag may still apply; the
+    # host-memory choice is made only in a fresh worker process.
     runtime.prefer_low_memory_cpu()
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -144,6 +143,10 @@ def run_ours(spec, w, data):
   if spec.get('device', 'cpu') == 'cpu':
     jax.config.update('jax_platforms', 'cpu')
   perf = {k: spec[k] for k in W.PERF_KEYS if spec.get(k) is not None}
+  if PROCESS_SETTINGS.get('host_memory_reuse') == 'auto':
+    # As the launchers: decided from the step's size, before JAX's backend.
+    PROCESS_SETTINGS['host_memory_reuse'] = runtime.reuse_host_memory_for_step(
+        W.ours_step_flops(w, data, spec['mode'], **perf))
   t0 = time.perf_counter()
   cache_key = json.dumps([w.kind, w.sizes], sort_keys=True)  # Not the batch.
   if cache_key in _VARIABLES_CACHE:

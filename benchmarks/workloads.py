@@ -279,6 +279,35 @@ def ours_build(w: Workload, data, seed=0, abstract=False, **perf):
   return model, jax.jit(init)(), x, kwargs
 
 
+def ours_step_flops(w: Workload, data, mode: str, **perf) -> float:
+  """Matmul FLOPs of our train step (3x forward) or inference, from shapes.
+
+  Creates no JAX backend, as the launchers' estimate
+  (`train_lib.train_step_flops`), so the worker can make the same
+  host-memory choice (`runtime.reuse_host_memory_for_step`) before it runs.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from perceiver_io import attention  # pylint: disable=g-import-not-at-top
+  from perceiver_io import runtime  # pylint: disable=g-import-not-at-top
+  from perceiver_io.model import build_model  # pylint: disable=g-import-not-at-top
+  model = build_model(ours_config(w, **perf))
+  spec = lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype)
+  x = spec(data['inputs'])
+  kwargs = {}
+  if 'mask' in data:
+    kwargs['attention_mask'] = spec(data['mask'])
+  if 'points' in data:
+    kwargs['subsampled_output_points'] = spec(data['points'])
+  init_kwargs = {k: v for k, v in kwargs.items() if k != 'attention_mask'}
+  one = jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype)
+  with attention.assume_platform('cpu'):
+    variables = jax.eval_shape(lambda x, kw: model.init(
+        jax.random.PRNGKey(0), x, **kw), one, init_kwargs)
+    jaxpr = jax.make_jaxpr(lambda v, x, kw: model.apply(v, x, **kw))(
+        variables, x, kwargs)
+  return (3.0 if mode == 'train' else 1.0) * runtime.count_jaxpr_flops(jaxpr)
+
+
 def count_params(tree) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))

@@ -30,6 +30,7 @@ from experiments import models
 from experiments import optim
 from experiments import sharding
 from experiments import tasks
+from perceiver_io import attention
 from perceiver_io import runtime
 
 PyTree = Any
@@ -278,6 +279,22 @@ def init_variables(model, example_batch, seed: int) -> PyTree:
                     **kwargs)
 
 
+def train_step_flops(model, example, batch_size: int, seed: int) -> float:
+  """Matmul FLOPs of one train step (3x the forward), from shapes only.
+
+  Creates no JAX backend (attention is traced as on CPU; the FLOPs are the
+  same on every path), so the launcher can size the step before choosing
+  process settings (`runtime.reuse_host_memory_for_step`).
+  """
+  with attention.assume_platform('cpu'):
+    abstract = jax.eval_shape(functools.partial(init_variables, model,
+                                                example, seed))
+    jaxpr = jax.make_jaxpr(
+        lambda v: apply_model(model, v, example, train=False)[0])(abstract)
+  examples = len(next(iter(example.values())))
+  return 3.0 * runtime.count_jaxpr_flops(jaxpr) * batch_size / examples
+
+
 def example_batch(table) -> Dict[str, np.ndarray]:
   """One example of each input array (for init / shape inference)."""
   return {k: np.asarray(v[:1]) for k, v in table.items()}
@@ -316,7 +333,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     Preempted: SIGTERM arrived; a checkpoint was saved (exit code 143).
   """
   configure_jax(config)
-  is_main = jax.process_index() == 0
   # -------------------------------------------------------------- workdir --
   os.makedirs(workdir, exist_ok=True)
   model, description = models.build(config)
@@ -326,6 +342,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # ----------------------------------------------------------------- data --
   task_object = get_task(config)
   train_table, eval_table = None, None
+  if task_object is None and config.task != 'mlm':
+    train_table, train_info = input_pipeline.load_table(
+        config, config.data.train_split)
+    eval_table, eval_info = input_pipeline.load_table(
+        config, config.data.eval_split)
+    _check_labels(config, train_table, eval_table)
+  if task_object is not None:
+    example = task_object.example_batch()
+  elif train_table is not None:
+    example = example_batch(train_table)
+  else:
+    example = text_example(int(config.data.max_length))
+  # Before anything creates JAX's backend (runtime.reuse_host_memory_for_step).
+  logging.info('host memory reuse: %s', runtime.reuse_host_memory_for_step(
+      train_step_flops(model, example, int(config.batch_size),
+                       int(config.seed))))
+  is_main = jax.process_index() == 0
   if task_object is not None:
     train_info, eval_info = task_object.data_info()
   elif config.task == 'mlm':
@@ -334,12 +367,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        'config.num_train_steps > 0.')
     train_info = {'num_examples': 0, 'label_names': []}
     eval_info = {'num_examples': -1, 'label_names': []}
-  else:
-    train_table, train_info = input_pipeline.load_table(
-        config, config.data.train_split)
-    eval_table, eval_info = input_pipeline.load_table(
-        config, config.data.eval_split)
-    _check_labels(config, train_table, eval_table)
   if is_main:  # Written once the data loaded: a failed start changes nothing.
     checkpointing.write_json_atomic(
         os.path.join(workdir, checkpointing.CONFIG_FILE), config.to_dict())
@@ -368,12 +395,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                jax.process_count())
 
   # -------------------------------------------------- model and optimizer --
-  if task_object is not None:
-    example = task_object.example_batch()
-  elif train_table is not None:
-    example = example_batch(train_table)
-  else:
-    example = text_example(int(config.data.max_length))
   abstract_vars = jax.eval_shape(
       functools.partial(init_variables, model, example, int(config.seed)))
   tx, schedule = optim.make_optimizer(config, abstract_vars['params'],

@@ -36,6 +36,7 @@ forward-mode rule: for `jax.jvp`/`jax.jacfwd` through the model on CPU use
 `attention_impl='einsum'` or `'fused'`.
 """
 
+import contextlib
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -50,8 +51,34 @@ _MASKED_LOGIT = -1e30
 default_kernel_init = nn.initializers.lecun_normal()
 
 
+# Set only inside `assume_platform`.
+_ASSUMED_PLATFORM = None
+
+
+@contextlib.contextmanager
+def assume_platform(platform: str):
+  """Traces attention as if JAX's default backend were `platform`.
+
+  Why: choosing the CPU or GPU attention path asks `jax.default_backend()`,
+  which creates the backend. The launchers count a step's FLOPs from shapes
+  before that (`runtime.reuse_host_memory_for_step` must run before the CPU
+  backend exists); the paths compute the same products, so the count does
+  not depend on the one assumed.
+  """
+  global _ASSUMED_PLATFORM
+  previous, _ASSUMED_PLATFORM = _ASSUMED_PLATFORM, platform
+  try:
+    yield
+  finally:
+    _ASSUMED_PLATFORM = previous
+
+
+def _default_platform() -> str:
+  return _ASSUMED_PLATFORM or jax.default_backend()
+
+
 def _on_cpu() -> bool:
-  return jax.default_backend() == 'cpu'
+  return _default_platform() == 'cpu'
 
 
 def _matmul(a, b):
@@ -142,7 +169,7 @@ def cudnn_attention_supported(q, mask=None, backend=None):
   most 128, and no mask (the masked perceiver paths are the language ones,
   whose q/k and v widths differ and never fuse anyway).
   """
-  backend = backend or jax.default_backend()
+  backend = backend or _default_platform()
   head_width = q.shape[-1]
   return (backend == 'gpu' and mask is None and
           q.dtype in (jnp.bfloat16, jnp.float16) and

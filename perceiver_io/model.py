@@ -148,18 +148,18 @@ def build_model(config: Dict[str, Any], **overrides) -> PerceiverIO:
 
 
 def example_inputs(config: Dict[str, Any], batch_size: int = 1):
-  """Zero inputs of the shape a config expects, plus the matching call kwargs.
+  """Zero NumPy inputs of the shape a config expects, plus the call kwargs.
 
   Used to initialise parameters (e.g. for shape checks on import) without
-  real data. Image sizes are derived from the position encoding (Fourier
+  real data; NumPy, so that asking for shapes creates no JAX backend. Image sizes are derived from the position encoding (Fourier
   `max_resolution` times the downsampling, or a square trainable grid).
   """
   pre = config['preprocessor']
   kwargs = {}
   if pre['type'] == 'text':
     n = pre['max_seq_len']
-    return (jnp.zeros((batch_size, n), jnp.int32),
-            {'attention_mask': jnp.ones((batch_size, n), jnp.int32)})
+    return (np.zeros((batch_size, n), np.int32),
+            {'attention_mask': np.ones((batch_size, n), np.int32)})
   if pre['type'] == 'multimodal':
     inputs = {}
     for name, sub in pre['modalities'].items():
@@ -168,17 +168,17 @@ def example_inputs(config: Dict[str, Any], batch_size: int = 1):
     points = {}
     for name, spec in config['decoder'].get('modalities', {}).items():
       points[name] = (None if spec['query']['type'] == 'trainable'
-                      else jnp.arange(min(16, int(np.prod(
+                      else np.arange(min(16, int(np.prod(
                           spec['output_index_dims'])))))
     kwargs['subsampled_output_points'] = points
     return inputs, kwargs
   if pre['type'] == 'onehot':
-    return jnp.zeros((batch_size, pre['num_classes']), jnp.float32), kwargs
+    return np.zeros((batch_size, pre['num_classes']), np.float32), kwargs
   pe = pre['position_encoding']
   if pre['type'] == 'audio':
     n = pe['max_resolution'][0] if pe['type'] == 'fourier' else (
         int(np.prod(pe['index_dims'])) * pre['samples_per_patch'])
-    return jnp.zeros((batch_size, n), jnp.float32), kwargs
+    return np.zeros((batch_size, n), np.float32), kwargs
   if pe['type'] == 'fourier':
     grid = list(pe['max_resolution'])
   else:
@@ -195,7 +195,7 @@ def example_inputs(config: Dict[str, Any], batch_size: int = 1):
   else:
     shape = (batch_size, grid[0] * s, grid[1] * s,
              pre.get('in_channels', 3))
-  return jnp.zeros(shape, jnp.float32), kwargs
+  return np.zeros(shape, np.float32), kwargs
 
 
 def abstract_variables(model: PerceiverIO, batch_size: int = 1):

@@ -44,6 +44,7 @@ import ctypes
 import functools
 import gc
 import os
+from typing import Optional
 
 LOW_MEMORY_CPU_FLAG = '--xla_cpu_enable_concurrency_optimized_scheduler'
 
@@ -66,7 +67,7 @@ def prefer_low_memory_cpu(environ=None) -> bool:
 
 
 # glibc mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 # Any of these in the environment means the user tuned glibc's malloc: leave
 # it alone.
 _MALLOC_ENV = ('MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_',
@@ -96,6 +97,9 @@ def _glibc():
 
 # Set by configure_process when host memory reuse is applied.
 _REUSING_HOST_MEMORY = False
+# 'auto' host memory reuse: train/eval steps of at least this many FLOPs per
+# core (reuse_host_memory_for_step).
+AUTO_REUSE_FLOPS_PER_CORE = 25e9
 # Free heap below the top chunk worth handing back after a step (see
 # settle_host_memory): well under one large step's temporaries (GBs), well
 # above what small allocations strand in passing.
@@ -105,15 +109,15 @@ STRANDED_BYTES_LIMIT = 512 << 20
 def reuse_freed_host_memory(environ=None) -> bool:
   """Keeps freed memory mapped for reuse instead of unmapping it (glibc).
 
-  One heap for all threads (`M_ARENA_MAX=1`: other threads' heaps cannot grow
-  past 64 MB, so their large blocks would be mmapped), no mmap for large
-  blocks (`M_MMAP_MAX=0`) and no automatic trimming (`M_TRIM_THRESHOLD=-1`).
-  Use it with `synchronous_cpu_dispatch` (module docstring): with
-  asynchronous dispatch the heap can hold two steps' temporaries.
-  `release_host_memory` still returns memory explicitly.
+  No mmap for large blocks (`M_MMAP_MAX=0`), so they come from the heap, and
+  no automatic trimming (`M_TRIM_THRESHOLD=-1`), so a freed block stays for
+  the next step. Both are process-wide and take effect at once. They only
+  reach XLA's step temporaries with `synchronous_cpu_dispatch`: a step then
+  allocates on the calling (main) thread, whose heap can grow; a worker
+  thread's heap cannot grow past 64 MB and mmaps larger blocks anyway, and
+  with asynchronous dispatch the heap could hold two steps' temporaries
+  (module docstring). `release_host_memory` still returns memory explicitly.
 
-  Must run before NumPy or JAX is imported: glibc fixes its arena limit
-  once a few threads have allocated, after which the setting is inert.
   Skipped (returns False) where the C library is not glibc, or the
   environment tunes malloc itself (`MALLOC_*`, `GLIBC_TUNABLES`).
   """
@@ -122,7 +126,15 @@ def reuse_freed_host_memory(environ=None) -> bool:
   if libc is None or any(name in env for name in _MALLOC_ENV):
     return False
   return all(libc.mallopt(param, value) == 1 for param, value in (
-      (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+      (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+
+
+def _cpu_backend_exists() -> bool:
+  try:
+    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+    return xla_bridge.backends_are_initialized()
+  except (ImportError, AttributeError):  # Private API moved: assume not yet.
+    return False
 
 
 def synchronous_cpu_dispatch() -> bool:
@@ -135,51 +147,157 @@ def synchronous_cpu_dispatch() -> bool:
   (4 steps; 9.1-13.1 GiB with asynchronous dispatch). For steps seconds long
   it costs no time (ImageNet Fourier inference, processes alternated: medians
   7.43-8.24 s synchronous vs 7.77-8.42 s asynchronous); small steps lose
-  their overlap with the host (`wants_host_memory_reuse`).
-  Imports JAX, so call it after the glibc settings, before JAX creates its
-  CPU backend (afterwards it has no effect and returns False).
+  their overlap with the host (`host_memory_reuse_mode`).
+  Imports JAX; call it before JAX creates its CPU backend (afterwards it has
+  no effect and returns False).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  try:
-    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-    made = xla_bridge.backends_are_initialized()
-  except (ImportError, AttributeError):  # Private API moved: assume not yet.
-    made = False
-  if made:
+  if _cpu_backend_exists():
     return False  # The CPU client already exists, made with the old value.
   jax.config.update('jax_cpu_enable_async_dispatch', False)
   return True
 
 
-def wants_host_memory_reuse(environ=None) -> bool:
-  """Whether `configure_process` should apply host memory reuse.
+def host_memory_reuse_mode(environ=None) -> str:
+  """'on', 'off' or 'auto', from `PERCEIVER_IO_REUSE_HOST_MEMORY`.
 
-  Opt-in: `PERCEIVER_IO_REUSE_HOST_MEMORY` set to anything but '' or '0'.
-  Not the default because the synchronous dispatch it needs slows small steps
-  (the quickstart: 50-53 s default vs 54-62 s with it, examples/s about 20 %
-  lower, 2-core dev machine), while it speeds up large ones (module
-  docstring).
+  '1' forces host memory reuse on, '0' off; unset (or 'auto') lets the
+  launchers decide by the size of the step (`reuse_host_memory_for_step`):
+  synchronous dispatch, which reuse needs, slows small steps (the
+  quickstart: 50-53 s default vs 54-62 s with it, examples/s about 20 %
+  lower, 2-core dev machine) and speeds up large ones (module docstring).
   """
   env = os.environ if environ is None else environ
-  return env.get(REUSE_HOST_MEMORY_ENV, '0') not in ('', '0')
+  value = env.get(REUSE_HOST_MEMORY_ENV, '').strip().lower()
+  if value in ('', 'auto'):
+    return 'auto'
+  return 'off' if value in ('0', 'false', 'no', 'off') else 'on'
+
+
+def _apply_host_memory_reuse(env) -> bool:
+  """Reuse and synchronous dispatch together, or neither (module docstring)."""
+  libc = _glibc()
+  if (libc is None or any(name in env for name in _MALLOC_ENV) or
+      _cpu_backend_exists()):
+    return False
+  global _REUSING_HOST_MEMORY
+  _REUSING_HOST_MEMORY = (synchronous_cpu_dispatch() and
+                          reuse_freed_host_memory(env))
+  return _REUSING_HOST_MEMORY
 
 
 def configure_process(environ=None) -> dict:
-  """The settings above; call before NumPy or JAX is imported.
+  """The settings above; call before JAX creates its backend.
 
   The scheduler flag always (unless XLA_FLAGS sets it); host memory reuse
-  and synchronous CPU dispatch with `PERCEIVER_IO_REUSE_HOST_MEMORY=1`.
-  Returns which were applied.
+  and synchronous CPU dispatch with `PERCEIVER_IO_REUSE_HOST_MEMORY=1`
+  (in 'auto' mode, the default, the launchers call
+  `reuse_host_memory_for_step` once they know the step's size). Returns
+  which were applied.
   """
   env = os.environ if environ is None else environ
+  mode = host_memory_reuse_mode(env)
   settings = {'low_memory_cpu_scheduler': prefer_low_memory_cpu(env),
-              'reuse_freed_host_memory': (wants_host_memory_reuse(env) and
-                                          reuse_freed_host_memory(env))}
-  settings['synchronous_cpu_dispatch'] = (
-      settings['reuse_freed_host_memory'] and synchronous_cpu_dispatch())
-  global _REUSING_HOST_MEMORY
-  _REUSING_HOST_MEMORY = settings['reuse_freed_host_memory']
+              'host_memory_reuse': mode}
+  if mode == 'on':
+    settings['host_memory_reuse'] = (
+        'on' if _apply_host_memory_reuse(env) else
+        'off (not glibc, MALLOC_* set, or JAX backend already made)')
   return settings
+
+
+def reuse_host_memory_for_step(step_flops: float, environ=None,
+                               cores: Optional[int] = None) -> str:
+  """In 'auto' mode: host memory reuse for a step of `step_flops` or more.
+
+  Why by FLOPs: what synchronous dispatch costs is the host work a step can
+  no longer overlap (Python dispatch, the next batch: milliseconds), which
+  matters for small steps only; what reuse saves is page-faulting the step's
+  temporaries back in every call (ImageNet Fourier train: 1.1M faults, 5-6 s
+  of kernel time per step). `AUTO_REUSE_FLOPS_PER_CORE` x cores (25 GFLOP
+  each, about half a second of work for this CPU) separates the two: the
+  quickstart's step is far below it, the benchmark's language and ImageNet
+  steps (1.3 TFLOP and more) far above. Must run before JAX creates its
+  backend (count FLOPs from shapes, e.g. `count_jaxpr_flops`).
+
+  Returns:
+    What was decided, for the log: 'on', 'off', or why nothing changed.
+  """
+  env = os.environ if environ is None else environ
+  mode = host_memory_reuse_mode(env)
+  if mode != 'auto':
+    return f'{mode} ({REUSE_HOST_MEMORY_ENV})'
+  if _cpu_backend_exists():
+    return 'off (JAX backend already made: decided per process, at start)'
+  platform = _expected_platform()
+  if platform != 'cpu':
+    return f'off (runs on {platform}: host memory reuse is for CPU steps)'
+  cores = cores or len(os.sched_getaffinity(0))
+  threshold = AUTO_REUSE_FLOPS_PER_CORE * cores
+  if step_flops < threshold:
+    return (f'off (step {step_flops / 1e9:.1f} GFLOP < {threshold / 1e9:.0f} '
+            f'GFLOP for {cores} cores)')
+  if _apply_host_memory_reuse(env):
+    return (f'on (step {step_flops / 1e9:.0f} GFLOP >= '
+            f'{threshold / 1e9:.0f} GFLOP for {cores} cores)')
+  return 'off (not glibc, MALLOC_* set, or JAX backend already made)'
+
+
+def _expected_platform() -> str:
+  """The platform JAX will pick, without creating a backend.
+
+  `jax_platforms` if set; otherwise 'accelerator' when a PJRT plugin (CUDA,
+  ROCm, TPU) is installed, since JAX then prefers it, else 'cpu'.
+  """
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  platforms = (jax.config.jax_platforms or '').split(',')
+  if platforms[0].strip():
+    return platforms[0].strip()
+  if (importlib.metadata.entry_points(group='jax_plugins') or
+      importlib.util.find_spec('jax_plugins') or
+      importlib.util.find_spec('libtpu')):
+    return 'accelerator'
+  return 'cpu'
+
+
+def count_jaxpr_flops(jaxpr) -> float:
+  """Matmul and convolution FLOPs of a (closed) jaxpr, from shapes only.
+
+  Elementwise work is left out (small next to the GEMMs of a Perceiver);
+  scans count their body `length` times, conds their largest branch, loops
+  of unknown trip count their body once.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    out = eqn.outvars[0].aval
+    if name == 'dot_general':
+      (contract, _), _ = eqn.params['dimension_numbers']
+      lhs = eqn.invars[0].aval
+      total += 2.0 * np.prod(out.shape) * np.prod(
+          [lhs.shape[d] for d in contract])
+    elif name == 'conv_general_dilated':
+      kernel = eqn.invars[1].aval
+      _, in_dim, *spatial = eqn.params['dimension_numbers'].rhs_spec
+      total += 2.0 * np.prod(out.shape) * kernel.shape[in_dim] * np.prod(
+          [kernel.shape[d] for d in spatial])
+    subs = [sub for value in eqn.params.values()
+            for sub in (value if isinstance(value, (tuple, list))
+                        else (value,))
+            if hasattr(sub, 'eqns') or hasattr(getattr(sub, 'jaxpr', None),
+                                                'eqns')]
+    if not subs:
+      continue
+    counts = [count_jaxpr_flops(sub) for sub in subs]
+    if name == 'cond':
+      total += max(counts)
+    else:
+      total += eqn.params.get('length', 1) * sum(counts)
+  return float(total)
 
 
 def settle_host_memory(limit: int = STRANDED_BYTES_LIMIT) -> bool:

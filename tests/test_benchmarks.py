@@ -144,6 +144,10 @@ def test_worker_end_to_end():
       W.standard_workloads(smoke=True)['imdb'])
   assert results['ours']['flops'] > 0
   assert results['ours']['compile_s'] > 0
+  # Host memory reuse decided as the launchers do, before JAX's backend.
+  settings = results['ours']['process_settings']
+  if 'PERCEIVER_IO_REUSE_HOST_MEMORY' not in os.environ:
+    assert settings['host_memory_reuse'].startswith('off (step '), settings
 
 
 def test_parse_key_values():

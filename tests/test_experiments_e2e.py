@@ -398,9 +398,11 @@ def test_task_objects_plug_into_train_evaluate_predict(tmp_path,
 
 
 def test_train_launcher_with_host_memory_reuse(tmp_path, subprocess_env):
-  # PERCEIVER_IO_REUSE_HOST_MEMORY=1 (for large CPU runs) changes the process:
-  # one glibc heap, synchronous CPU dispatch, `settle_host_memory` after each
-  # train and eval step. The launcher must still train, evaluate and resume.
+  # PERCEIVER_IO_REUSE_HOST_MEMORY=1 (what 'auto' picks for large CPU steps)
+  # changes the process: glibc keeps freed memory, synchronous CPU dispatch,
+  # `settle_host_memory` after each train and eval step. The launcher must
+  # still train, evaluate and resume; unset ('auto'), the launcher sizes the
+  # step before JAX makes its backend and keeps the defaults for this one.
   env = {**subprocess_env, 'PERCEIVER_IO_REUSE_HOST_MEMORY': '1'}
   workdir = str(tmp_path / 'reuse')
   cmd = [sys.executable, '-m', 'experiments.train',
@@ -408,11 +410,16 @@ def test_train_launcher_with_host_memory_reuse(tmp_path, subprocess_env):
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "'synchronous_cpu_dispatch': True" in proc.stderr, proc.stderr[-3000:]
+  assert "'host_memory_reuse': 'on'" in proc.stderr, proc.stderr[-3000:]
   assert 'final step' in proc.stdout
   final = [l for l in proc.stdout.splitlines() if l.startswith('final step')]
+  env = {k: v for k, v in subprocess_env.items()
+         if k != 'PERCEIVER_IO_REUSE_HOST_MEMORY'}
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=600)  # Resumes: already done.
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "'host_memory_reuse': 'auto'" in proc.stderr, proc.stderr[-3000:]
+  assert 'host memory reuse: off (step 0.0 GFLOP < ' in proc.stderr, (
+      proc.stderr[-3000:])
   assert [l for l in proc.stdout.splitlines()
           if l.startswith('final step')][:1] == final[:1]

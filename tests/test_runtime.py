@@ -51,18 +51,70 @@ def test_reuse_freed_host_memory_keeps_the_users_malloc_settings():
     assert not runtime.reuse_freed_host_memory({name: '1'})
 
 
-def test_host_memory_reuse_is_opt_in():
+def test_host_memory_reuse_modes():
   env_var = runtime.REUSE_HOST_MEMORY_ENV
-  assert not runtime.wants_host_memory_reuse({})
-  assert not runtime.wants_host_memory_reuse({env_var: '0'})
-  assert not runtime.wants_host_memory_reuse({env_var: ''})
-  assert runtime.wants_host_memory_reuse({env_var: '1'})
+  assert runtime.host_memory_reuse_mode({}) == 'auto'
+  assert runtime.host_memory_reuse_mode({env_var: ''}) == 'auto'
+  assert runtime.host_memory_reuse_mode({env_var: 'auto'}) == 'auto'
+  assert runtime.host_memory_reuse_mode({env_var: '0'}) == 'off'
+  assert runtime.host_memory_reuse_mode({env_var: '1'}) == 'on'
+  # Forced either way, the step size is not consulted.
+  assert runtime.reuse_host_memory_for_step(1e15, {env_var: '0'}) == (
+      f'off ({env_var})')
+
+
+def _flops_of(fn, *shapes):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  args = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
+  return runtime.count_jaxpr_flops(jax.make_jaxpr(fn)(*args))
+
+
+def test_count_jaxpr_flops_counts_matmuls_and_convolutions():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  # [4, 8] x [8, 16]: 2 * 4 * 16 * 8; elementwise ops are not counted.
+  assert _flops_of(lambda a, b: jnp.tanh(a @ b), (4, 8), (8, 16)) == 1024
+  # Batched: 2 * (3 * 5 * 7) * 11.
+  assert _flops_of(lambda a, b: jnp.einsum('bik,bkj->bij', a, b),
+                   (3, 5, 11), (3, 11, 7)) == 2 * 3 * 5 * 7 * 11
+  # NHWC 3x3 conv, 2 -> 6 channels, 'SAME' on 10x10, batch 2.
+  conv = lambda x, k: jax.lax.conv_general_dilated(
+      x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  assert _flops_of(conv, (2, 10, 10, 2), (3, 3, 2, 6)) == (
+      2 * (2 * 10 * 10 * 6) * 3 * 3 * 2)
+  # Inside jit, a scan (body x length) and a gradient (two more matmuls).
+  def scanned(a, b):
+    return jax.lax.scan(lambda c, _: (c @ b, None), a, None, length=5)[0]
+  assert _flops_of(jax.jit(scanned), (4, 8), (8, 8)) == 5 * 2 * 4 * 8 * 8
+  grad = jax.grad(lambda a, b: jnp.sum(a @ b), argnums=(0, 1))
+  assert _flops_of(grad, (4, 8), (8, 16)) == 3 * 1024
+
+
+def test_train_step_flops_match_the_papers_imagenet_counts():
+  # Perceiver IO paper, Table 7: config A is 407B FLOPs per image with 2-D
+  # Fourier features and 369B with the conv preprocessor. Counted from
+  # shapes (a third of the train step), without creating JAX's backend.
+  from configs import imagenet  # pylint: disable=g-import-not-at-top
+  from experiments import models  # pylint: disable=g-import-not-at-top
+  from experiments import train_lib  # pylint: disable=g-import-not-at-top
+  for variant, paper in (('fourier', 407e9), ('conv', 369e9)):
+    config = imagenet.get_config(f'{variant},batch=1')
+    model, _ = models.build(config)
+    example = train_lib.get_task(config).example_batch()
+    forward = train_lib.train_step_flops(model, example, 1, 0) / 3
+    assert abs(forward / paper - 1) < 0.01, (variant, forward)
 
 
 _STEP_CODE = '''
 import os, resource
 from perceiver_io import runtime
-print(runtime.configure_process())
+settings = runtime.configure_process()
+if 'STEP_FLOPS' in os.environ:  # As the launchers in 'auto' mode.
+  settings['small'] = runtime.reuse_host_memory_for_step(1e6)
+  settings['large'] = runtime.reuse_host_memory_for_step(
+      float(os.environ['STEP_FLOPS']))
+print(settings)
 import jax, jax.numpy as jnp
 print(jax.config.read('jax_cpu_enable_async_dispatch'))
 x = jnp.ones((2048, 4096))  # 32 MB; the step's temporary is 64 MB.
@@ -103,20 +155,57 @@ def _run_steps(extra_env):
 
 def test_repeated_steps_reuse_host_memory_instead_of_faulting_it_in():
   # Without the settings glibc mmaps the step's 64 MB temporary afresh each
-  # call (16,384 pages faulted in); with them (opt-in), once the heap
-  # has grown to the step's working set, freed blocks are reused, and a loop
-  # with a 1 GB temporary holds no more at its peak than without reuse (with
-  # asynchronous dispatch the heap could hold two steps' temporaries).
+  # call (16,384 pages faulted in); with them (forced with '1'), once the
+  # heap has grown to the step's working set, freed blocks are reused, and a
+  # loop with a 1 GB temporary holds no more at its peak than without reuse
+  # (with asynchronous dispatch the heap could hold two steps' temporaries).
   settings, async_dispatch, faults, peak = _run_steps(
       {runtime.REUSE_HOST_MEMORY_ENV: '1'})
-  assert "'reuse_freed_host_memory': True" in settings, settings
-  assert "'synchronous_cpu_dispatch': True" in settings, settings
+  assert "'host_memory_reuse': 'on'" in settings, settings
   assert not async_dispatch
-  settings, async_dispatch, faults_off, peak_off = _run_steps({})
-  assert "'reuse_freed_host_memory': False" in settings
+  settings, async_dispatch, faults_off, peak_off = _run_steps(
+      {runtime.REUSE_HOST_MEMORY_ENV: '0'})
+  assert "'host_memory_reuse': 'off'" in settings
   assert async_dispatch  # JAX's default, untouched.
   print(f'minor faults per call: {faults} with, {faults_off} without; '
         f'peak RSS {peak / 2**30:.2f} vs {peak_off / 2**30:.2f} GiB')
   assert faults_off > 8000
   assert faults < 4096  # a quarter of the 64 MB block
   assert peak < peak_off + 2**28  # within 256 MB; a second temporary is 1 GB
+
+
+def test_auto_host_memory_reuse_goes_by_step_size():
+  # Unset = 'auto': nothing at start; the launchers then report the step's
+  # FLOPs before JAX makes its backend. A small step keeps the defaults; a
+  # large one gets reuse and synchronous dispatch (the same effect as '1').
+  settings, async_dispatch, faults, _ = _run_steps({'STEP_FLOPS': '1e15'})
+  assert "'host_memory_reuse': 'auto'" in settings, settings
+  assert "'small': 'off (step 0.0 GFLOP < " in settings, settings
+  assert "'large': 'on (step 1000000 GFLOP >= " in settings, settings
+  assert not async_dispatch
+  assert faults < 4096
+
+
+def test_auto_host_memory_reuse_is_decided_before_the_backend_only():
+  code = ('from perceiver_io import runtime; runtime.configure_process(); '
+          'import jax; jax.devices(); '
+          'print(runtime.reuse_host_memory_for_step(1e15)); '
+          'print(jax.config.read("jax_cpu_enable_async_dispatch"))')
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                        text=True, timeout=120, check=False,
+                        env={'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin'})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  decision, async_dispatch = proc.stdout.strip().splitlines()[-2:]
+  assert decision.startswith('off (JAX backend already made')
+  assert async_dispatch == 'True'
+
+
+def test_auto_host_memory_reuse_leaves_accelerator_runs_alone():
+  code = ('import jax; jax.config.update("jax_platforms", "cuda"); '
+          'from perceiver_io import runtime; '
+          'print(runtime.reuse_host_memory_for_step(1e15))')
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                        text=True, timeout=120, check=False,
+                        env={'PATH': '/usr/bin:/bin'})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip().startswith('off (runs on cuda')
