@@ -9,35 +9,39 @@ for the same step time within noise (BUILD_NOTES.md). Compiling a large step
 also leaves freed heap that glibc keeps; returning it to the OS before the
 first step lowers the peak further (5.15 GiB in the same run).
 
-Host memory reuse (`reuse_freed_host_memory`, opt-in with
-`PERCEIVER_IO_REUSE_HOST_MEMORY=1`; for large CPU runs): XLA:CPU frees a
-step's temporaries (4.3 GB for the ImageNet Fourier train step) after every
-call and allocates them again for the next; glibc serves allocations that
-large, and every one above 64 MB made on a worker thread, with a fresh
-`mmap`, so each step page-faults its whole working set back in (1.1M minor
-faults and 5-6 s of kernel time per ImageNet Fourier step on the 2-core dev
-machine, against HF's 0.28M and 2.7 s). Keeping freed memory in one glibc
-heap removes that: 0-150 faults and 0.1-0.3 s kernel time per step.
+Host memory reuse (`reuse_freed_host_memory` + `synchronous_cpu_dispatch`;
+for large CPU steps): XLA:CPU frees a step's temporaries (4.3 GB for the
+ImageNet Fourier train step) after every call and allocates them again for
+the next; glibc serves allocations that large with a fresh `mmap`, so each
+step page-faults its whole working set back in (1.1M minor faults and 5-6 s
+of kernel time per ImageNet Fourier step on the 2-core dev machine, against
+HF's 0.28M and 2.7 s). Keeping freed memory in glibc's heap removes that:
+0-150 faults and 0.1-0.3 s kernel time per step.
 Its catch was memory: with JAX's asynchronous CPU dispatch a step's outputs
 are ready before XLA frees its temporaries on the worker thread, so the next
 step could allocate a second set while the first was still held, and the
 heap kept both (ImageNet Fourier train peak RSS 5.1 -> 9.1-13.1 GiB, fourth
-and sixth sessions). So reuse now comes with synchronous CPU dispatch
-(`synchronous_cpu_dispatch`: a call returns after its temporaries are back
-in the heap) and `settle_host_memory` after each step (un-strands a freed
-block the next aligned allocation cannot use). Measured with both, peak RSS
-is *lower* than without reuse on every benchmark workload (e.g. ImageNet
-Fourier train 5.08 vs 5.20 GiB, optical flow inference 4.47 vs 4.68 GiB;
-BUILD_NOTES.md, "Sixth session"). It stays opt-in because synchronous
-dispatch costs small steps their overlap with the host (quickstart about 20 %
-fewer examples/s; `wants_host_memory_reuse`).
+and sixth sessions). So reuse comes with synchronous CPU dispatch (a call
+returns after its temporaries are back in the heap) and `settle_host_memory`
+after each step (un-strands a freed block the next
+aligned allocation cannot use). Measured with both, peak RSS is *lower* than
+without reuse on every benchmark workload (BUILD_NOTES.md, "Sixth session"
+and "Seventh session").
 
-Both are read once: the XLA flag when JAX creates its CPU backend, the glibc
-arena limit when a second thread first allocates. So `configure_process` must
-run before NumPy or JAX is imported (both start threads at import): the
-launchers call it first thing in `main`, and `import perceiver_io.runtime`
-does not import them. The flag only touches `xla_cpu_*` behaviour; the glibc
-settings apply to the whole process on any backend.
+Synchronous dispatch costs small steps their overlap with the host (the
+quickstart: about 20 % fewer examples/s), so by default ('auto',
+`host_memory_reuse_mode`) the launchers count the step's matmul FLOPs from
+shapes and call `reuse_host_memory_for_step`, which turns reuse on for steps
+of `AUTO_REUSE_FLOPS_PER_CORE` x cores or more (every benchmark workload:
+0.45-2.4 TFLOP per step; the quickstart: 1.1 GFLOP).
+`PERCEIVER_IO_REUSE_HOST_MEMORY=1` or `0` forces it either way.
+
+The XLA flag and the dispatch mode are read once, when JAX creates its CPU
+backend: the launchers call `configure_process` first thing in `main`
+(`import perceiver_io.runtime` imports neither NumPy nor JAX) and decide the
+host-memory setting before anything touches a device. The flag only touches
+`xla_cpu_*` behaviour; the glibc settings apply to the whole process, so
+'auto' leaves runs on an accelerator alone.
 """
 
 import ctypes
@@ -67,7 +71,7 @@ def prefer_low_memory_cpu(environ=None) -> bool:
 
 
 # glibc mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 # Any of these in the environment means the user tuned glibc's malloc: leave
 # it alone.
 _MALLOC_ENV = ('MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_',
@@ -95,7 +99,7 @@ def _glibc():
   return libc
 
 
-# Set by configure_process when host memory reuse is applied.
+# Set when host memory reuse is applied (`_apply_host_memory_reuse`).
 _REUSING_HOST_MEMORY = False
 # 'auto' host memory reuse: train/eval steps of at least this many FLOPs per
 # core (reuse_host_memory_for_step).
@@ -109,14 +113,14 @@ STRANDED_BYTES_LIMIT = 512 << 20
 def reuse_freed_host_memory(environ=None) -> bool:
   """Keeps freed memory mapped for reuse instead of unmapping it (glibc).
 
-  No mmap for large blocks (`M_MMAP_MAX=0`), so they come from the heap, and
-  no automatic trimming (`M_TRIM_THRESHOLD=-1`), so a freed block stays for
-  the next step. Both are process-wide and take effect at once. They only
-  reach XLA's step temporaries with `synchronous_cpu_dispatch`: a step then
-  allocates on the calling (main) thread, whose heap can grow; a worker
-  thread's heap cannot grow past 64 MB and mmaps larger blocks anyway, and
-  with asynchronous dispatch the heap could hold two steps' temporaries
-  (module docstring). `release_host_memory` still returns memory explicitly.
+  One heap for the threads that allocate from now on (`M_ARENA_MAX=1`:
+  another thread's heap cannot grow past 64 MB, so its large blocks would be
+  mmapped; XLA's thread pools start with its backend, after this), no mmap
+  for large blocks (`M_MMAP_MAX=0`) and no automatic trimming
+  (`M_TRIM_THRESHOLD=-1`), so a freed block stays for the next step. Use it
+  with `synchronous_cpu_dispatch`: with asynchronous dispatch the heap could
+  hold two steps' temporaries (module docstring). `release_host_memory`
+  still returns memory explicitly.
 
   Skipped (returns False) where the C library is not glibc, or the
   environment tunes malloc itself (`MALLOC_*`, `GLIBC_TUNABLES`).
@@ -126,7 +130,7 @@ def reuse_freed_host_memory(environ=None) -> bool:
   if libc is None or any(name in env for name in _MALLOC_ENV):
     return False
   return all(libc.mallopt(param, value) == 1 for param, value in (
-      (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+      (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
 
 
 def _cpu_backend_exists() -> bool:
@@ -314,7 +318,8 @@ def settle_host_memory(limit: int = STRANDED_BYTES_LIMIT) -> bool:
   free blocks below the top to the OS, while the top chunk, where the steady
   state keeps the temporaries, stays mapped. Costs one `mallinfo2` call when
   nothing is stranded, so the launchers call it after every step; a no-op
-  unless `configure_process` applied host memory reuse.
+  unless host memory reuse was applied (`configure_process` or
+  `reuse_host_memory_for_step`).
 
   Returns:
     True if it trimmed.
