@@ -48,6 +48,7 @@ import ctypes
 import functools
 import gc
 import os
+import sys
 from typing import Optional
 
 LOW_MEMORY_CPU_FLAG = '--xla_cpu_enable_concurrency_optimized_scheduler'
@@ -134,6 +135,8 @@ def reuse_freed_host_memory(environ=None) -> bool:
 
 
 def _cpu_backend_exists() -> bool:
+  if 'jax' not in sys.modules:  # Not imported, so no backend (and no import).
+    return False
   try:
     from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
     return xla_bridge.backends_are_initialized()
@@ -184,9 +187,9 @@ def _apply_host_memory_reuse(env) -> bool:
   if (libc is None or any(name in env for name in _MALLOC_ENV) or
       _cpu_backend_exists()):
     return False
-  global _REUSING_HOST_MEMORY
-  _REUSING_HOST_MEMORY = (synchronous_cpu_dispatch() and
-                          reuse_freed_host_memory(env))
+  global _REUSING_HOST_MEMORY  # glibc first: before NumPy/JAX threads.
+  _REUSING_HOST_MEMORY = (reuse_freed_host_memory(env) and
+                          synchronous_cpu_dispatch())
   return _REUSING_HOST_MEMORY
 
 
