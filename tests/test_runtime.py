@@ -24,16 +24,21 @@ def test_prefer_low_memory_cpu_keeps_the_users_choice():
   assert empty['XLA_FLAGS'] == f'{runtime.LOW_MEMORY_CPU_FLAG}=false'
 
 
+def _python_stdout(code, env):
+  """Runs `code` in a fresh interpreter (process settings start clean)."""
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                        text=True, timeout=120, check=False,
+                        env={'PATH': '/usr/bin:/bin', **env})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return proc.stdout.strip()
+
+
 def test_flag_is_accepted_by_xla():
   """A flag XLA does not know aborts the process: check it runs."""
   code = ('from perceiver_io import runtime; runtime.prefer_low_memory_cpu(); '
           'import jax, jax.numpy as jnp; '
           'print(float(jax.jit(lambda x: (x * 2).sum())(jnp.ones(3))))')
-  proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
-                        text=True, timeout=120, check=False,
-                        env={'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin'})
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert proc.stdout.strip().endswith('6.0')
+  assert _python_stdout(code, {'JAX_PLATFORMS': 'cpu'}).endswith('6.0')
 
 
 def test_importing_runtime_starts_no_numpy_or_jax():
@@ -191,11 +196,8 @@ def test_auto_host_memory_reuse_is_decided_before_the_backend_only():
           'import jax; jax.devices(); '
           'print(runtime.reuse_host_memory_for_step(1e15)); '
           'print(jax.config.read("jax_cpu_enable_async_dispatch"))')
-  proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
-                        text=True, timeout=120, check=False,
-                        env={'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin'})
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  decision, async_dispatch = proc.stdout.strip().splitlines()[-2:]
+  decision, async_dispatch = _python_stdout(
+      code, {'JAX_PLATFORMS': 'cpu'}).splitlines()[-2:]
   assert decision.startswith('off (JAX backend already made')
   assert async_dispatch == 'True'
 
@@ -204,8 +206,4 @@ def test_auto_host_memory_reuse_leaves_accelerator_runs_alone():
   code = ('import jax; jax.config.update("jax_platforms", "cuda"); '
           'from perceiver_io import runtime; '
           'print(runtime.reuse_host_memory_for_step(1e15))')
-  proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
-                        text=True, timeout=120, check=False,
-                        env={'PATH': '/usr/bin:/bin'})
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert proc.stdout.strip().startswith('off (runs on cuda')
+  assert _python_stdout(code, {}).startswith('off (runs on cuda')
