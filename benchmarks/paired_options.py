@@ -104,10 +104,8 @@ def run(args):
     raise ValueError(f'{args.workload} supports modes {w.modes}, '
                      f'not {args.mode!r}.')
   data = W.make_inputs(w)
-  if PROCESS_SETTINGS.get('host_memory_reuse') == 'auto':
-    # As the launchers: decided from the step's size, before JAX's backend.
-    PROCESS_SETTINGS['host_memory_reuse'] = runtime.reuse_host_memory_for_step(
-        W.ours_step_flops(w, data, args.mode, **variants[0][1]))
+  W.decide_host_memory_reuse(PROCESS_SETTINGS, w, data, args.mode,
+                             **variants[0][1])
   times = {label: [] for label, _ in variants}
   temps = {}
   total = args.rounds * len(variants)

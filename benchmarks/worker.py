@@ -143,10 +143,7 @@ def run_ours(spec, w, data):
   if spec.get('device', 'cpu') == 'cpu':
     jax.config.update('jax_platforms', 'cpu')
   perf = {k: spec[k] for k in W.PERF_KEYS if spec.get(k) is not None}
-  if PROCESS_SETTINGS.get('host_memory_reuse') == 'auto':
-    # As the launchers: decided from the step's size, before JAX's backend.
-    PROCESS_SETTINGS['host_memory_reuse'] = runtime.reuse_host_memory_for_step(
-        W.ours_step_flops(w, data, spec['mode'], **perf))
+  W.decide_host_memory_reuse(PROCESS_SETTINGS, w, data, spec['mode'], **perf)
   t0 = time.perf_counter()
   cache_key = json.dumps([w.kind, w.sizes], sort_keys=True)  # Not the batch.
   if cache_key in _VARIABLES_CACHE:

@@ -228,17 +228,24 @@ def ours_config(w: Workload, **perf) -> Dict[str, Any]:
   return cfg
 
 
-def ours_model_inputs(w: Workload, data: Dict[str, np.ndarray], dtype=None):
-  """(positional inputs, apply kwargs) for our model, as jnp arrays."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  x = jnp.asarray(data['inputs'])
-  if dtype is not None and jnp.issubdtype(x.dtype, jnp.floating):
-    x = x.astype(dtype)
+def ours_model_arrays(data: Dict[str, np.ndarray]):
+  """(positional inputs, apply kwargs) for our model, as NumPy arrays."""
   kwargs = {}
   if 'mask' in data:
-    kwargs['attention_mask'] = jnp.asarray(data['mask'])
+    kwargs['attention_mask'] = data['mask']
   if 'points' in data:
-    kwargs['subsampled_output_points'] = jnp.asarray(data['points'])
+    kwargs['subsampled_output_points'] = data['points']
+  return data['inputs'], kwargs
+
+
+def ours_model_inputs(w: Workload, data: Dict[str, np.ndarray], dtype=None):
+  """(positional inputs, apply kwargs) for our model, as jnp arrays."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  del w  # Same plumbing for every workload.
+  x, kwargs = jax.tree_util.tree_map(jnp.asarray, ours_model_arrays(data))
+  if dtype is not None and jnp.issubdtype(x.dtype, jnp.floating):
+    x = x.astype(dtype)
   return x, kwargs
 
 
@@ -282,30 +289,28 @@ def ours_build(w: Workload, data, seed=0, abstract=False, **perf):
 def ours_step_flops(w: Workload, data, mode: str, **perf) -> float:
   """Matmul FLOPs of our train step (3x forward) or inference, from shapes.
 
-  Creates no JAX backend, as the launchers' estimate
-  (`train_lib.train_step_flops`), so the worker can make the same
-  host-memory choice (`runtime.reuse_host_memory_for_step`) before it runs.
+  Creates no JAX backend (`model.forward_flops`, as the launchers), so the
+  worker can make the launchers' host-memory choice
+  (`runtime.reuse_host_memory_for_step`) before it runs.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from perceiver_io import attention  # pylint: disable=g-import-not-at-top
+  from perceiver_io import model as model_lib  # pylint: disable=g-import-not-at-top
+  model = model_lib.build_model(ours_config(w, **perf))
+  x, kwargs = ours_model_arrays(data)
+  flops = model_lib.forward_flops(model, x, **kwargs)
+  return 3.0 * flops if mode == 'train' else flops
+
+
+def decide_host_memory_reuse(settings, w: Workload, data, mode: str,
+                             **perf) -> None:
+  """In 'auto' mode, `settings['host_memory_reuse']` := the launchers' choice.
+
+  Must run before JAX's backend exists (`runtime.reuse_host_memory_for_step`).
+  """
+  if settings.get('host_memory_reuse') != 'auto':
+    return
   from perceiver_io import runtime  # pylint: disable=g-import-not-at-top
-  from perceiver_io.model import build_model  # pylint: disable=g-import-not-at-top
-  model = build_model(ours_config(w, **perf))
-  spec = lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype)
-  x = spec(data['inputs'])
-  kwargs = {}
-  if 'mask' in data:
-    kwargs['attention_mask'] = spec(data['mask'])
-  if 'points' in data:
-    kwargs['subsampled_output_points'] = spec(data['points'])
-  init_kwargs = {k: v for k, v in kwargs.items() if k != 'attention_mask'}
-  one = jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype)
-  with attention.assume_platform('cpu'):
-    variables = jax.eval_shape(lambda x, kw: model.init(
-        jax.random.PRNGKey(0), x, **kw), one, init_kwargs)
-    jaxpr = jax.make_jaxpr(lambda v, x, kw: model.apply(v, x, **kw))(
-        variables, x, kwargs)
-  return (3.0 if mode == 'train' else 1.0) * runtime.count_jaxpr_flops(jaxpr)
+  settings['host_memory_reuse'] = runtime.reuse_host_memory_for_step(
+      ours_step_flops(w, data, mode, **perf))
 
 
 def count_params(tree) -> int:

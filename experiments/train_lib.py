@@ -30,7 +30,7 @@ from experiments import models
 from experiments import optim
 from experiments import sharding
 from experiments import tasks
-from perceiver_io import attention
+from perceiver_io import model as model_lib
 from perceiver_io import runtime
 
 PyTree = Any
@@ -279,20 +279,17 @@ def init_variables(model, example_batch, seed: int) -> PyTree:
                     **kwargs)
 
 
-def train_step_flops(model, example, batch_size: int, seed: int) -> float:
+def train_step_flops(model, example, batch_size: int) -> float:
   """Matmul FLOPs of one train step (3x the forward), from shapes only.
 
-  Creates no JAX backend (attention is traced as on CPU; the FLOPs are the
-  same on every path), so the launcher can size the step before choosing
-  process settings (`runtime.reuse_host_memory_for_step`).
+  Creates no JAX backend (`model_lib.forward_flops`), so the launcher can
+  size the step before choosing process settings
+  (`runtime.reuse_host_memory_for_step`).
   """
-  with attention.assume_platform('cpu'):
-    abstract = jax.eval_shape(functools.partial(init_variables, model,
-                                                example, seed))
-    jaxpr = jax.make_jaxpr(
-        lambda v: apply_model(model, v, example, train=False)[0])(abstract)
+  inputs, kwargs = model_inputs(example)
   examples = len(next(iter(example.values())))
-  return 3.0 * runtime.count_jaxpr_flops(jaxpr) * batch_size / examples
+  return 3.0 * model_lib.forward_flops(model, inputs, **kwargs) * (
+      batch_size / examples)
 
 
 def example_batch(table) -> Dict[str, np.ndarray]:
@@ -356,8 +353,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     example = text_example(int(config.data.max_length))
   # Before anything creates JAX's backend (runtime.reuse_host_memory_for_step).
   logging.info('host memory reuse: %s', runtime.reuse_host_memory_for_step(
-      train_step_flops(model, example, int(config.batch_size),
-                       int(config.seed))))
+      train_step_flops(model, example, int(config.batch_size))))
   is_main = jax.process_index() == 0
   if task_object is not None:
     train_info, eval_info = task_object.data_info()

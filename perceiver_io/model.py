@@ -22,7 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from perceiver_io import attention
 from perceiver_io import decoders as decoders_lib
+from perceiver_io import runtime
 from perceiver_io.encoder import PerceiverEncoder
 from perceiver_io.postprocessors import build_postprocessor
 from perceiver_io.postprocessors import EmbeddingDecoder
@@ -151,8 +153,9 @@ def example_inputs(config: Dict[str, Any], batch_size: int = 1):
   """Zero NumPy inputs of the shape a config expects, plus the call kwargs.
 
   Used to initialise parameters (e.g. for shape checks on import) without
-  real data; NumPy, so that asking for shapes creates no JAX backend. Image sizes are derived from the position encoding (Fourier
-  `max_resolution` times the downsampling, or a square trainable grid).
+  real data; NumPy, so that asking for shapes creates no JAX backend. Image
+  sizes are derived from the position encoding (Fourier `max_resolution`
+  times the downsampling, or a square trainable grid).
   """
   pre = config['preprocessor']
   kwargs = {}
@@ -196,6 +199,27 @@ def example_inputs(config: Dict[str, Any], batch_size: int = 1):
     shape = (batch_size, grid[0] * s, grid[1] * s,
              pre.get('in_channels', 3))
   return np.zeros(shape, np.float32), kwargs
+
+
+def forward_flops(model: PerceiverIO, inputs, **kwargs) -> float:
+  """Matmul and convolution FLOPs of one forward pass, counted from shapes.
+
+  `inputs` and `kwargs` are the model call's arrays (or
+  `jax.ShapeDtypeStruct`s) for the whole batch. Everything is traced
+  abstractly and attention as on CPU (every attention path computes the same
+  products), so no JAX backend is created: the launchers and benchmarks size
+  a step with this before choosing process settings
+  (`runtime.reuse_host_memory_for_step`). A train step is about 3x this.
+  """
+  spec = lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype)
+  inputs, kwargs = jax.tree_util.tree_map(spec, (inputs, kwargs))
+  with attention.assume_platform('cpu'):
+    variables = jax.eval_shape(
+        lambda x, kw: model.init(jax.random.PRNGKey(0), x, **kw),
+        inputs, kwargs)
+    jaxpr = jax.make_jaxpr(lambda v, x, kw: model.apply(v, x, **kw))(
+        variables, inputs, kwargs)
+  return runtime.count_jaxpr_flops(jaxpr)
 
 
 def abstract_variables(model: PerceiverIO, batch_size: int = 1):

@@ -107,7 +107,7 @@ def test_train_step_flops_match_the_papers_imagenet_counts():
     config = imagenet.get_config(f'{variant},batch=1')
     model, _ = models.build(config)
     example = train_lib.get_task(config).example_batch()
-    forward = train_lib.train_step_flops(model, example, 1, 0) / 3
+    forward = train_lib.train_step_flops(model, example, 1) / 3
     assert abs(forward / paper - 1) < 0.01, (variant, forward)
 
 
