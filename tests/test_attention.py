@@ -8,6 +8,8 @@ weight sharing across blocks. The reference below is written from the
 official description (reference sections 1.1-1.5), in float64.
 """
 
+import re
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -231,7 +233,7 @@ def test_cpu_attention_bfloat16_stays_bfloat16():
     assert np.linalg.norm(g - r) <= 2e-2 * np.linalg.norm(r)
 
 
-@pytest.mark.parametrize('features', [4, 40])  # transposes dy, then x
+@pytest.mark.parametrize('features', [4, 40])  # narrower, wider than x
 def test_dense_dot_general_gradients_match_autodiff(features):
   x, kernel = _rand(2, 9, 16), _rand(16, features)
   plain = lambda x, w: jax.lax.dot_general(x, w, (((2,), (0,)), ((), ())))
@@ -241,6 +243,24 @@ def test_dense_dot_general_gradients_match_autodiff(features):
   np.testing.assert_allclose(got_val, ref_val, rtol=1e-5)
   for g, r in zip(got, ref):
     np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('features', [16, 48])
+def test_dense_weight_gradient_compiles_to_row_major_products(features):
+  # The point of dense_dot_general: XLA's CPU GEMM on a transposed left
+  # operand (contracting dimension 0) is the slow form autodiff produces for
+  # dW = x^T dy. No compiled dot of the gradient may take that form, whether
+  # the kernel widens or narrows (a dy^T variant let XLA fold it back).
+  x, kernel = jnp.ones((64, 32)), jnp.ones((32, features))
+  dims = (((1,), (0,)), ((), ()))
+  def lhs_contractions(dot_general):
+    grad = jax.grad(lambda x, k: jnp.sum(dot_general(x, k, dims) ** 2),
+                    argnums=(0, 1))
+    hlo = jax.jit(grad).lower(x, kernel).compile().as_text()
+    return re.findall(r' dot\(.*?lhs_contracting_dims=\{(\d)\}', hlo)
+  assert '0' in lhs_contractions(jax.lax.dot_general)  # What autodiff makes.
+  found = lhs_contractions(attn.dense_dot_general)
+  assert len(found) == 3 and set(found) == {'1'}, found
 
 
 def test_cpu_paths_taken_per_attention_impl():
