@@ -114,11 +114,12 @@ def _cpu_dense_matmul_bwd(res, dy):
   dx = jax.lax.dot_general(dy, kernel, (((dy.ndim - 1,), (1,)), ((), ())))
   x2 = x.reshape(-1, x.shape[-1])
   dy2 = dy.reshape(-1, dy.shape[-1])
-  # dW = x^T dy from a materialised x^T: a row-major GEMM. Not dW^T = dy^T x
-  # with a copied dy^T (even where dy is the smaller operand): XLA folds the
-  # final transpose back into the product and runs it as a transposed-operand
-  # Eigen dot, and, paired on ImageNet conv, that form was 1.03x the 'auto'
-  # step against 0.95x for this one (session 8, BUILD_NOTES.md).
+  # dW = x^T dy from a materialised x^T: a row-major GEMM, even where dy is
+  # the smaller operand. From a copied dy^T instead, XLA folds the final
+  # transpose of dW^T = dy^T x back into the product (the slow
+  # transposed-operand Eigen dot again); with a barrier against that, the
+  # ImageNet conv step was 1.03x 'auto''s against 0.95x for this form (paired,
+  # session 8, BUILD_NOTES.md).
   dw = _matmul(_row_major_t(x2), dy2)
   return dx.astype(x.dtype), dw.astype(kernel.dtype)
 
