@@ -149,7 +149,7 @@ def run_ours(spec, w, data):
   if cache_key in _VARIABLES_CACHE:
     model = build_model(W.ours_config(w, **perf))
     variables = _VARIABLES_CACHE[cache_key]
-    x, kwargs = W.ours_model_inputs(w, data)
+    x, kwargs = W.ours_model_inputs(data)
   else:
     model, variables, x, kwargs = W.ours_build(w, data, **perf)
     jax.block_until_ready(variables)

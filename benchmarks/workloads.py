@@ -238,11 +238,10 @@ def ours_model_arrays(data: Dict[str, np.ndarray]):
   return data['inputs'], kwargs
 
 
-def ours_model_inputs(w: Workload, data: Dict[str, np.ndarray], dtype=None):
+def ours_model_inputs(data: Dict[str, np.ndarray], dtype=None):
   """(positional inputs, apply kwargs) for our model, as jnp arrays."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  del w  # Same plumbing for every workload.
   x, kwargs = jax.tree_util.tree_map(jnp.asarray, ours_model_arrays(data))
   if dtype is not None and jnp.issubdtype(x.dtype, jnp.floating):
     x = x.astype(dtype)
@@ -272,7 +271,7 @@ def ours_build(w: Workload, data, seed=0, abstract=False, **perf):
   import jax  # pylint: disable=g-import-not-at-top
   from perceiver_io.model import build_model  # pylint: disable=g-import-not-at-top
   model = build_model(ours_config(w, **perf))
-  x, kwargs = ours_model_inputs(w, data)
+  x, kwargs = ours_model_inputs(data)
   init_kwargs = dict(kwargs)
   init_kwargs.pop('attention_mask', None)
   one = jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype)

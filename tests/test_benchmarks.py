@@ -43,7 +43,7 @@ def _tiny_workloads():
 def _ours_param_count(w):
   """Our parameter count from abstract shapes (nothing is allocated)."""
   model = build_model(W.ours_config(w))
-  x, kwargs = W.ours_model_inputs(w, W.make_inputs(w))
+  x, kwargs = W.ours_model_inputs(W.make_inputs(w))
   kwargs.pop('attention_mask', None)
   one = jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype)
   shapes = jax.eval_shape(
@@ -92,7 +92,7 @@ def test_same_logits_on_hf_weights(name, arch):
   with torch.no_grad():
     expected = hf_model(**hf_kwargs).logits.numpy()
   model, variables = _ours_with_hf_weights(w, hf_model, arch)
-  x, kwargs = W.ours_model_inputs(w, data)
+  x, kwargs = W.ours_model_inputs(data)
   got = np.asarray(model.apply(variables, x, **kwargs))
   assert got.shape == expected.shape
   assert np.max(np.abs(expected)) > 1e-2  # Not trivially small outputs.
