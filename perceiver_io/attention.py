@@ -14,9 +14,10 @@ Written to reproduce the official Perceiver IO numerics (see
 Numerically equivalent attention paths: `jax.nn.dot_product_attention`
 (XLA's kernel, or cuDNN flash attention on GPU) when the q/k and v head widths
 match and no attention dropout is active, an einsum path otherwise, and on the
-CPU backend a head-major core with a hand-written gradient (`_cpu_attention`;
-the default there), plus, with `attention_impl='cpu'`, Dense layers with
-row-major weight gradients.
+CPU backend (the default there) a head-major core with a hand-written gradient
+(`_cpu_attention`), Dense layers with row-major weight gradients
+(`dense_dot_general`) and blocks whose gradients are computed block by block
+(`_call_block`).
 
 CPU gradients, why hand-written: XLA's CPU matmul (YNN) is at par with torch's
 MKL for row-major operands but runs at about half speed when the left operand
@@ -25,15 +26,21 @@ is transposed (measured on the 2-core AMD EPYC dev machine, one thread:
 exactly that form for every weight gradient (dW = x^T dy) and for the
 attention gradients dV = P^T dO and dK = dS^T Q. `_cpu_attention` and
 `dense_dot_general` copy one operand into row-major transposed form first (a
-memory pass, ~1-2 % of the GEMM) so every backward GEMM is row-major. The
-attention core is the CPU default because it paid off on every workload
-measured (paired train steps on the dev machine: IMDB 10 %, ImageNet Fourier
-8 %, ImageNet conv 5 %; BUILD_NOTES.md, fifth session); the Dense part stays an
-option (`attention_impl='cpu'`) because it costs XLA temporaries (IMDB +0.35 GB)
-and its gain varies by model. Other backends (GPU/TPU BLAS take transposed
-operands natively) always keep autodiff's form. A custom VJP has no
-forward-mode rule: for `jax.jvp`/`jax.jacfwd` through the model on CPU use
-`attention_impl='einsum'` or `'fused'`.
+memory pass, ~1-2 % of the GEMM) so every backward GEMM is row-major.
+
+CPU gradients, why block by block: XLA's CPU scheduler places every weight
+gradient after the whole backward pass, next to the optimizer update that
+reads it, so every layer's saved activations and output gradients stay alive
+until the end. `_call_block` makes each block's input gradient wait for its
+parameter gradients, which frees them layer by layer. With it the row-major
+Dense gradients cost no memory: paired train steps on the dev machine, against
+autodiff's Dense gradients without it, IMDB 0.95x the time and XLA
+temporaries 1.52 vs 1.99 GiB, ImageNet conv 0.93x and 2.62 vs 3.38 GiB,
+ImageNet Fourier see BUILD_NOTES.md, ninth session. Other backends (GPU/TPU
+BLAS take transposed operands natively, and their schedulers order the
+backward themselves) keep autodiff's form. A custom VJP has no forward-mode
+rule: for `jax.jvp`/`jax.jacfwd` through the model on CPU use
+`attention_impl='einsum'` or `'fused'`, which keep plain autodiff everywhere.
 """
 
 import contextlib
@@ -53,6 +60,8 @@ default_kernel_init = nn.initializers.lecun_normal()
 
 # Set only inside `assume_platform`.
 _ASSUMED_PLATFORM = None
+# `_call_block`'s switch; False only in tests and A/B benchmarks.
+_BLOCKWISE_CPU_GRADIENTS = True
 
 
 @contextlib.contextmanager
@@ -79,6 +88,11 @@ def _default_platform() -> str:
 
 def _on_cpu() -> bool:
   return _default_platform() == 'cpu'
+
+
+def _custom_cpu_gradients(attention_impl: str) -> bool:
+  """Whether this path takes the hand-written CPU gradients (docstring)."""
+  return _on_cpu() and attention_impl in ('auto', 'cpu', 'cudnn')
 
 
 def _matmul(a, b):
@@ -262,14 +276,16 @@ class MultiHeadAttention(nn.Module):
     v_channels: total value width.
     output_channels: width of the output projection.
     dropout_rate: dropout on the attention weights.
-    attention_impl: 'auto' (on the CPU backend without active attention
-      dropout `_cpu_attention`; elsewhere the fused
+    attention_impl: 'auto' (on the CPU backend the hand-written CPU
+      gradients of the module docstring, with `_cpu_attention` where no
+      attention dropout is active; elsewhere the fused
       `jax.nn.dot_product_attention`, XLA's kernel, where the head widths
       agree and no attention dropout is active, else einsum), 'einsum',
       'fused' (error if not possible), 'cudnn' (cuDNN's flash attention where
       `cudnn_attention_supported` says it applies, i.e. on a GPU in bf16/fp16
-      with head width <= 128; elsewhere as 'auto') or 'cpu' (as 'auto', plus
-      row-major weight gradients for the projections on the CPU backend).
+      with head width <= 128; elsewhere as 'auto') or 'cpu' (the same as
+      'auto'; until the ninth session it was the opt-in for the row-major
+      Dense gradients, now part of 'auto' on CPU).
   """
   num_heads: int
   qk_channels: int
@@ -287,10 +303,9 @@ class MultiHeadAttention(nn.Module):
       if width % self.num_heads:
         raise ValueError(f'{name}={width} must be divisible by '
                          f'num_heads={self.num_heads}.')
-    on_cpu = _on_cpu()
-    proj = lambda feats, name: dense(
-        feats, name, self.dtype, self.param_dtype,
-        row_major_grads=self.attention_impl == 'cpu' and on_cpu)
+    custom_cpu = _custom_cpu_gradients(self.attention_impl)
+    proj = lambda feats, name: dense(feats, name, self.dtype, self.param_dtype,
+                                     row_major_grads=custom_cpu)
     q = proj(self.qk_channels, 'query')(inputs_q)
     k = proj(self.qk_channels, 'key')(inputs_kv)
     v = proj(self.v_channels, 'value')(inputs_kv)
@@ -311,8 +326,7 @@ class MultiHeadAttention(nn.Module):
     if (can_fuse and self.attention_impl == 'cudnn' and
         cudnn_attention_supported(q, mask)):
       out = jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
-    elif (on_cpu and not use_dropout and
-          self.attention_impl in ('auto', 'cpu', 'cudnn')):
+    elif custom_cpu and not use_dropout:
       out = _cpu_attention(q, k, v, mask)
     elif can_fuse and self.attention_impl != 'einsum':
       out = _xla_attention(q, k, v, mask)
@@ -353,6 +367,50 @@ def _layer_norm(name, dtype, param_dtype):
                       param_dtype=param_dtype, name=name)
 
 
+
+def _call_block(module, layers, attention_impl, *args, deterministic):
+  """`layers(*args, deterministic)`, on CPU with block-by-block gradients.
+
+  Why: XLA's CPU scheduler puts every weight gradient (dW = x^T dy, the bias
+  and LayerNorm sums) after the whole backward pass, next to the optimizer
+  update that reads it, so each layer's activations and output gradients
+  stay alive until then. Here the block's input gradients carry a dependency
+  on its parameter gradients (plus exactly zero: 0 * their sum), so the
+  previous block's backward waits for them and each layer's buffers are
+  freed as the backward goes. The `optimization_barrier` keeps XLA from
+  fusing the parameter-gradient reductions into the late optimizer update
+  instead (which would keep dy alive again); XLA:CPU drops the barrier
+  itself before scheduling, so it cannot order anything alone.
+
+  Same values, except that a non-finite parameter gradient makes the input
+  gradients NaN too (0 * inf), where the step is lost anyway. CPU only, for
+  the paths with custom CPU gradients (`_custom_cpu_gradients`); not while
+  initialising (no parameters yet).
+  """
+  if (not _BLOCKWISE_CPU_GRADIENTS or module.is_initializing() or
+      not _custom_cpu_gradients(attention_impl)):
+    return layers(*args, deterministic)
+
+  def body(mdl, *a):
+    return type(mdl)._layers(mdl, *a, deterministic)
+
+  def forward(mdl, *a):
+    return nn.vjp(body, mdl, *a)
+
+  def backward(vjp_fn, d_out):
+    d_params, *d_inputs = vjp_fn(d_out)
+    d_params, d_inputs = jax.lax.optimization_barrier((d_params, d_inputs))
+    zero = 0.0 * sum(jnp.sum(g, dtype=jnp.float32)
+                     for g in jax.tree_util.tree_leaves(d_params))
+    d_inputs = [d + zero.astype(d.dtype)
+                if d is not None and jnp.issubdtype(d.dtype, jnp.floating)
+                else d for d in d_inputs]
+    return (d_params, *d_inputs)
+
+  return nn.custom_vjp(body, forward_fn=forward, backward_fn=backward)(
+      module, *args)
+
+
 class CrossAttentionBlock(nn.Module):
   """Pre-LN cross-attention: out = [q +] Attn(LN(q), LN(kv)); out += MLP(LN(out)).
 
@@ -373,8 +431,12 @@ class CrossAttentionBlock(nn.Module):
   dtype: Optional[Dtype] = None
   param_dtype: Dtype = jnp.float32
 
-  @nn.compact
   def __call__(self, inputs_q, inputs_kv, mask=None, deterministic=True):
+    return _call_block(self, self._layers, self.attention_impl, inputs_q,
+                       inputs_kv, mask, deterministic=deterministic)
+
+  @nn.compact
+  def _layers(self, inputs_q, inputs_kv, mask, deterministic):
     if self.shape_for_attn not in ('kv', 'q'):
       raise ValueError(f"shape_for_attn must be 'kv' or 'q', got "
                        f'{self.shape_for_attn!r}.')
@@ -395,7 +457,8 @@ class CrossAttentionBlock(nn.Module):
     y = _layer_norm('mlp_norm', self.dtype, self.param_dtype)(x)
     y = MLP(self.widening_factor, self.dropout_rate, self.gelu_approximate,
             dtype=self.dtype, param_dtype=self.param_dtype,
-            row_major_grads=self.attention_impl == 'cpu', name='mlp')(
+            row_major_grads=_custom_cpu_gradients(self.attention_impl),
+            name='mlp')(
                 y, deterministic=deterministic)
     return x + y
 
@@ -413,8 +476,12 @@ class SelfAttentionBlock(nn.Module):
   dtype: Optional[Dtype] = None
   param_dtype: Dtype = jnp.float32
 
-  @nn.compact
   def __call__(self, x, mask=None, deterministic=True):
+    return _call_block(self, self._layers, self.attention_impl, x, mask,
+                       deterministic=deterministic)
+
+  @nn.compact
+  def _layers(self, x, mask, deterministic):
     width = x.shape[-1]
     qk = self.qk_channels or width
     v = self.v_channels or qk
@@ -430,6 +497,7 @@ class SelfAttentionBlock(nn.Module):
     y = _layer_norm('mlp_norm', self.dtype, self.param_dtype)(x)
     y = MLP(self.widening_factor, self.dropout_rate, self.gelu_approximate,
             dtype=self.dtype, param_dtype=self.param_dtype,
-            row_major_grads=self.attention_impl == 'cpu', name='mlp')(
+            row_major_grads=_custom_cpu_gradients(self.attention_impl),
+            name='mlp')(
                 y, deterministic=deterministic)
     return x + y

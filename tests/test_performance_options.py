@@ -406,10 +406,10 @@ def test_fused_refused_for_unequal_widths():
 @pytest.mark.parametrize('impl', ['auto', 'cpu'])
 @pytest.mark.parametrize('name', ['tiny_imagenet_fourier', 'tiny_language_mlm'])
 def test_attention_impl_cpu_same_outputs_and_gradients(name, impl):
-  # On CPU 'auto' swaps autodiff's attention backward for a hand-written
-  # row-major one, 'cpu' the Dense weight gradients too: forward and every
-  # gradient must agree with the einsum reference, with masks (language) and
-  # without (ImageNet).
+  # On CPU 'auto' (and 'cpu', its old name) swaps autodiff's attention and
+  # Dense weight gradients for hand-written row-major ones and computes them
+  # block by block: forward and every gradient must agree with the einsum
+  # reference (plain autodiff), with masks (language) and without (ImageNet).
   cfg, inputs, kwargs, variables = _setup_small(name)
   if name == 'tiny_language_mlm':
     kwargs = {k: jnp.asarray(v) for k, v in _text_kwargs().items()}
