@@ -14,6 +14,12 @@ Usage:
       --variant attention_impl=einsum --variant attention_impl=auto --rounds 2
   python -m benchmarks.paired_options --smoke --variant attention_impl=einsum \
       --variant attention_impl=cpu                       # tiny, seconds
+  python -m benchmarks.paired_options --workload imdb --mode train \
+      --variant default --variant blockwise_cpu_gradients=false
+Besides the model's perf options (`workloads.PERF_KEYS`), a variant may set
+`blockwise_cpu_gradients=false`: the CPU backward without the block-by-block
+ordering (`attention.blockwise_cpu_gradients`; an A/B switch only, the
+library always uses it).
 Writes <out>/paired_<workload>_<mode>.json and .md.
 """
 
@@ -55,22 +61,37 @@ def build_parser():
   return p
 
 
+# Variant keys that are not model options (see the module docstring).
+SWITCHES = ('blockwise_cpu_gradients',)
+
+
 def parse_variants(items):
   """['default', 'attention_impl=cpu'] -> [(label, perf dict)]; checks keys."""
   variants = []
   for item in items:
     perf = ({} if item == 'default' else
             compare_reference.parse_key_values([item], '--variant'))
-    unknown = sorted(set(perf) - set(W.PERF_KEYS))
+    unknown = sorted(set(perf) - set(W.PERF_KEYS) - set(SWITCHES))
     if unknown:
       raise ValueError(f'unknown perf option(s) {unknown} in --variant '
-                       f'{item!r}; known: {W.PERF_KEYS}.')
+                       f'{item!r}; known: {W.PERF_KEYS + SWITCHES}.')
+    if not isinstance(perf.get('blockwise_cpu_gradients', True), bool):
+      raise ValueError(f'blockwise_cpu_gradients takes true or false, got '
+                       f'{perf["blockwise_cpu_gradients"]!r}.')
     variants.append((item, perf))
   return variants
 
 
 def compile_variant(w, data, mode, perf):
   """(call, temp_bytes): one timed unit of work for this variant."""
+  from perceiver_io import attention  # pylint: disable=g-import-not-at-top
+  perf = dict(perf)
+  blockwise = perf.pop('blockwise_cpu_gradients', True)
+  with attention.blockwise_cpu_gradients(blockwise):  # Traced in here.
+    return _compile_variant(w, data, mode, perf)
+
+
+def _compile_variant(w, data, mode, perf):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   model, variables, x, kwargs = W.ours_build(w, data, **perf)
@@ -104,8 +125,9 @@ def run(args):
     raise ValueError(f'{args.workload} supports modes {w.modes}, '
                      f'not {args.mode!r}.')
   data = W.make_inputs(w)
-  W.decide_host_memory_reuse(PROCESS_SETTINGS, w, data, args.mode,
-                             **variants[0][1])
+  W.decide_host_memory_reuse(
+      PROCESS_SETTINGS, w, data, args.mode,
+      **{k: v for k, v in variants[0][1].items() if k not in SWITCHES})
   times = {label: [] for label, _ in variants}
   temps = {}
   total = args.rounds * len(variants)

@@ -114,6 +114,33 @@ def run_worker(spec: Dict[str, Any], mem_cap_bytes: Optional[int] = None,
   return base
 
 
+def describe_cpu(cpuinfo: str) -> Dict[str, Any]:
+  """The first processor of /proc/cpuinfo: name, family/model, vector ISA.
+
+  Why more than the name: the shared dev machine reports 'AMD EPYC' on
+  different hardware from one session to the next (session 9 found AVX-512,
+  family 26, where our train steps ran 2x faster than session 8's under the
+  same name), so results must say which one they came from.
+  """
+  fields = {}
+  for line in cpuinfo.splitlines():
+    if not line.strip():
+      break  # End of the first processor.
+    key, _, value = line.partition(':')
+    fields[key.strip()] = value.strip()
+  flags = set(fields.get('flags', '').split())
+  isa = next((name for name, flag in (('amx', 'amx_tile'),
+                                       ('avx512', 'avx512f'),
+                                       ('avx2', 'avx2')) if flag in flags),
+             'no avx2')
+  out = {'cpu_family': fields.get('cpu family'),
+         'cpu_model': fields.get('model'), 'cpu_isa': isa}
+  if 'model name' in fields:
+    out['cpu'] = (f"{fields['model name']} (family {out['cpu_family']}, "
+                  f"model {out['cpu_model']}, {isa})")
+  return out
+
+
 def machine_info() -> Dict[str, Any]:
   """Where the numbers came from."""
   info = {'date': datetime.datetime.now().isoformat(timespec='seconds'),
@@ -122,10 +149,7 @@ def machine_info() -> Dict[str, Any]:
           'memory_gib': round(psutil.virtual_memory().total / GIB, 1)}
   try:
     with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          info['cpu'] = line.split(':', 1)[1].strip()
-          break
+      info.update(describe_cpu(f.read()))
   except OSError:
     pass
   try:

@@ -28,19 +28,22 @@ attention gradients dV = P^T dO and dK = dS^T Q. `_cpu_attention` and
 `dense_dot_general` copy one operand into row-major transposed form first (a
 memory pass, ~1-2 % of the GEMM) so every backward GEMM is row-major.
 
-CPU gradients, why block by block: XLA's CPU scheduler places every weight
+CPU gradients, why block by block: XLA's low-memory CPU scheduler (the one
+the launchers select, `runtime.prefer_low_memory_cpu`) places every weight
 gradient after the whole backward pass, next to the optimizer update that
 reads it, so every layer's saved activations and output gradients stay alive
 until the end. `_call_block` makes each block's input gradient wait for its
 parameter gradients, which frees them layer by layer. With it the row-major
-Dense gradients cost no memory: paired train steps on the dev machine, against
-autodiff's Dense gradients without it, IMDB 0.95x the time and XLA
+Dense gradients cost no memory: paired train steps on the dev machine,
+against autodiff's Dense gradients without it, IMDB 0.95x the time and XLA
 temporaries 1.52 vs 1.99 GiB, ImageNet conv 0.93x and 2.62 vs 3.38 GiB,
-ImageNet Fourier see BUILD_NOTES.md, ninth session. Other backends (GPU/TPU
-BLAS take transposed operands natively, and their schedulers order the
-backward themselves) keep autodiff's form. A custom VJP has no forward-mode
-rule: for `jax.jvp`/`jax.jacfwd` through the model on CPU use
-`attention_impl='einsum'` or `'fused'`, which keep plain autodiff everywhere.
+ImageNet Fourier 0.98x and 3.15 vs 4.01 GiB (BUILD_NOTES.md, ninth session;
+XLA's default scheduler plans 2.87 GiB for IMDB with or without it). Other
+backends (GPU/TPU BLAS take transposed operands natively, and their
+schedulers order the backward themselves) keep autodiff's form. A custom VJP
+has no forward-mode rule: for `jax.jvp`/`jax.jacfwd` through the model on
+CPU use `attention_impl='einsum'` or `'fused'`, which keep plain autodiff
+everywhere.
 """
 
 import contextlib
@@ -60,7 +63,7 @@ default_kernel_init = nn.initializers.lecun_normal()
 
 # Set only inside `assume_platform`.
 _ASSUMED_PLATFORM = None
-# `_call_block`'s switch; False only in tests and A/B benchmarks.
+# `_call_block`'s switch (`blockwise_cpu_gradients`).
 _BLOCKWISE_CPU_GRADIENTS = True
 
 
@@ -80,6 +83,22 @@ def assume_platform(platform: str):
     yield
   finally:
     _ASSUMED_PLATFORM = previous
+
+
+@contextlib.contextmanager
+def blockwise_cpu_gradients(enabled: bool):
+  """Traces the blocks with (the default) or without `_call_block`'s order.
+
+  For A/B measurements (`benchmarks/paired_options.py`) and tests only:
+  values are the same either way, and without it XLA's CPU schedule keeps
+  every layer's activations alive to the end of the backward pass.
+  """
+  global _BLOCKWISE_CPU_GRADIENTS
+  previous, _BLOCKWISE_CPU_GRADIENTS = _BLOCKWISE_CPU_GRADIENTS, enabled
+  try:
+    yield
+  finally:
+    _BLOCKWISE_CPU_GRADIENTS = previous
 
 
 def _default_platform() -> str:
@@ -367,7 +386,6 @@ def _layer_norm(name, dtype, param_dtype):
                       param_dtype=param_dtype, name=name)
 
 
-
 def _call_block(module, layers, attention_impl, *args, deterministic):
   """`layers(*args, deterministic)`, on CPU with block-by-block gradients.
 
@@ -375,15 +393,22 @@ def _call_block(module, layers, attention_impl, *args, deterministic):
   and LayerNorm sums) after the whole backward pass, next to the optimizer
   update that reads it, so each layer's activations and output gradients
   stay alive until then. Here the block's input gradients carry a dependency
-  on its parameter gradients (plus exactly zero: 0 * their sum), so the
-  previous block's backward waits for them and each layer's buffers are
-  freed as the backward goes. The `optimization_barrier` keeps XLA from
-  fusing the parameter-gradient reductions into the late optimizer update
-  instead (which would keep dy alive again); XLA:CPU drops the barrier
-  itself before scheduling, so it cannot order anything alone.
+  on its parameter gradients (plus exactly zero: 0 * the sum of one element
+  of each), so the previous block's backward waits for them and each
+  layer's buffers are freed as the backward goes. The gradients pass an
+  `optimization_barrier` first so that what the anchor reads is the
+  materialised gradient the optimizer reads too: with an anchor summing
+  whole gradients and no barrier, XLA fused the bias and LayerNorm sums a
+  second time into the late optimizer update, which kept dy alive (IMDB
+  2.22 GiB of temporaries); the one-element anchor measured the same with or
+  without it (1.53 GiB) and the barrier costs nothing measurable. XLA:CPU
+  drops barriers before scheduling, so one cannot order anything alone.
+  (Summing whole gradients cost ImageNet conv's step 4 %: 48 layer calls x
+  24 MiB read again.)
 
-  Same values, except that a non-finite parameter gradient makes the input
-  gradients NaN too (0 * inf), where the step is lost anyway. CPU only, for
+  Same values, except that a non-finite element read by the anchor (the
+  first of a parameter gradient) makes the input gradients NaN too
+  (0 * inf), where the step is lost anyway. CPU only, for
   the paths with custom CPU gradients (`_custom_cpu_gradients`); not while
   initialising (no parameters yet).
   """
@@ -400,7 +425,7 @@ def _call_block(module, layers, attention_impl, *args, deterministic):
   def backward(vjp_fn, d_out):
     d_params, *d_inputs = vjp_fn(d_out)
     d_params, d_inputs = jax.lax.optimization_barrier((d_params, d_inputs))
-    zero = 0.0 * sum(jnp.sum(g, dtype=jnp.float32)
+    zero = 0.0 * sum(g.reshape(-1)[0].astype(jnp.float32)
                      for g in jax.tree_util.tree_leaves(d_params))
     d_inputs = [d + zero.astype(d.dtype)
                 if d is not None and jnp.issubdtype(d.dtype, jnp.floating)

@@ -479,7 +479,7 @@ def _block_grads(block, params, args, kwargs, rngs=None):
 
 
 @pytest.mark.parametrize('kind', ['self', 'cross'])
-def test_blockwise_gradients_change_no_value(kind, monkeypatch):
+def test_blockwise_gradients_change_no_value(kind):
   # `_call_block` only reorders the CPU backward: parameter and input
   # gradients are those of plain autodiff through the same layers, with a
   # mask (cross) and with active dropout (the rng reaches the layers inside
@@ -502,9 +502,8 @@ def test_blockwise_gradients_change_no_value(kind, monkeypatch):
         {'params': p}, *a, rngs=rngs, **kw))(params, args))
     assert 'custom_vjp_call' in jaxpr  # The block-level VJP is in place.
     tied = _block_grads(block, params, args, kw, rngs)
-    monkeypatch.setattr(attn, '_BLOCKWISE_CPU_GRADIENTS', False)
-    plain = _block_grads(block, params, args, kw, rngs)
-    monkeypatch.setattr(attn, '_BLOCKWISE_CPU_GRADIENTS', True)
+    with attn.blockwise_cpu_gradients(False):
+      plain = _block_grads(block, params, args, kw, rngs)
     for got, want in zip(jax.tree_util.tree_leaves(tied),
                          jax.tree_util.tree_leaves(plain)):
       np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-6)
@@ -521,7 +520,6 @@ ids = np.random.default_rng(0).integers(0, 256, (2, 512)).astype(np.int32)
 tx = optax.adamw(1e-4)
 for impl in ('auto', 'einsum'):
   for blockwise in (True, False):
-    attention._BLOCKWISE_CPU_GRADIENTS = blockwise
     model = build_model(presets.get_config(
         'text_classification', num_classes=2, d_model=128, max_seq_len=512,
         num_latents=64, latent_channels=256, depth=8, heads=8, qk=64),
@@ -539,9 +537,10 @@ for impl in ('auto', 'einsum'):
                                      params)
       return optax.apply_updates(params, updates), opt_state
 
-    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
-        params, jax.eval_shape(tx.init, params)).compile(
-            {'xla_backend_optimization_level': 0})
+    with attention.blockwise_cpu_gradients(blockwise):
+      lowered = jax.jit(step, donate_argnums=(0, 1)).lower(
+          params, jax.eval_shape(tx.init, params))
+    compiled = lowered.compile({'xla_backend_optimization_level': 0})
     print(impl, blockwise, compiled.memory_analysis().temp_size_in_bytes)
 """
 

@@ -23,6 +23,7 @@ import torch
 
 from benchmarks import compare_reference
 from benchmarks import paired_options
+from benchmarks import runner
 from benchmarks import workloads as W
 from perceiver_io.checkpoints import common as ckpt_common
 from perceiver_io.checkpoints import hf as ckpt_hf
@@ -240,15 +241,16 @@ def test_paired_options_end_to_end(tmp_path):
       [sys.executable, '-m', 'benchmarks.paired_options', '--smoke',
        '--workload', 'imagenet_fourier', '--mode', 'train', '--rounds', '2',
        '--repeats', '1', '--variant', 'attention_impl=einsum',
-       '--variant', 'default', '--out', str(out)],
+       '--variant', 'default', '--variant', 'blockwise_cpu_gradients=false',
+       '--out', str(out)],
       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
       check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert '[4/4] round 2 default' in proc.stdout  # Progress lines.
+  assert '[5/6] round 2 default' in proc.stdout  # Progress lines.
   doc = json.loads((out / 'paired_imagenet_fourier_train.json').read_text())
-  assert [r['variant'] for r in doc['rows']] == ['attention_impl=einsum',
-                                                 'default']
-  first, second = doc['rows']
+  assert [r['variant'] for r in doc['rows']] == [
+      'attention_impl=einsum', 'default', 'blockwise_cpu_gradients=false']
+  first, second, _ = doc['rows']
   assert second['ratio'] == pytest.approx(second['median_s'] / first['median_s'])
   for row in doc['rows']:
     assert len(row['times_s']) == 2 and row['temp_bytes'] > 0
@@ -261,3 +263,44 @@ def test_paired_options_rejects_unknown_option():
       ('default', {}), ('remat=true', {'remat': True})]
   with pytest.raises(ValueError, match='unknown perf option'):
     paired_options.parse_variants(['atention_impl=cpu'])
+  assert paired_options.parse_variants(['blockwise_cpu_gradients=false']) == [
+      ('blockwise_cpu_gradients=false', {'blockwise_cpu_gradients': False})]
+  with pytest.raises(ValueError, match='true or false'):
+    paired_options.parse_variants(['blockwise_cpu_gradients=1'])
+
+
+def test_describe_cpu_names_family_model_and_vector_isa():
+  # The dev machine's name alone ('AMD EPYC') hid a hardware change between
+  # sessions; results carry family, model and the widest vector ISA.
+  cpuinfo = ('processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n'
+             'model\t\t: 2\nmodel name\t: AMD EPYC\n'
+             'flags\t\t: fpu sse2 avx2 avx512f avx512bw\n\n'
+             'processor\t: 1\nmodel name\t: Other\n')
+  got = runner.describe_cpu(cpuinfo)
+  assert got['cpu'] == 'AMD EPYC (family 26, model 2, avx512)'
+  assert (got['cpu_family'], got['cpu_model'], got['cpu_isa']) == (
+      '26', '2', 'avx512')
+  assert runner.describe_cpu('model name\t: X\nflags\t: sse2\n')[
+      'cpu_isa'] == 'no avx2'
+  assert 'cpu' in runner.machine_info()  # This machine's /proc/cpuinfo.
+
+
+
+def test_gemm_benchmark_compares_the_same_products(tmp_path):
+  # Both libraries must compute the same product in each form ('tn' is
+  # x^T @ dy), and the script writes its table.
+  from benchmarks import gemm  # pylint: disable=g-import-not-at-top
+  for form in ('nn', 'tn'):
+    fns = gemm.gemm_callables(48, 32, 16, form)
+    got, want = np.asarray(fns['xla']()), fns['torch']().numpy()
+    assert got.shape == (48, 16)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  assert gemm.main(['--sizes', '64x32x16', '--rounds', '1', '--calls', '1',
+                    '--out', str(tmp_path)]) == 0
+  doc = json.loads((tmp_path / 'gemm.json').read_text())
+  assert [r['form'] for r in doc['rows']] == ['nn', 'tn']
+  assert all(r['xla_gflops'] > 0 and r['torch_gflops'] > 0
+             for r in doc['rows'])
+  assert '| 64 x 32 x 16 | tn |' in (tmp_path / 'gemm.md').read_text()
+  with pytest.raises(ValueError, match='MxKxN'):
+    gemm.parse_size('64x32')
