@@ -19,10 +19,10 @@ CPU backend (the default there) a head-major core with a hand-written gradient
 (`dense_dot_general`) and blocks whose gradients are computed block by block
 (`_call_block`).
 
-CPU gradients, why hand-written: XLA's CPU matmul (YNN) is at par with torch's
-MKL for row-major operands but runs at about half speed when the left operand
-is transposed (measured on the 2-core AMD EPYC dev machine, one thread:
-40 vs 75 GFLOP/s for a 1024^3 GEMM; torch 78-85 either way). Autodiff gives
+CPU gradients, why hand-written: XLA's CPU matmul (YNN) is slower when the
+left operand is transposed (fourth session's dev CPU, one thread: 40 vs 75
+GFLOP/s for a 1024^3 GEMM; torch 78-85 either way; ninth session's AVX-512
+CPU, two threads: 343 vs 469, `benchmarks/gemm.py`). Autodiff gives
 exactly that form for every weight gradient (dW = x^T dy) and for the
 attention gradients dV = P^T dO and dK = dS^T Q. `_cpu_attention` and
 `dense_dot_general` copy one operand into row-major transposed form first (a
@@ -35,9 +35,9 @@ reads it, so every layer's saved activations and output gradients stay alive
 until the end. `_call_block` makes each block's input gradient wait for its
 parameter gradients, which frees them layer by layer. With it the row-major
 Dense gradients cost no memory: paired train steps on the dev machine,
-against autodiff's Dense gradients without it, IMDB 0.95x the time and XLA
-temporaries 1.52 vs 1.99 GiB, ImageNet conv 0.93x and 2.62 vs 3.38 GiB,
-ImageNet Fourier 0.98x and 3.15 vs 4.01 GiB (BUILD_NOTES.md, ninth session;
+against autodiff's Dense gradients without it, IMDB 0.90x the time and XLA
+temporaries 1.53 vs 1.99 GiB, ImageNet conv 0.91x and 2.61 vs 3.38 GiB,
+ImageNet Fourier 0.92x and 3.15 vs 4.01 GiB (BUILD_NOTES.md, ninth session;
 XLA's default scheduler plans 2.87 GiB for IMDB with or without it). Other
 backends (GPU/TPU BLAS take transposed operands natively, and their
 schedulers order the backward themselves) keep autodiff's form. A custom VJP
