@@ -61,20 +61,28 @@ def _losses(workdir):
   return {r['step']: r['train_loss'] for r in records if 'train_loss' in r}
 
 
-def _assert_trees(a, b, exact, rtol=2e-5, atol=1e-5):
-  """Equal trees (exact) or close ones. atol: attention key biases get an
-  exactly-zero gradient in theory (softmax ignores a shift shared by all
-  keys), so Adam turns float round-off of a different reduction order into
-  updates of ~1e-6; everything else agrees to rtol."""
+def _assert_trees(a, b, exact, rtol=2e-5, atol=1e-5, key_bias_atol=1e-4):
+  """Equal trees (exact) or close ones.
+
+  Attention key biases get an exactly-zero gradient in theory (softmax
+  ignores a shift shared by all keys), so Adam turns float round-off of a
+  different reduction order into updates of their own: up to 1.2e-5 apart
+  with the CPU's row-major weight gradients (ninth session), hence
+  `key_bias_atol`, still 20x below one real update (lr 2e-3). Everything
+  else agrees to rtol/atol.
+  """
   leaves_a = jax.tree_util.tree_leaves_with_path(a)
   leaves_b = jax.tree_util.tree_leaves(b)
   assert len(leaves_a) == len(leaves_b)
   for (path, x), y in zip(leaves_a, leaves_b):
+    name = jax.tree_util.keystr(path)
     if exact:
-      np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+      np.testing.assert_array_equal(x, y, err_msg=name)
     else:
-      np.testing.assert_allclose(x, y, rtol=rtol, atol=atol,
-                                 err_msg=jax.tree_util.keystr(path))
+      key_bias = name.endswith("['key']['bias']")
+      np.testing.assert_allclose(x, y, rtol=rtol,
+                                 atol=key_bias_atol if key_bias else atol,
+                                 err_msg=name)
 
 
 @pytest.fixture(scope='module')
