@@ -13,7 +13,7 @@ Usage:
   python -m benchmarks.paired_options --workload imdb --mode train \
       --variant attention_impl=einsum --variant attention_impl=auto --rounds 2
   python -m benchmarks.paired_options --smoke --variant attention_impl=einsum \
-      --variant attention_impl=cpu                       # tiny, seconds
+      --variant default                                  # tiny, seconds
   python -m benchmarks.paired_options --workload imdb --mode train \
       --variant default --variant blockwise_cpu_gradients=false
 Besides the model's perf options (`workloads.PERF_KEYS`), a variant may set

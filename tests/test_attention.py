@@ -511,7 +511,6 @@ def test_blockwise_gradients_change_no_value(kind):
 
 
 _TEMPORARIES_SCRIPT = """
-import sys
 import jax, jax.numpy as jnp, numpy as np, optax
 from perceiver_io import attention, presets, runtime
 from perceiver_io.model import build_model
