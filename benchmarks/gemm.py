@@ -21,13 +21,13 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
 from benchmarks import runner  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def parse_size(text):
@@ -36,17 +36,6 @@ def parse_size(text):
   if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
     raise ValueError(f'size {text!r} must look like MxKxN, e.g. 1024x1024x1024.')
   return tuple(int(p) for p in parts)
-
-
-def _median_seconds(fn, calls):
-  """Median seconds of `calls` timed calls after one warm-up."""
-  fn()
-  times = []
-  for _ in range(calls):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
 
 
 def gemm_callables(m, k, n, form):
@@ -75,7 +64,7 @@ def run(sizes, rounds, calls):
       times = {name: [] for name in fns}
       for _ in range(rounds):
         for name, fn in fns.items():
-          times[name].append(_median_seconds(fn, calls))
+          times[name].append(W.time_calls(fn, calls)['median_s'])
       flops = 2.0 * m * k * n
       row = {'m': m, 'k': k, 'n': n, 'form': form}
       for name in fns:

@@ -386,13 +386,13 @@ def _layer_norm(name, dtype, param_dtype):
                       param_dtype=param_dtype, name=name)
 
 
-def _call_block(module, layers, attention_impl, *args, deterministic):
-  """`layers(*args, deterministic)`, on CPU with block-by-block gradients.
+def _call_block(module, *args, deterministic):
+  """`module._layers(*args, deterministic)`, on CPU with blockwise gradients.
 
-  Why: XLA's CPU scheduler puts every weight gradient (dW = x^T dy, the bias
-  and LayerNorm sums) after the whole backward pass, next to the optimizer
-  update that reads it, so each layer's activations and output gradients
-  stay alive until then. Here the block's input gradients carry a dependency
+  Why: XLA's low-memory CPU scheduler puts every weight gradient (dW =
+  x^T dy, the bias and LayerNorm sums) after the whole backward pass, next
+  to the optimizer update that reads it, so each layer's activations and
+  output gradients stay alive until then. Here the block's input gradients carry a dependency
   on its parameter gradients (plus exactly zero: 0 * the sum of one element
   of each), so the previous block's backward waits for them and each
   layer's buffers are freed as the backward goes. The gradients pass an
@@ -408,16 +408,16 @@ def _call_block(module, layers, attention_impl, *args, deterministic):
 
   Same values, except that a non-finite element read by the anchor (the
   first of a parameter gradient) makes the input gradients NaN too
-  (0 * inf), where the step is lost anyway. CPU only, for
-  the paths with custom CPU gradients (`_custom_cpu_gradients`); not while
-  initialising (no parameters yet).
+  (0 * inf), where the step is lost anyway. CPU only, for the paths with
+  custom CPU gradients (`_custom_cpu_gradients`); not while initialising
+  (no parameters yet).
   """
   if (not _BLOCKWISE_CPU_GRADIENTS or module.is_initializing() or
-      not _custom_cpu_gradients(attention_impl)):
-    return layers(*args, deterministic)
+      not _custom_cpu_gradients(module.attention_impl)):
+    return module._layers(*args, deterministic)  # pylint: disable=protected-access
 
   def body(mdl, *a):
-    return type(mdl)._layers(mdl, *a, deterministic)
+    return mdl._layers(*a, deterministic)  # pylint: disable=protected-access
 
   def forward(mdl, *a):
     return nn.vjp(body, mdl, *a)
@@ -457,8 +457,8 @@ class CrossAttentionBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __call__(self, inputs_q, inputs_kv, mask=None, deterministic=True):
-    return _call_block(self, self._layers, self.attention_impl, inputs_q,
-                       inputs_kv, mask, deterministic=deterministic)
+    return _call_block(self, inputs_q, inputs_kv, mask,
+                       deterministic=deterministic)
 
   @nn.compact
   def _layers(self, inputs_q, inputs_kv, mask, deterministic):
@@ -502,8 +502,7 @@ class SelfAttentionBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def __call__(self, x, mask=None, deterministic=True):
-    return _call_block(self, self._layers, self.attention_impl, x, mask,
-                       deterministic=deterministic)
+    return _call_block(self, x, mask, deterministic=deterministic)
 
   @nn.compact
   def _layers(self, x, mask, deterministic):

@@ -511,10 +511,11 @@ def test_blockwise_gradients_change_no_value(kind):
 
 
 _TEMPORARIES_SCRIPT = """
+import os
 import jax, jax.numpy as jnp, numpy as np, optax
 from perceiver_io import attention, presets, runtime
 from perceiver_io.model import build_model
-assert runtime.LOW_MEMORY_CPU_FLAG in __import__('os').environ['XLA_FLAGS']
+assert runtime.LOW_MEMORY_CPU_FLAG in os.environ['XLA_FLAGS']
 ids = np.random.default_rng(0).integers(0, 256, (2, 512)).astype(np.int32)
 tx = optax.adamw(1e-4)
 for impl in ('auto', 'einsum'):

@@ -285,7 +285,6 @@ def test_describe_cpu_names_family_model_and_vector_isa():
   assert 'cpu' in runner.machine_info()  # This machine's /proc/cpuinfo.
 
 
-
 def test_gemm_benchmark_compares_the_same_products(tmp_path):
   # Both libraries must compute the same product in each form ('tn' is
   # x^T @ dy), and the script writes its table.
