@@ -16,14 +16,22 @@ Usage:
       --variant default                                  # tiny, seconds
   python -m benchmarks.paired_options --workload imdb --mode train \
       --variant default --variant blockwise_cpu_gradients=false
+  python -m benchmarks.paired_options --workload text_65536 --mode infer \
+      --variant default --variant blocked_attention_min_mib=1000000
 Besides the model's perf options (`workloads.PERF_KEYS`), a variant may set
-`blockwise_cpu_gradients=false`: the CPU backward without the block-by-block
-ordering (`attention.blockwise_cpu_gradients`; an A/B switch only, the
-library always uses it).
+two A/B switches of the CPU attention (the library always uses the
+defaults): `blockwise_cpu_gradients=false`, the CPU backward without the
+block-by-block ordering (`attention.blockwise_cpu_gradients`), and
+`blocked_attention_min_mib=N`, the logits size from which attention runs
+block by block (`attention.blocked_attention_threshold`; default 256, 0 for
+every call, a huge value for none).
+`--workload text_N` is the scaling sweep's language classifier on N input
+bytes (batch 1, `benchmarks.scaling`'s default depth 6).
 Writes <out>/paired_<workload>_<mode>.json and .md.
 """
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -47,7 +55,8 @@ from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top,wro
 def build_parser():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--workload', default='imdb',
-                 help='imdb, imagenet_fourier, imagenet_conv or optical_flow.')
+                 help='imdb, imagenet_fourier, imagenet_conv, optical_flow or '
+                      'text_N (N input bytes, as the scaling sweep).')
   p.add_argument('--mode', default='train', choices=('train', 'infer'))
   p.add_argument('--variant', action='append', required=True,
                  help='perf options as key=value[,key=value]; repeat the flag '
@@ -62,7 +71,9 @@ def build_parser():
 
 
 # Variant keys that are not model options (see the module docstring).
-SWITCHES = ('blockwise_cpu_gradients',)
+SWITCHES = ('blockwise_cpu_gradients', 'blocked_attention_min_mib')
+# `--workload text_N`: as `benchmarks.scaling`'s input sweep.
+TEXT_DEPTH = 6
 
 
 def parse_variants(items):
@@ -78,6 +89,10 @@ def parse_variants(items):
     if not isinstance(perf.get('blockwise_cpu_gradients', True), bool):
       raise ValueError(f'blockwise_cpu_gradients takes true or false, got '
                        f'{perf["blockwise_cpu_gradients"]!r}.')
+    min_mib = perf.get('blocked_attention_min_mib', 0)
+    if isinstance(min_mib, bool) or not isinstance(min_mib, int) or min_mib < 0:
+      raise ValueError(f'blocked_attention_min_mib takes a whole number of '
+                       f'MiB >= 0, got {min_mib!r}.')
     variants.append((item, perf))
   return variants
 
@@ -87,7 +102,10 @@ def compile_variant(w, data, mode, perf):
   from perceiver_io import attention  # pylint: disable=g-import-not-at-top
   perf = dict(perf)
   blockwise = perf.pop('blockwise_cpu_gradients', True)
-  with attention.blockwise_cpu_gradients(blockwise):  # Traced in here.
+  min_mib = perf.pop('blocked_attention_min_mib', None)
+  threshold = (contextlib.nullcontext() if min_mib is None else
+               attention.blocked_attention_threshold(min_mib * 2**20))
+  with attention.blockwise_cpu_gradients(blockwise), threshold:  # Traced here.
     return _compile_variant(w, data, mode, perf)
 
 
@@ -117,10 +135,22 @@ def _compile_variant(w, data, mode, perf):
   return call, fn.memory_analysis().temp_size_in_bytes
 
 
+def workload(name, smoke=False):
+  """A standard workload by name, or `text_N` (module docstring)."""
+  standard = W.standard_workloads(smoke=smoke)
+  if name in standard:
+    return standard[name]
+  length = name[len('text_'):]
+  if name.startswith('text_') and length.isdigit() and int(length) > 0:
+    return W.text_workload(int(length), depth=TEXT_DEPTH, tiny=smoke)
+  raise ValueError(f'unknown --workload {name!r}: one of {sorted(standard)} '
+                   f'or text_N with N input bytes (e.g. text_65536).')
+
+
 def run(args):
   """Alternates the variants for `rounds`; returns the result document."""
   variants = parse_variants(args.variant)
-  w = W.standard_workloads(smoke=args.smoke)[args.workload]
+  w = workload(args.workload, args.smoke)
   if args.mode not in w.modes:
     raise ValueError(f'{args.workload} supports modes {w.modes}, '
                      f'not {args.mode!r}.')

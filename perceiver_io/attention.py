@@ -15,7 +15,9 @@ Numerically equivalent attention paths: `jax.nn.dot_product_attention`
 (XLA's kernel, or cuDNN flash attention on GPU) when the q/k and v head widths
 match and no attention dropout is active, an einsum path otherwise, and on the
 CPU backend (the default there) a head-major core with a hand-written gradient
-(`_cpu_attention`), Dense layers with row-major weight gradients
+(`_cpu_attention`), or for calls with large logits (long inputs) the same
+computed one batch element, head and row block at a time
+(`_blocked_attention`), Dense layers with row-major weight gradients
 (`dense_dot_general`) and blocks whose gradients are computed block by block
 (`_call_block`).
 
@@ -286,6 +288,183 @@ def _cpu_attention_bwd(res, d_out):
 _cpu_attention.defvjp(_cpu_attention_forward, _cpu_attention_bwd)
 
 
+# `_blocked_attention`: calls whose fp32 logits ([B, H, T, S]) would take at
+# least this many bytes run block by block (`blocked_attention_threshold`).
+# Measured both sides of it: 196 MiB (ImageNet) pays for the recomputation,
+# 512 MiB (64k bytes) and 1.4 GiB (optical flow) do not.
+_BLOCKED_ATTENTION_MIN_BYTES = 256 * 2**20
+# ... in blocks of one (batch, head) and at most this many bytes of logits.
+_ATTENTION_BLOCK_BYTES = 64 * 2**20
+
+
+@contextlib.contextmanager
+def blocked_attention_threshold(min_bytes: int,
+                                block_bytes: Optional[int] = None):
+  """Traces attention with another `_blocked_attention` threshold.
+
+  For A/B measurements (`benchmarks/paired_options.py`) and tests: values
+  are the same either way. `min_bytes=0` blocks every CPU attention call that
+  takes the custom gradients, a huge value none.
+  """
+  global _BLOCKED_ATTENTION_MIN_BYTES, _ATTENTION_BLOCK_BYTES
+  previous = _BLOCKED_ATTENTION_MIN_BYTES, _ATTENTION_BLOCK_BYTES
+  _BLOCKED_ATTENTION_MIN_BYTES = min_bytes
+  _ATTENTION_BLOCK_BYTES = block_bytes or _ATTENTION_BLOCK_BYTES
+  try:
+    yield
+  finally:
+    _BLOCKED_ATTENTION_MIN_BYTES, _ATTENTION_BLOCK_BYTES = previous
+
+
+def _use_blocked_attention(q, k) -> bool:
+  batch, q_len, heads, _ = q.shape
+  return 4 * batch * heads * q_len * k.shape[1] >= _BLOCKED_ATTENTION_MIN_BYTES
+
+
+def _for_each_block(q, kv_len, body, carry):
+  """`carry = body(b, h, first_row, rows, carry)` over all attention blocks.
+
+  A block is `rows` consecutive query rows of one batch element and head:
+  as many rows as fit `_ATTENTION_BLOCK_BYTES` of fp32 logits, then the
+  remainder (a second loop, so any query length works). `rows` is static,
+  the rest are loop indices.
+  """
+  batch, q_len, heads, _ = q.shape
+  rows = max(1, min(q_len, _ATTENTION_BLOCK_BYTES // (4 * kv_len)))
+  full = q_len // rows
+  loops = [(full, rows, 0)]
+  if q_len % rows:
+    loops.append((1, q_len % rows, full * rows))
+  for count, size, offset in loops:
+    def step(i, c, count=count, size=size, offset=offset):
+      b, h = i // (heads * count), (i // count) % heads
+      return body(b, h, offset + (i % count) * size, size, c)
+    carry = jax.lax.fori_loop(0, batch * heads * count, step, carry)
+  return carry
+
+
+def _block(x, b, first, h, rows):
+  """x[b, first:first + rows, h, :] of a [B, T, H, D] array, as [rows, D]."""
+  return jax.lax.dynamic_slice(x, (b, first, h, 0),
+                               (1, rows, 1, x.shape[-1])).reshape(rows, -1)
+
+
+def _put_block(x, block, b, first, h):
+  """x[b, first:first + len(block), h, :] = block."""
+  block = block.reshape(1, block.shape[0], 1, -1).astype(x.dtype)
+  return jax.lax.dynamic_update_slice(x, block, (b, first, h, 0))
+
+
+def _block_logits(q, k, mask, b, h, first, rows):
+  """Scaled, masked fp32 logits of one block: [rows, S]."""
+  scale = 1.0 / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
+  logits = jax.lax.dot_general(
+      _block(q, b, first, h, rows), _block(k, b, 0, h, k.shape[1]),
+      (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32) * scale
+  if mask is not None:
+    block_mask = jax.lax.dynamic_slice(mask, (b, first, 0),
+                                       (1, rows, mask.shape[-1]))
+    logits = jnp.where(block_mask[0], logits, _MASKED_LOGIT)
+  return logits
+
+
+def _blocked_attention_forward(q, k, v, mask):
+  """Softmax attention block by block; returns (output, softmax statistics).
+
+  The statistics are each row's max logit and 1 / sum(exp(logit - max)),
+  [2, B, H, T], from which the backward recomputes the weights exactly
+  (a log-sum-exp alone loses the sum of a fully masked row: -1e30 + log S
+  rounds to -1e30).
+  """
+  out = jnp.zeros(q.shape[:3] + v.shape[-1:], v.dtype)
+  stats = jnp.zeros((2,) + q.shape[:1] + q.shape[2:3] + q.shape[1:2],
+                    jnp.float32)
+
+  def body(b, h, first, rows, carry):
+    out, stats = carry
+    logits = _block_logits(q, k, mask, b, h, first, rows)
+    row_max = jnp.max(logits, axis=-1, keepdims=True)
+    unnormalised = jnp.exp(logits - row_max)
+    inv_sum = 1.0 / jnp.sum(unnormalised, axis=-1, keepdims=True)
+    weights = (unnormalised * inv_sum).astype(v.dtype)
+    out = _put_block(out, _matmul(weights, _block(v, b, 0, h, v.shape[1])),
+                     b, first, h)
+    block_stats = jnp.stack([row_max, inv_sum]).reshape(2, 1, 1, rows)
+    stats = jax.lax.dynamic_update_slice(stats, block_stats, (0, b, h, first))
+    return out, stats
+
+  return _for_each_block(q, k.shape[1], body, (out, stats))
+
+
+@jax.custom_vjp
+def _blocked_attention(q, k, v, mask):
+  """`_cpu_attention` one (batch, head, row block) at a time, for long inputs.
+
+  Why: a long input's cross-attention logits are the largest arrays of a
+  step (64k input bytes, 8 heads, 256 latents: 512 MiB), and the full-matrix
+  path keeps the weights from the forward and makes logits-sized products
+  in the backward. Here no array larger than one block
+  (`_ATTENTION_BLOCK_BYTES`) exists: the forward keeps only each row's
+  softmax statistics, the backward recomputes a block's weights from them
+  (one more q k^T product), and heads are sliced one at a time instead of
+  copying K, V and their gradients into head-major order. Paired on the dev
+  CPU (BUILD_NOTES.md, tenth session): the 64k-byte language classifier's
+  train step 0.94-0.99x the time (two paired runs) with 1.64 vs 2.77 GiB of
+  XLA temporaries, its inference 0.59-0.65x with 0.81 vs 1.69 GiB,
+  optical-flow inference 0.97x with 1.32 vs 3.44 GiB. Below the threshold (`_use_blocked_attention`) it does
+  not pay: ImageNet Fourier's one wide head (261 channels, 196 MiB of
+  logits at batch 2) trained 1.05x slower blocked, IMDB's cross-attention
+  (64 MiB) 1.02x, for 0.1-0.2 GiB.
+  """
+  return _blocked_attention_forward(q, k, v, mask)[0]
+
+
+def _blocked_attention_fwd(q, k, v, mask):
+  out, stats = _blocked_attention_forward(q, k, v, mask)
+  return out, (q, k, v, mask, out, stats)
+
+
+def _blocked_attention_bwd(res, d_out):
+  q, k, v, mask, out, stats = res
+  scale = 1.0 / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
+  kv_len = k.shape[1]
+
+  def body(b, h, first, rows, carry):
+    d_q, d_k, d_v = carry
+    block_stats = jax.lax.dynamic_slice(stats, (0, b, h, first),
+                                        (2, 1, 1, rows)).reshape(2, rows, 1)
+    weights = (jnp.exp(_block_logits(q, k, mask, b, h, first, rows) -
+                       block_stats[0]) * block_stats[1])
+    d_o = _block(d_out, b, first, h, rows)
+    q_b, k_b, v_b = (_block(q, b, first, h, rows), _block(k, b, 0, h, kv_len),
+                     _block(v, b, 0, h, kv_len))
+    # dV = P^T dO and dK = dS^T Q from row-major copies (module docstring).
+    d_v_b = _matmul(_row_major_t(weights.astype(v.dtype)), d_o)
+    d_weights = jax.lax.dot_general(d_o, v_b, (((1,), (1,)), ((), ())),
+                                    preferred_element_type=jnp.float32)
+    row = jnp.sum(d_o.astype(jnp.float32) *
+                  _block(out, b, first, h, rows).astype(jnp.float32),
+                  axis=-1, keepdims=True)
+    d_logits = weights * (d_weights - row) * scale
+    if mask is not None:
+      block_mask = jax.lax.dynamic_slice(mask, (b, first, 0),
+                                         (1, rows, kv_len))
+      d_logits = jnp.where(block_mask[0], d_logits, 0.0)
+    d_logits = d_logits.astype(q.dtype)
+    d_q = _put_block(d_q, _matmul(d_logits, k_b), b, first, h)
+    # Several row blocks of one head add into the same dK, dV rows.
+    d_k = _put_block(d_k, _block(d_k, b, 0, h, kv_len) +
+                     _matmul(_row_major_t(d_logits), q_b), b, 0, h)
+    d_v = _put_block(d_v, _block(d_v, b, 0, h, kv_len) + d_v_b, b, 0, h)
+    return d_q, d_k, d_v
+
+  zeros = tuple(jnp.zeros_like(x) for x in (q, k, v))
+  return (*_for_each_block(q, kv_len, body, zeros), None)
+
+
+_blocked_attention.defvjp(_blocked_attention_fwd, _blocked_attention_bwd)
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head attention with separate q/k and v widths.
 
@@ -297,7 +476,8 @@ class MultiHeadAttention(nn.Module):
     dropout_rate: dropout on the attention weights.
     attention_impl: 'auto' (on the CPU backend the hand-written CPU
       gradients of the module docstring, with `_cpu_attention` where no
-      attention dropout is active; elsewhere the fused
+      attention dropout is active, `_blocked_attention` instead where its
+      logits would take 256 MiB or more; elsewhere the fused
       `jax.nn.dot_product_attention`, XLA's kernel, where the head widths
       agree and no attention dropout is active, else einsum), 'einsum',
       'fused' (error if not possible), 'cudnn' (cuDNN's flash attention where
@@ -346,7 +526,9 @@ class MultiHeadAttention(nn.Module):
         cudnn_attention_supported(q, mask)):
       out = jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
     elif custom_cpu and not use_dropout:
-      out = _cpu_attention(q, k, v, mask)
+      attend = (_blocked_attention if _use_blocked_attention(q, k)
+                else _cpu_attention)
+      out = attend(q, k, v, mask)
     elif can_fuse and self.attention_impl != 'einsum':
       out = _xla_attention(q, k, v, mask)
     else:

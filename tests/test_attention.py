@@ -233,6 +233,101 @@ def test_cpu_attention_bfloat16_stays_bfloat16():
     assert np.linalg.norm(g - r) <= 2e-2 * np.linalg.norm(r)
 
 
+# Row blocks of 2 query rows for a 7-key input (fp32 logits: 4 bytes each):
+# query lengths 5 and 6 take two loops (full blocks, then the remainder) and one.
+_TWO_ROWS_OF_7 = 2 * 7 * 4
+
+
+@pytest.mark.parametrize('use_mask', [False, True])
+@pytest.mark.parametrize('q_len,v_width', [(5, 8), (6, 20), (1, 8)])
+def test_blocked_attention_matches_cpu_attention(use_mask, q_len, v_width):
+  # `_blocked_attention` (one batch element, head and row block at a time,
+  # weights recomputed in the backward from saved row statistics) gives the
+  # values and gradients of the full-matrix path, including a fully masked
+  # query row (whose statistics a log-sum-exp alone would lose).
+  q, k = _rand(2, q_len, 3, 8), _rand(2, 7, 3, 8)
+  v = _rand(2, 7, 3, v_width)
+  mask = (_random_mask(2, q_len, 7, full_rows=[(1, q_len - 1)])
+          if use_mask else None)
+  ref_val, ref = _grads_of(lambda *a: attn._cpu_attention(*a, mask), (q, k, v))
+  with attn.blocked_attention_threshold(0, _TWO_ROWS_OF_7):
+    got_val, got = _grads_of(lambda *a: attn._blocked_attention(*a, mask),
+                             (q, k, v))
+    out = jax.jit(lambda *a: attn._blocked_attention(*a, mask))(q, k, v)
+  np.testing.assert_allclose(got_val, ref_val, rtol=1e-5)
+  np.testing.assert_allclose(out, attn._cpu_attention(q, k, v, mask),
+                             atol=1e-6)
+  for g, r in zip(got, ref):
+    assert np.max(np.abs(r)) > 0.1  # not a vacuous comparison
+    np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
+
+
+def test_blocked_attention_bfloat16_stays_bfloat16():
+  q, k, v = (jnp.asarray(_rand(2, 6, 2, 8), jnp.bfloat16) for _ in range(3))
+  with attn.blocked_attention_threshold(0, 3 * 6 * 4):
+    val, grads = _grads_of(attn._blocked_attention, (q, k, v, None))
+  ref_val, ref = _grads_of(_einsum_core(None), (q, k, v))
+  assert all(g.dtype == jnp.bfloat16 for g in grads[:3])
+  np.testing.assert_allclose(val, ref_val, rtol=2e-2)
+  for g, r in zip(grads[:3], ref):
+    g, r = np.asarray(g, np.float32), np.asarray(r, np.float32)
+    assert np.linalg.norm(g - r) <= 2e-2 * np.linalg.norm(r)
+
+
+def test_attention_runs_blocked_from_the_size_threshold():
+  # The module takes the blocked path when a call's fp32 logits reach the
+  # threshold (256 MiB by default: long inputs' cross-attention), with the
+  # same outputs and gradients, and the official zero row for a fully masked
+  # query.
+  xq, xkv = _rand(2, 5, 16), _rand(2, 7, 12)
+  mask = _random_mask(2, 5, 7, full_rows=[(0, 2)])
+  module = _mha('auto', qk=16, v=8, heads=4)
+  params = _random_params(module, xq, xkv)
+  logits_bytes = 4 * 2 * 4 * 5 * 7  # [B, H, T, S] in fp32
+
+  def run(threshold):
+    loss = lambda p, x: jnp.sum(jnp.sin(module.apply({'params': p}, x, xkv,
+                                                     mask)))
+    with attn.blocked_attention_threshold(threshold, _TWO_ROWS_OF_7):
+      jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(params, xq))
+      loops = len(re.findall(r'\b(?:scan|while)\[', jaxpr))
+      return loops, jax.grad(loss, argnums=(0, 1))(params, xq)
+
+  loops, grads = run(logits_bytes)
+  loops_full, grads_full = run(logits_bytes + 1)
+  assert loops >= 2 and loops_full == 0  # forward + backward loops
+  assert attn._BLOCKED_ATTENTION_MIN_BYTES == 256 * 2**20  # restored
+  for g, r in zip(jax.tree_util.tree_leaves(grads),
+                  jax.tree_util.tree_leaves(grads_full)):
+    np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
+  with attn.blocked_attention_threshold(0, _TWO_ROWS_OF_7):
+    got = module.apply({'params': params}, xq, xkv, mask)
+  np.testing.assert_array_equal(got[0, 2], np.asarray(params['output']['bias']))
+  np.testing.assert_allclose(got, module.apply({'params': params}, xq, xkv,
+                                               mask), atol=1e-6)
+
+
+def test_blocked_attention_plans_fewer_temporaries():
+  # The point of the blocked path: no array of the whole logits' size. A
+  # 64 x 16k single-batch, 2-head call (8 MiB of logits) with its gradient,
+  # in 1 MiB blocks, must plan well under the full-matrix path's
+  # temporaries (which hold the weights and the backward's logits-sized
+  # products).
+  q, k, v = _rand(1, 64, 2, 8), _rand(1, 16384, 2, 8), _rand(1, 16384, 2, 8)
+
+  def temporaries(core):
+    loss = lambda *a: jnp.sum(core(*a, None))
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+    compiled = step.lower(q, k, v).compile(_JIT_OPTIONS)
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  with attn.blocked_attention_threshold(0, 2**20):
+    blocked = temporaries(attn._blocked_attention)
+  full = temporaries(attn._cpu_attention)
+  assert full > 2 * 8 * 2**20, full  # >= two logits-sized arrays
+  assert blocked < 0.5 * full, (blocked, full)
+
+
 @pytest.mark.parametrize('features', [4, 40])  # narrower, wider than x
 def test_dense_dot_general_gradients_match_autodiff(features):
   x, kernel = _rand(2, 9, 16), _rand(16, features)
