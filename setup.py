@@ -35,6 +35,7 @@ TEST = DATA + [
     'pytest>=8.0',
     'torch==2.13.0',  # CPU wheel on the project machines; parity reference.
     'transformers>=4.40',
+    'matplotlib>=3.8',  # benchmarks.scaling's plot, tested end to end.
 ]
 BENCH = ['matplotlib>=3.8', 'psutil>=5.9', 'torch==2.13.0', 'transformers>=4.40']
 

@@ -22,6 +22,7 @@ added element between consecutive sizes, with a least-squares line fit.
 
 Usage:
   python -m benchmarks.scaling                       # both sweeps
+  python -m benchmarks.scaling --sweeps inputs --keep_from DIR  # re-run one
   python -m benchmarks.scaling --sweeps queries --queries 2048,1048576
   python -m benchmarks.scaling --smoke               # tiny, seconds
 Writes <out>/scaling.json, scaling.md and scaling.png.
@@ -29,6 +30,7 @@ Writes <out>/scaling.json, scaling.md and scaling.png.
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 
@@ -72,6 +74,12 @@ def build_parser():
   p.add_argument('--mem_cap_gb', type=float, default=14.0)
   p.add_argument('--timeout_s', type=float, default=1800.0)
   p.add_argument('--smoke', action='store_true', help='tiny sizes.')
+  p.add_argument('--no_plot', action='store_true',
+                 help='write the table only (no matplotlib needed).')
+  p.add_argument('--keep_from', default=None,
+                 help='a folder with an earlier scaling.json: the sweeps not '
+                      'run now are taken from it, so one sweep can be re-run '
+                      'without the other (both dates are recorded).')
   p.add_argument('--out', default=None,
                  help='output folder (default benchmarks/results/cpu; with '
                  '--smoke benchmarks/results/smoke, so a smoke run never '
@@ -168,6 +176,10 @@ def to_markdown(doc):
            f'cores, {m["memory_gib"]} GiB); memory cap per point '
            f'{doc["settings"]["mem_cap_gb"]} GiB; settings '
            f'{doc["settings"]}.', '']
+  if doc.get('kept_from'):
+    k = doc['kept_from']
+    lines[0] += (f' The {", ".join(k["sweeps"])} sweep(s) are from an earlier '
+                 f'run, {k["date"]} ({k["path"]}).')
   header = ['sweep', 'mode', 'size', 'series', 'median time', 'time/element',
             'peak RSS', 'status']
   rows = []
@@ -252,9 +264,36 @@ def plot(doc, path):
   os.replace(tmp, path)
 
 
+def keep_earlier_sweeps(doc, folder, sweeps_run):
+  """Adds the results of the sweeps not in `sweeps_run` from folder/scaling.json."""
+  path = os.path.join(folder, 'scaling.json')
+  try:
+    with open(path) as f:
+      earlier = json.load(f)
+    results = earlier['results']
+    date = earlier['machine']['date']
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f'--keep_from {folder!r}: cannot read an earlier '
+                     f'scaling.json there ({e}); give the folder a previous '
+                     f'run wrote.') from e
+  kept = [r for r in results if r.get('sweep') not in sweeps_run]
+  if not kept:
+    return
+  doc['results'] += kept
+  doc['kept_from'] = {'path': path, 'date': date,
+                      'sweeps': sorted({r.get('sweep') for r in kept})}
+
+
 def main(argv=None):
   args = build_parser().parse_args(argv)
   args.out = runner.results_dir(args.out, args.smoke, 'cpu')
+  if not args.no_plot:  # Fail now, not after the sweeps' half hour.
+    try:
+      import matplotlib  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError as e:
+      raise SystemExit(f'benchmarks.scaling plots with matplotlib, which is '
+                       f'not installed ({e}): pip install -e ".[bench]", or '
+                       f'pass --no_plot for the table only.') from e
   sweeps = [s for s in args.sweeps.split(',') if s]
   if set(sweeps) - {'inputs', 'queries'}:
     raise ValueError('--sweeps takes inputs and/or queries.')
@@ -296,10 +335,13 @@ def main(argv=None):
     for r in res:
       r['sweep'] = 'queries'
     doc['results'] += res
+  if args.keep_from:
+    keep_earlier_sweeps(doc, args.keep_from, sweeps)
   doc['linearity'] = analyse(doc)
   md = to_markdown(doc)
   runner.write_results(os.path.join(args.out, 'scaling'), doc, md)
-  plot(doc, os.path.join(args.out, 'scaling.png'))
+  if not args.no_plot:
+    plot(doc, os.path.join(args.out, 'scaling.png'))
   print(md)
   return 0
 

@@ -274,12 +274,16 @@ def count_jaxpr_flops(jaxpr) -> float:
 
   Elementwise work is left out (small next to the GEMMs of a Perceiver);
   scans count their body `length` times, conds their largest branch, loops
-  of unknown trip count their body once.
+  of unknown trip count their body once. Equations without outputs count
+  nothing: Flax's lifted `nn.scan` (chunked decoding) leaves such dead calls
+  in the jaxpr, and XLA removes them.
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
   jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
   total = 0.0
   for eqn in jaxpr.eqns:
+    if not eqn.outvars:
+      continue
     name = eqn.primitive.name
     out = eqn.outvars[0].aval
     if name == 'dot_general':
