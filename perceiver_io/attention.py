@@ -564,8 +564,18 @@ class MLP(nn.Module):
 
 
 def _layer_norm(name, dtype, param_dtype):
-  return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype,
+  """A LayerNorm over the last axis, applied to the input seen as 2-D.
+
+  Why 2-D: the scale and bias gradients sum over every leading axis, and
+  XLA:CPU (jaxlib 0.10, YNN) simplifies that sum over a [1, N, C] input
+  (batch 1) to a reduction over the middle axis that ran 60x slower than
+  the same sum over [N, C] (65,536 x 768: 636 vs 10 ms; batch 2 and more
+  were fast). It was the largest op of the 64k-byte train step (650 ms of
+  3.7 s, BUILD_NOTES.md, tenth session). Same values and parameters.
+  """
+  norm = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype,
                       param_dtype=param_dtype, name=name)
+  return lambda x: norm(x.reshape(-1, x.shape[-1])).reshape(x.shape)
 
 
 def _call_block(module, *args, deterministic):

@@ -335,6 +335,38 @@ def test_language_model_same_with_every_attention_blocked():
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
 
 
+def test_layer_norm_sums_its_gradients_over_2d():
+  # `_layer_norm` normalises like nn.LayerNorm (same values, same
+  # parameters) but sees its input as 2-D, so the scale/bias gradients are
+  # sums over the rows of a 2-D array: XLA:CPU turned the sum over a batch-1
+  # [1, N, C] input into a 60x slower middle-axis reduction (docstring).
+  x = _rand(1, 64, 8)
+  w = _rand(1, 64, 8)
+
+  class Norm(flax.linen.Module):
+    @flax.linen.compact
+    def __call__(self, x):
+      return attn._layer_norm('norm', None, jnp.float32)(x)
+
+  plain = flax.linen.LayerNorm(epsilon=attn.LAYER_NORM_EPS)
+  params = _random_params(Norm(), x)
+  assert jax.tree_util.tree_map(np.shape, params) == {
+      'norm': {'scale': (8,), 'bias': (8,)}}
+  loss = lambda module, p: jnp.sum(w * module.apply({'params': p}, x))
+  np.testing.assert_allclose(Norm().apply({'params': params}, x),
+                             plain.apply({'params': params['norm']}, x),
+                             atol=1e-6)
+  got = jax.grad(lambda p: loss(Norm(), p))(params)['norm']
+  want = jax.grad(lambda p: loss(plain, p))(params['norm'])
+  for k in ('scale', 'bias'):
+    np.testing.assert_allclose(got[k], want[k], atol=1e-5)
+  jaxpr = jax.make_jaxpr(jax.grad(lambda p: loss(Norm(), p)))(params)
+  param_sums = [e for e in jaxpr.jaxpr.eqns if e.primitive.name ==
+                'reduce_sum' and e.outvars[0].aval.shape == (8,)]
+  assert len(param_sums) == 2, param_sums  # scale and bias
+  assert all(e.invars[0].aval.shape == (64, 8) for e in param_sums), param_sums
+
+
 def test_blocked_attention_plans_fewer_temporaries():
   # The point of the blocked path: no array of the whole logits' size. A
   # 64 x 16k single-batch, 2-head call (8 MiB of logits) with its gradient,
