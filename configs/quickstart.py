@@ -15,9 +15,10 @@ Command:
 Hardware: 2 CPU cores (no accelerator needed).
 Expected wall time: 1.5 minutes measured on 2 CPU cores that other jobs
 were also using (562 steps of batch 64 = 25 epochs, compilation included).
-Expected metric: test accuracy 0.964 (347 of 360 test digits) measured;
-runs are deterministic for a seed on a given machine (no paper number: toy
-task).
+Expected metric: test accuracy 0.967 (348 of 360 test digits) measured in
+the tenth session (0.964, 347 of 360, before its LayerNorm change moved the
+round-off); runs are deterministic for a seed on a given machine and code
+(no paper number: toy task).
 
 Variants (`--config=configs/quickstart.py:<variant>`):
   (default)  the run above;
