@@ -265,7 +265,7 @@ def plot(doc, path):
 
 
 def keep_earlier_sweeps(doc, folder, sweeps_run):
-  """Adds the results of the sweeps not in `sweeps_run` from folder/scaling.json."""
+  """Adds to `doc` the sweeps not in `sweeps_run` from folder/scaling.json."""
   path = os.path.join(folder, 'scaling.json')
   try:
     with open(path) as f:

@@ -264,6 +264,20 @@ def _cpu_attention(q, k, v, mask):
   return _xla_attention(q, k, v, mask)
 
 
+def _softmax_backward(weights, d_weights, d_out, out, mask, scale, dtype):
+  """Logit gradients dS = P * (dP - rowsum(dO * O)) * scale, masked; in dtype.
+
+  `mask` (or None) broadcasts against the weights; rowsum(dO * O) equals
+  rowsum(dP * P) without another logits-sized product.
+  """
+  row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1,
+                keepdims=True)
+  d_logits = weights * (d_weights - row) * scale
+  if mask is not None:
+    d_logits = jnp.where(mask, d_logits, 0.0)
+  return d_logits.astype(dtype)
+
+
 def _cpu_attention_bwd(res, d_out):
   qh, kh, vh, weights, out, mask = res
   scale = 1.0 / jnp.sqrt(qh.shape[-1]).astype(jnp.float32)
@@ -273,13 +287,9 @@ def _cpu_attention_bwd(res, d_out):
   d_v = jnp.einsum('bhst,bhtd->bhsd', weights_t, d_oh)
   d_weights = jnp.einsum('bhtd,bhsd->bhts', d_oh, vh,
                          preferred_element_type=jnp.float32)
-  # Softmax backward: dS = P * (dP - rowsum(dO * O)).
-  row = jnp.sum(d_oh.astype(jnp.float32) * out.astype(jnp.float32), axis=-1,
-                keepdims=True)
-  d_logits = weights * (d_weights - row) * scale
-  if mask is not None:
-    d_logits = jnp.where(mask[:, None, :, :], d_logits, 0.0)
-  d_logits = d_logits.astype(qh.dtype)
+  d_logits = _softmax_backward(
+      weights, d_weights, d_oh, out,
+      None if mask is None else mask[:, None, :, :], scale, qh.dtype)
   d_q = jnp.einsum('bhts,bhsd->bhtd', d_logits, kh)
   d_k = jnp.einsum('bhst,bhtd->bhsd', _row_major_t_last2(d_logits), qh)
   return (_heads_first(d_q), _heads_first(d_k), _heads_first(d_v), None)
@@ -355,16 +365,21 @@ def _put_block(x, block, b, first, h):
   return jax.lax.dynamic_update_slice(x, block, (b, first, h, 0))
 
 
-def _block_logits(q, k, mask, b, h, first, rows):
-  """Scaled, masked fp32 logits of one block: [rows, S]."""
-  scale = 1.0 / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
+def _block_mask(mask, b, first, rows):
+  """mask[b, first:first + rows] of a [B, T, S] mask (None stays None)."""
+  if mask is None:
+    return None
+  return jax.lax.dynamic_slice(mask, (b, first, 0),
+                               (1, rows, mask.shape[-1]))[0]
+
+
+def _block_logits(q_block, k_block, mask_block, scale):
+  """Scaled, masked fp32 logits of a block: [rows, D], [S, D] -> [rows, S]."""
   logits = jax.lax.dot_general(
-      _block(q, b, first, h, rows), _block(k, b, 0, h, k.shape[1]),
-      (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32) * scale
-  if mask is not None:
-    block_mask = jax.lax.dynamic_slice(mask, (b, first, 0),
-                                       (1, rows, mask.shape[-1]))
-    logits = jnp.where(block_mask[0], logits, _MASKED_LOGIT)
+      q_block, k_block, (((1,), (1,)), ((), ())),
+      preferred_element_type=jnp.float32) * scale
+  if mask_block is not None:
+    logits = jnp.where(mask_block, logits, _MASKED_LOGIT)
   return logits
 
 
@@ -376,24 +391,28 @@ def _blocked_attention_forward(q, k, v, mask):
   (a log-sum-exp alone loses the sum of a fully masked row: -1e30 + log S
   rounds to -1e30).
   """
+  scale = 1.0 / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
+  kv_len = k.shape[1]
   out = jnp.zeros(q.shape[:3] + v.shape[-1:], v.dtype)
   stats = jnp.zeros((2,) + q.shape[:1] + q.shape[2:3] + q.shape[1:2],
                     jnp.float32)
 
   def body(b, h, first, rows, carry):
     out, stats = carry
-    logits = _block_logits(q, k, mask, b, h, first, rows)
+    logits = _block_logits(_block(q, b, first, h, rows),
+                           _block(k, b, 0, h, kv_len),
+                           _block_mask(mask, b, first, rows), scale)
     row_max = jnp.max(logits, axis=-1, keepdims=True)
     unnormalised = jnp.exp(logits - row_max)
     inv_sum = 1.0 / jnp.sum(unnormalised, axis=-1, keepdims=True)
     weights = (unnormalised * inv_sum).astype(v.dtype)
-    out = _put_block(out, _matmul(weights, _block(v, b, 0, h, v.shape[1])),
+    out = _put_block(out, _matmul(weights, _block(v, b, 0, h, kv_len)),
                      b, first, h)
     block_stats = jnp.stack([row_max, inv_sum]).reshape(2, 1, 1, rows)
     stats = jax.lax.dynamic_update_slice(stats, block_stats, (0, b, h, first))
     return out, stats
 
-  return _for_each_block(q, k.shape[1], body, (out, stats))
+  return _for_each_block(q, kv_len, body, (out, stats))
 
 
 @jax.custom_vjp
@@ -411,10 +430,10 @@ def _blocked_attention(q, k, v, mask):
   CPU (BUILD_NOTES.md, tenth session): the 64k-byte language classifier's
   train step 0.94-0.99x the time (two paired runs) with 1.64 vs 2.77 GiB of
   XLA temporaries, its inference 0.59-0.65x with 0.81 vs 1.69 GiB,
-  optical-flow inference 0.97x with 1.32 vs 3.44 GiB. Below the threshold (`_use_blocked_attention`) it does
-  not pay: ImageNet Fourier's one wide head (261 channels, 196 MiB of
-  logits at batch 2) trained 1.05x slower blocked, IMDB's cross-attention
-  (64 MiB) 1.02x, for 0.1-0.2 GiB.
+  optical-flow inference 0.97x with 1.32 vs 3.44 GiB. Below the threshold
+  (`_use_blocked_attention`) it does not pay: ImageNet Fourier's one wide
+  head (261 channels, 196 MiB of logits at batch 2) trained 1.05x slower
+  blocked, IMDB's cross-attention (64 MiB) 1.02x, for 0.1-0.2 GiB.
   """
   return _blocked_attention_forward(q, k, v, mask)[0]
 
@@ -431,26 +450,21 @@ def _blocked_attention_bwd(res, d_out):
 
   def body(b, h, first, rows, carry):
     d_q, d_k, d_v = carry
-    block_stats = jax.lax.dynamic_slice(stats, (0, b, h, first),
-                                        (2, 1, 1, rows)).reshape(2, rows, 1)
-    weights = (jnp.exp(_block_logits(q, k, mask, b, h, first, rows) -
-                       block_stats[0]) * block_stats[1])
-    d_o = _block(d_out, b, first, h, rows)
     q_b, k_b, v_b = (_block(q, b, first, h, rows), _block(k, b, 0, h, kv_len),
                      _block(v, b, 0, h, kv_len))
+    mask_b = _block_mask(mask, b, first, rows)
+    block_stats = jax.lax.dynamic_slice(stats, (0, b, h, first),
+                                        (2, 1, 1, rows)).reshape(2, rows, 1)
+    weights = (jnp.exp(_block_logits(q_b, k_b, mask_b, scale) -
+                       block_stats[0]) * block_stats[1])
+    d_o = _block(d_out, b, first, h, rows)
     # dV = P^T dO and dK = dS^T Q from row-major copies (module docstring).
     d_v_b = _matmul(_row_major_t(weights.astype(v.dtype)), d_o)
     d_weights = jax.lax.dot_general(d_o, v_b, (((1,), (1,)), ((), ())),
                                     preferred_element_type=jnp.float32)
-    row = jnp.sum(d_o.astype(jnp.float32) *
-                  _block(out, b, first, h, rows).astype(jnp.float32),
-                  axis=-1, keepdims=True)
-    d_logits = weights * (d_weights - row) * scale
-    if mask is not None:
-      block_mask = jax.lax.dynamic_slice(mask, (b, first, 0),
-                                         (1, rows, kv_len))
-      d_logits = jnp.where(block_mask[0], d_logits, 0.0)
-    d_logits = d_logits.astype(q.dtype)
+    d_logits = _softmax_backward(weights, d_weights, d_o,
+                                 _block(out, b, first, h, rows), mask_b,
+                                 scale, q.dtype)
     d_q = _put_block(d_q, _matmul(d_logits, k_b), b, first, h)
     # Several row blocks of one head add into the same dK, dV rows.
     d_k = _put_block(d_k, _block(d_k, b, 0, h, kv_len) +
@@ -584,19 +598,19 @@ def _call_block(module, *args, deterministic):
   Why: XLA's low-memory CPU scheduler puts every weight gradient (dW =
   x^T dy, the bias and LayerNorm sums) after the whole backward pass, next
   to the optimizer update that reads it, so each layer's activations and
-  output gradients stay alive until then. Here the block's input gradients carry a dependency
-  on its parameter gradients (plus exactly zero: 0 * the sum of one element
-  of each), so the previous block's backward waits for them and each
-  layer's buffers are freed as the backward goes. The gradients pass an
-  `optimization_barrier` first so that what the anchor reads is the
-  materialised gradient the optimizer reads too: with an anchor summing
-  whole gradients and no barrier, XLA fused the bias and LayerNorm sums a
-  second time into the late optimizer update, which kept dy alive (IMDB
-  2.22 GiB of temporaries); the one-element anchor measured the same with or
-  without it (1.53 GiB) and the barrier costs nothing measurable. XLA:CPU
-  drops barriers before scheduling, so one cannot order anything alone.
-  (Summing whole gradients cost ImageNet conv's step 4 %: 48 layer calls x
-  24 MiB read again.)
+  output gradients stay alive until then. Here the block's input gradients
+  carry a dependency on its parameter gradients (plus exactly zero: 0 * the
+  sum of one element of each), so the previous block's backward waits for
+  them and each layer's buffers are freed as the backward goes. The
+  gradients pass an `optimization_barrier` first so that what the anchor
+  reads is the materialised gradient the optimizer reads too: with an
+  anchor summing whole gradients and no barrier, XLA fused the bias and
+  LayerNorm sums a second time into the late optimizer update, which kept
+  dy alive (IMDB 2.22 GiB of temporaries); the one-element anchor measured
+  the same with or without it (1.53 GiB) and the barrier costs nothing
+  measurable. XLA:CPU drops barriers before scheduling, so one cannot order
+  anything alone. (Summing whole gradients cost ImageNet conv's step 4 %:
+  48 layer calls x 24 MiB read again.)
 
   Same values, except that a non-finite element read by the anchor (the
   first of a parameter gradient) makes the input gradients NaN too

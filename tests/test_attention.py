@@ -238,7 +238,7 @@ def test_cpu_attention_bfloat16_stays_bfloat16(blocked):
 
 
 # Row blocks of 2 query rows for a 7-key input (fp32 logits: 4 bytes each):
-# query lengths 5 and 6 take two loops (full blocks, then the remainder) and one.
+# query length 5 takes two loops (full blocks, then the remainder), 6 one.
 _TWO_ROWS_OF_7 = 2 * 7 * 4
 
 
