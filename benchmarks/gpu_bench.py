@@ -143,11 +143,13 @@ def items_for(args, impl):
   """The worker items of one implementation, most important first.
 
   Order (each side's budget may end the list early; what is left is reported
-  as skipped): training at the issue's batches in bf16 then fp32 (the
-  throughput target); training at the MFU batches (the utilisation target:
-  a batch-4 step on this card measures kernel-launch latency, not the
-  model); our bf16 training with cuDNN flash attention; inference in bf16,
-  then fp32.
+  as skipped): training in bf16 with cuDNN flash attention (our fastest GPU
+  setting in the third session, and since the eleventh it covers the
+  language model too) at the issue's batches, then at the MFU batches (a
+  batch-4 step on this card measures kernel-launch latency, not the model);
+  the same with XLA's attention ('auto'); fp32 training; inference with
+  cuDNN, XLA's attention, then fp32. One run measures about five of our
+  training items (each compiles for 35-50 s), so pick with `--only`.
   """
   from benchmarks.compare_reference import parse_key_values  # pylint: disable=g-import-not-at-top
   batch = dict(GPU_BATCH)
@@ -171,13 +173,11 @@ def items_for(args, impl):
                              batch=mfu_batch[w.name])
          for w in train if mfu_batch.get(w.name, 0) > 0]
   if impl == 'ours':
-    plan = ([('train', w, 'bf16') for w in train] +
+    plan = ([('train', w, 'bf16_cudnn') for w in train + big] +
+            [('train', w, 'bf16') for w in train + big] +
             [('train', w, 'fp32') for w in train] +
-            [('train', w, 'bf16') for w in big] +
-            [('train', w, 'bf16_cudnn') for w in train
-             if w.kind.startswith('image')] +
-            [('infer', w, 'bf16') for w in infer] +
-            [('infer', w, 'fp32') for w in infer])
+            [('infer', w, p) for p in ('bf16_cudnn', 'bf16', 'fp32')
+             for w in infer])
   else:
     plan = ([('train', w, p) for w in train for p in REF_PRECISIONS] +
             [('train', w, p) for w in big for p in REF_PRECISIONS[:2]] +

@@ -7,11 +7,20 @@ TensorBoard needed), maps each executed HLO op to the model code that emitted
 it (the `op_name` metadata in the compiled HLO), and prints the top entries,
 grouped by model location, split into forward and backward.
 
+On a GPU (`--device gpu`) it reads the kernels instead: time per HLO op and
+per category (matmul, cuDNN attention, convolution, copies, other fusions),
+the top kernels, and how long the GPU sat idle between kernels, which is
+what says whether a step with low model FLOPs utilisation is launch-bound,
+memory-bound (fusions) or matmul-bound.
+
 Usage:
   python -m benchmarks.profile_ours --workload imdb --mode train --batch 4
   python -m benchmarks.profile_ours --workload imagenet_fourier --top 30
+  python -m benchmarks.profile_ours --device gpu --workload imagenet_conv \
+      --batch 32 --ours dtype=bfloat16 --ours attention_impl=cudnn
   python -m benchmarks.profile_ours --smoke        # tiny sizes, seconds
-Writes <out>/profile_<workload>_<mode>.json and .md.
+Writes <out>/profile_<workload>_b<batch>_<mode>[_<option>-<value>...].json
+and .md (default <out>: benchmarks/results/<device>).
 """
 
 import argparse
@@ -49,39 +58,116 @@ def model_location(op_name):
   """'jit(step)/transpose(jvp(PerceiverIO))/encoder/.../dot_general' ->
   ('backward', 'encoder/.../dot_general')."""
   phase = 'backward' if 'transpose(' in op_name else 'forward'
-  parts = [p for p in op_name.split('/')
-           if not re.match(r'^(jit|jvp|transpose|vmap|remat|checkpoint)\(', p)]
   # Shared latent layers: fold the layer index so all 26 layers add up.
-  loc = '/'.join(parts)
-  loc = re.sub(r'self_attend_\d+', 'self_attend_*', loc)
-  return phase, loc or op_name
+  op_name = re.sub(r'self_attend_\d+', 'self_attend_*', op_name)
+  parts = []
+  for p in op_name.split('/'):
+    # Transform wrappers, and the scopes that Flax's custom VJP adds around
+    # a block (`_call_block`), which repeat the module path.
+    if (re.match(r'^(jit|jvp|transpose|vmap|remat|checkpoint)\(', p) or
+        re.search(r'\.(shared_forward_fn|_layers)$', p)):
+      continue
+    if p in parts:  # The module path again (wrappers repeat it).
+      continue
+    parts.append(p)
+  return phase, '/'.join(parts) or op_name
+
+
+# Lines of a GPU plane that the profiler derives from the kernel lines
+# (counting them too would count each kernel twice).
+_DERIVED_GPU_LINES = ('XLA Modules', 'XLA Ops', 'Steps', 'Framework',
+                      'Source code', 'XLA TraceMe', 'Launch Stats')
+# Kernel or HLO op name fragment -> category, first match wins.
+_CATEGORIES = (
+    ('attention (cuDNN)', ('cudnn', 'fmha', 'flash', 'sdpa')),
+    ('convolution', ('conv',)),
+    ('matmul', ('gemm', 'cublas', 'cutlass', 'xmma', 'nvjet', 'dot', 'matmul',
+                'wgmma')),
+    ('copy / transpose', ('copy', 'transpose', 'memcpy', 'memset')),
+)
+
+
+def op_category(*names):
+  """'matmul', 'attention (cuDNN)', ... for a GPU kernel and its HLO op."""
+  text = ' '.join(n.lower() for n in names if n)
+  for category, fragments in _CATEGORIES:
+    if any(f in text for f in fragments):
+      return category
+  return 'other fusions (elementwise, reductions)'
+
+
+def summarise_trace(data):
+  """Per-op device time of a `jax.profiler.ProfileData`.
+
+  Returns {'ops': {HLO op: ns}, 'kernels': {kernel: ns}, 'categories':
+  {category: ns}, 'busy_ns', 'span_ns', 'device'}. With GPU planes
+  ('/device:GPU:*') only their kernel lines count (events named by kernel,
+  with an 'hlo_op' stat naming the HLO instruction that launched it);
+  `busy_ns` is the union of kernel intervals and `span_ns` first start to
+  last end, so 1 - busy/span is the time the GPU sat idle between kernels
+  (launch latency, host work). Without GPU planes (the CPU backend): every
+  host thread's events except the Python line and wrappers, by op name.
+  """
+  gpu = [p for p in data.planes if p.name.startswith('/device:GPU')]
+  ops, kernels, categories = (collections.Counter() for _ in range(3))
+  intervals = []
+  if gpu:
+    for plane in gpu:
+      lines = [ln for ln in plane.lines
+               if not ln.name.startswith(_DERIVED_GPU_LINES)]
+      for line in lines:
+        for ev in line.events:
+          stats = dict(ev.stats or {})
+          op = str(stats.get('hlo_op') or ev.name)
+          ops[op] += ev.duration_ns
+          kernels[ev.name] += ev.duration_ns
+          categories[op_category(ev.name, op)] += ev.duration_ns
+          intervals.append((ev.start_ns, ev.start_ns + ev.duration_ns))
+  else:
+    for plane in data.planes:
+      for line in plane.lines:
+        if line.name == 'python':
+          continue
+        for ev in line.events:
+          if not ev.name.startswith(_WRAPPERS):
+            ops[ev.name] += ev.duration_ns
+  busy, span = 0.0, 0.0
+  if intervals:
+    intervals.sort()
+    span = max(end for _, end in intervals) - intervals[0][0]
+    start, end = intervals[0]
+    for s, e in intervals[1:]:
+      if s > end:
+        busy += end - start
+        start, end = s, e
+      else:
+        end = max(end, e)
+    busy += end - start
+  return {'ops': ops, 'kernels': kernels, 'categories': categories,
+          'busy_ns': busy, 'span_ns': span,
+          'device': 'gpu' if gpu else 'cpu'}
 
 
 def trace_call(fn, workdir):
-  """Runs `fn` once under the profiler; returns {op name: total ns}."""
+  """Runs `fn` once under the profiler; returns `summarise_trace`'s dict."""
   import jax  # pylint: disable=g-import-not-at-top
   with jax.profiler.trace(workdir):
     fn()
   files = glob.glob(os.path.join(workdir, '**', '*.xplane.pb'), recursive=True)
   if not files:
     raise FileNotFoundError(f'no .xplane.pb trace written under {workdir}.')
-  data = jax.profiler.ProfileData.from_file(files[0])
-  totals = collections.Counter()
-  for plane in data.planes:
-    for line in plane.lines:
-      if line.name == 'python':
-        continue
-      for ev in line.events:
-        if not ev.name.startswith(_WRAPPERS):
-          totals[ev.name] += ev.duration_ns
-  return totals
+  return summarise_trace(jax.profiler.ProfileData.from_file(files[0]))
 
 
-def profile(w, mode, perf, repeats=2):
+def profile(w, mode, perf, repeats=2, device='cpu'):
   """Profiles our jitted train step or inference on workload `w`."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  jax.config.update('jax_platforms', 'cpu')
+  if device == 'cpu':
+    jax.config.update('jax_platforms', 'cpu')
+  elif jax.default_backend() != device:
+    raise SystemExit(f'--device {device}: JAX found no {device} (its backend '
+                     f'is {jax.default_backend()!r}); use --device cpu here.')
   data = W.make_inputs(w)
   model, variables, x, kwargs = W.ours_build(w, data, **perf)
   if mode == 'train':
@@ -110,26 +196,37 @@ def profile(w, mode, perf, repeats=2):
     times.append(time.perf_counter() - t0)
   with tempfile.TemporaryDirectory() as tmp:
     t0 = time.perf_counter()
-    totals = trace_call(call, tmp)
+    trace = trace_call(call, tmp)
     traced_s = time.perf_counter() - t0
   names = op_names_from_hlo(compiled.as_text())
   by_loc = collections.defaultdict(lambda: {'ns': 0, 'ops': set()})
-  for op, ns in totals.items():
+  for op, ns in trace['ops'].items():
     phase, loc = model_location(names.get(op, op))
     entry = by_loc[(phase, loc)]
     entry['ns'] += ns
     entry['ops'].add(re.sub(r'\.\d+$', '', op))
-  busy = sum(totals.values())
+  busy = sum(trace['ops'].values())
   rows = sorted(({'phase': k[0], 'location': k[1], 'ms': v['ns'] / 1e6,
                   'share_of_op_time': v['ns'] / busy if busy else 0.0,
                   'op_kinds': sorted(v['ops'])}
                  for k, v in by_loc.items()), key=lambda r: -r['ms'])
-  return {'workload': w.name, 'mode': mode, 'batch': w.batch, 'perf': perf,
-          'step_times_s': times, 'traced_call_s': traced_s,
-          'op_time_ms_all_threads': busy / 1e6,
-          'phase_ms': {p: sum(r['ms'] for r in rows if r['phase'] == p)
-                       for p in ('forward', 'backward')},
-          'rows': rows}
+  doc = {'workload': w.name, 'mode': mode, 'batch': w.batch, 'perf': perf,
+         'device': trace['device'], 'step_times_s': times,
+         'traced_call_s': traced_s, 'op_time_ms_all_threads': busy / 1e6,
+         'phase_ms': {p: sum(r['ms'] for r in rows if r['phase'] == p)
+                      for p in ('forward', 'backward')},
+         'rows': rows}
+  if trace['device'] == 'gpu':
+    doc['gpu'] = {
+        'kernel_busy_ms': trace['busy_ns'] / 1e6,
+        'kernel_span_ms': trace['span_ns'] / 1e6,
+        'idle_share': (1 - trace['busy_ns'] / trace['span_ns']
+                       if trace['span_ns'] else None),
+        'category_ms': {k: v / 1e6 for k, v in
+                        trace['categories'].most_common()},
+        'top_kernels_ms': {k[:160]: v / 1e6 for k, v in
+                           trace['kernels'].most_common(40)}}
+  return doc
 
 
 def to_markdown(doc, top):
@@ -139,7 +236,14 @@ def to_markdown(doc, top):
            f'threads {doc["op_time_ms_all_threads"] / 1e3:.2f} s '
            f'(forward {doc["phase_ms"]["forward"] / 1e3:.2f} s, backward and '
            f'update {doc["phase_ms"]["backward"] / 1e3:.2f} s).', '']
-  rows = [[r['phase'], r['location'][:90], f'{r["ms"]:.0f}',
+  if doc.get('gpu'):
+    g = doc['gpu']
+    lines += [f'GPU kernels busy {g["kernel_busy_ms"]:.1f} ms of a '
+              f'{g["kernel_span_ms"]:.1f} ms span (idle '
+              f'{100 * (g["idle_share"] or 0):.1f} %). By category: ' +
+              ', '.join(f'{k} {v:.1f} ms' for k, v in g['category_ms'].items())
+              + '.', '']
+  rows = [[r['phase'], r['location'][-90:], f'{r["ms"]:.1f}',
            f'{100 * r["share_of_op_time"]:.1f}%', ', '.join(r['op_kinds'][:3])]
           for r in doc['rows'][:top]]
   return '\n'.join(lines) + '\n' + runner.markdown_table(
@@ -154,13 +258,16 @@ def main(argv=None):
   p.add_argument('--top', type=int, default=25)
   p.add_argument('--ours', action='append', default=[],
                  help='perf options, e.g. attention_impl=einsum.')
+  p.add_argument('--device', default='cpu', choices=('cpu', 'gpu'),
+                 help='gpu: profile on the GPU (kernel time by HLO op and '
+                 'category, and the idle time between kernels).')
   p.add_argument('--smoke', action='store_true')
   p.add_argument('--out', default=None,
-                 help='output folder (default benchmarks/results/cpu; with '
+                 help='output folder (default benchmarks/results/<device>; with '
                  '--smoke benchmarks/results/smoke, so a smoke run never '
                  'replaces real results).')
   args = p.parse_args(argv)
-  args.out = runner.results_dir(args.out, args.smoke, 'cpu')
+  args.out = runner.results_dir(args.out, args.smoke, args.device)
   from benchmarks.compare_reference import parse_key_values  # pylint: disable=g-import-not-at-top
   batch = {args.workload: args.batch} if args.batch else None
   workloads = W.standard_workloads(args.smoke, batch)
@@ -168,9 +275,13 @@ def main(argv=None):
     raise ValueError(f'unknown workload {args.workload!r}; choose from '
                      f'{sorted(workloads)}.')
   doc = profile(workloads[args.workload], args.mode,
-                parse_key_values(args.ours, '--ours'))
+                parse_key_values(args.ours, '--ours'), device=args.device)
   doc['machine'] = runner.machine_info()
-  stem = os.path.join(args.out, f'profile_{args.workload}_{args.mode}')
+  # Letters, digits, '.', '_' and '-' only (what a device run brings back).
+  tag = ''.join(f'_{k}-{v}' for k, v in sorted(doc['perf'].items()))
+  stem = os.path.join(args.out, re.sub(
+      r'[^\w.-]', '-', f'profile_{args.workload}_b{doc["batch"]}_'
+      f'{args.mode}{tag}'))
   md = to_markdown(doc, args.top)
   runner.write_results(stem, doc, md)
   print(md)

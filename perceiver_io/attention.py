@@ -12,8 +12,10 @@ Written to reproduce the official Perceiver IO numerics (see
   `use_query_residual` is set.
 
 Numerically equivalent attention paths: `jax.nn.dot_product_attention`
-(XLA's kernel, or cuDNN flash attention on GPU) when the q/k and v head widths
-match and no attention dropout is active, an einsum path otherwise, and on the
+(XLA's kernel when the q/k and v head widths match, or with
+`attention_impl='cudnn'` cuDNN flash attention on GPU, the narrower width
+zero-padded) when no attention dropout is active, an einsum path otherwise,
+and on the
 CPU backend (the default there) a head-major core with a hand-written gradient
 (`_cpu_attention`), or for calls with large logits (long inputs) the same
 computed one batch element, head and row block at a time
@@ -197,20 +199,64 @@ def make_cross_attention_mask(query_mask, kv_mask):
                          kv_mask[:, None, :].astype(bool))
 
 
-def cudnn_attention_supported(q, mask=None, backend=None):
+def _compute_capability():
+  """The first device's CUDA compute capability as a float (9.0: Hopper), or
+  None off NVIDIA GPUs (or while `assume_platform` names one not present)."""
+  capability = getattr(jax.devices()[0], 'compute_capability', None)
+  try:
+    return float(capability)
+  except (TypeError, ValueError):
+    return None
+
+
+def cudnn_attention_supported(q, mask=None, backend=None, v_head_width=None,
+                              compute_capability=None):
   """Whether cuDNN flash attention takes these queries ([B, T, H, D]).
 
   Why a predicate rather than try/except: JAX refuses unsupported shapes only
   partly at trace time, so the conservative set is chosen up front: a GPU
-  backend, bf16/fp16 activations, a head width that is a multiple of 8 and at
-  most 128, and no mask (the masked perceiver paths are the language ones,
-  whose q/k and v widths differ and never fuse anyway).
+  backend, bf16/fp16 activations, no mask, and a head width (the wider of
+  the q/k and v widths, `v_head_width`, since `_cudnn_attention` pads the
+  narrower to it) that is a multiple of 8 and at most 128, or 256 on Hopper
+  and later (compute capability >= 9.0, cuDNN's own limit there; read from
+  the device unless `compute_capability` is given). Masked calls (the
+  language encoder's cross-attention) keep XLA's path.
   """
   backend = backend or _default_platform()
-  head_width = q.shape[-1]
-  return (backend == 'gpu' and mask is None and
-          q.dtype in (jnp.bfloat16, jnp.float16) and
-          head_width % 8 == 0 and head_width <= 128)
+  if backend != 'gpu':
+    return False
+  if compute_capability is None:
+    compute_capability = _compute_capability()
+  max_width = 256 if (compute_capability or 0.0) >= 9.0 else 128
+  widths = (q.shape[-1], v_head_width or q.shape[-1])
+  return (mask is None and q.dtype in (jnp.bfloat16, jnp.float16) and
+          all(w % 8 == 0 and w <= max_width for w in widths))
+
+
+def _cudnn_attention(q, k, v, implementation='cudnn'):
+  """Fused attention for any q/k and v head widths ([B,T,H,D] arrays).
+
+  Why padding: `jax.nn.dot_product_attention` (and cuDNN's kernel behind it)
+  wants one head width for q, k and v, but the language perceiver's latent
+  attention has q/k heads of 32 and v heads of 160. Zero columns appended
+  to q and k leave every logit unchanged (the scale stays 1/sqrt(q/k width)),
+  and zero columns appended to v give output columns that are sliced off,
+  so values and gradients are those of the unpadded attention. The extra
+  logit FLOPs (32 -> 160 per head) are small next to the projections, and
+  the fused kernel never writes the [B, H, T, S] fp32 logits and softmax
+  to memory. `implementation` is for tests (XLA's kernel on CPU).
+  """
+  qk_width, v_width = q.shape[-1], v.shape[-1]
+  width = max(qk_width, v_width)
+
+  def pad(x):
+    extra = width - x.shape[-1]
+    return x if extra == 0 else jnp.pad(x, [(0, 0)] * 3 + [(0, extra)])
+
+  out = jax.nn.dot_product_attention(
+      pad(q), pad(k), pad(v), scale=1.0 / float(qk_width) ** 0.5,
+      implementation=implementation)
+  return out[..., :v_width]
 
 
 def _einsum_attention(q, k, v, mask, dropout_rate, deterministic, dropout_rng,
@@ -496,7 +542,9 @@ class MultiHeadAttention(nn.Module):
       agree and no attention dropout is active, else einsum), 'einsum',
       'fused' (error if not possible), 'cudnn' (cuDNN's flash attention where
       `cudnn_attention_supported` says it applies, i.e. on a GPU in bf16/fp16
-      with head width <= 128; elsewhere as 'auto') or 'cpu' (the same as
+      with no mask and head widths <= 128, or <= 256 on Hopper; unequal q/k
+      and v widths are zero-padded, `_cudnn_attention`; elsewhere as
+      'auto') or 'cpu' (the same as
       'auto'; until the ninth session it was the opt-in for the row-major
       Dense gradients, now part of 'auto' on CPU).
   """
@@ -536,9 +584,9 @@ class MultiHeadAttention(nn.Module):
     if self.attention_impl not in ('auto', 'fused', 'einsum', 'cudnn', 'cpu'):
       raise ValueError(f'attention_impl must be auto, fused, einsum, cudnn or '
                        f'cpu, got {self.attention_impl!r}.')
-    if (can_fuse and self.attention_impl == 'cudnn' and
-        cudnn_attention_supported(q, mask)):
-      out = jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
+    if (self.attention_impl == 'cudnn' and not use_dropout and
+        cudnn_attention_supported(q, mask, v_head_width=v.shape[-1])):
+      out = _cudnn_attention(q, k, v)
     elif custom_cpu and not use_dropout:
       attend = (_blocked_attention if _use_blocked_attention(q, k)
                 else _cpu_attention)

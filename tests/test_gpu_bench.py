@@ -25,15 +25,18 @@ def _keys(items):
 def test_items_order_targets_first():
   ours = _keys(gpu_bench.items_for(_args('--workloads', 'imdb,imagenet_fourier'),
                                    'ours'))
-  assert ours[:4] == ['ours/imdb/train/bf16', 'ours/imagenet_fourier/train/bf16',
-                      'ours/imdb/train/fp32',
-                      'ours/imagenet_fourier/train/fp32']
-  # Then the MFU batches (smoke: 3), cuDNN for the image model, inference.
-  assert ours[4:7] == ['ours/imdb@3/train/bf16',
-                       'ours/imagenet_fourier@3/train/bf16',
-                       'ours/imagenet_fourier/train/bf16_cudnn']
-  assert ours[7:] == ['ours/imdb/infer/bf16', 'ours/imagenet_fourier/infer/bf16',
-                      'ours/imdb/infer/fp32', 'ours/imagenet_fourier/infer/fp32']
+  # cuDNN first (issue batches, then the MFU batches, smoke: 3), then XLA's
+  # attention, fp32, and inference in the same precision order.
+  assert ours[:4] == ['ours/imdb/train/bf16_cudnn',
+                      'ours/imagenet_fourier/train/bf16_cudnn',
+                      'ours/imdb@3/train/bf16_cudnn',
+                      'ours/imagenet_fourier@3/train/bf16_cudnn']
+  assert ours[4:8] == [k.replace('bf16_cudnn', 'bf16') for k in ours[:4]]
+  assert ours[8:10] == ['ours/imdb/train/fp32',
+                        'ours/imagenet_fourier/train/fp32']
+  assert ours[10:] == [f'ours/{w}/infer/{p}'
+                       for p in ('bf16_cudnn', 'bf16', 'fp32')
+                       for w in ('imdb', 'imagenet_fourier')]
   hf = _keys(gpu_bench.items_for(_args('--workloads', 'imdb'), 'hf'))
   assert hf == ['hf/imdb/train/bf16_autocast', 'hf/imdb/train/tf32',
                 'hf/imdb/train/fp32', 'hf/imdb@3/train/bf16_autocast',
@@ -45,12 +48,15 @@ def test_only_and_mfu_batch_flags():
   args = _args('--only', 'ours/*/infer/bf16,ours/imdb@5/train/*',
                '--mfu_batch', 'imdb=5', '--mfu_batch', 'imagenet_fourier=0')
   items = gpu_bench.items_for(args, 'ours')
-  assert _keys(items) == ['ours/imdb@5/train/bf16', 'ours/imdb/infer/bf16',
+  assert _keys(items) == ['ours/imdb@5/train/bf16_cudnn',
+                          'ours/imdb@5/train/bf16', 'ours/imdb/infer/bf16',
                           'ours/imagenet_fourier/infer/bf16',
                           'ours/imagenet_conv/infer/bf16',
                           'ours/optical_flow/infer/bf16']
   assert items[0]['workload']['batch'] == 5
-  assert items[0]['dtype'] == 'bfloat16'
+  assert items[0]['dtype'] == items[1]['dtype'] == 'bfloat16'
+  assert (items[0]['attention_impl'], items[1]['attention_impl']) == (
+      'cudnn', 'auto')
   assert gpu_bench.items_for(args, 'hf') == []
   cudnn = gpu_bench.items_for(_args('--only', '*bf16_cudnn'), 'ours')
   assert {i['attention_impl'] for i in cudnn} == {'cudnn'}

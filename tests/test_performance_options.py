@@ -383,14 +383,77 @@ def test_attention_impl_einsum_vs_auto_vs_fused():
 def test_cudnn_attention_only_where_cudnn_takes_it():
   from perceiver_io.attention import cudnn_attention_supported
   q = lambda width, dtype=jnp.bfloat16: jnp.zeros((2, 8, 4, width), dtype)
-  assert cudnn_attention_supported(q(128), backend='gpu')
-  assert cudnn_attention_supported(q(64, jnp.float16), backend='gpu')
+  gpu = lambda *a, cc=8.0, **k: cudnn_attention_supported(
+      *a, backend='gpu', compute_capability=cc, **k)
+  assert gpu(q(128))
+  assert gpu(q(64, jnp.float16))
   assert not cudnn_attention_supported(q(128), backend='cpu')
-  assert not cudnn_attention_supported(q(128, jnp.float32), backend='gpu')
-  assert not cudnn_attention_supported(q(160), backend='gpu')  # > 128
-  assert not cudnn_attention_supported(q(36), backend='gpu')  # not 8k
+  assert not gpu(q(128, jnp.float32))
+  assert not gpu(q(160))  # > 128 before Hopper ...
+  assert gpu(q(160), cc=9.0)  # ... but cuDNN takes up to 256 on Hopper.
+  assert not gpu(q(264), cc=9.0)
+  assert not gpu(q(36))  # not 8k
+  # Unequal widths: the wider one (after padding) must qualify.
+  assert gpu(q(32), v_head_width=160, cc=9.0)
+  assert not gpu(q(32), v_head_width=160, cc=8.0)
+  assert not gpu(q(32), v_head_width=36, cc=9.0)
   mask = jnp.ones((2, 8, 8), bool)
-  assert not cudnn_attention_supported(q(128), mask, backend='gpu')
+  assert not gpu(q(128), mask)
+
+
+@pytest.mark.parametrize('qk_width,v_width', [(8, 40), (40, 8), (16, 16)])
+def test_cudnn_attention_padding_keeps_values_and_gradients(qk_width, v_width):
+  # `_cudnn_attention` zero-pads the narrower of the q/k and v head widths
+  # so that one fused kernel takes them. Run with XLA's kernel here (cuDNN
+  # needs a GPU): values and all three gradients equal plain attention.
+  from perceiver_io.attention import _cudnn_attention, _einsum_attention
+  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+  q = jax.random.normal(keys[0], (2, 5, 3, qk_width))
+  k = jax.random.normal(keys[1], (2, 7, 3, qk_width))
+  v = jax.random.normal(keys[2], (2, 7, 3, v_width))
+  d_out = jax.random.normal(keys[3], (2, 5, 3, v_width))
+  padded = lambda *a: _cudnn_attention(*a, implementation='xla')
+  plain = lambda *a: _einsum_attention(*a, None, 0.0, True, None, jnp.float32)
+  out, vjp = jax.vjp(padded, q, k, v)
+  ref, ref_vjp = jax.vjp(plain, q, k, v)
+  assert out.shape == (2, 5, 3, v_width)
+  np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
+  for got, want in zip(vjp(d_out), ref_vjp(d_out)):
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_cudnn_impl_takes_unequal_widths_on_hopper(monkeypatch):
+  # The language model's latent attention (unequal q/k and v head widths)
+  # goes to the padded fused path with attention_impl='cudnn'
+  # on a Hopper GPU; only the masked input cross-attention stays on XLA.
+  # Traced as if on such a GPU, with XLA's kernel standing in for cuDNN.
+  from perceiver_io import attention as attn
+  calls = []
+
+  def fake_cudnn(q, k, v):
+    calls.append((q.shape[-1], v.shape[-1]))
+    return attn._einsum_attention(q, k, v, None, 0.0, True, None, q.dtype)
+
+  monkeypatch.setattr(attn, '_cudnn_attention', fake_cudnn)
+  monkeypatch.setattr(attn, '_compute_capability', lambda: 9.0)
+  # Head widths that cuDNN takes: q/k 16 / 2 = 8, v 48 / 2 = 24.
+  cfg, inputs, kwargs, variables = _setup('tiny_language_mlm', depth=1,
+                                          heads=2, qk=16)
+
+  def forward(impl):  # A fresh jit: traced here, under assume_platform.
+    model = perceiver_io.build_model(cfg, attention_impl=impl,
+                                     dtype='bfloat16')
+    return jax.jit(lambda v, x, kw: model.apply(v, x, **kw))(
+        variables, inputs, kwargs)
+
+  with attn.assume_platform('gpu'):
+    ref = forward('einsum')
+    assert not calls
+    got = forward('cudnn')
+  assert len(calls) >= 2  # Every latent layer (+ the unmasked decoder).
+  assert any(qk != v for qk, v in calls)
+  np.testing.assert_array_equal(np.asarray(got, np.float32),
+                                np.asarray(ref, np.float32))
 
 
 def test_fused_refused_for_unequal_widths():

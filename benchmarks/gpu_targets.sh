@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The GPU targets' check in one device call (at most ~9 minutes): the training
+# rows that missed 2x the reference or 40 % MFU in the third session, ours in
+# bf16 with cuDNN attention (and XLA's, for the MFU batches) against HF's bf16
+# autocast and TF32, then a kernel profile of our two large-batch steps
+# (time by HLO op and category, idle time between kernels).
+#
+# Usage: benchmarks/gpu_targets.sh OUT_DIR     (on the device: "$OUT")
+#        benchmarks/gpu_targets.sh /tmp/t --smoke   # tiny sizes, CPU is fine
+# Writes OUT_DIR/gpu.{json,md} and OUT_DIR/profile_*.{json,md}: six files,
+# names in [A-Za-z0-9._-] (what a device call brings back). Same
+# requirements as gpu.sh (no TensorFlow, no ml_collections).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+OUT="${1:?usage: benchmarks/gpu_targets.sh OUT_DIR [--smoke]}"
+SMOKE="${2:-}"
+mkdir -p "$OUT"
+# Ours, in gpu_bench's order: conv b32 cuDNN, imdb b64 cuDNN, Fourier b128
+# cuDNN (its MFU; HF ran out of the H200's memory at 128), imdb b64 XLA.
+ONLY='ours/imagenet_conv/train/bf16_cudnn,ours/imdb@*/train/bf16*'
+ONLY+=',ours/imagenet_fourier@*/train/bf16_cudnn'
+ONLY+=',hf/imagenet_conv/train/bf16_autocast,hf/imagenet_conv/train/tf32'
+ONLY+=',hf/imdb@*/train/*'
+# 330 s of benchmark (ours ~55 s an item with its compile; the reference's
+# items take no compile).
+benchmarks/gpu.sh "$OUT" --workloads imdb,imagenet_fourier,imagenet_conv \
+  --modes train --only "$ONLY" --budget_s 330 --ours_share 0.7 \
+  --ref_min_s 60 --repeats 10 $SMOKE
+# Profiles: 60-80 s each on an H200 (parameter init, compile, 3 steps).
+for spec in imagenet_conv:32 imdb:64; do
+  w="${spec%%:*}"; b="${spec##*:}"
+  if [[ -n "$SMOKE" ]]; then b=2; fi
+  timeout --signal=KILL 150 "$PY" -m benchmarks.profile_ours \
+    --device "$([[ -n "$SMOKE" ]] && echo cpu || echo gpu)" \
+    --workload "$w" --batch "$b" --mode train --top 30 \
+    --ours dtype=bfloat16 --ours attention_impl=cudnn --out "$OUT" $SMOKE \
+    || echo "gpu_targets.sh: profile of $w failed or timed out"
+done
+ls -l "$OUT"
