@@ -26,7 +26,8 @@ ONLY+=',hf/imdb@*/train/*'
 # items take no compile).
 benchmarks/gpu.sh "$OUT" --workloads imdb,imagenet_fourier,imagenet_conv \
   --modes train --only "$ONLY" --budget_s 330 --ours_share 0.7 \
-  --ref_min_s 60 --repeats 10 $SMOKE
+  --ref_min_s 60 --repeats 10 \
+  --flops_json benchmarks/results/gpu/flops_cpu.json $SMOKE
 # Profiles: 60-80 s each on an H200 (parameter init, compile, 3 steps).
 for spec in imagenet_conv:32 imdb:64; do
   w="${spec%%:*}"; b="${spec##*:}"

@@ -15,11 +15,10 @@ Numerically equivalent attention paths: `jax.nn.dot_product_attention`
 (XLA's kernel when the q/k and v head widths match, or with
 `attention_impl='cudnn'` cuDNN flash attention on GPU, the narrower width
 zero-padded) when no attention dropout is active, an einsum path otherwise,
-and on the
-CPU backend (the default there) a head-major core with a hand-written gradient
-(`_cpu_attention`), or for calls with large logits (long inputs) the same
-computed one batch element, head and row block at a time
-(`_blocked_attention`), Dense layers with row-major weight gradients
+and on the CPU backend (the default there) a head-major core with a
+hand-written gradient (`_cpu_attention`), or for calls with large logits
+(long inputs) the same computed one batch element, head and row block at a
+time (`_blocked_attention`), Dense layers with row-major weight gradients
 (`dense_dot_general`) and blocks whose gradients are computed block by block
 (`_call_block`).
 
