@@ -348,6 +348,16 @@ _cpu_attention.defvjp(_cpu_attention_forward, _cpu_attention_bwd)
 # Measured both sides of it: 196 MiB (ImageNet) pays for the recomputation,
 # 512 MiB (64k bytes) and 1.4 GiB (optical flow) do not.
 _BLOCKED_ATTENTION_MIN_BYTES = 256 * 2**20
+# ... and so do smaller calls whose logits per (batch element, head) take at
+# least this many bytes and whose q/k heads are at most this wide: with
+# narrow heads recomputing q k^T in the backward is cheap, with large slices
+# the loop's per-block cost is. Measured (eleventh session, paired): the
+# language classifier's input attention at 4k-16k bytes (4-16 MiB slices,
+# 32-wide heads) trains 0.97-1.00x the time with 0.08-0.30 GiB fewer
+# temporaries and infers 0.79-0.80x; IMDB's (batch 4, 2 MiB slices) trained
+# 1.05x slower, ImageNet Fourier's (one 261-wide head) 1.02x.
+_BLOCKED_ATTENTION_MIN_SLICE_BYTES = 4 * 2**20
+_BLOCKED_ATTENTION_MAX_QK_WIDTH = 64
 # ... in blocks of one (batch, head) and at most this many bytes of logits.
 _ATTENTION_BLOCK_BYTES = 64 * 2**20
 
@@ -359,21 +369,31 @@ def blocked_attention_threshold(min_bytes: int,
 
   For A/B measurements (`benchmarks/paired_options.py`) and tests: values
   are the same either way. `min_bytes=0` blocks every CPU attention call that
-  takes the custom gradients, a huge value none.
+  takes the custom gradients, a huge value none; either way the rule for
+  narrow heads with large per-head slices is then off (`min_bytes` alone
+  decides).
   """
   global _BLOCKED_ATTENTION_MIN_BYTES, _ATTENTION_BLOCK_BYTES
-  previous = _BLOCKED_ATTENTION_MIN_BYTES, _ATTENTION_BLOCK_BYTES
+  global _BLOCKED_ATTENTION_MIN_SLICE_BYTES
+  previous = (_BLOCKED_ATTENTION_MIN_BYTES, _ATTENTION_BLOCK_BYTES,
+              _BLOCKED_ATTENTION_MIN_SLICE_BYTES)
   _BLOCKED_ATTENTION_MIN_BYTES = min_bytes
   _ATTENTION_BLOCK_BYTES = block_bytes or _ATTENTION_BLOCK_BYTES
+  _BLOCKED_ATTENTION_MIN_SLICE_BYTES = float('inf')
   try:
     yield
   finally:
-    _BLOCKED_ATTENTION_MIN_BYTES, _ATTENTION_BLOCK_BYTES = previous
+    (_BLOCKED_ATTENTION_MIN_BYTES, _ATTENTION_BLOCK_BYTES,
+     _BLOCKED_ATTENTION_MIN_SLICE_BYTES) = previous
 
 
 def _use_blocked_attention(q, k) -> bool:
-  batch, q_len, heads, _ = q.shape
-  return 4 * batch * heads * q_len * k.shape[1] >= _BLOCKED_ATTENTION_MIN_BYTES
+  """Whether this CPU call runs block by block (the thresholds above)."""
+  batch, q_len, heads, qk_width = q.shape
+  slice_bytes = 4 * q_len * k.shape[1]
+  return (batch * heads * slice_bytes >= _BLOCKED_ATTENTION_MIN_BYTES or
+          (slice_bytes >= _BLOCKED_ATTENTION_MIN_SLICE_BYTES and
+           qk_width <= _BLOCKED_ATTENTION_MAX_QK_WIDTH))
 
 
 def _for_each_block(q, kv_len, body, carry):

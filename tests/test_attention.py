@@ -299,6 +299,26 @@ def test_attention_runs_blocked_from_the_size_threshold():
                                                mask), atol=1e-6)
 
 
+@pytest.mark.parametrize('q_shape,kv_len,blocked', [
+    ((1, 256, 8, 32), 65536, True),    # 64k bytes: 512 MiB of logits
+    ((1, 256, 8, 32), 4096, True),     # 4k bytes: 4 MiB per head, narrow
+    ((1, 256, 8, 32), 2048, False),    # 2k bytes: 2 MiB per head
+    ((4, 256, 8, 32), 2048, False),    # IMDB batch 4: 2 MiB per head
+    ((2, 512, 1, 261), 50176, False),  # ImageNet Fourier: one wide head
+    ((1, 2048, 1, 512), 182528, True),  # optical flow: 1.4 GiB
+    ((8, 512, 8, 128), 512, False),    # ImageNet latents: 1 MiB per head
+])
+def test_which_calls_run_blocked(q_shape, kv_len, blocked):
+  # The default rule: 256 MiB of logits, or at least 4 MiB per (batch
+  # element, head) with q/k heads at most 64 wide (attention.py, measured).
+  q = jax.ShapeDtypeStruct(q_shape, jnp.float32)
+  k = jax.ShapeDtypeStruct((q_shape[0], kv_len) + q_shape[2:], jnp.float32)
+  assert attn._use_blocked_attention(q, k) == blocked
+  # An explicit threshold (A/B runs) decides alone.
+  with attn.blocked_attention_threshold(2**40):
+    assert not attn._use_blocked_attention(q, k)
+
+
 def test_language_model_same_with_every_attention_blocked():
   # The whole language classifier (masked cross-attention from padded bytes,
   # latent self-attention, a one-query decoder; blockwise block gradients
