@@ -255,21 +255,20 @@ def ours_build(w: Workload, data, seed=0, abstract=False, **perf):
   is allocated (for counting FLOPs from the lowered step).
 
   Initialised with Flax's `lazy_init` on an abstract one-example input: the
-  parameters are created without running the forward pass. Measured here:
-  `model.init(key, x)` runs the whole forward eagerly (optical flow: 113 s,
-  4.7 GiB peak vs 10 s, 0.8 GiB), and `jax.jit(model.init)` of the 206M
-  language model plans ~1 GiB of XLA temporaries for the random initialisers
-  (2.6 vs 1.5 GiB peak); either would dominate an inference run's peak RSS.
-  On an H200 the eager init takes 25 s for the language model; jitting it
-  was slower there (68 s: compiling the initialisers), so it stays eager.
-  The other models are initialised under one `jax.jit`: eagerly, each
-  initialiser op compiles and keeps its own executable, ~200 MB of host
-  memory that an inference run restoring a checkpoint never holds (ImageNet
-  conv, measured: 634 MB after an eager build vs 438 MB jitted, peak 783 vs
-  562 MB, which set the inference run's peak RSS). After the language
-  model's eager init those executables are dropped (`jax.clear_caches()`:
-  1.21 -> 1.02 GiB resident, eleventh session; its IMDB inference peak RSS
-  had been 0.998x HF's).
+  parameters are created without running the forward pass
+  (`model.init(key, x)` runs the whole forward eagerly: optical flow 113 s
+  and 4.7 GiB peak vs 10 s and 0.8 GiB). On the CPU under one `jax.jit`:
+  eagerly, each initialiser op compiles and keeps its own executable, host
+  memory that an inference run restoring a checkpoint never holds, and the
+  build then set small inference runs' peak RSS (eleventh session, fresh
+  processes, low-memory scheduler: 206M language model peak 1.35 GiB jitted
+  vs 1.46 eager, depth-6 sweep model 0.61 vs 0.83; ImageNet conv earlier 562
+  vs 783 MB). (An earlier session measured the jitted language init the
+  larger, 2.6 vs 1.5 GiB; what changed since was not isolated, the
+  low-memory scheduler being the likely part.) Elsewhere (GPU) the
+  language model is initialised eagerly: on an H200 that took 25 s, jitting
+  68 s (compiling the initialisers). Either way the init's executables are
+  then dropped (`jax.clear_caches()`), before anything measured compiles.
   """
   import jax  # pylint: disable=g-import-not-at-top
   from perceiver_io.model import build_model  # pylint: disable=g-import-not-at-top
@@ -283,11 +282,13 @@ def ours_build(w: Workload, data, seed=0, abstract=False, **perf):
     spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
     x, kwargs = jax.tree_util.tree_map(spec, (x, kwargs))
     return model, jax.eval_shape(init), x, kwargs
-  if w.kind == 'text':
-    variables = jax.block_until_ready(init())
-    jax.clear_caches()
-    return model, variables, x, kwargs
-  return model, jax.jit(init)(), x, kwargs
+  if w.kind == 'text' and jax.default_backend() != 'cpu':
+    variables = init()
+  else:
+    variables = jax.jit(init)()
+  jax.block_until_ready(variables)
+  jax.clear_caches()
+  return model, variables, x, kwargs
 
 
 def ours_step_flops(w: Workload, data, mode: str, **perf) -> float:
