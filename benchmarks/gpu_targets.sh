@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU targets' check in one device call (at most ~9 minutes): the training
+# The GPU targets' check in one device call (typically ~7.5 minutes, at most
+# ~9.5 by its internal limits; give the device call 600 s): the training
 # rows that missed 2x the reference or 40 % MFU in the third session, ours in
 # bf16 with cuDNN attention (and XLA's, for the MFU batches) against HF's bf16
 # autocast and TF32, then a kernel profile of our two large-batch steps
@@ -22,17 +23,20 @@ ONLY='ours/imagenet_conv/train/bf16_cudnn,ours/imdb@*/train/bf16*'
 ONLY+=',ours/imagenet_fourier@*/train/bf16_cudnn'
 ONLY+=',hf/imagenet_conv/train/bf16_autocast,hf/imagenet_conv/train/tf32'
 ONLY+=',hf/imdb@*/train/*'
-# 330 s of benchmark (ours ~55 s an item with its compile; the reference's
-# items take no compile).
+# 270 s of benchmark (ours ~55 s an item with its compile, so the last of
+# the four may be skipped; the reference's items take no compile); its hard
+# limits end it by ~340 s.
 benchmarks/gpu.sh "$OUT" --workloads imdb,imagenet_fourier,imagenet_conv \
-  --modes train --only "$ONLY" --budget_s 330 --ours_share 0.7 \
+  --modes train --only "$ONLY" --budget_s 270 --ours_share 0.7 \
   --ref_min_s 60 --repeats 10 \
-  --flops_json benchmarks/results/gpu/flops_cpu.json $SMOKE
-# Profiles: 60-80 s each on an H200 (parameter init, compile, 3 steps).
+  --flops_json benchmarks/results/gpu/flops_cpu.json $SMOKE \
+  || echo "gpu_targets.sh: gpu.sh failed; profiling anyway"
+# Profiles: ~60-80 s each on an H200 expected (parameter init, compile, 3
+# steps), killed at 110 s.
 for spec in imagenet_conv:32 imdb:64; do
   w="${spec%%:*}"; b="${spec##*:}"
   if [[ -n "$SMOKE" ]]; then b=2; fi
-  timeout --signal=KILL 150 "$PY" -m benchmarks.profile_ours \
+  timeout --signal=KILL 110 "$PY" -m benchmarks.profile_ours \
     --device "$([[ -n "$SMOKE" ]] && echo cpu || echo gpu)" \
     --workload "$w" --batch "$b" --mode train --top 30 \
     --ours dtype=bfloat16 --ours attention_impl=cudnn --out "$OUT" $SMOKE \

@@ -214,12 +214,14 @@ def cudnn_attention_supported(q, mask=None, backend=None, v_head_width=None,
 
   Why a predicate rather than try/except: JAX refuses unsupported shapes only
   partly at trace time, so the conservative set is chosen up front: a GPU
-  backend, bf16/fp16 activations, no mask, and a head width (the wider of
-  the q/k and v widths, `v_head_width`, since `_cudnn_attention` pads the
-  narrower to it) that is a multiple of 8 and at most 128, or 256 on Hopper
-  and later (compute capability >= 9.0, cuDNN's own limit there; read from
-  the device unless `compute_capability` is given). Masked calls (the
-  language encoder's cross-attention) keep XLA's path.
+  backend, bf16/fp16 activations, and a head width (the wider of the q/k and
+  v widths, `v_head_width`, since `_cudnn_attention` pads the narrower to
+  it) that is a multiple of 8 and at most 128, or 256 on Hopper and later
+  (compute capability >= 9.0, cuDNN's own limit there; read from the device
+  unless `compute_capability` is given). A mask ([B, T, S], the language
+  encoder's input padding) becomes an additive bias in cuDNN, whose
+  backward with a bias wants even query and key lengths (JAX's check), so
+  masked calls need both even.
   """
   backend = backend or _default_platform()
   if backend != 'gpu':
@@ -228,11 +230,13 @@ def cudnn_attention_supported(q, mask=None, backend=None, v_head_width=None,
     compute_capability = _compute_capability()
   max_width = 256 if (compute_capability or 0.0) >= 9.0 else 128
   widths = (q.shape[-1], v_head_width or q.shape[-1])
-  return (mask is None and q.dtype in (jnp.bfloat16, jnp.float16) and
+  mask_ok = mask is None or (mask.shape[-2] % 2 == 0 and
+                             mask.shape[-1] % 2 == 0)
+  return (mask_ok and q.dtype in (jnp.bfloat16, jnp.float16) and
           all(w % 8 == 0 and w <= max_width for w in widths))
 
 
-def _cudnn_attention(q, k, v, implementation='cudnn'):
+def _cudnn_attention(q, k, v, mask=None, implementation='cudnn'):
   """Fused attention for any q/k and v head widths ([B,T,H,D] arrays).
 
   Why padding: `jax.nn.dot_product_attention` (and cuDNN's kernel behind it)
@@ -243,7 +247,8 @@ def _cudnn_attention(q, k, v, implementation='cudnn'):
   so values and gradients are those of the unpadded attention. The extra
   logit FLOPs (32 -> 160 per head) are small next to the projections, and
   the fused kernel never writes the [B, H, T, S] fp32 logits and softmax
-  to memory. `implementation` is for tests (XLA's kernel on CPU).
+  to memory. `mask` is [B, T, S] (True: attend). `implementation` is for
+  tests (XLA's kernel on CPU).
   """
   qk_width, v_width = q.shape[-1], v.shape[-1]
   width = max(qk_width, v_width)
@@ -254,6 +259,7 @@ def _cudnn_attention(q, k, v, implementation='cudnn'):
 
   out = jax.nn.dot_product_attention(
       pad(q), pad(k), pad(v), scale=1.0 / float(qk_width) ** 0.5,
+      mask=None if mask is None else mask[:, None, :, :],
       implementation=implementation)
   return out[..., :v_width]
 
@@ -561,7 +567,7 @@ class MultiHeadAttention(nn.Module):
       agree and no attention dropout is active, else einsum), 'einsum',
       'fused' (error if not possible), 'cudnn' (cuDNN's flash attention where
       `cudnn_attention_supported` says it applies, i.e. on a GPU in bf16/fp16
-      with no mask and head widths <= 128, or <= 256 on Hopper; unequal q/k
+      and head widths <= 128, or <= 256 on Hopper; unequal q/k
       and v widths are zero-padded, `_cudnn_attention`; elsewhere as
       'auto') or 'cpu' (the same as
       'auto'; until the ninth session it was the opt-in for the row-major
@@ -605,7 +611,7 @@ class MultiHeadAttention(nn.Module):
                        f'cpu, got {self.attention_impl!r}.')
     if (self.attention_impl == 'cudnn' and not use_dropout and
         cudnn_attention_supported(q, mask, v_head_width=v.shape[-1])):
-      out = _cudnn_attention(q, k, v)
+      out = _cudnn_attention(q, k, v, mask)
     elif custom_cpu and not use_dropout:
       attend = (_blocked_attention if _use_blocked_attention(q, k)
                 else _cpu_attention)

@@ -397,23 +397,31 @@ def test_cudnn_attention_only_where_cudnn_takes_it():
   assert gpu(q(32), v_head_width=160, cc=9.0)
   assert not gpu(q(32), v_head_width=160, cc=8.0)
   assert not gpu(q(32), v_head_width=36, cc=9.0)
-  mask = jnp.ones((2, 8, 8), bool)
-  assert not gpu(q(128), mask)
+  # Masks become a cuDNN bias, whose backward wants even lengths.
+  assert gpu(q(128), jnp.ones((2, 8, 6), bool))
+  assert not gpu(q(128), jnp.ones((2, 8, 7), bool))
+  assert not gpu(q(128), jnp.ones((2, 1, 8), bool))
 
 
-@pytest.mark.parametrize('qk_width,v_width', [(8, 40), (40, 8), (16, 16)])
-def test_cudnn_attention_padding_keeps_values_and_gradients(qk_width, v_width):
+@pytest.mark.parametrize('qk_width,v_width,masked', [
+    (8, 40, False), (40, 8, False), (16, 16, False), (8, 40, True)])
+def test_cudnn_attention_padding_keeps_values_and_gradients(qk_width, v_width,
+                                                            masked):
   # `_cudnn_attention` zero-pads the narrower of the q/k and v head widths
   # so that one fused kernel takes them. Run with XLA's kernel here (cuDNN
   # needs a GPU): values and all three gradients equal plain attention.
   from perceiver_io.attention import _cudnn_attention, _einsum_attention
-  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+  keys = jax.random.split(jax.random.PRNGKey(0), 5)
   q = jax.random.normal(keys[0], (2, 5, 3, qk_width))
   k = jax.random.normal(keys[1], (2, 7, 3, qk_width))
   v = jax.random.normal(keys[2], (2, 7, 3, v_width))
   d_out = jax.random.normal(keys[3], (2, 5, 3, v_width))
-  padded = lambda *a: _cudnn_attention(*a, implementation='xla')
-  plain = lambda *a: _einsum_attention(*a, None, 0.0, True, None, jnp.float32)
+  # A key padding mask (each row keeps at least one key, as the model's
+  # fully masked rows are zeroed after attention anyway).
+  mask = (jax.random.uniform(keys[4], (2, 5, 7)) < 0.6).at[:, :, 0].set(True)
+  mask = mask if masked else None
+  padded = lambda *a: _cudnn_attention(*a, mask, implementation='xla')
+  plain = lambda *a: _einsum_attention(*a, mask, 0.0, True, None, jnp.float32)
   out, vjp = jax.vjp(padded, q, k, v)
   ref, ref_vjp = jax.vjp(plain, q, k, v)
   assert out.shape == (2, 5, 3, v_width)
@@ -423,16 +431,16 @@ def test_cudnn_attention_padding_keeps_values_and_gradients(qk_width, v_width):
 
 
 def test_cudnn_impl_takes_unequal_widths_on_hopper(monkeypatch):
-  # The language model's latent attention (unequal q/k and v head widths)
-  # goes to the padded fused path with attention_impl='cudnn'
-  # on a Hopper GPU; only the masked input cross-attention stays on XLA.
-  # Traced as if on such a GPU, with XLA's kernel standing in for cuDNN.
+  # The language model's attention (unequal q/k and v head widths, and a
+  # padding mask on the input cross-attention) goes to the padded fused
+  # path with attention_impl='cudnn' on a Hopper GPU. Traced as if on such
+  # a GPU, with the einsum path standing in for cuDNN.
   from perceiver_io import attention as attn
   calls = []
 
-  def fake_cudnn(q, k, v):
-    calls.append((q.shape[-1], v.shape[-1]))
-    return attn._einsum_attention(q, k, v, None, 0.0, True, None, q.dtype)
+  def fake_cudnn(q, k, v, mask):
+    calls.append((q.shape[-1], v.shape[-1], mask is not None))
+    return attn._einsum_attention(q, k, v, mask, 0.0, True, None, q.dtype)
 
   monkeypatch.setattr(attn, '_cudnn_attention', fake_cudnn)
   monkeypatch.setattr(attn, '_compute_capability', lambda: 9.0)
@@ -450,8 +458,9 @@ def test_cudnn_impl_takes_unequal_widths_on_hopper(monkeypatch):
     ref = forward('einsum')
     assert not calls
     got = forward('cudnn')
-  assert len(calls) >= 2  # Every latent layer (+ the unmasked decoder).
-  assert any(qk != v for qk, v in calls)
+  assert len(calls) >= 3  # Input cross-attention, latents, decoder.
+  assert any(qk != v for qk, v, _ in calls)
+  assert any(masked for _, _, masked in calls)
   np.testing.assert_array_equal(np.asarray(got, np.float32),
                                 np.asarray(ref, np.float32))
 
