@@ -501,10 +501,12 @@ def _blocked_attention(q, k, v, mask):
   CPU (BUILD_NOTES.md, tenth session): the 64k-byte language classifier's
   train step 0.94-0.99x the time (two paired runs) with 1.64 vs 2.77 GiB of
   XLA temporaries, its inference 0.59-0.65x with 0.81 vs 1.69 GiB,
-  optical-flow inference 0.97x with 1.32 vs 3.44 GiB. Below the threshold
-  (`_use_blocked_attention`) it does not pay: ImageNet Fourier's one wide
-  head (261 channels, 196 MiB of logits at batch 2) trained 1.05x slower
-  blocked, IMDB's cross-attention (64 MiB) 1.02x, for 0.1-0.2 GiB.
+  optical-flow inference 0.97x with 1.32 vs 3.44 GiB. Where it does not
+  pay (`_use_blocked_attention` keeps those on the full matrix): ImageNet
+  Fourier's one wide head (261 channels, 196 MiB of logits at batch 2)
+  trained 1.02-1.05x slower blocked, IMDB's cross-attention (64 MiB in 2 MiB
+  per-head slices) 1.02-1.05x, for 0.05-0.2 GiB; narrow heads with larger
+  slices pay from 4 MiB per head (the thresholds' comment).
   """
   return _blocked_attention_forward(q, k, v, mask)[0]
 
@@ -562,16 +564,16 @@ class MultiHeadAttention(nn.Module):
     attention_impl: 'auto' (on the CPU backend the hand-written CPU
       gradients of the module docstring, with `_cpu_attention` where no
       attention dropout is active, `_blocked_attention` instead where its
-      logits would take 256 MiB or more; elsewhere the fused
+      logits are large (`_use_blocked_attention`); elsewhere the fused
       `jax.nn.dot_product_attention`, XLA's kernel, where the head widths
       agree and no attention dropout is active, else einsum), 'einsum',
       'fused' (error if not possible), 'cudnn' (cuDNN's flash attention where
       `cudnn_attention_supported` says it applies, i.e. on a GPU in bf16/fp16
-      and head widths <= 128, or <= 256 on Hopper; unequal q/k
-      and v widths are zero-padded, `_cudnn_attention`; elsewhere as
-      'auto') or 'cpu' (the same as
-      'auto'; until the ninth session it was the opt-in for the row-major
-      Dense gradients, now part of 'auto' on CPU).
+      with head widths <= 128, or <= 256 on Hopper; unequal q/k and v widths
+      are zero-padded and masks passed as a bias, `_cudnn_attention`;
+      elsewhere as 'auto') or 'cpu' (the same as 'auto'; until the ninth
+      session it was the opt-in for the row-major Dense gradients, now part
+      of 'auto' on CPU).
   """
   num_heads: int
   qk_channels: int

@@ -430,7 +430,7 @@ def test_cudnn_attention_padding_keeps_values_and_gradients(qk_width, v_width,
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_cudnn_impl_takes_unequal_widths_on_hopper(monkeypatch):
+def test_cudnn_impl_takes_the_language_model_on_hopper(monkeypatch):
   # The language model's attention (unequal q/k and v head widths, and a
   # padding mask on the input cross-attention) goes to the padded fused
   # path with attention_impl='cudnn' on a Hopper GPU. Traced as if on such
