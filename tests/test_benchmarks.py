@@ -424,3 +424,9 @@ def test_profile_ours_smoke_end_to_end(tmp_path):
   assert abs(sum(r['share_of_op_time'] for r in doc['rows']) - 1) < 1e-6
   # Locations are module paths without Flax's wrapper scopes.
   assert not any('shared_forward_fn' in r['location'] for r in doc['rows'])
+
+
+def test_profile_ours_gpu_without_a_gpu_says_so():
+  from benchmarks import profile_ours
+  with pytest.raises(SystemExit, match='JAX found no gpu'):
+    profile_ours.main(['--smoke', '--device', 'gpu', '--out', '/nonexistent'])
