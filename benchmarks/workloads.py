@@ -257,10 +257,11 @@ def ours_build(w: Workload, data, seed=0, abstract=False, **perf):
   Initialised with Flax's `lazy_init` on an abstract one-example input: the
   parameters are created without running the forward pass
   (`model.init(key, x)` runs the whole forward eagerly: optical flow 113 s
-  and 4.7 GiB peak vs 10 s and 0.8 GiB). On the CPU under one `jax.jit`:
-  eagerly, each initialiser op compiles and keeps its own executable, host
-  memory that an inference run restoring a checkpoint never holds, and the
-  build then set small inference runs' peak RSS (eleventh session, fresh
+  and 4.7 GiB peak vs 10 s and 0.8 GiB). On the CPU every model is
+  initialised under one `jax.jit`. Eagerly, each initialiser op compiles and
+  keeps its own executable (host memory that an inference run restoring a
+  checkpoint never holds), and the build's peak was the peak of small
+  inference runs (eleventh session, fresh
   processes, low-memory scheduler: 206M language model peak 1.35 GiB jitted
   vs 1.46 eager, depth-6 sweep model 0.61 vs 0.83; ImageNet conv earlier 562
   vs 783 MB). (An earlier session measured the jitted language init the
