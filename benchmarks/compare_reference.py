@@ -90,10 +90,7 @@ def build_parser():
                  help='kill a measurement above this resident memory.')
   p.add_argument('--timeout_s', type=float, default=3600.0,
                  help='kill a measurement after this long.')
-  p.add_argument('--out', default=None,
-                 help='output folder (default benchmarks/results/cpu; with '
-                 '--smoke benchmarks/results/smoke, so a smoke run never '
-                 'replaces real results).')
+  runner.add_out_flag(p, 'cpu')
   return p
 
 

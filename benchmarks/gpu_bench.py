@@ -123,10 +123,7 @@ def build_parser():
                  'later file\'s item replaces an earlier one\'s) into --out.')
   p.add_argument('--smoke', action='store_true',
                  help='tiny sizes on whatever device there is (CPU here).')
-  p.add_argument('--out', default=None,
-                 help='output folder (default benchmarks/results/gpu; with '
-                 '--smoke benchmarks/results/smoke, so a smoke run never '
-                 'replaces real results).')
+  runner.add_out_flag(p, 'gpu')
   return p
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU targets' check in one device call (typically ~7.5 minutes, at most
+# The GPU targets' check in one device call (not yet run on a GPU: ~7.5
+# minutes estimated from the third session's compile and step times, at most
 # ~9.5 by its internal limits; give the device call 600 s): the training
 # rows that missed 2x the reference or 40 % MFU in the third session, ours in
 # bf16 with cuDNN attention (and XLA's, for the MFU batches) against HF's bf16

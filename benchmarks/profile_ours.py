@@ -205,14 +205,15 @@ def profile(w, mode, perf, repeats=2, device='cpu'):
     entry = by_loc[(phase, loc)]
     entry['ns'] += ns
     entry['ops'].add(re.sub(r'\.\d+$', '', op))
-  busy = sum(trace['ops'].values())
+  op_total = sum(trace['ops'].values())
   rows = sorted(({'phase': k[0], 'location': k[1], 'ms': v['ns'] / 1e6,
-                  'share_of_op_time': v['ns'] / busy if busy else 0.0,
+                  'share_of_op_time': v['ns'] / op_total if op_total else 0.0,
                   'op_kinds': sorted(v['ops'])}
                  for k, v in by_loc.items()), key=lambda r: -r['ms'])
   doc = {'workload': w.name, 'mode': mode, 'batch': w.batch, 'perf': perf,
          'device': trace['device'], 'step_times_s': times,
-         'traced_call_s': traced_s, 'op_time_ms_all_threads': busy / 1e6,
+         'traced_call_s': traced_s,
+         'op_time_ms_all_threads': op_total / 1e6,
          'phase_ms': {p: sum(r['ms'] for r in rows if r['phase'] == p)
                       for p in ('forward', 'backward')},
          'rows': rows}
@@ -262,10 +263,7 @@ def main(argv=None):
                  help='gpu: profile on the GPU (kernel time by HLO op and '
                  'category, and the idle time between kernels).')
   p.add_argument('--smoke', action='store_true')
-  p.add_argument('--out', default=None,
-                 help='output folder (default benchmarks/results/<device>; with '
-                 '--smoke benchmarks/results/smoke, so a smoke run never '
-                 'replaces real results).')
+  runner.add_out_flag(p, '<device>')
   args = p.parse_args(argv)
   args.out = runner.results_dir(args.out, args.smoke, args.device)
   from benchmarks.compare_reference import parse_key_values  # pylint: disable=g-import-not-at-top

@@ -209,6 +209,14 @@ def markdown_table(header: List[str], rows: List[List[str]]) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def add_out_flag(parser, kind: str) -> None:
+  """`--out`, which `results_dir(args.out, args.smoke, kind)` resolves."""
+  parser.add_argument(
+      '--out', default=None,
+      help=f'output folder (default benchmarks/results/{kind}; with --smoke '
+      'benchmarks/results/smoke, so a smoke run never replaces real results).')
+
+
 def results_dir(out, smoke, kind):
   """`--out` if given, else benchmarks/results/<kind> (or /smoke for smoke
   runs, so that a smoke run never replaces real results)."""

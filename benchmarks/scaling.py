@@ -80,10 +80,7 @@ def build_parser():
                  help='a folder with an earlier scaling.json: the sweeps not '
                       'run now are taken from it, so one sweep can be re-run '
                       'without the other (both dates are recorded).')
-  p.add_argument('--out', default=None,
-                 help='output folder (default benchmarks/results/cpu; with '
-                 '--smoke benchmarks/results/smoke, so a smoke run never '
-                 'replaces real results).')
+  runner.add_out_flag(p, 'cpu')
   return p
 
 
