@@ -9,15 +9,20 @@
 #
 # Usage: benchmarks/gpu_targets.sh OUT_DIR     (on the device: "$OUT")
 #        benchmarks/gpu_targets.sh /tmp/t --smoke   # tiny sizes, CPU is fine
-# Writes OUT_DIR/gpu.{json,md} and OUT_DIR/profile_*.{json,md}: six files,
-# names in [A-Za-z0-9._-] (what a device call brings back). Same
-# requirements as gpu.sh (no TensorFlow, no ml_collections).
+# Writes OUT_DIR/ceilings.json (measured bf16 matmul rate and copy
+# bandwidth), gpu.{json,md}, profile_*.{json,md} and traces.tar (the two raw
+# traces, gzipped): eight files, names in [A-Za-z0-9._-] (a device call
+# brings back at most eight). Same requirements as gpu.sh (no TensorFlow,
+# no ml_collections).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 OUT="${1:?usage: benchmarks/gpu_targets.sh OUT_DIR [--smoke]}"
 SMOKE="${2:-}"
 mkdir -p "$OUT"
+# The card's measured bf16 matmul rate and copy bandwidth (~10 s).
+"$PY" -m benchmarks.gpu_ceilings --out "$OUT" $SMOKE \
+  || echo "gpu_targets.sh: gpu_ceilings failed"
 # Ours, in gpu_bench's order: conv b32 cuDNN, imdb b64 cuDNN, Fourier b128
 # cuDNN (its MFU; HF ran out of the H200's memory at 128), imdb b64 XLA.
 ONLY='ours/imagenet_conv/train/bf16_cudnn,ours/imdb@*/train/bf16*'
@@ -40,7 +45,12 @@ for spec in imagenet_conv:32 imdb:64; do
   timeout --signal=KILL 110 "$PY" -m benchmarks.profile_ours \
     --device "$([[ -n "$SMOKE" ]] && echo cpu || echo gpu)" \
     --workload "$w" --batch "$b" --mode train --top 30 \
-    --ours dtype=bfloat16 --ours attention_impl=cudnn --out "$OUT" $SMOKE \
+    --ours dtype=bfloat16 --ours attention_impl=cudnn --keep_trace \
+    --out "$OUT" $SMOKE \
     || echo "gpu_targets.sh: profile of $w failed or timed out"
 done
+# The raw traces in one file (a device call brings back at most 8 files).
+( cd "$OUT" && shopt -s nullglob && traces=(*.xplane.pb.gz) \
+  && if (( ${#traces[@]} )); then tar -cf traces.tar "${traces[@]}" \
+  && rm -f "${traces[@]}"; fi )
 ls -l "$OUT"

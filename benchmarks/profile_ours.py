@@ -26,8 +26,10 @@ and .md (default <out>: benchmarks/results/<device>).
 import argparse
 import collections
 import glob
+import gzip
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -73,10 +75,16 @@ def model_location(op_name):
   return phase, '/'.join(parts) or op_name
 
 
+# A GPU plane's kernel lines: the CUDA tracer names one per stream,
+# 'Stream #13' or 'Stream #13(Kernel,MemcpyH2D)'.
+_KERNEL_LINE_PREFIX = 'Stream #'
 # Lines of a GPU plane that the profiler derives from the kernel lines
-# (counting them too would count each kernel twice).
-_DERIVED_GPU_LINES = ('XLA Modules', 'XLA Ops', 'Steps', 'Framework',
-                      'Source code', 'XLA TraceMe', 'Launch Stats')
+# (counting them too would count each kernel twice), its own overhead, and
+# counters; only consulted when a plane has no 'Stream #' lines.
+_NOT_KERNEL_LINES = ('XLA Modules', 'XLA Ops', 'Async XLA Ops', 'Steps',
+                     'Framework', 'TensorFlow', 'Source code', 'XLA TraceMe',
+                     'Launch Stats', 'Host Offload Ops', 'Sparse Core',
+                     'CUPTI overhead', '_counters_')
 # Kernel or HLO op name fragment -> category, first match wins.
 _CATEGORIES = (
     ('attention (cuDNN)', ('cudnn', 'fmha', 'flash', 'sdpa')),
@@ -101,8 +109,10 @@ def summarise_trace(data):
 
   Returns {'ops': {HLO op: ns}, 'kernels': {kernel: ns}, 'categories':
   {category: ns}, 'busy_ns', 'span_ns', 'device'}. With GPU planes
-  ('/device:GPU:*') only their kernel lines count (events named by kernel,
-  with an 'hlo_op' stat naming the HLO instruction that launched it);
+  ('/device:GPU:*') only their kernel lines count ('Stream #N...', events
+  named by kernel, with an 'hlo_op' stat naming the HLO instruction that
+  launched it; lines the profiler derives from them, such as 'XLA Ops',
+  would count each kernel twice);
   `busy_ns` is the union of kernel intervals and `span_ns` first start to
   last end, so 1 - busy/span is the time the GPU sat idle between kernels
   (launch latency, host work). Without GPU planes (the CPU backend): every
@@ -113,8 +123,10 @@ def summarise_trace(data):
   intervals = []
   if gpu:
     for plane in gpu:
-      lines = [ln for ln in plane.lines
-               if not ln.name.startswith(_DERIVED_GPU_LINES)]
+      lines = ([ln for ln in plane.lines
+                if ln.name.startswith(_KERNEL_LINE_PREFIX)] or
+               [ln for ln in plane.lines
+                if not ln.name.startswith(_NOT_KERNEL_LINES)])
       for line in lines:
         for ev in line.events:
           stats = dict(ev.stats or {})
@@ -148,18 +160,27 @@ def summarise_trace(data):
           'device': 'gpu' if gpu else 'cpu'}
 
 
-def trace_call(fn, workdir):
-  """Runs `fn` once under the profiler; returns `summarise_trace`'s dict."""
+def trace_call(fn, workdir, keep_as=None):
+  """Runs `fn` once under the profiler; returns `summarise_trace`'s dict.
+
+  keep_as: a path to save the raw trace to, gzipped (readable later with
+  `jax.profiler.ProfileData.from_serialized_xspace(gzip.open(p).read())` or
+  TensorBoard after gunzip), so that a GPU lease's trace can be read again
+  here when the summary misses something.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   with jax.profiler.trace(workdir):
     fn()
   files = glob.glob(os.path.join(workdir, '**', '*.xplane.pb'), recursive=True)
   if not files:
     raise FileNotFoundError(f'no .xplane.pb trace written under {workdir}.')
+  if keep_as:
+    with open(files[0], 'rb') as src, gzip.open(keep_as, 'wb') as dst:
+      shutil.copyfileobj(src, dst)
   return summarise_trace(jax.profiler.ProfileData.from_file(files[0]))
 
 
-def profile(w, mode, perf, repeats=2, device='cpu'):
+def profile(w, mode, perf, repeats=2, device='cpu', keep_trace_as=None):
   """Profiles our jitted train step or inference on workload `w`."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -196,7 +217,7 @@ def profile(w, mode, perf, repeats=2, device='cpu'):
     times.append(time.perf_counter() - t0)
   with tempfile.TemporaryDirectory() as tmp:
     t0 = time.perf_counter()
-    trace = trace_call(call, tmp)
+    trace = trace_call(call, tmp, keep_trace_as)
     traced_s = time.perf_counter() - t0
   names = op_names_from_hlo(compiled.as_text())
   by_loc = collections.defaultdict(lambda: {'ns': 0, 'ops': set()})
@@ -262,6 +283,8 @@ def main(argv=None):
   p.add_argument('--device', default='cpu', choices=('cpu', 'gpu'),
                  help='gpu: profile on the GPU (kernel time by HLO op and '
                  'category, and the idle time between kernels).')
+  p.add_argument('--keep_trace', action='store_true',
+                 help='also save the raw trace as <stem>.xplane.pb.gz.')
   p.add_argument('--smoke', action='store_true')
   runner.add_out_flag(p, '<device>')
   args = p.parse_args(argv)
@@ -272,14 +295,17 @@ def main(argv=None):
   if args.workload not in workloads:
     raise ValueError(f'unknown workload {args.workload!r}; choose from '
                      f'{sorted(workloads)}.')
-  doc = profile(workloads[args.workload], args.mode,
-                parse_key_values(args.ours, '--ours'), device=args.device)
-  doc['machine'] = runner.machine_info()
+  w = workloads[args.workload]
+  perf = parse_key_values(args.ours, '--ours')
   # Letters, digits, '.', '_' and '-' only (what a device run brings back).
-  tag = ''.join(f'_{k}-{v}' for k, v in sorted(doc['perf'].items()))
+  tag = ''.join(f'_{k}-{v}' for k, v in sorted(perf.items()))
   stem = os.path.join(args.out, re.sub(
-      r'[^\w.-]', '-', f'profile_{args.workload}_b{doc["batch"]}_'
-      f'{args.mode}{tag}'))
+      r'[^\w.-]', '-', f'profile_{args.workload}_b{w.batch}_{args.mode}{tag}'))
+  os.makedirs(args.out, exist_ok=True)
+  doc = profile(w, args.mode, perf, device=args.device,
+                keep_trace_as=stem + '.xplane.pb.gz' if args.keep_trace
+                else None)
+  doc['machine'] = runner.machine_info()
   md = to_markdown(doc, args.top)
   runner.write_results(stem, doc, md)
   print(md)

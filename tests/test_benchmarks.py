@@ -382,6 +382,10 @@ planes {
              stats { metadata_id: 1 ref_value: 13 } } }
   lines { id: 3 name: "XLA Ops" timestamp_ns: 1000
     events { metadata_id: 1 offset_ps: 0 duration_ps: 5000000 } }
+  lines { id: 4 name: "Async XLA Ops" timestamp_ns: 1000
+    events { metadata_id: 2 offset_ps: 0 duration_ps: 9000000 } }
+  lines { id: 5 name: "CUPTI overhead" timestamp_ns: 1000
+    events { metadata_id: 2 offset_ps: 0 duration_ps: 7000000 } }
   event_metadata { key: 1 value { id: 1 name: "sm90_xmma_gemm_bf16bf16" } }
   event_metadata { key: 2 value { id: 2 name: "loop_add_fusion" } }
   event_metadata { key: 3 value { id: 3 name: "cudnn_generated_fort_native_sdpa" } }
@@ -399,9 +403,10 @@ planes { id: 2 name: "/host:CPU"
 
 def test_profile_summarises_gpu_kernels_by_op_category_and_idle_time():
   # A hand-written trace in the GPU profiler's layout: kernels on stream
-  # lines named by kernel, each with the HLO op that launched it. The derived
-  # 'XLA Ops' line and the host plane must not count; busy time is the
-  # union of kernel intervals (0-6 us, 8-10 us) over the 10 us span.
+  # lines named by kernel, each with the HLO op that launched it. The
+  # derived 'XLA Ops' and 'Async XLA Ops' lines, the tracer's overhead and
+  # the host plane must not count; busy time is the union of kernel
+  # intervals (0-6 us, 8-10 us) over the 10 us span.
   from benchmarks import profile_ours
   data = jax.profiler.ProfileData.from_text_proto(_GPU_TRACE)
   got = profile_ours.summarise_trace(data)
@@ -414,16 +419,49 @@ def test_profile_summarises_gpu_kernels_by_op_category_and_idle_time():
   assert got['busy_ns'] == 8000 and got['span_ns'] == 10000
 
 
+def test_profile_without_stream_lines_skips_the_derived_ones():
+  # Should a tracer name its kernel lines otherwise, every line but the
+  # derived and overhead ones counts: here the two renamed stream lines.
+  from benchmarks import profile_ours
+  text = _GPU_TRACE.replace('Stream #13(Compute)', 'Kernels A').replace(
+      'Stream #14(Compute)', 'Kernels B')
+  got = profile_ours.summarise_trace(
+      jax.profiler.ProfileData.from_text_proto(text))
+  assert dict(got['ops']) == {'cublas-gemm.1': 5000, 'fusion.7': 2000,
+                              'custom-call.3': 2000}
+
+
 def test_profile_ours_smoke_end_to_end(tmp_path):
+  import gzip
   from benchmarks import profile_ours
   assert profile_ours.main(['--smoke', '--workload', 'imagenet_conv',
-                            '--mode', 'infer', '--out', str(tmp_path)]) == 0
+                            '--mode', 'infer', '--keep_trace',
+                            '--out', str(tmp_path)]) == 0
   with open(tmp_path / 'profile_imagenet_conv_b2_infer.json') as f:
     doc = json.load(f)
   assert doc['device'] == 'cpu' and doc['rows']
+  # The kept raw trace reads back and sums to the same op time.
+  with gzip.open(tmp_path / 'profile_imagenet_conv_b2_infer.xplane.pb.gz') as f:
+    kept = profile_ours.summarise_trace(
+        jax.profiler.ProfileData.from_serialized_xspace(f.read()))
+  assert sum(kept['ops'].values()) / 1e6 == pytest.approx(
+      doc['op_time_ms_all_threads'])
   assert abs(sum(r['share_of_op_time'] for r in doc['rows']) - 1) < 1e-6
   # Locations are module paths without Flax's wrapper scopes.
   assert not any('shared_forward_fn' in r['location'] for r in doc['rows'])
+
+
+def test_gpu_ceilings_smoke_writes_both_rates(tmp_path):
+  from benchmarks import gpu_ceilings
+  assert gpu_ceilings.main(['--smoke', '--out', str(tmp_path)]) == 0
+  with open(tmp_path / 'ceilings.json') as f:
+    doc = json.load(f)
+  assert doc['bf16_matmul_tflops'] > 0 and doc['copy_gbytes_per_s'] > 0
+  # The rates are the counted work over the measured medians.
+  assert doc['bf16_matmul_tflops'] == pytest.approx(
+      2 * doc['matmul_n']**3 / doc['matmul_median_s'] / 1e12)
+  assert doc['copy_gbytes_per_s'] == pytest.approx(
+      2 * doc['copy_mib'] * 2**20 / doc['copy_median_s'] / 1e9)
 
 
 def test_profile_ours_gpu_without_a_gpu_says_so():

@@ -4,8 +4,15 @@ Why: the GPU script runs in a 15-minute device lease, so what it measures
 and how it reports must be right before it gets there: the item order (the
 targets first), `--only`, the MFU arithmetic with FLOP counts taken from the
 CPU lowering, and merging a second run without losing the first run's
-measurements to the second run's skips.
+measurements to the second run's skips; and the lease's one script,
+gpu_targets.sh, end to end at tiny sizes.
 """
+
+import os
+import re
+import subprocess
+import sys
+import tarfile
 
 import pytest
 
@@ -126,3 +133,24 @@ def test_count_flops_items_and_linearity():
   assert one > 0 and two == pytest.approx(2 * one, rel=0.01)
   w = W.standard_workloads(True, {'imdb': 1})['imdb']
   assert w.batch == 1
+
+
+def test_gpu_targets_script_smoke_brings_back_eight_named_files(tmp_path):
+  # The one script a GPU lease runs, end to end at tiny sizes on the CPU:
+  # every step ran (no 'failed' line), and its output is what a device call
+  # brings back: at most 8 plain files named in [A-Za-z0-9._-].
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = tmp_path / 'out'
+  proc = subprocess.run(
+      [os.path.join(root, 'benchmarks', 'gpu_targets.sh'), str(out),
+       '--smoke'], env={**os.environ, 'PYTHON': sys.executable},
+      capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert 'failed' not in proc.stdout, proc.stdout[-3000:]
+  names = sorted(os.listdir(out))
+  assert len(names) == 8, names
+  assert all(re.fullmatch(r'[A-Za-z0-9._-]+', n) for n in names), names
+  assert {'ceilings.json', 'gpu.json', 'gpu.md', 'traces.tar'} <= set(names)
+  with tarfile.open(out / 'traces.tar') as tar:
+    assert len([n for n in tar.getnames()
+                if n.endswith('.xplane.pb.gz')]) == 2
