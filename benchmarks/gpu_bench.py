@@ -193,25 +193,17 @@ def item_key(item):
                    item['precision']])
 
 
-def run_impl(args, impl, device, deadline, hard_timeout):
-  """Runs one implementation's items in one process; returns its results."""
-  items = items_for(args, impl)
-  if not items:
-    return []
-  spec = {'items': items, 'device': device,
-          'repeats': args.repeats, 'warmup': args.warmup,
-          'max_seconds': args.max_seconds, 'deadline': deadline,
-          'items_cache': True, 'count_flops': impl == 'ours',
-          # The XLA CPU scheduler flag is for CPU runs; a GPU run sets none.
-          'low_memory_cpu': device == 'cpu'}
-  cmd = [sys.executable, '-m', 'benchmarks.worker', '--spec', json.dumps(spec)]
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  if device == 'cpu':
-    env['JAX_PLATFORMS'] = 'cpu'
+def _result_key(workload_name, mode, precision):
+  return (workload_name, mode, precision)
+
+
+def _run_worker(cmd, env, hard_timeout):
+  """One worker process: (its RESULT dicts, how it ended, its stderr tail)."""
   results = []
   with tempfile.TemporaryFile() as err:
     proc = subprocess.Popen(cmd, cwd=_ROOT, stdout=subprocess.PIPE,
                             stderr=err, text=True, env=env)
+    ended = 'ok'
     try:
       for line in proc.stdout:
         if line.startswith('RESULT '):
@@ -223,17 +215,69 @@ def run_impl(args, impl, device, deadline, hard_timeout):
       proc.wait(timeout=max(hard_timeout - time.time(), 1))
     except subprocess.TimeoutExpired:
       proc.kill()
-      print(f'  {impl}: killed at the hard time limit', flush=True)
-    if proc.returncode not in (0, None, -9):
-      err.seek(0)
-      print(err.read().decode(errors='replace')[-3000:], file=sys.stderr)
-  done = {(r['workload'], r['mode'], r.get('precision')) for r in results}
-  for item in spec['items']:
-    key = (item['workload']['name'], item['mode'], item.get('precision'))
-    if key not in done:
-      results.append({'impl': impl, 'workload': key[0], 'mode': key[1],
-                      'precision': key[2], 'batch': item['workload']['batch'],
-                      'status': 'skipped', 'reason': 'process ended first'})
+      proc.wait()
+      ended = 'killed'
+    err.seek(0)
+    tail = err.read().decode(errors='replace')[-3000:]
+  if ended == 'ok' and proc.returncode != 0:
+    ended = f'exit status {proc.returncode}'
+  return results, ended, tail
+
+
+def run_impl(args, impl, device, deadline, hard_timeout, worker_cmd=None):
+  """Runs one implementation's items in one process; returns its results.
+
+  A worker that dies mid-item (a crash in a kernel library ends the whole
+  process, not just the item) costs that item only: it is recorded as
+  'crashed' with the process's last stderr, and the items after it start
+  again in a fresh process while the deadline allows. `worker_cmd` replaces
+  `python -m benchmarks.worker` (tests).
+  """
+  items = items_for(args, impl)
+  if not items:
+    return []
+  spec = {'device': device,
+          'repeats': args.repeats, 'warmup': args.warmup,
+          'max_seconds': args.max_seconds, 'deadline': deadline,
+          'items_cache': True, 'count_flops': impl == 'ours',
+          # The XLA CPU scheduler flag is for CPU runs; a GPU run sets none.
+          'low_memory_cpu': device == 'cpu'}
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  if device == 'cpu':
+    env['JAX_PLATFORMS'] = 'cpu'
+  key_of = lambda i: _result_key(i['workload']['name'], i['mode'],
+                                 i.get('precision'))
+  results, todo = [], list(items)
+  while todo:
+    cmd = (worker_cmd or [sys.executable, '-m', 'benchmarks.worker']) + [
+        '--spec', json.dumps(dict(spec, items=todo))]
+    got, ended, tail = _run_worker(cmd, env, hard_timeout)
+    results += got
+    done = {_result_key(r['workload'], r['mode'], r.get('precision'))
+            for r in got}
+    todo = [i for i in todo if key_of(i) not in done]
+    if ended == 'ok' or not todo:
+      break
+    print(f'  {impl}: worker ended ({ended}) during '
+          f'{"/".join(str(k) for k in key_of(todo[0]))}', flush=True)
+    if tail:
+      print(tail, file=sys.stderr)
+    if ended == 'killed':
+      break
+    crashed = todo.pop(0)
+    results.append({'impl': impl, 'workload': key_of(crashed)[0],
+                    'mode': crashed['mode'],
+                    'precision': crashed.get('precision'),
+                    'batch': crashed['workload']['batch'],
+                    'status': 'crashed', 'reason': f'worker {ended}',
+                    'stderr_tail': tail[-1000:]})
+    if time.time() >= deadline:
+      break
+  for item in todo:
+    name, mode, precision = key_of(item)
+    results.append({'impl': impl, 'workload': name, 'mode': mode,
+                    'precision': precision, 'batch': item['workload']['batch'],
+                    'status': 'skipped', 'reason': 'process ended first'})
   return results
 
 

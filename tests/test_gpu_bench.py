@@ -154,3 +154,44 @@ def test_gpu_targets_script_smoke_brings_back_eight_named_files(tmp_path):
   with tarfile.open(out / 'traces.tar') as tar:
     assert len([n for n in tar.getnames()
                 if n.endswith('.xplane.pb.gz')]) == 2
+
+
+_FAKE_WORKER = '''
+import json, os, sys
+spec = json.loads(sys.argv[sys.argv.index('--spec') + 1])
+with open(os.environ['FAKE_WORKER_LOG'], 'a') as f:
+  f.write(' '.join(i['workload']['name'] for i in spec['items']) + '\\n')
+for item in spec['items']:
+  if item['workload']['name'] == 'boom':
+    sys.stderr.write('fatal: cuDNN said no\\n')
+    sys.stderr.flush()
+    os.abort()
+  print('RESULT ' + json.dumps({
+      'impl': 'ours', 'workload': item['workload']['name'],
+      'mode': item['mode'], 'precision': item['precision'],
+      'status': 'ok', 'median_s': 0.1}), flush=True)
+'''
+
+
+def test_a_crashed_worker_costs_one_item_and_the_rest_run_again(
+    tmp_path, monkeypatch):
+  # A kernel library's fatal error ends the worker process mid-item; the
+  # items after it must still be measured (in a fresh process), and the
+  # one that crashed is reported as such with the process's stderr.
+  import time
+  worker = tmp_path / 'fake_worker.py'
+  worker.write_text(_FAKE_WORKER)
+  log = tmp_path / 'log'
+  monkeypatch.setenv('FAKE_WORKER_LOG', str(log))
+  items = [{'workload': {'name': n, 'batch': 2}, 'mode': 'train',
+            'precision': 'bf16_cudnn'} for n in ('a', 'boom', 'c', 'd')]
+  monkeypatch.setattr(gpu_bench, 'items_for', lambda args, impl: items)
+  results = gpu_bench.run_impl(
+      _args(), 'ours', 'cpu', time.time() + 60, time.time() + 90,
+      worker_cmd=[sys.executable, str(worker)])
+  got = {r['workload']: r['status'] for r in results}
+  assert got == {'a': 'ok', 'boom': 'crashed', 'c': 'ok', 'd': 'ok'}
+  crashed = next(r for r in results if r['status'] == 'crashed')
+  assert 'cuDNN said no' in crashed['stderr_tail']
+  # Two processes: all four items, then the two after the crash.
+  assert log.read_text().splitlines() == ['a boom c d', 'c d']
