@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU targets' check in one device call (not yet run on a GPU: ~7.5
+# The GPU targets' check in one device call (not yet run on a GPU: ~7
 # minutes estimated from the third session's compile and step times, at most
-# ~9.5 by its internal limits; give the device call 600 s): the training
+# ~9.6 by its internal limits; give the device call 600 s): the training
 # rows that missed 2x the reference or 40 % MFU in the third session, ours in
 # bf16 with cuDNN attention (and XLA's, for the MFU batches) against HF's bf16
 # autocast and TF32, then a kernel profile of our two large-batch steps
@@ -20,8 +20,13 @@ PY="${PYTHON:-python3}"
 OUT="${1:?usage: benchmarks/gpu_targets.sh OUT_DIR [--smoke]}"
 SMOKE="${2:-}"
 mkdir -p "$OUT"
+# JAX's persistent compilation cache (outside OUT, which comes back): the
+# profiles below compile the same train steps as the benchmark's items, so
+# they load them from here instead of compiling again (35-50 s each on an
+# H200; the cache keys were seen to match between the two on the CPU).
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-/tmp/perceiver_io_jax_cache}"
 # The card's measured bf16 matmul rate and copy bandwidth (~10 s).
-"$PY" -m benchmarks.gpu_ceilings --out "$OUT" $SMOKE \
+timeout --signal=KILL 45 "$PY" -m benchmarks.gpu_ceilings --out "$OUT" $SMOKE \
   || echo "gpu_targets.sh: gpu_ceilings failed"
 # Ours, in gpu_bench's order: conv b32 cuDNN, imdb b64 cuDNN, Fourier b128
 # cuDNN (its MFU; HF ran out of the H200's memory at 128), imdb b64 XLA.
@@ -37,8 +42,8 @@ benchmarks/gpu.sh "$OUT" --workloads imdb,imagenet_fourier,imagenet_conv \
   --ref_min_s 60 --repeats 10 \
   --flops_json benchmarks/results/gpu/flops_cpu.json $SMOKE \
   || echo "gpu_targets.sh: gpu.sh failed; profiling anyway"
-# Profiles: ~60-80 s each on an H200 expected (parameter init, compile, 3
-# steps), killed at 110 s.
+# Profiles: ~30-80 s each on an H200 expected (parameter init, a cached or
+# fresh compile, 3 steps), killed at 110 s.
 for spec in imagenet_conv:32 imdb:64; do
   w="${spec%%:*}"; b="${spec##*:}"
   if [[ -n "$SMOKE" ]]; then b=2; fi

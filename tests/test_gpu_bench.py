@@ -143,7 +143,8 @@ def test_gpu_targets_script_smoke_brings_back_eight_named_files(tmp_path):
   out = tmp_path / 'out'
   proc = subprocess.run(
       [os.path.join(root, 'benchmarks', 'gpu_targets.sh'), str(out),
-       '--smoke'], env={**os.environ, 'PYTHON': sys.executable},
+       '--smoke'], env={**os.environ, 'PYTHON': sys.executable,
+                        'JAX_COMPILATION_CACHE_DIR': str(tmp_path / 'jax')},
       capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert 'failed' not in proc.stdout, proc.stdout[-3000:]
@@ -154,6 +155,42 @@ def test_gpu_targets_script_smoke_brings_back_eight_named_files(tmp_path):
   with tarfile.open(out / 'traces.tar') as tar:
     assert len([n for n in tar.getnames()
                 if n.endswith('.xplane.pb.gz')]) == 2
+  # The script turns JAX's persistent compilation cache on.
+  assert os.listdir(tmp_path / 'jax')
+
+
+def test_profile_reuses_the_benchmark_workers_compiled_step(tmp_path):
+  # What gpu_targets.sh's cache relies on: the GPU benchmark's worker (no
+  # CPU process settings, as on a GPU) and profile_ours compile the same
+  # train step, so the profile finds it in the cache: one entry, not two.
+  import dataclasses
+  import json
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': str(tmp_path / 'jax'),
+         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
+  w = W.standard_workloads(True)['imagenet_conv']
+  item = {'impl': 'ours', 'mode': 'train', 'precision': 'bf16_cudnn',
+          'workload': dataclasses.asdict(w), 'dtype': 'bfloat16',
+          'attention_impl': 'cudnn'}
+  spec = {'items': [item], 'device': 'cpu', 'repeats': 1, 'warmup': 1,
+          'low_memory_cpu': False, 'items_cache': True}
+  worker = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.worker', '--spec', json.dumps(spec)],
+      cwd=root, env=env, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert '"status": "ok"' in worker.stdout, worker.stderr[-2000:]
+  steps = lambda: sorted(n for n in os.listdir(tmp_path / 'jax')
+                         if n.startswith('jit_step-'))
+  assert len(steps()) == 1
+  prof = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.profile_ours', '--smoke',
+       '--workload', 'imagenet_conv', '--mode', 'train',
+       '--batch', str(w.batch), '--ours', 'dtype=bfloat16',
+       '--ours', 'attention_impl=cudnn', '--out', str(tmp_path / 'p')],
+      cwd=root, env=env, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert prof.returncode == 0, prof.stderr[-2000:]
+  assert len(steps()) == 1, steps()
 
 
 _FAKE_WORKER = '''
