@@ -47,10 +47,12 @@ benchmarks/gpu.sh "$OUT" --workloads imdb,imagenet_fourier,imagenet_conv \
 for spec in imagenet_conv:32 imdb:64; do
   w="${spec%%:*}"; b="${spec##*:}"
   if [[ -n "$SMOKE" ]]; then b=2; fi
+  ceil=(); [[ -f "$OUT/ceilings.json" ]] && ceil=(--ceilings "$OUT/ceilings.json")
   timeout --signal=KILL 110 "$PY" -m benchmarks.profile_ours \
     --device "$([[ -n "$SMOKE" ]] && echo cpu || echo gpu)" \
     --workload "$w" --batch "$b" --mode train --top 30 \
     --ours dtype=bfloat16 --ours attention_impl=cudnn --keep_trace \
+    "${ceil[@]}" \
     --out "$OUT" $SMOKE \
     || echo "gpu_targets.sh: profile of $w failed or timed out"
 done

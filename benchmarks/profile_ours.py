@@ -27,6 +27,7 @@ import argparse
 import collections
 import glob
 import gzip
+import json
 import os
 import re
 import shutil
@@ -54,6 +55,50 @@ def op_names_from_hlo(hlo_text):
     if m:
       names[m.group(1)] = m.group(2)
   return names
+
+
+# Bytes per element of HLO's element types (sub-byte types rounded up).
+_DTYPE_BYTES = {'pred': 1, 's4': 1, 'u4': 1, 's8': 1, 'u8': 1, 's16': 2,
+                'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4, 'u32': 4, 'f32': 4,
+                's64': 8, 'u64': 8, 'f64': 8, 'c64': 8, 'c128': 16}
+_SHAPE = re.compile(r'\b([a-z]\w*?)\[([\d,]*)\]')
+_INSTRUCTION = re.compile(
+    r'^\s*(?:ROOT )?%?([\w.\-]+) = (.*?) ([\w\-]+)\(([^)]*)\)')
+
+
+def shape_bytes(text):
+  """Bytes of every array shape written in `text` ('bf16[4,8]{1,0}', tuples)."""
+  total = 0
+  for dtype, dims in _SHAPE.findall(text):
+    size = _DTYPE_BYTES.get(dtype)
+    if size is None and dtype.startswith('f8'):
+      size = 1
+    if size is None:
+      continue
+    n = 1
+    for d in filter(None, dims.split(',')):
+      n *= int(d)
+    total += n * size
+  return total
+
+
+def op_bytes_from_hlo(hlo_text):
+  """HLO instruction name -> bytes it reads and writes, from compiled HLO.
+
+  Its output plus its operands' outputs, each once: what one execution of a
+  kernel for it must move through device memory at least (an estimate: an
+  operand read twice, or a slice of one, moves more or less). Instruction
+  names are unique within a module, so the operands resolve by name.
+  """
+  out_bytes, operands = {}, {}
+  for line in hlo_text.splitlines():
+    m = _INSTRUCTION.match(line)
+    if m:
+      name, shape, _, args = m.groups()
+      out_bytes[name] = shape_bytes(shape)
+      operands[name] = re.findall(r'%([\w.\-]+)', args)
+  return {name: out + sum(out_bytes.get(o, 0) for o in operands[name])
+          for name, out in out_bytes.items()}
 
 
 def model_location(op_name):
@@ -108,7 +153,8 @@ def summarise_trace(data):
   """Per-op device time of a `jax.profiler.ProfileData`.
 
   Returns {'ops': {HLO op: ns}, 'kernels': {kernel: ns}, 'categories':
-  {category: ns}, 'busy_ns', 'span_ns', 'device'}. With GPU planes
+  {category: ns}, 'op_categories': {HLO op: category} (GPU), 'busy_ns',
+  'span_ns', 'device'}. With GPU planes
   ('/device:GPU:*') only their kernel lines count ('Stream #N...', events
   named by kernel, with an 'hlo_op' stat naming the HLO instruction that
   launched it; lines the profiler derives from them, such as 'XLA Ops',
@@ -120,6 +166,7 @@ def summarise_trace(data):
   """
   gpu = [p for p in data.planes if p.name.startswith('/device:GPU')]
   ops, kernels, categories = (collections.Counter() for _ in range(3))
+  op_categories = {}
   intervals = []
   if gpu:
     for plane in gpu:
@@ -133,7 +180,9 @@ def summarise_trace(data):
           op = str(stats.get('hlo_op') or ev.name)
           ops[op] += ev.duration_ns
           kernels[ev.name] += ev.duration_ns
-          categories[op_category(ev.name, op)] += ev.duration_ns
+          category = op_category(ev.name, op)
+          categories[category] += ev.duration_ns
+          op_categories.setdefault(op, category)
           intervals.append((ev.start_ns, ev.start_ns + ev.duration_ns))
   else:
     for plane in data.planes:
@@ -156,7 +205,7 @@ def summarise_trace(data):
         end = max(end, e)
     busy += end - start
   return {'ops': ops, 'kernels': kernels, 'categories': categories,
-          'busy_ns': busy, 'span_ns': span,
+          'op_categories': op_categories, 'busy_ns': busy, 'span_ns': span,
           'device': 'gpu' if gpu else 'cpu'}
 
 
@@ -219,7 +268,9 @@ def profile(w, mode, perf, repeats=2, device='cpu', keep_trace_as=None):
     t0 = time.perf_counter()
     trace = trace_call(call, tmp, keep_trace_as)
     traced_s = time.perf_counter() - t0
-  names = op_names_from_hlo(compiled.as_text())
+  hlo_text = compiled.as_text()
+  names = op_names_from_hlo(hlo_text)
+  op_bytes = op_bytes_from_hlo(hlo_text)
   by_loc = collections.defaultdict(lambda: {'ns': 0, 'ops': set()})
   for op, ns in trace['ops'].items():
     phase, loc = model_location(names.get(op, op))
@@ -247,8 +298,36 @@ def profile(w, mode, perf, repeats=2, device='cpu', keep_trace_as=None):
         'category_ms': {k: v / 1e6 for k, v in
                         trace['categories'].most_common()},
         'top_kernels_ms': {k[:160]: v / 1e6 for k, v in
-                           trace['kernels'].most_common(40)}}
+                           trace['kernels'].most_common(40)},
+        **gpu_bytes_summary(trace, op_bytes, names)}
   return doc
+
+
+def gpu_bytes_summary(trace, op_bytes, names, top=40):
+  """Bytes each category and top op moved, and at what rate.
+
+  Why: a step far below the matmul ceiling is either matmul-bound at a poor
+  rate, or spends its time in memory-bound kernels; bytes over time says
+  which memory-bound kernels run near the card's copy bandwidth (only
+  fewer bytes would help: fuse, keep bf16) and which far below it (a poor
+  kernel: a layout, a transpose, a reduction).
+  """
+  cat_bytes = collections.Counter()
+  for op, category in trace['op_categories'].items():
+    cat_bytes[category] += op_bytes.get(op, 0)
+  top_ops = []
+  for op, ns in trace['ops'].most_common(top):
+    phase, loc = model_location(names.get(op, op))
+    nbytes = op_bytes.get(op)
+    top_ops.append({'op': op, 'phase': phase, 'location': loc,
+                    'category': trace['op_categories'].get(op), 'ms': ns / 1e6,
+                    'mbytes': nbytes / 2**20 if nbytes else None,
+                    'gbytes_per_s': nbytes / ns if nbytes and ns else None})
+  return {'category_gbytes': {k: v / 1e9 for k, v in cat_bytes.items()},
+          'category_gbytes_per_s': {
+              k: cat_bytes[k] / ns for k, ns in trace['categories'].items()
+              if ns and cat_bytes[k]},
+          'top_ops': top_ops}
 
 
 def to_markdown(doc, top):
@@ -265,6 +344,26 @@ def to_markdown(doc, top):
               f'{100 * (g["idle_share"] or 0):.1f} %). By category: ' +
               ', '.join(f'{k} {v:.1f} ms' for k, v in g['category_ms'].items())
               + '.', '']
+    copy_bw = (g.get('ceilings') or {}).get('copy_gbytes_per_s')
+    rates = g.get('category_gbytes_per_s', {})
+    if rates:
+      lines += ['Bytes read and written (HLO shapes) per kernel time: ' +
+                ', '.join(f'{k} {g["category_gbytes"][k]:.1f} GB at '
+                          f'{v:.0f} GB/s' for k, v in rates.items()) +
+                (f' (measured copy bandwidth {copy_bw:.0f} GB/s).'
+                 if copy_bw else '.'), '']
+    if g.get('top_ops'):
+      def pct(o):
+        return (f'{100 * o["gbytes_per_s"] / copy_bw:.0f}%'
+                if copy_bw and o['gbytes_per_s'] else '-')
+      lines += ['Top HLO ops by kernel time:', '', runner.markdown_table(
+          ['HLO op', 'phase', 'model location', 'category', 'ms', 'MiB',
+           'GB/s', 'of copy bw'],
+          [[o['op'], o['phase'], o['location'][-60:], o['category'],
+            f'{o["ms"]:.2f}',
+            f'{o["mbytes"]:.0f}' if o['mbytes'] else '-',
+            f'{o["gbytes_per_s"]:.0f}' if o['gbytes_per_s'] else '-', pct(o)]
+           for o in g['top_ops'][:top]]), '']
   rows = [[r['phase'], r['location'][-90:], f'{r["ms"]:.1f}',
            f'{100 * r["share_of_op_time"]:.1f}%', ', '.join(r['op_kinds'][:3])]
           for r in doc['rows'][:top]]
@@ -283,12 +382,24 @@ def main(argv=None):
   p.add_argument('--device', default='cpu', choices=('cpu', 'gpu'),
                  help='gpu: profile on the GPU (kernel time by HLO op and '
                  'category, and the idle time between kernels).')
+  p.add_argument('--ceilings', default=None,
+                 help="gpu_ceilings.py's ceilings.json: show each op's "
+                 'bytes per second against the measured copy bandwidth.')
   p.add_argument('--keep_trace', action='store_true',
                  help='also save the raw trace as <stem>.xplane.pb.gz.')
   p.add_argument('--smoke', action='store_true')
   runner.add_out_flag(p, '<device>')
   args = p.parse_args(argv)
   args.out = runner.results_dir(args.out, args.smoke, args.device)
+  ceilings = None
+  if args.ceilings:  # Read first: a wrong path fails before the long part.
+    try:
+      with open(args.ceilings) as f:
+        ceilings = json.load(f)
+    except (OSError, ValueError) as e:
+      raise SystemExit(f'--ceilings {args.ceilings}: cannot read it ({e}); '
+                       'pass the ceilings.json that benchmarks.gpu_ceilings '
+                       'wrote, or leave the flag out.') from e
   from benchmarks.compare_reference import parse_key_values  # pylint: disable=g-import-not-at-top
   batch = {args.workload: args.batch} if args.batch else None
   workloads = W.standard_workloads(args.smoke, batch)
@@ -306,6 +417,8 @@ def main(argv=None):
                 keep_trace_as=stem + '.xplane.pb.gz' if args.keep_trace
                 else None)
   doc['machine'] = runner.machine_info()
+  if ceilings and doc.get('gpu'):
+    doc['gpu']['ceilings'] = ceilings
   md = to_markdown(doc, args.top)
   runner.write_results(stem, doc, md)
   print(md)

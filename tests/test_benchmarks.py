@@ -419,6 +419,80 @@ def test_profile_summarises_gpu_kernels_by_op_category_and_idle_time():
   assert got['busy_ns'] == 8000 and got['span_ns'] == 10000
 
 
+_HLO = '''
+ENTRY %main (x: bf16[64,128], w: bf16[128,256]) -> bf16[64,256] {
+  %x = bf16[64,128]{1,0} parameter(0), metadata={op_name="x"}
+  %w = bf16[128,256]{1,0} parameter(1), metadata={op_name="w"}
+  %cublas-gemm.1 = (bf16[64,256]{1,0}, s8[1024]{0}) custom-call(%x, %w), custom_call_target="__cublas$gemm", metadata={op_name="jit(f)/dot_general"}
+  %gte = bf16[64,256]{1,0} get-tuple-element(%cublas-gemm.1), index=0
+  ROOT %fusion.7 = f32[64,256]{1,0} fusion(%gte), kind=kLoop, calls=%c, metadata={op_name="jit(f)/convert(x)"}
+}
+'''
+
+
+def test_op_bytes_count_output_and_operands_once():
+  from benchmarks import profile_ours
+  got = profile_ours.op_bytes_from_hlo(_HLO)
+  # The gemm: its tuple output (result and workspace) and both operands.
+  assert got['cublas-gemm.1'] == (64 * 256 * 2 + 1024 + 64 * 128 * 2 +
+                                  128 * 256 * 2)
+  assert got['fusion.7'] == 64 * 256 * 4 + 64 * 256 * 2
+  # The same on XLA's own compiled text: an elementwise op on f32[1000].
+  compiled = jax.jit(lambda v: v * 2 + 1).lower(
+      jax.numpy.ones(1000)).compile()
+  moved = [b for op, b in profile_ours.op_bytes_from_hlo(
+      compiled.as_text()).items() if b and 'fusion' in op]
+  assert moved == [8000], moved
+
+
+def test_gpu_summary_bytes_per_second_by_category_and_op():
+  from benchmarks import profile_ours
+  trace = profile_ours.summarise_trace(
+      jax.profiler.ProfileData.from_text_proto(_GPU_TRACE))
+  op_bytes = profile_ours.op_bytes_from_hlo(_HLO)
+  got = profile_ours.gpu_bytes_summary(
+      trace, op_bytes, profile_ours.op_names_from_hlo(_HLO))
+  gemm = op_bytes['cublas-gemm.1']
+  assert got['category_gbytes']['matmul'] == pytest.approx(gemm / 1e9)
+  # Bytes per ns are GB/s: the gemm's kernel ran 5000 ns.
+  assert got['category_gbytes_per_s']['matmul'] == pytest.approx(gemm / 5000)
+  top = got['top_ops'][0]
+  assert (top['op'], top['category'], top['location']) == (
+      'cublas-gemm.1', 'matmul', 'dot_general')
+  assert top['gbytes_per_s'] == pytest.approx(gemm / 5000)
+  # An op the HLO text does not define has no bytes, not zero bytes.
+  cudnn = next(o for o in got['top_ops'] if o['op'] == 'custom-call.3')
+  assert cudnn['mbytes'] is None and cudnn['gbytes_per_s'] is None
+
+
+def test_profile_markdown_shows_rates_against_the_measured_copy_bandwidth():
+  from benchmarks import profile_ours
+  trace = profile_ours.summarise_trace(
+      jax.profiler.ProfileData.from_text_proto(_GPU_TRACE))
+  gpu = {'kernel_busy_ms': 0.008, 'kernel_span_ms': 0.01, 'idle_share': 0.2,
+         'category_ms': {'matmul': 0.005},
+         'ceilings': {'copy_gbytes_per_s': 4000.0},
+         **profile_ours.gpu_bytes_summary(
+             trace, profile_ours.op_bytes_from_hlo(_HLO),
+             profile_ours.op_names_from_hlo(_HLO))}
+  doc = {'mode': 'train', 'workload': 'w', 'batch': 2, 'perf': {},
+         'step_times_s': [0.01], 'op_time_ms_all_threads': 0.009,
+         'phase_ms': {'forward': 0.009, 'backward': 0.0}, 'rows': [],
+         'gpu': gpu}
+  md = profile_ours.to_markdown(doc, top=5)
+  rate = profile_ours.op_bytes_from_hlo(_HLO)['cublas-gemm.1'] / 5000
+  assert f'| cublas-gemm.1 | forward | dot_general | matmul | 0.01 |' in md
+  assert f'| {rate:.0f} | {100 * rate / 4000:.0f}% |' in md
+  assert 'measured copy bandwidth 4000 GB/s' in md
+
+
+def test_profile_ceilings_flag_with_a_missing_file_stops_first(tmp_path):
+  from benchmarks import profile_ours
+  with pytest.raises(SystemExit, match='--ceilings .*cannot read it'):
+    profile_ours.main(['--smoke', '--ceilings', str(tmp_path / 'none.json'),
+                       '--out', str(tmp_path)])
+
+
 def test_profile_without_stream_lines_skips_the_derived_ones():
   # Should a tracer name its kernel lines otherwise, every line but the
   # derived and overhead ones counts: here the two renamed stream lines.
