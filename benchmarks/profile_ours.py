@@ -101,6 +101,73 @@ def op_bytes_from_hlo(hlo_text):
           for name, out in out_bytes.items()}
 
 
+def _dims(shape_text):
+  """[dims] of the first array shape in `shape_text` ('bf16[4,8]{1,0}')."""
+  m = _SHAPE.search(shape_text)
+  return [int(d) for d in m.group(2).split(',') if d] if m else []
+
+
+def _product(xs):
+  n = 1
+  for x in xs:
+    n *= x
+  return n
+
+
+def op_flops_from_hlo(hlo_text):
+  """HLO instruction name -> matmul FLOPs of one execution.
+
+  Counts dots: a `dot` instruction, a fusion whose computation holds dots
+  (XLA's Triton GEMM fusions), and cuBLAS GEMM custom calls (their
+  contracting dimensions are in the backend config): 2 x output elements x
+  the contracted size. Attention kernels (cuDNN custom calls) and
+  convolutions are not counted.
+  """
+  shapes, calls, flops = {}, {}, {}
+  computation, members = None, collections.defaultdict(list)
+  for line in hlo_text.splitlines():
+    head = re.match(r'^(?:ENTRY )?%([\w.\-]+) \(.*\{\s*$', line)
+    if head:
+      computation = head.group(1)
+      continue
+    m = _INSTRUCTION.match(line)
+    if not m:
+      continue
+    name, shape, opcode, args = m.groups()
+    shapes[name] = shape
+    members[computation].append(name)
+    operands = re.findall(r'%([\w.\-]+)', args)
+    rest = line[m.end():]
+    contracting = None
+    if opcode == 'dot':
+      c = re.search(r'lhs_contracting_dims=\{([\d,]*)\}', rest)
+      contracting = [int(d) for d in c.group(1).split(',') if d] if c else []
+    elif opcode == 'custom-call' and 'gemm' in rest.lower():
+      c = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', rest)
+      contracting = ([int(d) for d in re.findall(r'\d+', c.group(1))]
+                     if c else None)
+    if contracting is not None and operands:
+      flops[name] = ('dot', operands[0], contracting)
+    called = re.search(r'calls=%([\w.\-]+)', rest)
+    if called and opcode == 'fusion':
+      calls[name] = called.group(1)
+
+  def dot_flops(name):
+    _, lhs, contracting = flops[name]
+    lhs_dims = _dims(shapes.get(lhs, ''))
+    if any(d >= len(lhs_dims) for d in contracting):
+      return 0
+    return 2 * _product(_dims(shapes[name])) * _product(
+        lhs_dims[d] for d in contracting)
+
+  out = {name: dot_flops(name) for name in flops}
+  for name, comp in calls.items():
+    inner = sum(dot_flops(n) for n in members.get(comp, ()) if n in flops)
+    if inner:
+      out[name] = inner
+  return {k: v for k, v in out.items() if v}
+
+
 def model_location(op_name):
   """'jit(step)/transpose(jvp(PerceiverIO))/encoder/.../dot_general' ->
   ('backward', 'encoder/.../dot_general')."""
@@ -271,6 +338,7 @@ def profile(w, mode, perf, repeats=2, device='cpu', keep_trace_as=None):
   hlo_text = compiled.as_text()
   names = op_names_from_hlo(hlo_text)
   op_bytes = op_bytes_from_hlo(hlo_text)
+  op_flops = op_flops_from_hlo(hlo_text)
   by_loc = collections.defaultdict(lambda: {'ns': 0, 'ops': set()})
   for op, ns in trace['ops'].items():
     phase, loc = model_location(names.get(op, op))
@@ -299,34 +367,43 @@ def profile(w, mode, perf, repeats=2, device='cpu', keep_trace_as=None):
                         trace['categories'].most_common()},
         'top_kernels_ms': {k[:160]: v / 1e6 for k, v in
                            trace['kernels'].most_common(40)},
-        **gpu_bytes_summary(trace, op_bytes, names)}
+        **gpu_rates_summary(trace, op_bytes, op_flops, names)}
   return doc
 
 
-def gpu_bytes_summary(trace, op_bytes, names, top=40):
-  """Bytes each category and top op moved, and at what rate.
+def gpu_rates_summary(trace, op_bytes, op_flops, names, top=40):
+  """Bytes and matmul FLOPs each category and top op did, and at what rate.
 
-  Why: a step far below the matmul ceiling is either matmul-bound at a poor
-  rate, or spends its time in memory-bound kernels; bytes over time says
-  which memory-bound kernels run near the card's copy bandwidth (only
-  fewer bytes would help: fuse, keep bf16) and which far below it (a poor
-  kernel: a layout, a transpose, a reduction).
+  Why: a step far below the matmul ceiling either runs its GEMMs at a poor
+  rate (TFLOP/s well under the measured matmul rate: small or oddly shaped
+  products) or spends its time in memory-bound kernels; bytes over time
+  says which of those run near the card's copy bandwidth (only fewer bytes
+  would help: fuse, keep bf16) and which far below it (a poor kernel: a
+  layout, a transpose, a reduction).
   """
-  cat_bytes = collections.Counter()
+  cat_bytes, cat_flops = collections.Counter(), collections.Counter()
   for op, category in trace['op_categories'].items():
     cat_bytes[category] += op_bytes.get(op, 0)
+    cat_flops[category] += op_flops.get(op, 0)
   top_ops = []
   for op, ns in trace['ops'].most_common(top):
     phase, loc = model_location(names.get(op, op))
-    nbytes = op_bytes.get(op)
+    nbytes, flops = op_bytes.get(op), op_flops.get(op)
     top_ops.append({'op': op, 'phase': phase, 'location': loc,
                     'category': trace['op_categories'].get(op), 'ms': ns / 1e6,
                     'mbytes': nbytes / 2**20 if nbytes else None,
-                    'gbytes_per_s': nbytes / ns if nbytes and ns else None})
+                    'gbytes_per_s': nbytes / ns if nbytes and ns else None,
+                    'tflops_per_s': flops / ns / 1e3 if flops and ns else None})
+  times = trace['categories']
   return {'category_gbytes': {k: v / 1e9 for k, v in cat_bytes.items()},
-          'category_gbytes_per_s': {
-              k: cat_bytes[k] / ns for k, ns in trace['categories'].items()
-              if ns and cat_bytes[k]},
+          'category_gbytes_per_s': {k: cat_bytes[k] / ns
+                                    for k, ns in times.items()
+                                    if ns and cat_bytes[k]},
+          'category_matmul_tflop': {k: v / 1e12 for k, v in cat_flops.items()
+                                    if v},
+          'category_tflops_per_s': {k: cat_flops[k] / ns / 1e3
+                                    for k, ns in times.items()
+                                    if ns and cat_flops[k]},
           'top_ops': top_ops}
 
 
@@ -345,6 +422,14 @@ def to_markdown(doc, top):
               ', '.join(f'{k} {v:.1f} ms' for k, v in g['category_ms'].items())
               + '.', '']
     copy_bw = (g.get('ceilings') or {}).get('copy_gbytes_per_s')
+    matmul_rate = (g.get('ceilings') or {}).get('bf16_matmul_tflops')
+    if g.get('category_tflops_per_s'):
+      lines += ['Matmul FLOPs (dots in the compiled HLO) per kernel time: ' +
+                ', '.join(f'{k} {g["category_matmul_tflop"][k]:.2f} TFLOP at '
+                          f'{v:.0f} TFLOP/s'
+                          for k, v in g['category_tflops_per_s'].items()) +
+                (f' (measured bf16 matmul rate {matmul_rate:.0f} TFLOP/s).'
+                 if matmul_rate else '.'), '']
     rates = g.get('category_gbytes_per_s', {})
     if rates:
       lines += ['Bytes read and written (HLO shapes) per kernel time: ' +
@@ -358,11 +443,12 @@ def to_markdown(doc, top):
                 if copy_bw and o['gbytes_per_s'] else '-')
       lines += ['Top HLO ops by kernel time:', '', runner.markdown_table(
           ['HLO op', 'phase', 'model location', 'category', 'ms', 'MiB',
-           'GB/s', 'of copy bw'],
+           'GB/s', 'of copy bw', 'TFLOP/s'],
           [[o['op'], o['phase'], o['location'][-60:], o['category'],
             f'{o["ms"]:.2f}',
             f'{o["mbytes"]:.0f}' if o['mbytes'] else '-',
-            f'{o["gbytes_per_s"]:.0f}' if o['gbytes_per_s'] else '-', pct(o)]
+            f'{o["gbytes_per_s"]:.0f}' if o['gbytes_per_s'] else '-', pct(o),
+            f'{o["tflops_per_s"]:.0f}' if o.get('tflops_per_s') else '-']
            for o in g['top_ops'][:top]]), '']
   rows = [[r['phase'], r['location'][-90:], f'{r["ms"]:.1f}',
            f'{100 * r["share_of_op_time"]:.1f}%', ', '.join(r['op_kinds'][:3])]

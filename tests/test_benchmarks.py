@@ -423,7 +423,7 @@ _HLO = '''
 ENTRY %main (x: bf16[64,128], w: bf16[128,256]) -> bf16[64,256] {
   %x = bf16[64,128]{1,0} parameter(0), metadata={op_name="x"}
   %w = bf16[128,256]{1,0} parameter(1), metadata={op_name="w"}
-  %cublas-gemm.1 = (bf16[64,256]{1,0}, s8[1024]{0}) custom-call(%x, %w), custom_call_target="__cublas$gemm", metadata={op_name="jit(f)/dot_general"}
+  %cublas-gemm.1 = (bf16[64,256]{1,0}, s8[1024]{0}) custom-call(%x, %w), custom_call_target="__cublas$gemm", metadata={op_name="jit(f)/dot_general"}, backend_config={"gemm_backend_config":{"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],"rhs_contracting_dimensions":["0"],"lhs_batch_dimensions":[],"rhs_batch_dimensions":[]}}}
   %gte = bf16[64,256]{1,0} get-tuple-element(%cublas-gemm.1), index=0
   ROOT %fusion.7 = f32[64,256]{1,0} fusion(%gte), kind=kLoop, calls=%c, metadata={op_name="jit(f)/convert(x)"}
 }
@@ -445,13 +445,34 @@ def test_op_bytes_count_output_and_operands_once():
   assert moved == [8000], moved
 
 
-def test_gpu_summary_bytes_per_second_by_category_and_op():
+def test_matmul_flops_from_gemm_calls_fusions_and_dots():
+  from benchmarks import profile_ours
+  # A cuBLAS call: contracting dimensions from its backend config.
+  assert profile_ours.op_flops_from_hlo(_HLO) == {
+      'cublas-gemm.1': 2 * 64 * 256 * 128}
+  # XLA's own compiled text: fusions holding a dot, batched dots included.
+  def f(x, w, q, k):
+    return jax.nn.gelu(x @ w), jax.numpy.einsum('bhtd,bhsd->bhts', q, k)
+  bf16 = jax.numpy.bfloat16
+  compiled = jax.jit(f).lower(
+      jax.numpy.ones((64, 128), bf16), jax.numpy.ones((128, 256), bf16),
+      jax.numpy.ones((2, 4, 16, 8), bf16),
+      jax.numpy.ones((2, 4, 32, 8), bf16)).compile()
+  flops = profile_ours.op_flops_from_hlo(compiled.as_text())
+  # Each product counted once at the top level (the fusion that runs it)
+  # and once at the dot inside; the executed ops are the fusions.
+  assert sorted(set(flops.values())) == sorted(
+      {2 * 64 * 256 * 128, 2 * 2 * 4 * 16 * 32 * 8})
+
+
+def test_gpu_summary_rates_by_category_and_op():
   from benchmarks import profile_ours
   trace = profile_ours.summarise_trace(
       jax.profiler.ProfileData.from_text_proto(_GPU_TRACE))
   op_bytes = profile_ours.op_bytes_from_hlo(_HLO)
-  got = profile_ours.gpu_bytes_summary(
-      trace, op_bytes, profile_ours.op_names_from_hlo(_HLO))
+  got = profile_ours.gpu_rates_summary(
+      trace, op_bytes, profile_ours.op_flops_from_hlo(_HLO),
+      profile_ours.op_names_from_hlo(_HLO))
   gemm = op_bytes['cublas-gemm.1']
   assert got['category_gbytes']['matmul'] == pytest.approx(gemm / 1e9)
   # Bytes per ns are GB/s: the gemm's kernel ran 5000 ns.
@@ -460,6 +481,9 @@ def test_gpu_summary_bytes_per_second_by_category_and_op():
   assert (top['op'], top['category'], top['location']) == (
       'cublas-gemm.1', 'matmul', 'dot_general')
   assert top['gbytes_per_s'] == pytest.approx(gemm / 5000)
+  # FLOPs per ns / 1e3 are TFLOP/s.
+  assert top['tflops_per_s'] == pytest.approx(2 * 64 * 256 * 128 / 5000 / 1e3)
+  assert got['category_tflops_per_s'] == {'matmul': top['tflops_per_s']}
   # An op the HLO text does not define has no bytes, not zero bytes.
   cudnn = next(o for o in got['top_ops'] if o['op'] == 'custom-call.3')
   assert cudnn['mbytes'] is None and cudnn['gbytes_per_s'] is None
@@ -472,8 +496,9 @@ def test_profile_markdown_shows_rates_against_the_measured_copy_bandwidth():
   gpu = {'kernel_busy_ms': 0.008, 'kernel_span_ms': 0.01, 'idle_share': 0.2,
          'category_ms': {'matmul': 0.005},
          'ceilings': {'copy_gbytes_per_s': 4000.0},
-         **profile_ours.gpu_bytes_summary(
+         **profile_ours.gpu_rates_summary(
              trace, profile_ours.op_bytes_from_hlo(_HLO),
+             profile_ours.op_flops_from_hlo(_HLO),
              profile_ours.op_names_from_hlo(_HLO))}
   doc = {'mode': 'train', 'workload': 'w', 'batch': 2, 'perf': {},
          'step_times_s': [0.01], 'op_time_ms_all_threads': 0.009,
@@ -482,7 +507,8 @@ def test_profile_markdown_shows_rates_against_the_measured_copy_bandwidth():
   md = profile_ours.to_markdown(doc, top=5)
   rate = profile_ours.op_bytes_from_hlo(_HLO)['cublas-gemm.1'] / 5000
   assert f'| cublas-gemm.1 | forward | dot_general | matmul | 0.01 |' in md
-  assert f'| {rate:.0f} | {100 * rate / 4000:.0f}% |' in md
+  assert f'| {rate:.0f} | {100 * rate / 4000:.0f}% | 1 |' in md
+  assert 'matmul 0.00 TFLOP at 1 TFLOP/s' in md
   assert 'measured copy bandwidth 4000 GB/s' in md
 
 
