@@ -11,7 +11,9 @@ On a GPU (`--device gpu`) it reads the kernels instead: time per HLO op and
 per category (matmul, cuDNN attention, convolution, copies, other fusions),
 the top kernels, and how long the GPU sat idle between kernels, which is
 what says whether a step with low model FLOPs utilisation is launch-bound,
-memory-bound (fusions) or matmul-bound.
+memory-bound (fusions) or matmul-bound; and, from the compiled HLO's
+shapes, the bytes and matmul FLOPs of each op over its kernel time (GB/s,
+TFLOP/s), against the card's measured ceilings with `--ceilings`.
 
 Usage:
   python -m benchmarks.profile_ours --workload imdb --mode train --batch 4
@@ -469,8 +471,9 @@ def main(argv=None):
                  help='gpu: profile on the GPU (kernel time by HLO op and '
                  'category, and the idle time between kernels).')
   p.add_argument('--ceilings', default=None,
-                 help="gpu_ceilings.py's ceilings.json: show each op's "
-                 'bytes per second against the measured copy bandwidth.')
+                 help="gpu_ceilings.py's ceilings.json: show the GPU "
+                 "ops' rates against the measured copy bandwidth and "
+                 'matmul rate.')
   p.add_argument('--keep_trace', action='store_true',
                  help='also save the raw trace as <stem>.xplane.pb.gz.')
   p.add_argument('--smoke', action='store_true')
