@@ -147,6 +147,22 @@ def test_quickstart_tiny_evaluate_and_predict(quickstart_run, tmp_path):
     predict_lib.predict_lines(workdir, [str(tmp_path / 'nope.png')])
 
 
+def test_predictions_are_one_compiled_call_reused_for_the_same_model(
+    quickstart_run):
+  # predict_batch jits the forward (eagerly every op compiled on its own) and
+  # keeps it per model: a second batch of the same shape compiles nothing,
+  # and the outputs are the eager forward's.
+  workdir = quickstart_run[0]
+  model, variables, _, _ = predict_lib.load_workdir(workdir)
+  table, _ = input_pipeline.load_digits_table('test')
+  batches = [{'image': table['image'][i:i + 4]} for i in (0, 4)]
+  got = [predict_lib.predict_batch(model, variables, b) for b in batches]
+  forward = predict_lib._jitted_forward(model)  # pylint: disable=protected-access
+  assert forward._cache_size() == 1  # pylint: disable=protected-access
+  eager, _ = train_lib.apply_model(model, variables, batches[1], train=False)
+  np.testing.assert_allclose(got[1], np.asarray(eager), rtol=1e-5, atol=1e-5)
+
+
 def test_workdir_of_a_different_model_is_refused(quickstart_run):
   workdir = quickstart_run[0]
   config = _override(quickstart.get_config('tiny'),
