@@ -283,8 +283,11 @@ class ImageClassificationTask:
       raise ValueError('give one or more image files to classify.')
     images = np.stack([image_data.eval_preprocess_numpy(
         image_data.load_image_numpy(path), self.image_size) for path in inputs])
-    logits = np.asarray(model.apply(variables, images, deterministic=True),
-                        np.float64)
+    from experiments import predict_lib  # pylint: disable=g-import-not-at-top
+    # One jitted call (ImageNet Fourier, one image, 2-core CPU: 4.4 s with
+    # its compile vs 6.1 s eagerly, then 1.4 vs 2.7 s).
+    logits = predict_lib.predict_batch(
+        model, variables, {'image': images}).astype(np.float64)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     names = self.display_names(class_names)
