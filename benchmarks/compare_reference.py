@@ -85,6 +85,9 @@ def build_parser():
                  help=f'our perf options, e.g. remat=true; keys {W.PERF_KEYS}.')
   p.add_argument('--hf_fused_adam', action='store_true',
                  help='torch.optim.AdamW(fused=True) for the reference.')
+  p.add_argument('--hf_compile', action='store_true',
+                 help='torch.compile the reference model (its compile is '
+                 'in the first call, kept out of the median like ours).')
   p.add_argument('--smoke', action='store_true', help='tiny sizes.')
   p.add_argument('--mem_cap_gb', type=float, default=16.0,
                  help='kill a measurement above this resident memory.')
@@ -131,6 +134,7 @@ def run_all(args):
                       'rounds': args.rounds, 'threads': args.threads,
                       'ours_perf': ours_perf,
                       'hf_fused_adam': args.hf_fused_adam,
+                      'hf_compile': args.hf_compile,
                       'smoke': args.smoke, 'mem_cap_gb': args.mem_cap_gb},
          'results': []}
   for name in names:
@@ -150,6 +154,7 @@ def run_all(args):
             spec.update(ours_perf)
           else:
             spec['fused_adam'] = args.hf_fused_adam
+            spec['torch_compile'] = 'inductor' if args.hf_compile else ''
           load = os.getloadavg()[0]
           print(f'[{name} {mode} {impl} round {round_index + 1}] '
                 f'load {load:.1f} ...', flush=True)

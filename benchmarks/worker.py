@@ -17,7 +17,8 @@ It prints one line `RESULT <json>` on stdout. Spec keys:
   threads; None = all); device: 'cpu' | 'gpu'; for ours: dtype, attention_impl,
   remat, query_chunk_size, count_flops, low_memory_cpu (default True: the
   launchers' process settings, runtime.configure_process); for hf: precision
-  ('fp32' | 'tf32' | 'bf16_autocast'), fused_adam.
+  ('fp32' | 'tf32' | 'bf16_autocast'), fused_adam, torch_compile (a
+  torch.compile backend name, 'inductor' for real runs; '' or absent: eager).
 """
 
 import argparse
@@ -234,7 +235,13 @@ def run_hf(spec, w, data):
   runtime.release_host_memory()  # Set-up garbage is not the step's peak.
   build_s = time.perf_counter() - t0
   make_inputs, labels = W.hf_model_inputs(w, data, device)
-  out = {'params': sum(p.numel() for p in model.parameters()),
+  n_params = sum(p.numel() for p in model.parameters())
+  backend = spec.get('torch_compile') or ''
+  if backend:
+    # Compiles on the first call, which time_calls keeps apart from the
+    # timed repeats (as our XLA compile).
+    model = torch.compile(model, backend=backend)
+  out = {'params': n_params, 'torch_compile': backend,
          'build_s': build_s, 'rss_after_build': W.current_rss_bytes(),
          'peak_rss_after_build': W.peak_rss_bytes(),
          'torch_threads': torch.get_num_threads(), 'precision': precision,
