@@ -68,6 +68,8 @@ GPU_BATCH = {'imdb': 4, 'imagenet_fourier': 32, 'imagenet_conv': 32,
 # the reference in bf16 autocast and TF32 at the same batch).
 MFU_BATCH = {'imdb': 64, 'imagenet_fourier': 128}
 REF_PRECISIONS = ('bf16_autocast', 'tf32', 'fp32')
+# Suffix of a reference precision run under torch.compile (--hf_compile).
+COMPILED = '_compiled'
 
 
 def peak_flops(device_name):
@@ -115,6 +117,10 @@ def build_parser():
                  help='comma-separated fnmatch patterns over '
                  'IMPL/WORKLOAD/MODE/PRECISION (e.g. "ours/*/infer/bf16,'
                  'hf/imdb@64/train/*"); only matching items run.')
+  p.add_argument('--hf_compile', action='store_true',
+                 help='also time the reference in bf16 autocast under '
+                 'torch.compile (precision bf16_autocast_compiled; its '
+                 'compile is in the warm-up, minutes per item).')
   p.add_argument('--flops_json', default=None,
                  help='FLOP counts from benchmarks/count_flops.py, used where '
                  'the GPU worker got none from XLA.')
@@ -130,6 +136,8 @@ def build_parser():
 def _item(impl, mode, w, prec):
   item = {'impl': impl, 'mode': mode, 'workload': dataclasses.asdict(w),
           'precision': prec}
+  if impl == 'hf' and prec.endswith(COMPILED):
+    item['torch_compile'] = 'inductor'
   if impl == 'ours':
     item.update(dtype='float32' if prec == 'fp32' else 'bfloat16',
                 attention_impl='cudnn' if prec == 'bf16_cudnn' else 'auto')
@@ -176,9 +184,12 @@ def items_for(args, impl):
             [('infer', w, p) for p in ('bf16_cudnn', 'bf16', 'fp32')
              for w in infer])
   else:
-    plan = ([('train', w, p) for w in train for p in REF_PRECISIONS] +
-            [('train', w, p) for w in big for p in REF_PRECISIONS[:2]] +
-            [('infer', w, p) for w in infer for p in REF_PRECISIONS])
+    precs = REF_PRECISIONS
+    if args.hf_compile:  # Right after plain autocast, HF's fastest so far.
+      precs = (precs[0], precs[0] + COMPILED) + precs[1:]
+    plan = ([('train', w, p) for w in train for p in precs] +
+            [('train', w, p) for w in big for p in precs[:-1]] +
+            [('infer', w, p) for w in infer for p in precs])
   items = [_item(impl, mode, w, prec) for mode, w, prec in plan]
   patterns = [p for p in args.only.split(',') if p]
   if patterns:
@@ -358,16 +369,23 @@ def to_markdown(doc):
            'Throughput ratio = reference time / our time (> 1: ours faster); '
            '"best" compares each side\'s fastest setting. MFU = XLA-counted '
            'model FLOPs / step time / peak (bf16 dense; TF32 for fp32).', '']
+  compiled = any(f'ref_bf16_autocast{COMPILED}_s' in r
+                 for r in doc['summary'])
   header = ['workload', 'mode', 'batch', 'ours bf16', 'ours bf16 cuDNN',
-            'ours fp32', 'ref bf16 autocast', 'ref tf32', 'ref fp32',
-            'ratio best', 'ratio bf16', 'ours best MFU']
+            'ours fp32', 'ref bf16 autocast'] + (
+                ['ref bf16 autocast + torch.compile'] if compiled else []) + [
+                    'ref tf32', 'ref fp32', 'ratio best', 'ratio bf16',
+                    'ours best MFU']
   rows = []
   for r in doc['summary']:
     rows.append([r['workload'], r['mode'], r['batch'],
                  runner.fmt_seconds(r.get('ours_bf16_s')),
                  runner.fmt_seconds(r.get('ours_bf16_cudnn_s')),
                  runner.fmt_seconds(r.get('ours_fp32_s')),
-                 runner.fmt_seconds(r.get('ref_bf16_autocast_s')),
+                 runner.fmt_seconds(r.get('ref_bf16_autocast_s'))] + (
+                     [runner.fmt_seconds(
+                         r.get(f'ref_bf16_autocast{COMPILED}_s'))]
+                     if compiled else []) + [
                  runner.fmt_seconds(r.get('ref_tf32_s')),
                  runner.fmt_seconds(r.get('ref_fp32_s')),
                  ratio(r.get('throughput_ratio_best')),

@@ -246,8 +246,10 @@ def run_hf(spec, w, data):
          'peak_rss_after_build': W.peak_rss_bytes(),
          'torch_threads': torch.get_num_threads(), 'precision': precision,
          'device_kind': torch.cuda.get_device_name() if gpu else 'cpu'}
+  # 'bf16_autocast_compiled' (gpu_bench --hf_compile) is bf16 autocast with
+  # the spec's torch_compile backend.
   autocast = (torch.autocast(device_type=device, dtype=torch.bfloat16)
-              if precision == 'bf16_autocast' else None)
+              if precision.startswith('bf16_autocast') else None)
   sync = torch.cuda.synchronize if gpu else (lambda: None)
 
   def logits_of(result):

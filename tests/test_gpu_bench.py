@@ -51,6 +51,35 @@ def test_items_order_targets_first():
                 'hf/imdb/infer/tf32', 'hf/imdb/infer/fp32']
 
 
+def test_hf_compile_adds_compiled_autocast_items_and_a_column():
+  items = gpu_bench.items_for(_args('--workloads', 'imdb', '--modes', 'train',
+                                    '--hf_compile'), 'hf')
+  assert _keys(items) == [
+      'hf/imdb/train/bf16_autocast', 'hf/imdb/train/bf16_autocast_compiled',
+      'hf/imdb/train/tf32', 'hf/imdb/train/fp32',
+      'hf/imdb@3/train/bf16_autocast',
+      'hf/imdb@3/train/bf16_autocast_compiled', 'hf/imdb@3/train/tf32']
+  assert [i.get('torch_compile') for i in items[:2]] == [None, 'inductor']
+  # The compiled reference counts for "best", and the table shows it.
+  doc = {'device_name': 'NVIDIA H200', 'date': 'd', 'versions': {},
+         'settings': {'budget_s': 1}, 'elapsed_s': 1, 'results': [
+             {'impl': 'ours', 'workload': 'imdb', 'mode': 'train',
+              'precision': 'bf16_cudnn', 'status': 'ok', 'median_s': 1.0,
+              'batch': 4},
+             {'impl': 'hf', 'workload': 'imdb', 'mode': 'train',
+              'precision': 'bf16_autocast', 'status': 'ok', 'median_s': 3.0,
+              'batch': 4},
+             {'impl': 'hf', 'workload': 'imdb', 'mode': 'train',
+              'precision': 'bf16_autocast_compiled', 'status': 'ok',
+              'median_s': 2.0, 'batch': 4}]}
+  doc['summary'] = gpu_bench.summarise(doc)
+  row = doc['summary'][0]
+  assert row['ref_best'] == 'bf16_autocast_compiled'
+  assert row['throughput_ratio_best'] == pytest.approx(2.0)
+  md = gpu_bench.to_markdown(doc)
+  assert 'ref bf16 autocast + torch.compile' in md and '| 2.00x |' in md
+
+
 def test_only_and_mfu_batch_flags():
   args = _args('--only', 'ours/*/infer/bf16,ours/imdb@5/train/*',
                '--mfu_batch', 'imdb=5', '--mfu_batch', 'imagenet_fourier=0')
