@@ -204,10 +204,6 @@ def item_key(item):
                    item['precision']])
 
 
-def _result_key(workload_name, mode, precision):
-  return (workload_name, mode, precision)
-
-
 def _run_worker(cmd, env, hard_timeout):
   """One worker process: (its RESULT dicts, how it ended, its stderr tail)."""
   results = []
@@ -256,16 +252,14 @@ def run_impl(args, impl, device, deadline, hard_timeout, worker_cmd=None):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   if device == 'cpu':
     env['JAX_PLATFORMS'] = 'cpu'
-  key_of = lambda i: _result_key(i['workload']['name'], i['mode'],
-                                 i.get('precision'))
+  key_of = lambda i: (i['workload']['name'], i['mode'], i.get('precision'))
   results, todo = [], list(items)
   while todo:
     cmd = (worker_cmd or [sys.executable, '-m', 'benchmarks.worker']) + [
         '--spec', json.dumps(dict(spec, items=todo))]
     got, ended, tail = _run_worker(cmd, env, hard_timeout)
     results += got
-    done = {_result_key(r['workload'], r['mode'], r.get('precision'))
-            for r in got}
+    done = {(r['workload'], r['mode'], r.get('precision')) for r in got}
     todo = [i for i in todo if key_of(i) not in done]
     if ended == 'ok' or not todo:
       break
