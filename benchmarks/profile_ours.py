@@ -30,6 +30,7 @@ import collections
 import glob
 import gzip
 import json
+import math
 import os
 import re
 import shutil
@@ -75,13 +76,25 @@ def shape_bytes(text):
     size = _DTYPE_BYTES.get(dtype)
     if size is None and dtype.startswith('f8'):
       size = 1
-    if size is None:
-      continue
-    n = 1
-    for d in filter(None, dims.split(',')):
-      n *= int(d)
-    total += n * size
+    if size is not None:
+      total += size * math.prod(int(d) for d in dims.split(',') if d)
   return total
+
+
+def _instructions(hlo_text):
+  """(computation, name, shape, opcode, operand names, rest of the line) for
+  each instruction of compiled HLO text."""
+  computation = None
+  for line in hlo_text.splitlines():
+    head = re.match(r'^(?:ENTRY )?%([\w.\-]+) \(.*\{\s*$', line)
+    if head:
+      computation = head.group(1)
+      continue
+    m = _INSTRUCTION.match(line)
+    if m:
+      name, shape, opcode, args = m.groups()
+      yield (computation, name, shape, opcode,
+             re.findall(r'%([\w.\-]+)', args), line[m.end():])
 
 
 def op_bytes_from_hlo(hlo_text):
@@ -93,12 +106,9 @@ def op_bytes_from_hlo(hlo_text):
   names are unique within a module, so the operands resolve by name.
   """
   out_bytes, operands = {}, {}
-  for line in hlo_text.splitlines():
-    m = _INSTRUCTION.match(line)
-    if m:
-      name, shape, _, args = m.groups()
-      out_bytes[name] = shape_bytes(shape)
-      operands[name] = re.findall(r'%([\w.\-]+)', args)
+  for _, name, shape, _, args, _ in _instructions(hlo_text):
+    out_bytes[name] = shape_bytes(shape)
+    operands[name] = args
   return {name: out + sum(out_bytes.get(o, 0) for o in operands[name])
           for name, out in out_bytes.items()}
 
@@ -107,13 +117,6 @@ def _dims(shape_text):
   """[dims] of the first array shape in `shape_text` ('bf16[4,8]{1,0}')."""
   m = _SHAPE.search(shape_text)
   return [int(d) for d in m.group(2).split(',') if d] if m else []
-
-
-def _product(xs):
-  n = 1
-  for x in xs:
-    n *= x
-  return n
 
 
 def op_flops_from_hlo(hlo_text):
@@ -125,21 +128,12 @@ def op_flops_from_hlo(hlo_text):
   the contracted size. Attention kernels (cuDNN custom calls) and
   convolutions are not counted.
   """
-  shapes, calls, flops = {}, {}, {}
-  computation, members = None, collections.defaultdict(list)
-  for line in hlo_text.splitlines():
-    head = re.match(r'^(?:ENTRY )?%([\w.\-]+) \(.*\{\s*$', line)
-    if head:
-      computation = head.group(1)
-      continue
-    m = _INSTRUCTION.match(line)
-    if not m:
-      continue
-    name, shape, opcode, args = m.groups()
+  shapes, calls, dots = {}, {}, {}  # dots: name -> (lhs operand, dims)
+  members = collections.defaultdict(list)
+  for computation, name, shape, opcode, operands, rest in _instructions(
+      hlo_text):
     shapes[name] = shape
     members[computation].append(name)
-    operands = re.findall(r'%([\w.\-]+)', args)
-    rest = line[m.end():]
     contracting = None
     if opcode == 'dot':
       c = re.search(r'lhs_contracting_dims=\{([\d,]*)\}', rest)
@@ -149,22 +143,22 @@ def op_flops_from_hlo(hlo_text):
       contracting = ([int(d) for d in re.findall(r'\d+', c.group(1))]
                      if c else None)
     if contracting is not None and operands:
-      flops[name] = ('dot', operands[0], contracting)
+      dots[name] = (operands[0], contracting)
     called = re.search(r'calls=%([\w.\-]+)', rest)
     if called and opcode == 'fusion':
       calls[name] = called.group(1)
 
   def dot_flops(name):
-    _, lhs, contracting = flops[name]
+    lhs, contracting = dots[name]
     lhs_dims = _dims(shapes.get(lhs, ''))
     if any(d >= len(lhs_dims) for d in contracting):
       return 0
-    return 2 * _product(_dims(shapes[name])) * _product(
+    return 2 * math.prod(_dims(shapes[name])) * math.prod(
         lhs_dims[d] for d in contracting)
 
-  out = {name: dot_flops(name) for name in flops}
+  out = {name: dot_flops(name) for name in dots}
   for name, comp in calls.items():
-    inner = sum(dot_flops(n) for n in members.get(comp, ()) if n in flops)
+    inner = sum(dot_flops(n) for n in members.get(comp, ()) if n in dots)
     if inner:
       out[name] = inner
   return {k: v for k, v in out.items() if v}

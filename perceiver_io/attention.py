@@ -215,7 +215,7 @@ def cudnn_attention_supported(q, mask=None, backend=None, v_head_width=None,
   Why a predicate rather than try/except: JAX refuses unsupported shapes only
   partly at trace time, so the conservative set is chosen up front: a GPU
   backend, bf16/fp16 activations, and a head width (the wider of the q/k and
-  v widths, `v_head_width`, since `_cudnn_attention` pads the narrower to
+  v widths, `v_head_width`, since `_fused_attention` pads the narrower to
   it) that is a multiple of 8 and at most 128, or 256 on Hopper and later
   (compute capability >= 9.0, cuDNN's own limit there; read from the device
   unless `compute_capability` is given). A mask ([B, T, S], the language
@@ -236,8 +236,8 @@ def cudnn_attention_supported(q, mask=None, backend=None, v_head_width=None,
           all(w % 8 == 0 and w <= max_width for w in widths))
 
 
-def _cudnn_attention(q, k, v, mask=None, implementation='cudnn'):
-  """Fused attention for any q/k and v head widths ([B,T,H,D] arrays).
+def _fused_attention(q, k, v, mask=None, implementation='cudnn'):
+  """`jax.nn.dot_product_attention` for any q/k and v head widths ([B,T,H,D]).
 
   Why padding: `jax.nn.dot_product_attention` (and cuDNN's kernel behind it)
   wants one head width for q, k and v, but the language perceiver's latent
@@ -247,8 +247,9 @@ def _cudnn_attention(q, k, v, mask=None, implementation='cudnn'):
   so values and gradients are those of the unpadded attention. The extra
   logit FLOPs (32 -> 160 per head) are small next to the projections, and
   the fused kernel never writes the [B, H, T, S] fp32 logits and softmax
-  to memory. `mask` is [B, T, S] (True: attend). `implementation` is for
-  tests (XLA's kernel on CPU).
+  to memory. `mask` is [B, T, S] (True: attend). `implementation`: 'cudnn'
+  (`attention_impl='cudnn'`), None (JAX's choice, `_xla_attention`) or
+  'xla' (tests on the CPU).
   """
   qk_width, v_width = q.shape[-1], v.shape[-1]
   width = max(qk_width, v_width)
@@ -299,8 +300,7 @@ def _cpu_attention_forward(q, k, v, mask):
 def _xla_attention(q, k, v, mask):
   """The autodiff-friendly forward: XLA's fused kernel if head widths agree."""
   if q.shape[-1] == v.shape[-1]:
-    return jax.nn.dot_product_attention(
-        q, k, v, mask=None if mask is None else mask[:, None, :, :])
+    return _fused_attention(q, k, v, mask, implementation=None)
   return _einsum_attention(q, k, v, mask, 0.0, True, None, q.dtype)
 
 
@@ -570,7 +570,7 @@ class MultiHeadAttention(nn.Module):
       'fused' (error if not possible), 'cudnn' (cuDNN's flash attention where
       `cudnn_attention_supported` says it applies, i.e. on a GPU in bf16/fp16
       with head widths <= 128, or <= 256 on Hopper; unequal q/k and v widths
-      are zero-padded and masks passed as a bias, `_cudnn_attention`;
+      are zero-padded and masks passed as a bias, `_fused_attention`;
       elsewhere as 'auto') or 'cpu' (the same as 'auto'; until the ninth
       session it was the opt-in for the row-major Dense gradients, now part
       of 'auto' on CPU).
@@ -613,7 +613,7 @@ class MultiHeadAttention(nn.Module):
                        f'cpu, got {self.attention_impl!r}.')
     if (self.attention_impl == 'cudnn' and not use_dropout and
         cudnn_attention_supported(q, mask, v_head_width=v.shape[-1])):
-      out = _cudnn_attention(q, k, v, mask)
+      out = _fused_attention(q, k, v, mask)
     elif custom_cpu and not use_dropout:
       attend = (_blocked_attention if _use_blocked_attention(q, k)
                 else _cpu_attention)

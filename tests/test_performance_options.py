@@ -407,10 +407,10 @@ def test_cudnn_attention_only_where_cudnn_takes_it():
     (8, 40, False), (40, 8, False), (16, 16, False), (8, 40, True)])
 def test_cudnn_attention_padding_keeps_values_and_gradients(qk_width, v_width,
                                                             masked):
-  # `_cudnn_attention` zero-pads the narrower of the q/k and v head widths
+  # `_fused_attention` zero-pads the narrower of the q/k and v head widths
   # so that one fused kernel takes them. Run with XLA's kernel here (cuDNN
   # needs a GPU): values and all three gradients equal plain attention.
-  from perceiver_io.attention import _cudnn_attention, _einsum_attention
+  from perceiver_io.attention import _einsum_attention, _fused_attention
   keys = jax.random.split(jax.random.PRNGKey(0), 5)
   q = jax.random.normal(keys[0], (2, 5, 3, qk_width))
   k = jax.random.normal(keys[1], (2, 7, 3, qk_width))
@@ -420,7 +420,7 @@ def test_cudnn_attention_padding_keeps_values_and_gradients(qk_width, v_width,
   # fully masked rows are zeroed after attention anyway).
   mask = (jax.random.uniform(keys[4], (2, 5, 7)) < 0.6).at[:, :, 0].set(True)
   mask = mask if masked else None
-  padded = lambda *a: _cudnn_attention(*a, mask, implementation='xla')
+  padded = lambda *a: _fused_attention(*a, mask, implementation='xla')
   plain = lambda *a: _einsum_attention(*a, mask, 0.0, True, None, jnp.float32)
   out, vjp = jax.vjp(padded, q, k, v)
   ref, ref_vjp = jax.vjp(plain, q, k, v)
@@ -438,11 +438,12 @@ def test_cudnn_impl_takes_the_language_model_on_hopper(monkeypatch):
   from perceiver_io import attention as attn
   calls = []
 
-  def fake_cudnn(q, k, v, mask):
+  def fake_cudnn(q, k, v, mask, implementation='cudnn'):
+    assert implementation == 'cudnn'
     calls.append((q.shape[-1], v.shape[-1], mask is not None))
     return attn._einsum_attention(q, k, v, mask, 0.0, True, None, q.dtype)
 
-  monkeypatch.setattr(attn, '_cudnn_attention', fake_cudnn)
+  monkeypatch.setattr(attn, '_fused_attention', fake_cudnn)
   monkeypatch.setattr(attn, '_compute_capability', lambda: 9.0)
   # Head widths that cuDNN takes: q/k 16 / 2 = 8, v 48 / 2 = 24.
   cfg, inputs, kwargs, variables = _setup('tiny_language_mlm', depth=1,
