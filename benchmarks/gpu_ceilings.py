@@ -1,8 +1,9 @@
 """The card's two measured ceilings: bf16 matmul rate and copy bandwidth.
 
 Why: model FLOPs utilisation is quoted against the datasheet peak (989.4
-TFLOP/s dense bf16 on an H100/H200), which no library reaches; on these
-machines a large bf16 matrix product runs at ~790 TFLOP/s. Dividing our step's
+TFLOP/s dense bf16 on an H100/H200), which no library reaches (this
+workplace's machine notes record 769-798 TFLOP/s for an 8192^3 bf16 product
+through PyTorch on these cards; not measured by us). Dividing our step's
 FLOPs by this measured rate says how far the step is from what XLA's own
 matmuls achieve, and the copy bandwidth bounds the memory-bound fusions.
 Both are measured through JAX, the path our model runs on, in the same
