@@ -39,7 +39,7 @@ def parse_item(text):
   return parts[0], int(parts[1]), parts[2]
 
 
-def count(items, smoke=False):
+def count(items, smoke=False, quiet=False):
   """{key: flops} for (workload, batch, mode) items, counted on the CPU."""
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   from benchmarks import worker  # pylint: disable=g-import-not-at-top
@@ -55,8 +55,9 @@ def count(items, smoke=False):
       raise RuntimeError(f'XLA gave no FLOP count for {name}:{batch}:{mode}: '
                          f'{error}')
     result[flops_key(name, batch, mode)] = flops
-    print(f'{flops_key(name, batch, mode)}: {flops / 1e12:.3f} TFLOP',
-          flush=True)
+    if not quiet:
+      print(f'{flops_key(name, batch, mode)}: {flops / 1e12:.3f} TFLOP',
+            flush=True)
   return result
 
 

@@ -164,6 +164,31 @@ def op_flops_from_hlo(hlo_text):
   return {k: v for k, v in out.items() if v}
 
 
+def attention_flops_from_hlo(hlo_text):
+  """HLO instruction name -> matmul FLOPs of a cuDNN attention call.
+
+  Read from the call's operand shapes (`operand_layout_constraints`: q, k, v
+  as [B, T, N, D]): the forward does QK^T and PV, 2 B N T S (Dqk + Dv);
+  the backward recomputes QK^T and does dP, dV, dQ and dK,
+  2 B N T S (3 Dqk + 2 Dv).
+  """
+  out = {}
+  for _, name, _, opcode, _, rest in _instructions(hlo_text):
+    target = re.search(r'custom_call_target="(__cudnn\$fmha\w*)"', rest)
+    layouts = re.search(
+        r'operand_layout_constraints=\{((?:[^{}]|\{[^{}]*\})*)\}', rest)
+    if opcode != 'custom-call' or not target or not layouts:
+      continue
+    shapes = [_dims(s) for s in re.findall(r'\w+\[[\d,]*\]', layouts.group(1))]
+    if len(shapes) < 3 or any(len(x) != 4 for x in shapes[:3]):
+      continue
+    (b, t, n, d_qk), (_, s, _, _), (_, _, _, d_v) = shapes[:3]
+    matmul_widths = ((3 * d_qk + 2 * d_v) if 'Backward' in target.group(1)
+                     else (d_qk + d_v))
+    out[name] = 2 * b * n * t * s * matmul_widths
+  return out
+
+
 def model_location(op_name):
   """'jit(step)/transpose(jvp(PerceiverIO))/encoder/.../dot_general' ->
   ('backward', 'encoder/.../dot_general')."""
@@ -205,7 +230,9 @@ _CATEGORIES = (
 
 def op_category(*names):
   """'matmul', 'attention (cuDNN)', ... for a GPU kernel and its HLO op."""
-  text = ' '.join(n.lower() for n in names if n)
+  # 'convert' is no convolution (XLA's loop_convert_fusion kernels were
+  # counted as convolutions until the thirteenth session).
+  text = ' '.join(n.lower() for n in names if n).replace('convert', '')
   for category, fragments in _CATEGORIES:
     if any(f in text for f in fragments):
       return category
@@ -334,7 +361,8 @@ def profile(w, mode, perf, repeats=2, device='cpu', keep_trace_as=None):
   hlo_text = compiled.as_text()
   names = op_names_from_hlo(hlo_text)
   op_bytes = op_bytes_from_hlo(hlo_text)
-  op_flops = op_flops_from_hlo(hlo_text)
+  op_flops = {**op_flops_from_hlo(hlo_text),
+              **attention_flops_from_hlo(hlo_text)}
   by_loc = collections.defaultdict(lambda: {'ns': 0, 'ops': set()})
   for op, ns in trace['ops'].items():
     phase, loc = model_location(names.get(op, op))

@@ -1,0 +1,398 @@
+"""Our GPU train steps compiled for an H100/H200 on any machine, and their roofline.
+
+Why: a GPU is lent for 15 minutes to one session in five, too little to
+profile every step, yet the GPU targets (2x the reference, 40 % bf16 MFU)
+need to know what a step must move and compute. XLA can compile for a CUDA
+card that is not there (JAX's deviceless ahead-of-time compilation, given
+the card's description): the program is the one the card would run (its
+fusions, cuBLAS and cuDNN calls, buffer sizes), only not autotuned. From its
+HLO this counts, per kernel, the bytes it reads and writes and the matmul
+FLOPs it does (`profile_ours.op_bytes_from_hlo`, `op_flops_from_hlo`, cuDNN
+attention included), and adds up the roofline: each kernel takes at least
+max(bytes / memory bandwidth, FLOPs / peak matmul rate). The sum is a lower
+bound on the step time; counted FLOPs over (that bound x peak) is the best
+MFU the program allows; XLA's buffer sizes predict device memory.
+
+Checked against the third session's H200 measurements (`--measured`): the
+predicted device memory was within 2.5 % of the measured peak for the
+three steps measured first in their processes.
+
+Needs JAX's CUDA plugin, not a GPU: `pip install "jax[cuda13]==$(python -c
+'import jax; print(jax.__version__)')"` (~3 GB of CUDA wheels). Without a GPU
+the tool sets what a deviceless compile needs (before JAX starts): no
+visible device, JAX's CUDA version check skipped (it asks the driver), and
+GEMMs on cuBLAS (XLA cannot pick Triton GEMM tiles without autotuning, and
+failed for some shapes), and it tells JAX's and our cuDNN checks the target's
+compute capability (they would ask the missing device). On a machine with a
+GPU it compiles for that GPU unchanged.
+
+Usage:
+  python -m benchmarks.gpu_roofline --card h200 \
+      --measured benchmarks/results/gpu/gpu.json \
+      --out benchmarks/results/gpu/roofline  [ITEM ...]
+ITEM is WORKLOAD:BATCH:MODE:PRECISION (precision fp32, bf16 or bf16_cudnn,
+as in gpu_bench), e.g. imagenet_conv:32:train:bf16_cudnn; the default list
+is the GPU targets' rows. Writes roofline.json and roofline.md.
+"""
+
+import argparse
+import collections
+import json
+import os
+import re
+import sys
+import time
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+from benchmarks import profile_ours as P  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import runner  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# The cards' published figures: dense bf16 tensor-core rate, HBM bandwidth,
+# and what XLA's GPU compiler reads from a device description.
+CARDS = {
+    'h100': dict(name='NVIDIA H100 80GB HBM3', peak_flops=989.4e12,
+                 bandwidth=3.35e12, memory=85_520_809_984),
+    'h200': dict(name='NVIDIA H200', peak_flops=989.4e12, bandwidth=4.8e12,
+                 memory=150_754_820_096),
+}
+# Hopper's shape, the same for both (132 SMs at 1.98 GHz, compute 9.0).
+_TARGET_CONFIG = '''
+gpu_device_info {{
+  threads_per_block_limit: 1024
+  threads_per_warp: 32
+  shared_memory_per_block: 49152
+  shared_memory_per_core: 233472
+  threads_per_core_limit: 2048
+  core_count: 132
+  fpus_per_core: 128
+  block_dim_limit_x: 2147483647
+  block_dim_limit_y: 65535
+  block_dim_limit_z: 65535
+  memory_bandwidth: {bandwidth:.0f}
+  l2_cache_size: 52428800
+  clock_rate_ghz: 1.98
+  device_memory_size: {memory}
+  shared_memory_per_block_optin: 232448
+  cuda_compute_capability {{ major: 9 minor: 0 }}
+  registers_per_core_limit: 65536
+  registers_per_block_limit: 65536
+}}
+platform_name: "CUDA"
+dnn_version_info {{ major: {cudnn_major} minor: {cudnn_minor} }}
+runtime_version {{ major: {cuda_major} minor: {cuda_minor} }}
+device_description_str: "{name}"
+'''
+# The GPU targets' rows (the third session's misses and their cuDNN
+# counterparts), and the Fourier step whose cuDNN time was measured.
+DEFAULT_ITEMS = (
+    'imagenet_conv:32:train:bf16', 'imagenet_conv:32:train:bf16_cudnn',
+    'imdb:64:train:bf16', 'imdb:64:train:bf16_cudnn',
+    'imagenet_fourier:32:train:bf16', 'imagenet_fourier:32:train:bf16_cudnn',
+)
+PRECISIONS = {'fp32': ('float32', 'auto'), 'bf16': ('bfloat16', 'auto'),
+              'bf16_cudnn': ('bfloat16', 'cudnn')}
+# HLO instructions that launch no kernel.
+_NO_KERNEL = frozenset(('parameter', 'get-tuple-element', 'bitcast', 'tuple',
+                        'constant', 'after-all', 'partition-id',
+                        'replica-id', 'opt-barrier'))
+
+
+def parse_item(text):
+  parts = text.split(':')
+  if (len(parts) != 4 or parts[2] not in ('train', 'infer') or
+      parts[3] not in PRECISIONS or not parts[1].isdigit()):
+    raise ValueError(
+        f'item {text!r} must be WORKLOAD:BATCH:MODE:PRECISION with MODE train '
+        f'or infer and PRECISION one of {sorted(PRECISIONS)}, e.g. '
+        'imagenet_conv:32:train:bf16_cudnn.')
+  return parts[0], int(parts[1]), parts[2], parts[3]
+
+
+def _computations(hlo_text):
+  """computation name -> names of its instructions; ENTRY's name."""
+  members, entry = collections.defaultdict(list), None
+  for computation, name, *_ in P._instructions(hlo_text):  # pylint: disable=protected-access
+    members[computation].append(name)
+  m = re.search(r'^ENTRY %([\w.\-]+)', hlo_text, re.M)
+  if m:
+    entry = m.group(1)
+  return members, entry
+
+
+def roofline(hlo_text, peak_flops, bandwidth, top=25):
+  """The roofline of compiled GPU HLO: kernels, bytes, FLOPs, lower bounds.
+
+  Kernels are the ENTRY computation's instructions that launch one (a
+  fusion, a cuBLAS or cuDNN call, a copy); a fusion's FLOPs are those of
+  the GEMMs or attention calls inside it. Each kernel's bound is
+  max(bytes / bandwidth, FLOPs / peak_flops); it is memory-bound when the
+  first term wins. Kernels are grouped by kind (the fusion's name without
+  its number; matmul and attention by their FLOPs) and by model location
+  (`profile_ours.model_location` of the op_name of the kernel or of its
+  first named instruction).
+  """
+  nbytes = P.op_bytes_from_hlo(hlo_text)
+  flops = P.op_flops_from_hlo(hlo_text)
+  attention = P.attention_flops_from_hlo(hlo_text)
+  names = P.op_names_from_hlo(hlo_text)
+  members, entry = _computations(hlo_text)
+  kinds, places = {}, {}
+  total = collections.Counter()
+  for computation, name, _, opcode, _, rest in P._instructions(hlo_text):  # pylint: disable=protected-access
+    if computation != entry or opcode in _NO_KERNEL:
+      continue
+    called = re.search(r'calls=%([\w.\-]+)', rest)
+    inside = members.get(called.group(1), []) if called else []
+    attn = attention.get(name, 0) + sum(attention.get(n, 0) for n in inside)
+    fl = attn or flops.get(name, 0)
+    b = nbytes.get(name, 0)
+    t_mem, t_math = b / bandwidth, fl / peak_flops
+    bound = max(t_mem, t_math)
+    kind = ('attention (cuDNN)' if attn else 'matmul' if fl else
+            re.sub(r'[._-]?\d+$', '', name))
+    op_name = names.get(name) or next(
+        (names[n] for n in inside if names.get(n)), name)
+    phase, location = P.model_location(op_name)
+    if not fl:  # Name the layer, not the last elementwise op in it.
+      location = re.sub(r'/[a-z_]+$', '', location)
+    for table, key in ((kinds, kind), (places, (phase, location, kind))):
+      row = table.setdefault(key, collections.Counter())
+      row.update(kernels=1, ms=bound * 1e3, gbytes=b / 1e9, tflop=fl / 1e12)
+    total.update(kernels=1, ms=bound * 1e3, gbytes=b / 1e9, tflop=fl / 1e12,
+                 memory_bound_ms=(t_mem * 1e3 if t_mem > t_math else 0.0),
+                 math_bound_ms=(t_math * 1e3 if t_math >= t_mem else 0.0))
+  by_time = lambda table: sorted(table.items(), key=lambda kv: -kv[1]['ms'])
+  return {
+      **{k: float(v) for k, v in total.items()},
+      'kinds': [{'kind': k, **{f: float(x) for f, x in v.items()}}
+                for k, v in by_time(kinds)],
+      'locations': [{'phase': k[0], 'location': k[1], 'kind': k[2],
+                     **{f: float(x) for f, x in v.items()}}
+                    for k, v in by_time(places)[:top]],
+  }
+
+
+def _deviceless_environment():
+  """What a compile for an absent card needs; set before JAX starts."""
+  os.environ.setdefault('CUDA_VISIBLE_DEVICES', '-1')
+  os.environ.setdefault('JAX_SKIP_CUDA_CONSTRAINTS_CHECK', '1')
+  flags = os.environ.get('XLA_FLAGS', '')
+  if 'xla_gpu_enable_triton_gemm' not in flags:
+    os.environ['XLA_FLAGS'] = (flags + ' --xla_gpu_enable_triton_gemm=false'
+                               ).strip()
+
+
+def _deviceless_environment_if_no_gpu():
+  """`_deviceless_environment` unless a GPU is visible (nvidia-smi's
+  device files), decided before JAX's backends start."""
+  if not any(os.path.exists(f'/dev/nvidia{i}') for i in range(16)):
+    _deviceless_environment()
+
+
+def _installed_cuda_versions():
+  """The cuDNN and CUDA runtime versions of the installed CUDA wheels (they
+  decide which cuDNN attention XLA may use); no device needed to read them."""
+  from jax._src.lib import cuda_versions  # pylint: disable=g-import-not-at-top
+  cudnn = cuda_versions.cudnn_get_version()  # 92801: 9.28.1
+  cuda = cuda_versions.cuda_runtime_get_version()  # 13050: 13.5
+  return dict(cudnn_major=cudnn // 10000, cudnn_minor=cudnn // 100 % 100,
+              cuda_major=cuda // 1000, cuda_minor=cuda // 10 % 100)
+
+
+def gpu_sharding(card):
+  """(sharding to compile for, whether a real GPU is used)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    gpus = jax.devices('cuda')
+  except RuntimeError:
+    gpus = []
+  if gpus:
+    return jax.sharding.SingleDeviceSharding(gpus[0]), True
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  try:
+    topology = topologies.get_topology_desc(
+        platform='cuda', topology='1x1x1',
+        target_config=_TARGET_CONFIG.format(**CARDS[card],
+                                            **_installed_cuda_versions()))
+  except Exception as e:  # pylint: disable=broad-except
+    raise SystemExit(
+        f'gpu_roofline: cannot compile for a CUDA card here ({e}). It needs '
+        'JAX\'s CUDA plugin (no GPU): pip install "jax[cuda13]=='
+        f'{jax.__version__}"') from e
+  mesh = topologies.make_mesh(topology, (1,), ('x',))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), False
+
+
+def compile_step(name, batch, mode, precision, sharding, on_gpu):
+  """(compiled HLO text, XLA's memory analysis) of our step for one item."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top
+  from perceiver_io import attention  # pylint: disable=g-import-not-at-top
+  dtype, impl = PRECISIONS[precision]
+  workloads = W.standard_workloads(False, {name: batch})
+  if name not in workloads:
+    raise ValueError(f'unknown workload {name!r}; choose from '
+                     f'{sorted(workloads)}.')
+  w = workloads[name]
+  data = W.make_inputs(w)
+  put = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
+  saved = (attention._compute_capability,  # pylint: disable=protected-access
+           _jax_cudnn_checks().check_compute_capability)
+  if not on_gpu:  # Both would ask the absent device: Hopper's answer.
+    attention._compute_capability = lambda: 9.0  # pylint: disable=protected-access
+    _jax_cudnn_checks().check_compute_capability = lambda c: float(c) <= 9.0
+  try:
+    with attention.assume_platform('gpu'):
+      model, variables, x, kwargs = W.ours_build(
+          w, data, abstract=True, dtype=dtype, attention_impl=impl)
+      variables, x, kwargs = jax.tree_util.tree_map(put, (variables, x, kwargs))
+      if mode == 'infer':
+        lowered = W.ours_infer_fn(model).lower(variables, x, kwargs)
+      else:
+        tx = W.ours_optimizer()
+        params = variables['params']
+        state = {k: v for k, v in variables.items() if k != 'params'}
+        opt_state = jax.tree_util.tree_map(put, jax.eval_shape(tx.init, params))
+        labels = put(jax.ShapeDtypeStruct(data['labels'].shape,
+                                          data['labels'].dtype))
+        step = W.ours_train_step(model, tx, 'batch_stats' in state)
+        lowered = step.lower(params, state, opt_state, x, labels, kwargs)
+      compiled = lowered.compile()
+  finally:
+    (attention._compute_capability,  # pylint: disable=protected-access
+     _jax_cudnn_checks().check_compute_capability) = saved
+  return compiled.as_text(), compiled.memory_analysis()
+
+
+def _jax_cudnn_checks():
+  from jax._src.cudnn import fused_attention_stablehlo  # pylint: disable=g-import-not-at-top
+  return fused_attention_stablehlo
+
+
+def model_flops(name, batch, mode):
+  """The step's model FLOPs as MFU counts them (XLA's count of the einsum
+  path lowered for the CPU, `count_flops.py`): padding a head for cuDNN
+  adds kernel FLOPs, not model FLOPs."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from benchmarks import count_flops  # pylint: disable=g-import-not-at-top
+  with jax.default_device(jax.devices('cpu')[0]):
+    return count_flops.count([(name, batch, mode)], quiet=True)[
+        count_flops.flops_key(name, batch, mode)]
+
+
+def predicted_device_bytes(memory):
+  """Device memory a step holds at its peak: its arguments, XLA's
+  temporaries, and outputs not written over donated arguments."""
+  return (memory.argument_size_in_bytes + memory.temp_size_in_bytes +
+          memory.output_size_in_bytes - memory.alias_size_in_bytes)
+
+
+def measured_rows(path):
+  """(workload, batch, mode, precision) -> measured gpu_bench result."""
+  with open(path) as f:
+    doc = json.load(f)
+  rows = {}
+  for r in doc.get('results', []):
+    if r.get('impl') == 'ours' and r.get('median_s'):
+      key = (r['workload'].split('@')[0], r['batch'], r['mode'],
+             r['precision'])
+      rows[key] = r
+  return rows, doc.get('device_name')
+
+
+def to_markdown(doc):
+  lines = [f'# Roofline of our GPU steps, compiled for {doc["card"]}', '',
+           f'{doc["how"]}. Bound = sum over kernels of max(bytes / '
+           f'{doc["bandwidth"] / 1e12:.2f} TB/s, matmul FLOPs / '
+           f'{doc["peak_flops"] / 1e12:.1f} TFLOP/s); MFU ceiling = counted '
+           'model FLOPs / (bound x peak); kernel FLOPs include cuDNN\'s padded '
+           'head widths.', '',
+           '| item | kernels | GB moved | kernel TFLOP | model TFLOP | bound '
+           '| of which memory-bound | MFU ceiling | device memory | measured '
+           'step | measured MFU | measured / bound |', '|' + ' --- |' * 12]
+  for it in doc['items']:
+    r, m = it['roofline'], it.get('measured') or {}
+    step = m.get('median_s')
+    lines.append(
+        f'| {it["item"]} | {r["kernels"]:.0f} | {r["gbytes"]:.0f} | '
+        f'{r["tflop"]:.1f} | {it["model_tflop"]:.1f} | {r["ms"]:.1f} ms | '
+        f'{r["memory_bound_ms"]:.1f} ms | {100 * it["mfu_ceiling"]:.0f} % | '
+        f'{it["device_gbytes"]:.1f} GB | ' +
+        (f'{step * 1e3:.1f} ms | {100 * m["mfu"]:.1f} % | '
+         f'{step * 1e3 / r["ms"]:.2f} |' if step else '- | - | - |'))
+  for it in doc['items']:
+    r = it['roofline']
+    lines += ['', f'## {it["item"]}', '', '| kind | kernels | bound ms | GB '
+              '| TFLOP |', '| --- | --- | --- | --- | --- |']
+    lines += [f'| {k["kind"]} | {k["kernels"]:.0f} | {k["ms"]:.2f} | '
+              f'{k["gbytes"]:.1f} | {k["tflop"]:.2f} |'
+              for k in r['kinds'][:12]]
+    lines += ['', '| phase | location | kind | kernels | bound ms | GB |',
+              '| --- | --- | --- | --- | --- | --- |']
+    lines += [f'| {p["phase"]} | {p["location"]} | {p["kind"]} | '
+              f'{p["kernels"]:.0f} | {p["ms"]:.2f} | {p["gbytes"]:.2f} |'
+              for p in r['locations']]
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('items', nargs='*', default=list(DEFAULT_ITEMS),
+                 help='WORKLOAD:BATCH:MODE:PRECISION (default: the GPU '
+                 'targets\' rows).')
+  p.add_argument('--card', choices=sorted(CARDS), default='h200')
+  p.add_argument('--measured', default=None,
+                 help='a gpu_bench gpu.json: its step times join the table.')
+  p.add_argument('--top', type=int, default=25,
+                 help='model locations listed per item.')
+  p.add_argument('--out', default=os.path.join(
+      _ROOT, 'benchmarks', 'results', 'gpu', 'roofline'), help='output folder.')
+  args = p.parse_args(argv)
+  items = [parse_item(t) for t in args.items]
+  measured, measured_on = (measured_rows(args.measured) if args.measured
+                           else ({}, None))
+  _deviceless_environment_if_no_gpu()
+  sharding, on_gpu = gpu_sharding(args.card)
+  import jax  # pylint: disable=g-import-not-at-top
+  card = CARDS[args.card]
+  doc = {'card': jax.devices('cuda')[0].device_kind if on_gpu else card['name'],
+         'how': ('compiled on the GPU' if on_gpu else
+                 'compiled without the card (deviceless: GEMMs on cuBLAS, '
+                 'nothing autotuned)') + f', JAX {jax.__version__}',
+         'peak_flops': card['peak_flops'], 'bandwidth': card['bandwidth'],
+         'measured_on': measured_on, 'items': []}
+  for name, batch, mode, precision in items:
+    label = f'{name}:{batch}:{mode}:{precision}'
+    t0 = time.perf_counter()
+    hlo, memory = compile_step(name, batch, mode, precision, sharding, on_gpu)
+    r = roofline(hlo, card['peak_flops'], card['bandwidth'], args.top)
+    flops = model_flops(name, batch, mode)
+    item = {'item': label, 'compile_s': time.perf_counter() - t0,
+            'roofline': r, 'device_gbytes': predicted_device_bytes(memory) / 1e9,
+            'model_tflop': flops / 1e12,
+            'mfu_ceiling': flops / (r['ms'] / 1e3) / card['peak_flops']}
+    m = measured.get((name, batch, mode, precision))
+    if m:
+      item['measured'] = {'median_s': m['median_s'],
+                          'mfu': flops / m['median_s'] / card['peak_flops'],
+                          'device_peak_bytes_process':
+                              m.get('device_peak_bytes_process')}
+    doc['items'].append(item)
+    print(f'{label}: {r["kernels"]:.0f} kernels, {r["gbytes"]:.0f} GB, '
+          f'{r["tflop"]:.1f} TFLOP, bound {r["ms"]:.1f} ms '
+          f'({r["memory_bound_ms"]:.1f} memory-bound), MFU ceiling '
+          f'{100 * item["mfu_ceiling"]:.0f} %, device memory '
+          f'{item["device_gbytes"]:.1f} GB ({item["compile_s"]:.0f} s)',
+          flush=True)
+  os.makedirs(args.out, exist_ok=True)
+  runner.write_atomic(os.path.join(args.out, 'roofline.json'),
+                      json.dumps(doc, indent=1))
+  runner.write_atomic(os.path.join(args.out, 'roofline.md'), to_markdown(doc))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
