@@ -50,13 +50,15 @@ if _ROOT not in sys.path:
 from benchmarks import profile_ours as P  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import runner  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# The cards' published figures: dense bf16 tensor-core rate, HBM bandwidth,
-# and what XLA's GPU compiler reads from a device description.
+# The cards' published figures: dense bf16 and TF32 tensor-core rates (JAX
+# runs fp32 matmuls on a GPU as TF32 by default), HBM bandwidth, and what
+# XLA's GPU compiler reads from a device description.
 CARDS = {
     'h100': dict(name='NVIDIA H100 80GB HBM3', peak_flops=989.4e12,
-                 bandwidth=3.35e12, memory=85_520_809_984),
-    'h200': dict(name='NVIDIA H200', peak_flops=989.4e12, bandwidth=4.8e12,
-                 memory=150_754_820_096),
+                 tf32_flops=494.7e12, bandwidth=3.35e12,
+                 memory=85_520_809_984),
+    'h200': dict(name='NVIDIA H200', peak_flops=989.4e12, tf32_flops=494.7e12,
+                 bandwidth=4.8e12, memory=150_754_820_096),
 }
 # Hopper's shape, the same for both (132 SMs at 1.98 GHz, compute 9.0).
 _TARGET_CONFIG = '''
@@ -86,11 +88,13 @@ runtime_version {{ major: {cuda_major} minor: {cuda_minor} }}
 device_description_str: "{name}"
 '''
 # The GPU targets' rows (the third session's misses and their cuDNN
-# counterparts), and the Fourier step whose cuDNN time was measured.
+# counterparts), the Fourier step whose cuDNN time was measured, and
+# gpu_targets.sh's Fourier MFU batch.
 DEFAULT_ITEMS = (
     'imagenet_conv:32:train:bf16', 'imagenet_conv:32:train:bf16_cudnn',
     'imdb:64:train:bf16', 'imdb:64:train:bf16_cudnn',
     'imagenet_fourier:32:train:bf16', 'imagenet_fourier:32:train:bf16_cudnn',
+    'imagenet_fourier:128:train:bf16_cudnn',
 )
 PRECISIONS = {'fp32': ('float32', 'auto'), 'bf16': ('bfloat16', 'auto'),
               'bf16_cudnn': ('bfloat16', 'cudnn')}
@@ -307,7 +311,8 @@ def to_markdown(doc):
   lines = [f'# Roofline of our GPU steps, compiled for {doc["card"]}', '',
            f'{doc["how"]}. Bound = sum over kernels of max(bytes / '
            f'{doc["bandwidth"] / 1e12:.2f} TB/s, matmul FLOPs / '
-           f'{doc["peak_flops"] / 1e12:.1f} TFLOP/s); MFU ceiling = counted '
+           f'{doc["peak_flops"] / 1e12:.1f} TFLOP/s, fp32 items '
+           f'{doc["tf32_flops"] / 1e12:.1f} as TF32); MFU ceiling = counted '
            'model FLOPs / (bound x peak); kernel FLOPs include cuDNN\'s padded '
            'head widths.', '',
            '| item | kernels | GB moved | kernel TFLOP | model TFLOP | bound '
@@ -362,22 +367,25 @@ def main(argv=None):
          'how': ('compiled on the GPU' if on_gpu else
                  'compiled without the card (deviceless: GEMMs on cuBLAS, '
                  'nothing autotuned)') + f', JAX {jax.__version__}',
-         'peak_flops': card['peak_flops'], 'bandwidth': card['bandwidth'],
+         'peak_flops': card['peak_flops'], 'tf32_flops': card['tf32_flops'],
+         'bandwidth': card['bandwidth'],
          'measured_on': measured_on, 'items': []}
   for name, batch, mode, precision in items:
     label = f'{name}:{batch}:{mode}:{precision}'
     t0 = time.perf_counter()
     hlo, memory = compile_step(name, batch, mode, precision, sharding, on_gpu)
-    r = roofline(hlo, card['peak_flops'], card['bandwidth'], args.top)
+    peak = card['tf32_flops' if precision == 'fp32' else 'peak_flops']
+    r = roofline(hlo, peak, card['bandwidth'], args.top)
     flops = model_flops(name, batch, mode)
     item = {'item': label, 'compile_s': time.perf_counter() - t0,
             'roofline': r, 'device_gbytes': predicted_device_bytes(memory) / 1e9,
             'model_tflop': flops / 1e12,
-            'mfu_ceiling': flops / (r['ms'] / 1e3) / card['peak_flops']}
+            'peak_flops': peak,
+            'mfu_ceiling': flops / (r['ms'] / 1e3) / peak}
     m = measured.get((name, batch, mode, precision))
     if m:
       item['measured'] = {'median_s': m['median_s'],
-                          'mfu': flops / m['median_s'] / card['peak_flops'],
+                          'mfu': flops / m['median_s'] / peak,
                           'device_peak_bytes_process':
                               m.get('device_peak_bytes_process')}
     doc['items'].append(item)

@@ -34,13 +34,26 @@ ONLY='ours/imagenet_conv/train/bf16_cudnn,ours/imdb@*/train/bf16*'
 ONLY+=',ours/imagenet_fourier@*/train/bf16_cudnn'
 ONLY+=',hf/imagenet_conv/train/bf16_autocast,hf/imagenet_conv/train/tf32'
 ONLY+=',hf/imdb@*/train/*'
+# Fourier's MFU batch by the card's memory: at 128 the cuDNN step needs
+# 106.8 GB (H200: fits JAX's default 75 % pool of 141 GB), on an 80 GB H100
+# XLA's rematerialisation gets it only to 81 GB, over that pool (60 GiB),
+# while batch 64 needs 53.7 GB (`benchmarks/gpu_roofline.py` on the CPU).
+MFU_ARGS=()
+if [[ -z "$SMOKE" ]] && command -v nvidia-smi > /dev/null; then
+  MIB="$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits \
+    | head -1 | tr -dc 0-9)"
+  if [[ -n "$MIB" ]] && (( MIB < 120000 )); then
+    MFU_ARGS=(--mfu_batch imagenet_fourier=64)
+    echo "gpu_targets.sh: ${MIB} MiB card: Fourier's MFU batch 64, not 128"
+  fi
+fi
 # 270 s of benchmark (ours ~55 s an item with its compile, so the last of
 # the four may be skipped; the reference's items take no compile); its hard
 # limits end it by ~340 s.
 benchmarks/gpu.sh "$OUT" --workloads imdb,imagenet_fourier,imagenet_conv \
   --modes train --only "$ONLY" --budget_s 270 --ours_share 0.7 \
   --ref_min_s 60 --repeats 10 \
-  --flops_json benchmarks/results/gpu/flops_cpu.json $SMOKE \
+  --flops_json benchmarks/results/gpu/flops_cpu.json "${MFU_ARGS[@]}" $SMOKE \
   || echo "gpu_targets.sh: gpu.sh failed; profiling anyway"
 # Profiles: ~30-80 s each on an H200 expected (parameter init, a cached or
 # fresh compile, 3 steps), killed at 110 s.

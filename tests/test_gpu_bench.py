@@ -188,6 +188,37 @@ def test_gpu_targets_script_smoke_brings_back_eight_named_files(tmp_path):
   assert os.listdir(tmp_path / 'jax')
 
 
+@pytest.mark.parametrize('mib, fourier_batch', [(81559, '64'),
+                                                  (143771, None)])
+def test_gpu_targets_picks_fouriers_mfu_batch_by_card_memory(
+    tmp_path, mib, fourier_batch):
+  # Fourier's batch-128 cuDNN step needs 107 GB (gpu_roofline.py): it fits
+  # an H200's pool, not an 80 GB H100's. A stand-in nvidia-smi reports the
+  # card's memory and a stand-in Python records what each step was asked.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  log = tmp_path / 'calls.log'
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  (bin_dir / 'nvidia-smi').write_text(f'#!/bin/sh\necho {mib}\n')
+  (bin_dir / 'python').write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+  for name in ('nvidia-smi', 'python'):
+    os.chmod(bin_dir / name, 0o755)
+  proc = subprocess.run(
+      [os.path.join(root, 'benchmarks', 'gpu_targets.sh'), str(tmp_path / 'o')],
+      env={**os.environ, 'PATH': f'{bin_dir}:{os.environ["PATH"]}',
+           'PYTHON': str(bin_dir / 'python')},
+      capture_output=True, text=True, timeout=60, check=False)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  bench = [ln for ln in log.read_text().splitlines()
+           if 'benchmarks.gpu_bench' in ln]
+  assert len(bench) == 1, log.read_text()
+  if fourier_batch:
+    assert f'--mfu_batch imagenet_fourier={fourier_batch}' in bench[0]
+    assert f'{mib} MiB card' in proc.stdout
+  else:
+    assert '--mfu_batch' not in bench[0]
+
+
 def test_profile_reuses_the_benchmark_workers_compiled_step(tmp_path):
   # What gpu_targets.sh's cache relies on: the GPU benchmark's worker (no
   # CPU process settings, as on a GPU) and profile_ours compile the same

@@ -141,7 +141,7 @@ def test_measured_rows_from_the_committed_gpu_results():
 def test_markdown_rows_with_and_without_a_measurement():
   r = gpu_roofline.roofline(_GPU_HLO, peak_flops=1e10, bandwidth=1e9)
   doc = {'card': 'NVIDIA H200', 'how': 'compiled without the card',
-         'peak_flops': 1e10, 'bandwidth': 1e9, 'items': [
+         'peak_flops': 1e10, 'tf32_flops': 5e9, 'bandwidth': 1e9, 'items': [
              {'item': 'a:1:train:bf16', 'roofline': r, 'model_tflop': 4e-6,
               'mfu_ceiling': 0.5, 'device_gbytes': 1.25,
               'measured': {'median_s': 2 * r['ms'] / 1e3, 'mfu': 0.25}},
