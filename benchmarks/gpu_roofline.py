@@ -18,7 +18,8 @@ predicted device memory was within 2.5 % of the measured peak for the
 three steps measured first in their processes.
 
 Needs JAX's CUDA plugin, not a GPU: `pip install "jax[cuda13]==$(python -c
-'import jax; print(jax.__version__)')"` (~3 GB of CUDA wheels). Without a GPU
+'import jax; print(jax.__version__)')"` (~3 GB of CUDA wheels; in an
+environment of its own, benchmarks/README.md). Without a GPU
 the tool sets what a deviceless compile needs (before JAX starts): no
 visible device, JAX's CUDA version check skipped (it asks the driver), and
 GEMMs on cuBLAS (XLA cannot pick Triton GEMM tiles without autotuning, and
