@@ -231,13 +231,16 @@ def gpu_sharding(card):
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), False
 
 
-def compile_step(name, batch, mode, precision, sharding, on_gpu):
-  """(compiled HLO text, XLA's memory analysis) of our step for one item."""
+def compile_step(name, batch, mode, precision, sharding, deviceless,
+                 smoke=False):
+  """(compiled HLO text, XLA's memory analysis) of our step for one item,
+  compiled for `sharding`'s device; `deviceless`: that device is absent
+  (a described card), `smoke`: tiny sizes."""
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top
   from perceiver_io import attention  # pylint: disable=g-import-not-at-top
   dtype, impl = PRECISIONS[precision]
-  workloads = W.standard_workloads(False, {name: batch})
+  workloads = W.standard_workloads(smoke, {name: batch})
   if name not in workloads:
     raise ValueError(f'unknown workload {name!r}; choose from '
                      f'{sorted(workloads)}.')
@@ -246,7 +249,7 @@ def compile_step(name, batch, mode, precision, sharding, on_gpu):
   put = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
   saved = (attention._compute_capability,  # pylint: disable=protected-access
            _jax_cudnn_checks().check_compute_capability)
-  if not on_gpu:  # Both would ask the absent device: Hopper's answer.
+  if deviceless:  # Both would ask the absent device: Hopper's answer.
     attention._compute_capability = lambda: 9.0  # pylint: disable=protected-access
     _jax_cudnn_checks().check_compute_capability = lambda c: float(c) <= 9.0
   try:
@@ -277,14 +280,14 @@ def _jax_cudnn_checks():
   return fused_attention_stablehlo
 
 
-def model_flops(name, batch, mode):
+def model_flops(name, batch, mode, smoke=False):
   """The step's model FLOPs as MFU counts them (XLA's count of the einsum
   path lowered for the CPU, `count_flops.py`): padding a head for cuDNN
   adds kernel FLOPs, not model FLOPs."""
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import count_flops  # pylint: disable=g-import-not-at-top
   with jax.default_device(jax.devices('cpu')[0]):
-    return count_flops.count([(name, batch, mode)], quiet=True)[
+    return count_flops.count([(name, batch, mode)], smoke, quiet=True)[
         count_flops.flops_key(name, batch, mode)]
 
 
@@ -352,6 +355,8 @@ def main(argv=None):
   p.add_argument('--card', choices=sorted(CARDS), default='h200')
   p.add_argument('--measured', default=None,
                  help='a gpu_bench gpu.json: its step times join the table.')
+  p.add_argument('--smoke', action='store_true',
+                 help='tiny model sizes (checks the script, says nothing).')
   p.add_argument('--top', type=int, default=25,
                  help='model locations listed per item.')
   p.add_argument('--out', default=os.path.join(
@@ -374,10 +379,11 @@ def main(argv=None):
   for name, batch, mode, precision in items:
     label = f'{name}:{batch}:{mode}:{precision}'
     t0 = time.perf_counter()
-    hlo, memory = compile_step(name, batch, mode, precision, sharding, on_gpu)
+    hlo, memory = compile_step(name, batch, mode, precision, sharding,
+                               not on_gpu, args.smoke)
     peak = card['tf32_flops' if precision == 'fp32' else 'peak_flops']
     r = roofline(hlo, peak, card['bandwidth'], args.top)
-    flops = model_flops(name, batch, mode)
+    flops = model_flops(name, batch, mode, args.smoke)
     item = {'item': label, 'compile_s': time.perf_counter() - t0,
             'roofline': r, 'device_gbytes': predicted_device_bytes(memory) / 1e9,
             'model_tflop': flops / 1e12,

@@ -209,7 +209,7 @@ def _compute_capability():
 
 
 def cudnn_attention_supported(q, mask=None, backend=None, v_head_width=None,
-                              compute_capability=None):
+                              compute_capability=None, kv_length=None):
   """Whether cuDNN flash attention takes these queries ([B, T, H, D]).
 
   Why a predicate rather than try/except: JAX refuses unsupported shapes only
@@ -218,10 +218,14 @@ def cudnn_attention_supported(q, mask=None, backend=None, v_head_width=None,
   v widths, `v_head_width`, since `_fused_attention` pads the narrower to
   it) that is a multiple of 8 and at most 128, or 256 on Hopper and later
   (compute capability >= 9.0, cuDNN's own limit there; read from the device
-  unless `compute_capability` is given). A mask ([B, T, S], the language
-  encoder's input padding) becomes an additive bias in cuDNN, whose
-  backward with a bias wants even query and key lengths (JAX's check), so
-  masked calls need both even.
+  unless `compute_capability` is given), and even query and key lengths
+  (`kv_length`, or the mask's last axis). Why even lengths: JAX refuses a
+  training call with a bias (a mask, [B, T, S], becomes one) unless both
+  are even, and JAX 0.10.2 passes an empty placeholder as the bias of a call
+  without one, so the check hits every call: the classification decoders'
+  single query (one head of <= 256) failed with "Unsupported sequence
+  length Q 1" (seen compiling for a described H200 on the CPU,
+  `benchmarks/gpu_roofline.py --smoke`).
   """
   backend = backend or _default_platform()
   if backend != 'gpu':
@@ -230,9 +234,10 @@ def cudnn_attention_supported(q, mask=None, backend=None, v_head_width=None,
     compute_capability = _compute_capability()
   max_width = 256 if (compute_capability or 0.0) >= 9.0 else 128
   widths = (q.shape[-1], v_head_width or q.shape[-1])
-  mask_ok = mask is None or (mask.shape[-2] % 2 == 0 and
-                             mask.shape[-1] % 2 == 0)
-  return (mask_ok and q.dtype in (jnp.bfloat16, jnp.float16) and
+  lengths = (q.shape[1], kv_length or (mask.shape[-1] if mask is not None
+                                       else q.shape[1]))
+  return (all(n % 2 == 0 for n in lengths) and
+          q.dtype in (jnp.bfloat16, jnp.float16) and
           all(w % 8 == 0 and w <= max_width for w in widths))
 
 
@@ -612,7 +617,8 @@ class MultiHeadAttention(nn.Module):
       raise ValueError(f'attention_impl must be auto, fused, einsum, cudnn or '
                        f'cpu, got {self.attention_impl!r}.')
     if (self.attention_impl == 'cudnn' and not use_dropout and
-        cudnn_attention_supported(q, mask, v_head_width=v.shape[-1])):
+        cudnn_attention_supported(q, mask, v_head_width=v.shape[-1],
+                                  kv_length=k.shape[1])):
       out = _fused_attention(q, k, v, mask)
     elif custom_cpu and not use_dropout:
       attend = (_blocked_attention if _use_blocked_attention(q, k)

@@ -154,3 +154,26 @@ def test_markdown_rows_with_and_without_a_measurement():
   assert rows[1].endswith('| 50 % | 1.2 GB | - | - | - |'), rows
   assert '## a:1:train:bf16' in md and '| matmul | 1 |' in md
   json.dumps(doc)  # What main writes is plain JSON.
+
+
+@pytest.mark.parametrize('mode, precision', [('train', 'bf16'),
+                                             ('infer', 'fp32')])
+def test_compile_step_and_roofline_end_to_end_on_this_machines_device(
+    mode, precision):
+  # The plumbing a GPU compile goes through (abstract model, shardings on
+  # every argument, the jitted train step or forward, XLA's memory
+  # analysis, the model FLOPs count), compiled for the CPU at tiny sizes:
+  # the same path as for a described card, minus the card.
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
+  hlo, memory = gpu_roofline.compile_step(
+      'imagenet_conv', 2, mode, precision, sharding, deviceless=False,
+      smoke=True)
+  r = gpu_roofline.roofline(hlo, peak_flops=1e12, bandwidth=1e11)
+  flops = gpu_roofline.model_flops('imagenet_conv', 2, mode, smoke=True)
+  assert r['kernels'] > 0 and r['tflop'] > 0
+  # The GEMMs counted in the compiled program are the model's products
+  # (the CPU runs attention as plain dots; convolutions are not counted,
+  # hence a loose lower bound).
+  assert 0.7 * flops <= r["tflop"] * 1e12 <= 1.05 * flops
+  assert gpu_roofline.predicted_device_bytes(memory) >= (
+      memory.argument_size_in_bytes) > 0

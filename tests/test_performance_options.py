@@ -397,10 +397,15 @@ def test_cudnn_attention_only_where_cudnn_takes_it():
   assert gpu(q(32), v_head_width=160, cc=9.0)
   assert not gpu(q(32), v_head_width=160, cc=8.0)
   assert not gpu(q(32), v_head_width=36, cc=9.0)
-  # Masks become a cuDNN bias, whose backward wants even lengths.
+  # Even query and key lengths, masked or not (JAX's bias check, which a
+  # call without a mask meets through JAX's placeholder bias).
   assert gpu(q(128), jnp.ones((2, 8, 6), bool))
   assert not gpu(q(128), jnp.ones((2, 8, 7), bool))
-  assert not gpu(q(128), jnp.ones((2, 1, 8), bool))
+  assert gpu(q(128), kv_length=6)
+  assert not gpu(q(128), kv_length=7)
+  one_query = jnp.zeros((2, 1, 4, 128), jnp.bfloat16)  # A classifier's.
+  assert not gpu(one_query, jnp.ones((2, 1, 8), bool))
+  assert not gpu(one_query, kv_length=8)
 
 
 @pytest.mark.parametrize('qk_width,v_width,masked', [
