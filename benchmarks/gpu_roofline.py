@@ -119,7 +119,7 @@ def parse_item(text):
 def _computations(hlo_text):
   """computation name -> names of its instructions; ENTRY's name."""
   members, entry = collections.defaultdict(list), None
-  for computation, name, *_ in P._instructions(hlo_text):  # pylint: disable=protected-access
+  for computation, name, *_ in P.hlo_instructions(hlo_text):
     members[computation].append(name)
   m = re.search(r'^ENTRY %([\w.\-]+)', hlo_text, re.M)
   if m:
@@ -146,7 +146,7 @@ def roofline(hlo_text, peak_flops, bandwidth, top=25):
   members, entry = _computations(hlo_text)
   kinds, places = {}, {}
   total = collections.Counter()
-  for computation, name, _, opcode, _, rest in P._instructions(hlo_text):  # pylint: disable=protected-access
+  for computation, name, _, opcode, _, rest in P.hlo_instructions(hlo_text):
     if computation != entry or opcode in _NO_KERNEL:
       continue
     called = re.search(r'calls=%([\w.\-]+)', rest)

@@ -81,7 +81,7 @@ def shape_bytes(text):
   return total
 
 
-def _instructions(hlo_text):
+def hlo_instructions(hlo_text):
   """(computation, name, shape, opcode, operand names, rest of the line) for
   each instruction of compiled HLO text."""
   computation = None
@@ -106,7 +106,7 @@ def op_bytes_from_hlo(hlo_text):
   names are unique within a module, so the operands resolve by name.
   """
   out_bytes, operands = {}, {}
-  for _, name, shape, _, args, _ in _instructions(hlo_text):
+  for _, name, shape, _, args, _ in hlo_instructions(hlo_text):
     out_bytes[name] = shape_bytes(shape)
     operands[name] = args
   return {name: out + sum(out_bytes.get(o, 0) for o in operands[name])
@@ -130,7 +130,7 @@ def op_flops_from_hlo(hlo_text):
   """
   shapes, calls, dots = {}, {}, {}  # dots: name -> (lhs operand, dims)
   members = collections.defaultdict(list)
-  for computation, name, shape, opcode, operands, rest in _instructions(
+  for computation, name, shape, opcode, operands, rest in hlo_instructions(
       hlo_text):
     shapes[name] = shape
     members[computation].append(name)
@@ -173,7 +173,7 @@ def attention_flops_from_hlo(hlo_text):
   2 B N T S (3 Dqk + 2 Dv).
   """
   out = {}
-  for _, name, _, opcode, _, rest in _instructions(hlo_text):
+  for _, name, _, opcode, _, rest in hlo_instructions(hlo_text):
     target = re.search(r'custom_call_target="(__cudnn\$fmha\w*)"', rest)
     layouts = re.search(
         r'operand_layout_constraints=\{((?:[^{}]|\{[^{}]*\})*)\}', rest)
