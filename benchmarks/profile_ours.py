@@ -319,8 +319,10 @@ def trace_call(fn, workdir, keep_as=None):
   return summarise_trace(jax.profiler.ProfileData.from_file(files[0]))
 
 
-def profile(w, mode, perf, repeats=2, device='cpu', keep_trace_as=None):
-  """Profiles our jitted train step or inference on workload `w`."""
+def profile(w, mode, perf, repeats=2, device='cpu', keep_trace_as=None,
+            ceilings=None):
+  """Profiles our jitted train step or inference on workload `w`
+  (`ceilings`: gpu_ceilings.py's rates, for the GPU kernels' bounds)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   if device == 'cpu':
@@ -391,11 +393,23 @@ def profile(w, mode, perf, repeats=2, device='cpu', keep_trace_as=None):
                         trace['categories'].most_common()},
         'top_kernels_ms': {k[:160]: v / 1e6 for k, v in
                            trace['kernels'].most_common(40)},
-        **gpu_rates_summary(trace, op_bytes, op_flops, names)}
+        **gpu_rates_summary(trace, op_bytes, op_flops, names,
+                            ceilings=ceilings)}
   return doc
 
 
-def gpu_rates_summary(trace, op_bytes, op_flops, names, top=40):
+def kernel_bound_ns(nbytes, flops, ceilings):
+  """The least time a kernel moving `nbytes` and doing `flops` of matmul
+  can take at the measured ceilings (gpu_ceilings.py), in ns; None without
+  ceilings or without bytes."""
+  if not ceilings or not nbytes:
+    return None
+  return max(nbytes / ceilings['copy_gbytes_per_s'],
+             (flops or 0) / ceilings['bf16_matmul_tflops'] / 1e3)
+
+
+def gpu_rates_summary(trace, op_bytes, op_flops, names, top=40,
+                      ceilings=None):
   """Bytes and matmul FLOPs each category and top op did, and at what rate.
 
   Why: a step far below the matmul ceiling either runs its GEMMs at a poor
@@ -403,23 +417,33 @@ def gpu_rates_summary(trace, op_bytes, op_flops, names, top=40):
   products) or spends its time in memory-bound kernels; bytes over time
   says which of those run near the card's copy bandwidth (only fewer bytes
   would help: fuse, keep bf16) and which far below it (a poor kernel: a
-  layout, a transpose, a reduction).
+  layout, a transpose, a reduction). With the measured `ceilings`, each
+  op's bound (`kernel_bound_ns`: the roofline `gpu_roofline.py` computes
+  from the datasheet without a GPU) is summed per category next to its
+  kernel time: the difference is the time the kernels lose.
   """
   cat_bytes, cat_flops = collections.Counter(), collections.Counter()
+  cat_bound = collections.Counter()
   for op, category in trace['op_categories'].items():
     cat_bytes[category] += op_bytes.get(op, 0)
     cat_flops[category] += op_flops.get(op, 0)
+    cat_bound[category] += kernel_bound_ns(op_bytes.get(op), op_flops.get(op),
+                                           ceilings) or 0
   top_ops = []
   for op, ns in trace['ops'].most_common(top):
     phase, loc = model_location(names.get(op, op))
     nbytes, flops = op_bytes.get(op), op_flops.get(op)
+    bound = kernel_bound_ns(nbytes, flops, ceilings)
     top_ops.append({'op': op, 'phase': phase, 'location': loc,
                     'category': trace['op_categories'].get(op), 'ms': ns / 1e6,
+                    'bound_ms': bound / 1e6 if bound else None,
                     'mbytes': nbytes / 2**20 if nbytes else None,
                     'gbytes_per_s': nbytes / ns if nbytes and ns else None,
                     'tflops_per_s': flops / ns / 1e3 if flops and ns else None})
   times = trace['categories']
-  return {'category_gbytes': {k: v / 1e9 for k, v in cat_bytes.items()},
+  return {'category_bound_ms': {k: v / 1e6 for k, v in cat_bound.items()
+                                if v},
+          'category_gbytes': {k: v / 1e9 for k, v in cat_bytes.items()},
           'category_gbytes_per_s': {k: cat_bytes[k] / ns
                                     for k, ns in times.items()
                                     if ns and cat_bytes[k]},
@@ -461,15 +485,23 @@ def to_markdown(doc, top):
                           f'{v:.0f} GB/s' for k, v in rates.items()) +
                 (f' (measured copy bandwidth {copy_bw:.0f} GB/s).'
                  if copy_bw else '.'), '']
+    bounds = g.get('category_bound_ms')
+    if bounds:
+      lines += ['Kernel time against its bound at the measured ceilings '
+                '(bytes / copy bandwidth or matmul FLOPs / matmul rate, per '
+                'kernel): ' + ', '.join(
+                    f'{k} {g["category_ms"].get(k, 0.0):.1f} ms for a bound of '
+                    f'{v:.1f} ms' for k, v in bounds.items()) + '.', '']
     if g.get('top_ops'):
       def pct(o):
         return (f'{100 * o["gbytes_per_s"] / copy_bw:.0f}%'
                 if copy_bw and o['gbytes_per_s'] else '-')
       lines += ['Top HLO ops by kernel time:', '', runner.markdown_table(
-          ['HLO op', 'phase', 'model location', 'category', 'ms', 'MiB',
-           'GB/s', 'of copy bw', 'TFLOP/s'],
+          ['HLO op', 'phase', 'model location', 'category', 'ms',
+           'x bound', 'MiB', 'GB/s', 'of copy bw', 'TFLOP/s'],
           [[o['op'], o['phase'], o['location'][-60:], o['category'],
             f'{o["ms"]:.2f}',
+            f'{o["ms"] / o["bound_ms"]:.1f}' if o.get('bound_ms') else '-',
             f'{o["mbytes"]:.0f}' if o['mbytes'] else '-',
             f'{o["gbytes_per_s"]:.0f}' if o['gbytes_per_s'] else '-', pct(o),
             f'{o["tflops_per_s"]:.0f}' if o.get('tflops_per_s') else '-']
@@ -526,7 +558,7 @@ def main(argv=None):
   os.makedirs(args.out, exist_ok=True)
   doc = profile(w, args.mode, perf, device=args.device,
                 keep_trace_as=stem + '.xplane.pb.gz' if args.keep_trace
-                else None)
+                else None, ceilings=ceilings)
   doc['machine'] = runner.machine_info()
   if ceilings and doc.get('gpu'):
     doc['gpu']['ceilings'] = ceilings

@@ -499,6 +499,40 @@ def test_gpu_summary_rates_by_category_and_op():
   assert cudnn['mbytes'] is None and cudnn['gbytes_per_s'] is None
 
 
+def test_gpu_summary_bounds_each_kernel_at_the_measured_ceilings():
+  # Each op's bound: max(bytes / copy bandwidth, matmul FLOPs / matmul
+  # rate), summed per category; the gemm (115,712 bytes, 4.19 MFLOP) is
+  # bandwidth-bound at 4000 GB/s and 500 TFLOP/s: 28.9 ns, run in 5000 ns.
+  from benchmarks import profile_ours
+  trace = profile_ours.summarise_trace(
+      jax.profiler.ProfileData.from_text_proto(_GPU_TRACE))
+  ceilings = {'copy_gbytes_per_s': 4000.0, 'bf16_matmul_tflops': 500.0}
+  op_bytes = profile_ours.op_bytes_from_hlo(_HLO)
+  got = profile_ours.gpu_rates_summary(
+      trace, op_bytes, profile_ours.op_flops_from_hlo(_HLO),
+      profile_ours.op_names_from_hlo(_HLO), ceilings=ceilings)
+  gemm_ns = op_bytes['cublas-gemm.1'] / 4000.0
+  assert gemm_ns > 2 * 64 * 256 * 128 / 500.0 / 1e3  # Memory-bound.
+  assert got['category_bound_ms']['matmul'] == pytest.approx(gemm_ns / 1e6)
+  fusion_ns = op_bytes['fusion.7'] / 4000.0
+  assert got['category_bound_ms'][
+      'other fusions (elementwise, reductions)'] == pytest.approx(
+          fusion_ns / 1e6)
+  top = {o['op']: o for o in got['top_ops']}
+  assert top['cublas-gemm.1']['bound_ms'] == pytest.approx(gemm_ns / 1e6)
+  assert top['custom-call.3']['bound_ms'] is None  # Not in the HLO text.
+  gpu = {'kernel_busy_ms': 0.008, 'kernel_span_ms': 0.01, 'idle_share': 0.2,
+         'category_ms': {'matmul': 0.005}, 'ceilings': ceilings, **got}
+  doc = {'mode': 'train', 'workload': 'w', 'batch': 2, 'perf': {},
+         'step_times_s': [0.01], 'op_time_ms_all_threads': 0.009,
+         'phase_ms': {'forward': 0.009, 'backward': 0.0}, 'rows': [],
+         'gpu': gpu}
+  md = profile_ours.to_markdown(doc, top=5)
+  assert 'matmul 0.0 ms for a bound of 0.0 ms' in md
+  assert f'| matmul | 0.01 | {5000 / gemm_ns:.1f} |' in md
+  assert profile_ours.kernel_bound_ns(100, 0, None) is None
+
+
 def test_profile_markdown_shows_rates_against_the_measured_copy_bandwidth():
   from benchmarks import profile_ours
   trace = profile_ours.summarise_trace(
