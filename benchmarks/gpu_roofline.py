@@ -38,6 +38,7 @@ is the GPU targets' rows. Writes roofline.json and roofline.md.
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import re
@@ -238,7 +239,6 @@ def compile_step(name, batch, mode, precision, sharding, deviceless,
   (a described card), `smoke`: tiny sizes."""
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top
-  from perceiver_io import attention  # pylint: disable=g-import-not-at-top
   dtype, impl = PRECISIONS[precision]
   workloads = W.standard_workloads(smoke, {name: batch})
   if name not in workloads:
@@ -247,37 +247,54 @@ def compile_step(name, batch, mode, precision, sharding, deviceless,
   w = workloads[name]
   data = W.make_inputs(w)
   put = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
+  with _hopper_answers(deviceless):
+    return _lower_and_compile(w, data, mode, dtype, impl, put)
+
+
+@contextlib.contextmanager
+def _hopper_answers(deviceless):
+  """Without the device, JAX's cuDNN check (a private module, so touched
+  only then) and ours would ask it for its compute capability: answer
+  Hopper's (9.0) for the duration."""
+  if not deviceless:
+    yield
+    return
+  from jax._src.cudnn import fused_attention_stablehlo as jax_cudnn  # pylint: disable=g-import-not-at-top
+  from perceiver_io import attention  # pylint: disable=g-import-not-at-top
   saved = (attention._compute_capability,  # pylint: disable=protected-access
-           _jax_cudnn_checks().check_compute_capability)
-  if deviceless:  # Both would ask the absent device: Hopper's answer.
-    attention._compute_capability = lambda: 9.0  # pylint: disable=protected-access
-    _jax_cudnn_checks().check_compute_capability = lambda c: float(c) <= 9.0
+           jax_cudnn.check_compute_capability)
+  attention._compute_capability = lambda: 9.0  # pylint: disable=protected-access
+  jax_cudnn.check_compute_capability = lambda c: float(c) <= 9.0
   try:
-    with attention.assume_platform('gpu'):
-      model, variables, x, kwargs = W.ours_build(
-          w, data, abstract=True, dtype=dtype, attention_impl=impl)
-      variables, x, kwargs = jax.tree_util.tree_map(put, (variables, x, kwargs))
-      if mode == 'infer':
-        lowered = W.ours_infer_fn(model).lower(variables, x, kwargs)
-      else:
-        tx = W.ours_optimizer()
-        params = variables['params']
-        state = {k: v for k, v in variables.items() if k != 'params'}
-        opt_state = jax.tree_util.tree_map(put, jax.eval_shape(tx.init, params))
-        labels = put(jax.ShapeDtypeStruct(data['labels'].shape,
-                                          data['labels'].dtype))
-        step = W.ours_train_step(model, tx, 'batch_stats' in state)
-        lowered = step.lower(params, state, opt_state, x, labels, kwargs)
-      compiled = lowered.compile()
+    yield
   finally:
     (attention._compute_capability,  # pylint: disable=protected-access
-     _jax_cudnn_checks().check_compute_capability) = saved
+     jax_cudnn.check_compute_capability) = saved
+
+
+def _lower_and_compile(w, data, mode, dtype, impl, put):
+  """Our train step (or forward) for workload `w`, traced as on a GPU, its
+  abstract arguments placed by `put`, lowered and compiled."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top
+  from perceiver_io import attention  # pylint: disable=g-import-not-at-top
+  with attention.assume_platform('gpu'):
+    model, variables, x, kwargs = W.ours_build(
+        w, data, abstract=True, dtype=dtype, attention_impl=impl)
+    variables, x, kwargs = jax.tree_util.tree_map(put, (variables, x, kwargs))
+    if mode == 'infer':
+      lowered = W.ours_infer_fn(model).lower(variables, x, kwargs)
+    else:
+      tx = W.ours_optimizer()
+      params = variables['params']
+      state = {k: v for k, v in variables.items() if k != 'params'}
+      opt_state = jax.tree_util.tree_map(put, jax.eval_shape(tx.init, params))
+      labels = put(jax.ShapeDtypeStruct(data['labels'].shape,
+                                        data['labels'].dtype))
+      step = W.ours_train_step(model, tx, 'batch_stats' in state)
+      lowered = step.lower(params, state, opt_state, x, labels, kwargs)
+    compiled = lowered.compile()
   return compiled.as_text(), compiled.memory_analysis()
-
-
-def _jax_cudnn_checks():
-  from jax._src.cudnn import fused_attention_stablehlo  # pylint: disable=g-import-not-at-top
-  return fused_attention_stablehlo
 
 
 def model_flops(name, batch, mode, smoke=False):
