@@ -297,6 +297,48 @@ def _lower_and_compile(w, data, mode, dtype, impl, put):
   return compiled.as_text(), compiled.memory_analysis()
 
 
+def compile_preset_gradient(name, batch, sharding, deviceless,
+                            attention_impl='cudnn'):
+  """Compiled HLO of the gradient of a preset's summed outputs, in bf16.
+
+  A compile check of the library's GPU path beyond the benchmark
+  workloads: every preset (masks, multimodal inputs and subsampled output
+  points as `model.example_inputs` gives them), traced as on a GPU, where
+  a shape JAX's cuDNN attention refuses fails at trace time.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from perceiver_io import attention  # pylint: disable=g-import-not-at-top
+  from perceiver_io import model as model_lib  # pylint: disable=g-import-not-at-top
+  from perceiver_io import presets  # pylint: disable=g-import-not-at-top
+  cfg = presets.get_config(name)
+  model = model_lib.build_model(cfg, dtype='bfloat16',
+                                attention_impl=attention_impl)
+  x, kwargs = model_lib.example_inputs(cfg, batch)
+  one, _ = model_lib.example_inputs(cfg, 1)
+  init_kwargs = {k: v for k, v in kwargs.items() if k != 'attention_mask'}
+  spec = lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype,
+                                        sharding=sharding)
+  x, kwargs = jax.tree_util.tree_map(spec, (x, kwargs))
+
+  def loss(params, others, x, kwargs):
+    out = model.apply({'params': params, **others}, x, **kwargs)
+    return sum(jnp.sum(leaf.astype(jnp.float32))
+               for leaf in jax.tree_util.tree_leaves(out))
+
+  with _hopper_answers(deviceless), attention.assume_platform('gpu'):
+    variables = jax.eval_shape(lambda: model.lazy_init(
+        jax.random.PRNGKey(0),
+        jax.tree_util.tree_map(lambda a: spec(a), one), **init_kwargs))
+    variables = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+        variables)
+    others = {k: v for k, v in variables.items() if k != 'params'}
+    return jax.jit(jax.grad(loss)).lower(
+        variables['params'], others, x, kwargs).compile().as_text()
+
+
 def model_flops(name, batch, mode, smoke=False):
   """The step's model FLOPs as MFU counts them (XLA's count of the einsum
   path lowered for the CPU, `count_flops.py`): padding a head for cuDNN
@@ -364,6 +406,24 @@ def to_markdown(doc):
   return '\n'.join(lines) + '\n'
 
 
+def check_presets(sharding, deviceless):
+  """Compiles every preset's gradient (`compile_preset_gradient`); exit
+  status 1 if any failed."""
+  from perceiver_io import presets  # pylint: disable=g-import-not-at-top
+  failed = []
+  for name in presets.names():
+    t0 = time.perf_counter()
+    try:
+      hlo = compile_preset_gradient(name, 2, sharding, deviceless)
+    except Exception as e:  # pylint: disable=broad-except
+      failed.append(name)
+      print(f'{name}: FAILED {type(e).__name__}: {str(e)[:300]}', flush=True)
+      continue
+    print(f'{name}: compiled, {hlo.count("__cudnn$fmha")} cuDNN attention '
+          f'calls ({time.perf_counter() - t0:.0f} s)', flush=True)
+  return 1 if failed else 0
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('items', nargs='*', default=list(DEFAULT_ITEMS),
@@ -372,6 +432,10 @@ def main(argv=None):
   p.add_argument('--card', choices=sorted(CARDS), default='h200')
   p.add_argument('--measured', default=None,
                  help='a gpu_bench gpu.json: its step times join the table.')
+  p.add_argument('--presets', action='store_true',
+                 help='instead: compile the bf16 gradient of every preset '
+                 '(batch 2) with cuDNN attention and report its cuDNN calls '
+                 '(a compile check of the GPU path; no roofline).')
   p.add_argument('--smoke', action='store_true',
                  help='tiny model sizes (checks the script, says nothing).')
   p.add_argument('--top', type=int, default=25,
@@ -384,6 +448,8 @@ def main(argv=None):
                            else ({}, None))
   _deviceless_environment_if_no_gpu()
   sharding, on_gpu = gpu_sharding(args.card)
+  if args.presets:
+    return check_presets(sharding, not on_gpu)
   import jax  # pylint: disable=g-import-not-at-top
   card = CARDS[args.card]
   doc = {'card': jax.devices('cuda')[0].device_kind if on_gpu else card['name'],

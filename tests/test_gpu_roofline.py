@@ -177,3 +177,14 @@ def test_compile_step_and_roofline_end_to_end_on_this_machines_device(
   assert 0.7 * flops <= r["tflop"] * 1e12 <= 1.05 * flops
   assert gpu_roofline.predicted_device_bytes(memory) >= (
       memory.argument_size_in_bytes) > 0
+
+
+def test_preset_gradient_compile_path_on_this_machines_device():
+  # `--presets`' compile (every preset's bf16 gradient, traced as on a GPU),
+  # here for the CPU and with XLA's attention (cuDNN's needs a CUDA
+  # target): the multimodal preset has the most varied inputs.
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
+  hlo = gpu_roofline.compile_preset_gradient(
+      'tiny_multimodal_autoencoding', 2, sharding, deviceless=False,
+      attention_impl='auto')
+  assert 'ENTRY' in hlo and profile_ours.op_flops_from_hlo(hlo)
