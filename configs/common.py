@@ -81,6 +81,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.kwargs = ml_collections.ConfigDict()
   c.model.dtype = 'float32'            # compute dtype; params stay float32
   c.model.remat = False                # rematerialise latent layers
+  # Attention kernels: 'auto' (CPU: hand-written gradients; GPU: XLA's
+  # fused kernel), 'cudnn' (GPU, bf16: cuDNN flash attention where it
+  # applies; as 'auto' elsewhere), 'fused' or 'einsum'.
+  c.model.attention_impl = 'auto'
   c.model.dropout_rate = 0.0           # encoder dropout (official: 0)
   c.model.in_channels = 0              # image channels; 0 = the preset's (3)
   # '' = the preset's own decoder; 'tanh_mlp' = decoder output of

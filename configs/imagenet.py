@@ -60,9 +60,11 @@ available to this project when these configs were written):
     multiplies and adds counted separately), a training step costs about
     3 x forward = 1.2 TFLOP per image, 1.7e20 FLOP for the whole run: about
     15 h on 8 H100s at 40 % of their dense bfloat16 peak
-    (`--config.model.dtype=bfloat16`), 2-3x that in float32. Memory: the
-    Fourier model's cross-attention over 50,176 pixels needs about 0.5 GB
-    of activations per image in float32; use `--config.model.remat=True`
+    (`--config.model.dtype=bfloat16`, with `--config.model.attention_impl=cudnn`
+    for cuDNN's flash attention in the latent layers), 2-3x that in float32.
+    Memory: the Fourier model's cross-attention over 50,176 pixels needs
+    about 0.5 GB of activations per image in float32; use
+    `--config.model.remat=True`
     or gradient accumulation (`optimizer.accumulate_steps`) on 40-80 GB GPUs.
   * Input: ~3,000 JPEG decodes + RandAugment per second are needed at those
     step rates; plan for 32+ CPU cores per 8 accelerators.

@@ -56,6 +56,22 @@ def _diff(a: Any, b: Any, prefix: str = '') -> list:
   return [] if a == b else [f'{prefix}: {a!r} -> {b!r}']
 
 
+# How the model computes, not what it is: same parameters, same function up
+# to rounding. A run may resume with other values (bfloat16 after float32,
+# remat to fit a smaller card, cuDNN attention on a GPU).
+COMPUTE_OPTIONS = ('dtype', 'remat', 'query_chunk_size', 'attention_impl')
+
+
+def _split_compute_options(description: Dict[str, Any]):
+  """(description without the perceiver's compute options, those options)."""
+  description = json.loads(json.dumps(description))
+  perceiver = description.get('perceiver')
+  options = {}
+  if isinstance(perceiver, dict):
+    options = {k: perceiver.pop(k) for k in COMPUTE_OPTIONS if k in perceiver}
+  return description, options
+
+
 def has_checkpoints(workdir: str) -> bool:
   ckpt = os.path.join(workdir, CHECKPOINT_DIR)
   return os.path.isdir(ckpt) and any(
@@ -65,6 +81,9 @@ def has_checkpoints(workdir: str) -> bool:
 def check_workdir(workdir: str, description: Dict[str, Any],
                   overwrite: bool) -> None:
   """Refuses a workdir whose checkpoints belong to another model.
+
+  Compute options (`COMPUTE_OPTIONS`) may differ from the stored run's:
+  they are logged, not refused.
 
   Args:
     workdir: the run directory.
@@ -76,8 +95,10 @@ def check_workdir(workdir: str, description: Dict[str, Any],
   """
   model_file = os.path.join(workdir, MODEL_FILE)
   if has_checkpoints(workdir) and os.path.exists(model_file):
-    old = read_json(model_file)
-    new = json.loads(json.dumps(description))
+    old, old_options = _split_compute_options(read_json(model_file))
+    new, new_options = _split_compute_options(description)
+    for change in _diff(old_options, new_options):
+      logging.info('Resuming with another compute option (%s).', change)
     differences = _diff(old, new)
     if differences:
       if not overwrite:

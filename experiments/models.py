@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from perceiver_io import attention
 from perceiver_io import presets
 from perceiver_io.model import PerceiverIO
 
@@ -48,6 +49,13 @@ def model_config(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   cfg = presets.get_config(config.model.preset, **kwargs)
   cfg['dtype'] = config.model.dtype
   cfg['remat'] = bool(config.model.remat)
+  impl = config.model.attention_impl
+  if impl not in attention.ATTENTION_IMPLS:
+    raise ValueError(f'config.model.attention_impl={impl!r}; choose one of '
+                     f'{", ".join(attention.ATTENTION_IMPLS)} (on a GPU in '
+                     'bfloat16, '
+                     "'cudnn' takes cuDNN's flash attention).")
+  cfg['attention_impl'] = impl
   if config.model.in_channels:
     cfg['preprocessor']['in_channels'] = int(config.model.in_channels)
   if config.model.dropout_rate:

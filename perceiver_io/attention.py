@@ -64,6 +64,9 @@ _MASKED_LOGIT = -1e30
 default_kernel_init = nn.initializers.lecun_normal()
 
 
+# `MultiHeadAttention.attention_impl`'s values (its docstring says what each
+# means).
+ATTENTION_IMPLS = ('auto', 'cudnn', 'fused', 'einsum', 'cpu')
 # Set only inside `assume_platform`.
 _ASSUMED_PLATFORM = None
 # `_call_block`'s switch (`blockwise_cpu_gradients`).
@@ -614,7 +617,7 @@ class MultiHeadAttention(nn.Module):
     if self.attention_impl == 'fused' and not can_fuse:
       raise ValueError('attention_impl="fused" needs qk_channels == v_channels '
                        'and no active attention dropout; use "auto".')
-    if self.attention_impl not in ('auto', 'fused', 'einsum', 'cudnn', 'cpu'):
+    if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f'attention_impl must be auto, fused, einsum, cudnn or '
                        f'cpu, got {self.attention_impl!r}.')
     if (self.attention_impl == 'cudnn' and not use_dropout and

@@ -79,6 +79,20 @@ def test_every_config_builds_a_consistent_model(module, arg):
   assert model is not None
 
 
+def test_attention_impl_reaches_the_model_and_typos_are_one_error():
+  # A GPU run chooses cuDNN attention from the command line
+  # (--config.model.attention_impl=cudnn); the stored model config keeps it.
+  config = quickstart.get_config('tiny')
+  config.model.attention_impl = 'cudnn'
+  _, description = models.build(config)
+  assert description['perceiver']['attention_impl'] == 'cudnn'
+  assert models.model_config(quickstart.get_config('tiny'))[
+      'attention_impl'] == 'auto'
+  config.model.attention_impl = 'cuddn'
+  with pytest.raises(ValueError, match="attention_impl='cuddn'.*cudnn"):
+    models.build(config)
+
+
 def test_glue_without_task_names_the_tasks():
   with pytest.raises(ValueError, match='cola, sst2, mrpc'):
     glue_bytes.get_config('')
@@ -369,6 +383,22 @@ def test_workdir_of_another_model_is_refused_then_moved_aside(tmp_path):
   assert len(moved) == 1
   assert (tmp_path / moved[0] / '5' / 'data').read_text() == 'precious'
   assert json.loads((tmp_path / moved[0] / 'model.json').read_text()) == old
+
+
+def test_workdir_resumes_with_other_compute_options(tmp_path):
+  # bfloat16, remat or cuDNN attention on resume: same parameters, same
+  # model; a changed architecture is still refused.
+  (tmp_path / 'checkpoints' / '5').mkdir(parents=True)
+  old = {'perceiver': {'encoder': {'num_latents': 8}, 'dtype': 'float32',
+                       'remat': False, 'attention_impl': 'auto'}, 'head': ''}
+  checkpointing.write_json_atomic(str(tmp_path / 'model.json'), old)
+  new = {'perceiver': {'encoder': {'num_latents': 8}, 'dtype': 'bfloat16',
+                       'remat': True, 'attention_impl': 'cudnn',
+                       'query_chunk_size': 4096}, 'head': ''}
+  checkpointing.check_workdir(str(tmp_path), new, overwrite=False)
+  new['perceiver']['encoder']['num_latents'] = 16
+  with pytest.raises(ValueError, match='num_latents: 8 -> 16'):
+    checkpointing.check_workdir(str(tmp_path), new, overwrite=False)
 
 
 def test_merge_pretrained_nests_under_the_tanh_head_and_reports_new():
