@@ -34,6 +34,8 @@ Usage:
 ITEM is WORKLOAD:BATCH:MODE:PRECISION (precision fp32, bf16 or bf16_cudnn,
 as in gpu_bench), e.g. imagenet_conv:32:train:bf16_cudnn; the default list
 is the GPU targets' rows. Writes roofline.json and roofline.md.
+  python -m benchmarks.gpu_roofline --presets    # every preset's bf16 cuDNN
+                                                 # gradient compiles? (exit 1 if not)
 """
 
 import argparse
