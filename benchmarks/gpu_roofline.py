@@ -361,8 +361,13 @@ def predicted_device_bytes(memory):
 
 def measured_rows(path):
   """(workload, batch, mode, precision) -> measured gpu_bench result."""
-  with open(path) as f:
-    doc = json.load(f)
+  try:
+    with open(path) as f:
+      doc = json.load(f)
+  except (OSError, ValueError) as e:
+    raise SystemExit(f'--measured {path}: cannot read it ({e}); pass a '
+                     'gpu.json that benchmarks.gpu_bench wrote, or leave the '
+                     'flag out.') from e
   rows = {}
   for r in doc.get('results', []):
     if r.get('impl') == 'ours' and r.get('median_s'):
@@ -445,7 +450,10 @@ def main(argv=None):
   p.add_argument('--out', default=os.path.join(
       _ROOT, 'benchmarks', 'results', 'gpu', 'roofline'), help='output folder.')
   args = p.parse_args(argv)
-  items = [parse_item(t) for t in args.items]
+  try:
+    items = [parse_item(t) for t in args.items]
+  except ValueError as e:
+    p.error(str(e))
   measured, measured_on = (measured_rows(args.measured) if args.measured
                            else ({}, None))
   _deviceless_environment_if_no_gpu()

@@ -188,3 +188,11 @@ def test_preset_gradient_compile_path_on_this_machines_device():
       'tiny_multimodal_autoencoding', 2, sharding, deviceless=False,
       attention_impl='auto')
   assert 'ENTRY' in hlo and profile_ours.op_flops_from_hlo(hlo)
+
+
+def test_an_unreadable_measured_file_is_one_clear_error(tmp_path):
+  bad = tmp_path / 'gpu.json'
+  bad.write_text('{not json')
+  for path in (bad, tmp_path / 'missing.json'):
+    with pytest.raises(SystemExit, match='--measured .*cannot read it'):
+      gpu_roofline.measured_rows(str(path))
