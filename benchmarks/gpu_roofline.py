@@ -454,6 +454,11 @@ def main(argv=None):
     items = [parse_item(t) for t in args.items]
   except ValueError as e:
     p.error(str(e))
+  from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top
+  unknown = sorted({i[0] for i in items} - set(W.standard_workloads()))
+  if unknown:
+    p.error(f'unknown workloads {unknown}; choose from '
+            f'{sorted(W.standard_workloads())}.')
   measured, measured_on = (measured_rows(args.measured) if args.measured
                            else ({}, None))
   _deviceless_environment_if_no_gpu()

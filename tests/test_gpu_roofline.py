@@ -196,3 +196,9 @@ def test_an_unreadable_measured_file_is_one_clear_error(tmp_path):
   for path in (bad, tmp_path / 'missing.json'):
     with pytest.raises(SystemExit, match='--measured .*cannot read it'):
       gpu_roofline.measured_rows(str(path))
+
+
+def test_unknown_workload_is_refused_before_anything_compiles(capsys):
+  with pytest.raises(SystemExit):
+    gpu_roofline.main(['imdbx:64:train:bf16'])
+  assert "unknown workloads ['imdbx']" in capsys.readouterr().err
