@@ -216,9 +216,11 @@ def cudnn_attention_supported(q, mask=None, backend=None, v_head_width=None,
   """Whether cuDNN flash attention takes these queries ([B, T, H, D]).
 
   Why a predicate rather than try/except: JAX refuses unsupported shapes only
-  partly at trace time, so the conservative set is chosen up front: a GPU
-  backend, bf16/fp16 activations, and a head width (the wider of the q/k and
-  v widths, `v_head_width`, since `_fused_attention` pads the narrower to
+  partly at trace time, so the conservative set is chosen up front: an
+  NVIDIA GPU of compute capability 8.0 or later (cuDNN's attention needs
+  SM80, its documentation says; JAX 0.10.2 leaves that check as a TODO),
+  bf16/fp16 activations, and a head width (the wider of the q/k and v
+  widths, `v_head_width`, since `_fused_attention` pads the narrower to
   it) that is a multiple of 8 and at most 128, or 256 on Hopper and later
   (compute capability >= 9.0, cuDNN's own limit there; read from the device
   unless `compute_capability` is given), and even query and key lengths
@@ -235,7 +237,9 @@ def cudnn_attention_supported(q, mask=None, backend=None, v_head_width=None,
     return False
   if compute_capability is None:
     compute_capability = _compute_capability()
-  max_width = 256 if (compute_capability or 0.0) >= 9.0 else 128
+  if (compute_capability or 0.0) < 8.0:  # cuDNN's flash attention: sm80+.
+    return False
+  max_width = 256 if compute_capability >= 9.0 else 128
   widths = (q.shape[-1], v_head_width or q.shape[-1])
   lengths = (q.shape[1], kv_length or (mask.shape[-1] if mask is not None
                                        else q.shape[1]))

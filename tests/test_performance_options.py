@@ -389,6 +389,7 @@ def test_cudnn_attention_only_where_cudnn_takes_it():
   assert gpu(q(64, jnp.float16))
   assert not cudnn_attention_supported(q(128), backend='cpu')
   assert not gpu(q(128, jnp.float32))
+  assert not gpu(q(128), cc=7.5)  # Pre-Ampere: no cuDNN flash attention.
   assert not gpu(q(160))  # > 128 before Hopper ...
   assert gpu(q(160), cc=9.0)  # ... but cuDNN takes up to 256 on Hopper.
   assert not gpu(q(264), cc=9.0)
