@@ -580,9 +580,9 @@ class MultiHeadAttention(nn.Module):
       `jax.nn.dot_product_attention`, XLA's kernel, where the head widths
       agree and no attention dropout is active, else einsum), 'einsum',
       'fused' (error if not possible), 'cudnn' (cuDNN's flash attention where
-      `cudnn_attention_supported` says it applies, i.e. on a GPU in bf16/fp16
-      with head widths <= 128, or <= 256 on Hopper, and even query and key
-      lengths; unequal q/k and v widths
+      `cudnn_attention_supported` says it applies, i.e. on an Ampere or
+      later GPU in bf16/fp16 with head widths <= 128, or <= 256 on Hopper,
+      and even query and key lengths; unequal q/k and v widths
       are zero-padded and masks passed as a bias, `_fused_attention`;
       elsewhere as 'auto') or 'cpu' (the same as 'auto'; until the ninth
       session it was the opt-in for the row-major Dense gradients, now part
