@@ -64,8 +64,8 @@ available to this project when these configs were written):
     for cuDNN's flash attention in the latent layers), 2-3x that in float32.
     Memory: the Fourier model's cross-attention over 50,176 pixels needs
     about 0.5 GB of activations per image in float32; use
-    `--config.model.remat=True`
-    or gradient accumulation (`optimizer.accumulate_steps`) on 40-80 GB GPUs.
+    `--config.model.remat=True` or gradient accumulation
+    (`optimizer.accumulate_steps`) on 40-80 GB GPUs.
   * Input: ~3,000 JPEG decodes + RandAugment per second are needed at those
     step rates; plan for 32+ CPU cores per 8 accelerators.
 Expected metric: eval top-1 79.0 / 72.7 / 82.1 % (paper Table 7); top-5 is

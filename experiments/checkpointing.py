@@ -58,7 +58,8 @@ def _diff(a: Any, b: Any, prefix: str = '') -> list:
 
 # How the model computes, not what it is: same parameters, same function up
 # to rounding. A run may resume with other values (bfloat16 after float32,
-# remat to fit a smaller card, cuDNN attention on a GPU).
+# remat to fit a smaller card, cuDNN attention on a GPU). The model's other
+# top-level option, `gelu_approximate`, changes the function: not here.
 COMPUTE_OPTIONS = ('dtype', 'remat', 'query_chunk_size', 'attention_impl')
 
 

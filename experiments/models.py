@@ -53,8 +53,7 @@ def model_config(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   if impl not in attention.ATTENTION_IMPLS:
     raise ValueError(f'config.model.attention_impl={impl!r}; choose one of '
                      f'{", ".join(attention.ATTENTION_IMPLS)} (on a GPU in '
-                     'bfloat16, '
-                     "'cudnn' takes cuDNN's flash attention).")
+                     "bfloat16, 'cudnn' takes cuDNN's flash attention).")
   cfg['attention_impl'] = impl
   if config.model.in_channels:
     cfg['preprocessor']['in_channels'] = int(config.model.in_channels)
