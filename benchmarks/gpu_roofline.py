@@ -277,25 +277,14 @@ def _hopper_answers(deviceless):
 def _lower_and_compile(w, data, mode, dtype, impl, put):
   """Our train step (or forward) for workload `w`, traced as on a GPU, its
   abstract arguments placed by `put`, lowered and compiled."""
-  import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top
   from perceiver_io import attention  # pylint: disable=g-import-not-at-top
   with attention.assume_platform('gpu'):
     model, variables, x, kwargs = W.ours_build(
         w, data, abstract=True, dtype=dtype, attention_impl=impl)
-    variables, x, kwargs = jax.tree_util.tree_map(put, (variables, x, kwargs))
-    if mode == 'infer':
-      lowered = W.ours_infer_fn(model).lower(variables, x, kwargs)
-    else:
-      tx = W.ours_optimizer()
-      params = variables['params']
-      state = {k: v for k, v in variables.items() if k != 'params'}
-      opt_state = jax.tree_util.tree_map(put, jax.eval_shape(tx.init, params))
-      labels = put(jax.ShapeDtypeStruct(data['labels'].shape,
-                                        data['labels'].dtype))
-      step = W.ours_train_step(model, tx, 'batch_stats' in state)
-      lowered = step.lower(params, state, opt_state, x, labels, kwargs)
-    compiled = lowered.compile()
+    fn, args = W.ours_abstract_call(model, variables, x, kwargs, data, mode,
+                                    put)
+    compiled = fn.lower(*args).compile()
   return compiled.as_text(), compiled.memory_analysis()
 
 
@@ -310,7 +299,6 @@ def compile_preset_gradient(name, batch, sharding, deviceless,
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from perceiver_io import attention  # pylint: disable=g-import-not-at-top
   from perceiver_io import model as model_lib  # pylint: disable=g-import-not-at-top
   from perceiver_io import presets  # pylint: disable=g-import-not-at-top
@@ -320,9 +308,8 @@ def compile_preset_gradient(name, batch, sharding, deviceless,
   x, kwargs = model_lib.example_inputs(cfg, batch)
   one, _ = model_lib.example_inputs(cfg, 1)
   init_kwargs = {k: v for k, v in kwargs.items() if k != 'attention_mask'}
-  spec = lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype,
-                                        sharding=sharding)
-  x, kwargs = jax.tree_util.tree_map(spec, (x, kwargs))
+  put = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
+  x, kwargs = jax.tree_util.tree_map(put, (x, kwargs))
 
   def loss(params, others, x, kwargs):
     out = model.apply({'params': params, **others}, x, **kwargs)
@@ -330,12 +317,10 @@ def compile_preset_gradient(name, batch, sharding, deviceless,
                for leaf in jax.tree_util.tree_leaves(out))
 
   with _hopper_answers(deviceless), attention.assume_platform('gpu'):
-    variables = jax.eval_shape(lambda: model.lazy_init(
-        jax.random.PRNGKey(0),
-        jax.tree_util.tree_map(lambda a: spec(a), one), **init_kwargs))
-    variables = jax.tree_util.tree_map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-        variables)
+    variables = jax.tree_util.tree_map(put, jax.eval_shape(
+        lambda: model.lazy_init(jax.random.PRNGKey(0),
+                                jax.tree_util.tree_map(put, one),
+                                **init_kwargs)))
     others = {k: v for k, v in variables.items() if k != 'params'}
     return jax.jit(jax.grad(loss)).lower(
         variables['params'], others, x, kwargs).compile().as_text()
@@ -378,39 +363,42 @@ def measured_rows(path):
 
 
 def to_markdown(doc):
-  lines = [f'# Roofline of our GPU steps, compiled for {doc["card"]}', '',
+  rows = []
+  for it in doc['items']:
+    r, m = it['roofline'], it.get('measured') or {}
+    step = m.get('median_s')
+    rows.append([
+        it['item'], f'{r["kernels"]:.0f}', f'{r["gbytes"]:.0f}',
+        f'{r["tflop"]:.1f}', f'{it["model_tflop"]:.1f}', f'{r["ms"]:.1f} ms',
+        f'{r["memory_bound_ms"]:.1f} ms', f'{100 * it["mfu_ceiling"]:.0f} %',
+        f'{it["device_gbytes"]:.1f} GB',
+        f'{step * 1e3:.1f} ms' if step else '-',
+        f'{100 * m["mfu"]:.1f} %' if step else '-',
+        f'{step * 1e3 / r["ms"]:.2f}' if step else '-'])
+  parts = [f'# Roofline of our GPU steps, compiled for {doc["card"]}\n\n'
            f'{doc["how"]}. Bound = sum over kernels of max(bytes / '
            f'{doc["bandwidth"] / 1e12:.2f} TB/s, matmul FLOPs / '
            f'{doc["peak_flops"] / 1e12:.1f} TFLOP/s, fp32 items '
            f'{doc["tf32_flops"] / 1e12:.1f} as TF32); MFU ceiling = counted '
            'model FLOPs / (bound x peak); kernel FLOPs include cuDNN\'s padded '
-           'head widths.', '',
-           '| item | kernels | GB moved | kernel TFLOP | model TFLOP | bound '
-           '| of which memory-bound | MFU ceiling | device memory | measured '
-           'step | measured MFU | measured / bound |', '|' + ' --- |' * 12]
-  for it in doc['items']:
-    r, m = it['roofline'], it.get('measured') or {}
-    step = m.get('median_s')
-    lines.append(
-        f'| {it["item"]} | {r["kernels"]:.0f} | {r["gbytes"]:.0f} | '
-        f'{r["tflop"]:.1f} | {it["model_tflop"]:.1f} | {r["ms"]:.1f} ms | '
-        f'{r["memory_bound_ms"]:.1f} ms | {100 * it["mfu_ceiling"]:.0f} % | '
-        f'{it["device_gbytes"]:.1f} GB | ' +
-        (f'{step * 1e3:.1f} ms | {100 * m["mfu"]:.1f} % | '
-         f'{step * 1e3 / r["ms"]:.2f} |' if step else '- | - | - |'))
+           'head widths.\n',
+           runner.markdown_table(
+               ['item', 'kernels', 'GB moved', 'kernel TFLOP', 'model TFLOP',
+                'bound', 'of which memory-bound', 'MFU ceiling',
+                'device memory', 'measured step', 'measured MFU',
+                'measured / bound'], rows)]
   for it in doc['items']:
     r = it['roofline']
-    lines += ['', f'## {it["item"]}', '', '| kind | kernels | bound ms | GB '
-              '| TFLOP |', '| --- | --- | --- | --- | --- |']
-    lines += [f'| {k["kind"]} | {k["kernels"]:.0f} | {k["ms"]:.2f} | '
-              f'{k["gbytes"]:.1f} | {k["tflop"]:.2f} |'
-              for k in r['kinds'][:12]]
-    lines += ['', '| phase | location | kind | kernels | bound ms | GB |',
-              '| --- | --- | --- | --- | --- | --- |']
-    lines += [f'| {p["phase"]} | {p["location"]} | {p["kind"]} | '
-              f'{p["kernels"]:.0f} | {p["ms"]:.2f} | {p["gbytes"]:.2f} |'
-              for p in r['locations']]
-  return '\n'.join(lines) + '\n'
+    parts += [f'## {it["item"]}\n', runner.markdown_table(
+        ['kind', 'kernels', 'bound ms', 'GB', 'TFLOP'],
+        [[k['kind'], f'{k["kernels"]:.0f}', f'{k["ms"]:.2f}',
+          f'{k["gbytes"]:.1f}', f'{k["tflop"]:.2f}'] for k in r['kinds'][:12]]),
+              runner.markdown_table(
+                  ['phase', 'location', 'kind', 'kernels', 'bound ms', 'GB'],
+                  [[p['phase'], p['location'], p['kind'],
+                    f'{p["kernels"]:.0f}', f'{p["ms"]:.2f}',
+                    f'{p["gbytes"]:.2f}'] for p in r['locations']])]
+  return '\n'.join(parts)
 
 
 def check_presets(sharding, deviceless):
@@ -501,9 +489,8 @@ def main(argv=None):
           f'{item["device_gbytes"]:.1f} GB ({item["compile_s"]:.0f} s)',
           flush=True)
   os.makedirs(args.out, exist_ok=True)
-  runner.write_atomic(os.path.join(args.out, 'roofline.json'),
-                      json.dumps(doc, indent=1))
-  runner.write_atomic(os.path.join(args.out, 'roofline.md'), to_markdown(doc))
+  runner.write_results(os.path.join(args.out, 'roofline'), doc,
+                       to_markdown(doc))
   return 0
 
 

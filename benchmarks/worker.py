@@ -111,18 +111,10 @@ def count_model_flops(w, mode, data, **perf):
   Counted on the einsum attention path (a fused-attention custom call has no
   count), from shapes only: nothing is initialised or compiled.
   """
-  import jax  # pylint: disable=g-import-not-at-top
   model, variables, x, kwargs = W.ours_build(
       w, data, abstract=True, **{**perf, 'attention_impl': 'einsum'})
-  if mode == 'infer':
-    return lowered_flops(W.ours_infer_fn(model), variables, x, kwargs)
-  tx = W.ours_optimizer()
-  params = variables['params']
-  state = {k: v for k, v in variables.items() if k != 'params'}
-  opt_state = jax.eval_shape(tx.init, params)
-  labels = jax.ShapeDtypeStruct(data['labels'].shape, data['labels'].dtype)
-  step = W.ours_train_step(model, tx, 'batch_stats' in state)
-  return lowered_flops(step, params, state, opt_state, x, labels, kwargs)
+  fn, args = W.ours_abstract_call(model, variables, x, kwargs, data, mode)
+  return lowered_flops(fn, *args)
 
 
 def run_ours(spec, w, data):

@@ -355,6 +355,26 @@ def ours_train_step(model, tx, has_batch_stats: bool):
   return jax.jit(step, donate_argnums=(0, 1, 2))
 
 
+def ours_abstract_call(model, variables, x, kwargs, data, mode, put=None):
+  """(jitted train step or forward, its abstract arguments), to lower from
+  shapes alone: `variables`, `x`, `kwargs` as `ours_build(abstract=True)`
+  gives them; `put` re-creates each argument's ShapeDtypeStruct (e.g. with
+  a device's sharding)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if mode == 'infer':
+    fn, args = ours_infer_fn(model), (variables, x, kwargs)
+  else:
+    tx = ours_optimizer()
+    params = variables['params']
+    state = {k: v for k, v in variables.items() if k != 'params'}
+    labels = jax.ShapeDtypeStruct(data['labels'].shape, data['labels'].dtype)
+    fn = ours_train_step(model, tx, 'batch_stats' in state)
+    args = (params, state, jax.eval_shape(tx.init, params), x, labels, kwargs)
+  if put is not None:
+    args = jax.tree_util.tree_map(put, args)
+  return fn, args
+
+
 def ours_infer_fn(model):
   import jax  # pylint: disable=g-import-not-at-top
   return jax.jit(lambda variables, x, kwargs: model.apply(variables, x,
