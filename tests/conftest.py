@@ -5,8 +5,18 @@ autouse fixture only *restores* `jax_disable_most_optimizations`, which the
 tiny experiment configs turn on for fast compiles.
 """
 
+import importlib.util
 import os
 import sys
+
+# TensorFlow and Triton (which PyPI's CUDA builds of torch install, and
+# which transformers' Perceiver imports) both carry their own LLVM: with
+# TensorFlow loaded first (the data tests import it at collection), importing
+# Triton segfaults (seen with TensorFlow 2.21, torch 2.13.0+cu130 and its
+# Triton on Python 3.12). Loaded first, Triton is fine. The CPU wheel of
+# torch the project machines use has no Triton; then this does nothing.
+if importlib.util.find_spec('triton') is not None:
+  import triton  # pylint: disable=g-import-not-at-top,unused-import
 
 import jax
 import pytest

@@ -263,8 +263,10 @@ def test_paired_options_end_to_end(tmp_path):
       'attention_impl=einsum', 'default', 'blockwise_cpu_gradients=false',
       'blocked_attention_min_mib=0']
   first, second, _, blocked = doc['rows']
-  # Every attention call blocked: a different program, fewer temporaries.
-  assert blocked['temp_bytes'] < second['temp_bytes']
+  # Every attention call blocked: a different program. (Fewer temporaries
+  # on JAX 0.10's CPU backend; at these smoke sizes JAX 0.12's plans more.
+  # The saving at a real size: test_blocked_attention_plans_fewer_temporaries.)
+  assert blocked['temp_bytes'] != second['temp_bytes']
   assert second['ratio'] == pytest.approx(second['median_s'] / first['median_s'])
   for row in doc['rows']:
     assert len(row['times_s']) == 2 and row['temp_bytes'] > 0
