@@ -19,7 +19,9 @@ three steps measured first in their processes.
 
 Needs JAX's CUDA plugin, not a GPU: `pip install "jax[cuda13]==$(python -c
 'import jax; print(jax.__version__)')"` (~3 GB of CUDA wheels; in an
-environment of its own, benchmarks/README.md). Without a GPU
+environment of its own; the lease's image runs JAX 0.11.2 on Python 3.12,
+the version to compile with for comparisons with its measurements:
+benchmarks/README.md). Without a GPU
 the tool sets what a deviceless compile needs (before JAX starts): no
 visible device, JAX's CUDA version check skipped (it asks the driver), and
 GEMMs on cuBLAS (XLA cannot pick Triton GEMM tiles without autotuning, and
@@ -41,6 +43,7 @@ is the GPU targets' rows. Writes roofline.json and roofline.md.
 import argparse
 import collections
 import contextlib
+import functools
 import json
 import os
 import re
@@ -326,10 +329,12 @@ def compile_preset_gradient(name, batch, sharding, deviceless,
         variables['params'], others, x, kwargs).compile().as_text()
 
 
+@functools.lru_cache(maxsize=None)
 def model_flops(name, batch, mode, smoke=False):
   """The step's model FLOPs as MFU counts them (XLA's count of the einsum
   path lowered for the CPU, `count_flops.py`): padding a head for cuDNN
-  adds kernel FLOPs, not model FLOPs."""
+  adds kernel FLOPs, not model FLOPs. Cached: an item's precisions share
+  one count (one CPU lowering each saved)."""
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import count_flops  # pylint: disable=g-import-not-at-top
   with jax.default_device(jax.devices('cpu')[0]):
