@@ -40,6 +40,40 @@ def test_save_never_overwrites_by_default(tmp_path):
   assert checkpoints.is_checkpoint(path)
 
 
+def test_overwrite_replaces_only_a_checkpoint(tmp_path):
+  """`--out` naming a folder of other runs by mistake must not wipe it."""
+  model, variables, _, _ = _init('tiny_text_classification')
+  runs = tmp_path / 'runs'
+  (runs / 'other_run').mkdir(parents=True)
+  (runs / 'other_run' / 'weights.bin').write_text('precious')
+  (runs / 'NOTES.txt').write_text('notes')
+  with pytest.raises(checkpoints.CheckpointError,
+                     match='not a perceiver_io checkpoint'):
+    checkpoints.save(str(runs), variables, model.config, overwrite=True)
+  assert (runs / 'other_run' / 'weights.bin').read_text() == 'precious'
+  assert (runs / 'NOTES.txt').read_text() == 'notes'
+  a_file = tmp_path / 'file.txt'
+  a_file.write_text('keep')
+  with pytest.raises(checkpoints.CheckpointError,
+                     match='not a perceiver_io checkpoint'):
+    checkpoints.save(str(a_file), variables, model.config, overwrite=True)
+  assert a_file.read_text() == 'keep'
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  checkpoints.save(str(empty), variables, model.config, overwrite=True)
+  assert checkpoints.is_checkpoint(str(empty))
+
+
+def test_overwrite_survives_a_leftover_from_an_interrupted_one(tmp_path):
+  model, variables, _, _ = _init('tiny_text_classification')
+  path = checkpoints.save(str(tmp_path / 'ckpt'), variables, model.config)
+  os.makedirs(path + '.old/x')  # What an older interrupted overwrite left.
+  checkpoints.save(path, variables, model.config, overwrite=True)
+  assert checkpoints.is_checkpoint(path)
+  assert os.path.isdir(path + '.old/x')  # Not ours to delete.
+  assert sorted(os.listdir(tmp_path)) == ['ckpt', 'ckpt.old']
+
+
 def test_corrupt_checkpoint_is_reported(tmp_path):
   model, variables, _, _ = _init('tiny_text_classification')
   path = checkpoints.save(str(tmp_path / 'ckpt'), variables, model.config)

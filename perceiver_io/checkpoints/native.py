@@ -36,6 +36,13 @@ def save(directory: str, variables, config, overwrite: bool = False) -> str:
   if os.path.exists(directory) and not overwrite:
     raise CheckpointError(f'{directory} already exists; pass overwrite=True '
                           f'(--overwrite) to replace it, or choose a new path.')
+  if os.path.exists(directory) and not _replaceable(directory):
+    # Overwriting replaces the whole directory: only ever one of ours (or an
+    # empty one), never a folder of other runs that `--out` named by mistake.
+    raise CheckpointError(
+        f'{directory} exists and is not a perceiver_io checkpoint (no '
+        f'config.json and variables/), so overwrite would delete what it '
+        f'holds; choose a new path (e.g. {directory}/<name>).')
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix='.tmp_ckpt_', dir=parent)
@@ -51,7 +58,9 @@ def save(directory: str, variables, config, overwrite: bool = False) -> str:
       json.dump({'format_version': FORMAT_VERSION,
                  'perceiver_io_version': __version__}, f)
     if os.path.exists(directory):
-      old = directory + '.old'
+      # A fresh name each time: a '.old' left by an interrupted overwrite
+      # must not stop this one.
+      old = tempfile.mkdtemp(prefix='.old_ckpt_', dir=parent)
       os.replace(directory, old)
       os.replace(tmp, directory)
       shutil.rmtree(old, ignore_errors=True)
@@ -61,6 +70,13 @@ def save(directory: str, variables, config, overwrite: bool = False) -> str:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return directory
+
+
+def _replaceable(directory: str) -> bool:
+  """May `save(..., overwrite=True)` replace this path: one of our
+  checkpoints, or an empty directory."""
+  return is_checkpoint(directory) or (os.path.isdir(directory) and
+                                      not os.listdir(directory))
 
 
 def is_checkpoint(directory: str) -> bool:
