@@ -132,13 +132,48 @@ def test_hf_errors(tmp_path):
   weights.write_bytes(weights.read_bytes()[:1000])
   with pytest.raises(checkpoints.CheckpointError, match='corrupt or truncated'):
     checkpoints.from_hf(str(tmp_path))
+  # A config.json without a field the architecture needs.
+  (tmp_path / 'config.json').write_text(json.dumps(
+      {k: v for k, v in cfg.items() if k != 'image_size'}))
+  with pytest.raises(checkpoints.CheckpointError,
+                     match="lacks 'image_size'.*transformers Perceiver"):
+    checkpoints.from_hf(str(tmp_path))
+
+
+def test_hf_sharded_checkpoint_errors(tmp_path):
+  hf_model, _, _, _ = hf_fixtures.build('image_learned')
+  hf_model.save_pretrained(tmp_path, max_shard_size='100KB')
+  shards = sorted(p for p in os.listdir(tmp_path)
+                  if p.endswith('.safetensors'))
+  assert len(shards) > 1
+  checkpoints.from_hf(str(tmp_path))  # Reads as saved.
+  first = tmp_path / shards[0]
+  first.write_bytes(first.read_bytes()[:100])
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=f'{shards[0]}.*corrupt or truncated'):
+    checkpoints.from_hf(str(tmp_path))
+  first.unlink()
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=f'{shards[0]} is missing'):
+    checkpoints.from_hf(str(tmp_path))
+
+
+def test_hf_local_path_typos_are_not_hub_ids(tmp_path):
+  """A mistyped local directory is named as such, not 'cannot download'."""
+  for spec in (f'hf:{tmp_path}/nope', 'hf:./nope', 'hf:~/nope/x'):
+    with pytest.raises(checkpoints.CheckpointError, match='does not exist'):
+      checkpoints.from_hf(spec)
+  (tmp_path / 'model.safetensors').write_bytes(b'x')
+  with pytest.raises(checkpoints.CheckpointError,
+                     match='is a file; pass the directory'):
+    checkpoints.from_hf(f'hf:{tmp_path}/model.safetensors')
 
 
 def test_hub_download_offline_fails_fast(monkeypatch, tmp_path):
   monkeypatch.setenv('HF_HUB_OFFLINE', '1')
   monkeypatch.setenv('HF_HOME', str(tmp_path))
   with pytest.raises(checkpoints.CheckpointError,
-                     match='from_hf\\("DIR"\\)'):
+                     match='use hf:DIR.*from_hf\\("DIR"\\)'):
     checkpoints.from_hf('hf:deepmind/language-perceiver')
 
 

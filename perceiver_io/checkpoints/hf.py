@@ -282,11 +282,25 @@ def _read_state_dict(directory: str) -> Dict[str, np.ndarray]:
   index = os.path.join(directory, 'model.safetensors.index.json')
   if os.path.exists(index):
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    with open(index) as f:
-      shards = sorted(set(json.load(f)['weight_map'].values()))
+    try:
+      with open(index) as f:
+        shards = sorted(set(json.load(f)['weight_map'].values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+      raise CheckpointError(f'cannot read {index}: {e!r}. It should be JSON '
+                            f'with a "weight_map" of tensor -> shard file; '
+                            f'download it again.') from e
     state = {}
     for shard in shards:
-      state.update(load_file(os.path.join(directory, shard)))
+      shard_path = os.path.join(directory, shard)
+      if not os.path.exists(shard_path):
+        raise CheckpointError(f'{shard_path} is missing ({index} lists it); '
+                              f'download the checkpoint again.')
+      try:
+        state.update(load_file(shard_path))
+      except Exception as e:  # Corrupt or truncated shard.
+        raise CheckpointError(f'cannot read {shard_path}: {e}. The shard is '
+                              f'corrupt or truncated; download it '
+                              f'again.') from e
     return state
   binf = os.path.join(directory, 'pytorch_model.bin')
   if os.path.exists(binf):
@@ -320,7 +334,8 @@ def download(repo_id: str) -> str:
   """Local snapshot dir of a hub repo; fails at once when offline."""
   alternative = (f'Download it on a machine with internet access, e.g. '
                  f'`huggingface-cli download {repo_id} --local-dir DIR`, copy '
-                 f'DIR here and call from_hf("DIR").')
+                 f'DIR here and use hf:DIR (init_from, convert --from) or '
+                 f'from_hf("DIR").')
   try:
     from huggingface_hub import snapshot_download  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -343,6 +358,13 @@ def download(repo_id: str) -> str:
                           f'{alternative}') from e
 
 
+def _looks_local(spec: str) -> bool:
+  """A path, not a hub id ('owner/name'): absolute or relative to '.',
+  more than one '/', or an existing file."""
+  return (spec.startswith(('/', '.', '~')) or spec.count('/') > 1 or
+          os.path.isfile(spec))
+
+
 def from_hf(path: str, **overrides):
   """`(model, variables, config)` from a save_pretrained dir or `hf:<id>`.
 
@@ -351,8 +373,15 @@ def from_hf(path: str, **overrides):
   (dtype, remat, query_chunk_size, attention_impl).
   """
   if path.startswith('hf:'):
-    path = path[3:]
+    path = os.path.expanduser(path[3:].strip())
     if not os.path.isdir(path):
+      if _looks_local(path):
+        raise CheckpointError(
+            f'{path} ' + ('is a file; pass the directory that holds it'
+                          if os.path.isfile(path) else 'does not exist') +
+            ' (expected a save_pretrained directory with config.json and '
+            'model.safetensors, or a hub id such as '
+            'deepmind/language-perceiver).')
       path = download(path)
   if not os.path.isdir(path):
     raise CheckpointError(f'{path!r} is not a directory; from_hf expects a '
@@ -367,7 +396,13 @@ def from_hf(path: str, **overrides):
       hf_config = json.load(f)
   except json.JSONDecodeError as e:
     raise CheckpointError(f'{cfg_file} is not valid JSON: {e}') from e
-  config = config_from_hf(hf_config)
+  try:
+    config = config_from_hf(hf_config)
+  except KeyError as e:
+    raise CheckpointError(
+        f'{cfg_file} lacks {e} (architectures '
+        f'{hf_config.get("architectures")}); is it a transformers Perceiver '
+        f'config.json as save_pretrained writes it?') from e
   config.update(overrides)
   model = build_model(config)
   arch = config['name'][3:]
