@@ -6,15 +6,18 @@ destroy checkpoints of a different model. Orbax does the atomic, async
 saving; this module adds the workdir rules:
 
 * `workdir/checkpoints/<step>/`: Orbax steps (latest N + best by metric);
-* `workdir/model.json`: what model the checkpoints belong to; a run with a
-  different model is refused unless `overwrite=True`, which *moves* the old
-  checkpoints aside (`checkpoints.replaced-<time>/`), never deletes them;
+* `workdir/model.json` and `config.json`: what model and run the
+  checkpoints belong to; a run with a different model, or other settings
+  than those a resume may change (`RESUMABLE_FIELDS`), is refused unless
+  `overwrite=True`, which *moves* the old run aside
+  (`replaced-<time>/`, a complete workdir), never deletes it;
 * `PreemptionFlag`: SIGTERM sets a flag; the loop saves and exits cleanly.
 """
 
 import json
 import logging
 import os
+import re
 import signal
 import time
 from typing import Any, Dict, Optional
@@ -27,6 +30,10 @@ CHECKPOINT_DIR = 'checkpoints'
 MODEL_FILE = 'model.json'
 CONFIG_FILE = 'config.json'
 DATA_INFO_FILE = 'data_info.json'
+
+
+class CorruptCheckpointError(ValueError):
+  """A checkpoint step's files cannot be read (truncated, overwritten)."""
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
@@ -79,47 +86,111 @@ def has_checkpoints(workdir: str) -> bool:
       name.isdigit() for name in os.listdir(ckpt))
 
 
+# Config fields a resumed run may change: how long and how often (extending
+# a run is a normal thing to do), what and how it evaluates, where data
+# already prepared lives, and how the model computes. Any other difference
+# means the workdir belongs to another experiment (another task, data,
+# optimizer, seed or starting point).
+RESUMABLE_FIELDS = (
+    'num_train_steps', 'num_epochs', 'log_every_steps', 'eval_every_steps',
+    'checkpoint_every_steps', 'keep_checkpoints', 'eval_batch_size',
+    'max_eval_examples', 'eval_metrics', 'eval_tile_overlap',
+    'eval_tile_batch', 'predict_examples', 'progress_bar', 'overwrite',
+    'disable_most_optimizations', 'shard_params_min_size', 'best_metric',
+    'best_mode',
+    'data.eval_split', 'data.eval_source', 'data.num_eval_examples',
+    'data.class_names', 'data.num_workers', 'data.data_dir',
+    'data.manual_dir') + tuple(f'model.{k}' for k in COMPUTE_OPTIONS)
+# Everything a run writes at the top of its workdir besides checkpoints/;
+# `overwrite` moves these aside with the checkpoints.
+RUN_FILES = (MODEL_FILE, CONFIG_FILE, DATA_INFO_FILE, 'metrics.jsonl', 'tb')
+
+
+def _config_differences(workdir: str, config: Dict[str, Any]) -> list:
+  """What differs from the workdir's config.json, beyond RESUMABLE_FIELDS."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if config is None or not os.path.exists(path):
+    return []
+  old = read_json(path)
+  return [d for d in _diff(old, json.loads(json.dumps(config)))
+          if d.split(':', 1)[0] not in RESUMABLE_FIELDS]
+
+
 def check_workdir(workdir: str, description: Dict[str, Any],
-                  overwrite: bool) -> None:
-  """Refuses a workdir whose checkpoints belong to another model.
+                  overwrite: bool,
+                  config: Optional[Dict[str, Any]] = None) -> None:
+  """Refuses a workdir whose checkpoints belong to another model or run.
 
   Compute options (`COMPUTE_OPTIONS`) may differ from the stored run's:
-  they are logged, not refused.
+  they are logged, not refused. With `config` (the new run's, as a dict),
+  it is compared with the workdir's config.json too: fields outside
+  `RESUMABLE_FIELDS` must match, so a workdir of another experiment (say
+  CoLA's, when this is SST-2 with the same model) is not resumed on the
+  wrong data or optimizer.
 
   Args:
     workdir: the run directory.
     description: JSON model description of this run (models.build).
-    overwrite: move the other model's checkpoints aside instead of failing.
+    overwrite: move the other run aside instead of failing.
+    config: the new run's config dict (config.to_dict()).
 
   Raises:
-    ValueError: the workdir holds checkpoints of a different model.
+    ValueError: the workdir holds checkpoints of a different model or run.
   """
   model_file = os.path.join(workdir, MODEL_FILE)
   if has_checkpoints(workdir) and os.path.exists(model_file):
     old, old_options = _split_compute_options(read_json(model_file))
     new, new_options = _split_compute_options(description)
-    for change in _diff(old_options, new_options):
-      logging.info('Resuming with another compute option (%s).', change)
-    differences = _diff(old, new)
-    if differences:
-      if not overwrite:
-        raise ValueError(
-            f'workdir {workdir} holds checkpoints of a different model '
-            f'({len(differences)} difference(s): '
-            f'{"; ".join(differences[:5])}). Use another --workdir, or pass '
-            '--config.overwrite=True to move the old checkpoints aside to '
-            f'{CHECKPOINT_DIR}.replaced-<time>/ (nothing is deleted).')
-      aside = os.path.join(workdir, f'{CHECKPOINT_DIR}.replaced-'
-                           f'{time.strftime("%Y%m%d-%H%M%S")}')
-      if jax.process_index() == 0:
-        os.rename(os.path.join(workdir, CHECKPOINT_DIR), aside)
-        os.replace(model_file, os.path.join(aside, MODEL_FILE))
-      logging.warning('overwrite=True: moved the previous checkpoints to %s.',
-                      aside)
+    model_changes = _diff(old, new)
+    config_changes = [] if model_changes else _config_differences(workdir,
+                                                                  config)
+    if not model_changes and not config_changes:
+      for change in _diff(old_options, new_options):
+        logging.info('Resuming with another compute option (%s).', change)
+      return
+    what, changes = (('a different model', model_changes) if model_changes
+                     else ('another run (other settings)', config_changes))
+    if not overwrite:
+      raise ValueError(
+          f'workdir {workdir} holds checkpoints of {what} '
+          f'({len(changes)} difference(s): {"; ".join(changes[:5])}). Use '
+          'another --workdir, or pass --config.overwrite=True to move the '
+          'old run aside to replaced-<time>/ in it (nothing is deleted).')
+    if jax.process_index() == 0:
+      aside = move_run_aside(workdir)
+      logging.warning('overwrite=True: moved the previous run to %s.', aside)
   elif has_checkpoints(workdir) and not os.path.exists(model_file):
     raise ValueError(f'workdir {workdir} has checkpoints but no {MODEL_FILE}; '
                      'it was not written by experiments.train. Use another '
                      '--workdir.')
+
+
+def move_run_aside(workdir: str) -> str:
+  """Moves checkpoints/ and the run's files into `replaced-<time>/` (itself
+  a complete workdir: evaluate and predict still work on it)."""
+  stamp = time.strftime('%Y%m%d-%H%M%S')
+  aside = os.path.join(workdir, f'replaced-{stamp}')
+  n = 1
+  while os.path.exists(aside):
+    n += 1
+    aside = os.path.join(workdir, f'replaced-{stamp}-{n}')
+  os.makedirs(aside)
+  for name in (CHECKPOINT_DIR,) + RUN_FILES:
+    if os.path.exists(os.path.join(workdir, name)):
+      os.rename(os.path.join(workdir, name), os.path.join(aside, name))
+  return aside
+
+
+# What TensorStore (under Orbax) says when a step's files are truncated,
+# overwritten or gone, as opposed to a state that does not fit the files.
+_READ_ERROR = re.compile(r'OUT_OF_RANGE|DATA_LOSS|NOT_FOUND|Error reading|'
+                         r'corrupt|truncated|unexpected end', re.IGNORECASE)
+
+
+def _is_read_error(e: Exception) -> bool:
+  if not isinstance(e, (ValueError, KeyError, TypeError)):
+    return True
+  return bool(_READ_ERROR.search(str(e)[:4000]))
 
 
 class Checkpointer:
@@ -169,8 +240,37 @@ class Checkpointer:
                       metrics=metrics, force=True)
 
   def restore(self, step: int, abstract_state: PyTree) -> PyTree:
-    return self.manager.restore(
-        step, args=ocp.args.StandardRestore(abstract_state))
+    """The whole training state of `step` (for resuming)."""
+    return self._restore(step, ocp.args.StandardRestore(abstract_state))
+
+  def restore_variables(self, step: int, abstract_variables: PyTree) -> PyTree:
+    """Only `params` and `model_state` of `step` (for predicting and
+    evaluating): the optimizer state is neither read nor needed, so a
+    workdir stays usable whatever its optimizer settings say."""
+    restore_args = jax.tree_util.tree_map(
+        lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding),
+        abstract_variables)
+    return self._restore(step, ocp.args.PyTreeRestore(
+        item=abstract_variables, restore_args=restore_args,
+        partial_restore=True))
+
+  def _restore(self, step: int, args) -> PyTree:
+    try:
+      return self.manager.restore(step, args=args)
+    except Exception as e:  # pylint: disable=broad-except
+      if not _is_read_error(e):
+        raise  # The state does not fit: the caller says what differs.
+      # Orbax/TensorStore say "error while reading array" with a page of
+      # spec; the user needs the step, what it means and what to do.
+      others = sorted(s for s in self.all_steps() if s != step)
+      cause = str(e).split('\n')[0][:200]
+      raise CorruptCheckpointError(
+          f'checkpoint step {step} in {self.directory} cannot be read; it is '
+          f'corrupt or truncated ({type(e).__name__}: {cause}). Other steps: '
+          f'{others or "none"}. ' +
+          (f'Use --checkpoint={others[-1]} to predict or evaluate, or move '
+           f'{self.directory}/{step} aside to resume from step {others[-1]}.'
+           if others else 'Train again in a new --workdir.')) from e
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

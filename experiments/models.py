@@ -147,7 +147,45 @@ def merge_pretrained(fresh: PyTree, pretrained: PyTree
       new.append('/'.join(path))
   unused = ['/'.join(p) for p in pre_flat if p not in fresh_flat or
             np.shape(pre_flat[p]) != np.shape(fresh_flat[p])]
+  _check_body_loaded(fresh_flat, pre_flat)
   return flax.traverse_util.unflatten_dict(merged), new, unused
+
+
+# Parts of the model that fine-tuning keeps from the checkpoint; the decoder,
+# postprocessor and a tanh head may be new (another task's outputs).
+BODY_MODULES = ('preprocessor', 'encoder')
+
+
+def _check_body_loaded(fresh_flat, pre_flat) -> None:
+  """Every preprocessor and encoder array must come from the checkpoint.
+
+  A checkpoint of another size (other latents, widths, depth or input
+  length) would otherwise leave the whole body freshly initialised and the
+  run would quietly train from scratch.
+  """
+  missing = []
+  for path, value in fresh_flat.items():
+    module = path[2] if path[1:2] == ('perceiver',) else path[1]
+    if module not in BODY_MODULES:
+      continue
+    src = pre_flat.get(path)
+    if src is None:
+      missing.append(f'{"/".join(path)} {tuple(np.shape(value))} (not in '
+                     'the checkpoint)')
+    elif np.shape(src) != np.shape(value):
+      missing.append(f'{"/".join(path)}: checkpoint '
+                     f'{tuple(np.shape(src))} vs model '
+                     f'{tuple(np.shape(value))}')
+  if missing:
+    body = sum(1 for p in fresh_flat
+               if (p[2] if p[1:2] == ('perceiver',) else p[1]) in BODY_MODULES)
+    raise ValueError(
+        f'init_from does not fit this model: {len(missing)} of {body} '
+        f'preprocessor/encoder arrays differ ({"; ".join(missing[:5])}'
+        f'{" ..." if len(missing) > 5 else ""}). Only the decoder and head '
+        'may be new; set config.model.preset / config.model.kwargs (and '
+        'data.max_length for text) to the checkpoint\'s sizes, or train '
+        'from scratch with config.init_from=\'\'.')
 
 
 def load_pretrained(init_from: str, preset_hint: str = ''):

@@ -14,14 +14,12 @@ import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from experiments import checkpointing
 from experiments import input_pipeline
 from experiments import models
-from experiments import optim
 from perceiver_io import tokenizer as tokenizer_lib
 
 
@@ -54,26 +52,18 @@ def example_inputs(config) -> Dict[str, np.ndarray]:
           'attention_mask': np.ones((1, length), np.int32)}
 
 
-def abstract_state(config, model, example, num_steps: int = 1,
-                   sharding=None):
-  """ShapeDtypeStructs of the training state (for Orbax restore)."""
+def abstract_variables(config, model, example, sharding=None):
+  """ShapeDtypeStructs of the checkpointed `params` and `model_state` (the
+  training state without its step and optimizer state)."""
   from experiments import train_lib  # pylint: disable=g-import-not-at-top
-  variables = jax.eval_shape(functools.partial(
-      train_lib.init_variables, model, example, int(config.seed)))
-  tx, _ = optim.make_optimizer(config, variables['params'], num_steps)
-
-  def make_state(v):
-    v = dict(v)
-    params = v.pop('params')
-    return dict(step=jnp.zeros((), jnp.int32), params=params,
-                opt_state=tx.init(params), model_state=v)
-
-  state = jax.eval_shape(make_state, variables)
+  variables = dict(jax.eval_shape(functools.partial(
+      train_lib.init_variables, model, example, int(config.seed))))
+  tree = {'params': variables.pop('params'), 'model_state': variables}
   if sharding is None:
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   return jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-      state)
+      tree)
 
 
 def choose_step(ckpt: checkpointing.Checkpointer, which: str) -> int:
@@ -119,7 +109,8 @@ def load_workdir(workdir: str, which: str = 'latest',
     task_object = _task(config, model)
     example = (task_object.example_batch() if task_object is not None
                else example_inputs(config))
-    state = ckpt.restore(step, abstract_state(config, model, example))
+    state = ckpt.restore_variables(step,
+                                   abstract_variables(config, model, example))
   finally:
     ckpt.close()
   variables = {'params': state['params'], **state['model_state']}

@@ -228,16 +228,23 @@ class MetricWriter:
   """metrics.jsonl (one JSON object per line) + TensorBoard events.
 
   Only process 0 writes. TensorBoard uses tensorboardX (no TensorFlow).
+  A run resumed at `start_step` first drops the records written after it
+  (a crash after the last checkpoint logged steps the resumed run logs
+  again), so each step has one record.
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, start_step: int = 0):
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, METRICS_FILE)
     self.tb = None
     if self.enabled:
+      drop_records_after(self.path, start_step)
       try:
         import tensorboardX  # pylint: disable=g-import-not-at-top
-        self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tb'))
+        # purge_step: TensorBoard hides the events logged after start_step.
+        self.tb = tensorboardX.SummaryWriter(
+            os.path.join(workdir, 'tb'),
+            purge_step=int(start_step) if start_step else None)
       except ImportError:
         logging.warning('tensorboardX is not installed; no TensorBoard '
                         'events (pip install tensorboardX).')
@@ -259,6 +266,30 @@ class MetricWriter:
   def close(self):
     if self.tb is not None:
       self.tb.close()
+
+
+def drop_records_after(path: str, step: int) -> None:
+  """Rewrites metrics.jsonl without the records of steps > `step`."""
+  import json  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  keep = []
+  for line in lines:
+    try:
+      if int(json.loads(line).get('step', 0)) <= step:
+        keep.append(line)
+    except (ValueError, TypeError, AttributeError):
+      keep.append(line)  # Not ours to judge: leave it.
+  if len(keep) != len(lines):
+    tmp = f'{path}.tmp-{os.getpid()}'
+    with open(tmp, 'w') as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
+    logging.info('metrics: dropped %d records after step %d (logged before '
+                 'the last crash, logged again now).', len(lines) - len(keep),
+                 step)
 
 
 def append_jsonl(path: str, record: Dict[str, Any]) -> None:
@@ -330,11 +361,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     Preempted: SIGTERM arrived; a checkpoint was saved (exit code 143).
   """
   configure_jax(config)
+  check_loop_settings(config)
   # -------------------------------------------------------------- workdir --
-  os.makedirs(workdir, exist_ok=True)
+  # Nothing is written to the workdir until the run's state exists: a start
+  # refused for any reason leaves it as it was.
+  make_workdir(workdir)
   model, description = models.build(config)
   check_lengths(config, description)
-  checkpointing.check_workdir(workdir, description, bool(config.overwrite))
+  checkpointing.check_workdir(workdir, description, bool(config.overwrite),
+                              config.to_dict())
+  pretrained = None
+  if config.init_from and checkpointing.has_checkpoints(workdir):
+    logging.info('init_from %s is not used: resuming from the workdir\'s '
+                 'checkpoints.', config.init_from)
+  elif config.init_from:  # Before the data: a bad path fails in seconds.
+    pretrained = models.load_pretrained(config.init_from,
+                                        config.model.preset)
 
   # ----------------------------------------------------------------- data --
   task_object = get_task(config)
@@ -363,16 +405,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        'config.num_train_steps > 0.')
     train_info = {'num_examples': 0, 'label_names': []}
     eval_info = {'num_examples': -1, 'label_names': []}
-  if is_main:  # Written once the data loaded: a failed start changes nothing.
-    checkpointing.write_json_atomic(
-        os.path.join(workdir, checkpointing.CONFIG_FILE), config.to_dict())
-    checkpointing.write_json_atomic(
-        os.path.join(workdir, checkpointing.MODEL_FILE), description)
-    checkpointing.write_json_atomic(
-        os.path.join(workdir, checkpointing.DATA_INFO_FILE),
-        {'label_names': list(train_info.get('label_names') or []),
-         'num_examples': int(train_info['num_examples']),
-         'source': config.data.source})
   num_steps = (task_object.num_steps()
                if hasattr(task_object, 'num_steps')
                else total_steps(config, train_info['num_examples']))
@@ -423,19 +455,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     logging.info('resuming from %s step %d.', ckpt.directory, latest)
     try:
       state = ckpt.restore(latest, abstract_state)
+    except checkpointing.CorruptCheckpointError:
+      ckpt.close()
+      raise
     except (ValueError, KeyError, TypeError) as e:
+      ckpt.close()
       raise ValueError(
           f'the checkpoint at step {latest} in {ckpt.directory} does not fit '
-          f'this run (same model, but e.g. another optimizer or '
-          f'accumulate_steps): {str(e)[:300]}. Use another --workdir or '
-          '--config.overwrite=True (moves the old checkpoints aside).') from e
+          f'this run (same model and settings, but another state layout, '
+          f'e.g. from an older version): {str(e)[:300]}. Use another '
+          '--workdir.') from e
   else:
     init = functools.partial(init_variables, model, example, int(config.seed))
-    if config.init_from:
+    if pretrained is not None:
       variables = jax.jit(init, out_shardings=replicated)()
-      pretrained = models.load_pretrained(config.init_from,
-                                          config.model.preset)
       variables, new, unused = models.merge_pretrained(variables, pretrained)
+      pretrained = None  # Its arrays are in `variables` now.
       models.log_merge(new, unused)
       variables = jax.device_put(variables, replicated)
       state = jax.jit(make_state, out_shardings=state_sharding)(variables)
@@ -443,6 +478,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       state = jax.jit(lambda: make_state(init()),
                       out_shardings=state_sharding)()
   start_step = int(jax.device_get(state['step']))
+  if is_main:  # The run exists now: record what it is.
+    checkpointing.write_json_atomic(
+        os.path.join(workdir, checkpointing.CONFIG_FILE), config.to_dict())
+    checkpointing.write_json_atomic(
+        os.path.join(workdir, checkpointing.MODEL_FILE), description)
+    checkpointing.write_json_atomic(
+        os.path.join(workdir, checkpointing.DATA_INFO_FILE),
+        {'label_names': list(train_info.get('label_names') or []),
+         'num_examples': int(train_info['num_examples']),
+         'source': config.data.source})
   if task_object is not None:
     train_stream = task_object.train_stream(start_step)
   elif config.task == 'mlm':
@@ -465,7 +510,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                       out_shardings=replicated)
 
   # ----------------------------------------------------------------- loop --
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, start_step)
   preemption = checkpointing.PreemptionFlag().install()
   history = []  # (step, device metrics) since the last finite check.
   last_metrics, eval_metrics = {}, {}
@@ -501,11 +546,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         bad = first_nonfinite(history)
         if bad is not None:
           ckpt.wait()
+          kept = (f'The last good checkpoint (step {last_good_step}) is '
+                  f'kept in {ckpt.directory}.' if last_good_step is not None
+                  else 'No checkpoint was saved before it.')
           raise NonFiniteError(
-              f'{bad[1]} is {bad[2]} at step {bad[0]}; stopping. The last '
-              f'good checkpoint (step {last_good_step}) is kept in '
-              f'{ckpt.directory}. Try a lower optimizer.learning_rate, '
-              'optimizer.grad_clip_norm > 0, or model.dtype=float32.')
+              f'{bad[1]} is {bad[2]} at step {bad[0]}; stopping. {kept} Try '
+              'a lower optimizer.learning_rate, optimizer.grad_clip_norm > '
+              '0, or model.dtype=float32.')
         last_metrics = dict(history[-1][1])
         if log_now:
           elapsed = time.time() - timer[0]
@@ -537,6 +584,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             {k: float(v) for k, v in eval_metrics.items()} if eval_now
             else None))
         last_good_step = done
+      if (eval_now and config.best_metric and
+          config.best_metric not in eval_metrics):
+        ckpt.wait()
+        raise ValueError(
+            f'config.best_metric={config.best_metric!r} is not an eval metric '
+            f'of this task ({", ".join(sorted(eval_metrics))}), so "best" '
+            f'checkpoints would silently be the latest. The run is saved at '
+            f'step {done}: run the same command again with --config.'
+            'best_metric set to one of those.')
       if preempted and not is_last:
         ckpt.wait()
         logging.warning('preempted: checkpoint at step %d saved in %s.', done,
@@ -572,6 +628,36 @@ def _progress_bar(config, start: int, total: int):
     return None
   return tqdm.tqdm(total=total, initial=start, unit='step', file=sys.stderr,
                    dynamic_ncols=True, mininterval=1.0)
+
+
+# Loop settings that must be positive integers (one clear error instead of a
+# ZeroDivisionError mid-run, or an eval that fails after training).
+POSITIVE_SETTINGS = ('batch_size', 'eval_batch_size', 'log_every_steps',
+                     'eval_every_steps', 'checkpoint_every_steps',
+                     'keep_checkpoints')
+
+
+def check_loop_settings(config) -> None:
+  bad = [f'{k}={config[k]}' for k in POSITIVE_SETTINGS
+         if int(config[k]) < 1]
+  if bad:
+    raise ValueError(f'config.{", config.".join(bad)}: must be >= 1 '
+                     f'({", ".join(POSITIVE_SETTINGS)} are counts of '
+                     f'examples or steps).')
+
+
+def make_workdir(workdir: str) -> None:
+  """Creates `workdir`, or says in one line why it cannot be used."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
+    with open(probe, 'w'):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f'cannot use --workdir={workdir}: {e.strerror or e} '
+                     f'({type(e).__name__}); choose a writable '
+                     f'directory.') from e
 
 
 def check_lengths(config, description) -> None:

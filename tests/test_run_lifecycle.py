@@ -1,0 +1,166 @@
+"""A run's workdir over its life: refused starts, crashes, corrupt files.
+
+What a user must be able to count on: a start that is refused changes
+nothing in the workdir; predicting needs only the parameters, not the
+optimizer settings; a corrupt checkpoint is named with the steps still
+good; a crash leaves one metrics record per step after the resume; and a
+bad setting or path fails before anything runs.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from configs import quickstart
+from experiments import checkpointing
+from experiments import eval_lib
+from experiments import predict_lib
+from experiments import train_lib
+from tests.helpers import override_config as _override
+
+
+def _config(**fields):
+  return _override(quickstart.get_config('tiny'), **fields)
+
+
+def _train(config, workdir):
+  previous = jax.config.read('jax_disable_most_optimizations')
+  try:
+    return train_lib.train_and_evaluate(config, workdir)
+  finally:
+    jax.config.update('jax_disable_most_optimizations', previous)
+
+
+def _fingerprint(workdir):
+  """path -> md5 of every file in the workdir."""
+  out = {}
+  for root, _, files in os.walk(workdir):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        out[os.path.relpath(path, workdir)] = hashlib.md5(
+            f.read()).hexdigest()
+  return out
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """A finished tiny quickstart run (checkpoints at steps 2 and 3)."""
+  workdir = str(tmp_path_factory.mktemp('run'))
+  _train(_config(), workdir)
+  return workdir
+
+
+def _copy(trained, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(trained, workdir)
+  return workdir
+
+
+def test_refused_start_changes_nothing_and_predict_still_works(trained,
+                                                               tmp_path):
+  workdir = _copy(trained, tmp_path)
+  before = _fingerprint(workdir)
+  with pytest.raises(ValueError, match=r'another run.*optimizer.name: '
+                     r"'adamw' -> 'sgd'.*overwrite"):
+    _train(_config(optimizer__name='sgd'), workdir)
+  assert _fingerprint(workdir) == before
+  assert predict_lib.predict_lines(workdir, [], digits='0:2')
+
+
+def test_predict_reads_only_parameters(trained, tmp_path):
+  """config.json's optimizer no longer has to match the saved moments."""
+  workdir = _copy(trained, tmp_path)
+  path = os.path.join(workdir, checkpointing.CONFIG_FILE)
+  config = json.load(open(path))
+  config['optimizer']['name'] = 'sgd'
+  config['optimizer']['accumulate_steps'] = 4
+  checkpointing.write_json_atomic(path, config)
+  _, variables, _, step = predict_lib.load_workdir(workdir)
+  assert step == 3
+  assert 'params' in variables
+  assert eval_lib.evaluate_workdir(workdir)['step'] == 3
+
+
+def _corrupt(workdir, step):
+  """Truncates the array data files of a checkpoint step."""
+  root = os.path.join(workdir, 'checkpoints', str(step))
+  truncated = 0
+  for dirpath, _, files in os.walk(root):
+    for name in files:
+      path = os.path.join(dirpath, name)
+      if '/d/' in path + '/' or os.sep + 'd' + os.sep in path:
+        data = open(path, 'rb').read()
+        open(path, 'wb').write(data[:len(data) // 3])
+        truncated += 1
+  assert truncated, 'no array data files found to truncate'
+
+
+def test_corrupt_checkpoint_names_the_good_steps(trained, tmp_path):
+  workdir = _copy(trained, tmp_path)
+  _corrupt(workdir, 3)
+  with pytest.raises(checkpointing.CorruptCheckpointError,
+                     match=r'step 3 .*corrupt or truncated.*Other steps: '
+                     r'\[2\].*--checkpoint=2'):
+    predict_lib.load_workdir(workdir)
+  assert predict_lib.load_workdir(workdir, '2')[3] == 2
+  with pytest.raises(checkpointing.CorruptCheckpointError,
+                     match='move .*checkpoints/3 aside to resume from step 2'):
+    _train(_config(num_train_steps=5), workdir)
+
+
+def test_resume_after_a_crash_keeps_one_record_per_step(trained, tmp_path):
+  workdir = _copy(trained, tmp_path)
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '3'))  # Lost in a crash.
+  metrics = os.path.join(workdir, train_lib.METRICS_FILE)
+  before = [json.loads(line) for line in open(metrics)]
+  assert max(r['step'] for r in before) == 3
+  _train(_config(), workdir)
+  records = [json.loads(line) for line in open(metrics)]
+  train = [r['step'] for r in records if 'train_loss' in r]
+  evals = [r['step'] for r in records if 'eval_accuracy' in r]
+  assert train == sorted(set(train)), train
+  assert evals == sorted(set(evals)), evals
+  assert train[-1] == 3 and evals[-1] == 3
+
+
+@pytest.mark.parametrize('field', ['batch_size', 'eval_batch_size',
+                                   'log_every_steps', 'eval_every_steps',
+                                   'checkpoint_every_steps'])
+def test_nonpositive_loop_settings_fail_before_anything_runs(field, tmp_path):
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(ValueError, match=f'config.{field}=0: must be >= 1'):
+    _train(_config(**{field: 0}), workdir)
+  assert not os.path.exists(workdir)
+
+
+def test_unusable_workdir_is_one_error(tmp_path):
+  a_file = tmp_path / 'afile'
+  a_file.write_text('x')
+  with pytest.raises(ValueError, match='cannot use --workdir=.*afile/run.*'
+                     'writable directory'):
+    _train(_config(), str(a_file / 'run'))
+
+
+def test_bad_init_from_fails_before_the_data_and_writes_nothing(tmp_path):
+  workdir = tmp_path / 'run'
+  with pytest.raises(Exception, match='nope.*does not exist'):
+    _train(_config(init_from=f'hf:{tmp_path}/nope'), str(workdir))
+  assert not (workdir / 'config.json').exists()
+  assert not (workdir / 'metrics.jsonl').exists()
+
+
+def test_misspelt_best_metric_stops_after_saving(tmp_path):
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(ValueError, match=r"best_metric='acc' is not an eval "
+                     r'metric.*accuracy.*saved at step 1'):
+    _train(_config(best_metric='acc', eval_every_steps=1), workdir)
+  # The same command with the metric spelt right resumes from that step.
+  result = _train(_config(eval_every_steps=1), workdir)
+  assert result['step'] == 3
+  assert np.isfinite(result['train_loss'])
