@@ -155,8 +155,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_eval_examples = -1             # -1 = the whole eval split
   c.progress_bar = True
   c.predict_examples = 0               # print N test predictions at the end
-  # Refuse a workdir that holds another model's checkpoints unless True;
-  # old checkpoints are moved aside, never deleted.
+  # Refuse a workdir that holds another run's checkpoints (another model,
+  # or settings a resume may not change: checkpointing.RESUMABLE_FIELDS)
+  # unless True; the old run is moved aside, never deleted.
   c.overwrite = False
   c.disable_most_optimizations = False  # faster compiles (tests)
   return c

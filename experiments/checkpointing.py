@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import time
 from typing import Any, Dict, Optional
 
@@ -193,6 +194,22 @@ def _is_read_error(e: Exception) -> bool:
   return bool(_READ_ERROR.search(str(e)[:4000]))
 
 
+def _silence_orphaned_reads() -> None:
+  """After a failed read, TensorStore still completes the step's other
+  reads and hands each result to Orbax's event loop, which the failure
+  closed: Python prints "RuntimeError: Event loop is closed" per array
+  after our one-line error. Those reports (and only those) are dropped."""
+  previous = sys.unraisablehook
+
+  def hook(report):
+    if (isinstance(report.exc_value, RuntimeError) and
+        'Event loop is closed' in str(report.exc_value)):
+      return
+    previous(report)
+
+  sys.unraisablehook = hook
+
+
 class Checkpointer:
   """Latest-N + best-by-metric Orbax checkpoints in `workdir/checkpoints`."""
 
@@ -263,7 +280,9 @@ class Checkpointer:
       # Orbax/TensorStore say "error while reading array" with a page of
       # spec; the user needs the step, what it means and what to do.
       others = sorted(s for s in self.all_steps() if s != step)
-      cause = str(e).split('\n')[0][:200]
+      _silence_orphaned_reads()
+      cause = re.sub(r'\s*\[tensorstore_spec.*', '', str(e), flags=re.S)
+      cause = cause.rsplit(': ', 1)[-1][:200]
       raise CorruptCheckpointError(
           f'checkpoint step {step} in {self.directory} cannot be read; it is '
           f'corrupt or truncated ({type(e).__name__}: {cause}). Other steps: '
