@@ -14,10 +14,12 @@ saving; this module adds the workdir rules:
 * `PreemptionFlag`: SIGTERM sets a flag; the loop saves and exits cleanly.
 """
 
+import contextlib
 import json
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -194,6 +196,15 @@ def _is_read_error(e: Exception) -> bool:
   return bool(_READ_ERROR.search(str(e)[:4000]))
 
 
+_WRITE_ERROR = re.compile(r'RESOURCE_EXHAUSTED|No space left|Error writing|'
+                          r'Permission denied|Read-only file system|'
+                          r'Disk quota exceeded')
+
+
+class CheckpointWriteError(ValueError):
+  """A checkpoint could not be written (disk full, permissions)."""
+
+
 def _silence_orphaned_reads() -> None:
   """After a failed read, TensorStore still completes the step's other
   reads and hands each result to Orbax's event loop, which the failure
@@ -236,6 +247,7 @@ class Checkpointer:
     self.best_metric = best_metric
     self.best_mode = best_mode
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self._write_error = None
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -253,8 +265,9 @@ class Checkpointer:
 
   def save(self, step: int, state: PyTree,
            metrics: Optional[Dict[str, float]] = None) -> None:
-    self.manager.save(step, args=ocp.args.StandardSave(state),
-                      metrics=metrics, force=True)
+    with self._writing():
+      self.manager.save(step, args=ocp.args.StandardSave(state),
+                        metrics=metrics, force=True)
 
   def restore(self, step: int, abstract_state: PyTree) -> PyTree:
     """The whole training state of `step` (for resuming)."""
@@ -292,11 +305,43 @@ class Checkpointer:
            if others else 'Train again in a new --workdir.')) from e
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._writing():
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      with self._writing():
+        self.manager.wait_until_finished()
+    finally:
+      self.manager.close()
+
+  @contextlib.contextmanager
+  def _writing(self):
+    """Turns a failed (asynchronous) save into one error that says which
+    checkpoints are intact, after removing the half-written step."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      if not _WRITE_ERROR.search(str(e)[:4000]):
+        raise
+      if self._write_error is not None:
+        return  # Reported already; closing meets the same failure again.
+      partial = [name for name in os.listdir(self.directory)
+                 if '.orbax-checkpoint-tmp' in name]
+      for name in partial:
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      cause = re.search(r'[^:"]*(No space left on device|Permission denied|'
+                        r'Read-only file system|Disk quota exceeded)',
+                        str(e))
+      steps = sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+      self._write_error = CheckpointWriteError(
+          f'saving a checkpoint in {self.directory} failed: '
+          f'{cause.group(1) if cause else str(e)[:200]}. Removed the partial '
+          f'step ({", ".join(partial) or "none"}); intact steps: '
+          f'{steps or "none"}. Free space (or use a --workdir on another '
+          'disk) and run the same command to resume from '
+          f'{"step " + str(steps[-1]) if steps else "the start"}.')
+      raise self._write_error from e
 
 
 class PreemptionFlag:

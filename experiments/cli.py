@@ -105,6 +105,16 @@ def quiet_library_logs() -> None:
   logging.getLogger('absl').setLevel(logging.WARNING)
   for name in ('orbax', 'jax._src.xla_bridge'):
     logging.getLogger(name).setLevel(logging.WARNING)
+  logging.getLogger('absl').addFilter(_one_line_orbax_errors)
+
+
+def _one_line_orbax_errors(record) -> bool:
+  """Orbax logs a failure in each of its background threads with a full
+  traceback (a full disk: ~350 lines) before the runner reports the same
+  failure in one line; keep Orbax's lines, drop their tracebacks."""
+  if '/orbax/' in record.pathname.replace('\\', '/') and record.exc_info:
+    record.exc_info, record.exc_text = None, None
+  return True
 
 
 def maybe_initialize_distributed(coordinator_address: str, num_processes: int,

@@ -164,3 +164,45 @@ def test_misspelt_best_metric_stops_after_saving(tmp_path):
   result = _train(_config(eval_every_steps=1), workdir)
   assert result['step'] == 3
   assert np.isfinite(result['train_loss'])
+
+
+def test_failed_save_is_one_error_naming_the_intact_steps(trained, tmp_path):
+  """A full disk: the half-written step goes, the error says what is kept."""
+  workdir = _copy(trained, tmp_path)
+  ckpt = checkpointing.Checkpointer(workdir)
+  partial = os.path.join(ckpt.directory, '4.orbax-checkpoint-tmp')
+
+  def full_disk(*args, **kwargs):
+    del args, kwargs
+    os.makedirs(partial)
+    raise ValueError('RESOURCE_EXHAUSTED: Error writing local file "x": '
+                     'Failed to write 25180 bytes to file 7: No space left '
+                     "on device [os_error_code='28']")
+
+  ckpt.manager.save = full_disk
+  with pytest.raises(checkpointing.CheckpointWriteError,
+                     match=r'failed: No space left on device\. Removed the '
+                     r'partial step \(4.orbax-checkpoint-tmp\); intact steps: '
+                     r'\[2, 3\].*resume from step 3'):
+    ckpt.save(4, {'step': np.int32(4)})
+  assert not os.path.exists(partial)
+  ckpt.close()  # The same failure again on close is not reported twice.
+
+
+def test_orbax_thread_errors_lose_their_tracebacks():
+  import logging  # pylint: disable=g-import-not-at-top
+  from experiments import cli  # pylint: disable=g-import-not-at-top
+  try:
+    raise ValueError('RESOURCE_EXHAUSTED')
+  except ValueError:
+    import sys  # pylint: disable=g-import-not-at-top
+    exc_info = sys.exc_info()
+  record = logging.LogRecord('absl', logging.ERROR,
+                             '/x/site-packages/orbax/checkpoint/future.py', 1,
+                             'thread failed', None, exc_info)
+  assert cli._one_line_orbax_errors(record)  # pylint: disable=protected-access
+  assert record.exc_info is None
+  ours = logging.LogRecord('absl', logging.ERROR, '/x/experiments/train.py',
+                           1, 'ours', None, exc_info)
+  cli._one_line_orbax_errors(ours)  # pylint: disable=protected-access
+  assert ours.exc_info is exc_info
