@@ -111,8 +111,14 @@ def quiet_library_logs() -> None:
 def _one_line_orbax_errors(record) -> bool:
   """Orbax logs a failure in each of its background threads with a full
   traceback (a full disk: ~350 lines) before the runner reports the same
-  failure in one line; keep Orbax's lines, drop their tracebacks."""
-  if '/orbax/' in record.pathname.replace('\\', '/') and record.exc_info:
+  failure in one line; keep Orbax's lines, drop their tracebacks. Also
+  drops Orbax's warning at every save between evaluations (those steps
+  carry no metric by design: only evaluated steps compete for 'best')."""
+  if '/orbax/' not in record.pathname.replace('\\', '/'):
+    return True
+  if str(record.msg).startswith('Requested `tracked_metric`'):
+    return False
+  if record.exc_info:
     record.exc_info, record.exc_text = None, None
   return True
 

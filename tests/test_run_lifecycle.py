@@ -206,3 +206,7 @@ def test_orbax_thread_errors_lose_their_tracebacks():
                            1, 'ours', None, exc_info)
   cli._one_line_orbax_errors(ours)  # pylint: disable=protected-access
   assert ours.exc_info is exc_info
+  between_evals = logging.LogRecord(
+      'absl', logging.WARNING, '/x/orbax/checkpoint/checkpoint_manager.py', 1,
+      'Requested `tracked_metric`; did not provide metrics.', None, None)
+  assert not cli._one_line_orbax_errors(between_evals)  # pylint: disable=protected-access
