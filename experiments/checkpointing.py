@@ -116,7 +116,18 @@ def _config_differences(workdir: str, config: Dict[str, Any]) -> list:
     return []
   old = read_json(path)
   return [d for d in _diff(old, json.loads(json.dumps(config)))
-          if d.split(':', 1)[0] not in RESUMABLE_FIELDS]
+          if d.split(':', 1)[0] not in RESUMABLE_FIELDS and
+          _has_field(old, d.split(':', 1)[0])]
+
+
+def _has_field(tree: Dict[str, Any], dotted: str) -> bool:
+  """Whether the stored config has the field: one added to the configs
+  after the run started is not a difference (the run used its default)."""
+  for key in dotted.split('.'):
+    if not isinstance(tree, dict) or key not in tree:
+      return False
+    tree = tree[key]
+  return True
 
 
 def check_workdir(workdir: str, description: Dict[str, Any],

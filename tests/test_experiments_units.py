@@ -410,6 +410,9 @@ def test_workdir_of_another_run_with_the_same_model_is_refused(tmp_path):
   longer['data']['eval_split'] = 'test'
   longer['model']['dtype'] = 'bfloat16'
   checkpointing.check_workdir(workdir, model, False, longer)  # Fine.
+  newer = json.loads(json.dumps(old))
+  newer['data']['field_added_later'] = 3  # Not in the run's config.json.
+  checkpointing.check_workdir(workdir, model, False, newer)  # Fine too.
   sst2 = json.loads(json.dumps(old))
   sst2.update(glue_task='sst2')
   sst2['data']['source'] = 'tsv:sst2/{split}.tsv'
