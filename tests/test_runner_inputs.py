@@ -1,0 +1,155 @@
+"""Runner inputs that were accepted and then failed late, or were silently
+ignored: every config variant's own consistency (flow tile overlap, where
+the number of classes lives), the documented flow commands on a `cpu`
+workdir, GLUE's best-of-grid summary, ImageNet's tiny batch, compute options
+(`query_chunk_size`, float16 on the CPU), and one clear error for a
+non-image, a non-config file, an unprepared MLM corpus, a checkpoint of
+another size and a checkpoint folder passed as a workdir.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import glue_bytes
+from configs import imagenet
+from configs import imdb_bytes
+from configs import mlm_bytes
+from configs import optical_flow
+from configs import quickstart
+from experiments import checkpointing
+from experiments import cli
+from experiments import eval_lib
+from experiments import flow_task
+from experiments import input_pipeline
+from experiments import models
+from experiments import predict_lib
+from experiments import task_registry
+from experiments import train_lib
+from perceiver_io import checkpoints
+from perceiver_io import presets
+from perceiver_io.flow import io as flow_io
+from perceiver_io.flow import synthetic
+from tests.helpers import override_config as _override
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Every config module and the arguments of each of its variants.
+VARIANTS = {
+    quickstart: ['', 'tiny'],
+    imagenet: ['fourier', 'learned', 'conv', 'tiny', 'fourier,tiny',
+               'learned,tiny', 'conv,tiny'],
+    imdb_bytes: ['default', 'full', 'scratch', 'tiny'],
+    glue_bytes: [t for task in glue_bytes.TASKS for t in (task, task + ',tiny')],
+    mlm_bytes: ['default', 'tiny'],
+    optical_flow: ['default', 'cpu', 'tiny'],
+}
+
+
+def _all_configs():
+  for module, args in VARIANTS.items():
+    for arg in args:
+      yield f'{module.__name__.split(".")[-1]}:{arg}', module.get_config(arg)
+
+
+def test_the_variant_table_lists_every_config_module():
+  modules = {name[:-3] for name in os.listdir(os.path.join(REPO, 'configs'))
+             if name.endswith('.py') and name not in ('__init__.py',
+                                                      'common.py')}
+  assert modules == {m.__name__.split('.')[-1] for m in VARIANTS}
+
+
+# ---------------------------------------------------------------------------
+# 1. Flow: the tile overlap fits the tiles of every variant; a cpu workdir
+#    evaluates tiled and predicts without --config.
+# ---------------------------------------------------------------------------
+
+
+def test_every_variant_tile_overlap_fits_its_model_tiles():
+  checked = []
+  for name, config in _all_configs():
+    models.model_config(config)  # Every variant builds its model config.
+    if 'eval_tile_overlap' not in config:
+      continue
+    task = task_registry.get(config)
+    flow_task.check_tile_overlap(config.eval_tile_overlap, task.train_size)
+    checked.append(name)
+  assert checked == ['optical_flow:default', 'optical_flow:cpu',
+                     'optical_flow:tiny']
+
+
+def test_a_too_large_tile_overlap_is_refused_before_training():
+  config = _override(optical_flow.get_config('cpu'), eval_tile_overlap=20)
+  task = task_registry.get(config)
+  with pytest.raises(ValueError, match=r'eval_tile_overlap=20 must be in '
+                     r'\[0, 16\).*24x16'):
+    task.data_info()
+  assert flow_task.check_tile_overlap(15, (16, 24)) == 15
+  with pytest.raises(ValueError, match='must be in'):
+    flow_task.check_tile_overlap(-1, (16, 24))
+
+
+def _save_png(path, array):
+  Image.fromarray(np.asarray(array, np.uint8)).save(path)
+  return str(path)
+
+
+@pytest.fixture(scope='module')
+def flow_cpu_run(tmp_path_factory):
+  """The cpu variant as configured (tiles, overlap), for 2 steps of 2."""
+  root = tmp_path_factory.mktemp('flow_cpu')
+  config = _override(
+      optical_flow.get_config('cpu'), num_train_steps=2, batch_size=2,
+      eval_batch_size=2, data__num_eval_examples=2, log_every_steps=1,
+      eval_every_steps=2, checkpoint_every_steps=2, progress_bar=False,
+      disable_most_optimizations=True)
+  workdir = str(root / 'run')
+  train_lib.train_and_evaluate(config, workdir)
+  pair = synthetic.sample_at(3, 0, 30, 50, synthetic.SyntheticFlowConfig(
+      max_translation=3, background_max_translation=1))
+  scene = root / 'sintel' / 'training' / 'clean' / 'scene'
+  os.makedirs(scene)
+  frames = [_save_png(scene / 'frame_0001.png', pair['frame1']),
+            _save_png(scene / 'frame_0002.png', pair['frame2'])]
+  os.makedirs(root / 'sintel' / 'training' / 'flow' / 'scene')
+  flow_io.write_flo(root / 'sintel' / 'training' / 'flow' / 'scene' /
+                    'frame_0001.flo', pair['flow'])
+  return workdir, root, frames
+
+
+def test_flow_cpu_workdir_evaluates_tiled_and_predicts_without_config(
+    flow_cpu_run, tmp_path):
+  workdir, root, frames = flow_cpu_run
+  # evaluate --workdir --config=configs/optical_flow.py:cpu
+  #     --config.data.eval_source=sintel:...
+  config = _override(optical_flow.get_config('cpu'),
+                     data__eval_source=f'sintel:{root / "sintel"}')
+  metrics = eval_lib.evaluate_workdir(workdir, config=config)['metrics']
+  assert metrics['num_examples'] == 1
+  assert np.isfinite(metrics['sintel_clean_epe'])
+  # predict --workdir f1.png f2.png --output=... (the workdir's own config).
+  out = str(tmp_path / 'flow.flo')
+  lines = predict_lib.predict_lines(workdir, frames, output=out)
+  assert flow_io.read_flo(out).shape == (30, 50, 2)
+  assert os.path.exists(str(tmp_path / 'flow.png'))
+  assert any('tile(s) of 24x16' in line for line in lines)
+
+
+def test_documented_flow_predict_command_runs_from_a_cpu_workdir(
+    flow_cpu_run, tmp_path, subprocess_env, python_executable):
+  workdir, _, frames = flow_cpu_run
+  out = str(tmp_path / 'flow.flo')
+  proc = subprocess.run(
+      [python_executable, '-m', 'experiments.predict', f'--workdir={workdir}',
+       *frames, f'--output={out}'], cwd=REPO, env=subprocess_env,
+      capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert f'wrote {out}' in proc.stdout
+  assert flow_io.read_flo(out).shape == (30, 50, 2)
