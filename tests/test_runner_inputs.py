@@ -153,3 +153,44 @@ def test_documented_flow_predict_command_runs_from_a_cpu_workdir(
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert f'wrote {out}' in proc.stdout
   assert flow_io.read_flo(out).shape == (30, 50, 2)
+
+
+# ---------------------------------------------------------------------------
+# 2. GLUE summary: the best run of a grid per task, not the grid's mean.
+# ---------------------------------------------------------------------------
+
+
+def _glue_run(root, name, task, records, eval_split='validation'):
+  workdir = os.path.join(root, name)
+  os.makedirs(workdir)
+  checkpointing.write_json_atomic(
+      os.path.join(workdir, 'config.json'),
+      {'glue_task': task, 'data': {'eval_split': eval_split}})
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+    for r in records:
+      f.write(json.dumps(r) + '\n')
+
+
+def test_glue_summary_takes_the_best_run_per_task_and_split(tmp_path):
+  root = str(tmp_path)
+  _glue_run(root, 'cola_lr1e-4', 'cola', [{'step': 9, 'eval_score': 0.30}])
+  _glue_run(root, 'cola_lr2e-5', 'cola', [{'step': 9, 'eval_score': 0.50}])
+  _glue_run(root, 'cola_lr5e-5', 'cola', [{'step': 9, 'eval_score': 0.10}])
+  _glue_run(root, 'mnli_a', 'mnli', [
+      {'step': 5, 'eval_score': 0.80},
+      {'step': 5, 'split': 'validation_mismatched', 'eval_score': 0.60}],
+            eval_split='validation_matched')
+  _glue_run(root, 'mnli_b', 'mnli', [
+      {'step': 5, 'eval_score': 0.70},
+      {'step': 5, 'split': 'validation_mismatched', 'eval_score': 0.72}],
+            eval_split='validation_matched')
+  summary = eval_lib.glue_summary(root)
+  assert summary['scores']['cola'] == pytest.approx(50.0)
+  # Best matched (a: 80) and best mismatched (b: 72), averaged.
+  assert summary['scores']['mnli'] == pytest.approx(76.0)
+  assert summary['average'] == pytest.approx((50.0 + 76.0) / 2)
+  best = {(r['task'], r['split']): r for r in summary['rows']}
+  assert len(summary['rows']) == 3 and len(summary['all_rows']) == 7
+  assert best['cola', 'validation']['workdir'].endswith('cola_lr2e-5')
+  assert best['cola', 'validation']['runs'] == 3
+  assert best['mnli', 'validation_mismatched']['workdir'].endswith('mnli_b')
