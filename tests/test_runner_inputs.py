@@ -194,3 +194,20 @@ def test_glue_summary_takes_the_best_run_per_task_and_split(tmp_path):
   assert best['cola', 'validation']['workdir'].endswith('cola_lr2e-5')
   assert best['cola', 'validation']['runs'] == 3
   assert best['mnli', 'validation_mismatched']['workdir'].endswith('mnli_b')
+
+
+# ---------------------------------------------------------------------------
+# 3. ImageNet tiny honours batch=N.
+# ---------------------------------------------------------------------------
+
+
+def test_imagenet_batch_argument_is_honoured_by_tiny_variants():
+  for arg, batch in (('tiny', 8), ('tiny,batch=4', 4),
+                     ('conv,tiny,batch=4', 4), ('fourier', 1024),
+                     ('learned,batch=256', 256)):
+    config = imagenet.get_config(arg)
+    assert config.batch_size == batch, arg
+    assert config.optimizer.learning_rate == pytest.approx(
+        imagenet.BASE_LEARNING_RATE * batch / 256), arg
+  with pytest.raises(ValueError, match='batch must be >= 1'):
+    imagenet.get_config('tiny,batch=-2')
