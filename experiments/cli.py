@@ -30,6 +30,12 @@ def add_repo_root_for(config_path: str) -> None:
       sys.path.insert(0, root)
 
 
+_CONFIG_FILE_CONTRACT = (
+    'a config file is a .py module defining get_config(arg: str = "") -> '
+    'ml_collections.ConfigDict, e.g. --config=configs/quickstart.py or '
+    'configs/glue_bytes.py:cola.')
+
+
 def load_config_file(value: str) -> ml_collections.ConfigDict:
   """Loads `path[:arg]` the way `config_flags.DEFINE_config_file` does."""
   path, arg = config_path_and_arg(value)
@@ -39,8 +45,18 @@ def load_config_file(value: str) -> ml_collections.ConfigDict:
                             'configs/glue_bytes.py:cola.')
   add_repo_root_for(path)
   spec = importlib.util.spec_from_file_location('_experiment_config', path)
+  if spec is None or spec.loader is None:
+    raise ValueError(f'config file {path!r} is not a Python module; '
+                     f'{_CONFIG_FILE_CONTRACT}')
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ValueError(f'config file {path!r} is not valid Python (line '
+                     f'{e.lineno}: {e.msg}); {_CONFIG_FILE_CONTRACT}') from e
+  if not callable(getattr(module, 'get_config', None)):
+    raise ValueError(f'config file {path!r} defines no get_config function; '
+                     f'{_CONFIG_FILE_CONTRACT}')
   return module.get_config(arg) if arg else module.get_config()
 
 

@@ -154,9 +154,17 @@ def digits_image(path: str, size: int = 8) -> np.ndarray:
   """An image file -> [size, size, 1] in [0, 1], dark ink on light paper
   inverted to match scikit-learn's digits (bright ink on black)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'image file {path!r} not found.')
-  img = Image.open(path).convert('L').resize((size, size), Image.BILINEAR)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'image file {path!r} not found (or not a '
+                            'file).')
+  try:
+    with Image.open(path) as opened:
+      img = opened.convert('L').resize((size, size), Image.BILINEAR)
+  except Exception as e:  # pylint: disable=broad-except
+    # PIL raises UnidentifiedImageError, OSError or ValueError by format.
+    raise ValueError(f'{path} is not an image file Pillow can read ({e}); '
+                     'this digits model takes image files (PNG, JPEG, ...) '
+                     'or --digits=a:b.') from e
   x = np.asarray(img, np.float32) / 255.0
   if x.mean() > 0.5:  # Light background: invert.
     x = 1.0 - x

@@ -211,3 +211,49 @@ def test_imagenet_batch_argument_is_honoured_by_tiny_variants():
         imagenet.BASE_LEARNING_RATE * batch / 256), arg
   with pytest.raises(ValueError, match='batch must be >= 1'):
     imagenet.get_config('tiny,batch=-2')
+
+
+# ---------------------------------------------------------------------------
+# 4. A non-image to a digits workdir; a non-config file as --config.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def quickstart_workdir(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('quickstart') / 'run')
+  train_lib.train_and_evaluate(
+      _override(quickstart.get_config('tiny'), predict_examples=0), workdir)
+  return workdir
+
+
+def test_predicting_a_non_image_with_a_digits_workdir_is_one_clear_error(
+    quickstart_workdir, tmp_path):
+  readme = os.path.join(REPO, 'README.md')
+  with pytest.raises(ValueError, match=r'README.md is not an image file '
+                     r'Pillow can read.*PNG, JPEG.*--digits=a:b'):
+    predict_lib.predict_lines(quickstart_workdir, [readme])
+  with pytest.raises(FileNotFoundError, match='not found'):
+    predict_lib.predict_lines(quickstart_workdir, [str(tmp_path)])
+
+
+@pytest.mark.parametrize('value, message', [
+    ('README.md', r"README.md' is not a Python module"),
+    ('configs/common.py', r"common.py' defines no get_config"),
+    ('BROKEN', r'is not valid Python \(line 1'),
+])
+def test_a_file_that_is_not_a_config_is_one_clear_error(
+    value, message, tmp_path, capsys):
+  if value == 'BROKEN':
+    value = str(tmp_path / 'broken.py')
+    with open(value, 'w') as f:
+      f.write('def get_config(:\n')
+  else:
+    value = os.path.join(REPO, value)
+  with pytest.raises(SystemExit) as exit_info:
+    cli.check_overrides_or_exit(['train', f'--config={value}',
+                                 '--workdir=/tmp/unused'])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and err.startswith('error: ')
+  assert 'get_config(arg' in err
+  assert re.search(message, err), err
