@@ -257,3 +257,61 @@ def test_a_file_that_is_not_a_config_is_one_clear_error(
   assert err.count('\n') == 1 and err.startswith('error: ')
   assert 'get_config(arg' in err
   assert re.search(message, err), err
+
+
+# ---------------------------------------------------------------------------
+# 5. model.query_chunk_size reaches the model.
+# ---------------------------------------------------------------------------
+
+
+def test_query_chunk_size_is_a_config_field_that_reaches_the_decoder():
+  config = optical_flow.get_config('tiny')
+  assert cli._walk(config, 'model.query_chunk_size') is None  # pylint: disable=protected-access
+  plain_model, _ = models.build(config)
+  assert 'query_chunk_size' not in plain_model.config  # 0 = off.
+  chunked = _override(optical_flow.get_config('tiny'),
+                      model__query_chunk_size=64)
+  model, description = models.build(chunked)
+  assert model.config['query_chunk_size'] == 64
+  assert description['perceiver']['query_chunk_size'] == 64
+  task = task_registry.get(chunked)
+  frames = np.random.default_rng(0).uniform(
+      -1, 1, task.example_batch()['image'].shape).astype(np.float32)
+  variables = plain_model.init(jax.random.PRNGKey(0), frames)
+  assert model.bind(variables).decoder.query_chunk_size == 64
+  # 16x24 = 384 queries in 6 chunks: the same flow.
+  np.testing.assert_allclose(model.apply(variables, frames),
+                             plain_model.apply(variables, frames),
+                             rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match=r'query_chunk_size=-1; use 0'):
+    models.build(_override(optical_flow.get_config('tiny'),
+                           model__query_chunk_size=-1))
+
+
+def test_a_workdir_saved_before_query_chunk_size_existed_still_loads(
+    quickstart_workdir, tmp_path):
+  old = str(tmp_path / 'old')
+  shutil.copytree(quickstart_workdir, old)
+  path = os.path.join(old, 'config.json')
+  saved = json.load(open(path))
+  del saved['model']['query_chunk_size']
+  checkpointing.write_json_atomic(path, saved)
+  assert predict_lib.load_workdir(old)[3] == 3
+
+
+# ---------------------------------------------------------------------------
+# 7. float16 on the CPU is refused up front.
+# ---------------------------------------------------------------------------
+
+
+def test_float16_on_the_cpu_is_refused_before_anything_runs(tmp_path):
+  config = _override(quickstart.get_config('tiny'), model__dtype='float16')
+  with pytest.raises(ValueError, match=r"dtype='float16' does not run on the "
+                     r'CPU.*use bfloat16'):
+    train_lib.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+  assert models.check_dtype('float16', 'gpu') == 'float16'
+  assert models.check_dtype('bfloat16', 'cpu') == 'bfloat16'
+  with pytest.raises(ValueError, match=r'choose one of float32, bfloat16 '
+                     r'\(float16: GPU only\)'):
+    models.check_dtype('fp8', 'cpu')
