@@ -75,8 +75,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.glue_task = args.task
   c.task = 'regression' if num_classes is None else 'classification'
   c.model.preset = 'text_classification'
-  c.model.kwargs = ml_collections.ConfigDict(
-      {'num_classes': num_classes or 1})
+  # No num_classes here: the head's size is data.num_classes (models.build).
+  c.model.kwargs = ml_collections.ConfigDict()
   c.model.head = 'tanh_mlp'
   c.model.head_hidden = 0  # = latent width (1280).
   c.model.remat = True

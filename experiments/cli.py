@@ -75,11 +75,32 @@ def _walk(config, dotted: str) -> Optional[str]:
     valid = sorted(node.keys())
     close = difflib.get_close_matches(part, valid, n=3, cutoff=0.5)
     prefix = f'{where}.' if where else ''
-    hint = (f' Did you mean {", ".join(prefix + c for c in close)}?'
-            if close else '')
+    suggestions = [prefix + c for c in close]
+    if i == len(parts) - 1:  # A leaf set at the wrong level: same name.
+      suggestions += [p for p in fields_named(config, part)
+                      if p not in suggestions]
+    hint = (f' Did you mean {", ".join(suggestions)}?' if suggestions else '')
     return (f'unknown config field {dotted!r}.{hint} Valid fields'
-            f'{" of " + where if where else ""}: {", ".join(valid)}.')
+            f'{" of " + where if where else ""}: '
+            f'{", ".join(valid) or "none"}.')
   return None
+
+
+def fields_named(config, name: str, prefix: str = '') -> List[str]:
+  """Dotted paths of every field called `name` in `config`, at any depth.
+
+  Why: a field set at the wrong level (`model.kwargs.num_classes` for
+  `data.num_classes`) is not a misspelling; its right place is only found
+  by its name.
+  """
+  paths = []
+  for key in sorted(config.keys()):
+    value = config[key]
+    if key == name:
+      paths.append(prefix + key)
+    if isinstance(value, ml_collections.ConfigDict):
+      paths += fields_named(value, name, f'{prefix}{key}.')
+  return paths
 
 
 def override_names(argv: List[str], flag: str = 'config') -> List[str]:

@@ -300,6 +300,27 @@ def test_a_workdir_saved_before_query_chunk_size_existed_still_loads(
 
 
 # ---------------------------------------------------------------------------
+# 6. The number of classes lives in data.num_classes only.
+# ---------------------------------------------------------------------------
+
+
+def test_classifier_size_is_set_only_by_data_num_classes(capsys):
+  for name, config in _all_configs():
+    if config.task in ('classification', 'regression'):
+      assert 'num_classes' not in config.model.kwargs, name
+  three = _override(imdb_bytes.get_config('tiny'), data__num_classes=3)
+  _, description = models.build(three)
+  assert description['perceiver']['decoder']['num_classes'] == 3
+  with pytest.raises(SystemExit):
+    cli.check_overrides_or_exit(['train', '--config=' + os.path.join(
+        REPO, 'configs', 'imdb_bytes.py'),
+                                 '--config.model.kwargs.num_classes=3'])
+  err = capsys.readouterr().err
+  assert "unknown config field 'model.kwargs.num_classes'" in err
+  assert 'Did you mean data.num_classes?' in err
+
+
+# ---------------------------------------------------------------------------
 # 7. float16 on the CPU is refused up front.
 # ---------------------------------------------------------------------------
 
