@@ -336,3 +336,19 @@ def test_float16_on_the_cpu_is_refused_before_anything_runs(tmp_path):
   with pytest.raises(ValueError, match=r'choose one of float32, bfloat16 '
                      r'\(float16: GPU only\)'):
     models.check_dtype('fp8', 'cpu')
+
+
+# ---------------------------------------------------------------------------
+# 8. An unprepared TFDS corpus for MLM suggests a text: source.
+# ---------------------------------------------------------------------------
+
+
+def test_unprepared_tfds_corpus_for_mlm_suggests_plain_text_files(tmp_path):
+  config = _override(mlm_bytes.get_config('tiny'), data__data_dir=str(
+      tmp_path))
+  with pytest.raises(FileNotFoundError) as error:
+    input_pipeline.MlmTrainStream(config, 0)
+  message = str(error.value)
+  assert "'c4/en' is not prepared" in message
+  assert "source='text:/data/*.txt'" in message
+  assert 'label_field' not in message
