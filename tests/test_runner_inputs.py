@@ -352,3 +352,31 @@ def test_unprepared_tfds_corpus_for_mlm_suggests_plain_text_files(tmp_path):
   assert "'c4/en' is not prepared" in message
   assert "source='text:/data/*.txt'" in message
   assert 'label_field' not in message
+
+
+# ---------------------------------------------------------------------------
+# 9. A checkpoint of another model size: a bounded error.
+# ---------------------------------------------------------------------------
+
+
+def test_a_checkpoint_of_another_size_gets_a_short_error(tmp_path):
+  small = presets.get_config('tiny_imagenet_fourier')
+  model = presets.build('tiny_imagenet_fourier')
+  variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 16, 16, 3)))
+  path = checkpoints.save(str(tmp_path / 'small'), variables, small)
+  wider = presets.get_config('tiny_imagenet_fourier', latent_channels=40,
+                             num_latents=12)
+  with open(os.path.join(path, 'config.json'), 'w') as f:
+    json.dump(wider, f)
+  with pytest.raises(checkpoints.CheckpointError) as error:
+    checkpoints.load(path)
+  message = str(error.value)
+  mismatches = [int(w) for w, nxt in zip(message.split(), message.split()[1:])
+                if nxt == 'shape']
+  assert mismatches and mismatches[0] > 10
+  assert f'and {mismatches[0] - 5} more' in message
+  assert message.count(' vs model ') == 5
+  assert re.search(r'params/decoder/\S+: file \(\d+(, \d+)*\) vs model '
+                   r'\(\d+(, \d+)*\)', message), message
+  assert 'another model size' in message
+  assert len(message) < 1500
