@@ -380,3 +380,34 @@ def test_a_checkpoint_of_another_size_gets_a_short_error(tmp_path):
                    r'\(\d+(, \d+)*\)', message), message
   assert 'another model size' in message
   assert len(message) < 1500
+
+
+# ---------------------------------------------------------------------------
+# 10. A checkpoint folder passed as a workdir.
+# ---------------------------------------------------------------------------
+
+
+def test_a_checkpoint_folder_is_not_taken_for_a_workdir(quickstart_workdir,
+                                                         tmp_path):
+  import transformers  # pylint: disable=g-import-not-at-top
+  _, variables, _, _ = predict_lib.load_workdir(quickstart_workdir)
+  model_json = json.load(open(os.path.join(quickstart_workdir,
+                                           'model.json')))
+  converted = checkpoints.save(str(tmp_path / 'converted'), variables,
+                               model_json['perceiver'])
+  for call in (lambda: predict_lib.predict_lines(converted, ['x.png']),
+               lambda: models.load_pretrained(f'workdir:{converted}')):
+    with pytest.raises(ValueError, match=(
+        f'{converted} is a perceiver_io checkpoint .*not a training workdir; '
+        f'.*--config.init_from=dir:{converted}')):
+      call()
+  hf_dir = str(tmp_path / 'hf')
+  transformers.PerceiverConfig().save_pretrained(hf_dir)
+  with pytest.raises(ValueError, match=(
+      f'{hf_dir} is a HuggingFace checkpoint .*--config.init_from=hf:'
+      f'{hf_dir}')):
+    predict_lib.predict_lines(hf_dir, ['some text'])
+  with open(os.path.join(tmp_path, 'config.json'), 'w') as f:
+    json.dump({'learning_rate': 1.0}, f)
+  with pytest.raises(ValueError, match='not an experiment config'):
+    predict_lib.load_config(str(tmp_path))
