@@ -81,6 +81,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.kwargs = ml_collections.ConfigDict()
   c.model.dtype = 'float32'            # compute dtype; params stay float32
   c.model.remat = False                # rematerialise latent layers
+  # Decode output queries in chunks of this many (bounded memory for large
+  # query sets: flow's one query per pixel); 0 = all at once.
+  c.model.query_chunk_size = 0
   # Attention kernels: 'auto' (CPU: hand-written gradients; GPU: XLA's
   # fused kernel), 'cudnn' (GPU, bf16: cuDNN flash attention where it
   # applies; as 'auto' elsewhere), 'fused' or 'einsum'.

@@ -9,8 +9,9 @@ task reports its official metric(s): CoLA Matthews correlation, MRPC/QQP F1
 and accuracy, STS-B Pearson and Spearman, the rest accuracy (MNLI on
 validation_matched; evaluate mismatched with --split).
 
-Commands (one workdir per task; `python -m experiments.evaluate
---glue_summary=/tmp/glue` averages the tasks found, WNLI excluded):
+Commands (one workdir per task and grid point; `python -m
+experiments.evaluate --glue_summary=/tmp/glue` takes the best workdir of
+each task and averages the tasks found, WNLI excluded):
   python -m experiments.train --config=configs/glue_bytes.py:cola \
       --workdir=/tmp/glue/cola
   python -m experiments.train --config=configs/glue_bytes.py:mrpc,lr=2e-5,batch=16 \
@@ -74,8 +75,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.glue_task = args.task
   c.task = 'regression' if num_classes is None else 'classification'
   c.model.preset = 'text_classification'
-  c.model.kwargs = ml_collections.ConfigDict(
-      {'num_classes': num_classes or 1})
+  # No num_classes here: the head's size is data.num_classes (models.build).
+  c.model.kwargs = ml_collections.ConfigDict()
   c.model.head = 'tanh_mlp'
   c.model.head_hidden = 0  # = latent width (1280).
   c.model.remat = True

@@ -45,11 +45,12 @@ Commands:
 
 Variants (`--config=configs/imagenet.py:<variant>[,tiny][,batch=N]`):
   fourier | learned | conv   the paper runs above. `batch=N` sets the global
-                             batch and scales the learning rate by N/256
-                             (overriding --config.batch_size alone does not).
+                             batch (default 1024) and scales the learning
+                             rate by N/256 (overriding --config.batch_size
+                             alone does not).
   <variant>,tiny (or tiny)   the tiny preset (2 shared blocks of 1 layer) on
-                             generated 32x32 images, 2 steps of batch 8
-                             (tests; seconds on a CPU).
+                             generated 32x32 images, 2 steps of batch 8 or
+                             `batch=N` (tests; seconds on a CPU).
 
 Hardware and wall time (estimates, not measured here: no accelerator was
 available to this project when these configs were written):
@@ -83,7 +84,9 @@ BASE_LEARNING_RATE = 5e-4  # per 256 examples
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  args = common.parse_arg(arg, variant='fourier', tiny=False, batch=1024)
+  # batch=0: the variant's own batch (1024, or 8 for tiny), so that an
+  # explicit batch=N is honoured by tiny runs too.
+  args = common.parse_arg(arg, variant='fourier', tiny=False, batch=0)
   variant = args.variant
   tiny = args.tiny or variant == 'tiny'
   if variant == 'tiny':
@@ -91,9 +94,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if variant not in PRESETS:
     raise ValueError(f'imagenet variants: fourier, learned, conv (each with '
                      f'",tiny"), or tiny; got {args.variant!r}.')
-  batch = int(args.batch) if not tiny else 8
-  if batch < 1:
-    raise ValueError(f'batch must be >= 1, got {batch}.')
+  if int(args.batch) < 0:
+    raise ValueError(f'batch must be >= 1 (or 0 for the variant\'s default), '
+                     f'got {args.batch}.')
+  batch = int(args.batch) or (8 if tiny else 1024)
   c = common.base_config()
   c.task = 'image_classification'
   c.model.preset = PRESETS[variant]

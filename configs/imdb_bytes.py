@@ -53,7 +53,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c = common.base_config()
   c.task = 'classification'
   c.model.preset = 'text_classification'
-  c.model.kwargs = ml_collections.ConfigDict({'num_classes': 2})
+  # No num_classes here: the head's size is data.num_classes (models.build).
+  c.model.kwargs = ml_collections.ConfigDict()
   c.init_from = HF_LANGUAGE_PERCEIVER
   c.data.source = 'tfds:imdb_reviews'
   c.data.train_split = 'train[:100]+train[-100:]'
@@ -89,7 +90,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   elif variant == 'scratch':
     c.init_from = ''
     c.model.kwargs = ml_collections.ConfigDict(dict(
-        num_classes=2, d_model=64, max_seq_len=512, num_latents=64,
+        d_model=64, max_seq_len=512, num_latents=64,
         latent_channels=128, depth=4, heads=4, qk=64))
     c.data.train_split = 'train'
     c.data.eval_split = 'test'

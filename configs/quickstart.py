@@ -39,8 +39,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c = common.base_config()
   c.task = 'classification'
   c.model.preset = 'imagenet_fourier'
+  # No num_classes here: the head's size is data.num_classes (models.build).
   c.model.kwargs = ml_collections.ConfigDict(dict(
-      num_classes=10, image_size=8, num_bands=8,
+      image_size=8, num_bands=8,
       num_latents=32 if not tiny else 8,
       latent_channels=64 if not tiny else 16,
       blocks=1, per_block=2 if not tiny else 1,

@@ -30,6 +30,12 @@ def add_repo_root_for(config_path: str) -> None:
       sys.path.insert(0, root)
 
 
+_CONFIG_FILE_CONTRACT = (
+    'a config file is a .py module defining get_config(arg: str = "") -> '
+    'ml_collections.ConfigDict, e.g. --config=configs/quickstart.py or '
+    'configs/glue_bytes.py:cola.')
+
+
 def load_config_file(value: str) -> ml_collections.ConfigDict:
   """Loads `path[:arg]` the way `config_flags.DEFINE_config_file` does."""
   path, arg = config_path_and_arg(value)
@@ -39,8 +45,18 @@ def load_config_file(value: str) -> ml_collections.ConfigDict:
                             'configs/glue_bytes.py:cola.')
   add_repo_root_for(path)
   spec = importlib.util.spec_from_file_location('_experiment_config', path)
+  if spec is None or spec.loader is None:
+    raise ValueError(f'config file {path!r} is not a Python module; '
+                     f'{_CONFIG_FILE_CONTRACT}')
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ValueError(f'config file {path!r} is not valid Python (line '
+                     f'{e.lineno}: {e.msg}); {_CONFIG_FILE_CONTRACT}') from e
+  if not callable(getattr(module, 'get_config', None)):
+    raise ValueError(f'config file {path!r} defines no get_config function; '
+                     f'{_CONFIG_FILE_CONTRACT}')
   return module.get_config(arg) if arg else module.get_config()
 
 
@@ -59,11 +75,32 @@ def _walk(config, dotted: str) -> Optional[str]:
     valid = sorted(node.keys())
     close = difflib.get_close_matches(part, valid, n=3, cutoff=0.5)
     prefix = f'{where}.' if where else ''
-    hint = (f' Did you mean {", ".join(prefix + c for c in close)}?'
-            if close else '')
+    suggestions = [prefix + c for c in close]
+    if i == len(parts) - 1:  # A leaf set at the wrong level: same name.
+      suggestions += [p for p in fields_named(config, part)
+                      if p not in suggestions]
+    hint = (f' Did you mean {", ".join(suggestions)}?' if suggestions else '')
     return (f'unknown config field {dotted!r}.{hint} Valid fields'
-            f'{" of " + where if where else ""}: {", ".join(valid)}.')
+            f'{" of " + where if where else ""}: '
+            f'{", ".join(valid) or "none"}.')
   return None
+
+
+def fields_named(config, name: str, prefix: str = '') -> List[str]:
+  """Dotted paths of every field called `name` in `config`, at any depth.
+
+  Why: a field set at the wrong level (`model.kwargs.num_classes` for
+  `data.num_classes`) is not a misspelling; its right place is only found
+  by its name.
+  """
+  paths = []
+  for key in sorted(config.keys()):
+    value = config[key]
+    if key == name:
+      paths.append(prefix + key)
+    if isinstance(value, ml_collections.ConfigDict):
+      paths += fields_named(value, name, f'{prefix}{key}.')
+  return paths
 
 
 def override_names(argv: List[str], flag: str = 'config') -> List[str]:

@@ -47,8 +47,9 @@ def main(argv):
         raise FileNotFoundError(
             f'no evaluated GLUE workdirs under {_GLUE_SUMMARY.value} (looked '
             'for config.json with glue_task and eval lines in metrics.jsonl).')
+      # One row per task and split: the best of its runs (`runs` of them).
       columns = ['task', 'split', 'score', 'accuracy', 'f1', 'matthews_corr',
-                 'pearson', 'spearman', 'step', 'workdir']
+                 'pearson', 'spearman', 'step', 'runs', 'workdir']
       print(eval_lib.format_table(summary['rows'], columns))
       average = summary['average']
       print(f'\nGLUE average over {len(summary["scores"])} task(s) (WNLI '

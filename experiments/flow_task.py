@@ -85,6 +85,29 @@ class GeneratorSettings:
   spatial: Optional[augment.SpatialConfig]
 
 
+def check_tile_overlap(overlap: int, tile_size: Tuple[int, int]) -> int:
+  """`overlap` if tiles of `tile_size` (height, width) can overlap by it.
+
+  Why a function of its own: the overlap is a config field but the tile is
+  the model's size, so a config can pair a small model with the official
+  overlap (20 px for 368x496 tiles); that must fail when a run starts, not
+  when tiled evaluation or predict first meets it.
+
+  Raises:
+    ValueError: the overlap is negative or not smaller than the tile.
+  """
+  overlap = int(overlap)
+  height, width = tile_size
+  if not 0 <= overlap < min(tile_size):
+    raise ValueError(
+        f'config.eval_tile_overlap={overlap} must be in [0, {min(tile_size)}) '
+        f"for this model's {width}x{height} (WxH) tiles (official: 20 for "
+        '496x368; the cpu and tiny configs use 4); set '
+        '--config.eval_tile_overlap=<value> (with --workdir, together with '
+        '--config=<the run\'s config file>).')
+  return overlap
+
+
 def _centre_crop(sample, size):
   height, width = sample['frame1'].shape[:2]
   top, left = (height - size[0]) // 2, (width - size[1]) // 2
@@ -227,6 +250,7 @@ class OpticalFlowTask:
       raise ValueError(f'batch_size {self.config.batch_size} must be divisible '
                        f'by the number of processes {jax.process_count()}.')
     self._eval_spec()  # Validates the eval source before anything is written.
+    check_tile_overlap(self.config.eval_tile_overlap, self.train_size)
     return ({'num_examples': settings.num_examples, 'label_names': []},
             {'num_examples': -1, 'label_names': []})
 
@@ -366,12 +390,7 @@ class OpticalFlowTask:
                       pad_small: bool = False) -> np.ndarray:
     """Flow of a whole frame pair by tiling at the model size."""
     d = self.config
-    overlap = int(d.eval_tile_overlap)
-    if not 0 <= overlap < min(self.train_size):
-      raise ValueError(
-          f'config.eval_tile_overlap={overlap} must be in [0, {min(self.train_size)}) '
-          f'for this model\'s {self.train_size[1]}x{self.train_size[0]} tiles '
-          '(official: 20 for 496x368); set --config.eval_tile_overlap.')
+    overlap = check_tile_overlap(d.eval_tile_overlap, self.train_size)
     frames = normalize_frames(frame1, frame2)
     return tiling.tiled_flow(
         predict_fn, frames[0], frames[1], tile_size=self.train_size,

@@ -19,6 +19,7 @@ import numpy as np
 
 from perceiver_io import attention
 from perceiver_io import presets
+from perceiver_io import runtime
 from perceiver_io.model import PerceiverIO
 
 PyTree = Any
@@ -43,12 +44,48 @@ class PerceiverWithTanhHead(nn.Module):
     return nn.Dense(self.num_outputs, name='head')(jnp.tanh(features))
 
 
+# Compute dtypes the runner trains in, per backend: XLA:CPU has no float16
+# matrix product with float32 accumulation (the attention's logits), so a
+# float16 run fails there while compiling its evaluation.
+_DTYPES = {'cpu': ('float32', 'bfloat16')}
+_ACCELERATOR_DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def check_dtype(name: str, backend: str) -> str:
+  """`name` if the model can compute in it on `backend`, else one error.
+
+  Why up front: an unsupported dtype otherwise fails deep inside XLA's
+  compile ("F16_F16_F32 not supported") after the run has started.
+  """
+  valid = _DTYPES.get(backend, _ACCELERATOR_DTYPES)  # 'gpu', 'accelerator'.
+  if name in valid:
+    return name
+  if name in _ACCELERATOR_DTYPES:
+    raise ValueError(f'config.model.dtype={name!r} does not run on the '
+                     f'{backend.upper()} (XLA cannot compile its {name} '
+                     'matrix products there); use bfloat16 (or float32) '
+                     f'here, and {name} on a GPU.')
+  raise ValueError(f'config.model.dtype={name!r} is not a compute dtype; '
+                   f'choose one of {", ".join(valid)}'
+                   f'{"" if backend != "cpu" else " (float16: GPU only)"}.')
+
+
 def model_config(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """The perceiver_io config dict (JSON-able) this experiment trains."""
   kwargs = dict(config.model.kwargs.to_dict())
   cfg = presets.get_config(config.model.preset, **kwargs)
-  cfg['dtype'] = config.model.dtype
+  # The expected platform, not jax.default_backend(): the train launcher
+  # sizes its step before JAX creates a backend (runtime.py).
+  cfg['dtype'] = check_dtype(config.model.dtype, runtime.expected_platform())
   cfg['remat'] = bool(config.model.remat)
+  # .get: workdirs written before the field existed lack it.
+  chunk = int(config.model.get('query_chunk_size', 0) or 0)
+  if chunk < 0:
+    raise ValueError(f'config.model.query_chunk_size={chunk}; use 0 (decode '
+                     'all queries at once) or a positive number of queries '
+                     'per chunk (e.g. 16384).')
+  if chunk:
+    cfg['query_chunk_size'] = chunk
   impl = config.model.attention_impl
   if impl not in attention.ATTENTION_IMPLS:
     raise ValueError(f'config.model.attention_impl={impl!r}; choose one of '

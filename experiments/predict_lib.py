@@ -24,12 +24,56 @@ from perceiver_io import tokenizer as tokenizer_lib
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The experiment config a training run saved in `workdir`.
+
+  Raises:
+    FileNotFoundError: no config.json.
+    ValueError: config.json is not an experiment config (e.g. the folder is
+      a converted or HuggingFace checkpoint), naming what to pass instead.
+  """
   path = os.path.join(workdir, checkpointing.CONFIG_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(
         f'{path} not found: {workdir!r} is not a workdir written by '
         'experiments.train (expected config.json and checkpoints/ in it).')
-  return ml_collections.ConfigDict(checkpointing.read_json(path))
+  try:
+    saved = checkpointing.read_json(path)
+  except ValueError as e:  # json.JSONDecodeError
+    raise ValueError(f'{path} is not valid JSON ({e}); {workdir!r} is not a '
+                     'readable workdir of experiments.train.') from e
+  problem = not_a_run_config(saved, workdir)
+  if problem:
+    raise ValueError(problem)
+  return ml_collections.ConfigDict(saved)
+
+
+def not_a_run_config(saved: Any, workdir: str) -> Optional[str]:
+  """None if `saved` (a config.json) is an experiment config, else why not.
+
+  Why: three kinds of folder hold a config.json. A training workdir's has
+  the experiment fields ('task', 'model', 'data'); `perceiver_io.convert` /
+  `checkpoints.save` write the model config ('encoder', 'decoder', ...);
+  HuggingFace's save_pretrained writes 'model_type'. The last two load as
+  pretrained weights (init_from), not as a workdir.
+  """
+  if isinstance(saved, dict) and all(
+      isinstance(saved.get(k), dict) for k in ('model', 'data')) and (
+          'task' in saved):
+    return None
+  usage = ('use --config=configs/<family>.py[:<variant>] '
+           '--config.init_from={kind}:{dir} instead of --workdir (or of '
+           'init_from=workdir:)')
+  if isinstance(saved, dict) and 'encoder' in saved and 'decoder' in saved:
+    return (f'{workdir} is a perceiver_io checkpoint (perceiver_io.convert / '
+            'checkpoints.save output), not a training workdir; ' +
+            usage.format(kind='dir', dir=workdir) + '.')
+  if isinstance(saved, dict) and 'model_type' in saved:
+    return (f'{workdir} is a HuggingFace checkpoint (save_pretrained '
+            f'layout, model_type {saved["model_type"]!r}), not a training '
+            'workdir; ' + usage.format(kind='hf', dir=workdir) + '.')
+  return (f'{os.path.join(workdir, checkpointing.CONFIG_FILE)} is not an '
+          'experiment config (no task/model/data fields): '
+          f'{workdir!r} is not a workdir written by experiments.train.')
 
 
 def label_names(workdir: str, config) -> List[str]:
@@ -145,9 +189,17 @@ def digits_image(path: str, size: int = 8) -> np.ndarray:
   """An image file -> [size, size, 1] in [0, 1], dark ink on light paper
   inverted to match scikit-learn's digits (bright ink on black)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'image file {path!r} not found.')
-  img = Image.open(path).convert('L').resize((size, size), Image.BILINEAR)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'image file {path!r} not found (or not a '
+                            'file).')
+  try:
+    with Image.open(path) as opened:
+      img = opened.convert('L').resize((size, size), Image.BILINEAR)
+  except Exception as e:  # pylint: disable=broad-except
+    # PIL raises UnidentifiedImageError, OSError or ValueError by format.
+    raise ValueError(f'{path} is not an image file Pillow can read ({e}); '
+                     'this digits model takes image files (PNG, JPEG, ...) '
+                     'or --digits=a:b.') from e
   x = np.asarray(img, np.float32) / 255.0
   if x.mean() > 0.5:  # Light background: invert.
     x = 1.0 - x

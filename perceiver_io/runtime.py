@@ -236,7 +236,7 @@ def reuse_host_memory_for_step(step_flops: float, environ=None,
     return f'{mode} ({REUSE_HOST_MEMORY_ENV})'
   if _cpu_backend_exists():
     return 'off (JAX backend already made: decided per process, at start)'
-  platform = _expected_platform()
+  platform = expected_platform()
   if platform != 'cpu':
     return f'off (runs on {platform}: host memory reuse is for CPU steps)'
   cores = cores or len(os.sched_getaffinity(0))
@@ -250,7 +250,7 @@ def reuse_host_memory_for_step(step_flops: float, environ=None,
   return 'off (not glibc, MALLOC_* set, or JAX backend already made)'
 
 
-def _expected_platform() -> str:
+def expected_platform() -> str:
   """The platform JAX will pick, without creating a backend.
 
   `jax_platforms` if set; otherwise 'accelerator' when a PJRT plugin (CUDA,

@@ -399,8 +399,10 @@ def test_task_objects_plug_into_train_evaluate_predict(tmp_path,
     return made[-1]
 
   monkeypatch.setattr(train_lib, 'get_task', fake_get_task)
+  # Not a runner task, so the classifier's size is the preset's (10).
   config = _override(quickstart.get_config('tiny'), task='fake_digits',
-                     best_metric='top1', predict_examples=0)
+                     best_metric='top1', predict_examples=0,
+                     model__kwargs__num_classes=10)
   workdir = str(tmp_path)
   result = train_lib.train_and_evaluate(config, workdir)
   assert made[0].transform_calls == 1  # Traced once, inside the jitted step.

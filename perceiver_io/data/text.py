@@ -652,7 +652,15 @@ class _StatsCounter:
 
 
 # -------------------------------------------------------------------- TFDS
-def _local_alternative(name: str) -> str:
+def _local_alternative(name: str, task: str = 'classification') -> str:
+  """The local-file source to suggest when TFDS `name` cannot be used.
+
+  MLM reads unlabelled documents, so it gets the plain-text source rather
+  than a labelled table.
+  """
+  if task == 'mlm':
+    return ("source='text:/data/*.txt' (plain text files, one document a line), "
+            "or a 'csv:', 'tsv:' or 'jsonl:' file with text_field=... (no labels)")
   if name == 'imdb_reviews':
     return ("source='aclimdb:/path/to/aclImdb' (the extracted aclImdb_v1.tar.gz) or "
             "source='csv:/path/{split}.csv' with text_fields=('text',), label_field='label'")
@@ -666,15 +674,19 @@ def _local_alternative(name: str) -> str:
           'and label_field=...')
 
 
-def _tfds_builder(name: str, data_dir: str | None, download: bool):
-  """A prepared TFDS builder, or one clear error; downloads only if asked."""
+def _tfds_builder(name: str, data_dir: str | None, download: bool,
+                  task: str = 'classification'):
+  """A prepared TFDS builder, or one clear error; downloads only if asked.
+
+  `task` ('mlm' or a table task) picks the local alternative the error names.
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # DatasetNotFoundError, unknown config, ...
     first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise ValueError(f'unknown TFDS dataset {name!r} ({first_line}); check the name, or '
-                     f'pass a local file: {_local_alternative(name)}.') from None
+                     f'pass a local file: {_local_alternative(name, task)}.') from None
   if not builder.is_prepared():
     if download:
       builder.download_and_prepare()
@@ -684,7 +696,7 @@ def _tfds_builder(name: str, data_dir: str | None, download: bool):
           f'{str(builder.data_dir_root)!r} and download=False '
           '(offline). Either prepare it there (download=True, or `tfds build` on a '
           f'machine with network, then copy the folder), or pass a local file: '
-          f'{_local_alternative(name)}.')
+          f'{_local_alternative(name, task)}.')
   return builder
 
 
@@ -1160,7 +1172,7 @@ def make_mlm_dataset(
   shuffle = repeat if shuffle is None else shuffle
   kind, path = parse_source(source)
   if kind == 'tfds':
-    builder = _tfds_builder(path, data_dir, download)
+    builder = _tfds_builder(path, data_dir, download, task='mlm')
     text_fields, _ = _tfds_fields(builder, path, _as_tuple(text_field or 'text'), None, 'mlm')
     shard_splits = _tfds_even_splits(split, process_count)
     sizes = [_tfds_count(builder, s) for s in shard_splits]
