@@ -101,7 +101,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c = common.base_config()
   c.task = 'image_classification'
   c.model.preset = PRESETS[variant]
-  c.model.kwargs = ml_collections.ConfigDict({'num_classes': 1000})
+  # No num_classes here: the classifier's size is data.num_classes.
+  c.model.kwargs = ml_collections.ConfigDict()
   # Data (experiments/vision.py reads these).
   c.data.source = 'imagenet2012'
   c.data.eval_source = ''              # '' = data.source
@@ -142,8 +143,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if tiny:
     c.model.preset = 'tiny_' + PRESETS[variant]
     # Two blocks sharing one latent layer: weight sharing, fast to compile.
-    c.model.kwargs = ml_collections.ConfigDict(
-        {'num_classes': 10, 'blocks': 2, 'per_block': 1})
+    c.model.kwargs = ml_collections.ConfigDict({'blocks': 2, 'per_block': 1})
     c.data.source = 'synthetic:10:64'
     c.data.num_classes = 10
     c.data.image_size = 32 if variant == 'conv' else 16

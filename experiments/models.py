@@ -123,6 +123,10 @@ def build(config: ml_collections.ConfigDict) -> Tuple[nn.Module, Dict]:
       return (PerceiverWithTanhHead(copy.deepcopy(cfg), num_outputs(config)),
               description)
     cfg['decoder']['num_classes'] = num_outputs(config)
+  elif cfg['decoder'].get('type') == 'classification':
+    # Image classification too: one field sizes the classifier, the one
+    # the data settings name (data.num_classes was silently ignored here).
+    cfg['decoder']['num_classes'] = int(config.data.num_classes)
   if head not in ('', 'tanh_mlp'):
     raise ValueError(f"model.head must be '' or 'tanh_mlp', got {head!r}.")
   if head == 'tanh_mlp':

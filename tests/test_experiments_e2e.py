@@ -177,7 +177,7 @@ def test_init_from_workdir_and_library_checkpoint(quickstart_run, tmp_path):
   trained = models.load_pretrained(f'workdir:{workdir}')
   # A 12-class model: everything but the classifier output comes from the run.
   config = _override(quickstart.get_config('tiny'),
-                     model__kwargs__num_classes=12, data__num_classes=12)
+                     data__num_classes=12)
   model, _ = models.build(config)
   fresh = jax.eval_shape(lambda: train_lib.init_variables(
       model, predict_lib.example_inputs(config), 0))
@@ -399,10 +399,9 @@ def test_task_objects_plug_into_train_evaluate_predict(tmp_path,
     return made[-1]
 
   monkeypatch.setattr(train_lib, 'get_task', fake_get_task)
-  # Not a runner task, so the classifier's size is the preset's (10).
+  # A classification decoder's size is data.num_classes (10) for any task.
   config = _override(quickstart.get_config('tiny'), task='fake_digits',
-                     best_metric='top1', predict_examples=0,
-                     model__kwargs__num_classes=10)
+                     best_metric='top1', predict_examples=0)
   workdir = str(tmp_path)
   result = train_lib.train_and_evaluate(config, workdir)
   assert made[0].transform_calls == 1  # Traced once, inside the jitted step.

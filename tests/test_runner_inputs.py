@@ -306,8 +306,12 @@ def test_a_workdir_saved_before_query_chunk_size_existed_still_loads(
 
 def test_classifier_size_is_set_only_by_data_num_classes(capsys):
   for name, config in _all_configs():
-    if config.task in ('classification', 'regression'):
-      assert 'num_classes' not in config.model.kwargs, name
+    assert 'num_classes' not in config.model.kwargs, name
+  # Image classification too (its data.num_classes was ignored).
+  hundred = _override(imagenet.get_config('fourier,tiny'),
+                      data__num_classes=100)
+  _, description = models.build(hundred)
+  assert description['perceiver']['decoder']['num_classes'] == 100
   three = _override(imdb_bytes.get_config('tiny'), data__num_classes=3)
   _, description = models.build(three)
   assert description['perceiver']['decoder']['num_classes'] == 3
