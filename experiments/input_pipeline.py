@@ -134,6 +134,43 @@ def load_text_table(config: ml_collections.ConfigDict, split: str) -> tuple:
 
 
 TEXT_KINDS = ('tfds', 'tsv', 'csv', 'jsonl', 'aclimdb')
+# Local sources that read one file (or glob) for every split unless their
+# path holds '{split}'.
+_ONE_FILE_KINDS = ('tsv', 'csv', 'jsonl', 'text')
+
+
+def check_eval_is_not_train(config: ml_collections.ConfigDict) -> None:
+  """Refuses split names that a local source would ignore.
+
+  Why: `csv:/data/train.csv` with train_split 'train' and eval_split 'test'
+  read the same file twice (a path without '{split}' has no splits), so
+  the run evaluated on its own training rows and reported that as test
+  accuracy. Slices of one file ('train[:90%]' / 'train[90%:]') are how to
+  split a single file; overlapping slices are logged.
+  """
+  from perceiver_io.data import text as text_data  # pylint: disable=g-import-not-at-top
+  data = config.data
+  kind, _, path = str(data.source).partition(':')
+  if kind.lower() not in _ONE_FILE_KINDS or '{split}' in path:
+    return
+  train = text_data.parse_split(data.train_split)
+  evaluation = text_data.parse_split(data.eval_split)
+  names = {p.name for p in train} | {p.name for p in evaluation}
+  if len(names) > 1:
+    raise ValueError(
+        f'config.data.source={data.source!r} has no {{split}} in its path, so '
+        f'the split names {sorted(names)} all read the same rows: evaluation '
+        'would score training data. Put {split} in the path (e.g. '
+        f'{kind}:/data/{{split}}.{"txt" if kind == "text" else kind}, one '
+        'file per split) or slice the one file, e.g. '
+        "--config.data.train_split='train[:90%]' "
+        "--config.data.eval_split='train[90%:]'.")
+  rows = 10_007  # Any size: overlap of the slices is what matters.
+  seen = {i for p in train for i in p.indices(rows)}
+  if any(i in seen for p in evaluation for i in p.indices(rows)):
+    logging.warning('evaluation split %r overlaps training split %r of %s: '
+                    'eval metrics include training rows.', data.eval_split,
+                    data.train_split, data.source)
 # In-memory table loaders by source name; text kinds go to load_text_table.
 # New modalities (e.g. image folders) plug in here: name -> fn(split).
 TABLE_SOURCES = {'digits': load_digits_table}

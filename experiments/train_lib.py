@@ -380,6 +380,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   # ----------------------------------------------------------------- data --
   task_object = get_task(config)
+  if task_object is None:
+    input_pipeline.check_eval_is_not_train(config)
   train_table, eval_table = None, None
   if task_object is None and config.task != 'mlm':
     train_table, train_info = input_pipeline.load_table(

@@ -158,8 +158,8 @@ class ImageClassificationTask:
     k = self.num_classes
     if info['num_classes'] > k:
       raise ValueError(f'{source} has {info["num_classes"]} classes but the '
-                       f'model predicts {k}; set config.model.kwargs.'
-                       'num_classes (training) or use a matching checkpoint.')
+                       f'model predicts {k}; set config.data.num_classes '
+                       '(training) or use a matching checkpoint.')
     folder_names = (info['class_names'] is not None and
                     not self.config.data.class_names and
                     not source.startswith(('tfds:', 'imagenet2012')))
@@ -175,9 +175,31 @@ class ImageClassificationTask:
   def _eval_source(self) -> str:
     return self.config.data.eval_source or self.config.data.source
 
+  def _check_eval_is_not_train(self) -> None:
+    """A `dir:` root without split folders gives the same images to every
+    split: training on them and evaluating on them would report training
+    accuracy as test accuracy."""
+    from perceiver_io.data import image as image_data  # pylint: disable=g-import-not-at-top
+    d = self.config.data
+    folders = []
+    for source, split in ((d.source, d.train_split),
+                          (self._eval_source(), d.eval_split)):
+      path = source[len('dir:'):] if source.startswith('dir:') else source
+      if not os.path.isdir(path):
+        return  # TFDS, digits, synthetic: their splits are their own.
+      folders.append(os.path.realpath(image_data.split_folder(path, split)))
+    if folders[0] == folders[1]:
+      raise ValueError(
+          f'training ({d.train_split!r}) and evaluation ({d.eval_split!r}) '
+          f'would both read every image in {folders[0]} (it has no train/ '
+          'and validation/ folders), so the eval accuracy would be training '
+          'accuracy. Give held-out images: --config.data.eval_source=dir:'
+          '<folder of class folders>, or split folders under the root.')
+
   def data_info(self):
     iterator, info = self._dataset(self.config.data.source,
                                    self.config.data.train_split, train=True)
+    self._check_eval_is_not_train()
     self._first_train = iterator
     names = self.display_names(fallback=info['class_names'] or [])
     train_info = {'num_examples': int(info['num_examples']),

@@ -524,7 +524,7 @@ def _folder_source(root: str, split: str, class_names: Optional[List[str]],
                    num_classes: Optional[int]) -> _TableSource:
   if not os.path.isdir(root):
     raise FileNotFoundError(f'Image folder not found: {root}')
-  folder = os.path.join(root, split) if os.path.isdir(os.path.join(root, split)) else root
+  folder = split_folder(root, split)
   if os.path.isfile(os.path.join(folder, 'labels.csv')):
     paths, labels, class_names = _read_labels_csv(folder, class_names)
   else:
@@ -541,6 +541,32 @@ def _folder_source(root: str, split: str, class_names: Optional[List[str]],
 
   return _TableSource(len(paths), num_classes,
                       tuple(class_names) if class_names is not None else None, 'imagenet', load)
+
+
+# Folder names that hold a split, by the split names a config uses.
+_SPLIT_FOLDERS = {'train': ('train',), 'validation': ('validation', 'val'),
+                  'val': ('val', 'validation'), 'test': ('test',),
+                  'eval': ('eval',)}
+
+
+def split_folder(root: str, split: str) -> str:
+  """The folder of `split` under a `dir:` root: `root/<split>` (validation
+  also as val/), or `root` itself when it has no split folders at all.
+
+  Why so strict: a root with train/ and val/ asked for 'validation' used to
+  fall back to the root, so train/ and val/ became two "classes" and the
+  run failed at its first evaluation, after training.
+  """
+  for name in _SPLIT_FOLDERS.get(split, (split,)):
+    if os.path.isdir(os.path.join(root, name)):
+      return os.path.join(root, name)
+  present = sorted(name for names in _SPLIT_FOLDERS.values() for name in names
+                   if os.path.isdir(os.path.join(root, name)))
+  if present:
+    raise ValueError(f'{root} has split folders {sorted(set(present))} but none for split '
+                     f'{split!r}; set the config\'s split to one of them (e.g. '
+                     f'--config.data.eval_split={sorted(set(present))[-1]}).')
+  return root
 
 
 def _check_num_classes(requested: Optional[int], inferred: int, exact: bool, where: str) -> int:
