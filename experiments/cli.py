@@ -10,6 +10,7 @@ line naming the bad field and the closest valid ones, so the launchers check
 import difflib
 import importlib.util
 import os
+import re
 import sys
 from typing import List, Optional
 
@@ -133,6 +134,21 @@ def check_overrides_or_exit(argv: List[str], flag: str = 'config') -> None:
     if message:
       sys.stderr.write(f'error: {message}\n')
       sys.exit(2)
+
+
+def out_of_memory_error(error: BaseException) -> Optional[str]:
+  """One line for an out-of-memory failure (XLA's is a page long), or None
+  if `error` is not one."""
+  text = str(error)
+  if 'RESOURCE_EXHAUSTED' not in text and 'Out of memory' not in text:
+    return None
+  size = re.search(r'(\d+(?:\.\d+)?\s*(?:[KMGT]i?B|bytes))', text)
+  return ('out of memory' + (f' (an allocation of {size.group(1)})' if size
+                             else '') +
+          ': lower --config.eval_batch_size (evaluation) or '
+          '--config.batch_size (training; --config.optimizer.accumulate_steps'
+          '=k keeps the effective batch), or compute in less memory with '
+          '--config.model.remat=True / --config.model.dtype=bfloat16.')
 
 
 def quiet_library_logs() -> None:

@@ -73,6 +73,12 @@ def main(argv):
   except (ValueError, FileNotFoundError) as e:
     sys.stderr.write(f'error: {e}\n')
     sys.exit(1)
+  except Exception as e:  # pylint: disable=broad-except
+    message = cli.out_of_memory_error(e)
+    if message is None:
+      raise
+    sys.stderr.write(f'error: {message}\n')
+    sys.exit(1)
   print(f'{_WORKDIR.value}: checkpoint step {result["step"]}, split '
         f'{result["split"]}')
   print(eval_lib.metrics_table(result))

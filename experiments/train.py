@@ -51,6 +51,12 @@ def main(argv):
   except (ValueError, FileNotFoundError, train_lib.NonFiniteError) as e:
     sys.stderr.write(f'error: {e}\n')
     sys.exit(1)
+  except Exception as e:  # pylint: disable=broad-except
+    message = cli.out_of_memory_error(e)
+    if message is None:
+      raise
+    sys.stderr.write(f'error: {message}\n')
+    sys.exit(1)
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
     print(f'final step {result["step"]}: eval '

@@ -210,3 +210,16 @@ def test_orbax_thread_errors_lose_their_tracebacks():
       'absl', logging.WARNING, '/x/orbax/checkpoint/checkpoint_manager.py', 1,
       'Requested `tracked_metric`; did not provide metrics.', None, None)
   assert not cli._one_line_orbax_errors(between_evals)  # pylint: disable=protected-access
+
+
+def test_out_of_memory_is_one_line_with_what_to_lower():
+  from experiments import cli  # pylint: disable=g-import-not-at-top
+  xla = ('RESOURCE_EXHAUSTED: Out of memory while trying to allocate '
+         '214748364800 bytes.\nBufferAssignment OOM Debugging.\n' + 'x' * 5000)
+  message = cli.out_of_memory_error(RuntimeError(xla))
+  assert message.startswith('out of memory (an allocation of 214748364800 '
+                            'bytes)')
+  assert '--config.eval_batch_size' in message and '\n' not in message
+  tf = 'RESOURCE_EXHAUSTED: OOM when allocating tensor of 1.5GiB'
+  assert '1.5GiB' in cli.out_of_memory_error(RuntimeError(tf))
+  assert cli.out_of_memory_error(ValueError('shapes differ')) is None
