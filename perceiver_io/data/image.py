@@ -194,6 +194,9 @@ def eval_preprocess_numpy(image: np.ndarray, image_size: int = IMAGE_SIZE,
 def load_image_numpy(path: str) -> np.ndarray:
   """Reads an image file (JPEG, PNG, ...) as uint8 RGB [H, W, 3] with PIL.
 
+  The pixels equal those of the pipeline's `decode_image`, including 16-bit grey PNGs (scaled to
+  8 bits by keeping the high byte, as TF does) and 16-bit RGB PNGs (PIL keeps the high byte too).
+
   Raises:
     FileNotFoundError: if the file does not exist.
     ValueError: if PIL cannot decode it.
@@ -203,9 +206,31 @@ def load_image_numpy(path: str) -> np.ndarray:
     raise FileNotFoundError(f'Image file not found: {path}')
   try:
     with Image.open(path) as img:
+      if img.mode in _SIXTEEN_BIT_MODES:
+        return _sixteen_bit_grey_to_rgb(np.asarray(img), path)
+      if img.mode == 'F':
+        raise ValueError('32-bit float images are not supported (TF cannot decode them either)')
       return np.asarray(img.convert('RGB'), np.uint8)
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f'Cannot decode image {path}: {e}') from e
+
+
+# PIL modes of single-channel images wider than 8 bits (16-bit PNGs open as I;16 or, in some
+# Pillow versions, I).
+_SIXTEEN_BIT_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
+
+
+def _sixteen_bit_grey_to_rgb(values: np.ndarray, path: str) -> np.ndarray:
+  """16-bit grey -> uint8 RGB as TF's `decode_image` does it (keep the high byte, v >> 8).
+
+  PIL's `convert('RGB')` would clip the values to 255 instead (a nearly white image), so
+  prediction would see other pixels than the pipeline.
+  """
+  values = np.asarray(values)
+  if values.size and (values.min() < 0 or values.max() > 65535):
+    raise ValueError(f'{path}: 32-bit integer pixel values outside 0..65535 are not supported.')
+  grey = (values.astype(np.uint32) >> 8).astype(np.uint8)
+  return np.repeat(grey[:, :, None], 3, axis=-1)
 
 
 # ============================================================================================
