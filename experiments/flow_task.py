@@ -443,24 +443,26 @@ class OpticalFlowTask:
 
   @staticmethod
   def read_frame(path: str) -> np.ndarray:
-    """An RGB frame as uint8 [H, W, 3]; grayscale and alpha are refused."""
+    """An RGB frame as uint8 [H, W, 3], read exactly as evaluation reads it.
+
+    Prediction and `evaluate` share `flow_io.read_image`'s policy: grayscale
+    (e.g. KITTI 2012 `image_0`) is replicated to 3 channels, alpha is dropped,
+    palette images are converted; 16/32-bit images and unreadable or
+    truncated files are one ValueError naming the file.
+    """
     from PIL import Image  # pylint: disable=g-import-not-at-top
     if not os.path.isfile(path):
       raise FileNotFoundError(f'frame not found: {path}')
-    try:
-      with Image.open(path) as image:
-        mode = image.mode
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f'{path}: not an image file Pillow can read ({e}).') from e
-    if mode in _ALPHA_MODES:
-      raise ValueError(f'{path} has an alpha channel (mode {mode}); the flow '
-                       'model takes two RGB frames. Save it as RGB without '
-                       'alpha first.')
+    frame = flow_io.read_image(path)
+    with Image.open(path) as image:
+      mode = image.mode
     if mode in _GRAYSCALE_MODES:
-      raise ValueError(f'{path} is a grayscale image (mode {mode}); the flow '
-                       'model takes two RGB frames. Convert it to RGB first '
-                       '(e.g. PIL: Image.open(p).convert("RGB").save(q)).')
-    return flow_io.read_image(path)
+      logging.info('%s is grayscale (mode %s): replicated to 3 channels, as '
+                   'evaluation does.', path, mode)
+    elif mode in _ALPHA_MODES:
+      logging.info('%s has an alpha channel (mode %s): dropped, as evaluation '
+                   'does.', path, mode)
+    return frame
 
   @staticmethod
   def read_ground_truth(path: str) -> Tuple[np.ndarray, np.ndarray]:

@@ -79,3 +79,84 @@ def test_undecodable_image_checks_one_file(tmp_path):
   (tmp_path / 'bad.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'\0' * 20)
   assert image_lib.undecodable_image(good) is None
   assert image_lib.undecodable_image(str(tmp_path / 'bad.png'))
+
+
+# ------------------------------------------------------ B: truncated flow frames / masks --
+
+
+def _truncated_png(path, seed=0):
+  rng = np.random.default_rng(seed)
+  Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(path)
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2])
+  return str(path)
+
+
+def test_truncated_flow_frame_and_mask_name_the_file(tmp_path):
+  from perceiver_io.flow import io as flow_io  # pylint: disable=g-import-not-at-top
+  frame = _truncated_png(tmp_path / 'frame_0003.png')
+  with pytest.raises(ValueError, match='frame_0003.png: cannot read the image') as info:
+    flow_io.read_image(frame)
+  assert 'truncated' in str(info.value)
+  mask = tmp_path / 'occ.png'
+  Image.fromarray(np.random.default_rng(1).integers(0, 2, (64, 80), dtype=np.uint8) * 255
+                  ).save(mask)
+  mask.write_bytes(mask.read_bytes()[:len(mask.read_bytes()) // 2])
+  with pytest.raises(ValueError, match='occ.png: cannot read the mask'):
+    flow_io.read_mask(str(mask))
+
+
+def test_truncated_frame_in_flow_evaluation_names_it(tmp_path):
+  """The whole evaluation path (listing -> load_pair) gives the one-line error."""
+  from perceiver_io.flow import io as flow_io  # pylint: disable=g-import-not-at-top
+  scene = tmp_path / 'training' / 'clean' / 'alley'
+  flow_dir = tmp_path / 'training' / 'flow' / 'alley'
+  os.makedirs(scene)
+  os.makedirs(flow_dir)
+  rng = np.random.default_rng(0)
+  for i in (1, 2):
+    Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(
+        scene / f'frame_{i:04d}.png')
+  flow_io.write_flo(flow_dir / 'frame_0001.flo', np.zeros((24, 32, 2), np.float32))
+  _truncated_png(scene / 'frame_0002.png')
+  (listing,) = [flow_io.list_sintel(str(tmp_path), passes='clean')]
+  with pytest.raises(ValueError, match='frame_0002.png: cannot read'):
+    flow_io.load_pair(listing[0])
+
+
+# ------------------------------------------------- C: 16-bit PNGs, predict path == TF path --
+
+
+def test_sixteen_bit_png_same_pixels_in_numpy_and_tf_paths(tmp_path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  values = (rng.random((40, 50)) * 65535).astype(np.uint16)
+  values[0, :6] = [0, 255, 256, 32767, 32768, 65535]
+  path = str(tmp_path / 'sixteen.png')
+  Image.fromarray(values).save(path)
+  numpy_pixels = image_lib.load_image_numpy(path)
+  tf_pixels = image_lib.decode_image(tf.io.read_file(path)).numpy()
+  np.testing.assert_array_equal(numpy_pixels, tf_pixels)
+  assert 100 < numpy_pixels.mean() < 156  # Not clipped to white.
+  np.testing.assert_allclose(
+      image_lib.eval_preprocess_numpy(numpy_pixels, 32),
+      image_lib.eval_preprocess(tf.constant(tf_pixels), image_size=32).numpy(), atol=1e-3)
+
+
+# ------------------------------------------- D: grayscale flow frames, predict == evaluate --
+
+
+def test_flow_predict_reads_grayscale_frames_as_evaluate_does(tmp_path):
+  from experiments import flow_task  # pylint: disable=g-import-not-at-top
+  from perceiver_io.flow import io as flow_io  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  grey = tmp_path / '000157_10.png'
+  Image.fromarray(rng.integers(0, 256, (24, 32), dtype=np.uint8)).save(grey)
+  rgba = tmp_path / 'rgba.png'
+  Image.fromarray(rng.integers(0, 256, (24, 32, 4), dtype=np.uint8), 'RGBA').save(rgba)
+  for path in (grey, rgba):
+    frame = flow_task.OpticalFlowTask.read_frame(str(path))
+    np.testing.assert_array_equal(frame, flow_io.read_image(str(path)))
+    assert frame.shape == (24, 32, 3)
+  with pytest.raises(ValueError, match='cannot read'):
+    flow_task.OpticalFlowTask.read_frame(_truncated_png(tmp_path / 't.png'))
