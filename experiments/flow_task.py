@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from experiments import eval_progress
 from experiments import models
 from experiments import sharding
 from perceiver_io import model as model_lib
@@ -405,28 +406,33 @@ class OpticalFlowTask:
     pad_small = bool(self.config.data.pad_small)
     metrics = {}
     total = 0
-    for name, listing in self.listings(kind, root):
-      if limit > 0:
-        listing = listing[:limit]
-      sums, per_image = {}, []
-      for files in listing:
-        sample = flow_io.load_pair(files)
-        self._check_tile_fits(sample['frame1'].shape, files.frame1, pad_small,
-                              '--config.data.pad_small=True')
-        flow = self.full_frame_flow(predict_fn, sample['frame1'],
-                                    sample['frame2'], pad_small)
-        one = flow_metrics.flow_metric_sums(flow, sample['flow'],
-                                            sample['valid'])
-        sums = flow_metrics.add_sums(sums, one)
-        if one['count'] > 0:
-          per_image.append(one['epe'] / one['count'])
-      pooled = flow_metrics.metrics_from_sums(sums)
-      prefix = f'{name}_' if kind == 'sintel' else ''
-      metrics.update({f'{prefix}epe': pooled['epe'],
-                      f'{prefix}epe_per_image': float(np.mean(per_image)),
-                      f'{prefix}fl_all': pooled['fl_all'],
-                      f'{prefix}acc_1px': pooled['acc_1px']})
-      total += len(listing)
+    groups = [(name, listing[:limit] if limit > 0 else listing)
+              for name, listing in self.listings(kind, root)]
+    progress = eval_progress.EvalProgress(
+        self.config, sum(len(listing) for _, listing in groups), 'pair',
+        desc=f'eval {kind}')
+    with progress:
+      for name, listing in groups:
+        sums, per_image = {}, []
+        for files in listing:
+          sample = flow_io.load_pair(files)
+          self._check_tile_fits(sample['frame1'].shape, files.frame1,
+                                pad_small, '--config.data.pad_small=True')
+          flow = self.full_frame_flow(predict_fn, sample['frame1'],
+                                      sample['frame2'], pad_small)
+          one = flow_metrics.flow_metric_sums(flow, sample['flow'],
+                                              sample['valid'])
+          sums = flow_metrics.add_sums(sums, one)
+          if one['count'] > 0:
+            per_image.append(one['epe'] / one['count'])
+          progress.update(1)
+        pooled = flow_metrics.metrics_from_sums(sums)
+        prefix = f'{name}_' if kind == 'sintel' else ''
+        metrics.update({f'{prefix}epe': pooled['epe'],
+                        f'{prefix}epe_per_image': float(np.mean(per_image)),
+                        f'{prefix}fl_all': pooled['fl_all'],
+                        f'{prefix}acc_1px': pooled['acc_1px']})
+        total += len(listing)
     metrics['num_examples'] = total
     return metrics
 

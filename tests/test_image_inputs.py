@@ -160,3 +160,73 @@ def test_flow_predict_reads_grayscale_frames_as_evaluate_does(tmp_path):
     assert frame.shape == (24, 32, 3)
   with pytest.raises(ValueError, match='cannot read'):
     flow_task.OpticalFlowTask.read_frame(_truncated_png(tmp_path / 't.png'))
+
+
+# ------------------------------------------------------------- E: evaluation progress --
+
+
+def test_eval_progress_logs_count_rate_and_eta_without_a_bar(caplog, capsys):
+  import logging  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from experiments import eval_progress  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict({'progress_bar': False})
+  with caplog.at_level(logging.INFO):
+    with eval_progress.EvalProgress(config, 10, 'image', log_every_s=0.0) as progress:
+      for _ in range(5):
+        progress.update(2)
+  text = caplog.text
+  assert 'eval: 10 images' in text
+  assert 'eval: 4/10 images' in text and 'ETA' in text and 'image/s' in text
+  assert capsys.readouterr().err == ''  # No bar.
+  # With the default interval, a short evaluation logs only its first and last lines.
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    with eval_progress.EvalProgress(config, 3, 'pair') as progress:
+      progress.update(3)
+  assert len(caplog.records) == 2
+
+
+def test_eval_progress_bar_goes_to_stderr():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from experiments import eval_progress  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict({'progress_bar': True})
+  progress = eval_progress.EvalProgress(config, 4, 'image')
+  assert progress.bar is not None
+  progress.update(4)
+  assert progress.bar.n == 4
+  progress.close()
+  assert progress.bar is None
+
+
+def test_image_folder_evaluation_reports_progress(tmp_path, monkeypatch):
+  """The ImageNet eval loop (vision.evaluate) counts every real image once."""
+  from experiments import eval_progress  # pylint: disable=g-import-not-at-top
+  from experiments import sharding  # pylint: disable=g-import-not-at-top
+  from experiments import vision  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  _class_folders(tmp_path, per_class=3)
+  seen = []
+
+  class Recorder(eval_progress.EvalProgress):
+
+    def update(self, n=1):
+      seen.append(n)
+      super().update(n)
+
+  monkeypatch.setattr(eval_progress, 'EvalProgress', Recorder)
+  task = vision.ImageClassificationTask.__new__(vision.ImageClassificationTask)
+  task.config = ml_collections.ConfigDict({
+      'progress_bar': False, 'max_eval_examples': -1, 'eval_batch_size': 4, 'seed': 0,
+      'data': {'source': f'dir:{tmp_path}', 'eval_source': '', 'eval_split': 'val',
+               'randaugment_layers': 0, 'randaugment_magnitude': 0.0, 'data_dir': '',
+               'manual_dir': '', 'class_names': '', 'geometry': ''}})
+  task.num_classes, task.image_size, task.in_channels = 2, 16, 3
+
+  def eval_step(params, model_state, batch):
+    del params, model_state
+    weight = batch['weight']
+    return {'loss': weight * 0, 'top1': weight, 'top5': weight, 'weight': weight}
+
+  metrics = task.evaluate(eval_step, {'params': {}, 'model_state': {}}, sharding.make_mesh())
+  assert metrics['num_examples'] == 6
+  assert seen == [4, 2]
