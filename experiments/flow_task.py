@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from experiments import eval_progress
 from experiments import models
 from experiments import sharding
 from perceiver_io import model as model_lib
@@ -405,28 +406,33 @@ class OpticalFlowTask:
     pad_small = bool(self.config.data.pad_small)
     metrics = {}
     total = 0
-    for name, listing in self.listings(kind, root):
-      if limit > 0:
-        listing = listing[:limit]
-      sums, per_image = {}, []
-      for files in listing:
-        sample = flow_io.load_pair(files)
-        self._check_tile_fits(sample['frame1'].shape, files.frame1, pad_small,
-                              '--config.data.pad_small=True')
-        flow = self.full_frame_flow(predict_fn, sample['frame1'],
-                                    sample['frame2'], pad_small)
-        one = flow_metrics.flow_metric_sums(flow, sample['flow'],
-                                            sample['valid'])
-        sums = flow_metrics.add_sums(sums, one)
-        if one['count'] > 0:
-          per_image.append(one['epe'] / one['count'])
-      pooled = flow_metrics.metrics_from_sums(sums)
-      prefix = f'{name}_' if kind == 'sintel' else ''
-      metrics.update({f'{prefix}epe': pooled['epe'],
-                      f'{prefix}epe_per_image': float(np.mean(per_image)),
-                      f'{prefix}fl_all': pooled['fl_all'],
-                      f'{prefix}acc_1px': pooled['acc_1px']})
-      total += len(listing)
+    groups = [(name, listing[:limit] if limit > 0 else listing)
+              for name, listing in self.listings(kind, root)]
+    progress = eval_progress.EvalProgress(
+        self.config, sum(len(listing) for _, listing in groups), 'pair',
+        desc=f'eval {kind}')
+    with progress:
+      for name, listing in groups:
+        sums, per_image = {}, []
+        for files in listing:
+          sample = flow_io.load_pair(files)
+          self._check_tile_fits(sample['frame1'].shape, files.frame1,
+                                pad_small, '--config.data.pad_small=True')
+          flow = self.full_frame_flow(predict_fn, sample['frame1'],
+                                      sample['frame2'], pad_small)
+          one = flow_metrics.flow_metric_sums(flow, sample['flow'],
+                                              sample['valid'])
+          sums = flow_metrics.add_sums(sums, one)
+          if one['count'] > 0:
+            per_image.append(one['epe'] / one['count'])
+          progress.update(1)
+        pooled = flow_metrics.metrics_from_sums(sums)
+        prefix = f'{name}_' if kind == 'sintel' else ''
+        metrics.update({f'{prefix}epe': pooled['epe'],
+                        f'{prefix}epe_per_image': float(np.mean(per_image)),
+                        f'{prefix}fl_all': pooled['fl_all'],
+                        f'{prefix}acc_1px': pooled['acc_1px']})
+        total += len(listing)
     metrics['num_examples'] = total
     return metrics
 
@@ -443,24 +449,26 @@ class OpticalFlowTask:
 
   @staticmethod
   def read_frame(path: str) -> np.ndarray:
-    """An RGB frame as uint8 [H, W, 3]; grayscale and alpha are refused."""
+    """An RGB frame as uint8 [H, W, 3], read exactly as evaluation reads it.
+
+    Prediction and `evaluate` share `flow_io.read_image`'s policy: grayscale
+    (e.g. KITTI 2012 `image_0`) is replicated to 3 channels, alpha is dropped,
+    palette images are converted; 16/32-bit images and unreadable or
+    truncated files are one ValueError naming the file.
+    """
     from PIL import Image  # pylint: disable=g-import-not-at-top
     if not os.path.isfile(path):
       raise FileNotFoundError(f'frame not found: {path}')
-    try:
-      with Image.open(path) as image:
-        mode = image.mode
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f'{path}: not an image file Pillow can read ({e}).') from e
-    if mode in _ALPHA_MODES:
-      raise ValueError(f'{path} has an alpha channel (mode {mode}); the flow '
-                       'model takes two RGB frames. Save it as RGB without '
-                       'alpha first.')
+    frame = flow_io.read_image(path)
+    with Image.open(path) as image:
+      mode = image.mode
     if mode in _GRAYSCALE_MODES:
-      raise ValueError(f'{path} is a grayscale image (mode {mode}); the flow '
-                       'model takes two RGB frames. Convert it to RGB first '
-                       '(e.g. PIL: Image.open(p).convert("RGB").save(q)).')
-    return flow_io.read_image(path)
+      logging.info('%s is grayscale (mode %s): replicated to 3 channels, as '
+                   'evaluation does.', path, mode)
+    elif mode in _ALPHA_MODES:
+      logging.info('%s has an alpha channel (mode %s): dropped, as evaluation '
+                   'does.', path, mode)
+    return frame
 
   @staticmethod
   def read_ground_truth(path: str) -> Tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 from experiments import checkpointing
+from experiments import eval_progress
 from experiments import input_pipeline
 from experiments import models
 from experiments import optim
@@ -173,21 +174,37 @@ def eval_metric_names(config) -> tuple:
 def evaluate(eval_step, state, table, config, mesh) -> Dict[str, float]:
   """Runs the whole eval table and returns the task's metrics."""
   gathered = collections.defaultdict(list)
+  limit = int(config.max_eval_examples)
   if config.task == 'mlm':
     batches = input_pipeline.mlm_eval_batches(config)
+    expected = limit if limit > 0 else None  # The stream's length is unknown.
+    unit = 'sequence'
   else:
     batches = input_pipeline.eval_batches(
         table, int(config.eval_batch_size), jax.process_index(),
-        jax.process_count(), int(config.max_eval_examples))
-  for local in batches:
-    batch = sharding.global_batch(local, mesh)
-    out = sharding.to_host(eval_step(state['params'], state['model_state'],
-                                     batch))
-    runtime.settle_host_memory()
-    for k, v in out.items():
-      gathered[k].append(v)
+        jax.process_count(), limit)
+    expected = len(next(iter(table.values())))
+    if limit > 0:
+      expected = min(expected, limit)
+    unit = 'example'
+  with eval_progress.EvalProgress(config, expected, unit) as progress:
+    for local in batches:
+      batch = sharding.global_batch(local, mesh)
+      out = sharding.to_host(eval_step(state['params'], state['model_state'],
+                                       batch))
+      runtime.settle_host_memory()
+      for k, v in out.items():
+        gathered[k].append(v)
+      progress.update(_batch_examples(local) * jax.process_count())
   gathered = {k: np.concatenate(v) for k, v in gathered.items()}
   return tasks.summarize(config.task, gathered, eval_metric_names(config))
+
+
+def _batch_examples(local) -> int:
+  """Real (weight > 0) rows of a local eval batch, else its row count."""
+  if 'weight' in local:
+    return int(np.sum(np.asarray(local['weight']) > 0))
+  return len(next(iter(local.values())))
 
 
 def run_evaluation(task_object, eval_step, state, table, config, mesh,

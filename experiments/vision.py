@@ -39,6 +39,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from experiments import eval_progress
 from experiments import models
 from experiments import sharding
 from perceiver_io import model as model_lib
@@ -261,19 +262,25 @@ class ImageClassificationTask:
   def evaluate(self, eval_step, state, mesh, model=None) -> Dict[str, float]:
     """Top-1 / top-5 accuracy (%, of 1) and loss over the eval stream."""
     del model
-    iterator, _ = self._dataset(self._eval_source(),
-                                self.config.data.eval_split, train=False)
+    iterator, info = self._dataset(self._eval_source(),
+                                   self.config.data.eval_split, train=False)
     limit = int(self.config.max_eval_examples)
+    expected = int(info['num_examples'])
+    if limit > 0:
+      expected = min(expected, limit)
     sums = collections.defaultdict(float)
-    for b in iterator:
-      if 0 < limit <= sums['weight']:
-        break
-      local = {'image': b['image'], 'label': b['label'],
-               'weight': b['mask'].astype(np.float32)}
-      out = sharding.to_host(eval_step(state['params'], state['model_state'],
-                                       sharding.global_batch(local, mesh)))
-      for key, value in out.items():
-        sums[key] += float(np.sum(value))
+    with eval_progress.EvalProgress(self.config, expected, 'image') as progress:
+      for b in iterator:
+        if 0 < limit <= sums['weight']:
+          break
+        local = {'image': b['image'], 'label': b['label'],
+                 'weight': b['mask'].astype(np.float32)}
+        out = sharding.to_host(eval_step(state['params'],
+                                         state['model_state'],
+                                         sharding.global_batch(local, mesh)))
+        for key, value in out.items():
+          sums[key] += float(np.sum(value))
+        progress.update(int(np.sum(out['weight'])))
     total = sums['weight']
     if total <= 0:
       raise ValueError(f'the eval data {self._eval_source()} '

@@ -252,6 +252,8 @@ def test_bad_inputs_are_refused_and_nothing_is_written(flow_run, tmp_path):
   grey = _save_png(tmp_path / 'grey.png', rgb(20, 30)[..., 0])
   Image.fromarray(rng.integers(0, 256, (20, 30, 4), dtype=np.uint8),
                   'RGBA').save(tmp_path / 'rgba.png')
+  (tmp_path / 'trunc.png').write_bytes(
+      (tmp_path / 'b.png').read_bytes()[:200])  # A truncated frame.
   small1 = _save_png(tmp_path / 's1.png', rgb(10, 30))
   small2 = _save_png(tmp_path / 's2.png', rgb(10, 30))
   flo = tmp_path / 'good.flo'
@@ -266,8 +268,7 @@ def test_bad_inputs_are_refused_and_nothing_is_written(flow_run, tmp_path):
   cases = [
       (dict(inputs=[a]), 'exactly two image files'),
       (dict(inputs=[a, other_size]), 'different sizes'),
-      (dict(inputs=[grey, b]), 'grayscale'),
-      (dict(inputs=[a, str(tmp_path / 'rgba.png')]), 'alpha channel'),
+      (dict(inputs=[a, str(tmp_path / 'trunc.png')]), 'trunc.png: cannot read'),
       (dict(inputs=[a, b], ground_truth=str(tmp_path / 'magic.flo')),
        'magic number'),
       (dict(inputs=[a, b], ground_truth=str(tmp_path / 'short.flo')),
@@ -288,6 +289,11 @@ def test_bad_inputs_are_refused_and_nothing_is_written(flow_run, tmp_path):
   task.predict_lines(model, variables, [small1, small2], output=out,
                      pad_small=True)
   assert flow_io.read_flo(out).shape == (10, 30, 2)
+  # Grayscale and RGBA frames are read as evaluation reads them (gray
+  # replicated, alpha dropped), not refused.
+  task.predict_lines(model, variables, [grey, str(tmp_path / 'rgba.png')],
+                     output=out)
+  assert flow_io.read_flo(out).shape == (20, 30, 2)
   assert sorted(os.listdir(out_dir)) == ['f.flo', 'f.png']
 
 

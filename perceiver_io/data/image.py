@@ -194,6 +194,9 @@ def eval_preprocess_numpy(image: np.ndarray, image_size: int = IMAGE_SIZE,
 def load_image_numpy(path: str) -> np.ndarray:
   """Reads an image file (JPEG, PNG, ...) as uint8 RGB [H, W, 3] with PIL.
 
+  The pixels equal those of the pipeline's `decode_image`, including 16-bit grey PNGs (scaled to
+  8 bits by keeping the high byte, as TF does) and 16-bit RGB PNGs (PIL keeps the high byte too).
+
   Raises:
     FileNotFoundError: if the file does not exist.
     ValueError: if PIL cannot decode it.
@@ -203,9 +206,31 @@ def load_image_numpy(path: str) -> np.ndarray:
     raise FileNotFoundError(f'Image file not found: {path}')
   try:
     with Image.open(path) as img:
+      if img.mode in _SIXTEEN_BIT_MODES:
+        return _sixteen_bit_grey_to_rgb(np.asarray(img), path)
+      if img.mode == 'F':
+        raise ValueError('32-bit float images are not supported (TF cannot decode them either)')
       return np.asarray(img.convert('RGB'), np.uint8)
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f'Cannot decode image {path}: {e}') from e
+
+
+# PIL modes of single-channel images wider than 8 bits (16-bit PNGs open as I;16 or, in some
+# Pillow versions, I).
+_SIXTEEN_BIT_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
+
+
+def _sixteen_bit_grey_to_rgb(values: np.ndarray, path: str) -> np.ndarray:
+  """16-bit grey -> uint8 RGB as TF's `decode_image` does it (keep the high byte, v >> 8).
+
+  PIL's `convert('RGB')` would clip the values to 255 instead (a nearly white image), so
+  prediction would see other pixels than the pipeline.
+  """
+  values = np.asarray(values)
+  if values.size and (values.min() < 0 or values.max() > 65535):
+    raise ValueError(f'{path}: 32-bit integer pixel values outside 0..65535 are not supported.')
+  grey = (values.astype(np.uint32) >> 8).astype(np.uint8)
+  return np.repeat(grey[:, :, None], 3, axis=-1)
 
 
 # ============================================================================================
@@ -406,6 +431,8 @@ class _TableSource:
   class_names: Optional[Tuple[str, ...]]
   geometry: str
   load: Callable[[Any], Tuple[Any, Any]]  # TF int64 index -> (uint8 [h, w, 3], int32 label)
+  # Files on disk: the file of each index, to name a file TF cannot decode.
+  paths: Optional[Sequence[str]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -442,6 +469,104 @@ def decode_image(image_bytes):
       lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method='INTEGER_ACCURATE'),
       lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False))
   return tf.ensure_shape(image, [None, None, 3])
+
+
+class ImageDecodeError(ValueError):
+  """Image files of a folder source that TensorFlow cannot decode (the message names them)."""
+
+
+def undecodable_image(path: str) -> Optional[str]:
+  """Why `decode_image` (the pipeline's decoder) fails on the file `path`, or None if it decodes."""
+  tf = _import_tf()
+  try:
+    decode_image(tf.io.read_file(path))
+  except tf.errors.OpError as e:
+    return _tf_reason(e)
+  return None
+
+
+def _tf_reason(error) -> str:
+  """The readable part of a TF error: no '{{function_node ...}}' prefix or '[Op:...]' tail."""
+  import re  # pylint: disable=g-import-not-at-top
+  text = (getattr(error, 'message', '') or str(error) or type(error).__name__).strip()
+  text = re.sub(r'\{\{[^}]*\}\}\s*', '', text.splitlines()[0])
+  return re.sub(r'\s*\[Op:[^\]]*\].*$', '', text).strip() or type(error).__name__
+
+
+def _bad_files_message(bad: Sequence[Tuple[str, str]], where: str) -> str:
+  shown = '; '.join(f'{path} ({why.rstrip(".")})' for path, why in bad[:10])
+  more = f' (and {len(bad) - 10} more)' if len(bad) > 10 else ''
+  return (f'{len(bad)} image file(s) in {where} cannot be decoded as JPEG/PNG/GIF/BMP: {shown}'
+          f'{more}. Remove or re-encode them (e.g. PIL: Image.open(p).convert("RGB").save(q)), '
+          'then run again.')
+
+
+class _NamedDecodeErrors:
+  """Wraps a batch iterator of a folder source: a TF decode error becomes one `ImageDecodeError`
+  naming the bad file(s).
+
+  Nothing is checked up front (a 1.28M-image folder would take minutes to decode): when pulling a
+  batch fails, only the files of that batch and the next one are decoded again, one by one, to
+  find the culprit; if none of them fails (the error surfaced elsewhere in the prefetch window),
+  the file headers of the whole folder are checked (16 bytes per file). Bad files are not skipped
+  silently: skipping would change the example count and the deterministic stream (and so resume).
+  """
+
+  def __init__(self, iterator, paths: Sequence[str], indices_at: Callable[[np.ndarray], np.ndarray],
+               batch_size: int, where: str):
+    self._it = iterator
+    self._paths = paths
+    self._indices_at = indices_at
+    self._batch_size = batch_size
+    self._where = where
+    self._batches = 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    tf = _import_tf()
+    try:
+      batch = next(self._it)
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+      raise self._named_error(e) from None
+    self._batches += 1
+    return batch
+
+  def _named_error(self, error) -> Exception:
+    first = self._batches * self._batch_size
+    positions = np.arange(first, first + 2 * self._batch_size, dtype=np.int64)
+    candidates = sorted({int(i) for i in self._indices_at(positions)})
+    bad = []
+    for i in candidates:
+      why = undecodable_image(self._paths[i])
+      if why is not None:
+        bad.append((self._paths[i], why))
+    if not bad:
+      bad = [(p, 'not a JPEG/PNG/GIF/BMP file (header ' + head.hex() + ')')
+             for p, head in ((p, _file_header(p)) for p in self._paths)
+             if not _known_image_header(head)]
+    if not bad:
+      reason = _tf_reason(error)
+      return ImageDecodeError(f'An image in {self._where} cannot be decoded ({reason}), but '
+                              'no single file could be pinned down; check the folder with '
+                              'perceiver_io.data.image.undecodable_image(path).')
+    return ImageDecodeError(_bad_files_message(bad, self._where))
+
+
+_IMAGE_MAGIC = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n', b'GIF87a', b'GIF89a', b'BM')
+
+
+def _file_header(path: str) -> bytes:
+  try:
+    with open(path, 'rb') as f:
+      return f.read(16)
+  except OSError:
+    return b''
+
+
+def _known_image_header(head: bytes) -> bool:
+  return head.startswith(_IMAGE_MAGIC) or (head[:4] == b'RIFF' and head[8:12] == b'WEBP')
 
 
 def _list_image_files(folder: str) -> List[str]:
@@ -540,7 +665,8 @@ def _folder_source(root: str, split: str, class_names: Optional[List[str]],
     return image, tf.gather(labels_array, index)
 
   return _TableSource(len(paths), num_classes,
-                      tuple(class_names) if class_names is not None else None, 'imagenet', load)
+                      tuple(class_names) if class_names is not None else None, 'imagenet', load,
+                      paths=paths)
 
 
 # Folder names that hold a split, by the split names a config uses.
@@ -907,9 +1033,9 @@ def make_image_dataset(
             'label': tf.constant(0, tf.int32), 'mask': tf.constant(0, tf.int32)}
 
   if isinstance(src, _TableSource):
-    ds, total, shard_size = _table_stream(tf, src, train, repeat, batch_size, start_batch,
-                                          process_index, process_count, shuffle_key, preprocess,
-                                          padding_example)
+    ds, total, shard_size, indices_at = _table_stream(
+        tf, src, train, repeat, batch_size, start_batch, process_index, process_count,
+        shuffle_key, preprocess, padding_example)
   else:
     ds, total, shard_size = _tfds_stream(tf, src, train, repeat, batch_size, start_batch,
                                          process_index, process_count, seed, shuffle_buffer,
@@ -930,7 +1056,11 @@ def make_image_dataset(
       'num_batches': num_batches,
       'image_shape': (image_size, image_size, 3),
   }
-  return ds.as_numpy_iterator(), info
+  iterator = ds.as_numpy_iterator()
+  if isinstance(src, _TableSource) and src.paths is not None:
+    iterator = _NamedDecodeErrors(iterator, src.paths, indices_at, batch_size,
+                                  f'{source} [{split}]')
+  return iterator, info
 
 
 def _plain(tf, fn):
@@ -961,6 +1091,16 @@ def _table_stream(tf, src: _TableSource, train, repeat, batch_size, start_batch,
       return preprocess(image, label, position)
 
     ds = positions.map(_plain(tf, example), num_parallel_calls=tf.data.AUTOTUNE)
+
+    def indices_at(offsets):
+      # Source indices of the examples at these offsets of the stream (same maths as `example`).
+      slots = []
+      for position in np.asarray(offsets, np.int64) + start:
+        epoch_key = tf.random.experimental.stateless_fold_in(tf.constant(shuffle_key),
+                                                             tf.constant(position // shard_size))
+        slots.append(tf.random.experimental.index_shuffle(
+            tf.constant(position % shard_size), epoch_key, tf.constant(shard_size - 1, tf.int64)))
+      return shard[np.asarray([int(x) for x in slots], np.int64)]
   else:
     padded = math.ceil(math.ceil(src.num_examples / process_count) / batch_size) * batch_size
 
@@ -976,7 +1116,11 @@ def _table_stream(tf, src: _TableSource, train, repeat, batch_size, start_batch,
     if repeat:
       positions = positions.repeat()
     ds = positions.skip(start).map(_plain(tf, example), num_parallel_calls=tf.data.AUTOTUNE)
-  return ds, src.num_examples, shard_size
+
+    def indices_at(offsets):
+      position = (np.asarray(offsets, np.int64) + start) % padded
+      return shard[position[position < shard_size]]
+  return ds, src.num_examples, shard_size, indices_at
 
 
 def _tfds_stream(tf, src: _TfdsSource, train, repeat, batch_size, start_batch, process_index,

@@ -479,7 +479,14 @@ def read_image(path: PathLike, strict: bool = False) -> np.ndarray:
         rgb = np.asarray(im.convert('RGB'))
   except Image.UnidentifiedImageError as e:
     raise ValueError(f'{path}: not an image file Pillow can read ({e}).') from e
+  except _PIL_READ_ERRORS as e:  # Truncated or corrupt data (e.g. 'image file is truncated').
+    raise ValueError(f'{path}: cannot read the image ({e}).') from e
   return np.ascontiguousarray(rgb, dtype=np.uint8)
+
+
+# What Pillow raises for a file whose header it recognised but whose data is truncated or corrupt
+# (OSError 'image file is truncated', SyntaxError 'broken PNG file', EOFError, zlib errors).
+_PIL_READ_ERRORS = (OSError, SyntaxError, EOFError, zlib.error)
 
 
 def read_mask(path: PathLike) -> np.ndarray:
@@ -487,11 +494,16 @@ def read_mask(path: PathLike) -> np.ndarray:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f'Mask image not found: {path}')
-  with Image.open(path) as im:
-    im.load()
-    if im.mode not in ('L', '1', 'P', 'RGB', 'RGBA', 'LA'):
-      raise ValueError(f'{path}: expected an 8-bit mask image, got mode {im.mode!r}.')
-    gray = np.asarray(im.convert('L'))
+  try:
+    with Image.open(path) as im:
+      im.load()
+      if im.mode not in ('L', '1', 'P', 'RGB', 'RGBA', 'LA'):
+        raise ValueError(f'{path}: expected an 8-bit mask image, got mode {im.mode!r}.')
+      gray = np.asarray(im.convert('L'))
+  except Image.UnidentifiedImageError as e:
+    raise ValueError(f'{path}: not an image file Pillow can read ({e}).') from e
+  except _PIL_READ_ERRORS as e:
+    raise ValueError(f'{path}: cannot read the mask image ({e}).') from e
   return gray > 0
 
 

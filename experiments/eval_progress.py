@@ -1,0 +1,96 @@
+"""Progress of an evaluation loop (ImageNet folders, flow directories, text tables, MLM).
+
+Why: an evaluation can take hours (the official flow model on CPU tiles each
+Sintel frame ~6 times at ~7 s a tile) and used to print nothing until the
+final table. With `config.progress_bar` (as for training) a tqdm bar goes to
+stderr; without it (the tiny/test presets) a log line with the count, rate
+and ETA is written at most every `log_every_s` seconds, so short evaluations
+and tests stay quiet. Only process 0 reports.
+"""
+
+import logging
+import sys
+import time
+from typing import Optional
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  return f'{hours}:{rest // 60:02d}:{rest % 60:02d}'
+
+
+class EvalProgress:
+  """Counts evaluated items; use as a context manager and call `update(n)`.
+
+  Args:
+    config: the run config (reads `progress_bar`).
+    total: expected number of items, or None / <= 0 if unknown.
+    unit: what is counted ('image', 'pair', 'example').
+    desc: the bar's / log lines' label.
+    log_every_s: seconds between log lines when there is no bar.
+  """
+
+  def __init__(self, config, total: Optional[int], unit: str = 'example',
+               desc: str = 'eval', log_every_s: float = 30.0):
+    import jax  # pylint: disable=g-import-not-at-top
+    self.enabled = jax.process_index() == 0
+    self.total = int(total) if total and total > 0 else None
+    self.unit, self.desc, self.log_every_s = unit, desc, log_every_s
+    self.count = 0
+    self.start = self.last_log = time.monotonic()
+    self.bar = None
+    if not self.enabled:
+      return
+    logging.info('%s: %s %ss', desc,
+                 self.total if self.total is not None else 'an unknown number of',
+                 unit)
+    if bool(config.get('progress_bar', False)):
+      try:
+        import tqdm  # pylint: disable=g-import-not-at-top
+        self.bar = tqdm.tqdm(total=self.total, unit=unit, desc=desc,
+                             file=sys.stderr, dynamic_ncols=True,
+                             mininterval=1.0, leave=False)
+      except ImportError:
+        pass
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+    return False
+
+  def update(self, n: int = 1) -> None:
+    if not self.enabled:
+      return
+    self.count += int(n)
+    if self.bar is not None:
+      self.bar.update(int(n))
+      return
+    now = time.monotonic()
+    if now - self.last_log >= self.log_every_s:
+      self.last_log = now
+      logging.info('%s', self.line(now))
+
+  def line(self, now: Optional[float] = None) -> str:
+    """'eval: 120/200 images, 3.1 image/s, elapsed 0:00:39, ETA 0:00:26'."""
+    elapsed = max((now or time.monotonic()) - self.start, 1e-9)
+    rate = self.count / elapsed
+    done = (f'{self.count}/{self.total}' if self.total is not None
+            else f'{self.count}')
+    text = (f'{self.desc}: {done} {self.unit}s, {rate:.3g} {self.unit}/s, '
+            f'elapsed {_duration(elapsed)}')
+    if self.total is not None and rate > 0:
+      text += f', ETA {_duration(max(self.total - self.count, 0) / rate)}'
+    return text
+
+  def close(self) -> None:
+    if not self.enabled:
+      return
+    if self.bar is not None:
+      self.bar.close()
+      self.bar = None
+    if self.count:
+      logging.info('%s', self.line().split(', ETA')[0])
+    self.enabled = False
