@@ -486,6 +486,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     checkpointing.write_json_atomic(
         os.path.join(workdir, checkpointing.DATA_INFO_FILE),
         {'label_names': list(train_info.get('label_names') or []),
+         'text_fields': list(train_info.get('text_fields') or []),
          'num_examples': int(train_info['num_examples']),
          'source': config.data.source})
   if task_object is not None:

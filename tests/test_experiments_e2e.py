@@ -241,8 +241,10 @@ def test_glue_tiny_regression_and_tanh_head_then_summary(data_dir, tmp_path):
                    data__eval_split='test')
   result = train_lib.train_and_evaluate(stsb, str(tmp_path / 'stsb'))
   assert {'pearson', 'spearman', 'score'} <= set(result['eval'])
+  with pytest.raises(ValueError, match='trained on sentence pairs'):
+    predict_lib.predict_lines(str(tmp_path / 'stsb'), ['A man plays.'])
   lines = predict_lib.predict_lines(str(tmp_path / 'stsb'),
-                                    ['A man plays.'])
+                                    ['A man plays.\tSomeone plays.'])
   assert float(lines[-1].split('\t')[0]) == pytest.approx(
       float(lines[-1].split('\t')[0]))  # A number, tab, the input.
   cola = _override(glue_bytes.get_config('cola,tiny'),
