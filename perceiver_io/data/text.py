@@ -161,7 +161,8 @@ _KNOWN_TEXT_COLUMNS = (
     ('sentence1', 'sentence2'), ('#1 String', '#2 String'), ('question1', 'question2'),
     ('question', 'sentence'), ('premise', 'hypothesis'), ('sentence',), ('text',),
     ('review',))
-_KNOWN_LABEL_COLUMNS = ('label', 'Quality', 'score', 'gold_label', 'sentiment')
+_KNOWN_LABEL_COLUMNS = ('label', 'Quality', 'is_duplicate', 'score', 'gold_label',
+                        'sentiment')
 
 
 # ------------------------------------------------------------------ results
