@@ -204,8 +204,28 @@ def to_markdown(doc):
   return '\n'.join(lines) + '\n'
 
 
+def check_args(args):
+  """Raises ValueError naming the bad flag (before anything compiles)."""
+  parse_variants(args.variant)
+  w = workload(args.workload, args.smoke)
+  if args.mode not in w.modes:
+    raise ValueError(f'{args.workload} supports modes {w.modes}, '
+                     f'not {args.mode!r}.')
+  for flag in ('rounds', 'repeats'):
+    if getattr(args, flag) < 1:
+      raise ValueError(f'--{flag} must be >= 1, got {getattr(args, flag)}.')
+  for _, perf in parse_variants(args.variant):
+    compare_reference.check_ours(
+        {k: v for k, v in perf.items() if k in W.PERF_KEYS}, [w])
+
+
 def main(argv=None):
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  try:
+    check_args(args)
+  except ValueError as e:
+    parser.error(str(e))
   doc = run(args)
   stem = os.path.join(args.out, f"paired_{doc['workload']}_{doc['mode']}")
   runner.write_results(stem, doc, to_markdown(doc))

@@ -206,3 +206,106 @@ def test_offline_tfds_hint_names_cli_flags():
   hint = input_pipeline.cli_hint(text_data._local_alternative('glue/mrpc'))
   assert '--config.data.text_fields=sentence1,sentence2' in hint
   assert "text_fields=(" not in hint
+
+
+# ---------------------------------------------------------------- benchmarks
+
+
+def _usage_error(main, argv, capsys):
+  """The argparse error line of `main(argv)` (which must exit 2 at once)."""
+  with pytest.raises(SystemExit) as e:
+    main(argv)
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()[-1]
+  assert 'error: ' in err
+  return err
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--batch', 'imdb=0'], 'a batch is a whole number >= 1'),
+    (['--batch', 'imdb=-3'], 'a batch is a whole number >= 1'),
+    (['--batch', 'imgnet=2'], "unknown workload(s) ['imgnet']"),
+    (['--ours', 'remat=maybe'], 'remat must be True or False'),
+    (['--ours', 'attention_impl=flash'], 'attention_impl=flash'),
+    (['--ours', 'dtype=float8'], 'dtype must be one of'),
+    (['--ours', 'remats=true'], '--ours keys must be among'),
+    (['--workloads', 'imdbx'], "unknown --workloads ['imdbx']"),
+    (['--modes', 'eval'], '--modes takes train/infer'),
+    (['--repeats', '0'], '--repeats must be >= 1'),
+])
+def test_compare_reference_rejects_bad_args_up_front(argv, message, capsys,
+                                                     monkeypatch):
+  from benchmarks import compare_reference  # pylint: disable=g-import-not-at-top
+  from benchmarks import runner  # pylint: disable=g-import-not-at-top
+  started = []
+  monkeypatch.setattr(runner, 'run_worker',
+                      lambda *a, **k: started.append(a) or {})
+  # No --smoke: the full-size run must not start either.
+  err = _usage_error(compare_reference.main,
+                     ['--workloads', 'imdb', '--impls', 'ours'] + [
+                         a for a in argv if a] if argv[0] != '--workloads'
+                     else ['--impls', 'ours'] + argv, capsys)
+  assert message in err
+  assert not started
+
+
+def test_benchmark_cli_error_is_one_line_without_traceback(subprocess_env):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.compare_reference', '--workloads',
+       'imdb', '--batch', 'imdb=0'], cwd=REPO, env=subprocess_env,
+      capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert 'Traceback' not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].endswith(
+      'error: --batch imdb=0: a batch is a whole number >= 1.')
+  assert proc.stdout == ''
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--sweeps', 'input'], '--sweeps takes inputs and/or queries'),
+    (['--series', 'ours,torch'], '--series takes'),
+    (['--inputs', '0,256'], '--inputs takes comma-separated whole numbers'),
+    (['--input_modes', 'eval'], '--input_modes takes'),
+])
+def test_scaling_rejects_bad_args_up_front(argv, message, capsys):
+  from benchmarks import scaling  # pylint: disable=g-import-not-at-top
+  assert message in _usage_error(scaling.main, ['--no_plot'] + argv, capsys)
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--workload', 'imdbx', '--variant', 'default'], "unknown --workload"),
+    (['--variant', 'remat=maybe'], 'remat must be True or False'),
+    (['--variant', 'bogus=1'], 'unknown perf option'),
+    (['--mode', 'infer', '--workload', 'optical_flow', '--variant', 'default',
+      '--rounds', '0'], '--rounds must be >= 1'),
+])
+def test_paired_options_rejects_bad_args_up_front(argv, message, capsys):
+  from benchmarks import paired_options  # pylint: disable=g-import-not-at-top
+  assert message in _usage_error(paired_options.main, argv, capsys)
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--workload', 'imdbx'], 'unknown --workload'),
+    (['--batch', '0'], '--batch must be >= 1'),
+    (['--ours', 'remat=maybe'], 'remat must be True or False'),
+])
+def test_profile_ours_rejects_bad_args_up_front(argv, message, capsys,
+                                                tmp_path):
+  from benchmarks import profile_ours  # pylint: disable=g-import-not-at-top
+  assert message in _usage_error(profile_ours.main,
+                                 argv + ['--out', str(tmp_path)], capsys)
+
+
+def test_failed_measurement_exits_non_zero(tmp_path, monkeypatch):
+  from benchmarks import compare_reference  # pylint: disable=g-import-not-at-top
+  from benchmarks import runner  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(runner, 'run_worker', lambda spec, *a, **k: {
+      'status': 'error', 'impl': spec['impl'], 'mode': spec['mode'],
+      'workload': spec['workload']['name'],
+      'batch': spec['workload']['batch']})
+  code = compare_reference.main(['--smoke', '--workloads', 'imdb', '--modes',
+                                 'infer', '--impls', 'ours', '--out',
+                                 str(tmp_path)])
+  assert code == 1
+  assert (tmp_path / 'compare.json').exists()
+
