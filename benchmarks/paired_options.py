@@ -66,7 +66,8 @@ def build_parser():
   p.add_argument('--repeats', type=int, default=2,
                  help='timed calls per variant and round (after one warm-up).')
   p.add_argument('--smoke', action='store_true', help='tiny sizes.')
-  p.add_argument('--out', default='benchmarks/results/paired')
+  p.add_argument('--out', default=None,
+                 help='output folder (default a new benchmarks/results/paired/run-<UTC time>/).')
   return p
 
 
@@ -227,6 +228,7 @@ def main(argv=None):
   except ValueError as e:
     parser.error(str(e))
   doc = run(args)
+  args.out = args.out or runner.new_run_dir('paired')
   stem = os.path.join(args.out, f"paired_{doc['workload']}_{doc['mode']}")
   runner.write_results(stem, doc, to_markdown(doc))
   print(to_markdown(doc))

@@ -309,3 +309,36 @@ def test_failed_measurement_exits_non_zero(tmp_path, monkeypatch):
   assert code == 1
   assert (tmp_path / 'compare.json').exists()
 
+
+def test_default_benchmark_out_never_replaces_committed_results(monkeypatch):
+  from benchmarks import compare_reference  # pylint: disable=g-import-not-at-top
+  from benchmarks import runner  # pylint: disable=g-import-not-at-top
+  results = os.path.join(REPO, 'benchmarks', 'results')
+  committed = os.path.join(results, 'cpu', 'compare.json')
+  before = open(committed).read() if os.path.exists(committed) else None
+  out = runner.results_dir(None, False, 'cpu')
+  assert os.path.dirname(out) == os.path.join(results, 'cpu')
+  assert os.path.basename(out).startswith('run-')
+  assert runner.results_dir(None, True, 'cpu') == os.path.join(results,
+                                                                'smoke')
+  assert runner.results_dir('/x', False, 'cpu') == '/x'
+  # A default (non-smoke) run end to end, with the measurement faked.
+  monkeypatch.setattr(runner, 'run_worker', lambda spec, *a, **k: {
+      'status': 'ok', 'impl': spec['impl'], 'mode': spec['mode'],
+      'workload': spec['workload']['name'],
+      'batch': spec['workload']['batch'], 'median_s': 0.5, 'times_s': [0.5],
+      'peak_rss': 1, 'first_s': 1.0})
+  made = []
+  real = runner.new_run_dir
+  monkeypatch.setattr(runner, 'new_run_dir',
+                      lambda kind: made.append(real(kind)) or made[-1])
+  try:
+    assert compare_reference.main(['--workloads', 'imdb', '--modes', 'infer',
+                                   '--impls', 'ours', '--repeats', '1']) == 0
+    assert os.path.exists(os.path.join(made[0], 'compare.json'))
+  finally:
+    import shutil  # pylint: disable=g-import-not-at-top
+    for d in made:
+      shutil.rmtree(d, ignore_errors=True)
+  after = open(committed).read() if os.path.exists(committed) else None
+  assert after == before
