@@ -342,3 +342,35 @@ def test_default_benchmark_out_never_replaces_committed_results(monkeypatch):
       shutil.rmtree(d, ignore_errors=True)
   after = open(committed).read() if os.path.exists(committed) else None
   assert after == before
+
+
+def test_flow_generated_bad_overlap_fails_before_training(tmp_path,
+                                                          subprocess_env):
+  proc = subprocess.run(
+      [sys.executable, 'benchmarks/flow_generated.py', '--steps', '2',
+       '--sintel', str(tmp_path), '--tile_overlap', '20', '--workdir',
+       str(tmp_path / 'w')], cwd=REPO, env=subprocess_env,
+      capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert 'pass --tile_overlap=<value> to this script' in proc.stderr
+  assert '--config.eval_tile_overlap' not in proc.stderr
+  assert not (tmp_path / 'w').exists()  # No training started.
+
+
+def test_flow_generated_writes_json_when_real_data_eval_fails(
+    tmp_path, subprocess_env):
+  (tmp_path / 'empty').mkdir()
+  output = tmp_path / 'result.json'
+  proc = subprocess.run(
+      [sys.executable, 'benchmarks/flow_generated.py', '--steps', '2',
+       '--batch', '2', '--eval_pairs', '4', '--middlebury',
+       str(tmp_path / 'empty'), '--workdir', str(tmp_path / 'w'),
+       '--output', str(output)], cwd=REPO, env=subprocess_env,
+      capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr
+  assert 'error: middlebury' in proc.stderr
+  with open(output) as f:
+    summary = json.load(f)
+  assert summary['steps'] == 2 and summary['val_pairs'] == 4
+  assert 'folder not found' in summary['real_data']['middlebury']['error']
