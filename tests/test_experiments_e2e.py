@@ -288,7 +288,7 @@ def test_missing_local_file_is_one_clear_error(tmp_path):
 def test_labels_outside_the_classes_name_the_row(data_dir, tmp_path):
   config = _override(imdb_bytes.get_config('tiny'),
                      data__source=f'csv:{data_dir}/badlabel.csv')
-  with pytest.raises(ValueError, match='row 2.*label 5'):
+  with pytest.raises(ValueError, match=r'row 3 \(1 = the first data row\) has label 5'):
     train_lib.train_and_evaluate(config, str(tmp_path / 'w'))
 
 

@@ -374,3 +374,61 @@ def test_flow_generated_writes_json_when_real_data_eval_fails(
     summary = json.load(f)
   assert summary['steps'] == 2 and summary['val_pairs'] == 4
   assert 'folder not found' in summary['real_data']['middlebury']['error']
+
+
+# ------------------------------------------------------------ small messages
+
+
+def test_malformed_csv_and_tsv_rows_give_the_right_reason(tmp_path):
+  from perceiver_io.data import text as text_data  # pylint: disable=g-import-not-at-top
+  bad_csv = tmp_path / 'bad.csv'
+  bad_csv.write_text('text,label\nfine,1\ntoo,many,0\n')
+  with pytest.raises(ValueError, match='row 2 \\(line 3\\)') as e:
+    text_data.make_text_dataset(f'csv:{bad_csv}', 'train', max_length=16,
+                                repeat=False, batch_size=2)
+  assert 'quoting off' not in str(e.value)
+  assert 'a comma inside an unquoted text' in str(e.value)
+  bad_tsv = tmp_path / 'bad.tsv'
+  bad_tsv.write_text('sentence\tlabel\nfine\t1\na\ttab\t0\n')
+  with pytest.raises(ValueError, match='quoting off, a tab inside a text'):
+    text_data.make_text_dataset(f'tsv:{bad_tsv}', 'train', max_length=16,
+                                repeat=False, batch_size=2)
+
+
+def test_label_out_of_range_row_is_one_based():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  config = glue_bytes.get_config('cola,tiny')
+  good = {'label': np.array([0, 1])}
+  with pytest.raises(ValueError,
+                     match=r'train row 3 \(1 = the first data row\) has '
+                     r'label 5.*--config\.data\.num_classes'):
+    train_lib._check_labels(config, {'label': np.array([0, 1, 5])}, good)
+
+
+def test_flow_directory_eval_header_names_the_source_not_a_split():
+  from configs import optical_flow  # pylint: disable=g-import-not-at-top
+  from experiments import eval_lib  # pylint: disable=g-import-not-at-top
+  config = _override(optical_flow.get_config('tiny'),
+                     data__eval_source='sintel:/data/sintel')
+  assert eval_lib.eval_data_description(config) == 'source sintel:/data/sintel'
+  config = _override(optical_flow.get_config('tiny'),
+                     data__eval_source='generated')
+  assert eval_lib.eval_data_description(config).startswith('split ')
+  assert eval_lib.eval_data_description(
+      glue_bytes.get_config('mnli,tiny')) == 'split validation_matched'
+
+
+def test_mlm_data_log_has_no_made_up_counts(tmp_path, caplog):
+  import logging  # pylint: disable=g-import-not-at-top
+  from configs import mlm_bytes  # pylint: disable=g-import-not-at-top
+  corpus = tmp_path / 'corpus.txt'
+  corpus.write_text(''.join(f'the film number {i} was fine\n'
+                            for i in range(20)))
+  config = _override(mlm_bytes.get_config('tiny'),
+                     data__source=f'text:{corpus}', num_train_steps=1)
+  with caplog.at_level(logging.INFO):
+    train_lib.train_and_evaluate(config, str(tmp_path / 'mlm'))
+  data_lines = [r.getMessage() for r in caplog.records
+                if r.getMessage().startswith('data: ')]
+  assert data_lines and 'MLM stream from text:' in data_lines[0]
+  assert '-1 eval' not in data_lines[0] and '0 train' not in data_lines[0]
