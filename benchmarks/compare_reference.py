@@ -116,7 +116,7 @@ def plan(args):
   names = [n for n in args.workloads.split(',') if n]
   bad = [n for n in names if n not in everything]
   if bad or not names:
-    raise ValueError(f'unknown --workloads {bad}; choose from '
+    raise ValueError(f'unknown workloads {bad} (--workloads); choose from '
                      f'{sorted(everything)}.')
   modes = [m for m in args.modes.split(',') if m]
   impls = [i for i in args.impls.split(',') if i]

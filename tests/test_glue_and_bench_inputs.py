@@ -229,7 +229,7 @@ def _usage_error(main, argv, capsys):
     (['--ours', 'attention_impl=flash'], 'attention_impl=flash'),
     (['--ours', 'dtype=float8'], 'dtype must be one of'),
     (['--ours', 'remats=true'], '--ours keys must be among'),
-    (['--workloads', 'imdbx'], "unknown --workloads ['imdbx']"),
+    (['--workloads', 'imdbx'], "unknown workloads ['imdbx'] (--workloads)"),
     (['--modes', 'eval'], '--modes takes train/infer'),
     (['--repeats', '0'], '--repeats must be >= 1'),
 ])
