@@ -61,6 +61,73 @@ def parse_key_values(items, what):
   return out
 
 
+def check_batches(batch, known):
+  """`--batch` must name known workloads, with whole numbers >= 1."""
+  unknown = sorted(set(batch) - set(known))
+  if unknown:
+    raise ValueError(f'--batch names unknown workload(s) {unknown}; choose '
+                     f'from {sorted(known)}.')
+  for key, value in batch.items():
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f'--batch {key}={value}: a batch is a whole number '
+                       '>= 1.')
+
+
+def check_ours(perf, workloads):
+  """`--ours` keys and values, checked on each requested workload's config
+  (as the worker would build it) before any measurement starts."""
+  unknown = sorted(set(perf) - set(W.PERF_KEYS))
+  if unknown:
+    raise ValueError(f'--ours keys must be among {W.PERF_KEYS}, got '
+                     f'{unknown}.')
+  if not perf:
+    return
+  from perceiver_io import attention  # pylint: disable=g-import-not-at-top
+  from perceiver_io import model as model_lib  # pylint: disable=g-import-not-at-top
+  impl = perf.get('attention_impl', 'auto')
+  if impl not in attention.ATTENTION_IMPLS:
+    raise ValueError(f'--ours attention_impl={impl}: one of '
+                     f'{", ".join(attention.ATTENTION_IMPLS)}.')
+  for w in workloads:
+    try:
+      model_lib.validate_config(W.ours_config(w, **perf))
+    except ValueError as e:
+      raise ValueError(f'--ours {",".join(f"{k}={v}" for k, v in perf.items())}'
+                       f': {e}') from None
+
+
+def check_counts(args):
+  for flag in ('repeats', 'rounds', 'threads'):
+    value = getattr(args, flag, None)
+    if value is not None and value < 1:
+      raise ValueError(f'--{flag} must be >= 1, got {value}.')
+  if getattr(args, 'warmup', 0) < 0:
+    raise ValueError(f'--warmup must be >= 0, got {args.warmup}.')
+
+
+def plan(args):
+  """Checks every argument; returns (workloads in order, modes, impls,
+  ours perf options). Raises ValueError naming the bad flag."""
+  check_counts(args)
+  batch = parse_key_values(args.batch, '--batch')
+  everything = W.standard_workloads(args.smoke)
+  check_batches(batch, everything)
+  everything = W.standard_workloads(args.smoke, batch)
+  names = [n for n in args.workloads.split(',') if n]
+  bad = [n for n in names if n not in everything]
+  if bad or not names:
+    raise ValueError(f'unknown workloads {bad} (--workloads); choose from '
+                     f'{sorted(everything)}.')
+  modes = [m for m in args.modes.split(',') if m]
+  impls = [i for i in args.impls.split(',') if i]
+  if (set(modes) - {'train', 'infer'} or set(impls) - {'ours', 'hf'} or
+      not modes or not impls):
+    raise ValueError('--modes takes train/infer and --impls ours/hf.')
+  ours_perf = parse_key_values(args.ours, '--ours')
+  check_ours(ours_perf, [everything[n] for n in names])
+  return [everything[n] for n in names], modes, impls, ours_perf
+
+
 def build_parser():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--workloads', default='imdb,imagenet_fourier,imagenet_conv,'
@@ -113,21 +180,7 @@ def _merge_rounds(results):
 
 def run_all(args):
   """Runs every requested measurement; returns the results document."""
-  batch = parse_key_values(args.batch, '--batch')
-  ours_perf = parse_key_values(args.ours, '--ours')
-  unknown = sorted(set(ours_perf) - set(W.PERF_KEYS))
-  if unknown:
-    raise ValueError(f'--ours keys must be among {W.PERF_KEYS}, got {unknown}.')
-  everything = W.standard_workloads(args.smoke, batch)
-  names = [n for n in args.workloads.split(',') if n]
-  bad = [n for n in names if n not in everything]
-  if bad:
-    raise ValueError(f'unknown workloads {bad}; choose from '
-                     f'{sorted(everything)}.')
-  modes = [m for m in args.modes.split(',') if m]
-  impls = [i for i in args.impls.split(',') if i]
-  if set(modes) - {'train', 'infer'} or set(impls) - {'ours', 'hf'}:
-    raise ValueError('--modes takes train/infer and --impls ours/hf.')
+  chosen, modes, impls, ours_perf = plan(args)
   doc = {'machine': runner.machine_info(),
          'versions': runner.library_versions(),
          'settings': {'repeats': args.repeats, 'warmup': args.warmup,
@@ -137,8 +190,8 @@ def run_all(args):
                       'hf_compile': args.hf_compile,
                       'smoke': args.smoke, 'mem_cap_gb': args.mem_cap_gb},
          'results': []}
-  for name in names:
-    w = everything[name]
+  for w in chosen:
+    name = w.name
     for mode in modes:
       if mode not in w.modes:
         continue
@@ -238,7 +291,12 @@ def to_markdown(doc):
 
 
 def main(argv=None):
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  try:  # Every argument, before any worker starts.
+    plan(args)
+  except ValueError as e:
+    parser.error(str(e))
   args.out = runner.results_dir(args.out, args.smoke, 'cpu')
   doc = run_all(args)
   doc['summary'] = summary_rows(doc)
@@ -250,6 +308,13 @@ def main(argv=None):
   if mismatched:
     print(f'ERROR: parameter counts differ for {mismatched}; the comparison '
           'is not like for like.', file=sys.stderr)
+    return 1
+  failed = [f'{r["workload"]} {r["mode"]} {r["impl"]}: {r.get("status")}'
+            for r in doc['results'] if r.get('status') != 'ok']
+  if failed:
+    print(f'ERROR: {len(failed)} measurement(s) did not complete '
+          f'({"; ".join(failed)}); see stderr_tail in '
+          f'{os.path.join(args.out, "compare.json")}.', file=sys.stderr)
     return 1
   return 0
 

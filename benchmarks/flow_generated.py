@@ -15,7 +15,12 @@ samples in shared/data), reporting the zero-flow EPE there too.
   python benchmarks/flow_generated.py [--steps=1200] [--overfit=16] \
       [--learning_rate=3e-4] [--plain_fraction=1.0] [--motion_scale=0.3] \
       [--sintel=../shared/data/sintel_flow] \
-      [--middlebury=../shared/data/middlebury_flow] [--output=result.json]
+      [--middlebury=../shared/data/middlebury_flow] [--tile_overlap=4] \
+      [--output=result.json]
+
+The JSON (--output) is written right after training and again after each
+real-data evaluation, so a failed benchmark-folder evaluation keeps the
+training results (the failure is recorded in it, and the exit status is 1).
 
 It is not a unit test (minutes of CPU).
 
@@ -70,6 +75,7 @@ Middlebury RubberWhale 1.257 vs 1.256 (not re-measured with 16x24 tiles).
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -83,6 +89,7 @@ import jax
 import numpy as np
 
 from configs import optical_flow
+from experiments import flow_task
 from experiments import predict_lib
 from experiments import task_registry
 from experiments import train_lib
@@ -107,7 +114,8 @@ def make_config(args):
       (args.steps, c, 'num_train_steps'),
       (args.learning_rate, c.optimizer, 'learning_rate'),
       (args.optimizer, c.optimizer, 'name'),
-      (args.flow_scale, c.model, 'flow_scale'), (args.seed, c, 'seed')):
+      (args.flow_scale, c.model, 'flow_scale'), (args.seed, c, 'seed'),
+      (args.tile_overlap, c, 'eval_tile_overlap')):
     if value is not None:
       section[field] = value
   steps = int(c.num_train_steps)
@@ -180,10 +188,25 @@ def main():
   parser.add_argument('--workdir', default='')
   parser.add_argument('--sintel', default='')
   parser.add_argument('--middlebury', default='')
+  parser.add_argument('--tile_overlap', type=int,
+                      help='overlap of the tiles of the --sintel/--middlebury '
+                      'evaluation, in pixels (config.eval_tile_overlap; must '
+                      'be below the tile size)')
   parser.add_argument('--output', default='')
   args = parser.parse_args()
 
   config = make_config(args)
+  # Checked before the minutes of training, not after.
+  for flag, root in (('--sintel', args.sintel),
+                     ('--middlebury', args.middlebury)):
+    if root and not os.path.isdir(root):
+      parser.error(f'{flag} {root}: not a folder.')
+  if args.sintel or args.middlebury:
+    try:
+      flow_task.check_tile_overlap(config.eval_tile_overlap,
+                                   tuple(config.model.kwargs.train_size))
+    except ValueError as e:
+      parser.error(_script_flags(str(e)))
   workdir = args.workdir or tempfile.mkdtemp(prefix='flow_generated_')
   start = time.time()
   result = train_lib.train_and_evaluate(config, workdir)
@@ -233,22 +256,52 @@ def main():
           f'px on the {args.overfit} training pairs')
 
   real = {}
+  summary['real_data'] = real
+  summary['workdir'] = workdir
+  write_summary(summary, args.output)  # Training results first.
+  failed = []
   if args.sintel or args.middlebury:
     model, variables, _, _ = predict_lib.load_workdir(workdir)
     task = task_registry.get(config)
     for kind, root in (('sintel', args.sintel), ('middlebury', args.middlebury)):
-      if root:
+      if not root:
+        continue
+      try:
         real[kind] = real_data_metrics(task, model, variables, kind, root, -1)
+      except (ValueError, FileNotFoundError, OSError) as e:
+        message = _script_flags(str(e))
+        real[kind] = {'error': message}
+        failed.append(kind)
+        print(f'error: {kind} ({root}): {message}', file=sys.stderr)
+      else:
         print(f'{kind} ({root}): ' + ', '.join(
             f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}'
             for k, v in real[kind].items()))
-  summary['real_data'] = real
-  if args.output:  # Temp file + rename: a failed write keeps the old file.
-    tmp = args.output + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(summary, f, indent=2)
-    os.replace(tmp, args.output)
+      write_summary(summary, args.output)
   print(f'workdir: {workdir}')
+  if args.output:
+    print(f'results: {args.output}')
+  if failed:
+    sys.exit(1)
+
+
+def write_summary(summary, output):
+  """Temp file + rename: a failed write keeps the old file."""
+  if not output:
+    return
+  tmp = output + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(summary, f, indent=2)
+  os.replace(tmp, output)
+
+
+def _script_flags(message):
+  """The launcher's flag names in library messages -> this script's."""
+  message = re.sub(r"set --config\.eval_tile_overlap=<value> \(with "
+                   r"--workdir, together with --config=<the run's config "
+                   r"file>\)", 'pass --tile_overlap=<value> to this script',
+                   message)
+  return message.replace('--config.eval_tile_overlap', '--tile_overlap')
 
 
 if __name__ == '__main__':

@@ -99,10 +99,12 @@ def main(argv=None):
                  help='comma-separated MxKxN.')
   p.add_argument('--rounds', type=int, default=3)
   p.add_argument('--calls', type=int, default=5)
-  p.add_argument('--out', default='benchmarks/results/cpu')
+  p.add_argument('--out', default=None,
+                 help='output folder (default a new benchmarks/results/cpu/run-<UTC time>/).')
   args = p.parse_args(argv)
   sizes = [parse_size(s) for s in args.sizes.split(',') if s]
   doc = run(sizes, args.rounds, args.calls)
+  args.out = args.out or runner.new_run_dir('cpu')
   runner.write_results(os.path.join(args.out, 'gemm'), doc, to_markdown(doc))
   print(to_markdown(doc))
   return 0

@@ -6,14 +6,14 @@
 # TensorFlow and no ml_collections.
 #
 # Usage: benchmarks/gpu.sh [RESULTS_DIR] [extra gpu_bench.py flags]
-#        (without RESULTS_DIR: benchmarks/results/gpu, or .../smoke with --smoke)
+#        (without RESULTS_DIR: a new benchmarks/results/gpu/run-<UTC time>/,
+#        or benchmarks/results/smoke with --smoke; never the committed files)
 #        benchmarks/gpu.sh /tmp/smoke --smoke   # tiny sizes, CPU is fine
-# Writes RESULTS_DIR/gpu.json and RESULTS_DIR/gpu.md (default
-# benchmarks/results/gpu). Set PYTHON to choose the interpreter.
+# Writes RESULTS_DIR/gpu.json and RESULTS_DIR/gpu.md. Set PYTHON to choose the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
-OUT=benchmarks/results/gpu
+OUT=
 if [[ $# -gt 0 && "$1" != --* ]]; then OUT="$1"; shift; fi  # Else: flags only.
 "$PY" - <<'PY'
 import importlib.util, sys
@@ -24,7 +24,9 @@ if missing:
 PY
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
   2>/dev/null || echo "gpu.sh: nvidia-smi not found (fine with --smoke)"
-if [[ " $* " == *" --smoke "* && "$OUT" == benchmarks/results/gpu ]]; then
+if [[ -z "$OUT" && " $* " == *" --smoke "* ]]; then
   OUT=benchmarks/results/smoke
+elif [[ -z "$OUT" ]]; then
+  OUT=benchmarks/results/gpu/run-$(date -u +%Y%m%d-%H%M%S)
 fi
 exec timeout --signal=KILL 475 "$PY" -m benchmarks.gpu_bench --out "$OUT" "$@"

@@ -66,7 +66,8 @@ def build_parser():
   p.add_argument('--repeats', type=int, default=2,
                  help='timed calls per variant and round (after one warm-up).')
   p.add_argument('--smoke', action='store_true', help='tiny sizes.')
-  p.add_argument('--out', default='benchmarks/results/paired')
+  p.add_argument('--out', default=None,
+                 help='output folder (default a new benchmarks/results/paired/run-<UTC time>/).')
   return p
 
 
@@ -204,9 +205,30 @@ def to_markdown(doc):
   return '\n'.join(lines) + '\n'
 
 
+def check_args(args):
+  """Raises ValueError naming the bad flag (before anything compiles)."""
+  parse_variants(args.variant)
+  w = workload(args.workload, args.smoke)
+  if args.mode not in w.modes:
+    raise ValueError(f'{args.workload} supports modes {w.modes}, '
+                     f'not {args.mode!r}.')
+  for flag in ('rounds', 'repeats'):
+    if getattr(args, flag) < 1:
+      raise ValueError(f'--{flag} must be >= 1, got {getattr(args, flag)}.')
+  for _, perf in parse_variants(args.variant):
+    compare_reference.check_ours(
+        {k: v for k, v in perf.items() if k in W.PERF_KEYS}, [w])
+
+
 def main(argv=None):
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  try:
+    check_args(args)
+  except ValueError as e:
+    parser.error(str(e))
   doc = run(args)
+  args.out = args.out or runner.new_run_dir('paired')
   stem = os.path.join(args.out, f"paired_{doc['workload']}_{doc['mode']}")
   runner.write_results(stem, doc, to_markdown(doc))
   print(to_markdown(doc))

@@ -544,13 +544,20 @@ def main(argv=None):
                        'pass the ceilings.json that benchmarks.gpu_ceilings '
                        'wrote, or leave the flag out.') from e
   from benchmarks.compare_reference import parse_key_values  # pylint: disable=g-import-not-at-top
-  batch = {args.workload: args.batch} if args.batch else None
+  batch = {args.workload: args.batch} if args.batch is not None else None
   workloads = W.standard_workloads(args.smoke, batch)
   if args.workload not in workloads:
-    raise ValueError(f'unknown workload {args.workload!r}; choose from '
-                     f'{sorted(workloads)}.')
+    p.error(f'unknown --workload {args.workload!r}; choose from '
+            f'{sorted(workloads)}.')
+  if args.batch is not None and args.batch < 1:
+    p.error(f'--batch must be >= 1, got {args.batch}.')
   w = workloads[args.workload]
-  perf = parse_key_values(args.ours, '--ours')
+  from benchmarks.compare_reference import check_ours  # pylint: disable=g-import-not-at-top
+  try:
+    perf = parse_key_values(args.ours, '--ours')
+    check_ours(perf, [w])
+  except ValueError as e:
+    p.error(str(e))
   # Letters, digits, '.', '_' and '-' only (what a device run brings back).
   tag = ''.join(f'_{k}-{v}' for k, v in sorted(perf.items()))
   stem = os.path.join(args.out, re.sub(

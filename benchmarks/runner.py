@@ -213,14 +213,31 @@ def add_out_flag(parser, kind: str) -> None:
   """`--out`, which `results_dir(args.out, args.smoke, kind)` resolves."""
   parser.add_argument(
       '--out', default=None,
-      help=f'output folder (default benchmarks/results/{kind}; with --smoke '
-      'benchmarks/results/smoke, so a smoke run never replaces real results).')
+      help=f'output folder (default a new benchmarks/results/{kind}/'
+      'run-<UTC time>/, so a run never replaces the committed results; with '
+      '--smoke benchmarks/results/smoke).')
+
+
+def new_run_dir(kind: str) -> str:
+  """benchmarks/results/<kind>/run-<UTC date-time>/: a folder of its own.
+
+  Why: the files directly in results/<kind>/ (and its session folders) are
+  committed history that the READMEs cite; a default run must not replace
+  them.
+  """
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime(
+      '%Y%m%d-%H%M%S')
+  return os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results',
+                      kind, f'run-{stamp}')
 
 
 def results_dir(out, smoke, kind):
-  """`--out` if given, else benchmarks/results/<kind> (or /smoke for smoke
-  runs, so that a smoke run never replaces real results)."""
+  """`--out` if given, else a new benchmarks/results/<kind>/run-<time>/
+  (benchmarks/results/smoke for smoke runs), so that a default run never
+  replaces committed results."""
   if out:
     return out
-  return os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results',
-                      'smoke' if smoke else kind)
+  if smoke:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                        'results', 'smoke')
+  return new_run_dir(kind)

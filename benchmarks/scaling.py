@@ -88,6 +88,37 @@ def _ints(text):
   return [int(x) for x in text.split(',') if x]
 
 
+def check_args(args):
+  """Raises ValueError naming the first bad flag (before any sweep runs)."""
+  sweeps = [s for s in args.sweeps.split(',') if s]
+  if not sweeps or set(sweeps) - {'inputs', 'queries'}:
+    raise ValueError(f'--sweeps takes inputs and/or queries, got '
+                     f'{args.sweeps!r}.')
+  series = [s for s in args.series.split(',') if s]
+  if not series or set(series) - {'ours', 'ours_chunked', 'hf'}:
+    raise ValueError(f'--series takes ours, ours_chunked and/or hf, got '
+                     f'{args.series!r}.')
+  modes = [m for m in args.input_modes.split(',') if m]
+  if 'inputs' in sweeps and (not modes or set(modes) - {'train', 'infer'}):
+    raise ValueError(f'--input_modes takes train and/or infer, got '
+                     f'{args.input_modes!r}.')
+  for flag in ('inputs', 'queries'):
+    text = getattr(args, flag)
+    if text is None:
+      continue
+    try:
+      sizes = _ints(text)
+    except ValueError:
+      sizes = []
+    if not sizes or min(sizes) < 1:
+      raise ValueError(f'--{flag} takes comma-separated whole numbers >= 1, '
+                       f'got {text!r}.')
+  for flag in ('depth', 'query_chunk_size', 'repeats', 'threads'):
+    value = getattr(args, flag)
+    if value is not None and value < 1:
+      raise ValueError(f'--{flag} must be >= 1, got {value}.')
+
+
 def _point(spec, args, series, size):
   load_before = os.getloadavg()[0]
   print(f'[{spec["workload"]["name"]} {spec["mode"]} {series}] load '
@@ -282,7 +313,12 @@ def keep_earlier_sweeps(doc, folder, sweeps_run):
 
 
 def main(argv=None):
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  try:
+    check_args(args)
+  except ValueError as e:
+    parser.error(str(e))
   args.out = runner.results_dir(args.out, args.smoke, 'cpu')
   if not args.no_plot:  # Fail now, not after the sweeps' half hour.
     try:
@@ -292,8 +328,6 @@ def main(argv=None):
                        f'not installed ({e}): pip install -e ".[bench]", or '
                        f'pass --no_plot for the table only.') from e
   sweeps = [s for s in args.sweeps.split(',') if s]
-  if set(sweeps) - {'inputs', 'queries'}:
-    raise ValueError('--sweeps takes inputs and/or queries.')
   series = [s for s in args.series.split(',') if s]
   doc = {'machine': runner.machine_info(),
          'versions': runner.library_versions(),

@@ -32,16 +32,19 @@ Commands:
   python -m experiments.predict --workdir=/ckpt/in1k_fourier cat.jpg
   # Import an official checkpoint and evaluate it on a validation folder
   # (one command; the model, its input size and its HF quirks come from the
-  # checkpoint; class folders named by wnid need the class list):
+  # checkpoint; class folders named by wnid need the class list, a CSV with
+  # columns class_index,wnid,name for the 1000 classes, not in this
+  # repository: the sample data has /work/shared/data/imagenet_samples/
+  # synsets_all_1000.csv):
   python -m experiments.evaluate --config=configs/imagenet.py:fourier \
       --config.init_from=hf:deepmind/vision-perceiver-fourier \
       --config.data.eval_source=dir:/data/imagenet/val \
-      --config.data.class_names=shared/data/imagenet_samples/synsets_all_1000.csv
+      --config.data.class_names=/data/synsets_all_1000.csv
   #   (also hf:deepmind/vision-perceiver-{learned,conv} with :learned / :conv,
   #   or the DeepMind pickle: --config.init_from=haiku:imagenet_conv_preprocessing.pystate)
   python -m experiments.predict --config=configs/imagenet.py:conv \
       --config.init_from=hf:deepmind/vision-perceiver-conv \
-      --class_names=shared/data/imagenet_samples/synsets_all_1000.csv cat.jpg
+      --class_names=/data/synsets_all_1000.csv cat.jpg
 
 Variants (`--config=configs/imagenet.py:<variant>[,tiny][,batch=N]`):
   fourier | learned | conv   the paper runs above. `batch=N` sets the global

@@ -71,7 +71,17 @@ def evaluate_workdir(workdir: str, which: str = 'latest',
     train_lib.append_jsonl(os.path.join(workdir, train_lib.METRICS_FILE),
                            {'step': int(step), **record})
   return {'step': int(step), 'split': config.data.eval_split,
-          'metrics': metrics}
+          'data': eval_data_description(config), 'metrics': metrics}
+
+
+def eval_data_description(config) -> str:
+  """What was evaluated, for the header line: 'split <name>', or for a flow
+  benchmark folder (whose listing involves no split) 'source <kind:dir>'."""
+  source = str(config.data.get('eval_source', '') or '')
+  if config.task == 'optical_flow' and source and not source.startswith(
+      'generated'):
+    return f'source {source}'
+  return f'split {config.data.eval_split}'
 
 
 def format_table(rows: List[Dict[str, Any]], columns: List[str]) -> str:

@@ -65,7 +65,8 @@ def main(argv):
                              '(evaluate an imported checkpoint).')
       from experiments import task_registry  # pylint: disable=g-import-not-at-top
       result = task_registry.evaluate_pretrained(config)
-      print(f'{config.init_from}: split {result["split"]}')
+      print(f'{config.init_from}: '
+            f'{eval_lib.eval_data_description(config)}')
       print(eval_lib.metrics_table(result))
       return
     result = eval_lib.evaluate_workdir(_WORKDIR.value, _CHECKPOINT.value,
@@ -79,8 +80,8 @@ def main(argv):
       raise
     sys.stderr.write(f'error: {message}\n')
     sys.exit(1)
-  print(f'{_WORKDIR.value}: checkpoint step {result["step"]}, split '
-        f'{result["split"]}')
+  print(f'{_WORKDIR.value}: checkpoint step {result["step"]}, '
+        f'{result.get("data") or "split " + str(result["split"])}')
   print(eval_lib.metrics_table(result))
 
 

@@ -18,6 +18,7 @@ is also step-indexed through its `start_step`.
 """
 
 import logging
+import re
 from typing import Any, Dict, Iterator, List, Optional
 
 import ml_collections
@@ -104,11 +105,17 @@ def load_text_table(config: ml_collections.ConfigDict, split: str) -> tuple:
   data = config.data
   names = _comma_list(data.label_names)
   task = 'regression' if config.task == 'regression' else 'classification'
-  ds, info = text_data.make_text_dataset(
-      data.source, split, max_length=int(data.max_length), batch_size=512,
-      repeat=False, task=task,
-      classes=(names or None) if task == 'classification' else None,
-      **text_source_kwargs(data))
+  if not names and task == 'classification':
+    names = glue_local_classes(config)
+  try:
+    ds, info = text_data.make_text_dataset(
+        data.source, split, max_length=int(data.max_length), batch_size=512,
+        repeat=False, task=task,
+        classes=(class_mapping(names) if names else None)
+        if task == 'classification' else None,
+        **text_source_kwargs(data))
+  except (ValueError, FileNotFoundError) as e:
+    raise type(e)(cli_hint(str(e))) from None
   parts = {k: [] for k in ('input_ids', 'attention_mask', 'label')}
   for batch in ds.as_numpy_iterator():
     keep = batch['mask'] > 0
@@ -124,13 +131,84 @@ def load_text_table(config: ml_collections.ConfigDict, split: str) -> tuple:
                  int(data.max_length))
   if task == 'classification' and np.any(table['label'] < 0):
     row = int(np.nonzero(table['label'] < 0)[0][0])
-    raise ValueError(f'{data.source} [{split}] row {row} is unlabelled; '
+    raise ValueError(f'{data.source} [{split}] row {row + 1} (1 = the first '
+                     'data row) is unlabelled; '
                      'training and evaluation need labelled splits.')
   label_names = list(info.classes) if info.classes else names
   return table, TableInfo(num_examples=len(table['label']),
                           num_classes=info.num_classes,
                           label_names=label_names, stats=stats,
-                          metrics=tuple(info.metrics))
+                          metrics=tuple(info.metrics),
+                          text_fields=list(info.text_fields))
+
+
+def glue_local_classes(config) -> List[str]:
+  """The GLUE task's class names for a local (non-TFDS) source, else [].
+
+  Why: the original GLUE TSVs label RTE/QNLI/MNLI/WNLI rows with strings
+  ('entailment', 'not_entailment', ...) and the GLUE table in
+  `perceiver_io.data.text` already knows them in TFDS label order; TFDS
+  sources carry their own names.
+  """
+  task = config.get('glue_task') or ''
+  if not task or str(config.data.source).lower().startswith('tfds:'):
+    return []
+  from perceiver_io.data import text as text_data  # pylint: disable=g-import-not-at-top
+  glue = text_data.GLUE_TASKS.get(task)
+  return list(glue.classes) if glue is not None and glue.classes else []
+
+
+def class_mapping(names: List[str]) -> Dict[str, int]:
+  """Label names -> ids, also accepting the ids themselves ('0', '1', ...).
+
+  Why: one task's files come with either (the original GLUE RTE TSV says
+  'entailment', the HuggingFace export of the same set says 0), so a class
+  list given on the command line must not reject the numeric form.
+  """
+  mapping = {name: i for i, name in enumerate(names)}
+  for i in range(len(names)):
+    mapping.setdefault(str(i), i)
+  return mapping
+
+
+# Library (Python keyword) hints -> the launcher's command-line flags.
+_CLI_HINTS = (
+    (r'pass classes=\[\.\.\.\] with the label names \(or task="regression" '
+     r'for numbers\)', 'pass --config.data.label_names=NAME0,NAME1,... (the '
+     'label names in class-id order)'),
+    (r'pass label_field="name" \(or label_field=False for unlabelled data\)',
+     'pass --config.data.label_field=NAME'),
+    (r'pass label_field \(a column index\) or label_field=False for '
+     r'unlabelled data', 'pass --config.data.label_field=INDEX (a column '
+     'index)'),
+    (r'pass text_fields \(column indices, e\.g\. \(3,\) for CoLA\) and '
+     r'label_field', 'pass --config.data.text_fields=INDEX[,INDEX] (column '
+     'indices, e.g. 3 for CoLA) and --config.data.label_field=INDEX'),
+    (r'pass text_fields=\("name",\) or \("first", "second"\)',
+     'pass --config.data.text_fields=NAME (or FIRST,SECOND for pairs)'),
+    (r'pass label_field with one of them', 'pass '
+     '--config.data.label_field=<one of them>'),
+    (r'pass text_fields with one of them', 'pass '
+     '--config.data.text_fields=<one of them>'),
+    # The offline-TFDS alternatives (`text._local_alternative`).
+    (r"with text_fields=\(((?:'[^']*'(?:, )?)+),?\), label_field='([^']*)'",
+     lambda m: 'with --config.data.text_fields=' + ','.join(
+         re.findall(r"'([^']*)'", m.group(1))) +
+     f' --config.data.label_field={m.group(2)}'),
+    (r'with text_fields=\.\.\. and label_field=\.\.\.',
+     'with --config.data.text_fields=... and --config.data.label_field=...'),
+    (r'with text_field=\.\.\.', 'with --config.data.text_fields=...'),
+    (r"(?<![\w.])source='", "--config.data.source='"),
+    (r"\(GLUE TSV; e\.g\. split='dev'\)", '(GLUE TSV; e.g. '
+     '--config.data.eval_split=dev)'),
+)
+
+
+def cli_hint(message: str) -> str:
+  """`message` with the library's keyword hints written as CLI flags."""
+  for pattern, replacement in _CLI_HINTS:
+    message = re.sub(pattern, replacement, message)
+  return message
 
 
 TEXT_KINDS = ('tfds', 'tsv', 'csv', 'jsonl', 'aclimdb')

@@ -2,6 +2,8 @@ r"""Launcher: predict with a trained workdir.
 
   python -m experiments.predict --workdir=/tmp/imdb "I loved this movie."
   python -m experiments.predict --workdir=/tmp/imdb --input_file=reviews.txt
+  python -m experiments.predict --workdir=/tmp/glue/rte \
+      "A man is playing a guitar." --pair="A man plays music."
   python -m experiments.predict --workdir=/tmp/mlm "This is [MASK][MASK][MASK] test."
   python -m experiments.predict --workdir=/tmp/quickstart --digits=0:5
   python -m experiments.predict --workdir=/tmp/quickstart digit.png
@@ -12,6 +14,12 @@ Classification prints the label and its probability (top-k with --top_k);
 regression prints the score; an MLM workdir fills every [MASK] byte. For
 image workdirs, arguments are image files (or --digits=a:b test images).
 --input_file holds one input per line (text, or image path).
+
+Sentence-pair models (GLUE MRPC, QQP, STS-B, MNLI, QNLI, RTE, WNLI, or any
+run with two data.text_fields) take two texts per input: the first as an
+argument and the second as the matching --pair (one --pair per text
+argument, in order), or both in one argument or --input_file line separated
+by a tab (FIRST<TAB>SECOND). They refuse single texts.
 """
 
 import sys
@@ -31,8 +39,12 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Trained workdir.')
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', 'latest', "'latest', 'best' or a step number.")
-_INPUT_FILE = flags.DEFINE_string('input_file', '',
-                                  'File with one input per line.')
+_INPUT_FILE = flags.DEFINE_string(
+    'input_file', '', 'File with one input per line (sentence-pair models: '
+    'FIRST<TAB>SECOND per line).')
+_PAIR = flags.DEFINE_multi_string(
+    'pair', None, 'Sentence-pair models: the second text of the N-th text '
+    'argument (repeat once per argument, in order).')
 _TOP_K = flags.DEFINE_integer(
     'top_k', 0, 'Labels to print per input (0 = the task default: 5 for '
     'ImageNet-style image classification, 1 otherwise).')
@@ -46,6 +58,21 @@ _GROUND_TRUTH = flags.DEFINE_string('ground_truth', '',
                                     'Flow: ground-truth .flo for the EPE.')
 _PAD_SMALL = flags.DEFINE_boolean('pad_small', False,
                                   'Flow: pad frames smaller than the model.')
+
+
+def read_pairs(argv, pair):
+  """The second texts of the inputs (None: the input holds both, tab-split).
+
+  --pair values go with the text arguments in order; --input_file lines
+  (after the arguments) carry their own FIRST<TAB>SECOND.
+  """
+  if not pair:
+    return None
+  if len(pair) != len(argv[1:]):
+    raise ValueError(f'{len(pair)} --pair value(s) for {len(argv[1:])} text '
+                     'argument(s): give one --pair per text argument, in '
+                     'order (lines of --input_file use FIRST<TAB>SECOND).')
+  return list(pair)
 
 
 def read_inputs(argv, input_file: str):
@@ -65,11 +92,17 @@ def main(argv):
   from experiments import predict_lib  # pylint: disable=g-import-not-at-top
   try:
     inputs = read_inputs(argv, _INPUT_FILE.value)
+    pairs = read_pairs(argv, _PAIR.value)
+    if pairs is not None:
+      pairs += [None] * (len(inputs) - len(pairs))
     options = dict(class_names=_CLASS_NAMES.value, output=_OUTPUT.value,
                    ground_truth=_GROUND_TRUTH.value,
                    pad_small=_PAD_SMALL.value)
     if not _WORKDIR.value:
       config = _CONFIG.value
+      if pairs is not None:
+        raise app.UsageError('--pair needs --workdir (a model trained on '
+                             'sentence pairs).')
       if config is None or not config.init_from:
         raise app.UsageError('pass --workdir=DIR, or --config=... with '
                              '--config.init_from=... (an imported '
@@ -82,7 +115,8 @@ def main(argv):
                                         which=_CHECKPOINT.value,
                                         top_k=_TOP_K.value,
                                         digits=_DIGITS.value,
-                                        config=_CONFIG.value, **options)
+                                        config=_CONFIG.value, pairs=pairs,
+                                        **options)
   except (ValueError, FileNotFoundError) as e:
     sys.stderr.write(f'error: {e}\n')
     sys.exit(1)

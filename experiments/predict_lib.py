@@ -86,6 +86,66 @@ def label_names(workdir: str, config) -> List[str]:
   return names
 
 
+def pair_fields(workdir: str, config) -> Optional[List[str]]:
+  """The two text fields of a model trained on sentence pairs, else None.
+
+  Read from data_info.json (the fields training actually read), else from
+  config.data.text_fields, else (text_fields '' = the task's own fields) from
+  the GLUE task of config.glue_task.
+  """
+  path = os.path.join(workdir, checkpointing.DATA_INFO_FILE)
+  fields = []
+  if os.path.exists(path):
+    fields = list(checkpointing.read_json(path).get('text_fields') or [])
+  if not fields:
+    fields = [f.strip() for f in str(config.data.get('text_fields', '')
+                                     ).split(',') if f.strip()]
+  if not fields and config.get('glue_task'):
+    from perceiver_io.data import text as text_data  # pylint: disable=g-import-not-at-top
+    glue = text_data.GLUE_TASKS.get(config.glue_task)
+    fields = list(glue.text_fields) if glue is not None else []
+  return [str(f) for f in fields] if len(fields) == 2 else None
+
+
+PAIR_USAGE = ('give each input as its two texts: "FIRST" --pair="SECOND" '
+              '(one --pair per text argument, in order), or one argument or '
+              '--input_file line FIRST<TAB>SECOND (in bash: '
+              "$'FIRST\\tSECOND')")
+
+
+def split_pairs(workdir: str, config, inputs: Sequence[str],
+                pairs: Optional[Sequence[Optional[str]]] = None
+                ) -> Tuple[List[str], Optional[List[str]], List[str]]:
+  """(first texts, second texts or None, shown names) of the inputs.
+
+  A model trained on pairs gets `[CLS] first [SEP] second [SEP]`; fed one
+  text it would silently see another input format, so single texts are
+  refused for it (and `--pair` for a single-text model).
+  """
+  pairs = list(pairs) if pairs is not None else [None] * len(inputs)
+  fields = pair_fields(workdir, config)
+  if fields is None:
+    if any(p is not None for p in pairs):
+      raise ValueError(f'{workdir} was trained on single texts, not sentence '
+                       'pairs; drop --pair.')
+    return list(inputs), None, list(inputs)
+  firsts, seconds = [], []
+  for text, second in zip(inputs, pairs):
+    if second is None:
+      parts = text.split('\t')
+      if len(parts) != 2:
+        shown = text if len(text) <= 60 else text[:57] + '...'
+        raise ValueError(
+            f'{workdir} was trained on sentence pairs ({fields[0]}, '
+            f'{fields[1]}) but {shown!r} is '
+            + ('a single text' if len(parts) == 1 else
+               f'{len(parts)} tab-separated texts') + f'; {PAIR_USAGE}.')
+      text, second = parts
+    firsts.append(text)
+    seconds.append(second)
+  return firsts, seconds, [f'{a} [SEP] {b}' for a, b in zip(firsts, seconds)]
+
+
 def example_inputs(config) -> Dict[str, np.ndarray]:
   """A one-example batch with the shapes the model was trained on."""
   if config.data.source == 'digits':
@@ -330,6 +390,7 @@ def _digits_range(spec: str, config) -> Tuple[Dict[str, np.ndarray],
 
 def predict_lines(workdir: str, inputs: Sequence[str], which: str = 'latest',
                   top_k: int = 1, digits: str = '', config=None,
+                  pairs: Optional[Sequence[Optional[str]]] = None,
                   **options) -> List[str]:
   """Human-readable predictions of a workdir's model for `inputs`.
 
@@ -340,6 +401,9 @@ def predict_lines(workdir: str, inputs: Sequence[str], which: str = 'latest',
     top_k: labels per input (classification).
     digits: digits workdirs: 'a:b' predicts test digits a..b-1.
     config: a config to use instead of the workdir's config.json.
+    pairs: text-pair models: the second text of each input (None entries:
+      that input holds both, as FIRST<TAB>SECOND). Pair models refuse
+      single texts; single-text models refuse pairs.
     **options: passed to a task object's `predict_lines` (e.g.
       class_names, output).
 
@@ -348,6 +412,10 @@ def predict_lines(workdir: str, inputs: Sequence[str], which: str = 'latest',
   """
   model, variables, config, step = load_workdir(workdir, which, config)
   task_object = _task(config, model)
+  if pairs is not None and any(p is not None for p in pairs) and (
+      task_object is not None or config.task == 'mlm'):
+    raise ValueError('--pair is for text models trained on sentence pairs; '
+                     f'{workdir} is not one.')
   if task_object is not None:
     task_object.label_names = label_names(workdir, config)
     return [f'# {workdir} (checkpoint step {step})'] + (
@@ -371,13 +439,15 @@ def predict_lines(workdir: str, inputs: Sequence[str], which: str = 'latest',
     if not inputs:
       raise ValueError('give texts as arguments or --input_file=FILE.')
     names_in = list(inputs)
+    if config.task != 'mlm':
+      texts, seconds, names_in = split_pairs(workdir, config, inputs, pairs)
   if config.task == 'mlm':
     for text, filled in zip(inputs, fill_masks(model, variables, inputs,
                                                config)):
       lines.append(f'{text!r} -> {filled!r}')
     return lines
   if not is_image:
-    batch = text_batch(inputs, config)
+    batch = text_batch(texts, config, seconds)
   if config.task == 'regression':
     scores = predict_batch(model, variables, batch).reshape(-1)
     for name, score in zip(names_in, scores):

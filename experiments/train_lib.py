@@ -427,9 +427,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   num_steps = (task_object.num_steps()
                if hasattr(task_object, 'num_steps')
                else total_steps(config, train_info['num_examples']))
-  logging.info('data: %d train / %d eval examples; %d steps of batch %d.',
-               train_info['num_examples'], eval_info['num_examples'],
-               num_steps, config.batch_size)
+  if config.task == 'mlm' and task_object is None:
+    # A stream: documents are counted as they are read, not up front.
+    logging.info('data: MLM stream from %s (train split %s, eval split %s); '
+                 '%d steps of batch %d.', config.data.source,
+                 config.data.train_split, config.data.eval_split, num_steps,
+                 config.batch_size)
+  else:
+    logging.info('data: %d train / %d eval examples; %d steps of batch %d.',
+                 train_info['num_examples'], eval_info['num_examples'],
+                 num_steps, config.batch_size)
 
   # ----------------------------------------------------------------- mesh --
   mesh = sharding.make_mesh()
@@ -505,6 +512,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     checkpointing.write_json_atomic(
         os.path.join(workdir, checkpointing.DATA_INFO_FILE),
         {'label_names': list(train_info.get('label_names') or []),
+         'text_fields': list(train_info.get('text_fields') or []),
          'num_examples': int(train_info['num_examples']),
          'source': config.data.source})
   if task_object is not None:
@@ -705,6 +713,7 @@ def _check_labels(config, train_table, eval_table) -> None:
     bad = np.nonzero((labels < 0) | (labels >= k))[0]
     if len(bad):
       raise ValueError(
-          f'{name} row {int(bad[0])} has label {int(labels[bad[0]])}, outside '
-          f'0..{k - 1} (config.data.num_classes={k}); set '
-          'config.data.num_classes or fix the data.')
+          f'{name} row {int(bad[0]) + 1} (1 = the first data row) has label '
+          f'{int(labels[bad[0]])}, outside 0..{k - 1} '
+          f'(config.data.num_classes={k}); set --config.data.num_classes or '
+          'fix the data.')

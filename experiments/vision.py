@@ -16,7 +16,8 @@ Data (`config.data`):
   class_names  optional CSV/text class list: maps folder names (e.g. wnids)
                to the model's indices and names the classes in predictions.
                TFDS imagenet2012, the official checkpoints and
-               shared/data/imagenet_samples/synsets_all_1000.csv all use
+               the sample data's synsets_all_1000.csv (not in this
+               repository: /work/shared/data/imagenet_samples/) all use
                0 = n01440764 (tench) ... 999 = n15075141 (toilet tissue).
                The official code has no -1/+1 label shift (1000 outputs);
                1001-class TF-slim checkpoints need logits[..., 1:].

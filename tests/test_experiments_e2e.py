@@ -241,8 +241,10 @@ def test_glue_tiny_regression_and_tanh_head_then_summary(data_dir, tmp_path):
                    data__eval_split='test')
   result = train_lib.train_and_evaluate(stsb, str(tmp_path / 'stsb'))
   assert {'pearson', 'spearman', 'score'} <= set(result['eval'])
+  with pytest.raises(ValueError, match='trained on sentence pairs'):
+    predict_lib.predict_lines(str(tmp_path / 'stsb'), ['A man plays.'])
   lines = predict_lib.predict_lines(str(tmp_path / 'stsb'),
-                                    ['A man plays.'])
+                                    ['A man plays.\tSomeone plays.'])
   assert float(lines[-1].split('\t')[0]) == pytest.approx(
       float(lines[-1].split('\t')[0]))  # A number, tab, the input.
   cola = _override(glue_bytes.get_config('cola,tiny'),
@@ -287,7 +289,7 @@ def test_labels_outside_the_classes_name_the_row(data_dir, tmp_path):
   config = _override(imdb_bytes.get_config('tiny'),
                      data__source=f'csv:{data_dir}/badlabel.csv',
                      data__eval_split='train')  # One file: one split name.
-  with pytest.raises(ValueError, match='row 2.*label 5'):
+  with pytest.raises(ValueError, match=r'row 3 \(1 = the first data row\) has label 5'):
     train_lib.train_and_evaluate(config, str(tmp_path / 'w'))
 
 

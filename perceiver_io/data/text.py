@@ -161,7 +161,8 @@ _KNOWN_TEXT_COLUMNS = (
     ('sentence1', 'sentence2'), ('#1 String', '#2 String'), ('question1', 'question2'),
     ('question', 'sentence'), ('premise', 'hypothesis'), ('sentence',), ('text',),
     ('review',))
-_KNOWN_LABEL_COLUMNS = ('label', 'Quality', 'score', 'gold_label', 'sentiment')
+_KNOWN_LABEL_COLUMNS = ('label', 'Quality', 'is_duplicate', 'score', 'gold_label',
+                        'sentiment')
 
 
 # ------------------------------------------------------------------ results
@@ -510,9 +511,10 @@ def _read_table_rows(path, kind, text_fields, label_field, task, class_map, has_
   for row, line, record in records:
     where = f'{path}, row {row} (line {line})'
     if columns is not None and len(record) != len(columns):
+      why = ('with quoting off, a tab inside a text breaks the row' if kind == 'tsv' else
+             'a comma inside an unquoted text, or a quote (") left open, breaks the row')
       raise ValueError(f'{where}: has {len(record)} fields but the header has '
-                       f'{len(columns)} ({columns}); with quoting off, a tab inside a '
-                       'text breaks the row.')
+                       f'{len(columns)} ({columns}); {why}.')
     values = []
     for field, getter in zip(text_fields, getters):
       try:
