@@ -7,6 +7,7 @@ line naming the bad field and the closest valid ones, so the launchers check
 `--config.*` overrides before absl parses them.
 """
 
+import contextlib
 import difflib
 import importlib.util
 import os
@@ -134,6 +135,25 @@ def check_overrides_or_exit(argv: List[str], flag: str = 'config') -> None:
     if message:
       sys.stderr.write(f'error: {message}\n')
       sys.exit(2)
+
+
+@contextlib.contextmanager
+def one_line_errors(*expected: type):
+  """The launchers' error policy: a bad input (ValueError,
+  FileNotFoundError, or `expected`) or running out of memory ends the
+  process with one `error: ...` line on stderr and exit code 1; anything
+  else is a bug and keeps its traceback."""
+  try:
+    yield
+  except (ValueError, FileNotFoundError) + tuple(expected) as e:
+    sys.stderr.write(f'error: {e}\n')
+    sys.exit(1)
+  except Exception as e:  # pylint: disable=broad-except
+    message = out_of_memory_error(e)
+    if message is None:
+      raise
+    sys.stderr.write(f'error: {message}\n')
+    sys.exit(1)
 
 
 def out_of_memory_error(error: BaseException) -> Optional[str]:

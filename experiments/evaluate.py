@@ -40,7 +40,7 @@ def main(argv):
   cli.quiet_library_logs()
   runtime.configure_process()  # Before NumPy/JAX are imported (runtime.py).
   from experiments import eval_lib  # pylint: disable=g-import-not-at-top
-  try:
+  with cli.one_line_errors():
     if _GLUE_SUMMARY.value:
       summary = eval_lib.glue_summary(_GLUE_SUMMARY.value)
       if not summary['rows']:
@@ -71,15 +71,6 @@ def main(argv):
       return
     result = eval_lib.evaluate_workdir(_WORKDIR.value, _CHECKPOINT.value,
                                        _SPLIT.value, _CONFIG.value)
-  except (ValueError, FileNotFoundError) as e:
-    sys.stderr.write(f'error: {e}\n')
-    sys.exit(1)
-  except Exception as e:  # pylint: disable=broad-except
-    message = cli.out_of_memory_error(e)
-    if message is None:
-      raise
-    sys.stderr.write(f'error: {message}\n')
-    sys.exit(1)
   print(f'{_WORKDIR.value}: checkpoint step {result["step"]}, '
         f'{result.get("data") or "split " + str(result["split"])}')
   print(eval_lib.metrics_table(result))

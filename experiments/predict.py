@@ -90,7 +90,7 @@ def main(argv):
   cli.quiet_library_logs()
   runtime.configure_process()  # Before NumPy/JAX are imported (runtime.py).
   from experiments import predict_lib  # pylint: disable=g-import-not-at-top
-  try:
+  with cli.one_line_errors():
     inputs = read_inputs(argv, _INPUT_FILE.value)
     pairs = read_pairs(argv, _PAIR.value)
     if pairs is not None:
@@ -117,15 +117,6 @@ def main(argv):
                                         digits=_DIGITS.value,
                                         config=_CONFIG.value, pairs=pairs,
                                         **options)
-  except (ValueError, FileNotFoundError) as e:
-    sys.stderr.write(f'error: {e}\n')
-    sys.exit(1)
-  except Exception as e:  # pylint: disable=broad-except
-    message = cli.out_of_memory_error(e)
-    if message is None:
-      raise
-    sys.stderr.write(f'error: {message}\n')
-    sys.exit(1)
   for line in lines:
     print(line)
 

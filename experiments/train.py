@@ -46,17 +46,8 @@ def main(argv):
   from experiments import predict_lib  # pylint: disable=g-import-not-at-top
   from experiments import train_lib  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
-  try:
+  with cli.one_line_errors(train_lib.NonFiniteError):
     result = train_lib.train_and_evaluate(config, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, train_lib.NonFiniteError) as e:
-    sys.stderr.write(f'error: {e}\n')
-    sys.exit(1)
-  except Exception as e:  # pylint: disable=broad-except
-    message = cli.out_of_memory_error(e)
-    if message is None:
-      raise
-    sys.stderr.write(f'error: {message}\n')
-    sys.exit(1)
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
     print(f'final step {result["step"]}: eval '

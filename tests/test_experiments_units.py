@@ -34,6 +34,7 @@ from experiments import optim
 from experiments import tasks
 from perceiver_io import build_model
 from perceiver_io import presets
+from tests.helpers import fake_glue_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -488,29 +489,18 @@ def test_init_from_rejects_unknown_kinds():
 # ------------------------------------------------------------- glue summary --
 
 
-def _fake_glue_run(root, task, records, eval_split='validation'):
-  workdir = os.path.join(root, task)
-  os.makedirs(workdir)
-  checkpointing.write_json_atomic(
-      os.path.join(workdir, 'config.json'),
-      {'glue_task': task, 'data': {'eval_split': eval_split}})
-  with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
-    for r in records:
-      f.write(json.dumps(r) + '\n')
-
-
 def test_glue_summary_averages_task_scores_without_wnli(tmp_path):
   root = str(tmp_path)
-  _fake_glue_run(root, 'cola', [{'step': 10, 'train_loss': 1.0},
+  fake_glue_run(root, 'cola', [{'step': 10, 'train_loss': 1.0},
                                 {'step': 10, 'eval_score': 0.2,
                                  'eval_matthews_corr': 0.2},
                                 {'step': 20, 'eval_score': 0.5,
                                  'eval_matthews_corr': 0.5}])
-  _fake_glue_run(root, 'mnli', [
+  fake_glue_run(root, 'mnli', [
       {'step': 5, 'eval_score': 0.8, 'eval_accuracy': 0.8},
       {'step': 5, 'split': 'validation_mismatched', 'eval_score': 0.7,
        'eval_accuracy': 0.7}], eval_split='validation_matched')
-  _fake_glue_run(root, 'wnli', [{'step': 1, 'eval_score': 0.1}])
+  fake_glue_run(root, 'wnli', [{'step': 1, 'eval_score': 0.1}])
   summary = eval_lib.glue_summary(root)
   assert summary['scores']['cola'] == pytest.approx(50.0)
   assert summary['scores']['mnli'] == pytest.approx(75.0)

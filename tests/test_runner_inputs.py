@@ -37,6 +37,7 @@ from perceiver_io import checkpoints
 from perceiver_io import presets
 from perceiver_io.flow import io as flow_io
 from perceiver_io.flow import synthetic
+from tests.helpers import fake_glue_run
 from tests.helpers import override_config as _override
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,30 +161,19 @@ def test_documented_flow_predict_command_runs_from_a_cpu_workdir(
 # ---------------------------------------------------------------------------
 
 
-def _glue_run(root, name, task, records, eval_split='validation'):
-  workdir = os.path.join(root, name)
-  os.makedirs(workdir)
-  checkpointing.write_json_atomic(
-      os.path.join(workdir, 'config.json'),
-      {'glue_task': task, 'data': {'eval_split': eval_split}})
-  with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
-    for r in records:
-      f.write(json.dumps(r) + '\n')
-
-
 def test_glue_summary_takes_the_best_run_per_task_and_split(tmp_path):
   root = str(tmp_path)
-  _glue_run(root, 'cola_lr1e-4', 'cola', [{'step': 9, 'eval_score': 0.30}])
-  _glue_run(root, 'cola_lr2e-5', 'cola', [{'step': 9, 'eval_score': 0.50}])
-  _glue_run(root, 'cola_lr5e-5', 'cola', [{'step': 9, 'eval_score': 0.10}])
-  _glue_run(root, 'mnli_a', 'mnli', [
-      {'step': 5, 'eval_score': 0.80},
-      {'step': 5, 'split': 'validation_mismatched', 'eval_score': 0.60}],
-            eval_split='validation_matched')
-  _glue_run(root, 'mnli_b', 'mnli', [
-      {'step': 5, 'eval_score': 0.70},
-      {'step': 5, 'split': 'validation_mismatched', 'eval_score': 0.72}],
-            eval_split='validation_matched')
+  for name, score in (('cola_lr1e-4', 0.30), ('cola_lr2e-5', 0.50),
+                      ('cola_lr5e-5', 0.10)):
+    fake_glue_run(root, 'cola', [{'step': 9, 'eval_score': score}],
+                  name=name)
+  for name, matched, mismatched in (('mnli_a', 0.80, 0.60),
+                                    ('mnli_b', 0.70, 0.72)):
+    fake_glue_run(root, 'mnli', [
+        {'step': 5, 'eval_score': matched},
+        {'step': 5, 'split': 'validation_mismatched',
+         'eval_score': mismatched}],
+                  eval_split='validation_matched', name=name)
   summary = eval_lib.glue_summary(root)
   assert summary['scores']['cola'] == pytest.approx(50.0)
   # Best matched (a: 80) and best mismatched (b: 72), averaged.
