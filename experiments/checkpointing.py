@@ -220,8 +220,11 @@ def _silence_orphaned_reads() -> None:
   """After a failed read, TensorStore still completes the step's other
   reads and hands each result to Orbax's event loop, which the failure
   closed: Python prints "RuntimeError: Event loop is closed" per array
-  after our one-line error. Those reports (and only those) are dropped."""
+  after our one-line error. Those reports (and only those) are dropped.
+  Installed once per process, however many reads fail."""
   previous = sys.unraisablehook
+  if getattr(previous, 'drops_orphaned_reads', False):
+    return
 
   def hook(report):
     if (isinstance(report.exc_value, RuntimeError) and
@@ -229,6 +232,7 @@ def _silence_orphaned_reads() -> None:
       return
     previous(report)
 
+  hook.drops_orphaned_reads = True
   sys.unraisablehook = hook
 
 
