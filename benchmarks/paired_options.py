@@ -41,10 +41,10 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
-from perceiver_io import runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import process_tuning  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Before NumPy/JAX start threads; not when imported (tests).
-PROCESS_SETTINGS = (runtime.configure_process() if __name__ == '__main__'
+PROCESS_SETTINGS = (process_tuning.configure_process() if __name__ == '__main__'
                     else {})
 
 from benchmarks import compare_reference  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -119,7 +119,7 @@ def _compile_variant(w, data, mode, perf):
 
     def call():
       jax.block_until_ready(fn(variables, x, kwargs))
-      runtime.settle_host_memory()  # As the launchers' loops do.
+      process_tuning.settle_host_memory()  # As the launchers' loops do.
   else:
     tx = W.ours_optimizer()
     params = variables.pop('params')
@@ -131,7 +131,7 @@ def _compile_variant(w, data, mode, perf):
     def call():
       box[0], box[1], box[2], loss = fn(*box, x, labels, kwargs)
       loss = float(loss)
-      runtime.settle_host_memory()
+      process_tuning.settle_host_memory()
       return loss
   return call, fn.memory_analysis().temp_size_in_bytes
 
@@ -172,7 +172,7 @@ def run(args):
         call()
         times[label].append(time.perf_counter() - t0)
       del call
-      runtime.release_host_memory()
+      process_tuning.release_host_memory()
       done = r * len(variants) + i + 1
       elapsed = time.perf_counter() - started
       print(f'[{done}/{total}] round {r + 1} {label}: '

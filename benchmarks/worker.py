@@ -16,7 +16,7 @@ It prints one line `RESULT <json>` on stdout. Spec keys:
   dict; repeats, warmup, max_seconds (timed-phase budget); threads (CPU
   threads; None = all); device: 'cpu' | 'gpu'; for ours: dtype, attention_impl,
   remat, query_chunk_size, count_flops, low_memory_cpu (default True: the
-  launchers' process settings, runtime.configure_process); for hf: precision
+  launchers' process settings, process_tuning.configure_process); for hf: precision
   ('fp32' | 'tf32' | 'bf16_autocast'), fused_adam, torch_compile (a
   torch.compile backend name, 'inductor' for real runs; '' or absent: eager).
 """
@@ -32,12 +32,12 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
-# perceiver_io.runtime imports neither NumPy nor JAX (see _launcher_settings).
-from perceiver_io import runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
+# experiments.process_tuning imports neither NumPy nor JAX (see _launcher_settings).
+from experiments import process_tuning  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _launcher_settings(argv):
-  """For our model: the launchers' process settings (perceiver_io/runtime.py).
+  """For our model: the launchers' process settings (perceiver_io/process_tuning.py).
 
   Applied here, before NumPy and JAX are imported, because glibc's malloc
   settings only take effect before other threads allocate. Off for the
@@ -53,7 +53,7 @@ def _launcher_settings(argv):
   if not all(s.get('impl') == 'ours' and s.get('low_memory_cpu', True)
              for s in specs):
     return {}
-  return runtime.configure_process()
+  return process_tuning.configure_process()
 
 
 PROCESS_SETTINGS = _launcher_settings(sys.argv) if __name__ == '__main__' else {}
@@ -129,7 +129,7 @@ def run_ours(spec, w, data):
   if spec.get('low_memory_cpu', True) and not PROCESS_SETTINGS:
     # Worker imported, not run (tests): the XLA flag may still apply; the
     # host-memory choice is made only in a fresh worker process.
-    runtime.prefer_low_memory_cpu()
+    process_tuning.prefer_low_memory_cpu()
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from perceiver_io.model import build_model  # pylint: disable=g-import-not-at-top
@@ -146,7 +146,7 @@ def run_ours(spec, w, data):
   else:
     model, variables, x, kwargs = W.ours_build(w, data, **perf)
     jax.block_until_ready(variables)
-    runtime.release_host_memory()
+    process_tuning.release_host_memory()
     if spec.get('items_cache'):
       _VARIABLES_CACHE[cache_key] = variables
   build_s = time.perf_counter() - t0
@@ -169,7 +169,7 @@ def run_ours(spec, w, data):
     t0 = time.perf_counter()
     step = W.ours_train_step(model, tx, has_bs).lower(*args).compile()
     out['compile_s'] = time.perf_counter() - t0
-    runtime.release_host_memory()  # As train_lib does after compiling.
+    process_tuning.release_host_memory()  # As train_lib does after compiling.
     out['peak_rss_after_compile'] = W.peak_rss_bytes()
     out['memory_analysis'] = _memory_analysis(step)
     box = {'p': params, 's': state, 'o': opt_state}
@@ -179,18 +179,18 @@ def run_ours(spec, w, data):
                                                 x, labels, kwargs)
       loss.block_until_ready()
       box['loss'] = float(loss)
-      runtime.settle_host_memory()  # As the launchers' loops do.
+      process_tuning.settle_host_memory()  # As the launchers' loops do.
   else:
     t0 = time.perf_counter()
     infer = W.ours_infer_fn(model).lower(variables, x, kwargs).compile()
     out['compile_s'] = time.perf_counter() - t0
-    runtime.release_host_memory()
+    process_tuning.release_host_memory()
     out['peak_rss_after_compile'] = W.peak_rss_bytes()
     out['memory_analysis'] = _memory_analysis(infer)
 
     def call():
       jax.block_until_ready(infer(variables, x, kwargs))
-      runtime.settle_host_memory()
+      process_tuning.settle_host_memory()
   out.update(W.time_calls(call, spec.get('repeats', 3), spec.get('warmup', 1),
                           spec.get('max_seconds')))
   if spec['mode'] == 'train':
@@ -224,7 +224,7 @@ def run_hf(spec, w, data):
   t0 = time.perf_counter()
   with torch.device(device):  # Initialised where it runs (GPU: no host init).
     model = W.hf_build(w)
-  runtime.release_host_memory()  # Set-up garbage is not the step's peak.
+  process_tuning.release_host_memory()  # Set-up garbage is not the step's peak.
   build_s = time.perf_counter() - t0
   make_inputs, labels = W.hf_model_inputs(w, data, device)
   n_params = sum(p.numel() for p in model.parameters())

@@ -295,27 +295,28 @@ def ours_build(w: Workload, data, seed=0, abstract=False, **perf):
 def ours_step_flops(w: Workload, data, mode: str, **perf) -> float:
   """Matmul FLOPs of our train step (3x forward) or inference, from shapes.
 
-  Creates no JAX backend (`model.forward_flops`, as the launchers), so the
+  Creates no JAX backend (`perceiver_io.flops`, as the launchers), so the
   worker can make the launchers' host-memory choice
-  (`runtime.reuse_host_memory_for_step`) before it runs.
+  (`process_tuning.reuse_host_memory_for_step`) before it runs.
   """
+  from perceiver_io import flops  # pylint: disable=g-import-not-at-top
   from perceiver_io import model as model_lib  # pylint: disable=g-import-not-at-top
   model = model_lib.build_model(ours_config(w, **perf))
   x, kwargs = ours_model_arrays(data)
-  flops = model_lib.forward_flops(model, x, **kwargs)
-  return 3.0 * flops if mode == 'train' else flops
+  forward = flops.forward_flops(model, x, **kwargs)
+  return 3.0 * forward if mode == 'train' else forward
 
 
 def decide_host_memory_reuse(settings, w: Workload, data, mode: str,
                              **perf) -> None:
   """In 'auto' mode, `settings['host_memory_reuse']` := the launchers' choice.
 
-  Must run before JAX's backend exists (`runtime.reuse_host_memory_for_step`).
+  Must run before JAX's backend exists (`process_tuning.reuse_host_memory_for_step`).
   """
   if settings.get('host_memory_reuse') != 'auto':
     return
-  from perceiver_io import runtime  # pylint: disable=g-import-not-at-top
-  settings['host_memory_reuse'] = runtime.reuse_host_memory_for_step(
+  from experiments import process_tuning  # pylint: disable=g-import-not-at-top
+  settings['host_memory_reuse'] = process_tuning.reuse_host_memory_for_step(
       ours_step_flops(w, data, mode, **perf))
 
 

@@ -21,7 +21,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
-from perceiver_io import runtime
+from experiments import process_tuning
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Optional config (default: the workdir\'s config.json).',
@@ -38,7 +38,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.quiet_library_logs()
-  runtime.configure_process()  # Before NumPy/JAX are imported (runtime.py).
+  process_tuning.configure_process()  # Before NumPy/JAX are imported (process_tuning.py).
   from experiments import eval_lib  # pylint: disable=g-import-not-at-top
   with cli.one_line_errors():
     if _GLUE_SUMMARY.value:

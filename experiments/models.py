@@ -19,7 +19,7 @@ import numpy as np
 
 from perceiver_io import attention
 from perceiver_io import presets
-from perceiver_io import runtime
+from experiments import process_tuning
 from perceiver_io.model import PerceiverIO
 
 PyTree = Any
@@ -75,8 +75,8 @@ def model_config(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   kwargs = dict(config.model.kwargs.to_dict())
   cfg = presets.get_config(config.model.preset, **kwargs)
   # The expected platform, not jax.default_backend(): the train launcher
-  # sizes its step before JAX creates a backend (runtime.py).
-  cfg['dtype'] = check_dtype(config.model.dtype, runtime.expected_platform())
+  # sizes its step before JAX creates a backend (process_tuning.py).
+  cfg['dtype'] = check_dtype(config.model.dtype, process_tuning.expected_platform())
   cfg['remat'] = bool(config.model.remat)
   # .get: workdirs written before the field existed lack it.
   chunk = int(config.model.get('query_chunk_size', 0) or 0)

@@ -30,7 +30,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
-from perceiver_io import runtime
+from experiments import process_tuning
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Optional config: with --workdir, replaces its '
@@ -88,7 +88,7 @@ def read_inputs(argv, input_file: str):
 
 def main(argv):
   cli.quiet_library_logs()
-  runtime.configure_process()  # Before NumPy/JAX are imported (runtime.py).
+  process_tuning.configure_process()  # Before NumPy/JAX are imported (process_tuning.py).
   from experiments import predict_lib  # pylint: disable=g-import-not-at-top
   with cli.one_line_errors():
     inputs = read_inputs(argv, _INPUT_FILE.value)

@@ -17,7 +17,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
-from perceiver_io import runtime
+from experiments import process_tuning
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. configs/quickstart.py or '
@@ -35,7 +35,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.quiet_library_logs()
-  settings = runtime.configure_process()  # Before NumPy/JAX (runtime.py).
+  settings = process_tuning.configure_process()  # Before NumPy/JAX (process_tuning.py).
   logging.info('process settings: %s', settings)
   if _NUM_PROCESSES.value == -1:
     import jax  # pylint: disable=g-import-not-at-top

@@ -29,10 +29,10 @@ from experiments import eval_progress
 from experiments import input_pipeline
 from experiments import models
 from experiments import optim
+from experiments import process_tuning
 from experiments import sharding
 from experiments import tasks
-from perceiver_io import model as model_lib
-from perceiver_io import runtime
+from perceiver_io import flops
 
 PyTree = Any
 # Python-side trace counters: a retrace of a step shows up here (tests).
@@ -192,7 +192,7 @@ def evaluate(eval_step, state, table, config, mesh) -> Dict[str, float]:
       batch = sharding.global_batch(local, mesh)
       out = sharding.to_host(eval_step(state['params'], state['model_state'],
                                        batch))
-      runtime.settle_host_memory()
+      process_tuning.settle_host_memory()
       for k, v in out.items():
         gathered[k].append(v)
       progress.update(_batch_examples(local) * jax.process_count())
@@ -330,13 +330,13 @@ def init_variables(model, example_batch, seed: int) -> PyTree:
 def train_step_flops(model, example, batch_size: int) -> float:
   """Matmul FLOPs of one train step (3x the forward), from shapes only.
 
-  Creates no JAX backend (`model_lib.forward_flops`), so the launcher can
+  Creates no JAX backend (`flops.forward_flops`), so the launcher can
   size the step before choosing process settings
-  (`runtime.reuse_host_memory_for_step`).
+  (`process_tuning.reuse_host_memory_for_step`).
   """
   inputs, kwargs = model_inputs(example)
   examples = len(next(iter(example.values())))
-  return 3.0 * model_lib.forward_flops(model, inputs, **kwargs) * (
+  return 3.0 * flops.forward_flops(model, inputs, **kwargs) * (
       batch_size / examples)
 
 
@@ -412,8 +412,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     example = example_batch(train_table)
   else:
     example = text_example(int(config.data.max_length))
-  # Before anything creates JAX's backend (runtime.reuse_host_memory_for_step).
-  logging.info('host memory reuse: %s', runtime.reuse_host_memory_for_step(
+  # Before anything creates JAX's backend (process_tuning.reuse_host_memory_for_step).
+  logging.info('host memory reuse: %s', process_tuning.reuse_host_memory_for_step(
       train_step_flops(model, example, int(config.batch_size))))
   is_main = jax.process_index() == 0
   if task_object is not None:
@@ -551,9 +551,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         # Compile ahead of the first step and hand the compiler's freed heap
         # back to the OS, so it does not add to the step's peak memory.
         train_step = train_step.lower(state, batch).compile()
-        runtime.release_host_memory()
+        process_tuning.release_host_memory()
       state, metrics = train_step(state, batch)
-      runtime.settle_host_memory()  # CPU: keep one step's temporaries.
+      process_tuning.settle_host_memory()  # CPU: keep one step's temporaries.
       done = step + 1
       if step == start_step:  # Compilation: keep it out of examples/s.
         jax.block_until_ready(metrics)

@@ -1,8 +1,7 @@
 """perceiver_io: Perceiver IO in JAX/Flax, faithful to the official model.
 
-Import is light: no TensorFlow, no torch, and no JAX until a model is used
-(`perceiver_io.runtime` must be importable before JAX and NumPy start their
-threads; see its docstring). Typical use:
+Import is light (no TensorFlow, no torch, and no JAX until a model is used)
+and changes no process setting. Typical use:
 
   from perceiver_io import presets
   model = presets.build('imagenet_fourier')

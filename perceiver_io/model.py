@@ -22,9 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from perceiver_io import attention
 from perceiver_io import decoders as decoders_lib
-from perceiver_io import runtime
+from perceiver_io.config_checks import check_keys
 from perceiver_io.encoder import PerceiverEncoder
 from perceiver_io.postprocessors import build_postprocessor
 from perceiver_io.postprocessors import EmbeddingDecoder
@@ -76,16 +75,6 @@ def validate_config(config: Dict[str, Any]) -> None:
   decoder_cls = _DECODERS[config['decoder']['type']]
   check_keys('decoder', config['decoder'], decoder_cls, extra=('type',),
              exclude=_PERF_KEYS)
-
-
-def check_keys(section, cfg, cls, extra=(), exclude=()):
-  """Unknown keys in a config section -> ValueError listing the valid ones."""
-  valid = ({f.name for f in dataclasses.fields(cls)} | set(extra)) - {
-      'parent', 'name', 'dtype', 'param_dtype'} - set(exclude)
-  unknown = sorted(set(cfg) - valid)
-  if unknown:
-    raise ValueError(f'unknown {section} config keys {unknown}; valid keys '
-                     f'are {sorted(valid)}.')
 
 
 class PerceiverIO(nn.Module):
@@ -199,27 +188,6 @@ def example_inputs(config: Dict[str, Any], batch_size: int = 1):
     shape = (batch_size, grid[0] * s, grid[1] * s,
              pre.get('in_channels', 3))
   return np.zeros(shape, np.float32), kwargs
-
-
-def forward_flops(model: PerceiverIO, inputs, **kwargs) -> float:
-  """Matmul and convolution FLOPs of one forward pass, counted from shapes.
-
-  `inputs` and `kwargs` are the model call's arrays (or
-  `jax.ShapeDtypeStruct`s) for the whole batch. Everything is traced
-  abstractly and attention as on CPU (every attention path computes the same
-  products), so no JAX backend is created: the launchers and benchmarks size
-  a step with this before choosing process settings
-  (`runtime.reuse_host_memory_for_step`). A train step is about 3x this.
-  """
-  spec = lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype)
-  inputs, kwargs = jax.tree_util.tree_map(spec, (inputs, kwargs))
-  with attention.assume_platform('cpu'):
-    variables = jax.eval_shape(
-        lambda x, kw: model.init(jax.random.PRNGKey(0), x, **kw),
-        inputs, kwargs)
-    jaxpr = jax.make_jaxpr(lambda v, x, kw: model.apply(v, x, **kw))(
-        variables, inputs, kwargs)
-  return runtime.count_jaxpr_flops(jaxpr)
 
 
 def abstract_variables(model: PerceiverIO, batch_size: int = 1):

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from perceiver_io.attention import default_kernel_init
+from perceiver_io.config_checks import check_keys
 
 
 class EmbeddingDecoder(nn.Module):
@@ -97,6 +98,5 @@ def build_postprocessor(cfg: Optional[Dict[str, Any]], dtype=None, name=None):
   if kind not in table:
     raise ValueError(f'unknown postprocessor type {kind!r}; expected one of '
                      f'{sorted(table)}.')
-  from perceiver_io.model import check_keys  # pylint: disable=g-import-not-at-top
   check_keys('postprocessor', cfg, table[kind])
   return table[kind](dtype=dtype, name=name, **cfg)

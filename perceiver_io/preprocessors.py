@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from perceiver_io.config_checks import check_keys
 from perceiver_io.position_encoding import PositionEncoding
 
 
@@ -390,7 +391,6 @@ _PREPROCESSORS = {'text': TextPreprocessor, 'image': ImagePreprocessor,
 
 def build_preprocessor(cfg: Dict[str, Any], dtype=None, name=None):
   """Preprocessor module from a config dict with a `type` key."""
-  from perceiver_io.model import check_keys  # pylint: disable=g-import-not-at-top
   cfg = dict(cfg)
   kind = cfg.pop('type', None)
   if kind not in _PREPROCESSORS:

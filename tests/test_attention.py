@@ -680,9 +680,10 @@ def test_blockwise_gradients_change_no_value(kind):
 _TEMPORARIES_SCRIPT = """
 import os
 import jax, jax.numpy as jnp, numpy as np, optax
-from perceiver_io import attention, presets, runtime
+from experiments import process_tuning
+from perceiver_io import attention, presets
 from perceiver_io.model import build_model
-assert runtime.LOW_MEMORY_CPU_FLAG in os.environ['XLA_FLAGS']
+assert process_tuning.LOW_MEMORY_CPU_FLAG in os.environ['XLA_FLAGS']
 ids = np.random.default_rng(0).integers(0, 256, (2, 512)).astype(np.int32)
 tx = optax.adamw(1e-4)
 for impl in ('auto', 'einsum'):
@@ -722,8 +723,8 @@ def test_blockwise_gradients_free_each_layers_buffers(subprocess_env):
   # autodiff) never takes it.
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  from perceiver_io import runtime  # pylint: disable=g-import-not-at-top
-  env = dict(subprocess_env, XLA_FLAGS=f'{runtime.LOW_MEMORY_CPU_FLAG}=false')
+  from experiments import process_tuning  # pylint: disable=g-import-not-at-top
+  env = dict(subprocess_env, XLA_FLAGS=f'{process_tuning.LOW_MEMORY_CPU_FLAG}=false')
   run = subprocess.run([sys.executable, '-c', _TEMPORARIES_SCRIPT], env=env,
                        capture_output=True, text=True, timeout=300,
                        check=False)

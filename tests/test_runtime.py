@@ -1,29 +1,30 @@
-"""The launchers' process settings (perceiver_io/runtime.py)."""
+"""The launchers' process settings (experiments/process_tuning.py)."""
 
 import subprocess
 import sys
 
 import pytest
 
-from perceiver_io import runtime
+from experiments import process_tuning
+from perceiver_io import flops
 
 
 def test_prefer_low_memory_cpu_appends_flag_once():
   env = {'XLA_FLAGS': '--xla_dump_to=/tmp/x'}
-  assert runtime.prefer_low_memory_cpu(env)
+  assert process_tuning.prefer_low_memory_cpu(env)
   assert env['XLA_FLAGS'] == ('--xla_dump_to=/tmp/x '
-                              f'{runtime.LOW_MEMORY_CPU_FLAG}=false')
-  assert not runtime.prefer_low_memory_cpu(env)  # Already there: unchanged.
-  assert env['XLA_FLAGS'].count(runtime.LOW_MEMORY_CPU_FLAG) == 1
+                              f'{process_tuning.LOW_MEMORY_CPU_FLAG}=false')
+  assert not process_tuning.prefer_low_memory_cpu(env)  # Already there: unchanged.
+  assert env['XLA_FLAGS'].count(process_tuning.LOW_MEMORY_CPU_FLAG) == 1
 
 
 def test_prefer_low_memory_cpu_keeps_the_users_choice():
-  env = {'XLA_FLAGS': f'{runtime.LOW_MEMORY_CPU_FLAG}=true'}
-  assert not runtime.prefer_low_memory_cpu(env)
-  assert env['XLA_FLAGS'] == f'{runtime.LOW_MEMORY_CPU_FLAG}=true'
+  env = {'XLA_FLAGS': f'{process_tuning.LOW_MEMORY_CPU_FLAG}=true'}
+  assert not process_tuning.prefer_low_memory_cpu(env)
+  assert env['XLA_FLAGS'] == f'{process_tuning.LOW_MEMORY_CPU_FLAG}=true'
   empty = {}
-  assert runtime.prefer_low_memory_cpu(empty)
-  assert empty['XLA_FLAGS'] == f'{runtime.LOW_MEMORY_CPU_FLAG}=false'
+  assert process_tuning.prefer_low_memory_cpu(empty)
+  assert empty['XLA_FLAGS'] == f'{process_tuning.LOW_MEMORY_CPU_FLAG}=false'
 
 
 def _python_stdout(code, env):
@@ -37,7 +38,7 @@ def _python_stdout(code, env):
 
 def test_flag_is_accepted_by_xla():
   """A flag XLA does not know aborts the process: check it runs."""
-  code = ('from perceiver_io import runtime; runtime.prefer_low_memory_cpu(); '
+  code = ('from experiments import process_tuning; process_tuning.prefer_low_memory_cpu(); '
           'import jax, jax.numpy as jnp; '
           'print(float(jax.jit(lambda x: (x * 2).sum())(jnp.ones(3))))')
   assert _python_stdout(code, {'JAX_PLATFORMS': 'cpu'}).endswith('6.0')
@@ -45,8 +46,8 @@ def test_flag_is_accepted_by_xla():
 
 def test_importing_runtime_starts_no_numpy_or_jax():
   # The glibc settings only take effect before NumPy/JAX start their threads,
-  # so the launchers import `perceiver_io.runtime` first; it must stay light.
-  code = ('import sys; from perceiver_io import runtime; '
+  # so the launchers import `experiments.process_tuning` first; it must stay light.
+  code = ('import sys; from experiments import process_tuning; '
           'print(sorted({"numpy", "jax", "flax"} & set(sys.modules)))')
   proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
                         text=True, timeout=120, check=True)
@@ -55,18 +56,18 @@ def test_importing_runtime_starts_no_numpy_or_jax():
 
 def test_reuse_freed_host_memory_keeps_the_users_malloc_settings():
   for name in ('MALLOC_ARENA_MAX', 'GLIBC_TUNABLES'):
-    assert not runtime.reuse_freed_host_memory({name: '1'})
+    assert not process_tuning.reuse_freed_host_memory({name: '1'})
 
 
 def test_host_memory_reuse_modes():
-  env_var = runtime.REUSE_HOST_MEMORY_ENV
-  assert runtime.host_memory_reuse_mode({}) == 'auto'
-  assert runtime.host_memory_reuse_mode({env_var: ''}) == 'auto'
-  assert runtime.host_memory_reuse_mode({env_var: 'auto'}) == 'auto'
-  assert runtime.host_memory_reuse_mode({env_var: '0'}) == 'off'
-  assert runtime.host_memory_reuse_mode({env_var: '1'}) == 'on'
+  env_var = process_tuning.REUSE_HOST_MEMORY_ENV
+  assert process_tuning.host_memory_reuse_mode({}) == 'auto'
+  assert process_tuning.host_memory_reuse_mode({env_var: ''}) == 'auto'
+  assert process_tuning.host_memory_reuse_mode({env_var: 'auto'}) == 'auto'
+  assert process_tuning.host_memory_reuse_mode({env_var: '0'}) == 'off'
+  assert process_tuning.host_memory_reuse_mode({env_var: '1'}) == 'on'
   # Forced either way, the step size is not consulted.
-  assert runtime.reuse_host_memory_for_step(1e15, {env_var: '0'}) == (
+  assert process_tuning.reuse_host_memory_for_step(1e15, {env_var: '0'}) == (
       f'off ({env_var})')
 
 
@@ -74,7 +75,7 @@ def _flops_of(fn, *shapes):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   args = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
-  return runtime.count_jaxpr_flops(jax.make_jaxpr(fn)(*args))
+  return flops.count_jaxpr_flops(jax.make_jaxpr(fn)(*args))
 
 
 def test_count_jaxpr_flops_counts_matmuls_and_convolutions():
@@ -108,11 +109,11 @@ def test_forward_flops_of_chunked_decoding():
   from perceiver_io import model as model_lib  # pylint: disable=g-import-not-at-top
   w = W.query_workload(100, grid=(32, 32), tiny=True)
   x, kwargs = W.ours_model_arrays(W.make_inputs(w))
-  flops = {chunk: model_lib.forward_flops(
+  counts = {chunk: flops.forward_flops(
       model_lib.build_model(W.ours_config(w, query_chunk_size=chunk)), x,
       **kwargs) for chunk in (None, 32)}
-  assert flops[32] == pytest.approx(flops[None], rel=1e-2)
-  assert flops[None] > 0
+  assert counts[32] == pytest.approx(counts[None], rel=1e-2)
+  assert counts[None] > 0
 
 
 def test_train_step_flops_match_the_papers_imagenet_counts():
@@ -132,11 +133,11 @@ def test_train_step_flops_match_the_papers_imagenet_counts():
 
 _STEP_CODE = '''
 import os, resource
-from perceiver_io import runtime
-settings = runtime.configure_process()
+from experiments import process_tuning
+settings = process_tuning.configure_process()
 if 'STEP_FLOPS' in os.environ:  # As the launchers in 'auto' mode.
-  settings['small'] = runtime.reuse_host_memory_for_step(1e6)
-  settings['large'] = runtime.reuse_host_memory_for_step(
+  settings['small'] = process_tuning.reuse_host_memory_for_step(1e6)
+  settings['large'] = process_tuning.reuse_host_memory_for_step(
       float(os.environ['STEP_FLOPS']))
 print(settings)
 import jax, jax.numpy as jnp
@@ -161,7 +162,7 @@ for _ in range(8):
   w, loss = train(w)
   jax.block_until_ready((w, loss))
   float(loss)
-  runtime.settle_host_memory()  # As the launchers' loops do.
+  process_tuning.settle_host_memory()  # As the launchers' loops do.
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 '''
 
@@ -184,11 +185,11 @@ def test_repeated_steps_reuse_host_memory_instead_of_faulting_it_in():
   # loop with a 1 GB temporary holds no more at its peak than without reuse
   # (with asynchronous dispatch the heap could hold two steps' temporaries).
   settings, async_dispatch, faults, peak = _run_steps(
-      {runtime.REUSE_HOST_MEMORY_ENV: '1'})
+      {process_tuning.REUSE_HOST_MEMORY_ENV: '1'})
   assert "'host_memory_reuse': 'on'" in settings, settings
   assert not async_dispatch
   settings, async_dispatch, faults_off, peak_off = _run_steps(
-      {runtime.REUSE_HOST_MEMORY_ENV: '0'})
+      {process_tuning.REUSE_HOST_MEMORY_ENV: '0'})
   assert "'host_memory_reuse': 'off'" in settings
   assert async_dispatch  # JAX's default, untouched.
   print(f'minor faults per call: {faults} with, {faults_off} without; '
@@ -211,9 +212,9 @@ def test_auto_host_memory_reuse_goes_by_step_size():
 
 
 def test_auto_host_memory_reuse_is_decided_before_the_backend_only():
-  code = ('from perceiver_io import runtime; runtime.configure_process(); '
+  code = ('from experiments import process_tuning; process_tuning.configure_process(); '
           'import jax; jax.devices(); '
-          'print(runtime.reuse_host_memory_for_step(1e15)); '
+          'print(process_tuning.reuse_host_memory_for_step(1e15)); '
           'print(jax.config.read("jax_cpu_enable_async_dispatch"))')
   decision, async_dispatch = _python_stdout(
       code, {'JAX_PLATFORMS': 'cpu'}).splitlines()[-2:]
@@ -223,6 +224,6 @@ def test_auto_host_memory_reuse_is_decided_before_the_backend_only():
 
 def test_auto_host_memory_reuse_leaves_accelerator_runs_alone():
   code = ('import jax; jax.config.update("jax_platforms", "cuda"); '
-          'from perceiver_io import runtime; '
-          'print(runtime.reuse_host_memory_for_step(1e15))')
+          'from experiments import process_tuning; '
+          'print(process_tuning.reuse_host_memory_for_step(1e15))')
   assert _python_stdout(code, {}).startswith('off (runs on cuda')

@@ -269,48 +269,6 @@ def expected_platform() -> str:
   return 'cpu'
 
 
-def count_jaxpr_flops(jaxpr) -> float:
-  """Matmul and convolution FLOPs of a (closed) jaxpr, from shapes only.
-
-  Elementwise work is left out (small next to the GEMMs of a Perceiver);
-  scans count their body `length` times, conds their largest branch, loops
-  of unknown trip count their body once. Equations without outputs count
-  nothing: Flax's lifted `nn.scan` (chunked decoding) leaves such dead calls
-  in the jaxpr, and XLA removes them.
-  """
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
-  total = 0.0
-  for eqn in jaxpr.eqns:
-    if not eqn.outvars:
-      continue
-    name = eqn.primitive.name
-    out = eqn.outvars[0].aval
-    if name == 'dot_general':
-      (contract, _), _ = eqn.params['dimension_numbers']
-      lhs = eqn.invars[0].aval
-      total += 2.0 * np.prod(out.shape) * np.prod(
-          [lhs.shape[d] for d in contract])
-    elif name == 'conv_general_dilated':
-      kernel = eqn.invars[1].aval
-      _, in_dim, *spatial = eqn.params['dimension_numbers'].rhs_spec
-      total += 2.0 * np.prod(out.shape) * kernel.shape[in_dim] * np.prod(
-          [kernel.shape[d] for d in spatial])
-    subs = [sub for value in eqn.params.values()
-            for sub in (value if isinstance(value, (tuple, list))
-                        else (value,))
-            if hasattr(sub, 'eqns') or hasattr(getattr(sub, 'jaxpr', None),
-                                                'eqns')]
-    if not subs:
-      continue
-    counts = [count_jaxpr_flops(sub) for sub in subs]
-    if name == 'cond':
-      total += max(counts)
-    else:
-      total += eqn.params.get('length', 1) * sum(counts)
-  return float(total)
-
-
 def settle_host_memory(limit: int = STRANDED_BYTES_LIMIT) -> bool:
   """After a step, with host memory reuse: frees stranded heap blocks' pages.
 
