@@ -89,10 +89,10 @@ import jax
 import numpy as np
 
 from configs import optical_flow
-from experiments import flow_task
-from experiments import predict_lib
-from experiments import task_registry
+from experiments import tasks
 from experiments import train_lib
+from experiments import workdir as workdir_lib
+from experiments.tasks import optical_flow
 from perceiver_io.flow import io as flow_io
 from perceiver_io.flow import metrics as flow_metrics
 from perceiver_io.flow import synthetic
@@ -134,10 +134,10 @@ def make_config(args):
 
 def training_set_epe(config, workdir, count):
   """(EPE, zero-flow EPE) on the first `count` training pairs (overfit mode)."""
-  model, variables, _, _ = predict_lib.load_workdir(workdir)
-  task = task_registry.get(config)
+  run = workdir_lib.load_workdir(workdir)
+  task = tasks.get(config)
   settings = task.generator_settings()
-  predict = task.make_predict_fn(model, variables)
+  predict = task.make_predict_fn(run.model, run.variables)
   sums, zero = {}, {}
   for index in range(count):
     s = synthetic.sample_at(settings.seed, index, *task.train_size,
@@ -203,21 +203,17 @@ def main():
       parser.error(f'{flag} {root}: not a folder.')
   if args.sintel or args.middlebury:
     try:
-      flow_task.check_tile_overlap(config.eval_tile_overlap,
-                                   tuple(config.model.kwargs.train_size))
+      optical_flow.check_tile_overlap(config.eval_tile_overlap,
+                                      tuple(config.model.kwargs.train_size))
     except ValueError as e:
       parser.error(_script_flags(str(e)))
   workdir = args.workdir or tempfile.mkdtemp(prefix='flow_generated_')
   start = time.time()
   result = train_lib.train_and_evaluate(config, workdir)
   train_seconds = time.time() - start
-  history = []
-  with open(os.path.join(workdir, train_lib.METRICS_FILE)) as f:
-    for line in f:
-      record = json.loads(line)
-      if 'eval_epe' in record:
-        history.append((record['step'], record['eval_epe'],
-                        record['eval_epe_zero_flow'], record['eval_fl_all']))
+  history = [(r['step'], r['eval_epe'], r['eval_epe_zero_flow'],
+              r['eval_fl_all']) for r in workdir_lib.read_metrics(workdir)
+             if 'eval_epe' in r]
   final = result['eval']
   size = tuple(config.model.kwargs.train_size)
   steps, batch = int(config.num_train_steps), int(config.batch_size)
@@ -261,8 +257,9 @@ def main():
   write_summary(summary, args.output)  # Training results first.
   failed = []
   if args.sintel or args.middlebury:
-    model, variables, _, _ = predict_lib.load_workdir(workdir)
-    task = task_registry.get(config)
+    run = workdir_lib.load_workdir(workdir)
+    model, variables = run.model, run.variables
+    task = tasks.get(config)
     for kind, root in (('sintel', args.sintel), ('middlebury', args.middlebury)):
       if not root:
         continue

@@ -1,198 +1,31 @@
 """A thin wrapper over Orbax's CheckpointManager for the training loop.
 
-Why: a workdir must resume by itself after a crash or preemption, keep the
-latest few checkpoints plus the best one by an eval metric, and never mix or
-destroy checkpoints of a different model. Orbax does the atomic, async
-saving; this module adds the workdir rules:
-
-* `workdir/checkpoints/<step>/`: Orbax steps (latest N + best by metric);
-* `workdir/model.json` and `config.json`: what model and run the
-  checkpoints belong to; a run with a different model, or other settings
-  than those a resume may change (`RESUMABLE_FIELDS`), is refused unless
-  `overwrite=True`, which *moves* the old run aside
-  (`replaced-<time>/`, a complete workdir), never deletes it;
-* `PreemptionFlag`: SIGTERM sets a flag; the loop saves and exits cleanly.
+Why: a run must resume by itself after a crash or preemption, keep the
+latest few checkpoints plus the best one by an eval metric, and say in one
+line which steps are intact when a read or a write fails. Orbax does the
+atomic, async saving; this module adds those rules and `PreemptionFlag`
+(SIGTERM sets a flag; the loop saves and exits cleanly). Where the
+checkpoints live inside a workdir, and which runs they belong to, is
+`experiments.workdir`'s business.
 """
 
 import contextlib
-import json
 import logging
 import os
 import re
 import shutil
 import signal
 import sys
-import time
 from typing import Any, Dict, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
 PyTree = Any
-CHECKPOINT_DIR = 'checkpoints'
-MODEL_FILE = 'model.json'
-CONFIG_FILE = 'config.json'
-DATA_INFO_FILE = 'data_info.json'
 
 
 class CorruptCheckpointError(ValueError):
   """A checkpoint step's files cannot be read (truncated, overwritten)."""
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON to a temp file and renames it (no half-written files)."""
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write('\n')
-  os.replace(tmp, path)
-
-
-def read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
-
-
-def _diff(a: Any, b: Any, prefix: str = '') -> list:
-  """Paths where two JSON-like trees differ."""
-  if isinstance(a, dict) and isinstance(b, dict):
-    out = []
-    for key in sorted(set(a) | set(b)):
-      out += _diff(a.get(key), b.get(key), f'{prefix}.{key}' if prefix
-                   else str(key))
-    return out
-  if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-    a, b = list(a), list(b)
-  return [] if a == b else [f'{prefix}: {a!r} -> {b!r}']
-
-
-# How the model computes, not what it is: same parameters, same function up
-# to rounding. A run may resume with other values (bfloat16 after float32,
-# remat to fit a smaller card, cuDNN attention on a GPU). The model's other
-# top-level option, `gelu_approximate`, changes the function: not here.
-COMPUTE_OPTIONS = ('dtype', 'remat', 'query_chunk_size', 'attention_impl')
-
-
-def _split_compute_options(description: Dict[str, Any]):
-  """(description without the perceiver's compute options, those options)."""
-  description = json.loads(json.dumps(description))
-  perceiver = description.get('perceiver')
-  options = {}
-  if isinstance(perceiver, dict):
-    options = {k: perceiver.pop(k) for k in COMPUTE_OPTIONS if k in perceiver}
-  return description, options
-
-
-def has_checkpoints(workdir: str) -> bool:
-  ckpt = os.path.join(workdir, CHECKPOINT_DIR)
-  return os.path.isdir(ckpt) and any(
-      name.isdigit() for name in os.listdir(ckpt))
-
-
-# Config fields a resumed run may change: how long and how often (extending
-# a run is a normal thing to do), what and how it evaluates, where data
-# already prepared lives, and how the model computes. Any other difference
-# means the workdir belongs to another experiment (another task, data,
-# optimizer, seed or starting point).
-RESUMABLE_FIELDS = (
-    'num_train_steps', 'num_epochs', 'log_every_steps', 'eval_every_steps',
-    'checkpoint_every_steps', 'keep_checkpoints', 'eval_batch_size',
-    'max_eval_examples', 'eval_metrics', 'eval_tile_overlap',
-    'eval_tile_batch', 'predict_examples', 'progress_bar', 'overwrite',
-    'disable_most_optimizations', 'shard_params_min_size', 'best_metric',
-    'best_mode',
-    'data.eval_split', 'data.eval_source', 'data.num_eval_examples',
-    'data.class_names', 'data.num_workers', 'data.data_dir',
-    'data.manual_dir') + tuple(f'model.{k}' for k in COMPUTE_OPTIONS)
-# Everything a run writes at the top of its workdir besides checkpoints/;
-# `overwrite` moves these aside with the checkpoints.
-RUN_FILES = (MODEL_FILE, CONFIG_FILE, DATA_INFO_FILE, 'metrics.jsonl', 'tb')
-
-
-def _config_differences(workdir: str, config: Dict[str, Any]) -> list:
-  """What differs from the workdir's config.json, beyond RESUMABLE_FIELDS."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if config is None or not os.path.exists(path):
-    return []
-  old = read_json(path)
-  return [d for d in _diff(old, json.loads(json.dumps(config)))
-          if d.split(':', 1)[0] not in RESUMABLE_FIELDS and
-          _has_field(old, d.split(':', 1)[0])]
-
-
-def _has_field(tree: Dict[str, Any], dotted: str) -> bool:
-  """Whether the stored config has the field: one added to the configs
-  after the run started is not a difference (the run used its default)."""
-  for key in dotted.split('.'):
-    if not isinstance(tree, dict) or key not in tree:
-      return False
-    tree = tree[key]
-  return True
-
-
-def check_workdir(workdir: str, description: Dict[str, Any],
-                  overwrite: bool,
-                  config: Optional[Dict[str, Any]] = None) -> None:
-  """Refuses a workdir whose checkpoints belong to another model or run.
-
-  Compute options (`COMPUTE_OPTIONS`) may differ from the stored run's:
-  they are logged, not refused. With `config` (the new run's, as a dict),
-  it is compared with the workdir's config.json too: fields outside
-  `RESUMABLE_FIELDS` must match, so a workdir of another experiment (say
-  CoLA's, when this is SST-2 with the same model) is not resumed on the
-  wrong data or optimizer.
-
-  Args:
-    workdir: the run directory.
-    description: JSON model description of this run (models.build).
-    overwrite: move the other run aside instead of failing.
-    config: the new run's config dict (config.to_dict()).
-
-  Raises:
-    ValueError: the workdir holds checkpoints of a different model or run.
-  """
-  model_file = os.path.join(workdir, MODEL_FILE)
-  if has_checkpoints(workdir) and os.path.exists(model_file):
-    old, old_options = _split_compute_options(read_json(model_file))
-    new, new_options = _split_compute_options(description)
-    model_changes = _diff(old, new)
-    config_changes = [] if model_changes else _config_differences(workdir,
-                                                                  config)
-    if not model_changes and not config_changes:
-      for change in _diff(old_options, new_options):
-        logging.info('Resuming with another compute option (%s).', change)
-      return
-    what, changes = (('a different model', model_changes) if model_changes
-                     else ('another run (other settings)', config_changes))
-    if not overwrite:
-      raise ValueError(
-          f'workdir {workdir} holds checkpoints of {what} '
-          f'({len(changes)} difference(s): {"; ".join(changes[:5])}). Use '
-          'another --workdir, or pass --config.overwrite=True to move the '
-          'old run aside to replaced-<time>/ in it (nothing is deleted).')
-    if jax.process_index() == 0:
-      aside = move_run_aside(workdir)
-      logging.warning('overwrite=True: moved the previous run to %s.', aside)
-  elif has_checkpoints(workdir) and not os.path.exists(model_file):
-    raise ValueError(f'workdir {workdir} has checkpoints but no {MODEL_FILE}; '
-                     'it was not written by experiments.train. Use another '
-                     '--workdir.')
-
-
-def move_run_aside(workdir: str) -> str:
-  """Moves checkpoints/ and the run's files into `replaced-<time>/` (itself
-  a complete workdir: evaluate and predict still work on it)."""
-  stamp = time.strftime('%Y%m%d-%H%M%S')
-  aside = os.path.join(workdir, f'replaced-{stamp}')
-  n = 1
-  while os.path.exists(aside):
-    n += 1
-    aside = os.path.join(workdir, f'replaced-{stamp}-{n}')
-  os.makedirs(aside)
-  for name in (CHECKPOINT_DIR,) + RUN_FILES:
-    if os.path.exists(os.path.join(workdir, name)):
-      os.rename(os.path.join(workdir, name), os.path.join(aside, name))
-  return aside
 
 
 # What TensorStore (under Orbax) says when a step's files are truncated,
@@ -237,9 +70,9 @@ def _silence_orphaned_reads() -> None:
 
 
 class Checkpointer:
-  """Latest-N + best-by-metric Orbax checkpoints in `workdir/checkpoints`."""
+  """Latest-N + best-by-metric Orbax checkpoints in `directory`."""
 
-  def __init__(self, workdir: str, keep: int = 2, best_metric: str = '',
+  def __init__(self, directory: str, keep: int = 2, best_metric: str = '',
                best_mode: str = 'max', async_save: bool = True):
     if best_mode not in ('max', 'min'):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}.")
@@ -258,7 +91,7 @@ class Checkpointer:
             policies),
         best_fn=best_fn, best_mode=best_mode,
         enable_async_checkpointing=async_save, create=True)
-    self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    self.directory = os.path.abspath(directory)
     self.best_metric = best_metric
     self.best_mode = best_mode
     self.manager = ocp.CheckpointManager(self.directory, options=options)

@@ -1,29 +1,45 @@
-"""Evaluating a trained workdir, and summarising GLUE over many workdirs.
+"""Evaluating a trained workdir or an imported checkpoint; GLUE summaries.
 
 Why separate from the loop: evaluation of a finished run (the latest or the
-best checkpoint, possibly on another split) must not touch its training
-state, and the GLUE summary reads only what runs wrote (config.json,
+best checkpoint, possibly on other data) must not touch its training state,
+and the GLUE summary reads only what runs wrote (config.json,
 metrics.jsonl), so it also works on runs from other machines.
 """
 
-import glob
-import json
 import os
 from typing import Any, Dict, List
 
 import jax
+import ml_collections
 import numpy as np
 
-from experiments import checkpointing
-from experiments import input_pipeline
-from experiments import predict_lib
+from experiments import metrics as metrics_lib
 from experiments import sharding
+from experiments import steps
 from experiments import tasks
 from experiments import train_lib
+from experiments import workdir as workdir_lib
 
 # GLUE tasks whose mean is the paper's "GLUE avg" (dev sets, WNLI excluded).
 GLUE_AVERAGE_TASKS = ('cola', 'sst2', 'mrpc', 'qqp', 'stsb', 'mnli', 'qnli',
                       'rte')
+
+
+def evaluate_variables(task, model, variables) -> Dict[str, Any]:
+  """The task's eval metrics of `variables`, on every local device."""
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(int(task.config.eval_batch_size), mesh,
+                            'eval_batch_size')
+  replicated = sharding.replicated(mesh)
+  variables = jax.device_put(dict(variables), replicated)
+  state = {'params': variables['params'],
+           'model_state': {k: v for k, v in variables.items()
+                           if k != 'params'}}
+  eval_step = jax.jit(steps.make_eval_step(model, task),
+                      in_shardings=(replicated, replicated,
+                                    sharding.batch_sharding(mesh)),
+                      out_shardings=replicated)
+  return task.evaluate(eval_step, state, mesh, model)
 
 
 def evaluate_workdir(workdir: str, which: str = 'latest',
@@ -37,51 +53,41 @@ def evaluate_workdir(workdir: str, which: str = 'latest',
     config: a config to evaluate with (default: the workdir's config.json).
 
   Returns:
-    {'step': checkpoint step, 'split': split, 'metrics': {...}}.
+    {'step': checkpoint step, 'split': split, 'data': what was evaluated,
+     'metrics': {...}}.
   """
-  model, variables, config, step = predict_lib.load_workdir(
-      workdir, which, None if config is None else config.copy_and_resolve_references())
+  run = workdir_lib.load_workdir(
+      workdir, which,
+      None if config is None else config.copy_and_resolve_references())
+  config = run.config
   config.unlock()
   if split:
     config.data.eval_split = split
   train_lib.configure_jax(config)
-  mesh = sharding.make_mesh()
-  sharding.check_batch_size(int(config.eval_batch_size), mesh,
-                            'eval_batch_size')
-  task_object = train_lib.get_task(config, getattr(model, 'config', None))
-  table = None
-  if config.task != 'mlm' and task_object is None:
-    table, _ = input_pipeline.load_table(config, config.data.eval_split)
-  variables = jax.device_put(variables, sharding.replicated(mesh))
-  state = {'params': variables['params'],
-           'model_state': {k: v for k, v in variables.items()
-                           if k != 'params'}}
-  eval_fn = (task_object.make_eval_step(model) if task_object is not None
-             else train_lib.make_eval_step(model, config.task))
-  eval_step = jax.jit(eval_fn,
-                      in_shardings=(sharding.replicated(mesh),
-                                    sharding.replicated(mesh),
-                                    sharding.batch_sharding(mesh)),
-                      out_shardings=sharding.replicated(mesh))
-  metrics = train_lib.run_evaluation(task_object, eval_step, state, table,
-                                     config, mesh, model)
-  record = {'checkpoint': which, 'split': config.data.eval_split,
-            **{f'eval_{k}': v for k, v in metrics.items()}}
-  if jax.process_index() == 0:
-    train_lib.append_jsonl(os.path.join(workdir, train_lib.METRICS_FILE),
-                           {'step': int(step), **record})
-  return {'step': int(step), 'split': config.data.eval_split,
-          'data': eval_data_description(config), 'metrics': metrics}
+  task = tasks.get(config, run.model_config)
+  metrics = evaluate_variables(task, run.model, run.variables)
+  workdir_lib.append_metrics(workdir, {
+      'step': int(run.step), 'checkpoint': which,
+      'split': config.data.eval_split,
+      **{f'eval_{k}': v for k, v in metrics.items()}})
+  return {'step': int(run.step), 'split': config.data.eval_split,
+          'data': task.eval_data_description(), 'metrics': metrics}
 
 
-def eval_data_description(config) -> str:
-  """What was evaluated, for the header line: 'split <name>', or for a flow
-  benchmark folder (whose listing involves no split) 'source <kind:dir>'."""
-  source = str(config.data.get('eval_source', '') or '')
-  if config.task == 'optical_flow' and source and not source.startswith(
-      'generated'):
-    return f'source {source}'
-  return f'split {config.data.eval_split}'
+def evaluate_pretrained(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """Evaluates the checkpoint named by config.init_from on config's eval data.
+
+  Returns:
+    {'step': 0, 'split': eval split, 'data': what was evaluated,
+     'metrics': {...}} (as `evaluate_workdir`).
+  """
+  config = config.copy_and_resolve_references()
+  train_lib.configure_jax(config)
+  imported = workdir_lib.load_init_from(config.init_from, config.model.preset)
+  task = tasks.get(config, imported.model_config)
+  metrics = evaluate_variables(task, imported.model, imported.variables)
+  return {'step': 0, 'split': config.data.eval_split,
+          'data': task.eval_data_description(), 'metrics': metrics}
 
 
 def format_table(rows: List[Dict[str, Any]], columns: List[str]) -> str:
@@ -101,27 +107,6 @@ def format_table(rows: List[Dict[str, Any]], columns: List[str]) -> str:
 def metrics_table(result: Dict[str, Any]) -> str:
   rows = [{'metric': k, 'value': v} for k, v in result['metrics'].items()]
   return format_table(rows, ['metric', 'value'])
-
-
-def last_eval_records(workdir: str) -> Dict[str, Dict[str, Any]]:
-  """Split -> the last metrics.jsonl line with eval metrics for it.
-
-  Lines written by the training loop carry no 'split' (they are the
-  config's eval split, keyed ''); `evaluate` lines name theirs.
-  """
-  path = os.path.join(workdir, train_lib.METRICS_FILE)
-  records = {}
-  if not os.path.exists(path):
-    return records
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if not line:
-        continue
-      record = json.loads(line)
-      if any(k.startswith('eval_') for k in record):
-        records[record.get('split', '')] = record
-  return records
 
 
 def best_rows(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -159,15 +144,11 @@ def glue_summary(root: str) -> Dict[str, Any]:
   if not os.path.isdir(root):
     raise FileNotFoundError(f'--glue_summary directory {root!r} not found.')
   rows = []
-  for config_path in sorted(glob.glob(os.path.join(root, '**',
-                                                   checkpointing.CONFIG_FILE),
-                                      recursive=True)):
-    workdir = os.path.dirname(config_path)
-    config = checkpointing.read_json(config_path)
+  for workdir, config in workdir_lib.find_runs(root):
     task = config.get('glue_task') or ''
     if not task:
       continue
-    records = last_eval_records(workdir)
+    records = workdir_lib.last_eval_records(workdir)
     default_split = config.get('data', {}).get('eval_split', '')
     if '' in records:  # Training-loop evals are on the config's split.
       records.setdefault(default_split, records.pop(''))
@@ -177,7 +158,7 @@ def glue_summary(root: str) -> Dict[str, Any]:
       row = {'task': task, 'split': split, 'workdir': workdir,
              'step': record['step'],
              'score': 100.0 * float(record['eval_score'])}
-      for name in tasks.GLUE_METRICS.get(task, ()):
+      for name in metrics_lib.GLUE_METRICS.get(task, ()):
         if f'eval_{name}' in record:
           row[name] = 100.0 * float(record[f'eval_{name}'])
       rows.append(row)

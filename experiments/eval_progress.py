@@ -1,4 +1,4 @@
-"""Progress of an evaluation loop (ImageNet folders, flow directories, text tables, MLM).
+"""Progress of an evaluation loop (every task's, and tiled flow folders).
 
 Why: an evaluation can take hours (the official flow model on CPU tiles each
 Sintel frame ~6 times at ~7 s a tile) and used to print nothing until the
@@ -12,6 +12,8 @@ import logging
 import sys
 import time
 from typing import Optional
+
+import jax
 
 
 def _duration(seconds: float) -> str:
@@ -33,7 +35,6 @@ class EvalProgress:
 
   def __init__(self, config, total: Optional[int], unit: str = 'example',
                desc: str = 'eval', log_every_s: float = 30.0):
-    import jax  # pylint: disable=g-import-not-at-top
     self.enabled = jax.process_index() == 0
     self.total = int(total) if total and total > 0 else None
     self.unit, self.desc, self.log_every_s = unit, desc, log_every_s

@@ -63,16 +63,14 @@ def main(argv):
         raise app.UsageError('pass --workdir=DIR, --glue_summary=DIR, or '
                              '--config=... with --config.init_from=... '
                              '(evaluate an imported checkpoint).')
-      from experiments import task_registry  # pylint: disable=g-import-not-at-top
-      result = task_registry.evaluate_pretrained(config)
-      print(f'{config.init_from}: '
-            f'{eval_lib.eval_data_description(config)}')
+      result = eval_lib.evaluate_pretrained(config)
+      print(f'{config.init_from}: {result["data"]}')
       print(eval_lib.metrics_table(result))
       return
     result = eval_lib.evaluate_workdir(_WORKDIR.value, _CHECKPOINT.value,
                                        _SPLIT.value, _CONFIG.value)
   print(f'{_WORKDIR.value}: checkpoint step {result["step"]}, '
-        f'{result.get("data") or "split " + str(result["split"])}')
+        f'{result["data"]}')
   print(eval_lib.metrics_table(result))
 
 

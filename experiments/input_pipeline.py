@@ -21,10 +21,13 @@ import logging
 import re
 from typing import Any, Dict, Iterator, List, Optional
 
+import jax
 import ml_collections
 import numpy as np
 
 from perceiver_io import tokenizer as tokenizer_lib
+from perceiver_io.data import image as image_data
+from perceiver_io.data import text as text_data
 
 Table = Dict[str, np.ndarray]
 
@@ -46,7 +49,6 @@ def load_digits_table(split: str) -> tuple:
   """
   from sklearn import datasets as sk_datasets  # pylint: disable=g-import-not-at-top
   from sklearn import model_selection  # pylint: disable=g-import-not-at-top
-  from perceiver_io.data import image as image_data  # pylint: disable=g-import-not-at-top
   digits = sk_datasets.load_digits()
   train_idx, test_idx = model_selection.train_test_split(
       np.arange(len(digits.target)), test_size=image_data.DIGITS_NUM_TEST,
@@ -95,16 +97,17 @@ def text_source_kwargs(data: ml_collections.ConfigDict) -> Dict[str, Any]:
               has_header=bool(data.has_header))
 
 
-def load_text_table(config: ml_collections.ConfigDict, split: str) -> tuple:
+def load_text_table(config: ml_collections.ConfigDict, split: str,
+                    task: str = 'classification') -> tuple:
   """A whole labelled text split, tokenised, in memory.
 
   Reads through `perceiver_io.data.text.make_text_dataset` (TFDS, GLUE,
   TSV/CSV/JSONL, aclImdb folders; one ordered pass) and keeps the real rows.
+  `task` says how labels are read: 'classification' (class names or ids)
+  or 'regression' (numbers).
   """
-  from perceiver_io.data import text as text_data  # pylint: disable=g-import-not-at-top
   data = config.data
   names = _comma_list(data.label_names)
-  task = 'regression' if config.task == 'regression' else 'classification'
   if not names and task == 'classification':
     names = glue_local_classes(config)
   try:
@@ -153,7 +156,6 @@ def glue_local_classes(config) -> List[str]:
   task = config.get('glue_task') or ''
   if not task or str(config.data.source).lower().startswith('tfds:'):
     return []
-  from perceiver_io.data import text as text_data  # pylint: disable=g-import-not-at-top
   glue = text_data.GLUE_TASKS.get(task)
   return list(glue.classes) if glue is not None and glue.classes else []
 
@@ -226,7 +228,6 @@ def check_eval_is_not_train(config: ml_collections.ConfigDict) -> None:
   accuracy. Slices of one file ('train[:90%]' / 'train[90%:]') are how to
   split a single file; overlapping slices are logged.
   """
-  from perceiver_io.data import text as text_data  # pylint: disable=g-import-not-at-top
   data = config.data
   kind, _, path = str(data.source).partition(':')
   if kind.lower() not in _ONE_FILE_KINDS or '{split}' in path:
@@ -249,13 +250,18 @@ def check_eval_is_not_train(config: ml_collections.ConfigDict) -> None:
     logging.warning('evaluation split %r overlaps training split %r of %s: '
                     'eval metrics include training rows.', data.eval_split,
                     data.train_split, data.source)
+
+
 # In-memory table loaders by source name; text kinds go to load_text_table.
 # New modalities (e.g. image folders) plug in here: name -> fn(split).
 TABLE_SOURCES = {'digits': load_digits_table}
 
 
-def load_table(config: ml_collections.ConfigDict, split: str) -> tuple:
+def load_table(config: ml_collections.ConfigDict, split: str,
+               task: str = 'classification') -> tuple:
   """(table, info) for `split` of `config.data.source` (not MLM).
+
+  `task`: 'classification' or 'regression' (how text labels are read).
 
   Returns:
     table: dict of equal-length arrays. Images: 'image', 'label'. Text
@@ -272,7 +278,7 @@ def load_table(config: ml_collections.ConfigDict, split: str) -> tuple:
         f'{sorted(TABLE_SOURCES)} or <kind>:<name or path> with kind in '
         f'{TEXT_KINDS} (e.g. csv:/data/train.csv, tfds:glue/cola; MLM also '
         'text:/data/*.txt).')
-  return load_text_table(config, split)
+  return load_text_table(config, split, task)
 
 
 # ----------------------------------------------------------------------------
@@ -343,7 +349,6 @@ def eval_batches(table: Table, global_batch: int, process_index: int = 0,
 
 def _mlm_dataset(config, split: str, *, repeat: bool, start_step: int,
                  batch_size: int):
-  from perceiver_io.data import text as text_data  # pylint: disable=g-import-not-at-top
   data = config.data
   fields = _comma_list(data.text_fields)
   return text_data.make_mlm_dataset(
@@ -352,18 +357,8 @@ def _mlm_dataset(config, split: str, *, repeat: bool, start_step: int,
       text_field=fields[0] if fields else None,
       docs_per_example=int(data.docs_per_example),
       mask_prob=float(data.mask_rate), seed=int(config.seed),
-      start_step=start_step, process_index=jax_process_index(),
-      process_count=jax_process_count(), data_dir=data.data_dir or None)
-
-
-def jax_process_index() -> int:
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.process_index()
-
-
-def jax_process_count() -> int:
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.process_count()
+      start_step=start_step, process_index=jax.process_index(),
+      process_count=jax.process_count(), data_dir=data.data_dir or None)
 
 
 def mlm_to_runner(batch: Table) -> Table:
@@ -380,7 +375,7 @@ class MlmTrainStream:
   """Step-indexed MLM training batches (must be read in step order)."""
 
   def __init__(self, config, start_step: int):
-    local = int(config.batch_size) // jax_process_count()
+    local = int(config.batch_size) // jax.process_count()
     ds, self.info = _mlm_dataset(config, config.data.train_split, repeat=True,
                                  start_step=start_step, batch_size=local)
     self._it = ds.as_numpy_iterator()
@@ -395,7 +390,7 @@ class MlmTrainStream:
 
 
 def mlm_eval_batches(config) -> Iterator[Table]:
-  local = int(config.eval_batch_size) // jax_process_count()
+  local = int(config.eval_batch_size) // jax.process_count()
   ds, _ = _mlm_dataset(config, config.data.eval_split, repeat=False,
                        start_step=0, batch_size=local)
   limit = int(config.max_eval_examples)
@@ -403,7 +398,7 @@ def mlm_eval_batches(config) -> Iterator[Table]:
   for batch in ds.as_numpy_iterator():
     if 0 < limit <= seen:
       break
-    seen += local * jax_process_count()
+    seen += local * jax.process_count()
     yield mlm_to_runner(batch)
 
 
@@ -415,5 +410,5 @@ class TableTrainStream:
 
   def batch(self, step: int) -> Table:
     return train_batch(self.table, step, int(self.config.batch_size),
-                       int(self.config.seed), jax_process_index(),
-                       jax_process_count())
+                       int(self.config.seed), jax.process_index(),
+                       jax.process_count())

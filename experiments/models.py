@@ -9,7 +9,7 @@ stays short.
 
 import copy
 import logging
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import flax
 import flax.linen as nn
@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from experiments import process_tuning
 from perceiver_io import attention
 from perceiver_io import presets
-from experiments import process_tuning
 from perceiver_io.model import PerceiverIO
 
 PyTree = Any
@@ -70,8 +70,13 @@ def check_dtype(name: str, backend: str) -> str:
                    f'{"" if backend != "cpu" else " (float16: GPU only)"}.')
 
 
-def model_config(config: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """The perceiver_io config dict (JSON-able) this experiment trains."""
+def model_config(config: ml_collections.ConfigDict,
+                 num_outputs: Optional[int] = None) -> Dict[str, Any]:
+  """The perceiver_io config dict (JSON-able) this experiment trains.
+
+  With `num_outputs`, a classification decoder is sized to it (as `build`
+  sizes it; a tanh head's decoder emits its hidden features instead).
+  """
   kwargs = dict(config.model.kwargs.to_dict())
   cfg = presets.get_config(config.model.preset, **kwargs)
   # The expected platform, not jax.default_backend(): the train launcher
@@ -96,42 +101,41 @@ def model_config(config: ml_collections.ConfigDict) -> Dict[str, Any]:
     cfg['preprocessor']['in_channels'] = int(config.model.in_channels)
   if config.model.dropout_rate:
     cfg['encoder']['dropout_rate'] = float(config.model.dropout_rate)
+  if num_outputs is not None and cfg['decoder'].get('type') == (
+      'classification'):
+    cfg['decoder']['num_classes'] = int(num_outputs)
   return cfg
 
 
-def num_outputs(config: ml_collections.ConfigDict) -> int:
-  if config.task == 'regression':
-    return 1
-  return int(config.data.num_classes)
+def build(config: ml_collections.ConfigDict,
+          num_outputs: Optional[int] = None) -> Tuple[nn.Module, Dict]:
+  """(flax module, description dict stored in the workdir) for `config`.
 
-
-def build(config: ml_collections.ConfigDict) -> Tuple[nn.Module, Dict]:
-  """(flax module, description dict stored in the workdir) for `config`."""
+  Args:
+    config: the experiment config (reads `model`).
+    num_outputs: the size of a classification decoder, as the task wants it
+      (`Task.num_outputs`: the number of classes, 1 for regression); None
+      keeps the preset's decoder as it is.
+  """
   cfg = model_config(config)
   head = config.model.head
-  if config.task in ('classification', 'regression'):
-    if cfg['decoder'].get('type') != 'classification':
-      raise ValueError(f'task {config.task!r} needs a preset with a '
-                       f'classification decoder; {config.model.preset!r} has '
-                       f'{cfg["decoder"].get("type")!r}.')
-    if head == 'tanh_mlp':
-      hidden = int(config.model.head_hidden or
-                   cfg['encoder']['latent_channels'])
-      cfg['decoder']['num_classes'] = hidden
-      description = {'perceiver': cfg, 'head': 'tanh_mlp',
-                     'num_outputs': num_outputs(config)}
-      return (PerceiverWithTanhHead(copy.deepcopy(cfg), num_outputs(config)),
-              description)
-    cfg['decoder']['num_classes'] = num_outputs(config)
-  elif cfg['decoder'].get('type') == 'classification':
-    # Image classification too: one field sizes the classifier, the one
-    # the data settings name (data.num_classes was silently ignored here).
-    cfg['decoder']['num_classes'] = int(config.data.num_classes)
   if head not in ('', 'tanh_mlp'):
     raise ValueError(f"model.head must be '' or 'tanh_mlp', got {head!r}.")
+  classifier = cfg['decoder'].get('type') == 'classification'
   if head == 'tanh_mlp':
-    raise ValueError("model.head='tanh_mlp' needs task classification or "
-                     'regression.')
+    if num_outputs is None or not classifier:
+      raise ValueError("model.head='tanh_mlp' needs a task with a "
+                       'classification decoder (classification or '
+                       'regression).')
+    hidden = int(config.model.head_hidden or
+                 cfg['encoder']['latent_channels'])
+    cfg['decoder']['num_classes'] = hidden
+    description = {'perceiver': cfg, 'head': 'tanh_mlp',
+                   'num_outputs': int(num_outputs)}
+    return (PerceiverWithTanhHead(copy.deepcopy(cfg), int(num_outputs)),
+            description)
+  if classifier and num_outputs is not None:
+    cfg['decoder']['num_classes'] = int(num_outputs)
   return PerceiverIO(copy.deepcopy(cfg)), {'perceiver': cfg, 'head': ''}
 
 
@@ -141,10 +145,6 @@ def build_from_description(description: Dict[str, Any]) -> nn.Module:
     return PerceiverWithTanhHead(description['perceiver'],
                                  description['num_outputs'])
   return PerceiverIO(description['perceiver'])
-
-
-def perceiver_config_of(description: Dict[str, Any]) -> Dict[str, Any]:
-  return description['perceiver']
 
 
 # ----------------------------------------------------------------------------
@@ -227,41 +227,6 @@ def _check_body_loaded(fresh_flat, pre_flat) -> None:
         'may be new; set config.model.preset / config.model.kwargs (and '
         'data.max_length for text) to the checkpoint\'s sizes, or train '
         'from scratch with config.init_from=\'\'.')
-
-
-def load_pretrained(init_from: str, preset_hint: str = ''):
-  """Variables of a pretrained model named by `config.init_from`.
-
-  Args:
-    init_from: 'hf:<dir or hub id>' (HuggingFace save_pretrained layout),
-      'haiku:<pickle>' (official DeepMind checkpoint), 'workdir:<dir>' (a
-      run of experiments.train: its latest checkpoint) or 'dir:<dir>'
-      (`perceiver_io.checkpoints.save` output). Haiku pickles may name
-      their architecture: 'haiku:<pickle>:<preset>'.
-    preset_hint: preset name for Haiku pickles (they carry no config).
-
-  Returns:
-    The pretrained variables dict.
-  """
-  kind, _, where = init_from.partition(':')
-  if not where or kind not in ('hf', 'haiku', 'workdir', 'dir'):
-    raise ValueError(f'init_from must be hf:<dir or hub id>, haiku:<pickle>, '
-                     f'workdir:<dir> or dir:<dir>; got {init_from!r}.')
-  if kind == 'workdir':
-    from experiments import predict_lib  # pylint: disable=g-import-not-at-top
-    return predict_lib.load_variables_from_workdir(where)
-  from perceiver_io import checkpoints  # pylint: disable=g-import-not-at-top
-  if kind == 'dir':
-    return checkpoints.load(where)[1]
-  if kind == 'haiku':
-    # 'haiku:<pickle>[:<preset of the pickle>]'; the official language
-    # pickle is the MLM model, whatever head we fine-tune.
-    path, _, preset = where.partition(':')
-    if not preset:
-      preset = ('language_mlm' if 'text' in preset_hint or 'language' in
-                preset_hint else preset_hint.replace('tiny_', ''))
-    return checkpoints.from_haiku(path, preset)[1]
-  return checkpoints.from_hf(f'hf:{where}')[1]
 
 
 def log_merge(new: List[str], unused: List[str]) -> None:

@@ -107,9 +107,8 @@ def main(argv):
         raise app.UsageError('pass --workdir=DIR, or --config=... with '
                              '--config.init_from=... (an imported '
                              'checkpoint).')
-      from experiments import task_registry  # pylint: disable=g-import-not-at-top
-      lines = task_registry.predict_pretrained(config, inputs,
-                                               top_k=_TOP_K.value, **options)
+      lines = predict_lib.predict_pretrained(config, inputs,
+                                             top_k=_TOP_K.value, **options)
     else:
       lines = predict_lib.predict_lines(_WORKDIR.value, inputs,
                                         which=_CHECKPOINT.value,

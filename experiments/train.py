@@ -54,8 +54,7 @@ def main(argv):
           + '  '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
                       for k, v in result['eval'].items()))
   if config.predict_examples > 0:
-    predict_lib.print_eval_predictions(result, config,
-                                       int(config.predict_examples))
+    predict_lib.print_eval_predictions(result, int(config.predict_examples))
 
 
 if __name__ == '__main__':

@@ -24,10 +24,10 @@ def override_config(config, **fields):
 def fake_glue_run(root, task, records, eval_split='validation', name=None):
   """A GLUE workdir as `eval_lib.glue_summary` reads it: config.json with the
   task and eval split, and metrics.jsonl with `records` (dir: name or task)."""
-  from experiments import checkpointing  # pylint: disable=g-import-not-at-top
+  from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   workdir = os.path.join(root, name or task)
   os.makedirs(workdir)
-  checkpointing.write_json_atomic(
+  workdir_lib.write_json_atomic(
       os.path.join(workdir, 'config.json'),
       {'glue_task': task, 'data': {'eval_split': eval_split}})
   with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:

@@ -22,12 +22,16 @@ from configs import glue_bytes
 from configs import imdb_bytes
 from configs import mlm_bytes
 from configs import quickstart
-from experiments import checkpointing
 from experiments import eval_lib
 from experiments import input_pipeline
 from experiments import models
 from experiments import predict_lib
+from experiments import sharding
+from experiments import steps
+from experiments import tasks
 from experiments import train_lib
+from experiments import workdir as workdir_lib
+from experiments.tasks import base
 from perceiver_io import checkpoints as ckpt_lib
 from tests.helpers import override_config as _override
 
@@ -71,9 +75,9 @@ def quickstart_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('quickstart'))
   config = _override(quickstart.get_config('tiny'), eval_every_steps=1)
   previous = jax.config.read('jax_disable_most_optimizations')
-  train_lib.TRACE_COUNTS.clear()
+  steps.TRACE_COUNTS.clear()
   result = train_lib.train_and_evaluate(config, workdir)
-  counts = dict(train_lib.TRACE_COUNTS)
+  counts = dict(steps.TRACE_COUNTS)
   jax.config.update('jax_disable_most_optimizations', previous)
   return workdir, config, result, counts
 
@@ -111,12 +115,12 @@ def test_quickstart_tiny_writes_a_complete_workdir(quickstart_run):
   accuracy = {r['step']: r['eval_accuracy'] for r in evals}
   best = max(accuracy, key=lambda s: (accuracy[s], s))
   assert steps == sorted({2, 3, best})
-  ckpt = checkpointing.Checkpointer(workdir, keep=100,
-                                    best_metric='accuracy')
+  ckpt = workdir_lib.open_checkpoints(workdir, keep=100,
+                                      best_metric='accuracy')
   try:
     assert ckpt.best_step() == best
-    assert predict_lib.choose_step(ckpt, 'best') == best
-    assert predict_lib.choose_step(ckpt, 'latest') == 3
+    assert workdir_lib.choose_step(ckpt, 'best') == best
+    assert workdir_lib.choose_step(ckpt, 'latest') == 3
   finally:
     ckpt.close()
 
@@ -153,13 +157,15 @@ def test_predictions_are_one_compiled_call_reused_for_the_same_model(
   # keeps it per model: a second batch of the same shape compiles nothing,
   # and the outputs are the eager forward's.
   workdir = quickstart_run[0]
-  model, variables, _, _ = predict_lib.load_workdir(workdir)
+  run = workdir_lib.load_workdir(workdir)
+  task = tasks.get(run.config, run.model_config)
   table, _ = input_pipeline.load_digits_table('test')
   batches = [{'image': table['image'][i:i + 4]} for i in (0, 4)]
-  got = [predict_lib.predict_batch(model, variables, b) for b in batches]
-  forward = predict_lib._jitted_forward(model)  # pylint: disable=protected-access
+  got = [task.predict(run.model, run.variables, b) for b in batches]
+  forward = steps.jitted_forward(run.model, task.model_inputs)
   assert forward._cache_size() == 1  # pylint: disable=protected-access
-  eager, _ = train_lib.apply_model(model, variables, batches[1], train=False)
+  eager, _ = steps.apply_model(run.model, run.variables,
+                               task.model_inputs(batches[1]), train=False)
   np.testing.assert_allclose(got[1], np.asarray(eager), rtol=1e-5, atol=1e-5)
 
 
@@ -174,13 +180,14 @@ def test_workdir_of_a_different_model_is_refused(quickstart_run):
 
 def test_init_from_workdir_and_library_checkpoint(quickstart_run, tmp_path):
   workdir = quickstart_run[0]
-  trained = models.load_pretrained(f'workdir:{workdir}')
+  trained = workdir_lib.load_init_from(f'workdir:{workdir}').variables
   # A 12-class model: everything but the classifier output comes from the run.
   config = _override(quickstart.get_config('tiny'),
                      data__num_classes=12)
-  model, _ = models.build(config)
-  fresh = jax.eval_shape(lambda: train_lib.init_variables(
-      model, predict_lib.example_inputs(config), 0))
+  task = tasks.get(config)
+  model, _ = models.build(config, task.num_outputs())
+  fresh = jax.eval_shape(lambda: steps.init_variables(
+      model, task.model_inputs(task.example_batch()), 0))
   fresh = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), fresh)
   merged, new, _ = models.merge_pretrained(fresh, trained)
   assert sorted(new) == ['params/decoder/basic/decoder/output/bias',
@@ -190,7 +197,8 @@ def test_init_from_workdir_and_library_checkpoint(quickstart_run, tmp_path):
   # The library's own checkpoint format (dir:) round-trips into init_from.
   model_cfg = json.load(open(os.path.join(workdir, 'model.json')))
   ckpt_lib.save(str(tmp_path / 'export'), trained, model_cfg['perceiver'])
-  exported = models.load_pretrained(f'dir:{tmp_path / "export"}')
+  exported = workdir_lib.load_init_from(f'dir:{tmp_path / "export"}'
+                                        ).variables
   np.testing.assert_array_equal(exported['params']['encoder']['latents'],
                                 trained['params']['encoder']['latents'])
 
@@ -206,7 +214,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   steps = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints')
                  if s.isdigit())
   assert steps and steps[-1] < 6
-  _, variables, _, _ = predict_lib.load_workdir(str(tmp_path))
+  variables = workdir_lib.load_workdir(str(tmp_path)).variables
   assert all(np.all(np.isfinite(np.asarray(x)))
              for x in jax.tree_util.tree_leaves(variables))
 
@@ -270,8 +278,9 @@ def test_mlm_tiny_on_local_text_fills_masks(data_dir, tmp_path):
   assert 0.0 <= result['eval']['masked_accuracy'] <= 1.0
   lines = predict_lib.predict_lines(workdir, ['The film was [MASK][MASK].'])
   assert '[MASK]' not in lines[-1].split(' -> ')[1]
-  model, variables, config, _ = predict_lib.load_workdir(workdir)
-  filled = predict_lib.fill_masks(model, variables, ['ab[MASK]d'], config)[0]
+  run = workdir_lib.load_workdir(workdir)
+  task = tasks.get(run.config, run.model_config)
+  filled = task.fill_masks(run.model, run.variables, ['ab[MASK]d'])[0]
   assert filled.startswith('ab') and filled.endswith('d')
   assert '[MASK]' not in filled
 
@@ -330,16 +339,16 @@ def test_init_from_hf_mlm_checkpoint_gets_a_fresh_head(data_dir, tmp_path,
   assert 'basic' in params['decoder']  # The new classification decoder.
 
 
-class _FakeDigitsTask:
-  """A task object (task_registry interface) over the digits table, to test
-  the loop's hooks without the ImageNet / flow tasks."""
+class FakeDigitsTask(base.Task):
+  """A task of the test's own (config.task names it by its import path) over
+  the digits table, with its own evaluation loop, to test the loop's hooks
+  without the task modules of experiments/tasks/."""
 
   def __init__(self, config):
-    self.config = config
+    super().__init__(config)
     self.train_table, _ = input_pipeline.load_digits_table('train')
     self.test_table, _ = input_pipeline.load_digits_table('test')
     self.transform_calls = 0
-    self.label_names = []
 
   def data_info(self):
     return ({'num_examples': 1437, 'label_names': [str(i) for i in range(10)]},
@@ -367,15 +376,11 @@ class _FakeDigitsTask:
     loss = optax.softmax_cross_entropy(outputs, batch['targets'])
     return loss * batch['weight'], batch['weight']
 
-  def make_eval_step(self, model):
-    def eval_step(params, model_state, batch):
-      logits = model.apply({'params': params, **model_state}, batch['image'])
-      correct = (logits.argmax(-1) == batch['label']) * batch['weight']
-      return {'correct': correct, 'weight': batch['weight']}
-    return eval_step
+  def eval_outputs(self, outputs, batch):
+    correct = (outputs.argmax(-1) == batch['label']) * batch['weight']
+    return {'correct': correct, 'weight': batch['weight']}
 
   def evaluate(self, eval_step, state, mesh, model=None):
-    from experiments import sharding  # pylint: disable=g-import-not-at-top
     sums = {'correct': 0.0, 'weight': 0.0}
     for local in input_pipeline.eval_batches(self.test_table, 8,
                                              max_examples=16):
@@ -390,24 +395,15 @@ class _FakeDigitsTask:
     return [f'fake {x} top{top_k}' for x in inputs]
 
 
-def test_task_objects_plug_into_train_evaluate_predict(tmp_path,
-                                                       monkeypatch):
-  made = []
-
-  def fake_get_task(config, model_config=None):
-    del model_config
-    if config.task != 'fake_digits':
-      return None
-    made.append(_FakeDigitsTask(config))
-    return made[-1]
-
-  monkeypatch.setattr(train_lib, 'get_task', fake_get_task)
+def test_task_objects_plug_into_train_evaluate_predict(tmp_path):
   # A classification decoder's size is data.num_classes (10) for any task.
-  config = _override(quickstart.get_config('tiny'), task='fake_digits',
+  config = _override(quickstart.get_config('tiny'),
+                     task=f'{__name__}:FakeDigitsTask',
                      best_metric='top1', predict_examples=0)
   workdir = str(tmp_path)
   result = train_lib.train_and_evaluate(config, workdir)
-  assert made[0].transform_calls == 1  # Traced once, inside the jitted step.
+  assert isinstance(result['task'], FakeDigitsTask)
+  assert result['task'].transform_calls == 1  # Traced once, in the step.
   assert result['eval']['num_examples'] == 16
   records = _read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
   assert records[-1]['eval_top1'] == pytest.approx(result['eval']['top1'])

@@ -25,13 +25,16 @@ from configs import glue_bytes
 from configs import imdb_bytes
 from configs import mlm_bytes
 from configs import quickstart
-from experiments import checkpointing
 from experiments import cli
 from experiments import eval_lib
 from experiments import input_pipeline
+from experiments import metrics
 from experiments import models
 from experiments import optim
 from experiments import tasks
+from experiments import workdir as workdir_lib
+from experiments.tasks import classification
+from experiments.tasks import mlm
 from perceiver_io import build_model
 from perceiver_io import presets
 from tests.helpers import fake_glue_run
@@ -64,7 +67,7 @@ def test_every_config_builds_a_consistent_model(module, arg):
   assert module.__doc__ and 'python -m experiments.train' in module.__doc__
   # Same field set as the base config, so overrides mean the same everywhere.
   assert set(config.keys()) == set(common.base_config().keys())
-  model, description = models.build(config)
+  model, description = models.build(config, tasks.get(config).num_outputs())
   cfg = description['perceiver']
   if config.task == 'mlm':
     assert cfg['decoder']['output_index_dims'] == [config.data.max_length]
@@ -85,13 +88,13 @@ def test_attention_impl_reaches_the_model_and_typos_are_one_error():
   # (--config.model.attention_impl=cudnn); the stored model config keeps it.
   config = quickstart.get_config('tiny')
   config.model.attention_impl = 'cudnn'
-  _, description = models.build(config)
+  _, description = models.build(config, 10)
   assert description['perceiver']['attention_impl'] == 'cudnn'
   assert models.model_config(quickstart.get_config('tiny'))[
       'attention_impl'] == 'auto'
   config.model.attention_impl = 'cuddn'
   with pytest.raises(ValueError, match="attention_impl='cuddn'.*cudnn"):
-    models.build(config)
+    models.build(config, 10)
 
 
 def test_glue_without_task_names_the_tasks():
@@ -260,7 +263,7 @@ def test_label_smoothed_cross_entropy_matches_numpy():
   targets = np.full((5, 4), s / 4)
   targets[np.arange(5), labels] += 1 - s
   expected = -(targets * log_probs).sum(-1)
-  got = tasks.classification_loss(jnp.asarray(logits), jnp.asarray(labels), s)
+  got = classification.classification_loss(jnp.asarray(logits), jnp.asarray(labels), s)
   np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
@@ -271,7 +274,7 @@ def test_mlm_loss_counts_only_masked_positions():
   weights = np.array([[1, 0, 1], [0, 0, 1]], np.float32)
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   nll = -np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
-  total, count = tasks.mlm_loss(jnp.asarray(logits), jnp.asarray(targets),
+  total, count = mlm.mlm_loss(jnp.asarray(logits), jnp.asarray(targets),
                                 jnp.asarray(weights))
   np.testing.assert_allclose(total, (nll * weights).sum(-1), rtol=1e-5)
   np.testing.assert_allclose(count, [2, 1])
@@ -282,19 +285,19 @@ def test_glue_metrics_match_sklearn_and_scipy(seed):
   rng = np.random.default_rng(seed)
   label = rng.integers(0, 2, 50)
   pred = np.where(rng.random(50) < 0.7, label, 1 - label)
-  assert tasks.accuracy(pred, label) == pytest.approx(
+  assert metrics.accuracy(pred, label) == pytest.approx(
       sk_metrics.accuracy_score(label, pred))
-  assert tasks.f1_binary(pred, label) == pytest.approx(
+  assert metrics.f1_binary(pred, label) == pytest.approx(
       sk_metrics.f1_score(label, pred))
-  assert tasks.matthews_corr(pred, label) == pytest.approx(
+  assert metrics.matthews_corr(pred, label) == pytest.approx(
       sk_metrics.matthews_corrcoef(label, pred))
   label3, pred3 = rng.integers(0, 3, 60), rng.integers(0, 3, 60)
-  assert tasks.matthews_corr(pred3, label3) == pytest.approx(
+  assert metrics.matthews_corr(pred3, label3) == pytest.approx(
       sk_metrics.matthews_corrcoef(label3, pred3))
   x = np.round(rng.normal(size=40), 1)  # Rounded: ties for Spearman.
   y = x + rng.normal(size=40)
-  assert tasks.pearson(x, y) == pytest.approx(scipy_stats.pearsonr(x, y)[0])
-  assert tasks.spearman(x, y) == pytest.approx(
+  assert metrics.pearson(x, y) == pytest.approx(scipy_stats.pearsonr(x, y)[0])
+  assert metrics.spearman(x, y) == pytest.approx(
       scipy_stats.spearmanr(x, y)[0])
 
 
@@ -304,7 +307,7 @@ def test_summarize_ignores_padding_and_reports_glue_score():
               'weight': np.array([1.0, 1.0, 0.0]),
               'pred': np.array([1, 0, 1]), 'label': np.array([1, 1, 0]),
               'prob': np.array([0.9, 0.8, 0.7])}
-  m = tasks.summarize('classification', gathered, ('f1', 'accuracy'))
+  m = metrics.summarize(gathered, ('f1', 'accuracy'))
   assert m['num_examples'] == 2 and m['loss'] == pytest.approx(2.0)
   assert m['accuracy'] == pytest.approx(0.5)
   assert m['f1'] == pytest.approx(2 / 3)
@@ -373,15 +376,15 @@ def test_workdir_of_another_model_is_refused_then_moved_aside(tmp_path):
   (tmp_path / 'checkpoints' / '5').mkdir(parents=True)
   (tmp_path / 'checkpoints' / '5' / 'data').write_text('precious')
   old = {'perceiver': {'encoder': {'num_latents': 8}}, 'head': ''}
-  checkpointing.write_json_atomic(str(tmp_path / 'model.json'), old)
-  checkpointing.check_workdir(workdir, old, overwrite=False)  # Same: fine.
+  workdir_lib.write_json_atomic(str(tmp_path / 'model.json'), old)
+  workdir_lib.check_workdir(workdir, old, overwrite=False)  # Same: fine.
   new = {'perceiver': {'encoder': {'num_latents': 16}}, 'head': ''}
   with pytest.raises(ValueError, match='num_latents: 8 -> 16.*overwrite'):
-    checkpointing.check_workdir(workdir, new, overwrite=False)
+    workdir_lib.check_workdir(workdir, new, overwrite=False)
   assert (tmp_path / 'checkpoints' / '5' / 'data').exists()
   (tmp_path / 'metrics.jsonl').write_text('{"step": 5}\n')
   (tmp_path / 'config.json').write_text('{"seed": 0}')
-  checkpointing.check_workdir(workdir, new, overwrite=True)
+  workdir_lib.check_workdir(workdir, new, overwrite=True)
   moved = [p for p in os.listdir(workdir) if p.startswith('replaced-')]
   assert len(moved) == 1
   # The whole run moved: a complete workdir (evaluate/predict work on it),
@@ -400,29 +403,29 @@ def test_workdir_of_another_run_with_the_same_model_is_refused(tmp_path):
   workdir = str(tmp_path)
   (tmp_path / 'checkpoints' / '5').mkdir(parents=True)
   model = {'perceiver': {'encoder': {'num_latents': 8}}, 'head': ''}
-  checkpointing.write_json_atomic(str(tmp_path / 'model.json'), model)
+  workdir_lib.write_json_atomic(str(tmp_path / 'model.json'), model)
   old = {'glue_task': 'cola', 'data': {'source': 'tsv:cola/{split}.tsv',
                                        'eval_split': 'dev'},
          'optimizer': {'name': 'lamb'}, 'num_train_steps': 100,
          'model': {'dtype': 'float32'}}
-  checkpointing.write_json_atomic(str(tmp_path / 'config.json'), old)
+  workdir_lib.write_json_atomic(str(tmp_path / 'config.json'), old)
   longer = json.loads(json.dumps(old))
   longer.update(num_train_steps=200, eval_every_steps=7)
   longer['data']['eval_split'] = 'test'
   longer['model']['dtype'] = 'bfloat16'
-  checkpointing.check_workdir(workdir, model, False, longer)  # Fine.
+  workdir_lib.check_workdir(workdir, model, False, longer)  # Fine.
   newer = json.loads(json.dumps(old))
   newer['data']['field_added_later'] = 3  # Not in the run's config.json.
-  checkpointing.check_workdir(workdir, model, False, newer)  # Fine too.
+  workdir_lib.check_workdir(workdir, model, False, newer)  # Fine too.
   sst2 = json.loads(json.dumps(old))
   sst2.update(glue_task='sst2')
   sst2['data']['source'] = 'tsv:sst2/{split}.tsv'
   with pytest.raises(ValueError, match=r'another run.*2 difference.*'
                      r"data.source: 'tsv:cola/\{split\}.tsv' -> "
                      r"'tsv:sst2/\{split\}.tsv'.*glue_task.*overwrite"):
-    checkpointing.check_workdir(workdir, model, False, sst2)
+    workdir_lib.check_workdir(workdir, model, False, sst2)
   assert (tmp_path / 'checkpoints' / '5').is_dir()
-  checkpointing.check_workdir(workdir, model, True, sst2)
+  workdir_lib.check_workdir(workdir, model, True, sst2)
   assert not (tmp_path / 'checkpoints').exists()
 
 
@@ -432,14 +435,14 @@ def test_workdir_resumes_with_other_compute_options(tmp_path):
   (tmp_path / 'checkpoints' / '5').mkdir(parents=True)
   old = {'perceiver': {'encoder': {'num_latents': 8}, 'dtype': 'float32',
                        'remat': False, 'attention_impl': 'auto'}, 'head': ''}
-  checkpointing.write_json_atomic(str(tmp_path / 'model.json'), old)
+  workdir_lib.write_json_atomic(str(tmp_path / 'model.json'), old)
   new = {'perceiver': {'encoder': {'num_latents': 8}, 'dtype': 'bfloat16',
                        'remat': True, 'attention_impl': 'cudnn',
                        'query_chunk_size': 4096}, 'head': ''}
-  checkpointing.check_workdir(str(tmp_path), new, overwrite=False)
+  workdir_lib.check_workdir(str(tmp_path), new, overwrite=False)
   new['perceiver']['encoder']['num_latents'] = 16
   with pytest.raises(ValueError, match='num_latents: 8 -> 16'):
-    checkpointing.check_workdir(str(tmp_path), new, overwrite=False)
+    workdir_lib.check_workdir(str(tmp_path), new, overwrite=False)
 
 
 def test_merge_pretrained_nests_under_the_tanh_head_and_reports_new():
@@ -483,7 +486,7 @@ def test_merge_pretrained_refuses_a_checkpoint_of_another_size():
 
 def test_init_from_rejects_unknown_kinds():
   with pytest.raises(ValueError, match='hf:<dir or hub id>'):
-    models.load_pretrained('s3://bucket/x')
+    workdir_lib.load_init_from('s3://bucket/x')
 
 
 # ------------------------------------------------------------- glue summary --

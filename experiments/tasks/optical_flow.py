@@ -1,6 +1,6 @@
-"""Optical flow for the runner (task 'optical_flow'): data, loss, EPE, predict.
+"""Optical flow (task 'optical_flow'): data, loss, EPE, tiled evaluation, predict.
 
-Why a task object (see experiments/task_registry.py): flow training reads
+Why its own task: flow training reads
 no files (pairs are rendered on the fly by `perceiver_io.flow.synthetic`, an
 AutoFlow-style generator, and augmented consistently with their ground
 truth), the loss is the end-point error on valid pixels only, and the
@@ -39,7 +39,6 @@ border). EPE is pooled over all valid pixels (Sintel convention);
 Fl-all is the % of valid pixels with error > 3 px and > 5 % of |gt|.
 """
 
-import collections
 import concurrent.futures
 import dataclasses
 import logging
@@ -49,12 +48,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
+from PIL import Image
 
 from experiments import eval_progress
-from experiments import models
-from experiments import sharding
+from experiments import steps
+from experiments.tasks import base
 from perceiver_io import model as model_lib
 from perceiver_io.flow import augment
 from perceiver_io.flow import io as flow_io
@@ -157,7 +156,7 @@ def stack_samples(samples: Sequence[Dict[str, np.ndarray]]
 class _TrainStream:
   """This process's rows of global batch `step` (any order of steps)."""
 
-  def __init__(self, task: 'OpticalFlowTask', start_step: int):
+  def __init__(self, task: 'Task', start_step: int):
     del start_step  # Batches are a pure function of the step.
     self.task = task
     self.settings = task.generator_settings()
@@ -181,22 +180,25 @@ class _TrainStream:
     return stack_samples(samples)
 
 
-class OpticalFlowTask:
-  """Optical flow as a runner task (interface: task_registry)."""
+class Task(base.Task):
+  """Flow of frame pairs, in pixels: generated training pairs, EPE."""
 
-  def __init__(self, config: ml_collections.ConfigDict,
-               model_config: Optional[Dict[str, Any]] = None):
-    self.config = config
-    self.model_config = model_config or models.model_config(config)
-    if self.model_config['decoder'].get('type') != 'flow':
+  eval_unit = 'pair'
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.flow_scale = float(config.model.flow_scale)
+
+  def use_model(self, model_config: Dict[str, Any]) -> None:
+    """Takes the tile size (the model's frame size) from the model."""
+    super().use_model(model_config)
+    if model_config['decoder'].get('type') != 'flow':
       raise ValueError(
           f"task 'optical_flow' needs a model with a flow decoder; this one "
-          f"has {self.model_config['decoder'].get('type')!r} (model "
-          f"{self.model_config.get('name')!r}).")
-    shape = model_lib.example_inputs(self.model_config)[0].shape
+          f"has {model_config['decoder'].get('type')!r} (model "
+          f"{model_config.get('name')!r}).")
+    shape = model_lib.example_inputs(model_config)[0].shape
     self.train_size = (int(shape[2]), int(shape[3]))
-    self.flow_scale = float(config.model.flow_scale)
-    self.label_names: List[str] = []
 
   # ------------------------------------------------------------------ data --
 
@@ -232,16 +234,14 @@ class OpticalFlowTask:
         synthetic_config=self.synthetic_config(), photometric=photometric,
         spatial=spatial)
 
-  def num_steps(self) -> int:
-    from experiments import train_lib  # pylint: disable=g-import-not-at-top
-    return train_lib.total_steps(self.config,
-                                 int(self.config.data.num_train_examples))
-
   def plain_steps(self) -> int:
+    """Training steps of the curriculum's un-augmented phase."""
     fraction = float(self.config.data.plain_fraction)
     if not 0.0 <= fraction <= 1.0:
       raise ValueError(f'data.plain_fraction must be in [0, 1], got {fraction}.')
-    return int(round(fraction * self.num_steps()))
+    num_steps = steps.total_steps(self.config,
+                                  int(self.config.data.num_train_examples))
+    return int(round(fraction * num_steps))
 
   def data_info(self):
     settings = self.generator_settings()  # Validates the data fields.
@@ -263,10 +263,6 @@ class OpticalFlowTask:
 
   # ----------------------------------------------------- traced functions --
 
-  def train_transform(self, batch, key):
-    del key
-    return batch
-
   def _errors(self, outputs, batch):
     pred = outputs.astype(jnp.float32) * self.flow_scale
     diff = pred - batch['flow']
@@ -279,20 +275,16 @@ class OpticalFlowTask:
     epe = self._errors(outputs, batch)
     return jnp.sum(epe * valid, axis=(1, 2)), jnp.sum(valid, axis=(1, 2))
 
-  def make_eval_step(self, model):
-    def eval_step(params, model_state, batch):
-      outputs = model.apply({'params': params, **model_state}, batch['image'],
-                            deterministic=True)
-      valid = batch['valid'] * batch['weight'][:, None, None]
-      epe = self._errors(outputs, batch)
-      magnitude = jnp.sqrt(jnp.sum(batch['flow'] ** 2, axis=-1))
-      outlier = (epe > 3.0) & (epe > 0.05 * magnitude)
-      return {'epe': jnp.sum(epe * valid, axis=(1, 2)),
-              'fl_all': jnp.sum(outlier * valid, axis=(1, 2)),
-              'epe_zero_flow': jnp.sum(magnitude * valid, axis=(1, 2)),
-              'count': jnp.sum(valid, axis=(1, 2)),
-              'weight': batch['weight']}
-    return eval_step
+  def eval_outputs(self, outputs, batch):
+    valid = batch['valid'] * batch['weight'][:, None, None]
+    epe = self._errors(outputs, batch)
+    magnitude = jnp.sqrt(jnp.sum(batch['flow'] ** 2, axis=-1))
+    outlier = (epe > 3.0) & (epe > 0.05 * magnitude)
+    return {'epe': jnp.sum(epe * valid, axis=(1, 2)),
+            'fl_all': jnp.sum(outlier * valid, axis=(1, 2)),
+            'epe_zero_flow': jnp.sum(magnitude * valid, axis=(1, 2)),
+            'count': jnp.sum(valid, axis=(1, 2)),
+            'weight': batch['weight']}
 
   # ------------------------------------------------------------ evaluation --
 
@@ -312,10 +304,18 @@ class OpticalFlowTask:
       raise FileNotFoundError(f'data.eval_source folder not found: {root}')
     return kind, root
 
+  def eval_data_description(self) -> str:
+    """A benchmark folder's listing involves no split: 'source <kind:dir>'."""
+    source = str(self.config.data.get('eval_source', '') or '')
+    if source and not source.startswith('generated'):
+      return f'source {source}'
+    return super().eval_data_description()
+
   def evaluate(self, eval_step, state, mesh, model=None) -> Dict[str, float]:
+    """Generated pairs through `eval_step`; a benchmark folder tiled."""
     kind, where = self._eval_spec()
     if kind == 'generated':
-      return self._evaluate_generated(eval_step, state, mesh, where)
+      return super().evaluate(eval_step, state, mesh, model)
     if model is None:
       raise ValueError('directory evaluation needs the model.')
     variables = jax.device_get({'params': state['params'],
@@ -334,7 +334,10 @@ class OpticalFlowTask:
                       'flow': s['flow'], 'valid': s['valid']})
     return samples
 
-  def _evaluate_generated(self, eval_step, state, mesh, count_text: str):
+  def eval_data(self):
+    """Generated pairs: `data.num_eval_examples` or the count in
+    'generated:<count>', at most `max_eval_examples`."""
+    _, count_text = self._eval_spec()
     count = int(count_text or self.config.data.num_eval_examples)
     limit = int(self.config.max_eval_examples)
     if limit > 0:
@@ -343,17 +346,22 @@ class OpticalFlowTask:
     processes, index = jax.process_count(), jax.process_index()
     local = batch_size // processes
     samples = self.generated_eval_samples(count)
-    sums = collections.defaultdict(float)
-    for start in range(0, count, batch_size):
-      rows = [min(start + index * local + i, count - 1) for i in range(local)]
-      batch = stack_samples([samples[r] for r in rows])
-      batch['weight'] = np.array(
-          [float(start + index * local + i < count) for i in range(local)],
-          np.float32)
-      out = sharding.to_host(eval_step(state['params'], state['model_state'],
-                                       sharding.global_batch(batch, mesh)))
-      for key, value in out.items():
-        sums[key] += float(np.sum(value))
+
+    def batches():
+      for start in range(0, count, batch_size):
+        first = start + index * local
+        rows = [min(first + i, count - 1) for i in range(local)]
+        batch = stack_samples([samples[r] for r in rows])
+        batch['weight'] = np.array(
+            [float(first + i < count) for i in range(local)], np.float32)
+        yield batch
+
+    return batches(), count
+
+  def summarize(self, gathered):
+    """EPE and zero-flow EPE (px) pooled over valid pixels, Fl-all (%)."""
+    sums = {k: float(np.sum(v, dtype=np.float64))
+            for k, v in gathered.items()}
     pixels = max(sums['count'], 1.0)
     return {'epe': sums['epe'] / pixels,
             'fl_all': 100.0 * sums['fl_all'] / pixels,
@@ -456,7 +464,6 @@ class OpticalFlowTask:
     palette images are converted; 16/32-bit images and unreadable or
     truncated files are one ValueError naming the file.
     """
-    from PIL import Image  # pylint: disable=g-import-not-at-top
     if not os.path.isfile(path):
       raise FileNotFoundError(f'frame not found: {path}')
     frame = flow_io.read_image(path)
@@ -483,9 +490,11 @@ class OpticalFlowTask:
     raise ValueError(f'--ground_truth {path!r}: expected a Middlebury .flo '
                      'file or a KITTI 16-bit flow .png.')
 
-  def predict_lines(self, model, variables, inputs: Sequence[str],
-                    output: str = '', ground_truth: str = '',
-                    pad_small: bool = False, **unused) -> List[str]:
+  def predict_lines(self, model, variables, inputs: Sequence[str], *,
+                    name: str = '', output: str = '', ground_truth: str = '',
+                    pad_small: bool = False,
+                    pairs: Optional[Sequence[Optional[str]]] = None,
+                    **unused) -> List[str]:
     """Two frames -> `.flo` + colour-wheel `.png` (+ EPE with ground truth).
 
     Every input is checked before the model runs, and nothing is written
@@ -495,11 +504,14 @@ class OpticalFlowTask:
       model: the flow model.
       variables: its variables.
       inputs: [frame1, frame2] image paths (RGB, same size).
+      name: the workdir or checkpoint (for messages).
       output: the `.flo` path ('' = <frame1 name>_flow.flo in the current
         directory); the PNG goes next to it with the `.png` extension.
       ground_truth: optional `.flo` or KITTI `.png` ground truth.
       pad_small: pad frames smaller than a tile instead of refusing them.
+      pairs: refused (sentence pairs are for text models).
     """
+    base.refuse_pairs(pairs, name)
     if len(inputs) != 2:
       raise ValueError(f'optical flow needs exactly two image files (frame 1 '
                        f'and frame 2); got {len(inputs)}.')

@@ -1,11 +1,11 @@
-"""ImageNet-style image classification for the runner (task 'image_classification').
+"""ImageNet-style image classification (task 'image_classification').
 
-Why a task object (see experiments/task_registry.py): ImageNet is 1.28M
-JPEGs, so data must stream through tf.data (`perceiver_io.data.image`, the
-official Perceiver pipeline) rather than sit in a table; the official recipe
-mixes labels inside the step (MixUp on half the batch, CutMix on the other
-half, then label smoothing 0.1); and evaluation reports top-1 and top-5 on
-a padded, ordered validation stream.
+Why its own task: ImageNet is 1.28M JPEGs, so data must stream through
+tf.data (`perceiver_io.data.image`, the official Perceiver pipeline) rather
+than sit in a table; the official recipe mixes labels inside the step
+(MixUp on half the batch, CutMix on the other half, then label smoothing
+0.1); and evaluation reports top-1 and top-5 on a padded, ordered
+validation stream.
 
 Data (`config.data`):
   source       'imagenet2012' (TFDS; prepare once with data.manual_dir), any
@@ -28,22 +28,21 @@ size). Training: Inception crop + flip, RandAugment(layers, magnitude),
 bicubic resize, mean/std; evaluation: centre crop 224/256, bicubic, mean/std.
 """
 
-import collections
 import csv
 import logging
+import math
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
-from experiments import eval_progress
-from experiments import models
-from experiments import sharding
+from experiments.tasks import base
 from perceiver_io import model as model_lib
+from perceiver_io.data import image as image_data
+from perceiver_io.data import image as mixing  # MixUp, CutMix, smoothing.
 
 _NAME_COLUMNS = ('name', 'class_name', 'name_from_filename', 'label', 'wnid',
                  'synset')
@@ -106,34 +105,37 @@ class _TrainStream:
             'weight': b['mask'].astype(np.float32)}
 
 
-class ImageClassificationTask:
-  """The ImageNet recipe as a runner task (interface: task_registry)."""
+class Task(base.Task):
+  """The ImageNet recipe: streamed images, MixUp/CutMix, top-1 / top-5."""
 
-  def __init__(self, config: ml_collections.ConfigDict,
-               model_config: Optional[Dict[str, Any]] = None):
-    self.config = config
-    self.model_config = model_config or models.model_config(config)
-    decoder = self.model_config['decoder']
+  eval_unit = 'image'
+
+  def __init__(self, config):
+    super().__init__(config)
+    self._first_train = None
+
+  def use_model(self, model_config: Dict[str, Any]) -> None:
+    """Takes the classes and the image size from the model (an imported
+    checkpoint decides its own)."""
+    super().use_model(model_config)
+    decoder = model_config['decoder']
     if decoder.get('type') != 'classification':
       raise ValueError(
           f"task 'image_classification' needs a model with a classification "
           f"decoder; this one has {decoder.get('type')!r} (model "
-          f"{self.model_config.get('name')!r}).")
+          f"{model_config.get('name')!r}).")
     self.num_classes = int(decoder['num_classes'])
-    shape = model_lib.example_inputs(self.model_config)[0].shape
+    shape = model_lib.example_inputs(model_config)[0].shape
     if len(shape) != 4 or shape[1] != shape[2]:
       raise ValueError(f'image classification needs a square single-image '
                        f'model; this one takes inputs of shape {shape}.')
     self.image_size = int(shape[1])
     self.in_channels = int(shape[3])
-    self.label_names: List[str] = []
-    self._first_train = None
 
   # ------------------------------------------------------------------ data --
 
   def _dataset(self, source: str, split: str, *, train: bool,
                start_batch: int = 0):
-    from perceiver_io.data import image as image_data  # pylint: disable=g-import-not-at-top
     d = self.config.data
     if self.in_channels != 3:
       raise ValueError(f'the ImageNet pipeline gives RGB images; the model '
@@ -181,7 +183,6 @@ class ImageClassificationTask:
     """A `dir:` root without split folders gives the same images to every
     split: training on them and evaluating on them would report training
     accuracy as test accuracy."""
-    from perceiver_io.data import image as image_data  # pylint: disable=g-import-not-at-top
     d = self.config.data
     folders = []
     for source, split in ((d.source, d.train_split),
@@ -221,20 +222,39 @@ class ImageClassificationTask:
                                   start_batch=start_step)
     return _TrainStream(iterator, start_step)
 
+  def eval_data(self):
+    """The ordered eval stream (at most `max_eval_examples`, in whole
+    batches: every process stops after the same batch)."""
+    iterator, info = self._dataset(self._eval_source(),
+                                   self.config.data.eval_split, train=False)
+    limit = int(self.config.max_eval_examples)
+    expected = int(info['num_examples'])
+    if limit > 0:
+      expected = min(expected, limit)
+    max_batches = (math.ceil(limit / int(self.config.eval_batch_size))
+                   if limit > 0 else None)
+
+    def batches():
+      for i, b in enumerate(iterator):
+        if max_batches is not None and i >= max_batches:
+          break
+        yield {'image': b['image'], 'label': b['label'],
+               'weight': b['mask'].astype(np.float32)}
+
+    return batches(), expected
+
   # ----------------------------------------------------- traced functions --
 
   def train_transform(self, batch, key):
     """One-hot -> MixUp/CutMix (paired as officially) -> label smoothing."""
-    from perceiver_io.data import image as image_data  # pylint: disable=g-import-not-at-top
     d = self.config.data
     labels = jax.nn.one_hot(batch['label'], self.num_classes)
     images = batch['image']
     alpha = float(d.mixup_alpha)
     if alpha > 0 or bool(d.cutmix):
-      images, labels = image_data.mixup_cutmix(
+      images, labels = mixing.mixup_cutmix(
           key, images, labels, alpha if alpha > 0 else None, bool(d.cutmix))
-    labels = image_data.smooth_labels(labels,
-                                      float(self.config.label_smoothing))
+    labels = mixing.smooth_labels(labels, float(self.config.label_smoothing))
     return {**batch, 'image': images, 'targets': labels}
 
   def loss_fn(self, outputs, batch):
@@ -243,49 +263,25 @@ class ImageClassificationTask:
                                        batch['targets'])
     return loss * weight, weight
 
-  def make_eval_step(self, model):
-    k = min(5, self.num_classes)
+  def eval_outputs(self, outputs, batch):
+    logits = outputs.astype(jnp.float32)
+    weight = batch['weight'].astype(jnp.float32)
+    labels = batch['label']
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    top = jax.lax.top_k(logits, min(5, self.num_classes))[1] == labels[:, None]
+    return {'loss': loss * weight, 'top1': top[:, 0] * weight,
+            'top5': jnp.any(top, axis=-1) * weight, 'weight': weight}
 
-    def eval_step(params, model_state, batch):
-      logits = model.apply({'params': params, **model_state}, batch['image'],
-                           deterministic=True).astype(jnp.float32)
-      weight = batch['weight'].astype(jnp.float32)
-      labels = batch['label']
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-      top = jax.lax.top_k(logits, k)[1] == labels[:, None]
-      return {'loss': loss * weight, 'top1': top[:, 0] * weight,
-              'top5': jnp.any(top, axis=-1) * weight, 'weight': weight}
+  # ------------------------------------------------------------------ host --
 
-    return eval_step
-
-  # ------------------------------------------------------------ evaluation --
-
-  def evaluate(self, eval_step, state, mesh, model=None) -> Dict[str, float]:
-    """Top-1 / top-5 accuracy (%, of 1) and loss over the eval stream."""
-    del model
-    iterator, info = self._dataset(self._eval_source(),
-                                   self.config.data.eval_split, train=False)
-    limit = int(self.config.max_eval_examples)
-    expected = int(info['num_examples'])
-    if limit > 0:
-      expected = min(expected, limit)
-    sums = collections.defaultdict(float)
-    with eval_progress.EvalProgress(self.config, expected, 'image') as progress:
-      for b in iterator:
-        if 0 < limit <= sums['weight']:
-          break
-        local = {'image': b['image'], 'label': b['label'],
-                 'weight': b['mask'].astype(np.float32)}
-        out = sharding.to_host(eval_step(state['params'],
-                                         state['model_state'],
-                                         sharding.global_batch(local, mesh)))
-        for key, value in out.items():
-          sums[key] += float(np.sum(value))
-        progress.update(int(np.sum(out['weight'])))
-    total = sums['weight']
+  def summarize(self, gathered):
+    """Top-1 / top-5 accuracy (of 1) and loss over the eval stream."""
+    total = float(np.sum(gathered.get('weight', []), dtype=np.float64))
     if total <= 0:
       raise ValueError(f'the eval data {self._eval_source()} '
                        f'[{self.config.data.eval_split}] has no images.')
+    sums = {k: float(np.sum(gathered[k], dtype=np.float64))
+            for k in ('top1', 'top5', 'loss')}
     return {'top1': sums['top1'] / total, 'top5': sums['top5'] / total,
             'loss': sums['loss'] / total, 'num_examples': int(total)}
 
@@ -293,34 +289,39 @@ class ImageClassificationTask:
 
   def display_names(self, override: str = '',
                     fallback: Sequence[str] = ()) -> List[str]:
-    """Class names for printing: a class-list file, the checkpoint's labels,
-    or `fallback` (e.g. folder names); [] if none."""
+    """Class names for printing: a class-list file, else `fallback` (the
+    checkpoint's labels, or folder names); [] if none."""
     path = override or self.config.data.class_names
-    names = read_display_names(path) if path else (
-        list(self.label_names) or list(fallback))
+    names = read_display_names(path) if path else list(fallback)
     if names and len(names) != self.num_classes:
       where = path or 'the label list'
       raise ValueError(f'{where} names {len(names)} classes but the model '
                        f'predicts {self.num_classes}.')
     return names
 
-  def predict_lines(self, model, variables, inputs: Sequence[str],
+  def predict_lines(self, model, variables, inputs: Sequence[str], *,
+                    name: str = '', info: Optional[Dict[str, Any]] = None,
                     top_k: int = 0, class_names: str = '',
+                    pairs: Optional[Sequence[Optional[str]]] = None,
                     **unused) -> List[str]:
-    """Image files -> the top-k classes with probabilities (k = 5 default)."""
-    from perceiver_io.data import image as image_data  # pylint: disable=g-import-not-at-top
+    """Image files -> the top-k classes with probabilities (k = 5 default).
+
+    Class names come from `class_names` (a class-list file), else
+    config.data.class_names, else the run's or checkpoint's label names.
+    """
+    base.refuse_pairs(pairs, name)
     if not inputs:
       raise ValueError('give one or more image files to classify.')
     images = np.stack([image_data.eval_preprocess_numpy(
         image_data.load_image_numpy(path), self.image_size) for path in inputs])
-    from experiments import predict_lib  # pylint: disable=g-import-not-at-top
     # One jitted call (ImageNet Fourier, one image, 2-core CPU: 4.4 s with
     # its compile vs 6.1 s eagerly, then 1.4 vs 2.7 s).
-    logits = predict_lib.predict_batch(
-        model, variables, {'image': images}).astype(np.float64)
+    logits = self.predict(model, variables,
+                          {'image': images}).astype(np.float64)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
-    names = self.display_names(class_names)
+    names = self.display_names(class_names,
+                               (info or {}).get('label_names') or ())
     k = min(top_k or 5, self.num_classes)
     lines = []
     for path, p in zip(inputs, probs):
