@@ -92,7 +92,7 @@ from configs import optical_flow
 from experiments import tasks
 from experiments import train_lib
 from experiments import workdir as workdir_lib
-from experiments.tasks import optical_flow
+from experiments.tasks import optical_flow as flow_task
 from perceiver_io.flow import io as flow_io
 from perceiver_io.flow import metrics as flow_metrics
 from perceiver_io.flow import synthetic
@@ -203,8 +203,8 @@ def main():
       parser.error(f'{flag} {root}: not a folder.')
   if args.sintel or args.middlebury:
     try:
-      optical_flow.check_tile_overlap(config.eval_tile_overlap,
-                                      tuple(config.model.kwargs.train_size))
+      flow_task.check_tile_overlap(config.eval_tile_overlap,
+                                   tuple(config.model.kwargs.train_size))
     except ValueError as e:
       parser.error(_script_flags(str(e)))
   workdir = args.workdir or tempfile.mkdtemp(prefix='flow_generated_')

@@ -71,7 +71,8 @@ def _parse_value(key: str, text: str, default: Any) -> Any:
 def base_config() -> ml_collections.ConfigDict:
   """All fields the runner reads, with neutral defaults (one comment each)."""
   c = ml_collections.ConfigDict()
-  # 'classification' | 'regression' (STS-B) | 'mlm' (masked bytes).
+  # A module of experiments/tasks/: 'classification' | 'regression'
+  # (STS-B) | 'mlm' (masked bytes) | 'image_classification' | 'optical_flow'.
   c.task = 'classification'
   c.glue_task = ''                     # GLUE task name (evaluate summary)
   c.seed = 0
@@ -150,7 +151,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 500       # also saves at the end
   c.keep_checkpoints = 2               # latest N, plus the best one
   # Eval metrics beyond the task's default (comma list from
-  # experiments.tasks.GLUE_METRICS keys' values, e.g. 'f1,accuracy'); with a
+  # experiments.metrics.GLUE_METRICS keys' values, e.g. 'f1,accuracy'); with a
   # list, 'score' (their mean) is reported too.
   c.eval_metrics = ''
   c.best_metric = 'accuracy'           # eval metric that picks 'best'
@@ -159,7 +160,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.progress_bar = True
   c.predict_examples = 0               # print N test predictions at the end
   # Refuse a workdir that holds another run's checkpoints (another model,
-  # or settings a resume may not change: checkpointing.RESUMABLE_FIELDS)
+  # or settings a resume may not change: workdir.RESUMABLE_FIELDS)
   # unless True; the old run is moved aside, never deleted.
   c.overwrite = False
   c.disable_most_optimizations = False  # faster compiles (tests)

@@ -56,7 +56,7 @@ TASKS = {
     'rte': (2, 'validation'),
     'wnli': (2, 'validation'),
 }
-# Official metric(s) per task (experiments.tasks names; score = their mean).
+# Official metric(s) per task (experiments.metrics names; score = their mean).
 METRICS = {
     'cola': 'matthews_corr', 'sst2': 'accuracy', 'mrpc': 'f1,accuracy',
     'qqp': 'f1,accuracy', 'stsb': 'pearson,spearman', 'mnli': 'accuracy',

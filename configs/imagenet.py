@@ -106,7 +106,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.preset = PRESETS[variant]
   # No num_classes here: the classifier's size is data.num_classes.
   c.model.kwargs = ml_collections.ConfigDict()
-  # Data (experiments/vision.py reads these).
+  # Data (experiments/tasks/image_classification.py reads these).
   c.data.source = 'imagenet2012'
   c.data.eval_source = ''              # '' = data.source
   c.data.train_split = 'train'

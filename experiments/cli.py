@@ -10,6 +10,7 @@ line naming the bad field and the closest valid ones, so the launchers check
 import contextlib
 import difflib
 import importlib.util
+import logging
 import os
 import re
 import sys
@@ -62,7 +63,7 @@ def load_config_file(value: str) -> ml_collections.ConfigDict:
   return module.get_config(arg) if arg else module.get_config()
 
 
-def _walk(config, dotted: str) -> Optional[str]:
+def field_error(config, dotted: str) -> Optional[str]:
   """None if `dotted` names a field of `config`, else an error message."""
   node = config
   parts = dotted.split('.')
@@ -131,7 +132,7 @@ def check_overrides_or_exit(argv: List[str], flag: str = 'config') -> None:
     sys.stderr.write(f'error: {e}\n')
     sys.exit(2)
   for name in override_names(argv, flag):
-    message = _walk(config, name)
+    message = field_error(config, name)
     if message:
       sys.stderr.write(f'error: {message}\n')
       sys.exit(2)
@@ -174,14 +175,13 @@ def out_of_memory_error(error: BaseException) -> Optional[str]:
 def quiet_library_logs() -> None:
   """Orbax logs every checkpoint step at INFO through absl; keep the
   runner's own INFO lines (root logger) and only warnings from absl users."""
-  import logging  # pylint: disable=g-import-not-at-top
   logging.getLogger('absl').setLevel(logging.WARNING)
   for name in ('orbax', 'jax._src.xla_bridge'):
     logging.getLogger(name).setLevel(logging.WARNING)
-  logging.getLogger('absl').addFilter(_one_line_orbax_errors)
+  logging.getLogger('absl').addFilter(one_line_orbax_errors)
 
 
-def _one_line_orbax_errors(record) -> bool:
+def one_line_orbax_errors(record) -> bool:
   """Orbax logs a failure in each of its background threads with a full
   traceback (a full disk: ~350 lines) before the runner reports the same
   failure in one line; keep Orbax's lines, drop their tracebacks. Also
@@ -201,6 +201,8 @@ def maybe_initialize_distributed(coordinator_address: str, num_processes: int,
   """`jax.distributed.initialize` for multi-host (or 2-process CPU) runs."""
   if not coordinator_address and num_processes <= 1:
     return
+  # Not at the top: the launchers import this module before
+  # `process_tuning.configure_process`, which must run before JAX loads.
   import jax  # pylint: disable=g-import-not-at-top
   kwargs = {}
   if coordinator_address:

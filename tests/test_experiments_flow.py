@@ -1,4 +1,4 @@
-"""Optical flow experiments (configs/optical_flow.py, experiments/flow_task.py):
+"""Optical flow experiments (configs/optical_flow.py, tasks/optical_flow.py):
 a tiny run on generated pairs through the curriculum and augmented phases,
 the loss and metrics in pixels, tiled evaluation on Sintel- and KITTI-layout
 folders, predict (two frames -> .flo + colour PNG, EPE with ground truth),
@@ -20,10 +20,11 @@ from scipy import ndimage
 
 from configs import optical_flow
 from experiments import eval_lib
-from experiments import flow_task
 from experiments import predict_lib
-from experiments import task_registry
+from experiments import tasks
 from experiments import train_lib
+from experiments import workdir as workdir_lib
+from experiments.tasks import optical_flow as flow_task
 from perceiver_io.flow import io as flow_io
 from perceiver_io.flow import synthetic
 from perceiver_io.flow import viz
@@ -48,8 +49,8 @@ def flow_run(tmp_path_factory):
   previous = jax.config.read('jax_disable_most_optimizations')
   result = train_lib.train_and_evaluate(config, workdir)
   jax.config.update('jax_disable_most_optimizations', previous)
-  model, variables, _, _ = predict_lib.load_workdir(workdir)
-  return workdir, config, result, model, variables
+  run = workdir_lib.load_workdir(workdir)
+  return workdir, config, result, run.model, run.variables
 
 
 def test_tiny_run_reports_epe_against_an_independent_zero_flow_baseline(
@@ -57,7 +58,7 @@ def test_tiny_run_reports_epe_against_an_independent_zero_flow_baseline(
   _, config, result, _, _ = flow_run
   assert result['step'] == 2
   metrics = result['eval']
-  task = task_registry.get(config)
+  task = tasks.get(config)
   assert task.plain_steps() == 1
   # Zero-flow EPE from the generator directly: mean |gt| over valid pixels of
   # the eval pairs (indices after the 64 training pairs, model size 16x24).
@@ -76,7 +77,7 @@ def test_tiny_run_reports_epe_against_an_independent_zero_flow_baseline(
 
 def test_loss_is_epe_in_pixels_on_valid_pixels_only():
   config = optical_flow.get_config('tiny')
-  task = task_registry.get(config)
+  task = tasks.get(config)
   rng = np.random.default_rng(0)
   flow = rng.normal(scale=3, size=(2, 16, 24, 2)).astype(np.float32)
   valid = (rng.uniform(size=(2, 16, 24)) > 0.3).astype(np.float32)
@@ -95,7 +96,7 @@ def test_loss_is_epe_in_pixels_on_valid_pixels_only():
 
 def test_curriculum_batches_pair_each_scene_forward_and_backward():
   config = _override(optical_flow.get_config('tiny'), data__plain_fraction=0.5)
-  task = task_registry.get(config)
+  task = tasks.get(config)
   stream = task.train_stream(0)
   plain = stream.batch(0)  # step 0 < plain_steps: un-augmented
   assert plain['image'].shape == (4, 2, 16, 24, 3)
@@ -142,7 +143,7 @@ def test_spatially_augmented_training_pairs_keep_flow_and_frames_consistent():
                      model__kwargs__train_size=(48, 64),
                      data__render_height=60, data__render_width=80,
                      data__motion_scale=0.15, data__augment=True)
-  task = task_registry.get(config)
+  task = tasks.get(config)
   settings = dataclasses.replace(task.generator_settings(), photometric=None)
   # Pooled over pairs: one pair with almost no motion has a small zero-flow
   # error and a ratio near 0.5 from bilinear resampling alone.
@@ -194,7 +195,7 @@ def test_tiled_evaluation_on_sintel_and_kitti_layouts_matches_predict(
   root, pair = benchmark_dirs
   frames = [str(root / 'sintel' / 'training' / 'clean' / 'scene' / name)
             for name in ('frame_0001.png', 'frame_0002.png')]
-  task = task_registry.get(config)
+  task = tasks.get(config)
   out = str(tmp_path / 'pred.flo')
   task.predict_lines(model, variables, frames, output=out)
   pred = flow_io.read_flo(out)
@@ -243,7 +244,7 @@ def test_predict_two_frames_writes_flo_and_colour_png_and_prints_epe(
 
 def test_bad_inputs_are_refused_and_nothing_is_written(flow_run, tmp_path):
   _, config, _, model, variables = flow_run
-  task = task_registry.get(config)
+  task = tasks.get(config)
   rng = np.random.default_rng(0)
   rgb = lambda h, w: rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
   a = _save_png(tmp_path / 'a.png', rgb(20, 30))
@@ -309,7 +310,7 @@ def test_imported_hf_flow_checkpoint_predicts_pixels(tmp_path):
   config = _override(optical_flow.get_config('default'),
                      init_from=f'hf:{path}', eval_tile_overlap=2)
   out = str(tmp_path / 'hf.flo')
-  task_registry.predict_pretrained(config, inputs, output=out)
+  predict_lib.predict_pretrained(config, inputs, output=out)
   pred = flow_io.read_flo(out)
   normalised = frames.astype(np.float32)[None] / 255.0 * 2 - 1  # colab's rule
   patches = hf_fixtures.flow_patches_numpy(normalised).transpose(0, 1, 4, 2, 3)

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import predict_lib
+from experiments import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
@@ -50,7 +50,8 @@ def _run(workdir, env, extra=()):
 
 
 def _params(workdir):
-  _, variables, _, step = predict_lib.load_workdir(str(workdir))
+  run = workdir_lib.load_workdir(str(workdir))
+  variables, step = run.variables, run.step
   assert step == STEPS
   return jax.tree_util.tree_map(np.asarray, variables)
 

@@ -104,11 +104,11 @@ def test_glue_without_task_names_the_tasks():
 
 def test_misspelt_field_names_closest_valid_ones():
   config = quickstart.get_config('tiny')
-  message = cli._walk(config, 'optimizer.lerning_rate')
+  message = cli.field_error(config, 'optimizer.lerning_rate')
   assert 'optimizer.learning_rate' in message
-  message = cli._walk(config, 'optimiser.learning_rate')
+  message = cli.field_error(config, 'optimiser.learning_rate')
   assert 'optimizer' in message
-  assert cli._walk(config, 'optimizer.learning_rate') is None
+  assert cli.field_error(config, 'optimizer.learning_rate') is None
 
 
 def test_misspelt_override_on_the_command_line_exits_with_names(

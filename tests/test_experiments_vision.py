@@ -1,5 +1,5 @@
-"""ImageNet experiments (configs/imagenet.py, experiments/vision.py): one-step
-train / evaluate / predict of each tiny variant on generated images, the
+"""ImageNet experiments (configs/imagenet.py, tasks/image_classification.py):
+one-step train / evaluate / predict of each tiny variant on generated images, the
 official recipe's numbers, MixUp/CutMix + smoothing inside the step, importing
 a tiny HuggingFace checkpoint and evaluating it on a folder with the one
 documented command (checked against the HF model run in torch), and bad
@@ -22,9 +22,11 @@ from PIL import Image
 
 from configs import imagenet
 from experiments import eval_lib
+from experiments import models
 from experiments import optim
 from experiments import predict_lib
-from experiments import task_registry
+from experiments import steps
+from experiments import tasks
 from experiments import train_lib
 from tests.helpers import override_config as _override
 
@@ -64,7 +66,7 @@ def test_paper_configs_carry_the_official_recipe():
     assert c.data.cutmix and (c.data.randaugment_layers,
                               c.data.randaugment_magnitude) == (4, 5.0)
   # 110 epochs of the TFDS train split at batch 1024.
-  assert train_lib.total_steps(imagenet.get_config('fourier'),
+  assert steps.total_steps(imagenet.get_config('fourier'),
                                imagenet.NUM_TRAIN_IMAGES) == 137_626
   assert imagenet.get_config('conv,batch=256').optimizer.learning_rate == (
       pytest.approx(5e-4))
@@ -86,9 +88,8 @@ def test_schedule_is_flat_for_half_then_cosine_to_zero():
 
 def test_conv_weight_decay_skips_batchnorm_layernorm_and_biases():
   c = imagenet.get_config('conv,tiny')
-  task = task_registry.get(c)
-  from experiments import models  # pylint: disable=g-import-not-at-top
-  model, _ = models.build(c)
+  task = tasks.get(c)
+  model, _ = models.build(c, task.num_outputs())
   params = jax.eval_shape(lambda: model.init(
       jax.random.PRNGKey(0), task.example_batch()['image']))['params']
   flat = {'/'.join(str(getattr(k, 'key', k)) for k in path): v for path, v in
@@ -104,7 +105,7 @@ def test_conv_weight_decay_skips_batchnorm_layernorm_and_biases():
 
 def test_train_transform_mixes_then_smooths_labels():
   c = imagenet.get_config('fourier,tiny')
-  task = task_registry.get(c)
+  task = tasks.get(c)
   batch_size, k = 8, task.num_classes
   images = np.random.default_rng(0).normal(size=(batch_size, 16, 16, 3))
   labels = np.arange(batch_size) % k
@@ -271,7 +272,7 @@ def test_predict_with_an_imported_checkpoint_names_its_classes(
   model, path = hf_fourier
   config = _override(imagenet.get_config('fourier'),
                      init_from=f'hf:{path}')
-  lines = task_registry.predict_pretrained(config, [image_file], top_k=0)
+  lines = predict_lib.predict_pretrained(config, [image_file], top_k=0)
   assert lines[1] == image_file and len(lines) == 5  # 3 classes, not 5
   assert {line.split('  ')[2] for line in lines[2:]} == {
       'hf name 0', 'hf name 1', 'hf name 2'}
@@ -280,7 +281,7 @@ def test_predict_with_an_imported_checkpoint_names_its_classes(
   bad.write_text('a\nb\n')
   with pytest.raises(ValueError, match='names 2 classes but the model '
                      'predicts 3'):
-    task_registry.predict_pretrained(config, [image_file],
+    predict_lib.predict_pretrained(config, [image_file],
                                      class_names=str(bad))
 
 

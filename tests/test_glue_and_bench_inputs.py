@@ -22,7 +22,10 @@ import pytest
 from configs import glue_bytes
 from experiments import input_pipeline
 from experiments import predict_lib
+from experiments import tasks
 from experiments import train_lib
+from experiments import workdir as workdir_lib
+from experiments.tasks import classification
 from tests.helpers import override_config as _override
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,9 +93,11 @@ def test_pair_model_refuses_single_text_and_takes_pairs(rte_workdir):
                                    pairs=['Another text.'])
   assert tab[1:] == flag[1:]
   # The model sees [CLS] a [SEP] b [SEP], not the text with a tab in it.
-  config = predict_lib.load_config(workdir)
-  _, seconds, _ = predict_lib.split_pairs(workdir, config, ['a\tb'])
-  batch = predict_lib.text_batch(['a'], config, seconds)
+  config = workdir_lib.load_config(workdir)
+  fields = classification.pair_fields(workdir_lib.read_data_info(workdir),
+                                      config)
+  _, seconds, _ = classification.split_pairs(workdir, fields, ['a\tb'])
+  batch = classification.text_batch(['a'], config, seconds)
   assert int(batch['attention_mask'].sum()) == 5
 
 
@@ -123,21 +128,24 @@ def test_predict_cli_pair_flag_and_single_text_error(rte_workdir,
 def test_single_text_model_refuses_pair(tmp_path):
   config = _override(glue_bytes.get_config('sst2,tiny'),
                      data__text_fields='sentence')
+  fields = classification.pair_fields({}, config)
   with pytest.raises(ValueError, match='single texts'):
-    predict_lib.split_pairs(str(tmp_path), config, ['a'], pairs=['b'])
-  texts, seconds, _ = predict_lib.split_pairs(str(tmp_path), config, ['a\tb'])
+    classification.split_pairs(str(tmp_path), fields, ['a'], pairs=['b'])
+  texts, seconds, _ = classification.split_pairs(str(tmp_path), fields,
+                                                 ['a\tb'])
   assert texts == ['a\tb'] and seconds is None
 
 
 def test_pair_fields_from_config_without_data_info(tmp_path):
   """Workdirs written before data_info.json recorded the fields."""
+  info = workdir_lib.read_data_info(str(tmp_path))  # None there: {}.
   stsb = glue_bytes.get_config('stsb,tiny')  # text_fields '' = the task's.
-  assert predict_lib.pair_fields(str(tmp_path), stsb) == [
+  assert classification.pair_fields(info, stsb) == [
       'sentence1', 'sentence2']
-  assert predict_lib.pair_fields(str(tmp_path),
-                                 glue_bytes.get_config('cola,tiny')) is None
+  assert classification.pair_fields(
+      info, glue_bytes.get_config('cola,tiny')) is None
   two = _override(glue_bytes.get_config('cola,tiny'), data__text_fields='1,2')
-  assert predict_lib.pair_fields(str(tmp_path), two) == ['1', '2']
+  assert classification.pair_fields(info, two) == ['1', '2']
 
 
 def test_qqp_is_duplicate_column_and_numeric_labels(tmp_path):
@@ -402,20 +410,20 @@ def test_label_out_of_range_row_is_one_based():
   with pytest.raises(ValueError,
                      match=r'train row 3 \(1 = the first data row\) has '
                      r'label 5.*--config\.data\.num_classes'):
-    train_lib._check_labels(config, {'label': np.array([0, 1, 5])}, good)
+    classification.check_labels(config, {'label': np.array([0, 1, 5])}, good)
 
 
 def test_flow_directory_eval_header_names_the_source_not_a_split():
   from configs import optical_flow  # pylint: disable=g-import-not-at-top
-  from experiments import eval_lib  # pylint: disable=g-import-not-at-top
   config = _override(optical_flow.get_config('tiny'),
                      data__eval_source='sintel:/data/sintel')
-  assert eval_lib.eval_data_description(config) == 'source sintel:/data/sintel'
+  assert tasks.get(config).eval_data_description() == (
+      'source sintel:/data/sintel')
   config = _override(optical_flow.get_config('tiny'),
                      data__eval_source='generated')
-  assert eval_lib.eval_data_description(config).startswith('split ')
-  assert eval_lib.eval_data_description(
-      glue_bytes.get_config('mnli,tiny')) == 'split validation_matched'
+  assert tasks.get(config).eval_data_description().startswith('split ')
+  assert tasks.get(glue_bytes.get_config(
+      'mnli,tiny')).eval_data_description() == 'split validation_matched'
 
 
 def test_mlm_data_log_has_no_made_up_counts(tmp_path, caplog):

@@ -147,7 +147,7 @@ def test_sixteen_bit_png_same_pixels_in_numpy_and_tf_paths(tmp_path):
 
 
 def test_flow_predict_reads_grayscale_frames_as_evaluate_does(tmp_path):
-  from experiments import flow_task  # pylint: disable=g-import-not-at-top
+  from experiments.tasks import optical_flow  # pylint: disable=g-import-not-at-top
   from perceiver_io.flow import io as flow_io  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   grey = tmp_path / '000157_10.png'
@@ -155,11 +155,11 @@ def test_flow_predict_reads_grayscale_frames_as_evaluate_does(tmp_path):
   rgba = tmp_path / 'rgba.png'
   Image.fromarray(rng.integers(0, 256, (24, 32, 4), dtype=np.uint8), 'RGBA').save(rgba)
   for path in (grey, rgba):
-    frame = flow_task.OpticalFlowTask.read_frame(str(path))
+    frame = optical_flow.Task.read_frame(str(path))
     np.testing.assert_array_equal(frame, flow_io.read_image(str(path)))
     assert frame.shape == (24, 32, 3)
   with pytest.raises(ValueError, match='cannot read'):
-    flow_task.OpticalFlowTask.read_frame(_truncated_png(tmp_path / 't.png'))
+    optical_flow.Task.read_frame(_truncated_png(tmp_path / 't.png'))
 
 
 # ------------------------------------------------------------- E: evaluation progress --
@@ -199,10 +199,10 @@ def test_eval_progress_bar_goes_to_stderr():
 
 
 def test_image_folder_evaluation_reports_progress(tmp_path, monkeypatch):
-  """The ImageNet eval loop (vision.evaluate) counts every real image once."""
+  """The ImageNet eval loop (the task's evaluate) counts every real image once."""
   from experiments import eval_progress  # pylint: disable=g-import-not-at-top
   from experiments import sharding  # pylint: disable=g-import-not-at-top
-  from experiments import vision  # pylint: disable=g-import-not-at-top
+  from experiments.tasks import image_classification  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   _class_folders(tmp_path, per_class=3)
   seen = []
@@ -214,7 +214,7 @@ def test_image_folder_evaluation_reports_progress(tmp_path, monkeypatch):
       super().update(n)
 
   monkeypatch.setattr(eval_progress, 'EvalProgress', Recorder)
-  task = vision.ImageClassificationTask.__new__(vision.ImageClassificationTask)
+  task = image_classification.Task.__new__(image_classification.Task)
   task.config = ml_collections.ConfigDict({
       'progress_bar': False, 'max_eval_examples': -1, 'eval_batch_size': 4, 'seed': 0,
       'data': {'source': f'dir:{tmp_path}', 'eval_source': '', 'eval_split': 'val',

@@ -21,6 +21,7 @@ from experiments import checkpointing
 from experiments import eval_lib
 from experiments import predict_lib
 from experiments import train_lib
+from experiments import workdir as workdir_lib
 from tests.helpers import override_config as _override
 
 
@@ -76,14 +77,14 @@ def test_refused_start_changes_nothing_and_predict_still_works(trained,
 def test_predict_reads_only_parameters(trained, tmp_path):
   """config.json's optimizer no longer has to match the saved moments."""
   workdir = _copy(trained, tmp_path)
-  path = os.path.join(workdir, checkpointing.CONFIG_FILE)
+  path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
   config = json.load(open(path))
   config['optimizer']['name'] = 'sgd'
   config['optimizer']['accumulate_steps'] = 4
-  checkpointing.write_json_atomic(path, config)
-  _, variables, _, step = predict_lib.load_workdir(workdir)
-  assert step == 3
-  assert 'params' in variables
+  workdir_lib.write_json_atomic(path, config)
+  run = workdir_lib.load_workdir(workdir)
+  assert run.step == 3
+  assert 'params' in run.variables
   assert eval_lib.evaluate_workdir(workdir)['step'] == 3
 
 
@@ -107,8 +108,8 @@ def test_corrupt_checkpoint_names_the_good_steps(trained, tmp_path):
   with pytest.raises(checkpointing.CorruptCheckpointError,
                      match=r'step 3 .*corrupt or truncated.*Other steps: '
                      r'\[2\].*--checkpoint=2'):
-    predict_lib.load_workdir(workdir)
-  assert predict_lib.load_workdir(workdir, '2')[3] == 2
+    workdir_lib.load_workdir(workdir)
+  assert workdir_lib.load_workdir(workdir, '2').step == 2
   with pytest.raises(checkpointing.CorruptCheckpointError,
                      match='move .*checkpoints/3 aside to resume from step 2'):
     _train(_config(num_train_steps=5), workdir)
@@ -117,7 +118,7 @@ def test_corrupt_checkpoint_names_the_good_steps(trained, tmp_path):
 def test_resume_after_a_crash_keeps_one_record_per_step(trained, tmp_path):
   workdir = _copy(trained, tmp_path)
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '3'))  # Lost in a crash.
-  metrics = os.path.join(workdir, train_lib.METRICS_FILE)
+  metrics = os.path.join(workdir, workdir_lib.METRICS_FILE)
   before = [json.loads(line) for line in open(metrics)]
   assert max(r['step'] for r in before) == 3
   _train(_config(), workdir)
@@ -169,7 +170,7 @@ def test_misspelt_best_metric_stops_after_saving(tmp_path):
 def test_failed_save_is_one_error_naming_the_intact_steps(trained, tmp_path):
   """A full disk: the half-written step goes, the error says what is kept."""
   workdir = _copy(trained, tmp_path)
-  ckpt = checkpointing.Checkpointer(workdir)
+  ckpt = workdir_lib.open_checkpoints(workdir)
   partial = os.path.join(ckpt.directory, '4.orbax-checkpoint-tmp')
 
   def full_disk(*args, **kwargs):
@@ -200,16 +201,16 @@ def test_orbax_thread_errors_lose_their_tracebacks():
   record = logging.LogRecord('absl', logging.ERROR,
                              '/x/site-packages/orbax/checkpoint/future.py', 1,
                              'thread failed', None, exc_info)
-  assert cli._one_line_orbax_errors(record)  # pylint: disable=protected-access
+  assert cli.one_line_orbax_errors(record)
   assert record.exc_info is None
   ours = logging.LogRecord('absl', logging.ERROR, '/x/experiments/train.py',
                            1, 'ours', None, exc_info)
-  cli._one_line_orbax_errors(ours)  # pylint: disable=protected-access
+  cli.one_line_orbax_errors(ours)
   assert ours.exc_info is exc_info
   between_evals = logging.LogRecord(
       'absl', logging.WARNING, '/x/orbax/checkpoint/checkpoint_manager.py', 1,
       'Requested `tracked_metric`; did not provide metrics.', None, None)
-  assert not cli._one_line_orbax_errors(between_evals)  # pylint: disable=protected-access
+  assert not cli.one_line_orbax_errors(between_evals)
 
 
 def test_out_of_memory_is_one_line_with_what_to_lower():

@@ -24,15 +24,15 @@ from configs import imdb_bytes
 from configs import mlm_bytes
 from configs import optical_flow
 from configs import quickstart
-from experiments import checkpointing
 from experiments import cli
 from experiments import eval_lib
-from experiments import flow_task
 from experiments import input_pipeline
 from experiments import models
 from experiments import predict_lib
-from experiments import task_registry
+from experiments import tasks
 from experiments import train_lib
+from experiments import workdir as workdir_lib
+from experiments.tasks import optical_flow as flow_task
 from perceiver_io import checkpoints
 from perceiver_io import presets
 from perceiver_io.flow import io as flow_io
@@ -79,7 +79,7 @@ def test_every_variant_tile_overlap_fits_its_model_tiles():
     models.model_config(config)  # Every variant builds its model config.
     if 'eval_tile_overlap' not in config:
       continue
-    task = task_registry.get(config)
+    task = tasks.get(config)
     flow_task.check_tile_overlap(config.eval_tile_overlap, task.train_size)
     checked.append(name)
   assert checked == ['optical_flow:default', 'optical_flow:cpu',
@@ -88,7 +88,7 @@ def test_every_variant_tile_overlap_fits_its_model_tiles():
 
 def test_a_too_large_tile_overlap_is_refused_before_training():
   config = _override(optical_flow.get_config('cpu'), eval_tile_overlap=20)
-  task = task_registry.get(config)
+  task = tasks.get(config)
   with pytest.raises(ValueError, match=r'eval_tile_overlap=20 must be in '
                      r'\[0, 16\).*24x16'):
     task.data_info()
@@ -256,7 +256,7 @@ def test_a_file_that_is_not_a_config_is_one_clear_error(
 
 def test_query_chunk_size_is_a_config_field_that_reaches_the_decoder():
   config = optical_flow.get_config('tiny')
-  assert cli._walk(config, 'model.query_chunk_size') is None  # pylint: disable=protected-access
+  assert cli.field_error(config, 'model.query_chunk_size') is None
   plain_model, _ = models.build(config)
   assert 'query_chunk_size' not in plain_model.config  # 0 = off.
   chunked = _override(optical_flow.get_config('tiny'),
@@ -264,7 +264,7 @@ def test_query_chunk_size_is_a_config_field_that_reaches_the_decoder():
   model, description = models.build(chunked)
   assert model.config['query_chunk_size'] == 64
   assert description['perceiver']['query_chunk_size'] == 64
-  task = task_registry.get(chunked)
+  task = tasks.get(chunked)
   frames = np.random.default_rng(0).uniform(
       -1, 1, task.example_batch()['image'].shape).astype(np.float32)
   variables = plain_model.init(jax.random.PRNGKey(0), frames)
@@ -285,8 +285,8 @@ def test_a_workdir_saved_before_query_chunk_size_existed_still_loads(
   path = os.path.join(old, 'config.json')
   saved = json.load(open(path))
   del saved['model']['query_chunk_size']
-  checkpointing.write_json_atomic(path, saved)
-  assert predict_lib.load_workdir(old)[3] == 3
+  workdir_lib.write_json_atomic(path, saved)
+  assert workdir_lib.load_workdir(old).step == 3
 
 
 # ---------------------------------------------------------------------------
@@ -300,10 +300,10 @@ def test_classifier_size_is_set_only_by_data_num_classes(capsys):
   # Image classification too (its data.num_classes was ignored).
   hundred = _override(imagenet.get_config('fourier,tiny'),
                       data__num_classes=100)
-  _, description = models.build(hundred)
+  _, description = models.build(hundred, tasks.get(hundred).num_outputs())
   assert description['perceiver']['decoder']['num_classes'] == 100
   three = _override(imdb_bytes.get_config('tiny'), data__num_classes=3)
-  _, description = models.build(three)
+  _, description = models.build(three, tasks.get(three).num_outputs())
   assert description['perceiver']['decoder']['num_classes'] == 3
   with pytest.raises(SystemExit):
     cli.check_overrides_or_exit(['train', '--config=' + os.path.join(
@@ -384,13 +384,13 @@ def test_a_checkpoint_of_another_size_gets_a_short_error(tmp_path):
 def test_a_checkpoint_folder_is_not_taken_for_a_workdir(quickstart_workdir,
                                                          tmp_path):
   import transformers  # pylint: disable=g-import-not-at-top
-  _, variables, _, _ = predict_lib.load_workdir(quickstart_workdir)
+  variables = workdir_lib.load_workdir(quickstart_workdir).variables
   model_json = json.load(open(os.path.join(quickstart_workdir,
                                            'model.json')))
   converted = checkpoints.save(str(tmp_path / 'converted'), variables,
                                model_json['perceiver'])
   for call in (lambda: predict_lib.predict_lines(converted, ['x.png']),
-               lambda: models.load_pretrained(f'workdir:{converted}')):
+               lambda: workdir_lib.load_init_from(f'workdir:{converted}')):
     with pytest.raises(ValueError, match=(
         f'{converted} is a perceiver_io checkpoint .*not a training workdir; '
         f'.*--config.init_from=dir:{converted}')):
@@ -404,4 +404,4 @@ def test_a_checkpoint_folder_is_not_taken_for_a_workdir(quickstart_workdir,
   with open(os.path.join(tmp_path, 'config.json'), 'w') as f:
     json.dump({'learning_rate': 1.0}, f)
   with pytest.raises(ValueError, match='not an experiment config'):
-    predict_lib.load_config(str(tmp_path))
+    workdir_lib.load_config(str(tmp_path))

@@ -122,12 +122,13 @@ def test_train_step_flops_match_the_papers_imagenet_counts():
   # shapes (a third of the train step), without creating JAX's backend.
   from configs import imagenet  # pylint: disable=g-import-not-at-top
   from experiments import models  # pylint: disable=g-import-not-at-top
+  from experiments import tasks  # pylint: disable=g-import-not-at-top
   from experiments import train_lib  # pylint: disable=g-import-not-at-top
   for variant, paper in (('fourier', 407e9), ('conv', 369e9)):
     config = imagenet.get_config(f'{variant},batch=1')
-    model, _ = models.build(config)
-    example = train_lib.get_task(config).example_batch()
-    forward = train_lib.train_step_flops(model, example, 1) / 3
+    task = tasks.get(config)
+    model, _ = models.build(config, task.num_outputs())
+    forward = train_lib.train_step_flops(model, task, 1) / 3
     assert abs(forward / paper - 1) < 0.01, (variant, forward)
 
 

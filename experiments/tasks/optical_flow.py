@@ -1,11 +1,11 @@
-"""Optical flow (task 'optical_flow'): data, loss, EPE, tiled evaluation, predict.
+"""Optical flow (task 'optical_flow'): data, loss, EPE, tiling, predict.
 
-Why its own task: flow training reads
-no files (pairs are rendered on the fly by `perceiver_io.flow.synthetic`, an
-AutoFlow-style generator, and augmented consistently with their ground
-truth), the loss is the end-point error on valid pixels only, and the
-benchmark evaluation runs full frames (Sintel 436x1024, KITTI ~375x1242)
-through overlapping model-sized tiles with distance-weighted blending.
+Why its own task: flow training reads no files (pairs are rendered on the
+fly by `perceiver_io.flow.synthetic`, an AutoFlow-style generator, and
+augmented consistently with their ground truth), the loss is the end-point
+error on valid pixels only, and the benchmark evaluation runs full frames
+(Sintel 436x1024, KITTI ~375x1242) through overlapping model-sized tiles
+with distance-weighted blending.
 
 Units (one convention everywhere): the model's output is the official
 network output, i.e. the same quantity as HuggingFace's
