@@ -7,7 +7,9 @@ prints) is a task. A task is a class `Task` in `experiments/tasks/<name>.py`,
 found by `config.task = '<name>'`, so adding one is one module there plus a
 config in `configs/`, with no edit to the loop, evaluate or predict.
 
-The contract (this class gives the defaults marked *):
+The contract (this class gives the defaults marked *). A task is built as
+`Task(config)` (cheap: no data is read) and holds `self.config`, the
+experiment config, and, after `use_model`, `self.model_config`.
 
 Model
   num_outputs()*            size of a classification decoder (default:
@@ -49,6 +51,9 @@ Host
   eval_predictions(model, variables, count)*  lines printed after training
                             (config.predict_examples); none by default.
   eval_data_description()*  what evaluate reports it evaluated.
+Helper
+  predict(model, variables, batch)  the model's outputs for a batch (one
+                            compiled call per model), for predict_lines.
 
 Every batch is a dict of arrays with a leading batch axis and a 'weight'
 array [B] (1 = a real example, 0 = padding).
@@ -81,6 +86,12 @@ class Task:
     self.config = config
     self.model_config: Dict[str, Any] = {}
 
+  def missing(self, method: str) -> NotImplementedError:
+    return NotImplementedError(
+        f'task {self.config.task!r} ({type(self).__module__}.'
+        f'{type(self).__name__}) defines no {method}(); the methods a task '
+        'defines are listed in experiments/tasks/base.py.')
+
   # ------------------------------------------------------------------ model --
 
   def num_outputs(self) -> Optional[int]:
@@ -92,16 +103,16 @@ class Task:
   # ------------------------------------------------------------------- data --
 
   def data_info(self) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    raise NotImplementedError(f'{type(self).__name__}.data_info')
+    raise self.missing('data_info')
 
   def example_batch(self) -> Batch:
-    raise NotImplementedError(f'{type(self).__name__}.example_batch')
+    raise self.missing('example_batch')
 
   def train_stream(self, start_step: int):
-    raise NotImplementedError(f'{type(self).__name__}.train_stream')
+    raise self.missing('train_stream')
 
   def eval_data(self) -> Tuple[Iterable[Batch], Optional[int]]:
-    raise NotImplementedError(f'{type(self).__name__}.eval_data')
+    raise self.missing('eval_data')
 
   # ----------------------------------------------------------------- traced --
 
@@ -117,7 +128,7 @@ class Task:
     return batch
 
   def loss_fn(self, outputs, batch: Batch) -> Tuple[jax.Array, jax.Array]:
-    raise NotImplementedError(f'{type(self).__name__}.loss_fn')
+    raise self.missing('loss_fn')
 
   def eval_outputs(self, outputs, batch: Batch) -> Dict[str, jax.Array]:
     loss, weight = self.loss_fn(outputs, batch)
@@ -160,7 +171,7 @@ class Task:
 
   def predict_lines(self, model, variables, inputs: Sequence[str],
                     **options) -> List[str]:
-    raise NotImplementedError(f'{type(self).__name__}.predict_lines')
+    raise self.missing('predict_lines')
 
   def eval_predictions(self, model, variables, count: int) -> List[str]:
     del model, variables, count
