@@ -6,12 +6,12 @@ experiment runner uses there). Every kernel gives the values and gradients
 of plain autodiff through kernels/reference.py to float round-off
 (tests/test_kernels_cpu.py). Custom VJPs have no forward-mode rule, so
 `jax.jvp` / `jax.jacfwd` need the default 'xla' kernels. Measured on a
-2-core AMD EPYC (AVX2) with jaxlib 0.10.2 unless said otherwise; the
-train-step ratios are against the same model under autodiff.
+2-core AMD EPYC with jaxlib 0.10.2 unless said otherwise; the train-step
+ratios are against the same model under autodiff.
 
 1. Row-major weight gradients (`dense_dot_general`, `full_attention`'s
    backward). XLA:CPU's matmul is slow when its left operand is transposed
-   (a 1024^3 fp32 GEMM on one thread: 40 vs 75 GFLOP/s; 343 vs 469 on two
+   (a 1024^3 fp32 GEMM on one thread: 41 vs 75 GFLOP/s; 343 vs 469 on two
    threads of an AVX-512 machine; `benchmarks/gemm.py`), and autodiff gives
    exactly that form for every weight gradient (dW = x^T dy) and for the
    attention gradients dV = P^T dO, dK = dS^T Q. Here one operand is copied
