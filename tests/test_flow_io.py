@@ -222,6 +222,20 @@ def test_truncated_png(tmp_path):
     formats.decode_png(data[:-20])
 
 
+def test_truncated_or_corrupt_kitti_png_is_one_error_naming_the_file(tmp_path):
+  path = tmp_path / '000001_10.png'
+  flow = np.random.default_rng(5).normal(0, 20, (16, 24, 2)).astype(np.float32)
+  formats.write_kitti_flow(path, flow)
+  data = path.read_bytes()
+  pixels = data.index(b'IDAT') + 4 + 10  # A byte of compressed pixel data.
+  path.write_bytes(data[:pixels] + bytes([data[pixels] ^ 0xFF]) + data[pixels + 1:])
+  with pytest.raises(ValueError, match=r'000001_10\.png: corrupt PNG'):
+    formats.read_kitti_flow(path)
+  path.write_bytes(data[:len(data) // 2])
+  with pytest.raises(ValueError, match=r'000001_10\.png: truncated PNG'):
+    formats.read_kitti_flow(path)
+
+
 # --------------------------------------------------------------------------
 # Images
 # --------------------------------------------------------------------------
