@@ -62,7 +62,7 @@ def make_image_dataset(
   every example is counted exactly once.
 
   Args:
-    source: see the module docstring ('imagenet2012', 'tfds:<name>', 'digits',
+    source: see `perceiver_io.data.image.sources` ('imagenet2012', 'tfds:<name>', 'digits',
       'synthetic:<K>[:<N>]', or a directory).
     split: 'train', 'validation'/'test', or any TFDS split string for TFDS sources. For a
       directory, `<dir>/<split>` is used if it exists, else `<dir>` itself.

@@ -12,6 +12,7 @@ public API, so callers write ``from perceiver_io.data import text`` and
 * `glue`: the GLUE task table (`GLUE_TASKS`).
 * `pipeline`: `make_text_dataset` (tokenize, batch, shard, resume, pad).
 * `mlm`: `mask_bytes_for_mlm` and `make_mlm_dataset`.
+* `fields`: how both kinds of source name their fields and map classes to ids.
 
 TensorFlow and TFDS are imported inside the functions that build a pipeline:
 importing this package costs NumPy only.

@@ -303,7 +303,7 @@ def make_text_dataset(
 
   Args:
     source: ``tfds:<name>`` or ``tsv:|csv:|jsonl:<path>`` or
-      ``aclimdb:<root>`` (see the module docstring).
+      ``aclimdb:<root>`` (see `perceiver_io.data.text.local`).
     split: TFDS-style split string, e.g. ``'train'``, ``'validation[:50%]'``.
     max_length: tokens per example L (with [CLS]/[SEP]); longer texts are cut
       (HF 'longest_first' for pairs) and counted.
