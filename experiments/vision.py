@@ -225,16 +225,16 @@ class ImageClassificationTask:
 
   def train_transform(self, batch, key):
     """One-hot -> MixUp/CutMix (paired as officially) -> label smoothing."""
-    from perceiver_io.data import image as image_data  # pylint: disable=g-import-not-at-top
+    from perceiver_io import mixing  # pylint: disable=g-import-not-at-top
     d = self.config.data
     labels = jax.nn.one_hot(batch['label'], self.num_classes)
     images = batch['image']
     alpha = float(d.mixup_alpha)
     if alpha > 0 or bool(d.cutmix):
-      images, labels = image_data.mixup_cutmix(
+      images, labels = mixing.mixup_cutmix(
           key, images, labels, alpha if alpha > 0 else None, bool(d.cutmix))
-    labels = image_data.smooth_labels(labels,
-                                      float(self.config.label_smoothing))
+    labels = mixing.smooth_labels(labels,
+                                  float(self.config.label_smoothing))
     return {**batch, 'image': images, 'targets': labels}
 
   def loss_fn(self, outputs, batch):
