@@ -22,6 +22,7 @@ CORE = [
     'tqdm>=4.66',
     'tensorboardX>=2.6',
     'pillow>=10.0',
+    'opencv-python-headless>=4.10',  # 16-bit PNGs (KITTI flow), which Pillow cannot read.
     'scikit-learn>=1.3',  # Bundled digits data set for the quickstart.
     'huggingface_hub>=0.23',  # hf:<hub id> downloads (used only when online).
 ]

@@ -82,12 +82,12 @@ def check_ours(perf, workloads):
                      f'{unknown}.')
   if not perf:
     return
-  from perceiver_io import attention  # pylint: disable=g-import-not-at-top
+  from perceiver_io import kernels  # pylint: disable=g-import-not-at-top
   from perceiver_io import model as model_lib  # pylint: disable=g-import-not-at-top
   impl = perf.get('attention_impl', 'auto')
-  if impl not in attention.ATTENTION_IMPLS:
+  if impl not in kernels.ATTENTION_IMPLS:
     raise ValueError(f'--ours attention_impl={impl}: one of '
-                     f'{", ".join(attention.ATTENTION_IMPLS)}.')
+                     f'{", ".join(kernels.ATTENTION_IMPLS)}.')
   for w in workloads:
     try:
       model_lib.validate_config(W.ours_config(w, **perf))

@@ -93,7 +93,7 @@ from experiments import tasks
 from experiments import train_lib
 from experiments import workdir as workdir_lib
 from experiments.tasks import optical_flow as flow_task
-from perceiver_io.flow import io as flow_io
+from perceiver_io.flow import layouts as flow_layouts
 from perceiver_io.flow import metrics as flow_metrics
 from perceiver_io.flow import synthetic
 
@@ -158,7 +158,7 @@ def real_data_metrics(task, model, variables, kind, root, limit):
   zero_sums = {}
   for _, listing in task.listings(kind, root):
     for files in listing[:limit] if limit > 0 else listing:
-      sample = flow_io.load_pair(files)
+      sample = flow_layouts.load_pair(files)
       zero_sums = flow_metrics.add_sums(zero_sums, flow_metrics.flow_metric_sums(
           np.zeros_like(sample['flow']), sample['flow'], sample['valid']))
   metrics['zero_flow_epe_pooled'] = flow_metrics.metrics_from_sums(

@@ -253,41 +253,43 @@ def compile_step(name, batch, mode, precision, sharding, deviceless,
   data = W.make_inputs(w)
   put = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
   with _hopper_answers(deviceless):
-    return _lower_and_compile(w, data, mode, dtype, impl, put)
+    return _lower_and_compile(w, data, mode, dtype, impl, put, deviceless)
 
 
 @contextlib.contextmanager
 def _hopper_answers(deviceless):
   """Without the device, JAX's cuDNN check (a private module, so touched
-  only then) and ours would ask it for its compute capability: answer
-  Hopper's (9.0) for the duration."""
+  only then) would ask it for its compute capability: answer Hopper's (9.0)
+  for the duration. Ours is told through `gpu_kernel_options`."""
   if not deviceless:
     yield
     return
   from jax._src.cudnn import fused_attention_stablehlo as jax_cudnn  # pylint: disable=g-import-not-at-top
-  from perceiver_io import attention  # pylint: disable=g-import-not-at-top
-  saved = (attention._compute_capability,  # pylint: disable=protected-access
-           jax_cudnn.check_compute_capability)
-  attention._compute_capability = lambda: 9.0  # pylint: disable=protected-access
+  saved = jax_cudnn.check_compute_capability
   jax_cudnn.check_compute_capability = lambda c: float(c) <= 9.0
   try:
     yield
   finally:
-    (attention._compute_capability,  # pylint: disable=protected-access
-     jax_cudnn.check_compute_capability) = saved
+    jax_cudnn.check_compute_capability = saved
 
 
-def _lower_and_compile(w, data, mode, dtype, impl, put):
+def gpu_kernel_options(deviceless):
+  """Our `kernel_options` for tracing as on the GPU: the platform, and
+  without the device Hopper's compute capability (9.0)."""
+  return {'platform': 'gpu', 'compute_capability': 9.0 if deviceless
+          else None}
+
+
+def _lower_and_compile(w, data, mode, dtype, impl, put, deviceless):
   """Our train step (or forward) for workload `w`, traced as on a GPU, its
   abstract arguments placed by `put`, lowered and compiled."""
   from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top
-  from perceiver_io import attention  # pylint: disable=g-import-not-at-top
-  with attention.assume_platform('gpu'):
-    model, variables, x, kwargs = W.ours_build(
-        w, data, abstract=True, dtype=dtype, attention_impl=impl)
-    fn, args = W.ours_abstract_call(model, variables, x, kwargs, data, mode,
-                                    put)
-    compiled = fn.lower(*args).compile()
+  model, variables, x, kwargs = W.ours_build(
+      w, data, abstract=True, dtype=dtype, attention_impl=impl,
+      kernel_options=gpu_kernel_options(deviceless))
+  fn, args = W.ours_abstract_call(model, variables, x, kwargs, data, mode,
+                                  put)
+  compiled = fn.lower(*args).compile()
   return compiled.as_text(), compiled.memory_analysis()
 
 
@@ -302,12 +304,12 @@ def compile_preset_gradient(name, batch, sharding, deviceless,
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from perceiver_io import attention  # pylint: disable=g-import-not-at-top
   from perceiver_io import model as model_lib  # pylint: disable=g-import-not-at-top
   from perceiver_io import presets  # pylint: disable=g-import-not-at-top
   cfg = presets.get_config(name)
-  model = model_lib.build_model(cfg, dtype='bfloat16',
-                                attention_impl=attention_impl)
+  model = model_lib.build_model(
+      cfg, dtype='bfloat16', attention_impl=attention_impl,
+      kernel_options=gpu_kernel_options(deviceless))
   x, kwargs = model_lib.example_inputs(cfg, batch)
   one, _ = model_lib.example_inputs(cfg, 1)
   init_kwargs = {k: v for k, v in kwargs.items() if k != 'attention_mask'}
@@ -319,7 +321,7 @@ def compile_preset_gradient(name, batch, sharding, deviceless,
     return sum(jnp.sum(leaf.astype(jnp.float32))
                for leaf in jax.tree_util.tree_leaves(out))
 
-  with _hopper_answers(deviceless), attention.assume_platform('gpu'):
+  with _hopper_answers(deviceless):
     variables = jax.tree_util.tree_map(put, jax.eval_shape(
         lambda: model.lazy_init(jax.random.PRNGKey(0),
                                 jax.tree_util.tree_map(put, one),

@@ -19,19 +19,18 @@ Usage:
   python -m benchmarks.paired_options --workload text_65536 --mode infer \
       --variant default --variant blocked_attention_min_mib=1000000
 Besides the model's perf options (`workloads.PERF_KEYS`), a variant may set
-two A/B switches of the CPU attention (the library always uses the
-defaults): `blockwise_cpu_gradients=false`, the CPU backward without the
-block-by-block ordering (`attention.blockwise_cpu_gradients`), and
-`blocked_attention_min_mib=N`, the logits size from which attention runs
-block by block (`attention.blocked_attention_threshold`; default 256, 0 for
-every call, a huge value for none).
+two A/B switches of the CPU kernels (fields of the model's
+`perceiver_io.kernels.KernelOptions`): `blockwise_cpu_gradients=false`, the
+CPU backward without the block-by-block ordering (`blockwise_gradients`),
+and `blocked_attention_min_mib=N`, the logits size from which attention
+runs block by block (`blocked_attention_min_bytes`; default: the measured
+rule of kernels/blocked.py; 0 for every call, a huge value for none).
 `--workload text_N` is the scaling sweep's language classifier on N input
 bytes (batch 1, `benchmarks.scaling`'s default depth 6).
 Writes <out>/paired_<workload>_<mode>.json and .md.
 """
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -99,15 +98,21 @@ def parse_variants(items):
 
 
 def compile_variant(w, data, mode, perf):
-  """(call, temp_bytes): one timed unit of work for this variant."""
-  from perceiver_io import attention  # pylint: disable=g-import-not-at-top
+  """(call, temp_bytes): one timed unit of work for this variant.
+
+  The switches become fields of the model's `kernel_options`
+  (`perceiver_io.kernels.KernelOptions`).
+  """
   perf = dict(perf)
-  blockwise = perf.pop('blockwise_cpu_gradients', True)
-  min_mib = perf.pop('blocked_attention_min_mib', None)
-  threshold = (contextlib.nullcontext() if min_mib is None else
-               attention.blocked_attention_threshold(min_mib * 2**20))
-  with attention.blockwise_cpu_gradients(blockwise), threshold:  # Traced here.
-    return _compile_variant(w, data, mode, perf)
+  options = dict(perf.pop('kernel_options', None) or {})
+  if 'blockwise_cpu_gradients' in perf:
+    options['blockwise_gradients'] = perf.pop('blockwise_cpu_gradients')
+  if 'blocked_attention_min_mib' in perf:
+    options['blocked_attention_min_bytes'] = (
+        perf.pop('blocked_attention_min_mib') * 2**20)
+  if options:
+    perf['kernel_options'] = options
+  return _compile_variant(w, data, mode, perf)
 
 
 def _compile_variant(w, data, mode, perf):

@@ -174,8 +174,12 @@ def make_inputs(w: Workload, seed: int = 0) -> Dict[str, np.ndarray]:
 
 
 # Our performance options a benchmark may set (`build_model` overrides; the
-# GELU form is fixed to HF's by `ours_config`).
-PERF_KEYS = ('dtype', 'attention_impl', 'remat', 'query_chunk_size')
+# GELU form is fixed to HF's by `ours_config`). `attention_impl` defaults to
+# 'auto', the experiment runner's choice (the fastest kernels of the
+# backend); `kernel_options` is the rest of `perceiver_io.kernels.
+# KernelOptions` as a dict (A/B switches, tracing for another platform).
+PERF_KEYS = ('dtype', 'attention_impl', 'remat', 'query_chunk_size',
+             'kernel_options')
 
 
 def ours_config(w: Workload, **perf) -> Dict[str, Any]:
@@ -224,6 +228,7 @@ def ours_config(w: Workload, **perf) -> Dict[str, Any]:
   else:
     raise ValueError(f'unknown workload kind {w.kind!r}.')
   cfg['gelu_approximate'] = False  # HF's 'gelu' is the exact erf GELU.
+  cfg['attention_impl'] = 'auto'  # As the experiment runner.
   cfg.update(perf)
   return cfg
 

@@ -85,9 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Decode output queries in chunks of this many (bounded memory for large
   # query sets: flow's one query per pixel); 0 = all at once.
   c.model.query_chunk_size = 0
-  # Attention kernels: 'auto' (CPU: hand-written gradients; GPU: XLA's
-  # fused kernel), 'cudnn' (GPU, bf16: cuDNN flash attention where it
-  # applies; as 'auto' elsewhere), 'fused' or 'einsum'.
+  # Kernels (perceiver_io/kernels/): 'auto' = the fastest of the backend
+  # (CPU: custom-gradient kernels; GPU: XLA's fused attention), 'cudnn'
+  # (GPU, bf16: cuDNN flash attention where it applies; as 'auto'
+  # elsewhere), 'xla' (the library's default: plain autodiff), 'einsum'.
   c.model.attention_impl = 'auto'
   c.model.dropout_rate = 0.0           # encoder dropout (official: 0)
   c.model.in_channels = 0              # image channels; 0 = the preset's (3)

@@ -192,7 +192,7 @@ _CLI_HINTS = (
      '--config.data.label_field=<one of them>'),
     (r'pass text_fields with one of them', 'pass '
      '--config.data.text_fields=<one of them>'),
-    # The offline-TFDS alternatives (`text._local_alternative`).
+    # The offline-TFDS alternatives (`text.local_source_hint`).
     (r"with text_fields=\(((?:'[^']*'(?:, )?)+),?\), label_field='([^']*)'",
      lambda m: 'with --config.data.text_fields=' + ','.join(
          re.findall(r"'([^']*)'", m.group(1))) +

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from experiments import process_tuning
-from perceiver_io import attention
+from perceiver_io import kernels
 from perceiver_io import presets
 from perceiver_io.model import PerceiverIO
 
@@ -92,9 +92,9 @@ def model_config(config: ml_collections.ConfigDict,
   if chunk:
     cfg['query_chunk_size'] = chunk
   impl = config.model.attention_impl
-  if impl not in attention.ATTENTION_IMPLS:
+  if impl not in kernels.ATTENTION_IMPLS:
     raise ValueError(f'config.model.attention_impl={impl!r}; choose one of '
-                     f'{", ".join(attention.ATTENTION_IMPLS)} (on a GPU in '
+                     f'{", ".join(kernels.ATTENTION_IMPLS)} (on a GPU in '
                      "bfloat16, 'cudnn' takes cuDNN's flash attention).")
   cfg['attention_impl'] = impl
   if config.model.in_channels:

@@ -19,6 +19,7 @@ Large query sets can be decoded in chunks (`query_chunk_size`): the queries are
 independent given the latents, so chunking changes memory, not results.
 """
 
+import dataclasses
 from typing import Any, Dict, Optional, Sequence
 
 import flax.linen as nn
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from perceiver_io import kernels
 from perceiver_io.attention import CrossAttentionBlock
 from perceiver_io.attention import default_kernel_init
 from perceiver_io.position_encoding import PositionEncoding
@@ -47,17 +49,17 @@ class DecoderCrossAttention(nn.Module):
   output_zero_init: bool = False
   query_chunk_size: Optional[int] = None
   gelu_approximate: bool = True
-  attention_impl: str = 'auto'
+  kernel_options: kernels.KernelOptions = kernels.KernelOptions()
   dtype: Optional[Any] = None
   param_dtype: Any = jnp.float32
 
   def setup(self):
-    self.cross_attend = CrossAttentionBlock(
+    self.cross_attend = kernels.block(CrossAttentionBlock, self.kernel_options)(
         num_heads=self.num_heads, qk_channels=self.qk_channels,
         v_channels=self.v_channels, widening_factor=self.widening_factor,
         use_query_residual=self.use_query_residual, shape_for_attn='kv',
         gelu_approximate=self.gelu_approximate,
-        attention_impl=self.attention_impl, dtype=self.dtype,
+        kernel_options=self.kernel_options, dtype=self.dtype,
         param_dtype=self.param_dtype)
     if self.output_channels is not None:
       init = (nn.initializers.zeros if self.output_zero_init
@@ -134,7 +136,33 @@ def _query_from_encoding(cfg, batch, output_index_dims, subsampled_points,
                           name=name)(batch, output_index_dims, pos)
 
 
-class BasicDecoder(nn.Module):
+class _QueryDecoder(nn.Module):
+  """Fields shared by the decoders whose queries cross-attend into the latents
+  (the decoder's cross-attention; how it computes)."""
+  num_heads: int = 1
+  qk_channels: Optional[int] = None
+  v_channels: Optional[int] = None
+  use_query_residual: bool = False
+  query_chunk_size: Optional[int] = None
+  gelu_approximate: bool = True
+  kernel_options: kernels.KernelOptions = kernels.KernelOptions()
+  dtype: Optional[Any] = None
+  param_dtype: Any = jnp.float32
+
+  def shared_fields(self) -> Dict[str, Any]:
+    return {f.name: getattr(self, f.name)
+            for f in dataclasses.fields(_QueryDecoder)
+            if f.name not in ('parent', 'name')}
+
+  def cross_attention(self, output_channels, output_zero_init=False
+                      ) -> DecoderCrossAttention:
+    """The decoder's cross-attention (+ output Linear), named 'decoder'."""
+    return DecoderCrossAttention(output_channels=output_channels,
+                                 output_zero_init=output_zero_init,
+                                 name='decoder', **self.shared_fields())
+
+
+class BasicDecoder(_QueryDecoder, kw_only=True):
   """Queries from a position encoding over `output_index_dims`.
 
   Attributes:
@@ -147,16 +175,7 @@ class BasicDecoder(nn.Module):
   query: Dict[str, Any]
   output_index_dims: Sequence[int]
   output_channels: Optional[int] = None
-  num_heads: int = 1
-  qk_channels: Optional[int] = None
-  v_channels: Optional[int] = None
-  use_query_residual: bool = False
   concat_preprocessed_input: bool = False
-  query_chunk_size: Optional[int] = None
-  gelu_approximate: bool = True
-  attention_impl: str = 'auto'
-  dtype: Optional[Any] = None
-  param_dtype: Any = jnp.float32
 
   def build_queries(self, batch, inputs_without_pos=None,
                     subsampled_points=None):
@@ -175,33 +194,18 @@ class BasicDecoder(nn.Module):
                **unused):
     queries = self.build_queries(z.shape[0], inputs_without_pos,
                                  subsampled_points)
-    return DecoderCrossAttention(
-        num_heads=self.num_heads, qk_channels=self.qk_channels,
-        v_channels=self.v_channels,
-        use_query_residual=self.use_query_residual,
-        output_channels=self.output_channels,
-        query_chunk_size=self.query_chunk_size,
-        gelu_approximate=self.gelu_approximate,
-        attention_impl=self.attention_impl, dtype=self.dtype,
-        param_dtype=self.param_dtype, name='decoder')(
-            queries, z, query_mask=query_mask, deterministic=deterministic)
+    return self.cross_attention(self.output_channels)(
+        queries, z, query_mask=query_mask, deterministic=deterministic)
 
 
-class ClassificationDecoder(nn.Module):
+class ClassificationDecoder(_QueryDecoder, kw_only=True):
   """One trainable query of `num_query_channels` -> logits [B, num_classes].
 
   Like the official decoder, it ignores `query_mask`.
   """
   num_classes: int
   num_query_channels: int = 1024
-  num_heads: int = 1
-  qk_channels: Optional[int] = None
-  v_channels: Optional[int] = None
   use_query_residual: bool = True
-  gelu_approximate: bool = True
-  attention_impl: str = 'auto'
-  dtype: Optional[Any] = None
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z, *, deterministic=True, **unused):
@@ -209,17 +213,11 @@ class ClassificationDecoder(nn.Module):
         query={'type': 'trainable', 'num_channels': self.num_query_channels,
                'index_dims': (1,)},
         output_index_dims=(1,), output_channels=self.num_classes,
-        num_heads=self.num_heads, qk_channels=self.qk_channels,
-        v_channels=self.v_channels,
-        use_query_residual=self.use_query_residual,
-        gelu_approximate=self.gelu_approximate,
-        attention_impl=self.attention_impl, dtype=self.dtype,
-        param_dtype=self.param_dtype, name='basic')(
-            z, deterministic=deterministic)
+        name='basic', **self.shared_fields())(z, deterministic=deterministic)
     return out[:, 0, :]
 
 
-class FlowDecoder(nn.Module):
+class FlowDecoder(_QueryDecoder, kw_only=True):
   """The preprocessed input (features + positions) is the query.
 
   Output: `[B, H, W, output_channels]` divided by `rescale_factor` (this is the
@@ -228,15 +226,6 @@ class FlowDecoder(nn.Module):
   """
   output_channels: int = 2
   rescale_factor: float = 100.0
-  num_heads: int = 1
-  qk_channels: Optional[int] = None
-  v_channels: Optional[int] = None
-  use_query_residual: bool = False
-  query_chunk_size: Optional[int] = None
-  gelu_approximate: bool = True
-  attention_impl: str = 'auto'
-  dtype: Optional[Any] = None
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z, *, inputs, index_dims, subsampled_points=None,
@@ -244,21 +233,13 @@ class FlowDecoder(nn.Module):
     if subsampled_points is not None:
       raise ValueError("FlowDecoder doesn't support subsampled output points "
                        '(as in the official code).')
-    out = DecoderCrossAttention(
-        num_heads=self.num_heads, qk_channels=self.qk_channels,
-        v_channels=self.v_channels,
-        use_query_residual=self.use_query_residual,
-        output_channels=self.output_channels, output_zero_init=True,
-        query_chunk_size=self.query_chunk_size,
-        gelu_approximate=self.gelu_approximate,
-        attention_impl=self.attention_impl, dtype=self.dtype,
-        param_dtype=self.param_dtype, name='decoder')(
-            inputs, z, deterministic=deterministic)
+    out = self.cross_attention(self.output_channels, output_zero_init=True)(
+        inputs, z, deterministic=deterministic)
     out = out / self.rescale_factor
     return out.reshape((out.shape[0],) + tuple(index_dims) + (out.shape[-1],))
 
 
-class MultimodalDecoder(nn.Module):
+class MultimodalDecoder(_QueryDecoder, kw_only=True):
   """Per-modality queries, padded to a common width, one shared decoder.
 
   Attributes:
@@ -272,15 +253,6 @@ class MultimodalDecoder(nn.Module):
   modalities: Dict[str, Dict[str, Any]]
   output_channels: int
   min_padding_size: int = 2
-  num_heads: int = 1
-  qk_channels: Optional[int] = None
-  v_channels: Optional[int] = None
-  use_query_residual: bool = False
-  query_chunk_size: Optional[int] = None
-  gelu_approximate: bool = True
-  attention_impl: str = 'auto'
-  dtype: Optional[Any] = None
-  param_dtype: Any = jnp.float32
 
   def query_width(self) -> int:
     widths = [PositionEncoding(m['query'], m['query'].get('project_pos_dim', -1)
@@ -307,16 +279,8 @@ class MultimodalDecoder(nn.Module):
                              (batch, q.shape[1], pad.shape[-1]))
       queries.append(jnp.concatenate([q, pad], axis=-1))
     queries = jnp.concatenate(queries, axis=1)
-    return DecoderCrossAttention(
-        num_heads=self.num_heads, qk_channels=self.qk_channels,
-        v_channels=self.v_channels,
-        use_query_residual=self.use_query_residual,
-        output_channels=self.output_channels,
-        query_chunk_size=self.query_chunk_size,
-        gelu_approximate=self.gelu_approximate,
-        attention_impl=self.attention_impl, dtype=self.dtype,
-        param_dtype=self.param_dtype, name='decoder')(
-            queries, z, deterministic=deterministic)
+    return self.cross_attention(self.output_channels)(
+        queries, z, deterministic=deterministic)
 
   def output_sizes(self, subsampled_points=None) -> Dict[str, int]:
     """Number of decoded positions per modality (sorted-name layout)."""

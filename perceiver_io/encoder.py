@@ -12,6 +12,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
+from perceiver_io import kernels
 from perceiver_io.attention import CrossAttentionBlock
 from perceiver_io.attention import make_cross_attention_mask
 from perceiver_io.attention import SelfAttentionBlock
@@ -21,6 +22,9 @@ class PerceiverEncoder(nn.Module):
   """Inputs [B, M, C] (+ mask [B, M]) -> latents [B, N, D].
 
   Attributes:
+    kernel_options: how the blocks' products run (perceiver_io.kernels);
+      `kernels.block` may add a gradient order to a block, never a change
+      of what it computes.
     remat: rematerialise each latent layer in the backward pass (saves
       activation memory for deep stacks at ~30% more compute).
   """
@@ -40,7 +44,7 @@ class PerceiverEncoder(nn.Module):
   use_query_residual: bool = True
   latents_init_scale: float = 0.02
   gelu_approximate: bool = True
-  attention_impl: str = 'auto'
+  kernel_options: kernels.KernelOptions = kernels.KernelOptions()
   remat: bool = False
   dtype: Optional[Any] = None
   param_dtype: Any = jnp.float32
@@ -66,22 +70,23 @@ class PerceiverEncoder(nn.Module):
       mask = make_cross_attention_mask(
           jnp.ones((batch, self.num_latents), bool), input_mask)
     common = dict(gelu_approximate=self.gelu_approximate,
-                  attention_impl=self.attention_impl, dtype=self.dtype,
+                  kernel_options=self.kernel_options, dtype=self.dtype,
                   param_dtype=self.param_dtype,
                   dropout_rate=self.dropout_rate,
                   attention_dropout_rate=self.attention_dropout_rate)
-    z = CrossAttentionBlock(
+    cross_block = kernels.block(CrossAttentionBlock, self.kernel_options)
+    self_block = kernels.block(SelfAttentionBlock, self.kernel_options)
+    if self.remat:
+      self_block = nn.remat(self_block, static_argnums=(3,))
+    z = cross_block(
         num_heads=self.num_cross_attend_heads, qk_channels=self.qk_channels,
         v_channels=self.v_channels,
         widening_factor=self.cross_attend_widening_factor,
         shape_for_attn=self.cross_attention_shape_for_attn,
         use_query_residual=self.use_query_residual, name='cross_attend',
         **common)(z, inputs, mask=mask, deterministic=deterministic)
-    block_cls = SelfAttentionBlock
-    if self.remat:
-      block_cls = nn.remat(SelfAttentionBlock, static_argnums=(3,))
     layers = [
-        block_cls(num_heads=self.num_self_attend_heads,
+        self_block(num_heads=self.num_self_attend_heads,
                   qk_channels=self.qk_channels, v_channels=self.v_channels,
                   widening_factor=self.self_attend_widening_factor,
                   name=f'self_attend_{i}', **common)

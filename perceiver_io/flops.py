@@ -6,10 +6,12 @@ report model FLOPs utilisation, and tests hold the counts against the
 paper's. Everything here traces abstractly; no backend is created.
 """
 
+from typing import Any, Dict
+
 import jax
 import numpy as np
 
-from perceiver_io import attention
+from perceiver_io import model as model_lib
 
 
 def count_jaxpr_flops(jaxpr) -> float:
@@ -54,22 +56,33 @@ def count_jaxpr_flops(jaxpr) -> float:
 
 
 
+def counting_config(config: Dict[str, Any]) -> Dict[str, Any]:
+  """`config` with its kernels chosen for the CPU backend, whatever exists.
+
+  Every kernel computes the same products, and choosing them for a named
+  platform asks JAX for no backend, so a model built from this config can be
+  counted before any backend exists.
+  """
+  options = dict(config.get('kernel_options') or {}, platform='cpu')
+  return dict(config, kernel_options=options)
+
+
 def forward_flops(model, inputs, **kwargs) -> float:
   """Matmul and convolution FLOPs of one forward pass, counted from shapes.
 
   `inputs` and `kwargs` are the model call's arrays (or
   `jax.ShapeDtypeStruct`s) for the whole batch. Everything is traced
-  abstractly and attention as on CPU (every attention path computes the same
-  products), so no JAX backend is created: the launchers and benchmarks size
-  a step with this before choosing process settings
-  (`experiments.process_tuning`). A train step is about 3x this.
+  abstractly; a `PerceiverIO` is traced with `counting_config`, so no JAX
+  backend is created (build other modules from a `counting_config` for the
+  same). The launchers size a step with this before choosing process
+  settings. A train step is about 3x this.
   """
+  if isinstance(model, model_lib.PerceiverIO):
+    model = model.clone(config=counting_config(model.config))
   spec = lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype)
   inputs, kwargs = jax.tree_util.tree_map(spec, (inputs, kwargs))
-  with attention.assume_platform('cpu'):
-    variables = jax.eval_shape(
-        lambda x, kw: model.init(jax.random.PRNGKey(0), x, **kw),
-        inputs, kwargs)
-    jaxpr = jax.make_jaxpr(lambda v, x, kw: model.apply(v, x, **kw))(
-        variables, inputs, kwargs)
+  variables = jax.eval_shape(
+      lambda x, kw: model.init(jax.random.PRNGKey(0), x, **kw), inputs, kwargs)
+  jaxpr = jax.make_jaxpr(lambda v, x, kw: model.apply(v, x, **kw))(
+      variables, inputs, kwargs)
   return count_jaxpr_flops(jaxpr)

@@ -7,10 +7,15 @@ preset. Top-level performance options apply to every part:
 * `dtype`: compute dtype ('float32' or 'bfloat16'); parameters stay float32;
 * `remat`: rematerialise latent self-attention layers in the backward pass;
 * `query_chunk_size`: decode large query sets in chunks (bounded memory);
-* `attention_impl`: 'auto' (on CPU with a row-major attention backward) |
-  'fused' | 'einsum' | 'cudnn' (GPU, bf16) | 'cpu' (also row-major Dense
-  weight gradients; see attention.py);
+* `attention_impl`: how attention and dense layers run, one of
+  `kernels.ATTENTION_IMPLS` ('xla' by default: plain autodiff, so every JAX
+  transformation works on every backend; 'auto' picks the fastest kernels
+  of the backend; see perceiver_io/kernels/), with the rarely needed
+  `kernel_options` dict for the other `kernels.KernelOptions` fields;
 * `gelu_approximate`: tanh GELU (official) or exact erf GELU (HuggingFace).
+
+Only `gelu_approximate` changes the function; the others change how it is
+computed (values equal to float round-off).
 """
 
 import copy
@@ -23,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from perceiver_io import decoders as decoders_lib
+from perceiver_io import kernels
 from perceiver_io.config_checks import check_keys
 from perceiver_io.encoder import PerceiverEncoder
 from perceiver_io.postprocessors import build_postprocessor
@@ -37,7 +43,7 @@ _DECODERS = {'basic': decoders_lib.BasicDecoder,
              'multimodal': decoders_lib.MultimodalDecoder,
              'projection': decoders_lib.ProjectionDecoder}
 _PERF_KEYS = ('dtype', 'remat', 'query_chunk_size', 'attention_impl',
-              'gelu_approximate')
+              'kernel_options', 'gelu_approximate')
 _KNOWN_KEYS = ('preprocessor', 'encoder', 'decoder', 'postprocessor',
                'name') + _PERF_KEYS
 
@@ -61,6 +67,7 @@ def validate_config(config: Dict[str, Any]) -> None:
     raise ValueError(f'decoder type must be one of {sorted(_DECODERS)}, got '
                      f'{config["decoder"].get("type")!r}.')
   compute_dtype(config)
+  kernels.KernelOptions.from_config(config)
   for section in (config, config['decoder']):
     chunk = section.get('query_chunk_size')
     if chunk is not None and (isinstance(chunk, bool) or
@@ -93,7 +100,7 @@ class PerceiverIO(nn.Module):
     validate_config(cfg)
     dtype = compute_dtype(cfg)
     perf = dict(gelu_approximate=cfg.get('gelu_approximate', True),
-                attention_impl=cfg.get('attention_impl', 'auto'))
+                kernel_options=kernels.KernelOptions.from_config(cfg))
     self.preprocessor = build_preprocessor(cfg['preprocessor'], dtype=dtype)
     self.encoder = PerceiverEncoder(dtype=dtype, remat=cfg.get('remat', False),
                                     **perf, **cfg['encoder'])

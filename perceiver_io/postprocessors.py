@@ -85,18 +85,37 @@ class MultimodalPostprocessor(nn.Module):
     return outputs
 
 
+# Postprocessor types by the name a model config gives (`{'type': name}`).
+POSTPROCESSORS = {'embedding_decoder': EmbeddingDecoder,
+                  'classification': ClassificationPostprocessor,
+                  'projection': ProjectionPostprocessor,
+                  'audio': AudioPostprocessor,
+                  'multimodal': MultimodalPostprocessor}
+
+
+def register(name: str):
+  """Class decorator: makes a postprocessor usable as `{'type': name, ...}`
+  (its `__call__(x, **unused)` maps decoder outputs to task outputs)."""
+  def add(cls):
+    if name in POSTPROCESSORS:
+      raise ValueError(f'postprocessor type {name!r} is already registered '
+                       f'({POSTPROCESSORS[name].__name__}).')
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+      raise TypeError(f'register({name!r}) takes a flax.linen.Module class, '
+                      f'got {cls!r}.')
+    POSTPROCESSORS[name] = cls
+    return cls
+  return add
+
+
 def build_postprocessor(cfg: Optional[Dict[str, Any]], dtype=None, name=None):
   if cfg is None:
     return None
   cfg = dict(cfg)
   kind = cfg.pop('type', None)
-  table = {'embedding_decoder': EmbeddingDecoder,
-           'classification': ClassificationPostprocessor,
-           'projection': ProjectionPostprocessor,
-           'audio': AudioPostprocessor,
-           'multimodal': MultimodalPostprocessor}
-  if kind not in table:
+  if kind not in POSTPROCESSORS:
     raise ValueError(f'unknown postprocessor type {kind!r}; expected one of '
-                     f'{sorted(table)}.')
-  check_keys('postprocessor', cfg, table[kind])
-  return table[kind](dtype=dtype, name=name, **cfg)
+                     f'{sorted(POSTPROCESSORS)} (or register one: '
+                     'perceiver_io.postprocessors.register).')
+  check_keys('postprocessor', cfg, POSTPROCESSORS[kind])
+  return POSTPROCESSORS[kind](dtype=dtype, name=name, **cfg)

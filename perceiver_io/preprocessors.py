@@ -117,9 +117,15 @@ class Conv2DDownsample(nn.Module):
     return x
 
 
-def _build_network_inputs(module, x, position_encoding, project_pos_dim,
-                          concat_or_add_pos, dtype):
-  """Flatten index dims, add/concat the position encoding (official order)."""
+def network_inputs(module, x, position_encoding, project_pos_dim,
+                   concat_or_add_pos, dtype):
+  """Flatten index dims, add/concat the position encoding (official order).
+
+  `x` is [B, *index_dims, C] features; `position_encoding` a
+  position-encoding config (position_encoding.py). Call it inside a
+  preprocessor's compact `__call__` (it creates the encoding's parameters
+  there, as `position_encoding`).
+  """
   batch, index_dims = x.shape[0], tuple(x.shape[1:-1])
   flat = x.reshape(batch, int(np.prod(index_dims)), x.shape[-1])
   pos = PositionEncoding(position_encoding, project_pos_dim, dtype=dtype,
@@ -254,9 +260,9 @@ class ImagePreprocessor(nn.Module):
     else:
       raise ValueError(f"prep_type must be one of 'conv', 'conv1x1', "
                        f"'patches', 'pixels'; got {self.prep_type!r}.")
-    return _build_network_inputs(self, x, self.position_encoding,
-                                 self.project_pos_dim, self.concat_or_add_pos,
-                                 self.dtype)
+    return network_inputs(self, x, self.position_encoding,
+                          self.project_pos_dim, self.concat_or_add_pos,
+                          self.dtype)
 
 
 class AudioPreprocessor(nn.Module):
@@ -281,9 +287,9 @@ class AudioPreprocessor(nn.Module):
                   self.samples_per_patch)
     if self.dtype is not None:
       x = x.astype(self.dtype)
-    return _build_network_inputs(self, x, self.position_encoding,
-                                 self.project_pos_dim, self.concat_or_add_pos,
-                                 self.dtype)
+    return network_inputs(self, x, self.position_encoding,
+                          self.project_pos_dim, self.concat_or_add_pos,
+                          self.dtype)
 
 
 class OneHotPreprocessor(nn.Module):
@@ -384,19 +390,41 @@ class MultimodalPreprocessor(nn.Module):
                         (sum(sizes.values()),))
 
 
-_PREPROCESSORS = {'text': TextPreprocessor, 'image': ImagePreprocessor,
-                  'audio': AudioPreprocessor, 'onehot': OneHotPreprocessor,
-                  'multimodal': MultimodalPreprocessor}
+# Preprocessor types by the name a model config gives (`{'type': name}`).
+PREPROCESSORS = {'text': TextPreprocessor, 'image': ImagePreprocessor,
+                 'audio': AudioPreprocessor, 'onehot': OneHotPreprocessor,
+                 'multimodal': MultimodalPreprocessor}
+
+
+def register(name: str):
+  """Class decorator: makes a preprocessor usable as `{'type': name, ...}`.
+
+  A new modality is a Flax module whose `__call__(x, deterministic)` returns
+  `Preprocessed(inputs [B, M, C], None, inputs_without_pos, index_dims)`;
+  its dataclass fields are the config keys it accepts (README, "Add a
+  modality"). A name is registered once.
+  """
+  def add(cls):
+    if name in PREPROCESSORS:
+      raise ValueError(f'preprocessor type {name!r} is already registered '
+                       f'({PREPROCESSORS[name].__name__}).')
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+      raise TypeError(f'register({name!r}) takes a flax.linen.Module class, '
+                      f'got {cls!r}.')
+    PREPROCESSORS[name] = cls
+    return cls
+  return add
 
 
 def build_preprocessor(cfg: Dict[str, Any], dtype=None, name=None):
   """Preprocessor module from a config dict with a `type` key."""
   cfg = dict(cfg)
   kind = cfg.pop('type', None)
-  if kind not in _PREPROCESSORS:
+  if kind not in PREPROCESSORS:
     raise ValueError(f'unknown preprocessor type {kind!r}; expected one of '
-                     f'{sorted(_PREPROCESSORS)}.')
-  cls = _PREPROCESSORS[kind]
+                     f'{sorted(PREPROCESSORS)} (or register one: '
+                     'perceiver_io.preprocessors.register).')
+  cls = PREPROCESSORS[kind]
   if kind == 'image':
     cfg.pop('in_channels', None)  # Informational (used for widths only).
   check_keys('preprocessor', cfg, cls)

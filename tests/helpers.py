@@ -1,7 +1,10 @@
-"""Small helpers shared by the experiment tests."""
+"""Small helpers shared by the tests (experiment configs, GLUE workdirs, images)."""
 
 import json
 import os
+
+import numpy as np
+from PIL import Image
 
 
 def override_config(config, **fields):
@@ -33,3 +36,14 @@ def fake_glue_run(root, task, records, eval_split='validation', name=None):
   with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
     for r in records:
       f.write(json.dumps(r) + '\n')
+
+
+def random_image(height, width, seed=0):
+  """Uniform noise, uint8 [height, width, 3]: the worst case for resampling."""
+  return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def smooth_image(height, width, seed=0):
+  """A smooth uint8 [height, width, 3] image (upscaled noise), as photos are."""
+  small = random_image(max(height // 16, 2), max(width // 16, 2), seed)
+  return np.asarray(Image.fromarray(small).resize((width, height), Image.BILINEAR))

@@ -25,7 +25,7 @@ from experiments import tasks
 from experiments import train_lib
 from experiments import workdir as workdir_lib
 from experiments.tasks import optical_flow as flow_task
-from perceiver_io.flow import io as flow_io
+from perceiver_io.flow import formats as flow_formats
 from perceiver_io.flow import synthetic
 from perceiver_io.flow import viz
 from tests.helpers import override_config as _override
@@ -178,14 +178,14 @@ def benchmark_dirs(tmp_path_factory):
     _save_png(sintel / pass_name / 'scene' / 'frame_0002.png', pair['frame2'])
   os.makedirs(sintel / 'flow' / 'scene')
   gt_flow = np.where(pair['valid'][..., None] > 0, pair['flow'], 1e10)
-  flow_io.write_flo(sintel / 'flow' / 'scene' / 'frame_0001.flo', gt_flow)
+  flow_formats.write_flo(sintel / 'flow' / 'scene' / 'frame_0001.flo', gt_flow)
   kitti = root / 'kitti' / 'training'
   for sub in ('image_2', 'flow_occ'):
     os.makedirs(kitti / sub)
   _save_png(kitti / 'image_2' / '000000_10.png', pair['frame1'])
   _save_png(kitti / 'image_2' / '000000_11.png', pair['frame2'])
-  flow_io.write_kitti_flow(kitti / 'flow_occ' / '000000_10.png', pair['flow'],
-                           pair['valid'])
+  flow_formats.write_kitti_flow(kitti / 'flow_occ' / '000000_10.png',
+                                pair['flow'], pair['valid'])
   return root, pair
 
 
@@ -198,7 +198,7 @@ def test_tiled_evaluation_on_sintel_and_kitti_layouts_matches_predict(
   task = tasks.get(config)
   out = str(tmp_path / 'pred.flo')
   task.predict_lines(model, variables, frames, output=out)
-  pred = flow_io.read_flo(out)
+  pred = flow_formats.read_flo(out)
   assert pred.shape == (30, 50, 2)
   valid = pair['valid']
   err = np.sqrt(((pred.astype(np.float64) - pair['flow']) ** 2).sum(-1))
@@ -230,7 +230,7 @@ def test_predict_two_frames_writes_flo_and_colour_png_and_prints_epe(
   out = str(tmp_path / 'out.flo')
   lines = predict_lib.predict_lines(workdir, frames, output=out,
                                     ground_truth=gt)
-  pred = flow_io.read_flo(out)
+  pred = flow_formats.read_flo(out)
   png = np.asarray(Image.open(str(tmp_path / 'out.png')))
   np.testing.assert_array_equal(png, viz.flow_to_color(pred))
   epe_line = [l for l in lines if l.startswith('EPE ')][0]
@@ -258,7 +258,7 @@ def test_bad_inputs_are_refused_and_nothing_is_written(flow_run, tmp_path):
   small1 = _save_png(tmp_path / 's1.png', rgb(10, 30))
   small2 = _save_png(tmp_path / 's2.png', rgb(10, 30))
   flo = tmp_path / 'good.flo'
-  flow_io.write_flo(flo, np.zeros((20, 30, 2), np.float32))
+  flow_formats.write_flo(flo, np.zeros((20, 30, 2), np.float32))
   data = flo.read_bytes()
   (tmp_path / 'magic.flo').write_bytes(b'XXXX' + data[4:])
   (tmp_path / 'short.flo').write_bytes(data[:-8])
@@ -289,12 +289,12 @@ def test_bad_inputs_are_refused_and_nothing_is_written(flow_run, tmp_path):
   # The documented alternative for small frames: pad them.
   task.predict_lines(model, variables, [small1, small2], output=out,
                      pad_small=True)
-  assert flow_io.read_flo(out).shape == (10, 30, 2)
+  assert flow_formats.read_flo(out).shape == (10, 30, 2)
   # Grayscale and RGBA frames are read as evaluation reads them (gray
   # replicated, alpha dropped), not refused.
   task.predict_lines(model, variables, [grey, str(tmp_path / 'rgba.png')],
                      output=out)
-  assert flow_io.read_flo(out).shape == (20, 30, 2)
+  assert flow_formats.read_flo(out).shape == (20, 30, 2)
   assert sorted(os.listdir(out_dir)) == ['f.flo', 'f.png']
 
 
@@ -311,7 +311,7 @@ def test_imported_hf_flow_checkpoint_predicts_pixels(tmp_path):
                      init_from=f'hf:{path}', eval_tile_overlap=2)
   out = str(tmp_path / 'hf.flo')
   predict_lib.predict_pretrained(config, inputs, output=out)
-  pred = flow_io.read_flo(out)
+  pred = flow_formats.read_flo(out)
   normalised = frames.astype(np.float32)[None] / 255.0 * 2 - 1  # colab's rule
   patches = hf_fixtures.flow_patches_numpy(normalised).transpose(0, 1, 4, 2, 3)
   with torch.no_grad():

@@ -207,11 +207,11 @@ def test_text_errors_name_cli_flags(tmp_path):
 
 def test_offline_tfds_hint_names_cli_flags():
   from perceiver_io.data import text as text_data  # pylint: disable=g-import-not-at-top
-  hint = input_pipeline.cli_hint(text_data._local_alternative('imdb_reviews'))
+  hint = input_pipeline.cli_hint(text_data.local_source_hint('imdb_reviews'))
   assert ("--config.data.source='csv:/path/{split}.csv' with "
           '--config.data.text_fields=text --config.data.label_field=label'
           in hint)
-  hint = input_pipeline.cli_hint(text_data._local_alternative('glue/mrpc'))
+  hint = input_pipeline.cli_hint(text_data.local_source_hint('glue/mrpc'))
   assert '--config.data.text_fields=sentence1,sentence2' in hint
   assert "text_fields=(" not in hint
 

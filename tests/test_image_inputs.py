@@ -93,22 +93,23 @@ def _truncated_png(path, seed=0):
 
 
 def test_truncated_flow_frame_and_mask_name_the_file(tmp_path):
-  from perceiver_io.flow import io as flow_io  # pylint: disable=g-import-not-at-top
+  from perceiver_io.flow import formats as flow_formats  # pylint: disable=g-import-not-at-top
   frame = _truncated_png(tmp_path / 'frame_0003.png')
   with pytest.raises(ValueError, match='frame_0003.png: cannot read the image') as info:
-    flow_io.read_image(frame)
+    flow_formats.read_image(frame)
   assert 'truncated' in str(info.value)
   mask = tmp_path / 'occ.png'
   Image.fromarray(np.random.default_rng(1).integers(0, 2, (64, 80), dtype=np.uint8) * 255
                   ).save(mask)
   mask.write_bytes(mask.read_bytes()[:len(mask.read_bytes()) // 2])
   with pytest.raises(ValueError, match='occ.png: cannot read the mask'):
-    flow_io.read_mask(str(mask))
+    flow_formats.read_mask(str(mask))
 
 
 def test_truncated_frame_in_flow_evaluation_names_it(tmp_path):
   """The whole evaluation path (listing -> load_pair) gives the one-line error."""
-  from perceiver_io.flow import io as flow_io  # pylint: disable=g-import-not-at-top
+  from perceiver_io.flow import formats as flow_formats  # pylint: disable=g-import-not-at-top
+  from perceiver_io.flow import layouts as flow_layouts  # pylint: disable=g-import-not-at-top
   scene = tmp_path / 'training' / 'clean' / 'alley'
   flow_dir = tmp_path / 'training' / 'flow' / 'alley'
   os.makedirs(scene)
@@ -117,11 +118,11 @@ def test_truncated_frame_in_flow_evaluation_names_it(tmp_path):
   for i in (1, 2):
     Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(
         scene / f'frame_{i:04d}.png')
-  flow_io.write_flo(flow_dir / 'frame_0001.flo', np.zeros((24, 32, 2), np.float32))
+  flow_formats.write_flo(flow_dir / 'frame_0001.flo', np.zeros((24, 32, 2), np.float32))
   _truncated_png(scene / 'frame_0002.png')
-  (listing,) = [flow_io.list_sintel(str(tmp_path), passes='clean')]
+  (listing,) = [flow_layouts.list_sintel(str(tmp_path), passes='clean')]
   with pytest.raises(ValueError, match='frame_0002.png: cannot read'):
-    flow_io.load_pair(listing[0])
+    flow_layouts.load_pair(listing[0])
 
 
 # ------------------------------------------------- C: 16-bit PNGs, predict path == TF path --
@@ -148,7 +149,7 @@ def test_sixteen_bit_png_same_pixels_in_numpy_and_tf_paths(tmp_path):
 
 def test_flow_predict_reads_grayscale_frames_as_evaluate_does(tmp_path):
   from experiments.tasks import optical_flow  # pylint: disable=g-import-not-at-top
-  from perceiver_io.flow import io as flow_io  # pylint: disable=g-import-not-at-top
+  from perceiver_io.flow import formats as flow_formats  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   grey = tmp_path / '000157_10.png'
   Image.fromarray(rng.integers(0, 256, (24, 32), dtype=np.uint8)).save(grey)
@@ -156,7 +157,7 @@ def test_flow_predict_reads_grayscale_frames_as_evaluate_does(tmp_path):
   Image.fromarray(rng.integers(0, 256, (24, 32, 4), dtype=np.uint8), 'RGBA').save(rgba)
   for path in (grey, rgba):
     frame = optical_flow.Task.read_frame(str(path))
-    np.testing.assert_array_equal(frame, flow_io.read_image(str(path)))
+    np.testing.assert_array_equal(frame, flow_formats.read_image(str(path)))
     assert frame.shape == (24, 32, 3)
   with pytest.raises(ValueError, match='cannot read'):
     optical_flow.Task.read_frame(_truncated_png(tmp_path / 't.png'))

@@ -210,5 +210,5 @@ def test_bad_performance_options():
   with pytest.raises(ValueError, match=r"dtype must be one of \['bfloat16', "
                      r"'float16', 'float32'\], got 'fp8'"):
     shape_init(dict(cfg, dtype='fp8'), IDS)
-  with pytest.raises(ValueError, match='auto, fused, einsum, cudnn or cpu'):
+  with pytest.raises(ValueError, match='xla, auto, cpu, cudnn, fused, einsum'):
     shape_init(dict(cfg, attention_impl='flash'), IDS)

@@ -370,111 +370,20 @@ def test_chunked_multimodal_decoding():
 
 
 # ----------------------------------------------------------- attention impl --
-def test_attention_impl_einsum_vs_auto_vs_fused():
-  # Equal q/k and v widths everywhere: 'auto' and 'fused' take
-  # jax.nn.dot_product_attention, 'einsum' the reference path.
+def test_attention_impl_einsum_vs_xla_vs_auto_vs_fused():
+  # Equal q/k and v widths everywhere: 'xla' and 'fused' take
+  # jax.nn.dot_product_attention, 'einsum' the reference path, 'auto' the
+  # CPU kernels here.
   cfg, inputs, kwargs, variables = _setup_small('tiny_imagenet_fourier')
   ref = _forward(cfg, attention_impl='einsum')(variables, inputs, kwargs)
-  for impl in ('auto', 'fused', 'cudnn'):  # 'cudnn' on CPU: as 'auto'.
+  for impl in ('xla', 'auto', 'fused', 'cudnn'):  # 'cudnn' on CPU: as 'auto'.
     got = _forward(cfg, attention_impl=impl)(variables, inputs, kwargs)
     np.testing.assert_allclose(got, ref, atol=FP32_TOL, rtol=FP32_TOL)
 
 
-def test_cudnn_attention_only_where_cudnn_takes_it():
-  from perceiver_io.attention import cudnn_attention_supported
-  q = lambda width, dtype=jnp.bfloat16: jnp.zeros((2, 8, 4, width), dtype)
-  gpu = lambda *a, cc=8.0, **k: cudnn_attention_supported(
-      *a, backend='gpu', compute_capability=cc, **k)
-  assert gpu(q(128))
-  assert gpu(q(64, jnp.float16))
-  assert not cudnn_attention_supported(q(128), backend='cpu')
-  assert not gpu(q(128, jnp.float32))
-  assert not gpu(q(128), cc=7.5)  # Pre-Ampere: no cuDNN flash attention.
-  assert not gpu(q(160))  # > 128 before Hopper ...
-  assert gpu(q(160), cc=9.0)  # ... but cuDNN takes up to 256 on Hopper.
-  assert not gpu(q(264), cc=9.0)
-  assert not gpu(q(36))  # not 8k
-  # Unequal widths: the wider one (after padding) must qualify.
-  assert gpu(q(32), v_head_width=160, cc=9.0)
-  assert not gpu(q(32), v_head_width=160, cc=8.0)
-  assert not gpu(q(32), v_head_width=36, cc=9.0)
-  # Even query and key lengths, masked or not (JAX's bias check, which a
-  # call without a mask meets through JAX's placeholder bias).
-  assert gpu(q(128), jnp.ones((2, 8, 6), bool))
-  assert not gpu(q(128), jnp.ones((2, 8, 7), bool))
-  assert gpu(q(128), kv_length=6)
-  assert not gpu(q(128), kv_length=7)
-  one_query = jnp.zeros((2, 1, 4, 128), jnp.bfloat16)  # A classifier's.
-  assert not gpu(one_query, jnp.ones((2, 1, 8), bool))
-  assert not gpu(one_query, kv_length=8)
-
-
-@pytest.mark.parametrize('qk_width,v_width,masked', [
-    (8, 40, False), (40, 8, False), (16, 16, False), (8, 40, True)])
-def test_cudnn_attention_padding_keeps_values_and_gradients(qk_width, v_width,
-                                                            masked):
-  # `_fused_attention` zero-pads the narrower of the q/k and v head widths
-  # so that one fused kernel takes them. Run with XLA's kernel here (cuDNN
-  # needs a GPU): values and all three gradients equal plain attention.
-  from perceiver_io.attention import _einsum_attention, _fused_attention
-  keys = jax.random.split(jax.random.PRNGKey(0), 5)
-  q = jax.random.normal(keys[0], (2, 5, 3, qk_width))
-  k = jax.random.normal(keys[1], (2, 7, 3, qk_width))
-  v = jax.random.normal(keys[2], (2, 7, 3, v_width))
-  d_out = jax.random.normal(keys[3], (2, 5, 3, v_width))
-  # A key padding mask (each row keeps at least one key, as the model's
-  # fully masked rows are zeroed after attention anyway).
-  mask = (jax.random.uniform(keys[4], (2, 5, 7)) < 0.6).at[:, :, 0].set(True)
-  mask = mask if masked else None
-  padded = lambda *a: _fused_attention(*a, mask, implementation='xla')
-  plain = lambda *a: _einsum_attention(*a, mask, 0.0, True, None, jnp.float32)
-  out, vjp = jax.vjp(padded, q, k, v)
-  ref, ref_vjp = jax.vjp(plain, q, k, v)
-  assert out.shape == (2, 5, 3, v_width)
-  np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
-  for got, want in zip(vjp(d_out), ref_vjp(d_out)):
-    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
-
-
-def test_cudnn_impl_takes_the_language_model_on_hopper(monkeypatch):
-  # The language model's attention (unequal q/k and v head widths, and a
-  # padding mask on the input cross-attention) goes to the padded fused
-  # path with attention_impl='cudnn' on a Hopper GPU. Traced as if on such
-  # a GPU, with the einsum path standing in for cuDNN.
-  from perceiver_io import attention as attn
-  calls = []
-
-  def fake_cudnn(q, k, v, mask, implementation='cudnn'):
-    assert implementation == 'cudnn'
-    calls.append((q.shape[-1], v.shape[-1], mask is not None))
-    return attn._einsum_attention(q, k, v, mask, 0.0, True, None, q.dtype)
-
-  monkeypatch.setattr(attn, '_fused_attention', fake_cudnn)
-  monkeypatch.setattr(attn, '_compute_capability', lambda: 9.0)
-  # Head widths that cuDNN takes: q/k 16 / 2 = 8, v 48 / 2 = 24.
-  cfg, inputs, kwargs, variables = _setup('tiny_language_mlm', depth=1,
-                                          heads=2, qk=16)
-
-  def forward(impl):  # A fresh jit: traced here, under assume_platform.
-    model = perceiver_io.build_model(cfg, attention_impl=impl,
-                                     dtype='bfloat16')
-    return jax.jit(lambda v, x, kw: model.apply(v, x, **kw))(
-        variables, inputs, kwargs)
-
-  with attn.assume_platform('gpu'):
-    ref = forward('einsum')
-    assert not calls
-    got = forward('cudnn')
-  assert len(calls) >= 3  # Input cross-attention, latents, decoder.
-  assert any(qk != v for qk, v, _ in calls)
-  assert any(masked for _, _, masked in calls)
-  np.testing.assert_array_equal(np.asarray(got, np.float32),
-                                np.asarray(ref, np.float32))
-
-
 def test_fused_refused_for_unequal_widths():
   # The language encoder has qk 16 != v 48: 'fused' refuses with a clear error
-  # ('auto' falls back to einsum, covered by the MLM tests above).
+  # ('xla' falls back to einsum, covered by the MLM tests above).
   cfg, inputs, kwargs, _ = _setup_small('tiny_language_mlm')
   model = perceiver_io.build_model(cfg, attention_impl='fused')
   with pytest.raises(ValueError, match='qk_channels == v_channels'):
@@ -485,10 +394,10 @@ def test_fused_refused_for_unequal_widths():
 @pytest.mark.parametrize('impl', ['auto', 'cpu'])
 @pytest.mark.parametrize('name', ['tiny_imagenet_fourier', 'tiny_language_mlm'])
 def test_attention_impl_cpu_same_outputs_and_gradients(name, impl):
-  # On CPU 'auto' (and 'cpu', its old name) swaps autodiff's attention and
-  # Dense weight gradients for hand-written row-major ones and computes them
-  # block by block: forward and every gradient must agree with the einsum
-  # reference (plain autodiff), with masks (language) and without (ImageNet).
+  # On CPU 'auto' (and 'cpu') swaps autodiff's attention and Dense weight
+  # gradients for hand-written row-major ones and computes them block by
+  # block: forward and every gradient must agree with the einsum reference
+  # (plain autodiff), with masks (language) and without (ImageNet).
   cfg, inputs, kwargs, variables = _setup_small(name)
   if name == 'tiny_language_mlm':
     kwargs = {k: jnp.asarray(v) for k, v in _text_kwargs().items()}

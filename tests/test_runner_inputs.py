@@ -35,7 +35,7 @@ from experiments import workdir as workdir_lib
 from experiments.tasks import optical_flow as flow_task
 from perceiver_io import checkpoints
 from perceiver_io import presets
-from perceiver_io.flow import io as flow_io
+from perceiver_io.flow import formats as flow_formats
 from perceiver_io.flow import synthetic
 from tests.helpers import fake_glue_run
 from tests.helpers import override_config as _override
@@ -120,8 +120,8 @@ def flow_cpu_run(tmp_path_factory):
   frames = [_save_png(scene / 'frame_0001.png', pair['frame1']),
             _save_png(scene / 'frame_0002.png', pair['frame2'])]
   os.makedirs(root / 'sintel' / 'training' / 'flow' / 'scene')
-  flow_io.write_flo(root / 'sintel' / 'training' / 'flow' / 'scene' /
-                    'frame_0001.flo', pair['flow'])
+  flow_formats.write_flo(root / 'sintel' / 'training' / 'flow' / 'scene' /
+                         'frame_0001.flo', pair['flow'])
   return workdir, root, frames
 
 
@@ -138,7 +138,7 @@ def test_flow_cpu_workdir_evaluates_tiled_and_predicts_without_config(
   # predict --workdir f1.png f2.png --output=... (the workdir's own config).
   out = str(tmp_path / 'flow.flo')
   lines = predict_lib.predict_lines(workdir, frames, output=out)
-  assert flow_io.read_flo(out).shape == (30, 50, 2)
+  assert flow_formats.read_flo(out).shape == (30, 50, 2)
   assert os.path.exists(str(tmp_path / 'flow.png'))
   assert any('tile(s) of 24x16' in line for line in lines)
 
@@ -153,7 +153,7 @@ def test_documented_flow_predict_command_runs_from_a_cpu_workdir(
       capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert f'wrote {out}' in proc.stdout
-  assert flow_io.read_flo(out).shape == (30, 50, 2)
+  assert flow_formats.read_flo(out).shape == (30, 50, 2)
 
 
 # ---------------------------------------------------------------------------

@@ -40,9 +40,9 @@ import numpy as np
 import optax
 
 from experiments.tasks import base
+from perceiver_io import mixing
 from perceiver_io import model as model_lib
 from perceiver_io.data import image as image_data
-from perceiver_io.data import image as mixing  # MixUp, CutMix, smoothing.
 
 _NAME_COLUMNS = ('name', 'class_name', 'name_from_filename', 'label', 'wnid',
                  'synset')

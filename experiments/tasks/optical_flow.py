@@ -56,7 +56,8 @@ from experiments import steps
 from experiments.tasks import base
 from perceiver_io import model as model_lib
 from perceiver_io.flow import augment
-from perceiver_io.flow import io as flow_io
+from perceiver_io.flow import formats as flow_formats
+from perceiver_io.flow import layouts as flow_layouts
 from perceiver_io.flow import metrics as flow_metrics
 from perceiver_io.flow import synthetic
 from perceiver_io.flow import tiling
@@ -371,19 +372,19 @@ class Task(base.Task):
   def listings(self, kind: str, root: str):
     """(name, [FlowPairFiles]) groups to report separately."""
     if kind == 'sintel':
-      groups = [(f'sintel_{p}', flow_io.list_sintel(root, passes=p))
+      groups = [(f'sintel_{p}', flow_layouts.list_sintel(root, passes=p))
                 for p in ('clean', 'final')
                 if os.path.isdir(os.path.join(root, 'training', p)) or
                 os.path.isdir(os.path.join(root, p))]
       # No pass folder: let the lister raise its layout message.
-      return groups or [('sintel', flow_io.list_sintel(root))]
+      return groups or [('sintel', flow_layouts.list_sintel(root))]
     if kind in ('sintel_clean', 'sintel_final'):
-      return [(kind, flow_io.list_sintel(root, passes=kind.split('_')[1]))]
+      return [(kind, flow_layouts.list_sintel(root, passes=kind.split('_')[1]))]
     if kind == 'kitti':
-      return [('kitti', flow_io.list_kitti(root))]
+      return [('kitti', flow_layouts.list_kitti(root))]
     if kind == 'middlebury':
-      return [('middlebury', flow_io.list_middlebury(root))]
-    return [('chairs', flow_io.list_flying_chairs(root))]
+      return [('middlebury', flow_layouts.list_middlebury(root))]
+    return [('chairs', flow_layouts.list_flying_chairs(root))]
 
   def make_predict_fn(self, model, variables):
     """float32 tiles [N, 2, th, tw, 3] in [-1, 1] -> flow in pixels."""
@@ -423,7 +424,7 @@ class Task(base.Task):
       for name, listing in groups:
         sums, per_image = {}, []
         for files in listing:
-          sample = flow_io.load_pair(files)
+          sample = flow_layouts.load_pair(files)
           self._check_tile_fits(sample['frame1'].shape, files.frame1,
                                 pad_small, '--config.data.pad_small=True')
           flow = self.full_frame_flow(predict_fn, sample['frame1'],
@@ -459,14 +460,14 @@ class Task(base.Task):
   def read_frame(path: str) -> np.ndarray:
     """An RGB frame as uint8 [H, W, 3], read exactly as evaluation reads it.
 
-    Prediction and `evaluate` share `flow_io.read_image`'s policy: grayscale
+    Prediction and `evaluate` share `formats.read_image`'s policy: grayscale
     (e.g. KITTI 2012 `image_0`) is replicated to 3 channels, alpha is dropped,
     palette images are converted; 16/32-bit images and unreadable or
     truncated files are one ValueError naming the file.
     """
     if not os.path.isfile(path):
       raise FileNotFoundError(f'frame not found: {path}')
-    frame = flow_io.read_image(path)
+    frame = flow_formats.read_image(path)
     with Image.open(path) as image:
       mode = image.mode
     if mode in _GRAYSCALE_MODES:
@@ -482,11 +483,11 @@ class Task(base.Task):
     """(flow [H, W, 2], valid [H, W]) from a .flo or a KITTI 16-bit PNG."""
     lower = path.lower()
     if lower.endswith('.flo'):
-      flow = flow_io.read_flo(path)
-      valid = flow_io.known_flow_mask(flow)
+      flow = flow_formats.read_flo(path)
+      valid = flow_formats.known_flow_mask(flow)
       return np.where(valid[..., None] > 0, flow, 0.0), valid
     if lower.endswith('.png'):
-      return flow_io.read_kitti_flow(path)
+      return flow_formats.read_kitti_flow(path)
     raise ValueError(f'--ground_truth {path!r}: expected a Middlebury .flo '
                      'file or a KITTI 16-bit flow .png.')
 
@@ -539,7 +540,7 @@ class Task(base.Task):
     png_path = os.path.splitext(flo_path)[0] + '.png'
     flow = self.full_frame_flow(self.make_predict_fn(model, variables),
                                 frame1, frame2, pad_small)
-    flow_io.write_flo(flo_path, flow)
+    flow_formats.write_flo(flo_path, flow)
     viz.save_flow_png(png_path, flow)
     height, width = flow.shape[:2]
     tiles = len(tiling.tile_origins(

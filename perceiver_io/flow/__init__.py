@@ -9,11 +9,12 @@ JAX/TensorFlow makes them usable (and testable) anywhere.
 from perceiver_io.flow.augment import (PhotometricConfig, SpatialConfig, augment_sample,
                                        crop_sample, flip_sample, photometric_augment,
                                        resize_sample, spatial_augment)
-from perceiver_io.flow.io import (FlowPairFiles, known_flow_mask, list_flying_chairs, list_kitti,
-                                  list_middlebury, list_sintel, load_pair, read_flo, read_image,
-                                  read_kitti_flow, read_mask, write_flo, write_kitti_flow,
-                                  flying_chairs_samples, kitti_samples, middlebury_samples,
-                                  sintel_samples)
+from perceiver_io.flow.formats import (known_flow_mask, read_flo, read_image, read_kitti_flow,
+                                       read_mask, write_flo, write_kitti_flow)
+from perceiver_io.flow.layouts import (FlowPairFiles, list_flying_chairs, list_kitti,
+                                       list_middlebury, list_sintel, load_pair,
+                                       flying_chairs_samples, kitti_samples, middlebury_samples,
+                                       sintel_samples)
 from perceiver_io.flow.metrics import endpoint_error, flow_metric_sums, flow_metrics
 from perceiver_io.flow.synthetic import (SyntheticFlowConfig, generate_pair, sample_at,
                                          synthetic_flow_batches)

@@ -25,7 +25,7 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image
 
-from perceiver_io.flow import io as flow_io
+from perceiver_io.flow import formats as flow_formats
 
 # (ramp length, start colour, end colour) in the Middlebury order.
 _RAMPS = (
@@ -73,7 +73,7 @@ def flow_to_color(flow: np.ndarray, max_flow: Optional[float] = None) -> np.ndar
   flow = np.asarray(flow, np.float64)
   if flow.ndim != 3 or flow.shape[-1] != 2:
     raise ValueError(f'flow must have shape [H, W, 2]; got {flow.shape}.')
-  known = flow_io.known_flow_mask(flow) > 0
+  known = flow_formats.known_flow_mask(flow) > 0
   # `+ 0.0` turns -0.0 into +0.0, so that v == 0 always gives atan2(-0.0, .)
   # and pure +x motion is red whatever the sign of its zero.
   u = np.where(known, flow[..., 0], 0.0) + 0.0
@@ -104,4 +104,4 @@ def save_flow_png(path: Union[str, os.PathLike], flow: np.ndarray,
                   max_flow: Optional[float] = None) -> None:
   """Writes the colour coding of `flow` as an 8-bit RGB PNG (atomically)."""
   image = Image.fromarray(flow_to_color(flow, max_flow), 'RGB')
-  flow_io.atomic_write(path, lambda tmp: image.save(tmp, format='PNG'))
+  flow_formats.atomic_write(path, lambda tmp: image.save(tmp, format='PNG'))
