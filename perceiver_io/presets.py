@@ -229,6 +229,21 @@ def names():
   return sorted(PRESETS)
 
 
+def register(name: str):
+  """Function decorator: `get_config(name, **kwargs)` calls it.
+
+  For models of your own (a new modality: README, "Add a modality"); the
+  function returns a model config dict (`model.build_model`). A name is
+  registered once.
+  """
+  def add(fn):
+    if name in PRESETS:
+      raise ValueError(f'preset {name!r} is already registered.')
+    PRESETS[name] = fn
+    return fn
+  return add
+
+
 def get_config(name: str, **kwargs) -> Dict[str, Any]:
   """Config dict of a preset; kwargs are the preset function's arguments."""
   if name not in PRESETS:
