@@ -83,7 +83,8 @@ def evaluate_pretrained(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """
   config = config.copy_and_resolve_references()
   train_lib.configure_jax(config)
-  imported = workdir_lib.load_init_from(config.init_from, config.model.preset)
+  imported = workdir_lib.load_init_from(config.init_from, config.model.preset,
+                                        config.model.attention_impl)
   task = tasks.get(config, imported.model_config)
   metrics = evaluate_variables(task, imported.model, imported.variables)
   return {'step': 0, 'split': config.data.eval_split,

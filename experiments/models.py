@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from experiments import process_tuning
+from perceiver_io import flops
 from perceiver_io import kernels
 from perceiver_io import presets
 from perceiver_io.model import PerceiverIO
@@ -105,6 +106,18 @@ def model_config(config: ml_collections.ConfigDict,
       'classification'):
     cfg['decoder']['num_classes'] = int(num_outputs)
   return cfg
+
+
+def counting_model(model: nn.Module) -> nn.Module:
+  """`model` with its kernels chosen for the CPU by name, so that tracing it
+  to count FLOPs creates no JAX backend (`flops.counting_config`; the
+  launcher decides host-memory settings before one exists)."""
+  if isinstance(model, PerceiverWithTanhHead):
+    return model.clone(
+        perceiver_config=flops.counting_config(model.perceiver_config))
+  if isinstance(model, PerceiverIO):
+    return model.clone(config=flops.counting_config(model.config))
+  return model
 
 
 def build(config: ml_collections.ConfigDict,

@@ -43,7 +43,8 @@ def predict_pretrained(config: ml_collections.ConfigDict,
                        inputs: Sequence[str], **options) -> List[str]:
   """Prediction lines of the checkpoint named by config.init_from."""
   config = config.copy_and_resolve_references()
-  imported = workdir_lib.load_init_from(config.init_from, config.model.preset)
+  imported = workdir_lib.load_init_from(config.init_from, config.model.preset,
+                                        config.model.attention_impl)
   task = tasks.get(config, imported.model_config)
   return [f'# {config.init_from}'] + task.predict_lines(
       imported.model, imported.variables, list(inputs),

@@ -237,8 +237,8 @@ def train_step_flops(model, task, batch_size: int) -> float:
   example = task.example_batch()
   inputs, kwargs = task.model_inputs(example)
   examples = len(next(iter(example.values())))
-  return 3.0 * flops.forward_flops(model, inputs, **kwargs) * (
-      batch_size / examples)
+  return 3.0 * flops.forward_flops(models.counting_model(model), inputs,
+                                   **kwargs) * (batch_size / examples)
 
 
 def data_summary(train_info, eval_info) -> str:

@@ -547,11 +547,15 @@ def _hf_label_names(kind: str, where: str) -> List[str]:
     return []
 
 
-def load_init_from(spec: str, preset_hint: str = '') -> Run:
+def load_init_from(spec: str, preset_hint: str = '',
+                   attention_impl: str = 'auto') -> Run:
   """The model and variables named by `config.init_from`.
 
   The model is built from the checkpoint's own config (a HuggingFace
-  checkpoint keeps its erf GELU and conv padding), not from `config.model`.
+  checkpoint keeps its erf GELU and conv padding), not from `config.model`;
+  only how it computes comes from the run (`attention_impl`, as
+  `config.model.attention_impl`: the runner's kernels, not the library's
+  default).
 
   Args:
     spec: 'hf:<dir or hub id>' (HuggingFace save_pretrained layout),
@@ -571,11 +575,14 @@ def load_init_from(spec: str, preset_hint: str = '') -> Run:
     if kind == 'haiku':
       path, _, preset = where.partition(':')
       model, variables, model_config = checkpoints.from_haiku(
-          path, preset or _haiku_preset(preset_hint))
+          path, preset or _haiku_preset(preset_hint),
+          attention_impl=attention_impl)
     elif kind == 'hf':
-      model, variables, model_config = checkpoints.from_hf(f'hf:{where}')
+      model, variables, model_config = checkpoints.from_hf(
+          f'hf:{where}', attention_impl=attention_impl)
     else:
-      model, variables, model_config = checkpoints.load(where)
+      model, variables, model_config = checkpoints.load(
+          where, attention_impl=attention_impl)
   except checkpoints.CheckpointError as e:
     raise ValueError(f'cannot import {spec}: {e}') from e
   return Run(model, variables, None, 0, model_config,
