@@ -1,15 +1,15 @@
 """GEMM throughput of XLA:CPU (what our model runs on) and torch, this machine.
 
 Why: the CPU ratios against HF move with the hardware far more than with our
-code (the dev machine's 'AMD EPYC' was a different CPU from one session to
-the next), and nearly all of both sides' step time is matrix products. This
+code (the dev machine's 'AMD EPYC' has been different CPUs at different
+times), and nearly all of both sides' step time is matrix products. This
 measures the products the Perceiver's steps are made of, both libraries in
 one process, alternated round by round, so a results table can say which
 machine it came from and why the ratio is what it is.
 
 Forms: 'nn' is the row-major product x @ W (forward, dx = dy @ W^T after a
 free transpose of W); 'tn' contracts the left operand's rows, x^T @ dy, the
-form autodiff gives every weight gradient (attention.py's module docstring).
+form autodiff gives every weight gradient (perceiver_io/kernels/cpu.py).
 
 Usage:
   python -m benchmarks.gemm                      # 1024^3 and 8192x1024x1024

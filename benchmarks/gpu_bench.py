@@ -149,8 +149,7 @@ def items_for(args, impl):
 
   Order (each side's budget may end the list early; what is left is reported
   as skipped): training in bf16 with cuDNN flash attention (our fastest GPU
-  setting in the third session, and since the eleventh it covers the
-  language model too) at the issue's batches, then at the MFU batches (a
+  setting on the H200, padded so that it covers the language model too) at the issue's batches, then at the MFU batches (a
   batch-4 step on this card measures kernel-launch latency, not the model);
   the same with XLA's attention ('auto'); fp32 training; inference with
   cuDNN, XLA's attention, then fp32. One run measures about five of our

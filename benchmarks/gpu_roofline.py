@@ -1,6 +1,6 @@
 """Our GPU train steps compiled for an H100/H200 on any machine, and their roofline.
 
-Why: a GPU is lent for 15 minutes to one session in five, too little to
+Why: a GPU is lent rarely and briefly (15 minutes), too little to
 profile every step, yet the GPU targets (2x the reference, 40 % bf16 MFU)
 need to know what a step must move and compute. XLA can compile for a CUDA
 card that is not there (JAX's deviceless ahead-of-time compilation, given
@@ -13,7 +13,7 @@ max(bytes / memory bandwidth, FLOPs / peak matmul rate). The sum is a lower
 bound on the step time; counted FLOPs over (that bound x peak) is the best
 MFU the program allows; XLA's buffer sizes predict device memory.
 
-Checked against the third session's H200 measurements (`--measured`): the
+Checked against the H200 measurements of results/gpu/gpu.json (`--measured`): the
 predicted device memory was within 3 % of the measured peak for the
 three steps measured first in their processes.
 
@@ -94,7 +94,7 @@ dnn_version_info {{ major: {cudnn_major} minor: {cudnn_minor} }}
 runtime_version {{ major: {cuda_major} minor: {cuda_minor} }}
 device_description_str: "{name}"
 '''
-# The GPU targets' rows (the third session's misses and their cuDNN
+# The GPU targets' rows (the ones missed on the H200 and their cuDNN
 # counterparts), the Fourier step whose cuDNN time was measured, and
 # gpu_targets.sh's Fourier MFU batch.
 DEFAULT_ITEMS = (

@@ -230,8 +230,8 @@ _CATEGORIES = (
 
 def op_category(*names):
   """'matmul', 'attention (cuDNN)', ... for a GPU kernel and its HLO op."""
-  # 'convert' is no convolution (XLA's loop_convert_fusion kernels were
-  # counted as convolutions until the thirteenth session).
+  # 'convert' is no convolution (XLA's loop_convert_fusion kernels would
+  # otherwise count as convolutions).
   text = ' '.join(n.lower() for n in names if n).replace('convert', '')
   for category, fragments in _CATEGORIES:
     if any(f in text for f in fragments):

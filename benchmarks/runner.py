@@ -118,9 +118,9 @@ def describe_cpu(cpuinfo: str) -> Dict[str, Any]:
   """The first processor of /proc/cpuinfo: name, family/model, vector ISA.
 
   Why more than the name: the shared dev machine reports 'AMD EPYC' on
-  different hardware from one session to the next (session 9 found AVX-512,
-  family 26, where our train steps ran 2x faster than session 8's under the
-  same name), so results must say which one they came from.
+  different hardware at different times (an AVX-512 family-26 CPU ran our
+  train steps 2x faster than an earlier CPU of the same name), so results
+  must say which one they came from.
   """
   fields = {}
   for line in cpuinfo.splitlines():
@@ -221,9 +221,8 @@ def add_out_flag(parser, kind: str) -> None:
 def new_run_dir(kind: str) -> str:
   """benchmarks/results/<kind>/run-<UTC date-time>/: a folder of its own.
 
-  Why: the files directly in results/<kind>/ (and its session folders) are
-  committed history that the READMEs cite; a default run must not replace
-  them.
+  Why: the files directly in results/<kind>/ are the committed current
+  results that the READMEs cite; a default run must not replace them.
   """
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime(
       '%Y%m%d-%H%M%S')

@@ -266,12 +266,9 @@ def ours_build(w: Workload, data, seed=0, abstract=False, **perf):
   initialised under one `jax.jit`. Eagerly, each initialiser op compiles and
   keeps its own executable (host memory that an inference run restoring a
   checkpoint never holds), and the build's peak was the peak of small
-  inference runs (eleventh session, fresh
-  processes, low-memory scheduler: 206M language model peak 1.35 GiB jitted
-  vs 1.46 eager, depth-6 sweep model 0.61 vs 0.83; ImageNet conv earlier 562
-  vs 783 MB). (An earlier session measured the jitted language init the
-  larger, 2.6 vs 1.5 GiB; what changed since was not isolated, the
-  low-memory scheduler being the likely part.) Elsewhere (GPU) the
+  inference runs (fresh processes, low-memory scheduler: 206M language
+  model peak 1.35 GiB jitted vs 1.46 eager, depth-6 sweep model 0.61 vs
+  0.83; ImageNet conv 562 vs 783 MB). Elsewhere (GPU) the
   language model is initialised eagerly: on an H200 that took 25 s, jitting
   68 s (compiling the initialisers). Either way the init's executables are
   then dropped (`jax.clear_caches()`), before anything measured compiles.

@@ -1,32 +1,29 @@
-"""Process-level settings that cut host memory on CPU, used by the launchers.
+"""Process-level settings for CPU training, applied by the launchers only.
 
-Why: on CPU, XLA's default "concurrency optimized" scheduler orders a
-training step for parallelism and keeps more buffers alive at once. Measured
-on the full-size language classifier (206M parameters, batch 4 x 2048 bytes,
-AdamW, jax 0.10.2): XLA's planned temporaries fall from 2.94 GB to 2.08 GB
-and the step's peak RSS from 6.57 to 5.73 GiB with the memory-first order,
-for the same step time within noise (BUILD_NOTES.md). Compiling a large step
-also leaves freed heap that glibc keeps; returning it to the OS before the
-first step lowers the peak further (5.15 GiB in the same run).
+Why here and not in the library: they change the whole process (XLA flags,
+JAX's dispatch mode, glibc's allocator), so only a launcher that owns the
+process may set them; `import perceiver_io` changes nothing. Measured on a
+2-core AMD EPYC with jaxlib 0.10.2 (BUILD_NOTES.md, "Hardware-specific
+tricks", has each entry and how to remove it):
 
-Host memory reuse (`reuse_freed_host_memory` + `synchronous_cpu_dispatch`;
-for large CPU steps): XLA:CPU frees a step's temporaries (4.3 GB for the
-ImageNet Fourier train step) after every call and allocates them again for
-the next; glibc serves allocations that large with a fresh `mmap`, so each
-step page-faults its whole working set back in (1.1M minor faults and 5-6 s
-of kernel time per ImageNet Fourier step on the 2-core dev machine, against
-HF's 0.28M and 2.7 s). Keeping freed memory in glibc's heap removes that:
-0-150 faults and 0.1-0.3 s kernel time per step.
-Its catch was memory: with JAX's asynchronous CPU dispatch a step's outputs
-are ready before XLA frees its temporaries on the worker thread, so the next
-step could allocate a second set while the first was still held, and the
-heap kept both (ImageNet Fourier train peak RSS 5.1 -> 9.1-13.1 GiB, fourth
-and sixth sessions). So reuse comes with synchronous CPU dispatch (a call
-returns after its temporaries are back in the heap) and `settle_host_memory`
-after each step (un-strands a freed block the next
-aligned allocation cannot use). Measured with both, peak RSS is *lower* than
-without reuse on every benchmark workload (BUILD_NOTES.md, "Sixth session"
-and "Seventh session").
+* The low-memory XLA:CPU scheduler (`LOW_MEMORY_CPU_FLAG`): XLA's default
+  "concurrency optimized" order keeps more buffers alive at once. On the
+  206M-parameter language classifier (batch 4 x 2048 bytes, AdamW) planned
+  temporaries fall from 2.94 to 2.08 GB, for the same step time within
+  noise. `release_host_memory` after compiling returns the compiler's freed
+  heap to the OS before the first step.
+* Host memory reuse (`reuse_freed_host_memory` + `synchronous_cpu_dispatch`
+  + `settle_host_memory`): XLA:CPU frees a step's temporaries (4.3 GB for
+  the ImageNet Fourier train step) after every call and allocates them
+  again for the next; glibc serves allocations that large with a fresh
+  `mmap`, so each step page-faulted its working set back in (1.1M minor
+  faults and 5-6 s of kernel time per ImageNet Fourier step; HF: 0.28M and
+  2.7 s). Keeping freed memory in the heap removes that (0-150 faults, 0.1-
+  0.3 s). With JAX's asynchronous dispatch the next step could allocate a
+  second set while the first was held (peak RSS 5.1 -> 9.1-13.1 GiB), so
+  reuse comes with synchronous dispatch and a trim of stranded blocks after
+  each step; with both, peak RSS is lower than without reuse on every
+  benchmark workload.
 
 Synchronous dispatch costs small steps their overlap with the host (the
 quickstart: about 20 % fewer examples/s), so by default ('auto',
@@ -37,11 +34,11 @@ of `AUTO_REUSE_FLOPS_PER_CORE` x cores or more (every benchmark workload:
 `PERCEIVER_IO_REUSE_HOST_MEMORY=1` or `0` forces it either way.
 
 The XLA flag and the dispatch mode are read once, when JAX creates its CPU
-backend: the launchers call `configure_process` first thing in `main`
-(`import perceiver_io.runtime` imports neither NumPy nor JAX) and decide the
-host-memory setting before anything touches a device. The flag only touches
-`xla_cpu_*` behaviour; the glibc settings apply to the whole process, so
-'auto' leaves runs on an accelerator alone.
+backend: the launchers call `configure_process` first thing in `main` (this
+module imports neither NumPy nor JAX at import) and decide the host-memory
+setting before anything touches a device. The flag only touches `xla_cpu_*`
+behaviour; the glibc settings apply to the whole process, so 'auto' leaves
+runs on an accelerator alone.
 """
 
 import ctypes

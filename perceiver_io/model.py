@@ -33,6 +33,7 @@ from perceiver_io.config_checks import check_keys
 from perceiver_io.encoder import PerceiverEncoder
 from perceiver_io.postprocessors import build_postprocessor
 from perceiver_io.postprocessors import EmbeddingDecoder
+from perceiver_io import preprocessors
 from perceiver_io.preprocessors import build_preprocessor
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
@@ -145,6 +146,9 @@ def build_model(config: Dict[str, Any], **overrides) -> PerceiverIO:
   return PerceiverIO(config)
 
 
+_BUILTIN_INPUTS = ('text', 'multimodal', 'onehot', 'audio', 'image')
+
+
 def example_inputs(config: Dict[str, Any], batch_size: int = 1):
   """Zero NumPy inputs of the shape a config expects, plus the call kwargs.
 
@@ -155,6 +159,15 @@ def example_inputs(config: Dict[str, Any], batch_size: int = 1):
   """
   pre = config['preprocessor']
   kwargs = {}
+  example = getattr(preprocessors.PREPROCESSORS.get(pre['type']),
+                    'example_input', None)
+  if example is not None:  # A registered modality says its own shape.
+    return example(pre, batch_size), kwargs
+  if pre['type'] not in _BUILTIN_INPUTS:
+    raise ValueError(
+        f'preprocessor type {pre["type"]!r} defines no example_input(config, '
+        'batch_size) classmethod; it is needed to know the input shape '
+        '(restoring a checkpoint, counting FLOPs).')
   if pre['type'] == 'text':
     n = pre['max_seq_len']
     return (np.zeros((batch_size, n), np.int32),

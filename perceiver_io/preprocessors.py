@@ -401,8 +401,10 @@ def register(name: str):
 
   A new modality is a Flax module whose `__call__(x, deterministic)` returns
   `Preprocessed(inputs [B, M, C], None, inputs_without_pos, index_dims)`;
-  its dataclass fields are the config keys it accepts (README, "Add a
-  modality"). A name is registered once.
+  its dataclass fields are the config keys it accepts, and a classmethod
+  `example_input(config, batch_size)` gives a zero NumPy input of the shape
+  it takes (`model.example_inputs`: restoring checkpoints, counting FLOPs).
+  See README, "Add a modality". A name is registered once.
   """
   def add(cls):
     if name in PREPROCESSORS:

@@ -302,8 +302,8 @@ def test_paired_options_text_workload_by_length():
 
 
 def test_describe_cpu_names_family_model_and_vector_isa():
-  # The dev machine's name alone ('AMD EPYC') hid a hardware change between
-  # sessions; results carry family, model and the widest vector ISA.
+  # The dev machine's name alone ('AMD EPYC') hid a hardware change; results
+  # carry family, model and the widest vector ISA.
   cpuinfo = ('processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n'
              'model\t\t: 2\nmodel name\t: AMD EPYC\n'
              'flags\t\t: fpu sse2 avx2 avx512f avx512bw\n\n'

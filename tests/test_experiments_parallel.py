@@ -68,7 +68,7 @@ def _assert_trees(a, b, exact, rtol=2e-5, atol=1e-5, key_bias_atol=1e-4):
   Attention key biases get an exactly-zero gradient in theory (softmax
   ignores a shift shared by all keys), so Adam turns float round-off of a
   different reduction order into updates of their own: up to 1.2e-5 apart
-  with the CPU's row-major weight gradients (ninth session), hence
+  with the CPU's row-major weight gradients (kernels/cpu.py), hence
   `key_bias_atol`, still 20x below one real update (lr 2e-3). Everything
   else agrees to rtol/atol.
   """

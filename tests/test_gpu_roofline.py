@@ -4,8 +4,9 @@ Why: `benchmarks/gpu_roofline.py` says what limits our GPU steps from the
 program alone (bytes and FLOPs per kernel); a misread kernel, a kernel
 counted twice or a FLOP formula off by a factor would make every
 conclusion drawn from it wrong. Compiling for a CUDA card needs JAX's CUDA
-plugin (not installed in CI), so the compile itself is checked where it
-runs (BUILD_NOTES, thirteenth session); here the reading of its output is.
+plugin (not installed in CI), so the compile itself is checked where the
+plugin is installed (`benchmarks/gpu_roofline.py --smoke`); here the
+reading of its output is.
 """
 
 import json
