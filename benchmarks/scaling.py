@@ -322,7 +322,7 @@ def main(argv=None):
   args.out = runner.results_dir(args.out, args.smoke, 'cpu')
   if not args.no_plot:  # Fail now, not after the sweeps' half hour.
     try:
-      import matplotlib  # pylint: disable=g-import-not-at-top,unused-import
+      import matplotlib  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
     except ImportError as e:
       raise SystemExit(f'benchmarks.scaling plots with matplotlib, which is '
                        f'not installed ({e}): pip install -e ".[bench]", or '

@@ -19,8 +19,7 @@ computed (values equal to float round-off).
 """
 
 import copy
-import dataclasses
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import flax.linen as nn
 import jax

@@ -11,7 +11,7 @@ All inputs are channels-last: text ids `[B, M]`, images `[B, H, W, C]`, video
 """
 
 import math
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import flax.linen as nn
 import jax

@@ -16,7 +16,7 @@ import sys
 # Triton on Python 3.12). Loaded first, Triton is fine. The CPU wheel of
 # torch the project machines use has no Triton; then this does nothing.
 if importlib.util.find_spec('triton') is not None:
-  import triton  # pylint: disable=g-import-not-at-top,unused-import
+  import triton  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
 
 import jax
 import pytest

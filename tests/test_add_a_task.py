@@ -12,7 +12,6 @@ import sys
 
 import pytest
 
-from configs import common  # pylint: disable=unused-import
 from experiments import cli
 from experiments import eval_lib
 from experiments import predict_lib

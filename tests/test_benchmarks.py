@@ -552,7 +552,7 @@ def test_profile_markdown_shows_rates_against_the_measured_copy_bandwidth():
          'gpu': gpu}
   md = profile_ours.to_markdown(doc, top=5)
   rate = profile_ours.op_bytes_from_hlo(_HLO)['cublas-gemm.1'] / 5000
-  assert f'| cublas-gemm.1 | forward | dot_general | matmul | 0.01 |' in md
+  assert '| cublas-gemm.1 | forward | dot_general | matmul | 0.01 |' in md
   assert f'| {rate:.0f} | {100 * rate / 4000:.0f}% | 1 |' in md
   assert 'matmul 0.00 TFLOP at 1 TFLOP/s' in md
   assert 'measured copy bandwidth 4000 GB/s' in md

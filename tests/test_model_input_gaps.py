@@ -1,11 +1,10 @@
 """Bad-input checks added after review: query masks, chunk sizes, config keys, layouts."""
-import jax
 import jax.numpy as jnp
 import pytest
 import perceiver_io
 from perceiver_io import model as model_lib
 from perceiver_io import presets
-from tests.test_model_inputs import shape_init, _with, IDS, IMAGES
+from tests.test_model_inputs import shape_init, _with, IDS
 
 
 @pytest.mark.parametrize('qshape', [(2, 10), (2,), (1, 64)])
