@@ -37,6 +37,10 @@ TEST = DATA + [
     'torch==2.13.0',  # CPU wheel on the project machines; parity reference.
     'transformers>=4.40',
     'matplotlib>=3.8',  # benchmarks.scaling's plot, tested end to end.
+    # The tree's shape (tests/test_code_quality.py): the formatter is pinned
+    # to a minor version, since its output may change between them.
+    'ruff>=0.17,<0.18',
+    'import-linter>=2.17',
 ]
 BENCH = ['matplotlib>=3.8', 'psutil>=5.9', 'torch==2.13.0', 'transformers>=4.40']
 
