@@ -33,9 +33,8 @@ Commands:
   # Import an official checkpoint and evaluate it on a validation folder
   # (one command; the model, its input size and its HF quirks come from the
   # checkpoint; class folders named by wnid need the class list, a CSV with
-  # columns class_index,wnid,name for the 1000 classes, not in this
-  # repository: the sample data has /work/shared/data/imagenet_samples/
-  # synsets_all_1000.csv):
+  # columns class_index,wnid,name for the 1000 ILSVRC-2012 classes in
+  # sorted-wnid order, which is not in this repository):
   python -m experiments.evaluate --config=configs/imagenet.py:fourier \
       --config.init_from=hf:deepmind/vision-perceiver-fourier \
       --config.data.eval_source=dir:/data/imagenet/val \

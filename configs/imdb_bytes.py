@@ -11,7 +11,7 @@ Commands:
   python -m experiments.train --config=configs/imdb_bytes.py \
       --workdir=/tmp/imdb
   # Local files instead of TFDS (CSV with text,label columns; {split} is
-  # replaced by the split name), e.g. the aclImdb subset in shared/data:
+  # replaced by the split name), e.g. a 2,000/1,000-review aclImdb subset:
   python -m experiments.train --config=configs/imdb_bytes.py \
       --workdir=/tmp/imdb_local \
       --config.data.source='csv:/data/imdb_subset/{split}.csv'
@@ -28,8 +28,8 @@ Variants (`configs/imdb_bytes.py:<variant>`):
            on one A100. Expected: test accuracy around 0.9 (no paper number).
   scratch  a small Perceiver (4 latent layers, 64 latents, 128 wide) from
            scratch on the first 512 bytes, dropout 0.2: for CPUs and local
-           files. Measured on the 2,000/1,000-review IMDB subset in
-           shared/data (5 epochs, 313 steps, about 6 minutes on 2 busy CPU
+           files. Measured on a 2,000/1,000-review IMDB subset (train
+           and test CSVs; 5 epochs, 313 steps, about 6 minutes on 2 busy CPU
            cores): test accuracy 0.610 at the end, 0.624 at the best eval.
            Bytes from scratch need far more data: the pretrained default is
            the real recipe.
