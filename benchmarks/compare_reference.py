@@ -65,12 +65,15 @@ def check_batches(batch, known):
   """`--batch` must name known workloads, with whole numbers >= 1."""
   unknown = sorted(set(batch) - set(known))
   if unknown:
-    raise ValueError(f'--batch names unknown workload(s) {unknown}; choose '
-                     f'from {sorted(known)}.')
+    raise ValueError(
+      f'--batch names unknown workload(s) {unknown}; choose '
+      f'from {sorted(known)}.'
+    )
   for key, value in batch.items():
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f'--batch {key}={value}: a batch is a whole number '
-                       '>= 1.')
+      raise ValueError(
+        f'--batch {key}={value}: a batch is a whole number >= 1.'
+      )
 
 
 def check_ours(perf, workloads):
@@ -78,22 +81,25 @@ def check_ours(perf, workloads):
   (as the worker would build it) before any measurement starts."""
   unknown = sorted(set(perf) - set(W.PERF_KEYS))
   if unknown:
-    raise ValueError(f'--ours keys must be among {W.PERF_KEYS}, got '
-                     f'{unknown}.')
+    raise ValueError(f'--ours keys must be among {W.PERF_KEYS}, got {unknown}.')
   if not perf:
     return
   from perceiver_io import kernels  # pylint: disable=g-import-not-at-top
   from perceiver_io import model as model_lib  # pylint: disable=g-import-not-at-top
+
   impl = perf.get('attention_impl', 'auto')
   if impl not in kernels.ATTENTION_IMPLS:
-    raise ValueError(f'--ours attention_impl={impl}: one of '
-                     f'{", ".join(kernels.ATTENTION_IMPLS)}.')
+    raise ValueError(
+      f'--ours attention_impl={impl}: one of '
+      f'{", ".join(kernels.ATTENTION_IMPLS)}.'
+    )
   for w in workloads:
     try:
       model_lib.validate_config(W.ours_config(w, **perf))
     except ValueError as e:
-      raise ValueError(f'--ours {",".join(f"{k}={v}" for k, v in perf.items())}'
-                       f': {e}') from None
+      raise ValueError(
+        f'--ours {",".join(f"{k}={v}" for k, v in perf.items())}: {e}'
+      ) from None
 
 
 def check_counts(args):
@@ -116,12 +122,18 @@ def plan(args):
   names = [n for n in args.workloads.split(',') if n]
   bad = [n for n in names if n not in everything]
   if bad or not names:
-    raise ValueError(f'unknown workloads {bad} (--workloads); choose from '
-                     f'{sorted(everything)}.')
+    raise ValueError(
+      f'unknown workloads {bad} (--workloads); choose from '
+      f'{sorted(everything)}.'
+    )
   modes = [m for m in args.modes.split(',') if m]
   impls = [i for i in args.impls.split(',') if i]
-  if (set(modes) - {'train', 'infer'} or set(impls) - {'ours', 'hf'} or
-      not modes or not impls):
+  if (
+    set(modes) - {'train', 'infer'}
+    or set(impls) - {'ours', 'hf'}
+    or not modes
+    or not impls
+  ):
     raise ValueError('--modes takes train/infer and --impls ours/hf.')
   ours_perf = parse_key_values(args.ours, '--ours')
   check_ours(ours_perf, [everything[n] for n in names])
@@ -130,36 +142,80 @@ def plan(args):
 
 def build_parser():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--workloads', default='imdb,imagenet_fourier,imagenet_conv,'
-                 'optical_flow', help='comma-separated workload names.')
-  p.add_argument('--modes', default='train,infer',
-                 help='train and/or infer (flow is inference only).')
+  p.add_argument(
+    '--workloads',
+    default='imdb,imagenet_fourier,imagenet_conv,optical_flow',
+    help='comma-separated workload names.',
+  )
+  p.add_argument(
+    '--modes',
+    default='train,infer',
+    help='train and/or infer (flow is inference only).',
+  )
   p.add_argument('--impls', default='ours,hf', help='ours and/or hf.')
   p.add_argument('--repeats', type=int, default=3, help='timed calls.')
-  p.add_argument('--warmup', type=int, default=1,
-                 help='untimed calls first (the first compiles).')
-  p.add_argument('--max_seconds', type=float, default=None,
-                 help='stop timing a measurement after this many seconds '
-                 '(at least one timed call).')
-  p.add_argument('--batch', action='append', default=[],
-                 help='per-workload batch, e.g. imdb=2,imagenet_conv=1.')
-  p.add_argument('--threads', type=int, default=None,
-                 help='pin both implementations to this many cores.')
-  p.add_argument('--rounds', type=int, default=1,
-                 help='repeat the ours/hf pair this many times, alternating; '
-                 'medians over all rounds (evens out a noisy machine).')
-  p.add_argument('--ours', action='append', default=[],
-                 help=f'our perf options, e.g. remat=true; keys {W.PERF_KEYS}.')
-  p.add_argument('--hf_fused_adam', action='store_true',
-                 help='torch.optim.AdamW(fused=True) for the reference.')
-  p.add_argument('--hf_compile', action='store_true',
-                 help='torch.compile the reference model (its compile is '
-                 'in the first call, kept out of the median like ours).')
+  p.add_argument(
+    '--warmup',
+    type=int,
+    default=1,
+    help='untimed calls first (the first compiles).',
+  )
+  p.add_argument(
+    '--max_seconds',
+    type=float,
+    default=None,
+    help='stop timing a measurement after this many seconds '
+    '(at least one timed call).',
+  )
+  p.add_argument(
+    '--batch',
+    action='append',
+    default=[],
+    help='per-workload batch, e.g. imdb=2,imagenet_conv=1.',
+  )
+  p.add_argument(
+    '--threads',
+    type=int,
+    default=None,
+    help='pin both implementations to this many cores.',
+  )
+  p.add_argument(
+    '--rounds',
+    type=int,
+    default=1,
+    help='repeat the ours/hf pair this many times, alternating; '
+    'medians over all rounds (evens out a noisy machine).',
+  )
+  p.add_argument(
+    '--ours',
+    action='append',
+    default=[],
+    help=f'our perf options, e.g. remat=true; keys {W.PERF_KEYS}.',
+  )
+  p.add_argument(
+    '--hf_fused_adam',
+    action='store_true',
+    help='torch.optim.AdamW(fused=True) for the reference.',
+  )
+  p.add_argument(
+    '--hf_compile',
+    action='store_true',
+    help='torch.compile the reference model (its compile is '
+    'in the first call, kept out of the median like ours).',
+  )
   p.add_argument('--smoke', action='store_true', help='tiny sizes.')
-  p.add_argument('--mem_cap_gb', type=float, default=16.0,
-                 help='kill a measurement above this resident memory.')
-  p.add_argument('--timeout_s', type=float, default=3600.0,
-                 help='kill a measurement after this long.')
+  p.add_argument(
+    '--mem_cap_gb',
+    type=float,
+    default=16.0,
+    help='kill a measurement above this resident memory.',
+  )
+  p.add_argument(
+    '--timeout_s',
+    type=float,
+    default=3600.0,
+    help='kill a measurement after this long.',
+  )
   runner.add_out_flag(p, 'cpu')
   return p
 
@@ -181,15 +237,22 @@ def _merge_rounds(results):
 def run_all(args):
   """Runs every requested measurement; returns the results document."""
   chosen, modes, impls, ours_perf = plan(args)
-  doc = {'machine': runner.machine_info(),
-         'versions': runner.library_versions(),
-         'settings': {'repeats': args.repeats, 'warmup': args.warmup,
-                      'rounds': args.rounds, 'threads': args.threads,
-                      'ours_perf': ours_perf,
-                      'hf_fused_adam': args.hf_fused_adam,
-                      'hf_compile': args.hf_compile,
-                      'smoke': args.smoke, 'mem_cap_gb': args.mem_cap_gb},
-         'results': []}
+  doc = {
+    'machine': runner.machine_info(),
+    'versions': runner.library_versions(),
+    'settings': {
+      'repeats': args.repeats,
+      'warmup': args.warmup,
+      'rounds': args.rounds,
+      'threads': args.threads,
+      'ours_perf': ours_perf,
+      'hf_fused_adam': args.hf_fused_adam,
+      'hf_compile': args.hf_compile,
+      'smoke': args.smoke,
+      'mem_cap_gb': args.mem_cap_gb,
+    },
+    'results': [],
+  }
   for w in chosen:
     name = w.name
     for mode in modes:
@@ -199,25 +262,38 @@ def run_all(args):
       for round_index in range(args.rounds):
         order = impls if round_index % 2 == 0 else impls[::-1]
         for impl in order:
-          spec = {'impl': impl, 'mode': mode,
-                  'workload': dataclasses.asdict(w), 'repeats': args.repeats,
-                  'warmup': args.warmup, 'max_seconds': args.max_seconds,
-                  'threads': args.threads, 'device': 'cpu'}
+          spec = {
+            'impl': impl,
+            'mode': mode,
+            'workload': dataclasses.asdict(w),
+            'repeats': args.repeats,
+            'warmup': args.warmup,
+            'max_seconds': args.max_seconds,
+            'threads': args.threads,
+            'device': 'cpu',
+          }
           if impl == 'ours':
             spec.update(ours_perf)
           else:
             spec['fused_adam'] = args.hf_fused_adam
             spec['torch_compile'] = 'inductor' if args.hf_compile else ''
           load = os.getloadavg()[0]
-          print(f'[{name} {mode} {impl} round {round_index + 1}] '
-                f'load {load:.1f} ...', flush=True)
-          r = runner.run_worker(spec, int(args.mem_cap_gb * runner.GIB),
-                                args.timeout_s)
+          print(
+            f'[{name} {mode} {impl} round {round_index + 1}] '
+            f'load {load:.1f} ...',
+            flush=True,
+          )
+          r = runner.run_worker(
+            spec, int(args.mem_cap_gb * runner.GIB), args.timeout_s
+          )
           r['load_avg_before'] = load
           per_impl[impl].append(r)
-          print(f'  -> {r["status"]} median {runner.fmt_seconds(r.get("median_s"))}'
-                f' first {runner.fmt_seconds(r.get("first_s"))} peak RSS '
-                f'{runner.fmt_bytes(r.get("peak_rss"))}', flush=True)
+          print(
+            f'  -> {r["status"]} median {runner.fmt_seconds(r.get("median_s"))}'
+            f' first {runner.fmt_seconds(r.get("first_s"))} peak RSS '
+            f'{runner.fmt_bytes(r.get("peak_rss"))}',
+            flush=True,
+          )
       for impl in impls:
         doc['results'].append(_merge_rounds(per_impl[impl]))
   return doc
@@ -245,40 +321,66 @@ def summary_rows(doc):
     t_ref = ref.get('median_s') if ok(ref) else None
     m_ours = ours.get('peak_rss') if ok(ours) else None
     m_ref = ref.get('peak_rss') if ok(ref) else None
-    params_match = (ours.get('params') == ref.get('params')
-                    if ok(ours) and ok(ref) else None)
-    rows.append({'workload': key[0], 'mode': key[1], 'batch': r['batch'],
-                 'ours_s': t_ours, 'ref_s': t_ref,
-                 'time_ratio': t_ours / t_ref if t_ours and t_ref else None,
-                 'ours_peak_rss': m_ours, 'ref_peak_rss': m_ref,
-                 'rss_ratio': m_ours / m_ref if m_ours and m_ref else None,
-                 'ours_first_s': ours.get('first_s'),
-                 'ours_compile_s': ours.get('compile_s'),
-                 'ref_first_s': ref.get('first_s'),
-                 'ours_status': ours.get('status'),
-                 'ref_status': ref.get('status'),
-                 'params': ours.get('params') or ref.get('params'),
-                 'params_match': params_match})
+    params_match = (
+      ours.get('params') == ref.get('params') if ok(ours) and ok(ref) else None
+    )
+    rows.append(
+      {
+        'workload': key[0],
+        'mode': key[1],
+        'batch': r['batch'],
+        'ours_s': t_ours,
+        'ref_s': t_ref,
+        'time_ratio': t_ours / t_ref if t_ours and t_ref else None,
+        'ours_peak_rss': m_ours,
+        'ref_peak_rss': m_ref,
+        'rss_ratio': m_ours / m_ref if m_ours and m_ref else None,
+        'ours_first_s': ours.get('first_s'),
+        'ours_compile_s': ours.get('compile_s'),
+        'ref_first_s': ref.get('first_s'),
+        'ours_status': ours.get('status'),
+        'ref_status': ref.get('status'),
+        'params': ours.get('params') or ref.get('params'),
+        'params_match': params_match,
+      }
+    )
   return rows
 
 
 def to_markdown(doc):
   rows = summary_rows(doc)
   m = doc['machine']
-  lines = [f'Measured {m["date"]} on {m.get("cpu", "?")} '
-           f'({m["cpu_count"]} cores, {m["memory_gib"]} GiB), '
-           f'load average at start {m.get("load_avg_at_start")}; '
-           f'versions {doc["versions"]}; settings {doc["settings"]}.', '',
-           'Times are medians (warm-up excluded); ratio = ours / reference '
-           '(< 1: ours is faster / smaller).', '']
-  header = ['workload', 'mode', 'batch', 'ours', 'reference', 'time ratio',
-            'ours peak RSS', 'ref peak RSS', 'RSS ratio', 'ours compile',
-            'params equal']
+  lines = [
+    f'Measured {m["date"]} on {m.get("cpu", "?")} '
+    f'({m["cpu_count"]} cores, {m["memory_gib"]} GiB), '
+    f'load average at start {m.get("load_avg_at_start")}; '
+    f'versions {doc["versions"]}; settings {doc["settings"]}.',
+    '',
+    'Times are medians (warm-up excluded); ratio = ours / reference '
+    '(< 1: ours is faster / smaller).',
+    '',
+  ]
+  header = [
+    'workload',
+    'mode',
+    'batch',
+    'ours',
+    'reference',
+    'time ratio',
+    'ours peak RSS',
+    'ref peak RSS',
+    'RSS ratio',
+    'ours compile',
+    'params equal',
+  ]
   table = []
   for r in rows:
     status = lambda s: '' if s in (None, 'ok') else f' ({s})'
-    table.append([
-        r['workload'], r['mode'], r['batch'],
+    table.append(
+      [
+        r['workload'],
+        r['mode'],
+        r['batch'],
         runner.fmt_seconds(r['ours_s']) + status(r['ours_status']),
         runner.fmt_seconds(r['ref_s']) + status(r['ref_status']),
         '-' if r['time_ratio'] is None else f'{r["time_ratio"]:.2f}',
@@ -286,7 +388,9 @@ def to_markdown(doc):
         runner.fmt_bytes(r['ref_peak_rss']),
         '-' if r['rss_ratio'] is None else f'{r["rss_ratio"]:.2f}',
         runner.fmt_seconds(r['ours_compile_s']),
-        {True: 'yes', False: 'NO', None: '-'}[r['params_match']]])
+        {True: 'yes', False: 'NO', None: '-'}[r['params_match']],
+      ]
+    )
   return '\n'.join(lines) + '\n' + runner.markdown_table(header, table)
 
 
@@ -303,18 +407,28 @@ def main(argv=None):
   md = to_markdown(doc)
   runner.write_results(os.path.join(args.out, 'compare'), doc, md)
   print(md)
-  mismatched = [r['workload'] for r in doc['summary']
-                if r['params_match'] is False]
+  mismatched = [
+    r['workload'] for r in doc['summary'] if r['params_match'] is False
+  ]
   if mismatched:
-    print(f'ERROR: parameter counts differ for {mismatched}; the comparison '
-          'is not like for like.', file=sys.stderr)
+    print(
+      f'ERROR: parameter counts differ for {mismatched}; the comparison '
+      'is not like for like.',
+      file=sys.stderr,
+    )
     return 1
-  failed = [f'{r["workload"]} {r["mode"]} {r["impl"]}: {r.get("status")}'
-            for r in doc['results'] if r.get('status') != 'ok']
+  failed = [
+    f'{r["workload"]} {r["mode"]} {r["impl"]}: {r.get("status")}'
+    for r in doc['results']
+    if r.get('status') != 'ok'
+  ]
   if failed:
-    print(f'ERROR: {len(failed)} measurement(s) did not complete '
-          f'({"; ".join(failed)}); see stderr_tail in '
-          f'{os.path.join(args.out, "compare.json")}.', file=sys.stderr)
+    print(
+      f'ERROR: {len(failed)} measurement(s) did not complete '
+      f'({"; ".join(failed)}); see stderr_tail in '
+      f'{os.path.join(args.out, "compare.json")}.',
+      file=sys.stderr,
+    )
     return 1
   return 0
 

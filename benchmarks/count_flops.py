@@ -34,8 +34,10 @@ def flops_key(workload, batch, mode):
 def parse_item(text):
   parts = text.split(':')
   if len(parts) != 3 or parts[2] not in ('train', 'infer'):
-    raise ValueError(f'item {text!r} must be WORKLOAD:BATCH:MODE with MODE '
-                     'train or infer, e.g. imdb:4:train.')
+    raise ValueError(
+      f'item {text!r} must be WORKLOAD:BATCH:MODE with MODE '
+      'train or infer, e.g. imdb:4:train.'
+    )
   return parts[0], int(parts[1]), parts[2]
 
 
@@ -43,21 +45,25 @@ def count(items, smoke=False, quiet=False):
   """{key: flops} for (workload, batch, mode) items, counted on the CPU."""
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   from benchmarks import worker  # pylint: disable=g-import-not-at-top
+
   result = {}
   for name, batch, mode in items:
     workloads = W.standard_workloads(smoke, {name: batch})
     if name not in workloads:
-      raise ValueError(f'unknown workload {name!r}; choose from '
-                       f'{sorted(workloads)}.')
+      raise ValueError(
+        f'unknown workload {name!r}; choose from {sorted(workloads)}.'
+      )
     w = workloads[name]
     flops, error = worker.count_model_flops(w, mode, W.make_inputs(w))
     if flops is None:
-      raise RuntimeError(f'XLA gave no FLOP count for {name}:{batch}:{mode}: '
-                         f'{error}')
+      raise RuntimeError(
+        f'XLA gave no FLOP count for {name}:{batch}:{mode}: {error}'
+      )
     result[flops_key(name, batch, mode)] = flops
     if not quiet:
-      print(f'{flops_key(name, batch, mode)}: {flops / 1e12:.3f} TFLOP',
-            flush=True)
+      print(
+        f'{flops_key(name, batch, mode)}: {flops / 1e12:.3f} TFLOP', flush=True
+      )
   return result
 
 

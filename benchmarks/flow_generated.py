@@ -108,14 +108,17 @@ def make_config(args):
     c.data.render_height = height + height // 4
     c.data.render_width = width + width // 4
   for value, section, field in (
-      (args.motion_scale, c.data, 'motion_scale'), (args.batch, c, 'batch_size'),
-      (args.plain_fraction, c.data, 'plain_fraction'),
-      (args.eval_pairs, c.data, 'num_eval_examples'),
-      (args.steps, c, 'num_train_steps'),
-      (args.learning_rate, c.optimizer, 'learning_rate'),
-      (args.optimizer, c.optimizer, 'name'),
-      (args.flow_scale, c.model, 'flow_scale'), (args.seed, c, 'seed'),
-      (args.tile_overlap, c, 'eval_tile_overlap')):
+    (args.motion_scale, c.data, 'motion_scale'),
+    (args.batch, c, 'batch_size'),
+    (args.plain_fraction, c.data, 'plain_fraction'),
+    (args.eval_pairs, c.data, 'num_eval_examples'),
+    (args.steps, c, 'num_train_steps'),
+    (args.learning_rate, c.optimizer, 'learning_rate'),
+    (args.optimizer, c.optimizer, 'name'),
+    (args.flow_scale, c.model, 'flow_scale'),
+    (args.seed, c, 'seed'),
+    (args.tile_overlap, c, 'eval_tile_overlap'),
+  ):
     if value is not None:
       section[field] = value
   steps = int(c.num_train_steps)
@@ -140,16 +143,25 @@ def training_set_epe(config, workdir, count):
   predict = task.make_predict_fn(run.model, run.variables)
   sums, zero = {}, {}
   for index in range(count):
-    s = synthetic.sample_at(settings.seed, index, *task.train_size,
-                            config=settings.synthetic_config)
-    x = (np.stack([s['frame1'], s['frame2']]).astype(np.float32) / 127.5
-         - 1.0)[None]
-    sums = flow_metrics.add_sums(sums, flow_metrics.flow_metric_sums(
-        predict(x)[0], s['flow'], s['valid']))
-    zero = flow_metrics.add_sums(zero, flow_metrics.flow_metric_sums(
-        np.zeros_like(s['flow']), s['flow'], s['valid']))
-  return (flow_metrics.metrics_from_sums(sums)['epe'],
-          flow_metrics.metrics_from_sums(zero)['epe'])
+    s = synthetic.sample_at(
+      settings.seed, index, *task.train_size, config=settings.synthetic_config
+    )
+    x = (np.stack([s['frame1'], s['frame2']]).astype(np.float32) / 127.5 - 1.0)[
+      None
+    ]
+    sums = flow_metrics.add_sums(
+      sums, flow_metrics.flow_metric_sums(predict(x)[0], s['flow'], s['valid'])
+    )
+    zero = flow_metrics.add_sums(
+      zero,
+      flow_metrics.flow_metric_sums(
+        np.zeros_like(s['flow']), s['flow'], s['valid']
+      ),
+    )
+  return (
+    flow_metrics.metrics_from_sums(sums)['epe'],
+    flow_metrics.metrics_from_sums(zero)['epe'],
+  )
 
 
 def real_data_metrics(task, model, variables, kind, root, limit):
@@ -159,10 +171,15 @@ def real_data_metrics(task, model, variables, kind, root, limit):
   for _, listing in task.listings(kind, root):
     for files in listing[:limit] if limit > 0 else listing:
       sample = flow_layouts.load_pair(files)
-      zero_sums = flow_metrics.add_sums(zero_sums, flow_metrics.flow_metric_sums(
-          np.zeros_like(sample['flow']), sample['flow'], sample['valid']))
-  metrics['zero_flow_epe_pooled'] = flow_metrics.metrics_from_sums(
-      zero_sums)['epe']
+      zero_sums = flow_metrics.add_sums(
+        zero_sums,
+        flow_metrics.flow_metric_sums(
+          np.zeros_like(sample['flow']), sample['flow'], sample['valid']
+        ),
+      )
+  metrics['zero_flow_epe_pooled'] = flow_metrics.metrics_from_sums(zero_sums)[
+    'epe'
+  ]
   return metrics
 
 
@@ -173,83 +190,109 @@ def main():
   parser.add_argument('--batch', type=int)
   parser.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'))
   parser.add_argument('--motion_scale', type=float)
-  parser.add_argument('--plain_fraction', type=float,
-                      help='fraction of the steps on un-augmented forward + '
-                      'backward pairs; the rest is augmented')
+  parser.add_argument(
+    '--plain_fraction',
+    type=float,
+    help='fraction of the steps on un-augmented forward + '
+    'backward pairs; the rest is augmented',
+  )
   parser.add_argument('--learning_rate', type=float)
   parser.add_argument('--optimizer', choices=('adamw', 'lamb'))
   parser.add_argument('--flow_scale', type=float)
   parser.add_argument('--eval_pairs', type=int)
   parser.add_argument('--seed', type=int)
-  parser.add_argument('--overfit', type=int, default=0,
-                      help='train on this many fixed pairs (no augmentation) '
-                      'and also report the EPE on them: checks that the '
-                      'optimisation path works, separately from generalisation')
+  parser.add_argument(
+    '--overfit',
+    type=int,
+    default=0,
+    help='train on this many fixed pairs (no augmentation) '
+    'and also report the EPE on them: checks that the '
+    'optimisation path works, separately from generalisation',
+  )
   parser.add_argument('--workdir', default='')
   parser.add_argument('--sintel', default='')
   parser.add_argument('--middlebury', default='')
-  parser.add_argument('--tile_overlap', type=int,
-                      help='overlap of the tiles of the --sintel/--middlebury '
-                      'evaluation, in pixels (config.eval_tile_overlap; must '
-                      'be below the tile size)')
+  parser.add_argument(
+    '--tile_overlap',
+    type=int,
+    help='overlap of the tiles of the --sintel/--middlebury '
+    'evaluation, in pixels (config.eval_tile_overlap; must '
+    'be below the tile size)',
+  )
   parser.add_argument('--output', default='')
   args = parser.parse_args()
 
   config = make_config(args)
   # Checked before the minutes of training, not after.
-  for flag, root in (('--sintel', args.sintel),
-                     ('--middlebury', args.middlebury)):
+  for flag, root in (
+    ('--sintel', args.sintel),
+    ('--middlebury', args.middlebury),
+  ):
     if root and not os.path.isdir(root):
       parser.error(f'{flag} {root}: not a folder.')
   if args.sintel or args.middlebury:
     try:
-      flow_task.check_tile_overlap(config.eval_tile_overlap,
-                                   tuple(config.model.kwargs.train_size))
+      flow_task.check_tile_overlap(
+        config.eval_tile_overlap, tuple(config.model.kwargs.train_size)
+      )
     except ValueError as e:
       parser.error(_script_flags(str(e)))
   workdir = args.workdir or tempfile.mkdtemp(prefix='flow_generated_')
   start = time.time()
   result = train_lib.train_and_evaluate(config, workdir)
   train_seconds = time.time() - start
-  history = [(r['step'], r['eval_epe'], r['eval_epe_zero_flow'],
-              r['eval_fl_all']) for r in workdir_lib.read_metrics(workdir)
-             if 'eval_epe' in r]
+  history = [
+    (r['step'], r['eval_epe'], r['eval_epe_zero_flow'], r['eval_fl_all'])
+    for r in workdir_lib.read_metrics(workdir)
+    if 'eval_epe' in r
+  ]
   final = result['eval']
   size = tuple(config.model.kwargs.train_size)
   steps, batch = int(config.num_train_steps), int(config.batch_size)
   summary = {
-      'config': 'configs/optical_flow.py:cpu', 'size': list(size),
-      'batch': batch, 'steps': steps,
-      'motion_scale': config.data.motion_scale,
-      'plain_fraction': config.data.plain_fraction,
-      'learning_rate': config.optimizer.learning_rate,
-      'optimizer': config.optimizer.name,
-      'flow_scale': config.model.flow_scale,
-      'train_seconds_incl_compile_and_evals': round(train_seconds, 1),
-      'device': str(jax.devices()[0]), 'cpu_count': os.cpu_count(),
-      'val_pairs': final['num_examples'], 'val_epe': final['epe'],
-      'val_epe_zero_flow': final['epe_zero_flow'],
-      'val_fl_all': final['fl_all'], 'history': history,
+    'config': 'configs/optical_flow.py:cpu',
+    'size': list(size),
+    'batch': batch,
+    'steps': steps,
+    'motion_scale': config.data.motion_scale,
+    'plain_fraction': config.data.plain_fraction,
+    'learning_rate': config.optimizer.learning_rate,
+    'optimizer': config.optimizer.name,
+    'flow_scale': config.model.flow_scale,
+    'train_seconds_incl_compile_and_evals': round(train_seconds, 1),
+    'device': str(jax.devices()[0]),
+    'cpu_count': os.cpu_count(),
+    'val_pairs': final['num_examples'],
+    'val_epe': final['epe'],
+    'val_epe_zero_flow': final['epe_zero_flow'],
+    'val_fl_all': final['fl_all'],
+    'history': history,
   }
-  print(f'\n{steps} steps x batch {batch} at {size[0]}x{size[1]} in '
-        f'{train_seconds:.0f} s (compile and evals '
-        f'included) on {os.cpu_count()} CPU core(s)')
+  print(
+    f'\n{steps} steps x batch {batch} at {size[0]}x{size[1]} in '
+    f'{train_seconds:.0f} s (compile and evals '
+    f'included) on {os.cpu_count()} CPU core(s)'
+  )
   print('step   val EPE   zero-flow EPE   Fl-all %')
   for step, epe, zero, fl in history:
     print(f'{step:5d}   {epe:7.4f}   {zero:13.4f}   {fl:8.2f}')
   change = 100 * (final['epe'] / final['epe_zero_flow'] - 1)
-  print(f'final validation EPE {final["epe"]:.4f} px vs zero-flow '
-        f'{final["epe_zero_flow"]:.4f} px ({abs(change):.2f} % '
-        f'{"higher" if change > 0 else "lower"}) on {final["num_examples"]} '
-        'held-out generated pairs')
+  print(
+    f'final validation EPE {final["epe"]:.4f} px vs zero-flow '
+    f'{final["epe_zero_flow"]:.4f} px ({abs(change):.2f} % '
+    f'{"higher" if change > 0 else "lower"}) on {final["num_examples"]} '
+    'held-out generated pairs'
+  )
 
   if args.overfit:
     train_epe, train_zero = training_set_epe(config, workdir, args.overfit)
     summary['overfit_pairs'] = args.overfit
     summary['train_set_epe'] = train_epe
     summary['train_set_epe_zero_flow'] = train_zero
-    print(f'training-set EPE {train_epe:.4f} px vs zero-flow {train_zero:.4f} '
-          f'px on the {args.overfit} training pairs')
+    print(
+      f'training-set EPE {train_epe:.4f} px vs zero-flow {train_zero:.4f} '
+      f'px on the {args.overfit} training pairs'
+    )
 
   real = {}
   summary['real_data'] = real
@@ -260,7 +303,10 @@ def main():
     run = workdir_lib.load_workdir(workdir)
     model, variables = run.model, run.variables
     task = tasks.get(config)
-    for kind, root in (('sintel', args.sintel), ('middlebury', args.middlebury)):
+    for kind, root in (
+      ('sintel', args.sintel),
+      ('middlebury', args.middlebury),
+    ):
       if not root:
         continue
       try:
@@ -271,9 +317,13 @@ def main():
         failed.append(kind)
         print(f'error: {kind} ({root}): {message}', file=sys.stderr)
       else:
-        print(f'{kind} ({root}): ' + ', '.join(
+        print(
+          f'{kind} ({root}): '
+          + ', '.join(
             f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}'
-            for k, v in real[kind].items()))
+            for k, v in real[kind].items()
+          )
+        )
       write_summary(summary, args.output)
   print(f'workdir: {workdir}')
   if args.output:
@@ -294,10 +344,13 @@ def write_summary(summary, output):
 
 def _script_flags(message):
   """The launcher's flag names in library messages -> this script's."""
-  message = re.sub(r"set --config\.eval_tile_overlap=<value> \(with "
-                   r"--workdir, together with --config=<the run's config "
-                   r"file>\)", 'pass --tile_overlap=<value> to this script',
-                   message)
+  message = re.sub(
+    r'set --config\.eval_tile_overlap=<value> \(with '
+    r"--workdir, together with --config=<the run's config "
+    r'file>\)',
+    'pass --tile_overlap=<value> to this script',
+    message,
+  )
   return message.replace('--config.eval_tile_overlap', '--tile_overlap')
 
 

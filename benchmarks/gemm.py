@@ -34,7 +34,9 @@ def parse_size(text):
   """'MxKxN' -> (M, K, N)."""
   parts = text.lower().split('x')
   if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-    raise ValueError(f'size {text!r} must look like MxKxN, e.g. 1024x1024x1024.')
+    raise ValueError(
+      f'size {text!r} must look like MxKxN, e.g. 1024x1024x1024.'
+    )
   return tuple(int(p) for p in parts)
 
 
@@ -43,6 +45,7 @@ def gemm_callables(m, k, n, form):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(0)
   # 'tn' stores the left operand as [k, m] and contracts its rows.
   a = rng.standard_normal((k, m) if form == 'tn' else (m, k), np.float32)
@@ -51,12 +54,13 @@ def gemm_callables(m, k, n, form):
   xla = jax.jit(lambda a, b: jax.lax.dot_general(a, b, dims))
   ja, jb = jax.device_put(a), jax.device_put(b)
   ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-  torch_fn = ((lambda: ta.t() @ tb) if form == 'tn' else (lambda: ta @ tb))
+  torch_fn = (lambda: ta.t() @ tb) if form == 'tn' else (lambda: ta @ tb)
   return {'xla': lambda: xla(ja, jb).block_until_ready(), 'torch': torch_fn}
 
 
 def run(sizes, rounds, calls):
   import torch  # pylint: disable=g-import-not-at-top
+
   rows = []
   for m, k, n in sizes:
     for form in ('nn', 'tn'):
@@ -71,36 +75,55 @@ def run(sizes, rounds, calls):
         row[f'{name}_s'] = statistics.median(times[name])
         row[f'{name}_gflops'] = flops / row[f'{name}_s'] / 1e9
       rows.append(row)
-      print(f"{m}x{k}x{n} {form}: XLA {row['xla_gflops']:.0f} GFLOP/s, "
-            f"torch {row['torch_gflops']:.0f} GFLOP/s", flush=True)
-  return {'machine': runner.machine_info(), 'versions': runner.library_versions(),
-          'torch_threads': torch.get_num_threads(), 'rounds': rounds,
-          'calls': calls, 'rows': rows}
+      print(
+        f'{m}x{k}x{n} {form}: XLA {row["xla_gflops"]:.0f} GFLOP/s, '
+        f'torch {row["torch_gflops"]:.0f} GFLOP/s',
+        flush=True,
+      )
+  return {
+    'machine': runner.machine_info(),
+    'versions': runner.library_versions(),
+    'torch_threads': torch.get_num_threads(),
+    'rounds': rounds,
+    'calls': calls,
+    'rows': rows,
+  }
 
 
 def to_markdown(doc):
   m = doc['machine']
-  lines = [f"fp32 GEMM on {m.get('cpu', '?')} ({m['cpu_count']} cores), "
-           f"{m['date']}; torch threads {doc['torch_threads']}; medians of "
-           f"{doc['rounds']} rounds x {doc['calls']} calls, both libraries "
-           'alternated in one process.', '',
-           '| M x K x N | form | XLA | torch | XLA / torch |',
-           '| --- | --- | --- | --- | --- |']
+  lines = [
+    f'fp32 GEMM on {m.get("cpu", "?")} ({m["cpu_count"]} cores), '
+    f'{m["date"]}; torch threads {doc["torch_threads"]}; medians of '
+    f'{doc["rounds"]} rounds x {doc["calls"]} calls, both libraries '
+    'alternated in one process.',
+    '',
+    '| M x K x N | form | XLA | torch | XLA / torch |',
+    '| --- | --- | --- | --- | --- |',
+  ]
   for r in doc['rows']:
-    lines.append(f"| {r['m']} x {r['k']} x {r['n']} | {r['form']} | "
-                 f"{r['xla_gflops']:.0f} GFLOP/s | {r['torch_gflops']:.0f} "
-                 f"GFLOP/s | {r['xla_gflops'] / r['torch_gflops']:.2f} |")
+    lines.append(
+      f'| {r["m"]} x {r["k"]} x {r["n"]} | {r["form"]} | '
+      f'{r["xla_gflops"]:.0f} GFLOP/s | {r["torch_gflops"]:.0f} '
+      f'GFLOP/s | {r["xla_gflops"] / r["torch_gflops"]:.2f} |'
+    )
   return '\n'.join(lines) + '\n'
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--sizes', default='1024x1024x1024,8192x1024x1024',
-                 help='comma-separated MxKxN.')
+  p.add_argument(
+    '--sizes',
+    default='1024x1024x1024,8192x1024x1024',
+    help='comma-separated MxKxN.',
+  )
   p.add_argument('--rounds', type=int, default=3)
   p.add_argument('--calls', type=int, default=5)
-  p.add_argument('--out', default=None,
-                 help='output folder (default a new benchmarks/results/cpu/run-<UTC time>/).')
+  p.add_argument(
+    '--out',
+    default=None,
+    help='output folder (default a new benchmarks/results/cpu/run-<UTC time>/).',
+  )
   args = p.parse_args(argv)
   sizes = [parse_size(s) for s in args.sizes.split(',') if s]
   doc = run(sizes, args.rounds, args.calls)

@@ -36,6 +36,7 @@ def median_seconds(fn, *args, repeats=10, calls=5):
   loop) instead of adding to every call.
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   jax.block_until_ready(fn(*args))
   times = []
   for _ in range(repeats):
@@ -51,6 +52,7 @@ def measure(matmul_n=8192, copy_mib=4096, repeats=10):
   """{'bf16_matmul_tflops', 'copy_gbytes_per_s', sizes, device}."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   ka, kb, kc = jax.random.split(jax.random.key(0), 3)
   a = jax.random.normal(ka, (matmul_n, matmul_n), jnp.bfloat16)
   b = jax.random.normal(kb, (matmul_n, matmul_n), jnp.bfloat16)
@@ -60,30 +62,38 @@ def measure(matmul_n=8192, copy_mib=4096, repeats=10):
   n = copy_mib * 2**20 // 4
   x = jax.random.normal(kc, (n,), jnp.float32)
   copy_s = median_seconds(jax.jit(jnp.negative), x, repeats=repeats)
-  return {'device': str(jax.devices()[0].device_kind),
-          'bf16_matmul_tflops': 2 * matmul_n**3 / matmul_s / 1e12,
-          'matmul_n': matmul_n, 'matmul_median_s': matmul_s,
-          'copy_gbytes_per_s': 2 * n * 4 / copy_s / 1e9,
-          'copy_mib': copy_mib, 'copy_median_s': copy_s,
-          'repeats': repeats}
+  return {
+    'device': str(jax.devices()[0].device_kind),
+    'bf16_matmul_tflops': 2 * matmul_n**3 / matmul_s / 1e12,
+    'matmul_n': matmul_n,
+    'matmul_median_s': matmul_s,
+    'copy_gbytes_per_s': 2 * n * 4 / copy_s / 1e9,
+    'copy_mib': copy_mib,
+    'copy_median_s': copy_s,
+    'repeats': repeats,
+  }
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--smoke', action='store_true',
-                 help='tiny sizes (any backend; seconds).')
+  p.add_argument(
+    '--smoke', action='store_true', help='tiny sizes (any backend; seconds).'
+  )
   runner.add_out_flag(p, 'gpu')
   args = p.parse_args(argv)
   out = runner.results_dir(args.out, args.smoke, 'gpu')
-  doc = (measure(256, 4, repeats=3) if args.smoke else measure())
+  doc = measure(256, 4, repeats=3) if args.smoke else measure()
   doc['machine'] = runner.machine_info()
   os.makedirs(out, exist_ok=True)
-  runner.write_atomic(os.path.join(out, 'ceilings.json'),
-                      json.dumps(doc, indent=1))
-  print(f'{doc["device"]}: bf16 matmul {doc["bf16_matmul_tflops"]:.1f} '
-        f'TFLOP/s ({doc["matmul_n"]}^3), copy '
-        f'{doc["copy_gbytes_per_s"]:.1f} GB/s read+write '
-        f'({doc["copy_mib"]} MiB)')
+  runner.write_atomic(
+    os.path.join(out, 'ceilings.json'), json.dumps(doc, indent=1)
+  )
+  print(
+    f'{doc["device"]}: bf16 matmul {doc["bf16_matmul_tflops"]:.1f} '
+    f'TFLOP/s ({doc["matmul_n"]}^3), copy '
+    f'{doc["copy_gbytes_per_s"]:.1f} GB/s read+write '
+    f'({doc["copy_mib"]} MiB)'
+  )
   return 0
 
 

@@ -61,14 +61,23 @@ from benchmarks import runner  # pylint: disable=g-import-not-at-top,wrong-impor
 # runs fp32 matmuls on a GPU as TF32 by default), HBM bandwidth, and what
 # XLA's GPU compiler reads from a device description.
 CARDS = {
-    'h100': dict(name='NVIDIA H100 80GB HBM3', peak_flops=989.4e12,
-                 tf32_flops=494.7e12, bandwidth=3.35e12,
-                 memory=85_520_809_984),
-    'h200': dict(name='NVIDIA H200', peak_flops=989.4e12, tf32_flops=494.7e12,
-                 bandwidth=4.8e12, memory=150_754_820_096),
+  'h100': dict(
+    name='NVIDIA H100 80GB HBM3',
+    peak_flops=989.4e12,
+    tf32_flops=494.7e12,
+    bandwidth=3.35e12,
+    memory=85_520_809_984,
+  ),
+  'h200': dict(
+    name='NVIDIA H200',
+    peak_flops=989.4e12,
+    tf32_flops=494.7e12,
+    bandwidth=4.8e12,
+    memory=150_754_820_096,
+  ),
 }
 # Hopper's shape, the same for both (132 SMs at 1.98 GHz, compute 9.0).
-_TARGET_CONFIG = '''
+_TARGET_CONFIG = """
 gpu_device_info {{
   threads_per_block_limit: 1024
   threads_per_warp: 32
@@ -93,32 +102,53 @@ platform_name: "CUDA"
 dnn_version_info {{ major: {cudnn_major} minor: {cudnn_minor} }}
 runtime_version {{ major: {cuda_major} minor: {cuda_minor} }}
 device_description_str: "{name}"
-'''
+"""
 # The GPU targets' rows (the ones missed on the H200 and their cuDNN
 # counterparts), the Fourier step whose cuDNN time was measured, and
 # gpu_targets.sh's Fourier MFU batch.
 DEFAULT_ITEMS = (
-    'imagenet_conv:32:train:bf16', 'imagenet_conv:32:train:bf16_cudnn',
-    'imdb:64:train:bf16', 'imdb:64:train:bf16_cudnn',
-    'imagenet_fourier:32:train:bf16', 'imagenet_fourier:32:train:bf16_cudnn',
-    'imagenet_fourier:128:train:bf16_cudnn',
+  'imagenet_conv:32:train:bf16',
+  'imagenet_conv:32:train:bf16_cudnn',
+  'imdb:64:train:bf16',
+  'imdb:64:train:bf16_cudnn',
+  'imagenet_fourier:32:train:bf16',
+  'imagenet_fourier:32:train:bf16_cudnn',
+  'imagenet_fourier:128:train:bf16_cudnn',
 )
-PRECISIONS = {'fp32': ('float32', 'auto'), 'bf16': ('bfloat16', 'auto'),
-              'bf16_cudnn': ('bfloat16', 'cudnn')}
+PRECISIONS = {
+  'fp32': ('float32', 'auto'),
+  'bf16': ('bfloat16', 'auto'),
+  'bf16_cudnn': ('bfloat16', 'cudnn'),
+}
 # HLO instructions that launch no kernel.
-_NO_KERNEL = frozenset(('parameter', 'get-tuple-element', 'bitcast', 'tuple',
-                        'constant', 'after-all', 'partition-id',
-                        'replica-id', 'opt-barrier'))
+_NO_KERNEL = frozenset(
+  (
+    'parameter',
+    'get-tuple-element',
+    'bitcast',
+    'tuple',
+    'constant',
+    'after-all',
+    'partition-id',
+    'replica-id',
+    'opt-barrier',
+  )
+)
 
 
 def parse_item(text):
   parts = text.split(':')
-  if (len(parts) != 4 or parts[2] not in ('train', 'infer') or
-      parts[3] not in PRECISIONS or not parts[1].isdigit()):
+  if (
+    len(parts) != 4
+    or parts[2] not in ('train', 'infer')
+    or parts[3] not in PRECISIONS
+    or not parts[1].isdigit()
+  ):
     raise ValueError(
-        f'item {text!r} must be WORKLOAD:BATCH:MODE:PRECISION with MODE train '
-        f'or infer and PRECISION one of {sorted(PRECISIONS)}, e.g. '
-        'imagenet_conv:32:train:bf16_cudnn.')
+      f'item {text!r} must be WORKLOAD:BATCH:MODE:PRECISION with MODE train '
+      f'or infer and PRECISION one of {sorted(PRECISIONS)}, e.g. '
+      'imagenet_conv:32:train:bf16_cudnn.'
+    )
   return parts[0], int(parts[1]), parts[2], parts[3]
 
 
@@ -162,27 +192,46 @@ def roofline(hlo_text, peak_flops, bandwidth, top=25):
     b = nbytes.get(name, 0)
     t_mem, t_math = b / bandwidth, fl / peak_flops
     bound = max(t_mem, t_math)
-    kind = ('attention (cuDNN)' if attn else 'matmul' if fl else
-            re.sub(r'[._-]?\d+$', '', name))
+    kind = (
+      'attention (cuDNN)'
+      if attn
+      else 'matmul'
+      if fl
+      else re.sub(r'[._-]?\d+$', '', name)
+    )
     op_name = names.get(name) or next(
-        (names[n] for n in inside if names.get(n)), name)
+      (names[n] for n in inside if names.get(n)), name
+    )
     phase, location = P.model_location(op_name)
     if not fl:  # Name the layer, not the last elementwise op in it.
       location = re.sub(r'/[a-z_]+$', '', location)
     for table, key in ((kinds, kind), (places, (phase, location, kind))):
       row = table.setdefault(key, collections.Counter())
       row.update(kernels=1, ms=bound * 1e3, gbytes=b / 1e9, tflop=fl / 1e12)
-    total.update(kernels=1, ms=bound * 1e3, gbytes=b / 1e9, tflop=fl / 1e12,
-                 memory_bound_ms=(t_mem * 1e3 if t_mem > t_math else 0.0),
-                 math_bound_ms=(t_math * 1e3 if t_math >= t_mem else 0.0))
+    total.update(
+      kernels=1,
+      ms=bound * 1e3,
+      gbytes=b / 1e9,
+      tflop=fl / 1e12,
+      memory_bound_ms=(t_mem * 1e3 if t_mem > t_math else 0.0),
+      math_bound_ms=(t_math * 1e3 if t_math >= t_mem else 0.0),
+    )
   by_time = lambda table: sorted(table.items(), key=lambda kv: -kv[1]['ms'])
   return {
-      **{k: float(v) for k, v in total.items()},
-      'kinds': [{'kind': k, **{f: float(x) for f, x in v.items()}}
-                for k, v in by_time(kinds)],
-      'locations': [{'phase': k[0], 'location': k[1], 'kind': k[2],
-                     **{f: float(x) for f, x in v.items()}}
-                    for k, v in by_time(places)[:top]],
+    **{k: float(v) for k, v in total.items()},
+    'kinds': [
+      {'kind': k, **{f: float(x) for f, x in v.items()}}
+      for k, v in by_time(kinds)
+    ],
+    'locations': [
+      {
+        'phase': k[0],
+        'location': k[1],
+        'kind': k[2],
+        **{f: float(x) for f, x in v.items()},
+      }
+      for k, v in by_time(places)[:top]
+    ],
   }
 
 
@@ -192,8 +241,9 @@ def _deviceless_environment():
   os.environ.setdefault('JAX_SKIP_CUDA_CONSTRAINTS_CHECK', '1')
   flags = os.environ.get('XLA_FLAGS', '')
   if 'xla_gpu_enable_triton_gemm' not in flags:
-    os.environ['XLA_FLAGS'] = (flags + ' --xla_gpu_enable_triton_gemm=false'
-                               ).strip()
+    os.environ['XLA_FLAGS'] = (
+      flags + ' --xla_gpu_enable_triton_gemm=false'
+    ).strip()
 
 
 def _deviceless_environment_if_no_gpu():
@@ -207,15 +257,21 @@ def _installed_cuda_versions():
   """The cuDNN and CUDA runtime versions of the installed CUDA wheels (they
   decide which cuDNN attention XLA may use); no device needed to read them."""
   from jax._src.lib import cuda_versions  # pylint: disable=g-import-not-at-top
+
   cudnn = cuda_versions.cudnn_get_version()  # 92801: 9.28.1
   cuda = cuda_versions.cuda_runtime_get_version()  # 13050: 13.5
-  return dict(cudnn_major=cudnn // 10000, cudnn_minor=cudnn // 100 % 100,
-              cuda_major=cuda // 1000, cuda_minor=cuda // 10 % 100)
+  return dict(
+    cudnn_major=cudnn // 10000,
+    cudnn_minor=cudnn // 100 % 100,
+    cuda_major=cuda // 1000,
+    cuda_minor=cuda // 10 % 100,
+  )
 
 
 def gpu_sharding(card):
   """(sharding to compile for, whether a real GPU is used)."""
   import jax  # pylint: disable=g-import-not-at-top
+
   try:
     gpus = jax.devices('cuda')
   except RuntimeError:
@@ -223,32 +279,40 @@ def gpu_sharding(card):
   if gpus:
     return jax.sharding.SingleDeviceSharding(gpus[0]), True
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+
   try:
     topology = topologies.get_topology_desc(
-        platform='cuda', topology='1x1x1',
-        target_config=_TARGET_CONFIG.format(**CARDS[card],
-                                            **_installed_cuda_versions()))
+      platform='cuda',
+      topology='1x1x1',
+      target_config=_TARGET_CONFIG.format(
+        **CARDS[card], **_installed_cuda_versions()
+      ),
+    )
   except Exception as e:  # pylint: disable=broad-except
     raise SystemExit(
-        f'gpu_roofline: cannot compile for a CUDA card here ({e}). It needs '
-        'JAX\'s CUDA plugin (no GPU): pip install "jax[cuda13]=='
-        f'{jax.__version__}"') from e
+      f'gpu_roofline: cannot compile for a CUDA card here ({e}). It needs '
+      'JAX\'s CUDA plugin (no GPU): pip install "jax[cuda13]=='
+      f'{jax.__version__}"'
+    ) from e
   mesh = topologies.make_mesh(topology, (1,), ('x',))
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), False
 
 
-def compile_step(name, batch, mode, precision, sharding, deviceless,
-                 smoke=False):
+def compile_step(
+  name, batch, mode, precision, sharding, deviceless, smoke=False
+):
   """(compiled HLO text, XLA's memory analysis) of our step for one item,
   compiled for `sharding`'s device; `deviceless`: that device is absent
   (a described card), `smoke`: tiny sizes."""
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top
+
   dtype, impl = PRECISIONS[precision]
   workloads = W.standard_workloads(smoke, {name: batch})
   if name not in workloads:
-    raise ValueError(f'unknown workload {name!r}; choose from '
-                     f'{sorted(workloads)}.')
+    raise ValueError(
+      f'unknown workload {name!r}; choose from {sorted(workloads)}.'
+    )
   w = workloads[name]
   data = W.make_inputs(w)
   put = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
@@ -265,6 +329,7 @@ def _hopper_answers(deviceless):
     yield
     return
   from jax._src.cudnn import fused_attention_stablehlo as jax_cudnn  # pylint: disable=g-import-not-at-top
+
   saved = jax_cudnn.check_compute_capability
   jax_cudnn.check_compute_capability = lambda c: float(c) <= 9.0
   try:
@@ -276,25 +341,30 @@ def _hopper_answers(deviceless):
 def gpu_kernel_options(deviceless):
   """Our `kernel_options` for tracing as on the GPU: the platform, and
   without the device Hopper's compute capability (9.0)."""
-  return {'platform': 'gpu', 'compute_capability': 9.0 if deviceless
-          else None}
+  return {'platform': 'gpu', 'compute_capability': 9.0 if deviceless else None}
 
 
 def _lower_and_compile(w, data, mode, dtype, impl, put, deviceless):
   """Our train step (or forward) for workload `w`, traced as on a GPU, its
   abstract arguments placed by `put`, lowered and compiled."""
   from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top
+
   model, variables, x, kwargs = W.ours_build(
-      w, data, abstract=True, dtype=dtype, attention_impl=impl,
-      kernel_options=gpu_kernel_options(deviceless))
-  fn, args = W.ours_abstract_call(model, variables, x, kwargs, data, mode,
-                                  put)
+    w,
+    data,
+    abstract=True,
+    dtype=dtype,
+    attention_impl=impl,
+    kernel_options=gpu_kernel_options(deviceless),
+  )
+  fn, args = W.ours_abstract_call(model, variables, x, kwargs, data, mode, put)
   compiled = fn.lower(*args).compile()
   return compiled.as_text(), compiled.memory_analysis()
 
 
-def compile_preset_gradient(name, batch, sharding, deviceless,
-                            attention_impl='cudnn'):
+def compile_preset_gradient(
+  name, batch, sharding, deviceless, attention_impl='cudnn'
+):
   """Compiled HLO of the gradient of a preset's summed outputs, in bf16.
 
   A compile check of the library's GPU path beyond the benchmark
@@ -306,10 +376,14 @@ def compile_preset_gradient(name, batch, sharding, deviceless,
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from perceiver_io import model as model_lib  # pylint: disable=g-import-not-at-top
   from perceiver_io import presets  # pylint: disable=g-import-not-at-top
+
   cfg = presets.get_config(name)
   model = model_lib.build_model(
-      cfg, dtype='bfloat16', attention_impl=attention_impl,
-      kernel_options=gpu_kernel_options(deviceless))
+    cfg,
+    dtype='bfloat16',
+    attention_impl=attention_impl,
+    kernel_options=gpu_kernel_options(deviceless),
+  )
   x, kwargs = model_lib.example_inputs(cfg, batch)
   one, _ = model_lib.example_inputs(cfg, 1)
   init_kwargs = {k: v for k, v in kwargs.items() if k != 'attention_mask'}
@@ -318,17 +392,27 @@ def compile_preset_gradient(name, batch, sharding, deviceless,
 
   def loss(params, others, x, kwargs):
     out = model.apply({'params': params, **others}, x, **kwargs)
-    return sum(jnp.sum(leaf.astype(jnp.float32))
-               for leaf in jax.tree_util.tree_leaves(out))
+    return sum(
+      jnp.sum(leaf.astype(jnp.float32))
+      for leaf in jax.tree_util.tree_leaves(out)
+    )
 
   with _hopper_answers(deviceless):
-    variables = jax.tree_util.tree_map(put, jax.eval_shape(
-        lambda: model.lazy_init(jax.random.PRNGKey(0),
-                                jax.tree_util.tree_map(put, one),
-                                **init_kwargs)))
+    variables = jax.tree_util.tree_map(
+      put,
+      jax.eval_shape(
+        lambda: model.lazy_init(
+          jax.random.PRNGKey(0), jax.tree_util.tree_map(put, one), **init_kwargs
+        )
+      ),
+    )
     others = {k: v for k, v in variables.items() if k != 'params'}
-    return jax.jit(jax.grad(loss)).lower(
-        variables['params'], others, x, kwargs).compile().as_text()
+    return (
+      jax.jit(jax.grad(loss))
+      .lower(variables['params'], others, x, kwargs)
+      .compile()
+      .as_text()
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -339,16 +423,22 @@ def model_flops(name, batch, mode, smoke=False):
   one count (one CPU lowering each saved)."""
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import count_flops  # pylint: disable=g-import-not-at-top
+
   with jax.default_device(jax.devices('cpu')[0]):
     return count_flops.count([(name, batch, mode)], smoke, quiet=True)[
-        count_flops.flops_key(name, batch, mode)]
+      count_flops.flops_key(name, batch, mode)
+    ]
 
 
 def predicted_device_bytes(memory):
   """Device memory a step holds at its peak: its arguments, XLA's
   temporaries, and outputs not written over donated arguments."""
-  return (memory.argument_size_in_bytes + memory.temp_size_in_bytes +
-          memory.output_size_in_bytes - memory.alias_size_in_bytes)
+  return (
+    memory.argument_size_in_bytes
+    + memory.temp_size_in_bytes
+    + memory.output_size_in_bytes
+    - memory.alias_size_in_bytes
+  )
 
 
 def measured_rows(path):
@@ -357,14 +447,15 @@ def measured_rows(path):
     with open(path) as f:
       doc = json.load(f)
   except (OSError, ValueError) as e:
-    raise SystemExit(f'--measured {path}: cannot read it ({e}); pass a '
-                     'gpu.json that benchmarks.gpu_bench wrote, or leave the '
-                     'flag out.') from e
+    raise SystemExit(
+      f'--measured {path}: cannot read it ({e}); pass a '
+      'gpu.json that benchmarks.gpu_bench wrote, or leave the '
+      'flag out.'
+    ) from e
   rows = {}
   for r in doc.get('results', []):
     if r.get('impl') == 'ours' and r.get('median_s'):
-      key = (r['workload'].split('@')[0], r['batch'], r['mode'],
-             r['precision'])
+      key = (r['workload'].split('@')[0], r['batch'], r['mode'], r['precision'])
       rows[key] = r
   return rows, doc.get('device_name')
 
@@ -374,37 +465,80 @@ def to_markdown(doc):
   for it in doc['items']:
     r, m = it['roofline'], it.get('measured') or {}
     step = m.get('median_s')
-    rows.append([
-        it['item'], f'{r["kernels"]:.0f}', f'{r["gbytes"]:.0f}',
-        f'{r["tflop"]:.1f}', f'{it["model_tflop"]:.1f}', f'{r["ms"]:.1f} ms',
-        f'{r["memory_bound_ms"]:.1f} ms', f'{100 * it["mfu_ceiling"]:.0f} %',
+    rows.append(
+      [
+        it['item'],
+        f'{r["kernels"]:.0f}',
+        f'{r["gbytes"]:.0f}',
+        f'{r["tflop"]:.1f}',
+        f'{it["model_tflop"]:.1f}',
+        f'{r["ms"]:.1f} ms',
+        f'{r["memory_bound_ms"]:.1f} ms',
+        f'{100 * it["mfu_ceiling"]:.0f} %',
         f'{it["device_gbytes"]:.1f} GB',
         f'{step * 1e3:.1f} ms' if step else '-',
         f'{100 * m["mfu"]:.1f} %' if step else '-',
-        f'{step * 1e3 / r["ms"]:.2f}' if step else '-'])
-  parts = [f'# Roofline of our GPU steps, compiled for {doc["card"]}\n\n'
-           f'{doc["how"]}. Bound = sum over kernels of max(bytes / '
-           f'{doc["bandwidth"] / 1e12:.2f} TB/s, matmul FLOPs / '
-           f'{doc["peak_flops"] / 1e12:.1f} TFLOP/s, fp32 items '
-           f'{doc["tf32_flops"] / 1e12:.1f} as TF32); MFU ceiling = counted '
-           'model FLOPs / (bound x peak); kernel FLOPs include cuDNN\'s padded '
-           'head widths.\n',
-           runner.markdown_table(
-               ['item', 'kernels', 'GB moved', 'kernel TFLOP', 'model TFLOP',
-                'bound', 'of which memory-bound', 'MFU ceiling',
-                'device memory', 'measured step', 'measured MFU',
-                'measured / bound'], rows)]
+        f'{step * 1e3 / r["ms"]:.2f}' if step else '-',
+      ]
+    )
+  parts = [
+    f'# Roofline of our GPU steps, compiled for {doc["card"]}\n\n'
+    f'{doc["how"]}. Bound = sum over kernels of max(bytes / '
+    f'{doc["bandwidth"] / 1e12:.2f} TB/s, matmul FLOPs / '
+    f'{doc["peak_flops"] / 1e12:.1f} TFLOP/s, fp32 items '
+    f'{doc["tf32_flops"] / 1e12:.1f} as TF32); MFU ceiling = counted '
+    "model FLOPs / (bound x peak); kernel FLOPs include cuDNN's padded "
+    'head widths.\n',
+    runner.markdown_table(
+      [
+        'item',
+        'kernels',
+        'GB moved',
+        'kernel TFLOP',
+        'model TFLOP',
+        'bound',
+        'of which memory-bound',
+        'MFU ceiling',
+        'device memory',
+        'measured step',
+        'measured MFU',
+        'measured / bound',
+      ],
+      rows,
+    ),
+  ]
   for it in doc['items']:
     r = it['roofline']
-    parts += [f'## {it["item"]}\n', runner.markdown_table(
+    parts += [
+      f'## {it["item"]}\n',
+      runner.markdown_table(
         ['kind', 'kernels', 'bound ms', 'GB', 'TFLOP'],
-        [[k['kind'], f'{k["kernels"]:.0f}', f'{k["ms"]:.2f}',
-          f'{k["gbytes"]:.1f}', f'{k["tflop"]:.2f}'] for k in r['kinds'][:12]]),
-              runner.markdown_table(
-                  ['phase', 'location', 'kind', 'kernels', 'bound ms', 'GB'],
-                  [[p['phase'], p['location'], p['kind'],
-                    f'{p["kernels"]:.0f}', f'{p["ms"]:.2f}',
-                    f'{p["gbytes"]:.2f}'] for p in r['locations']])]
+        [
+          [
+            k['kind'],
+            f'{k["kernels"]:.0f}',
+            f'{k["ms"]:.2f}',
+            f'{k["gbytes"]:.1f}',
+            f'{k["tflop"]:.2f}',
+          ]
+          for k in r['kinds'][:12]
+        ],
+      ),
+      runner.markdown_table(
+        ['phase', 'location', 'kind', 'kernels', 'bound ms', 'GB'],
+        [
+          [
+            p['phase'],
+            p['location'],
+            p['kind'],
+            f'{p["kernels"]:.0f}',
+            f'{p["ms"]:.2f}',
+            f'{p["gbytes"]:.2f}',
+          ]
+          for p in r['locations']
+        ],
+      ),
+    ]
   return '\n'.join(parts)
 
 
@@ -412,6 +546,7 @@ def check_presets(sharding, deviceless):
   """Compiles every preset's gradient (`compile_preset_gradient`); exit
   status 1 if any failed."""
   from perceiver_io import presets  # pylint: disable=g-import-not-at-top
+
   failed = []
   for name in presets.names():
     t0 = time.perf_counter()
@@ -421,83 +556,124 @@ def check_presets(sharding, deviceless):
       failed.append(name)
       print(f'{name}: FAILED {type(e).__name__}: {str(e)[:300]}', flush=True)
       continue
-    print(f'{name}: compiled, {hlo.count("__cudnn$fmha")} cuDNN attention '
-          f'calls ({time.perf_counter() - t0:.0f} s)', flush=True)
+    print(
+      f'{name}: compiled, {hlo.count("__cudnn$fmha")} cuDNN attention '
+      f'calls ({time.perf_counter() - t0:.0f} s)',
+      flush=True,
+    )
   return 1 if failed else 0
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('items', nargs='*', default=list(DEFAULT_ITEMS),
-                 help='WORKLOAD:BATCH:MODE:PRECISION (default: the GPU '
-                 'targets\' rows).')
+  p.add_argument(
+    'items',
+    nargs='*',
+    default=list(DEFAULT_ITEMS),
+    help="WORKLOAD:BATCH:MODE:PRECISION (default: the GPU targets' rows).",
+  )
   p.add_argument('--card', choices=sorted(CARDS), default='h200')
-  p.add_argument('--measured', default=None,
-                 help='a gpu_bench gpu.json: its step times join the table.')
-  p.add_argument('--presets', action='store_true',
-                 help='instead: compile the bf16 gradient of every preset '
-                 '(batch 2) with cuDNN attention and report its cuDNN calls '
-                 '(a compile check of the GPU path; no roofline).')
-  p.add_argument('--smoke', action='store_true',
-                 help='tiny model sizes (checks the script, says nothing).')
-  p.add_argument('--top', type=int, default=25,
-                 help='model locations listed per item.')
-  p.add_argument('--out', default=os.path.join(
-      _ROOT, 'benchmarks', 'results', 'gpu', 'roofline'), help='output folder.')
+  p.add_argument(
+    '--measured',
+    default=None,
+    help='a gpu_bench gpu.json: its step times join the table.',
+  )
+  p.add_argument(
+    '--presets',
+    action='store_true',
+    help='instead: compile the bf16 gradient of every preset '
+    '(batch 2) with cuDNN attention and report its cuDNN calls '
+    '(a compile check of the GPU path; no roofline).',
+  )
+  p.add_argument(
+    '--smoke',
+    action='store_true',
+    help='tiny model sizes (checks the script, says nothing).',
+  )
+  p.add_argument(
+    '--top', type=int, default=25, help='model locations listed per item.'
+  )
+  p.add_argument(
+    '--out',
+    default=os.path.join(_ROOT, 'benchmarks', 'results', 'gpu', 'roofline'),
+    help='output folder.',
+  )
   args = p.parse_args(argv)
   try:
     items = [parse_item(t) for t in args.items]
   except ValueError as e:
     p.error(str(e))
   from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top
+
   unknown = sorted({i[0] for i in items} - set(W.standard_workloads()))
   if unknown:
-    p.error(f'unknown workloads {unknown}; choose from '
-            f'{sorted(W.standard_workloads())}.')
-  measured, measured_on = (measured_rows(args.measured) if args.measured
-                           else ({}, None))
+    p.error(
+      f'unknown workloads {unknown}; choose from '
+      f'{sorted(W.standard_workloads())}.'
+    )
+  measured, measured_on = (
+    measured_rows(args.measured) if args.measured else ({}, None)
+  )
   _deviceless_environment_if_no_gpu()
   sharding, on_gpu = gpu_sharding(args.card)
   if args.presets:
     return check_presets(sharding, not on_gpu)
   import jax  # pylint: disable=g-import-not-at-top
+
   card = CARDS[args.card]
-  doc = {'card': jax.devices('cuda')[0].device_kind if on_gpu else card['name'],
-         'how': ('compiled on the GPU' if on_gpu else
-                 'compiled without the card (deviceless: GEMMs on cuBLAS, '
-                 'nothing autotuned)') + f', JAX {jax.__version__}',
-         'peak_flops': card['peak_flops'], 'tf32_flops': card['tf32_flops'],
-         'bandwidth': card['bandwidth'],
-         'measured_on': measured_on, 'items': []}
+  doc = {
+    'card': jax.devices('cuda')[0].device_kind if on_gpu else card['name'],
+    'how': (
+      'compiled on the GPU'
+      if on_gpu
+      else 'compiled without the card (deviceless: GEMMs on cuBLAS, '
+      'nothing autotuned)'
+    )
+    + f', JAX {jax.__version__}',
+    'peak_flops': card['peak_flops'],
+    'tf32_flops': card['tf32_flops'],
+    'bandwidth': card['bandwidth'],
+    'measured_on': measured_on,
+    'items': [],
+  }
   for name, batch, mode, precision in items:
     label = f'{name}:{batch}:{mode}:{precision}'
     t0 = time.perf_counter()
-    hlo, memory = compile_step(name, batch, mode, precision, sharding,
-                               not on_gpu, args.smoke)
+    hlo, memory = compile_step(
+      name, batch, mode, precision, sharding, not on_gpu, args.smoke
+    )
     peak = card['tf32_flops' if precision == 'fp32' else 'peak_flops']
     r = roofline(hlo, peak, card['bandwidth'], args.top)
     flops = model_flops(name, batch, mode, args.smoke)
-    item = {'item': label, 'compile_s': time.perf_counter() - t0,
-            'roofline': r, 'device_gbytes': predicted_device_bytes(memory) / 1e9,
-            'model_tflop': flops / 1e12,
-            'peak_flops': peak,
-            'mfu_ceiling': flops / (r['ms'] / 1e3) / peak}
+    item = {
+      'item': label,
+      'compile_s': time.perf_counter() - t0,
+      'roofline': r,
+      'device_gbytes': predicted_device_bytes(memory) / 1e9,
+      'model_tflop': flops / 1e12,
+      'peak_flops': peak,
+      'mfu_ceiling': flops / (r['ms'] / 1e3) / peak,
+    }
     m = measured.get((name, batch, mode, precision))
     if m:
-      item['measured'] = {'median_s': m['median_s'],
-                          'mfu': flops / m['median_s'] / peak,
-                          'device_peak_bytes_process':
-                              m.get('device_peak_bytes_process')}
+      item['measured'] = {
+        'median_s': m['median_s'],
+        'mfu': flops / m['median_s'] / peak,
+        'device_peak_bytes_process': m.get('device_peak_bytes_process'),
+      }
     doc['items'].append(item)
-    print(f'{label}: {r["kernels"]:.0f} kernels, {r["gbytes"]:.0f} GB, '
-          f'{r["tflop"]:.1f} TFLOP, bound {r["ms"]:.1f} ms '
-          f'({r["memory_bound_ms"]:.1f} memory-bound), MFU ceiling '
-          f'{100 * item["mfu_ceiling"]:.0f} %, device memory '
-          f'{item["device_gbytes"]:.1f} GB ({item["compile_s"]:.0f} s)',
-          flush=True)
+    print(
+      f'{label}: {r["kernels"]:.0f} kernels, {r["gbytes"]:.0f} GB, '
+      f'{r["tflop"]:.1f} TFLOP, bound {r["ms"]:.1f} ms '
+      f'({r["memory_bound_ms"]:.1f} memory-bound), MFU ceiling '
+      f'{100 * item["mfu_ceiling"]:.0f} %, device memory '
+      f'{item["device_gbytes"]:.1f} GB ({item["compile_s"]:.0f} s)',
+      flush=True,
+    )
   os.makedirs(args.out, exist_ok=True)
-  runner.write_results(os.path.join(args.out, 'roofline'), doc,
-                       to_markdown(doc))
+  runner.write_results(
+    os.path.join(args.out, 'roofline'), doc, to_markdown(doc)
+  )
   return 0
 
 

@@ -43,8 +43,9 @@ if _ROOT not in sys.path:
 from experiments import process_tuning  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Before NumPy/JAX start threads; not when imported (tests).
-PROCESS_SETTINGS = (process_tuning.configure_process() if __name__ == '__main__'
-                    else {})
+PROCESS_SETTINGS = (
+  process_tuning.configure_process() if __name__ == '__main__' else {}
+)
 
 from benchmarks import compare_reference  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import runner  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -53,20 +54,34 @@ from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top,wro
 
 def build_parser():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--workload', default='imdb',
-                 help='imdb, imagenet_fourier, imagenet_conv, optical_flow or '
-                      'text_N (N input bytes, as the scaling sweep).')
+  p.add_argument(
+    '--workload',
+    default='imdb',
+    help='imdb, imagenet_fourier, imagenet_conv, optical_flow or '
+    'text_N (N input bytes, as the scaling sweep).',
+  )
   p.add_argument('--mode', default='train', choices=('train', 'infer'))
-  p.add_argument('--variant', action='append', required=True,
-                 help='perf options as key=value[,key=value]; repeat the flag '
-                      'for each variant ("default" for none). The first is '
-                      'the baseline of the ratios.')
+  p.add_argument(
+    '--variant',
+    action='append',
+    required=True,
+    help='perf options as key=value[,key=value]; repeat the flag '
+    'for each variant ("default" for none). The first is '
+    'the baseline of the ratios.',
+  )
   p.add_argument('--rounds', type=int, default=2)
-  p.add_argument('--repeats', type=int, default=2,
-                 help='timed calls per variant and round (after one warm-up).')
+  p.add_argument(
+    '--repeats',
+    type=int,
+    default=2,
+    help='timed calls per variant and round (after one warm-up).',
+  )
   p.add_argument('--smoke', action='store_true', help='tiny sizes.')
-  p.add_argument('--out', default=None,
-                 help='output folder (default a new benchmarks/results/paired/run-<UTC time>/).')
+  p.add_argument(
+    '--out',
+    default=None,
+    help='output folder (default a new benchmarks/results/paired/run-<UTC time>/).',
+  )
   return p
 
 
@@ -80,19 +95,28 @@ def parse_variants(items):
   """['default', 'attention_impl=cpu'] -> [(label, perf dict)]; checks keys."""
   variants = []
   for item in items:
-    perf = ({} if item == 'default' else
-            compare_reference.parse_key_values([item], '--variant'))
+    perf = (
+      {}
+      if item == 'default'
+      else compare_reference.parse_key_values([item], '--variant')
+    )
     unknown = sorted(set(perf) - set(W.PERF_KEYS) - set(SWITCHES))
     if unknown:
-      raise ValueError(f'unknown perf option(s) {unknown} in --variant '
-                       f'{item!r}; known: {W.PERF_KEYS + SWITCHES}.')
+      raise ValueError(
+        f'unknown perf option(s) {unknown} in --variant '
+        f'{item!r}; known: {W.PERF_KEYS + SWITCHES}.'
+      )
     if not isinstance(perf.get('blockwise_cpu_gradients', True), bool):
-      raise ValueError(f'blockwise_cpu_gradients takes true or false, got '
-                       f'{perf["blockwise_cpu_gradients"]!r}.')
+      raise ValueError(
+        f'blockwise_cpu_gradients takes true or false, got '
+        f'{perf["blockwise_cpu_gradients"]!r}.'
+      )
     min_mib = perf.get('blocked_attention_min_mib', 0)
     if isinstance(min_mib, bool) or not isinstance(min_mib, int) or min_mib < 0:
-      raise ValueError(f'blocked_attention_min_mib takes a whole number of '
-                       f'MiB >= 0, got {min_mib!r}.')
+      raise ValueError(
+        f'blocked_attention_min_mib takes a whole number of '
+        f'MiB >= 0, got {min_mib!r}.'
+      )
     variants.append((item, perf))
   return variants
 
@@ -109,7 +133,8 @@ def compile_variant(w, data, mode, perf):
     options['blockwise_gradients'] = perf.pop('blockwise_cpu_gradients')
   if 'blocked_attention_min_mib' in perf:
     options['blocked_attention_min_bytes'] = (
-        perf.pop('blocked_attention_min_mib') * 2**20)
+      perf.pop('blocked_attention_min_mib') * 2**20
+    )
   if options:
     perf['kernel_options'] = options
   return _compile_variant(w, data, mode, perf)
@@ -118,6 +143,7 @@ def compile_variant(w, data, mode, perf):
 def _compile_variant(w, data, mode, perf):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   model, variables, x, kwargs = W.ours_build(w, data, **perf)
   if mode == 'infer':
     fn = W.ours_infer_fn(model).lower(variables, x, kwargs).compile()
@@ -130,14 +156,18 @@ def _compile_variant(w, data, mode, perf):
     params = variables.pop('params')
     box = [params, variables, tx.init(params)]
     labels = jnp.asarray(data['labels'])
-    fn = W.ours_train_step(model, tx, 'batch_stats' in variables).lower(
-        *box, x, labels, kwargs).compile()
+    fn = (
+      W.ours_train_step(model, tx, 'batch_stats' in variables)
+      .lower(*box, x, labels, kwargs)
+      .compile()
+    )
 
     def call():
       box[0], box[1], box[2], loss = fn(*box, x, labels, kwargs)
       loss = float(loss)
       process_tuning.settle_host_memory()
       return loss
+
   return call, fn.memory_analysis().temp_size_in_bytes
 
 
@@ -146,11 +176,13 @@ def workload(name, smoke=False):
   standard = W.standard_workloads(smoke=smoke)
   if name in standard:
     return standard[name]
-  length = name[len('text_'):]
+  length = name[len('text_') :]
   if name.startswith('text_') and length.isdigit() and int(length) > 0:
     return W.text_workload(int(length), depth=TEXT_DEPTH, tiny=smoke)
-  raise ValueError(f'unknown --workload {name!r}: one of {sorted(standard)} '
-                   f'or text_N with N input bytes (e.g. text_65536).')
+  raise ValueError(
+    f'unknown --workload {name!r}: one of {sorted(standard)} '
+    f'or text_N with N input bytes (e.g. text_65536).'
+  )
 
 
 def run(args):
@@ -158,12 +190,17 @@ def run(args):
   variants = parse_variants(args.variant)
   w = workload(args.workload, args.smoke)
   if args.mode not in w.modes:
-    raise ValueError(f'{args.workload} supports modes {w.modes}, '
-                     f'not {args.mode!r}.')
+    raise ValueError(
+      f'{args.workload} supports modes {w.modes}, not {args.mode!r}.'
+    )
   data = W.make_inputs(w)
   W.decide_host_memory_reuse(
-      PROCESS_SETTINGS, w, data, args.mode,
-      **{k: v for k, v in variants[0][1].items() if k not in SWITCHES})
+    PROCESS_SETTINGS,
+    w,
+    data,
+    args.mode,
+    **{k: v for k, v in variants[0][1].items() if k not in SWITCHES},
+  )
   times = {label: [] for label, _ in variants}
   temps = {}
   total = args.rounds * len(variants)
@@ -180,33 +217,54 @@ def run(args):
       process_tuning.release_host_memory()
       done = r * len(variants) + i + 1
       elapsed = time.perf_counter() - started
-      print(f'[{done}/{total}] round {r + 1} {label}: '
-            f'{", ".join(f"{t:.2f}" for t in times[label][-args.repeats:])} s'
-            f'  (elapsed {elapsed:.0f} s, ETA '
-            f'{elapsed / done * (total - done):.0f} s)', flush=True)
+      print(
+        f'[{done}/{total}] round {r + 1} {label}: '
+        f'{", ".join(f"{t:.2f}" for t in times[label][-args.repeats :])} s'
+        f'  (elapsed {elapsed:.0f} s, ETA '
+        f'{elapsed / done * (total - done):.0f} s)',
+        flush=True,
+      )
   base = statistics.median(times[variants[0][0]])
-  rows = [{'variant': label, 'median_s': statistics.median(times[label]),
-           'ratio': statistics.median(times[label]) / base,
-           'times_s': times[label], 'temp_bytes': temps[label]}
-          for label, _ in variants]
-  return {'workload': w.name, 'mode': args.mode, 'batch': w.batch,
-          'rounds': args.rounds, 'repeats': args.repeats, 'smoke': args.smoke,
-          'machine': runner.machine_info(),
-          'versions': runner.library_versions(),
-          'process_settings': PROCESS_SETTINGS, 'rows': rows}
+  rows = [
+    {
+      'variant': label,
+      'median_s': statistics.median(times[label]),
+      'ratio': statistics.median(times[label]) / base,
+      'times_s': times[label],
+      'temp_bytes': temps[label],
+    }
+    for label, _ in variants
+  ]
+  return {
+    'workload': w.name,
+    'mode': args.mode,
+    'batch': w.batch,
+    'rounds': args.rounds,
+    'repeats': args.repeats,
+    'smoke': args.smoke,
+    'machine': runner.machine_info(),
+    'versions': runner.library_versions(),
+    'process_settings': PROCESS_SETTINGS,
+    'rows': rows,
+  }
 
 
 def to_markdown(doc):
   m = doc['machine']
-  lines = [f"{doc['workload']} {doc['mode']} (batch {doc['batch']}), "
-           f"{doc['rounds']} rounds x {doc['repeats']} timed calls, "
-           f"variants alternated in one process; {m.get('cpu', '?')} "
-           f"({m['cpu_count']} cores), {m['date']}.", '',
-           '| variant | median | ratio to first | XLA temporaries |',
-           '| --- | --- | --- | --- |']
+  lines = [
+    f'{doc["workload"]} {doc["mode"]} (batch {doc["batch"]}), '
+    f'{doc["rounds"]} rounds x {doc["repeats"]} timed calls, '
+    f'variants alternated in one process; {m.get("cpu", "?")} '
+    f'({m["cpu_count"]} cores), {m["date"]}.',
+    '',
+    '| variant | median | ratio to first | XLA temporaries |',
+    '| --- | --- | --- | --- |',
+  ]
   for row in doc['rows']:
-    lines.append(f"| {row['variant']} | {row['median_s']:.2f} s | "
-                 f"{row['ratio']:.2f} | {row['temp_bytes'] / 2**30:.2f} GiB |")
+    lines.append(
+      f'| {row["variant"]} | {row["median_s"]:.2f} s | '
+      f'{row["ratio"]:.2f} | {row["temp_bytes"] / 2**30:.2f} GiB |'
+    )
   return '\n'.join(lines) + '\n'
 
 
@@ -215,14 +273,16 @@ def check_args(args):
   parse_variants(args.variant)
   w = workload(args.workload, args.smoke)
   if args.mode not in w.modes:
-    raise ValueError(f'{args.workload} supports modes {w.modes}, '
-                     f'not {args.mode!r}.')
+    raise ValueError(
+      f'{args.workload} supports modes {w.modes}, not {args.mode!r}.'
+    )
   for flag in ('rounds', 'repeats'):
     if getattr(args, flag) < 1:
       raise ValueError(f'--{flag} must be >= 1, got {getattr(args, flag)}.')
   for _, perf in parse_variants(args.variant):
     compare_reference.check_ours(
-        {k: v for k, v in perf.items() if k in W.PERF_KEYS}, [w])
+      {k: v for k, v in perf.items() if k in W.PERF_KEYS}, [w]
+    )
 
 
 def main(argv=None):
@@ -234,7 +294,7 @@ def main(argv=None):
     parser.error(str(e))
   doc = run(args)
   args.out = args.out or runner.new_run_dir('paired')
-  stem = os.path.join(args.out, f"paired_{doc['workload']}_{doc['mode']}")
+  stem = os.path.join(args.out, f'paired_{doc["workload"]}_{doc["mode"]}')
   runner.write_results(stem, doc, to_markdown(doc))
   print(to_markdown(doc))
 

@@ -61,12 +61,29 @@ def op_names_from_hlo(hlo_text):
 
 
 # Bytes per element of HLO's element types (sub-byte types rounded up).
-_DTYPE_BYTES = {'pred': 1, 's4': 1, 'u4': 1, 's8': 1, 'u8': 1, 's16': 2,
-                'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4, 'u32': 4, 'f32': 4,
-                's64': 8, 'u64': 8, 'f64': 8, 'c64': 8, 'c128': 16}
+_DTYPE_BYTES = {
+  'pred': 1,
+  's4': 1,
+  'u4': 1,
+  's8': 1,
+  'u8': 1,
+  's16': 2,
+  'u16': 2,
+  'f16': 2,
+  'bf16': 2,
+  's32': 4,
+  'u32': 4,
+  'f32': 4,
+  's64': 8,
+  'u64': 8,
+  'f64': 8,
+  'c64': 8,
+  'c128': 16,
+}
 _SHAPE = re.compile(r'\b([a-z]\w*?)\[([\d,]*)\]')
 _INSTRUCTION = re.compile(
-    r'^\s*(?:ROOT )?%?([\w.\-]+) = (.*?) ([\w\-]+)\(([^)]*)\)')
+  r'^\s*(?:ROOT )?%?([\w.\-]+) = (.*?) ([\w\-]+)\(([^)]*)\)'
+)
 
 
 def shape_bytes(text):
@@ -93,8 +110,14 @@ def hlo_instructions(hlo_text):
     m = _INSTRUCTION.match(line)
     if m:
       name, shape, opcode, args = m.groups()
-      yield (computation, name, shape, opcode,
-             re.findall(r'%([\w.\-]+)', args), line[m.end():])
+      yield (
+        computation,
+        name,
+        shape,
+        opcode,
+        re.findall(r'%([\w.\-]+)', args),
+        line[m.end() :],
+      )
 
 
 def op_bytes_from_hlo(hlo_text):
@@ -109,8 +132,10 @@ def op_bytes_from_hlo(hlo_text):
   for _, name, shape, _, args, _ in hlo_instructions(hlo_text):
     out_bytes[name] = shape_bytes(shape)
     operands[name] = args
-  return {name: out + sum(out_bytes.get(o, 0) for o in operands[name])
-          for name, out in out_bytes.items()}
+  return {
+    name: out + sum(out_bytes.get(o, 0) for o in operands[name])
+    for name, out in out_bytes.items()
+  }
 
 
 def _dims(shape_text):
@@ -131,7 +156,8 @@ def op_flops_from_hlo(hlo_text):
   shapes, calls, dots = {}, {}, {}  # dots: name -> (lhs operand, dims)
   members = collections.defaultdict(list)
   for computation, name, shape, opcode, operands, rest in hlo_instructions(
-      hlo_text):
+    hlo_text
+  ):
     shapes[name] = shape
     members[computation].append(name)
     contracting = None
@@ -140,8 +166,9 @@ def op_flops_from_hlo(hlo_text):
       contracting = [int(d) for d in c.group(1).split(',') if d] if c else []
     elif opcode == 'custom-call' and 'gemm' in rest.lower():
       c = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', rest)
-      contracting = ([int(d) for d in re.findall(r'\d+', c.group(1))]
-                     if c else None)
+      contracting = (
+        [int(d) for d in re.findall(r'\d+', c.group(1))] if c else None
+      )
     if contracting is not None and operands:
       dots[name] = (operands[0], contracting)
     called = re.search(r'calls=%([\w.\-]+)', rest)
@@ -153,8 +180,11 @@ def op_flops_from_hlo(hlo_text):
     lhs_dims = _dims(shapes.get(lhs, ''))
     if any(d >= len(lhs_dims) for d in contracting):
       return 0
-    return 2 * math.prod(_dims(shapes[name])) * math.prod(
-        lhs_dims[d] for d in contracting)
+    return (
+      2
+      * math.prod(_dims(shapes[name]))
+      * math.prod(lhs_dims[d] for d in contracting)
+    )
 
   out = {name: dot_flops(name) for name in dots}
   for name, comp in calls.items():
@@ -176,15 +206,17 @@ def attention_flops_from_hlo(hlo_text):
   for _, name, _, opcode, _, rest in hlo_instructions(hlo_text):
     target = re.search(r'custom_call_target="(__cudnn\$fmha\w*)"', rest)
     layouts = re.search(
-        r'operand_layout_constraints=\{((?:[^{}]|\{[^{}]*\})*)\}', rest)
+      r'operand_layout_constraints=\{((?:[^{}]|\{[^{}]*\})*)\}', rest
+    )
     if opcode != 'custom-call' or not target or not layouts:
       continue
     shapes = [_dims(s) for s in re.findall(r'\w+\[[\d,]*\]', layouts.group(1))]
     if len(shapes) < 3 or any(len(x) != 4 for x in shapes[:3]):
       continue
     (b, t, n, d_qk), (_, s, _, _), (_, _, _, d_v) = shapes[:3]
-    matmul_widths = ((3 * d_qk + 2 * d_v) if 'Backward' in target.group(1)
-                     else (d_qk + d_v))
+    matmul_widths = (
+      (3 * d_qk + 2 * d_v) if 'Backward' in target.group(1) else (d_qk + d_v)
+    )
     out[name] = 2 * b * n * t * s * matmul_widths
   return out
 
@@ -199,8 +231,9 @@ def model_location(op_name):
   for p in op_name.split('/'):
     # Transform wrappers, and the scopes that Flax's custom VJP adds around
     # a block (`_call_block`), which repeat the module path.
-    if (re.match(r'^(jit|jvp|transpose|vmap|remat|checkpoint)\(', p) or
-        re.search(r'\.(shared_forward_fn|_layers)$', p)):
+    if re.match(
+      r'^(jit|jvp|transpose|vmap|remat|checkpoint)\(', p
+    ) or re.search(r'\.(shared_forward_fn|_layers)$', p):
       continue
     if p in parts:  # The module path again (wrappers repeat it).
       continue
@@ -214,17 +247,30 @@ _KERNEL_LINE_PREFIX = 'Stream #'
 # Lines of a GPU plane that the profiler derives from the kernel lines
 # (counting them too would count each kernel twice), its own overhead, and
 # counters; only consulted when a plane has no 'Stream #' lines.
-_NOT_KERNEL_LINES = ('XLA Modules', 'XLA Ops', 'Async XLA Ops', 'Steps',
-                     'Framework', 'TensorFlow', 'Source code', 'XLA TraceMe',
-                     'Launch Stats', 'Host Offload Ops', 'Sparse Core',
-                     'CUPTI overhead', '_counters_')
+_NOT_KERNEL_LINES = (
+  'XLA Modules',
+  'XLA Ops',
+  'Async XLA Ops',
+  'Steps',
+  'Framework',
+  'TensorFlow',
+  'Source code',
+  'XLA TraceMe',
+  'Launch Stats',
+  'Host Offload Ops',
+  'Sparse Core',
+  'CUPTI overhead',
+  '_counters_',
+)
 # Kernel or HLO op name fragment -> category, first match wins.
 _CATEGORIES = (
-    ('attention (cuDNN)', ('cudnn', 'fmha', 'flash', 'sdpa')),
-    ('convolution', ('conv',)),
-    ('matmul', ('gemm', 'cublas', 'cutlass', 'xmma', 'nvjet', 'dot', 'matmul',
-                'wgmma')),
-    ('copy / transpose', ('copy', 'transpose', 'memcpy', 'memset')),
+  ('attention (cuDNN)', ('cudnn', 'fmha', 'flash', 'sdpa')),
+  ('convolution', ('conv',)),
+  (
+    'matmul',
+    ('gemm', 'cublas', 'cutlass', 'xmma', 'nvjet', 'dot', 'matmul', 'wgmma'),
+  ),
+  ('copy / transpose', ('copy', 'transpose', 'memcpy', 'memset')),
 )
 
 
@@ -260,10 +306,11 @@ def summarise_trace(data):
   intervals = []
   if gpu:
     for plane in gpu:
-      lines = ([ln for ln in plane.lines
-                if ln.name.startswith(_KERNEL_LINE_PREFIX)] or
-               [ln for ln in plane.lines
-                if not ln.name.startswith(_NOT_KERNEL_LINES)])
+      lines = [
+        ln for ln in plane.lines if ln.name.startswith(_KERNEL_LINE_PREFIX)
+      ] or [
+        ln for ln in plane.lines if not ln.name.startswith(_NOT_KERNEL_LINES)
+      ]
       for line in lines:
         for ev in line.events:
           stats = dict(ev.stats or {})
@@ -294,9 +341,15 @@ def summarise_trace(data):
       else:
         end = max(end, e)
     busy += end - start
-  return {'ops': ops, 'kernels': kernels, 'categories': categories,
-          'op_categories': op_categories, 'busy_ns': busy, 'span_ns': span,
-          'device': 'gpu' if gpu else 'cpu'}
+  return {
+    'ops': ops,
+    'kernels': kernels,
+    'categories': categories,
+    'op_categories': op_categories,
+    'busy_ns': busy,
+    'span_ns': span,
+    'device': 'gpu' if gpu else 'cpu',
+  }
 
 
 def trace_call(fn, workdir, keep_as=None):
@@ -308,6 +361,7 @@ def trace_call(fn, workdir, keep_as=None):
   here when the summary misses something.
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   with jax.profiler.trace(workdir):
     fn()
   files = glob.glob(os.path.join(workdir, '**', '*.xplane.pb'), recursive=True)
@@ -319,17 +373,21 @@ def trace_call(fn, workdir, keep_as=None):
   return summarise_trace(jax.profiler.ProfileData.from_file(files[0]))
 
 
-def profile(w, mode, perf, repeats=2, device='cpu', keep_trace_as=None,
-            ceilings=None):
+def profile(
+  w, mode, perf, repeats=2, device='cpu', keep_trace_as=None, ceilings=None
+):
   """Profiles our jitted train step or inference on workload `w`
   (`ceilings`: gpu_ceilings.py's rates, for the GPU kernels' bounds)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   if device == 'cpu':
     jax.config.update('jax_platforms', 'cpu')
   elif jax.default_backend() != device:
-    raise SystemExit(f'--device {device}: JAX found no {device} (its backend '
-                     f'is {jax.default_backend()!r}); use --device cpu here.')
+    raise SystemExit(
+      f'--device {device}: JAX found no {device} (its backend '
+      f'is {jax.default_backend()!r}); use --device cpu here.'
+    )
   data = W.make_inputs(w)
   model, variables, x, kwargs = W.ours_build(w, data, **perf)
   if mode == 'train':
@@ -338,18 +396,23 @@ def profile(w, mode, perf, repeats=2, device='cpu', keep_trace_as=None,
     state = {k: v for k, v in variables.items() if k != 'params'}
     box = {'p': params, 's': state, 'o': tx.init(params)}
     labels = jnp.asarray(data['labels'])
-    compiled = W.ours_train_step(model, tx, bool(state)).lower(
-        box['p'], box['s'], box['o'], x, labels, kwargs).compile()
+    compiled = (
+      W.ours_train_step(model, tx, bool(state))
+      .lower(box['p'], box['s'], box['o'], x, labels, kwargs)
+      .compile()
+    )
 
     def call():
       box['p'], box['s'], box['o'], loss = compiled(
-          box['p'], box['s'], box['o'], x, labels, kwargs)
+        box['p'], box['s'], box['o'], x, labels, kwargs
+      )
       loss.block_until_ready()
   else:
     compiled = W.ours_infer_fn(model).lower(variables, x, kwargs).compile()
 
     def call():
       jax.block_until_ready(compiled(variables, x, kwargs))
+
   call()  # Warm-up.
   times = []
   for _ in range(repeats):
@@ -363,8 +426,10 @@ def profile(w, mode, perf, repeats=2, device='cpu', keep_trace_as=None,
   hlo_text = compiled.as_text()
   names = op_names_from_hlo(hlo_text)
   op_bytes = op_bytes_from_hlo(hlo_text)
-  op_flops = {**op_flops_from_hlo(hlo_text),
-              **attention_flops_from_hlo(hlo_text)}
+  op_flops = {
+    **op_flops_from_hlo(hlo_text),
+    **attention_flops_from_hlo(hlo_text),
+  }
   by_loc = collections.defaultdict(lambda: {'ns': 0, 'ops': set()})
   for op, ns in trace['ops'].items():
     phase, loc = model_location(names.get(op, op))
@@ -372,29 +437,47 @@ def profile(w, mode, perf, repeats=2, device='cpu', keep_trace_as=None,
     entry['ns'] += ns
     entry['ops'].add(re.sub(r'\.\d+$', '', op))
   op_total = sum(trace['ops'].values())
-  rows = sorted(({'phase': k[0], 'location': k[1], 'ms': v['ns'] / 1e6,
-                  'share_of_op_time': v['ns'] / op_total if op_total else 0.0,
-                  'op_kinds': sorted(v['ops'])}
-                 for k, v in by_loc.items()), key=lambda r: -r['ms'])
-  doc = {'workload': w.name, 'mode': mode, 'batch': w.batch, 'perf': perf,
-         'device': trace['device'], 'step_times_s': times,
-         'traced_call_s': traced_s,
-         'op_time_ms_all_threads': op_total / 1e6,
-         'phase_ms': {p: sum(r['ms'] for r in rows if r['phase'] == p)
-                      for p in ('forward', 'backward')},
-         'rows': rows}
+  rows = sorted(
+    (
+      {
+        'phase': k[0],
+        'location': k[1],
+        'ms': v['ns'] / 1e6,
+        'share_of_op_time': v['ns'] / op_total if op_total else 0.0,
+        'op_kinds': sorted(v['ops']),
+      }
+      for k, v in by_loc.items()
+    ),
+    key=lambda r: -r['ms'],
+  )
+  doc = {
+    'workload': w.name,
+    'mode': mode,
+    'batch': w.batch,
+    'perf': perf,
+    'device': trace['device'],
+    'step_times_s': times,
+    'traced_call_s': traced_s,
+    'op_time_ms_all_threads': op_total / 1e6,
+    'phase_ms': {
+      p: sum(r['ms'] for r in rows if r['phase'] == p)
+      for p in ('forward', 'backward')
+    },
+    'rows': rows,
+  }
   if trace['device'] == 'gpu':
     doc['gpu'] = {
-        'kernel_busy_ms': trace['busy_ns'] / 1e6,
-        'kernel_span_ms': trace['span_ns'] / 1e6,
-        'idle_share': (1 - trace['busy_ns'] / trace['span_ns']
-                       if trace['span_ns'] else None),
-        'category_ms': {k: v / 1e6 for k, v in
-                        trace['categories'].most_common()},
-        'top_kernels_ms': {k[:160]: v / 1e6 for k, v in
-                           trace['kernels'].most_common(40)},
-        **gpu_rates_summary(trace, op_bytes, op_flops, names,
-                            ceilings=ceilings)}
+      'kernel_busy_ms': trace['busy_ns'] / 1e6,
+      'kernel_span_ms': trace['span_ns'] / 1e6,
+      'idle_share': (
+        1 - trace['busy_ns'] / trace['span_ns'] if trace['span_ns'] else None
+      ),
+      'category_ms': {k: v / 1e6 for k, v in trace['categories'].most_common()},
+      'top_kernels_ms': {
+        k[:160]: v / 1e6 for k, v in trace['kernels'].most_common(40)
+      },
+      **gpu_rates_summary(trace, op_bytes, op_flops, names, ceilings=ceilings),
+    }
   return doc
 
 
@@ -404,12 +487,13 @@ def kernel_bound_ns(nbytes, flops, ceilings):
   ceilings or without bytes."""
   if not ceilings or not nbytes:
     return None
-  return max(nbytes / ceilings['copy_gbytes_per_s'],
-             (flops or 0) / ceilings['bf16_matmul_tflops'] / 1e3)
+  return max(
+    nbytes / ceilings['copy_gbytes_per_s'],
+    (flops or 0) / ceilings['bf16_matmul_tflops'] / 1e3,
+  )
 
 
-def gpu_rates_summary(trace, op_bytes, op_flops, names, top=40,
-                      ceilings=None):
+def gpu_rates_summary(trace, op_bytes, op_flops, names, top=40, ceilings=None):
   """Bytes and matmul FLOPs each category and top op did, and at what rate.
 
   Why: a step far below the matmul ceiling either runs its GEMMs at a poor
@@ -427,90 +511,166 @@ def gpu_rates_summary(trace, op_bytes, op_flops, names, top=40,
   for op, category in trace['op_categories'].items():
     cat_bytes[category] += op_bytes.get(op, 0)
     cat_flops[category] += op_flops.get(op, 0)
-    cat_bound[category] += kernel_bound_ns(op_bytes.get(op), op_flops.get(op),
-                                           ceilings) or 0
+    cat_bound[category] += (
+      kernel_bound_ns(op_bytes.get(op), op_flops.get(op), ceilings) or 0
+    )
   top_ops = []
   for op, ns in trace['ops'].most_common(top):
     phase, loc = model_location(names.get(op, op))
     nbytes, flops = op_bytes.get(op), op_flops.get(op)
     bound = kernel_bound_ns(nbytes, flops, ceilings)
-    top_ops.append({'op': op, 'phase': phase, 'location': loc,
-                    'category': trace['op_categories'].get(op), 'ms': ns / 1e6,
-                    'bound_ms': bound / 1e6 if bound else None,
-                    'mbytes': nbytes / 2**20 if nbytes else None,
-                    'gbytes_per_s': nbytes / ns if nbytes and ns else None,
-                    'tflops_per_s': flops / ns / 1e3 if flops and ns else None})
+    top_ops.append(
+      {
+        'op': op,
+        'phase': phase,
+        'location': loc,
+        'category': trace['op_categories'].get(op),
+        'ms': ns / 1e6,
+        'bound_ms': bound / 1e6 if bound else None,
+        'mbytes': nbytes / 2**20 if nbytes else None,
+        'gbytes_per_s': nbytes / ns if nbytes and ns else None,
+        'tflops_per_s': flops / ns / 1e3 if flops and ns else None,
+      }
+    )
   times = trace['categories']
-  return {'category_bound_ms': {k: v / 1e6 for k, v in cat_bound.items()
-                                if v},
-          'category_gbytes': {k: v / 1e9 for k, v in cat_bytes.items()},
-          'category_gbytes_per_s': {k: cat_bytes[k] / ns
-                                    for k, ns in times.items()
-                                    if ns and cat_bytes[k]},
-          'category_matmul_tflop': {k: v / 1e12 for k, v in cat_flops.items()
-                                    if v},
-          'category_tflops_per_s': {k: cat_flops[k] / ns / 1e3
-                                    for k, ns in times.items()
-                                    if ns and cat_flops[k]},
-          'top_ops': top_ops}
+  return {
+    'category_bound_ms': {k: v / 1e6 for k, v in cat_bound.items() if v},
+    'category_gbytes': {k: v / 1e9 for k, v in cat_bytes.items()},
+    'category_gbytes_per_s': {
+      k: cat_bytes[k] / ns for k, ns in times.items() if ns and cat_bytes[k]
+    },
+    'category_matmul_tflop': {k: v / 1e12 for k, v in cat_flops.items() if v},
+    'category_tflops_per_s': {
+      k: cat_flops[k] / ns / 1e3
+      for k, ns in times.items()
+      if ns and cat_flops[k]
+    },
+    'top_ops': top_ops,
+  }
 
 
 def to_markdown(doc, top):
-  lines = [f'Profile of our {doc["mode"]} step, {doc["workload"]} batch '
-           f'{doc["batch"]} ({doc["perf"] or "default options"}); untraced '
-           f'step {min(doc["step_times_s"]):.2f} s; op time summed over '
-           f'threads {doc["op_time_ms_all_threads"] / 1e3:.2f} s '
-           f'(forward {doc["phase_ms"]["forward"] / 1e3:.2f} s, backward and '
-           f'update {doc["phase_ms"]["backward"] / 1e3:.2f} s).', '']
+  lines = [
+    f'Profile of our {doc["mode"]} step, {doc["workload"]} batch '
+    f'{doc["batch"]} ({doc["perf"] or "default options"}); untraced '
+    f'step {min(doc["step_times_s"]):.2f} s; op time summed over '
+    f'threads {doc["op_time_ms_all_threads"] / 1e3:.2f} s '
+    f'(forward {doc["phase_ms"]["forward"] / 1e3:.2f} s, backward and '
+    f'update {doc["phase_ms"]["backward"] / 1e3:.2f} s).',
+    '',
+  ]
   if doc.get('gpu'):
     g = doc['gpu']
-    lines += [f'GPU kernels busy {g["kernel_busy_ms"]:.1f} ms of a '
-              f'{g["kernel_span_ms"]:.1f} ms span (idle '
-              f'{100 * (g["idle_share"] or 0):.1f} %). By category: ' +
-              ', '.join(f'{k} {v:.1f} ms' for k, v in g['category_ms'].items())
-              + '.', '']
+    lines += [
+      f'GPU kernels busy {g["kernel_busy_ms"]:.1f} ms of a '
+      f'{g["kernel_span_ms"]:.1f} ms span (idle '
+      f'{100 * (g["idle_share"] or 0):.1f} %). By category: '
+      + ', '.join(f'{k} {v:.1f} ms' for k, v in g['category_ms'].items())
+      + '.',
+      '',
+    ]
     copy_bw = (g.get('ceilings') or {}).get('copy_gbytes_per_s')
     matmul_rate = (g.get('ceilings') or {}).get('bf16_matmul_tflops')
     if g.get('category_tflops_per_s'):
-      lines += ['Matmul FLOPs (dots in the compiled HLO) per kernel time: ' +
-                ', '.join(f'{k} {g["category_matmul_tflop"][k]:.2f} TFLOP at '
-                          f'{v:.0f} TFLOP/s'
-                          for k, v in g['category_tflops_per_s'].items()) +
-                (f' (measured bf16 matmul rate {matmul_rate:.0f} TFLOP/s).'
-                 if matmul_rate else '.'), '']
+      lines += [
+        'Matmul FLOPs (dots in the compiled HLO) per kernel time: '
+        + ', '.join(
+          f'{k} {g["category_matmul_tflop"][k]:.2f} TFLOP at {v:.0f} TFLOP/s'
+          for k, v in g['category_tflops_per_s'].items()
+        )
+        + (
+          f' (measured bf16 matmul rate {matmul_rate:.0f} TFLOP/s).'
+          if matmul_rate
+          else '.'
+        ),
+        '',
+      ]
     rates = g.get('category_gbytes_per_s', {})
     if rates:
-      lines += ['Bytes read and written (HLO shapes) per kernel time: ' +
-                ', '.join(f'{k} {g["category_gbytes"][k]:.1f} GB at '
-                          f'{v:.0f} GB/s' for k, v in rates.items()) +
-                (f' (measured copy bandwidth {copy_bw:.0f} GB/s).'
-                 if copy_bw else '.'), '']
+      lines += [
+        'Bytes read and written (HLO shapes) per kernel time: '
+        + ', '.join(
+          f'{k} {g["category_gbytes"][k]:.1f} GB at {v:.0f} GB/s'
+          for k, v in rates.items()
+        )
+        + (
+          f' (measured copy bandwidth {copy_bw:.0f} GB/s).' if copy_bw else '.'
+        ),
+        '',
+      ]
     bounds = g.get('category_bound_ms')
     if bounds:
-      lines += ['Kernel time against its bound at the measured ceilings '
-                '(bytes / copy bandwidth or matmul FLOPs / matmul rate, per '
-                'kernel): ' + ', '.join(
-                    f'{k} {g["category_ms"].get(k, 0.0):.1f} ms for a bound of '
-                    f'{v:.1f} ms' for k, v in bounds.items()) + '.', '']
+      lines += [
+        'Kernel time against its bound at the measured ceilings '
+        '(bytes / copy bandwidth or matmul FLOPs / matmul rate, per '
+        'kernel): '
+        + ', '.join(
+          f'{k} {g["category_ms"].get(k, 0.0):.1f} ms for a bound of {v:.1f} ms'
+          for k, v in bounds.items()
+        )
+        + '.',
+        '',
+      ]
     if g.get('top_ops'):
+
       def pct(o):
-        return (f'{100 * o["gbytes_per_s"] / copy_bw:.0f}%'
-                if copy_bw and o['gbytes_per_s'] else '-')
-      lines += ['Top HLO ops by kernel time:', '', runner.markdown_table(
-          ['HLO op', 'phase', 'model location', 'category', 'ms',
-           'x bound', 'MiB', 'GB/s', 'of copy bw', 'TFLOP/s'],
-          [[o['op'], o['phase'], o['location'][-60:], o['category'],
-            f'{o["ms"]:.2f}',
-            f'{o["ms"] / o["bound_ms"]:.1f}' if o.get('bound_ms') else '-',
-            f'{o["mbytes"]:.0f}' if o['mbytes'] else '-',
-            f'{o["gbytes_per_s"]:.0f}' if o['gbytes_per_s'] else '-', pct(o),
-            f'{o["tflops_per_s"]:.0f}' if o.get('tflops_per_s') else '-']
-           for o in g['top_ops'][:top]]), '']
-  rows = [[r['phase'], r['location'][-90:], f'{r["ms"]:.1f}',
-           f'{100 * r["share_of_op_time"]:.1f}%', ', '.join(r['op_kinds'][:3])]
-          for r in doc['rows'][:top]]
-  return '\n'.join(lines) + '\n' + runner.markdown_table(
-      ['phase', 'model location (op_name)', 'ms', 'share', 'HLO ops'], rows)
+        return (
+          f'{100 * o["gbytes_per_s"] / copy_bw:.0f}%'
+          if copy_bw and o['gbytes_per_s']
+          else '-'
+        )
+
+      lines += [
+        'Top HLO ops by kernel time:',
+        '',
+        runner.markdown_table(
+          [
+            'HLO op',
+            'phase',
+            'model location',
+            'category',
+            'ms',
+            'x bound',
+            'MiB',
+            'GB/s',
+            'of copy bw',
+            'TFLOP/s',
+          ],
+          [
+            [
+              o['op'],
+              o['phase'],
+              o['location'][-60:],
+              o['category'],
+              f'{o["ms"]:.2f}',
+              f'{o["ms"] / o["bound_ms"]:.1f}' if o.get('bound_ms') else '-',
+              f'{o["mbytes"]:.0f}' if o['mbytes'] else '-',
+              f'{o["gbytes_per_s"]:.0f}' if o['gbytes_per_s'] else '-',
+              pct(o),
+              f'{o["tflops_per_s"]:.0f}' if o.get('tflops_per_s') else '-',
+            ]
+            for o in g['top_ops'][:top]
+          ],
+        ),
+        '',
+      ]
+  rows = [
+    [
+      r['phase'],
+      r['location'][-90:],
+      f'{r["ms"]:.1f}',
+      f'{100 * r["share_of_op_time"]:.1f}%',
+      ', '.join(r['op_kinds'][:3]),
+    ]
+    for r in doc['rows'][:top]
+  ]
+  return (
+    '\n'.join(lines)
+    + '\n'
+    + runner.markdown_table(
+      ['phase', 'model location (op_name)', 'ms', 'share', 'HLO ops'], rows
+    )
+  )
 
 
 def main(argv=None):
@@ -519,17 +679,31 @@ def main(argv=None):
   p.add_argument('--mode', default='train', choices=('train', 'infer'))
   p.add_argument('--batch', type=int, default=None)
   p.add_argument('--top', type=int, default=25)
-  p.add_argument('--ours', action='append', default=[],
-                 help='perf options, e.g. attention_impl=einsum.')
-  p.add_argument('--device', default='cpu', choices=('cpu', 'gpu'),
-                 help='gpu: profile on the GPU (kernel time by HLO op and '
-                 'category, and the idle time between kernels).')
-  p.add_argument('--ceilings', default=None,
-                 help="gpu_ceilings.py's ceilings.json: show the GPU "
-                 "ops' rates against the measured copy bandwidth and "
-                 'matmul rate.')
-  p.add_argument('--keep_trace', action='store_true',
-                 help='also save the raw trace as <stem>.xplane.pb.gz.')
+  p.add_argument(
+    '--ours',
+    action='append',
+    default=[],
+    help='perf options, e.g. attention_impl=einsum.',
+  )
+  p.add_argument(
+    '--device',
+    default='cpu',
+    choices=('cpu', 'gpu'),
+    help='gpu: profile on the GPU (kernel time by HLO op and '
+    'category, and the idle time between kernels).',
+  )
+  p.add_argument(
+    '--ceilings',
+    default=None,
+    help="gpu_ceilings.py's ceilings.json: show the GPU "
+    "ops' rates against the measured copy bandwidth and "
+    'matmul rate.',
+  )
+  p.add_argument(
+    '--keep_trace',
+    action='store_true',
+    help='also save the raw trace as <stem>.xplane.pb.gz.',
+  )
   p.add_argument('--smoke', action='store_true')
   runner.add_out_flag(p, '<device>')
   args = p.parse_args(argv)
@@ -540,19 +714,24 @@ def main(argv=None):
       with open(args.ceilings) as f:
         ceilings = json.load(f)
     except (OSError, ValueError) as e:
-      raise SystemExit(f'--ceilings {args.ceilings}: cannot read it ({e}); '
-                       'pass the ceilings.json that benchmarks.gpu_ceilings '
-                       'wrote, or leave the flag out.') from e
+      raise SystemExit(
+        f'--ceilings {args.ceilings}: cannot read it ({e}); '
+        'pass the ceilings.json that benchmarks.gpu_ceilings '
+        'wrote, or leave the flag out.'
+      ) from e
   from benchmarks.compare_reference import parse_key_values  # pylint: disable=g-import-not-at-top
+
   batch = {args.workload: args.batch} if args.batch is not None else None
   workloads = W.standard_workloads(args.smoke, batch)
   if args.workload not in workloads:
-    p.error(f'unknown --workload {args.workload!r}; choose from '
-            f'{sorted(workloads)}.')
+    p.error(
+      f'unknown --workload {args.workload!r}; choose from {sorted(workloads)}.'
+    )
   if args.batch is not None and args.batch < 1:
     p.error(f'--batch must be >= 1, got {args.batch}.')
   w = workloads[args.workload]
   from benchmarks.compare_reference import check_ours  # pylint: disable=g-import-not-at-top
+
   try:
     perf = parse_key_values(args.ours, '--ours')
     check_ours(perf, [w])
@@ -560,12 +739,21 @@ def main(argv=None):
     p.error(str(e))
   # Letters, digits, '.', '_' and '-' only (what a device run brings back).
   tag = ''.join(f'_{k}-{v}' for k, v in sorted(perf.items()))
-  stem = os.path.join(args.out, re.sub(
-      r'[^\w.-]', '-', f'profile_{args.workload}_b{w.batch}_{args.mode}{tag}'))
+  stem = os.path.join(
+    args.out,
+    re.sub(
+      r'[^\w.-]', '-', f'profile_{args.workload}_b{w.batch}_{args.mode}{tag}'
+    ),
+  )
   os.makedirs(args.out, exist_ok=True)
-  doc = profile(w, args.mode, perf, device=args.device,
-                keep_trace_as=stem + '.xplane.pb.gz' if args.keep_trace
-                else None, ceilings=ceilings)
+  doc = profile(
+    w,
+    args.mode,
+    perf,
+    device=args.device,
+    keep_trace_as=stem + '.xplane.pb.gz' if args.keep_trace else None,
+    ceilings=ceilings,
+  )
   doc['machine'] = runner.machine_info()
   if ceilings and doc.get('gpu'):
     doc['gpu']['ceilings'] = ceilings

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional
 import psutil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 def _tree_rss(proc: psutil.Process) -> int:
@@ -37,10 +37,13 @@ def _tree_rss(proc: psutil.Process) -> int:
   return total
 
 
-def run_worker(spec: Dict[str, Any], mem_cap_bytes: Optional[int] = None,
-               timeout_s: Optional[float] = None,
-               env: Optional[Dict[str, str]] = None,
-               verbose: bool = True) -> Dict[str, Any]:
+def run_worker(
+  spec: Dict[str, Any],
+  mem_cap_bytes: Optional[int] = None,
+  timeout_s: Optional[float] = None,
+  env: Optional[Dict[str, str]] = None,
+  verbose: bool = True,
+) -> Dict[str, Any]:
   """Runs one `benchmarks.worker` measurement in a child process.
 
   Args:
@@ -60,8 +63,9 @@ def run_worker(spec: Dict[str, Any], mem_cap_bytes: Optional[int] = None,
   child_env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out_f, stderr=err_f,
-                            env=child_env)
+    proc = subprocess.Popen(
+      cmd, cwd=ROOT, stdout=out_f, stderr=err_f, env=child_env
+    )
     ps = psutil.Process(proc.pid)
     seen = {'peak': 0, 'why': None}
 
@@ -90,11 +94,14 @@ def run_worker(spec: Dict[str, Any], mem_cap_bytes: Optional[int] = None,
     err_f.seek(0)
     stdout = out_f.read().decode(errors='replace')
     stderr = err_f.read().decode(errors='replace')
-  base = {'impl': spec['impl'], 'mode': spec['mode'],
-          'workload': spec['workload']['name'],
-          'batch': spec['workload']['batch'],
-          'watchdog_peak_rss': seen['peak'],
-          'elapsed_s': time.perf_counter() - t0}
+  base = {
+    'impl': spec['impl'],
+    'mode': spec['mode'],
+    'workload': spec['workload']['name'],
+    'batch': spec['workload']['batch'],
+    'watchdog_peak_rss': seen['peak'],
+    'elapsed_s': time.perf_counter() - t0,
+  }
   if seen['why']:
     base['status'] = seen['why']
     if seen['why'] == 'over_memory_cap':
@@ -102,15 +109,16 @@ def run_worker(spec: Dict[str, Any], mem_cap_bytes: Optional[int] = None,
     return base
   for line in stdout.splitlines():
     if line.startswith('RESULT '):
-      result = json.loads(line[len('RESULT '):])
+      result = json.loads(line[len('RESULT ') :])
       result.update(status='ok', watchdog_peak_rss=seen['peak'])
       return result
   base['status'] = 'error'
   base['stderr_tail'] = stderr[-3000:]
   base['returncode'] = proc.returncode
   if verbose:
-    print(f'  worker failed ({proc.returncode}):\n{stderr[-3000:]}',
-          file=sys.stderr)
+    print(
+      f'  worker failed ({proc.returncode}):\n{stderr[-3000:]}', file=sys.stderr
+    )
   return base
 
 
@@ -129,24 +137,40 @@ def describe_cpu(cpuinfo: str) -> Dict[str, Any]:
     key, _, value = line.partition(':')
     fields[key.strip()] = value.strip()
   flags = set(fields.get('flags', '').split())
-  isa = next((name for name, flag in (('amx', 'amx_tile'),
-                                       ('avx512', 'avx512f'),
-                                       ('avx2', 'avx2')) if flag in flags),
-             'no avx2')
-  out = {'cpu_family': fields.get('cpu family'),
-         'cpu_model': fields.get('model'), 'cpu_isa': isa}
+  isa = next(
+    (
+      name
+      for name, flag in (
+        ('amx', 'amx_tile'),
+        ('avx512', 'avx512f'),
+        ('avx2', 'avx2'),
+      )
+      if flag in flags
+    ),
+    'no avx2',
+  )
+  out = {
+    'cpu_family': fields.get('cpu family'),
+    'cpu_model': fields.get('model'),
+    'cpu_isa': isa,
+  }
   if 'model name' in fields:
-    out['cpu'] = (f"{fields['model name']} (family {out['cpu_family']}, "
-                  f"model {out['cpu_model']}, {isa})")
+    out['cpu'] = (
+      f'{fields["model name"]} (family {out["cpu_family"]}, '
+      f'model {out["cpu_model"]}, {isa})'
+    )
   return out
 
 
 def machine_info() -> Dict[str, Any]:
   """Where the numbers came from."""
-  info = {'date': datetime.datetime.now().isoformat(timespec='seconds'),
-          'platform': platform.platform(), 'python': platform.python_version(),
-          'cpu_count': os.cpu_count(),
-          'memory_gib': round(psutil.virtual_memory().total / GIB, 1)}
+  info = {
+    'date': datetime.datetime.now().isoformat(timespec='seconds'),
+    'platform': platform.platform(),
+    'python': platform.python_version(),
+    'cpu_count': os.cpu_count(),
+    'memory_gib': round(psutil.virtual_memory().total / GIB, 1),
+  }
   try:
     with open('/proc/cpuinfo') as f:
       info.update(describe_cpu(f.read()))
@@ -162,6 +186,7 @@ def machine_info() -> Dict[str, Any]:
 def library_versions() -> Dict[str, str]:
   """Versions of the frameworks, read without importing them."""
   from importlib import metadata  # pylint: disable=g-import-not-at-top
+
   out = {}
   for name in ('jax', 'jaxlib', 'flax', 'optax', 'torch', 'transformers'):
     try:
@@ -203,8 +228,10 @@ def fmt_ratio(a: Optional[float], b: Optional[float]) -> str:
 
 
 def markdown_table(header: List[str], rows: List[List[str]]) -> str:
-  lines = ['| ' + ' | '.join(header) + ' |',
-           '| ' + ' | '.join('---' for _ in header) + ' |']
+  lines = [
+    '| ' + ' | '.join(header) + ' |',
+    '| ' + ' | '.join('---' for _ in header) + ' |',
+  ]
   lines += ['| ' + ' | '.join(str(c) for c in r) + ' |' for r in rows]
   return '\n'.join(lines) + '\n'
 
@@ -212,10 +239,12 @@ def markdown_table(header: List[str], rows: List[List[str]]) -> str:
 def add_out_flag(parser, kind: str) -> None:
   """`--out`, which `results_dir(args.out, args.smoke, kind)` resolves."""
   parser.add_argument(
-      '--out', default=None,
-      help=f'output folder (default a new benchmarks/results/{kind}/'
-      'run-<UTC time>/, so a run never replaces the committed results; with '
-      '--smoke benchmarks/results/smoke).')
+    '--out',
+    default=None,
+    help=f'output folder (default a new benchmarks/results/{kind}/'
+    'run-<UTC time>/, so a run never replaces the committed results; with '
+    '--smoke benchmarks/results/smoke).',
+  )
 
 
 def new_run_dir(kind: str) -> str:
@@ -224,10 +253,10 @@ def new_run_dir(kind: str) -> str:
   Why: the files directly in results/<kind>/ are the committed current
   results that the READMEs cite; a default run must not replace them.
   """
-  stamp = datetime.datetime.now(datetime.timezone.utc).strftime(
-      '%Y%m%d-%H%M%S')
-  return os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results',
-                      kind, f'run-{stamp}')
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d-%H%M%S')
+  return os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), 'results', kind, f'run-{stamp}'
+  )
 
 
 def results_dir(out, smoke, kind):
@@ -237,6 +266,7 @@ def results_dir(out, smoke, kind):
   if out:
     return out
   if smoke:
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                        'results', 'smoke')
+    return os.path.join(
+      os.path.dirname(os.path.abspath(__file__)), 'results', 'smoke'
+    )
   return new_run_dir(kind)

@@ -50,13 +50,16 @@ def _launcher_settings(argv):
     return {}
   base = {k: v for k, v in spec.items() if k != 'items'}
   specs = [{**base, **item} for item in spec.get('items', [{}])]
-  if not all(s.get('impl') == 'ours' and s.get('low_memory_cpu', True)
-             for s in specs):
+  if not all(
+    s.get('impl') == 'ours' and s.get('low_memory_cpu', True) for s in specs
+  ):
     return {}
   return process_tuning.configure_process()
 
 
-PROCESS_SETTINGS = _launcher_settings(sys.argv) if __name__ == '__main__' else {}
+PROCESS_SETTINGS = (
+  _launcher_settings(sys.argv) if __name__ == '__main__' else {}
+)
 
 from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -79,10 +82,12 @@ def _memory_analysis(compiled):
   """Bytes XLA plans for one executable (arguments, outputs, temporaries)."""
   try:
     m = compiled.memory_analysis()
-    return {'argument_bytes': m.argument_size_in_bytes,
-            'output_bytes': m.output_size_in_bytes,
-            'temp_bytes': m.temp_size_in_bytes,
-            'alias_bytes': m.alias_size_in_bytes}
+    return {
+      'argument_bytes': m.argument_size_in_bytes,
+      'output_bytes': m.output_size_in_bytes,
+      'temp_bytes': m.temp_size_in_bytes,
+      'alias_bytes': m.alias_size_in_bytes,
+    }
   except Exception:  # pylint: disable=broad-except
     return None
 
@@ -112,7 +117,8 @@ def count_model_flops(w, mode, data, **perf):
   count), from shapes only: nothing is initialised or compiled.
   """
   model, variables, x, kwargs = W.ours_build(
-      w, data, abstract=True, **{**perf, 'attention_impl': 'einsum'})
+    w, data, abstract=True, **{**perf, 'attention_impl': 'einsum'}
+  )
   fn, args = W.ours_abstract_call(model, variables, x, kwargs, data, mode)
   return lowered_flops(fn, *args)
 
@@ -133,6 +139,7 @@ def run_ours(spec, w, data):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from perceiver_io.model import build_model  # pylint: disable=g-import-not-at-top
+
   if spec.get('device', 'cpu') == 'cpu':
     jax.config.update('jax_platforms', 'cpu')
   perf = {k: spec[k] for k in W.PERF_KEYS if spec.get(k) is not None}
@@ -150,11 +157,15 @@ def run_ours(spec, w, data):
     if spec.get('items_cache'):
       _VARIABLES_CACHE[cache_key] = variables
   build_s = time.perf_counter() - t0
-  out = {'params': W.count_params(variables['params']), 'build_s': build_s,
-         'rss_after_build': W.current_rss_bytes(),
-         'peak_rss_after_build': W.peak_rss_bytes(),
-         'device_kind': jax.devices()[0].device_kind, 'perf': perf,
-         'process_settings': PROCESS_SETTINGS}
+  out = {
+    'params': W.count_params(variables['params']),
+    'build_s': build_s,
+    'rss_after_build': W.current_rss_bytes(),
+    'peak_rss_after_build': W.peak_rss_bytes(),
+    'device_kind': jax.devices()[0].device_kind,
+    'perf': perf,
+    'process_settings': PROCESS_SETTINGS,
+  }
   if spec['mode'] == 'train':
     tx = W.ours_optimizer()
     params = variables['params']
@@ -175,8 +186,9 @@ def run_ours(spec, w, data):
     box = {'p': params, 's': state, 'o': opt_state}
 
     def call():
-      box['p'], box['s'], box['o'], loss = step(box['p'], box['s'], box['o'],
-                                                x, labels, kwargs)
+      box['p'], box['s'], box['o'], loss = step(
+        box['p'], box['s'], box['o'], x, labels, kwargs
+      )
       loss.block_until_ready()
       box['loss'] = float(loss)
       process_tuning.settle_host_memory()  # As the launchers' loops do.
@@ -191,8 +203,15 @@ def run_ours(spec, w, data):
     def call():
       jax.block_until_ready(infer(variables, x, kwargs))
       process_tuning.settle_host_memory()
-  out.update(W.time_calls(call, spec.get('repeats', 3), spec.get('warmup', 1),
-                          spec.get('max_seconds')))
+
+  out.update(
+    W.time_calls(
+      call,
+      spec.get('repeats', 3),
+      spec.get('warmup', 1),
+      spec.get('max_seconds'),
+    )
+  )
   if spec['mode'] == 'train':
     out['loss'] = box['loss']
   if spec.get('device', 'cpu') != 'cpu':
@@ -201,8 +220,9 @@ def run_ours(spec, w, data):
   # Counted last (tracing a second model costs memory), after the peak.
   out['peak_rss'] = W.peak_rss_bytes()
   if spec.get('count_flops', True):
-    out['flops'], out['flops_error'] = count_model_flops(w, spec['mode'], data,
-                                                         **perf)
+    out['flops'], out['flops_error'] = count_model_flops(
+      w, spec['mode'], data, **perf
+    )
   return out
 
 
@@ -210,6 +230,7 @@ def run_hf(spec, w, data):
   """Times the HuggingFace model; returns a result dict."""
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+
   gpu = spec.get('device', 'cpu') != 'cpu'
   device = 'cuda' if gpu else 'cpu'
   if not gpu:
@@ -233,15 +254,23 @@ def run_hf(spec, w, data):
     # Compiles on the first call, which time_calls keeps apart from the
     # timed repeats (as our XLA compile).
     model = torch.compile(model, backend=backend)
-  out = {'params': n_params, 'torch_compile': backend,
-         'build_s': build_s, 'rss_after_build': W.current_rss_bytes(),
-         'peak_rss_after_build': W.peak_rss_bytes(),
-         'torch_threads': torch.get_num_threads(), 'precision': precision,
-         'device_kind': torch.cuda.get_device_name() if gpu else 'cpu'}
+  out = {
+    'params': n_params,
+    'torch_compile': backend,
+    'build_s': build_s,
+    'rss_after_build': W.current_rss_bytes(),
+    'peak_rss_after_build': W.peak_rss_bytes(),
+    'torch_threads': torch.get_num_threads(),
+    'precision': precision,
+    'device_kind': torch.cuda.get_device_name() if gpu else 'cpu',
+  }
   # 'bf16_autocast_compiled' (gpu_bench --hf_compile) is bf16 autocast with
   # the spec's torch_compile backend.
-  autocast = (torch.autocast(device_type=device, dtype=torch.bfloat16)
-              if precision.startswith('bf16_autocast') else None)
+  autocast = (
+    torch.autocast(device_type=device, dtype=torch.bfloat16)
+    if precision.startswith('bf16_autocast')
+    else None
+  )
   sync = torch.cuda.synchronize if gpu else (lambda: None)
 
   def logits_of(result):
@@ -255,8 +284,9 @@ def run_hf(spec, w, data):
     def call():
       if autocast is not None:
         with autocast:
-          loss = F.cross_entropy(logits_of(model(**make_inputs())).float(),
-                                 labels)
+          loss = F.cross_entropy(
+            logits_of(model(**make_inputs())).float(), labels
+          )
       else:
         loss = F.cross_entropy(logits_of(model(**make_inputs())), labels)
       loss.backward()
@@ -275,8 +305,15 @@ def run_hf(spec, w, data):
         else:
           logits_of(model(**make_inputs()))
       sync()
-  out.update(W.time_calls(call, spec.get('repeats', 3), spec.get('warmup', 1),
-                          spec.get('max_seconds')))
+
+  out.update(
+    W.time_calls(
+      call,
+      spec.get('repeats', 3),
+      spec.get('warmup', 1),
+      spec.get('max_seconds'),
+    )
+  )
   if spec['mode'] == 'train':
     out['loss'] = box['loss']
   if gpu:
@@ -285,16 +322,18 @@ def run_hf(spec, w, data):
 
 
 def _workload(spec):
-  return W.Workload(**{**spec['workload'],
-                       'modes': tuple(spec['workload'].get('modes', ()))})
+  return W.Workload(
+    **{**spec['workload'], 'modes': tuple(spec['workload'].get('modes', ()))}
+  )
 
 
 def run(spec):
   """Runs one measurement described by `spec`; returns the result dict."""
   w = _workload(spec)
   if spec['mode'] not in w.modes:
-    raise ValueError(f'workload {w.name} has modes {w.modes}, not '
-                     f'{spec["mode"]!r}.')
+    raise ValueError(
+      f'workload {w.name} has modes {w.modes}, not {spec["mode"]!r}.'
+    )
   threads = _set_cpu_threads(spec.get('threads'))
   rss_at_start = W.current_rss_bytes()
   data = W.make_inputs(w)
@@ -306,13 +345,17 @@ def run(spec):
   else:
     raise ValueError(f"impl must be 'ours' or 'hf', got {spec['impl']!r}.")
   out.setdefault('peak_rss', W.peak_rss_bytes())
-  out.update(impl=spec['impl'], mode=spec['mode'], workload=w.name,
-             batch=w.batch, cpu_threads=threads,
-             rss_at_start=rss_at_start,
-             wall_s=time.perf_counter() - t0,
-             imported_tensorflow=sys.modules.get('tensorflow') is not None,
-             imported_ml_collections=(sys.modules.get('ml_collections')
-                                      is not None))
+  out.update(
+    impl=spec['impl'],
+    mode=spec['mode'],
+    workload=w.name,
+    batch=w.batch,
+    cpu_threads=threads,
+    rss_at_start=rss_at_start,
+    wall_s=time.perf_counter() - t0,
+    imported_tensorflow=sys.modules.get('tensorflow') is not None,
+    imported_ml_collections=(sys.modules.get('ml_collections') is not None),
+  )
   return out
 
 
@@ -331,8 +374,13 @@ def run_items(spec):
     tag['workload'] = sub['workload']['name']
     tag['batch'] = sub['workload']['batch']
     if spec.get('deadline') and time.time() > spec['deadline']:
-      print(MARKER + json.dumps({**tag, 'status': 'skipped',
-                                 'reason': 'time budget spent'}), flush=True)
+      print(
+        MARKER
+        + json.dumps(
+          {**tag, 'status': 'skipped', 'reason': 'time budget spent'}
+        ),
+        flush=True,
+      )
       continue
     try:
       result = {**tag, **run(sub), 'status': 'ok'}

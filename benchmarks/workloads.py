@@ -44,6 +44,7 @@ class Workload:
     modes: which of 'train' / 'infer' make sense for it.
     description: one line for the tables.
   """
+
   name: str
   kind: str
   batch: int
@@ -53,24 +54,68 @@ class Workload:
 
 
 # Full-size architectures (the paper's; same as our presets' defaults).
-TEXT_FULL = dict(num_classes=2, d_model=768, max_seq_len=2048, num_latents=256,
-                 latent_channels=1280, depth=26, heads=8, qk=256,
-                 seq_len=2048)
-IMAGE_FULL = dict(num_classes=1000, image_size=224, num_latents=512,
-                  latent_channels=1024, blocks=8, per_block=6, self_heads=8)
-FLOW_FULL = dict(train_size=(368, 496), num_latents=2048, latent_channels=512,
-                 depth=24, self_heads=16, channels=64)
+TEXT_FULL = dict(
+  num_classes=2,
+  d_model=768,
+  max_seq_len=2048,
+  num_latents=256,
+  latent_channels=1280,
+  depth=26,
+  heads=8,
+  qk=256,
+  seq_len=2048,
+)
+IMAGE_FULL = dict(
+  num_classes=1000,
+  image_size=224,
+  num_latents=512,
+  latent_channels=1024,
+  blocks=8,
+  per_block=6,
+  self_heads=8,
+)
+FLOW_FULL = dict(
+  train_size=(368, 496),
+  num_latents=2048,
+  latent_channels=512,
+  depth=24,
+  self_heads=16,
+  channels=64,
+)
 # Tiny sizes for `--smoke` runs: seconds on a laptop CPU, same code paths.
-TEXT_TINY = dict(num_classes=2, d_model=32, max_seq_len=64, num_latents=8,
-                 latent_channels=48, depth=2, heads=4, qk=16, seq_len=64)
-IMAGE_TINY = dict(num_classes=10, image_size=32, num_latents=16,
-                  latent_channels=32, blocks=2, per_block=2, self_heads=4)
-FLOW_TINY = dict(train_size=(16, 24), num_latents=16, latent_channels=32,
-                 depth=2, self_heads=4, channels=64)  # HF fixes 64.
+TEXT_TINY = dict(
+  num_classes=2,
+  d_model=32,
+  max_seq_len=64,
+  num_latents=8,
+  latent_channels=48,
+  depth=2,
+  heads=4,
+  qk=16,
+  seq_len=64,
+)
+IMAGE_TINY = dict(
+  num_classes=10,
+  image_size=32,
+  num_latents=16,
+  latent_channels=32,
+  blocks=2,
+  per_block=2,
+  self_heads=4,
+)
+FLOW_TINY = dict(
+  train_size=(16, 24),
+  num_latents=16,
+  latent_channels=32,
+  depth=2,
+  self_heads=4,
+  channels=64,
+)  # HF fixes 64.
 
 
-def standard_workloads(smoke: bool = False, batch: Optional[Dict[str, int]] = None
-                      ) -> Dict[str, Workload]:
+def standard_workloads(
+  smoke: bool = False, batch: Optional[Dict[str, int]] = None
+) -> Dict[str, Workload]:
   """The issue's workloads: IMDB step, ImageNet Fourier/conv, flow inference.
 
   Args:
@@ -81,28 +126,49 @@ def standard_workloads(smoke: bool = False, batch: Optional[Dict[str, int]] = No
     name -> Workload, in run order.
   """
   batch = batch or {}
-  text, image, flow = ((TEXT_TINY, IMAGE_TINY, FLOW_TINY) if smoke else
-                       (TEXT_FULL, IMAGE_FULL, FLOW_FULL))
+  text, image, flow = (
+    (TEXT_TINY, IMAGE_TINY, FLOW_TINY)
+    if smoke
+    else (TEXT_FULL, IMAGE_FULL, FLOW_FULL)
+  )
   items = [
-      Workload('imdb', 'text', batch.get('imdb', 4), dict(text),
-               description='IMDB fine-tune: text classification, '
-               f'{text["seq_len"]} bytes'),
-      Workload('imagenet_fourier', 'image_fourier',
-               batch.get('imagenet_fourier', 2), dict(image),
-               description=f'ImageNet Fourier {image["image_size"]}px'),
-      Workload('imagenet_conv', 'image_conv', batch.get('imagenet_conv', 2),
-               dict(image),
-               description=f'ImageNet conv {image["image_size"]}px'),
-      Workload('optical_flow', 'flow', batch.get('optical_flow', 1),
-               dict(flow), modes=('infer',),
-               description='optical flow, one {}x{} pair'.format(
-                   *flow['train_size'])),
+    Workload(
+      'imdb',
+      'text',
+      batch.get('imdb', 4),
+      dict(text),
+      description='IMDB fine-tune: text classification, '
+      f'{text["seq_len"]} bytes',
+    ),
+    Workload(
+      'imagenet_fourier',
+      'image_fourier',
+      batch.get('imagenet_fourier', 2),
+      dict(image),
+      description=f'ImageNet Fourier {image["image_size"]}px',
+    ),
+    Workload(
+      'imagenet_conv',
+      'image_conv',
+      batch.get('imagenet_conv', 2),
+      dict(image),
+      description=f'ImageNet conv {image["image_size"]}px',
+    ),
+    Workload(
+      'optical_flow',
+      'flow',
+      batch.get('optical_flow', 1),
+      dict(flow),
+      modes=('infer',),
+      description='optical flow, one {}x{} pair'.format(*flow['train_size']),
+    ),
   ]
   return {w.name: w for w in items}
 
 
-def query_workload(num_queries: int, grid=(1024, 1024), image_size=64,
-                   batch=1, tiny=False) -> Workload:
+def query_workload(
+  num_queries: int, grid=(1024, 1024), image_size=64, batch=1, tiny=False
+) -> Workload:
   """Decode `num_queries` Fourier-feature output points (first of `grid`).
 
   A small image encoder (pixels + 2D Fourier positions) followed by a basic
@@ -110,17 +176,33 @@ def query_workload(num_queries: int, grid=(1024, 1024), image_size=64,
   paper's dense decoders; both sides decode the same subsampled points.
   """
   if num_queries > int(np.prod(grid)):
-    raise ValueError(f'num_queries={num_queries} exceeds the output grid '
-                     f'{grid} ({int(np.prod(grid))} points).')
-  sizes = dict(image_size=image_size, num_latents=256, latent_channels=512,
-               blocks=1, per_block=2, self_heads=8, grid=tuple(grid),
-               num_queries=num_queries, output_channels=3)
+    raise ValueError(
+      f'num_queries={num_queries} exceeds the output grid '
+      f'{grid} ({int(np.prod(grid))} points).'
+    )
+  sizes = dict(
+    image_size=image_size,
+    num_latents=256,
+    latent_channels=512,
+    blocks=1,
+    per_block=2,
+    self_heads=8,
+    grid=tuple(grid),
+    num_queries=num_queries,
+    output_channels=3,
+  )
   if tiny:
-    sizes.update(image_size=8, num_latents=8, latent_channels=32, per_block=1,
-                 self_heads=4)
-  return Workload(f'queries_{num_queries}', 'queries', batch, sizes,
-                  modes=('infer',),
-                  description=f'decode {num_queries} Fourier queries')
+    sizes.update(
+      image_size=8, num_latents=8, latent_channels=32, per_block=1, self_heads=4
+    )
+  return Workload(
+    f'queries_{num_queries}',
+    'queries',
+    batch,
+    sizes,
+    modes=('infer',),
+    description=f'decode {num_queries} Fourier queries',
+  )
 
 
 def text_workload(seq_len: int, batch=1, depth=26, tiny=False) -> Workload:
@@ -129,8 +211,13 @@ def text_workload(seq_len: int, batch=1, depth=26, tiny=False) -> Workload:
   sizes.update(seq_len=seq_len, max_seq_len=seq_len)
   if not tiny:
     sizes['depth'] = depth
-  return Workload(f'text_{seq_len}', 'text', batch, sizes,
-                  description=f'text classification, {seq_len} bytes')
+  return Workload(
+    f'text_{seq_len}',
+    'text',
+    batch,
+    sizes,
+    description=f'text classification, {seq_len} bytes',
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -147,15 +234,17 @@ def make_inputs(w: Workload, seed: int = 0) -> Dict[str, np.ndarray]:
     ids = rng.integers(6, 262, size=(b, n), dtype=np.int32)
     mask = np.ones((b, n), np.int32)
     # IMDB reviews are padded to the length: mask the tail of every other one.
-    mask[1::2, (3 * n) // 4:] = 0
+    mask[1::2, (3 * n) // 4 :] = 0
     ids[mask == 0] = 0
-    return {'inputs': ids, 'mask': mask,
-            'labels': rng.integers(0, s['num_classes'], size=(b,))}
+    return {
+      'inputs': ids,
+      'mask': mask,
+      'labels': rng.integers(0, s['num_classes'], size=(b,)),
+    }
   if w.kind in ('image_fourier', 'image_conv'):
     size = s['image_size']
     x = rng.standard_normal((b, size, size, 3), dtype=np.float32)
-    return {'inputs': x,
-            'labels': rng.integers(0, s['num_classes'], size=(b,))}
+    return {'inputs': x, 'labels': rng.integers(0, s['num_classes'], size=(b,))}
   if w.kind == 'flow':
     h, wd = s['train_size']
     x = rng.uniform(-1, 1, size=(b, 2, h, wd, 3)).astype(np.float32)
@@ -163,8 +252,7 @@ def make_inputs(w: Workload, seed: int = 0) -> Dict[str, np.ndarray]:
   if w.kind == 'queries':
     size = s['image_size']
     x = rng.standard_normal((b, size, size, 3), dtype=np.float32)
-    return {'inputs': x,
-            'points': np.arange(s['num_queries'], dtype=np.int32)}
+    return {'inputs': x, 'points': np.arange(s['num_queries'], dtype=np.int32)}
   raise ValueError(f'unknown workload kind {w.kind!r}.')
 
 
@@ -178,53 +266,94 @@ def make_inputs(w: Workload, seed: int = 0) -> Dict[str, np.ndarray]:
 # 'auto', the experiment runner's choice (the fastest kernels of the
 # backend); `kernel_options` is the rest of `perceiver_io.kernels.
 # KernelOptions` as a dict (A/B switches, tracing for another platform).
-PERF_KEYS = ('dtype', 'attention_impl', 'remat', 'query_chunk_size',
-             'kernel_options')
+PERF_KEYS = (
+  'dtype',
+  'attention_impl',
+  'remat',
+  'query_chunk_size',
+  'kernel_options',
+)
 
 
 def ours_config(w: Workload, **perf) -> Dict[str, Any]:
   """Our model config for a workload; `perf` are build_model overrides."""
   from perceiver_io import presets  # pylint: disable=g-import-not-at-top
+
   s = w.sizes
   if w.kind == 'text':
     cfg = presets.get_config(
-        'text_classification', num_classes=s['num_classes'],
-        d_model=s['d_model'], max_seq_len=s['max_seq_len'],
-        num_latents=s['num_latents'], latent_channels=s['latent_channels'],
-        depth=s['depth'], heads=s['heads'], qk=s['qk'])
+      'text_classification',
+      num_classes=s['num_classes'],
+      d_model=s['d_model'],
+      max_seq_len=s['max_seq_len'],
+      num_latents=s['num_latents'],
+      latent_channels=s['latent_channels'],
+      depth=s['depth'],
+      heads=s['heads'],
+      qk=s['qk'],
+    )
   elif w.kind == 'image_fourier':
     cfg = presets.get_config(
-        'imagenet_fourier', num_classes=s['num_classes'],
-        image_size=s['image_size'], num_bands=NUM_BANDS,
-        num_latents=s['num_latents'], latent_channels=s['latent_channels'],
-        blocks=s['blocks'], per_block=s['per_block'],
-        self_heads=s['self_heads'])
+      'imagenet_fourier',
+      num_classes=s['num_classes'],
+      image_size=s['image_size'],
+      num_bands=NUM_BANDS,
+      num_latents=s['num_latents'],
+      latent_channels=s['latent_channels'],
+      blocks=s['blocks'],
+      per_block=s['per_block'],
+      self_heads=s['self_heads'],
+    )
   elif w.kind == 'image_conv':
     cfg = presets.get_config(
-        'imagenet_conv', num_classes=s['num_classes'],
-        image_size=s['image_size'], num_bands=NUM_BANDS,
-        num_latents=s['num_latents'], latent_channels=s['latent_channels'],
-        blocks=s['blocks'], per_block=s['per_block'],
-        self_heads=s['self_heads'], conv_hf_compat=True)
+      'imagenet_conv',
+      num_classes=s['num_classes'],
+      image_size=s['image_size'],
+      num_bands=NUM_BANDS,
+      num_latents=s['num_latents'],
+      latent_channels=s['latent_channels'],
+      blocks=s['blocks'],
+      per_block=s['per_block'],
+      self_heads=s['self_heads'],
+      conv_hf_compat=True,
+    )
   elif w.kind == 'flow':
     cfg = presets.get_config(
-        'optical_flow', train_size=tuple(s['train_size']), num_bands=NUM_BANDS,
-        num_latents=s['num_latents'], latent_channels=s['latent_channels'],
-        depth=s['depth'], self_heads=s['self_heads'],
-        channels=s['channels'])
+      'optical_flow',
+      train_size=tuple(s['train_size']),
+      num_bands=NUM_BANDS,
+      num_latents=s['num_latents'],
+      latent_channels=s['latent_channels'],
+      depth=s['depth'],
+      self_heads=s['self_heads'],
+      channels=s['channels'],
+    )
   elif w.kind == 'queries':
     cfg = presets.get_config(
-        'imagenet_fourier', num_classes=1, image_size=s['image_size'],
-        num_bands=NUM_BANDS, num_latents=s['num_latents'],
-        latent_channels=s['latent_channels'], blocks=s['blocks'],
-        per_block=s['per_block'], self_heads=s['self_heads'])
+      'imagenet_fourier',
+      num_classes=1,
+      image_size=s['image_size'],
+      num_bands=NUM_BANDS,
+      num_latents=s['num_latents'],
+      latent_channels=s['latent_channels'],
+      blocks=s['blocks'],
+      per_block=s['per_block'],
+      self_heads=s['self_heads'],
+    )
     cfg['decoder'] = {
-        'type': 'basic',
-        'query': {'type': 'fourier', 'num_bands': NUM_BANDS,
-                  'max_resolution': list(s['grid']), 'concat_pos': True,
-                  'sine_only': False},
-        'output_index_dims': list(s['grid']), 'num_heads': 1,
-        'output_channels': s['output_channels'], 'use_query_residual': False}
+      'type': 'basic',
+      'query': {
+        'type': 'fourier',
+        'num_bands': NUM_BANDS,
+        'max_resolution': list(s['grid']),
+        'concat_pos': True,
+        'sine_only': False,
+      },
+      'output_index_dims': list(s['grid']),
+      'num_heads': 1,
+      'output_channels': s['output_channels'],
+      'use_query_residual': False,
+    }
   else:
     raise ValueError(f'unknown workload kind {w.kind!r}.')
   cfg['gelu_approximate'] = False  # HF's 'gelu' is the exact erf GELU.
@@ -247,6 +376,7 @@ def ours_model_inputs(data: Dict[str, np.ndarray], dtype=None):
   """(positional inputs, apply kwargs) for our model, as jnp arrays."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   x, kwargs = jax.tree_util.tree_map(jnp.asarray, ours_model_arrays(data))
   if dtype is not None and jnp.issubdtype(x.dtype, jnp.floating):
     x = x.astype(dtype)
@@ -275,6 +405,7 @@ def ours_build(w: Workload, data, seed=0, abstract=False, **perf):
   """
   import jax  # pylint: disable=g-import-not-at-top
   from perceiver_io.model import build_model  # pylint: disable=g-import-not-at-top
+
   model = build_model(ours_config(w, **perf))
   x, kwargs = ours_model_inputs(data)
   init_kwargs = dict(kwargs)
@@ -303,14 +434,16 @@ def ours_step_flops(w: Workload, data, mode: str, **perf) -> float:
   """
   from perceiver_io import flops  # pylint: disable=g-import-not-at-top
   from perceiver_io import model as model_lib  # pylint: disable=g-import-not-at-top
+
   model = model_lib.build_model(ours_config(w, **perf))
   x, kwargs = ours_model_arrays(data)
   forward = flops.forward_flops(model, x, **kwargs)
   return 3.0 * forward if mode == 'train' else forward
 
 
-def decide_host_memory_reuse(settings, w: Workload, data, mode: str,
-                             **perf) -> None:
+def decide_host_memory_reuse(
+  settings, w: Workload, data, mode: str, **perf
+) -> None:
   """In 'auto' mode, `settings['host_memory_reuse']` := the launchers' choice.
 
   Must run before JAX's backend exists (`process_tuning.reuse_host_memory_for_step`).
@@ -318,12 +451,15 @@ def decide_host_memory_reuse(settings, w: Workload, data, mode: str,
   if settings.get('host_memory_reuse') != 'auto':
     return
   from experiments import process_tuning  # pylint: disable=g-import-not-at-top
+
   settings['host_memory_reuse'] = process_tuning.reuse_host_memory_for_step(
-      ours_step_flops(w, data, mode, **perf))
+    ours_step_flops(w, data, mode, **perf)
+  )
 
 
 def count_params(tree) -> int:
   import jax  # pylint: disable=g-import-not-at-top
+
   return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))
 
 
@@ -339,18 +475,23 @@ def ours_train_step(model, tx, has_batch_stats: bool):
   def loss_fn(params, state, x, labels, kwargs):
     variables = {'params': params, **state}
     if has_batch_stats:
-      logits, new_state = model.apply(variables, x, deterministic=False,
-                                      mutable=['batch_stats'], **kwargs)
+      logits, new_state = model.apply(
+        variables, x, deterministic=False, mutable=['batch_stats'], **kwargs
+      )
     else:
-      logits, new_state = model.apply(variables, x, deterministic=False,
-                                      **kwargs), state
+      logits, new_state = (
+        model.apply(variables, x, deterministic=False, **kwargs),
+        state,
+      )
     loss = optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype('float32'), labels).mean()
+      logits.astype('float32'), labels
+    ).mean()
     return loss, dict(new_state)
 
   def step(params, state, opt_state, x, labels, kwargs):
     (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, state, x, labels, kwargs)
+      params, state, x, labels, kwargs
+    )
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     return params, state, opt_state, loss
@@ -364,6 +505,7 @@ def ours_abstract_call(model, variables, x, kwargs, data, mode, put=None):
   gives them; `put` re-creates each argument's ShapeDtypeStruct (e.g. with
   a device's sharding)."""
   import jax  # pylint: disable=g-import-not-at-top
+
   if mode == 'infer':
     fn, args = ours_infer_fn(model), (variables, x, kwargs)
   else:
@@ -380,14 +522,18 @@ def ours_abstract_call(model, variables, x, kwargs, data, mode, put=None):
 
 def ours_infer_fn(model):
   import jax  # pylint: disable=g-import-not-at-top
-  return jax.jit(lambda variables, x, kwargs: model.apply(variables, x,
-                                                          **kwargs))
+
+  return jax.jit(
+    lambda variables, x, kwargs: model.apply(variables, x, **kwargs)
+  )
 
 
 def ours_optimizer():
   import optax  # pylint: disable=g-import-not-at-top
-  return optax.adamw(LEARNING_RATE, b1=0.9, b2=0.999, eps=1e-8,
-                     weight_decay=WEIGHT_DECAY)
+
+  return optax.adamw(
+    LEARNING_RATE, b1=0.9, b2=0.999, eps=1e-8, weight_decay=WEIGHT_DECAY
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -400,31 +546,47 @@ def hf_config_kwargs(w: Workload) -> Dict[str, Any]:
   s = w.sizes
   common = dict(attention_probs_dropout_prob=0.0, hidden_act='gelu')
   if w.kind == 'text':
-    return dict(common, qk_channels=s['qk'], v_channels=s['latent_channels'],
-                d_latents=s['latent_channels'], num_latents=s['num_latents'],
-                d_model=s['d_model'], num_self_attends_per_block=s['depth'],
-                num_blocks=1, num_self_attention_heads=s['heads'],
-                num_cross_attention_heads=s['heads'],
-                max_position_embeddings=s['max_seq_len'],
-                num_labels=s['num_classes'])
+    return dict(
+      common,
+      qk_channels=s['qk'],
+      v_channels=s['latent_channels'],
+      d_latents=s['latent_channels'],
+      num_latents=s['num_latents'],
+      d_model=s['d_model'],
+      num_self_attends_per_block=s['depth'],
+      num_blocks=1,
+      num_self_attention_heads=s['heads'],
+      num_cross_attention_heads=s['heads'],
+      max_position_embeddings=s['max_seq_len'],
+      num_labels=s['num_classes'],
+    )
   fourier_width = 2 * (2 * NUM_BANDS + 1)
   if w.kind in ('image_fourier', 'image_conv', 'queries'):
     in_width = {'image_fourier': 3, 'image_conv': 64, 'queries': 3}[w.kind]
-    return dict(common, num_latents=s['num_latents'],
-                d_latents=s['latent_channels'], num_blocks=s['blocks'],
-                num_self_attends_per_block=s['per_block'],
-                num_self_attention_heads=s['self_heads'],
-                num_cross_attention_heads=1,
-                num_labels=s.get('num_classes', 1),
-                image_size=s['image_size'], d_model=in_width + fourier_width)
+    return dict(
+      common,
+      num_latents=s['num_latents'],
+      d_latents=s['latent_channels'],
+      num_blocks=s['blocks'],
+      num_self_attends_per_block=s['per_block'],
+      num_self_attention_heads=s['self_heads'],
+      num_cross_attention_heads=1,
+      num_labels=s.get('num_classes', 1),
+      image_size=s['image_size'],
+      d_model=in_width + fourier_width,
+    )
   if w.kind == 'flow':
-    return dict(common, num_latents=s['num_latents'],
-                d_latents=s['latent_channels'], num_blocks=1,
-                num_self_attends_per_block=s['depth'],
-                num_self_attention_heads=s['self_heads'],
-                num_cross_attention_heads=1,
-                d_model=s['channels'] + fourier_width,
-                train_size=list(s['train_size']))
+    return dict(
+      common,
+      num_latents=s['num_latents'],
+      d_latents=s['latent_channels'],
+      num_blocks=1,
+      num_self_attends_per_block=s['depth'],
+      num_self_attention_heads=s['self_heads'],
+      num_cross_attention_heads=1,
+      d_model=s['channels'] + fourier_width,
+      train_size=list(s['train_size']),
+    )
   raise ValueError(f'unknown workload kind {w.kind!r}.')
 
 
@@ -433,6 +595,7 @@ def hf_build(w: Workload, seed=0):
   import torch  # pylint: disable=g-import-not-at-top
   import transformers as tr  # pylint: disable=g-import-not-at-top
   from transformers.models.perceiver import modeling_perceiver as mp  # pylint: disable=g-import-not-at-top
+
   torch.manual_seed(seed)
   cfg = tr.PerceiverConfig(**hf_config_kwargs(w))
   if w.kind == 'text':
@@ -445,20 +608,34 @@ def hf_build(w: Workload, seed=0):
     return tr.PerceiverForOpticalFlow(cfg)
   if w.kind == 'queries':
     s = w.sizes
-    fourier = lambda res: dict(num_bands=NUM_BANDS, max_resolution=tuple(res),
-                               concat_pos=True, sine_only=False)
+    fourier = lambda res: dict(
+      num_bands=NUM_BANDS,
+      max_resolution=tuple(res),
+      concat_pos=True,
+      sine_only=False,
+    )
     pre = mp.PerceiverImagePreprocessor(
-        cfg, prep_type='pixels', spatial_downsample=1,
-        fourier_position_encoding_kwargs=fourier(
-            (s['image_size'], s['image_size'])))
+      cfg,
+      prep_type='pixels',
+      spatial_downsample=1,
+      fourier_position_encoding_kwargs=fourier(
+        (s['image_size'], s['image_size'])
+      ),
+    )
     dec = mp.PerceiverBasicDecoder(
-        cfg, output_num_channels=s['output_channels'],
-        position_encoding_type='fourier', output_index_dims=tuple(s['grid']),
-        num_channels=2 * (2 * NUM_BANDS + 1), num_heads=1,
-        use_query_residual=False, final_project=True,
-        fourier_position_encoding_kwargs=fourier(s['grid']))
-    return _hf_query_decoding(mp.PerceiverModel(cfg, input_preprocessor=pre,
-                                                decoder=dec))
+      cfg,
+      output_num_channels=s['output_channels'],
+      position_encoding_type='fourier',
+      output_index_dims=tuple(s['grid']),
+      num_channels=2 * (2 * NUM_BANDS + 1),
+      num_heads=1,
+      use_query_residual=False,
+      final_project=True,
+      fourier_position_encoding_kwargs=fourier(s['grid']),
+    )
+    return _hf_query_decoding(
+      mp.PerceiverModel(cfg, input_preprocessor=pre, decoder=dec)
+    )
   raise ValueError(f'unknown workload kind {w.kind!r}.')
 
 
@@ -484,10 +661,10 @@ def _hf_query_decoding(perceiver):
       m = self.perceiver
       x, sizes, without_pos = m.input_preprocessor(inputs)
       latents = m.embeddings(batch_size=x.shape[0])
-      z = m.encoder(latents, attention_mask=None, inputs=x,
-                    inputs_mask=None)[0]
+      z = m.encoder(latents, attention_mask=None, inputs=x, inputs_mask=None)[0]
       query = m.decoder.decoder_query(
-          x, sizes, without_pos, subsampled_points=subsampled_output_points)
+        x, sizes, without_pos, subsampled_points=subsampled_output_points
+      )
       logits = m.decoder(query, z=z).logits
       return tr.modeling_outputs.ModelOutput(logits=logits)
 
@@ -504,10 +681,11 @@ def torch_flow_patches(frames):
   """
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+
   b, t, h, w, c = frames.shape
   x = frames.permute(0, 1, 4, 2, 3).reshape(b * t, c, h, w)
   x = F.pad(x, (1, 1, 1, 1))
-  shifts = [x[:, :, i:i + h, j:j + w] for i in range(3) for j in range(3)]
+  shifts = [x[:, :, i : i + h, j : j + w] for i in range(3) for j in range(3)]
   patches = torch.stack(shifts, dim=1)  # [BT, 9, C, H, W]: (ph, pw), c.
   return patches.reshape(b, t, 9 * c, h, w)
 
@@ -516,9 +694,13 @@ def hf_model_inputs(w: Workload, data: Dict[str, np.ndarray], device='cpu'):
   """(forward kwargs builder, labels) for HF. The builder runs per call so
   that input-layout work (flow patches) is timed like ours."""
   import torch  # pylint: disable=g-import-not-at-top
+
   x = torch.from_numpy(np.ascontiguousarray(data['inputs'])).to(device)
-  labels = (torch.from_numpy(data['labels']).long().to(device)
-            if 'labels' in data else None)
+  labels = (
+    torch.from_numpy(data['labels']).long().to(device)
+    if 'labels' in data
+    else None
+  )
   if w.kind == 'text':
     mask = torch.from_numpy(data['mask']).to(device)
     return (lambda: dict(inputs=x.long(), attention_mask=mask)), labels
@@ -528,17 +710,23 @@ def hf_model_inputs(w: Workload, data: Dict[str, np.ndarray], device='cpu'):
     return (lambda: dict(inputs=torch_flow_patches(x))), labels
   if w.kind == 'queries':
     pts = torch.from_numpy(data['points']).long().to(device)
-    return (lambda: dict(inputs=x.permute(0, 3, 1, 2),
-                         subsampled_output_points=pts)), labels
+    return (
+      lambda: dict(inputs=x.permute(0, 3, 1, 2), subsampled_output_points=pts)
+    ), labels
   raise ValueError(f'unknown workload kind {w.kind!r}.')
 
 
 def hf_optimizer(model, fused: bool = False):
   import torch  # pylint: disable=g-import-not-at-top
-  return torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE,
-                           betas=(0.9, 0.999), eps=1e-8,
-                           weight_decay=WEIGHT_DECAY,
-                           **({'fused': True} if fused else {}))
+
+  return torch.optim.AdamW(
+    model.parameters(),
+    lr=LEARNING_RATE,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=WEIGHT_DECAY,
+    **({'fused': True} if fused else {}),
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -546,8 +734,12 @@ def hf_optimizer(model, fused: bool = False):
 # ----------------------------------------------------------------------------
 
 
-def time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 1,
-               max_seconds: Optional[float] = None) -> Dict[str, Any]:
+def time_calls(
+  fn: Callable[[], Any],
+  repeats: int,
+  warmup: int = 1,
+  max_seconds: Optional[float] = None,
+) -> Dict[str, Any]:
   """Runs `fn` warmup + repeats times; the first (compile) time is kept apart.
 
   `fn` must block until its work is done. Stops early (with at least one timed
@@ -561,6 +753,7 @@ def time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 1,
     management when two implementations' times differ.
   """
   import resource  # pylint: disable=g-import-not-at-top
+
   t0 = time.perf_counter()
   fn()
   first = time.perf_counter() - t0
@@ -579,19 +772,24 @@ def time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 1,
     faults.append(r1.ru_minflt - r0.ru_minflt)
     if max_seconds is not None and time.perf_counter() - start > max_seconds:
       break
-  return {'first_s': first, 'times_s': times,
-          'median_s': float(np.median(times)),
-          'cpu_user_s': float(np.median(user)),
-          'cpu_sys_s': float(np.median(system)),
-          'minor_faults': int(np.median(faults))}
+  return {
+    'first_s': first,
+    'times_s': times,
+    'median_s': float(np.median(times)),
+    'cpu_user_s': float(np.median(user)),
+    'cpu_sys_s': float(np.median(system)),
+    'minor_faults': int(np.median(faults)),
+  }
 
 
 def peak_rss_bytes() -> int:
   """Peak resident set size of this process (Linux ru_maxrss is in KiB)."""
   import resource  # pylint: disable=g-import-not-at-top
+
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def current_rss_bytes() -> int:
   import psutil  # pylint: disable=g-import-not-at-top
+
   return psutil.Process().memory_info().rss

@@ -41,12 +41,15 @@ def parse_arg(arg: str, **defaults: Any) -> ml_collections.ConfigDict:
     elif i == 0 and first_field is not None:
       key, value = first_field, item
     else:
-      raise ValueError(f'config argument {item!r} is not one of the fields '
-                       f'{sorted(defaults)} (write field=value).')
+      raise ValueError(
+        f'config argument {item!r} is not one of the fields '
+        f'{sorted(defaults)} (write field=value).'
+      )
     key = key.strip()
     if key not in defaults:
-      raise ValueError(f'unknown config argument {key!r}; valid arguments: '
-                       f'{sorted(defaults)}.')
+      raise ValueError(
+        f'unknown config argument {key!r}; valid arguments: {sorted(defaults)}.'
+      )
     result[key] = _parse_value(key, value.strip(), defaults[key])
   return ml_collections.ConfigDict(result)
 
@@ -63,8 +66,9 @@ def _parse_value(key: str, text: str, default: Any) -> Any:
     if isinstance(default, float):
       return float(text)
   except ValueError:
-    raise ValueError(f'config argument {key}={text!r} must be a '
-                     f'{type(default).__name__}.') from None
+    raise ValueError(
+      f'config argument {key}={text!r} must be a {type(default).__name__}.'
+    ) from None
   return text
 
 
@@ -74,14 +78,14 @@ def base_config() -> ml_collections.ConfigDict:
   # A module of experiments/tasks/: 'classification' | 'regression'
   # (STS-B) | 'mlm' (masked bytes) | 'image_classification' | 'optical_flow'.
   c.task = 'classification'
-  c.glue_task = ''                     # GLUE task name (evaluate summary)
+  c.glue_task = ''  # GLUE task name (evaluate summary)
   c.seed = 0
   # Model: a perceiver_io preset plus its keyword arguments.
   c.model = ml_collections.ConfigDict()
   c.model.preset = 'tiny_text_classification'
   c.model.kwargs = ml_collections.ConfigDict()
-  c.model.dtype = 'float32'            # compute dtype; params stay float32
-  c.model.remat = False                # rematerialise latent layers
+  c.model.dtype = 'float32'  # compute dtype; params stay float32
+  c.model.remat = False  # rematerialise latent layers
   # Decode output queries in chunks of this many (bounded memory for large
   # query sets: flow's one query per pixel); 0 = all at once.
   c.model.query_chunk_size = 0
@@ -90,12 +94,12 @@ def base_config() -> ml_collections.ConfigDict:
   # (GPU, bf16: cuDNN flash attention where it applies; as 'auto'
   # elsewhere), 'xla' (the library's default: plain autodiff), 'einsum'.
   c.model.attention_impl = 'auto'
-  c.model.dropout_rate = 0.0           # encoder dropout (official: 0)
-  c.model.in_channels = 0              # image channels; 0 = the preset's (3)
+  c.model.dropout_rate = 0.0  # encoder dropout (official: 0)
+  c.model.in_channels = 0  # image channels; 0 = the preset's (3)
   # '' = the preset's own decoder; 'tanh_mlp' = decoder output of
   # head_hidden channels -> tanh -> Dense(num_classes) (paper Table 13).
   c.model.head = ''
-  c.model.head_hidden = 0              # 0 = the latent width
+  c.model.head_hidden = 0  # 0 = the latent width
   # Start from pretrained weights: '' | 'hf:<dir or hub id>' |
   # 'haiku:<pickle>' | 'workdir:<dir>'. Missing/mismatched params are
   # initialised fresh and logged.
@@ -105,21 +109,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.source = 'digits'
   c.data.train_split = 'train'
   c.data.eval_split = 'test'
-  c.data.text_fields = 'text'          # comma-separated columns (pairs: 2)
+  c.data.text_fields = 'text'  # comma-separated columns (pairs: 2)
   c.data.label_field = 'label'
-  c.data.label_names = ''              # comma-separated; '' = from the data
+  c.data.label_names = ''  # comma-separated; '' = from the data
   # TSV/CSV without a header: set False and name columns by index, e.g.
   # CoLA: text_fields='3', label_field='1'.
   c.data.has_header = True
   c.data.num_classes = 2
-  c.data.max_length = 2048             # bytes incl. [CLS]/[SEP]
+  c.data.max_length = 2048  # bytes incl. [CLS]/[SEP]
   c.data.image_size = 8
-  c.data.mask_rate = 0.15              # MLM only (whole words, 80/10/10)
-  c.data.docs_per_example = 10         # MLM only: documents joined per crop
-  c.data.data_dir = ''                 # TFDS data_dir ('' = default)
+  c.data.mask_rate = 0.15  # MLM only (whole words, 80/10/10)
+  c.data.docs_per_example = 10  # MLM only: documents joined per crop
+  c.data.data_dir = ''  # TFDS data_dir ('' = default)
   # Batch and duration (one of num_train_steps / num_epochs; steps wins if
   # > 0).
-  c.batch_size = 32                    # global, over all devices and hosts
+  c.batch_size = 32  # global, over all devices and hosts
   # Parameters (and optimizer moments) with >= this many elements are split
   # over the devices (ZeRO-3 style); 0 = replicate everything (pure DP).
   c.shard_params_min_size = 0
@@ -129,37 +133,37 @@ def base_config() -> ml_collections.ConfigDict:
   c.label_smoothing = 0.0
   # Optimizer (experiments/optim.py).
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = 'adamw'           # 'adamw' | 'lamb' | 'adam' | 'sgd'
+  c.optimizer.name = 'adamw'  # 'adamw' | 'lamb' | 'adam' | 'sgd'
   c.optimizer.learning_rate = 1e-3
   c.optimizer.weight_decay = 0.0
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.999
   c.optimizer.eps = 1e-6
-  c.optimizer.grad_clip_norm = 1.0     # 0 = no clipping
-  c.optimizer.accumulate_steps = 1     # gradient accumulation (MultiSteps)
-  c.optimizer.decay_pos_embs = True    # official: position embeddings decay
+  c.optimizer.grad_clip_norm = 1.0  # 0 = no clipping
+  c.optimizer.accumulate_steps = 1  # gradient accumulation (MultiSteps)
+  c.optimizer.decay_pos_embs = True  # official: position embeddings decay
   c.schedule = ml_collections.ConfigDict()
   # 'constant' | 'constant_cosine' (official) | 'warmup_cosine' |
   # 'warmup_linear' | 'warmup_constant'.
   c.schedule.name = 'constant'
   c.schedule.warmup_steps = 0
-  c.schedule.constant_fraction = 0.5   # constant_cosine only
-  c.schedule.decay_steps = -1          # -1 = the whole run
+  c.schedule.constant_fraction = 0.5  # constant_cosine only
+  c.schedule.decay_steps = -1  # -1 = the whole run
   c.schedule.end_value = 0.0
   # Loop.
   c.log_every_steps = 50
-  c.eval_every_steps = 500             # also evaluates at the end
-  c.checkpoint_every_steps = 500       # also saves at the end
-  c.keep_checkpoints = 2               # latest N, plus the best one
+  c.eval_every_steps = 500  # also evaluates at the end
+  c.checkpoint_every_steps = 500  # also saves at the end
+  c.keep_checkpoints = 2  # latest N, plus the best one
   # Eval metrics beyond the task's default (comma list from
   # experiments.metrics.GLUE_METRICS keys' values, e.g. 'f1,accuracy'); with a
   # list, 'score' (their mean) is reported too.
   c.eval_metrics = ''
-  c.best_metric = 'accuracy'           # eval metric that picks 'best'
+  c.best_metric = 'accuracy'  # eval metric that picks 'best'
   c.best_mode = 'max'
-  c.max_eval_examples = -1             # -1 = the whole eval split
+  c.max_eval_examples = -1  # -1 = the whole eval split
   c.progress_bar = True
-  c.predict_examples = 0               # print N test predictions at the end
+  c.predict_examples = 0  # print N test predictions at the end
   # Refuse a workdir that holds another run's checkpoints (another model,
   # or settings a resume may not change: workdir.RESUMABLE_FIELDS)
   # unless True; the old run is moved aside, never deleted.

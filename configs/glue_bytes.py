@@ -46,30 +46,38 @@ from configs import common
 
 # task -> (number of classes (None: regression), TFDS eval split).
 TASKS = {
-    'cola': (2, 'validation'),
-    'sst2': (2, 'validation'),
-    'mrpc': (2, 'validation'),
-    'qqp': (2, 'validation'),
-    'stsb': (None, 'validation'),
-    'mnli': (3, 'validation_matched'),
-    'qnli': (2, 'validation'),
-    'rte': (2, 'validation'),
-    'wnli': (2, 'validation'),
+  'cola': (2, 'validation'),
+  'sst2': (2, 'validation'),
+  'mrpc': (2, 'validation'),
+  'qqp': (2, 'validation'),
+  'stsb': (None, 'validation'),
+  'mnli': (3, 'validation_matched'),
+  'qnli': (2, 'validation'),
+  'rte': (2, 'validation'),
+  'wnli': (2, 'validation'),
 }
 # Official metric(s) per task (experiments.metrics names; score = their mean).
 METRICS = {
-    'cola': 'matthews_corr', 'sst2': 'accuracy', 'mrpc': 'f1,accuracy',
-    'qqp': 'f1,accuracy', 'stsb': 'pearson,spearman', 'mnli': 'accuracy',
-    'qnli': 'accuracy', 'rte': 'accuracy', 'wnli': 'accuracy',
+  'cola': 'matthews_corr',
+  'sst2': 'accuracy',
+  'mrpc': 'f1,accuracy',
+  'qqp': 'f1,accuracy',
+  'stsb': 'pearson,spearman',
+  'mnli': 'accuracy',
+  'qnli': 'accuracy',
+  'rte': 'accuracy',
+  'wnli': 'accuracy',
 }
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, task='', lr=5e-5, batch=32, tiny=False)
   if args.task not in TASKS:
-    raise ValueError(f'glue_bytes needs a task: configs/glue_bytes.py:<task> '
-                     f'with <task> one of {", ".join(TASKS)}; got '
-                     f'{args.task!r}.')
+    raise ValueError(
+      f'glue_bytes needs a task: configs/glue_bytes.py:<task> '
+      f'with <task> one of {", ".join(TASKS)}; got '
+      f'{args.task!r}.'
+    )
   num_classes, eval_split = TASKS[args.task]
   c = common.base_config()
   c.glue_task = args.task

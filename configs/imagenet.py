@@ -79,8 +79,11 @@ import ml_collections
 
 from configs import common
 
-PRESETS = {'fourier': 'imagenet_fourier', 'learned': 'imagenet_learned',
-           'conv': 'imagenet_conv'}
+PRESETS = {
+  'fourier': 'imagenet_fourier',
+  'learned': 'imagenet_learned',
+  'conv': 'imagenet_conv',
+}
 NUM_TRAIN_IMAGES = 1_281_167
 BASE_LEARNING_RATE = 5e-4  # per 256 examples
 
@@ -94,11 +97,14 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if variant == 'tiny':
     variant = 'fourier'
   if variant not in PRESETS:
-    raise ValueError(f'imagenet variants: fourier, learned, conv (each with '
-                     f'",tiny"), or tiny; got {args.variant!r}.')
+    raise ValueError(
+      f'imagenet variants: fourier, learned, conv (each with '
+      f'",tiny"), or tiny; got {args.variant!r}.'
+    )
   if int(args.batch) < 0:
-    raise ValueError(f'batch must be >= 1 (or 0 for the variant\'s default), '
-                     f'got {args.batch}.')
+    raise ValueError(
+      f"batch must be >= 1 (or 0 for the variant's default), got {args.batch}."
+    )
   batch = int(args.batch) or (8 if tiny else 1024)
   c = common.base_config()
   c.task = 'image_classification'
@@ -107,17 +113,17 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.kwargs = ml_collections.ConfigDict()
   # Data (experiments/tasks/image_classification.py reads these).
   c.data.source = 'imagenet2012'
-  c.data.eval_source = ''              # '' = data.source
+  c.data.eval_source = ''  # '' = data.source
   c.data.train_split = 'train'
   c.data.eval_split = 'validation'
   c.data.num_classes = 1000
-  c.data.image_size = 224              # documentation; the model decides
-  c.data.class_names = ''              # CSV/text class list (folders, names)
-  c.data.manual_dir = ''               # TFDS imagenet2012 archives
-  c.data.geometry = ''                 # '' = auto ('imagenet' for photos)
-  c.data.randaugment_layers = 4        # 0 = off
+  c.data.image_size = 224  # documentation; the model decides
+  c.data.class_names = ''  # CSV/text class list (folders, names)
+  c.data.manual_dir = ''  # TFDS imagenet2012 archives
+  c.data.geometry = ''  # '' = auto ('imagenet' for photos)
+  c.data.randaugment_layers = 4  # 0 = off
   c.data.randaugment_magnitude = 5.0
-  c.data.mixup_alpha = 0.2             # 0 = off
+  c.data.mixup_alpha = 0.2  # 0 = off
   c.data.cutmix = True
   # Duration and batch.
   c.batch_size = batch
@@ -138,7 +144,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.schedule.warmup_steps = 0
   c.schedule.end_value = 0.0
   c.log_every_steps = 100
-  c.eval_every_steps = 6_250           # about every 5 epochs at batch 1024
+  c.eval_every_steps = 6_250  # about every 5 epochs at batch 1024
   c.checkpoint_every_steps = 1_250
   c.best_metric = 'top1'
   c.best_mode = 'max'

@@ -48,8 +48,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, variant='default')
   variant = args.variant
   if variant not in ('default', 'full', 'scratch', 'tiny'):
-    raise ValueError("imdb_bytes variants: default, full, scratch, tiny; got "
-                     f'{variant!r}.')
+    raise ValueError(
+      f'imdb_bytes variants: default, full, scratch, tiny; got {variant!r}.'
+    )
   c = common.base_config()
   c.task = 'classification'
   c.model.preset = 'text_classification'
@@ -89,9 +90,17 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.model.remat = True
   elif variant == 'scratch':
     c.init_from = ''
-    c.model.kwargs = ml_collections.ConfigDict(dict(
-        d_model=64, max_seq_len=512, num_latents=64,
-        latent_channels=128, depth=4, heads=4, qk=64))
+    c.model.kwargs = ml_collections.ConfigDict(
+      dict(
+        d_model=64,
+        max_seq_len=512,
+        num_latents=64,
+        latent_channels=128,
+        depth=4,
+        heads=4,
+        qk=64,
+      )
+    )
     c.data.train_split = 'train'
     c.data.eval_split = 'test'
     c.model.dropout_rate = 0.2

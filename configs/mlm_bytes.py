@@ -35,7 +35,9 @@ from configs import common
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, variant='default')
   if args.variant not in ('default', 'tiny'):
-    raise ValueError(f"mlm_bytes variants: default, tiny; got {args.variant!r}.")
+    raise ValueError(
+      f'mlm_bytes variants: default, tiny; got {args.variant!r}.'
+    )
   c = common.base_config()
   c.task = 'mlm'
   c.model.preset = 'language_mlm'

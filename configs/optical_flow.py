@@ -83,24 +83,25 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, variant='default')
   variant = args.variant
   if variant not in ('default', 'cpu', 'tiny'):
-    raise ValueError(f'optical_flow variants: default, cpu, tiny; got '
-                     f'{variant!r}.')
+    raise ValueError(
+      f'optical_flow variants: default, cpu, tiny; got {variant!r}.'
+    )
   c = common.base_config()
   c.task = 'optical_flow'
   c.model.preset = 'optical_flow'
   c.model.kwargs = ml_collections.ConfigDict()
-  c.model.flow_scale = 20.0            # pixels = model output x flow_scale
+  c.model.flow_scale = 20.0  # pixels = model output x flow_scale
   c.data.source = 'generated'
-  c.data.eval_source = 'generated'     # or sintel:/kitti:/middlebury:<dir>
-  c.data.render_height = 448           # generated frames before the crop
+  c.data.eval_source = 'generated'  # or sintel:/kitti:/middlebury:<dir>
+  c.data.render_height = 448  # generated frames before the crop
   c.data.render_width = 576
   c.data.num_train_examples = 400_000  # pairs per epoch (AutoFlow size)
-  c.data.num_eval_examples = 256       # generated eval pairs
-  c.data.motion_scale = 1.0            # x generator translations
+  c.data.num_eval_examples = 256  # generated eval pairs
+  c.data.motion_scale = 1.0  # x generator translations
   c.data.augment = True
-  c.data.plain_fraction = 0.1          # curriculum: un-augmented fwd+bwd
-  c.data.num_workers = 0               # generator processes (0 = inline)
-  c.data.pad_small = False             # evaluation: pad small frames
+  c.data.plain_fraction = 0.1  # curriculum: un-augmented fwd+bwd
+  c.data.num_workers = 0  # generator processes (0 = inline)
+  c.data.pad_small = False  # evaluation: pad small frames
   c.eval_tile_overlap = 20
   c.eval_tile_batch = 6
   c.batch_size = 512
@@ -122,9 +123,17 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.best_mode = 'min'
   if variant == 'cpu':
     c.model.preset = 'tiny_optical_flow'
-    c.model.kwargs = ml_collections.ConfigDict(dict(
-        train_size=(16, 24), num_bands=8, num_latents=16, latent_channels=64,
-        depth=2, self_heads=4, channels=32))
+    c.model.kwargs = ml_collections.ConfigDict(
+      dict(
+        train_size=(16, 24),
+        num_bands=8,
+        num_latents=16,
+        latent_channels=64,
+        depth=2,
+        self_heads=4,
+        channels=32,
+      )
+    )
     c.data.render_height, c.data.render_width = 20, 30
     c.data.motion_scale = 0.3
     c.data.num_train_examples = 100_000
@@ -145,7 +154,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.log_every_steps = 100
     c.eval_every_steps = 300
     c.checkpoint_every_steps = 1200
-    c.eval_tile_overlap = 4              # < the 16x24 tile (official 20)
+    c.eval_tile_overlap = 4  # < the 16x24 tile (official 20)
   elif variant == 'tiny':
     c.model.preset = 'tiny_optical_flow'
     c.data.render_height, c.data.render_width = 20, 28

@@ -34,18 +34,24 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, variant='default', tiny=False)
   tiny = args.tiny or args.variant == 'tiny'
   if args.variant not in ('default', 'tiny'):
-    raise ValueError(f"quickstart variants: 'default', 'tiny'; got "
-                     f'{args.variant!r}.')
+    raise ValueError(
+      f"quickstart variants: 'default', 'tiny'; got {args.variant!r}."
+    )
   c = common.base_config()
   c.task = 'classification'
   c.model.preset = 'imagenet_fourier'
   # No num_classes here: the head's size is data.num_classes (models.build).
-  c.model.kwargs = ml_collections.ConfigDict(dict(
-      image_size=8, num_bands=8,
+  c.model.kwargs = ml_collections.ConfigDict(
+    dict(
+      image_size=8,
+      num_bands=8,
       num_latents=32 if not tiny else 8,
       latent_channels=64 if not tiny else 16,
-      blocks=1, per_block=2 if not tiny else 1,
-      self_heads=4 if not tiny else 2))
+      blocks=1,
+      per_block=2 if not tiny else 1,
+      self_heads=4 if not tiny else 2,
+    )
+  )
   c.model.in_channels = 1  # Grey-scale digits.
   c.data.source = 'digits'
   c.data.num_classes = 10

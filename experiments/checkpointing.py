@@ -30,8 +30,11 @@ class CorruptCheckpointError(ValueError):
 
 # What TensorStore (under Orbax) says when a step's files are truncated,
 # overwritten or gone, as opposed to a state that does not fit the files.
-_READ_ERROR = re.compile(r'OUT_OF_RANGE|DATA_LOSS|NOT_FOUND|Error reading|'
-                         r'corrupt|truncated|unexpected end', re.IGNORECASE)
+_READ_ERROR = re.compile(
+  r'OUT_OF_RANGE|DATA_LOSS|NOT_FOUND|Error reading|'
+  r'corrupt|truncated|unexpected end',
+  re.IGNORECASE,
+)
 
 
 def _is_read_error(e: Exception) -> bool:
@@ -40,9 +43,11 @@ def _is_read_error(e: Exception) -> bool:
   return bool(_READ_ERROR.search(str(e)[:4000]))
 
 
-_WRITE_ERROR = re.compile(r'RESOURCE_EXHAUSTED|No space left|Error writing|'
-                          r'Permission denied|Read-only file system|'
-                          r'Disk quota exceeded')
+_WRITE_ERROR = re.compile(
+  r'RESOURCE_EXHAUSTED|No space left|Error writing|'
+  r'Permission denied|Read-only file system|'
+  r'Disk quota exceeded'
+)
 
 
 class CheckpointWriteError(ValueError):
@@ -60,8 +65,9 @@ def _silence_orphaned_reads() -> None:
     return
 
   def hook(report):
-    if (isinstance(report.exc_value, RuntimeError) and
-        'Event loop is closed' in str(report.exc_value)):
+    if isinstance(
+      report.exc_value, RuntimeError
+    ) and 'Event loop is closed' in str(report.exc_value):
       return
     previous(report)
 
@@ -72,25 +78,41 @@ def _silence_orphaned_reads() -> None:
 class Checkpointer:
   """Latest-N + best-by-metric Orbax checkpoints in `directory`."""
 
-  def __init__(self, directory: str, keep: int = 2, best_metric: str = '',
-               best_mode: str = 'max', async_save: bool = True):
+  def __init__(
+    self,
+    directory: str,
+    keep: int = 2,
+    best_metric: str = '',
+    best_mode: str = 'max',
+    async_save: bool = True,
+  ):
     if best_mode not in ('max', 'min'):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}.")
     worst = float('-inf') if best_mode == 'max' else float('inf')
-    best_fn = ((lambda m: float(m.get(best_metric, worst))) if best_metric
-               else None)
+    best_fn = (
+      (lambda m: float(m.get(best_metric, worst))) if best_metric else None
+    )
     policies = [ocp.checkpoint_managers.LatestN(n=max(int(keep), 1))]
     if best_fn is not None:
-      policies.append(ocp.checkpoint_managers.BestN(
-          get_metric_fn=best_fn, reverse=best_mode == 'min', n=1,
-          keep_checkpoints_without_metrics=False))
+      policies.append(
+        ocp.checkpoint_managers.BestN(
+          get_metric_fn=best_fn,
+          reverse=best_mode == 'min',
+          n=1,
+          keep_checkpoints_without_metrics=False,
+        )
+      )
     # best_fn/best_mode are passed too: with them Orbax writes each step's
     # metrics to disk, so `best_step` still works after a restart.
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(
-            policies),
-        best_fn=best_fn, best_mode=best_mode,
-        enable_async_checkpointing=async_save, create=True)
+      preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(
+        policies
+      ),
+      best_fn=best_fn,
+      best_mode=best_mode,
+      enable_async_checkpointing=async_save,
+      create=True,
+    )
     self.directory = os.path.abspath(directory)
     self.best_metric = best_metric
     self.best_mode = best_mode
@@ -107,15 +129,18 @@ class Checkpointer:
     """Step with the best saved metric (None if none carries metrics)."""
     if not self.best_metric:
       return None
-    steps = [s for s in self.manager.all_steps()
-             if self.manager.metrics(s) is not None]
+    steps = [
+      s for s in self.manager.all_steps() if self.manager.metrics(s) is not None
+    ]
     return self.manager.best_step() if steps else None
 
-  def save(self, step: int, state: PyTree,
-           metrics: Optional[Dict[str, float]] = None) -> None:
+  def save(
+    self, step: int, state: PyTree, metrics: Optional[Dict[str, float]] = None
+  ) -> None:
     with self._writing():
-      self.manager.save(step, args=ocp.args.StandardSave(state),
-                        metrics=metrics, force=True)
+      self.manager.save(
+        step, args=ocp.args.StandardSave(state), metrics=metrics, force=True
+      )
 
   def restore(self, step: int, abstract_state: PyTree) -> PyTree:
     """The whole training state of `step` (for resuming)."""
@@ -126,11 +151,14 @@ class Checkpointer:
     evaluating): the optimizer state is neither read nor needed, so a
     workdir stays usable whatever its optimizer settings say."""
     restore_args = jax.tree_util.tree_map(
-        lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding),
-        abstract_variables)
-    return self._restore(step, ocp.args.PyTreeRestore(
-        item=abstract_variables, restore_args=restore_args,
-        partial_restore=True))
+      lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract_variables
+    )
+    return self._restore(
+      step,
+      ocp.args.PyTreeRestore(
+        item=abstract_variables, restore_args=restore_args, partial_restore=True
+      ),
+    )
 
   def _restore(self, step: int, args) -> PyTree:
     try:
@@ -145,12 +173,16 @@ class Checkpointer:
       cause = re.sub(r'\s*\[tensorstore_spec.*', '', str(e), flags=re.S)
       cause = cause.rsplit(': ', 1)[-1][:200]
       raise CorruptCheckpointError(
-          f'checkpoint step {step} in {self.directory} cannot be read; it is '
-          f'corrupt or truncated ({type(e).__name__}: {cause}). Other steps: '
-          f'{others or "none"}. ' +
-          (f'Use --checkpoint={others[-1]} to predict or evaluate, or move '
-           f'{self.directory}/{step} aside to resume from step {others[-1]}.'
-           if others else 'Train again in a new --workdir.')) from e
+        f'checkpoint step {step} in {self.directory} cannot be read; it is '
+        f'corrupt or truncated ({type(e).__name__}: {cause}). Other steps: '
+        f'{others or "none"}. '
+        + (
+          f'Use --checkpoint={others[-1]} to predict or evaluate, or move '
+          f'{self.directory}/{step} aside to resume from step {others[-1]}.'
+          if others
+          else 'Train again in a new --workdir.'
+        )
+      ) from e
 
   def wait(self) -> None:
     with self._writing():
@@ -174,21 +206,27 @@ class Checkpointer:
         raise
       if self._write_error is not None:
         return  # Reported already; closing meets the same failure again.
-      partial = [name for name in os.listdir(self.directory)
-                 if '.orbax-checkpoint-tmp' in name]
+      partial = [
+        name
+        for name in os.listdir(self.directory)
+        if '.orbax-checkpoint-tmp' in name
+      ]
       for name in partial:
         shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-      cause = re.search(r'[^:"]*(No space left on device|Permission denied|'
-                        r'Read-only file system|Disk quota exceeded)',
-                        str(e))
+      cause = re.search(
+        r'[^:"]*(No space left on device|Permission denied|'
+        r'Read-only file system|Disk quota exceeded)',
+        str(e),
+      )
       steps = sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
       self._write_error = CheckpointWriteError(
-          f'saving a checkpoint in {self.directory} failed: '
-          f'{cause.group(1) if cause else str(e)[:200]}. Removed the partial '
-          f'step ({", ".join(partial) or "none"}); intact steps: '
-          f'{steps or "none"}. Free space (or use a --workdir on another '
-          'disk) and run the same command to resume from '
-          f'{"step " + str(steps[-1]) if steps else "the start"}.')
+        f'saving a checkpoint in {self.directory} failed: '
+        f'{cause.group(1) if cause else str(e)[:200]}. Removed the partial '
+        f'step ({", ".join(partial) or "none"}); intact steps: '
+        f'{steps or "none"}. Free space (or use a --workdir on another '
+        'disk) and run the same command to resume from '
+        f'{"step " + str(steps[-1]) if steps else "the start"}.'
+      )
       raise self._write_error from e
 
 
@@ -203,6 +241,7 @@ class PreemptionFlag:
     def handler(signum, frame):  # pylint: disable=unused-argument
       logging.warning('SIGTERM received: saving a checkpoint, then exiting.')
       self.requested = True
+
     try:
       self._previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # Not the main thread (e.g. some test runners).

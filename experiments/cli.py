@@ -34,32 +34,40 @@ def add_repo_root_for(config_path: str) -> None:
 
 
 _CONFIG_FILE_CONTRACT = (
-    'a config file is a .py module defining get_config(arg: str = "") -> '
-    'ml_collections.ConfigDict, e.g. --config=configs/quickstart.py or '
-    'configs/glue_bytes.py:cola.')
+  'a config file is a .py module defining get_config(arg: str = "") -> '
+  'ml_collections.ConfigDict, e.g. --config=configs/quickstart.py or '
+  'configs/glue_bytes.py:cola.'
+)
 
 
 def load_config_file(value: str) -> ml_collections.ConfigDict:
   """Loads `path[:arg]` the way `config_flags.DEFINE_config_file` does."""
   path, arg = config_path_and_arg(value)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'config file {path!r} not found; expected e.g. '
-                            '--config=configs/quickstart.py or '
-                            'configs/glue_bytes.py:cola.')
+    raise FileNotFoundError(
+      f'config file {path!r} not found; expected e.g. '
+      '--config=configs/quickstart.py or '
+      'configs/glue_bytes.py:cola.'
+    )
   add_repo_root_for(path)
   spec = importlib.util.spec_from_file_location('_experiment_config', path)
   if spec is None or spec.loader is None:
-    raise ValueError(f'config file {path!r} is not a Python module; '
-                     f'{_CONFIG_FILE_CONTRACT}')
+    raise ValueError(
+      f'config file {path!r} is not a Python module; {_CONFIG_FILE_CONTRACT}'
+    )
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
   except SyntaxError as e:
-    raise ValueError(f'config file {path!r} is not valid Python (line '
-                     f'{e.lineno}: {e.msg}); {_CONFIG_FILE_CONTRACT}') from e
+    raise ValueError(
+      f'config file {path!r} is not valid Python (line '
+      f'{e.lineno}: {e.msg}); {_CONFIG_FILE_CONTRACT}'
+    ) from e
   if not callable(getattr(module, 'get_config', None)):
-    raise ValueError(f'config file {path!r} defines no get_config function; '
-                     f'{_CONFIG_FILE_CONTRACT}')
+    raise ValueError(
+      f'config file {path!r} defines no get_config function; '
+      f'{_CONFIG_FILE_CONTRACT}'
+    )
   return module.get_config(arg) if arg else module.get_config()
 
 
@@ -73,19 +81,24 @@ def field_error(config, dotted: str) -> Optional[str]:
       continue
     where = '.'.join(parts[:i])
     if not isinstance(node, ml_collections.ConfigDict):
-      return (f'config field {where!r} is a {type(node).__name__}, it has no '
-              f'sub-field {part!r}.')
+      return (
+        f'config field {where!r} is a {type(node).__name__}, it has no '
+        f'sub-field {part!r}.'
+      )
     valid = sorted(node.keys())
     close = difflib.get_close_matches(part, valid, n=3, cutoff=0.5)
     prefix = f'{where}.' if where else ''
     suggestions = [prefix + c for c in close]
     if i == len(parts) - 1:  # A leaf set at the wrong level: same name.
-      suggestions += [p for p in fields_named(config, part)
-                      if p not in suggestions]
-    hint = (f' Did you mean {", ".join(suggestions)}?' if suggestions else '')
-    return (f'unknown config field {dotted!r}.{hint} Valid fields'
-            f'{" of " + where if where else ""}: '
-            f'{", ".join(valid) or "none"}.')
+      suggestions += [
+        p for p in fields_named(config, part) if p not in suggestions
+      ]
+    hint = f' Did you mean {", ".join(suggestions)}?' if suggestions else ''
+    return (
+      f'unknown config field {dotted!r}.{hint} Valid fields'
+      f'{" of " + where if where else ""}: '
+      f'{", ".join(valid) or "none"}.'
+    )
   return None
 
 
@@ -112,7 +125,7 @@ def override_names(argv: List[str], flag: str = 'config') -> List[str]:
   prefix = f'--{flag}.'
   for arg in argv:
     if arg.startswith(prefix):
-      names.append(arg[len(prefix):].split('=', 1)[0])
+      names.append(arg[len(prefix) :].split('=', 1)[0])
   return names
 
 
@@ -164,12 +177,14 @@ def out_of_memory_error(error: BaseException) -> Optional[str]:
   if 'RESOURCE_EXHAUSTED' not in text and 'Out of memory' not in text:
     return None
   size = re.search(r'(\d+(?:\.\d+)?\s*(?:[KMGT]i?B|bytes))', text)
-  return ('out of memory' + (f' (an allocation of {size.group(1)})' if size
-                             else '') +
-          ': lower --config.eval_batch_size (evaluation) or '
-          '--config.batch_size (training; --config.optimizer.accumulate_steps'
-          '=k keeps the effective batch), or compute in less memory with '
-          '--config.model.remat=True / --config.model.dtype=bfloat16.')
+  return (
+    'out of memory'
+    + (f' (an allocation of {size.group(1)})' if size else '')
+    + ': lower --config.eval_batch_size (evaluation) or '
+    '--config.batch_size (training; --config.optimizer.accumulate_steps'
+    '=k keeps the effective batch), or compute in less memory with '
+    '--config.model.remat=True / --config.model.dtype=bfloat16.'
+  )
 
 
 def quiet_library_logs() -> None:
@@ -196,16 +211,21 @@ def one_line_orbax_errors(record) -> bool:
   return True
 
 
-def maybe_initialize_distributed(coordinator_address: str, num_processes: int,
-                                 process_id: int) -> None:
+def maybe_initialize_distributed(
+  coordinator_address: str, num_processes: int, process_id: int
+) -> None:
   """`jax.distributed.initialize` for multi-host (or 2-process CPU) runs."""
   if not coordinator_address and num_processes <= 1:
     return
   # Not at the top: the launchers import this module before
   # `process_tuning.configure_process`, which must run before JAX loads.
   import jax  # pylint: disable=g-import-not-at-top
+
   kwargs = {}
   if coordinator_address:
-    kwargs.update(coordinator_address=coordinator_address,
-                  num_processes=num_processes, process_id=process_id)
+    kwargs.update(
+      coordinator_address=coordinator_address,
+      num_processes=num_processes,
+      process_id=process_id,
+    )
   jax.distributed.initialize(**kwargs)

@@ -21,29 +21,41 @@ from experiments import train_lib
 from experiments import workdir as workdir_lib
 
 # GLUE tasks whose mean is the paper's "GLUE avg" (dev sets, WNLI excluded).
-GLUE_AVERAGE_TASKS = ('cola', 'sst2', 'mrpc', 'qqp', 'stsb', 'mnli', 'qnli',
-                      'rte')
+GLUE_AVERAGE_TASKS = (
+  'cola',
+  'sst2',
+  'mrpc',
+  'qqp',
+  'stsb',
+  'mnli',
+  'qnli',
+  'rte',
+)
 
 
 def evaluate_variables(task, model, variables) -> Dict[str, Any]:
   """The task's eval metrics of `variables`, on every local device."""
   mesh = sharding.make_mesh()
-  sharding.check_batch_size(int(task.config.eval_batch_size), mesh,
-                            'eval_batch_size')
+  sharding.check_batch_size(
+    int(task.config.eval_batch_size), mesh, 'eval_batch_size'
+  )
   replicated = sharding.replicated(mesh)
   variables = jax.device_put(dict(variables), replicated)
-  state = {'params': variables['params'],
-           'model_state': {k: v for k, v in variables.items()
-                           if k != 'params'}}
-  eval_step = jax.jit(steps.make_eval_step(model, task),
-                      in_shardings=(replicated, replicated,
-                                    sharding.batch_sharding(mesh)),
-                      out_shardings=replicated)
+  state = {
+    'params': variables['params'],
+    'model_state': {k: v for k, v in variables.items() if k != 'params'},
+  }
+  eval_step = jax.jit(
+    steps.make_eval_step(model, task),
+    in_shardings=(replicated, replicated, sharding.batch_sharding(mesh)),
+    out_shardings=replicated,
+  )
   return task.evaluate(eval_step, state, mesh, model)
 
 
-def evaluate_workdir(workdir: str, which: str = 'latest',
-                     split: str = '', config=None) -> Dict[str, Any]:
+def evaluate_workdir(
+  workdir: str, which: str = 'latest', split: str = '', config=None
+) -> Dict[str, Any]:
   """Evaluates a checkpoint of `workdir`; appends the result to metrics.jsonl.
 
   Args:
@@ -57,8 +69,10 @@ def evaluate_workdir(workdir: str, which: str = 'latest',
      'metrics': {...}}.
   """
   run = workdir_lib.load_workdir(
-      workdir, which,
-      None if config is None else config.copy_and_resolve_references())
+    workdir,
+    which,
+    None if config is None else config.copy_and_resolve_references(),
+  )
   config = run.config
   config.unlock()
   if split:
@@ -66,12 +80,21 @@ def evaluate_workdir(workdir: str, which: str = 'latest',
   train_lib.configure_jax(config)
   task = tasks.get(config, run.model_config)
   metrics = evaluate_variables(task, run.model, run.variables)
-  workdir_lib.append_metrics(workdir, {
-      'step': int(run.step), 'checkpoint': which,
+  workdir_lib.append_metrics(
+    workdir,
+    {
+      'step': int(run.step),
+      'checkpoint': which,
       'split': config.data.eval_split,
-      **{f'eval_{k}': v for k, v in metrics.items()}})
-  return {'step': int(run.step), 'split': config.data.eval_split,
-          'data': task.eval_data_description(), 'metrics': metrics}
+      **{f'eval_{k}': v for k, v in metrics.items()},
+    },
+  )
+  return {
+    'step': int(run.step),
+    'split': config.data.eval_split,
+    'data': task.eval_data_description(),
+    'metrics': metrics,
+  }
 
 
 def evaluate_pretrained(config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -83,25 +106,35 @@ def evaluate_pretrained(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """
   config = config.copy_and_resolve_references()
   train_lib.configure_jax(config)
-  imported = workdir_lib.load_init_from(config.init_from, config.model.preset,
-                                        config.model.attention_impl)
+  imported = workdir_lib.load_init_from(
+    config.init_from, config.model.preset, config.model.attention_impl
+  )
   task = tasks.get(config, imported.model_config)
   metrics = evaluate_variables(task, imported.model, imported.variables)
-  return {'step': 0, 'split': config.data.eval_split,
-          'data': task.eval_data_description(), 'metrics': metrics}
+  return {
+    'step': 0,
+    'split': config.data.eval_split,
+    'data': task.eval_data_description(),
+    'metrics': metrics,
+  }
 
 
 def format_table(rows: List[Dict[str, Any]], columns: List[str]) -> str:
   """A Markdown table of `rows` (dicts) with `columns`."""
+
   def cell(v):
     if isinstance(v, float):
       return f'{v:.4f}'
     return str(v)
-  lines = ['| ' + ' | '.join(columns) + ' |',
-           '| ' + ' | '.join('---' for _ in columns) + ' |']
+
+  lines = [
+    '| ' + ' | '.join(columns) + ' |',
+    '| ' + ' | '.join('---' for _ in columns) + ' |',
+  ]
   for row in rows:
-    lines.append('| ' + ' | '.join(cell(row.get(c, '')) for c in columns)
-                 + ' |')
+    lines.append(
+      '| ' + ' | '.join(cell(row.get(c, '')) for c in columns) + ' |'
+    )
   return '\n'.join(lines)
 
 
@@ -156,9 +189,13 @@ def glue_summary(root: str) -> Dict[str, Any]:
     for split, record in sorted(records.items()):
       if 'eval_score' not in record:
         continue
-      row = {'task': task, 'split': split, 'workdir': workdir,
-             'step': record['step'],
-             'score': 100.0 * float(record['eval_score'])}
+      row = {
+        'task': task,
+        'split': split,
+        'workdir': workdir,
+        'step': record['step'],
+        'score': 100.0 * float(record['eval_score']),
+      }
       for name in metrics_lib.GLUE_METRICS.get(task, ()):
         if f'eval_{name}' in record:
           row[name] = 100.0 * float(record[f'eval_{name}'])
@@ -169,6 +206,10 @@ def glue_summary(root: str) -> Dict[str, Any]:
     by_task.setdefault(row['task'], []).append(row['score'])
   scores = {t: float(np.mean(v)) for t, v in by_task.items()}
   counted = [scores[t] for t in GLUE_AVERAGE_TASKS if t in scores]
-  return {'rows': best, 'all_rows': rows, 'scores': scores,
-          'average': float(np.mean(counted)) if counted else None,
-          'missing': [t for t in GLUE_AVERAGE_TASKS if t not in scores]}
+  return {
+    'rows': best,
+    'all_rows': rows,
+    'scores': scores,
+    'average': float(np.mean(counted)) if counted else None,
+    'missing': [t for t in GLUE_AVERAGE_TASKS if t not in scores],
+  }

@@ -33,8 +33,14 @@ class EvalProgress:
     log_every_s: seconds between log lines when there is no bar.
   """
 
-  def __init__(self, config, total: Optional[int], unit: str = 'example',
-               desc: str = 'eval', log_every_s: float = 30.0):
+  def __init__(
+    self,
+    config,
+    total: Optional[int],
+    unit: str = 'example',
+    desc: str = 'eval',
+    log_every_s: float = 30.0,
+  ):
     self.enabled = jax.process_index() == 0
     self.total = int(total) if total and total > 0 else None
     self.unit, self.desc, self.log_every_s = unit, desc, log_every_s
@@ -43,15 +49,25 @@ class EvalProgress:
     self.bar = None
     if not self.enabled:
       return
-    logging.info('%s: %s %ss', desc,
-                 self.total if self.total is not None else 'an unknown number of',
-                 unit)
+    logging.info(
+      '%s: %s %ss',
+      desc,
+      self.total if self.total is not None else 'an unknown number of',
+      unit,
+    )
     if bool(config.get('progress_bar', False)):
       try:
         import tqdm  # pylint: disable=g-import-not-at-top
-        self.bar = tqdm.tqdm(total=self.total, unit=unit, desc=desc,
-                             file=sys.stderr, dynamic_ncols=True,
-                             mininterval=1.0, leave=False)
+
+        self.bar = tqdm.tqdm(
+          total=self.total,
+          unit=unit,
+          desc=desc,
+          file=sys.stderr,
+          dynamic_ncols=True,
+          mininterval=1.0,
+          leave=False,
+        )
       except ImportError:
         pass
 
@@ -78,10 +94,15 @@ class EvalProgress:
     """'eval: 120/200 images, 3.1 image/s, elapsed 0:00:39, ETA 0:00:26'."""
     elapsed = max((now or time.monotonic()) - self.start, 1e-9)
     rate = self.count / elapsed
-    done = (f'{self.count}/{self.total}' if self.total is not None
-            else f'{self.count}')
-    text = (f'{self.desc}: {done} {self.unit}s, {rate:.3g} {self.unit}/s, '
-            f'elapsed {_duration(elapsed)}')
+    done = (
+      f'{self.count}/{self.total}'
+      if self.total is not None
+      else f'{self.count}'
+    )
+    text = (
+      f'{self.desc}: {done} {self.unit}s, {rate:.3g} {self.unit}/s, '
+      f'elapsed {_duration(elapsed)}'
+    )
     if self.total is not None and rate > 0:
       text += f', ETA {_duration(max(self.total - self.count, 0) / rate)}'
     return text

@@ -24,14 +24,19 @@ from experiments import cli
 from experiments import process_tuning
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Optional config (default: the workdir\'s config.json).',
-    lock_config=True)
+  'config',
+  None,
+  "Optional config (default: the workdir's config.json).",
+  lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir to evaluate.')
 _CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', 'latest', "'latest', 'best' or a step number.")
+  'checkpoint', 'latest', "'latest', 'best' or a step number."
+)
 _SPLIT = flags.DEFINE_string('split', '', "Eval split ('' = the config's).")
 _GLUE_SUMMARY = flags.DEFINE_string(
-    'glue_summary', '', 'Directory of GLUE workdirs to summarise.')
+  'glue_summary', '', 'Directory of GLUE workdirs to summarise.'
+)
 
 
 def main(argv):
@@ -40,37 +45,56 @@ def main(argv):
   cli.quiet_library_logs()
   process_tuning.configure_process()  # Before NumPy/JAX are imported (process_tuning.py).
   from experiments import eval_lib  # pylint: disable=g-import-not-at-top
+
   with cli.one_line_errors():
     if _GLUE_SUMMARY.value:
       summary = eval_lib.glue_summary(_GLUE_SUMMARY.value)
       if not summary['rows']:
         raise FileNotFoundError(
-            f'no evaluated GLUE workdirs under {_GLUE_SUMMARY.value} (looked '
-            'for config.json with glue_task and eval lines in metrics.jsonl).')
+          f'no evaluated GLUE workdirs under {_GLUE_SUMMARY.value} (looked '
+          'for config.json with glue_task and eval lines in metrics.jsonl).'
+        )
       # One row per task and split: the best of its runs (`runs` of them).
-      columns = ['task', 'split', 'score', 'accuracy', 'f1', 'matthews_corr',
-                 'pearson', 'spearman', 'step', 'runs', 'workdir']
+      columns = [
+        'task',
+        'split',
+        'score',
+        'accuracy',
+        'f1',
+        'matthews_corr',
+        'pearson',
+        'spearman',
+        'step',
+        'runs',
+        'workdir',
+      ]
       print(eval_lib.format_table(summary['rows'], columns))
       average = summary['average']
-      print(f'\nGLUE average over {len(summary["scores"])} task(s) (WNLI '
-            f'excluded): {average:.2f}' if average is not None else '')
+      print(
+        f'\nGLUE average over {len(summary["scores"])} task(s) (WNLI '
+        f'excluded): {average:.2f}'
+        if average is not None
+        else ''
+      )
       if summary['missing']:
         print(f'missing tasks: {", ".join(summary["missing"])}')
       return
     if not _WORKDIR.value:
       config = _CONFIG.value
       if config is None or not config.init_from:
-        raise app.UsageError('pass --workdir=DIR, --glue_summary=DIR, or '
-                             '--config=... with --config.init_from=... '
-                             '(evaluate an imported checkpoint).')
+        raise app.UsageError(
+          'pass --workdir=DIR, --glue_summary=DIR, or '
+          '--config=... with --config.init_from=... '
+          '(evaluate an imported checkpoint).'
+        )
       result = eval_lib.evaluate_pretrained(config)
       print(f'{config.init_from}: {result["data"]}')
       print(eval_lib.metrics_table(result))
       return
-    result = eval_lib.evaluate_workdir(_WORKDIR.value, _CHECKPOINT.value,
-                                       _SPLIT.value, _CONFIG.value)
-  print(f'{_WORKDIR.value}: checkpoint step {result["step"]}, '
-        f'{result["data"]}')
+    result = eval_lib.evaluate_workdir(
+      _WORKDIR.value, _CHECKPOINT.value, _SPLIT.value, _CONFIG.value
+    )
+  print(f'{_WORKDIR.value}: checkpoint step {result["step"]}, {result["data"]}')
   print(eval_lib.metrics_table(result))
 
 

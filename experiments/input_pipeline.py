@@ -49,10 +49,14 @@ def load_digits_table(split: str) -> tuple:
   """
   from sklearn import datasets as sk_datasets  # pylint: disable=g-import-not-at-top
   from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+
   digits = sk_datasets.load_digits()
   train_idx, test_idx = model_selection.train_test_split(
-      np.arange(len(digits.target)), test_size=image_data.DIGITS_NUM_TEST,
-      random_state=image_data.DIGITS_SPLIT_SEED, stratify=digits.target)
+    np.arange(len(digits.target)),
+    test_size=image_data.DIGITS_NUM_TEST,
+    random_state=image_data.DIGITS_SPLIT_SEED,
+    stratify=digits.target,
+  )
   if split == 'train':
     idx = train_idx
   elif split in ('test', 'validation', 'eval'):
@@ -61,8 +65,11 @@ def load_digits_table(split: str) -> tuple:
     raise ValueError(f"digits has splits 'train' and 'test', got {split!r}.")
   images = (digits.images[idx] / 16.0).astype(np.float32)[..., None]
   labels = digits.target[idx].astype(np.int32)
-  info = TableInfo(num_examples=len(idx), num_classes=10,
-                   label_names=[str(i) for i in range(10)])
+  info = TableInfo(
+    num_examples=len(idx),
+    num_classes=10,
+    label_names=[str(i) for i in range(10)],
+  )
   return {'image': images, 'label': labels}, info
 
 
@@ -70,35 +77,51 @@ def _comma_list(text: str) -> List[str]:
   return [t.strip() for t in str(text).split(',') if t.strip()]
 
 
-def tokenize_texts(texts: List[str], pairs: Optional[List[str]],
-                   max_length: int, what: str = 'texts') -> Table:
+def tokenize_texts(
+  texts: List[str],
+  pairs: Optional[List[str]],
+  max_length: int,
+  what: str = 'texts',
+) -> Table:
   """Byte ids [N, max_length] + attention masks; logs truncation counts."""
   tok = tokenizer_lib.ByteTokenizer()
-  enc = tok.batch_encode(texts, pairs, max_length=max_length,
-                         padding='max_length', truncation=True)
+  enc = tok.batch_encode(
+    texts, pairs, max_length=max_length, padding='max_length', truncation=True
+  )
   truncated = int(np.sum(np.asarray(enc['num_truncated']) > 0))
   if truncated:
-    logging.info('%s: %d of %d examples truncated to %d bytes.', what,
-                 truncated, len(texts), max_length)
-  return {'input_ids': np.asarray(enc['input_ids'], np.int32),
-          'attention_mask': np.asarray(enc['attention_mask'], np.int32),
-          'num_truncated': np.asarray(enc['num_truncated'], np.int32)}
+    logging.info(
+      '%s: %d of %d examples truncated to %d bytes.',
+      what,
+      truncated,
+      len(texts),
+      max_length,
+    )
+  return {
+    'input_ids': np.asarray(enc['input_ids'], np.int32),
+    'attention_mask': np.asarray(enc['attention_mask'], np.int32),
+    'num_truncated': np.asarray(enc['num_truncated'], np.int32),
+  }
 
 
 def text_source_kwargs(data: ml_collections.ConfigDict) -> Dict[str, Any]:
   """`perceiver_io.data.text` keyword arguments from `config.data`."""
+
   def column(name):  # Column indices for header-less files.
     return int(name) if str(name).isdigit() else name
+
   fields = [column(f) for f in _comma_list(data.text_fields)]
-  return dict(text_fields=tuple(fields) if fields else None,
-              label_field=column(data.label_field) if data.label_field
-              else None,
-              data_dir=data.data_dir or None,
-              has_header=bool(data.has_header))
+  return dict(
+    text_fields=tuple(fields) if fields else None,
+    label_field=column(data.label_field) if data.label_field else None,
+    data_dir=data.data_dir or None,
+    has_header=bool(data.has_header),
+  )
 
 
-def load_text_table(config: ml_collections.ConfigDict, split: str,
-                    task: str = 'classification') -> tuple:
+def load_text_table(
+  config: ml_collections.ConfigDict, split: str, task: str = 'classification'
+) -> tuple:
   """A whole labelled text split, tokenised, in memory.
 
   Reads through `perceiver_io.data.text.make_text_dataset` (TFDS, GLUE,
@@ -112,11 +135,17 @@ def load_text_table(config: ml_collections.ConfigDict, split: str,
     names = glue_local_classes(config)
   try:
     ds, info = text_data.make_text_dataset(
-        data.source, split, max_length=int(data.max_length), batch_size=512,
-        repeat=False, task=task,
-        classes=(class_mapping(names) if names else None)
-        if task == 'classification' else None,
-        **text_source_kwargs(data))
+      data.source,
+      split,
+      max_length=int(data.max_length),
+      batch_size=512,
+      repeat=False,
+      task=task,
+      classes=(class_mapping(names) if names else None)
+      if task == 'classification'
+      else None,
+      **text_source_kwargs(data),
+    )
   except (ValueError, FileNotFoundError) as e:
     raise type(e)(cli_hint(str(e))) from None
   parts = {k: [] for k in ('input_ids', 'attention_mask', 'label')}
@@ -127,22 +156,33 @@ def load_text_table(config: ml_collections.ConfigDict, split: str,
   table = {k: np.concatenate(v) for k, v in parts.items()}
   stats = info.stats.as_dict() if info.stats is not None else {}
   if stats:
-    logging.info('%s [%s]: %d examples, %d empty, %d invalid UTF-8, %d '
-                 'truncated to %d bytes.', data.source, split,
-                 stats['num_examples'], stats['num_empty'],
-                 stats['num_invalid_utf8'], stats['num_truncated'],
-                 int(data.max_length))
+    logging.info(
+      '%s [%s]: %d examples, %d empty, %d invalid UTF-8, %d '
+      'truncated to %d bytes.',
+      data.source,
+      split,
+      stats['num_examples'],
+      stats['num_empty'],
+      stats['num_invalid_utf8'],
+      stats['num_truncated'],
+      int(data.max_length),
+    )
   if task == 'classification' and np.any(table['label'] < 0):
     row = int(np.nonzero(table['label'] < 0)[0][0])
-    raise ValueError(f'{data.source} [{split}] row {row + 1} (1 = the first '
-                     'data row) is unlabelled; '
-                     'training and evaluation need labelled splits.')
+    raise ValueError(
+      f'{data.source} [{split}] row {row + 1} (1 = the first '
+      'data row) is unlabelled; '
+      'training and evaluation need labelled splits.'
+    )
   label_names = list(info.classes) if info.classes else names
-  return table, TableInfo(num_examples=len(table['label']),
-                          num_classes=info.num_classes,
-                          label_names=label_names, stats=stats,
-                          metrics=tuple(info.metrics),
-                          text_fields=list(info.text_fields))
+  return table, TableInfo(
+    num_examples=len(table['label']),
+    num_classes=info.num_classes,
+    label_names=label_names,
+    stats=stats,
+    metrics=tuple(info.metrics),
+    text_fields=list(info.text_fields),
+  )
 
 
 def glue_local_classes(config) -> List[str]:
@@ -175,34 +215,58 @@ def class_mapping(names: List[str]) -> Dict[str, int]:
 
 # Library (Python keyword) hints -> the launcher's command-line flags.
 _CLI_HINTS = (
-    (r'pass classes=\[\.\.\.\] with the label names \(or task="regression" '
-     r'for numbers\)', 'pass --config.data.label_names=NAME0,NAME1,... (the '
-     'label names in class-id order)'),
-    (r'pass label_field="name" \(or label_field=False for unlabelled data\)',
-     'pass --config.data.label_field=NAME'),
-    (r'pass label_field \(a column index\) or label_field=False for '
-     r'unlabelled data', 'pass --config.data.label_field=INDEX (a column '
-     'index)'),
-    (r'pass text_fields \(column indices, e\.g\. \(3,\) for CoLA\) and '
-     r'label_field', 'pass --config.data.text_fields=INDEX[,INDEX] (column '
-     'indices, e.g. 3 for CoLA) and --config.data.label_field=INDEX'),
-    (r'pass text_fields=\("name",\) or \("first", "second"\)',
-     'pass --config.data.text_fields=NAME (or FIRST,SECOND for pairs)'),
-    (r'pass label_field with one of them', 'pass '
-     '--config.data.label_field=<one of them>'),
-    (r'pass text_fields with one of them', 'pass '
-     '--config.data.text_fields=<one of them>'),
-    # The offline-TFDS alternatives (`text.local_source_hint`).
-    (r"with text_fields=\(((?:'[^']*'(?:, )?)+),?\), label_field='([^']*)'",
-     lambda m: 'with --config.data.text_fields=' + ','.join(
-         re.findall(r"'([^']*)'", m.group(1))) +
-     f' --config.data.label_field={m.group(2)}'),
-    (r'with text_fields=\.\.\. and label_field=\.\.\.',
-     'with --config.data.text_fields=... and --config.data.label_field=...'),
-    (r'with text_field=\.\.\.', 'with --config.data.text_fields=...'),
-    (r"(?<![\w.])source='", "--config.data.source='"),
-    (r"\(GLUE TSV; e\.g\. split='dev'\)", '(GLUE TSV; e.g. '
-     '--config.data.eval_split=dev)'),
+  (
+    r'pass classes=\[\.\.\.\] with the label names \(or task="regression" '
+    r'for numbers\)',
+    'pass --config.data.label_names=NAME0,NAME1,... (the '
+    'label names in class-id order)',
+  ),
+  (
+    r'pass label_field="name" \(or label_field=False for unlabelled data\)',
+    'pass --config.data.label_field=NAME',
+  ),
+  (
+    r'pass label_field \(a column index\) or label_field=False for '
+    r'unlabelled data',
+    'pass --config.data.label_field=INDEX (a column index)',
+  ),
+  (
+    r'pass text_fields \(column indices, e\.g\. \(3,\) for CoLA\) and '
+    r'label_field',
+    'pass --config.data.text_fields=INDEX[,INDEX] (column '
+    'indices, e.g. 3 for CoLA) and --config.data.label_field=INDEX',
+  ),
+  (
+    r'pass text_fields=\("name",\) or \("first", "second"\)',
+    'pass --config.data.text_fields=NAME (or FIRST,SECOND for pairs)',
+  ),
+  (
+    r'pass label_field with one of them',
+    'pass --config.data.label_field=<one of them>',
+  ),
+  (
+    r'pass text_fields with one of them',
+    'pass --config.data.text_fields=<one of them>',
+  ),
+  # The offline-TFDS alternatives (`text.local_source_hint`).
+  (
+    r"with text_fields=\(((?:'[^']*'(?:, )?)+),?\), label_field='([^']*)'",
+    lambda m: (
+      'with --config.data.text_fields='
+      + ','.join(re.findall(r"'([^']*)'", m.group(1)))
+      + f' --config.data.label_field={m.group(2)}'
+    ),
+  ),
+  (
+    r'with text_fields=\.\.\. and label_field=\.\.\.',
+    'with --config.data.text_fields=... and --config.data.label_field=...',
+  ),
+  (r'with text_field=\.\.\.', 'with --config.data.text_fields=...'),
+  (r"(?<![\w.])source='", "--config.data.source='"),
+  (
+    r"\(GLUE TSV; e\.g\. split='dev'\)",
+    '(GLUE TSV; e.g. --config.data.eval_split=dev)',
+  ),
 )
 
 
@@ -237,19 +301,24 @@ def check_eval_is_not_train(config: ml_collections.ConfigDict) -> None:
   names = {p.name for p in train} | {p.name for p in evaluation}
   if len(names) > 1:
     raise ValueError(
-        f'config.data.source={data.source!r} has no {{split}} in its path, so '
-        f'the split names {sorted(names)} all read the same rows: evaluation '
-        'would score training data. Put {split} in the path (e.g. '
-        f'{kind}:/data/{{split}}.{"txt" if kind == "text" else kind}, one '
-        'file per split) or slice the one file, e.g. '
-        "--config.data.train_split='train[:90%]' "
-        "--config.data.eval_split='train[90%:]'.")
+      f'config.data.source={data.source!r} has no {{split}} in its path, so '
+      f'the split names {sorted(names)} all read the same rows: evaluation '
+      'would score training data. Put {split} in the path (e.g. '
+      f'{kind}:/data/{{split}}.{"txt" if kind == "text" else kind}, one '
+      'file per split) or slice the one file, e.g. '
+      "--config.data.train_split='train[:90%]' "
+      "--config.data.eval_split='train[90%:]'."
+    )
   rows = 10_007  # Any size: overlap of the slices is what matters.
   seen = {i for p in train for i in p.indices(rows)}
   if any(i in seen for p in evaluation for i in p.indices(rows)):
-    logging.warning('evaluation split %r overlaps training split %r of %s: '
-                    'eval metrics include training rows.', data.eval_split,
-                    data.train_split, data.source)
+    logging.warning(
+      'evaluation split %r overlaps training split %r of %s: '
+      'eval metrics include training rows.',
+      data.eval_split,
+      data.train_split,
+      data.source,
+    )
 
 
 # In-memory table loaders by source name; text kinds go to load_text_table.
@@ -257,8 +326,9 @@ def check_eval_is_not_train(config: ml_collections.ConfigDict) -> None:
 TABLE_SOURCES = {'digits': load_digits_table}
 
 
-def load_table(config: ml_collections.ConfigDict, split: str,
-               task: str = 'classification') -> tuple:
+def load_table(
+  config: ml_collections.ConfigDict, split: str, task: str = 'classification'
+) -> tuple:
   """(table, info) for `split` of `config.data.source` (not MLM).
 
   `task`: 'classification' or 'regression' (how text labels are read).
@@ -274,10 +344,11 @@ def load_table(config: ml_collections.ConfigDict, split: str,
   kind = source.split(':', 1)[0].lower() if ':' in source else ''
   if kind not in TEXT_KINDS:
     raise ValueError(
-        f'unknown config.data.source {source!r}; use one of '
-        f'{sorted(TABLE_SOURCES)} or <kind>:<name or path> with kind in '
-        f'{TEXT_KINDS} (e.g. csv:/data/train.csv, tfds:glue/cola; MLM also '
-        'text:/data/*.txt).')
+      f'unknown config.data.source {source!r}; use one of '
+      f'{sorted(TABLE_SOURCES)} or <kind>:<name or path> with kind in '
+      f'{TEXT_KINDS} (e.g. csv:/data/train.csv, tfds:glue/cola; MLM also '
+      'text:/data/*.txt).'
+    )
   return load_text_table(config, split, task)
 
 
@@ -286,36 +357,47 @@ def load_table(config: ml_collections.ConfigDict, split: str,
 # ----------------------------------------------------------------------------
 
 
-def batch_indices(step: int, global_batch: int, num_examples: int,
-                  seed: int) -> np.ndarray:
+def batch_indices(
+  step: int, global_batch: int, num_examples: int, seed: int
+) -> np.ndarray:
   """Row indices of global batch `step` (epochs of fresh permutations)."""
   if num_examples < 1:
     raise ValueError('the training table is empty.')
   start = step * global_batch
   first_epoch = start // num_examples
   last_epoch = (start + global_batch - 1) // num_examples
-  parts = [np.random.default_rng([seed, e]).permutation(num_examples)
-           for e in range(first_epoch, last_epoch + 1)]
+  parts = [
+    np.random.default_rng([seed, e]).permutation(num_examples)
+    for e in range(first_epoch, last_epoch + 1)
+  ]
   stream = np.concatenate(parts)
   offset = start - first_epoch * num_examples
-  return stream[offset:offset + global_batch]
+  return stream[offset : offset + global_batch]
 
 
-def process_slice(global_batch: int, process_index: int,
-                  process_count: int) -> slice:
+def process_slice(
+  global_batch: int, process_index: int, process_count: int
+) -> slice:
   """This process's contiguous rows of a global batch."""
   if global_batch % process_count:
-    raise ValueError(f'batch_size {global_batch} must be divisible by the '
-                     f'number of processes {process_count}.')
+    raise ValueError(
+      f'batch_size {global_batch} must be divisible by the '
+      f'number of processes {process_count}.'
+    )
   per = global_batch // process_count
   return slice(process_index * per, (process_index + 1) * per)
 
 
-def train_batch(table: Table, step: int, global_batch: int, seed: int,
-                process_index: int = 0, process_count: int = 1) -> Table:
+def train_batch(
+  table: Table,
+  step: int,
+  global_batch: int,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> Table:
   """This process's rows of global training batch `step` (+ 'weight')."""
-  idx = batch_indices(step, global_batch, len(next(iter(table.values()))),
-                      seed)
+  idx = batch_indices(step, global_batch, len(next(iter(table.values()))), seed)
   rows = process_slice(global_batch, process_index, process_count)
   idx = idx[rows]
   batch = {k: v[idx] for k, v in table.items()}
@@ -323,9 +405,13 @@ def train_batch(table: Table, step: int, global_batch: int, seed: int,
   return batch
 
 
-def eval_batches(table: Table, global_batch: int, process_index: int = 0,
-                 process_count: int = 1,
-                 max_examples: int = -1) -> Iterator[Table]:
+def eval_batches(
+  table: Table,
+  global_batch: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  max_examples: int = -1,
+) -> Iterator[Table]:
   """Ordered eval batches, the last padded with weight-0 rows."""
   n = len(next(iter(table.values())))
   if max_examples > 0:
@@ -347,28 +433,38 @@ def eval_batches(table: Table, global_batch: int, process_index: int = 0,
 # ----------------------------------------------------------------------------
 
 
-def _mlm_dataset(config, split: str, *, repeat: bool, start_step: int,
-                 batch_size: int):
+def _mlm_dataset(
+  config, split: str, *, repeat: bool, start_step: int, batch_size: int
+):
   data = config.data
   fields = _comma_list(data.text_fields)
   return text_data.make_mlm_dataset(
-      data.source, split, max_length=int(data.max_length),
-      batch_size=batch_size, repeat=repeat,
-      text_field=fields[0] if fields else None,
-      docs_per_example=int(data.docs_per_example),
-      mask_prob=float(data.mask_rate), seed=int(config.seed),
-      start_step=start_step, process_index=jax.process_index(),
-      process_count=jax.process_count(), data_dir=data.data_dir or None)
+    data.source,
+    split,
+    max_length=int(data.max_length),
+    batch_size=batch_size,
+    repeat=repeat,
+    text_field=fields[0] if fields else None,
+    docs_per_example=int(data.docs_per_example),
+    mask_prob=float(data.mask_rate),
+    seed=int(config.seed),
+    start_step=start_step,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    data_dir=data.data_dir or None,
+  )
 
 
 def mlm_to_runner(batch: Table) -> Table:
   """Library MLM keys -> the runner's (targets, target_weights, weight)."""
   labels = batch['mlm_labels']
-  return {'input_ids': batch['input_ids'],
-          'attention_mask': batch['attention_mask'],
-          'targets': np.where(labels < 0, 0, labels).astype(np.int32),
-          'target_weights': batch['mlm_weights'].astype(np.float32),
-          'weight': batch['mask'].astype(np.float32)}
+  return {
+    'input_ids': batch['input_ids'],
+    'attention_mask': batch['attention_mask'],
+    'targets': np.where(labels < 0, 0, labels).astype(np.int32),
+    'target_weights': batch['mlm_weights'].astype(np.float32),
+    'weight': batch['mask'].astype(np.float32),
+  }
 
 
 class MlmTrainStream:
@@ -376,23 +472,31 @@ class MlmTrainStream:
 
   def __init__(self, config, start_step: int):
     local = int(config.batch_size) // jax.process_count()
-    ds, self.info = _mlm_dataset(config, config.data.train_split, repeat=True,
-                                 start_step=start_step, batch_size=local)
+    ds, self.info = _mlm_dataset(
+      config,
+      config.data.train_split,
+      repeat=True,
+      start_step=start_step,
+      batch_size=local,
+    )
     self._it = ds.as_numpy_iterator()
     self._next_step = start_step
 
   def batch(self, step: int) -> Table:
     if step != self._next_step:
-      raise ValueError(f'MLM stream expected step {self._next_step}, got '
-                       f'{step}; rebuild the stream with start_step.')
+      raise ValueError(
+        f'MLM stream expected step {self._next_step}, got '
+        f'{step}; rebuild the stream with start_step.'
+      )
     self._next_step += 1
     return mlm_to_runner(next(self._it))
 
 
 def mlm_eval_batches(config) -> Iterator[Table]:
   local = int(config.eval_batch_size) // jax.process_count()
-  ds, _ = _mlm_dataset(config, config.data.eval_split, repeat=False,
-                       start_step=0, batch_size=local)
+  ds, _ = _mlm_dataset(
+    config, config.data.eval_split, repeat=False, start_step=0, batch_size=local
+  )
   limit = int(config.max_eval_examples)
   seen = 0
   for batch in ds.as_numpy_iterator():
@@ -409,6 +513,11 @@ class TableTrainStream:
     self.config, self.table = config, table
 
   def batch(self, step: int) -> Table:
-    return train_batch(self.table, step, int(self.config.batch_size),
-                       int(self.config.seed), jax.process_index(),
-                       jax.process_count())
+    return train_batch(
+      self.table,
+      step,
+      int(self.config.batch_size),
+      int(self.config.seed),
+      jax.process_index(),
+      jax.process_count(),
+    )

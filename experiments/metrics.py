@@ -14,17 +14,17 @@ import numpy as np
 
 # Official metric(s) of each GLUE task; the task score is their mean.
 GLUE_METRICS = {
-    'cola': ('matthews_corr',),
-    'sst2': ('accuracy',),
-    'mrpc': ('f1', 'accuracy'),
-    'qqp': ('f1', 'accuracy'),
-    'stsb': ('pearson', 'spearman'),
-    'mnli': ('accuracy',),
-    'mnli_matched': ('accuracy',),
-    'mnli_mismatched': ('accuracy',),
-    'qnli': ('accuracy',),
-    'rte': ('accuracy',),
-    'wnli': ('accuracy',),
+  'cola': ('matthews_corr',),
+  'sst2': ('accuracy',),
+  'mrpc': ('f1', 'accuracy'),
+  'qqp': ('f1', 'accuracy'),
+  'stsb': ('pearson', 'spearman'),
+  'mnli': ('accuracy',),
+  'mnli_matched': ('accuracy',),
+  'mnli_mismatched': ('accuracy',),
+  'qnli': ('accuracy',),
+  'rte': ('accuracy',),
+  'wnli': ('accuracy',),
 }
 
 
@@ -74,7 +74,7 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
     end = start
     while end + 1 < len(x) and sorted_x[end + 1] == sorted_x[start]:
       end += 1
-    ranks[order[start:end + 1]] = 0.5 * (start + end) + 1
+    ranks[order[start : end + 1]] = 0.5 * (start + end) + 1
     start = end + 1
   return ranks
 
@@ -83,9 +83,13 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
   return pearson(average_ranks(x), average_ranks(y))
 
 
-METRIC_FNS = {'accuracy': accuracy, 'f1': f1_binary,
-              'matthews_corr': matthews_corr, 'pearson': pearson,
-              'spearman': spearman}
+METRIC_FNS = {
+  'accuracy': accuracy,
+  'f1': f1_binary,
+  'matthews_corr': matthews_corr,
+  'pearson': pearson,
+  'spearman': spearman,
+}
 
 
 def metric_names(text: str) -> tuple:
@@ -103,14 +107,17 @@ def loss_summary(gathered: Dict[str, np.ndarray]) -> Dict[str, float]:
   """
   keep = gathered['weight'] > 0
   loss_weight = float(np.sum(gathered['loss_weight'][keep]))
-  return {'loss': float(np.sum(gathered['loss'][keep]) /
-                        max(loss_weight, 1e-9)),
-          'num_examples': int(np.sum(keep))}
+  return {
+    'loss': float(np.sum(gathered['loss'][keep]) / max(loss_weight, 1e-9)),
+    'num_examples': int(np.sum(keep)),
+  }
 
 
-def summarize(gathered: Dict[str, np.ndarray],
-              names: Sequence[str] = (),
-              default: Sequence[str] = ('accuracy',)) -> Dict[str, float]:
+def summarize(
+  gathered: Dict[str, np.ndarray],
+  names: Sequence[str] = (),
+  default: Sequence[str] = ('accuracy',),
+) -> Dict[str, float]:
   """Loss and metrics of predictions ('pred') against labels ('label').
 
   Args:

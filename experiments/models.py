@@ -33,15 +33,20 @@ class PerceiverWithTanhHead(nn.Module):
   tanh + Dense(num_outputs) is the paper's two-layer tanh MLP head (GLUE,
   Table 13) on the single decoder query.
   """
+
   perceiver_config: Dict[str, Any]
   num_outputs: int
 
   @nn.compact
-  def __call__(self, inputs, *, attention_mask=None, deterministic=True,
-               **kwargs):
+  def __call__(
+    self, inputs, *, attention_mask=None, deterministic=True, **kwargs
+  ):
     features = PerceiverIO(self.perceiver_config, name='perceiver')(
-        inputs, attention_mask=attention_mask, deterministic=deterministic,
-        **kwargs)
+      inputs,
+      attention_mask=attention_mask,
+      deterministic=deterministic,
+      **kwargs,
+    )
     return nn.Dense(self.num_outputs, name='head')(jnp.tanh(features))
 
 
@@ -62,17 +67,22 @@ def check_dtype(name: str, backend: str) -> str:
   if name in valid:
     return name
   if name in _ACCELERATOR_DTYPES:
-    raise ValueError(f'config.model.dtype={name!r} does not run on the '
-                     f'{backend.upper()} (XLA cannot compile its {name} '
-                     'matrix products there); use bfloat16 (or float32) '
-                     f'here, and {name} on a GPU.')
-  raise ValueError(f'config.model.dtype={name!r} is not a compute dtype; '
-                   f'choose one of {", ".join(valid)}'
-                   f'{"" if backend != "cpu" else " (float16: GPU only)"}.')
+    raise ValueError(
+      f'config.model.dtype={name!r} does not run on the '
+      f'{backend.upper()} (XLA cannot compile its {name} '
+      'matrix products there); use bfloat16 (or float32) '
+      f'here, and {name} on a GPU.'
+    )
+  raise ValueError(
+    f'config.model.dtype={name!r} is not a compute dtype; '
+    f'choose one of {", ".join(valid)}'
+    f'{"" if backend != "cpu" else " (float16: GPU only)"}.'
+  )
 
 
-def model_config(config: ml_collections.ConfigDict,
-                 num_outputs: Optional[int] = None) -> Dict[str, Any]:
+def model_config(
+  config: ml_collections.ConfigDict, num_outputs: Optional[int] = None
+) -> Dict[str, Any]:
   """The perceiver_io config dict (JSON-able) this experiment trains.
 
   With `num_outputs`, a classification decoder is sized to it (as `build`
@@ -82,28 +92,35 @@ def model_config(config: ml_collections.ConfigDict,
   cfg = presets.get_config(config.model.preset, **kwargs)
   # The expected platform, not jax.default_backend(): the train launcher
   # sizes its step before JAX creates a backend (process_tuning.py).
-  cfg['dtype'] = check_dtype(config.model.dtype, process_tuning.expected_platform())
+  cfg['dtype'] = check_dtype(
+    config.model.dtype, process_tuning.expected_platform()
+  )
   cfg['remat'] = bool(config.model.remat)
   # .get: workdirs written before the field existed lack it.
   chunk = int(config.model.get('query_chunk_size', 0) or 0)
   if chunk < 0:
-    raise ValueError(f'config.model.query_chunk_size={chunk}; use 0 (decode '
-                     'all queries at once) or a positive number of queries '
-                     'per chunk (e.g. 16384).')
+    raise ValueError(
+      f'config.model.query_chunk_size={chunk}; use 0 (decode '
+      'all queries at once) or a positive number of queries '
+      'per chunk (e.g. 16384).'
+    )
   if chunk:
     cfg['query_chunk_size'] = chunk
   impl = config.model.attention_impl
   if impl not in kernels.ATTENTION_IMPLS:
-    raise ValueError(f'config.model.attention_impl={impl!r}; choose one of '
-                     f'{", ".join(kernels.ATTENTION_IMPLS)} (on a GPU in '
-                     "bfloat16, 'cudnn' takes cuDNN's flash attention).")
+    raise ValueError(
+      f'config.model.attention_impl={impl!r}; choose one of '
+      f'{", ".join(kernels.ATTENTION_IMPLS)} (on a GPU in '
+      "bfloat16, 'cudnn' takes cuDNN's flash attention)."
+    )
   cfg['attention_impl'] = impl
   if config.model.in_channels:
     cfg['preprocessor']['in_channels'] = int(config.model.in_channels)
   if config.model.dropout_rate:
     cfg['encoder']['dropout_rate'] = float(config.model.dropout_rate)
   if num_outputs is not None and cfg['decoder'].get('type') == (
-      'classification'):
+    'classification'
+  ):
     cfg['decoder']['num_classes'] = int(num_outputs)
   return cfg
 
@@ -114,14 +131,16 @@ def counting_model(model: nn.Module) -> nn.Module:
   launcher decides host-memory settings before one exists)."""
   if isinstance(model, PerceiverWithTanhHead):
     return model.clone(
-        perceiver_config=flops.counting_config(model.perceiver_config))
+      perceiver_config=flops.counting_config(model.perceiver_config)
+    )
   if isinstance(model, PerceiverIO):
     return model.clone(config=flops.counting_config(model.config))
   return model
 
 
-def build(config: ml_collections.ConfigDict,
-          num_outputs: Optional[int] = None) -> Tuple[nn.Module, Dict]:
+def build(
+  config: ml_collections.ConfigDict, num_outputs: Optional[int] = None
+) -> Tuple[nn.Module, Dict]:
   """(flax module, description dict stored in the workdir) for `config`.
 
   Args:
@@ -137,16 +156,22 @@ def build(config: ml_collections.ConfigDict,
   classifier = cfg['decoder'].get('type') == 'classification'
   if head == 'tanh_mlp':
     if num_outputs is None or not classifier:
-      raise ValueError("model.head='tanh_mlp' needs a task with a "
-                       'classification decoder (classification or '
-                       'regression).')
-    hidden = int(config.model.head_hidden or
-                 cfg['encoder']['latent_channels'])
+      raise ValueError(
+        "model.head='tanh_mlp' needs a task with a "
+        'classification decoder (classification or '
+        'regression).'
+      )
+    hidden = int(config.model.head_hidden or cfg['encoder']['latent_channels'])
     cfg['decoder']['num_classes'] = hidden
-    description = {'perceiver': cfg, 'head': 'tanh_mlp',
-                   'num_outputs': int(num_outputs)}
-    return (PerceiverWithTanhHead(copy.deepcopy(cfg), int(num_outputs)),
-            description)
+    description = {
+      'perceiver': cfg,
+      'head': 'tanh_mlp',
+      'num_outputs': int(num_outputs),
+    }
+    return (
+      PerceiverWithTanhHead(copy.deepcopy(cfg), int(num_outputs)),
+      description,
+    )
   if classifier and num_outputs is not None:
     cfg['decoder']['num_classes'] = int(num_outputs)
   return PerceiverIO(copy.deepcopy(cfg)), {'perceiver': cfg, 'head': ''}
@@ -155,8 +180,9 @@ def build(config: ml_collections.ConfigDict,
 def build_from_description(description: Dict[str, Any]) -> nn.Module:
   """Rebuilds the module from the description saved in a workdir."""
   if description.get('head') == 'tanh_mlp':
-    return PerceiverWithTanhHead(description['perceiver'],
-                                 description['num_outputs'])
+    return PerceiverWithTanhHead(
+      description['perceiver'], description['num_outputs']
+    )
   return PerceiverIO(description['perceiver'])
 
 
@@ -166,13 +192,15 @@ def build_from_description(description: Dict[str, Any]) -> nn.Module:
 
 
 def _flat(tree) -> Dict[Tuple[str, ...], Any]:
-  tree = flax.core.unfreeze(tree) if isinstance(
-      tree, flax.core.FrozenDict) else tree
+  tree = (
+    flax.core.unfreeze(tree) if isinstance(tree, flax.core.FrozenDict) else tree
+  )
   return flax.traverse_util.flatten_dict(tree)
 
 
-def merge_pretrained(fresh: PyTree, pretrained: PyTree
-                     ) -> Tuple[PyTree, List[str], List[str]]:
+def merge_pretrained(
+  fresh: PyTree, pretrained: PyTree
+) -> Tuple[PyTree, List[str], List[str]]:
   """Copies every pretrained leaf whose path and shape match into `fresh`.
 
   If `fresh` nests the model under 'perceiver' (the tanh head) and the
@@ -188,7 +216,8 @@ def merge_pretrained(fresh: PyTree, pretrained: PyTree
   fresh_flat = _flat(fresh)
   pre_flat = _flat(pretrained)
   nested = any(k[1:2] == ('perceiver',) for k in fresh_flat) and not any(
-      k[1:2] == ('perceiver',) for k in pre_flat)
+    k[1:2] == ('perceiver',) for k in pre_flat
+  )
   if nested:
     pre_flat = {(k[0], 'perceiver') + k[1:]: v for k, v in pre_flat.items()}
   merged, new = {}, []
@@ -199,8 +228,11 @@ def merge_pretrained(fresh: PyTree, pretrained: PyTree
     else:
       merged[path] = value
       new.append('/'.join(path))
-  unused = ['/'.join(p) for p in pre_flat if p not in fresh_flat or
-            np.shape(pre_flat[p]) != np.shape(fresh_flat[p])]
+  unused = [
+    '/'.join(p)
+    for p in pre_flat
+    if p not in fresh_flat or np.shape(pre_flat[p]) != np.shape(fresh_flat[p])
+  ]
   _check_body_loaded(fresh_flat, pre_flat)
   return flax.traverse_util.unflatten_dict(merged), new, unused
 
@@ -224,28 +256,42 @@ def _check_body_loaded(fresh_flat, pre_flat) -> None:
       continue
     src = pre_flat.get(path)
     if src is None:
-      missing.append(f'{"/".join(path)} {tuple(np.shape(value))} (not in '
-                     'the checkpoint)')
+      missing.append(
+        f'{"/".join(path)} {tuple(np.shape(value))} (not in the checkpoint)'
+      )
     elif np.shape(src) != np.shape(value):
-      missing.append(f'{"/".join(path)}: checkpoint '
-                     f'{tuple(np.shape(src))} vs model '
-                     f'{tuple(np.shape(value))}')
+      missing.append(
+        f'{"/".join(path)}: checkpoint '
+        f'{tuple(np.shape(src))} vs model '
+        f'{tuple(np.shape(value))}'
+      )
   if missing:
-    body = sum(1 for p in fresh_flat
-               if (p[2] if p[1:2] == ('perceiver',) else p[1]) in BODY_MODULES)
+    body = sum(
+      1
+      for p in fresh_flat
+      if (p[2] if p[1:2] == ('perceiver',) else p[1]) in BODY_MODULES
+    )
     raise ValueError(
-        f'init_from does not fit this model: {len(missing)} of {body} '
-        f'preprocessor/encoder arrays differ ({"; ".join(missing[:5])}'
-        f'{" ..." if len(missing) > 5 else ""}). Only the decoder and head '
-        'may be new; set config.model.preset / config.model.kwargs (and '
-        'data.max_length for text) to the checkpoint\'s sizes, or train '
-        'from scratch with config.init_from=\'\'.')
+      f'init_from does not fit this model: {len(missing)} of {body} '
+      f'preprocessor/encoder arrays differ ({"; ".join(missing[:5])}'
+      f'{" ..." if len(missing) > 5 else ""}). Only the decoder and head '
+      'may be new; set config.model.preset / config.model.kwargs (and '
+      "data.max_length for text) to the checkpoint's sizes, or train "
+      "from scratch with config.init_from=''."
+    )
 
 
 def log_merge(new: List[str], unused: List[str]) -> None:
-  logging.info('init_from: %d parameter arrays newly initialised%s', len(new),
-               (': ' + ', '.join(new[:20]) + (' ...' if len(new) > 20 else ''))
-               if new else '')
+  logging.info(
+    'init_from: %d parameter arrays newly initialised%s',
+    len(new),
+    (': ' + ', '.join(new[:20]) + (' ...' if len(new) > 20 else ''))
+    if new
+    else '',
+  )
   if unused:
-    logging.info('init_from: %d pretrained arrays not used: %s', len(unused),
-                 ', '.join(unused[:20]))
+    logging.info(
+      'init_from: %d pretrained arrays not used: %s',
+      len(unused),
+      ', '.join(unused[:20]),
+    )

@@ -43,7 +43,8 @@ def is_decayed(path_names: tuple, decay_pos_embs: bool = True) -> bool:
   if any('norm' in name.lower() for name in path_names[:-1]):
     return False
   if not decay_pos_embs and any(
-      marker in name for name in path_names for marker in _POS_EMB_MARKERS):
+    marker in name for name in path_names for marker in _POS_EMB_MARKERS
+  ):
     return False
   return True
 
@@ -51,11 +52,13 @@ def is_decayed(path_names: tuple, decay_pos_embs: bool = True) -> bool:
 def weight_decay_mask(params: PyTree, decay_pos_embs: bool = True) -> PyTree:
   """A pytree of bools like `params`: True where weight decay applies."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: is_decayed(_path_names(path), decay_pos_embs), params)
+    lambda path, _: is_decayed(_path_names(path), decay_pos_embs), params
+  )
 
 
-def make_schedule(config: ml_collections.ConfigDict, learning_rate: float,
-                  total_steps: int) -> optax.Schedule:
+def make_schedule(
+  config: ml_collections.ConfigDict, learning_rate: float, total_steps: int
+) -> optax.Schedule:
   """Learning rate per optimizer update.
 
   Args:
@@ -95,25 +98,37 @@ def make_schedule(config: ml_collections.ConfigDict, learning_rate: float,
   if name == 'constant_cosine':
     flat = int(total * float(config.constant_fraction))
     cosine = optax.cosine_decay_schedule(
-        learning_rate, max(total - flat, 1), alpha=end / learning_rate
-        if learning_rate else 0.0)
-    return with_warmup(optax.join_schedules(
-        [optax.constant_schedule(learning_rate), cosine], [flat]))
+      learning_rate,
+      max(total - flat, 1),
+      alpha=end / learning_rate if learning_rate else 0.0,
+    )
+    return with_warmup(
+      optax.join_schedules(
+        [optax.constant_schedule(learning_rate), cosine], [flat]
+      )
+    )
   if name == 'warmup_cosine':
     return optax.warmup_cosine_decay_schedule(
-        0.0, learning_rate, max(warmup, 0), max(decay_steps, warmup + 1),
-        end_value=end)
+      0.0,
+      learning_rate,
+      max(warmup, 0),
+      max(decay_steps, warmup + 1),
+      end_value=end,
+    )
   if name == 'warmup_linear':
-    return with_warmup(optax.linear_schedule(
-        learning_rate, end, max(decay_steps - warmup, 1)))
-  raise ValueError(f'unknown schedule.name {name!r}; valid: constant, '
-                   'constant_cosine, warmup_cosine, warmup_linear, '
-                   'warmup_constant.')
+    return with_warmup(
+      optax.linear_schedule(learning_rate, end, max(decay_steps - warmup, 1))
+    )
+  raise ValueError(
+    f'unknown schedule.name {name!r}; valid: constant, '
+    'constant_cosine, warmup_cosine, warmup_linear, '
+    'warmup_constant.'
+  )
 
 
-def make_optimizer(config: ml_collections.ConfigDict, params: PyTree,
-                   total_steps: int
-                   ) -> tuple[optax.GradientTransformation, Callable]:
+def make_optimizer(
+  config: ml_collections.ConfigDict, params: PyTree, total_steps: int
+) -> tuple[optax.GradientTransformation, Callable]:
   """The optax chain of `config.optimizer` + `config.schedule`.
 
   Args:
@@ -129,10 +144,12 @@ def make_optimizer(config: ml_collections.ConfigDict, params: PyTree,
   opt = config.optimizer
   accumulate = int(opt.accumulate_steps)
   if accumulate < 1:
-    raise ValueError(f'optimizer.accumulate_steps must be >= 1, got '
-                     f'{accumulate}.')
-  schedule = make_schedule(config.schedule, float(opt.learning_rate),
-                           max(total_steps // accumulate, 1))
+    raise ValueError(
+      f'optimizer.accumulate_steps must be >= 1, got {accumulate}.'
+    )
+  schedule = make_schedule(
+    config.schedule, float(opt.learning_rate), max(total_steps // accumulate, 1)
+  )
   mask = weight_decay_mask(params, bool(opt.decay_pos_embs))
   parts = []
   if opt.grad_clip_norm and opt.grad_clip_norm > 0:
@@ -141,20 +158,27 @@ def make_optimizer(config: ml_collections.ConfigDict, params: PyTree,
   wd = float(opt.weight_decay)
   if name == 'lamb':
     # Official order: adam moments -> masked decay -> trust ratio -> lr.
-    parts += [optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps),
-              optax.add_decayed_weights(wd, mask=mask),
-              optax.scale_by_trust_ratio()]
+    parts += [
+      optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps),
+      optax.add_decayed_weights(wd, mask=mask),
+      optax.scale_by_trust_ratio(),
+    ]
   elif name == 'adamw':
-    parts += [optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps),
-              optax.add_decayed_weights(wd, mask=mask)]
+    parts += [
+      optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps),
+      optax.add_decayed_weights(wd, mask=mask),
+    ]
   elif name == 'adam':
     parts += [optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps)]
   elif name == 'sgd':
-    parts += [optax.add_decayed_weights(wd, mask=mask),
-              optax.trace(decay=opt.b1)]
+    parts += [
+      optax.add_decayed_weights(wd, mask=mask),
+      optax.trace(decay=opt.b1),
+    ]
   else:
-    raise ValueError(f'unknown optimizer.name {name!r}; valid: lamb, adamw, '
-                     'adam, sgd.')
+    raise ValueError(
+      f'unknown optimizer.name {name!r}; valid: lamb, adamw, adam, sgd.'
+    )
   parts += [optax.scale_by_schedule(schedule), optax.scale(-1.0)]
   tx = optax.chain(*parts)
   if accumulate > 1:

@@ -33,31 +33,48 @@ from experiments import cli
 from experiments import process_tuning
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Optional config: with --workdir, replaces its '
-    'config.json; without, predicts with --config.init_from.',
-    lock_config=True)
+  'config',
+  None,
+  'Optional config: with --workdir, replaces its '
+  'config.json; without, predicts with --config.init_from.',
+  lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Trained workdir.')
 _CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', 'latest', "'latest', 'best' or a step number.")
+  'checkpoint', 'latest', "'latest', 'best' or a step number."
+)
 _INPUT_FILE = flags.DEFINE_string(
-    'input_file', '', 'File with one input per line (sentence-pair models: '
-    'FIRST<TAB>SECOND per line).')
+  'input_file',
+  '',
+  'File with one input per line (sentence-pair models: '
+  'FIRST<TAB>SECOND per line).',
+)
 _PAIR = flags.DEFINE_multi_string(
-    'pair', None, 'Sentence-pair models: the second text of the N-th text '
-    'argument (repeat once per argument, in order).')
+  'pair',
+  None,
+  'Sentence-pair models: the second text of the N-th text '
+  'argument (repeat once per argument, in order).',
+)
 _TOP_K = flags.DEFINE_integer(
-    'top_k', 0, 'Labels to print per input (0 = the task default: 5 for '
-    'ImageNet-style image classification, 1 otherwise).')
+  'top_k',
+  0,
+  'Labels to print per input (0 = the task default: 5 for '
+  'ImageNet-style image classification, 1 otherwise).',
+)
 _DIGITS = flags.DEFINE_string(
-    'digits', '', "Quickstart: predict test digits a:b (e.g. '0:5').")
+  'digits', '', "Quickstart: predict test digits a:b (e.g. '0:5')."
+)
 # Options of tasks with their own prediction (image classes, flow files).
-_CLASS_NAMES = flags.DEFINE_string('class_names', '',
-                                   'Image tasks: class-name list file.')
+_CLASS_NAMES = flags.DEFINE_string(
+  'class_names', '', 'Image tasks: class-name list file.'
+)
 _OUTPUT = flags.DEFINE_string('output', '', 'Flow: output .flo path.')
-_GROUND_TRUTH = flags.DEFINE_string('ground_truth', '',
-                                    'Flow: ground-truth .flo for the EPE.')
-_PAD_SMALL = flags.DEFINE_boolean('pad_small', False,
-                                  'Flow: pad frames smaller than the model.')
+_GROUND_TRUTH = flags.DEFINE_string(
+  'ground_truth', '', 'Flow: ground-truth .flo for the EPE.'
+)
+_PAD_SMALL = flags.DEFINE_boolean(
+  'pad_small', False, 'Flow: pad frames smaller than the model.'
+)
 
 
 def read_pairs(argv, pair):
@@ -69,9 +86,11 @@ def read_pairs(argv, pair):
   if not pair:
     return None
   if len(pair) != len(argv[1:]):
-    raise ValueError(f'{len(pair)} --pair value(s) for {len(argv[1:])} text '
-                     'argument(s): give one --pair per text argument, in '
-                     'order (lines of --input_file use FIRST<TAB>SECOND).')
+    raise ValueError(
+      f'{len(pair)} --pair value(s) for {len(argv[1:])} text '
+      'argument(s): give one --pair per text argument, in '
+      'order (lines of --input_file use FIRST<TAB>SECOND).'
+    )
   return list(pair)
 
 
@@ -82,7 +101,9 @@ def read_inputs(argv, input_file: str):
       with open(input_file, encoding='utf-8', errors='replace') as f:
         inputs += [line.rstrip('\n') for line in f if line.strip()]
     except FileNotFoundError:
-      raise FileNotFoundError(f'--input_file {input_file!r} not found.') from None
+      raise FileNotFoundError(
+        f'--input_file {input_file!r} not found.'
+      ) from None
   return inputs
 
 
@@ -90,32 +111,44 @@ def main(argv):
   cli.quiet_library_logs()
   process_tuning.configure_process()  # Before NumPy/JAX are imported (process_tuning.py).
   from experiments import predict_lib  # pylint: disable=g-import-not-at-top
+
   with cli.one_line_errors():
     inputs = read_inputs(argv, _INPUT_FILE.value)
     pairs = read_pairs(argv, _PAIR.value)
     if pairs is not None:
       pairs += [None] * (len(inputs) - len(pairs))
-    options = dict(class_names=_CLASS_NAMES.value, output=_OUTPUT.value,
-                   ground_truth=_GROUND_TRUTH.value,
-                   pad_small=_PAD_SMALL.value)
+    options = dict(
+      class_names=_CLASS_NAMES.value,
+      output=_OUTPUT.value,
+      ground_truth=_GROUND_TRUTH.value,
+      pad_small=_PAD_SMALL.value,
+    )
     if not _WORKDIR.value:
       config = _CONFIG.value
       if pairs is not None:
-        raise app.UsageError('--pair needs --workdir (a model trained on '
-                             'sentence pairs).')
+        raise app.UsageError(
+          '--pair needs --workdir (a model trained on sentence pairs).'
+        )
       if config is None or not config.init_from:
-        raise app.UsageError('pass --workdir=DIR, or --config=... with '
-                             '--config.init_from=... (an imported '
-                             'checkpoint).')
-      lines = predict_lib.predict_pretrained(config, inputs,
-                                             top_k=_TOP_K.value, **options)
+        raise app.UsageError(
+          'pass --workdir=DIR, or --config=... with '
+          '--config.init_from=... (an imported '
+          'checkpoint).'
+        )
+      lines = predict_lib.predict_pretrained(
+        config, inputs, top_k=_TOP_K.value, **options
+      )
     else:
-      lines = predict_lib.predict_lines(_WORKDIR.value, inputs,
-                                        which=_CHECKPOINT.value,
-                                        top_k=_TOP_K.value,
-                                        digits=_DIGITS.value,
-                                        config=_CONFIG.value, pairs=pairs,
-                                        **options)
+      lines = predict_lib.predict_lines(
+        _WORKDIR.value,
+        inputs,
+        which=_CHECKPOINT.value,
+        top_k=_TOP_K.value,
+        digits=_DIGITS.value,
+        config=_CONFIG.value,
+        pairs=pairs,
+        **options,
+      )
   for line in lines:
     print(line)
 

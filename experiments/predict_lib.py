@@ -16,9 +16,13 @@ from experiments import tasks
 from experiments import workdir as workdir_lib
 
 
-def predict_lines(workdir: str, inputs: Sequence[str], which: str = 'latest',
-                  config: Optional[ml_collections.ConfigDict] = None,
-                  **options) -> List[str]:
+def predict_lines(
+  workdir: str,
+  inputs: Sequence[str],
+  which: str = 'latest',
+  config: Optional[ml_collections.ConfigDict] = None,
+  **options,
+) -> List[str]:
   """Human-readable predictions of a workdir's model for `inputs`.
 
   Args:
@@ -35,20 +39,32 @@ def predict_lines(workdir: str, inputs: Sequence[str], which: str = 'latest',
   run = workdir_lib.load_workdir(workdir, which, config)
   task = tasks.get(run.config, run.model_config)
   return [f'# {workdir} (checkpoint step {run.step})'] + task.predict_lines(
-      run.model, run.variables, list(inputs), name=workdir, info=run.info,
-      **options)
+    run.model,
+    run.variables,
+    list(inputs),
+    name=workdir,
+    info=run.info,
+    **options,
+  )
 
 
-def predict_pretrained(config: ml_collections.ConfigDict,
-                       inputs: Sequence[str], **options) -> List[str]:
+def predict_pretrained(
+  config: ml_collections.ConfigDict, inputs: Sequence[str], **options
+) -> List[str]:
   """Prediction lines of the checkpoint named by config.init_from."""
   config = config.copy_and_resolve_references()
-  imported = workdir_lib.load_init_from(config.init_from, config.model.preset,
-                                        config.model.attention_impl)
+  imported = workdir_lib.load_init_from(
+    config.init_from, config.model.preset, config.model.attention_impl
+  )
   task = tasks.get(config, imported.model_config)
   return [f'# {config.init_from}'] + task.predict_lines(
-      imported.model, imported.variables, list(inputs),
-      name=config.init_from, info=imported.info, **options)
+    imported.model,
+    imported.variables,
+    list(inputs),
+    name=config.init_from,
+    info=imported.info,
+    **options,
+  )
 
 
 def print_eval_predictions(result: Dict[str, Any], count: int) -> None:
@@ -58,12 +74,17 @@ def print_eval_predictions(result: Dict[str, Any], count: int) -> None:
     return
   state = result['state']
   tree = {'params': state['params'], **state['model_state']}
-  if not all(x.is_fully_addressable or x.is_fully_replicated
-             for x in jax.tree_util.tree_leaves(tree)):
-    print('(predictions skipped: parameters are sharded across processes; '
-          'run experiments.predict on the workdir.)')
+  if not all(
+    x.is_fully_addressable or x.is_fully_replicated
+    for x in jax.tree_util.tree_leaves(tree)
+  ):
+    print(
+      '(predictions skipped: parameters are sharded across processes; '
+      'run experiments.predict on the workdir.)'
+    )
     return
   variables = jax.device_get(tree)
-  for line in result['task'].eval_predictions(result['model'], variables,
-                                              count):
+  for line in result['task'].eval_predictions(
+    result['model'], variables, count
+  ):
     print(line)

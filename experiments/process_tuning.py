@@ -72,15 +72,32 @@ def prefer_low_memory_cpu(environ=None) -> bool:
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 # Any of these in the environment means the user tuned glibc's malloc: leave
 # it alone.
-_MALLOC_ENV = ('MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_',
-               'MALLOC_MMAP_THRESHOLD_', 'GLIBC_TUNABLES')
+_MALLOC_ENV = (
+  'MALLOC_ARENA_MAX',
+  'MALLOC_MMAP_MAX_',
+  'MALLOC_TRIM_THRESHOLD_',
+  'MALLOC_MMAP_THRESHOLD_',
+  'GLIBC_TUNABLES',
+)
 REUSE_HOST_MEMORY_ENV = 'PERCEIVER_IO_REUSE_HOST_MEMORY'
 
 
 class _MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2
-  _fields_ = [(name, ctypes.c_size_t) for name in (
-      'arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks', 'fsmblks',
-      'uordblks', 'fordblks', 'keepcost')]
+  _fields_ = [
+    (name, ctypes.c_size_t)
+    for name in (
+      'arena',
+      'ordblks',
+      'smblks',
+      'hblks',
+      'hblkhd',
+      'usmblks',
+      'fsmblks',
+      'uordblks',
+      'fordblks',
+      'keepcost',
+    )
+  ]
 
 
 @functools.lru_cache(maxsize=1)
@@ -127,8 +144,14 @@ def reuse_freed_host_memory(environ=None) -> bool:
   libc = _glibc()
   if libc is None or any(name in env for name in _MALLOC_ENV):
     return False
-  return all(libc.mallopt(param, value) == 1 for param, value in (
-      (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+  return all(
+    libc.mallopt(param, value) == 1
+    for param, value in (
+      (_M_ARENA_MAX, 1),
+      (_M_MMAP_MAX, 0),
+      (_M_TRIM_THRESHOLD, -1),
+    )
+  )
 
 
 def _cpu_backend_exists() -> bool:
@@ -136,6 +159,7 @@ def _cpu_backend_exists() -> bool:
     return False
   try:
     from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+
     return xla_bridge.backends_are_initialized()
   except (ImportError, AttributeError):  # Private API moved: assume not yet.
     return False
@@ -156,6 +180,7 @@ def synchronous_cpu_dispatch() -> bool:
   no effect and returns False).
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   if _cpu_backend_exists():
     return False  # The CPU client already exists, made with the old value.
   jax.config.update('jax_cpu_enable_async_dispatch', False)
@@ -181,12 +206,16 @@ def host_memory_reuse_mode(environ=None) -> str:
 def _apply_host_memory_reuse(env) -> bool:
   """Reuse and synchronous dispatch together, or neither (module docstring)."""
   libc = _glibc()
-  if (libc is None or any(name in env for name in _MALLOC_ENV) or
-      _cpu_backend_exists()):
+  if (
+    libc is None
+    or any(name in env for name in _MALLOC_ENV)
+    or _cpu_backend_exists()
+  ):
     return False
   global _REUSING_HOST_MEMORY  # glibc first: before NumPy/JAX threads.
-  _REUSING_HOST_MEMORY = (reuse_freed_host_memory(env) and
-                          synchronous_cpu_dispatch())
+  _REUSING_HOST_MEMORY = (
+    reuse_freed_host_memory(env) and synchronous_cpu_dispatch()
+  )
   return _REUSING_HOST_MEMORY
 
 
@@ -201,17 +230,22 @@ def configure_process(environ=None) -> dict:
   """
   env = os.environ if environ is None else environ
   mode = host_memory_reuse_mode(env)
-  settings = {'low_memory_cpu_scheduler': prefer_low_memory_cpu(env),
-              'host_memory_reuse': mode}
+  settings = {
+    'low_memory_cpu_scheduler': prefer_low_memory_cpu(env),
+    'host_memory_reuse': mode,
+  }
   if mode == 'on':
     settings['host_memory_reuse'] = (
-        'on' if _apply_host_memory_reuse(env) else
-        'off (not glibc, MALLOC_* set, or JAX backend already made)')
+      'on'
+      if _apply_host_memory_reuse(env)
+      else 'off (not glibc, MALLOC_* set, or JAX backend already made)'
+    )
   return settings
 
 
-def reuse_host_memory_for_step(step_flops: float, environ=None,
-                               cores: Optional[int] = None) -> str:
+def reuse_host_memory_for_step(
+  step_flops: float, environ=None, cores: Optional[int] = None
+) -> str:
   """In 'auto' mode: host memory reuse for a step of `step_flops` or more.
 
   Why by FLOPs: what synchronous dispatch costs is the host work a step can
@@ -239,11 +273,15 @@ def reuse_host_memory_for_step(step_flops: float, environ=None,
   cores = cores or len(os.sched_getaffinity(0))
   threshold = AUTO_REUSE_FLOPS_PER_CORE * cores
   if step_flops < threshold:
-    return (f'off (step {step_flops / 1e9:.1f} GFLOP < {threshold / 1e9:.0f} '
-            f'GFLOP for {cores} cores)')
+    return (
+      f'off (step {step_flops / 1e9:.1f} GFLOP < {threshold / 1e9:.0f} '
+      f'GFLOP for {cores} cores)'
+    )
   if _apply_host_memory_reuse(env):
-    return (f'on (step {step_flops / 1e9:.0f} GFLOP >= '
-            f'{threshold / 1e9:.0f} GFLOP for {cores} cores)')
+    return (
+      f'on (step {step_flops / 1e9:.0f} GFLOP >= '
+      f'{threshold / 1e9:.0f} GFLOP for {cores} cores)'
+    )
   return 'off (not glibc, MALLOC_* set, or JAX backend already made)'
 
 
@@ -256,12 +294,15 @@ def expected_platform() -> str:
   import importlib.metadata  # pylint: disable=g-import-not-at-top
   import importlib.util  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+
   platforms = (jax.config.jax_platforms or '').split(',')
   if platforms[0].strip():
     return platforms[0].strip()
-  if (importlib.metadata.entry_points(group='jax_plugins') or
-      importlib.util.find_spec('jax_plugins') or
-      importlib.util.find_spec('libtpu')):
+  if (
+    importlib.metadata.entry_points(group='jax_plugins')
+    or importlib.util.find_spec('jax_plugins')
+    or importlib.util.find_spec('libtpu')
+  ):
     return 'accelerator'
   return 'cpu'
 

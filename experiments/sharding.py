@@ -48,7 +48,8 @@ def leaf_sharding(shape, mesh: Mesh, min_size: int) -> NamedSharding:
 def state_shardings(abstract_state: Any, mesh: Mesh, min_size: int) -> Any:
   """A sharding per leaf of the train state (see `leaf_sharding`)."""
   return jax.tree_util.tree_map(
-      lambda x: leaf_sharding(x.shape, mesh, min_size), abstract_state)
+    lambda x: leaf_sharding(x.shape, mesh, min_size), abstract_state
+  )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -56,16 +57,20 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_batch_size(global_batch: int, mesh: Mesh, what: str = 'batch_size'
-                     ) -> None:
+def check_batch_size(
+  global_batch: int, mesh: Mesh, what: str = 'batch_size'
+) -> None:
   if global_batch % mesh.size:
-    raise ValueError(f'{what}={global_batch} must be divisible by the number '
-                     f'of devices ({mesh.size}); use a multiple of '
-                     f'{mesh.size}.')
+    raise ValueError(
+      f'{what}={global_batch} must be divisible by the number '
+      f'of devices ({mesh.size}); use a multiple of '
+      f'{mesh.size}.'
+    )
 
 
-def global_batch(local_batch: Dict[str, np.ndarray], mesh: Mesh
-                 ) -> Dict[str, jax.Array]:
+def global_batch(
+  local_batch: Dict[str, np.ndarray], mesh: Mesh
+) -> Dict[str, jax.Array]:
   """Assembles this process's rows into global arrays sharded on 'data'.
 
   Args:

@@ -31,19 +31,32 @@ def total_steps(config: ml_collections.ConfigDict, num_examples: int) -> int:
     return int(config.num_train_steps)
   if config.num_epochs <= 0:
     raise ValueError('set config.num_train_steps > 0 or config.num_epochs > 0.')
-  return max(int(math.ceil(config.num_epochs * num_examples /
-                           config.batch_size)), 1)
+  return max(
+    int(math.ceil(config.num_epochs * num_examples / config.batch_size)), 1
+  )
 
 
-def apply_model(model, variables: PyTree, model_inputs: ModelInputs, *,
-                train: bool, dropout_key=None):
+def apply_model(
+  model,
+  variables: PyTree,
+  model_inputs: ModelInputs,
+  *,
+  train: bool,
+  dropout_key=None,
+):
   """Runs the model; returns (outputs, updated non-param collections)."""
   inputs, kwargs = model_inputs
   mutable = [k for k in variables if k != 'params'] if train else []
   mutable = mutable or False
   rngs = {'dropout': dropout_key} if (train and dropout_key is not None) else {}
-  out = model.apply(variables, inputs, deterministic=not train, rngs=rngs,
-                    mutable=mutable, **kwargs)
+  out = model.apply(
+    variables,
+    inputs,
+    deterministic=not train,
+    rngs=rngs,
+    mutable=mutable,
+    **kwargs,
+  )
   if mutable:
     outputs, new_state = out
     return outputs, dict(new_state)
@@ -53,13 +66,18 @@ def apply_model(model, variables: PyTree, model_inputs: ModelInputs, *,
 def init_variables(model, model_inputs: ModelInputs, seed: int) -> PyTree:
   """Fresh model variables from example inputs (shapes only matter)."""
   inputs, kwargs = model_inputs
-  return model.init(jax.random.PRNGKey(seed), inputs, deterministic=True,
-                    **kwargs)
+  return model.init(
+    jax.random.PRNGKey(seed), inputs, deterministic=True, **kwargs
+  )
 
 
-def make_train_step(model, task, tx: optax.GradientTransformation,
-                    schedule: Callable, config: ml_collections.ConfigDict
-                    ) -> Callable:
+def make_train_step(
+  model,
+  task,
+  tx: optax.GradientTransformation,
+  schedule: Callable,
+  config: ml_collections.ConfigDict,
+) -> Callable:
   """The (not yet jitted) train step: (state, batch) -> (state, metrics).
 
   The task's `train_transform(batch, key)` (e.g. MixUp) runs first; the
@@ -74,26 +92,37 @@ def make_train_step(model, task, tx: optax.GradientTransformation,
     step = state['step']
     dropout_key = jax.random.fold_in(base_key, step)
     others = state['model_state']
-    batch = task.train_transform(batch, jax.random.fold_in(transform_key,
-                                                           step))
+    batch = task.train_transform(batch, jax.random.fold_in(transform_key, step))
 
     def loss_of(params):
       outputs, new_others = apply_model(
-          model, {'params': params, **others}, task.model_inputs(batch),
-          train=True, dropout_key=dropout_key)
+        model,
+        {'params': params, **others},
+        task.model_inputs(batch),
+        train=True,
+        dropout_key=dropout_key,
+      )
       loss_sum, weight = task.loss_fn(outputs, batch)
       denom = jnp.maximum(jnp.sum(weight), 1.0)
       return jnp.sum(loss_sum) / denom, new_others
 
     (loss, new_others), grads = jax.value_and_grad(loss_of, has_aux=True)(
-        state['params'])
+      state['params']
+    )
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
-    new_state = dict(step=step + 1, params=params, opt_state=opt_state,
-                     model_state={**others, **new_others})
-    metrics = {'loss': loss, 'grad_norm': grad_norm,
-               'learning_rate': schedule(step // accumulate)}
+    new_state = dict(
+      step=step + 1,
+      params=params,
+      opt_state=opt_state,
+      model_state={**others, **new_others},
+    )
+    metrics = {
+      'loss': loss,
+      'grad_norm': grad_norm,
+      'learning_rate': schedule(step // accumulate),
+    }
     return new_state, metrics
 
   return train_step
@@ -104,8 +133,12 @@ def make_eval_step(model, task) -> Callable:
 
   def eval_step(params, model_state, batch):
     TRACE_COUNTS['eval_step'] += 1
-    outputs, _ = apply_model(model, {'params': params, **model_state},
-                             task.model_inputs(batch), train=False)
+    outputs, _ = apply_model(
+      model,
+      {'params': params, **model_state},
+      task.model_inputs(batch),
+      train=False,
+    )
     return task.eval_outputs(outputs, batch)
 
   return eval_step
@@ -125,15 +158,21 @@ def jitted_forward(model, model_inputs: Callable) -> Callable:
   """
   hit = _FORWARDS.get(id(model))
   if hit is None or hit[0] is not model or hit[1] != model_inputs:
-    hit = (model, model_inputs, jax.jit(lambda v, b: apply_model(
-        model, v, model_inputs(b), train=False)[0]))
+    hit = (
+      model,
+      model_inputs,
+      jax.jit(
+        lambda v, b: apply_model(model, v, model_inputs(b), train=False)[0]
+      ),
+    )
     _FORWARDS[id(model)] = hit
     while len(_FORWARDS) > 4:
       _FORWARDS.popitem(last=False)
   return hit[2]
 
 
-def predict_batch(model, variables: PyTree, batch: Dict[str, np.ndarray],
-                  model_inputs: Callable) -> np.ndarray:
+def predict_batch(
+  model, variables: PyTree, batch: Dict[str, np.ndarray], model_inputs: Callable
+) -> np.ndarray:
   """The model's outputs for one batch, as one compiled call."""
   return np.asarray(jitted_forward(model, model_inputs)(variables, batch))

@@ -20,13 +20,19 @@ from experiments import cli
 from experiments import process_tuning
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config file, e.g. configs/quickstart.py or '
-    'configs/glue_bytes.py:cola.', lock_config=True)
+  'config',
+  None,
+  'Experiment config file, e.g. configs/quickstart.py or '
+  'configs/glue_bytes.py:cola.',
+  lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.')
 _COORDINATOR = flags.DEFINE_string(
-    'coordinator_address', '', 'host:port of process 0 (multi-process).')
+  'coordinator_address', '', 'host:port of process 0 (multi-process).'
+)
 _NUM_PROCESSES = flags.DEFINE_integer(
-    'num_processes', 1, 'Number of processes; -1 = auto-detect cluster.')
+  'num_processes', 1, 'Number of processes; -1 = auto-detect cluster.'
+)
 _PROCESS_ID = flags.DEFINE_integer('process_id', 0, 'This process id.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -35,24 +41,34 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.quiet_library_logs()
-  settings = process_tuning.configure_process()  # Before NumPy/JAX (process_tuning.py).
+  settings = (
+    process_tuning.configure_process()
+  )  # Before NumPy/JAX (process_tuning.py).
   logging.info('process settings: %s', settings)
   if _NUM_PROCESSES.value == -1:
     import jax  # pylint: disable=g-import-not-at-top
+
     jax.distributed.initialize()
   else:
-    cli.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                     _PROCESS_ID.value)
+    cli.maybe_initialize_distributed(
+      _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+    )
   from experiments import predict_lib  # pylint: disable=g-import-not-at-top
   from experiments import train_lib  # pylint: disable=g-import-not-at-top
+
   config = _CONFIG.value
   with cli.one_line_errors(train_lib.NonFiniteError):
     result = train_lib.train_and_evaluate(config, _WORKDIR.value)
   import jax  # pylint: disable=g-import-not-at-top
+
   if jax.process_index() == 0:
-    print(f'final step {result["step"]}: eval '
-          + '  '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
-                      for k, v in result['eval'].items()))
+    print(
+      f'final step {result["step"]}: eval '
+      + '  '.join(
+        f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
+        for k, v in result['eval'].items()
+      )
+    )
   if config.predict_examples > 0:
     predict_lib.print_eval_predictions(result, int(config.predict_examples))
 

@@ -52,8 +52,9 @@ class Preempted(SystemExit):
 # ============================================================================
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> Dict[str, Any]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str
+) -> Dict[str, Any]:
   """Trains (resuming from `workdir` if possible), evaluates, checkpoints.
 
   Args:
@@ -77,37 +78,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   workdir_lib.make_workdir(workdir)
   task = tasks.get(config)
   model, description = models.build(config, task.num_outputs())
-  workdir_lib.check_workdir(workdir, description, bool(config.overwrite),
-                            config.to_dict())
+  workdir_lib.check_workdir(
+    workdir, description, bool(config.overwrite), config.to_dict()
+  )
   pretrained = pretrained_variables(config, workdir)  # Before the data.
 
   # -------------------------------------------------------- task and data --
   example = task.example_batch()
   # Before anything creates JAX's backend (process_tuning.py).
-  logging.info('host memory reuse: %s',
-               process_tuning.reuse_host_memory_for_step(train_step_flops(
-                   model, task, int(config.batch_size))))
+  logging.info(
+    'host memory reuse: %s',
+    process_tuning.reuse_host_memory_for_step(
+      train_step_flops(model, task, int(config.batch_size))
+    ),
+  )
   train_info, eval_info = task.data_info()
   num_steps = steps.total_steps(config, train_info['num_examples'])
-  logging.info('data: %s; %d steps of batch %d.', data_summary(
-      train_info, eval_info), num_steps, config.batch_size)
+  logging.info(
+    'data: %s; %d steps of batch %d.',
+    data_summary(train_info, eval_info),
+    num_steps,
+    config.batch_size,
+  )
 
   # ----------------------------------------------------------------- mesh --
   mesh = sharding.make_mesh()
   sharding.check_batch_size(int(config.batch_size), mesh)
-  sharding.check_batch_size(int(config.eval_batch_size), mesh,
-                            'eval_batch_size')
+  sharding.check_batch_size(
+    int(config.eval_batch_size), mesh, 'eval_batch_size'
+  )
   replicated = sharding.replicated(mesh)
   data_sharding = sharding.batch_sharding(mesh)
-  logging.info('mesh: %d devices over %d process(es).', mesh.size,
-               jax.process_count())
+  logging.info(
+    'mesh: %d devices over %d process(es).', mesh.size, jax.process_count()
+  )
 
   # -------------------------------------------------- model and optimizer --
-  init = functools.partial(steps.init_variables, model,
-                           task.model_inputs(example), int(config.seed))
+  init = functools.partial(
+    steps.init_variables, model, task.model_inputs(example), int(config.seed)
+  )
   abstract_vars = jax.eval_shape(init)
-  tx, schedule = optim.make_optimizer(config, abstract_vars['params'],
-                                      num_steps)
+  tx, schedule = optim.make_optimizer(
+    config, abstract_vars['params'], num_steps
+  )
   make_state = functools.partial(new_state, tx)
 
   # ---------------------------------------------------- state and resume --
@@ -115,14 +128,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # (3) fresh initialisation.
   abstract_state = jax.eval_shape(make_state, abstract_vars)
   state_sharding = state_shardings(abstract_state, mesh, config)
-  ckpt = workdir_lib.open_checkpoints(workdir, int(config.keep_checkpoints),
-                                      config.best_metric, config.best_mode)
+  ckpt = workdir_lib.open_checkpoints(
+    workdir, int(config.keep_checkpoints), config.best_metric, config.best_mode
+  )
   latest = ckpt.latest_step()
   if latest is not None:
     state = restore_state(ckpt, latest, abstract_state, state_sharding)
   else:
-    state = initial_state(init, make_state, pretrained, state_sharding,
-                          replicated)
+    state = initial_state(
+      init, make_state, pretrained, state_sharding, replicated
+    )
     pretrained = None  # Its arrays are in `state` now.
   start_step = int(jax.device_get(state['step']))
   # The run exists now: record what it is.
@@ -131,12 +146,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   # ---------------------------------------------------------------- steps --
   train_step = jax.jit(
-      steps.make_train_step(model, task, tx, schedule, config),
-      in_shardings=(state_sharding, data_sharding),
-      out_shardings=(state_sharding, replicated), donate_argnums=(0,))
-  eval_step = jax.jit(steps.make_eval_step(model, task), in_shardings=(
-      state_sharding['params'], state_sharding['model_state'],
-      data_sharding), out_shardings=replicated)
+    steps.make_train_step(model, task, tx, schedule, config),
+    in_shardings=(state_sharding, data_sharding),
+    out_shardings=(state_sharding, replicated),
+    donate_argnums=(0,),
+  )
+  eval_step = jax.jit(
+    steps.make_eval_step(model, task),
+    in_shardings=(
+      state_sharding['params'],
+      state_sharding['model_state'],
+      data_sharding,
+    ),
+    out_shardings=replicated,
+  )
 
   # ----------------------------------------------------------------- loop --
   writer = workdir_lib.MetricWriter(workdir, start_step)
@@ -167,8 +190,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       log_now = done % config.log_every_steps == 0 or is_last
       eval_now = done % config.eval_every_steps == 0 or is_last
       preempted = preemption_agreed(preemption.requested, log_now)
-      save_now = (done % config.checkpoint_every_steps == 0 or is_last or
-                  preempted)
+      save_now = (
+        done % config.checkpoint_every_steps == 0 or is_last or preempted
+      )
       if log_now or eval_now or save_now:
         history = [(s, sharding.to_host(m)) for s, m in history]
         check_finite(history, ckpt, last_good_step)
@@ -177,12 +201,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           log_train_metrics(writer, done, last_metrics, timer)
         history = []
       if eval_now:
-        eval_metrics = evaluate(task, eval_step, state, mesh, model, writer,
-                                done)
+        eval_metrics = evaluate(
+          task, eval_step, state, mesh, model, writer, done
+        )
       if save_now or eval_now:
-        ckpt.save(done, state, metrics=(
-            {k: float(v) for k, v in eval_metrics.items()} if eval_now
-            else None))
+        ckpt.save(
+          done,
+          state,
+          metrics=(
+            {k: float(v) for k, v in eval_metrics.items()} if eval_now else None
+          ),
+        )
         last_good_step = done
       if eval_now:
         check_best_metric(config, eval_metrics, ckpt, done)
@@ -196,9 +225,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     writer.close()
   if start_step >= num_steps:  # Already trained: just evaluate.
     eval_metrics = task.evaluate(eval_step, state, mesh, model)
-  return {'step': max(start_step, num_steps), 'eval': eval_metrics,
-          'train_loss': float(last_metrics.get('loss', float('nan'))),
-          'state': state, 'model': model, 'task': task}
+  return {
+    'step': max(start_step, num_steps),
+    'eval': eval_metrics,
+    'train_loss': float(last_metrics.get('loss', float('nan'))),
+    'state': state,
+    'model': model,
+    'task': task,
+  }
 
 
 # ============================================================================
@@ -213,18 +247,24 @@ def configure_jax(config) -> None:
 
 # Loop settings that must be positive integers (one clear error instead of a
 # ZeroDivisionError mid-run, or an eval that fails after training).
-POSITIVE_SETTINGS = ('batch_size', 'eval_batch_size', 'log_every_steps',
-                     'eval_every_steps', 'checkpoint_every_steps',
-                     'keep_checkpoints')
+POSITIVE_SETTINGS = (
+  'batch_size',
+  'eval_batch_size',
+  'log_every_steps',
+  'eval_every_steps',
+  'checkpoint_every_steps',
+  'keep_checkpoints',
+)
 
 
 def check_loop_settings(config) -> None:
-  bad = [f'{k}={config[k]}' for k in POSITIVE_SETTINGS
-         if int(config[k]) < 1]
+  bad = [f'{k}={config[k]}' for k in POSITIVE_SETTINGS if int(config[k]) < 1]
   if bad:
-    raise ValueError(f'config.{", config.".join(bad)}: must be >= 1 '
-                     f'({", ".join(POSITIVE_SETTINGS)} are counts of '
-                     f'examples or steps).')
+    raise ValueError(
+      f'config.{", config.".join(bad)}: must be >= 1 '
+      f'({", ".join(POSITIVE_SETTINGS)} are counts of '
+      f'examples or steps).'
+    )
 
 
 def train_step_flops(model, task, batch_size: int) -> float:
@@ -237,15 +277,19 @@ def train_step_flops(model, task, batch_size: int) -> float:
   example = task.example_batch()
   inputs, kwargs = task.model_inputs(example)
   examples = len(next(iter(example.values())))
-  return 3.0 * flops.forward_flops(models.counting_model(model), inputs,
-                                   **kwargs) * (batch_size / examples)
+  return (
+    3.0
+    * flops.forward_flops(models.counting_model(model), inputs, **kwargs)
+    * (batch_size / examples)
+  )
 
 
 def data_summary(train_info, eval_info) -> str:
   """The task's summary of its data, else its example counts."""
   return train_info.get('summary') or (
-      f'{train_info["num_examples"]} train / {eval_info["num_examples"]} '
-      'eval examples')
+    f'{train_info["num_examples"]} train / {eval_info["num_examples"]} '
+    'eval examples'
+  )
 
 
 def pretrained_variables(config, workdir: str) -> Optional[PyTree]:
@@ -254,39 +298,56 @@ def pretrained_variables(config, workdir: str) -> Optional[PyTree]:
   if not config.init_from:
     return None
   if workdir_lib.has_checkpoints(workdir):
-    logging.info('init_from %s is not used: resuming from the workdir\'s '
-                 'checkpoints.', config.init_from)
+    logging.info(
+      "init_from %s is not used: resuming from the workdir's checkpoints.",
+      config.init_from,
+    )
     return None
-  return workdir_lib.load_init_from(config.init_from,
-                                    config.model.preset).variables
+  return workdir_lib.load_init_from(
+    config.init_from, config.model.preset
+  ).variables
 
 
 def new_state(tx, variables: PyTree) -> PyTree:
   """The training state of fresh `variables`: step 0, optimizer state."""
   variables = dict(variables)
   params = variables.pop('params')
-  return dict(step=jnp.zeros((), jnp.int32), params=params,
-              opt_state=tx.init(params), model_state=variables)
+  return dict(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=tx.init(params),
+    model_state=variables,
+  )
 
 
 def state_shardings(abstract_state: PyTree, mesh, config) -> PyTree:
   """Each state array's layout (config.shard_params_min_size), logged."""
-  shardings = sharding.state_shardings(abstract_state, mesh,
-                                       int(config.shard_params_min_size))
+  shardings = sharding.state_shardings(
+    abstract_state, mesh, int(config.shard_params_min_size)
+  )
   leaves = jax.tree_util.tree_leaves(shardings)
-  logging.info('state: %d of %d arrays sharded over %d devices, the rest '
-               'replicated.', sum(not s.is_fully_replicated for s in leaves),
-               len(leaves), mesh.size)
+  logging.info(
+    'state: %d of %d arrays sharded over %d devices, the rest replicated.',
+    sum(not s.is_fully_replicated for s in leaves),
+    len(leaves),
+    mesh.size,
+  )
   return shardings
 
 
-def restore_state(ckpt: checkpointing.Checkpointer, step: int,
-                  abstract_state: PyTree, state_sharding: PyTree) -> PyTree:
+def restore_state(
+  ckpt: checkpointing.Checkpointer,
+  step: int,
+  abstract_state: PyTree,
+  state_sharding: PyTree,
+) -> PyTree:
   """The training state saved at `step`, laid out as `state_sharding`."""
   logging.info('resuming from %s step %d.', ckpt.directory, step)
   abstract_state = jax.tree_util.tree_map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      abstract_state, state_sharding)
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+    abstract_state,
+    state_sharding,
+  )
   try:
     return ckpt.restore(step, abstract_state)
   except checkpointing.CorruptCheckpointError:
@@ -295,14 +356,20 @@ def restore_state(ckpt: checkpointing.Checkpointer, step: int,
   except (ValueError, KeyError, TypeError) as e:
     ckpt.close()
     raise ValueError(
-        f'the checkpoint at step {step} in {ckpt.directory} does not fit '
-        f'this run (same model and settings, but another state layout, '
-        f'e.g. from an older version): {str(e)[:300]}. Use another '
-        '--workdir.') from e
+      f'the checkpoint at step {step} in {ckpt.directory} does not fit '
+      f'this run (same model and settings, but another state layout, '
+      f'e.g. from an older version): {str(e)[:300]}. Use another '
+      '--workdir.'
+    ) from e
 
 
-def initial_state(init, make_state, pretrained: Optional[PyTree],
-                  state_sharding: PyTree, replicated) -> PyTree:
+def initial_state(
+  init,
+  make_state,
+  pretrained: Optional[PyTree],
+  state_sharding: PyTree,
+  replicated,
+) -> PyTree:
   """A fresh training state, with the pretrained arrays that fit."""
   if pretrained is None:  # One compile for init + optimizer state.
     return jax.jit(lambda: make_state(init()), out_shardings=state_sharding)()
@@ -338,38 +405,55 @@ def first_nonfinite(history) -> Optional[tuple]:
   return None
 
 
-def check_finite(history, ckpt: checkpointing.Checkpointer,
-                 last_good_step: Optional[int]) -> None:
+def check_finite(
+  history, ckpt: checkpointing.Checkpointer, last_good_step: Optional[int]
+) -> None:
   """Stops at the first non-finite loss, naming the last good checkpoint."""
   bad = first_nonfinite(history)
   if bad is None:
     return
   ckpt.wait()
-  kept = (f'The last good checkpoint (step {last_good_step}) is kept in '
-          f'{ckpt.directory}.' if last_good_step is not None
-          else 'No checkpoint was saved before it.')
+  kept = (
+    f'The last good checkpoint (step {last_good_step}) is kept in '
+    f'{ckpt.directory}.'
+    if last_good_step is not None
+    else 'No checkpoint was saved before it.'
+  )
   raise NonFiniteError(
-      f'{bad[1]} is {bad[2]} at step {bad[0]}; stopping. {kept} Try a lower '
-      'optimizer.learning_rate, optimizer.grad_clip_norm > 0, or '
-      'model.dtype=float32.')
+    f'{bad[1]} is {bad[2]} at step {bad[0]}; stopping. {kept} Try a lower '
+    'optimizer.learning_rate, optimizer.grad_clip_norm > 0, or '
+    'model.dtype=float32.'
+  )
 
 
-def check_best_metric(config, eval_metrics: Dict[str, Any],
-                      ckpt: checkpointing.Checkpointer, step: int) -> None:
+def check_best_metric(
+  config,
+  eval_metrics: Dict[str, Any],
+  ckpt: checkpointing.Checkpointer,
+  step: int,
+) -> None:
   """A best_metric the task does not report would make 'best' the latest."""
   if not config.best_metric or config.best_metric in eval_metrics:
     return
   ckpt.wait()
   raise ValueError(
-      f'config.best_metric={config.best_metric!r} is not an eval metric '
-      f'of this task ({", ".join(sorted(eval_metrics))}), so "best" '
-      f'checkpoints would silently be the latest. The run is saved at '
-      f'step {step}: run the same command again with --config.'
-      'best_metric set to one of those.')
+    f'config.best_metric={config.best_metric!r} is not an eval metric '
+    f'of this task ({", ".join(sorted(eval_metrics))}), so "best" '
+    f'checkpoints would silently be the latest. The run is saved at '
+    f'step {step}: run the same command again with --config.'
+    'best_metric set to one of those.'
+  )
 
 
-def evaluate(task, eval_step, state, mesh, model,
-             writer: workdir_lib.MetricWriter, step: int) -> Dict[str, Any]:
+def evaluate(
+  task,
+  eval_step,
+  state,
+  mesh,
+  model,
+  writer: workdir_lib.MetricWriter,
+  step: int,
+) -> Dict[str, Any]:
   """The task's eval metrics at `step`, logged and recorded."""
   metrics = task.evaluate(eval_step, state, mesh, model)
   writer.write(step, {f'eval_{k}': v for k, v in metrics.items()})
@@ -379,8 +463,9 @@ def evaluate(task, eval_step, state, mesh, model,
 
 def stop_for_preemption(ckpt: checkpointing.Checkpointer, step: int) -> None:
   ckpt.wait()
-  logging.warning('preempted: checkpoint at step %d saved in %s.', step,
-                  ckpt.directory)
+  logging.warning(
+    'preempted: checkpoint at step %d saved in %s.', step, ckpt.directory
+  )
   raise Preempted()
 
 
@@ -406,27 +491,42 @@ def format_eta(seconds: float) -> str:
   return f'{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
 
 
-def log_train_metrics(writer: workdir_lib.MetricWriter, step: int,
-                      metrics: Dict[str, Any], timer: Throughput) -> None:
+def log_train_metrics(
+  writer: workdir_lib.MetricWriter,
+  step: int,
+  metrics: Dict[str, Any],
+  timer: Throughput,
+) -> None:
   """One metrics.jsonl record and one log line for a train step."""
   rate = timer.rate(step)
-  record = {'train_loss': metrics['loss'], 'grad_norm': metrics['grad_norm'],
-            'learning_rate': metrics['learning_rate']}
+  record = {
+    'train_loss': metrics['loss'],
+    'grad_norm': metrics['grad_norm'],
+    'learning_rate': metrics['learning_rate'],
+  }
   speed = ''
   if rate > 0:  # Not on the first (compiling) step.
     eta = (timer.num_steps - step) * timer.batch_size / rate
     record['examples_per_sec'] = rate
     speed = f'  {rate:.1f} examples/s  ETA {format_eta(eta)}'
   writer.write(step, record)
-  logging.info('step %d/%d  loss %.4f  grad_norm %.3f  lr %.3g%s', step,
-               timer.num_steps, metrics['loss'], metrics['grad_norm'],
-               metrics['learning_rate'], speed)
+  logging.info(
+    'step %d/%d  loss %.4f  grad_norm %.3f  lr %.3g%s',
+    step,
+    timer.num_steps,
+    metrics['loss'],
+    metrics['grad_norm'],
+    metrics['learning_rate'],
+    speed,
+  )
   timer.restart(step)
 
 
 def format_metrics(metrics: Dict[str, Any]) -> str:
-  return '  '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}'
-                   for k, v in metrics.items())
+  return '  '.join(
+    f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}'
+    for k, v in metrics.items()
+  )
 
 
 def progress_bar(config, start: int, total: int):
@@ -437,5 +537,11 @@ def progress_bar(config, start: int, total: int):
     import tqdm  # pylint: disable=g-import-not-at-top
   except ImportError:
     return None
-  return tqdm.tqdm(total=total, initial=start, unit='step', file=sys.stderr,
-                   dynamic_ncols=True, mininterval=1.0)
+  return tqdm.tqdm(
+    total=total,
+    initial=start,
+    unit='step',
+    file=sys.stderr,
+    dynamic_ncols=True,
+    mininterval=1.0,
+  )

@@ -45,8 +45,13 @@ METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tb'
 # Everything a run writes at the top of its workdir besides checkpoints/;
 # `overwrite` moves these aside with the checkpoints.
-RUN_FILES = (MODEL_FILE, CONFIG_FILE, DATA_INFO_FILE, METRICS_FILE,
-             TENSORBOARD_DIR)
+RUN_FILES = (
+  MODEL_FILE,
+  CONFIG_FILE,
+  DATA_INFO_FILE,
+  METRICS_FILE,
+  TENSORBOARD_DIR,
+)
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
@@ -77,15 +82,18 @@ def make_workdir(workdir: str) -> None:
       pass
     os.remove(probe)
   except OSError as e:
-    raise ValueError(f'cannot use --workdir={workdir}: {e.strerror or e} '
-                     f'({type(e).__name__}); choose a writable '
-                     f'directory.') from e
+    raise ValueError(
+      f'cannot use --workdir={workdir}: {e.strerror or e} '
+      f'({type(e).__name__}); choose a writable '
+      f'directory.'
+    ) from e
 
 
 def has_checkpoints(workdir: str) -> bool:
   ckpt = os.path.join(workdir, CHECKPOINT_DIR)
   return os.path.isdir(ckpt) and any(
-      name.isdigit() for name in os.listdir(ckpt))
+    name.isdigit() for name in os.listdir(ckpt)
+  )
 
 
 def _diff(a: Any, b: Any, prefix: str = '') -> list:
@@ -93,8 +101,9 @@ def _diff(a: Any, b: Any, prefix: str = '') -> list:
   if isinstance(a, dict) and isinstance(b, dict):
     out = []
     for key in sorted(set(a) | set(b)):
-      out += _diff(a.get(key), b.get(key), f'{prefix}.{key}' if prefix
-                   else str(key))
+      out += _diff(
+        a.get(key), b.get(key), f'{prefix}.{key}' if prefix else str(key)
+      )
     return out
   if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
     a, b = list(a), list(b)
@@ -113,15 +122,32 @@ COMPUTE_OPTIONS = ('dtype', 'remat', 'query_chunk_size', 'attention_impl')
 # means the workdir belongs to another experiment (another task, data,
 # optimizer, seed or starting point).
 RESUMABLE_FIELDS = (
-    'num_train_steps', 'num_epochs', 'log_every_steps', 'eval_every_steps',
-    'checkpoint_every_steps', 'keep_checkpoints', 'eval_batch_size',
-    'max_eval_examples', 'eval_metrics', 'eval_tile_overlap',
-    'eval_tile_batch', 'predict_examples', 'progress_bar', 'overwrite',
-    'disable_most_optimizations', 'shard_params_min_size', 'best_metric',
-    'best_mode',
-    'data.eval_split', 'data.eval_source', 'data.num_eval_examples',
-    'data.class_names', 'data.num_workers', 'data.data_dir',
-    'data.manual_dir') + tuple(f'model.{k}' for k in COMPUTE_OPTIONS)
+  'num_train_steps',
+  'num_epochs',
+  'log_every_steps',
+  'eval_every_steps',
+  'checkpoint_every_steps',
+  'keep_checkpoints',
+  'eval_batch_size',
+  'max_eval_examples',
+  'eval_metrics',
+  'eval_tile_overlap',
+  'eval_tile_batch',
+  'predict_examples',
+  'progress_bar',
+  'overwrite',
+  'disable_most_optimizations',
+  'shard_params_min_size',
+  'best_metric',
+  'best_mode',
+  'data.eval_split',
+  'data.eval_source',
+  'data.num_eval_examples',
+  'data.class_names',
+  'data.num_workers',
+  'data.data_dir',
+  'data.manual_dir',
+) + tuple(f'model.{k}' for k in COMPUTE_OPTIONS)
 
 
 def _split_compute_options(description: Dict[str, Any]):
@@ -140,9 +166,12 @@ def _config_differences(workdir: str, config: Dict[str, Any]) -> list:
   if config is None or not os.path.exists(path):
     return []
   old = read_json(path)
-  return [d for d in _diff(old, json.loads(json.dumps(config)))
-          if d.split(':', 1)[0] not in RESUMABLE_FIELDS and
-          _has_field(old, d.split(':', 1)[0])]
+  return [
+    d
+    for d in _diff(old, json.loads(json.dumps(config)))
+    if d.split(':', 1)[0] not in RESUMABLE_FIELDS
+    and _has_field(old, d.split(':', 1)[0])
+  ]
 
 
 def _has_field(tree: Dict[str, Any], dotted: str) -> bool:
@@ -155,9 +184,12 @@ def _has_field(tree: Dict[str, Any], dotted: str) -> bool:
   return True
 
 
-def check_workdir(workdir: str, description: Dict[str, Any],
-                  overwrite: bool,
-                  config: Optional[Dict[str, Any]] = None) -> None:
+def check_workdir(
+  workdir: str,
+  description: Dict[str, Any],
+  overwrite: bool,
+  config: Optional[Dict[str, Any]] = None,
+) -> None:
   """Refuses a workdir whose checkpoints belong to another model or run.
 
   Compute options (`COMPUTE_OPTIONS`) may differ from the stored run's:
@@ -181,27 +213,34 @@ def check_workdir(workdir: str, description: Dict[str, Any],
     old, old_options = _split_compute_options(read_json(model_file))
     new, new_options = _split_compute_options(description)
     model_changes = _diff(old, new)
-    config_changes = [] if model_changes else _config_differences(workdir,
-                                                                  config)
+    config_changes = (
+      [] if model_changes else _config_differences(workdir, config)
+    )
     if not model_changes and not config_changes:
       for change in _diff(old_options, new_options):
         logging.info('Resuming with another compute option (%s).', change)
       return
-    what, changes = (('a different model', model_changes) if model_changes
-                     else ('another run (other settings)', config_changes))
+    what, changes = (
+      ('a different model', model_changes)
+      if model_changes
+      else ('another run (other settings)', config_changes)
+    )
     if not overwrite:
       raise ValueError(
-          f'workdir {workdir} holds checkpoints of {what} '
-          f'({len(changes)} difference(s): {"; ".join(changes[:5])}). Use '
-          'another --workdir, or pass --config.overwrite=True to move the '
-          'old run aside to replaced-<time>/ in it (nothing is deleted).')
+        f'workdir {workdir} holds checkpoints of {what} '
+        f'({len(changes)} difference(s): {"; ".join(changes[:5])}). Use '
+        'another --workdir, or pass --config.overwrite=True to move the '
+        'old run aside to replaced-<time>/ in it (nothing is deleted).'
+      )
     if jax.process_index() == 0:
       aside = move_run_aside(workdir)
       logging.warning('overwrite=True: moved the previous run to %s.', aside)
   elif has_checkpoints(workdir) and not os.path.exists(model_file):
-    raise ValueError(f'workdir {workdir} has checkpoints but no {MODEL_FILE}; '
-                     'it was not written by experiments.train. Use another '
-                     '--workdir.')
+    raise ValueError(
+      f'workdir {workdir} has checkpoints but no {MODEL_FILE}; '
+      'it was not written by experiments.train. Use another '
+      '--workdir.'
+    )
 
 
 def move_run_aside(workdir: str) -> str:
@@ -220,12 +259,16 @@ def move_run_aside(workdir: str) -> str:
   return aside
 
 
-def open_checkpoints(workdir: str, keep: int = 2, best_metric: str = '',
-                     best_mode: str = 'max') -> checkpointing.Checkpointer:
+def open_checkpoints(
+  workdir: str, keep: int = 2, best_metric: str = '', best_mode: str = 'max'
+) -> checkpointing.Checkpointer:
   """The workdir's checkpoints (latest `keep` + the best by `best_metric`)."""
   return checkpointing.Checkpointer(
-      os.path.join(workdir, CHECKPOINT_DIR), keep=keep,
-      best_metric=best_metric, best_mode=best_mode)
+    os.path.join(workdir, CHECKPOINT_DIR),
+    keep=keep,
+    best_metric=best_metric,
+    best_mode=best_mode,
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -233,9 +276,12 @@ def open_checkpoints(workdir: str, keep: int = 2, best_metric: str = '',
 # ----------------------------------------------------------------------------
 
 
-def write_records(workdir: str, config: ml_collections.ConfigDict,
-                  description: Dict[str, Any],
-                  train_info: Dict[str, Any]) -> None:
+def write_records(
+  workdir: str,
+  config: ml_collections.ConfigDict,
+  description: Dict[str, Any],
+  train_info: Dict[str, Any],
+) -> None:
   """Writes config.json, model.json and data_info.json (process 0 only).
 
   Called once the run's state exists, so that a start refused for any
@@ -246,11 +292,14 @@ def write_records(workdir: str, config: ml_collections.ConfigDict,
   write_json_atomic(os.path.join(workdir, CONFIG_FILE), config.to_dict())
   write_json_atomic(os.path.join(workdir, MODEL_FILE), description)
   write_json_atomic(
-      os.path.join(workdir, DATA_INFO_FILE),
-      {'label_names': list(train_info.get('label_names') or []),
-       'text_fields': list(train_info.get('text_fields') or []),
-       'num_examples': int(train_info['num_examples']),
-       'source': config.data.source})
+    os.path.join(workdir, DATA_INFO_FILE),
+    {
+      'label_names': list(train_info.get('label_names') or []),
+      'text_fields': list(train_info.get('text_fields') or []),
+      'num_examples': int(train_info['num_examples']),
+      'source': config.data.source,
+    },
+  )
 
 
 def append_jsonl(path: str, record: Dict[str, Any]) -> None:
@@ -282,9 +331,12 @@ def drop_records_after(path: str, step: int) -> None:
     with open(tmp, 'w') as f:
       f.writelines(keep)
     os.replace(tmp, path)
-    logging.info('metrics: dropped %d records after step %d (logged before '
-                 'the last crash, logged again now).', len(lines) - len(keep),
-                 step)
+    logging.info(
+      'metrics: dropped %d records after step %d (logged before '
+      'the last crash, logged again now).',
+      len(lines) - len(keep),
+      step,
+    )
 
 
 class MetricWriter:
@@ -304,21 +356,32 @@ class MetricWriter:
       drop_records_after(self.path, start_step)
       try:
         import tensorboardX  # pylint: disable=g-import-not-at-top
+
         # purge_step: TensorBoard hides the events logged after start_step.
         self.tb = tensorboardX.SummaryWriter(
-            os.path.join(workdir, TENSORBOARD_DIR),
-            purge_step=int(start_step) if start_step else None)
+          os.path.join(workdir, TENSORBOARD_DIR),
+          purge_step=int(start_step) if start_step else None,
+        )
       except ImportError:
-        logging.warning('tensorboardX is not installed; no TensorBoard '
-                        'events (pip install tensorboardX).')
+        logging.warning(
+          'tensorboardX is not installed; no TensorBoard '
+          'events (pip install tensorboardX).'
+        )
 
   def write(self, step: int, metrics: Dict[str, Any]) -> None:
     if not self.enabled:
       return
     record = {'step': int(step)}
-    record.update({k: (float(v) if isinstance(v, (float, np.floating,
-                                                 np.ndarray, jax.Array))
-                       else v) for k, v in metrics.items()})
+    record.update(
+      {
+        k: (
+          float(v)
+          if isinstance(v, (float, np.floating, np.ndarray, jax.Array))
+          else v
+        )
+        for k, v in metrics.items()
+      }
+    )
     append_jsonl(self.path, record)
     if self.tb is not None:
       for k, v in record.items():
@@ -355,8 +418,9 @@ def last_eval_records(workdir: str) -> Dict[str, Dict[str, Any]]:
 
 def find_runs(root: str) -> Iterator[Tuple[str, Dict[str, Any]]]:
   """(workdir, its config.json as a dict) of every run under `root`."""
-  for path in sorted(glob.glob(os.path.join(root, '**', CONFIG_FILE),
-                               recursive=True)):
+  for path in sorted(
+    glob.glob(os.path.join(root, '**', CONFIG_FILE), recursive=True)
+  ):
     yield os.path.dirname(path), read_json(path)
 
 
@@ -376,13 +440,16 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(
-        f'{path} not found: {workdir!r} is not a workdir written by '
-        'experiments.train (expected config.json and checkpoints/ in it).')
+      f'{path} not found: {workdir!r} is not a workdir written by '
+      'experiments.train (expected config.json and checkpoints/ in it).'
+    )
   try:
     saved = read_json(path)
   except ValueError as e:  # json.JSONDecodeError
-    raise ValueError(f'{path} is not valid JSON ({e}); {workdir!r} is not a '
-                     'readable workdir of experiments.train.') from e
+    raise ValueError(
+      f'{path} is not valid JSON ({e}); {workdir!r} is not a '
+      'readable workdir of experiments.train.'
+    ) from e
   problem = not_a_run_config(saved, workdir)
   if problem:
     raise ValueError(problem)
@@ -398,24 +465,35 @@ def not_a_run_config(saved: Any, workdir: str) -> Optional[str]:
   HuggingFace's save_pretrained writes 'model_type'. The last two load as
   pretrained weights (init_from), not as a workdir.
   """
-  if isinstance(saved, dict) and all(
-      isinstance(saved.get(k), dict) for k in ('model', 'data')) and (
-          'task' in saved):
+  if (
+    isinstance(saved, dict)
+    and all(isinstance(saved.get(k), dict) for k in ('model', 'data'))
+    and ('task' in saved)
+  ):
     return None
-  usage = ('use --config=configs/<family>.py[:<variant>] '
-           '--config.init_from={kind}:{dir} instead of --workdir (or of '
-           'init_from=workdir:)')
+  usage = (
+    'use --config=configs/<family>.py[:<variant>] '
+    '--config.init_from={kind}:{dir} instead of --workdir (or of '
+    'init_from=workdir:)'
+  )
   if isinstance(saved, dict) and 'encoder' in saved and 'decoder' in saved:
-    return (f'{workdir} is a perceiver_io checkpoint (perceiver_io.convert / '
-            'checkpoints.save output), not a training workdir; ' +
-            usage.format(kind='dir', dir=workdir) + '.')
+    return (
+      f'{workdir} is a perceiver_io checkpoint (perceiver_io.convert / '
+      'checkpoints.save output), not a training workdir; '
+      + usage.format(kind='dir', dir=workdir)
+      + '.'
+    )
   if isinstance(saved, dict) and 'model_type' in saved:
-    return (f'{workdir} is a HuggingFace checkpoint (save_pretrained '
-            f'layout, model_type {saved["model_type"]!r}), not a training '
-            'workdir; ' + usage.format(kind='hf', dir=workdir) + '.')
-  return (f'{os.path.join(workdir, CONFIG_FILE)} is not an '
-          'experiment config (no task/model/data fields): '
-          f'{workdir!r} is not a workdir written by experiments.train.')
+    return (
+      f'{workdir} is a HuggingFace checkpoint (save_pretrained '
+      f'layout, model_type {saved["model_type"]!r}), not a training '
+      'workdir; ' + usage.format(kind='hf', dir=workdir) + '.'
+    )
+  return (
+    f'{os.path.join(workdir, CONFIG_FILE)} is not an '
+    'experiment config (no task/model/data fields): '
+    f'{workdir!r} is not a workdir written by experiments.train.'
+  )
 
 
 def read_data_info(workdir: str) -> Dict[str, Any]:
@@ -428,21 +506,26 @@ def choose_step(ckpt: checkpointing.Checkpointer, which: str) -> int:
   """'latest', 'best' or a step number -> an existing checkpoint step."""
   steps = ckpt.all_steps()
   if not steps:
-    raise FileNotFoundError(f'no checkpoints in {ckpt.directory}; train '
-                            'first (python -m experiments.train ...).')
+    raise FileNotFoundError(
+      f'no checkpoints in {ckpt.directory}; train '
+      'first (python -m experiments.train ...).'
+    )
   if which in ('', 'latest'):
     return max(steps)
   if which == 'best':
     best = ckpt.best_step()
     return best if best is not None else max(steps)
   if not str(which).isdigit() or int(which) not in steps:
-    raise ValueError(f'checkpoint step {which!r} not in {ckpt.directory}; '
-                     f'available: latest, best, {sorted(steps)}.')
+    raise ValueError(
+      f'checkpoint step {which!r} not in {ckpt.directory}; '
+      f'available: latest, best, {sorted(steps)}.'
+    )
   return int(which)
 
 
 class Run(NamedTuple):
   """A trained model read back from a workdir (or imported by init_from)."""
+
   model: Any  # The flax module.
   variables: PyTree  # {'params': ..., other collections}.
   config: ml_collections.ConfigDict
@@ -457,7 +540,8 @@ def _model_of(config, saved: Dict[str, Any]):
   """The module that `config` builds if it is the saved one, else the
   saved description's (e.g. evaluating with another config's data)."""
   num_outputs = saved.get('num_outputs') or saved['perceiver'].get(
-      'decoder', {}).get('num_classes')
+    'decoder', {}
+  ).get('num_classes')
   model, description = models.build(config, num_outputs)
   if json.loads(json.dumps(description)) != saved:
     model = models.build_from_description(saved)
@@ -467,13 +551,19 @@ def _model_of(config, saved: Dict[str, Any]):
 def _label_names(config, info, saved) -> List[str]:
   names = [n.strip() for n in config.data.label_names.split(',') if n.strip()]
   names = names or list(info.get('label_names') or [])
-  count = saved.get('num_outputs') or saved['perceiver'].get(
-      'decoder', {}).get('num_classes') or 0
+  count = (
+    saved.get('num_outputs')
+    or saved['perceiver'].get('decoder', {}).get('num_classes')
+    or 0
+  )
   return names or [str(i) for i in range(int(count))]
 
 
-def load_workdir(workdir: str, which: str = 'latest',
-                 config: Optional[ml_collections.ConfigDict] = None) -> Run:
+def load_workdir(
+  workdir: str,
+  which: str = 'latest',
+  config: Optional[ml_collections.ConfigDict] = None,
+) -> Run:
   """The trained model of `workdir` at checkpoint `which`.
 
   Only `params` and the other model collections are read, not the
@@ -490,14 +580,24 @@ def load_workdir(workdir: str, which: str = 'latest',
   saved = read_json(os.path.join(workdir, MODEL_FILE))
   model = _model_of(config, saved)
   inputs, kwargs = model_lib.example_inputs(saved['perceiver'])
-  shapes = dict(jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), inputs, deterministic=True, **kwargs)))
+  shapes = dict(
+    jax.eval_shape(
+      lambda: model.init(
+        jax.random.PRNGKey(0), inputs, deterministic=True, **kwargs
+      )
+    )
+  )
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-      {'params': shapes.pop('params'), 'model_state': shapes})
-  ckpt = open_checkpoints(workdir, keep=1000, best_metric=config.best_metric,
-                          best_mode=config.best_mode)
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+    {'params': shapes.pop('params'), 'model_state': shapes},
+  )
+  ckpt = open_checkpoints(
+    workdir,
+    keep=1000,
+    best_metric=config.best_metric,
+    best_mode=config.best_mode,
+  )
   try:
     step = choose_step(ckpt, which)
     state = ckpt.restore_variables(step, abstract)
@@ -505,24 +605,32 @@ def load_workdir(workdir: str, which: str = 'latest',
     ckpt.close()
   info = read_data_info(workdir)
   info['label_names'] = _label_names(config, info, saved)
-  return Run(model, {'params': state['params'], **state['model_state']},
-             config, step, saved['perceiver'], info)
+  return Run(
+    model,
+    {'params': state['params'], **state['model_state']},
+    config,
+    step,
+    saved['perceiver'],
+    info,
+  )
 
 
 # ----------------------------------------------------------------------------
 # config.init_from.
 # ----------------------------------------------------------------------------
 
-INIT_FROM_USAGE = ('hf:<dir or hub id>, haiku:<pickle>[:<preset>], dir:<dir> '
-                   'or workdir:<dir>')
+INIT_FROM_USAGE = (
+  'hf:<dir or hub id>, haiku:<pickle>[:<preset>], dir:<dir> or workdir:<dir>'
+)
 
 
 def parse_init_from(spec: str) -> Tuple[str, str]:
   """'kind:where' -> (kind, where), or one error naming the valid forms."""
   kind, _, where = str(spec).partition(':')
   if not where or kind not in ('hf', 'haiku', 'dir', 'workdir'):
-    raise ValueError(f'config.init_from must be {INIT_FROM_USAGE}; got '
-                     f'{spec!r}.')
+    raise ValueError(
+      f'config.init_from must be {INIT_FROM_USAGE}; got {spec!r}.'
+    )
   return kind, where
 
 
@@ -540,15 +648,17 @@ def _hf_label_names(kind: str, where: str) -> List[str]:
   if kind != 'hf' or not os.path.isdir(where):
     return []
   try:
-    id2label = read_json(os.path.join(where, 'config.json')).get(
-        'id2label') or {}
+    id2label = (
+      read_json(os.path.join(where, 'config.json')).get('id2label') or {}
+    )
     return [id2label[str(i)] for i in range(len(id2label))]
   except (OSError, ValueError, KeyError):
     return []
 
 
-def load_init_from(spec: str, preset_hint: str = '',
-                   attention_impl: str = 'auto') -> Run:
+def load_init_from(
+  spec: str, preset_hint: str = '', attention_impl: str = 'auto'
+) -> Run:
   """The model and variables named by `config.init_from`.
 
   The model is built from the checkpoint's own config (a HuggingFace
@@ -575,15 +685,25 @@ def load_init_from(spec: str, preset_hint: str = '',
     if kind == 'haiku':
       path, _, preset = where.partition(':')
       model, variables, model_config = checkpoints.from_haiku(
-          path, preset or _haiku_preset(preset_hint),
-          attention_impl=attention_impl)
+        path,
+        preset or _haiku_preset(preset_hint),
+        attention_impl=attention_impl,
+      )
     elif kind == 'hf':
       model, variables, model_config = checkpoints.from_hf(
-          f'hf:{where}', attention_impl=attention_impl)
+        f'hf:{where}', attention_impl=attention_impl
+      )
     else:
       model, variables, model_config = checkpoints.load(
-          where, attention_impl=attention_impl)
+        where, attention_impl=attention_impl
+      )
   except checkpoints.CheckpointError as e:
     raise ValueError(f'cannot import {spec}: {e}') from e
-  return Run(model, variables, None, 0, model_config,
-             {'label_names': _hf_label_names(kind, where)})
+  return Run(
+    model,
+    variables,
+    None,
+    0,
+    model_config,
+    {'label_names': _hf_label_names(kind, where)},
+  )

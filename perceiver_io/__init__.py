@@ -17,8 +17,11 @@ __version__ = '0.1.0'
 
 __all__ = ['PerceiverIO', 'build_model', 'presets', '__version__']
 
-_LAZY = {'PerceiverIO': 'perceiver_io.model', 'build_model': 'perceiver_io.model',
-         'presets': None}
+_LAZY = {
+  'PerceiverIO': 'perceiver_io.model',
+  'build_model': 'perceiver_io.model',
+  'presets': None,
+}
 
 
 def __getattr__(name):

@@ -36,8 +36,9 @@ default_kernel_init = nn.initializers.lecun_normal()
 
 def make_cross_attention_mask(query_mask, kv_mask):
   """Outer product of a [B, Tq] and a [B, Tkv] mask -> boolean [B, Tq, Tkv]."""
-  return jnp.logical_and(query_mask[:, :, None].astype(bool),
-                         kv_mask[:, None, :].astype(bool))
+  return jnp.logical_and(
+    query_mask[:, :, None].astype(bool), kv_mask[:, None, :].astype(bool)
+  )
 
 
 class MultiHeadAttention(nn.Module):
@@ -51,6 +52,7 @@ class MultiHeadAttention(nn.Module):
     dropout_rate: dropout on the attention weights.
     kernel_options: how the products run (perceiver_io.kernels).
   """
+
   num_heads: int
   qk_channels: int
   v_channels: int
@@ -61,31 +63,51 @@ class MultiHeadAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def _dense(self, features, name):
-    return kernels.dense(features, self.kernel_options, dtype=self.dtype,
-                         param_dtype=self.param_dtype,
-                         kernel_init=default_kernel_init, name=name)
+    return kernels.dense(
+      features,
+      self.kernel_options,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=default_kernel_init,
+      name=name,
+    )
 
   @nn.compact
   def __call__(self, inputs_q, inputs_kv, mask=None, deterministic=True):
-    for name, width in (('qk_channels', self.qk_channels),
-                        ('v_channels', self.v_channels)):
+    for name, width in (
+      ('qk_channels', self.qk_channels),
+      ('v_channels', self.v_channels),
+    ):
       if width % self.num_heads:
-        raise ValueError(f'{name}={width} must be divisible by '
-                         f'num_heads={self.num_heads}.')
+        raise ValueError(
+          f'{name}={width} must be divisible by num_heads={self.num_heads}.'
+        )
     h = self.num_heads
-    batch, q_len, kv_len = (inputs_q.shape[0], inputs_q.shape[1],
-                            inputs_kv.shape[1])
+    batch, q_len, kv_len = (
+      inputs_q.shape[0],
+      inputs_q.shape[1],
+      inputs_kv.shape[1],
+    )
     q = self._dense(self.qk_channels, 'query')(inputs_q).reshape(
-        batch, q_len, h, self.qk_channels // h)
+      batch, q_len, h, self.qk_channels // h
+    )
     k = self._dense(self.qk_channels, 'key')(inputs_kv).reshape(
-        batch, kv_len, h, self.qk_channels // h)
+      batch, kv_len, h, self.qk_channels // h
+    )
     v = self._dense(self.v_channels, 'value')(inputs_kv).reshape(
-        batch, kv_len, h, self.v_channels // h)
+      batch, kv_len, h, self.v_channels // h
+    )
     use_dropout = self.dropout_rate > 0.0 and not deterministic
     out = kernels.attend(
-        q, k, v, mask, self.kernel_options, dropout_rate=self.dropout_rate,
-        deterministic=deterministic,
-        dropout_rng=self.make_rng('dropout') if use_dropout else None)
+      q,
+      k,
+      v,
+      mask,
+      self.kernel_options,
+      dropout_rate=self.dropout_rate,
+      deterministic=deterministic,
+      dropout_rng=self.make_rng('dropout') if use_dropout else None,
+    )
     out = out.reshape(batch, q_len, self.v_channels)
     if mask is not None:
       # Official quirk: a fully masked query row gives zeros, not the mean of v.
@@ -96,6 +118,7 @@ class MultiHeadAttention(nn.Module):
 
 class MLP(nn.Module):
   """Linear(C -> wC), GELU, Linear(wC -> C), dropout on the output."""
+
   widening_factor: int = 4
   dropout_rate: float = 0.0
   gelu_approximate: bool = True  # official: tanh GELU; HuggingFace: exact erf.
@@ -106,9 +129,13 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x, deterministic=True):
     dense = lambda features, name: kernels.dense(
-        features, self.kernel_options, dtype=self.dtype,
-        param_dtype=self.param_dtype, kernel_init=default_kernel_init,
-        name=name)
+      features,
+      self.kernel_options,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=default_kernel_init,
+      name=name,
+    )
     channels = x.shape[-1]
     x = dense(self.widening_factor * channels, 'dense1')(x)
     x = nn.gelu(x, approximate=self.gelu_approximate)
@@ -118,6 +145,7 @@ class MLP(nn.Module):
 
 class _Block(nn.Module):
   """Fields and layers shared by the two Perceiver blocks."""
+
   num_heads: int = 1
   qk_channels: Optional[int] = None
   v_channels: Optional[int] = None
@@ -130,22 +158,37 @@ class _Block(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def _norm(self, name):
-    return kernels.layer_norm(self.kernel_options, epsilon=LAYER_NORM_EPS,
-                              dtype=self.dtype, param_dtype=self.param_dtype,
-                              name=name)
+    return kernels.layer_norm(
+      self.kernel_options,
+      epsilon=LAYER_NORM_EPS,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name=name,
+    )
 
   def _attention(self, qk, v, output_channels):
     return MultiHeadAttention(
-        num_heads=self.num_heads, qk_channels=qk, v_channels=v,
-        output_channels=output_channels,
-        dropout_rate=self.attention_dropout_rate,
-        kernel_options=self.kernel_options, dtype=self.dtype,
-        param_dtype=self.param_dtype, name='attention')
+      num_heads=self.num_heads,
+      qk_channels=qk,
+      v_channels=v,
+      output_channels=output_channels,
+      dropout_rate=self.attention_dropout_rate,
+      kernel_options=self.kernel_options,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='attention',
+    )
 
   def _mlp(self):
-    return MLP(self.widening_factor, self.dropout_rate, self.gelu_approximate,
-               kernel_options=self.kernel_options, dtype=self.dtype,
-               param_dtype=self.param_dtype, name='mlp')
+    return MLP(
+      self.widening_factor,
+      self.dropout_rate,
+      self.gelu_approximate,
+      kernel_options=self.kernel_options,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='mlp',
+    )
 
 
 class CrossAttentionBlock(_Block):
@@ -155,30 +198,36 @@ class CrossAttentionBlock(_Block):
   query width ('q'); the v width defaults to the q/k width; the output is
   always in the query width.
   """
+
   shape_for_attn: str = 'kv'
   use_query_residual: bool = True
 
   @nn.compact
   def __call__(self, inputs_q, inputs_kv, mask=None, deterministic=True):
     if self.shape_for_attn not in ('kv', 'q'):
-      raise ValueError(f"shape_for_attn must be 'kv' or 'q', got "
-                       f'{self.shape_for_attn!r}.')
+      raise ValueError(
+        f"shape_for_attn must be 'kv' or 'q', got {self.shape_for_attn!r}."
+      )
     q_width = inputs_q.shape[-1]
-    qk = self.qk_channels or (inputs_kv.shape[-1] if self.shape_for_attn == 'kv'
-                              else q_width)
+    qk = self.qk_channels or (
+      inputs_kv.shape[-1] if self.shape_for_attn == 'kv' else q_width
+    )
     v = self.v_channels or qk
     x_q = self._norm('query_norm')(inputs_q)
     x_kv = self._norm('kv_norm')(inputs_kv)
     attn = self._attention(qk, v, output_channels=q_width)(
-        x_q, x_kv, mask=mask, deterministic=deterministic)
+      x_q, x_kv, mask=mask, deterministic=deterministic
+    )
     attn = nn.Dropout(self.dropout_rate)(attn, deterministic=deterministic)
     x = inputs_q + attn if self.use_query_residual else attn
-    return x + self._mlp()(self._norm('mlp_norm')(x),
-                           deterministic=deterministic)
+    return x + self._mlp()(
+      self._norm('mlp_norm')(x), deterministic=deterministic
+    )
 
 
 class SelfAttentionBlock(_Block):
   """Pre-LN self-attention: x += Attn(LN(x)); x += MLP(LN(x))."""
+
   num_heads: int = 8
   widening_factor: int = 4
 
@@ -188,7 +237,9 @@ class SelfAttentionBlock(_Block):
     v = self.v_channels or qk
     y = self._norm('attention_norm')(x)
     y = self._attention(qk, v, output_channels=v)(
-        y, y, mask=mask, deterministic=deterministic)
+      y, y, mask=mask, deterministic=deterministic
+    )
     x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
-    return x + self._mlp()(self._norm('mlp_norm')(x),
-                           deterministic=deterministic)
+    return x + self._mlp()(
+      self._norm('mlp_norm')(x), deterministic=deterministic
+    )

@@ -10,9 +10,14 @@ import dataclasses
 
 def check_keys(section, cfg, cls, extra=(), exclude=()):
   """Unknown keys in a config section -> ValueError listing the valid ones."""
-  valid = ({f.name for f in dataclasses.fields(cls)} | set(extra)) - {
-      'parent', 'name', 'dtype', 'param_dtype'} - set(exclude)
+  valid = (
+    ({f.name for f in dataclasses.fields(cls)} | set(extra))
+    - {'parent', 'name', 'dtype', 'param_dtype'}
+    - set(exclude)
+  )
   unknown = sorted(set(cfg) - valid)
   if unknown:
-    raise ValueError(f'unknown {section} config keys {unknown}; valid keys '
-                     f'are {sorted(valid)}.')
+    raise ValueError(
+      f'unknown {section} config keys {unknown}; valid keys '
+      f'are {sorted(valid)}.'
+    )

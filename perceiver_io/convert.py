@@ -18,24 +18,39 @@ from perceiver_io import presets
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
-      prog='python -m perceiver_io.convert', description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--from', dest='source', required=True,
-                      help='hf:<dir or hub id> or haiku:<pickle file>')
+    prog='python -m perceiver_io.convert',
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument(
+    '--from',
+    dest='source',
+    required=True,
+    help='hf:<dir or hub id> or haiku:<pickle file>',
+  )
   parser.add_argument('--out', required=True, help='output checkpoint dir')
-  parser.add_argument('--preset', default=None, choices=presets.names(),
-                      help='architecture of a Haiku checkpoint')
-  parser.add_argument('--overwrite', action='store_true',
-                      help='replace an existing output directory')
+  parser.add_argument(
+    '--preset',
+    default=None,
+    choices=presets.names(),
+    help='architecture of a Haiku checkpoint',
+  )
+  parser.add_argument(
+    '--overwrite',
+    action='store_true',
+    help='replace an existing output directory',
+  )
   args = parser.parse_args(argv)
   # Imported here so --help is instant.
   from perceiver_io import checkpoints  # pylint: disable=g-import-not-at-top
+
   if not args.source.startswith(('hf:', 'haiku:')):
     parser.error('--from must start with hf: or haiku:')
   try:
     _, variables, config = checkpoints.load_any(args.source, args.preset)
-    out = checkpoints.save(args.out, variables, config,
-                           overwrite=args.overwrite)
+    out = checkpoints.save(
+      args.out, variables, config, overwrite=args.overwrite
+    )
   except (checkpoints.CheckpointError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

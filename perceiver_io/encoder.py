@@ -28,6 +28,7 @@ class PerceiverEncoder(nn.Module):
     remat: rematerialise each latent layer in the backward pass (saves
       activation memory for deep stacks at ~30% more compute).
   """
+
   num_latents: int = 512
   latent_channels: int = 1024
   num_blocks: int = 8
@@ -53,14 +54,17 @@ class PerceiverEncoder(nn.Module):
   def __call__(self, inputs, input_mask=None, deterministic=True):
     for heads in (self.num_cross_attend_heads, self.num_self_attend_heads):
       if self.latent_channels % heads:
-        raise ValueError(f'latent_channels={self.latent_channels} must be '
-                         f'divisible by the number of heads ({heads}).')
+        raise ValueError(
+          f'latent_channels={self.latent_channels} must be '
+          f'divisible by the number of heads ({heads}).'
+        )
     batch = inputs.shape[0]
-    latents = self.param('latents',
-                         nn.initializers.truncated_normal(
-                             self.latents_init_scale),
-                         (self.num_latents, self.latent_channels),
-                         self.param_dtype)
+    latents = self.param(
+      'latents',
+      nn.initializers.truncated_normal(self.latents_init_scale),
+      (self.num_latents, self.latent_channels),
+      self.param_dtype,
+    )
     z = jnp.broadcast_to(latents, (batch,) + latents.shape)
     if self.dtype is not None:
       z = z.astype(self.dtype)
@@ -68,29 +72,40 @@ class PerceiverEncoder(nn.Module):
     mask = None
     if input_mask is not None:
       mask = make_cross_attention_mask(
-          jnp.ones((batch, self.num_latents), bool), input_mask)
-    common = dict(gelu_approximate=self.gelu_approximate,
-                  kernel_options=self.kernel_options, dtype=self.dtype,
-                  param_dtype=self.param_dtype,
-                  dropout_rate=self.dropout_rate,
-                  attention_dropout_rate=self.attention_dropout_rate)
+        jnp.ones((batch, self.num_latents), bool), input_mask
+      )
+    common = dict(
+      gelu_approximate=self.gelu_approximate,
+      kernel_options=self.kernel_options,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      dropout_rate=self.dropout_rate,
+      attention_dropout_rate=self.attention_dropout_rate,
+    )
     cross_block = kernels.block(CrossAttentionBlock, self.kernel_options)
     self_block = kernels.block(SelfAttentionBlock, self.kernel_options)
     if self.remat:
       self_block = nn.remat(self_block, static_argnums=(3,))
     z = cross_block(
-        num_heads=self.num_cross_attend_heads, qk_channels=self.qk_channels,
-        v_channels=self.v_channels,
-        widening_factor=self.cross_attend_widening_factor,
-        shape_for_attn=self.cross_attention_shape_for_attn,
-        use_query_residual=self.use_query_residual, name='cross_attend',
-        **common)(z, inputs, mask=mask, deterministic=deterministic)
+      num_heads=self.num_cross_attend_heads,
+      qk_channels=self.qk_channels,
+      v_channels=self.v_channels,
+      widening_factor=self.cross_attend_widening_factor,
+      shape_for_attn=self.cross_attention_shape_for_attn,
+      use_query_residual=self.use_query_residual,
+      name='cross_attend',
+      **common,
+    )(z, inputs, mask=mask, deterministic=deterministic)
     layers = [
-        self_block(num_heads=self.num_self_attend_heads,
-                  qk_channels=self.qk_channels, v_channels=self.v_channels,
-                  widening_factor=self.self_attend_widening_factor,
-                  name=f'self_attend_{i}', **common)
-        for i in range(self.num_self_attends_per_block)
+      self_block(
+        num_heads=self.num_self_attend_heads,
+        qk_channels=self.qk_channels,
+        v_channels=self.v_channels,
+        widening_factor=self.self_attend_widening_factor,
+        name=f'self_attend_{i}',
+        **common,
+      )
+      for i in range(self.num_self_attends_per_block)
     ]
     for _ in range(self.num_blocks):  # Same modules each block: shared weights.
       for layer in layers:

@@ -33,18 +33,24 @@ def count_jaxpr_flops(jaxpr) -> float:
     if name == 'dot_general':
       (contract, _), _ = eqn.params['dimension_numbers']
       lhs = eqn.invars[0].aval
-      total += 2.0 * np.prod(out.shape) * np.prod(
-          [lhs.shape[d] for d in contract])
+      total += (
+        2.0 * np.prod(out.shape) * np.prod([lhs.shape[d] for d in contract])
+      )
     elif name == 'conv_general_dilated':
       kernel = eqn.invars[1].aval
       _, in_dim, *spatial = eqn.params['dimension_numbers'].rhs_spec
-      total += 2.0 * np.prod(out.shape) * kernel.shape[in_dim] * np.prod(
-          [kernel.shape[d] for d in spatial])
-    subs = [sub for value in eqn.params.values()
-            for sub in (value if isinstance(value, (tuple, list))
-                        else (value,))
-            if hasattr(sub, 'eqns') or hasattr(getattr(sub, 'jaxpr', None),
-                                                'eqns')]
+      total += (
+        2.0
+        * np.prod(out.shape)
+        * kernel.shape[in_dim]
+        * np.prod([kernel.shape[d] for d in spatial])
+      )
+    subs = [
+      sub
+      for value in eqn.params.values()
+      for sub in (value if isinstance(value, (tuple, list)) else (value,))
+      if hasattr(sub, 'eqns') or hasattr(getattr(sub, 'jaxpr', None), 'eqns')
+    ]
     if not subs:
       continue
     counts = [count_jaxpr_flops(sub) for sub in subs]
@@ -53,7 +59,6 @@ def count_jaxpr_flops(jaxpr) -> float:
     else:
       total += eqn.params.get('length', 1) * sum(counts)
   return float(total)
-
 
 
 def counting_config(config: Dict[str, Any]) -> Dict[str, Any]:
@@ -82,7 +87,9 @@ def forward_flops(model, inputs, **kwargs) -> float:
   spec = lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype)
   inputs, kwargs = jax.tree_util.tree_map(spec, (inputs, kwargs))
   variables = jax.eval_shape(
-      lambda x, kw: model.init(jax.random.PRNGKey(0), x, **kw), inputs, kwargs)
+    lambda x, kw: model.init(jax.random.PRNGKey(0), x, **kw), inputs, kwargs
+  )
   jaxpr = jax.make_jaxpr(lambda v, x, kw: model.apply(v, x, **kw))(
-      variables, inputs, kwargs)
+    variables, inputs, kwargs
+  )
   return count_jaxpr_flops(jaxpr)

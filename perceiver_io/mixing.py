@@ -57,12 +57,19 @@ def cutmix_masks(rng, batch: int, height: int, width: int):
   right = jnp.clip(centre_x + half_w, 0, width)[:, None, None]
   rows = jnp.arange(height)[None, :, None]
   cols = jnp.arange(width)[None, None, :]
-  mask = ((rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)).astype(jnp.float32)
+  mask = (
+    (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+  ).astype(jnp.float32)
   return mask[..., None], mask.mean(axis=(1, 2))
 
 
-def mixup_cutmix(rng, images, labels_onehot, mixup_alpha: Optional[float] = None,
-                 cutmix: bool = False):
+def mixup_cutmix(
+  rng,
+  images,
+  labels_onehot,
+  mixup_alpha: Optional[float] = None,
+  cutmix: bool = False,
+):
   """MixUp and/or CutMix on a batch, paired as in the official Perceiver code.
 
   Each example i is mixed with partner B-1-i (the batch reversed). With only MixUp, every example
@@ -85,7 +92,9 @@ def mixup_cutmix(rng, images, labels_onehot, mixup_alpha: Optional[float] = None
   """
   use_mixup = mixup_alpha is not None
   if use_mixup and mixup_alpha <= 0:
-    raise ValueError(f'mixup_alpha must be > 0 (or None to disable), got {mixup_alpha}.')
+    raise ValueError(
+      f'mixup_alpha must be > 0 (or None to disable), got {mixup_alpha}.'
+    )
   labels = jnp.asarray(labels_onehot, jnp.float32)
   if not use_mixup and not cutmix:
     return images, labels
@@ -95,8 +104,9 @@ def mixup_cutmix(rng, images, labels_onehot, mixup_alpha: Optional[float] = None
 
   mixup_ratio = jnp.ones((batch,), jnp.float32)
   if use_mixup:
-    mixup_ratio = jax.random.beta(key_mixup, mixup_alpha, mixup_alpha, (batch,)).astype(
-        jnp.float32)
+    mixup_ratio = jax.random.beta(
+      key_mixup, mixup_alpha, mixup_alpha, (batch,)
+    ).astype(jnp.float32)
   cut_mask = jnp.ones((batch, height, width, 1), jnp.float32)
   cut_ratio = jnp.ones((batch,), jnp.float32)
   if cutmix:
@@ -107,9 +117,12 @@ def mixup_cutmix(rng, images, labels_onehot, mixup_alpha: Optional[float] = None
   else:
     is_mixup = jnp.full((batch,), use_mixup)
   # Per-pixel weight of example i: a constant for MixUp rows, the box mask for CutMix rows.
-  pixel_weight = jnp.where(is_mixup[:, None, None, None], mixup_ratio[:, None, None, None],
-                           cut_mask)
+  pixel_weight = jnp.where(
+    is_mixup[:, None, None, None], mixup_ratio[:, None, None, None], cut_mask
+  )
   ratio = jnp.where(is_mixup, mixup_ratio, cut_ratio)
   mixed = pixel_weight * images + (1.0 - pixel_weight) * partner_images
-  mixed_labels = ratio[:, None] * labels + (1.0 - ratio[:, None]) * partner_labels
+  mixed_labels = (
+    ratio[:, None] * labels + (1.0 - ratio[:, None]) * partner_labels
+  )
   return mixed.astype(images.dtype), mixed_labels

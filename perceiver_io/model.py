@@ -35,17 +35,33 @@ from perceiver_io.postprocessors import EmbeddingDecoder
 from perceiver_io import preprocessors
 from perceiver_io.preprocessors import build_preprocessor
 
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
-           'float16': jnp.float16}
-_DECODERS = {'basic': decoders_lib.BasicDecoder,
-             'classification': decoders_lib.ClassificationDecoder,
-             'flow': decoders_lib.FlowDecoder,
-             'multimodal': decoders_lib.MultimodalDecoder,
-             'projection': decoders_lib.ProjectionDecoder}
-_PERF_KEYS = ('dtype', 'remat', 'query_chunk_size', 'attention_impl',
-              'kernel_options', 'gelu_approximate')
-_KNOWN_KEYS = ('preprocessor', 'encoder', 'decoder', 'postprocessor',
-               'name') + _PERF_KEYS
+_DTYPES = {
+  'float32': jnp.float32,
+  'bfloat16': jnp.bfloat16,
+  'float16': jnp.float16,
+}
+_DECODERS = {
+  'basic': decoders_lib.BasicDecoder,
+  'classification': decoders_lib.ClassificationDecoder,
+  'flow': decoders_lib.FlowDecoder,
+  'multimodal': decoders_lib.MultimodalDecoder,
+  'projection': decoders_lib.ProjectionDecoder,
+}
+_PERF_KEYS = (
+  'dtype',
+  'remat',
+  'query_chunk_size',
+  'attention_impl',
+  'kernel_options',
+  'gelu_approximate',
+)
+_KNOWN_KEYS = (
+  'preprocessor',
+  'encoder',
+  'decoder',
+  'postprocessor',
+  'name',
+) + _PERF_KEYS
 
 
 def compute_dtype(config):
@@ -58,30 +74,40 @@ def compute_dtype(config):
 def validate_config(config: Dict[str, Any]) -> None:
   unknown = sorted(set(config) - set(_KNOWN_KEYS))
   if unknown:
-    raise ValueError(f'unknown model config keys {unknown}; valid keys are '
-                     f'{sorted(_KNOWN_KEYS)}.')
+    raise ValueError(
+      f'unknown model config keys {unknown}; valid keys are '
+      f'{sorted(_KNOWN_KEYS)}.'
+    )
   for key in ('preprocessor', 'encoder', 'decoder'):
     if key not in config:
       raise ValueError(f'model config is missing {key!r}.')
   if config['decoder'].get('type') not in _DECODERS:
-    raise ValueError(f'decoder type must be one of {sorted(_DECODERS)}, got '
-                     f'{config["decoder"].get("type")!r}.')
+    raise ValueError(
+      f'decoder type must be one of {sorted(_DECODERS)}, got '
+      f'{config["decoder"].get("type")!r}.'
+    )
   compute_dtype(config)
   kernels.KernelOptions.from_config(config)
   for section in (config, config['decoder']):
     chunk = section.get('query_chunk_size')
-    if chunk is not None and (isinstance(chunk, bool) or
-                              not isinstance(chunk, int) or chunk < 1):
-      raise ValueError(f'query_chunk_size must be a positive integer or None, '
-                       f'got {chunk!r}.')
+    if chunk is not None and (
+      isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1
+    ):
+      raise ValueError(
+        f'query_chunk_size must be a positive integer or None, got {chunk!r}.'
+      )
   for key in ('remat', 'gelu_approximate'):
     if key in config and not isinstance(config[key], bool):
       raise ValueError(f'{key} must be True or False, got {config[key]!r}.')
-  check_keys('encoder', config['encoder'], PerceiverEncoder,
-             exclude=_PERF_KEYS)
+  check_keys('encoder', config['encoder'], PerceiverEncoder, exclude=_PERF_KEYS)
   decoder_cls = _DECODERS[config['decoder']['type']]
-  check_keys('decoder', config['decoder'], decoder_cls, extra=('type',),
-             exclude=_PERF_KEYS)
+  check_keys(
+    'decoder',
+    config['decoder'],
+    decoder_cls,
+    extra=('type',),
+    exclude=_PERF_KEYS,
+  )
 
 
 class PerceiverIO(nn.Module):
@@ -93,17 +119,21 @@ class PerceiverIO(nn.Module):
   multimodal masking with 0 < p < 1) and `mutable=['batch_stats']` for the
   conv preprocessor.
   """
+
   config: Dict[str, Any]
 
   def setup(self):
     cfg = self.config
     validate_config(cfg)
     dtype = compute_dtype(cfg)
-    perf = dict(gelu_approximate=cfg.get('gelu_approximate', True),
-                kernel_options=kernels.KernelOptions.from_config(cfg))
+    perf = dict(
+      gelu_approximate=cfg.get('gelu_approximate', True),
+      kernel_options=kernels.KernelOptions.from_config(cfg),
+    )
     self.preprocessor = build_preprocessor(cfg['preprocessor'], dtype=dtype)
-    self.encoder = PerceiverEncoder(dtype=dtype, remat=cfg.get('remat', False),
-                                    **perf, **cfg['encoder'])
+    self.encoder = PerceiverEncoder(
+      dtype=dtype, remat=cfg.get('remat', False), **perf, **cfg['encoder']
+    )
     dec = dict(cfg['decoder'])
     kind = dec.pop('type')
     if kind in ('basic', 'flow', 'multimodal'):
@@ -111,26 +141,45 @@ class PerceiverIO(nn.Module):
     if kind != 'projection':
       dec.update(perf)
     self.decoder = _DECODERS[kind](dtype=dtype, **dec)
-    self.postprocessor = build_postprocessor(cfg.get('postprocessor'),
-                                             dtype=dtype)
+    self.postprocessor = build_postprocessor(
+      cfg.get('postprocessor'), dtype=dtype
+    )
 
-  def __call__(self, inputs, *, attention_mask=None, query_mask=None,
-               subsampled_output_points=None, deterministic=True):
+  def __call__(
+    self,
+    inputs,
+    *,
+    attention_mask=None,
+    query_mask=None,
+    subsampled_output_points=None,
+    deterministic=True,
+  ):
     pre = self.preprocessor(inputs, deterministic)
-    if attention_mask is not None and attention_mask.shape != pre.inputs.shape[:2]:
-      raise ValueError(f'attention_mask must have shape [batch, elements] = '
-                       f'{pre.inputs.shape[:2]}, got {attention_mask.shape}.')
+    if (
+      attention_mask is not None
+      and attention_mask.shape != pre.inputs.shape[:2]
+    ):
+      raise ValueError(
+        f'attention_mask must have shape [batch, elements] = '
+        f'{pre.inputs.shape[:2]}, got {attention_mask.shape}.'
+      )
     z = self.encoder(pre.inputs, attention_mask, deterministic)
-    out = self.decoder(z, inputs=pre.inputs, modality_sizes=pre.modality_sizes,
-                       inputs_without_pos=pre.inputs_without_pos,
-                       index_dims=pre.index_dims,
-                       subsampled_points=subsampled_output_points,
-                       query_mask=query_mask, deterministic=deterministic)
+    out = self.decoder(
+      z,
+      inputs=pre.inputs,
+      modality_sizes=pre.modality_sizes,
+      inputs_without_pos=pre.inputs_without_pos,
+      index_dims=pre.index_dims,
+      subsampled_points=subsampled_output_points,
+      query_mask=query_mask,
+      deterministic=deterministic,
+    )
     if self.postprocessor is None:
       return out
     if isinstance(self.postprocessor, EmbeddingDecoder):
       return self.postprocessor(
-          out, embedding_matrix=self.preprocessor.embedding_matrix())
+        out, embedding_matrix=self.preprocessor.embedding_matrix()
+      )
     sizes = None
     if isinstance(self.decoder, decoders_lib.MultimodalDecoder):
       sizes = self.decoder.output_sizes(subsampled_output_points)
@@ -158,19 +207,23 @@ def example_inputs(config: Dict[str, Any], batch_size: int = 1):
   """
   pre = config['preprocessor']
   kwargs = {}
-  example = getattr(preprocessors.PREPROCESSORS.get(pre['type']),
-                    'example_input', None)
+  example = getattr(
+    preprocessors.PREPROCESSORS.get(pre['type']), 'example_input', None
+  )
   if example is not None:  # A registered modality says its own shape.
     return example(pre, batch_size), kwargs
   if pre['type'] not in _BUILTIN_INPUTS:
     raise ValueError(
-        f'preprocessor type {pre["type"]!r} defines no example_input(config, '
-        'batch_size) classmethod; it is needed to know the input shape '
-        '(restoring a checkpoint, counting FLOPs).')
+      f'preprocessor type {pre["type"]!r} defines no example_input(config, '
+      'batch_size) classmethod; it is needed to know the input shape '
+      '(restoring a checkpoint, counting FLOPs).'
+    )
   if pre['type'] == 'text':
     n = pre['max_seq_len']
-    return (np.zeros((batch_size, n), np.int32),
-            {'attention_mask': np.ones((batch_size, n), np.int32)})
+    return (
+      np.zeros((batch_size, n), np.int32),
+      {'attention_mask': np.ones((batch_size, n), np.int32)},
+    )
   if pre['type'] == 'multimodal':
     inputs = {}
     for name, sub in pre['modalities'].items():
@@ -178,17 +231,22 @@ def example_inputs(config: Dict[str, Any], batch_size: int = 1):
       inputs[name] = x
     points = {}
     for name, spec in config['decoder'].get('modalities', {}).items():
-      points[name] = (None if spec['query']['type'] == 'trainable'
-                      else np.arange(min(16, int(np.prod(
-                          spec['output_index_dims'])))))
+      points[name] = (
+        None
+        if spec['query']['type'] == 'trainable'
+        else np.arange(min(16, int(np.prod(spec['output_index_dims']))))
+      )
     kwargs['subsampled_output_points'] = points
     return inputs, kwargs
   if pre['type'] == 'onehot':
     return np.zeros((batch_size, pre['num_classes']), np.float32), kwargs
   pe = pre['position_encoding']
   if pre['type'] == 'audio':
-    n = pe['max_resolution'][0] if pe['type'] == 'fourier' else (
-        int(np.prod(pe['index_dims'])) * pre['samples_per_patch'])
+    n = (
+      pe['max_resolution'][0]
+      if pe['type'] == 'fourier'
+      else (int(np.prod(pe['index_dims'])) * pre['samples_per_patch'])
+    )
     return np.zeros((batch_size, n), np.float32), kwargs
   if pe['type'] == 'fourier':
     grid = list(pe['max_resolution'])
@@ -204,8 +262,7 @@ def example_inputs(config: Dict[str, Any], batch_size: int = 1):
   elif pre.get('flow_patches'):
     shape = (batch_size, 2, grid[0] * s, grid[1] * s, 3)
   else:
-    shape = (batch_size, grid[0] * s, grid[1] * s,
-             pre.get('in_channels', 3))
+    shape = (batch_size, grid[0] * s, grid[1] * s, pre.get('in_channels', 3))
   return np.zeros(shape, np.float32), kwargs
 
 
@@ -213,4 +270,5 @@ def abstract_variables(model: PerceiverIO, batch_size: int = 1):
   """Shapes/dtypes of `model`'s variables, without allocating them."""
   inputs, kwargs = example_inputs(model.config, batch_size)
   return jax.eval_shape(
-      lambda x: model.init(jax.random.PRNGKey(0), x, **kwargs), inputs)
+    lambda x: model.init(jax.random.PRNGKey(0), x, **kwargs), inputs
+  )

@@ -25,28 +25,40 @@ def build_linear_positions(index_dims: Sequence[int]) -> np.ndarray:
 
 def subsampled_positions(points, index_dims: Sequence[int]):
   """Flat indices into `index_dims` -> positions `-1 + 2 * idx / dim`."""
-  coords = jnp.stack(jnp.unravel_index(jnp.asarray(points), tuple(index_dims)),
-                     axis=-1).astype(jnp.float32)
+  coords = jnp.stack(
+    jnp.unravel_index(jnp.asarray(points), tuple(index_dims)), axis=-1
+  ).astype(jnp.float32)
   return -1.0 + 2.0 * coords / jnp.asarray(index_dims, jnp.float32)
 
 
-def fourier_encoding_size(num_dims: int, num_bands: int, concat_pos=True,
-                          sine_only=False) -> int:
+def fourier_encoding_size(
+  num_dims: int, num_bands: int, concat_pos=True, sine_only=False
+) -> int:
   size = num_dims * num_bands * (1 if sine_only else 2)
   return size + (num_dims if concat_pos else 0)
 
 
-def generate_fourier_features(pos, num_bands: int,
-                              max_resolution: Sequence[int],
-                              concat_pos: bool = True, sine_only: bool = False):
+def generate_fourier_features(
+  pos,
+  num_bands: int,
+  max_resolution: Sequence[int],
+  concat_pos: bool = True,
+  sine_only: bool = False,
+):
   """Fourier features of positions `pos` [..., n, d] in the official order."""
   xp = jnp if not isinstance(pos, np.ndarray) else np
   d = pos.shape[-1]
   if len(max_resolution) != d:
-    raise ValueError(f'max_resolution has {len(max_resolution)} entries but '
-                     f'positions have {d} dimensions.')
-  bands = np.stack([np.linspace(1.0, res / 2.0, num_bands, dtype=np.float32)
-                    for res in max_resolution])  # [d, K]
+    raise ValueError(
+      f'max_resolution has {len(max_resolution)} entries but '
+      f'positions have {d} dimensions.'
+    )
+  bands = np.stack(
+    [
+      np.linspace(1.0, res / 2.0, num_bands, dtype=np.float32)
+      for res in max_resolution
+    ]
+  )  # [d, K]
   per_pos = pos[..., :, None] * bands  # [..., n, d, K]
   per_pos = per_pos.reshape(per_pos.shape[:-2] + (d * num_bands,))
   feats = [xp.sin(np.pi * per_pos)]
@@ -65,14 +77,16 @@ class FourierPositionEncoding(nn.Module):
     max_resolution: per-dimension resolution that sets the top frequency
       (the official default is the grid size itself).
   """
+
   num_bands: int
   max_resolution: Optional[Sequence[int]] = None
   concat_pos: bool = True
   sine_only: bool = False
 
   def output_size(self, num_dims: int) -> int:
-    return fourier_encoding_size(num_dims, self.num_bands, self.concat_pos,
-                                 self.sine_only)
+    return fourier_encoding_size(
+      num_dims, self.num_bands, self.concat_pos, self.sine_only
+    )
 
   def __call__(self, batch_size: int, index_dims: Sequence[int], pos=None):
     """Returns [B, prod(index_dims) or n, C] float32 features."""
@@ -81,15 +95,19 @@ class FourierPositionEncoding(nn.Module):
       # A small [n, d] constant; the n x C features are computed in-graph so
       # that large grids do not become large compile-time constants.
       grid = jnp.asarray(
-          build_linear_positions(index_dims).reshape(-1, len(index_dims)))
-      enc = generate_fourier_features(grid, self.num_bands, max_res,
-                                      self.concat_pos, self.sine_only)
+        build_linear_positions(index_dims).reshape(-1, len(index_dims))
+      )
+      enc = generate_fourier_features(
+        grid, self.num_bands, max_res, self.concat_pos, self.sine_only
+      )
       return jnp.broadcast_to(enc, (batch_size,) + enc.shape)
     if pos.shape[-1] != len(max_res):
-      raise ValueError(f'pos has {pos.shape[-1]} dimensions, expected '
-                       f'{len(max_res)}.')
-    enc = generate_fourier_features(pos, self.num_bands, max_res,
-                                    self.concat_pos, self.sine_only)
+      raise ValueError(
+        f'pos has {pos.shape[-1]} dimensions, expected {len(max_res)}.'
+      )
+    enc = generate_fourier_features(
+      pos, self.num_bands, max_res, self.concat_pos, self.sine_only
+    )
     if enc.ndim == 2:
       enc = jnp.broadcast_to(enc, (batch_size,) + enc.shape)
     return enc
@@ -97,6 +115,7 @@ class FourierPositionEncoding(nn.Module):
 
 class TrainablePositionEncoding(nn.Module):
   """A learned [index_dim, num_channels] array broadcast over the batch."""
+
   index_dim: int
   num_channels: int
   init_scale: float = 0.02
@@ -104,9 +123,12 @@ class TrainablePositionEncoding(nn.Module):
 
   @nn.compact
   def __call__(self, batch_size: int):
-    emb = self.param('embeddings',
-                     nn.initializers.truncated_normal(self.init_scale),
-                     (self.index_dim, self.num_channels), self.param_dtype)
+    emb = self.param(
+      'embeddings',
+      nn.initializers.truncated_normal(self.init_scale),
+      (self.index_dim, self.num_channels),
+      self.param_dtype,
+    )
     return jnp.broadcast_to(emb, (batch_size,) + emb.shape)
 
 
@@ -118,6 +140,7 @@ class PositionEncoding(nn.Module):
   `index_dims` (the flattened size is used: the official encoding is 1D),
   `init_scale`. `project_pos_dim > 0` adds a Linear to that width.
   """
+
   config: dict
   project_pos_dim: int = -1
   dtype: Optional[jnp.dtype] = None
@@ -127,9 +150,12 @@ class PositionEncoding(nn.Module):
       return self.project_pos_dim
     cfg = self.config
     if cfg['type'] == 'fourier':
-      return fourier_encoding_size(num_dims, cfg['num_bands'],
-                                   cfg.get('concat_pos', True),
-                                   cfg.get('sine_only', False))
+      return fourier_encoding_size(
+        num_dims,
+        cfg['num_bands'],
+        cfg.get('concat_pos', True),
+        cfg.get('sine_only', False),
+      )
     return cfg['num_channels']
 
   @nn.compact
@@ -138,27 +164,33 @@ class PositionEncoding(nn.Module):
     kind = cfg.pop('type')
     if kind == 'fourier':
       enc = FourierPositionEncoding(
-          num_bands=cfg['num_bands'],
-          max_resolution=tuple(cfg['max_resolution'])
-          if cfg.get('max_resolution') else None,
-          concat_pos=cfg.get('concat_pos', True),
-          sine_only=cfg.get('sine_only', False))(batch_size, index_dims, pos)
+        num_bands=cfg['num_bands'],
+        max_resolution=tuple(cfg['max_resolution'])
+        if cfg.get('max_resolution')
+        else None,
+        concat_pos=cfg.get('concat_pos', True),
+        sine_only=cfg.get('sine_only', False),
+      )(batch_size, index_dims, pos)
     elif kind == 'trainable':
       size = int(np.prod(cfg['index_dims']))
       if size != int(np.prod(index_dims)):
         raise ValueError(
-            f'trainable position encoding was built for {cfg["index_dims"]} '
-            f'positions ({size}) but the input has index dims '
-            f'{tuple(index_dims)}; resize the input or the encoding.')
+          f'trainable position encoding was built for {cfg["index_dims"]} '
+          f'positions ({size}) but the input has index dims '
+          f'{tuple(index_dims)}; resize the input or the encoding.'
+        )
       enc = TrainablePositionEncoding(
-          size, cfg['num_channels'], cfg.get('init_scale', 0.02),
-          name='trainable')(batch_size)
+        size, cfg['num_channels'], cfg.get('init_scale', 0.02), name='trainable'
+      )(batch_size)
     else:
-      raise ValueError(f"position encoding type must be 'fourier' or "
-                       f"'trainable', got {kind!r}.")
+      raise ValueError(
+        f"position encoding type must be 'fourier' or "
+        f"'trainable', got {kind!r}."
+      )
     if self.dtype is not None:
       enc = enc.astype(self.dtype)
     if self.project_pos_dim > 0:
-      enc = nn.Dense(self.project_pos_dim, dtype=self.dtype,
-                     name='projection')(enc)
+      enc = nn.Dense(self.project_pos_dim, dtype=self.dtype, name='projection')(
+        enc
+      )
     return enc

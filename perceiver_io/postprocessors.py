@@ -25,15 +25,21 @@ class EmbeddingDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, embedding_matrix, **unused):
-    bias = self.param('bias', nn.initializers.zeros, (self.vocab_size,),
-                      self.param_dtype)
+    bias = self.param(
+      'bias', nn.initializers.zeros, (self.vocab_size,), self.param_dtype
+    )
     e = embedding_matrix.astype(x.dtype)
     return jnp.einsum('bnd,vd->bnv', x, e) + bias.astype(x.dtype)
 
 
 def _dense(features, dtype, param_dtype, name='linear'):
-  return nn.Dense(features, dtype=dtype, param_dtype=param_dtype,
-                  kernel_init=default_kernel_init, name=name)
+  return nn.Dense(
+    features,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    kernel_init=default_kernel_init,
+    name=name,
+  )
 
 
 class ClassificationPostprocessor(nn.Module):
@@ -77,34 +83,41 @@ class MultimodalPostprocessor(nn.Module):
     outputs, start = {}, 0
     for name in sorted(modality_sizes):
       size = modality_sizes[name]
-      part = x[:, start:start + size]
+      part = x[:, start : start + size]
       start += size
       outputs[name] = build_postprocessor(
-          self.modalities[name], dtype=self.dtype,
-          name=f'{name}_postprocessor')(part)
+        self.modalities[name], dtype=self.dtype, name=f'{name}_postprocessor'
+      )(part)
     return outputs
 
 
 # Postprocessor types by the name a model config gives (`{'type': name}`).
-POSTPROCESSORS = {'embedding_decoder': EmbeddingDecoder,
-                  'classification': ClassificationPostprocessor,
-                  'projection': ProjectionPostprocessor,
-                  'audio': AudioPostprocessor,
-                  'multimodal': MultimodalPostprocessor}
+POSTPROCESSORS = {
+  'embedding_decoder': EmbeddingDecoder,
+  'classification': ClassificationPostprocessor,
+  'projection': ProjectionPostprocessor,
+  'audio': AudioPostprocessor,
+  'multimodal': MultimodalPostprocessor,
+}
 
 
 def register(name: str):
   """Class decorator: makes a postprocessor usable as `{'type': name, ...}`
   (its `__call__(x, **unused)` maps decoder outputs to task outputs)."""
+
   def add(cls):
     if name in POSTPROCESSORS:
-      raise ValueError(f'postprocessor type {name!r} is already registered '
-                       f'({POSTPROCESSORS[name].__name__}).')
+      raise ValueError(
+        f'postprocessor type {name!r} is already registered '
+        f'({POSTPROCESSORS[name].__name__}).'
+      )
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-      raise TypeError(f'register({name!r}) takes a flax.linen.Module class, '
-                      f'got {cls!r}.')
+      raise TypeError(
+        f'register({name!r}) takes a flax.linen.Module class, got {cls!r}.'
+      )
     POSTPROCESSORS[name] = cls
     return cls
+
   return add
 
 
@@ -114,8 +127,10 @@ def build_postprocessor(cfg: Optional[Dict[str, Any]], dtype=None, name=None):
   cfg = dict(cfg)
   kind = cfg.pop('type', None)
   if kind not in POSTPROCESSORS:
-    raise ValueError(f'unknown postprocessor type {kind!r}; expected one of '
-                     f'{sorted(POSTPROCESSORS)} (or register one: '
-                     'perceiver_io.postprocessors.register).')
+    raise ValueError(
+      f'unknown postprocessor type {kind!r}; expected one of '
+      f'{sorted(POSTPROCESSORS)} (or register one: '
+      'perceiver_io.postprocessors.register).'
+    )
   check_keys('postprocessor', cfg, POSTPROCESSORS[kind])
   return POSTPROCESSORS[kind](dtype=dtype, name=name, **cfg)

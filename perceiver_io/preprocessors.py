@@ -37,8 +37,10 @@ def _check_rank(x, ranks, layout, what):
 
 def _check_float(x, what, layout):
   if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise ValueError(f'{what} expects floating-point {layout} (e.g. float32 '
-                     f'images normalised as in training), got dtype {x.dtype}.')
+    raise ValueError(
+      f'{what} expects floating-point {layout} (e.g. float32 '
+      f'images normalised as in training), got dtype {x.dtype}.'
+    )
 
 
 def space_to_depth(x, temporal_block_size=1, spatial_block_size=1):
@@ -53,8 +55,10 @@ def space_to_depth(x, temporal_block_size=1, spatial_block_size=1):
   if x.ndim == 5:
     b, n, h, w, c = x.shape
     if n % t or h % s or w % s:
-      raise ValueError(f'(time, height, width) {(n, h, w)} must be divisible '
-                       f'by ({t}, {s}, {s}).')
+      raise ValueError(
+        f'(time, height, width) {(n, h, w)} must be divisible '
+        f'by ({t}, {s}, {s}).'
+      )
     x = x.reshape(b, n // t, t, h // s, s, w // s, s, c)
     x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
     return x.reshape(b, n // t, h // s, w // s, t * s * s * c)
@@ -72,8 +76,11 @@ def extract_flow_patches(frames, size=3):
   pad = [(0, 0)] * (frames.ndim - 3) + [(r, r), (r, r), (0, 0)]
   padded = jnp.pad(frames, pad)
   h, w = frames.shape[-3], frames.shape[-2]
-  shifts = [padded[..., i:i + h, j:j + w, :]
-            for i in range(size) for j in range(size)]
+  shifts = [
+    padded[..., i : i + h, j : j + w, :]
+    for i in range(size)
+    for j in range(size)
+  ]
   return jnp.concatenate(shifts, axis=-1)
 
 
@@ -90,6 +97,7 @@ class Conv2DDownsample(nn.Module):
   for the conv and an unpadded max pool: 224 -> 55 instead of the official
   TF-'SAME' 224 -> 56); it exists so HF checkpoints give HF's numbers.
   """
+
   num_layers: int = 1
   num_channels: int = 64
   use_batchnorm: bool = True
@@ -102,23 +110,34 @@ class Conv2DDownsample(nn.Module):
     for i in range(self.num_layers):
       suffix = '' if i == 0 else f'_{i}'
       padding = ((3, 3), (3, 3)) if self.hf_compat else 'SAME'
-      x = nn.Conv(self.num_channels, (7, 7), strides=(2, 2), padding=padding,
-                  use_bias=False, dtype=self.dtype,
-                  param_dtype=self.param_dtype,
-                  kernel_init=nn.initializers.lecun_normal(),
-                  name=f'conv{suffix}')(x)
+      x = nn.Conv(
+        self.num_channels,
+        (7, 7),
+        strides=(2, 2),
+        padding=padding,
+        use_bias=False,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.lecun_normal(),
+        name=f'conv{suffix}',
+      )(x)
       if self.use_batchnorm:
-        x = nn.BatchNorm(use_running_average=deterministic, momentum=0.9,
-                         epsilon=1e-5, dtype=self.dtype,
-                         param_dtype=self.param_dtype,
-                         name=f'batchnorm{suffix}')(x)
+        x = nn.BatchNorm(
+          use_running_average=deterministic,
+          momentum=0.9,
+          epsilon=1e-5,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=f'batchnorm{suffix}',
+        )(x)
       x = nn.relu(x)
       x = _same_pool(x, 3, 2, self.hf_compat)
     return x
 
 
-def network_inputs(module, x, position_encoding, project_pos_dim,
-                   concat_or_add_pos, dtype):
+def network_inputs(
+  module, x, position_encoding, project_pos_dim, concat_or_add_pos, dtype
+):
   """Flatten index dims, add/concat the position encoding (official order).
 
   `x` is [B, *index_dims, C] features; `position_encoding` a
@@ -128,24 +147,29 @@ def network_inputs(module, x, position_encoding, project_pos_dim,
   """
   batch, index_dims = x.shape[0], tuple(x.shape[1:-1])
   flat = x.reshape(batch, int(np.prod(index_dims)), x.shape[-1])
-  pos = PositionEncoding(position_encoding, project_pos_dim, dtype=dtype,
-                         name='position_encoding')(batch, index_dims)
+  pos = PositionEncoding(
+    position_encoding, project_pos_dim, dtype=dtype, name='position_encoding'
+  )(batch, index_dims)
   pos = pos.astype(flat.dtype)
   if concat_or_add_pos == 'concat':
     out = jnp.concatenate([flat, pos], axis=-1)
   elif concat_or_add_pos == 'add':
     if pos.shape[-1] != flat.shape[-1]:
-      raise ValueError(f'concat_or_add_pos="add" needs position width '
-                       f'{pos.shape[-1]} == input width {flat.shape[-1]}.')
+      raise ValueError(
+        f'concat_or_add_pos="add" needs position width '
+        f'{pos.shape[-1]} == input width {flat.shape[-1]}.'
+      )
     out = flat + pos
   else:
-    raise ValueError(f"concat_or_add_pos must be 'concat' or 'add', got "
-                     f'{concat_or_add_pos!r}.')
+    raise ValueError(
+      f"concat_or_add_pos must be 'concat' or 'add', got {concat_or_add_pos!r}."
+    )
   return Preprocessed(out, None, flat, index_dims)
 
 
 class TextPreprocessor(nn.Module):
   """Token embedding + added learned absolute positions (first M of them)."""
+
   vocab_size: int = 262
   d_model: int = 768
   max_seq_len: int = 2048
@@ -153,23 +177,35 @@ class TextPreprocessor(nn.Module):
   param_dtype: Any = jnp.float32
 
   def setup(self):
-    self.embed = nn.Embed(self.vocab_size, self.d_model,
-                          embedding_init=nn.initializers.normal(0.02),
-                          dtype=self.dtype, param_dtype=self.param_dtype)
+    self.embed = nn.Embed(
+      self.vocab_size,
+      self.d_model,
+      embedding_init=nn.initializers.normal(0.02),
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
     self.position_embeddings = self.param(
-        'position_embeddings', nn.initializers.normal(0.02),
-        (self.max_seq_len, self.d_model), self.param_dtype)
+      'position_embeddings',
+      nn.initializers.normal(0.02),
+      (self.max_seq_len, self.d_model),
+      self.param_dtype,
+    )
 
   def __call__(self, input_ids, deterministic=True):
-    _check_rank(input_ids, (2,), 'token ids [batch, seq_len] (int32)',
-                'TextPreprocessor')
+    _check_rank(
+      input_ids, (2,), 'token ids [batch, seq_len] (int32)', 'TextPreprocessor'
+    )
     if not jnp.issubdtype(input_ids.dtype, jnp.integer):
-      raise ValueError(f'TextPreprocessor expects integer token ids [batch, '
-                       f'seq_len], got dtype {input_ids.dtype}.')
+      raise ValueError(
+        f'TextPreprocessor expects integer token ids [batch, '
+        f'seq_len], got dtype {input_ids.dtype}.'
+      )
     seq_len = input_ids.shape[1]
     if seq_len > self.max_seq_len:
-      raise ValueError(f'sequence length {seq_len} exceeds max_seq_len '
-                       f'{self.max_seq_len}; truncate the input.')
+      raise ValueError(
+        f'sequence length {seq_len} exceeds max_seq_len '
+        f'{self.max_seq_len}; truncate the input.'
+      )
     emb = self.embed(input_ids)
     pos = self.position_embeddings[:seq_len].astype(emb.dtype)
     return Preprocessed(emb + pos, None, emb, (seq_len,))
@@ -188,6 +224,7 @@ class ImagePreprocessor(nn.Module):
     flow_patches: input is a frame pair [B, 2, H, W, C]; 3x3 patches are
       extracted per frame first (the official optical-flow input).
   """
+
   prep_type: str = 'conv'
   spatial_downsample: int = 4
   temporal_downsample: int = 1
@@ -206,21 +243,31 @@ class ImagePreprocessor(nn.Module):
   @nn.compact
   def __call__(self, x, deterministic=True):
     if self.flow_patches:
-      _check_rank(x, (5,), 'a frame pair [batch, 2, height, width, channels]',
-                  'the optical-flow preprocessor')
+      _check_rank(
+        x,
+        (5,),
+        'a frame pair [batch, 2, height, width, channels]',
+        'the optical-flow preprocessor',
+      )
       if x.shape[1] != 2:
-        raise ValueError(f'the optical-flow preprocessor expects 2 frames on '
-                         f'axis 1 ([batch, 2, H, W, C]); got shape {x.shape}.')
-      _check_float(x, 'the optical-flow preprocessor',
-                   'frames in [-1, 1]')
+        raise ValueError(
+          f'the optical-flow preprocessor expects 2 frames on '
+          f'axis 1 ([batch, 2, H, W, C]); got shape {x.shape}.'
+        )
+      _check_float(x, 'the optical-flow preprocessor', 'frames in [-1, 1]')
       x = extract_flow_patches(x)
     elif self.temporal:
-      _check_rank(x, (5,), 'video [batch, time, height, width, channels]',
-                  'ImagePreprocessor (temporal)')
+      _check_rank(
+        x,
+        (5,),
+        'video [batch, time, height, width, channels]',
+        'ImagePreprocessor (temporal)',
+      )
       _check_float(x, 'ImagePreprocessor', 'video')
     else:
-      _check_rank(x, (4,), 'images [batch, height, width, channels]',
-                  'ImagePreprocessor')
+      _check_rank(
+        x, (4,), 'images [batch, height, width, channels]', 'ImagePreprocessor'
+      )
       _check_float(x, 'ImagePreprocessor', 'images')
     if self.dtype is not None:
       x = x.astype(self.dtype)
@@ -228,11 +275,18 @@ class ImagePreprocessor(nn.Module):
     if self.prep_type == 'conv':
       layers = math.log(self.spatial_downsample, 4)
       if layers != round(layers) or self.temporal_downsample != 1:
-        raise ValueError('prep_type="conv" needs spatial_downsample a power '
-                         'of 4 and temporal_downsample 1.')
-      conv = Conv2DDownsample(max(int(round(layers)), 1), self.num_channels,
-                              self.conv2d_use_batchnorm, self.conv_hf_compat,
-                              name='conv_downsample', **kw)
+        raise ValueError(
+          'prep_type="conv" needs spatial_downsample a power '
+          'of 4 and temporal_downsample 1.'
+        )
+      conv = Conv2DDownsample(
+        max(int(round(layers)), 1),
+        self.num_channels,
+        self.conv2d_use_batchnorm,
+        self.conv_hf_compat,
+        name='conv_downsample',
+        **kw,
+      )
       if x.ndim == 5:  # Apply per frame.
         b, t = x.shape[:2]
         y = conv(x.reshape((b * t,) + x.shape[2:]), deterministic)
@@ -243,30 +297,50 @@ class ImagePreprocessor(nn.Module):
       if self.temporal_downsample != 1:
         raise ValueError('prep_type="conv1x1" does not downsample in time.')
       s = self.spatial_downsample
-      x = nn.Conv(self.num_channels, (1, 1), strides=(s, s),
-                  kernel_init=nn.initializers.lecun_normal(),
-                  name='conv1x1', **kw)(x)
+      x = nn.Conv(
+        self.num_channels,
+        (1, 1),
+        strides=(s, s),
+        kernel_init=nn.initializers.lecun_normal(),
+        name='conv1x1',
+        **kw,
+      )(x)
     elif self.prep_type == 'patches':
       x = space_to_depth(x, self.temporal_downsample, self.spatial_downsample)
       if x.ndim == 5 and x.shape[1] == 1:  # e.g. the flow frame pair.
         x = x[:, 0]
       if self.conv_after_patching:
-        x = nn.Dense(self.num_channels, kernel_init=nn.initializers.lecun_normal(),
-                     name='patches_linear', **kw)(x)
+        x = nn.Dense(
+          self.num_channels,
+          kernel_init=nn.initializers.lecun_normal(),
+          name='patches_linear',
+          **kw,
+        )(x)
     elif self.prep_type == 'pixels':
       s = self.spatial_downsample
-      x = x[:, ::s, ::s] if x.ndim == 4 else x[:, ::self.temporal_downsample,
-                                                ::s, ::s]
+      x = (
+        x[:, ::s, ::s]
+        if x.ndim == 4
+        else x[:, :: self.temporal_downsample, ::s, ::s]
+      )
     else:
-      raise ValueError(f"prep_type must be one of 'conv', 'conv1x1', "
-                       f"'patches', 'pixels'; got {self.prep_type!r}.")
-    return network_inputs(self, x, self.position_encoding,
-                          self.project_pos_dim, self.concat_or_add_pos,
-                          self.dtype)
+      raise ValueError(
+        f"prep_type must be one of 'conv', 'conv1x1', "
+        f"'patches', 'pixels'; got {self.prep_type!r}."
+      )
+    return network_inputs(
+      self,
+      x,
+      self.position_encoding,
+      self.project_pos_dim,
+      self.concat_or_add_pos,
+      self.dtype,
+    )
 
 
 class AudioPreprocessor(nn.Module):
   """Raw samples [B, T] -> patches [B, T / samples_per_patch, spp] + positions."""
+
   samples_per_patch: int = 96
   position_encoding: Optional[Dict[str, Any]] = None
   concat_or_add_pos: str = 'concat'
@@ -276,33 +350,49 @@ class AudioPreprocessor(nn.Module):
 
   @nn.compact
   def __call__(self, x, deterministic=True):
-    _check_rank(x, (2, 3), 'audio [batch, samples] or [batch, samples, 1]',
-                'AudioPreprocessor')
+    _check_rank(
+      x,
+      (2, 3),
+      'audio [batch, samples] or [batch, samples, 1]',
+      'AudioPreprocessor',
+    )
     _check_float(x, 'AudioPreprocessor', 'audio samples')
     n = int(np.prod(x.shape[1:]))
     if n % self.samples_per_patch:
-      raise ValueError(f'{n} audio samples are not divisible by '
-                       f'samples_per_patch={self.samples_per_patch}.')
-    x = x.reshape(x.shape[0], n // self.samples_per_patch,
-                  self.samples_per_patch)
+      raise ValueError(
+        f'{n} audio samples are not divisible by '
+        f'samples_per_patch={self.samples_per_patch}.'
+      )
+    x = x.reshape(
+      x.shape[0], n // self.samples_per_patch, self.samples_per_patch
+    )
     if self.dtype is not None:
       x = x.astype(self.dtype)
-    return network_inputs(self, x, self.position_encoding,
-                          self.project_pos_dim, self.concat_or_add_pos,
-                          self.dtype)
+    return network_inputs(
+      self,
+      x,
+      self.position_encoding,
+      self.project_pos_dim,
+      self.concat_or_add_pos,
+      self.dtype,
+    )
 
 
 class OneHotPreprocessor(nn.Module):
   """[B, K] -> [B, 1, K], no positions."""
+
   num_classes: Optional[int] = None
   dtype: Optional[Any] = None
 
   def __call__(self, x, deterministic=True):
-    _check_rank(x, (2,), 'one-hot labels [batch, num_classes]',
-                'OneHotPreprocessor')
+    _check_rank(
+      x, (2,), 'one-hot labels [batch, num_classes]', 'OneHotPreprocessor'
+    )
     if self.num_classes is not None and x.shape[-1] != self.num_classes:
-      raise ValueError(f'OneHotPreprocessor expects {self.num_classes} '
-                       f'classes, got shape {x.shape}.')
+      raise ValueError(
+        f'OneHotPreprocessor expects {self.num_classes} '
+        f'classes, got shape {x.shape}.'
+      )
     x = x[:, None, :].astype(self.dtype or jnp.float32)
     return Preprocessed(x, None, x, (1,))
 
@@ -323,14 +413,18 @@ def preprocessor_output_width(cfg: Dict[str, Any]) -> int:
     if cfg.get('conv_after_patching') or prep in ('conv', 'conv1x1'):
       inp = cfg.get('num_channels', 64)
     elif prep == 'patches':
-      inp = (cfg['in_channels'] * cfg.get('spatial_downsample', 4) ** 2 *
-             cfg.get('temporal_downsample', 1))
+      inp = (
+        cfg['in_channels']
+        * cfg.get('spatial_downsample', 4) ** 2
+        * cfg.get('temporal_downsample', 1)
+      )
     else:
       inp = cfg['in_channels']
   else:
     raise ValueError(f'unknown preprocessor type {kind!r}.')
   pos = PositionEncoding(pe, cfg.get('project_pos_dim', -1)).output_size(
-      num_dims)
+    num_dims
+  )
   return pos if cfg.get('concat_or_add_pos', 'concat') == 'add' else inp + pos
 
 
@@ -343,6 +437,7 @@ class MultimodalPreprocessor(nn.Module):
   of exactly 0 or 1 need no rng; others draw from the 'mask' rng stream).
   Modalities are concatenated in sorted name order.
   """
+
   modalities: Dict[str, Dict[str, Any]]
   mask_probs: Optional[Dict[str, float]] = None
   min_padding_size: int = 2
@@ -353,30 +448,43 @@ class MultimodalPreprocessor(nn.Module):
   def __call__(self, inputs, deterministic=True):
     if not isinstance(inputs, dict) or set(inputs) != set(self.modalities):
       got = sorted(inputs) if isinstance(inputs, dict) else type(inputs)
-      raise ValueError(f'multimodal inputs must be a dict with keys '
-                       f'{sorted(self.modalities)}; got {got}.')
-    width = max(preprocessor_output_width(c)
-                for c in self.modalities.values()) + self.min_padding_size
+      raise ValueError(
+        f'multimodal inputs must be a dict with keys '
+        f'{sorted(self.modalities)}; got {got}.'
+      )
+    width = (
+      max(preprocessor_output_width(c) for c in self.modalities.values())
+      + self.min_padding_size
+    )
     mask_probs = self.mask_probs or {}
     batches = {k: int(np.shape(v)[0]) for k, v in inputs.items()}
     if len(set(batches.values())) != 1:
-      raise ValueError(f'multimodal inputs must share the batch size; got '
-                       f'{batches}.')
+      raise ValueError(
+        f'multimodal inputs must share the batch size; got {batches}.'
+      )
     padded, sizes, without_pos = [], {}, {}
     for name in sorted(self.modalities):
-      out = build_preprocessor(self.modalities[name], dtype=self.dtype,
-                               name=f'{name}_preprocessor')(
-                                   inputs[name], deterministic)
+      out = build_preprocessor(
+        self.modalities[name], dtype=self.dtype, name=f'{name}_preprocessor'
+      )(inputs[name], deterministic)
       x = out.inputs
       b, n, c = x.shape
-      pad = self.param(f'{name}_padding', nn.initializers.truncated_normal(0.02),
-                       (1, width - c), self.param_dtype)
+      pad = self.param(
+        f'{name}_padding',
+        nn.initializers.truncated_normal(0.02),
+        (1, width - c),
+        self.param_dtype,
+      )
       x = jnp.concatenate(
-          [x, jnp.broadcast_to(pad.astype(x.dtype), (b, n, width - c))], -1)
+        [x, jnp.broadcast_to(pad.astype(x.dtype), (b, n, width - c))], -1
+      )
       if name in mask_probs:
-        token = self.param(f'{name}_mask_token',
-                           nn.initializers.truncated_normal(0.02), (1, width),
-                           self.param_dtype).astype(x.dtype)
+        token = self.param(
+          f'{name}_mask_token',
+          nn.initializers.truncated_normal(0.02),
+          (1, width),
+          self.param_dtype,
+        ).astype(x.dtype)
         p = float(mask_probs[name])
         if p >= 1.0:
           x = jnp.broadcast_to(token, x.shape)
@@ -386,14 +494,22 @@ class MultimodalPreprocessor(nn.Module):
       padded.append(x)
       sizes[name] = n
       without_pos[name] = out.inputs_without_pos
-    return Preprocessed(jnp.concatenate(padded, axis=1), sizes, without_pos,
-                        (sum(sizes.values()),))
+    return Preprocessed(
+      jnp.concatenate(padded, axis=1),
+      sizes,
+      without_pos,
+      (sum(sizes.values()),),
+    )
 
 
 # Preprocessor types by the name a model config gives (`{'type': name}`).
-PREPROCESSORS = {'text': TextPreprocessor, 'image': ImagePreprocessor,
-                 'audio': AudioPreprocessor, 'onehot': OneHotPreprocessor,
-                 'multimodal': MultimodalPreprocessor}
+PREPROCESSORS = {
+  'text': TextPreprocessor,
+  'image': ImagePreprocessor,
+  'audio': AudioPreprocessor,
+  'onehot': OneHotPreprocessor,
+  'multimodal': MultimodalPreprocessor,
+}
 
 
 def register(name: str):
@@ -406,15 +522,20 @@ def register(name: str):
   it takes (`model.example_inputs`: restoring checkpoints, counting FLOPs).
   See README, "Add a modality". A name is registered once.
   """
+
   def add(cls):
     if name in PREPROCESSORS:
-      raise ValueError(f'preprocessor type {name!r} is already registered '
-                       f'({PREPROCESSORS[name].__name__}).')
+      raise ValueError(
+        f'preprocessor type {name!r} is already registered '
+        f'({PREPROCESSORS[name].__name__}).'
+      )
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-      raise TypeError(f'register({name!r}) takes a flax.linen.Module class, '
-                      f'got {cls!r}.')
+      raise TypeError(
+        f'register({name!r}) takes a flax.linen.Module class, got {cls!r}.'
+      )
     PREPROCESSORS[name] = cls
     return cls
+
   return add
 
 
@@ -423,9 +544,11 @@ def build_preprocessor(cfg: Dict[str, Any], dtype=None, name=None):
   cfg = dict(cfg)
   kind = cfg.pop('type', None)
   if kind not in PREPROCESSORS:
-    raise ValueError(f'unknown preprocessor type {kind!r}; expected one of '
-                     f'{sorted(PREPROCESSORS)} (or register one: '
-                     'perceiver_io.preprocessors.register).')
+    raise ValueError(
+      f'unknown preprocessor type {kind!r}; expected one of '
+      f'{sorted(PREPROCESSORS)} (or register one: '
+      'perceiver_io.preprocessors.register).'
+    )
   cls = PREPROCESSORS[kind]
   if kind == 'image':
     cfg.pop('in_channels', None)  # Informational (used for widths only).

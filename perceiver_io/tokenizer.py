@@ -50,9 +50,12 @@ VOCAB_SIZE = 256 + NUM_SPECIAL_TOKENS  # 262
 MODEL_MAX_LENGTH = 2048
 SPECIAL_TOKENS = ('[PAD]', '[BOS]', '[EOS]', '[MASK]', '[CLS]', '[SEP]')
 
-_SPECIAL_BYTES_TO_ID = {t.encode('ascii'): i for i, t in enumerate(SPECIAL_TOKENS)}
+_SPECIAL_BYTES_TO_ID = {
+  t.encode('ascii'): i for i, t in enumerate(SPECIAL_TOKENS)
+}
 _SPECIAL_PATTERN = re.compile(
-    b'|'.join(re.escape(t) for t in _SPECIAL_BYTES_TO_ID))
+  b'|'.join(re.escape(t) for t in _SPECIAL_BYTES_TO_ID)
+)
 _CLS = np.array([CLS_ID], np.int32)
 _SEP = np.array([SEP_ID], np.int32)
 _PADDING_CHOICES = (False, True, 'longest', 'max_length', 'do_not_pad')
@@ -65,16 +68,19 @@ def _as_bytes(text: Any, what: str) -> bytes:
       return text.encode('utf-8')
     except UnicodeEncodeError as e:
       raise ValueError(
-          f'{what} is a str that cannot be encoded as UTF-8 ({e}); it contains '
-          'a lone surrogate. Pass valid text, or the raw bytes as `bytes`.'
+        f'{what} is a str that cannot be encoded as UTF-8 ({e}); it contains '
+        'a lone surrogate. Pass valid text, or the raw bytes as `bytes`.'
       ) from None
   if isinstance(text, (bytes, bytearray, memoryview)):
     return bytes(text)
   raise TypeError(
-      f'{what} must be str or bytes, got {type(text).__name__}: {text!r:.80}')
+    f'{what} must be str or bytes, got {type(text).__name__}: {text!r:.80}'
+  )
 
 
-def _truncation_enabled(truncation: Any, max_length: int | None, padding: Any) -> bool:
+def _truncation_enabled(
+  truncation: Any, max_length: int | None, padding: Any
+) -> bool:
   """Resolves HF's truncation argument to on/off."""
   if truncation is None:
     # HF: a max_length with neither padding nor truncation implies truncation.
@@ -84,20 +90,25 @@ def _truncation_enabled(truncation: Any, max_length: int | None, padding: Any) -
   if truncation is False or truncation == 'do_not_truncate':
     return False
   raise ValueError(
-      f'truncation={truncation!r} is not supported; use None, True, False, '
-      "'longest_first' or 'do_not_truncate'.")
+    f'truncation={truncation!r} is not supported; use None, True, False, '
+    "'longest_first' or 'do_not_truncate'."
+  )
 
 
 def _check_max_length(max_length: int | None) -> None:
   if max_length is None:
     return
-  if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)):
+  if isinstance(max_length, bool) or not isinstance(
+    max_length, (int, np.integer)
+  ):
     raise TypeError(f'max_length must be an int or None, got {max_length!r}.')
   if max_length < 1:
     raise ValueError(f'max_length must be >= 1, got {max_length}.')
 
 
-def longest_first_cut(len_a: int, len_b: int, num_to_remove: int) -> tuple[int, int]:
+def longest_first_cut(
+  len_a: int, len_b: int, num_to_remove: int
+) -> tuple[int, int]:
   """How many tokens HF's 'longest_first' removes from each text of a pair.
 
   The longer text is cut first until both are equally long; the rest is split
@@ -166,16 +177,23 @@ class ByteTokenizer:
     pieces = []
     pos = 0
     for match in _SPECIAL_PATTERN.finditer(data):
-      pieces.append(np.frombuffer(data[pos:match.start()], np.uint8).astype(np.int32)
-                    + NUM_SPECIAL_TOKENS)
+      pieces.append(
+        np.frombuffer(data[pos : match.start()], np.uint8).astype(np.int32)
+        + NUM_SPECIAL_TOKENS
+      )
       pieces.append(np.array([_SPECIAL_BYTES_TO_ID[match.group()]], np.int32))
       pos = match.end()
-    pieces.append(np.frombuffer(data[pos:], np.uint8).astype(np.int32)
-                  + NUM_SPECIAL_TOKENS)
+    pieces.append(
+      np.frombuffer(data[pos:], np.uint8).astype(np.int32) + NUM_SPECIAL_TOKENS
+    )
     return np.concatenate(pieces)
 
-  def num_tokens(self, text: str | bytes, text_pair: str | bytes | None = None,
-                 add_special_tokens: bool = True) -> int:
+  def num_tokens(
+    self,
+    text: str | bytes,
+    text_pair: str | bytes | None = None,
+    add_special_tokens: bool = True,
+  ) -> int:
     """Length of the untruncated encoding (what `encode` gives with no limit)."""
     total = 0
     for part, what in ((text, 'text'), (text_pair, 'text_pair')):
@@ -184,7 +202,9 @@ class ByteTokenizer:
       data = _as_bytes(part, what)
       total += len(data)
       if self.parse_special_tokens and b'[' in data:
-        total -= sum(len(m.group()) - 1 for m in _SPECIAL_PATTERN.finditer(data))
+        total -= sum(
+          len(m.group()) - 1 for m in _SPECIAL_PATTERN.finditer(data)
+        )
     if add_special_tokens:
       total += self.num_special_tokens_to_add(text_pair is not None)
     return total
@@ -193,28 +213,40 @@ class ByteTokenizer:
     """2 for one text ([CLS] a [SEP]), 3 for a pair ([CLS] a [SEP] b [SEP])."""
     return 3 if pair else 2
 
-  def _encode_ids(self, text, text_pair, add_special_tokens: bool,
-                  max_length: int | None, truncate: bool) -> tuple[np.ndarray, int]:
+  def _encode_ids(
+    self,
+    text,
+    text_pair,
+    add_special_tokens: bool,
+    max_length: int | None,
+    truncate: bool,
+  ) -> tuple[np.ndarray, int]:
     """Builds one sequence; returns (int32 ids, number of text tokens cut)."""
     ids_a = self._ids_array(text, 'text')
-    ids_b = None if text_pair is None else self._ids_array(text_pair, 'text_pair')
-    num_special = (self.num_special_tokens_to_add(ids_b is not None)
-                   if add_special_tokens else 0)
+    ids_b = (
+      None if text_pair is None else self._ids_array(text_pair, 'text_pair')
+    )
+    num_special = (
+      self.num_special_tokens_to_add(ids_b is not None)
+      if add_special_tokens
+      else 0
+    )
     total = len(ids_a) + (0 if ids_b is None else len(ids_b)) + num_special
     num_cut = 0
     if truncate and total > max_length:
       if max_length < num_special:
         raise ValueError(
-            f'max_length={max_length} cannot hold the {num_special} special '
-            f'tokens of a {"pair" if ids_b is not None else "single text"}; '
-            f'use max_length >= {num_special}.')
+          f'max_length={max_length} cannot hold the {num_special} special '
+          f'tokens of a {"pair" if ids_b is not None else "single text"}; '
+          f'use max_length >= {num_special}.'
+        )
       num_cut = total - max_length
       if ids_b is None:
-        ids_a = ids_a[:len(ids_a) - num_cut]
+        ids_a = ids_a[: len(ids_a) - num_cut]
       else:
         cut_a, cut_b = longest_first_cut(len(ids_a), len(ids_b), num_cut)
-        ids_a = ids_a[:len(ids_a) - cut_a]
-        ids_b = ids_b[:len(ids_b) - cut_b]
+        ids_a = ids_a[: len(ids_a) - cut_a]
+        ids_b = ids_b[: len(ids_b) - cut_b]
     if not add_special_tokens:
       parts = [ids_a] if ids_b is None else [ids_a, ids_b]
     elif ids_b is None:
@@ -224,14 +256,14 @@ class ByteTokenizer:
     return np.concatenate(parts), num_cut
 
   def encode(
-      self,
-      text: str | bytes,
-      text_pair: str | bytes | None = None,
-      *,
-      add_special_tokens: bool = True,
-      max_length: int | None = None,
-      truncation: bool | str | None = None,
-      padding: bool | str = False,
+    self,
+    text: str | bytes,
+    text_pair: str | bytes | None = None,
+    *,
+    add_special_tokens: bool = True,
+    max_length: int | None = None,
+    truncation: bool | str | None = None,
+    padding: bool | str = False,
   ) -> dict[str, list[int]]:
     """Encodes one text or one pair like ``PerceiverTokenizer.__call__``.
 
@@ -255,7 +287,9 @@ class ByteTokenizer:
     if padding not in _PADDING_CHOICES:
       raise ValueError(f'padding={padding!r} is not one of {_PADDING_CHOICES}.')
     limit = MODEL_MAX_LENGTH if max_length is None else int(max_length)
-    ids, _ = self._encode_ids(text, text_pair, add_special_tokens, limit, truncate)
+    ids, _ = self._encode_ids(
+      text, text_pair, add_special_tokens, limit, truncate
+    )
     ids = ids.tolist()
     mask = [1] * len(ids)
     if padding == 'max_length' and len(ids) < limit:
@@ -265,15 +299,15 @@ class ByteTokenizer:
     return {'input_ids': ids, 'attention_mask': mask}
 
   def batch_encode(
-      self,
-      texts: Sequence[str | bytes],
-      text_pairs: Sequence[str | bytes] | None = None,
-      *,
-      max_length: int,
-      padding: bool | str = 'max_length',
-      truncation: bool | str | None = True,
-      add_special_tokens: bool = True,
-      return_numpy: bool = True,
+    self,
+    texts: Sequence[str | bytes],
+    text_pairs: Sequence[str | bytes] | None = None,
+    *,
+    max_length: int,
+    padding: bool | str = 'max_length',
+    truncation: bool | str | None = True,
+    add_special_tokens: bool = True,
+    return_numpy: bool = True,
   ) -> dict[str, Any]:
     """Encodes a batch to a rectangle, as HF's tokenizer on a list does.
 
@@ -293,43 +327,54 @@ class ByteTokenizer:
       num_truncated counts the text tokens (bytes) cut from each example.
     """
     if isinstance(texts, (str, bytes)):
-      raise TypeError('texts must be a sequence of texts, not one str/bytes; '
-                      'use encode() for a single text.')
+      raise TypeError(
+        'texts must be a sequence of texts, not one str/bytes; '
+        'use encode() for a single text.'
+      )
     if max_length is None:
       raise ValueError('batch_encode needs max_length (an int).')
     _check_max_length(max_length)
     if padding not in ('max_length', True, 'longest'):
       raise ValueError(
-          f"padding={padding!r}: batch_encode pads to a rectangle; use "
-          "'max_length' or 'longest'.")
+        f'padding={padding!r}: batch_encode pads to a rectangle; use '
+        "'max_length' or 'longest'."
+      )
     truncate = _truncation_enabled(truncation, max_length, padding)
     texts = list(texts)
     if text_pairs is not None:
       text_pairs = list(text_pairs)
       if len(text_pairs) != len(texts):
-        raise ValueError(f'{len(texts)} texts but {len(text_pairs)} text_pairs.')
+        raise ValueError(
+          f'{len(texts)} texts but {len(text_pairs)} text_pairs.'
+        )
     rows, cuts = [], []
     for i, text in enumerate(texts):
       pair = None if text_pairs is None else text_pairs[i]
-      ids, cut = self._encode_ids(text, pair, add_special_tokens, max_length, truncate)
+      ids, cut = self._encode_ids(
+        text, pair, add_special_tokens, max_length, truncate
+      )
       rows.append(ids)
       cuts.append(cut)
     longest = max((len(r) for r in rows), default=0)
     if padding == 'max_length':
       if longest > max_length:
         raise ValueError(
-            f'a row has {longest} tokens > max_length={max_length} and '
-            'truncation is off; pass truncation=True or padding="longest".')
+          f'a row has {longest} tokens > max_length={max_length} and '
+          'truncation is off; pass truncation=True or padding="longest".'
+        )
       length = max_length
     else:
       length = longest
     input_ids = np.full((len(rows), length), PAD_ID, np.int32)
     attention_mask = np.zeros((len(rows), length), np.int32)
     for i, ids in enumerate(rows):
-      input_ids[i, :len(ids)] = ids
-      attention_mask[i, :len(ids)] = 1
-    out = {'input_ids': input_ids, 'attention_mask': attention_mask,
-           'num_truncated': np.asarray(cuts, np.int32)}
+      input_ids[i, : len(ids)] = ids
+      attention_mask[i, : len(ids)] = 1
+    out = {
+      'input_ids': input_ids,
+      'attention_mask': attention_mask,
+      'num_truncated': np.asarray(cuts, np.int32),
+    }
     if not return_numpy:
       out = {k: v.tolist() for k, v in out.items()}
     return out
@@ -344,23 +389,30 @@ class ByteTokenizer:
     if arr.ndim == 0:
       arr = arr.reshape(1)
     if arr.ndim != 1:
-      raise ValueError(f'ids must be 1-D, got shape {arr.shape}; use '
-                       'batch_decode for a batch.')
-    if arr.size and not (np.issubdtype(arr.dtype, np.integer)
-                         and arr.dtype != np.bool_):
+      raise ValueError(
+        f'ids must be 1-D, got shape {arr.shape}; use batch_decode for a batch.'
+      )
+    if arr.size and not (
+      np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_
+    ):
       raise TypeError(f'ids must be integers, got dtype {arr.dtype}.')
     arr = arr.astype(np.int64)
     bad = np.flatnonzero((arr < 0) | (arr >= VOCAB_SIZE))
     if bad.size:
       raise ValueError(
-          f'ids must be in [0, {VOCAB_SIZE}); got {arr[bad[:5]].tolist()} at '
-          f'positions {bad[:5].tolist()}.')
+        f'ids must be in [0, {VOCAB_SIZE}); got {arr[bad[:5]].tolist()} at '
+        f'positions {bad[:5].tolist()}.'
+      )
     return arr
 
   def convert_ids_to_tokens(self, ids: Any) -> list[str]:
     """HF's tokens: '[CLS]'-style strings for specials, chr(byte) otherwise."""
-    return [SPECIAL_TOKENS[i] if i < NUM_SPECIAL_TOKENS
-            else chr(i - NUM_SPECIAL_TOKENS) for i in self._check_ids(ids).tolist()]
+    return [
+      SPECIAL_TOKENS[i]
+      if i < NUM_SPECIAL_TOKENS
+      else chr(i - NUM_SPECIAL_TOKENS)
+      for i in self._check_ids(ids).tolist()
+    ]
 
   def ids_to_bytes(self, ids: Any, skip_special_tokens: bool = False) -> bytes:
     """Raw bytes of ids; specials become their ASCII strings unless skipped."""
@@ -387,8 +439,12 @@ class ByteTokenizer:
     Returns:
       The decoded string.
     """
-    return self.ids_to_bytes(ids, skip_special_tokens).decode('utf-8', errors='replace')
+    return self.ids_to_bytes(ids, skip_special_tokens).decode(
+      'utf-8', errors='replace'
+    )
 
-  def batch_decode(self, batch_ids: Any, skip_special_tokens: bool = False) -> list[str]:
+  def batch_decode(
+    self, batch_ids: Any, skip_special_tokens: bool = False
+  ) -> list[str]:
     """`decode` on each row of a [B, L] array or a list of id lists."""
     return [self.decode(row, skip_special_tokens) for row in batch_ids]

@@ -38,10 +38,11 @@ def subprocess_env(tmp_path_factory):
   env = dict(os.environ)
   env['JAX_PLATFORMS'] = 'cpu'
   env['PYTHONPATH'] = os.pathsep.join(
-      [REPO_ROOT] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep)
-                     if p])
+    [REPO_ROOT] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p]
+  )
   env['JAX_COMPILATION_CACHE_DIR'] = str(
-      tmp_path_factory.mktemp('jax_compilation_cache'))
+    tmp_path_factory.mktemp('jax_compilation_cache')
+  )
   env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   env.pop('XLA_FLAGS', None)
   env['TF_CPP_MIN_LOG_LEVEL'] = '2'

@@ -28,11 +28,13 @@ def fake_glue_run(root, task, records, eval_split='validation', name=None):
   """A GLUE workdir as `eval_lib.glue_summary` reads it: config.json with the
   task and eval split, and metrics.jsonl with `records` (dir: name or task)."""
   from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+
   workdir = os.path.join(root, name or task)
   os.makedirs(workdir)
   workdir_lib.write_json_atomic(
-      os.path.join(workdir, 'config.json'),
-      {'glue_task': task, 'data': {'eval_split': eval_split}})
+    os.path.join(workdir, 'config.json'),
+    {'glue_task': task, 'data': {'eval_split': eval_split}},
+  )
   with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
     for r in records:
       f.write(json.dumps(r) + '\n')
@@ -40,10 +42,14 @@ def fake_glue_run(root, task, records, eval_split='validation', name=None):
 
 def random_image(height, width, seed=0):
   """Uniform noise, uint8 [height, width, 3]: the worst case for resampling."""
-  return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+  return np.random.default_rng(seed).integers(
+    0, 256, (height, width, 3), dtype=np.uint8
+  )
 
 
 def smooth_image(height, width, seed=0):
   """A smooth uint8 [height, width, 3] image (upscaled noise), as photos are."""
   small = random_image(max(height // 16, 2), max(width // 16, 2), seed)
-  return np.asarray(Image.fromarray(small).resize((width, height), Image.BILINEAR))
+  return np.asarray(
+    Image.fromarray(small).resize((width, height), Image.BILINEAR)
+  )

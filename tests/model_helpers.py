@@ -36,7 +36,8 @@ def random_params(module, *args, seed=0):
   cannot hide a mistake.
   """
   shapes = jax.eval_shape(
-      lambda *a: module.init(jax.random.PRNGKey(0), *a), *args)['params']
+    lambda *a: module.init(jax.random.PRNGKey(0), *a), *args
+  )['params']
   rng = np.random.default_rng(seed)
 
   def fill(path, leaf):
@@ -53,8 +54,11 @@ def random_params(module, *args, seed=0):
 
 def apply(module, variables, *args, **kwargs):
   """Jitted `module.apply` (one compilation instead of one per op)."""
-  return np.asarray(jax.jit(lambda v, *a: module.apply(v, *a, **kwargs),
-                            compiler_options=JIT_OPTIONS)(variables, *args))
+  return np.asarray(
+    jax.jit(
+      lambda v, *a: module.apply(v, *a, **kwargs), compiler_options=JIT_OPTIONS
+    )(variables, *args)
+  )
 
 
 def as_float64(tree):
@@ -64,20 +68,27 @@ def as_float64(tree):
 def grads_of(fn, args, seed=3):
   """Output and d/d(args) of a fixed random projection of fn(*args)."""
   out_shape = jax.eval_shape(fn, *args).shape
-  proj = np.random.default_rng(seed).standard_normal(out_shape).astype(
-      np.float32)
+  proj = (
+    np.random.default_rng(seed).standard_normal(out_shape).astype(np.float32)
+  )
   loss = lambda *a: jnp.sum(fn(*a).astype(jnp.float32) * proj)
-  run = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(args)))),
-                compiler_options=JIT_OPTIONS)
+  run = jax.jit(
+    jax.value_and_grad(loss, argnums=tuple(range(len(args)))),
+    compiler_options=JIT_OPTIONS,
+  )
   return run(*args)
 
 
 def mha(impl='einsum', qk=24, v=12, heads=3, out=10, dropout=0.0, **options):
   """A MultiHeadAttention with `attention_impl=impl` (and other options)."""
   return attn.MultiHeadAttention(
-      num_heads=heads, qk_channels=qk, v_channels=v, output_channels=out,
-      dropout_rate=dropout,
-      kernel_options=kernels.KernelOptions(attention=impl, **options))
+    num_heads=heads,
+    qk_channels=qk,
+    v_channels=v,
+    output_channels=out,
+    dropout_rate=dropout,
+    kernel_options=kernels.KernelOptions(attention=impl, **options),
+  )
 
 
 # ---------------------------------------------------------- NumPy reference --
@@ -92,21 +103,24 @@ def ref_layer_norm(p, x, eps=1e-5):
 
 
 def ref_gelu_tanh(x):
-  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
 
 
 def ref_attention(p, xq, xkv, heads, mask=None):
   """Multi-head attention, one batch element and one head at a time."""
-  q, k, v = ref_dense(p['query'], xq), ref_dense(p['key'], xkv), ref_dense(
-      p['value'], xkv)
+  q, k, v = (
+    ref_dense(p['query'], xq),
+    ref_dense(p['key'], xkv),
+    ref_dense(p['value'], xkv),
+  )
   b, t, s = q.shape[0], q.shape[1], k.shape[1]
   dq, dv = q.shape[-1] // heads, v.shape[-1] // heads
   out = np.zeros((b, t, v.shape[-1]))
   for n in range(b):
     for h in range(heads):
-      qh = q[n, :, h * dq:(h + 1) * dq]
-      kh = k[n, :, h * dq:(h + 1) * dq]
-      vh = v[n, :, h * dv:(h + 1) * dv]
+      qh = q[n, :, h * dq : (h + 1) * dq]
+      kh = k[n, :, h * dq : (h + 1) * dq]
+      vh = v[n, :, h * dv : (h + 1) * dv]
       logits = qh @ kh.T / np.sqrt(dq)
       for i in range(t):
         valid = np.ones(s, bool) if mask is None else mask[n, i]
@@ -114,7 +128,7 @@ def ref_attention(p, xq, xkv, heads, mask=None):
           continue  # Official: a fully masked query row outputs zeros.
         row = np.where(valid, logits[i], -np.inf)
         w = np.exp(row - row.max())
-        out[n, i, h * dv:(h + 1) * dv] = (w / w.sum()) @ vh
+        out[n, i, h * dv : (h + 1) * dv] = (w / w.sum()) @ vh
   return ref_dense(p['output'], out)
 
 
@@ -123,8 +137,13 @@ def ref_mlp(p, x):
 
 
 def ref_cross_block(p, xq, xkv, heads, residual, mask=None):
-  a = ref_attention(p['attention'], ref_layer_norm(p['query_norm'], xq),
-                    ref_layer_norm(p['kv_norm'], xkv), heads, mask)
+  a = ref_attention(
+    p['attention'],
+    ref_layer_norm(p['query_norm'], xq),
+    ref_layer_norm(p['kv_norm'], xkv),
+    heads,
+    mask,
+  )
   x = xq + a if residual else a
   return x + ref_mlp(p['mlp'], ref_layer_norm(p['mlp_norm'], x))
 

@@ -168,12 +168,14 @@ def new_modality(tmp_path, monkeypatch):
   (tmp_path / 'tasks' / 'tone_band.py').write_text(TASK_MODULE)
   (tmp_path / 'configs').mkdir()
   (tmp_path / 'configs' / 'tone_band.py').write_text(CONFIG_MODULE)
-  monkeypatch.setattr(tasks, '__path__', [*tasks.__path__,
-                                          str(tmp_path / 'tasks')])
+  monkeypatch.setattr(
+    tasks, '__path__', [*tasks.__path__, str(tmp_path / 'tasks')]
+  )
   monkeypatch.setattr(sys, 'path', [str(tmp_path), *sys.path])
   # The registries are restored afterwards (the module registers once).
-  monkeypatch.setattr(preprocessors, 'PREPROCESSORS',
-                      dict(preprocessors.PREPROCESSORS))
+  monkeypatch.setattr(
+    preprocessors, 'PREPROCESSORS', dict(preprocessors.PREPROCESSORS)
+  )
   monkeypatch.setattr(presets, 'PRESETS', dict(presets.PRESETS))
   for name in ('experiments.tasks.tone_band', 'series_modality'):
     monkeypatch.delitem(sys.modules, name, raising=False)
@@ -181,8 +183,7 @@ def new_modality(tmp_path, monkeypatch):
 
 
 def test_a_new_modality_trains_evaluates_and_predicts(new_modality):
-  config = cli.load_config_file(str(new_modality / 'configs' /
-                                    'tone_band.py'))
+  config = cli.load_config_file(str(new_modality / 'configs' / 'tone_band.py'))
   workdir = str(new_modality / 'run')
   result = train_lib.train_and_evaluate(config, workdir)
   assert result['step'] == 2
@@ -204,8 +205,9 @@ def test_a_new_modality_trains_evaluates_and_predicts(new_modality):
 
 
 def test_a_type_registers_once_and_must_be_a_module():
-  with pytest.raises(ValueError, match="preprocessor type 'text' is already "
-                     'registered'):
+  with pytest.raises(
+    ValueError, match="preprocessor type 'text' is already registered"
+  ):
     preprocessors.register('text')(type('X', (), {}))
   with pytest.raises(TypeError, match='takes a flax.linen.Module class'):
     preprocessors.register('not_a_module_type')(object)
@@ -214,6 +216,9 @@ def test_a_type_registers_once_and_must_be_a_module():
     postprocessors.register('audio')(type('X', (), {}))
   with pytest.raises(ValueError, match="preset 'imagenet_fourier' is already"):
     presets.register('imagenet_fourier')(lambda: {})
-  with pytest.raises(ValueError, match=r"unknown preprocessor type 'sonar'.*"
-                     r'perceiver_io.preprocessors.register'):
+  with pytest.raises(
+    ValueError,
+    match=r"unknown preprocessor type 'sonar'.*"
+    r'perceiver_io.preprocessors.register',
+  ):
     preprocessors.build_preprocessor({'type': 'sonar'})

@@ -119,8 +119,9 @@ def new_task(tmp_path, monkeypatch):
   (tmp_path / 'tasks' / 'has_x.py').write_text(TASK_MODULE)
   (tmp_path / 'configs').mkdir()
   (tmp_path / 'configs' / 'has_x.py').write_text(CONFIG_MODULE)
-  monkeypatch.setattr(tasks, '__path__', [*tasks.__path__,
-                                          str(tmp_path / 'tasks')])
+  monkeypatch.setattr(
+    tasks, '__path__', [*tasks.__path__, str(tmp_path / 'tasks')]
+  )
   monkeypatch.setattr(sys, 'path', list(sys.path))  # Restored afterwards.
   for name in ('experiments.tasks.has_x', 'has_x'):
     monkeypatch.delitem(sys.modules, name, raising=False)
@@ -156,11 +157,16 @@ def test_a_task_outside_the_package_is_named_by_its_import_path(new_task):
 
 def test_an_unknown_task_lists_the_task_modules(new_task):
   del new_task
-  with pytest.raises(ValueError, match=r"unknown config.task 'has_y'; the "
-                     r'task modules in experiments/tasks/ are classification, '
-                     r'has_x, image_classification, mlm, optical_flow, '
-                     r'regression'):
+  with pytest.raises(
+    ValueError,
+    match=r"unknown config.task 'has_y'; the "
+    r'task modules in experiments/tasks/ are classification, '
+    r'has_x, image_classification, mlm, optical_flow, '
+    r'regression',
+  ):
     tasks.task_class('has_y')
-  with pytest.raises(ValueError, match='defines no class Tsk derived from '
-                     'experiments.tasks.base.Task'):
+  with pytest.raises(
+    ValueError,
+    match='defines no class Tsk derived from experiments.tasks.base.Task',
+  ):
     tasks.task_class('experiments.tasks.mlm:Tsk')

@@ -49,16 +49,28 @@ def test_einsum_attention_matches_numpy(use_mask):
 def test_scale_uses_qk_head_width():
   # One head, one query, two keys, identity projections: logits are q.k / 2
   # for a qk width of 4 -> softmax([4, 0] / 2) = [e^2, 1] / (e^2 + 1).
-  module = attn.MultiHeadAttention(num_heads=1, qk_channels=4, v_channels=1,
-                                   output_channels=1, kernel_options=EINSUM)
+  module = attn.MultiHeadAttention(
+    num_heads=1,
+    qk_channels=4,
+    v_channels=1,
+    output_channels=1,
+    kernel_options=EINSUM,
+  )
   eye = {'kernel': np.eye(4, dtype=np.float32), 'bias': np.zeros(4, np.float32)}
-  params = {'query': eye, 'key': eye,
-            'value': {'kernel': np.array([[1.], [0.], [0.], [0.]], np.float32),
-                      'bias': np.zeros(1, np.float32)},
-            'output': {'kernel': np.ones((1, 1), np.float32),
-                       'bias': np.zeros(1, np.float32)}}
-  xq = np.array([[[2., 0., 0., 0.]]], np.float32)
-  xkv = np.array([[[2., 0., 0., 0.], [0., 0., 0., 0.]]], np.float32)
+  params = {
+    'query': eye,
+    'key': eye,
+    'value': {
+      'kernel': np.array([[1.0], [0.0], [0.0], [0.0]], np.float32),
+      'bias': np.zeros(1, np.float32),
+    },
+    'output': {
+      'kernel': np.ones((1, 1), np.float32),
+      'bias': np.zeros(1, np.float32),
+    },
+  }
+  xq = np.array([[[2.0, 0.0, 0.0, 0.0]]], np.float32)
+  xkv = np.array([[[2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]], np.float32)
   got = apply(module, {'params': params}, xq, xkv)
   w = np.exp(2.0) / (np.exp(2.0) + 1.0)
   np.testing.assert_allclose(got[0, 0, 0], w * 2.0, rtol=1e-6)
@@ -81,9 +93,12 @@ def test_fused_equals_einsum(use_mask):
   xq, xkv = rand(2, 5, 16), rand(2, 7, 12)
   mask = random_mask(2, 5, 7, full_rows=[(0, 4)]) if use_mask else None
   params = random_params(mha('einsum', qk=16, v=16, heads=4), xq, xkv)
-  outs = {impl: apply(mha(impl, qk=16, v=16, heads=4), {'params': params},
-                       xq, xkv, mask)
-          for impl in ('einsum', 'fused', 'xla', 'auto')}
+  outs = {
+    impl: apply(
+      mha(impl, qk=16, v=16, heads=4), {'params': params}, xq, xkv, mask
+    )
+    for impl in ('einsum', 'fused', 'xla', 'auto')
+  }
   for impl in ('fused', 'xla', 'auto'):
     np.testing.assert_allclose(outs[impl], outs['einsum'], atol=1e-5)
   expected = ref_attention(as_float64(params), xq, xkv, 4, mask)
@@ -110,15 +125,19 @@ def test_attention_dropout():
   v = {'params': random_params(module, xq, xkv)}
   plain = apply(mha('einsum', qk=8, v=8, heads=2, out=8), v, xq, xkv)
   # Deterministic: no dropout and no rng needed.
-  np.testing.assert_allclose(apply(module, v, xq, xkv, deterministic=True),
-                             plain, atol=1e-5)
+  np.testing.assert_allclose(
+    apply(module, v, xq, xkv, deterministic=True), plain, atol=1e-5
+  )
   # Training: needs a 'dropout' rng.
   with pytest.raises(flax.errors.InvalidRngError, match='dropout'):
     module.apply(v, xq, xkv, deterministic=False)
 
-  train = jax.jit(lambda v, q, kv, k: module.apply(
-      v, q, kv, deterministic=False, rngs={'dropout': k}),
-                  compiler_options=JIT_OPTIONS)
+  train = jax.jit(
+    lambda v, q, kv, k: module.apply(
+      v, q, kv, deterministic=False, rngs={'dropout': k}
+    ),
+    compiler_options=JIT_OPTIONS,
+  )
 
   # Each batch element draws its own mask, so 2000 copies of the input give
   # 2000 independent samples (one compilation: random bits compile slowly).
@@ -127,9 +146,11 @@ def test_attention_dropout():
   assert not np.allclose(outs[0], plain[0], atol=1e-3)
   assert not np.allclose(outs[0], outs[1], atol=1e-3)
   np.testing.assert_array_equal(
-      outs, train(v, many_q, many_kv, jax.random.PRNGKey(1)))  # Same key.
+    outs, train(v, many_q, many_kv, jax.random.PRNGKey(1))
+  )  # Same key.
   assert not np.allclose(
-      outs, train(v, many_q, many_kv, jax.random.PRNGKey(2)), atol=1e-3)
+    outs, train(v, many_q, many_kv, jax.random.PRNGKey(2)), atol=1e-3
+  )
   # Inverted dropout (weights / keep prob) is unbiased: the mean over the
   # samples approaches the deterministic output (within 5 standard errors).
   stderr = outs.std(axis=0) / np.sqrt(len(outs))
@@ -147,10 +168,14 @@ def test_make_cross_attention_mask():
 @pytest.mark.parametrize('residual', [True, False])
 def test_cross_attention_block_matches_numpy(residual):
   xq, xkv = rand(2, 4, 12), rand(2, 6, 20)
-  block = attn.CrossAttentionBlock(num_heads=2, qk_channels=8, v_channels=6,
-                                   widening_factor=2,
-                                   use_query_residual=residual,
-                                   kernel_options=EINSUM)
+  block = attn.CrossAttentionBlock(
+    num_heads=2,
+    qk_channels=8,
+    v_channels=6,
+    widening_factor=2,
+    use_query_residual=residual,
+    kernel_options=EINSUM,
+  )
   params = random_params(block, xq, xkv)
   mask = random_mask(2, 4, 6, full_rows=[(0, 1)])
   got = apply(block, {'params': params}, xq, xkv, mask)
@@ -191,23 +216,34 @@ def test_cross_attention_width_defaults():
 
 def test_self_attention_block_matches_numpy():
   x = rand(2, 5, 16)
-  block = attn.SelfAttentionBlock(num_heads=4, qk_channels=8, widening_factor=3,
-                                  v_channels=16, kernel_options=EINSUM)
+  block = attn.SelfAttentionBlock(
+    num_heads=4,
+    qk_channels=8,
+    widening_factor=3,
+    v_channels=16,
+    kernel_options=EINSUM,
+  )
   params = random_params(block, x)
   assert params['mlp']['dense1']['kernel'].shape == (16, 48)
   got = apply(block, {'params': params}, x)
-  np.testing.assert_allclose(got, ref_self_block(as_float64(params), x, 4),
-                             atol=2e-5, rtol=1e-5)
+  np.testing.assert_allclose(
+    got, ref_self_block(as_float64(params), x, 4), atol=2e-5, rtol=1e-5
+  )
 
 
 # ------------------------------------------------------------------ encoder --
 def _encoder(num_blocks, per_block):
-  return PerceiverEncoder(num_latents=4, latent_channels=16,
-                          num_blocks=num_blocks,
-                          num_self_attends_per_block=per_block,
-                          num_cross_attend_heads=1, num_self_attend_heads=2,
-                          qk_channels=8, v_channels=16,
-                          kernel_options=EINSUM)
+  return PerceiverEncoder(
+    num_latents=4,
+    latent_channels=16,
+    num_blocks=num_blocks,
+    num_self_attends_per_block=per_block,
+    num_cross_attend_heads=1,
+    num_self_attend_heads=2,
+    qk_channels=8,
+    v_channels=16,
+    kernel_options=EINSUM,
+  )
 
 
 def test_encoder_shares_weights_across_blocks():
@@ -243,20 +279,24 @@ def test_encoder_masked_inputs_are_ignored():
   other = x.copy()
   other[:, 3:] = rand(1, 3, 5)  # Change only the masked elements.
   run = jax.jit(enc.apply, compiler_options=JIT_OPTIONS)
-  np.testing.assert_allclose(run(variables, x, mask), run(variables, other,
-                                                          mask), atol=1e-6)
-  assert not np.allclose(run(variables, x, None), run(variables, other, None),
-                         atol=1e-4)
+  np.testing.assert_allclose(
+    run(variables, x, mask), run(variables, other, mask), atol=1e-6
+  )
+  assert not np.allclose(
+    run(variables, x, None), run(variables, other, None), atol=1e-4
+  )
 
 
 def test_encoder_heads_must_divide_latent_width():
-  enc = PerceiverEncoder(num_latents=2, latent_channels=10,
-                         num_self_attend_heads=4, num_blocks=1,
-                         num_self_attends_per_block=1)
+  enc = PerceiverEncoder(
+    num_latents=2,
+    latent_channels=10,
+    num_self_attend_heads=4,
+    num_blocks=1,
+    num_self_attends_per_block=1,
+  )
   with pytest.raises(ValueError, match='divisible'):
     random_params(enc, jnp.zeros((1, 3, 4)))
-
-
 
 
 # ------------------------------------------ transformations, default kernels --
@@ -264,17 +304,20 @@ def _tiny_model_and_inputs(name):
   from perceiver_io import presets  # pylint: disable=g-import-not-at-top
   from perceiver_io.model import build_model  # pylint: disable=g-import-not-at-top
   from perceiver_io.model import example_inputs  # pylint: disable=g-import-not-at-top
+
   config = presets.get_config(name)
   model = build_model(config)  # The library's defaults.
   shape = example_inputs(config, 2)[0].shape
   if name.startswith('tiny_text'):
     return model, np.random.default_rng(0).integers(6, 262, shape).astype(
-        np.int32)
+      np.int32
+    )
   return model, rand(*shape)
 
 
-@pytest.mark.parametrize('name', ['tiny_text_classification',
-                                  'tiny_imagenet_fourier'])
+@pytest.mark.parametrize(
+  'name', ['tiny_text_classification', 'tiny_imagenet_fourier']
+)
 def test_every_transformation_on_the_default_options(name):
   # The library's default kernels are plain Flax/JAX, so grad, jvp, jacfwd,
   # vmap and grad-of-grad all go through the whole model on this backend
@@ -282,8 +325,11 @@ def test_every_transformation_on_the_default_options(name):
   model, x = _tiny_model_and_inputs(name)
   assert model.config.get('attention_impl', 'xla') == 'xla'
   params = model.init(jax.random.PRNGKey(0), x[:1])['params']
-  kwargs = ({'attention_mask': np.ones(x.shape, np.int32)}
-            if x.dtype == np.int32 else {})
+  kwargs = (
+    {'attention_mask': np.ones(x.shape, np.int32)}
+    if x.dtype == np.int32
+    else {}
+  )
   if name.startswith('tiny_text'):
     f = lambda p: jnp.sum(jnp.sin(model.apply({'params': p}, x, **kwargs)))
     scale = jax.tree_util.tree_map(jnp.ones_like, params)
@@ -291,8 +337,12 @@ def test_every_transformation_on_the_default_options(name):
     # Forward mode: the directional derivative along `scale` equals the
     # gradient's dot product with it.
     _, tangent = jax.jvp(f, (params,), (scale,))
-    dot = sum(jnp.sum(a * b) for a, b in zip(jax.tree_util.tree_leaves(g),
-                                             jax.tree_util.tree_leaves(scale)))
+    dot = sum(
+      jnp.sum(a * b)
+      for a, b in zip(
+        jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(scale)
+      )
+    )
     np.testing.assert_allclose(tangent, dot, rtol=2e-3)
     # Grad of grad: d/dt of the gradient's norm along the same direction.
     hvp = jax.jvp(jax.grad(f), (params,), (scale,))[1]
@@ -301,14 +351,19 @@ def test_every_transformation_on_the_default_options(name):
   # Images: jacfwd and jacrev of the logits w.r.t. one pixel row agree, and
   # vmap over single images equals the batched call.
   row = lambda r: model.apply(
-      {'params': params}, jnp.concatenate([r[:, None], x[:, 1:]], axis=1))
+    {'params': params}, jnp.concatenate([r[:, None], x[:, 1:]], axis=1)
+  )
   r0 = jnp.asarray(x[:, 0])
   fwd, rev = jax.jacfwd(row)(r0), jax.jacrev(row)(r0)
   np.testing.assert_allclose(fwd, rev, atol=1e-5)
   single = jax.vmap(lambda img: model.apply({'params': params}, img[None])[0])
-  np.testing.assert_allclose(single(x), model.apply({'params': params}, x),
-                             atol=1e-5)
-  second = jax.grad(lambda a: jnp.sum(jax.grad(
-      lambda b: jnp.sum(model.apply({'params': params}, b) ** 2))(a) ** 2))(
-          jnp.asarray(x))
+  np.testing.assert_allclose(
+    single(x), model.apply({'params': params}, x), atol=1e-5
+  )
+  second = jax.grad(
+    lambda a: jnp.sum(
+      jax.grad(lambda b: jnp.sum(model.apply({'params': params}, b) ** 2))(a)
+      ** 2
+    )
+  )(jnp.asarray(x))
   assert np.all(np.isfinite(second)) and np.abs(second).max() > 0

@@ -41,8 +41,9 @@ def _real_rows(batches, key):
 
 
 def _ids(text, pair=None, max_length=32):
-  return TOK.encode(text, pair, max_length=max_length, truncation=True,
-                    padding='max_length')['input_ids']
+  return TOK.encode(
+    text, pair, max_length=max_length, truncation=True, padding='max_length'
+  )['input_ids']
 
 
 @pytest.fixture()
@@ -54,7 +55,9 @@ def numbered_tsv(tmp_path):
 
 # ------------------------------------------------------------- split syntax
 def test_parse_split_by_hand():
-  select = lambda s, n: [i for p in text_lib.parse_split(s) for i in p.indices(n)]
+  select = lambda s, n: [
+    i for p in text_lib.parse_split(s) for i in p.indices(n)
+  ]
   assert select('train', 5) == [0, 1, 2, 3, 4]
   assert select('train[:3]+train[-2:]', 10) == [0, 1, 2, 8, 9]
   assert select('dev[2:4]', 10) == [2, 3]
@@ -69,89 +72,175 @@ def test_parse_split_by_hand():
 
 # ---------------------------------------------------------------- formats
 def test_tsv_with_bom_quotes_and_invalid_utf8(tmp_path):
-  rows = ['he said "great', 'a "quoted" word', '', "it's \u00e9t\u00e9 \U0001f600"]
-  data = ('\ufeffsentence\tlabel\n' + ''.join(f'{r}\t{i % 2}\n' for i, r in enumerate(rows)))
+  rows = [
+    'he said "great',
+    'a "quoted" word',
+    '',
+    "it's \u00e9t\u00e9 \U0001f600",
+  ]
+  data = '\ufeffsentence\tlabel\n' + ''.join(
+    f'{r}\t{i % 2}\n' for i, r in enumerate(rows)
+  )
   data = data.encode('utf-8') + b'bad \xff\xfe bytes\t1\n'
   path = _write(str(tmp_path / 'dev.tsv'), data)
-  ds, info = text_lib.make_text_dataset(f'tsv:{path}', 'dev', max_length=32, batch_size=8,
-                                        repeat=False)
+  ds, info = text_lib.make_text_dataset(
+    f'tsv:{path}', 'dev', max_length=32, batch_size=8, repeat=False
+  )
   (batch,) = _all_batches(ds)
   assert info.text_fields == ('sentence',) and info.label_field == 'label'
   want = [_ids(r) for r in rows] + [_ids(b'bad \xff\xfe bytes')]
   np.testing.assert_array_equal(batch['input_ids'][:5], want)
   np.testing.assert_array_equal(batch['label'][:5], [0, 1, 0, 1, 1])
   np.testing.assert_array_equal(batch['mask'], [1, 1, 1, 1, 1, 0, 0, 0])
-  assert batch['input_ids'].dtype == np.int32 and batch['attention_mask'].dtype == np.int32
+  assert (
+    batch['input_ids'].dtype == np.int32
+    and batch['attention_mask'].dtype == np.int32
+  )
   assert batch['label'].dtype == np.int32 and batch['mask'].dtype == np.float32
   assert info.stats.num_empty == 1 and info.stats.num_invalid_utf8 == 1
   assert info.stats.label_counts == {0: 2, 1: 3}
 
 
 def test_csv_pairs_with_quoted_commas_and_newlines(tmp_path):
-  path = _write(str(tmp_path / 'train.csv'),
-                'id,q1,q2,label\n'
-                '1,"a, b","line one\nline two",yes\n'
-                '2,"say ""hi""",plain,no\n')
+  path = _write(
+    str(tmp_path / 'train.csv'),
+    'id,q1,q2,label\n'
+    '1,"a, b","line one\nline two",yes\n'
+    '2,"say ""hi""",plain,no\n',
+  )
   ds, info = text_lib.make_text_dataset(
-      f'csv:{path}', 'train', max_length=40, batch_size=2, repeat=False,
-      text_fields=('q1', 'q2'), label_field='label', classes=['no', 'yes'])
+    f'csv:{path}',
+    'train',
+    max_length=40,
+    batch_size=2,
+    repeat=False,
+    text_fields=('q1', 'q2'),
+    label_field='label',
+    classes=['no', 'yes'],
+  )
   (batch,) = _all_batches(ds)
-  np.testing.assert_array_equal(batch['input_ids'], [
-      _ids('a, b', 'line one\nline two', 40), _ids('say "hi"', 'plain', 40)])
+  np.testing.assert_array_equal(
+    batch['input_ids'],
+    [_ids('a, b', 'line one\nline two', 40), _ids('say "hi"', 'plain', 40)],
+  )
   np.testing.assert_array_equal(batch['label'], [1, 0])
   assert info.classes == ('no', 'yes') and info.num_classes == 2
 
 
 def test_jsonl_pairs_guessed_fields_and_split_file_template(tmp_path):
   for name, n in (('train', 5), ('dev', 3)):
-    _write(str(tmp_path / f'{name}.jsonl'), ''.join(
-        json.dumps({'premise': f'{name} p{i}', 'hypothesis': f'h{i}',
-                    'label': ['entailment', 'neutral', 'contradiction'][i % 3]}) + '\n'
-        for i in range(n)))
+    _write(
+      str(tmp_path / f'{name}.jsonl'),
+      ''.join(
+        json.dumps(
+          {
+            'premise': f'{name} p{i}',
+            'hypothesis': f'h{i}',
+            'label': ['entailment', 'neutral', 'contradiction'][i % 3],
+          }
+        )
+        + '\n'
+        for i in range(n)
+      ),
+    )
   source = f'jsonl:{tmp_path}/{{split}}.jsonl'
   ds, info = text_lib.make_text_dataset(
-      source, 'train[-2:]+dev[:1]', max_length=24, batch_size=4, repeat=False,
-      classes=text_lib.GLUE_TASKS['mnli'].classes)
+    source,
+    'train[-2:]+dev[:1]',
+    max_length=24,
+    batch_size=4,
+    repeat=False,
+    classes=text_lib.GLUE_TASKS['mnli'].classes,
+  )
   (batch,) = _all_batches(ds)
-  assert info.text_fields == ('premise', 'hypothesis') and info.num_examples == 3
-  np.testing.assert_array_equal(batch['input_ids'][:3], [
-      _ids('train p3', 'h3', 24), _ids('train p4', 'h4', 24), _ids('dev p0', 'h0', 24)])
+  assert (
+    info.text_fields == ('premise', 'hypothesis') and info.num_examples == 3
+  )
+  np.testing.assert_array_equal(
+    batch['input_ids'][:3],
+    [
+      _ids('train p3', 'h3', 24),
+      _ids('train p4', 'h4', 24),
+      _ids('dev p0', 'h0', 24),
+    ],
+  )
   np.testing.assert_array_equal(batch['label'][:3], [0, 1, 0])
 
 
 def test_aclimdb_layout(tmp_path):
-  reviews = {('train', 'neg', '3_2'): 'awful', ('train', 'pos', '1_9'): 'great <br />film',
-             ('train', 'pos', '10_8'): 'good', ('train', 'neg', '2_1'): 'bad',
-             ('test', 'pos', '0_10'): 'fine'}
+  reviews = {
+    ('train', 'neg', '3_2'): 'awful',
+    ('train', 'pos', '1_9'): 'great <br />film',
+    ('train', 'pos', '10_8'): 'good',
+    ('train', 'neg', '2_1'): 'bad',
+    ('test', 'pos', '0_10'): 'fine',
+  }
   for (split, label, stem), review in reviews.items():
     _write(str(tmp_path / 'aclImdb' / split / label / f'{stem}.txt'), review)
-  ds, info = text_lib.make_text_dataset(f'aclimdb:{tmp_path}/aclImdb', 'train',
-                                        max_length=20, batch_size=4, repeat=False)
+  ds, info = text_lib.make_text_dataset(
+    f'aclimdb:{tmp_path}/aclImdb',
+    'train',
+    max_length=20,
+    batch_size=4,
+    repeat=False,
+  )
   (batch,) = _all_batches(ds)
   # Ordered by review id: 1 (pos), 2 (neg), 3 (neg), 10 (pos).
-  np.testing.assert_array_equal(batch['input_ids'], [
-      _ids('great <br />film', max_length=20), _ids('bad', max_length=20),
-      _ids('awful', max_length=20), _ids('good', max_length=20)])
+  np.testing.assert_array_equal(
+    batch['input_ids'],
+    [
+      _ids('great <br />film', max_length=20),
+      _ids('bad', max_length=20),
+      _ids('awful', max_length=20),
+      _ids('good', max_length=20),
+    ],
+  )
   np.testing.assert_array_equal(batch['label'], [1, 0, 0, 1])
   assert info.classes == ('neg', 'pos')
-  _, test_info = text_lib.make_text_dataset(f'aclimdb:{tmp_path}/aclImdb', 'test',
-                                            max_length=20, batch_size=4, repeat=False)
+  _, test_info = text_lib.make_text_dataset(
+    f'aclimdb:{tmp_path}/aclImdb',
+    'test',
+    max_length=20,
+    batch_size=4,
+    repeat=False,
+  )
   assert test_info.num_examples == 1
 
 
 def test_headerless_tsv_by_column_index_and_regression(tmp_path):
-  path = _write(str(tmp_path / 'cola.tsv'), 'gj04\t1\t\tThe cat sat.\ngj04\t0\t*\tCat the sat.\n')
-  ds, _ = text_lib.make_text_dataset(f'tsv:{path}', 'x', max_length=16, batch_size=2,
-                                     repeat=False, has_header=False, text_fields=(3,),
-                                     label_field=1)
+  path = _write(
+    str(tmp_path / 'cola.tsv'),
+    'gj04\t1\t\tThe cat sat.\ngj04\t0\t*\tCat the sat.\n',
+  )
+  ds, _ = text_lib.make_text_dataset(
+    f'tsv:{path}',
+    'x',
+    max_length=16,
+    batch_size=2,
+    repeat=False,
+    has_header=False,
+    text_fields=(3,),
+    label_field=1,
+  )
   (batch,) = _all_batches(ds)
-  np.testing.assert_array_equal(batch['input_ids'], [_ids('The cat sat.', max_length=16),
-                                                     _ids('Cat the sat.', max_length=16)])
+  np.testing.assert_array_equal(
+    batch['input_ids'],
+    [_ids('The cat sat.', max_length=16), _ids('Cat the sat.', max_length=16)],
+  )
   np.testing.assert_array_equal(batch['label'], [1, 0])
-  path = _write(str(tmp_path / 'sts.tsv'), 's1\ts2\tscore\na\tb\t4.750\nc\td\t0.0\n')
-  ds, info = text_lib.make_text_dataset(f'tsv:{path}', 'dev', max_length=8, batch_size=2,
-                                        repeat=False, task='regression',
-                                        text_fields=('s1', 's2'), label_field='score')
+  path = _write(
+    str(tmp_path / 'sts.tsv'), 's1\ts2\tscore\na\tb\t4.750\nc\td\t0.0\n'
+  )
+  ds, info = text_lib.make_text_dataset(
+    f'tsv:{path}',
+    'dev',
+    max_length=8,
+    batch_size=2,
+    repeat=False,
+    task='regression',
+    text_fields=('s1', 's2'),
+    label_field='score',
+  )
   (batch,) = _all_batches(ds)
   assert batch['label'].dtype == np.float32
   np.testing.assert_allclose(batch['label'], [4.75, 0.0])
@@ -160,8 +249,14 @@ def test_headerless_tsv_by_column_index_and_regression(tmp_path):
 
 def test_unlabelled_file(tmp_path):
   path = _write(str(tmp_path / 'test.tsv'), 'index\tsentence\n0\tfoo\n1\tbar\n')
-  ds, info = text_lib.make_text_dataset(f'tsv:{path}', 'test', max_length=8, batch_size=2,
-                                        repeat=False, label_field=False)
+  ds, info = text_lib.make_text_dataset(
+    f'tsv:{path}',
+    'test',
+    max_length=8,
+    batch_size=2,
+    repeat=False,
+    label_field=False,
+  )
   (batch,) = _all_batches(ds)
   np.testing.assert_array_equal(batch['label'], [-1, -1])
   assert info.stats.num_unlabeled == 2
@@ -170,20 +265,31 @@ def test_unlabelled_file(tmp_path):
 # ----------------------------------------------------------------- errors
 def test_errors_name_file_and_row(tmp_path):
   make = lambda source, **kw: text_lib.make_text_dataset(
-      source, 'train', max_length=16, batch_size=2, repeat=False, **kw)
+    source, 'train', max_length=16, batch_size=2, repeat=False, **kw
+  )
   missing = str(tmp_path / 'nope.csv')
   with pytest.raises(FileNotFoundError, match='nope.csv'):
     make(f'csv:{missing}')
   path = _write(str(tmp_path / 'a.tsv'), 'sentence\tlabel\nok\t1\nbad\tmaybe\n')
-  with pytest.raises(ValueError, match=r'a\.tsv, row 2 \(line 3\).*maybe.*classes'):
+  with pytest.raises(
+    ValueError, match=r'a\.tsv, row 2 \(line 3\).*maybe.*classes'
+  ):
     make(f'tsv:{path}', classes=['0', '1'])
-  with pytest.raises(ValueError, match=r'a\.tsv.*label column .*polarity.* not in the header'):
+  with pytest.raises(
+    ValueError, match=r'a\.tsv.*label column .*polarity.* not in the header'
+  ):
     make(f'tsv:{path}', label_field='polarity')
   path = _write(str(tmp_path / 'b.tsv'), 'sentence\tlabel\nok\t1\nshort\n')
-  with pytest.raises(ValueError, match=r'b\.tsv, row 2 \(line 3\): has 1 fields'):
+  with pytest.raises(
+    ValueError, match=r'b\.tsv, row 2 \(line 3\): has 1 fields'
+  ):
     make(f'tsv:{path}')
-  path = _write(str(tmp_path / 'c.jsonl'), '{"text": "a", "label": 0}\n\n{"text": "b"}\n')
-  with pytest.raises(ValueError, match=r'c\.jsonl, row 2 \(line 3\): missing label'):
+  path = _write(
+    str(tmp_path / 'c.jsonl'), '{"text": "a", "label": 0}\n\n{"text": "b"}\n'
+  )
+  with pytest.raises(
+    ValueError, match=r'c\.jsonl, row 2 \(line 3\): missing label'
+  ):
     make(f'jsonl:{path}')
   path = _write(str(tmp_path / 'd.csv'), 'text,label\na,1\nb,7\n')
   with pytest.raises(ValueError, match=r'd\.csv, row 2 \(line 3\).*7'):
@@ -204,10 +310,13 @@ def test_errors_name_file_and_row(tmp_path):
 # ---------------------------------------------------------- truncation
 def test_truncation_counts(tmp_path):
   texts = ['x' * 5, 'y' * 9, 'z' * 20, '']
-  path = _write(str(tmp_path / 't.tsv'),
-                'sentence\tlabel\n' + ''.join(f'{t}\t0\n' for t in texts))
-  ds, info = text_lib.make_text_dataset(f'tsv:{path}', 'all', max_length=10, batch_size=4,
-                                        repeat=False)
+  path = _write(
+    str(tmp_path / 't.tsv'),
+    'sentence\tlabel\n' + ''.join(f'{t}\t0\n' for t in texts),
+  )
+  ds, info = text_lib.make_text_dataset(
+    f'tsv:{path}', 'all', max_length=10, batch_size=4, repeat=False
+  )
   (batch,) = _all_batches(ds)
   # Room for 8 bytes: 5 fits, 9 loses 1, 20 loses 12.
   np.testing.assert_array_equal(batch['num_truncated'], [0, 1, 12, 0])
@@ -219,8 +328,14 @@ def test_truncation_counts(tmp_path):
 # ------------------------------------------- determinism, shards, resume
 def test_same_seed_same_batches_other_seed_differs(numbered_tsv):
   make = lambda seed: text_lib.make_text_dataset(
-      f'tsv:{numbered_tsv}', 'train', max_length=16, batch_size=4, repeat=True, seed=seed,
-      shuffle_buffer=100)[0]
+    f'tsv:{numbered_tsv}',
+    'train',
+    max_length=16,
+    batch_size=4,
+    repeat=True,
+    seed=seed,
+    shuffle_buffer=100,
+  )[0]
   first, again, other = _take(make(1), 8), _take(make(1), 8), _take(make(2), 8)
   for a, b in zip(first, again):
     for key in a:
@@ -229,8 +344,14 @@ def test_same_seed_same_batches_other_seed_differs(numbered_tsv):
 
 
 def test_training_epochs_are_permutations(numbered_tsv):
-  ds, info = text_lib.make_text_dataset(f'tsv:{numbered_tsv}', 'train', max_length=16,
-                                        batch_size=1, repeat=True, seed=3)
+  ds, info = text_lib.make_text_dataset(
+    f'tsv:{numbered_tsv}',
+    'train',
+    max_length=16,
+    batch_size=1,
+    repeat=True,
+    seed=3,
+  )
   indices = np.concatenate([b['index'] for b in _take(ds, 3 * 23)])
   epochs = indices.reshape(3, 23)
   for epoch in epochs:
@@ -238,7 +359,9 @@ def test_training_epochs_are_permutations(numbered_tsv):
   assert (epochs[0] != epochs[1]).any() and (epochs[0] != np.arange(23)).any()
   assert info.steps_per_epoch == 23
   batch = _take(ds, 1)[0]
-  assert batch['input_ids'][0].tolist() == _ids(f'example {batch["index"][0]}', max_length=16)
+  assert batch['input_ids'][0].tolist() == _ids(
+    f'example {batch["index"][0]}', max_length=16
+  )
   assert batch['label'][0] == batch['index'][0] % 3
 
 
@@ -247,8 +370,14 @@ def test_two_process_shards_disjoint_and_complete(numbered_tsv, batch_size):
   seen, counts = [], []
   for p in range(2):
     ds, info = text_lib.make_text_dataset(
-        f'tsv:{numbered_tsv}', 'train', max_length=16, batch_size=batch_size, repeat=False,
-        process_index=p, process_count=2)
+      f'tsv:{numbered_tsv}',
+      'train',
+      max_length=16,
+      batch_size=batch_size,
+      repeat=False,
+      process_index=p,
+      process_count=2,
+    )
     batches = _all_batches(ds)
     counts.append(len(batches))
     assert len(batches) == info.num_batches
@@ -260,16 +389,42 @@ def test_two_process_shards_disjoint_and_complete(numbered_tsv, batch_size):
   assert counts[0] == counts[1]  # Same number of eval steps on every process.
   assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(23))
   # Training shards are disjoint too.
-  train = [set(np.concatenate([b['index'] for b in _take(text_lib.make_text_dataset(
-      f'tsv:{numbered_tsv}', 'train', max_length=16, batch_size=2, repeat=True,
-      process_index=p, process_count=2)[0], 6)]).tolist()) for p in range(2)]
+  train = [
+    set(
+      np.concatenate(
+        [
+          b['index']
+          for b in _take(
+            text_lib.make_text_dataset(
+              f'tsv:{numbered_tsv}',
+              'train',
+              max_length=16,
+              batch_size=2,
+              repeat=True,
+              process_index=p,
+              process_count=2,
+            )[0],
+            6,
+          )
+        ]
+      ).tolist()
+    )
+    for p in range(2)
+  ]
   assert not train[0] & train[1] and train[0] | train[1] == set(range(23))
 
 
 def test_resume_gives_the_same_batches(numbered_tsv):
   make = lambda start: text_lib.make_text_dataset(
-      f'tsv:{numbered_tsv}', 'train', max_length=16, batch_size=5, repeat=True, seed=7,
-      shuffle_buffer=8, start_step=start)[0]
+    f'tsv:{numbered_tsv}',
+    'train',
+    max_length=16,
+    batch_size=5,
+    repeat=True,
+    seed=7,
+    shuffle_buffer=8,
+    start_step=start,
+  )[0]
   full = _take(make(0), 14)  # 70 examples: crosses two epoch boundaries of 23.
   for start in (1, 4, 9):
     resumed = _take(make(start), 14 - start)
@@ -279,13 +434,19 @@ def test_resume_gives_the_same_batches(numbered_tsv):
 
 
 def test_eval_padding_mask(numbered_tsv):
-  ds, info = text_lib.make_text_dataset(f'tsv:{numbered_tsv}', 'train[:10]', max_length=16,
-                                        batch_size=4, repeat=False)
+  ds, info = text_lib.make_text_dataset(
+    f'tsv:{numbered_tsv}',
+    'train[:10]',
+    max_length=16,
+    batch_size=4,
+    repeat=False,
+  )
   batches = _all_batches(ds)
   assert len(batches) == info.num_batches == 3
   np.testing.assert_array_equal(batches[-1]['mask'], [1, 1, 0, 0])
-  np.testing.assert_array_equal(np.concatenate([b['index'] for b in batches]),
-                                list(range(10)) + [-1, -1])
+  np.testing.assert_array_equal(
+    np.concatenate([b['index'] for b in batches]), list(range(10)) + [-1, -1]
+  )
   assert all(b['input_ids'].shape == (4, 16) for b in batches)
   # Padding rows are a harmless [CLS][SEP], not an all-masked row.
   assert batches[-1]['input_ids'][3, :3].tolist() == [4, 5, 0]
@@ -296,9 +457,13 @@ def test_eval_padding_mask(numbered_tsv):
 def _random_word_batch(rng, batch, length):
   rows = []
   for _ in range(batch):
-    words = [bytes(rng.integers(97, 123, rng.integers(1, 12)).astype(np.uint8).tobytes())
-             for _ in range(length)]
-    rows.append(b' '.join(words)[:rng.integers(length // 2, length)])
+    words = [
+      bytes(
+        rng.integers(97, 123, rng.integers(1, 12)).astype(np.uint8).tobytes()
+      )
+      for _ in range(length)
+    ]
+    rows.append(b' '.join(words)[: rng.integers(length // 2, length)])
   return TOK.batch_encode(rows, max_length=length)
 
 
@@ -343,9 +508,14 @@ def test_mask_bytes_for_mlm_statistics():
   masked = np.mean(new == 3)
   kept = np.mean(new == ids[chosen])
   randomised = 1 - masked - kept
-  assert 0.77 < masked < 0.83 and 0.08 < kept < 0.12 and 0.08 < randomised < 0.12
+  assert (
+    0.77 < masked < 0.83 and 0.08 < kept < 0.12 and 0.08 < randomised < 0.12
+  )
   assert ((new == 3) | ((new >= 6) & (new < 262))).all()
-  assert out['input_ids'].dtype == np.int32 and out['mlm_weights'].dtype == np.float32
+  assert (
+    out['input_ids'].dtype == np.int32
+    and out['mlm_weights'].dtype == np.float32
+  )
 
 
 def test_mask_bytes_for_mlm_is_a_function_of_the_rng():
@@ -360,29 +530,50 @@ def test_mask_bytes_for_mlm_is_a_function_of_the_rng():
 @pytest.fixture()
 def text_docs(tmp_path):
   for f in range(2):
-    _write(str(tmp_path / f'docs{f}.txt'),
-           ''.join(f'doc {f}-{i} has a few words\n\n' for i in range(15)))
+    _write(
+      str(tmp_path / f'docs{f}.txt'),
+      ''.join(f'doc {f}-{i} has a few words\n\n' for i in range(15)),
+    )
   return f'text:{tmp_path}/docs*.txt'
 
 
 def test_mlm_pipeline_concatenates_and_crops(text_docs):
-  ds, info = text_lib.make_mlm_dataset(text_docs, 'train', max_length=128, batch_size=4,
-                                       repeat=False, docs_per_example=2)
+  ds, info = text_lib.make_mlm_dataset(
+    text_docs,
+    'train',
+    max_length=128,
+    batch_size=4,
+    repeat=False,
+    docs_per_example=2,
+  )
   batches = _all_batches(ds)
   assert info.num_examples == 30 and len(batches) == info.num_batches == 4
   b = batches[0]
   original = np.where(b['mlm_weights'] > 0, b['mlm_labels'], b['input_ids'])
   assert TOK.decode(original[0]).startswith(
-      '[CLS]doc 0-0 has a few words\ndoc 0-1 has a few words[SEP]')
-  assert b['mlm_weights'].sum() > 0 and (b['mlm_labels'][b['mlm_weights'] == 0] == -100).all()
-  np.testing.assert_array_equal(batches[-1]['mask'], [1, 1, 1, 0])  # 15 groups, 4 batches.
+    '[CLS]doc 0-0 has a few words\ndoc 0-1 has a few words[SEP]'
+  )
+  assert (
+    b['mlm_weights'].sum() > 0
+    and (b['mlm_labels'][b['mlm_weights'] == 0] == -100).all()
+  )
+  np.testing.assert_array_equal(
+    batches[-1]['mask'], [1, 1, 1, 0]
+  )  # 15 groups, 4 batches.
   assert (batches[-1]['mlm_weights'][3] == 0).all()
   # A short max_length crops a random window of each group of joined documents.
-  ds, _ = text_lib.make_mlm_dataset(text_docs, 'train', max_length=20, batch_size=5,
-                                    repeat=False, docs_per_example=3, seed=1)
+  ds, _ = text_lib.make_mlm_dataset(
+    text_docs,
+    'train',
+    max_length=20,
+    batch_size=5,
+    repeat=False,
+    docs_per_example=3,
+    seed=1,
+  )
   b = _take(ds, 1)[0]
   docs = [f'doc {f}-{i} has a few words' for f in range(2) for i in range(15)]
-  groups = ['\n'.join(docs[3 * g:3 * g + 3]) for g in range(5)]
+  groups = ['\n'.join(docs[3 * g : 3 * g + 3]) for g in range(5)]
   original = np.where(b['mlm_weights'] > 0, b['mlm_labels'], b['input_ids'])
   assert (b['attention_mask'] == 1).all()
   starts = []
@@ -397,8 +588,17 @@ def test_mlm_pipeline_concatenates_and_crops(text_docs):
 
 def test_mlm_resume_and_shards(text_docs):
   make = lambda start, p=0: text_lib.make_mlm_dataset(
-      text_docs, 'train', max_length=32, batch_size=2, repeat=True, docs_per_example=2,
-      seed=4, start_step=start, process_index=p, process_count=2)[0]
+    text_docs,
+    'train',
+    max_length=32,
+    batch_size=2,
+    repeat=True,
+    docs_per_example=2,
+    seed=4,
+    start_step=start,
+    process_index=p,
+    process_count=2,
+  )[0]
   full = _take(make(0), 9)  # 36 documents from a shard of 15: crosses epochs.
   resumed = _take(make(5), 4)
   for a, b in zip(full[5:], resumed):
@@ -412,72 +612,141 @@ def test_mlm_resume_and_shards(text_docs):
 @pytest.fixture()
 def mocked_tfds():
   import tensorflow_datasets as tfds
+
   # mock_data serves random examples from the dataset's code-defined features;
   # it does not mark the builder prepared, so the prepared check is patched.
-  with mock.patch.object(tfds.core.DatasetBuilder, 'is_prepared', return_value=True), \
-      tfds.testing.mock_data(num_examples=10):
+  with (
+    mock.patch.object(
+      tfds.core.DatasetBuilder, 'is_prepared', return_value=True
+    ),
+    tfds.testing.mock_data(num_examples=10),
+  ):
     yield tfds
 
 
 def test_tfds_imdb_and_mrpc_under_mock_data(mocked_tfds):
-  ds, info = text_lib.make_text_dataset('tfds:imdb_reviews', 'train', max_length=64,
-                                        batch_size=4, repeat=False, data_dir='/nonexistent')
+  ds, info = text_lib.make_text_dataset(
+    'tfds:imdb_reviews',
+    'train',
+    max_length=64,
+    batch_size=4,
+    repeat=False,
+    data_dir='/nonexistent',
+  )
   batches = _all_batches(ds)
-  assert info.classes == ('neg', 'pos') and info.num_examples == 10 and len(batches) == 3
-  raw = list(mocked_tfds.load('imdb_reviews', split='train').as_numpy_iterator())
-  np.testing.assert_array_equal(_real_rows(batches, 'input_ids'),
-                                [_ids(ex['text'], max_length=64) for ex in raw])
-  np.testing.assert_array_equal(_real_rows(batches, 'label'), [ex['label'] for ex in raw])
-
-  ds, info = text_lib.make_text_dataset('tfds:glue/mrpc', 'validation', max_length=48,
-                                        batch_size=4, repeat=False)
-  batches = _all_batches(ds)
-  raw = list(mocked_tfds.load('glue/mrpc', split='validation').as_numpy_iterator())
+  assert (
+    info.classes == ('neg', 'pos')
+    and info.num_examples == 10
+    and len(batches) == 3
+  )
+  raw = list(
+    mocked_tfds.load('imdb_reviews', split='train').as_numpy_iterator()
+  )
   np.testing.assert_array_equal(
-      _real_rows(batches, 'input_ids'),
-      [_ids(ex['sentence1'], ex['sentence2'], 48) for ex in raw])
-  assert info.metrics == ('f1', 'accuracy') and info.text_fields == ('sentence1', 'sentence2')
+    _real_rows(batches, 'input_ids'),
+    [_ids(ex['text'], max_length=64) for ex in raw],
+  )
+  np.testing.assert_array_equal(
+    _real_rows(batches, 'label'), [ex['label'] for ex in raw]
+  )
 
-  ds, info = text_lib.make_text_dataset('tfds:glue/stsb', 'train', max_length=48,
-                                        batch_size=4, repeat=True, task='regression')
+  ds, info = text_lib.make_text_dataset(
+    'tfds:glue/mrpc', 'validation', max_length=48, batch_size=4, repeat=False
+  )
+  batches = _all_batches(ds)
+  raw = list(
+    mocked_tfds.load('glue/mrpc', split='validation').as_numpy_iterator()
+  )
+  np.testing.assert_array_equal(
+    _real_rows(batches, 'input_ids'),
+    [_ids(ex['sentence1'], ex['sentence2'], 48) for ex in raw],
+  )
+  assert info.metrics == ('f1', 'accuracy') and info.text_fields == (
+    'sentence1',
+    'sentence2',
+  )
+
+  ds, info = text_lib.make_text_dataset(
+    'tfds:glue/stsb',
+    'train',
+    max_length=48,
+    batch_size=4,
+    repeat=True,
+    task='regression',
+  )
   batch = _take(ds, 1)[0]
-  assert batch['label'].dtype == np.float32 and info.metrics == ('pearson', 'spearman')
-  ds, _ = text_lib.make_mlm_dataset('tfds:imdb_reviews', 'train', max_length=32,
-                                    batch_size=2, repeat=True)
+  assert batch['label'].dtype == np.float32 and info.metrics == (
+    'pearson',
+    'spearman',
+  )
+  ds, _ = text_lib.make_mlm_dataset(
+    'tfds:imdb_reviews', 'train', max_length=32, batch_size=2, repeat=True
+  )
   assert _take(ds, 1)[0]['input_ids'].shape == (2, 32)
 
 
 def test_tfds_not_prepared_names_local_alternative(tmp_path):
-  with pytest.raises(FileNotFoundError, match=r"imdb_reviews.*offline.*aclimdb:/"):
-    text_lib.make_text_dataset('tfds:imdb_reviews', 'train', max_length=16, batch_size=2,
-                               repeat=True, data_dir=str(tmp_path))
-  with pytest.raises(FileNotFoundError, match=r"glue/mnli.*tsv:/"):
-    text_lib.make_text_dataset('tfds:glue/mnli', 'validation_matched', max_length=16,
-                               batch_size=2, repeat=False, data_dir=str(tmp_path))
+  with pytest.raises(
+    FileNotFoundError, match=r'imdb_reviews.*offline.*aclimdb:/'
+  ):
+    text_lib.make_text_dataset(
+      'tfds:imdb_reviews',
+      'train',
+      max_length=16,
+      batch_size=2,
+      repeat=True,
+      data_dir=str(tmp_path),
+    )
+  with pytest.raises(FileNotFoundError, match=r'glue/mnli.*tsv:/'):
+    text_lib.make_text_dataset(
+      'tfds:glue/mnli',
+      'validation_matched',
+      max_length=16,
+      batch_size=2,
+      repeat=False,
+      data_dir=str(tmp_path),
+    )
   with pytest.raises(ValueError, match='unknown TFDS dataset'):
-    text_lib.make_text_dataset('tfds:no_such_dataset_xyz', 'train', max_length=16,
-                               batch_size=2, repeat=True, data_dir=str(tmp_path))
+    text_lib.make_text_dataset(
+      'tfds:no_such_dataset_xyz',
+      'train',
+      max_length=16,
+      batch_size=2,
+      repeat=True,
+      data_dir=str(tmp_path),
+    )
   assert not os.listdir(tmp_path)  # Nothing was downloaded or written.
 
 
 def test_glue_table_matches_tfds_features():
   import tensorflow_datasets as tfds
+
   for name, task in text_lib.GLUE_TASKS.items():
-    features = tfds.builder(task.tfds_name, data_dir='/nonexistent').info.features
+    features = tfds.builder(
+      task.tfds_name, data_dir='/nonexistent'
+    ).info.features
     assert all(f in features for f in task.text_fields), name
     if task.is_regression:
       assert not hasattr(features['label'], 'names') and name == 'stsb'
     else:
       assert tuple(features['label'].names) == task.classes, name
-  assert text_lib.GLUE_TASKS['mnli'].eval_splits == ('validation_matched',
-                                                     'validation_mismatched')
+  assert text_lib.GLUE_TASKS['mnli'].eval_splits == (
+    'validation_matched',
+    'validation_mismatched',
+  )
   assert text_lib.GLUE_TASKS['cola'].metrics == ('matthews_corrcoef',)
   assert text_lib.GLUE_TASKS['qqp'].metrics == ('f1', 'accuracy')
 
 
 def test_import_does_not_load_tensorflow():
-  code = ('import sys; import perceiver_io.data.text, perceiver_io.tokenizer; '
-          'assert "tensorflow" not in sys.modules, "TF imported"')
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-      [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))] + sys.path))
+  code = (
+    'import sys; import perceiver_io.data.text, perceiver_io.tokenizer; '
+    'assert "tensorflow" not in sys.modules, "TF imported"'
+  )
+  env = dict(
+    os.environ,
+    PYTHONPATH=os.pathsep.join(
+      [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))] + sys.path
+    ),
+  )
   subprocess.run([sys.executable, '-c', code], check=True, env=env)

@@ -54,7 +54,8 @@ def flow_run(tmp_path_factory):
 
 
 def test_tiny_run_reports_epe_against_an_independent_zero_flow_baseline(
-    flow_run):
+  flow_run,
+):
   _, config, result, _, _ = flow_run
   assert result['step'] == 2
   metrics = result['eval']
@@ -62,15 +63,18 @@ def test_tiny_run_reports_epe_against_an_independent_zero_flow_baseline(
   assert task.plain_steps() == 1
   # Zero-flow EPE from the generator directly: mean |gt| over valid pixels of
   # the eval pairs (indices after the 64 training pairs, model size 16x24).
-  gen_config = synthetic.SyntheticFlowConfig(max_translation=4.0,
-                                             background_max_translation=1.6)
+  gen_config = synthetic.SyntheticFlowConfig(
+    max_translation=4.0, background_max_translation=1.6
+  )
   magnitudes = []
   for i in range(4):
     s = synthetic.sample_at(config.seed, 64 + i, 16, 24, gen_config)
-    magnitudes.append(np.sqrt((s['flow'].astype(np.float64) ** 2).sum(-1))
-                      [s['valid'] > 0])
+    magnitudes.append(
+      np.sqrt((s['flow'].astype(np.float64) ** 2).sum(-1))[s['valid'] > 0]
+    )
   assert metrics['epe_zero_flow'] == pytest.approx(
-      np.concatenate(magnitudes).mean(), rel=1e-5)
+    np.concatenate(magnitudes).mean(), rel=1e-5
+  )
   assert metrics['num_examples'] == 4
   assert np.isfinite(metrics['epe']) and 0 <= metrics['fl_all'] <= 100
 
@@ -117,9 +121,15 @@ def _warp(frame2, flow):
   h, w = frame2.shape[:2]
   yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
   coords = [yy + flow[..., 1], xx + flow[..., 0]]
-  return np.stack([ndimage.map_coordinates(frame2[..., c].astype(np.float64),
-                                           coords, order=1, mode='nearest')
-                   for c in range(3)], -1)
+  return np.stack(
+    [
+      ndimage.map_coordinates(
+        frame2[..., c].astype(np.float64), coords, order=1, mode='nearest'
+      )
+      for c in range(3)
+    ],
+    -1,
+  )
 
 
 def test_backward_pairs_have_exact_backward_flow():
@@ -139,10 +149,14 @@ def test_spatially_augmented_training_pairs_keep_flow_and_frames_consistent():
   # The training stream's scale/flip/crop must move frames and ground truth
   # together: warping frame 2 by the augmented flow must land on frame 1
   # (photometric jitter is switched off, as it changes colours on purpose).
-  config = _override(optical_flow.get_config('cpu'),
-                     model__kwargs__train_size=(48, 64),
-                     data__render_height=60, data__render_width=80,
-                     data__motion_scale=0.15, data__augment=True)
+  config = _override(
+    optical_flow.get_config('cpu'),
+    model__kwargs__train_size=(48, 64),
+    data__render_height=60,
+    data__render_width=80,
+    data__motion_scale=0.15,
+    data__augment=True,
+  )
   task = tasks.get(config)
   settings = dataclasses.replace(task.generator_settings(), photometric=None)
   # Pooled over pairs: one pair with almost no motion has a small zero-flow
@@ -169,8 +183,15 @@ def test_spatially_augmented_training_pairs_keep_flow_and_frames_consistent():
 def benchmark_dirs(tmp_path_factory):
   """A Sintel layout (clean + final, one scene) and a KITTI layout, 30x50."""
   root = tmp_path_factory.mktemp('bench')
-  pair = synthetic.sample_at(3, 0, 30, 50, synthetic.SyntheticFlowConfig(
-      max_translation=6, background_max_translation=3))
+  pair = synthetic.sample_at(
+    3,
+    0,
+    30,
+    50,
+    synthetic.SyntheticFlowConfig(
+      max_translation=6, background_max_translation=3
+    ),
+  )
   sintel = root / 'sintel' / 'training'
   for pass_name in ('clean', 'final'):
     os.makedirs(sintel / pass_name / 'scene')
@@ -184,17 +205,21 @@ def benchmark_dirs(tmp_path_factory):
     os.makedirs(kitti / sub)
   _save_png(kitti / 'image_2' / '000000_10.png', pair['frame1'])
   _save_png(kitti / 'image_2' / '000000_11.png', pair['frame2'])
-  flow_formats.write_kitti_flow(kitti / 'flow_occ' / '000000_10.png',
-                                pair['flow'], pair['valid'])
+  flow_formats.write_kitti_flow(
+    kitti / 'flow_occ' / '000000_10.png', pair['flow'], pair['valid']
+  )
   return root, pair
 
 
 def test_tiled_evaluation_on_sintel_and_kitti_layouts_matches_predict(
-    flow_run, benchmark_dirs, tmp_path):
+  flow_run, benchmark_dirs, tmp_path
+):
   workdir, config, _, model, variables = flow_run
   root, pair = benchmark_dirs
-  frames = [str(root / 'sintel' / 'training' / 'clean' / 'scene' / name)
-            for name in ('frame_0001.png', 'frame_0002.png')]
+  frames = [
+    str(root / 'sintel' / 'training' / 'clean' / 'scene' / name)
+    for name in ('frame_0001.png', 'frame_0002.png')
+  ]
   task = tasks.get(config)
   out = str(tmp_path / 'pred.flo')
   task.predict_lines(model, variables, frames, output=out)
@@ -205,41 +230,56 @@ def test_tiled_evaluation_on_sintel_and_kitti_layouts_matches_predict(
   magnitude = np.sqrt((pair['flow'].astype(np.float64) ** 2).sum(-1))
   outliers = ((err > 3) & (err > 0.05 * magnitude))[valid > 0].mean() * 100
 
-  sintel = eval_lib.evaluate_workdir(workdir, config=_override(
+  sintel = eval_lib.evaluate_workdir(
+    workdir,
+    config=_override(
       optical_flow.get_config('tiny'),
-      data__eval_source=f'sintel:{root / "sintel"}'))['metrics']
+      data__eval_source=f'sintel:{root / "sintel"}',
+    ),
+  )['metrics']
   for pass_name in ('clean', 'final'):
     assert sintel[f'sintel_{pass_name}_epe'] == pytest.approx(
-        err[valid > 0].mean(), rel=1e-4)
+      err[valid > 0].mean(), rel=1e-4
+    )
   assert sintel['num_examples'] == 2
-  kitti = eval_lib.evaluate_workdir(workdir, config=_override(
+  kitti = eval_lib.evaluate_workdir(
+    workdir,
+    config=_override(
       optical_flow.get_config('tiny'),
-      data__eval_source=f'kitti:{root / "kitti"}'))['metrics']
+      data__eval_source=f'kitti:{root / "kitti"}',
+    ),
+  )['metrics']
   # KITTI stores flow rounded to 1/64 px.
   assert kitti['epe'] == pytest.approx(err[valid > 0].mean(), abs=0.01)
   assert kitti['fl_all'] == pytest.approx(outliers, abs=0.5)
 
 
 def test_predict_two_frames_writes_flo_and_colour_png_and_prints_epe(
-    flow_run, benchmark_dirs, tmp_path):
+  flow_run, benchmark_dirs, tmp_path
+):
   workdir, _, _, _, _ = flow_run
   root, pair = benchmark_dirs
-  frames = [str(root / 'kitti' / 'training' / 'image_2' / name)
-            for name in ('000000_10.png', '000000_11.png')]
+  frames = [
+    str(root / 'kitti' / 'training' / 'image_2' / name)
+    for name in ('000000_10.png', '000000_11.png')
+  ]
   gt = str(root / 'sintel' / 'training' / 'flow' / 'scene' / 'frame_0001.flo')
   out = str(tmp_path / 'out.flo')
-  lines = predict_lib.predict_lines(workdir, frames, output=out,
-                                    ground_truth=gt)
+  lines = predict_lib.predict_lines(
+    workdir, frames, output=out, ground_truth=gt
+  )
   pred = flow_formats.read_flo(out)
   png = np.asarray(Image.open(str(tmp_path / 'out.png')))
   np.testing.assert_array_equal(png, viz.flow_to_color(pred))
   epe_line = [l for l in lines if l.startswith('EPE ')][0]
   epe = float(epe_line.split()[1])
   zero = float(epe_line.split('zero-flow EPE ')[1].split()[0])
-  assert epe == pytest.approx(_numpy_epe(pred, pair['flow'], pair['valid']),
-                              abs=1e-4)
+  assert epe == pytest.approx(
+    _numpy_epe(pred, pair['flow'], pair['valid']), abs=1e-4
+  )
   assert zero == pytest.approx(
-      _numpy_epe(np.zeros_like(pred), pair['flow'], pair['valid']), abs=1e-4)
+    _numpy_epe(np.zeros_like(pred), pair['flow'], pair['valid']), abs=1e-4
+  )
 
 
 def test_bad_inputs_are_refused_and_nothing_is_written(flow_run, tmp_path):
@@ -251,10 +291,12 @@ def test_bad_inputs_are_refused_and_nothing_is_written(flow_run, tmp_path):
   b = _save_png(tmp_path / 'b.png', rgb(20, 30))
   other_size = _save_png(tmp_path / 'c.png', rgb(20, 31))
   grey = _save_png(tmp_path / 'grey.png', rgb(20, 30)[..., 0])
-  Image.fromarray(rng.integers(0, 256, (20, 30, 4), dtype=np.uint8),
-                  'RGBA').save(tmp_path / 'rgba.png')
+  Image.fromarray(
+    rng.integers(0, 256, (20, 30, 4), dtype=np.uint8), 'RGBA'
+  ).save(tmp_path / 'rgba.png')
   (tmp_path / 'trunc.png').write_bytes(
-      (tmp_path / 'b.png').read_bytes()[:200])  # A truncated frame.
+    (tmp_path / 'b.png').read_bytes()[:200]
+  )  # A truncated frame.
   small1 = _save_png(tmp_path / 's1.png', rgb(10, 30))
   small2 = _save_png(tmp_path / 's2.png', rgb(10, 30))
   flo = tmp_path / 'good.flo'
@@ -267,18 +309,23 @@ def test_bad_inputs_are_refused_and_nothing_is_written(flow_run, tmp_path):
   os.makedirs(out_dir)
   out = str(out_dir / 'f.flo')
   cases = [
-      (dict(inputs=[a]), 'exactly two image files'),
-      (dict(inputs=[a, other_size]), 'different sizes'),
-      (dict(inputs=[a, str(tmp_path / 'trunc.png')]), 'trunc.png: cannot read'),
-      (dict(inputs=[a, b], ground_truth=str(tmp_path / 'magic.flo')),
-       'magic number'),
-      (dict(inputs=[a, b], ground_truth=str(tmp_path / 'short.flo')),
-       'truncated'),
-      (dict(inputs=[a, b], ground_truth=str(tmp_path / 'kitti8.png')),
-       '16-bit'),
-      (dict(inputs=[small1, small2]), 'smaller than the model'),
-      (dict(inputs=[a, b], output=str(tmp_path / 'no' / 'f.flo')),
-       'does not exist'),
+    (dict(inputs=[a]), 'exactly two image files'),
+    (dict(inputs=[a, other_size]), 'different sizes'),
+    (dict(inputs=[a, str(tmp_path / 'trunc.png')]), 'trunc.png: cannot read'),
+    (
+      dict(inputs=[a, b], ground_truth=str(tmp_path / 'magic.flo')),
+      'magic number',
+    ),
+    (
+      dict(inputs=[a, b], ground_truth=str(tmp_path / 'short.flo')),
+      'truncated',
+    ),
+    (dict(inputs=[a, b], ground_truth=str(tmp_path / 'kitti8.png')), '16-bit'),
+    (dict(inputs=[small1, small2]), 'smaller than the model'),
+    (
+      dict(inputs=[a, b], output=str(tmp_path / 'no' / 'f.flo')),
+      'does not exist',
+    ),
   ]
   for kwargs, message in cases:
     inputs = kwargs.pop('inputs')
@@ -287,13 +334,15 @@ def test_bad_inputs_are_refused_and_nothing_is_written(flow_run, tmp_path):
       task.predict_lines(model, variables, inputs, **kwargs)
     assert not os.listdir(out_dir), message
   # The documented alternative for small frames: pad them.
-  task.predict_lines(model, variables, [small1, small2], output=out,
-                     pad_small=True)
+  task.predict_lines(
+    model, variables, [small1, small2], output=out, pad_small=True
+  )
   assert flow_formats.read_flo(out).shape == (10, 30, 2)
   # Grayscale and RGBA frames are read as evaluation reads them (gray
   # replicated, alpha dropped), not refused.
-  task.predict_lines(model, variables, [grey, str(tmp_path / 'rgba.png')],
-                     output=out)
+  task.predict_lines(
+    model, variables, [grey, str(tmp_path / 'rgba.png')], output=out
+  )
   assert flow_formats.read_flo(out).shape == (20, 30, 2)
   assert sorted(os.listdir(out_dir)) == ['f.flo', 'f.png']
 
@@ -301,14 +350,18 @@ def test_bad_inputs_are_refused_and_nothing_is_written(flow_run, tmp_path):
 def test_imported_hf_flow_checkpoint_predicts_pixels(tmp_path):
   import torch  # pylint: disable=g-import-not-at-top
   from tests import hf_fixtures  # pylint: disable=g-import-not-at-top
+
   hf_model, _, _, _ = hf_fixtures.build('optical_flow', seed=2)  # 8x12 tiles
   path = str(tmp_path / 'hf_flow')
   hf_model.save_pretrained(path)
   rng = np.random.default_rng(1)
   frames = rng.integers(0, 256, (2, 8, 12, 3), dtype=np.uint8)
   inputs = [_save_png(tmp_path / f'f{i}.png', frames[i]) for i in range(2)]
-  config = _override(optical_flow.get_config('default'),
-                     init_from=f'hf:{path}', eval_tile_overlap=2)
+  config = _override(
+    optical_flow.get_config('default'),
+    init_from=f'hf:{path}',
+    eval_tile_overlap=2,
+  )
   out = str(tmp_path / 'hf.flo')
   predict_lib.predict_pretrained(config, inputs, output=out)
   pred = flow_formats.read_flo(out)
@@ -316,5 +369,6 @@ def test_imported_hf_flow_checkpoint_predicts_pixels(tmp_path):
   patches = hf_fixtures.flow_patches_numpy(normalised).transpose(0, 1, 4, 2, 3)
   with torch.no_grad():
     logits = hf_model(inputs=torch.tensor(patches)).logits.numpy()[0]
-  np.testing.assert_allclose(pred, logits * 20.0, rtol=1e-3,
-                             atol=1e-4 * np.abs(logits * 20).max())
+  np.testing.assert_allclose(
+    pred, logits * 20.0, rtol=1e-3, atol=1e-4 * np.abs(logits * 20).max()
+  )

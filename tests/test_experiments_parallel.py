@@ -29,22 +29,38 @@ from experiments import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
-ARGS = ['--config=configs/quickstart.py:tiny',
-        f'--config.num_train_steps={STEPS}',
-        '--config.checkpoint_every_steps=2', '--config.eval_every_steps=3',
-        '--config.batch_size=8', '--config.eval_batch_size=8',
-        '--config.predict_examples=0']
+ARGS = [
+  '--config=configs/quickstart.py:tiny',
+  f'--config.num_train_steps={STEPS}',
+  '--config.checkpoint_every_steps=2',
+  '--config.eval_every_steps=3',
+  '--config.batch_size=8',
+  '--config.eval_batch_size=8',
+  '--config.predict_examples=0',
+]
 TIMEOUT = 400
 
 
 def _command(workdir, extra=()):
-  return [sys.executable, '-m', 'experiments.train', f'--workdir={workdir}',
-          *ARGS, *extra]
+  return [
+    sys.executable,
+    '-m',
+    'experiments.train',
+    f'--workdir={workdir}',
+    *ARGS,
+    *extra,
+  ]
 
 
 def _run(workdir, env, extra=()):
-  proc = subprocess.run(_command(workdir, extra), cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=TIMEOUT)
+  proc = subprocess.run(
+    _command(workdir, extra),
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
 
@@ -81,9 +97,9 @@ def _assert_trees(a, b, exact, rtol=2e-5, atol=1e-5, key_bias_atol=1e-4):
       np.testing.assert_array_equal(x, y, err_msg=name)
     else:
       key_bias = name.endswith("['key']['bias']")
-      np.testing.assert_allclose(x, y, rtol=rtol,
-                                 atol=key_bias_atol if key_bias else atol,
-                                 err_msg=name)
+      np.testing.assert_allclose(
+        x, y, rtol=rtol, atol=key_bias_atol if key_bias else atol, err_msg=name
+      )
 
 
 @pytest.fixture(scope='module')
@@ -93,8 +109,9 @@ def reference(tmp_path_factory, subprocess_env):
   return workdir, _params(workdir), _losses(workdir)
 
 
-def test_eight_devices_with_sharded_params_match_one(reference, tmp_path,
-                                                    subprocess_env):
+def test_eight_devices_with_sharded_params_match_one(
+  reference, tmp_path, subprocess_env
+):
   # Batch split 8 ways and every parameter of >= 64 elements split 8 ways.
   env = dict(subprocess_env)
   env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
@@ -118,11 +135,24 @@ def _free_port():
 
 def test_two_processes_match_one(reference, tmp_path, subprocess_env):
   port = _free_port()
-  procs = [subprocess.Popen(
-      _command(str(tmp_path), [f'--coordinator_address=localhost:{port}',
-                               '--num_processes=2', f'--process_id={i}']),
-      cwd=REPO, env=subprocess_env, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      _command(
+        str(tmp_path),
+        [
+          f'--coordinator_address=localhost:{port}',
+          '--num_processes=2',
+          f'--process_id={i}',
+        ],
+      ),
+      cwd=REPO,
+      env=subprocess_env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outputs = []
   try:
     for proc in procs:
@@ -144,9 +174,14 @@ def test_two_processes_match_one(reference, tmp_path, subprocess_env):
 
 def _start_and_wait_for_checkpoint(workdir, env, step=2):
   """Starts a run; returns it once checkpoint `step` is committed."""
-  proc = subprocess.Popen(_command(workdir), cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+  proc = subprocess.Popen(
+    _command(workdir),
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   target = os.path.join(workdir, 'checkpoints', str(step))
   deadline = time.time() + TIMEOUT
   while not os.path.isdir(target):
@@ -169,23 +204,27 @@ def _uncached(env):
 
 
 def test_sigkill_after_checkpoint_then_restart_is_bit_identical(
-    reference, tmp_path, subprocess_env):
+  reference, tmp_path, subprocess_env
+):
   workdir = str(tmp_path)
   proc = _start_and_wait_for_checkpoint(workdir, _uncached(subprocess_env))
   proc.kill()  # SIGKILL: no handler, no final save.
   proc.communicate()
   assert proc.returncode == -signal.SIGKILL
-  done = sorted(int(s) for s in os.listdir(os.path.join(workdir,
-                                                        'checkpoints'))
-                if s.isdigit())
+  done = sorted(
+    int(s)
+    for s in os.listdir(os.path.join(workdir, 'checkpoints'))
+    if s.isdigit()
+  )
   assert done and done[-1] < STEPS, 'the run finished before it was killed'
   proc = _run(workdir, subprocess_env)
   assert 'resuming from' in proc.stderr
   _assert_trees(_params(workdir), reference[1], exact=True)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_143(reference, tmp_path,
-                                                  subprocess_env):
+def test_sigterm_saves_a_checkpoint_and_exits_143(
+  reference, tmp_path, subprocess_env
+):
   workdir = str(tmp_path)
   proc = _start_and_wait_for_checkpoint(workdir, _uncached(subprocess_env))
   proc.send_signal(signal.SIGTERM)

@@ -23,13 +23,31 @@ from perceiver_io.flow import layouts
 
 
 def test_flo_exact_byte_layout(tmp_path):
-  flow = np.array([[[1.0, -2.0], [0.5, 3.25], [-0.125, 7.0]],
-                   [[10.0, 20.0], [-1.5, 0.0], [4.0, -8.5]]], np.float32)  # H=2, W=3
+  flow = np.array(
+    [
+      [[1.0, -2.0], [0.5, 3.25], [-0.125, 7.0]],
+      [[10.0, 20.0], [-1.5, 0.0], [4.0, -8.5]],
+    ],
+    np.float32,
+  )  # H=2, W=3
   path = tmp_path / 'tiny.flo'
   formats.write_flo(path, flow)
   data = path.read_bytes()
   expected = b'PIEH' + struct.pack('<i', 3) + struct.pack('<i', 2)
-  for value in (1.0, -2.0, 0.5, 3.25, -0.125, 7.0, 10.0, 20.0, -1.5, 0.0, 4.0, -8.5):
+  for value in (
+    1.0,
+    -2.0,
+    0.5,
+    3.25,
+    -0.125,
+    7.0,
+    10.0,
+    20.0,
+    -1.5,
+    0.0,
+    4.0,
+    -8.5,
+  ):
     expected += struct.pack('<f', value)
   assert data == expected
   assert struct.unpack('<f', data[:4])[0] == 202021.25
@@ -38,12 +56,18 @@ def test_flo_exact_byte_layout(tmp_path):
 
 def test_flo_reads_hand_written_file(tmp_path):
   values = [0.25, -1.0, 2.0, 4.5]  # W=1, H=2
-  data = struct.pack('<f', 202021.25) + struct.pack('<ii', 1, 2) + struct.pack('<4f', *values)
+  data = (
+    struct.pack('<f', 202021.25)
+    + struct.pack('<ii', 1, 2)
+    + struct.pack('<4f', *values)
+  )
   path = tmp_path / 'hand.flo'
   path.write_bytes(data)
   flow = formats.read_flo(path)
   assert flow.dtype == np.float32 and flow.shape == (2, 1, 2)
-  np.testing.assert_array_equal(flow, np.array(values, np.float32).reshape(2, 1, 2))
+  np.testing.assert_array_equal(
+    flow, np.array(values, np.float32).reshape(2, 1, 2)
+  )
 
 
 def test_flo_round_trip(tmp_path):
@@ -54,11 +78,15 @@ def test_flo_round_trip(tmp_path):
 
 def test_flo_wrong_magic(tmp_path):
   path = tmp_path / 'bad.flo'
-  path.write_bytes(struct.pack('<f', 1.0) + struct.pack('<ii', 1, 1) + b'\0' * 8)
+  path.write_bytes(
+    struct.pack('<f', 1.0) + struct.pack('<ii', 1, 1) + b'\0' * 8
+  )
   with pytest.raises(ValueError, match='magic number'):
     formats.read_flo(path)
   # A big-endian file is recognised as such in the message.
-  path.write_bytes(struct.pack('>f', 202021.25) + struct.pack('>ii', 1, 1) + b'\0' * 8)
+  path.write_bytes(
+    struct.pack('>f', 202021.25) + struct.pack('>ii', 1, 1) + b'\0' * 8
+  )
   with pytest.raises(ValueError, match='big-endian'):
     formats.read_flo(path)
 
@@ -67,7 +95,9 @@ def test_flo_truncated(tmp_path):
   path = tmp_path / 'short.flo'
   full = formats.encode_flo(np.ones((4, 5, 2), np.float32))
   path.write_bytes(full[:-4])
-  with pytest.raises(ValueError, match=r'truncated .flo file.*5x4.*172 bytes.*168'):
+  with pytest.raises(
+    ValueError, match=r'truncated .flo file.*5x4.*172 bytes.*168'
+  ):
     formats.read_flo(path)
   path.write_bytes(full[:6])
   with pytest.raises(ValueError, match='truncated'):
@@ -99,7 +129,9 @@ def test_write_is_atomic_and_keeps_good_file(tmp_path):
 
 
 def test_known_flow_mask():
-  flow = np.array([[[1.0, 2.0], [1e10, 0.0], [np.nan, 0.0], [0.0, -2e9]]], np.float32)
+  flow = np.array(
+    [[[1.0, 2.0], [1e10, 0.0], [np.nan, 0.0], [0.0, -2e9]]], np.float32
+  )
   np.testing.assert_array_equal(formats.known_flow_mask(flow), [[1, 0, 0, 0]])
 
 
@@ -136,19 +168,34 @@ def _scalar_png(image16: np.ndarray, filter_types) -> bytes:
       out.append((row[i] - pred) % 256)
 
   def chunk(kind, body):
-    return struct.pack('>I', len(body)) + kind + body + struct.pack('>I', zlib.crc32(kind + body))
+    return (
+      struct.pack('>I', len(body))
+      + kind
+      + body
+      + struct.pack('>I', zlib.crc32(kind + body))
+    )
 
   ihdr = struct.pack('>IIBBBBB', width, height, 16, 2, 0, 0, 0)
-  return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', zlib.compress(bytes(out)))
-          + chunk(b'IEND', b''))
+  return (
+    b'\x89PNG\r\n\x1a\n'
+    + chunk(b'IHDR', ihdr)
+    + chunk(b'IDAT', zlib.compress(bytes(out)))
+    + chunk(b'IEND', b'')
+  )
 
 
-@pytest.mark.parametrize('filters', [[0, 1, 2, 3, 4, 4, 3, 2, 1], [1, 2, 0, 1, 2, 2, 1, 0, 1],
-                                     [4] * 9])
+@pytest.mark.parametrize(
+  'filters', [[0, 1, 2, 3, 4, 4, 3, 2, 1], [1, 2, 0, 1, 2, 2, 1, 0, 1], [4] * 9]
+)
 def test_png_decoder_matches_spec_filters(filters):
-  image = np.random.default_rng(len(filters) + sum(filters)).integers(
-      0, 65536, (9, 7, 3)).astype(np.uint16)
-  image[3:6] = 40000 + np.arange(7)[None, :, None] * 3  # smooth rows exercise small deltas
+  image = (
+    np.random.default_rng(len(filters) + sum(filters))
+    .integers(0, 65536, (9, 7, 3))
+    .astype(np.uint16)
+  )
+  image[3:6] = (
+    40000 + np.arange(7)[None, :, None] * 3
+  )  # smooth rows exercise small deltas
   decoded = formats.decode_png(_scalar_png(image, filters))
   assert decoded.dtype == np.uint16
   np.testing.assert_array_equal(decoded, image)
@@ -157,17 +204,23 @@ def test_png_decoder_matches_spec_filters(filters):
 def test_png_decoder_reads_pillow_png():
   # Pillow's encoder picks Sub/Paeth filters itself: an independent encoder.
   rng = np.random.default_rng(1)
-  image = (np.cumsum(rng.integers(0, 20, (40, 50, 3)), axis=1) % 256).astype(np.uint8)
+  image = (np.cumsum(rng.integers(0, 20, (40, 50, 3)), axis=1) % 256).astype(
+    np.uint8
+  )
   buffer = bytes_io.BytesIO()
   Image.fromarray(image).save(buffer, format='PNG')
   np.testing.assert_array_equal(formats.decode_png(buffer.getvalue()), image)
 
 
 def test_png_encoder_readable_by_pillow():
-  image16 = np.random.default_rng(2).integers(0, 65536, (13, 17, 3)).astype(np.uint16)
+  image16 = (
+    np.random.default_rng(2).integers(0, 65536, (13, 17, 3)).astype(np.uint16)
+  )
   with Image.open(bytes_io.BytesIO(formats.encode_png(image16))) as im:
     # Pillow decodes 16-bit RGB to 8 bits by keeping the high byte.
-    np.testing.assert_array_equal(np.asarray(im), (image16 >> 8).astype(np.uint8))
+    np.testing.assert_array_equal(
+      np.asarray(im), (image16 >> 8).astype(np.uint8)
+    )
   gray16 = image16[..., 0]
   with Image.open(bytes_io.BytesIO(formats.encode_png(gray16))) as im:
     np.testing.assert_array_equal(np.asarray(im), gray16)
@@ -175,7 +228,9 @@ def test_png_encoder_readable_by_pillow():
 
 def test_kitti_round_trip_and_encoding(tmp_path):
   rng = np.random.default_rng(3)
-  flow = (rng.integers(-64 * 300, 64 * 300, (6, 9, 2)) / 64.0).astype(np.float32)
+  flow = (rng.integers(-64 * 300, 64 * 300, (6, 9, 2)) / 64.0).astype(
+    np.float32
+  )
   valid = (rng.uniform(size=(6, 9)) > 0.3).astype(np.float32)
   path = tmp_path / '000000_10.png'
   formats.write_kitti_flow(path, flow, valid)
@@ -183,16 +238,24 @@ def test_kitti_round_trip_and_encoding(tmp_path):
   np.testing.assert_array_equal(read_valid, valid)
   np.testing.assert_array_equal(read_flow, flow * valid[..., None])
   # The stored channels are u*64 + 2^15, v*64 + 2^15, valid (checked via Pillow's high byte).
-  expected = np.stack([flow[..., 0] * 64 + 32768, flow[..., 1] * 64 + 32768, valid], -1)
-  expected = np.where(valid[..., None] > 0, expected, [32768, 32768, 0]).astype(np.uint16)
+  expected = np.stack(
+    [flow[..., 0] * 64 + 32768, flow[..., 1] * 64 + 32768, valid], -1
+  )
+  expected = np.where(valid[..., None] > 0, expected, [32768, 32768, 0]).astype(
+    np.uint16
+  )
   with Image.open(path) as im:
-    np.testing.assert_array_equal(np.asarray(im), (expected >> 8).astype(np.uint8))
+    np.testing.assert_array_equal(
+      np.asarray(im), (expected >> 8).astype(np.uint8)
+    )
   np.testing.assert_array_equal(formats.decode_png(path.read_bytes()), expected)
 
 
 def test_kitti_hand_built_values(tmp_path):
   # u = (R - 2^15)/64, v = (G - 2^15)/64.
-  pixels = np.array([[[32768 + 64, 32768 - 128, 1], [32768, 32768, 0]]], np.uint16)
+  pixels = np.array(
+    [[[32768 + 64, 32768 - 128, 1], [32768, 32768, 0]]], np.uint16
+  )
   path = tmp_path / 'k.png'
   path.write_bytes(formats.encode_png(pixels))
   flow, valid = formats.read_kitti_flow(path)
@@ -212,7 +275,9 @@ def test_kitti_reader_rejects_8bit_png(tmp_path):
 
 def test_kitti_writer_rejects_out_of_range(tmp_path):
   with pytest.raises(ValueError, match='KITTI PNG range'):
-    formats.write_kitti_flow(tmp_path / 'x.png', np.full((2, 2, 2), 600.0, np.float32))
+    formats.write_kitti_flow(
+      tmp_path / 'x.png', np.full((2, 2, 2), 600.0, np.float32)
+    )
   assert not os.listdir(tmp_path)
 
 
@@ -228,10 +293,12 @@ def test_truncated_or_corrupt_kitti_png_is_one_error_naming_the_file(tmp_path):
   formats.write_kitti_flow(path, flow)
   data = path.read_bytes()
   pixels = data.index(b'IDAT') + 4 + 10  # A byte of compressed pixel data.
-  path.write_bytes(data[:pixels] + bytes([data[pixels] ^ 0xFF]) + data[pixels + 1:])
+  path.write_bytes(
+    data[:pixels] + bytes([data[pixels] ^ 0xFF]) + data[pixels + 1 :]
+  )
   with pytest.raises(ValueError, match=r'000001_10\.png: corrupt PNG'):
     formats.read_kitti_flow(path)
-  path.write_bytes(data[:len(data) // 2])
+  path.write_bytes(data[: len(data) // 2])
   with pytest.raises(ValueError, match=r'000001_10\.png: truncated PNG'):
     formats.read_kitti_flow(path)
 
@@ -273,11 +340,15 @@ H, W = 6, 8
 
 
 def _frame(seed, size=(H, W)):
-  return np.random.default_rng(seed).integers(0, 256, size + (3,)).astype(np.uint8)
+  return (
+    np.random.default_rng(seed).integers(0, 256, size + (3,)).astype(np.uint8)
+  )
 
 
 def _flow(seed, size=(H, W)):
-  return np.random.default_rng(seed).normal(0, 3, size + (2,)).astype(np.float32)
+  return (
+    np.random.default_rng(seed).normal(0, 3, size + (2,)).astype(np.float32)
+  )
 
 
 def _save(path, array):
@@ -295,17 +366,26 @@ def _make_sintel(root):
   for s, scene in enumerate(['alley_1', 'cave_2']):
     for i in (1, 2, 3):
       for p, pass_name in enumerate(['clean', 'final']):
-        _save(root / 'training' / pass_name / scene / f'frame_{i:04d}.png',
-              _frame(100 * s + 10 * p + i))
+        _save(
+          root / 'training' / pass_name / scene / f'frame_{i:04d}.png',
+          _frame(100 * s + 10 * p + i),
+        )
     for i in (1, 2):
       flow = _flow(100 * s + i)
-      _write_flo(root / 'training' / 'flow' / scene / f'frame_{i:04d}.flo', flow)
+      _write_flo(
+        root / 'training' / 'flow' / scene / f'frame_{i:04d}.flo', flow
+      )
       invalid = np.zeros((H, W), np.uint8)
       invalid[0, i] = 255
       occluded = np.zeros((H, W), np.uint8)
       occluded[2, :3] = 255
-      _save(root / 'training' / 'invalid' / scene / f'frame_{i:04d}.png', invalid)
-      _save(root / 'training' / 'occlusions' / scene / f'frame_{i:04d}.png', occluded)
+      _save(
+        root / 'training' / 'invalid' / scene / f'frame_{i:04d}.png', invalid
+      )
+      _save(
+        root / 'training' / 'occlusions' / scene / f'frame_{i:04d}.png',
+        occluded,
+      )
       truth[(scene, i)] = flow
   return truth
 
@@ -314,9 +394,15 @@ def test_sintel_layout(tmp_path):
   truth = _make_sintel(tmp_path)
   samples = list(layouts.sintel_samples(tmp_path))
   assert [s['name'] for s in samples] == [
-      'clean/alley_1/frame_0001', 'clean/alley_1/frame_0002', 'clean/cave_2/frame_0001',
-      'clean/cave_2/frame_0002', 'final/alley_1/frame_0001', 'final/alley_1/frame_0002',
-      'final/cave_2/frame_0001', 'final/cave_2/frame_0002']
+    'clean/alley_1/frame_0001',
+    'clean/alley_1/frame_0002',
+    'clean/cave_2/frame_0001',
+    'clean/cave_2/frame_0002',
+    'final/alley_1/frame_0001',
+    'final/alley_1/frame_0002',
+    'final/cave_2/frame_0001',
+    'final/cave_2/frame_0002',
+  ]
   s = samples[5]  # final/alley_1/frame_0002 -> frames 2 and 3 of the final pass
   np.testing.assert_array_equal(s['frame1'], _frame(10 + 2))
   np.testing.assert_array_equal(s['frame2'], _frame(10 + 3))
@@ -337,7 +423,9 @@ def test_sintel_layout(tmp_path):
 def test_sintel_missing_next_frame(tmp_path):
   _make_sintel(tmp_path)
   os.remove(tmp_path / 'training' / 'final' / 'cave_2' / 'frame_0003.png')
-  with pytest.raises(FileNotFoundError, match=r'next frame.*cave_2.*frame_0003.png'):
+  with pytest.raises(
+    FileNotFoundError, match=r'next frame.*cave_2.*frame_0003.png'
+  ):
     layouts.list_sintel(tmp_path)
   with pytest.raises(FileNotFoundError, match='Expected layout'):
     layouts.list_sintel(tmp_path / 'nowhere')
@@ -345,7 +433,10 @@ def test_sintel_missing_next_frame(tmp_path):
 
 def test_frames_of_different_sizes(tmp_path):
   _make_sintel(tmp_path)
-  _save(tmp_path / 'training' / 'clean' / 'alley_1' / 'frame_0002.png', _frame(0, (H, W + 1)))
+  _save(
+    tmp_path / 'training' / 'clean' / 'alley_1' / 'frame_0002.png',
+    _frame(0, (H, W + 1)),
+  )
   files = layouts.list_sintel(tmp_path, passes='clean')
   with pytest.raises(ValueError, match='different sizes'):
     layouts.load_pair(files[0])
@@ -356,15 +447,20 @@ def _make_kitti(root, image_dir, colour=True):
   for sample_id in (0, 7):
     for t in (10, 11):
       frame = _frame(sample_id * 10 + t)
-      _save(root / 'training' / image_dir / f'{sample_id:06d}_{t}.png',
-            frame if colour else frame[..., 0])
+      _save(
+        root / 'training' / image_dir / f'{sample_id:06d}_{t}.png',
+        frame if colour else frame[..., 0],
+      )
     flow = (np.round(_flow(sample_id) * 64) / 64).astype(np.float32)
     valid = np.ones((H, W), np.float32)
     valid[sample_id % H] = 0
     for gt in ('occ', 'noc'):
       os.makedirs(root / 'training' / f'flow_{gt}', exist_ok=True)
-      formats.write_kitti_flow(root / 'training' / f'flow_{gt}' / f'{sample_id:06d}_10.png',
-                               flow, valid)
+      formats.write_kitti_flow(
+        root / 'training' / f'flow_{gt}' / f'{sample_id:06d}_10.png',
+        flow,
+        valid,
+      )
     truth[sample_id] = (flow, valid)
   return truth
 
@@ -412,7 +508,9 @@ def test_flying_chairs_layout(tmp_path):
   assert samples[2]['valid'].all()
   train = layouts.list_flying_chairs(tmp_path, split='train')
   assert [f.name for f in train] == ['00001', '00003']
-  assert [f.name for f in layouts.list_flying_chairs(data, split='val')] == ['00002']
+  assert [f.name for f in layouts.list_flying_chairs(data, split='val')] == [
+    '00002'
+  ]
   (tmp_path / 'FlyingChairs_train_val.txt').write_text('1\n2\n')
   with pytest.raises(ValueError, match='expected 3 lines'):
     layouts.list_flying_chairs(tmp_path, split='train')

@@ -25,7 +25,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # result, and a cuDNN attention forward with q/k width 8 and v width 16
 # (layout constraints [B, T, N, D]); parameters, get-tuple-element and the
 # root tuple launch no kernel.
-_GPU_HLO = '''
+_GPU_HLO = """
 %fused_convert (p: bf16[64,256]) -> f32[64,256] {
   %p = bf16[64,256]{1,0} parameter(0)
   ROOT %convert.1 = f32[64,256]{1,0} convert(%p)
@@ -44,13 +44,18 @@ ENTRY %main.9 (x: bf16[64,128], w: bf16[128,256], q: bf16[2,16,4,8], k: bf16[2,3
   %gte.2 = bf16[2,4,16,16]{3,1,2,0} get-tuple-element(%fmha.2), index=0
   ROOT %tuple.4 = (f32[64,256]{1,0}, bf16[2,4,16,16]{3,1,2,0}) tuple(%loop_convert_fusion.3, %gte.2)
 }
-'''
+"""
 # Bytes and FLOPs of its three kernels, by hand: output(s) + operands.
 _GEMM_BYTES = 64 * 256 * 2 + 1024 + 64 * 128 * 2 + 128 * 256 * 2
 _GEMM_FLOPS = 2 * 64 * 256 * 128
 _CONVERT_BYTES = 64 * 256 * 4 + 64 * 256 * 2
-_ATTN_BYTES = (2 * 4 * 16 * 16 * 2 + 2 * 4 * 16 * 4 +  # out, softmax stats
-               2 * 16 * 4 * 8 * 2 + 2 * 32 * 4 * 8 * 2 + 2 * 32 * 4 * 16 * 2)
+_ATTN_BYTES = (
+  2 * 4 * 16 * 16 * 2
+  + 2 * 4 * 16 * 4  # out, softmax stats
+  + 2 * 16 * 4 * 8 * 2
+  + 2 * 32 * 4 * 8 * 2
+  + 2 * 32 * 4 * 16 * 2
+)
 _ATTN_FLOPS = 2 * 2 * 4 * 16 * 32 * (8 + 16)  # QK^T (width 8) + PV (16)
 
 
@@ -60,16 +65,17 @@ def test_cudnn_attention_flops_forward_and_backward():
   backward = _GPU_HLO.replace('fmhaSoftmax"', 'fmhaSoftmaxBackward"')
   # Recomputed QK^T, dQ and dK at width 8; dP and dV at width 16.
   assert profile_ours.attention_flops_from_hlo(backward) == {
-      'fmha.2': 2 * 2 * 4 * 16 * 32 * (3 * 8 + 2 * 16)}
+    'fmha.2': 2 * 2 * 4 * 16 * 32 * (3 * 8 + 2 * 16)
+  }
 
 
 def test_a_convert_fusion_is_no_convolution():
-  assert profile_ours.op_category('loop_convert_fusion_3',
-                                  'loop_convert_fusion.3') == (
-                                      'other fusions (elementwise, reductions)')
-  assert profile_ours.op_category('implicit_convolve_sgemm',
-                                  'convolution.1') == (
-      'convolution')
+  assert profile_ours.op_category(
+    'loop_convert_fusion_3', 'loop_convert_fusion.3'
+  ) == ('other fusions (elementwise, reductions)')
+  assert profile_ours.op_category(
+    'implicit_convolve_sgemm', 'convolution.1'
+  ) == ('convolution')
 
 
 def test_roofline_of_hand_written_gpu_hlo():
@@ -78,7 +84,8 @@ def test_roofline_of_hand_written_gpu_hlo():
   r = gpu_roofline.roofline(_GPU_HLO, peak_flops=2e10, bandwidth=1e9)
   assert r['kernels'] == 3
   assert r['gbytes'] == pytest.approx(
-      (_GEMM_BYTES + _CONVERT_BYTES + _ATTN_BYTES) / 1e9)
+    (_GEMM_BYTES + _CONVERT_BYTES + _ATTN_BYTES) / 1e9
+  )
   assert r['tflop'] == pytest.approx((_GEMM_FLOPS + _ATTN_FLOPS) / 1e12)
   math_ms = _GEMM_FLOPS / 2e10 * 1e3
   memory_ms = (_CONVERT_BYTES + _ATTN_BYTES) / 1e9 * 1e3
@@ -90,10 +97,13 @@ def test_roofline_of_hand_written_gpu_hlo():
   assert [k['kind'] for k in r['kinds']][0] == 'matmul'  # Longest first.
   places = {(p['phase'], p['location']): p['kind'] for p in r['locations']}
   assert places == {
-      ('forward', 'encoder/mlp/dense1/dot_general'): 'matmul',
-      ('backward', 'encoder/mlp'): 'loop_convert_fusion',
-      ('forward', 'encoder/attention/dot_product_attention_fwd'):
-          'attention (cuDNN)'}
+    ('forward', 'encoder/mlp/dense1/dot_general'): 'matmul',
+    ('backward', 'encoder/mlp'): 'loop_convert_fusion',
+    (
+      'forward',
+      'encoder/attention/dot_product_attention_fwd',
+    ): 'attention (cuDNN)',
+  }
 
 
 def test_roofline_counts_the_gemms_of_xla_compiled_hlo_exactly():
@@ -101,18 +111,27 @@ def test_roofline_counts_the_gemms_of_xla_compiled_hlo_exactly():
   # products, their FLOPs known, whatever XLA fuses around them.
   def mlp(x, w1, w2):
     return jnp.tanh(jax.nn.relu(x @ w1) @ w2).sum()
+
   args = [jnp.ones((256, 512)), jnp.ones((512, 384)), jnp.ones((384, 128))]
   hlo = jax.jit(mlp).lower(*args).compile().as_text()
   r = gpu_roofline.roofline(hlo, peak_flops=1e12, bandwidth=1e11)
   assert r['tflop'] * 1e12 == pytest.approx(
-      2 * 256 * 512 * 384 + 2 * 256 * 384 * 128)
+    2 * 256 * 512 * 384 + 2 * 256 * 384 * 128
+  )
   # Every byte counted belongs to a kernel: at least the inputs are read.
   assert r['gbytes'] * 1e9 >= sum(a.size * 4 for a in args)
   assert r['kernels'] >= 1 and r['ms'] > 0
 
 
-@pytest.mark.parametrize('text', ['imdb:64:train', 'imdb:x:train:bf16',
-                                  'imdb:64:fit:bf16', 'imdb:64:train:fp16'])
+@pytest.mark.parametrize(
+  'text',
+  [
+    'imdb:64:train',
+    'imdb:x:train:bf16',
+    'imdb:64:fit:bf16',
+    'imdb:64:train:fp16',
+  ],
+)
 def test_bad_items_say_the_format(text):
   with pytest.raises(ValueError, match='WORKLOAD:BATCH:MODE:PRECISION'):
     gpu_roofline.parse_item(text)
@@ -120,7 +139,11 @@ def test_bad_items_say_the_format(text):
 
 def test_parse_item():
   assert gpu_roofline.parse_item('imagenet_conv:32:train:bf16_cudnn') == (
-      'imagenet_conv', 32, 'train', 'bf16_cudnn')
+    'imagenet_conv',
+    32,
+    'train',
+    'bf16_cudnn',
+  )
 
 
 def test_without_the_cuda_plugin_it_says_what_to_install():
@@ -131,53 +154,80 @@ def test_without_the_cuda_plugin_it_says_what_to_install():
 
 def test_measured_rows_from_the_committed_gpu_results():
   rows, device = gpu_roofline.measured_rows(
-      os.path.join(REPO_ROOT, 'benchmarks', 'results', 'gpu', 'gpu.json'))
+    os.path.join(REPO_ROOT, 'benchmarks', 'results', 'gpu', 'gpu.json')
+  )
   assert device == 'NVIDIA H200'
   fourier = rows[('imagenet_fourier', 32, 'train', 'bf16_cudnn')]
   assert fourier['median_s'] == pytest.approx(0.1511, abs=1e-3)
   assert rows[('imdb', 64, 'train', 'bf16')]['median_s'] == pytest.approx(
-      0.0859, abs=1e-3)
+    0.0859, abs=1e-3
+  )
 
 
 def test_markdown_rows_with_and_without_a_measurement():
   r = gpu_roofline.roofline(_GPU_HLO, peak_flops=1e10, bandwidth=1e9)
-  doc = {'card': 'NVIDIA H200', 'how': 'compiled without the card',
-         'peak_flops': 1e10, 'tf32_flops': 5e9, 'bandwidth': 1e9, 'items': [
-             {'item': 'a:1:train:bf16', 'roofline': r, 'model_tflop': 4e-6,
-              'mfu_ceiling': 0.5, 'device_gbytes': 1.25,
-              'measured': {'median_s': 2 * r['ms'] / 1e3, 'mfu': 0.25}},
-             {'item': 'b:1:train:bf16', 'roofline': r, 'model_tflop': 4e-6,
-              'mfu_ceiling': 0.5, 'device_gbytes': 1.25}]}
+  doc = {
+    'card': 'NVIDIA H200',
+    'how': 'compiled without the card',
+    'peak_flops': 1e10,
+    'tf32_flops': 5e9,
+    'bandwidth': 1e9,
+    'items': [
+      {
+        'item': 'a:1:train:bf16',
+        'roofline': r,
+        'model_tflop': 4e-6,
+        'mfu_ceiling': 0.5,
+        'device_gbytes': 1.25,
+        'measured': {'median_s': 2 * r['ms'] / 1e3, 'mfu': 0.25},
+      },
+      {
+        'item': 'b:1:train:bf16',
+        'roofline': r,
+        'model_tflop': 4e-6,
+        'mfu_ceiling': 0.5,
+        'device_gbytes': 1.25,
+      },
+    ],
+  }
   md = gpu_roofline.to_markdown(doc)
-  rows = [ln for ln in md.splitlines() if ln.startswith('| a:1') or
-          ln.startswith('| b:1')]
+  rows = [
+    ln
+    for ln in md.splitlines()
+    if ln.startswith('| a:1') or ln.startswith('| b:1')
+  ]
   assert rows[0].endswith('| 50 % | 1.2 GB | 1.1 ms | 25.0 % | 2.00 |'), rows
   assert rows[1].endswith('| 50 % | 1.2 GB | - | - | - |'), rows
   assert '## a:1:train:bf16' in md and '| matmul | 1 |' in md
   json.dumps(doc)  # What main writes is plain JSON.
 
 
-@pytest.mark.parametrize('mode, precision', [('train', 'bf16'),
-                                             ('infer', 'fp32')])
+@pytest.mark.parametrize(
+  'mode, precision', [('train', 'bf16'), ('infer', 'fp32')]
+)
 def test_compile_step_and_roofline_end_to_end_on_this_machines_device(
-    mode, precision):
+  mode, precision
+):
   # The plumbing a GPU compile goes through (abstract model, shardings on
   # every argument, the jitted train step or forward, XLA's memory
   # analysis, the model FLOPs count), compiled for the CPU at tiny sizes:
   # the same path as for a described card, minus the card.
   sharding = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
   hlo, memory = gpu_roofline.compile_step(
-      'imagenet_conv', 2, mode, precision, sharding, deviceless=False,
-      smoke=True)
+    'imagenet_conv', 2, mode, precision, sharding, deviceless=False, smoke=True
+  )
   r = gpu_roofline.roofline(hlo, peak_flops=1e12, bandwidth=1e11)
   flops = gpu_roofline.model_flops('imagenet_conv', 2, mode, smoke=True)
   assert r['kernels'] > 0 and r['tflop'] > 0
   # The GEMMs counted in the compiled program are the model's products
   # (the CPU runs attention as plain dots; convolutions are not counted,
   # hence a loose lower bound).
-  assert 0.7 * flops <= r["tflop"] * 1e12 <= 1.05 * flops
-  assert gpu_roofline.predicted_device_bytes(memory) >= (
-      memory.argument_size_in_bytes) > 0
+  assert 0.7 * flops <= r['tflop'] * 1e12 <= 1.05 * flops
+  assert (
+    gpu_roofline.predicted_device_bytes(memory)
+    >= (memory.argument_size_in_bytes)
+    > 0
+  )
 
 
 def test_preset_gradient_compile_path_on_this_machines_device():
@@ -186,8 +236,12 @@ def test_preset_gradient_compile_path_on_this_machines_device():
   # target): the multimodal preset has the most varied inputs.
   sharding = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
   hlo = gpu_roofline.compile_preset_gradient(
-      'tiny_multimodal_autoencoding', 2, sharding, deviceless=False,
-      attention_impl='auto')
+    'tiny_multimodal_autoencoding',
+    2,
+    sharding,
+    deviceless=False,
+    attention_impl='auto',
+  )
   assert 'ENTRY' in hlo and profile_ours.op_flops_from_hlo(hlo)
 
 

@@ -18,15 +18,20 @@ from perceiver_io import checkpoints
 from perceiver_io.checkpoints import CheckpointError
 from tests import hf_fixtures
 
-_CROSS = {'attention.self.layernorm1': 'layer_norm',
-          'attention.self.layernorm2': 'layer_norm_1',
-          'layernorm': 'layer_norm_2'}
+_CROSS = {
+  'attention.self.layernorm1': 'layer_norm',
+  'attention.self.layernorm2': 'layer_norm_1',
+  'layernorm': 'layer_norm_2',
+}
 _SELF = {'attention.self.layernorm1': 'layer_norm', 'layernorm': 'layer_norm_1'}
-_ATTN = {'attention.self.query': 'attention/linear',
-         'attention.self.key': 'attention/linear_1',
-         'attention.self.value': 'attention/linear_2',
-         'attention.output.dense': 'attention/linear_3',
-         'mlp.dense1': 'mlp/linear', 'mlp.dense2': 'mlp/linear_1'}
+_ATTN = {
+  'attention.self.query': 'attention/linear',
+  'attention.self.key': 'attention/linear_1',
+  'attention.self.value': 'attention/linear_2',
+  'attention.output.dense': 'attention/linear_3',
+  'mlp.dense1': 'mlp/linear',
+  'mlp.dense2': 'mlp/linear_1',
+}
 
 
 def _block(prefix, rest, table):
@@ -37,52 +42,100 @@ def _block(prefix, rest, table):
 
 def _haiku_name(key, family):
   """HF state-dict key -> (haiku module, torch leaf name)."""
-  k = key[len('perceiver.'):] if key.startswith('perceiver.') else key
+  k = key[len('perceiver.') :] if key.startswith('perceiver.') else key
   enc = 'encoder' if family == 'multimodal' else 'perceiver_encoder'
-  dec = {'mlm': 'basic_decoder', 'optical_flow': 'flow_decoder/~/basic_decoder',
-         'multimodal': 'multimodal_decoder/~/basic_decoder'}.get(
-             family, 'classification_decoder/~/basic_decoder')
+  dec = {
+    'mlm': 'basic_decoder',
+    'optical_flow': 'flow_decoder/~/basic_decoder',
+    'multimodal': 'multimodal_decoder/~/basic_decoder',
+  }.get(family, 'classification_decoder/~/basic_decoder')
   rules = [
-      (r'embeddings\.latents$', f'{enc}/~/trainable_position_encoding', 'pos'),
-      (r'input_preprocessor\.embeddings\.weight$', 'embed', 'emb'),
-      (r'input_preprocessor\.position_embeddings\.weight$',
-       'trainable_position_encoding', 'pos'),
-      (r'input_preprocessor\.convnet_1x1\.(\w+)$', 'image_preprocessor/~/conv2_d',
-       None),
-      (r'input_preprocessor\.position_embeddings\.position_embeddings$',
-       'image_preprocessor/~_build_network_inputs/trainable_position_encoding',
-       'pos'),
-      (r'input_preprocessor\.positions_projection\.(\w+)$',
-       'image_preprocessor/~_build_network_inputs/position_encoding_projector/'
-       'linear', None),
-      (r'input_preprocessor\.convnet\.conv\.(\w+)$',
-       'image_preprocessor/~/conv2_d_downsample/~/conv', None),
-      (r'input_preprocessor\.convnet\.batchnorm\.(weight|bias)$',
-       'image_preprocessor/~/conv2_d_downsample/~/batchnorm', 'bn'),
-      (r'input_preprocessor\.convnet\.batchnorm\.running_(mean|var)$',
-       'image_preprocessor/~/conv2_d_downsample/~/batchnorm/~/{}_ema', 'ema'),
-      (r'input_preprocessor\.conv_after_patches\.(\w+)$',
-       'image_preprocessor/patches_linear', None),
-      (r'input_preprocessor\.padding\.(\w+)$',
-       'multimodal_preprocessor/{}_padding', 'pos'),
-      (r'input_preprocessor\.mask\.(\w+)$',
-       'multimodal_preprocessor/{}_mask_token', 'pos'),
-      (r'decoder\.(?:decoder\.)?output_position_encodings\.position_embeddings$',
-       f'{dec}/~/trainable_position_encoding', 'pos'),
-      (r'decoder\.modalities\.label\.decoder\.output_position_encodings\.'
-       r'position_embeddings$',
-       'classification_decoder/~/basic_decoder/~/trainable_position_encoding',
-       'pos'),
-      (r'decoder\.padding\.(\w+)$', 'multimodal_decoder/~decoder_query/{}_padding',
-       'pos'),
-      (r'decoder\.decoder\.final_layer\.(\w+)$', f'{dec}/output', None),
-      (r'embedding_decoder\.bias$', 'embedding_decoder', 'bias'),
-      (r'output_postprocessor\.modalities\.image\.classifier\.(\w+)$',
-       'projection_postprocessor/linear', None),
-      (r'output_postprocessor\.modalities\.label\.classifier\.(\w+)$',
-       'classification_postprocessor/linear', None),
-      (r'output_postprocessor\.modalities\.audio\.classifier\.(\w+)$',
-       'audio_postprocessor/linear', None),
+    (r'embeddings\.latents$', f'{enc}/~/trainable_position_encoding', 'pos'),
+    (r'input_preprocessor\.embeddings\.weight$', 'embed', 'emb'),
+    (
+      r'input_preprocessor\.position_embeddings\.weight$',
+      'trainable_position_encoding',
+      'pos',
+    ),
+    (
+      r'input_preprocessor\.convnet_1x1\.(\w+)$',
+      'image_preprocessor/~/conv2_d',
+      None,
+    ),
+    (
+      r'input_preprocessor\.position_embeddings\.position_embeddings$',
+      'image_preprocessor/~_build_network_inputs/trainable_position_encoding',
+      'pos',
+    ),
+    (
+      r'input_preprocessor\.positions_projection\.(\w+)$',
+      'image_preprocessor/~_build_network_inputs/position_encoding_projector/'
+      'linear',
+      None,
+    ),
+    (
+      r'input_preprocessor\.convnet\.conv\.(\w+)$',
+      'image_preprocessor/~/conv2_d_downsample/~/conv',
+      None,
+    ),
+    (
+      r'input_preprocessor\.convnet\.batchnorm\.(weight|bias)$',
+      'image_preprocessor/~/conv2_d_downsample/~/batchnorm',
+      'bn',
+    ),
+    (
+      r'input_preprocessor\.convnet\.batchnorm\.running_(mean|var)$',
+      'image_preprocessor/~/conv2_d_downsample/~/batchnorm/~/{}_ema',
+      'ema',
+    ),
+    (
+      r'input_preprocessor\.conv_after_patches\.(\w+)$',
+      'image_preprocessor/patches_linear',
+      None,
+    ),
+    (
+      r'input_preprocessor\.padding\.(\w+)$',
+      'multimodal_preprocessor/{}_padding',
+      'pos',
+    ),
+    (
+      r'input_preprocessor\.mask\.(\w+)$',
+      'multimodal_preprocessor/{}_mask_token',
+      'pos',
+    ),
+    (
+      r'decoder\.(?:decoder\.)?output_position_encodings\.position_embeddings$',
+      f'{dec}/~/trainable_position_encoding',
+      'pos',
+    ),
+    (
+      r'decoder\.modalities\.label\.decoder\.output_position_encodings\.'
+      r'position_embeddings$',
+      'classification_decoder/~/basic_decoder/~/trainable_position_encoding',
+      'pos',
+    ),
+    (
+      r'decoder\.padding\.(\w+)$',
+      'multimodal_decoder/~decoder_query/{}_padding',
+      'pos',
+    ),
+    (r'decoder\.decoder\.final_layer\.(\w+)$', f'{dec}/output', None),
+    (r'embedding_decoder\.bias$', 'embedding_decoder', 'bias'),
+    (
+      r'output_postprocessor\.modalities\.image\.classifier\.(\w+)$',
+      'projection_postprocessor/linear',
+      None,
+    ),
+    (
+      r'output_postprocessor\.modalities\.label\.classifier\.(\w+)$',
+      'classification_postprocessor/linear',
+      None,
+    ),
+    (
+      r'output_postprocessor\.modalities\.audio\.classifier\.(\w+)$',
+      'audio_postprocessor/linear',
+      None,
+    ),
   ]
   for pat, module, kind in rules:
     m = re.match(pat, k)
@@ -115,7 +168,8 @@ def haiku_checkpoint(state_dict, family):
     module, kind, leaf = _haiku_name(key, family)
     if kind == 'pos':
       params.setdefault(module, {})['pos_embs'] = v.reshape(
-          (1, -1) if v.ndim == 1 else v.shape)
+        (1, -1) if v.ndim == 1 else v.shape
+      )
     elif kind == 'emb':
       params.setdefault(module, {})['embeddings'] = v
     elif kind == 'bias':
@@ -142,8 +196,14 @@ def haiku_checkpoint(state_dict, family):
   return {'params': params, 'state': state}
 
 
-FAMILIES = ('mlm', 'image_learned', 'image_fourier', 'image_conv',
-            'optical_flow', 'multimodal')
+FAMILIES = (
+  'mlm',
+  'image_learned',
+  'image_fourier',
+  'image_conv',
+  'optical_flow',
+  'multimodal',
+)
 
 
 @pytest.mark.parametrize('family', FAMILIES)
@@ -162,8 +222,10 @@ def test_haiku_pickle_matches_hf(family, tmp_path):
 
   # Same config and identical variables (names, shapes, values)...
   assert model_hk.config == model_hf.config
-  flat = lambda v: {'/'.join(k): np.asarray(a) for k, a in
-                    flax.traverse_util.flatten_dict(v).items()}
+  flat = lambda v: {
+    '/'.join(k): np.asarray(a)
+    for k, a in flax.traverse_util.flatten_dict(v).items()
+  }
   got_vars, want_vars = flat(vars_hk), flat(vars_hf)
   assert sorted(got_vars) == sorted(want_vars)
   for name, value in want_vars.items():
@@ -172,8 +234,9 @@ def test_haiku_pickle_matches_hf(family, tmp_path):
     # ...and, run end to end on three families, identical logits.
     run = lambda m, v: jax.jit(lambda v, x: m.apply(v, x, **kwargs))(v, inputs)
     got, want = run(model_hk, vars_hk), run(model_hf, vars_hf)
-    for a, b in zip(jax.tree_util.tree_leaves(got),
-                    jax.tree_util.tree_leaves(want)):
+    for a, b in zip(
+      jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)
+    ):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -191,7 +254,7 @@ def test_haiku_errors_name_parameters(tmp_path):
   # A truncated file fails clearly.
   good = pickle.dumps(haiku_checkpoint(hf_model.state_dict(), 'image_fourier'))
   bad = tmp_path / 'truncated.pystate'
-  bad.write_bytes(good[:len(good) // 2])
+  bad.write_bytes(good[: len(good) // 2])
   with pytest.raises(CheckpointError, match='corrupt or truncated'):
     checkpoints.from_haiku(str(bad), config)
   # An unknown module is named.

@@ -26,8 +26,10 @@ def _max_diff(a, b):
 
 
 # Every family through safetensors; the torch-pickle path on two of them.
-CASES = [(f, True) for f in hf_fixtures.FAMILIES] + [('mlm', False),
-                                                      ('image_conv', False)]
+CASES = [(f, True) for f in hf_fixtures.FAMILIES] + [
+  ('mlm', False),
+  ('image_conv', False),
+]
 
 
 @pytest.mark.parametrize('family,safe', CASES)
@@ -38,7 +40,8 @@ def test_from_hf_matches_pytorch(family, safe, tmp_path):
 
   model, variables, config = checkpoints.from_hf(str(tmp_path))
   got = jax.jit(lambda v, x, kw: model.apply(v, x, **kw))(
-      variables, inputs, kwargs)
+    variables, inputs, kwargs
+  )
   diff = _max_diff(got, expected)
   scale = _max_diff(expected, jax.tree_util.tree_map(np.zeros_like, expected))
   assert scale > 1e-2  # Outputs are not trivially small.

@@ -27,8 +27,9 @@ WEIGHT_DECAY = 0.01
 def _hf_steps(model, kwargs, labels):
   """Losses of `STEPS` AdamW steps, then the logits (eval mode)."""
   model.train()
-  opt = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE,
-                          weight_decay=WEIGHT_DECAY, eps=1e-8)
+  opt = torch.optim.AdamW(
+    model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, eps=1e-8
+  )
   losses = []
   for _ in range(STEPS):
     opt.zero_grad()
@@ -54,7 +55,9 @@ def _our_steps(model, variables, inputs, kwargs, labels):
     def loss_fn(p):
       logits = model.apply({'params': p}, inputs, **kwargs)
       return optax.softmax_cross_entropy_with_integer_labels(
-          logits, labels).mean()
+        logits, labels
+      ).mean()
+
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
@@ -66,16 +69,17 @@ def _our_steps(model, variables, inputs, kwargs, labels):
   return losses, np.asarray(model.apply({'params': params}, inputs, **kwargs))
 
 
-@pytest.mark.parametrize('family', ['sequence_classification',
-                                    'image_fourier'])
+@pytest.mark.parametrize('family', ['sequence_classification', 'image_fourier'])
 def test_adamw_steps_match_pytorch(family, tmp_path):
   hf_model, hf_kwargs, inputs, kwargs = hf_fixtures.build(family)
   hf_model.save_pretrained(tmp_path)
   labels = np.array([1, 2], np.int32)
-  model, variables, _ = checkpoints.from_hf(str(tmp_path),
-                                            attention_impl='auto')
-  ours, our_logits = _our_steps(model, variables, inputs, kwargs,
-                                jnp.asarray(labels))
+  model, variables, _ = checkpoints.from_hf(
+    str(tmp_path), attention_impl='auto'
+  )
+  ours, our_logits = _our_steps(
+    model, variables, inputs, kwargs, jnp.asarray(labels)
+  )
   theirs, their_logits = _hf_steps(hf_model, hf_kwargs, labels.astype(np.int64))
   print(f'{family}: losses ours {ours} vs HF {theirs}')
   assert abs(theirs[0] - theirs[-1]) > 1e-3  # The steps changed something.

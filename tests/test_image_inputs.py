@@ -40,9 +40,17 @@ def test_corrupt_jpeg_in_folder_is_one_error_naming_it(tmp_path, train):
   _class_folders(tmp_path)
   bad = tmp_path / 'b' / 'img3.jpg'
   data = bad.read_bytes()
-  bad.write_bytes(data[:len(data) // 2])  # Truncated: valid header, broken body.
+  bad.write_bytes(
+    data[: len(data) // 2]
+  )  # Truncated: valid header, broken body.
   iterator, _ = image_lib.make_image_dataset(
-      f'dir:{tmp_path}', 'train', batch_size=2, train=train, image_size=16, randaugment=None)
+    f'dir:{tmp_path}',
+    'train',
+    batch_size=2,
+    train=train,
+    image_size=16,
+    randaugment=None,
+  )
   with pytest.raises(image_lib.ImageDecodeError) as info:
     _drain(iterator)
   message = str(info.value)
@@ -55,7 +63,8 @@ def test_text_file_named_jpg_is_named(tmp_path):
   bad = tmp_path / 'a' / 'notes.jpg'
   bad.write_text('not an image at all')
   iterator, _ = image_lib.make_image_dataset(
-      f'dir:{tmp_path}', 'train', batch_size=3, train=False, image_size=16)
+    f'dir:{tmp_path}', 'train', batch_size=3, train=False, image_size=16
+  )
   with pytest.raises(ValueError, match='notes.jpg') as info:
     _drain(iterator)
   assert 'Unknown image file format' in str(info.value)
@@ -63,13 +72,21 @@ def test_text_file_named_jpg_is_named(tmp_path):
 
 def test_clean_folder_and_resumed_stream_are_unchanged(tmp_path):
   _class_folders(tmp_path)
-  it, info = image_lib.make_image_dataset(f'dir:{tmp_path}', 'train', batch_size=3, train=False,
-                                          image_size=16)
+  it, info = image_lib.make_image_dataset(
+    f'dir:{tmp_path}', 'train', batch_size=3, train=False, image_size=16
+  )
   assert _drain(it) == info['num_batches'] == 4
   # A bad file met only after resuming is still named (the stream offset is accounted for).
   (tmp_path / 'b' / 'img4.jpg').write_bytes(b'\xff\xd8\xff\xe0 truncated')
-  it, _ = image_lib.make_image_dataset(f'dir:{tmp_path}', 'train', batch_size=2, train=True,
-                                       image_size=16, randaugment=None, start_batch=7)
+  it, _ = image_lib.make_image_dataset(
+    f'dir:{tmp_path}',
+    'train',
+    batch_size=2,
+    train=True,
+    image_size=16,
+    randaugment=None,
+    start_batch=7,
+  )
   with pytest.raises(image_lib.ImageDecodeError, match='img4.jpg'):
     _drain(it)
 
@@ -88,20 +105,24 @@ def _truncated_png(path, seed=0):
   rng = np.random.default_rng(seed)
   Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(path)
   data = path.read_bytes()
-  path.write_bytes(data[:len(data) // 2])
+  path.write_bytes(data[: len(data) // 2])
   return str(path)
 
 
 def test_truncated_flow_frame_and_mask_name_the_file(tmp_path):
   from perceiver_io.flow import formats as flow_formats  # pylint: disable=g-import-not-at-top
+
   frame = _truncated_png(tmp_path / 'frame_0003.png')
-  with pytest.raises(ValueError, match='frame_0003.png: cannot read the image') as info:
+  with pytest.raises(
+    ValueError, match='frame_0003.png: cannot read the image'
+  ) as info:
     flow_formats.read_image(frame)
   assert 'truncated' in str(info.value)
   mask = tmp_path / 'occ.png'
-  Image.fromarray(np.random.default_rng(1).integers(0, 2, (64, 80), dtype=np.uint8) * 255
-                  ).save(mask)
-  mask.write_bytes(mask.read_bytes()[:len(mask.read_bytes()) // 2])
+  Image.fromarray(
+    np.random.default_rng(1).integers(0, 2, (64, 80), dtype=np.uint8) * 255
+  ).save(mask)
+  mask.write_bytes(mask.read_bytes()[: len(mask.read_bytes()) // 2])
   with pytest.raises(ValueError, match='occ.png: cannot read the mask'):
     flow_formats.read_mask(str(mask))
 
@@ -110,6 +131,7 @@ def test_truncated_frame_in_flow_evaluation_names_it(tmp_path):
   """The whole evaluation path (listing -> load_pair) gives the one-line error."""
   from perceiver_io.flow import formats as flow_formats  # pylint: disable=g-import-not-at-top
   from perceiver_io.flow import layouts as flow_layouts  # pylint: disable=g-import-not-at-top
+
   scene = tmp_path / 'training' / 'clean' / 'alley'
   flow_dir = tmp_path / 'training' / 'flow' / 'alley'
   os.makedirs(scene)
@@ -117,8 +139,11 @@ def test_truncated_frame_in_flow_evaluation_names_it(tmp_path):
   rng = np.random.default_rng(0)
   for i in (1, 2):
     Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(
-        scene / f'frame_{i:04d}.png')
-  flow_formats.write_flo(flow_dir / 'frame_0001.flo', np.zeros((24, 32, 2), np.float32))
+      scene / f'frame_{i:04d}.png'
+    )
+  flow_formats.write_flo(
+    flow_dir / 'frame_0001.flo', np.zeros((24, 32, 2), np.float32)
+  )
   _truncated_png(scene / 'frame_0002.png')
   (listing,) = [flow_layouts.list_sintel(str(tmp_path), passes='clean')]
   with pytest.raises(ValueError, match='frame_0002.png: cannot read'):
@@ -130,6 +155,7 @@ def test_truncated_frame_in_flow_evaluation_names_it(tmp_path):
 
 def test_sixteen_bit_png_same_pixels_in_numpy_and_tf_paths(tmp_path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(0)
   values = (rng.random((40, 50)) * 65535).astype(np.uint16)
   values[0, :6] = [0, 255, 256, 32767, 32768, 65535]
@@ -140,8 +166,10 @@ def test_sixteen_bit_png_same_pixels_in_numpy_and_tf_paths(tmp_path):
   np.testing.assert_array_equal(numpy_pixels, tf_pixels)
   assert 100 < numpy_pixels.mean() < 156  # Not clipped to white.
   np.testing.assert_allclose(
-      image_lib.eval_preprocess_numpy(numpy_pixels, 32),
-      image_lib.eval_preprocess(tf.constant(tf_pixels), image_size=32).numpy(), atol=1e-3)
+    image_lib.eval_preprocess_numpy(numpy_pixels, 32),
+    image_lib.eval_preprocess(tf.constant(tf_pixels), image_size=32).numpy(),
+    atol=1e-3,
+  )
 
 
 # ------------------------------------------- D: grayscale flow frames, predict == evaluate --
@@ -150,11 +178,14 @@ def test_sixteen_bit_png_same_pixels_in_numpy_and_tf_paths(tmp_path):
 def test_flow_predict_reads_grayscale_frames_as_evaluate_does(tmp_path):
   from experiments.tasks import optical_flow  # pylint: disable=g-import-not-at-top
   from perceiver_io.flow import formats as flow_formats  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(0)
   grey = tmp_path / '000157_10.png'
   Image.fromarray(rng.integers(0, 256, (24, 32), dtype=np.uint8)).save(grey)
   rgba = tmp_path / 'rgba.png'
-  Image.fromarray(rng.integers(0, 256, (24, 32, 4), dtype=np.uint8), 'RGBA').save(rgba)
+  Image.fromarray(
+    rng.integers(0, 256, (24, 32, 4), dtype=np.uint8), 'RGBA'
+  ).save(rgba)
   for path in (grey, rgba):
     frame = optical_flow.Task.read_frame(str(path))
     np.testing.assert_array_equal(frame, flow_formats.read_image(str(path)))
@@ -170,9 +201,12 @@ def test_eval_progress_logs_count_rate_and_eta_without_a_bar(caplog, capsys):
   import logging  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   from experiments import eval_progress  # pylint: disable=g-import-not-at-top
+
   config = ml_collections.ConfigDict({'progress_bar': False})
   with caplog.at_level(logging.INFO):
-    with eval_progress.EvalProgress(config, 10, 'image', log_every_s=0.0) as progress:
+    with eval_progress.EvalProgress(
+      config, 10, 'image', log_every_s=0.0
+    ) as progress:
       for _ in range(5):
         progress.update(2)
   text = caplog.text
@@ -190,6 +224,7 @@ def test_eval_progress_logs_count_rate_and_eta_without_a_bar(caplog, capsys):
 def test_eval_progress_bar_goes_to_stderr():
   import ml_collections  # pylint: disable=g-import-not-at-top
   from experiments import eval_progress  # pylint: disable=g-import-not-at-top
+
   config = ml_collections.ConfigDict({'progress_bar': True})
   progress = eval_progress.EvalProgress(config, 4, 'image')
   assert progress.bar is not None
@@ -205,29 +240,50 @@ def test_image_folder_evaluation_reports_progress(tmp_path, monkeypatch):
   from experiments import sharding  # pylint: disable=g-import-not-at-top
   from experiments.tasks import image_classification  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   _class_folders(tmp_path, per_class=3)
   seen = []
 
   class Recorder(eval_progress.EvalProgress):
-
     def update(self, n=1):
       seen.append(n)
       super().update(n)
 
   monkeypatch.setattr(eval_progress, 'EvalProgress', Recorder)
   task = image_classification.Task.__new__(image_classification.Task)
-  task.config = ml_collections.ConfigDict({
-      'progress_bar': False, 'max_eval_examples': -1, 'eval_batch_size': 4, 'seed': 0,
-      'data': {'source': f'dir:{tmp_path}', 'eval_source': '', 'eval_split': 'val',
-               'randaugment_layers': 0, 'randaugment_magnitude': 0.0, 'data_dir': '',
-               'manual_dir': '', 'class_names': '', 'geometry': ''}})
+  task.config = ml_collections.ConfigDict(
+    {
+      'progress_bar': False,
+      'max_eval_examples': -1,
+      'eval_batch_size': 4,
+      'seed': 0,
+      'data': {
+        'source': f'dir:{tmp_path}',
+        'eval_source': '',
+        'eval_split': 'val',
+        'randaugment_layers': 0,
+        'randaugment_magnitude': 0.0,
+        'data_dir': '',
+        'manual_dir': '',
+        'class_names': '',
+        'geometry': '',
+      },
+    }
+  )
   task.num_classes, task.image_size, task.in_channels = 2, 16, 3
 
   def eval_step(params, model_state, batch):
     del params, model_state
     weight = batch['weight']
-    return {'loss': weight * 0, 'top1': weight, 'top5': weight, 'weight': weight}
+    return {
+      'loss': weight * 0,
+      'top1': weight,
+      'top5': weight,
+      'weight': weight,
+    }
 
-  metrics = task.evaluate(eval_step, {'params': {}, 'model_state': {}}, sharding.make_mesh())
+  metrics = task.evaluate(
+    eval_step, {'params': {}, 'model_state': {}}, sharding.make_mesh()
+  )
   assert metrics['num_examples'] == 6
   assert seen == [4, 2]

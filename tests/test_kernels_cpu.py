@@ -56,9 +56,11 @@ def test_cpu_attention_bfloat16_stays_bfloat16(blocked):
   # Both CPU cores (full matrix; blocked, here in blocks of 3 query rows).
   q, k, v = (jnp.asarray(rand(2, 6, 2, 8), jnp.bfloat16) for _ in range(3))
   # Blocks of 3 query rows of 6 keys (fp32 logits: 4 bytes each).
-  core = (functools.partial(blocked_lib.blocked_attention,
-                            block_bytes=3 * 6 * 4)
-          if blocked else cpu.full_attention)
+  core = (
+    functools.partial(blocked_lib.blocked_attention, block_bytes=3 * 6 * 4)
+    if blocked
+    else cpu.full_attention
+  )
   val, grads = grads_of(core, (q, k, v, None))
   ref_val, ref = grads_of(_einsum_core(None), (q, k, v))
   assert all(g.dtype == jnp.bfloat16 for g in grads[:3])
@@ -82,15 +84,15 @@ def test_blocked_attention_matches_cpu_attention(use_mask, q_len, v_width):
   # query row (whose statistics a log-sum-exp alone would lose).
   q, k = rand(2, q_len, 3, 8), rand(2, 7, 3, 8)
   v = rand(2, 7, 3, v_width)
-  mask = (random_mask(2, q_len, 7, full_rows=[(1, q_len - 1)])
-          if use_mask else None)
+  mask = (
+    random_mask(2, q_len, 7, full_rows=[(1, q_len - 1)]) if use_mask else None
+  )
   ref_val, ref = grads_of(lambda *a: cpu.full_attention(*a, mask), (q, k, v))
   core = lambda *a: blocked_lib.blocked_attention(*a, mask, _TWO_ROWS_OF_7)
   got_val, got = grads_of(core, (q, k, v))
   out = jax.jit(core)(q, k, v)
   np.testing.assert_allclose(got_val, ref_val, rtol=1e-5)
-  np.testing.assert_allclose(out, cpu.full_attention(q, k, v, mask),
-                             atol=1e-6)
+  np.testing.assert_allclose(out, cpu.full_attention(q, k, v, mask), atol=1e-6)
   for g, r in zip(got, ref):
     assert np.max(np.abs(r)) > 0.1  # not a vacuous comparison
     np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
@@ -103,16 +105,24 @@ def test_attention_runs_blocked_from_the_size_threshold():
   # query.
   xq, xkv = rand(2, 5, 16), rand(2, 7, 12)
   mask = random_mask(2, 5, 7, full_rows=[(0, 2)])
+
   def module(threshold=None):
-    return mha('auto', qk=16, v=8, heads=4,
-               blocked_attention_min_bytes=threshold,
-               attention_block_bytes=_TWO_ROWS_OF_7)
+    return mha(
+      'auto',
+      qk=16,
+      v=8,
+      heads=4,
+      blocked_attention_min_bytes=threshold,
+      attention_block_bytes=_TWO_ROWS_OF_7,
+    )
+
   params = random_params(module(), xq, xkv)
   logits_bytes = 4 * 2 * 4 * 5 * 7  # [B, H, T, S] in fp32
 
   def run(threshold):
-    loss = lambda p, x: jnp.sum(jnp.sin(module(threshold).apply(
-        {'params': p}, x, xkv, mask)))
+    loss = lambda p, x: jnp.sum(
+      jnp.sin(module(threshold).apply({'params': p}, x, xkv, mask))
+    )
     jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(params, xq))
     loops = len(re.findall(r'\b(?:scan|while)\[', jaxpr))
     return loops, jax.grad(loss, argnums=(0, 1))(params, xq)
@@ -120,24 +130,29 @@ def test_attention_runs_blocked_from_the_size_threshold():
   loops, grads = run(logits_bytes)
   loops_full, grads_full = run(logits_bytes + 1)
   assert loops >= 2 and loops_full == 0  # forward + backward loops
-  for g, r in zip(jax.tree_util.tree_leaves(grads),
-                  jax.tree_util.tree_leaves(grads_full)):
+  for g, r in zip(
+    jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(grads_full)
+  ):
     np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
   got = module(0).apply({'params': params}, xq, xkv, mask)
   np.testing.assert_array_equal(got[0, 2], np.asarray(params['output']['bias']))
-  np.testing.assert_allclose(got, module().apply({'params': params}, xq, xkv,
-                                                 mask), atol=1e-6)
+  np.testing.assert_allclose(
+    got, module().apply({'params': params}, xq, xkv, mask), atol=1e-6
+  )
 
 
-@pytest.mark.parametrize('q_shape,kv_len,blocked', [
-    ((1, 256, 8, 32), 65536, True),    # 64k bytes: 512 MiB of logits
-    ((1, 256, 8, 32), 4096, True),     # 4k bytes: 4 MiB per head, narrow
-    ((1, 256, 8, 32), 2048, False),    # 2k bytes: 2 MiB per head
-    ((4, 256, 8, 32), 2048, False),    # IMDB batch 4: 2 MiB per head
+@pytest.mark.parametrize(
+  'q_shape,kv_len,blocked',
+  [
+    ((1, 256, 8, 32), 65536, True),  # 64k bytes: 512 MiB of logits
+    ((1, 256, 8, 32), 4096, True),  # 4k bytes: 4 MiB per head, narrow
+    ((1, 256, 8, 32), 2048, False),  # 2k bytes: 2 MiB per head
+    ((4, 256, 8, 32), 2048, False),  # IMDB batch 4: 2 MiB per head
     ((2, 512, 1, 261), 50176, False),  # ImageNet Fourier: one wide head
     ((1, 2048, 1, 512), 182528, True),  # optical flow: 1.4 GiB
-    ((8, 512, 8, 128), 512, False),    # ImageNet latents: 1 MiB per head
-])
+    ((8, 512, 8, 128), 512, False),  # ImageNet latents: 1 MiB per head
+  ],
+)
 def test_which_calls_run_blocked(q_shape, kv_len, blocked):
   # The default rule: 256 MiB of logits, or at least 4 MiB per (batch
   # element, head) with q/k heads at most 64 wide (attention.py, measured).
@@ -146,7 +161,8 @@ def test_which_calls_run_blocked(q_shape, kv_len, blocked):
   assert blocked_lib.use_blocked(q, k, kernels.KernelOptions()) == blocked
   # An explicit threshold (A/B runs) decides alone.
   assert not blocked_lib.use_blocked(
-      q, k, kernels.KernelOptions(blocked_attention_min_bytes=2**40))
+    q, k, kernels.KernelOptions(blocked_attention_min_bytes=2**40)
+  )
 
 
 def test_language_model_same_with_every_attention_blocked():
@@ -156,6 +172,7 @@ def test_language_model_same_with_every_attention_blocked():
   # same parameter gradients as the full-matrix default.
   from perceiver_io import presets  # pylint: disable=g-import-not-at-top
   from perceiver_io.model import build_model  # pylint: disable=g-import-not-at-top
+
   config = presets.get_config('tiny_text_classification')
   model = build_model(config, attention_impl='auto')
   ids = np.random.default_rng(0).integers(6, 262, (2, 48)).astype(np.int32)
@@ -170,13 +187,19 @@ def test_language_model_same_with_every_attention_blocked():
 
   grad_fn = jax.value_and_grad(loss, has_aux=True)
   (_, logits), grads = grad_fn(params)
-  model = build_model(config, attention_impl='auto', kernel_options={
+  model = build_model(
+    config,
+    attention_impl='auto',
+    kernel_options={
       'blocked_attention_min_bytes': 0,
-      'attention_block_bytes': 4 * 48 * 5})  # 5 rows a block
+      'attention_block_bytes': 4 * 48 * 5,
+    },
+  )  # 5 rows a block
   (_, blocked_logits), blocked_grads = grad_fn(params)
   np.testing.assert_allclose(blocked_logits, logits, atol=1e-5)
-  for got, want in zip(jax.tree_util.tree_leaves(blocked_grads),
-                       jax.tree_util.tree_leaves(grads)):
+  for got, want in zip(
+    jax.tree_util.tree_leaves(blocked_grads), jax.tree_util.tree_leaves(grads)
+  ):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
 
 
@@ -196,18 +219,24 @@ def test_layer_norm_sums_its_gradients_over_2d():
   plain = flax.linen.LayerNorm(epsilon=attn.LAYER_NORM_EPS)
   params = random_params(Norm(), x)
   assert jax.tree_util.tree_map(np.shape, params) == {
-      'norm': {'scale': (8,), 'bias': (8,)}}
+    'norm': {'scale': (8,), 'bias': (8,)}
+  }
   loss = lambda module, p: jnp.sum(w * module.apply({'params': p}, x))
-  np.testing.assert_allclose(Norm().apply({'params': params}, x),
-                             plain.apply({'params': params['norm']}, x),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    Norm().apply({'params': params}, x),
+    plain.apply({'params': params['norm']}, x),
+    atol=1e-6,
+  )
   got = jax.grad(lambda p: loss(Norm(), p))(params)['norm']
   want = jax.grad(lambda p: loss(plain, p))(params['norm'])
   for k in ('scale', 'bias'):
     np.testing.assert_allclose(got[k], want[k], atol=1e-5)
   jaxpr = jax.make_jaxpr(jax.grad(lambda p: loss(Norm(), p)))(params)
-  param_sums = [e for e in jaxpr.jaxpr.eqns if e.primitive.name ==
-                'reduce_sum' and e.outvars[0].aval.shape == (8,)]
+  param_sums = [
+    e
+    for e in jaxpr.jaxpr.eqns
+    if e.primitive.name == 'reduce_sum' and e.outvars[0].aval.shape == (8,)
+  ]
   assert len(param_sums) == 2, param_sums  # scale and bias
   assert all(e.invars[0].aval.shape == (64, 8) for e in param_sums), param_sums
 
@@ -226,8 +255,9 @@ def test_blocked_attention_plans_fewer_temporaries():
     compiled = step.lower(q, k, v).compile(JIT_OPTIONS)
     return compiled.memory_analysis().temp_size_in_bytes
 
-  in_blocks = temporaries(functools.partial(blocked_lib.blocked_attention,
-                                            block_bytes=2**20))
+  in_blocks = temporaries(
+    functools.partial(blocked_lib.blocked_attention, block_bytes=2**20)
+  )
   full = temporaries(cpu.full_attention)
   assert full > 2 * 8 * 2**20, full  # >= two logits-sized arrays
   assert in_blocks < 0.5 * full, (in_blocks, full)
@@ -253,11 +283,14 @@ def test_dense_weight_gradient_compiles_to_row_major_products(features):
   # the kernel widens or narrows (a dy^T variant let XLA fold it back).
   x, kernel = jnp.ones((64, 32)), jnp.ones((32, features))
   dims = (((1,), (0,)), ((), ()))
+
   def lhs_contractions(dot_general):
-    grad = jax.grad(lambda x, k: jnp.sum(dot_general(x, k, dims) ** 2),
-                    argnums=(0, 1))
+    grad = jax.grad(
+      lambda x, k: jnp.sum(dot_general(x, k, dims) ** 2), argnums=(0, 1)
+    )
     hlo = jax.jit(grad).lower(x, kernel).compile().as_text()
     return re.findall(r' dot\(.*?lhs_contracting_dims=\{(\d)\}', hlo)
+
   assert '0' in lhs_contractions(jax.lax.dot_general)  # What autodiff makes.
   found = lhs_contractions(cpu.dense_dot_general)
   assert len(found) == 3 and set(found) == {'1'}, found
@@ -269,12 +302,15 @@ def test_cpu_paths_taken_per_attention_impl():
   # projections; the default 'xla', 'einsum' and 'fused' keep autodiff's
   # form.
   xq, xkv = rand(2, 5, 16), rand(2, 7, 12)
+
   def custom_calls(impl, qk=16, v=8):
     module = mha(impl, qk=qk, v=v, heads=4)
     params = random_params(module, xq, xkv)
     jaxpr = jax.make_jaxpr(lambda p: module.apply({'params': p}, xq, xkv))(
-        params)
+      params
+    )
     return str(jaxpr).count('custom_vjp_call')
+
   assert jax.default_backend() == 'cpu'
   assert custom_calls('auto') == 5  # 4 projections + attention core
   assert custom_calls('cpu') == 5
@@ -289,11 +325,13 @@ def test_forward_mode_needs_the_default_kernels():
   # JAX refuses jvp through 'auto' on the CPU; the default 'xla' (and
   # 'einsum') support it (documented in kernels/options.py).
   xq, xkv = rand(1, 3, 8), rand(1, 4, 8)
+
   def jvp(impl):
     module = mha(impl, qk=8, v=8, heads=2)
     params = random_params(module, xq, xkv)
     f = lambda q: module.apply({'params': params}, q, xkv)
     return f, jax.jvp(f, (xq,), (jnp.ones_like(xq),))[1]
+
   with pytest.raises(TypeError, match='custom_vjp'):
     jvp('auto')
   for impl in ('xla', 'einsum'):
@@ -306,12 +344,15 @@ def test_forward_mode_needs_the_default_kernels():
 # ---------------------------------------------- block-by-block CPU gradients --
 def _block_grads(block, params, args, kwargs, rngs=None):
   """Gradients of a fixed random projection of a block's output."""
+
   def loss(params, args):
     out = block.apply({'params': params}, *args, rngs=rngs, **kwargs)
     w = np.random.default_rng(3).standard_normal(out.shape).astype(np.float32)
     return jnp.sum(out * w)
-  return jax.jit(jax.grad(loss, argnums=(0, 1)),
-                 compiler_options=JIT_OPTIONS)(params, args)
+
+  return jax.jit(jax.grad(loss, argnums=(0, 1)), compiler_options=JIT_OPTIONS)(
+    params, args
+  )
 
 
 @pytest.mark.parametrize('kind', ['self', 'cross'])
@@ -321,16 +362,27 @@ def test_blockwise_gradients_change_no_value(kind):
   # mask (cross) and with active dropout (the rng reaches the layers inside
   # the custom VJP: same key, same masks).
   def make(blockwise):
-    options = kernels.KernelOptions(attention='auto',
-                                    blockwise_gradients=blockwise)
+    options = kernels.KernelOptions(
+      attention='auto', blockwise_gradients=blockwise
+    )
     if kind == 'self':
       return kernels.block(attn.SelfAttentionBlock, options)(
-          num_heads=2, qk_channels=8, v_channels=16, widening_factor=2,
-          dropout_rate=0.3, attention_dropout_rate=0.2,
-          kernel_options=options)
+        num_heads=2,
+        qk_channels=8,
+        v_channels=16,
+        widening_factor=2,
+        dropout_rate=0.3,
+        attention_dropout_rate=0.2,
+        kernel_options=options,
+      )
     return kernels.block(attn.CrossAttentionBlock, options)(
-        num_heads=2, qk_channels=8, v_channels=8, dropout_rate=0.3,
-        kernel_options=options)
+      num_heads=2,
+      qk_channels=8,
+      v_channels=8,
+      dropout_rate=0.3,
+      kernel_options=options,
+    )
+
   block = make(blockwise=True)
   if kind == 'self':
     args, kwargs = (rand(2, 5, 16),), {}
@@ -341,13 +393,17 @@ def test_blockwise_gradients_change_no_value(kind):
   for deterministic in (True, False):
     kw = dict(kwargs, deterministic=deterministic)
     rngs = None if deterministic else {'dropout': jax.random.PRNGKey(7)}
-    jaxpr = str(jax.make_jaxpr(lambda p, a: block.apply(
-        {'params': p}, *a, rngs=rngs, **kw))(params, args))
+    jaxpr = str(
+      jax.make_jaxpr(
+        lambda p, a: block.apply({'params': p}, *a, rngs=rngs, **kw)
+      )(params, args)
+    )
     assert 'custom_vjp_call' in jaxpr  # The block-level VJP is in place.
     tied = _block_grads(block, params, args, kw, rngs)
     plain = _block_grads(make(blockwise=False), params, args, kw, rngs)
-    for got, want in zip(jax.tree_util.tree_leaves(tied),
-                         jax.tree_util.tree_leaves(plain)):
+    for got, want in zip(
+      jax.tree_util.tree_leaves(tied), jax.tree_util.tree_leaves(plain)
+    ):
       np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-6)
     assert float(jnp.abs(tied[1][0]).max()) > 1e-3  # Not a vacuous check.
 
@@ -399,13 +455,23 @@ def test_blockwise_gradients_free_each_layers_buffers(subprocess_env):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   from experiments import process_tuning  # pylint: disable=g-import-not-at-top
-  env = dict(subprocess_env, XLA_FLAGS=f'{process_tuning.LOW_MEMORY_CPU_FLAG}=false')
-  run = subprocess.run([sys.executable, '-c', _TEMPORARIES_SCRIPT], env=env,
-                       capture_output=True, text=True, timeout=300,
-                       check=False)
+
+  env = dict(
+    subprocess_env, XLA_FLAGS=f'{process_tuning.LOW_MEMORY_CPU_FLAG}=false'
+  )
+  run = subprocess.run(
+    [sys.executable, '-c', _TEMPORARIES_SCRIPT],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert run.returncode == 0, run.stderr[-3000:]
-  temps = {tuple(line.split()[:2]): int(line.split()[2])
-           for line in run.stdout.splitlines()}
+  temps = {
+    tuple(line.split()[:2]): int(line.split()[2])
+    for line in run.stdout.splitlines()
+  }
   with_it, without = temps[('auto', 'True')], temps[('auto', 'False')]
   assert with_it < 0.85 * without, temps
   assert temps[('einsum', 'True')] == temps[('einsum', 'False')], temps

@@ -22,7 +22,8 @@ from tests.model_helpers import random_params
 def test_cudnn_attention_only_where_cudnn_takes_it():
   q = lambda width, dtype=jnp.bfloat16: jnp.zeros((2, 8, 4, width), dtype)
   gpu = lambda *a, cc=8.0, **k: cudnn.supported(
-      *a, backend='gpu', compute_capability=cc, **k)
+    *a, backend='gpu', compute_capability=cc, **k
+  )
   assert gpu(q(128))
   assert gpu(q(64, jnp.float16))
   assert not cudnn.supported(q(128), backend='cpu')
@@ -47,10 +48,13 @@ def test_cudnn_attention_only_where_cudnn_takes_it():
   assert not gpu(one_query, kv_length=8)
 
 
-@pytest.mark.parametrize('qk_width,v_width,masked', [
-    (8, 40, False), (40, 8, False), (16, 16, False), (8, 40, True)])
-def test_cudnn_attention_padding_keeps_values_and_gradients(qk_width, v_width,
-                                                            masked):
+@pytest.mark.parametrize(
+  'qk_width,v_width,masked',
+  [(8, 40, False), (40, 8, False), (16, 16, False), (8, 40, True)],
+)
+def test_cudnn_attention_padding_keeps_values_and_gradients(
+  qk_width, v_width, masked
+):
   # `cudnn.attention` zero-pads the narrower of the q/k and v head widths
   # so that one fused kernel takes them. Run with XLA's kernel here (cuDNN
   # needs a GPU): values and all three gradients equal plain attention.
@@ -95,10 +99,14 @@ def test_cudnn_impl_takes_the_language_model_on_hopper(monkeypatch):
 
   def forward(impl):
     model = perceiver_io.build_model(
-        cfg, attention_impl=impl, dtype='bfloat16',
-        kernel_options={'platform': 'gpu', 'compute_capability': 9.0})
+      cfg,
+      attention_impl=impl,
+      dtype='bfloat16',
+      kernel_options={'platform': 'gpu', 'compute_capability': 9.0},
+    )
     return jax.jit(lambda v, x, kw: model.apply(v, x, **kw))(
-        variables, inputs, kwargs)
+      variables, inputs, kwargs
+    )
 
   ref = forward('einsum')
   assert not calls
@@ -106,5 +114,6 @@ def test_cudnn_impl_takes_the_language_model_on_hopper(monkeypatch):
   assert len(calls) >= 3  # Input cross-attention, latents, decoder.
   assert any(qk != v for qk, v, _ in calls)
   assert any(masked for _, _, masked in calls)
-  np.testing.assert_array_equal(np.asarray(got, np.float32),
-                                np.asarray(ref, np.float32))
+  np.testing.assert_array_equal(
+    np.asarray(got, np.float32), np.asarray(ref, np.float32)
+  )

@@ -20,7 +20,8 @@ def shape_init(cfg, inputs, **kwargs):
   """Traces init (and so the forward pass) without computing anything."""
   model = perceiver_io.build_model(cfg)
   return jax.eval_shape(
-      lambda x: model.init(jax.random.PRNGKey(0), x, **kwargs), inputs)
+    lambda x: model.init(jax.random.PRNGKey(0), x, **kwargs), inputs
+  )
 
 
 def _with(cfg, section, **changes):
@@ -36,24 +37,38 @@ FRAMES = jnp.zeros((1, 2, 16, 24, 3), jnp.float32)
 
 def test_good_inputs_trace():
   # The baseline: the same calls with correct inputs work.
-  shape_init(presets.get_config('tiny_language_mlm'), IDS,
-             attention_mask=jnp.ones((2, 64), jnp.int32))
+  shape_init(
+    presets.get_config('tiny_language_mlm'),
+    IDS,
+    attention_mask=jnp.ones((2, 64), jnp.int32),
+  )
   shape_init(presets.get_config('tiny_imagenet_learned'), IMAGES)
   shape_init(presets.get_config('tiny_optical_flow'), FRAMES)
 
 
 # --------------------------------------------------------------------- rank --
-@pytest.mark.parametrize('name,inputs,layout', [
-    ('tiny_imagenet_fourier', jnp.zeros((16, 16, 3)),
-     '[batch, height, width, channels]'),
-    ('tiny_imagenet_conv', jnp.zeros((32, 32)),
-     '[batch, height, width, channels]'),
-    ('tiny_language_mlm', jnp.zeros((2, 64, 1), jnp.int32),
-     '[batch, seq_len]'),
+@pytest.mark.parametrize(
+  'name,inputs,layout',
+  [
+    (
+      'tiny_imagenet_fourier',
+      jnp.zeros((16, 16, 3)),
+      '[batch, height, width, channels]',
+    ),
+    (
+      'tiny_imagenet_conv',
+      jnp.zeros((32, 32)),
+      '[batch, height, width, channels]',
+    ),
+    ('tiny_language_mlm', jnp.zeros((2, 64, 1), jnp.int32), '[batch, seq_len]'),
     ('tiny_language_mlm', jnp.zeros((64,), jnp.int32), '[batch, seq_len]'),
-    ('tiny_optical_flow', jnp.zeros((1, 16, 24, 3)),
-     '[batch, 2, height, width, channels]'),
-])
+    (
+      'tiny_optical_flow',
+      jnp.zeros((1, 16, 24, 3)),
+      '[batch, 2, height, width, channels]',
+    ),
+  ],
+)
 def test_wrong_rank_names_layout(name, inputs, layout):
   with pytest.raises(ValueError) as info:
     shape_init(presets.get_config(name), inputs)
@@ -72,16 +87,20 @@ def test_multimodal_wrong_rank_audio_names_layout():
 # -------------------------------------------------------------------- dtype --
 def test_float_token_ids_rejected():
   with pytest.raises(ValueError, match='integer token ids') as info:
-    shape_init(presets.get_config('tiny_language_mlm'),
-               jnp.zeros((2, 64), jnp.float32))
+    shape_init(
+      presets.get_config('tiny_language_mlm'), jnp.zeros((2, 64), jnp.float32)
+    )
   assert 'float32' in str(info.value)
 
 
-@pytest.mark.parametrize('name,inputs', [
+@pytest.mark.parametrize(
+  'name,inputs',
+  [
     ('tiny_imagenet_fourier', jnp.zeros((1, 16, 16, 3), jnp.uint8)),
     ('tiny_imagenet_learned', jnp.zeros((1, 16, 16, 3), jnp.int32)),
     ('tiny_optical_flow', jnp.zeros((1, 2, 16, 24, 3), jnp.uint8)),
-])
+  ],
+)
 def test_integer_images_rejected(name, inputs):
   with pytest.raises(ValueError, match='floating-point') as info:
     shape_init(presets.get_config(name), inputs)
@@ -91,43 +110,58 @@ def test_integer_images_rejected(name, inputs):
 # -------------------------------------------------------------------- shape --
 @pytest.mark.parametrize('mask_shape', [(2, 63), (1, 64), (64,), (2, 64, 1)])
 def test_attention_mask_shape_mismatch(mask_shape):
-  with pytest.raises(ValueError, match=r'attention_mask must have shape '
-                     r'\[batch, elements\] = \(2, 64\)'):
-    shape_init(presets.get_config('tiny_language_mlm'), IDS,
-               attention_mask=jnp.ones(mask_shape, jnp.int32))
+  with pytest.raises(
+    ValueError,
+    match=r'attention_mask must have shape '
+    r'\[batch, elements\] = \(2, 64\)',
+  ):
+    shape_init(
+      presets.get_config('tiny_language_mlm'),
+      IDS,
+      attention_mask=jnp.ones(mask_shape, jnp.int32),
+    )
 
 
 def test_text_longer_than_max_seq_len():
   with pytest.raises(ValueError, match='65 exceeds max_seq_len 64'):
-    shape_init(presets.get_config('tiny_language_mlm'),
-               jnp.zeros((1, 65), jnp.int32))
+    shape_init(
+      presets.get_config('tiny_language_mlm'), jnp.zeros((1, 65), jnp.int32)
+    )
 
 
 def test_trainable_position_encoding_size_mismatch():
   # Built for 16 x 16 = 256 positions; 20 x 20 images give 400.
   with pytest.raises(ValueError, match='trainable position encoding') as info:
-    shape_init(presets.get_config('tiny_imagenet_learned'),
-               jnp.zeros((1, 20, 20, 3)))
+    shape_init(
+      presets.get_config('tiny_imagenet_learned'), jnp.zeros((1, 20, 20, 3))
+    )
   assert '(20, 20)' in str(info.value) and '256' in str(info.value)
 
 
 def test_flow_needs_exactly_two_frames():
   with pytest.raises(ValueError, match='2 frames') as info:
-    shape_init(presets.get_config('tiny_optical_flow'),
-               jnp.zeros((1, 3, 16, 24, 3)))
+    shape_init(
+      presets.get_config('tiny_optical_flow'), jnp.zeros((1, 3, 16, 24, 3))
+    )
   assert '[batch, 2, H, W, C]' in str(info.value)
 
 
 def test_flow_rejects_subsampled_points():
   with pytest.raises(ValueError, match='subsampled'):
-    shape_init(presets.get_config('tiny_optical_flow'), FRAMES,
-               subsampled_output_points=jnp.arange(4))
+    shape_init(
+      presets.get_config('tiny_optical_flow'),
+      FRAMES,
+      subsampled_output_points=jnp.arange(4),
+    )
 
 
 def test_trainable_queries_cannot_be_subsampled():
   with pytest.raises(ValueError, match='Only Fourier queries'):
-    shape_init(presets.get_config('tiny_language_mlm'), IDS,
-               subsampled_output_points=jnp.arange(4))
+    shape_init(
+      presets.get_config('tiny_language_mlm'),
+      IDS,
+      subsampled_output_points=jnp.arange(4),
+    )
 
 
 def test_multimodal_inputs():
@@ -145,8 +179,11 @@ def test_multimodal_inputs():
 # ------------------------------------------------------------------- config --
 def test_unknown_top_level_key_lists_valid_keys():
   cfg = dict(presets.get_config('tiny_language_mlm'), dropout=0.1)
-  with pytest.raises(ValueError, match=r"unknown model config keys "
-                     r"\['dropout'\]") as info:
+  with pytest.raises(
+    ValueError,
+    match=r'unknown model config keys '
+    r"\['dropout'\]",
+  ) as info:
     perceiver_io.build_model(cfg)
   for key in ('preprocessor', 'encoder', 'decoder', 'remat', 'dtype'):
     assert f"'{key}'" in str(info.value)
@@ -176,8 +213,9 @@ def test_unknown_preprocessor_type_lists_valid():
 
 
 def test_unknown_postprocessor_type_lists_valid():
-  cfg = dict(presets.get_config('tiny_language_mlm'),
-             postprocessor={'type': 'softmax'})
+  cfg = dict(
+    presets.get_config('tiny_language_mlm'), postprocessor={'type': 'softmax'}
+  )
   with pytest.raises(ValueError, match="'softmax'") as info:
     shape_init(cfg, IDS)
   assert "'embedding_decoder'" in str(info.value)
@@ -192,10 +230,14 @@ def test_unknown_prep_type_lists_valid():
 
 
 def test_unknown_position_encoding_type_lists_valid():
-  cfg = _with('tiny_imagenet_learned', 'preprocessor',
-              position_encoding={'type': 'sinusoid'})
-  with pytest.raises(ValueError, match="'fourier' or 'trainable', got "
-                     "'sinusoid'"):
+  cfg = _with(
+    'tiny_imagenet_learned',
+    'preprocessor',
+    position_encoding={'type': 'sinusoid'},
+  )
+  with pytest.raises(
+    ValueError, match="'fourier' or 'trainable', got 'sinusoid'"
+  ):
     shape_init(cfg, IMAGES)
 
 
@@ -207,8 +249,11 @@ def test_unknown_concat_or_add_pos():
 
 def test_bad_performance_options():
   cfg = presets.get_config('tiny_language_mlm')
-  with pytest.raises(ValueError, match=r"dtype must be one of \['bfloat16', "
-                     r"'float16', 'float32'\], got 'fp8'"):
+  with pytest.raises(
+    ValueError,
+    match=r"dtype must be one of \['bfloat16', "
+    r"'float16', 'float32'\], got 'fp8'",
+  ):
     shape_init(dict(cfg, dtype='fp8'), IDS)
   with pytest.raises(ValueError, match='xla, auto, cpu, cudnn, fused, einsum'):
     shape_init(dict(cfg, attention_impl='flash'), IDS)

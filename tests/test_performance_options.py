@@ -37,7 +37,8 @@ def random_variables(model, inputs, kwargs, seed=0):
   running variances 1 + |N(0, 0.1^2)|; everything else N(0, 0.1^2).
   """
   shapes = jax.eval_shape(
-      lambda x, kw: model.init(jax.random.PRNGKey(0), x, **kw), inputs, kwargs)
+    lambda x, kw: model.init(jax.random.PRNGKey(0), x, **kw), inputs, kwargs
+  )
   rng = np.random.default_rng(seed)
 
   def fill(path, leaf):
@@ -76,8 +77,9 @@ def _forward(cfg, **overrides):
   key = json.dumps([cfg, overrides], sort_keys=True)
   if key not in _COMPILED:
     model = perceiver_io.build_model(cfg, **overrides)
-    _COMPILED[key] = jax.jit(lambda v, x, kw: model.apply(v, x, **kw),
-                            compiler_options=_JIT_OPTIONS)
+    _COMPILED[key] = jax.jit(
+      lambda v, x, kw: model.apply(v, x, **kw), compiler_options=_JIT_OPTIONS
+    )
   return _COMPILED[key]
 
 
@@ -100,7 +102,8 @@ def _outputs_and_grads(cfg, jit=True, **overrides):
 
   def run(params, others, x, kw):
     (value, out), grads = jax.value_and_grad(loss, has_aux=True)(
-        params, others, x, kw)
+      params, others, x, kw
+    )
     return out, value, grads
 
   return jax.jit(run, compiler_options=_JIT_OPTIONS) if jit else run
@@ -113,8 +116,12 @@ def _split(variables):
 
 def _max_diff(a, b):
   diffs = jax.tree_util.tree_map(
-      lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) -
-                                       np.asarray(y, np.float64)))), a, b)
+    lambda x, y: float(
+      np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))
+    ),
+    a,
+    b,
+  )
   return max(jax.tree_util.tree_leaves(diffs))
 
 
@@ -126,12 +133,13 @@ def assert_grads_close(got, ref, rtol=FP32_TOL):
   round-off in the large ones. The 1%-of-global floor covers gradients that
   are zero in exact arithmetic (e.g. key biases), which are pure round-off.
   """
-  assert (jax.tree_util.tree_structure(got) ==
-          jax.tree_util.tree_structure(ref))
-  ref_leaves = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(
-      ref)]
-  got_leaves = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(
-      got)]
+  assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(ref)
+  ref_leaves = [
+    np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(ref)
+  ]
+  got_leaves = [
+    np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(got)
+  ]
   top = max(float(np.max(np.abs(r))) for r in ref_leaves)
   assert top > 0.0
   worst = 0.0
@@ -152,11 +160,13 @@ def _setup(name, batch_size=2, **cfg_overrides):
 # ------------------------------------------------------------------ bfloat16 --
 # The tiny presets cut to one latent layer where depth does not matter to the
 # option under test: XLA:CPU compile time dominates these tests.
-_SMALL = {'tiny_language_mlm': dict(depth=1),
-          'tiny_imagenet_conv': dict(blocks=1, per_block=1),
-          'tiny_imagenet_fourier': dict(blocks=1, per_block=1),
-          'tiny_optical_flow': dict(depth=1),
-          'tiny_multimodal_autoencoding': dict(depth=1)}
+_SMALL = {
+  'tiny_language_mlm': dict(depth=1),
+  'tiny_imagenet_conv': dict(blocks=1, per_block=1),
+  'tiny_imagenet_fourier': dict(blocks=1, per_block=1),
+  'tiny_optical_flow': dict(depth=1),
+  'tiny_multimodal_autoencoding': dict(depth=1),
+}
 
 
 def _setup_small(name):
@@ -164,10 +174,12 @@ def _setup_small(name):
 
 
 def _rel_err(got, ref):
-  got = np.concatenate([np.asarray(x, np.float64).ravel()
-                        for x in jax.tree_util.tree_leaves(got)])
-  ref = np.concatenate([np.asarray(x, np.float64).ravel()
-                        for x in jax.tree_util.tree_leaves(ref)])
+  got = np.concatenate(
+    [np.asarray(x, np.float64).ravel() for x in jax.tree_util.tree_leaves(got)]
+  )
+  ref = np.concatenate(
+    [np.asarray(x, np.float64).ravel() for x in jax.tree_util.tree_leaves(ref)]
+  )
   return np.linalg.norm(got - ref) / np.linalg.norm(ref)
 
 
@@ -179,8 +191,9 @@ def _text_kwargs(batch_size=2, seq_len=64, seed=5):
   return {'attention_mask': attention_mask, 'query_mask': query_mask}
 
 
-@pytest.mark.parametrize('name', ['tiny_language_mlm', 'tiny_imagenet_conv',
-                                  'tiny_optical_flow'])
+@pytest.mark.parametrize(
+  'name', ['tiny_language_mlm', 'tiny_imagenet_conv', 'tiny_optical_flow']
+)
 def test_bfloat16_compute_float32_params(name):
   """bf16 keeps 8 significant bits (unit round-off 2^-8 ~ 4e-3 per op).
 
@@ -195,7 +208,8 @@ def test_bfloat16_compute_float32_params(name):
     kwargs = _text_kwargs()
   bf16 = perceiver_io.build_model(cfg, dtype='bfloat16')
   shapes = jax.eval_shape(
-      lambda x, kw: bf16.init(jax.random.PRNGKey(0), x, **kw), inputs, kwargs)
+    lambda x, kw: bf16.init(jax.random.PRNGKey(0), x, **kw), inputs, kwargs
+  )
   dtypes = {leaf.dtype for leaf in jax.tree_util.tree_leaves(shapes)}
   assert dtypes == {jnp.dtype(jnp.float32)}  # Parameters stay float32.
 
@@ -212,8 +226,9 @@ def test_bfloat16_compute_float32_params(name):
 # --------------------------------------------------------------------- remat --
 def _jaxpr(cfg, variables, inputs, kwargs, **overrides):
   model = perceiver_io.build_model(cfg, **overrides)
-  return str(jax.make_jaxpr(lambda v, x: model.apply(v, x, **kwargs))(
-      variables, inputs))
+  return str(
+    jax.make_jaxpr(lambda v, x: model.apply(v, x, **kwargs))(variables, inputs)
+  )
 
 
 def _unit_outputs_and_grads(module, variables, args, **kwargs):
@@ -223,13 +238,16 @@ def _unit_outputs_and_grads(module, variables, args, **kwargs):
   `_outputs_and_grads`); `kwargs` (masks) are not differentiated. One
   compilation per module.
   """
+
   def loss(params, args, kwargs):
     out = module.apply({'params': params}, *args, **kwargs)
     w = np.random.default_rng(0).standard_normal(out.shape)
     return jnp.sum(out * w.astype(np.float32)), out
 
-  run = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True),
-                compiler_options=_JIT_OPTIONS)
+  run = jax.jit(
+    jax.value_and_grad(loss, argnums=(0, 1), has_aux=True),
+    compiler_options=_JIT_OPTIONS,
+  )
   (_, out), grads = run(variables['params'], args, kwargs)
   return out, grads
 
@@ -237,13 +255,16 @@ def _unit_outputs_and_grads(module, variables, args, **kwargs):
 def test_remat_option_reaches_the_encoder():
   # The model-level flag wraps the latent layers in jax.checkpoint (remat);
   # tracing only, nothing is compiled.
-  cfg, inputs, kwargs, variables = _setup('tiny_imagenet_fourier', blocks=2,
-                                          per_block=1)
+  cfg, inputs, kwargs, variables = _setup(
+    'tiny_imagenet_fourier', blocks=2, per_block=1
+  )
   remat = perceiver_io.build_model(cfg, remat=True)
   remat_shapes = jax.eval_shape(
-      lambda x, kw: remat.init(jax.random.PRNGKey(0), x, **kw), inputs, kwargs)
-  assert (jax.tree_util.tree_structure(remat_shapes) ==
-          jax.tree_util.tree_structure(variables))  # Same parameter names.
+    lambda x, kw: remat.init(jax.random.PRNGKey(0), x, **kw), inputs, kwargs
+  )
+  assert jax.tree_util.tree_structure(
+    remat_shapes
+  ) == jax.tree_util.tree_structure(variables)  # Same parameter names.
   # The primitive prints as 'remat2' or 'checkpoint' depending on the jax
   # version.
   with_remat = _jaxpr(cfg, variables, inputs, kwargs, remat=True)
@@ -256,19 +277,28 @@ def test_remat_same_outputs_and_gradients():
   # Three blocks sharing one layer's weights, a padded input: remat must
   # change neither the outputs nor the gradients (parameters and inputs).
   def encoder(remat):
-    return PerceiverEncoder(num_latents=8, latent_channels=32, num_blocks=3,
-                            num_self_attends_per_block=1,
-                            num_cross_attend_heads=2, num_self_attend_heads=4,
-                            qk_channels=16, v_channels=32, remat=remat)
+    return PerceiverEncoder(
+      num_latents=8,
+      latent_channels=32,
+      num_blocks=3,
+      num_self_attends_per_block=1,
+      num_cross_attend_heads=2,
+      num_self_attend_heads=4,
+      qk_channels=16,
+      v_channels=32,
+      remat=remat,
+    )
 
   x = np.random.default_rng(0).standard_normal((2, 12, 6)).astype(np.float32)
   mask = np.ones((2, 12), bool)
   mask[1, 7:] = False
   variables = random_variables(encoder(False), x, {'input_mask': mask})
-  out_p, grad_p = _unit_outputs_and_grads(encoder(False), variables, (x,),
-                                          input_mask=mask)
-  out_r, grad_r = _unit_outputs_and_grads(encoder(True), variables, (x,),
-                                          input_mask=mask)
+  out_p, grad_p = _unit_outputs_and_grads(
+    encoder(False), variables, (x,), input_mask=mask
+  )
+  out_r, grad_r = _unit_outputs_and_grads(
+    encoder(True), variables, (x,), input_mask=mask
+  )
   np.testing.assert_allclose(out_r, out_p, atol=FP32_TOL, rtol=FP32_TOL)
   assert_grads_close(grad_r, grad_p)
   # The gradients reach the shared latent layers (not a vacuous comparison).
@@ -305,21 +335,26 @@ def test_chunked_decoding_gradients():
   # (broadcast into every chunk) equal those of unchunked decoding.
   def decoder(chunk):
     return decoders.DecoderCrossAttention(
-        num_heads=2, qk_channels=8, v_channels=12, output_channels=5,
-        query_chunk_size=chunk)
+      num_heads=2,
+      qk_channels=8,
+      v_channels=12,
+      output_channels=5,
+      query_chunk_size=chunk,
+    )
 
   rng = np.random.default_rng(0)
   queries = rng.standard_normal((2, 23, 12)).astype(np.float32)
   latents = rng.standard_normal((2, 8, 16)).astype(np.float32)
   query_mask = rng.random((2, 23)) > 0.3
-  variables = random_variables(decoder(None), queries,
-                               {'z': latents, 'query_mask': query_mask})
-  out_p, grad_p = _unit_outputs_and_grads(decoder(None), variables,
-                                          (queries, latents),
-                                          query_mask=query_mask)
-  out_c, grad_c = _unit_outputs_and_grads(decoder(5), variables,
-                                          (queries, latents),
-                                          query_mask=query_mask)
+  variables = random_variables(
+    decoder(None), queries, {'z': latents, 'query_mask': query_mask}
+  )
+  out_p, grad_p = _unit_outputs_and_grads(
+    decoder(None), variables, (queries, latents), query_mask=query_mask
+  )
+  out_c, grad_c = _unit_outputs_and_grads(
+    decoder(5), variables, (queries, latents), query_mask=query_mask
+  )
   np.testing.assert_allclose(out_c, out_p, atol=FP32_TOL, rtol=FP32_TOL)
   assert_grads_close(grad_c, grad_p)
   assert float(jnp.max(jnp.abs(grad_p[1][1]))) > 1e-3  # d/d latents.
@@ -334,15 +369,21 @@ def test_chunked_init_matches_unchunked_init_and_decodes_by_chunk():
   queries = rng.standard_normal((2, 23, 12)).astype(np.float32)
   latents = rng.standard_normal((2, 8, 16)).astype(np.float32)
   make = lambda chunk: decoders.DecoderCrossAttention(
-      num_heads=2, qk_channels=8, v_channels=12, output_channels=5,
-      query_chunk_size=chunk)
+    num_heads=2,
+    qk_channels=8,
+    v_channels=12,
+    output_channels=5,
+    query_chunk_size=chunk,
+  )
   key = jax.random.PRNGKey(3)
   out_p, vars_p = make(None).init_with_output(key, queries, latents)
   out_c, vars_c = make(5).init_with_output(key, queries, latents)
-  assert (jax.tree_util.tree_structure(vars_c) ==
-          jax.tree_util.tree_structure(vars_p))
-  for a, b in zip(jax.tree_util.tree_leaves(vars_c),
-                  jax.tree_util.tree_leaves(vars_p)):
+  assert jax.tree_util.tree_structure(vars_c) == jax.tree_util.tree_structure(
+    vars_p
+  )
+  for a, b in zip(
+    jax.tree_util.tree_leaves(vars_c), jax.tree_util.tree_leaves(vars_p)
+  ):
     np.testing.assert_array_equal(a, b)
   assert out_c.shape == (2, 23, 5)
   np.testing.assert_allclose(out_c, out_p, atol=FP32_TOL, rtol=FP32_TOL)
@@ -387,8 +428,9 @@ def test_fused_refused_for_unequal_widths():
   cfg, inputs, kwargs, _ = _setup_small('tiny_language_mlm')
   model = perceiver_io.build_model(cfg, attention_impl='fused')
   with pytest.raises(ValueError, match='qk_channels == v_channels'):
-    jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, **kwargs),
-                   inputs)
+    jax.eval_shape(
+      lambda x: model.init(jax.random.PRNGKey(0), x, **kwargs), inputs
+    )
 
 
 @pytest.mark.parametrize('impl', ['auto', 'cpu'])
@@ -403,8 +445,10 @@ def test_attention_impl_cpu_same_outputs_and_gradients(name, impl):
     kwargs = {k: jnp.asarray(v) for k, v in _text_kwargs().items()}
   params, others = _split(variables)
   out_r, _, grad_r = _outputs_and_grads(cfg, attention_impl='einsum')(
-      params, others, inputs, kwargs)
+    params, others, inputs, kwargs
+  )
   out_c, _, grad_c = _outputs_and_grads(cfg, attention_impl=impl)(
-      params, others, inputs, kwargs)
+    params, others, inputs, kwargs
+  )
   assert _max_diff(out_c, out_r) < FP32_TOL * 10
   assert_grads_close(grad_c, grad_r)

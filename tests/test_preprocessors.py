@@ -34,10 +34,12 @@ def test_space_to_depth_4d_matches_loops():
       for dh in range(s):
         for dw in range(s):
           for ch in range(c):
-            expected[:, i, j, (dh * s + dw) * c + ch] = x[:, i * s + dh,
-                                                          j * s + dw, ch]
-  np.testing.assert_array_equal(pp.space_to_depth(jnp.asarray(x), 1, s),
-                                expected)
+            expected[:, i, j, (dh * s + dw) * c + ch] = x[
+              :, i * s + dh, j * s + dw, ch
+            ]
+  np.testing.assert_array_equal(
+    pp.space_to_depth(jnp.asarray(x), 1, s), expected
+  )
 
 
 def test_space_to_depth_5d_matches_loops():
@@ -52,10 +54,12 @@ def test_space_to_depth_5d_matches_loops():
             for dw in range(s):
               for ch in range(c):
                 channel = ((dt * s + dh) * s + dw) * c + ch
-                expected[:, k, i, j, channel] = x[:, k * t + dt, i * s + dh,
-                                                  j * s + dw, ch]
-  np.testing.assert_array_equal(pp.space_to_depth(jnp.asarray(x), t, s),
-                                expected)
+                expected[:, k, i, j, channel] = x[
+                  :, k * t + dt, i * s + dh, j * s + dw, ch
+                ]
+  np.testing.assert_array_equal(
+    pp.space_to_depth(jnp.asarray(x), t, s), expected
+  )
 
 
 def test_space_to_depth_rejects_bad_shapes():
@@ -80,7 +84,7 @@ def reference_flow_patches(frame, size=3):
           yy, xx = y + py - r, x + px - r
           if 0 <= yy < h and 0 <= xx < w:
             start = (py * size + px) * c
-            out[y, x, start:start + c] = frame[yy, xx]
+            out[y, x, start : start + c] = frame[yy, xx]
   return out
 
 
@@ -90,8 +94,9 @@ def test_extract_flow_patches_matches_loops():
   assert got.shape == (2, 2, 5, 4, 27)
   for b in range(2):
     for t in range(2):
-      np.testing.assert_array_equal(got[b, t],
-                                    reference_flow_patches(frames[b, t]))
+      np.testing.assert_array_equal(
+        got[b, t], reference_flow_patches(frames[b, t])
+      )
   # Hand check: the centre channel block (ph=1, pw=1) is the pixel itself and
   # the corner (0, 0) patch of the top-left pixel is zero padding.
   np.testing.assert_array_equal(got[..., 12:15], frames)
@@ -101,33 +106,50 @@ def test_extract_flow_patches_matches_loops():
 # ---------------------------------------------------------- conv downsample --
 def reference_max_pool(x, pad_lo, pad_hi, window=3, stride=2):
   """NumPy max pool over H, W of [B, H, W, C] with -inf padding."""
-  x = np.pad(x, ((0, 0), (pad_lo, pad_hi), (pad_lo, pad_hi), (0, 0)),
-             constant_values=-np.inf)
+  x = np.pad(
+    x,
+    ((0, 0), (pad_lo, pad_hi), (pad_lo, pad_hi), (0, 0)),
+    constant_values=-np.inf,
+  )
   b, h, w, c = x.shape
   oh, ow = (h - window) // stride + 1, (w - window) // stride + 1
   out = np.empty((b, oh, ow, c), x.dtype)
   for i in range(oh):
     for j in range(ow):
-      win = x[:, i * stride:i * stride + window, j * stride:j * stride + window]
+      win = x[
+        :, i * stride : i * stride + window, j * stride : j * stride + window
+      ]
       out[:, i, j] = win.max(axis=(1, 2))
   return out
 
 
 def _conv(x, kernel, pad):
-  return np.asarray(jax.lax.conv_general_dilated(
-      jnp.asarray(x), jnp.asarray(kernel), (2, 2), (pad, pad),
+  return np.asarray(
+    jax.lax.conv_general_dilated(
+      jnp.asarray(x),
+      jnp.asarray(kernel),
+      (2, 2),
+      (pad, pad),
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-      precision=jax.lax.Precision.HIGHEST))
+      precision=jax.lax.Precision.HIGHEST,
+    )
+  )
 
 
-@pytest.mark.parametrize('hf_compat,size,expected',
-                         [(False, 32, 8), (True, 32, 7), (False, 224, 56),
-                          (True, 224, 55), (False, 30, 8)])
+@pytest.mark.parametrize(
+  'hf_compat,size,expected',
+  [
+    (False, 32, 8),
+    (True, 32, 7),
+    (False, 224, 56),
+    (True, 224, 55),
+    (False, 30, 8),
+  ],
+)
 def test_conv_downsample_output_size(hf_compat, size, expected):
   module = pp.Conv2DDownsample(num_channels=4, hf_compat=hf_compat)
   x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  variables = jax.eval_shape(
-      lambda x: module.init(jax.random.PRNGKey(0), x), x)
+  variables = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x), x)
   out = jax.eval_shape(lambda v, x: module.apply(v, x), variables, x)
   assert out.shape == (1, expected, expected, 4)
 
@@ -137,8 +159,9 @@ def test_conv_downsample_padding_matches_explicit(hf_compat):
   # Even input 16: TF 'SAME' for a 7x7/2 conv pads (2, 3) and for the 3x3/2
   # pool pads (0, 1); HF pads the conv (3, 3) and does not pad the pool.
   x = _rand(2, 16, 16, 3)
-  module = pp.Conv2DDownsample(num_channels=5, use_batchnorm=False,
-                               hf_compat=hf_compat)
+  module = pp.Conv2DDownsample(
+    num_channels=5, use_batchnorm=False, hf_compat=hf_compat
+  )
   variables = random_variables(module, x, {})
   kernel = np.asarray(variables['params']['conv']['kernel'])
   got = np.asarray(module.apply(variables, x))
@@ -152,8 +175,9 @@ def test_conv_downsample_padding_matches_explicit(hf_compat):
   np.testing.assert_allclose(got, expected, atol=1e-4)
   # The two paddings really differ on this input.
   if not hf_compat:
-    assert not np.allclose(_conv(x, kernel, (2, 3)), _conv(x, kernel, (3, 3))[
-        :, :8, :8], atol=1e-3)
+    assert not np.allclose(
+      _conv(x, kernel, (2, 3)), _conv(x, kernel, (3, 3))[:, :8, :8], atol=1e-3
+    )
 
 
 def test_conv_downsample_batchnorm_eval_and_train():
@@ -164,9 +188,12 @@ def test_conv_downsample_batchnorm_eval_and_train():
   mean, var = _rand(4), np.abs(_rand(4)) + 0.5
   scale, bias = _rand(4), _rand(4)
   variables = {
-      'params': {'conv': {'kernel': kernel},
-                 'batchnorm': {'scale': scale, 'bias': bias}},
-      'batch_stats': {'batchnorm': {'mean': mean, 'var': var}}}
+    'params': {
+      'conv': {'kernel': kernel},
+      'batchnorm': {'scale': scale, 'bias': bias},
+    },
+    'batch_stats': {'batchnorm': {'mean': mean, 'var': var}},
+  }
   conv = _conv(x, kernel, (2, 3))
   norm = (conv - mean) / np.sqrt(var + 1e-5) * scale + bias
   expected = reference_max_pool(np.maximum(norm, 0), 0, 1)
@@ -174,15 +201,18 @@ def test_conv_downsample_batchnorm_eval_and_train():
   np.testing.assert_allclose(got, expected, atol=1e-4)
 
   # Training: batch statistics, and running stats decay 0.9 (official).
-  _, updates = module.apply(variables, x, deterministic=False,
-                            mutable=['batch_stats'])
+  _, updates = module.apply(
+    variables, x, deterministic=False, mutable=['batch_stats']
+  )
   batch_mean = conv.mean(axis=(0, 1, 2))
   batch_var = conv.var(axis=(0, 1, 2))
   new = updates['batch_stats']['batchnorm']
-  np.testing.assert_allclose(new['mean'], 0.9 * mean + 0.1 * batch_mean,
-                             atol=1e-4)
-  np.testing.assert_allclose(new['var'], 0.9 * var + 0.1 * batch_var,
-                             rtol=1e-3, atol=1e-4)
+  np.testing.assert_allclose(
+    new['mean'], 0.9 * mean + 0.1 * batch_mean, atol=1e-4
+  )
+  np.testing.assert_allclose(
+    new['var'], 0.9 * var + 0.1 * batch_var, rtol=1e-3, atol=1e-4
+  )
 
 
 # ----------------------------------------------------------- image / video --
@@ -195,8 +225,11 @@ def _fourier_cfg(bands, res=None):
 
 def test_image_pixels_concat_fourier():
   x = _rand(2, 8, 6, 3)
-  module = pp.ImagePreprocessor(prep_type='pixels', spatial_downsample=2,
-                                position_encoding=_fourier_cfg(3, (8, 6)))
+  module = pp.ImagePreprocessor(
+    prep_type='pixels',
+    spatial_downsample=2,
+    position_encoding=_fourier_cfg(3, (8, 6)),
+  )
   out = module.apply({}, jnp.asarray(x))
   sub = x[:, ::2, ::2].reshape(2, 12, 3)
   feats = reference_fourier(reference_grid((4, 3)), 3, (8, 6))
@@ -209,14 +242,19 @@ def test_image_pixels_concat_fourier():
 
 def test_image_conv1x1_is_strided_linear():
   x = _rand(1, 6, 6, 3)
-  module = pp.ImagePreprocessor(prep_type='conv1x1', spatial_downsample=2,
-                                num_channels=5,
-                                position_encoding=_fourier_cfg(2))
+  module = pp.ImagePreprocessor(
+    prep_type='conv1x1',
+    spatial_downsample=2,
+    num_channels=5,
+    position_encoding=_fourier_cfg(2),
+  )
   variables = random_variables(module, x, {})
   conv = variables['params']['conv1x1']
   out = module.apply(variables, x)
-  expected = x[:, ::2, ::2].reshape(1, 9, 3) @ np.asarray(
-      conv['kernel'])[0, 0] + conv['bias']
+  expected = (
+    x[:, ::2, ::2].reshape(1, 9, 3) @ np.asarray(conv['kernel'])[0, 0]
+    + conv['bias']
+  )
   np.testing.assert_allclose(out.inputs_without_pos, expected, atol=1e-5)
   assert out.inputs.shape == (1, 9, 5 + 10)
 
@@ -224,54 +262,80 @@ def test_image_conv1x1_is_strided_linear():
 def test_image_patches_add_trainable_positions():
   x = _rand(2, 4, 4, 2)
   module = pp.ImagePreprocessor(
-      prep_type='patches', spatial_downsample=2, concat_or_add_pos='add',
-      position_encoding={'type': 'trainable', 'num_channels': 8,
-                         'index_dims': [4]})
+    prep_type='patches',
+    spatial_downsample=2,
+    concat_or_add_pos='add',
+    position_encoding={
+      'type': 'trainable',
+      'num_channels': 8,
+      'index_dims': [4],
+    },
+  )
   variables = random_variables(module, x, {})
   table = variables['params']['position_encoding']['trainable']['embeddings']
   out = module.apply(variables, x)
   flat = np.asarray(pp.space_to_depth(jnp.asarray(x), 1, 2)).reshape(2, 4, 8)
-  np.testing.assert_allclose(out.inputs, flat + np.asarray(table)[None],
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    out.inputs, flat + np.asarray(table)[None], atol=1e-6
+  )
 
 
 def test_video_patches_3d_fourier():
   x = _rand(1, 4, 4, 4, 3)
-  module = pp.ImagePreprocessor(prep_type='patches', spatial_downsample=2,
-                                temporal_downsample=2, temporal=True,
-                                position_encoding=_fourier_cfg(2, (2, 2, 2)))
+  module = pp.ImagePreprocessor(
+    prep_type='patches',
+    spatial_downsample=2,
+    temporal_downsample=2,
+    temporal=True,
+    position_encoding=_fourier_cfg(2, (2, 2, 2)),
+  )
   out = module.apply({}, x)
   assert out.index_dims == (2, 2, 2)
   flat = np.asarray(pp.space_to_depth(jnp.asarray(x), 2, 2)).reshape(1, 8, 24)
   feats = reference_fourier(reference_grid((2, 2, 2)), 2, (2, 2, 2))
-  np.testing.assert_allclose(out.inputs[0], np.concatenate([flat[0], feats],
-                                                           -1), atol=1e-5)
+  np.testing.assert_allclose(
+    out.inputs[0], np.concatenate([flat[0], feats], -1), atol=1e-5
+  )
 
 
 def test_flow_preprocessor_matches_reference():
   b, h, w = 1, 4, 5
   frames = _rand(b, 2, h, w, 3)
   module = pp.ImagePreprocessor(
-      prep_type='patches', flow_patches=True, spatial_downsample=1,
-      temporal_downsample=2, conv_after_patching=True, num_channels=6,
-      position_encoding=_fourier_cfg(2, (h, w)))
+    prep_type='patches',
+    flow_patches=True,
+    spatial_downsample=1,
+    temporal_downsample=2,
+    conv_after_patching=True,
+    num_channels=6,
+    position_encoding=_fourier_cfg(2, (h, w)),
+  )
   variables = random_variables(module, frames, {})
   lin = variables['params']['patches_linear']
   out = module.apply(variables, frames)
   # Per pixel: [27 channels of frame 0, 27 of frame 1] -> Linear -> + FF.
-  patches = np.concatenate([reference_flow_patches(frames[0, 0]),
-                            reference_flow_patches(frames[0, 1])], -1)
+  patches = np.concatenate(
+    [
+      reference_flow_patches(frames[0, 0]),
+      reference_flow_patches(frames[0, 1]),
+    ],
+    -1,
+  )
   feats = patches.reshape(h * w, 54) @ np.asarray(lin['kernel']) + lin['bias']
   pos = reference_fourier(reference_grid((h, w)), 2, (h, w))
   assert out.index_dims == (h, w)
-  np.testing.assert_allclose(out.inputs[0], np.concatenate([feats, pos], -1),
-                             atol=1e-4)
+  np.testing.assert_allclose(
+    out.inputs[0], np.concatenate([feats, pos], -1), atol=1e-4
+  )
 
 
 def test_add_with_mismatched_width_raises():
-  module = pp.ImagePreprocessor(prep_type='pixels', spatial_downsample=1,
-                                concat_or_add_pos='add',
-                                position_encoding=_fourier_cfg(2))
+  module = pp.ImagePreprocessor(
+    prep_type='pixels',
+    spatial_downsample=1,
+    concat_or_add_pos='add',
+    position_encoding=_fourier_cfg(2),
+  )
   with pytest.raises(ValueError, match='add'):
     module.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 3)))
 
@@ -290,14 +354,15 @@ def test_text_preprocessor_embedding_plus_positions():
 
 def test_audio_preprocessor_patches_and_positions():
   x = _rand(2, 12)
-  module = pp.AudioPreprocessor(samples_per_patch=3,
-                                position_encoding=_fourier_cfg(2, (12,)))
+  module = pp.AudioPreprocessor(
+    samples_per_patch=3, position_encoding=_fourier_cfg(2, (12,))
+  )
   out = module.apply({}, x)
   feats = reference_fourier(reference_grid((4,)), 2, (12,))
   for b in range(2):
     np.testing.assert_allclose(
-        out.inputs[b], np.concatenate([x[b].reshape(4, 3), feats], -1),
-        atol=1e-5)
+      out.inputs[b], np.concatenate([x[b].reshape(4, 3), feats], -1), atol=1e-5
+    )
   # [B, T, 1] is accepted with the same result.
   out3 = module.apply({}, x[..., None])
   np.testing.assert_array_equal(out3.inputs, out.inputs)
@@ -312,12 +377,17 @@ def test_onehot_preprocessor():
 # --------------------------------------------------------------- multimodal --
 def _multimodal(mask_probs):
   return pp.MultimodalPreprocessor(
-      modalities={
-          'label': {'type': 'onehot', 'num_classes': 3},
-          'audio': {'type': 'audio', 'samples_per_patch': 2,
-                    'position_encoding': _fourier_cfg(1, (8,))},
+    modalities={
+      'label': {'type': 'onehot', 'num_classes': 3},
+      'audio': {
+        'type': 'audio',
+        'samples_per_patch': 2,
+        'position_encoding': _fourier_cfg(1, (8,)),
       },
-      mask_probs=mask_probs, min_padding_size=2)
+    },
+    mask_probs=mask_probs,
+    min_padding_size=2,
+  )
 
 
 def test_multimodal_padding_order_and_masking():
@@ -331,20 +401,26 @@ def test_multimodal_padding_order_and_masking():
   assert out.modality_sizes == {'audio': 4, 'label': 1}
   # Sorted order: audio first, padded with its learned vector.
   audio = np.concatenate(
-      [inputs['audio'].reshape(2, 4, 2),
-       np.broadcast_to(reference_fourier(reference_grid((4,)), 1, (8,)),
-                       (2, 4, 3))], -1)
+    [
+      inputs['audio'].reshape(2, 4, 2),
+      np.broadcast_to(
+        reference_fourier(reference_grid((4,)), 1, (8,)), (2, 4, 3)
+      ),
+    ],
+    -1,
+  )
   pad = np.broadcast_to(params['audio_padding'], (2, 4, 2))
-  np.testing.assert_allclose(out.inputs[:, :4],
-                             np.concatenate([audio, pad], -1), atol=1e-5)
+  np.testing.assert_allclose(
+    out.inputs[:, :4], np.concatenate([audio, pad], -1), atol=1e-5
+  )
   # Label: mask probability 1 -> every element is the mask token.
   np.testing.assert_allclose(
-      out.inputs[:, 4], np.broadcast_to(params['label_mask_token'], (2, 7)))
+    out.inputs[:, 4], np.broadcast_to(params['label_mask_token'], (2, 7))
+  )
 
 
 def test_multimodal_random_masking_needs_mask_rng():
-  inputs = {'audio': _rand(8, 8), 'label': np.eye(3, dtype=np.float32)[
-      [1] * 8]}
+  inputs = {'audio': _rand(8, 8), 'label': np.eye(3, dtype=np.float32)[[1] * 8]}
   plain = _multimodal({'audio': 0.0})
   variables = random_variables(plain, inputs, {})
   module = _multimodal({'audio': 0.5})
@@ -360,8 +436,9 @@ def test_multimodal_random_masking_needs_mask_rng():
   is_kept = np.all(got == unmasked.reshape(32, 7), axis=-1)
   assert np.all(is_token | is_kept)  # Each element is one or the other.
   assert 4 <= is_token.sum() <= 28  # p = 0.5 over 32 draws.
-  np.testing.assert_array_equal(out.inputs[:, 4:], plain.apply(
-      variables, inputs).inputs[:, 4:])  # The label is untouched.
+  np.testing.assert_array_equal(
+    out.inputs[:, 4:], plain.apply(variables, inputs).inputs[:, 4:]
+  )  # The label is untouched.
 
 
 def test_multimodal_rejects_wrong_keys():

@@ -16,40 +16,88 @@ import transformers
 from perceiver_io import model as model_lib
 from perceiver_io import presets
 
-_IMAGENET = dict(num_latents=512, d_latents=1024, num_blocks=8,
-                 num_self_attends_per_block=6, num_self_attention_heads=8,
-                 num_cross_attention_heads=1, num_labels=1000, image_size=224)
-_LANGUAGE = dict(qk_channels=256, v_channels=1280, d_latents=1280,
-                 num_latents=256, d_model=768, num_self_attends_per_block=26,
-                 num_blocks=1, num_self_attention_heads=8,
-                 num_cross_attention_heads=8)
+_IMAGENET = dict(
+  num_latents=512,
+  d_latents=1024,
+  num_blocks=8,
+  num_self_attends_per_block=6,
+  num_self_attention_heads=8,
+  num_cross_attention_heads=1,
+  num_labels=1000,
+  image_size=224,
+)
+_LANGUAGE = dict(
+  qk_channels=256,
+  v_channels=1280,
+  d_latents=1280,
+  num_latents=256,
+  d_model=768,
+  num_self_attends_per_block=26,
+  num_blocks=1,
+  num_self_attention_heads=8,
+  num_cross_attention_heads=8,
+)
 
 # preset -> (HuggingFace class name, PerceiverConfig kwargs, paper count or
 # None, relative tolerance for the paper count).
 OFFICIAL = {
-    'language_mlm': ('PerceiverForMaskedLM', _LANGUAGE, 201e6, 0.01),
-    'text_classification': ('PerceiverForSequenceClassification',
-                            dict(_LANGUAGE, num_labels=2), None, None),
-    # ImageNet numbers are given to 0.1M: allow half a unit of rounding.
-    'imagenet_fourier': ('PerceiverForImageClassificationFourier',
-                         dict(_IMAGENET, d_model=261), 48.4e6, 0.05e6 / 48.4e6),
-    'imagenet_learned': ('PerceiverForImageClassificationLearned',
-                         dict(_IMAGENET, d_model=512), 62.3e6, 0.05e6 / 62.3e6),
-    'imagenet_conv': ('PerceiverForImageClassificationConvProcessing',
-                      dict(_IMAGENET, d_model=322), 48.6e6, 0.05e6 / 48.6e6),
-    'optical_flow': ('PerceiverForOpticalFlow',
-                     dict(num_latents=2048, d_latents=512, num_blocks=1,
-                          num_self_attends_per_block=24,
-                          num_self_attention_heads=16,
-                          num_cross_attention_heads=1, d_model=322,
-                          train_size=[368, 496]), None, None),
-    # The reference says 20.0M; ours and HF's are 19.86M: within 1%.
-    'multimodal_autoencoding': ('PerceiverForMultimodalAutoencoding',
-                                dict(num_latents=784, d_latents=512,
-                                     num_blocks=1, num_self_attends_per_block=8,
-                                     num_self_attention_heads=8,
-                                     num_cross_attention_heads=1, d_model=704,
-                                     num_labels=700), 20.0e6, 0.01),
+  'language_mlm': ('PerceiverForMaskedLM', _LANGUAGE, 201e6, 0.01),
+  'text_classification': (
+    'PerceiverForSequenceClassification',
+    dict(_LANGUAGE, num_labels=2),
+    None,
+    None,
+  ),
+  # ImageNet numbers are given to 0.1M: allow half a unit of rounding.
+  'imagenet_fourier': (
+    'PerceiverForImageClassificationFourier',
+    dict(_IMAGENET, d_model=261),
+    48.4e6,
+    0.05e6 / 48.4e6,
+  ),
+  'imagenet_learned': (
+    'PerceiverForImageClassificationLearned',
+    dict(_IMAGENET, d_model=512),
+    62.3e6,
+    0.05e6 / 62.3e6,
+  ),
+  'imagenet_conv': (
+    'PerceiverForImageClassificationConvProcessing',
+    dict(_IMAGENET, d_model=322),
+    48.6e6,
+    0.05e6 / 48.6e6,
+  ),
+  'optical_flow': (
+    'PerceiverForOpticalFlow',
+    dict(
+      num_latents=2048,
+      d_latents=512,
+      num_blocks=1,
+      num_self_attends_per_block=24,
+      num_self_attention_heads=16,
+      num_cross_attention_heads=1,
+      d_model=322,
+      train_size=[368, 496],
+    ),
+    None,
+    None,
+  ),
+  # The reference says 20.0M; ours and HF's are 19.86M: within 1%.
+  'multimodal_autoencoding': (
+    'PerceiverForMultimodalAutoencoding',
+    dict(
+      num_latents=784,
+      d_latents=512,
+      num_blocks=1,
+      num_self_attends_per_block=8,
+      num_self_attention_heads=8,
+      num_cross_attention_heads=1,
+      d_model=704,
+      num_labels=700,
+    ),
+    20.0e6,
+    0.01,
+  ),
 }
 
 

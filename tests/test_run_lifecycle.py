@@ -44,8 +44,7 @@ def _fingerprint(workdir):
     for name in files:
       path = os.path.join(root, name)
       with open(path, 'rb') as f:
-        out[os.path.relpath(path, workdir)] = hashlib.md5(
-            f.read()).hexdigest()
+        out[os.path.relpath(path, workdir)] = hashlib.md5(f.read()).hexdigest()
   return out
 
 
@@ -63,12 +62,16 @@ def _copy(trained, tmp_path):
   return workdir
 
 
-def test_refused_start_changes_nothing_and_predict_still_works(trained,
-                                                               tmp_path):
+def test_refused_start_changes_nothing_and_predict_still_works(
+  trained, tmp_path
+):
   workdir = _copy(trained, tmp_path)
   before = _fingerprint(workdir)
-  with pytest.raises(ValueError, match=r'another run.*optimizer.name: '
-                     r"'adamw' -> 'sgd'.*overwrite"):
+  with pytest.raises(
+    ValueError,
+    match=r'another run.*optimizer.name: '
+    r"'adamw' -> 'sgd'.*overwrite",
+  ):
     _train(_config(optimizer__name='sgd'), workdir)
   assert _fingerprint(workdir) == before
   assert predict_lib.predict_lines(workdir, [], digits='0:2')
@@ -97,7 +100,7 @@ def _corrupt(workdir, step):
       path = os.path.join(dirpath, name)
       if '/d/' in path + '/' or os.sep + 'd' + os.sep in path:
         data = open(path, 'rb').read()
-        open(path, 'wb').write(data[:len(data) // 3])
+        open(path, 'wb').write(data[: len(data) // 3])
         truncated += 1
   assert truncated, 'no array data files found to truncate'
 
@@ -105,13 +108,17 @@ def _corrupt(workdir, step):
 def test_corrupt_checkpoint_names_the_good_steps(trained, tmp_path):
   workdir = _copy(trained, tmp_path)
   _corrupt(workdir, 3)
-  with pytest.raises(checkpointing.CorruptCheckpointError,
-                     match=r'step 3 .*corrupt or truncated.*Other steps: '
-                     r'\[2\].*--checkpoint=2'):
+  with pytest.raises(
+    checkpointing.CorruptCheckpointError,
+    match=r'step 3 .*corrupt or truncated.*Other steps: '
+    r'\[2\].*--checkpoint=2',
+  ):
     workdir_lib.load_workdir(workdir)
   assert workdir_lib.load_workdir(workdir, '2').step == 2
-  with pytest.raises(checkpointing.CorruptCheckpointError,
-                     match='move .*checkpoints/3 aside to resume from step 2'):
+  with pytest.raises(
+    checkpointing.CorruptCheckpointError,
+    match='move .*checkpoints/3 aside to resume from step 2',
+  ):
     _train(_config(num_train_steps=5), workdir)
 
 
@@ -130,9 +137,16 @@ def test_resume_after_a_crash_keeps_one_record_per_step(trained, tmp_path):
   assert train[-1] == 3 and evals[-1] == 3
 
 
-@pytest.mark.parametrize('field', ['batch_size', 'eval_batch_size',
-                                   'log_every_steps', 'eval_every_steps',
-                                   'checkpoint_every_steps'])
+@pytest.mark.parametrize(
+  'field',
+  [
+    'batch_size',
+    'eval_batch_size',
+    'log_every_steps',
+    'eval_every_steps',
+    'checkpoint_every_steps',
+  ],
+)
 def test_nonpositive_loop_settings_fail_before_anything_runs(field, tmp_path):
   workdir = str(tmp_path / 'run')
   with pytest.raises(ValueError, match=f'config.{field}=0: must be >= 1'):
@@ -143,8 +157,9 @@ def test_nonpositive_loop_settings_fail_before_anything_runs(field, tmp_path):
 def test_unusable_workdir_is_one_error(tmp_path):
   a_file = tmp_path / 'afile'
   a_file.write_text('x')
-  with pytest.raises(ValueError, match='cannot use --workdir=.*afile/run.*'
-                     'writable directory'):
+  with pytest.raises(
+    ValueError, match='cannot use --workdir=.*afile/run.*writable directory'
+  ):
     _train(_config(), str(a_file / 'run'))
 
 
@@ -158,8 +173,11 @@ def test_bad_init_from_fails_before_the_data_and_writes_nothing(tmp_path):
 
 def test_misspelt_best_metric_stops_after_saving(tmp_path):
   workdir = str(tmp_path / 'run')
-  with pytest.raises(ValueError, match=r"best_metric='acc' is not an eval "
-                     r'metric.*accuracy.*saved at step 1'):
+  with pytest.raises(
+    ValueError,
+    match=r"best_metric='acc' is not an eval "
+    r'metric.*accuracy.*saved at step 1',
+  ):
     _train(_config(best_metric='acc', eval_every_steps=1), workdir)
   # The same command with the metric spelt right resumes from that step.
   result = _train(_config(eval_every_steps=1), workdir)
@@ -176,15 +194,19 @@ def test_failed_save_is_one_error_naming_the_intact_steps(trained, tmp_path):
   def full_disk(*args, **kwargs):
     del args, kwargs
     os.makedirs(partial)
-    raise ValueError('RESOURCE_EXHAUSTED: Error writing local file "x": '
-                     'Failed to write 25180 bytes to file 7: No space left '
-                     "on device [os_error_code='28']")
+    raise ValueError(
+      'RESOURCE_EXHAUSTED: Error writing local file "x": '
+      'Failed to write 25180 bytes to file 7: No space left '
+      "on device [os_error_code='28']"
+    )
 
   ckpt.manager.save = full_disk
-  with pytest.raises(checkpointing.CheckpointWriteError,
-                     match=r'failed: No space left on device\. Removed the '
-                     r'partial step \(4.orbax-checkpoint-tmp\); intact steps: '
-                     r'\[2, 3\].*resume from step 3'):
+  with pytest.raises(
+    checkpointing.CheckpointWriteError,
+    match=r'failed: No space left on device\. Removed the '
+    r'partial step \(4.orbax-checkpoint-tmp\); intact steps: '
+    r'\[2, 3\].*resume from step 3',
+  ):
     ckpt.save(4, {'step': np.int32(4)})
   assert not os.path.exists(partial)
   ckpt.close()  # The same failure again on close is not reported twice.
@@ -193,33 +215,52 @@ def test_failed_save_is_one_error_naming_the_intact_steps(trained, tmp_path):
 def test_orbax_thread_errors_lose_their_tracebacks():
   import logging  # pylint: disable=g-import-not-at-top
   from experiments import cli  # pylint: disable=g-import-not-at-top
+
   try:
     raise ValueError('RESOURCE_EXHAUSTED')
   except ValueError:
     import sys  # pylint: disable=g-import-not-at-top
+
     exc_info = sys.exc_info()
-  record = logging.LogRecord('absl', logging.ERROR,
-                             '/x/site-packages/orbax/checkpoint/future.py', 1,
-                             'thread failed', None, exc_info)
+  record = logging.LogRecord(
+    'absl',
+    logging.ERROR,
+    '/x/site-packages/orbax/checkpoint/future.py',
+    1,
+    'thread failed',
+    None,
+    exc_info,
+  )
   assert cli.one_line_orbax_errors(record)
   assert record.exc_info is None
-  ours = logging.LogRecord('absl', logging.ERROR, '/x/experiments/train.py',
-                           1, 'ours', None, exc_info)
+  ours = logging.LogRecord(
+    'absl', logging.ERROR, '/x/experiments/train.py', 1, 'ours', None, exc_info
+  )
   cli.one_line_orbax_errors(ours)
   assert ours.exc_info is exc_info
   between_evals = logging.LogRecord(
-      'absl', logging.WARNING, '/x/orbax/checkpoint/checkpoint_manager.py', 1,
-      'Requested `tracked_metric`; did not provide metrics.', None, None)
+    'absl',
+    logging.WARNING,
+    '/x/orbax/checkpoint/checkpoint_manager.py',
+    1,
+    'Requested `tracked_metric`; did not provide metrics.',
+    None,
+    None,
+  )
   assert not cli.one_line_orbax_errors(between_evals)
 
 
 def test_out_of_memory_is_one_line_with_what_to_lower():
   from experiments import cli  # pylint: disable=g-import-not-at-top
-  xla = ('RESOURCE_EXHAUSTED: Out of memory while trying to allocate '
-         '214748364800 bytes.\nBufferAssignment OOM Debugging.\n' + 'x' * 5000)
+
+  xla = (
+    'RESOURCE_EXHAUSTED: Out of memory while trying to allocate '
+    '214748364800 bytes.\nBufferAssignment OOM Debugging.\n' + 'x' * 5000
+  )
   message = cli.out_of_memory_error(RuntimeError(xla))
-  assert message.startswith('out of memory (an allocation of 214748364800 '
-                            'bytes)')
+  assert message.startswith(
+    'out of memory (an allocation of 214748364800 bytes)'
+  )
   assert '--config.eval_batch_size' in message and '\n' not in message
   tf = 'RESOURCE_EXHAUSTED: OOM when allocating tensor of 1.5GiB'
   assert '1.5GiB' in cli.out_of_memory_error(RuntimeError(tf))

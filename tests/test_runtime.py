@@ -12,9 +12,12 @@ from perceiver_io import flops
 def test_prefer_low_memory_cpu_appends_flag_once():
   env = {'XLA_FLAGS': '--xla_dump_to=/tmp/x'}
   assert process_tuning.prefer_low_memory_cpu(env)
-  assert env['XLA_FLAGS'] == ('--xla_dump_to=/tmp/x '
-                              f'{process_tuning.LOW_MEMORY_CPU_FLAG}=false')
-  assert not process_tuning.prefer_low_memory_cpu(env)  # Already there: unchanged.
+  assert env['XLA_FLAGS'] == (
+    f'--xla_dump_to=/tmp/x {process_tuning.LOW_MEMORY_CPU_FLAG}=false'
+  )
+  assert not process_tuning.prefer_low_memory_cpu(
+    env
+  )  # Already there: unchanged.
   assert env['XLA_FLAGS'].count(process_tuning.LOW_MEMORY_CPU_FLAG) == 1
 
 
@@ -29,28 +32,42 @@ def test_prefer_low_memory_cpu_keeps_the_users_choice():
 
 def _python_stdout(code, env):
   """Runs `code` in a fresh interpreter (process settings start clean)."""
-  proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
-                        text=True, timeout=120, check=False,
-                        env={'PATH': '/usr/bin:/bin', **env})
+  proc = subprocess.run(
+    [sys.executable, '-c', code],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+    env={'PATH': '/usr/bin:/bin', **env},
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   return proc.stdout.strip()
 
 
 def test_flag_is_accepted_by_xla():
   """A flag XLA does not know aborts the process: check it runs."""
-  code = ('from experiments import process_tuning; process_tuning.prefer_low_memory_cpu(); '
-          'import jax, jax.numpy as jnp; '
-          'print(float(jax.jit(lambda x: (x * 2).sum())(jnp.ones(3))))')
+  code = (
+    'from experiments import process_tuning; process_tuning.prefer_low_memory_cpu(); '
+    'import jax, jax.numpy as jnp; '
+    'print(float(jax.jit(lambda x: (x * 2).sum())(jnp.ones(3))))'
+  )
   assert _python_stdout(code, {'JAX_PLATFORMS': 'cpu'}).endswith('6.0')
 
 
 def test_importing_runtime_starts_no_numpy_or_jax():
   # The glibc settings only take effect before NumPy/JAX start their threads,
   # so the launchers import `experiments.process_tuning` first; it must stay light.
-  code = ('import sys; from experiments import process_tuning; '
-          'print(sorted({"numpy", "jax", "flax"} & set(sys.modules)))')
-  proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
-                        text=True, timeout=120, check=True)
+  code = (
+    'import sys; from experiments import process_tuning; '
+    'print(sorted({"numpy", "jax", "flax"} & set(sys.modules)))'
+  )
+  proc = subprocess.run(
+    [sys.executable, '-c', code],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=True,
+  )
   assert proc.stdout.strip() == '[]'
 
 
@@ -68,12 +85,14 @@ def test_host_memory_reuse_modes():
   assert process_tuning.host_memory_reuse_mode({env_var: '1'}) == 'on'
   # Forced either way, the step size is not consulted.
   assert process_tuning.reuse_host_memory_for_step(1e15, {env_var: '0'}) == (
-      f'off ({env_var})')
+    f'off ({env_var})'
+  )
 
 
 def _flops_of(fn, *shapes):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   args = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
   return flops.count_jaxpr_flops(jax.make_jaxpr(fn)(*args))
 
@@ -81,19 +100,28 @@ def _flops_of(fn, *shapes):
 def test_count_jaxpr_flops_counts_matmuls_and_convolutions():
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   # [4, 8] x [8, 16]: 2 * 4 * 16 * 8; elementwise ops are not counted.
   assert _flops_of(lambda a, b: jnp.tanh(a @ b), (4, 8), (8, 16)) == 1024
   # Batched: 2 * (3 * 5 * 7) * 11.
-  assert _flops_of(lambda a, b: jnp.einsum('bik,bkj->bij', a, b),
-                   (3, 5, 11), (3, 11, 7)) == 2 * 3 * 5 * 7 * 11
+  assert (
+    _flops_of(
+      lambda a, b: jnp.einsum('bik,bkj->bij', a, b), (3, 5, 11), (3, 11, 7)
+    )
+    == 2 * 3 * 5 * 7 * 11
+  )
   # NHWC 3x3 conv, 2 -> 6 channels, 'SAME' on 10x10, batch 2.
   conv = lambda x, k: jax.lax.conv_general_dilated(
-      x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
   assert _flops_of(conv, (2, 10, 10, 2), (3, 3, 2, 6)) == (
-      2 * (2 * 10 * 10 * 6) * 3 * 3 * 2)
+    2 * (2 * 10 * 10 * 6) * 3 * 3 * 2
+  )
+
   # Inside jit, a scan (body x length) and a gradient (two more matmuls).
   def scanned(a, b):
     return jax.lax.scan(lambda c, _: (c @ b, None), a, None, length=5)[0]
+
   assert _flops_of(jax.jit(scanned), (4, 8), (8, 8)) == 5 * 2 * 4 * 8 * 8
   grad = jax.grad(lambda a, b: jnp.sum(a @ b), argnums=(0, 1))
   assert _flops_of(grad, (4, 8), (8, 16)) == 3 * 1024
@@ -107,11 +135,17 @@ def test_forward_flops_of_chunked_decoding():
   # outside the loop (0.2 % here), hence the tolerance.
   from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top
   from perceiver_io import model as model_lib  # pylint: disable=g-import-not-at-top
+
   w = W.query_workload(100, grid=(32, 32), tiny=True)
   x, kwargs = W.ours_model_arrays(W.make_inputs(w))
-  counts = {chunk: flops.forward_flops(
-      model_lib.build_model(W.ours_config(w, query_chunk_size=chunk)), x,
-      **kwargs) for chunk in (None, 32)}
+  counts = {
+    chunk: flops.forward_flops(
+      model_lib.build_model(W.ours_config(w, query_chunk_size=chunk)),
+      x,
+      **kwargs,
+    )
+    for chunk in (None, 32)
+  }
   assert counts[32] == pytest.approx(counts[None], rel=1e-2)
   assert counts[None] > 0
 
@@ -124,6 +158,7 @@ def test_train_step_flops_match_the_papers_imagenet_counts():
   from experiments import models  # pylint: disable=g-import-not-at-top
   from experiments import tasks  # pylint: disable=g-import-not-at-top
   from experiments import train_lib  # pylint: disable=g-import-not-at-top
+
   for variant, paper in (('fourier', 407e9), ('conv', 369e9)):
     config = imagenet.get_config(f'{variant},batch=1')
     task = tasks.get(config)
@@ -132,7 +167,7 @@ def test_train_step_flops_match_the_papers_imagenet_counts():
     assert abs(forward / paper - 1) < 0.01, (variant, forward)
 
 
-_STEP_CODE = '''
+_STEP_CODE = """
 import os, resource
 from experiments import process_tuning
 settings = process_tuning.configure_process()
@@ -165,17 +200,21 @@ for _ in range(8):
   float(loss)
   process_tuning.settle_host_memory()  # As the launchers' loops do.
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-'''
+"""
 
 
 def _run_steps(extra_env):
   env = {'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin', **extra_env}
-  proc = subprocess.run([sys.executable, '-c', _STEP_CODE],
-                        capture_output=True, text=True, timeout=300,
-                        check=False, env=env)
+  proc = subprocess.run(
+    [sys.executable, '-c', _STEP_CODE],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+    env=env,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
-  settings, async_dispatch, faults, peak = (
-      proc.stdout.strip().splitlines()[-4:])
+  settings, async_dispatch, faults, peak = proc.stdout.strip().splitlines()[-4:]
   return settings, async_dispatch == 'True', int(faults), int(peak)
 
 
@@ -186,15 +225,19 @@ def test_repeated_steps_reuse_host_memory_instead_of_faulting_it_in():
   # loop with a 1 GB temporary holds no more at its peak than without reuse
   # (with asynchronous dispatch the heap could hold two steps' temporaries).
   settings, async_dispatch, faults, peak = _run_steps(
-      {process_tuning.REUSE_HOST_MEMORY_ENV: '1'})
+    {process_tuning.REUSE_HOST_MEMORY_ENV: '1'}
+  )
   assert "'host_memory_reuse': 'on'" in settings, settings
   assert not async_dispatch
   settings, async_dispatch, faults_off, peak_off = _run_steps(
-      {process_tuning.REUSE_HOST_MEMORY_ENV: '0'})
+    {process_tuning.REUSE_HOST_MEMORY_ENV: '0'}
+  )
   assert "'host_memory_reuse': 'off'" in settings
   assert async_dispatch  # JAX's default, untouched.
-  print(f'minor faults per call: {faults} with, {faults_off} without; '
-        f'peak RSS {peak / 2**30:.2f} vs {peak_off / 2**30:.2f} GiB')
+  print(
+    f'minor faults per call: {faults} with, {faults_off} without; '
+    f'peak RSS {peak / 2**30:.2f} vs {peak_off / 2**30:.2f} GiB'
+  )
   assert faults_off > 8000
   assert faults < 4096  # a quarter of the 64 MB block
   assert peak < peak_off + 2**28  # within 256 MB; a second temporary is 1 GB
@@ -213,18 +256,23 @@ def test_auto_host_memory_reuse_goes_by_step_size():
 
 
 def test_auto_host_memory_reuse_is_decided_before_the_backend_only():
-  code = ('from experiments import process_tuning; process_tuning.configure_process(); '
-          'import jax; jax.devices(); '
-          'print(process_tuning.reuse_host_memory_for_step(1e15)); '
-          'print(jax.config.read("jax_cpu_enable_async_dispatch"))')
+  code = (
+    'from experiments import process_tuning; process_tuning.configure_process(); '
+    'import jax; jax.devices(); '
+    'print(process_tuning.reuse_host_memory_for_step(1e15)); '
+    'print(jax.config.read("jax_cpu_enable_async_dispatch"))'
+  )
   decision, async_dispatch = _python_stdout(
-      code, {'JAX_PLATFORMS': 'cpu'}).splitlines()[-2:]
+    code, {'JAX_PLATFORMS': 'cpu'}
+  ).splitlines()[-2:]
   assert decision.startswith('off (JAX backend already made')
   assert async_dispatch == 'True'
 
 
 def test_auto_host_memory_reuse_leaves_accelerator_runs_alone():
-  code = ('import jax; jax.config.update("jax_platforms", "cuda"); '
-          'from experiments import process_tuning; '
-          'print(process_tuning.reuse_host_memory_for_step(1e15))')
+  code = (
+    'import jax; jax.config.update("jax_platforms", "cuda"); '
+    'from experiments import process_tuning; '
+    'print(process_tuning.reuse_host_memory_for_step(1e15))'
+  )
   assert _python_stdout(code, {}).startswith('off (runs on cuda')

@@ -25,8 +25,11 @@ _NOT_TASKS = ('base',)
 
 def names() -> List[str]:
   """The task modules in experiments/tasks/."""
-  return sorted(m.name for m in pkgutil.iter_modules(__path__)
-                if m.name not in _NOT_TASKS and not m.name.startswith('_'))
+  return sorted(
+    m.name
+    for m in pkgutil.iter_modules(__path__)
+    if m.name not in _NOT_TASKS and not m.name.startswith('_')
+  )
 
 
 def task_class(name: str) -> type:
@@ -40,8 +43,11 @@ def task_class(name: str) -> type:
   module_name, _, class_name = name.partition(':')
   module = None
   if '.' not in module_name and ':' not in name:  # One of ours.
-    module_name = (f'{__name__}.{module_name}' if module_name and
-                   module_name not in _NOT_TASKS else '')
+    module_name = (
+      f'{__name__}.{module_name}'
+      if module_name and module_name not in _NOT_TASKS
+      else ''
+    )
   if module_name:
     try:
       module = importlib.import_module(module_name)
@@ -52,19 +58,24 @@ def task_class(name: str) -> type:
         raise
   if module is None:
     raise ValueError(
-        f'unknown config.task {name!r}; the task modules in experiments/'
-        f'tasks/ are {", ".join(names())} (a task of your own: '
-        "'package.module' or 'package.module:Class' on the Python path).")
+      f'unknown config.task {name!r}; the task modules in experiments/'
+      f'tasks/ are {", ".join(names())} (a task of your own: '
+      "'package.module' or 'package.module:Class' on the Python path)."
+    )
   class_name = class_name or 'Task'
   cls = getattr(module, class_name, None)
   if not (isinstance(cls, type) and issubclass(cls, base.Task)):
-    raise ValueError(f'config.task {name!r}: {module_name} defines no class '
-                     f'{class_name} derived from experiments.tasks.base.Task.')
+    raise ValueError(
+      f'config.task {name!r}: {module_name} defines no class '
+      f'{class_name} derived from experiments.tasks.base.Task.'
+    )
   return cls
 
 
-def get(config: ml_collections.ConfigDict,
-        model_config: Optional[Dict[str, Any]] = None) -> base.Task:
+def get(
+  config: ml_collections.ConfigDict,
+  model_config: Optional[Dict[str, Any]] = None,
+) -> base.Task:
   """The task of `config`, ready for `model_config`.
 
   Args:

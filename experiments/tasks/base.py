@@ -88,9 +88,10 @@ class Task:
 
   def missing(self, method: str) -> NotImplementedError:
     return NotImplementedError(
-        f'task {self.config.task!r} ({type(self).__module__}.'
-        f'{type(self).__name__}) defines no {method}(); the methods a task '
-        'defines are listed in experiments/tasks/base.py.')
+      f'task {self.config.task!r} ({type(self).__module__}.'
+      f'{type(self).__name__}) defines no {method}(); the methods a task '
+      'defines are listed in experiments/tasks/base.py.'
+    )
 
   # ------------------------------------------------------------------ model --
 
@@ -132,8 +133,11 @@ class Task:
 
   def eval_outputs(self, outputs, batch: Batch) -> Dict[str, jax.Array]:
     loss, weight = self.loss_fn(outputs, batch)
-    return {'loss': loss, 'loss_weight': weight,
-            'weight': batch['weight'].astype(jnp.float32)}
+    return {
+      'loss': loss,
+      'loss_weight': weight,
+      'weight': batch['weight'].astype(jnp.float32),
+    }
 
   # ------------------------------------------------------------------- host --
 
@@ -153,12 +157,17 @@ class Task:
     del model
     gathered = collections.defaultdict(list)
     batches, expected = self.eval_data()
-    with eval_progress.EvalProgress(self.config, expected,
-                                    self.eval_unit) as progress:
+    with eval_progress.EvalProgress(
+      self.config, expected, self.eval_unit
+    ) as progress:
       for local in batches:
-        out = sharding.to_host(eval_step(state['params'],
-                                         state['model_state'],
-                                         sharding.global_batch(local, mesh)))
+        out = sharding.to_host(
+          eval_step(
+            state['params'],
+            state['model_state'],
+            sharding.global_batch(local, mesh),
+          )
+        )
         process_tuning.settle_host_memory()
         for key, value in out.items():
           gathered[key].append(np.asarray(value))
@@ -169,8 +178,9 @@ class Task:
     """The model's outputs for `batch` (one compiled call per model)."""
     return steps.predict_batch(model, variables, batch, self.model_inputs)
 
-  def predict_lines(self, model, variables, inputs: Sequence[str],
-                    **options) -> List[str]:
+  def predict_lines(
+    self, model, variables, inputs: Sequence[str], **options
+  ) -> List[str]:
     raise self.missing('predict_lines')
 
   def eval_predictions(self, model, variables, count: int) -> List[str]:
@@ -184,5 +194,6 @@ class Task:
 def refuse_pairs(pairs: Optional[Sequence[Optional[str]]], name: str) -> None:
   """Sentence pairs (--pair) are for text models trained on pairs."""
   if pairs is not None and any(p is not None for p in pairs):
-    raise ValueError('--pair is for text models trained on sentence pairs; '
-                     f'{name} is not one.')
+    raise ValueError(
+      f'--pair is for text models trained on sentence pairs; {name} is not one.'
+    )

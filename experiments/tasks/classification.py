@@ -56,10 +56,11 @@ def check_labels(config, train_table, eval_table) -> None:
     bad = np.nonzero((labels < 0) | (labels >= k))[0]
     if len(bad):
       raise ValueError(
-          f'{name} row {int(bad[0]) + 1} (1 = the first data row) has label '
-          f'{int(labels[bad[0]])}, outside 0..{k - 1} '
-          f'(config.data.num_classes={k}); set --config.data.num_classes or '
-          'fix the data.')
+        f'{name} row {int(bad[0]) + 1} (1 = the first data row) has label '
+        f'{int(labels[bad[0]])}, outside 0..{k - 1} '
+        f'(config.data.num_classes={k}); set --config.data.num_classes or '
+        'fix the data.'
+      )
 
 
 class Task(base.Task):
@@ -77,23 +78,28 @@ class Task(base.Task):
     super().use_model(model_config)
     decoder = model_config['decoder'].get('type')
     if decoder != 'classification':
-      raise ValueError(f'task {self.config.task!r} needs a preset with a '
-                       f'classification decoder; {self.config.model.preset!r} '
-                       f'has {decoder!r}.')
+      raise ValueError(
+        f'task {self.config.task!r} needs a preset with a '
+        f'classification decoder; {self.config.model.preset!r} '
+        f'has {decoder!r}.'
+      )
     pre = model_config['preprocessor']
     length = int(self.config.data.max_length)
     if pre.get('type') == 'text' and length > int(pre['max_seq_len']):
-      raise ValueError(f'config.data.max_length={length} exceeds the model\'s '
-                       f'max_seq_len={pre["max_seq_len"]}; lower '
-                       'config.data.max_length.')
+      raise ValueError(
+        f"config.data.max_length={length} exceeds the model's "
+        f'max_seq_len={pre["max_seq_len"]}; lower '
+        'config.data.max_length.'
+      )
 
   # ------------------------------------------------------------------ data --
 
   def table(self, split: str) -> Tuple[input_pipeline.Table, Dict[str, Any]]:
     """(table, info) of `split`, read once."""
     if split not in self._tables:
-      self._tables[split] = input_pipeline.load_table(self.config, split,
-                                                      self.label_kind)
+      self._tables[split] = input_pipeline.load_table(
+        self.config, split, self.label_kind
+      )
     return self._tables[split]
 
   def check_labels(self, train_table, eval_table) -> None:
@@ -111,8 +117,10 @@ class Task(base.Task):
       size = int(self.config.data.image_size)
       return {'image': np.zeros((1, size, size, 1), np.float32)}
     length = int(self.config.data.max_length)
-    return {'input_ids': np.zeros((1, length), np.int32),
-            'attention_mask': np.ones((1, length), np.int32)}
+    return {
+      'input_ids': np.zeros((1, length), np.int32),
+      'attention_mask': np.ones((1, length), np.int32),
+    }
 
   def train_stream(self, start_step: int):
     del start_step  # Any step, in any order.
@@ -126,8 +134,12 @@ class Task(base.Task):
     if limit > 0:
       expected = min(expected, limit)
     batches = input_pipeline.eval_batches(
-        table, int(self.config.eval_batch_size), jax.process_index(),
-        jax.process_count(), limit)
+      table,
+      int(self.config.eval_batch_size),
+      jax.process_index(),
+      jax.process_count(),
+      limit,
+    )
     return batches, expected
 
   # ----------------------------------------------------- traced functions --
@@ -143,21 +155,35 @@ class Task(base.Task):
   def eval_outputs(self, outputs, batch):
     loss, weight = self._loss(outputs, batch)  # Unsmoothed.
     probs = jax.nn.softmax(outputs.astype(jnp.float32), axis=-1)
-    return {'loss': loss, 'loss_weight': weight, 'weight': batch['weight'],
-            'pred': jnp.argmax(outputs, axis=-1), 'label': batch['label'],
-            'prob': jnp.max(probs, axis=-1)}
+    return {
+      'loss': loss,
+      'loss_weight': weight,
+      'weight': batch['weight'],
+      'pred': jnp.argmax(outputs, axis=-1),
+      'label': batch['label'],
+      'prob': jnp.max(probs, axis=-1),
+    }
 
   # ------------------------------------------------------------------ host --
 
   def summarize(self, gathered):
-    return metrics.summarize(gathered,
-                             metrics.metric_names(self.config.eval_metrics))
+    return metrics.summarize(
+      gathered, metrics.metric_names(self.config.eval_metrics)
+    )
 
-  def predict_lines(self, model, variables, inputs: Sequence[str], *,
-                    name: str = '', info: Optional[Dict[str, Any]] = None,
-                    top_k: int = 0, digits: str = '',
-                    pairs: Optional[Sequence[Optional[str]]] = None,
-                    **unused) -> List[str]:
+  def predict_lines(
+    self,
+    model,
+    variables,
+    inputs: Sequence[str],
+    *,
+    name: str = '',
+    info: Optional[Dict[str, Any]] = None,
+    top_k: int = 0,
+    digits: str = '',
+    pairs: Optional[Sequence[Optional[str]]] = None,
+    **unused,
+  ) -> List[str]:
     """Top-k labels with probabilities, one line per input.
 
     Args:
@@ -188,11 +214,13 @@ class Task(base.Task):
       if not inputs:
         raise ValueError('give texts as arguments or --input_file=FILE.')
       texts, seconds, shown = split_pairs(
-          name, pair_fields(info, self.config), inputs, pairs)
+        name, pair_fields(info, self.config), inputs, pairs
+      )
       batch = text_batch(texts, self.config, seconds)
     lines = []
-    results = classify(self.predict(model, variables, batch), names,
-                       max(top_k, 1))
+    results = classify(
+      self.predict(model, variables, batch), names, max(top_k, 1)
+    )
     for i, (item, result) in enumerate(zip(shown, results)):
       labels = ', '.join(f'{label} (p={prob:.3f})' for label, prob in result)
       item = item if len(item) <= 80 else item[:77] + '...'
@@ -208,7 +236,8 @@ class Task(base.Task):
     count = min(count, len(next(iter(table.values()))))
     batch = {k: v[:count] for k, v in table.items() if k != 'label'}
     names = list(info.get('label_names') or []) or [
-        str(i) for i in range(int(self.config.data.num_classes))]
+      str(i) for i in range(int(self.config.data.num_classes))
+    ]
     tokenizer = tokenizer_lib.ByteTokenizer()
     lines = [f'Predictions for the first {count} test examples:']
     results = classify(self.predict(model, variables, batch), names)
@@ -217,23 +246,27 @@ class Task(base.Task):
       if 'image' in table:
         lines += ['    ' + row for row in render_digit(table['image'][i])]
       else:
-        text = tokenizer.decode(table['input_ids'][i],
-                                skip_special_tokens=True)
+        text = tokenizer.decode(table['input_ids'][i], skip_special_tokens=True)
         lines.append(f'  text: {text[:80]!r}')
-      lines.append(f'  example {i}: predicted {label} (p={prob:.3f}), true '
-                   f'{true} [{"correct" if label == true else "WRONG"}]')
+      lines.append(
+        f'  example {i}: predicted {label} (p={prob:.3f}), true '
+        f'{true} [{"correct" if label == true else "WRONG"}]'
+      )
     return lines
 
 
-def classify(logits: np.ndarray, names: Sequence[str], top_k: int = 1
-             ) -> List[List[Tuple[str, float]]]:
+def classify(
+  logits: np.ndarray, names: Sequence[str], top_k: int = 1
+) -> List[List[Tuple[str, float]]]:
   """Top-k (label, probability) per example of a batch of logits."""
   logits = np.asarray(logits, np.float64)
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
   order = np.argsort(-probs, axis=-1)[:, :top_k]
-  return [[(names[j] if j < len(names) else str(j), float(p[j])) for j in row]
-          for row, p in zip(order, probs)]
+  return [
+    [(names[j] if j < len(names) else str(j), float(p[j])) for j in row]
+    for row, p in zip(order, probs)
+  ]
 
 
 # ----------------------------------------------------------------------------
@@ -241,11 +274,15 @@ def classify(logits: np.ndarray, names: Sequence[str], top_k: int = 1
 # ----------------------------------------------------------------------------
 
 
-def text_batch(texts: Sequence[str], config,
-               pairs: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
-  table = input_pipeline.tokenize_texts(list(texts), None if pairs is None
-                                        else list(pairs),
-                                        int(config.data.max_length), 'inputs')
+def text_batch(
+  texts: Sequence[str], config, pairs: Optional[Sequence[str]] = None
+) -> Dict[str, np.ndarray]:
+  table = input_pipeline.tokenize_texts(
+    list(texts),
+    None if pairs is None else list(pairs),
+    int(config.data.max_length),
+    'inputs',
+  )
   table.pop('num_truncated')
   return table
 
@@ -259,24 +296,31 @@ def pair_fields(info: Dict[str, Any], config) -> Optional[List[str]]:
   """
   fields = list(info.get('text_fields') or [])
   if not fields:
-    fields = [f.strip() for f in str(config.data.get('text_fields', '')
-                                     ).split(',') if f.strip()]
+    fields = [
+      f.strip()
+      for f in str(config.data.get('text_fields', '')).split(',')
+      if f.strip()
+    ]
   if not fields and config.get('glue_task'):
     glue = text_data.GLUE_TASKS.get(config.glue_task)
     fields = list(glue.text_fields) if glue is not None else []
   return [str(f) for f in fields] if len(fields) == 2 else None
 
 
-PAIR_USAGE = ('give each input as its two texts: "FIRST" --pair="SECOND" '
-              '(one --pair per text argument, in order), or one argument or '
-              '--input_file line FIRST<TAB>SECOND (in bash: '
-              "$'FIRST\\tSECOND')")
+PAIR_USAGE = (
+  'give each input as its two texts: "FIRST" --pair="SECOND" '
+  '(one --pair per text argument, in order), or one argument or '
+  '--input_file line FIRST<TAB>SECOND (in bash: '
+  "$'FIRST\\tSECOND')"
+)
 
 
-def split_pairs(name: str, fields: Optional[Sequence[str]],
-                inputs: Sequence[str],
-                pairs: Optional[Sequence[Optional[str]]] = None
-                ) -> Tuple[List[str], Optional[List[str]], List[str]]:
+def split_pairs(
+  name: str,
+  fields: Optional[Sequence[str]],
+  inputs: Sequence[str],
+  pairs: Optional[Sequence[Optional[str]]] = None,
+) -> Tuple[List[str], Optional[List[str]], List[str]]:
   """(first texts, second texts or None, shown names) of the inputs.
 
   A model trained on pairs (`fields`, see `pair_fields`) gets
@@ -287,8 +331,9 @@ def split_pairs(name: str, fields: Optional[Sequence[str]],
   pairs = list(pairs) if pairs is not None else [None] * len(inputs)
   if fields is None:
     if any(p is not None for p in pairs):
-      raise ValueError(f'{name} was trained on single texts, not sentence '
-                       'pairs; drop --pair.')
+      raise ValueError(
+        f'{name} was trained on single texts, not sentence pairs; drop --pair.'
+      )
     return list(inputs), None, list(inputs)
   firsts, seconds = [], []
   for text, second in zip(inputs, pairs):
@@ -297,10 +342,15 @@ def split_pairs(name: str, fields: Optional[Sequence[str]],
       if len(parts) != 2:
         shown = text if len(text) <= 60 else text[:57] + '...'
         raise ValueError(
-            f'{name} was trained on sentence pairs ({fields[0]}, '
-            f'{fields[1]}) but {shown!r} is '
-            + ('a single text' if len(parts) == 1 else
-               f'{len(parts)} tab-separated texts') + f'; {PAIR_USAGE}.')
+          f'{name} was trained on sentence pairs ({fields[0]}, '
+          f'{fields[1]}) but {shown!r} is '
+          + (
+            'a single text'
+            if len(parts) == 1
+            else f'{len(parts)} tab-separated texts'
+          )
+          + f'; {PAIR_USAGE}.'
+        )
       text, second = parts
     firsts.append(text)
     seconds.append(second)
@@ -316,16 +366,17 @@ def digits_image(path: str, size: int = 8) -> np.ndarray:
   """An image file -> [size, size, 1] in [0, 1], dark ink on light paper
   inverted to match scikit-learn's digits (bright ink on black)."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'image file {path!r} not found (or not a '
-                            'file).')
+    raise FileNotFoundError(f'image file {path!r} not found (or not a file).')
   try:
     with Image.open(path) as opened:
       img = opened.convert('L').resize((size, size), Image.BILINEAR)
   except Exception as e:  # pylint: disable=broad-except
     # PIL raises UnidentifiedImageError, OSError or ValueError by format.
-    raise ValueError(f'{path} is not an image file Pillow can read ({e}); '
-                     'this digits model takes image files (PNG, JPEG, ...) '
-                     'or --digits=a:b.') from e
+    raise ValueError(
+      f'{path} is not an image file Pillow can read ({e}); '
+      'this digits model takes image files (PNG, JPEG, ...) '
+      'or --digits=a:b.'
+    ) from e
   x = np.asarray(img, np.float32) / 255.0
   if x.mean() > 0.5:  # Light background: invert.
     x = 1.0 - x
@@ -336,9 +387,12 @@ def image_batch(paths: Sequence[str], config) -> Dict[str, np.ndarray]:
   if config.data.source == DIGITS:
     images = [digits_image(p, int(config.data.image_size)) for p in paths]
   else:
-    images = [image_data.eval_preprocess_numpy(
-        image_data.load_image_numpy(p), int(config.data.image_size))
-              for p in paths]
+    images = [
+      image_data.eval_preprocess_numpy(
+        image_data.load_image_numpy(p), int(config.data.image_size)
+      )
+      for p in paths
+    ]
   return {'image': np.stack(images).astype(np.float32)}
 
 
@@ -346,13 +400,18 @@ def render_digit(image: np.ndarray) -> List[str]:
   """8x8 image in [0, 1] -> ASCII art lines."""
   shades = ' .:-=+*#%@'
   img = np.asarray(image)[..., 0]
-  return [''.join(shades[min(int(v * (len(shades) - 1) + 0.5),
-                             len(shades) - 1)] * 2 for v in row)
-          for row in img]
+  return [
+    ''.join(
+      shades[min(int(v * (len(shades) - 1) + 0.5), len(shades) - 1)] * 2
+      for v in row
+    )
+    for row in img
+  ]
 
 
-def digits_range(spec: str, config) -> Tuple[Dict[str, np.ndarray],
-                                             np.ndarray, int]:
+def digits_range(
+  spec: str, config
+) -> Tuple[Dict[str, np.ndarray], np.ndarray, int]:
   """(batch, true labels, first index) of test digits 'a:b'."""
   a, _, b = spec.partition(':')
   try:
@@ -361,7 +420,11 @@ def digits_range(spec: str, config) -> Tuple[Dict[str, np.ndarray],
     raise ValueError(f"--digits must look like '0:5', got {spec!r}.") from None
   table, _ = input_pipeline.load_digits_table(config.data.eval_split)
   if not 0 <= start < stop <= len(table['label']):
-    raise ValueError(f'--digits {spec!r} is outside the {len(table["label"])} '
-                     'test digits.')
-  return ({'image': table['image'][start:stop]}, table['label'][start:stop],
-          start)
+    raise ValueError(
+      f'--digits {spec!r} is outside the {len(table["label"])} test digits.'
+    )
+  return (
+    {'image': table['image'][start:stop]},
+    table['label'][start:stop],
+    start,
+  )

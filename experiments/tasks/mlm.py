@@ -28,7 +28,8 @@ def mlm_loss(logits, targets, target_weights):
     ([B] loss sums, [B] number of masked positions).
   """
   losses = optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), targets)
+    logits.astype(jnp.float32), targets
+  )
   weights = target_weights.astype(jnp.float32)
   return jnp.sum(losses * weights, axis=-1), jnp.sum(weights, axis=-1)
 
@@ -45,8 +46,10 @@ class Task(base.Task):
     length = int(self.config.data.max_length)
     out = int(model_config['decoder']['output_index_dims'][0])
     if length != out:
-      raise ValueError(f'config.data.max_length={length} must equal the MLM '
-                       f"decoder's output length {out} (model max_seq_len).")
+      raise ValueError(
+        f'config.data.max_length={length} must equal the MLM '
+        f"decoder's output length {out} (model max_seq_len)."
+      )
 
   # ------------------------------------------------------------------ data --
 
@@ -54,18 +57,25 @@ class Task(base.Task):
     config = self.config
     input_pipeline.check_eval_is_not_train(config)
     if config.num_train_steps <= 0:
-      raise ValueError('MLM runs are sized in steps: set '
-                       'config.num_train_steps > 0.')
-    summary = (f'MLM stream from {config.data.source} (train split '
-               f'{config.data.train_split}, eval split '
-               f'{config.data.eval_split})')
-    return ({'num_examples': 0, 'label_names': [], 'summary': summary},
-            {'num_examples': -1, 'label_names': []})
+      raise ValueError(
+        'MLM runs are sized in steps: set config.num_train_steps > 0.'
+      )
+    summary = (
+      f'MLM stream from {config.data.source} (train split '
+      f'{config.data.train_split}, eval split '
+      f'{config.data.eval_split})'
+    )
+    return (
+      {'num_examples': 0, 'label_names': [], 'summary': summary},
+      {'num_examples': -1, 'label_names': []},
+    )
 
   def example_batch(self) -> Dict[str, np.ndarray]:
     length = int(self.config.data.max_length)
-    return {'input_ids': np.zeros((1, length), np.int32),
-            'attention_mask': np.ones((1, length), np.int32)}
+    return {
+      'input_ids': np.zeros((1, length), np.int32),
+      'attention_mask': np.ones((1, length), np.int32),
+    }
 
   def train_stream(self, start_step: int):
     return input_pipeline.MlmTrainStream(self.config, start_step)
@@ -74,14 +84,14 @@ class Task(base.Task):
     limit = int(self.config.max_eval_examples)
     # The stream's length is unknown until it is read.
     return input_pipeline.mlm_eval_batches(self.config), (
-        limit if limit > 0 else None)
+      limit if limit > 0 else None
+    )
 
   # ----------------------------------------------------- traced functions --
 
   def loss_fn(self, outputs, batch):
     weight = batch['weight'].astype(jnp.float32)
-    total, count = mlm_loss(outputs, batch['targets'],
-                            batch['target_weights'])
+    total, count = mlm_loss(outputs, batch['targets'], batch['target_weights'])
     return total * weight, count * weight
 
   def eval_outputs(self, outputs, batch):
@@ -97,7 +107,8 @@ class Task(base.Task):
     keep = gathered['weight'] > 0
     masked = float(np.sum(gathered['loss_weight'][keep]))
     result['masked_accuracy'] = float(
-        np.sum(gathered['correct'][keep]) / max(masked, 1e-9))
+      np.sum(gathered['correct'][keep]) / max(masked, 1e-9)
+    )
     result['perplexity'] = float(np.exp(min(result['loss'], 50.0)))
     return result
 
@@ -105,25 +116,35 @@ class Task(base.Task):
     """Replaces every [MASK] byte of each text with the model's best byte."""
     tok = tokenizer_lib.ByteTokenizer()
     batch = input_pipeline.tokenize_texts(
-        list(texts), None, int(self.config.data.max_length), 'inputs')
+      list(texts), None, int(self.config.data.max_length), 'inputs'
+    )
     del batch['num_truncated']
     logits = self.predict(model, variables, batch)
     out = []
-    for ids, mask, row_logits in zip(batch['input_ids'],
-                                     batch['attention_mask'], logits):
+    for ids, mask, row_logits in zip(
+      batch['input_ids'], batch['attention_mask'], logits
+    ):
       ids = ids.copy()
       masked = ids == tokenizer_lib.MASK_ID
       ids[masked] = np.argmax(row_logits[masked], axis=-1)
       out.append(tok.decode(ids[mask.astype(bool)], skip_special_tokens=True))
     return out
 
-  def predict_lines(self, model, variables, inputs: Sequence[str], *,
-                    name: str = '',
-                    pairs: Optional[Sequence[Optional[str]]] = None,
-                    **unused) -> List[str]:
-    """"'<text>' -> '<text with its [MASK] bytes filled>'" per input."""
+  def predict_lines(
+    self,
+    model,
+    variables,
+    inputs: Sequence[str],
+    *,
+    name: str = '',
+    pairs: Optional[Sequence[Optional[str]]] = None,
+    **unused,
+  ) -> List[str]:
+    """ "'<text>' -> '<text with its [MASK] bytes filled>'" per input."""
     base.refuse_pairs(pairs, name)
     if not inputs:
       raise ValueError('give texts as arguments or --input_file=FILE.')
-    return [f'{text!r} -> {filled!r}' for text, filled in
-            zip(inputs, self.fill_masks(model, variables, inputs))]
+    return [
+      f'{text!r} -> {filled!r}'
+      for text, filled in zip(inputs, self.fill_masks(model, variables, inputs))
+    ]

@@ -63,8 +63,14 @@ from perceiver_io.flow import synthetic
 from perceiver_io.flow import tiling
 from perceiver_io.flow import viz
 
-_DIR_KINDS = ('sintel', 'sintel_clean', 'sintel_final', 'kitti', 'middlebury',
-              'chairs')
+_DIR_KINDS = (
+  'sintel',
+  'sintel_clean',
+  'sintel_final',
+  'kitti',
+  'middlebury',
+  'chairs',
+)
 _GRAYSCALE_MODES = ('L', '1', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'F')
 _ALPHA_MODES = ('RGBA', 'RGBa', 'LA', 'PA', 'La')
 
@@ -77,6 +83,7 @@ def normalize_frames(frame1: np.ndarray, frame2: np.ndarray) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class GeneratorSettings:
   """Everything a (possibly separate) worker process needs to make samples."""
+
   seed: int
   num_examples: int
   train_size: Tuple[int, int]
@@ -101,11 +108,12 @@ def check_tile_overlap(overlap: int, tile_size: Tuple[int, int]) -> int:
   height, width = tile_size
   if not 0 <= overlap < min(tile_size):
     raise ValueError(
-        f'config.eval_tile_overlap={overlap} must be in [0, {min(tile_size)}) '
-        f"for this model's {width}x{height} (WxH) tiles (official: 20 for "
-        '496x368; the cpu and tiny configs use 4); set '
-        '--config.eval_tile_overlap=<value> (with --workdir, together with '
-        '--config=<the run\'s config file>).')
+      f'config.eval_tile_overlap={overlap} must be in [0, {min(tile_size)}) '
+      f"for this model's {width}x{height} (WxH) tiles (official: 20 for "
+      '496x368; the cpu and tiny configs use 4); set '
+      '--config.eval_tile_overlap=<value> (with --workdir, together with '
+      "--config=<the run's config file>)."
+    )
   return overlap
 
 
@@ -115,8 +123,9 @@ def _centre_crop(sample, size):
   return augment.crop_sample(sample, top, left, size)
 
 
-def make_train_sample(settings: GeneratorSettings, position: int,
-                      plain: bool) -> Dict[str, np.ndarray]:
+def make_train_sample(
+  settings: GeneratorSettings, position: int, plain: bool
+) -> Dict[str, np.ndarray]:
   """Training example at stream `position` (a pure function of its inputs).
 
   Plain (curriculum) positions alternate forward and backward orders of the
@@ -127,28 +136,36 @@ def make_train_sample(settings: GeneratorSettings, position: int,
     index, backward = (position // 2) % settings.num_examples, position % 2 == 1
   else:
     index, backward = position % settings.num_examples, False
-  sample = synthetic.sample_at(settings.seed, index, *settings.render_size,
-                               config=settings.synthetic_config,
-                               backward=backward)
+  sample = synthetic.sample_at(
+    settings.seed,
+    index,
+    *settings.render_size,
+    config=settings.synthetic_config,
+    backward=backward,
+  )
   if plain or (settings.photometric is None and settings.spatial is None):
     sample = _centre_crop(sample, settings.train_size)
   else:
     rng = np.random.default_rng([settings.seed, 7, position])
-    sample = augment.augment_sample(rng, sample, settings.photometric,
-                                    settings.spatial)
+    sample = augment.augment_sample(
+      rng, sample, settings.photometric, settings.spatial
+    )
     if settings.spatial is None:
       sample = _centre_crop(sample, settings.train_size)
-  return {'image': normalize_frames(sample['frame1'], sample['frame2']),
-          'flow': sample['flow'].astype(np.float32),
-          'valid': sample['valid'].astype(np.float32)}
+  return {
+    'image': normalize_frames(sample['frame1'], sample['frame2']),
+    'flow': sample['flow'].astype(np.float32),
+    'valid': sample['valid'].astype(np.float32),
+  }
 
 
 def _make_train_sample_star(args):
   return make_train_sample(*args)
 
 
-def stack_samples(samples: Sequence[Dict[str, np.ndarray]]
-                  ) -> Dict[str, np.ndarray]:
+def stack_samples(
+  samples: Sequence[Dict[str, np.ndarray]],
+) -> Dict[str, np.ndarray]:
   out = {k: np.stack([s[k] for s in samples]) for k in samples[0]}
   out['weight'] = np.ones(len(samples), np.float32)
   return out
@@ -165,7 +182,8 @@ class _TrainStream:
     self._pool = None
     if workers > 0:  # 'spawn': forking a process that runs JAX can hang.
       self._pool = concurrent.futures.ProcessPoolExecutor(
-          workers, mp_context=multiprocessing.get_context('spawn'))
+        workers, mp_context=multiprocessing.get_context('spawn')
+      )
 
   def batch(self, step: int) -> Dict[str, np.ndarray]:
     global_batch = int(self.task.config.batch_size)
@@ -195,9 +213,10 @@ class Task(base.Task):
     super().use_model(model_config)
     if model_config['decoder'].get('type') != 'flow':
       raise ValueError(
-          f"task 'optical_flow' needs a model with a flow decoder; this one "
-          f"has {model_config['decoder'].get('type')!r} (model "
-          f"{model_config.get('name')!r}).")
+        f"task 'optical_flow' needs a model with a flow decoder; this one "
+        f'has {model_config["decoder"].get("type")!r} (model '
+        f'{model_config.get("name")!r}).'
+      )
     shape = model_lib.example_inputs(model_config)[0].shape
     self.train_size = (int(shape[2]), int(shape[3]))
 
@@ -208,40 +227,53 @@ class Task(base.Task):
     height = int(d.render_height) or self.train_size[0]
     width = int(d.render_width) or self.train_size[1]
     if height < self.train_size[0] or width < self.train_size[1]:
-      raise ValueError(f'data.render_height/width {height}x{width} must be at '
-                       f'least the model size {self.train_size[0]}x'
-                       f'{self.train_size[1]}.')
+      raise ValueError(
+        f'data.render_height/width {height}x{width} must be at '
+        f'least the model size {self.train_size[0]}x'
+        f'{self.train_size[1]}.'
+      )
     return height, width
 
   def synthetic_config(self) -> synthetic.SyntheticFlowConfig:
     scale = float(self.config.data.motion_scale)
     base = synthetic.SyntheticFlowConfig()
     return dataclasses.replace(
-        base, max_translation=base.max_translation * scale,
-        background_max_translation=base.background_max_translation * scale)
+      base,
+      max_translation=base.max_translation * scale,
+      background_max_translation=base.background_max_translation * scale,
+    )
 
   def generator_settings(self) -> GeneratorSettings:
     d = self.config.data
     if d.source != 'generated':
-      raise ValueError(f"optical flow trains on data.source='generated' (the "
-                       f"procedural generator); got {d.source!r}.")
+      raise ValueError(
+        f"optical flow trains on data.source='generated' (the "
+        f'procedural generator); got {d.source!r}.'
+      )
     photometric = spatial = None
     if bool(d.augment):
       photometric = augment.PhotometricConfig()
       spatial = augment.SpatialConfig(crop_size=self.train_size)
     return GeneratorSettings(
-        seed=int(self.config.seed), num_examples=int(d.num_train_examples),
-        train_size=self.train_size, render_size=self._render_size(),
-        synthetic_config=self.synthetic_config(), photometric=photometric,
-        spatial=spatial)
+      seed=int(self.config.seed),
+      num_examples=int(d.num_train_examples),
+      train_size=self.train_size,
+      render_size=self._render_size(),
+      synthetic_config=self.synthetic_config(),
+      photometric=photometric,
+      spatial=spatial,
+    )
 
   def plain_steps(self) -> int:
     """Training steps of the curriculum's un-augmented phase."""
     fraction = float(self.config.data.plain_fraction)
     if not 0.0 <= fraction <= 1.0:
-      raise ValueError(f'data.plain_fraction must be in [0, 1], got {fraction}.')
-    num_steps = steps.total_steps(self.config,
-                                  int(self.config.data.num_train_examples))
+      raise ValueError(
+        f'data.plain_fraction must be in [0, 1], got {fraction}.'
+      )
+    num_steps = steps.total_steps(
+      self.config, int(self.config.data.num_train_examples)
+    )
     return int(round(fraction * num_steps))
 
   def data_info(self):
@@ -249,12 +281,16 @@ class Task(base.Task):
     if settings.num_examples < 1:
       raise ValueError('data.num_train_examples must be >= 1.')
     if int(self.config.batch_size) % jax.process_count():
-      raise ValueError(f'batch_size {self.config.batch_size} must be divisible '
-                       f'by the number of processes {jax.process_count()}.')
+      raise ValueError(
+        f'batch_size {self.config.batch_size} must be divisible '
+        f'by the number of processes {jax.process_count()}.'
+      )
     self._eval_spec()  # Validates the eval source before anything is written.
     check_tile_overlap(self.config.eval_tile_overlap, self.train_size)
-    return ({'num_examples': settings.num_examples, 'label_names': []},
-            {'num_examples': -1, 'label_names': []})
+    return (
+      {'num_examples': settings.num_examples, 'label_names': []},
+      {'num_examples': -1, 'label_names': []},
+    )
 
   def example_batch(self) -> Dict[str, np.ndarray]:
     return {'image': np.zeros((1, 2) + self.train_size + (3,), np.float32)}
@@ -281,11 +317,13 @@ class Task(base.Task):
     epe = self._errors(outputs, batch)
     magnitude = jnp.sqrt(jnp.sum(batch['flow'] ** 2, axis=-1))
     outlier = (epe > 3.0) & (epe > 0.05 * magnitude)
-    return {'epe': jnp.sum(epe * valid, axis=(1, 2)),
-            'fl_all': jnp.sum(outlier * valid, axis=(1, 2)),
-            'epe_zero_flow': jnp.sum(magnitude * valid, axis=(1, 2)),
-            'count': jnp.sum(valid, axis=(1, 2)),
-            'weight': batch['weight']}
+    return {
+      'epe': jnp.sum(epe * valid, axis=(1, 2)),
+      'fl_all': jnp.sum(outlier * valid, axis=(1, 2)),
+      'epe_zero_flow': jnp.sum(magnitude * valid, axis=(1, 2)),
+      'count': jnp.sum(valid, axis=(1, 2)),
+      'weight': batch['weight'],
+    }
 
   # ------------------------------------------------------------ evaluation --
 
@@ -294,13 +332,17 @@ class Task(base.Task):
     if source.startswith('generated'):
       _, _, count = source.partition(':')
       if count and not count.isdigit():
-        raise ValueError(f"data.eval_source 'generated[:<count>]' needs an "
-                         f"integer count; got {source!r}.")
+        raise ValueError(
+          f"data.eval_source 'generated[:<count>]' needs an "
+          f'integer count; got {source!r}.'
+        )
       return 'generated', count
     kind, _, root = source.partition(':')
     if kind not in _DIR_KINDS or not root:
-      raise ValueError(f"unknown data.eval_source {source!r}; use 'generated' "
-                       f"or <kind>:<folder> with kind in {_DIR_KINDS}.")
+      raise ValueError(
+        f"unknown data.eval_source {source!r}; use 'generated' "
+        f'or <kind>:<folder> with kind in {_DIR_KINDS}.'
+      )
     if not os.path.isdir(root):
       raise FileNotFoundError(f'data.eval_source folder not found: {root}')
     return kind, root
@@ -319,8 +361,9 @@ class Task(base.Task):
       return super().evaluate(eval_step, state, mesh, model)
     if model is None:
       raise ValueError('directory evaluation needs the model.')
-    variables = jax.device_get({'params': state['params'],
-                                **state['model_state']})
+    variables = jax.device_get(
+      {'params': state['params'], **state['model_state']}
+    )
     return self.evaluate_directory(model, variables, kind, where)
 
   def generated_eval_samples(self, count: int):
@@ -328,11 +371,19 @@ class Task(base.Task):
     settings = self.generator_settings()
     samples = []
     for i in range(count):
-      s = synthetic.sample_at(settings.seed, settings.num_examples + i,
-                              *self.train_size,
-                              config=settings.synthetic_config)
-      samples.append({'image': normalize_frames(s['frame1'], s['frame2']),
-                      'flow': s['flow'], 'valid': s['valid']})
+      s = synthetic.sample_at(
+        settings.seed,
+        settings.num_examples + i,
+        *self.train_size,
+        config=settings.synthetic_config,
+      )
+      samples.append(
+        {
+          'image': normalize_frames(s['frame1'], s['frame2']),
+          'flow': s['flow'],
+          'valid': s['valid'],
+        }
+      )
     return samples
 
   def eval_data(self):
@@ -354,28 +405,32 @@ class Task(base.Task):
         rows = [min(first + i, count - 1) for i in range(local)]
         batch = stack_samples([samples[r] for r in rows])
         batch['weight'] = np.array(
-            [float(first + i < count) for i in range(local)], np.float32)
+          [float(first + i < count) for i in range(local)], np.float32
+        )
         yield batch
 
     return batches(), count
 
   def summarize(self, gathered):
     """EPE and zero-flow EPE (px) pooled over valid pixels, Fl-all (%)."""
-    sums = {k: float(np.sum(v, dtype=np.float64))
-            for k, v in gathered.items()}
+    sums = {k: float(np.sum(v, dtype=np.float64)) for k, v in gathered.items()}
     pixels = max(sums['count'], 1.0)
-    return {'epe': sums['epe'] / pixels,
-            'fl_all': 100.0 * sums['fl_all'] / pixels,
-            'epe_zero_flow': sums['epe_zero_flow'] / pixels,
-            'num_examples': int(sums['weight'])}
+    return {
+      'epe': sums['epe'] / pixels,
+      'fl_all': 100.0 * sums['fl_all'] / pixels,
+      'epe_zero_flow': sums['epe_zero_flow'] / pixels,
+      'num_examples': int(sums['weight']),
+    }
 
   def listings(self, kind: str, root: str):
     """(name, [FlowPairFiles]) groups to report separately."""
     if kind == 'sintel':
-      groups = [(f'sintel_{p}', flow_layouts.list_sintel(root, passes=p))
-                for p in ('clean', 'final')
-                if os.path.isdir(os.path.join(root, 'training', p)) or
-                os.path.isdir(os.path.join(root, p))]
+      groups = [
+        (f'sintel_{p}', flow_layouts.list_sintel(root, passes=p))
+        for p in ('clean', 'final')
+        if os.path.isdir(os.path.join(root, 'training', p))
+        or os.path.isdir(os.path.join(root, p))
+      ]
       # No pass folder: let the lister raise its layout message.
       return groups or [('sintel', flow_layouts.list_sintel(root))]
     if kind in ('sintel_clean', 'sintel_final'):
@@ -391,56 +446,80 @@ class Task(base.Task):
     apply = jax.jit(lambda v, x: model.apply(v, x, deterministic=True))
 
     def predict(tiles):
-      return np.asarray(apply(variables, jnp.asarray(tiles)),
-                        np.float32) * self.flow_scale
+      return (
+        np.asarray(apply(variables, jnp.asarray(tiles)), np.float32)
+        * self.flow_scale
+      )
 
     return predict
 
-  def full_frame_flow(self, predict_fn, frame1, frame2,
-                      pad_small: bool = False) -> np.ndarray:
+  def full_frame_flow(
+    self, predict_fn, frame1, frame2, pad_small: bool = False
+  ) -> np.ndarray:
     """Flow of a whole frame pair by tiling at the model size."""
     d = self.config
     overlap = check_tile_overlap(d.eval_tile_overlap, self.train_size)
     frames = normalize_frames(frame1, frame2)
     return tiling.tiled_flow(
-        predict_fn, frames[0], frames[1], tile_size=self.train_size,
-        min_overlap=overlap,
-        batch_size=int(d.eval_tile_batch), pad_small=pad_small)
+      predict_fn,
+      frames[0],
+      frames[1],
+      tile_size=self.train_size,
+      min_overlap=overlap,
+      batch_size=int(d.eval_tile_batch),
+      pad_small=pad_small,
+    )
 
-  def evaluate_directory(self, model, variables, kind: str,
-                         root: str) -> Dict[str, float]:
+  def evaluate_directory(
+    self, model, variables, kind: str, root: str
+  ) -> Dict[str, float]:
     """Tiled full-frame EPE / Fl-all over a benchmark folder."""
     predict_fn = self.make_predict_fn(model, variables)
     limit = int(self.config.max_eval_examples)
     pad_small = bool(self.config.data.pad_small)
     metrics = {}
     total = 0
-    groups = [(name, listing[:limit] if limit > 0 else listing)
-              for name, listing in self.listings(kind, root)]
+    groups = [
+      (name, listing[:limit] if limit > 0 else listing)
+      for name, listing in self.listings(kind, root)
+    ]
     progress = eval_progress.EvalProgress(
-        self.config, sum(len(listing) for _, listing in groups), 'pair',
-        desc=f'eval {kind}')
+      self.config,
+      sum(len(listing) for _, listing in groups),
+      'pair',
+      desc=f'eval {kind}',
+    )
     with progress:
       for name, listing in groups:
         sums, per_image = {}, []
         for files in listing:
           sample = flow_layouts.load_pair(files)
-          self._check_tile_fits(sample['frame1'].shape, files.frame1,
-                                pad_small, '--config.data.pad_small=True')
-          flow = self.full_frame_flow(predict_fn, sample['frame1'],
-                                      sample['frame2'], pad_small)
-          one = flow_metrics.flow_metric_sums(flow, sample['flow'],
-                                              sample['valid'])
+          self._check_tile_fits(
+            sample['frame1'].shape,
+            files.frame1,
+            pad_small,
+            '--config.data.pad_small=True',
+          )
+          flow = self.full_frame_flow(
+            predict_fn, sample['frame1'], sample['frame2'], pad_small
+          )
+          one = flow_metrics.flow_metric_sums(
+            flow, sample['flow'], sample['valid']
+          )
           sums = flow_metrics.add_sums(sums, one)
           if one['count'] > 0:
             per_image.append(one['epe'] / one['count'])
           progress.update(1)
         pooled = flow_metrics.metrics_from_sums(sums)
         prefix = f'{name}_' if kind == 'sintel' else ''
-        metrics.update({f'{prefix}epe': pooled['epe'],
-                        f'{prefix}epe_per_image': float(np.mean(per_image)),
-                        f'{prefix}fl_all': pooled['fl_all'],
-                        f'{prefix}acc_1px': pooled['acc_1px']})
+        metrics.update(
+          {
+            f'{prefix}epe': pooled['epe'],
+            f'{prefix}epe_per_image': float(np.mean(per_image)),
+            f'{prefix}fl_all': pooled['fl_all'],
+            f'{prefix}acc_1px': pooled['acc_1px'],
+          }
+        )
         total += len(listing)
     metrics['num_examples'] = total
     return metrics
@@ -451,10 +530,11 @@ class Task(base.Task):
     th, tw = self.train_size
     if (shape[0] < th or shape[1] < tw) and not pad_small:
       raise ValueError(
-          f'{path} is {shape[1]}x{shape[0]} (WxH), smaller than the model\'s '
-          f'{tw}x{th} tile. Resize the frames to at least {tw}x{th}, or pass '
-          f'{how} to pad them by edge replication (the padded border is '
-          'invented content; its flow is cropped away).')
+        f"{path} is {shape[1]}x{shape[0]} (WxH), smaller than the model's "
+        f'{tw}x{th} tile. Resize the frames to at least {tw}x{th}, or pass '
+        f'{how} to pad them by edge replication (the padded border is '
+        'invented content; its flow is cropped away).'
+      )
 
   @staticmethod
   def read_frame(path: str) -> np.ndarray:
@@ -471,11 +551,18 @@ class Task(base.Task):
     with Image.open(path) as image:
       mode = image.mode
     if mode in _GRAYSCALE_MODES:
-      logging.info('%s is grayscale (mode %s): replicated to 3 channels, as '
-                   'evaluation does.', path, mode)
+      logging.info(
+        '%s is grayscale (mode %s): replicated to 3 channels, as '
+        'evaluation does.',
+        path,
+        mode,
+      )
     elif mode in _ALPHA_MODES:
-      logging.info('%s has an alpha channel (mode %s): dropped, as evaluation '
-                   'does.', path, mode)
+      logging.info(
+        '%s has an alpha channel (mode %s): dropped, as evaluation does.',
+        path,
+        mode,
+      )
     return frame
 
   @staticmethod
@@ -488,14 +575,24 @@ class Task(base.Task):
       return np.where(valid[..., None] > 0, flow, 0.0), valid
     if lower.endswith('.png'):
       return flow_formats.read_kitti_flow(path)
-    raise ValueError(f'--ground_truth {path!r}: expected a Middlebury .flo '
-                     'file or a KITTI 16-bit flow .png.')
+    raise ValueError(
+      f'--ground_truth {path!r}: expected a Middlebury .flo '
+      'file or a KITTI 16-bit flow .png.'
+    )
 
-  def predict_lines(self, model, variables, inputs: Sequence[str], *,
-                    name: str = '', output: str = '', ground_truth: str = '',
-                    pad_small: bool = False,
-                    pairs: Optional[Sequence[Optional[str]]] = None,
-                    **unused) -> List[str]:
+  def predict_lines(
+    self,
+    model,
+    variables,
+    inputs: Sequence[str],
+    *,
+    name: str = '',
+    output: str = '',
+    ground_truth: str = '',
+    pad_small: bool = False,
+    pairs: Optional[Sequence[Optional[str]]] = None,
+    **unused,
+  ) -> List[str]:
     """Two frames -> `.flo` + colour-wheel `.png` (+ EPE with ground truth).
 
     Every input is checked before the model runs, and nothing is written
@@ -514,48 +611,64 @@ class Task(base.Task):
     """
     base.refuse_pairs(pairs, name)
     if len(inputs) != 2:
-      raise ValueError(f'optical flow needs exactly two image files (frame 1 '
-                       f'and frame 2); got {len(inputs)}.')
+      raise ValueError(
+        f'optical flow needs exactly two image files (frame 1 '
+        f'and frame 2); got {len(inputs)}.'
+      )
     frame1, frame2 = (self.read_frame(p) for p in inputs)
     if frame1.shape != frame2.shape:
       raise ValueError(
-          f'the frames have different sizes: {inputs[0]} is '
-          f'{frame1.shape[1]}x{frame1.shape[0]}, {inputs[1]} is '
-          f'{frame2.shape[1]}x{frame2.shape[0]}; both must be the same size.')
+        f'the frames have different sizes: {inputs[0]} is '
+        f'{frame1.shape[1]}x{frame1.shape[0]}, {inputs[1]} is '
+        f'{frame2.shape[1]}x{frame2.shape[0]}; both must be the same size.'
+      )
     self._check_tile_fits(frame1.shape, inputs[0], pad_small, '--pad_small')
     gt = valid = None
     if ground_truth:
       gt, valid = self.read_ground_truth(ground_truth)
       if gt.shape[:2] != frame1.shape[:2]:
-        raise ValueError(f'--ground_truth {ground_truth} is {gt.shape[1]}x'
-                         f'{gt.shape[0]} but the frames are {frame1.shape[1]}x'
-                         f'{frame1.shape[0]}.')
-    flo_path = output or (os.path.splitext(os.path.basename(inputs[0]))[0]
-                          + '_flow.flo')
+        raise ValueError(
+          f'--ground_truth {ground_truth} is {gt.shape[1]}x'
+          f'{gt.shape[0]} but the frames are {frame1.shape[1]}x'
+          f'{frame1.shape[0]}.'
+        )
+    flo_path = output or (
+      os.path.splitext(os.path.basename(inputs[0]))[0] + '_flow.flo'
+    )
     if not flo_path.lower().endswith('.flo'):
       raise ValueError(f'--output must name a .flo file; got {flo_path!r}.')
     folder = os.path.dirname(os.path.abspath(flo_path))
     if not os.path.isdir(folder):
       raise FileNotFoundError(f'output folder {folder} does not exist.')
     png_path = os.path.splitext(flo_path)[0] + '.png'
-    flow = self.full_frame_flow(self.make_predict_fn(model, variables),
-                                frame1, frame2, pad_small)
+    flow = self.full_frame_flow(
+      self.make_predict_fn(model, variables), frame1, frame2, pad_small
+    )
     flow_formats.write_flo(flo_path, flow)
     viz.save_flow_png(png_path, flow)
     height, width = flow.shape[:2]
-    tiles = len(tiling.tile_origins(
+    tiles = len(
+      tiling.tile_origins(
         (max(height, self.train_size[0]), max(width, self.train_size[1])),
-        self.train_size, int(self.config.eval_tile_overlap)))
-    magnitude = np.sqrt(np.sum(flow ** 2, axis=-1))
-    lines = [f'{inputs[0]} -> {inputs[1]}: {width}x{height}, {tiles} tile(s) '
-             f'of {self.train_size[1]}x{self.train_size[0]}; flow magnitude '
-             f'mean {magnitude.mean():.3f} px, max {magnitude.max():.3f} px',
-             f'wrote {flo_path}', f'wrote {png_path}']
+        self.train_size,
+        int(self.config.eval_tile_overlap),
+      )
+    )
+    magnitude = np.sqrt(np.sum(flow**2, axis=-1))
+    lines = [
+      f'{inputs[0]} -> {inputs[1]}: {width}x{height}, {tiles} tile(s) '
+      f'of {self.train_size[1]}x{self.train_size[0]}; flow magnitude '
+      f'mean {magnitude.mean():.3f} px, max {magnitude.max():.3f} px',
+      f'wrote {flo_path}',
+      f'wrote {png_path}',
+    ]
     if gt is not None:
       m = flow_metrics.flow_metrics(flow, gt, valid)
       zero = flow_metrics.flow_metrics(np.zeros_like(gt), gt, valid)
-      lines.append(f'EPE {m["epe"]:.4f} px over {int(m["count"])} valid '
-                   f'pixels (zero-flow EPE {zero["epe"]:.4f} px), Fl-all '
-                   f'{m["fl_all"]:.2f} %')
+      lines.append(
+        f'EPE {m["epe"]:.4f} px over {int(m["count"])} valid '
+        f'pixels (zero-flow EPE {zero["epe"]:.4f} px), Fl-all '
+        f'{m["fl_all"]:.2f} %'
+      )
     logging.info('predicted flow for %s', inputs[0])
     return lines

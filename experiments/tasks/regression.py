@@ -33,24 +33,38 @@ class Task(classification.Task):
 
   def eval_outputs(self, outputs, batch):
     loss, weight = self.loss_fn(outputs, batch)
-    return {'loss': loss, 'loss_weight': weight, 'weight': batch['weight'],
-            'pred': outputs.reshape(outputs.shape[0]), 'label': batch['label']}
+    return {
+      'loss': loss,
+      'loss_weight': weight,
+      'weight': batch['weight'],
+      'pred': outputs.reshape(outputs.shape[0]),
+      'label': batch['label'],
+    }
 
   def summarize(self, gathered):
-    return metrics.summarize(gathered,
-                             metrics.metric_names(self.config.eval_metrics),
-                             default=('pearson', 'spearman'))
+    return metrics.summarize(
+      gathered,
+      metrics.metric_names(self.config.eval_metrics),
+      default=('pearson', 'spearman'),
+    )
 
-  def predict_lines(self, model, variables, inputs: Sequence[str], *,
-                    name: str = '', info: Optional[Dict[str, Any]] = None,
-                    pairs: Optional[Sequence[Optional[str]]] = None,
-                    **unused) -> List[str]:
+  def predict_lines(
+    self,
+    model,
+    variables,
+    inputs: Sequence[str],
+    *,
+    name: str = '',
+    info: Optional[Dict[str, Any]] = None,
+    pairs: Optional[Sequence[Optional[str]]] = None,
+    **unused,
+  ) -> List[str]:
     """'<score>\\t<input>' per input (pair models: two texts per input)."""
     if not inputs:
       raise ValueError('give texts as arguments or --input_file=FILE.')
     texts, seconds, shown = classification.split_pairs(
-        name, classification.pair_fields(info or {}, self.config), inputs,
-        pairs)
+      name, classification.pair_fields(info or {}, self.config), inputs, pairs
+    )
     batch = classification.text_batch(texts, self.config, seconds)
     scores = self.predict(model, variables, batch).reshape(-1)
     return [f'{score:.3f}\t{item}' for item, score in zip(shown, scores)]

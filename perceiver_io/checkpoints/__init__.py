@@ -1,9 +1,9 @@
 """Checkpoint import (HuggingFace, DeepMind Haiku) and our own save/load.
 
-  from_hf(path_or_hub_id) -> (model, variables, config)
-  from_haiku(pickle_path, preset_or_config) -> (model, variables, config)
-  save(directory, variables, config); load(directory) -> (model, variables, config)
-  load_any('hf:...' | 'haiku:FILE[:preset]' | DIR) -> (model, variables, config)
+from_hf(path_or_hub_id) -> (model, variables, config)
+from_haiku(pickle_path, preset_or_config) -> (model, variables, config)
+save(directory, variables, config); load(directory) -> (model, variables, config)
+load_any('hf:...' | 'haiku:FILE[:preset]' | DIR) -> (model, variables, config)
 """
 
 from perceiver_io.checkpoints.common import CheckpointError
@@ -19,15 +19,24 @@ def load_any(spec: str, preset=None, **overrides):
   if spec.startswith('hf:'):
     return from_hf(spec, **overrides)
   if spec.startswith('haiku:'):
-    path = spec[len('haiku:'):]
+    path = spec[len('haiku:') :]
     if preset is None:
-      raise CheckpointError('a Haiku checkpoint needs a preset (e.g. '
-                            'imagenet_fourier) to know the architecture.')
+      raise CheckpointError(
+        'a Haiku checkpoint needs a preset (e.g. '
+        'imagenet_fourier) to know the architecture.'
+      )
     return from_haiku(path, preset, **overrides)
   if spec.startswith('workdir:'):
-    spec = spec[len('workdir:'):]
+    spec = spec[len('workdir:') :]
   return load(spec, **overrides)
 
 
-__all__ = ['CheckpointError', 'from_haiku', 'from_hf', 'is_checkpoint', 'load',
-           'load_any', 'save']
+__all__ = [
+  'CheckpointError',
+  'from_haiku',
+  'from_hf',
+  'is_checkpoint',
+  'load',
+  'load_any',
+  'save',
+]

@@ -25,8 +25,7 @@ def _shape(value) -> Tuple[int, ...]:
   return tuple(int(d) for d in shape)
 
 
-def summarise(what: str, entries: Sequence[str], limit: int = MAX_NAMED
-              ) -> str:
+def summarise(what: str, entries: Sequence[str], limit: int = MAX_NAMED) -> str:
   """'<n> <what>: first `limit` entries, and <m> more' (one line, bounded).
 
   Why: the whole list of a mismatched checkpoint ran to 26 KB on one line;
@@ -45,14 +44,17 @@ def check_and_unflatten(model, flat: Dict[Path, np.ndarray], source: str):
   in the file but unused by the model) and shape mismatches.
   """
   expected = flax.traverse_util.flatten_dict(abstract_variables(model))
-  missing = sorted(f'{"/".join(k)} {_shape(v)}' for k, v in expected.items()
-                   if k not in flat)
-  extra = sorted(f'{"/".join(k)} {_shape(v)}' for k, v in flat.items()
-                 if k not in expected)
-  wrong = sorted(f'{"/".join(k)}: file {_shape(v)} vs model '
-                 f'{_shape(expected[k])}'
-                 for k, v in flat.items()
-                 if k in expected and _shape(v) != _shape(expected[k]))
+  missing = sorted(
+    f'{"/".join(k)} {_shape(v)}' for k, v in expected.items() if k not in flat
+  )
+  extra = sorted(
+    f'{"/".join(k)} {_shape(v)}' for k, v in flat.items() if k not in expected
+  )
+  wrong = sorted(
+    f'{"/".join(k)}: file {_shape(v)} vs model {_shape(expected[k])}'
+    for k, v in flat.items()
+    if k in expected and _shape(v) != _shape(expected[k])
+  )
   problems = []
   if missing:
     problems.append(summarise(f'missing from {source}', missing))
@@ -61,12 +63,21 @@ def check_and_unflatten(model, flat: Dict[Path, np.ndarray], source: str):
   if wrong:
     problems.append(summarise('shape mismatches', wrong))
   if problems:
-    hint = (' Is the checkpoint of another model size? Load it with its '
-            'own preset or config.' if len(wrong) > MAX_NAMED else '')
-    raise CheckpointError('checkpoint does not match the model config; ' +
-                          '; '.join(problems) + '.' + hint)
-  variables = {k: np.asarray(v, dtype=expected[k].dtype)
-               for k, v in flat.items()}
+    hint = (
+      ' Is the checkpoint of another model size? Load it with its '
+      'own preset or config.'
+      if len(wrong) > MAX_NAMED
+      else ''
+    )
+    raise CheckpointError(
+      'checkpoint does not match the model config; '
+      + '; '.join(problems)
+      + '.'
+      + hint
+    )
+  variables = {
+    k: np.asarray(v, dtype=expected[k].dtype) for k, v in flat.items()
+  }
   return jax.tree_util.tree_map(
-      np.asarray, flax.core.unfreeze(flax.traverse_util.unflatten_dict(
-          variables)))
+    np.asarray, flax.core.unfreeze(flax.traverse_util.unflatten_dict(variables))
+  )

@@ -25,59 +25,103 @@ from perceiver_io.model import build_model
 
 # Haiku module prefix (regex) -> our module path (may use groups).
 _PREFIXES = (
-    (r'(?:perceiver_)?encoder/~/trainable_position_encoding$', 'encoder/latents'),
-    (r'(?:perceiver_)?encoder/~/cross_attention/', 'encoder/cross_attend/'),
-    (r'(?:perceiver_)?encoder/~/self_attention/', 'encoder/self_attend_0/'),
-    (r'(?:perceiver_)?encoder/~/self_attention_(\d+)/',
-     r'encoder/self_attend_\1/'),
-    (r'classification_decoder/~/basic_decoder/~/trainable_position_encoding$',
-     '{classifier_query}'),
-    (r'classification_decoder/~/basic_decoder/cross_attention/',
-     'decoder/basic/decoder/cross_attend/'),
-    (r'classification_decoder/~/basic_decoder/output$',
-     'decoder/basic/decoder/output'),
-    (r'basic_decoder/~/trainable_position_encoding$',
-     'decoder/query/trainable/embeddings'),
-    (r'(?:flow_decoder/~/|multimodal_decoder/~/)?basic_decoder/cross_attention/',
-     'decoder/decoder/cross_attend/'),
-    (r'(?:flow_decoder/~/|multimodal_decoder/~/)basic_decoder/output$',
-     'decoder/decoder/output'),
-    (r'multimodal_decoder/~decoder_query/(\w+)_padding$', r'decoder/\1_padding'),
-    (r'embed$', 'preprocessor/embed'),
-    (r'trainable_position_encoding$', 'preprocessor/position_embeddings'),
-    (r'image_preprocessor/~/conv2_d$', 'preprocessor/conv1x1'),
-    (r'image_preprocessor/~_build_network_inputs/trainable_position_encoding$',
-     'preprocessor/position_encoding/trainable/embeddings'),
-    (r'image_preprocessor/~_build_network_inputs/position_encoding_projector/'
-     r'linear$', 'preprocessor/position_encoding/projection'),
-    (r'image_preprocessor/~/conv2_d_downsample/~/conv$',
-     'preprocessor/conv_downsample/conv'),
-    (r'image_preprocessor/~/conv2_d_downsample/~/batchnorm$',
-     'preprocessor/conv_downsample/batchnorm'),
-    (r'image_preprocessor/~/conv2_d_downsample/~/batchnorm/~/(mean|var)_ema$',
-     r'@batch_stats/preprocessor/conv_downsample/batchnorm/\1'),
-    (r'image_preprocessor/patches_linear$', 'preprocessor/patches_linear'),
-    (r'multimodal_preprocessor/(\w+)_(padding|mask_token)$',
-     r'preprocessor/\1_\2'),
-    (r'embedding_decoder$', 'postprocessor'),
-    (r'projection_postprocessor/linear$',
-     'postprocessor/image_postprocessor/linear'),
-    (r'classification_postprocessor/linear$',
-     'postprocessor/label_postprocessor/linear'),
-    (r'audio_postprocessor/linear$', 'postprocessor/audio_postprocessor/linear'),
+  (r'(?:perceiver_)?encoder/~/trainable_position_encoding$', 'encoder/latents'),
+  (r'(?:perceiver_)?encoder/~/cross_attention/', 'encoder/cross_attend/'),
+  (r'(?:perceiver_)?encoder/~/self_attention/', 'encoder/self_attend_0/'),
+  (
+    r'(?:perceiver_)?encoder/~/self_attention_(\d+)/',
+    r'encoder/self_attend_\1/',
+  ),
+  (
+    r'classification_decoder/~/basic_decoder/~/trainable_position_encoding$',
+    '{classifier_query}',
+  ),
+  (
+    r'classification_decoder/~/basic_decoder/cross_attention/',
+    'decoder/basic/decoder/cross_attend/',
+  ),
+  (
+    r'classification_decoder/~/basic_decoder/output$',
+    'decoder/basic/decoder/output',
+  ),
+  (
+    r'basic_decoder/~/trainable_position_encoding$',
+    'decoder/query/trainable/embeddings',
+  ),
+  (
+    r'(?:flow_decoder/~/|multimodal_decoder/~/)?basic_decoder/cross_attention/',
+    'decoder/decoder/cross_attend/',
+  ),
+  (
+    r'(?:flow_decoder/~/|multimodal_decoder/~/)basic_decoder/output$',
+    'decoder/decoder/output',
+  ),
+  (r'multimodal_decoder/~decoder_query/(\w+)_padding$', r'decoder/\1_padding'),
+  (r'embed$', 'preprocessor/embed'),
+  (r'trainable_position_encoding$', 'preprocessor/position_embeddings'),
+  (r'image_preprocessor/~/conv2_d$', 'preprocessor/conv1x1'),
+  (
+    r'image_preprocessor/~_build_network_inputs/trainable_position_encoding$',
+    'preprocessor/position_encoding/trainable/embeddings',
+  ),
+  (
+    r'image_preprocessor/~_build_network_inputs/position_encoding_projector/'
+    r'linear$',
+    'preprocessor/position_encoding/projection',
+  ),
+  (
+    r'image_preprocessor/~/conv2_d_downsample/~/conv$',
+    'preprocessor/conv_downsample/conv',
+  ),
+  (
+    r'image_preprocessor/~/conv2_d_downsample/~/batchnorm$',
+    'preprocessor/conv_downsample/batchnorm',
+  ),
+  (
+    r'image_preprocessor/~/conv2_d_downsample/~/batchnorm/~/(mean|var)_ema$',
+    r'@batch_stats/preprocessor/conv_downsample/batchnorm/\1',
+  ),
+  (r'image_preprocessor/patches_linear$', 'preprocessor/patches_linear'),
+  (
+    r'multimodal_preprocessor/(\w+)_(padding|mask_token)$',
+    r'preprocessor/\1_\2',
+  ),
+  (r'embedding_decoder$', 'postprocessor'),
+  (
+    r'projection_postprocessor/linear$',
+    'postprocessor/image_postprocessor/linear',
+  ),
+  (
+    r'classification_postprocessor/linear$',
+    'postprocessor/label_postprocessor/linear',
+  ),
+  (r'audio_postprocessor/linear$', 'postprocessor/audio_postprocessor/linear'),
 )
 
 # Inside a cross-/self-attention block.
-_CROSS = {'layer_norm': 'query_norm', 'layer_norm_1': 'kv_norm',
-          'layer_norm_2': 'mlp_norm'}
+_CROSS = {
+  'layer_norm': 'query_norm',
+  'layer_norm_1': 'kv_norm',
+  'layer_norm_2': 'mlp_norm',
+}
 _SELF = {'layer_norm': 'attention_norm', 'layer_norm_1': 'mlp_norm'}
-_INNER = {'attention/linear': 'attention/query',
-          'attention/linear_1': 'attention/key',
-          'attention/linear_2': 'attention/value',
-          'attention/linear_3': 'attention/output',
-          'mlp/linear': 'mlp/dense1', 'mlp/linear_1': 'mlp/dense2'}
-_LEAVES = {'w': 'kernel', 'b': 'bias', 'offset': 'bias', 'scale': 'scale',
-           'embeddings': 'embedding', 'average': '', 'bias': 'bias'}
+_INNER = {
+  'attention/linear': 'attention/query',
+  'attention/linear_1': 'attention/key',
+  'attention/linear_2': 'attention/value',
+  'attention/linear_3': 'attention/output',
+  'mlp/linear': 'mlp/dense1',
+  'mlp/linear_1': 'mlp/dense2',
+}
+_LEAVES = {
+  'w': 'kernel',
+  'b': 'bias',
+  'offset': 'bias',
+  'scale': 'scale',
+  'embeddings': 'embedding',
+  'average': '',
+  'bias': 'bias',
+}
 
 
 def _map_module(module: str, is_multimodal: bool) -> str:
@@ -87,9 +131,12 @@ def _map_module(module: str, is_multimodal: bool) -> str:
       continue
     ours = m.expand(repl)
     if ours == '{classifier_query}':
-      return ('decoder/label_query/trainable/embeddings' if is_multimodal
-              else 'decoder/basic/query/trainable/embeddings')
-    rest = module[m.end():]
+      return (
+        'decoder/label_query/trainable/embeddings'
+        if is_multimodal
+        else 'decoder/basic/query/trainable/embeddings'
+      )
+    rest = module[m.end() :]
     if not rest:
       return ours
     table = _CROSS if 'cross_attend' in ours else _SELF
@@ -98,13 +145,17 @@ def _map_module(module: str, is_multimodal: bool) -> str:
     if rest in _INNER:
       return ours + _INNER[rest]
     break
-  raise CheckpointError(f'unexpected Haiku module {module!r} in the '
-                        f'checkpoint; it has no counterpart in our model.')
+  raise CheckpointError(
+    f'unexpected Haiku module {module!r} in the '
+    f'checkpoint; it has no counterpart in our model.'
+  )
 
 
-def convert_haiku_params(params: Dict[str, Dict[str, Any]],
-                         state: Dict[str, Dict[str, Any]] = None,
-                         is_multimodal: bool = False):
+def convert_haiku_params(
+  params: Dict[str, Dict[str, Any]],
+  state: Dict[str, Dict[str, Any]] = None,
+  is_multimodal: bool = False,
+):
   """Haiku {module: {name: array}} -> flat {(collection, *path): array}."""
   flat = {}
   for tree in (params, state or {}):
@@ -117,9 +168,15 @@ def convert_haiku_params(params: Dict[str, Dict[str, Any]],
         if path.startswith('@'):
           collection, path = path[1:].split('/', 1)
         value = np.asarray(value)
-        if path.endswith('/embeddings') or path in ('encoder/latents',) or (
-            path.endswith('_padding') or path.endswith('_mask_token') or
-            path == 'preprocessor/position_embeddings'):
+        if (
+          path.endswith('/embeddings')
+          or path in ('encoder/latents',)
+          or (
+            path.endswith('_padding')
+            or path.endswith('_mask_token')
+            or path == 'preprocessor/position_embeddings'
+          )
+        ):
           leaf = None  # pos_embs: the path already names the parameter.
         else:
           leaf = _LEAVES.get(name)
@@ -156,7 +213,6 @@ class _HaikuMapping(dict):
 
 
 class _Unpickler(pickle.Unpickler):
-
   def find_class(self, module, name):
     if module.startswith('haiku'):
       return _HaikuMapping
@@ -178,8 +234,10 @@ def read_haiku_pickle(path: str):
   try:
     obj = _Unpickler(io.BytesIO(data)).load()
   except Exception as e:  # Truncated or not a pickle.
-    raise CheckpointError(f'cannot unpickle {path}: {e}. The file is corrupt '
-                          f'or truncated; download it again.') from e
+    raise CheckpointError(
+      f'cannot unpickle {path}: {e}. The file is corrupt '
+      f'or truncated; download it again.'
+    ) from e
   obj = _to_plain(obj)
   if not isinstance(obj, dict):
     raise CheckpointError(f'{path} does not hold a Haiku parameter mapping.')
@@ -198,8 +256,9 @@ def from_haiku(path: str, preset: Union[str, Dict[str, Any]], **overrides):
       `multimodal_autoencoding`) or a model config dict.
     **overrides: top-level model options (dtype, remat, ...).
   """
-  config = presets.get_config(preset) if isinstance(preset, str) else dict(
-      preset)
+  config = (
+    presets.get_config(preset) if isinstance(preset, str) else dict(preset)
+  )
   config.update(overrides)
   model = build_model(config)
   params, state = read_haiku_pickle(path)

@@ -34,15 +34,18 @@ def save(directory: str, variables, config, overwrite: bool = False) -> str:
   """Saves `variables` and `config` to `directory`; returns its path."""
   directory = os.path.abspath(directory)
   if os.path.exists(directory) and not overwrite:
-    raise CheckpointError(f'{directory} already exists; pass overwrite=True '
-                          f'(--overwrite) to replace it, or choose a new path.')
+    raise CheckpointError(
+      f'{directory} already exists; pass overwrite=True '
+      f'(--overwrite) to replace it, or choose a new path.'
+    )
   if os.path.exists(directory) and not _replaceable(directory):
     # Overwriting replaces the whole directory: only ever one of ours (or an
     # empty one), never a folder of other runs that `--out` named by mistake.
     raise CheckpointError(
-        f'{directory} exists and is not a perceiver_io checkpoint (no '
-        f'config.json and variables/), so overwrite would delete what it '
-        f'holds; choose a new path (e.g. {directory}/<name>).')
+      f'{directory} exists and is not a perceiver_io checkpoint (no '
+      f'config.json and variables/), so overwrite would delete what it '
+      f'holds; choose a new path (e.g. {directory}/<name>).'
+    )
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix='.tmp_ckpt_', dir=parent)
@@ -54,9 +57,12 @@ def save(directory: str, variables, config, overwrite: bool = False) -> str:
     ckptr.save(os.path.join(tmp, 'variables'), state)
     ckptr.wait_until_finished()
     from perceiver_io import __version__  # pylint: disable=g-import-not-at-top
+
     with open(os.path.join(tmp, 'META.json'), 'w') as f:
-      json.dump({'format_version': FORMAT_VERSION,
-                 'perceiver_io_version': __version__}, f)
+      json.dump(
+        {'format_version': FORMAT_VERSION, 'perceiver_io_version': __version__},
+        f,
+      )
     if os.path.exists(directory):
       # A fresh name each time: a '.old' left by an interrupted overwrite
       # must not stop this one.
@@ -75,20 +81,24 @@ def save(directory: str, variables, config, overwrite: bool = False) -> str:
 def _replaceable(directory: str) -> bool:
   """May `save(..., overwrite=True)` replace this path: one of our
   checkpoints, or an empty directory."""
-  return is_checkpoint(directory) or (os.path.isdir(directory) and
-                                      not os.listdir(directory))
+  return is_checkpoint(directory) or (
+    os.path.isdir(directory) and not os.listdir(directory)
+  )
 
 
 def is_checkpoint(directory: str) -> bool:
-  return (os.path.isfile(os.path.join(directory, 'config.json')) and
-          os.path.isdir(os.path.join(directory, 'variables')))
+  return os.path.isfile(
+    os.path.join(directory, 'config.json')
+  ) and os.path.isdir(os.path.join(directory, 'variables'))
 
 
 def load(directory: str, **overrides):
   """`(model, variables, config)` from a directory written by `save`."""
   if not is_checkpoint(directory):
-    raise CheckpointError(f'{directory} is not a perceiver_io checkpoint '
-                          f'(expected config.json and variables/).')
+    raise CheckpointError(
+      f'{directory} is not a perceiver_io checkpoint '
+      f'(expected config.json and variables/).'
+    )
   try:
     with open(os.path.join(directory, 'config.json')) as f:
       config = json.load(f)
@@ -98,11 +108,16 @@ def load(directory: str, **overrides):
   model = build_model(config)
   try:
     restored = ocp.StandardCheckpointer().restore(
-        os.path.join(directory, 'variables'))
+      os.path.join(directory, 'variables')
+    )
   except Exception as e:  # pylint: disable=broad-except
-    raise CheckpointError(f'cannot read {directory}/variables: {e}. The '
-                          f'checkpoint is corrupt or truncated.') from e
-  flat = {k: np.asarray(v) for k, v in
-          flax.traverse_util.flatten_dict(restored).items()}
+    raise CheckpointError(
+      f'cannot read {directory}/variables: {e}. The '
+      f'checkpoint is corrupt or truncated.'
+    ) from e
+  flat = {
+    k: np.asarray(v)
+    for k, v in flax.traverse_util.flatten_dict(restored).items()
+  }
   variables = check_and_unflatten(model, flat, directory)
   return model, variables, model.config

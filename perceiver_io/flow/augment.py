@@ -35,9 +35,10 @@ Sample = Dict[str, object]
 
 # ITU-R BT.601 luma and the YIQ colour space used for the hue rotation.
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
-_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
-                        [0.596, -0.274, -0.322],
-                        [0.211, -0.523, 0.312]], np.float32)
+_RGB_TO_YIQ = np.array(
+  [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+  np.float32,
+)
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
 
 
@@ -54,6 +55,7 @@ class PhotometricConfig:
     noise_std: largest std of additive Gaussian noise, in [0, 1] units.
     asymmetric_prob: probability of drawing separate parameters per frame.
   """
+
   brightness: float = 0.4
   contrast: float = 0.4
   saturation: float = 0.4
@@ -80,6 +82,7 @@ class SpatialConfig:
       (each moves to its nearest pixel in the resized grid) instead of
       interpolating the flow field.
   """
+
   crop_size: Optional[Tuple[int, int]] = (368, 496)
   scale_prob: float = 0.8
   min_log2_scale: float = -0.2
@@ -96,20 +99,30 @@ class SpatialConfig:
 # --------------------------------------------------------------------------
 
 
-def _draw_photometric(rng: np.random.Generator, config: PhotometricConfig) -> Dict[str, float]:
+def _draw_photometric(
+  rng: np.random.Generator, config: PhotometricConfig
+) -> Dict[str, float]:
   uniform = lambda r: float(rng.uniform(1 - r, 1 + r)) if r > 0 else 1.0
   return {
-      'brightness': uniform(config.brightness),
-      'contrast': uniform(config.contrast),
-      'saturation': uniform(config.saturation),
-      'hue': float(rng.uniform(-config.hue, config.hue)) if config.hue > 0 else 0.0,
-      'gamma': float(rng.uniform(*config.gamma)),
+    'brightness': uniform(config.brightness),
+    'contrast': uniform(config.contrast),
+    'saturation': uniform(config.saturation),
+    'hue': float(rng.uniform(-config.hue, config.hue))
+    if config.hue > 0
+    else 0.0,
+    'gamma': float(rng.uniform(*config.gamma)),
   }
 
 
-def adjust_colours(image: np.ndarray, brightness: float = 1.0, contrast: float = 1.0,
-                   saturation: float = 1.0, hue: float = 0.0, gamma: float = 1.0,
-                   contrast_mean: Optional[float] = None) -> np.ndarray:
+def adjust_colours(
+  image: np.ndarray,
+  brightness: float = 1.0,
+  contrast: float = 1.0,
+  saturation: float = 1.0,
+  hue: float = 0.0,
+  gamma: float = 1.0,
+  contrast_mean: Optional[float] = None,
+) -> np.ndarray:
   """Applies the colour adjustments to a float [..., 3] image in [0, 1].
 
   Args:
@@ -127,7 +140,11 @@ def adjust_colours(image: np.ndarray, brightness: float = 1.0, contrast: float =
   """
   x = np.clip(image * brightness, 0, 1)
   if contrast != 1.0:
-    mean = float((x @ _LUMA).mean()) if contrast_mean is None else contrast_mean * brightness
+    mean = (
+      float((x @ _LUMA).mean())
+      if contrast_mean is None
+      else contrast_mean * brightness
+    )
     x = np.clip((x - mean) * contrast + mean, 0, 1)
   if saturation != 1.0:
     gray = (x @ _LUMA)[..., None]
@@ -138,13 +155,16 @@ def adjust_colours(image: np.ndarray, brightness: float = 1.0, contrast: float =
     rotate = np.array([[1, 0, 0], [0, c, -s], [0, s, c]], np.float32)
     x = np.clip(x @ (_YIQ_TO_RGB @ rotate @ _RGB_TO_YIQ).T, 0, 1)
   if gamma != 1.0:
-    x = x ** gamma
+    x = x**gamma
   return x.astype(np.float32)
 
 
-def photometric_augment(rng: np.random.Generator, frame1: np.ndarray, frame2: np.ndarray,
-                        config: PhotometricConfig = PhotometricConfig()
-                        ) -> Tuple[np.ndarray, np.ndarray]:
+def photometric_augment(
+  rng: np.random.Generator,
+  frame1: np.ndarray,
+  frame2: np.ndarray,
+  config: PhotometricConfig = PhotometricConfig(),
+) -> Tuple[np.ndarray, np.ndarray]:
   """Colour-jitters a frame pair (see the module docstring for the policy).
 
   Args:
@@ -163,7 +183,9 @@ def photometric_augment(rng: np.random.Generator, frame1: np.ndarray, frame2: np
     out2 = adjust_colours(f2, **_draw_photometric(rng, config))
   else:
     params = _draw_photometric(rng, config)
-    joint_mean = float((np.concatenate([f1.reshape(-1, 3), f2.reshape(-1, 3)]) @ _LUMA).mean())
+    joint_mean = float(
+      (np.concatenate([f1.reshape(-1, 3), f2.reshape(-1, 3)]) @ _LUMA).mean()
+    )
     out1 = adjust_colours(f1, contrast_mean=joint_mean, **params)
     out2 = adjust_colours(f2, contrast_mean=joint_mean, **params)
   if config.noise_std > 0:
@@ -179,13 +201,17 @@ def photometric_augment(rng: np.random.Generator, frame1: np.ndarray, frame2: np
 # --------------------------------------------------------------------------
 
 
-def _resize_channel(channel: np.ndarray, size: Tuple[int, int], resample) -> np.ndarray:
+def _resize_channel(
+  channel: np.ndarray, size: Tuple[int, int], resample
+) -> np.ndarray:
   """Resizes a float32 [H, W] array to (height, width) with Pillow."""
   image = Image.fromarray(np.ascontiguousarray(channel, np.float32), 'F')
   return np.asarray(image.resize((size[1], size[0]), resample), np.float32)
 
 
-def resize_sample(sample: Sample, size: Tuple[int, int], sparse: bool = False) -> Sample:
+def resize_sample(
+  sample: Sample, size: Tuple[int, int], sparse: bool = False
+) -> Sample:
   """Resizes frames, flow and valid mask to size = (height, width).
 
   Dense flow is resized bilinearly and multiplied by the per-axis scale; the
@@ -200,14 +226,18 @@ def resize_sample(sample: Sample, size: Tuple[int, int], sparse: bool = False) -
   out = dict(sample)
   for key in ('frame1', 'frame2'):
     image = Image.fromarray(np.asarray(sample[key], np.uint8))
-    out[key] = np.asarray(image.resize((new_w, new_h), Image.BILINEAR), np.uint8)
+    out[key] = np.asarray(
+      image.resize((new_w, new_h), Image.BILINEAR), np.uint8
+    )
   flow = np.asarray(sample['flow'], np.float32)
   valid = np.asarray(sample['valid'], np.float32)
   if not sparse:
     u = _resize_channel(flow[..., 0], (new_h, new_w), Image.BILINEAR) * sx
     v = _resize_channel(flow[..., 1], (new_h, new_w), Image.BILINEAR) * sy
     out['flow'] = np.stack([u, v], axis=-1)
-    out['valid'] = (_resize_channel(valid, (new_h, new_w), Image.NEAREST) > 0.5).astype(np.float32)
+    out['valid'] = (
+      _resize_channel(valid, (new_h, new_w), Image.NEAREST) > 0.5
+    ).astype(np.float32)
     return out
   ys, xs = np.nonzero(valid > 0.5)
   new_x = np.round((xs + 0.5) * sx - 0.5).astype(np.int64)
@@ -215,13 +245,17 @@ def resize_sample(sample: Sample, size: Tuple[int, int], sparse: bool = False) -
   keep = (new_x >= 0) & (new_x < new_w) & (new_y >= 0) & (new_y < new_h)
   new_flow = np.zeros((new_h, new_w, 2), np.float32)
   new_valid = np.zeros((new_h, new_w), np.float32)
-  new_flow[new_y[keep], new_x[keep]] = flow[ys[keep], xs[keep]] * np.array([sx, sy], np.float32)
+  new_flow[new_y[keep], new_x[keep]] = flow[ys[keep], xs[keep]] * np.array(
+    [sx, sy], np.float32
+  )
   new_valid[new_y[keep], new_x[keep]] = 1.0
   out['flow'], out['valid'] = new_flow, new_valid
   return out
 
 
-def flip_sample(sample: Sample, horizontal: bool = False, vertical: bool = False) -> Sample:
+def flip_sample(
+  sample: Sample, horizontal: bool = False, vertical: bool = False
+) -> Sample:
   """Flips frames, flow and valid; a horizontal flip negates u, a vertical one v."""
   out = dict(sample)
   keys = ('frame1', 'frame2', 'flow', 'valid')
@@ -239,21 +273,32 @@ def flip_sample(sample: Sample, horizontal: bool = False, vertical: bool = False
   return out
 
 
-def crop_sample(sample: Sample, top: int, left: int, size: Tuple[int, int]) -> Sample:
+def crop_sample(
+  sample: Sample, top: int, left: int, size: Tuple[int, int]
+) -> Sample:
   """Crops frames, flow and valid to [top:top+h, left:left+w] (flow values unchanged)."""
   height, width = np.asarray(sample['frame1']).shape[:2]
   crop_h, crop_w = size
-  if not (0 <= top and top + crop_h <= height and 0 <= left and left + crop_w <= width):
-    raise ValueError(f'crop {crop_h}x{crop_w} at (top={top}, left={left}) does not fit in a '
-                     f'{height}x{width} sample.')
+  if not (
+    0 <= top and top + crop_h <= height and 0 <= left and left + crop_w <= width
+  ):
+    raise ValueError(
+      f'crop {crop_h}x{crop_w} at (top={top}, left={left}) does not fit in a '
+      f'{height}x{width} sample.'
+    )
   out = dict(sample)
   for key in ('frame1', 'frame2', 'flow', 'valid'):
-    out[key] = np.ascontiguousarray(np.asarray(sample[key])[top:top + crop_h, left:left + crop_w])
+    out[key] = np.ascontiguousarray(
+      np.asarray(sample[key])[top : top + crop_h, left : left + crop_w]
+    )
   return out
 
 
-def spatial_augment(rng: np.random.Generator, sample: Sample,
-                    config: SpatialConfig = SpatialConfig()) -> Sample:
+def spatial_augment(
+  rng: np.random.Generator,
+  sample: Sample,
+  config: SpatialConfig = SpatialConfig(),
+) -> Sample:
   """Random scale -> flips -> random crop, keeping flow consistent.
 
   The scale is raised where needed so that the scaled sample still covers
@@ -290,22 +335,28 @@ def spatial_augment(rng: np.random.Generator, sample: Sample,
   if crop is not None:
     cur_h, cur_w = np.asarray(out['frame1']).shape[:2]
     if cur_h < crop[0] or cur_w < crop[1]:
-      raise ValueError(f'sample is {cur_h}x{cur_w}, smaller than crop_size {crop[0]}x{crop[1]}; '
-                       'enable scaling (scale_prob > 0) or use a smaller crop.')
+      raise ValueError(
+        f'sample is {cur_h}x{cur_w}, smaller than crop_size {crop[0]}x{crop[1]}; '
+        'enable scaling (scale_prob > 0) or use a smaller crop.'
+      )
     top = int(rng.integers(0, cur_h - crop[0] + 1))
     left = int(rng.integers(0, cur_w - crop[1] + 1))
     out = crop_sample(out, top, left, crop)
   return out
 
 
-def augment_sample(rng: np.random.Generator, sample: Sample,
-                   photometric: Optional[PhotometricConfig] = PhotometricConfig(),
-                   spatial: Optional[SpatialConfig] = SpatialConfig()) -> Sample:
+def augment_sample(
+  rng: np.random.Generator,
+  sample: Sample,
+  photometric: Optional[PhotometricConfig] = PhotometricConfig(),
+  spatial: Optional[SpatialConfig] = SpatialConfig(),
+) -> Sample:
   """Photometric then spatial augmentation (either may be None to skip it)."""
   out = dict(sample)
   if photometric is not None:
-    out['frame1'], out['frame2'] = photometric_augment(rng, out['frame1'], out['frame2'],
-                                                       photometric)
+    out['frame1'], out['frame2'] = photometric_augment(
+      rng, out['frame1'], out['frame2'], photometric
+    )
   if spatial is not None:
     out = spatial_augment(rng, out, spatial)
   return out

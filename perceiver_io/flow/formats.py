@@ -57,9 +57,12 @@ def atomic_write(path: PathLike, write_fn: Callable[[str], None]) -> None:
   path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f'Cannot write {path}: folder {directory} does not exist.')
-  fd, tmp_path = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path),
-                                  suffix='.tmp')
+    raise FileNotFoundError(
+      f'Cannot write {path}: folder {directory} does not exist.'
+    )
+  fd, tmp_path = tempfile.mkstemp(
+    dir=directory, prefix='.' + os.path.basename(path), suffix='.tmp'
+  )
   os.close(fd)
   try:
     write_fn(tmp_path)
@@ -78,6 +81,7 @@ def _atomic_write_bytes(path: PathLike, data: bytes) -> None:
   def write(tmp_path):
     with open(tmp_path, 'wb') as f:
       f.write(data)
+
   atomic_write(path, write)
 
 
@@ -97,7 +101,9 @@ def _read_bytes(path: PathLike, what: str) -> bytes:
 def _check_flow_array(flow: np.ndarray, what: str = 'flow') -> np.ndarray:
   flow = np.asarray(flow)
   if flow.ndim != 3 or flow.shape[-1] != 2:
-    raise ValueError(f'{what} must have shape [H, W, 2] (u, v); got {flow.shape}.')
+    raise ValueError(
+      f'{what} must have shape [H, W, 2] (u, v); got {flow.shape}.'
+    )
   if flow.shape[0] < 1 or flow.shape[1] < 1:
     raise ValueError(f'{what} must be non-empty; got shape {flow.shape}.')
   if not np.issubdtype(flow.dtype, np.number):
@@ -121,26 +127,37 @@ def decode_flo(data: bytes, source: str = '<bytes>') -> np.ndarray:
     kept; see `known_flow_mask`).
   """
   if len(data) < 12:
-    raise ValueError(f'{source}: truncated .flo file: {len(data)} bytes, but the header alone '
-                     'is 12 bytes (magic, width, height).')
+    raise ValueError(
+      f'{source}: truncated .flo file: {len(data)} bytes, but the header alone '
+      'is 12 bytes (magic, width, height).'
+    )
   magic = struct.unpack('<f', data[:4])[0]
   if data[:4] != FLO_MAGIC_BYTES:
     swapped = struct.unpack('>f', data[:4])[0]
-    hint = (' (it looks big-endian; .flo files are little-endian)'
-            if swapped == FLO_MAGIC else '')
-    raise ValueError(f'{source}: not a Middlebury .flo file: magic number is {magic!r} '
-                     f'(bytes {data[:4]!r}), expected {FLO_MAGIC} '
-                     f'(bytes {FLO_MAGIC_BYTES!r}){hint}.')
+    hint = (
+      ' (it looks big-endian; .flo files are little-endian)'
+      if swapped == FLO_MAGIC
+      else ''
+    )
+    raise ValueError(
+      f'{source}: not a Middlebury .flo file: magic number is {magic!r} '
+      f'(bytes {data[:4]!r}), expected {FLO_MAGIC} '
+      f'(bytes {FLO_MAGIC_BYTES!r}){hint}.'
+    )
   width, height = struct.unpack('<ii', data[4:12])
   if width <= 0 or height <= 0 or width > 1 << 16 or height > 1 << 16:
-    raise ValueError(f'{source}: invalid .flo header: width={width}, height={height}; both must '
-                     'be in [1, 65536].')
+    raise ValueError(
+      f'{source}: invalid .flo header: width={width}, height={height}; both must '
+      'be in [1, 65536].'
+    )
   expected = 12 + width * height * 2 * 4
   if len(data) != expected:
     kind = 'truncated' if len(data) < expected else 'oversized'
-    raise ValueError(f'{source}: {kind} .flo file: the header says {width}x{height}, which needs '
-                     f'{expected} bytes (12 header + {width}*{height}*2*4 data), but the file has '
-                     f'{len(data)} bytes.')
+    raise ValueError(
+      f'{source}: {kind} .flo file: the header says {width}x{height}, which needs '
+      f'{expected} bytes (12 header + {width}*{height}*2*4 data), but the file has '
+      f'{len(data)} bytes.'
+    )
   flow = np.frombuffer(data, dtype='<f4', offset=12).reshape(height, width, 2)
   return flow.astype(np.float32)
 
@@ -166,7 +183,9 @@ def write_flo(path: PathLike, flow: np.ndarray) -> None:
 def known_flow_mask(flow: np.ndarray) -> np.ndarray:
   """1.0 where a `.flo` value is a real flow (finite and |u|, |v| < 1e9), else 0.0."""
   flow = np.asarray(flow)
-  known = np.all(np.isfinite(flow) & (np.abs(flow) < FLO_UNKNOWN_THRESHOLD), axis=-1)
+  known = np.all(
+    np.isfinite(flow) & (np.abs(flow) < FLO_UNKNOWN_THRESHOLD), axis=-1
+  )
   return known.astype(np.float32)
 
 
@@ -177,19 +196,26 @@ def known_flow_mask(flow: np.ndarray) -> np.ndarray:
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 # The IEND chunk (empty, fixed CRC) that closes every complete PNG.
 _PNG_IEND = b'\x00\x00\x00\x00IEND\xaeB`\x82'
-_PNG_COLOUR_NAMES = {0: 'grayscale', 2: 'RGB', 3: 'palette', 4: 'grayscale+alpha',
-                     6: 'RGBA'}
+_PNG_COLOUR_NAMES = {
+  0: 'grayscale',
+  2: 'RGB',
+  3: 'palette',
+  4: 'grayscale+alpha',
+  6: 'RGBA',
+}
 
 
 def _cv2():
   """OpenCV, imported on first use: importing it takes a few hundred ms."""
   import cv2  # pylint: disable=g-import-not-at-top
+
   return cv2
 
 
 @dataclasses.dataclass(frozen=True)
 class PngHeader:
   """The IHDR fields of a PNG (colour_type: 0 gray, 2 RGB, 3 palette, 4 gray+alpha, 6 RGBA)."""
+
   width: int
   height: int
   bit_depth: int
@@ -202,10 +228,16 @@ def _png_header(data: bytes, source: str) -> PngHeader:
   if data[:8] != _PNG_SIGNATURE:
     raise ValueError(f'{source}: not a PNG file (missing the PNG signature).')
   if len(data) < 33:
-    raise ValueError(f'{source}: truncated PNG (the file ends inside its header).')
+    raise ValueError(
+      f'{source}: truncated PNG (the file ends inside its header).'
+    )
   if data[12:16] != b'IHDR':
-    raise ValueError(f'{source}: corrupt PNG (the first chunk is {data[12:16]!r}, not IHDR).')
-  width, height, depth, colour, _, _, interlace = struct.unpack('>IIBBBBB', data[16:29])
+    raise ValueError(
+      f'{source}: corrupt PNG (the first chunk is {data[12:16]!r}, not IHDR).'
+    )
+  width, height, depth, colour, _, _, interlace = struct.unpack(
+    '>IIBBBBB', data[16:29]
+  )
   return PngHeader(width, height, depth, colour, interlace)
 
 
@@ -221,23 +253,32 @@ def encode_png(image: np.ndarray) -> bytes:
   if image.ndim == 2:
     image = image[:, :, None]
   if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or 0 in image.shape:
-    raise ValueError(f'PNG image must have shape [H, W] or [H, W, C] with C in 1, 3 or 4; '
-                     f'got {image.shape}.')
+    raise ValueError(
+      f'PNG image must have shape [H, W] or [H, W, C] with C in 1, 3 or 4; '
+      f'got {image.shape}.'
+    )
   cv2 = _cv2()
   if image.shape[2] > 1:  # OpenCV stores BGR(A).
-    image = image[:, :, [2, 1, 0, 3][:image.shape[2]]]
+    image = image[:, :, [2, 1, 0, 3][: image.shape[2]]]
   what = f'a {image.shape} {image.dtype} image'
   try:
     ok, encoded = cv2.imencode('.png', np.ascontiguousarray(image))
-  except cv2.error as e:  # Not expected: the checks above cover what OpenCV accepts.
-    raise ValueError(f'OpenCV cannot encode {what} as PNG ({str(e).strip()}).') from None
+  except (
+    cv2.error
+  ) as e:  # Not expected: the checks above cover what OpenCV accepts.
+    raise ValueError(
+      f'OpenCV cannot encode {what} as PNG ({str(e).strip()}).'
+    ) from None
   if not ok:
     raise ValueError(f'OpenCV cannot encode {what} as PNG.')
   return encoded.tobytes()
 
 
-def decode_png(data: bytes, source: str = '<bytes>',
-               require: Optional[Callable[[PngHeader], Optional[str]]] = None) -> np.ndarray:
+def decode_png(
+  data: bytes,
+  source: str = '<bytes>',
+  require: Optional[Callable[[PngHeader], Optional[str]]] = None,
+) -> np.ndarray:
   """Decodes a PNG exactly, 16-bit samples included.
 
   Args:
@@ -256,19 +297,23 @@ def decode_png(data: bytes, source: str = '<bytes>',
     if message:
       raise ValueError(f'{source}: {message}')
   if _PNG_IEND not in data:
-    raise ValueError(f'{source}: truncated PNG (the file ends before its IEND chunk).')
+    raise ValueError(
+      f'{source}: truncated PNG (the file ends before its IEND chunk).'
+    )
   cv2 = _cv2()
   try:
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
   except cv2.error:  # E.g. a header that claims more pixels than OpenCV allows.
     pixels = None
   if pixels is None:
-    raise ValueError(f'{source}: corrupt PNG (OpenCV cannot decode its image data).')
+    raise ValueError(
+      f'{source}: corrupt PNG (OpenCV cannot decode its image data).'
+    )
   if pixels.ndim == 2:
     return pixels[:, :, None]
   if header.colour_type == 4:  # OpenCV expands gray+alpha to BGRA.
     return np.ascontiguousarray(pixels[:, :, [0, 3]])
-  return np.ascontiguousarray(pixels[:, :, [2, 1, 0, 3][:pixels.shape[2]]])
+  return np.ascontiguousarray(pixels[:, :, [2, 1, 0, 3][: pixels.shape[2]]])
 
 
 # --------------------------------------------------------------------------
@@ -279,9 +324,11 @@ def decode_png(data: bytes, source: str = '<bytes>',
 def _require_kitti_png(header: PngHeader) -> Optional[str]:
   if header.bit_depth == 16 and header.colour_type == 2:
     return None
-  return ('not a KITTI flow PNG: KITTI stores flow as a 16-bit RGB PNG (R = u*64 + 2^15, '
-          'G = v*64 + 2^15, B = valid), but this file is a '
-          f'{header.bit_depth}-bit {_PNG_COLOUR_NAMES.get(header.colour_type, "?")} PNG.')
+  return (
+    'not a KITTI flow PNG: KITTI stores flow as a 16-bit RGB PNG (R = u*64 + 2^15, '
+    'G = v*64 + 2^15, B = valid), but this file is a '
+    f'{header.bit_depth}-bit {_PNG_COLOUR_NAMES.get(header.colour_type, "?")} PNG.'
+  )
 
 
 def read_kitti_flow(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
@@ -298,12 +345,16 @@ def read_kitti_flow(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
   data = _read_bytes(path, 'KITTI flow PNG')
   pixels = decode_png(data, source=os.fspath(path), require=_require_kitti_png)
   valid = (pixels[..., 2] > 0).astype(np.float32)
-  flow = (pixels[..., :2].astype(np.float32) - KITTI_FLOW_OFFSET) / KITTI_FLOW_SCALE
+  flow = (
+    pixels[..., :2].astype(np.float32) - KITTI_FLOW_OFFSET
+  ) / KITTI_FLOW_SCALE
   flow *= valid[..., None]
   return flow, valid
 
 
-def write_kitti_flow(path: PathLike, flow: np.ndarray, valid: Optional[np.ndarray] = None) -> None:
+def write_kitti_flow(
+  path: PathLike, flow: np.ndarray, valid: Optional[np.ndarray] = None
+) -> None:
   """Writes flow as a KITTI 16-bit PNG (atomically).
 
   Args:
@@ -318,16 +369,24 @@ def write_kitti_flow(path: PathLike, flow: np.ndarray, valid: Optional[np.ndarra
     valid = np.ones(flow.shape[:2], bool)
   valid = np.asarray(valid)
   if valid.shape != flow.shape[:2]:
-    raise ValueError(f'valid mask shape {valid.shape} does not match flow shape {flow.shape[:2]}.')
+    raise ValueError(
+      f'valid mask shape {valid.shape} does not match flow shape {flow.shape[:2]}.'
+    )
   valid = valid != 0
   flow = np.where(valid[..., None], flow, 0.0)
   if not np.all(np.isfinite(flow)):
-    raise ValueError('KITTI flow PNG cannot store non-finite flow at valid pixels.')
+    raise ValueError(
+      'KITTI flow PNG cannot store non-finite flow at valid pixels.'
+    )
   encoded = np.round(flow * KITTI_FLOW_SCALE + KITTI_FLOW_OFFSET)
   if encoded.min() < 0 or encoded.max() > 65535:
-    raise ValueError('flow out of the KITTI PNG range [-512, 511.984] px: min '
-                     f'{flow.min():.3f}, max {flow.max():.3f}.')
-  pixels = np.concatenate([encoded, valid[..., None]], axis=-1).astype(np.uint16)
+    raise ValueError(
+      'flow out of the KITTI PNG range [-512, 511.984] px: min '
+      f'{flow.min():.3f}, max {flow.max():.3f}.'
+    )
+  pixels = np.concatenate([encoded, valid[..., None]], axis=-1).astype(
+    np.uint16
+  )
   _atomic_write_bytes(path, encode_png(pixels))
 
 
@@ -362,11 +421,15 @@ def read_image(path: PathLike, strict: bool = False) -> np.ndarray:
       if mode == 'RGB':
         rgb = np.asarray(im)
       elif strict:
-        raise ValueError(f'{path}: expected an 8-bit RGB image (strict=True), got mode {mode!r}. '
-                         'Use strict=False to replicate grayscale and drop alpha.')
+        raise ValueError(
+          f'{path}: expected an 8-bit RGB image (strict=True), got mode {mode!r}. '
+          'Use strict=False to replicate grayscale and drop alpha.'
+        )
       elif mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F'):
-        raise ValueError(f'{path}: {mode!r} is a 16/32-bit single-channel image; expected an '
-                         '8-bit RGB or grayscale frame (is this a flow/depth map?).')
+        raise ValueError(
+          f'{path}: {mode!r} is a 16/32-bit single-channel image; expected an '
+          '8-bit RGB or grayscale frame (is this a flow/depth map?).'
+        )
       elif mode in ('L', '1', 'LA'):
         gray = np.asarray(im.convert('L'))
         rgb = np.repeat(gray[:, :, None], 3, axis=2)
@@ -374,7 +437,9 @@ def read_image(path: PathLike, strict: bool = False) -> np.ndarray:
         rgb = np.asarray(im.convert('RGB'))
   except Image.UnidentifiedImageError as e:
     raise ValueError(f'{path}: not an image file Pillow can read ({e}).') from e
-  except _PIL_READ_ERRORS as e:  # Truncated or corrupt data (e.g. 'image file is truncated').
+  except (
+    _PIL_READ_ERRORS
+  ) as e:  # Truncated or corrupt data (e.g. 'image file is truncated').
     raise ValueError(f'{path}: cannot read the image ({e}).') from e
   return np.ascontiguousarray(rgb, dtype=np.uint8)
 
@@ -393,7 +458,9 @@ def read_mask(path: PathLike) -> np.ndarray:
     with Image.open(path) as im:
       im.load()
       if im.mode not in ('L', '1', 'P', 'RGB', 'RGBA', 'LA'):
-        raise ValueError(f'{path}: expected an 8-bit mask image, got mode {im.mode!r}.')
+        raise ValueError(
+          f'{path}: expected an 8-bit mask image, got mode {im.mode!r}.'
+        )
       gray = np.asarray(im.convert('L'))
   except Image.UnidentifiedImageError as e:
     raise ValueError(f'{path}: not an image file Pillow can read ({e}).') from e

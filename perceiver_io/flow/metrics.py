@@ -28,13 +28,16 @@ def endpoint_error(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
   pred = np.asarray(pred, np.float64)
   gt = np.asarray(gt, np.float64)
   if pred.shape != gt.shape or pred.shape[-1:] != (2,):
-    raise ValueError(f'pred and gt must have the same shape [..., H, W, 2]; got {pred.shape} '
-                     f'and {gt.shape}.')
+    raise ValueError(
+      f'pred and gt must have the same shape [..., H, W, 2]; got {pred.shape} '
+      f'and {gt.shape}.'
+    )
   return np.sqrt(np.sum((pred - gt) ** 2, axis=-1))
 
 
-def flow_metric_sums(pred: np.ndarray, gt: np.ndarray,
-                     valid: Optional[np.ndarray] = None) -> Dict[str, float]:
+def flow_metric_sums(
+  pred: np.ndarray, gt: np.ndarray, valid: Optional[np.ndarray] = None
+) -> Dict[str, float]:
   """Sums of the per-pixel metrics over valid pixels, plus 'count'.
 
   Args:
@@ -52,19 +55,21 @@ def flow_metric_sums(pred: np.ndarray, gt: np.ndarray,
   else:
     valid = np.asarray(valid)
     if valid.shape != epe.shape:
-      raise ValueError(f'valid must have shape {epe.shape} (the flow without its last axis); '
-                       f'got {valid.shape}.')
+      raise ValueError(
+        f'valid must have shape {epe.shape} (the flow without its last axis); '
+        f'got {valid.shape}.'
+      )
     mask = valid != 0
   gt_magnitude = np.sqrt(np.sum(np.asarray(gt, np.float64) ** 2, axis=-1))
   e = epe[mask]
   outlier = (e > 3.0) & (e > 0.05 * gt_magnitude[mask])
   return {
-      'epe': float(e.sum()),
-      'fl_all': float(outlier.sum()),
-      'acc_1px': float((e < 1.0).sum()),
-      'acc_3px': float((e < 3.0).sum()),
-      'acc_5px': float((e < 5.0).sum()),
-      'count': float(mask.sum()),
+    'epe': float(e.sum()),
+    'fl_all': float(outlier.sum()),
+    'acc_1px': float((e < 1.0).sum()),
+    'acc_3px': float((e < 3.0).sum()),
+    'acc_5px': float((e < 5.0).sum()),
+    'count': float(mask.sum()),
   }
 
 
@@ -72,15 +77,18 @@ def metrics_from_sums(sums: Dict[str, float]) -> Dict[str, float]:
   """Turns (possibly accumulated) sums into metrics: EPE in px, fl_all in %, acc_* in 0..1."""
   count = sums['count']
   if count <= 0:
-    raise ValueError('no valid pixels: metrics are undefined (check the valid masks).')
+    raise ValueError(
+      'no valid pixels: metrics are undefined (check the valid masks).'
+    )
   out = {key: sums[key] / count for key in _SUM_KEYS}
   out['fl_all'] *= 100.0
   out['count'] = count
   return out
 
 
-def flow_metrics(pred: np.ndarray, gt: np.ndarray,
-                 valid: Optional[np.ndarray] = None) -> Dict[str, float]:
+def flow_metrics(
+  pred: np.ndarray, gt: np.ndarray, valid: Optional[np.ndarray] = None
+) -> Dict[str, float]:
   """EPE, Fl-all (%), acc_1px/3px/5px (fractions) pooled over all valid pixels given."""
   return metrics_from_sums(flow_metric_sums(pred, gt, valid))
 

@@ -57,6 +57,7 @@ class SyntheticFlowConfig:
     texture_detail: amplitude (0..1) of the fine noise added to every texture
       so that every region has trackable detail.
   """
+
   min_foreground_layers: int = 2
   max_foreground_layers: int = 6
   min_object_radius: float = 0.06
@@ -73,11 +74,15 @@ class SyntheticFlowConfig:
 
   def __post_init__(self):
     if not 0 <= self.min_foreground_layers <= self.max_foreground_layers:
-      raise ValueError('need 0 <= min_foreground_layers <= max_foreground_layers; got '
-                       f'{self.min_foreground_layers}, {self.max_foreground_layers}.')
+      raise ValueError(
+        'need 0 <= min_foreground_layers <= max_foreground_layers; got '
+        f'{self.min_foreground_layers}, {self.max_foreground_layers}.'
+      )
     if not 0 < self.min_object_radius <= self.max_object_radius:
-      raise ValueError('need 0 < min_object_radius <= max_object_radius; got '
-                       f'{self.min_object_radius}, {self.max_object_radius}.')
+      raise ValueError(
+        'need 0 < min_object_radius <= max_object_radius; got '
+        f'{self.min_object_radius}, {self.max_object_radius}.'
+      )
 
 
 # --------------------------------------------------------------------------
@@ -93,12 +98,15 @@ class _Layer:
   coordinates, p = A @ x + b. `motion = (M, t)` maps frame-1 image coordinates
   to frame-2 image coordinates, x2 = M @ x1 + t.
   """
-  texture: np.ndarray                  # float32 [S, S, 3]
-  frame_to_local: Tuple[Tuple[np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray]]
+
+  texture: np.ndarray  # float32 [S, S, 3]
+  frame_to_local: Tuple[
+    Tuple[np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray]
+  ]
   motion: Tuple[np.ndarray, np.ndarray]
   image_centres: Tuple[np.ndarray, np.ndarray]  # layer centre in each frame
-  image_radii: Tuple[float, float]              # bounding radius in each frame
-  shape: Optional[dict]                          # None: covers everything
+  image_radii: Tuple[float, float]  # bounding radius in each frame
+  shape: Optional[dict]  # None: covers everything
 
 
 def _rotation(angle: float) -> np.ndarray:
@@ -106,8 +114,13 @@ def _rotation(angle: float) -> np.ndarray:
   return np.array([[c, -s], [s, c]])
 
 
-def _random_motion(rng: np.random.Generator, max_translation: float, max_rotation_deg: float,
-                   max_log_scale: float, max_shear: float) -> Tuple[np.ndarray, np.ndarray]:
+def _random_motion(
+  rng: np.random.Generator,
+  max_translation: float,
+  max_rotation_deg: float,
+  max_log_scale: float,
+  max_shear: float,
+) -> Tuple[np.ndarray, np.ndarray]:
   """A random affine motion about the origin: (linear part M, translation t)."""
   angle = math.radians(rng.uniform(-max_rotation_deg, max_rotation_deg))
   scale = math.exp(rng.uniform(-max_log_scale, max_log_scale))
@@ -119,7 +132,9 @@ def _random_motion(rng: np.random.Generator, max_translation: float, max_rotatio
   return linear, translation
 
 
-def _inside_shape(shape: Optional[dict], px: np.ndarray, py: np.ndarray) -> np.ndarray:
+def _inside_shape(
+  shape: Optional[dict], px: np.ndarray, py: np.ndarray
+) -> np.ndarray:
   """Whether texture coordinates (px, py) lie inside a layer's shape."""
   if shape is None:
     return np.ones(px.shape, bool)
@@ -134,7 +149,9 @@ def _inside_shape(shape: Optional[dict], px: np.ndarray, py: np.ndarray) -> np.n
   # point, then test which side of that sector's edge it lies on.
   angles, vx, vy = shape['angles'], shape['vx'], shape['vy']
   theta = np.mod(np.arctan2(dy, dx), 2 * math.pi)
-  sector = np.searchsorted(angles, theta, side='right') - 1  # -1 => last sector (wraps)
+  sector = (
+    np.searchsorted(angles, theta, side='right') - 1
+  )  # -1 => last sector (wraps)
   start = np.mod(sector, len(angles))
   end = np.mod(sector + 1, len(angles))
   ex, ey = vx[end] - vx[start], vy[end] - vy[start]
@@ -145,8 +162,12 @@ def _inside_shape(shape: Optional[dict], px: np.ndarray, py: np.ndarray) -> np.n
   return cross_point * cross_centre >= 0
 
 
-def _random_shape(rng: np.random.Generator, centre: np.ndarray, radius: float,
-                  polygon_prob: float) -> dict:
+def _random_shape(
+  rng: np.random.Generator,
+  centre: np.ndarray,
+  radius: float,
+  polygon_prob: float,
+) -> dict:
   if rng.uniform() < polygon_prob:
     num_vertices = int(rng.integers(3, 10))
     # Sorted angles in [0, 2 pi), no gap above 180 degrees (the inside test
@@ -155,11 +176,20 @@ def _random_shape(rng: np.random.Generator, centre: np.ndarray, radius: float,
     angles = np.cumsum(gaps) / gaps.sum() * 2 * math.pi
     angles = np.sort(np.mod(angles + rng.uniform(0, 2 * math.pi), 2 * math.pi))
     radii = radius * rng.uniform(0.45, 1.0, num_vertices)
-    return {'kind': 'polygon', 'centre': centre, 'angles': angles,
-            'vx': radii * np.cos(angles), 'vy': radii * np.sin(angles)}
+    return {
+      'kind': 'polygon',
+      'centre': centre,
+      'angles': angles,
+      'vx': radii * np.cos(angles),
+      'vy': radii * np.sin(angles),
+    }
   aspect = rng.uniform(0.4, 1.0)
-  return {'kind': 'ellipse', 'centre': centre, 'angle': rng.uniform(0, math.pi),
-          'radii': (radius, radius * aspect)}
+  return {
+    'kind': 'ellipse',
+    'centre': centre,
+    'angle': rng.uniform(0, math.pi),
+    'radii': (radius, radius * aspect),
+  }
 
 
 # --------------------------------------------------------------------------
@@ -167,14 +197,17 @@ def _random_shape(rng: np.random.Generator, centre: np.ndarray, radius: float,
 # --------------------------------------------------------------------------
 
 
-def _upsampled_noise(rng: np.random.Generator, size: int, cells: int,
-                     channels: int = 3) -> np.ndarray:
+def _upsampled_noise(
+  rng: np.random.Generator, size: int, cells: int, channels: int = 3
+) -> np.ndarray:
   """Smooth noise in [0, 1]: a random cells x cells grid resized bicubically."""
   cells = max(2, int(cells))
   grid = rng.integers(0, 256, (cells, cells, channels), dtype=np.uint8)
   mode = 'RGB' if channels == 3 else 'L'
   image = Image.fromarray(grid if channels == 3 else grid[..., 0], mode)
-  out = np.asarray(image.resize((size, size), Image.BICUBIC), np.float32) / 255.0
+  out = (
+    np.asarray(image.resize((size, size), Image.BICUBIC), np.float32) / 255.0
+  )
   return out if channels == 3 else out[..., None]
 
 
@@ -182,7 +215,9 @@ def _random_colour(rng: np.random.Generator) -> np.ndarray:
   return rng.uniform(0, 255, 3).astype(np.float32)
 
 
-def _random_texture(rng: np.random.Generator, size: int, detail: float) -> np.ndarray:
+def _random_texture(
+  rng: np.random.Generator, size: int, detail: float
+) -> np.ndarray:
   """A float32 [size, size, 3] texture with values in [0, 255]."""
   kind = rng.integers(0, 4)
   c1, c2 = _random_colour(rng), _random_colour(rng)
@@ -204,7 +239,9 @@ def _random_texture(rng: np.random.Generator, size: int, detail: float) -> np.nd
     period = rng.uniform(4, 40)
     angle = rng.uniform(0, math.pi)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    phase = (xx * math.cos(angle) + yy * math.sin(angle)) * (2 * math.pi / period)
+    phase = (xx * math.cos(angle) + yy * math.sin(angle)) * (
+      2 * math.pi / period
+    )
     t = 0.5 + 0.5 * np.sin(phase + rng.uniform(0, 2 * math.pi))
     if rng.uniform() < 0.5:
       t = (t > 0.5).astype(np.float32) * 0.8 + 0.1 * t  # sharper stripes
@@ -212,14 +249,20 @@ def _random_texture(rng: np.random.Generator, size: int, detail: float) -> np.nd
   else:  # checkerboard-like blocks with random colours
     cells = int(rng.integers(4, 16))
     grid = rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8)
-    texture = np.asarray(Image.fromarray(grid, 'RGB').resize((size, size), Image.NEAREST),
-                         np.float32)
-  fine = _upsampled_noise(rng, size, max(2, size // int(rng.integers(2, 6)))) - 0.5
+    texture = np.asarray(
+      Image.fromarray(grid, 'RGB').resize((size, size), Image.NEAREST),
+      np.float32,
+    )
+  fine = (
+    _upsampled_noise(rng, size, max(2, size // int(rng.integers(2, 6)))) - 0.5
+  )
   texture = texture + (detail * 255.0) * fine
   return np.clip(texture, 0, 255).astype(np.float32)
 
 
-def _bilinear_clamped(texture: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+def _bilinear_clamped(
+  texture: np.ndarray, px: np.ndarray, py: np.ndarray
+) -> np.ndarray:
   """Samples a [Sy, Sx, C] texture at float coordinates, clamping to its edge."""
   size_y, size_x, channels = texture.shape
   px = np.clip(px.astype(np.float32), 0, size_x - 1)
@@ -240,15 +283,24 @@ def _bilinear_clamped(texture: np.ndarray, px: np.ndarray, py: np.ndarray) -> np
 # --------------------------------------------------------------------------
 
 
-def _make_layer(rng: np.random.Generator, height: int, width: int, config: SyntheticFlowConfig,
-                background: bool) -> _Layer:
+def _make_layer(
+  rng: np.random.Generator,
+  height: int,
+  width: int,
+  config: SyntheticFlowConfig,
+  background: bool,
+) -> _Layer:
   min_side = min(height, width)
   placement_angle = rng.uniform(0, 2 * math.pi)
   placement_scale = math.exp(rng.uniform(-0.25, 0.25))
   if background:
-    motion = _random_motion(rng, config.background_max_translation,
-                            config.background_max_rotation_deg,
-                            config.background_max_log_scale, 0.0)
+    motion = _random_motion(
+      rng,
+      config.background_max_translation,
+      config.background_max_rotation_deg,
+      config.background_max_log_scale,
+      0.0,
+    )
     image_centre = np.array([(width - 1) / 2, (height - 1) / 2])
     # The texture must cover the frame in both frames (clamping would smear
     # its border otherwise): half-diagonal / smallest scale + translation.
@@ -257,18 +309,31 @@ def _make_layer(rng: np.random.Generator, height: int, width: int, config: Synth
     radius = (half_diagonal + config.background_max_translation) / min_scale + 2
     shape_radius = None
   else:
-    motion = _random_motion(rng, config.max_translation, config.max_rotation_deg,
-                            config.max_log_scale, config.max_shear)
-    image_centre = np.array([rng.uniform(-0.1, 1.1) * (width - 1),
-                             rng.uniform(-0.1, 1.1) * (height - 1)])
-    shape_radius = rng.uniform(config.min_object_radius, config.max_object_radius) * min_side
+    motion = _random_motion(
+      rng,
+      config.max_translation,
+      config.max_rotation_deg,
+      config.max_log_scale,
+      config.max_shear,
+    )
+    image_centre = np.array(
+      [
+        rng.uniform(-0.1, 1.1) * (width - 1),
+        rng.uniform(-0.1, 1.1) * (height - 1),
+      ]
+    )
+    shape_radius = (
+      rng.uniform(config.min_object_radius, config.max_object_radius) * min_side
+    )
     radius = shape_radius / placement_scale + 2
   size = int(2 * math.ceil(radius) + 2)
   texture = _random_texture(rng, size, config.texture_detail)
   local_centre = np.array([(size - 1) / 2, (size - 1) / 2])
   shape = None
   if not background:
-    shape = _random_shape(rng, local_centre, shape_radius / placement_scale, config.polygon_prob)
+    shape = _random_shape(
+      rng, local_centre, shape_radius / placement_scale, config.polygon_prob
+    )
 
   # Frame 1: x = P (p - local_centre) + image_centre, with P = scale * R.
   placement = placement_scale * _rotation(placement_angle)
@@ -283,26 +348,38 @@ def _make_layer(rng: np.random.Generator, height: int, width: int, config: Synth
     inverse = np.linalg.inv(matrix)
     return inverse, local_centre - inverse @ centre
 
-  local_radius = (radius if background else shape_radius / placement_scale)
+  local_radius = radius if background else shape_radius / placement_scale
   radius1 = local_radius * np.linalg.norm(placement, 2) + 1
   radius2 = local_radius * np.linalg.norm(placement2, 2) + 1
-  return _Layer(texture=texture,
-                frame_to_local=(to_local(placement, image_centre), to_local(placement2, centre2)),
-                motion=(motion_matrix, motion_offset),
-                image_centres=(image_centre, centre2),
-                image_radii=(radius1, radius2),
-                shape=shape)
+  return _Layer(
+    texture=texture,
+    frame_to_local=(
+      to_local(placement, image_centre),
+      to_local(placement2, centre2),
+    ),
+    motion=(motion_matrix, motion_offset),
+    image_centres=(image_centre, centre2),
+    image_radii=(radius1, radius2),
+    shape=shape,
+  )
 
 
-def _bbox(layer: _Layer, frame: int, height: int,
-          width: int) -> Optional[Tuple[int, int, int, int]]:
+def _bbox(
+  layer: _Layer, frame: int, height: int, width: int
+) -> Optional[Tuple[int, int, int, int]]:
   """Pixel box (y0, y1, x0, x1), end-exclusive, of a layer in a frame; None if off-image."""
   if layer.shape is None:
     return 0, height, 0, width
   cx, cy = layer.image_centres[frame]
   r = layer.image_radii[frame]
-  x0, x1 = max(0, int(math.floor(cx - r))), min(width, int(math.ceil(cx + r)) + 1)
-  y0, y1 = max(0, int(math.floor(cy - r))), min(height, int(math.ceil(cy + r)) + 1)
+  x0, x1 = (
+    max(0, int(math.floor(cx - r))),
+    min(width, int(math.ceil(cx + r)) + 1),
+  )
+  y0, y1 = (
+    max(0, int(math.floor(cy - r))),
+    min(height, int(math.ceil(cy + r)) + 1),
+  )
   if x0 >= x1 or y0 >= y1:
     return None
   return y0, y1, x0, x1
@@ -346,7 +423,9 @@ def _render(layers, frame: int, height: int, width: int):
   return image.reshape(height, width, 3), top
 
 
-def _flow_and_valid(layers, top: np.ndarray, height: int, width: int, source: int = 0):
+def _flow_and_valid(
+  layers, top: np.ndarray, height: int, width: int, source: int = 0
+):
   """Exact flow of the top-most layer from frame `source` to the other frame, and its validity.
 
   Forward (source 0) maps x1 -> M x1 + t; backward (source 1) maps x2 -> M^-1 (x2 - t).
@@ -373,7 +452,9 @@ def _flow_and_valid(layers, top: np.ndarray, height: int, width: int, source: in
       continue
     cx, cy = layer.image_centres[target]
     r = layer.image_radii[target]
-    candidates = (valid & (top < index) & (np.abs(x2 - cx) <= r) & (np.abs(y2 - cy) <= r))
+    candidates = (
+      valid & (top < index) & (np.abs(x2 - cx) <= r) & (np.abs(y2 - cy) <= r)
+    )
     if not candidates.any():
       continue
     px, py = _to_local(layer, target, x2[candidates], y2[candidates])
@@ -385,16 +466,26 @@ def _flow_and_valid(layers, top: np.ndarray, height: int, width: int, source: in
 def _as_generator(rng_or_seed: RngOrSeed) -> np.random.Generator:
   if isinstance(rng_or_seed, np.random.Generator):
     return rng_or_seed
-  if isinstance(rng_or_seed, (int, np.integer)) and not isinstance(rng_or_seed, bool):
+  if isinstance(rng_or_seed, (int, np.integer)) and not isinstance(
+    rng_or_seed, bool
+  ):
     if rng_or_seed < 0:
-      raise ValueError(f'seed must be a non-negative integer; got {rng_or_seed}.')
+      raise ValueError(
+        f'seed must be a non-negative integer; got {rng_or_seed}.'
+      )
     return np.random.default_rng(int(rng_or_seed))
-  raise TypeError(f'expected a numpy Generator or an int seed; got {type(rng_or_seed).__name__}.')
+  raise TypeError(
+    f'expected a numpy Generator or an int seed; got {type(rng_or_seed).__name__}.'
+  )
 
 
-def generate_pair(rng_or_seed: RngOrSeed, height: int, width: int,
-                  config: Optional[SyntheticFlowConfig] = None,
-                  backward: bool = False) -> Sample:
+def generate_pair(
+  rng_or_seed: RngOrSeed,
+  height: int,
+  width: int,
+  config: Optional[SyntheticFlowConfig] = None,
+  backward: bool = False,
+) -> Sample:
   """Renders one synthetic frame pair with exact forward flow.
 
   Args:
@@ -417,34 +508,60 @@ def generate_pair(rng_or_seed: RngOrSeed, height: int, width: int,
   height, width = int(height), int(width)
   config = config or SyntheticFlowConfig()
   rng = _as_generator(rng_or_seed)
-  num_foreground = int(rng.integers(config.min_foreground_layers,
-                                    config.max_foreground_layers + 1))
+  num_foreground = int(
+    rng.integers(config.min_foreground_layers, config.max_foreground_layers + 1)
+  )
   layers = [_make_layer(rng, height, width, config, background=True)]
-  layers += [_make_layer(rng, height, width, config, background=False)
-             for _ in range(num_foreground)]
+  layers += [
+    _make_layer(rng, height, width, config, background=False)
+    for _ in range(num_foreground)
+  ]
   image1, top1 = _render(layers, 0, height, width)
   image2, top2 = _render(layers, 1, height, width)
   to_uint8 = lambda image: np.clip(np.round(image), 0, 255).astype(np.uint8)
   if backward:
     flow, valid = _flow_and_valid(layers, top2, height, width, source=1)
-    return {'frame1': to_uint8(image2), 'frame2': to_uint8(image1), 'flow': flow,
-            'valid': valid}
+    return {
+      'frame1': to_uint8(image2),
+      'frame2': to_uint8(image1),
+      'flow': flow,
+      'valid': valid,
+    }
   flow, valid = _flow_and_valid(layers, top1, height, width)
-  return {'frame1': to_uint8(image1), 'frame2': to_uint8(image2), 'flow': flow, 'valid': valid}
+  return {
+    'frame1': to_uint8(image1),
+    'frame2': to_uint8(image2),
+    'flow': flow,
+    'valid': valid,
+  }
 
 
-def sample_at(seed: int, index: int, height: int, width: int,
-              config: Optional[SyntheticFlowConfig] = None, backward: bool = False) -> Sample:
+def sample_at(
+  seed: int,
+  index: int,
+  height: int,
+  width: int,
+  config: Optional[SyntheticFlowConfig] = None,
+  backward: bool = False,
+) -> Sample:
   """Sample `index` of the stream `seed`; depends only on (seed, index, backward)."""
   if seed < 0 or index < 0:
-    raise ValueError(f'seed and index must be non-negative; got seed={seed}, index={index}.')
+    raise ValueError(
+      f'seed and index must be non-negative; got seed={seed}, index={index}.'
+    )
   rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
   return generate_pair(rng, height, width, config, backward=backward)
 
 
-def synthetic_flow_batches(seed: int, batch_size: int, height: int, width: int,
-                           start_index: int = 0, num_batches: Optional[int] = None,
-                           config: Optional[SyntheticFlowConfig] = None) -> Iterator[Sample]:
+def synthetic_flow_batches(
+  seed: int,
+  batch_size: int,
+  height: int,
+  width: int,
+  start_index: int = 0,
+  num_batches: Optional[int] = None,
+  config: Optional[SyntheticFlowConfig] = None,
+) -> Iterator[Sample]:
   """Yields batches of synthetic pairs, deterministically and resumably.
 
   Batch b holds samples start_index + b * batch_size + [0, batch_size); sample

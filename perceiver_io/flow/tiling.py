@@ -37,7 +37,9 @@ PredictFn = Callable[[np.ndarray], np.ndarray]
 TRAIN_SIZE = (368, 496)
 
 
-def tile_origins_1d(size: int, tile: int, min_overlap: int, layout: str = 'even') -> List[int]:
+def tile_origins_1d(
+  size: int, tile: int, min_overlap: int, layout: str = 'even'
+) -> List[int]:
   """Tile start offsets along one axis.
 
   Args:
@@ -52,24 +54,34 @@ def tile_origins_1d(size: int, tile: int, min_overlap: int, layout: str = 'even'
   if tile < 1 or size < tile:
     raise ValueError(f'tile extent {tile} must be in [1, image extent {size}].')
   if not 0 <= min_overlap < tile:
-    raise ValueError(f'min_overlap must be in [0, tile extent {tile}); got {min_overlap}.')
+    raise ValueError(
+      f'min_overlap must be in [0, tile extent {tile}); got {min_overlap}.'
+    )
   stride = tile - min_overlap
   if layout == 'colab':
     origins = list(range(0, size, stride))
     origins[-1] = size - tile
     return origins
   if layout != 'even':
-    raise ValueError(f'Unknown tile layout {layout!r}; expected "even" or "colab".')
+    raise ValueError(
+      f'Unknown tile layout {layout!r}; expected "even" or "colab".'
+    )
   num_tiles = 1 + math.ceil((size - tile) / stride)
   if num_tiles == 1:
     return [0]
   # Spacing (size - tile) / (num_tiles - 1) <= stride, and rounding keeps every
   # gap <= ceil(spacing) <= stride because stride is an integer.
-  return [int(round(i * (size - tile) / (num_tiles - 1))) for i in range(num_tiles)]
+  return [
+    int(round(i * (size - tile) / (num_tiles - 1))) for i in range(num_tiles)
+  ]
 
 
-def tile_origins(image_size: Tuple[int, int], tile_size: Tuple[int, int] = TRAIN_SIZE,
-                 min_overlap: int = 20, layout: str = 'even') -> List[Tuple[int, int]]:
+def tile_origins(
+  image_size: Tuple[int, int],
+  tile_size: Tuple[int, int] = TRAIN_SIZE,
+  min_overlap: int = 20,
+  layout: str = 'even',
+) -> List[Tuple[int, int]]:
   """(y, x) origins of all tiles, row-major."""
   ys = tile_origins_1d(image_size[0], tile_size[0], min_overlap, layout)
   xs = tile_origins_1d(image_size[1], tile_size[1], min_overlap, layout)
@@ -84,10 +96,17 @@ def tile_weights(tile_size: Tuple[int, int]) -> np.ndarray:
   return np.minimum(wy[:, None], wx[None, :]).astype(np.float32)
 
 
-def tiled_flow(predict_fn: PredictFn, frame1: np.ndarray, frame2: np.ndarray,
-               tile_size: Sequence[int] = TRAIN_SIZE, min_overlap: int = 20,
-               batch_size: int = 6, layout: str = 'even', pad_small: bool = False,
-               pad_last_batch: bool = True) -> np.ndarray:
+def tiled_flow(
+  predict_fn: PredictFn,
+  frame1: np.ndarray,
+  frame2: np.ndarray,
+  tile_size: Sequence[int] = TRAIN_SIZE,
+  min_overlap: int = 20,
+  batch_size: int = 6,
+  layout: str = 'even',
+  pad_small: bool = False,
+  pad_last_batch: bool = True,
+) -> np.ndarray:
   """Predicts flow for a frame pair of any size >= tile_size by tiling.
 
   Args:
@@ -112,8 +131,10 @@ def tiled_flow(predict_fn: PredictFn, frame1: np.ndarray, frame2: np.ndarray,
   frame1 = np.asarray(frame1)
   frame2 = np.asarray(frame2)
   if frame1.ndim != 3 or frame1.shape != frame2.shape:
-    raise ValueError(f'frames must both be [H, W, C] with the same shape; got {frame1.shape} '
-                     f'and {frame2.shape}.')
+    raise ValueError(
+      f'frames must both be [H, W, C] with the same shape; got {frame1.shape} '
+      f'and {frame2.shape}.'
+    )
   th, tw = int(tile_size[0]), int(tile_size[1])
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1; got {batch_size}.')
@@ -121,8 +142,10 @@ def tiled_flow(predict_fn: PredictFn, frame1: np.ndarray, frame2: np.ndarray,
   frames = np.stack([frame1, frame2]).astype(np.float32)  # [2, H, W, C]
   if height < th or width < tw:
     if not pad_small:
-      raise ValueError(f'frames are {height}x{width}, smaller than the {th}x{tw} tile; resize '
-                       'them, use a smaller tile_size, or pass pad_small=True to pad them.')
+      raise ValueError(
+        f'frames are {height}x{width}, smaller than the {th}x{tw} tile; resize '
+        'them, use a smaller tile_size, or pass pad_small=True to pad them.'
+      )
     pad = ((0, 0), (0, max(0, th - height)), (0, max(0, tw - width)), (0, 0))
     frames = np.pad(frames, pad, mode='edge')
   padded_h, padded_w = frames.shape[1:3]
@@ -132,16 +155,18 @@ def tiled_flow(predict_fn: PredictFn, frame1: np.ndarray, frame2: np.ndarray,
   flow_sum = np.zeros((padded_h, padded_w, 2), np.float64)
   weight_sum = np.zeros((padded_h, padded_w), np.float64)
   for start in range(0, len(origins), batch_size):
-    batch_origins = origins[start:start + batch_size]
-    tiles = [frames[:, y:y + th, x:x + tw] for y, x in batch_origins]
+    batch_origins = origins[start : start + batch_size]
+    tiles = [frames[:, y : y + th, x : x + tw] for y, x in batch_origins]
     if pad_last_batch:
       tiles += [tiles[-1]] * (batch_size - len(tiles))
     predictions = np.asarray(predict_fn(np.stack(tiles)))
     if predictions.shape != (len(tiles), th, tw, 2):
-      raise ValueError(f'predict_fn returned shape {predictions.shape}; expected '
-                       f'{(len(tiles), th, tw, 2)} for {len(tiles)} tiles of {th}x{tw}.')
+      raise ValueError(
+        f'predict_fn returned shape {predictions.shape}; expected '
+        f'{(len(tiles), th, tw, 2)} for {len(tiles)} tiles of {th}x{tw}.'
+      )
     for (y, x), prediction in zip(batch_origins, predictions):
-      flow_sum[y:y + th, x:x + tw] += prediction * weights[..., None]
-      weight_sum[y:y + th, x:x + tw] += weights
+      flow_sum[y : y + th, x : x + tw] += prediction * weights[..., None]
+      weight_sum[y : y + th, x : x + tw] += weights
   flow = flow_sum / weight_sum[..., None]
   return flow[:height, :width].astype(np.float32)

@@ -29,12 +29,12 @@ from perceiver_io.flow import formats as flow_formats
 
 # (ramp length, start colour, end colour) in the Middlebury order.
 _RAMPS = (
-    (15, (255, 0, 0), (255, 255, 0)),     # RY
-    (6, (255, 255, 0), (0, 255, 0)),      # YG
-    (4, (0, 255, 0), (0, 255, 255)),      # GC
-    (11, (0, 255, 255), (0, 0, 255)),     # CB
-    (13, (0, 0, 255), (255, 0, 255)),     # BM
-    (6, (255, 0, 255), (255, 0, 0)),      # MR
+  (15, (255, 0, 0), (255, 255, 0)),  # RY
+  (6, (255, 255, 0), (0, 255, 0)),  # YG
+  (4, (0, 255, 0), (0, 255, 255)),  # GC
+  (11, (0, 255, 255), (0, 0, 255)),  # CB
+  (13, (0, 0, 255), (255, 0, 255)),  # BM
+  (6, (255, 0, 255), (255, 0, 0)),  # MR
 )
 
 
@@ -59,7 +59,9 @@ def make_colour_wheel() -> np.ndarray:
 COLOUR_WHEEL = make_colour_wheel()
 
 
-def flow_to_color(flow: np.ndarray, max_flow: Optional[float] = None) -> np.ndarray:
+def flow_to_color(
+  flow: np.ndarray, max_flow: Optional[float] = None
+) -> np.ndarray:
   """Colour-codes a flow field.
 
   Args:
@@ -100,8 +102,11 @@ def flow_to_color(flow: np.ndarray, max_flow: Optional[float] = None) -> np.ndar
   return np.floor(255.0 * colour).astype(np.uint8)
 
 
-def save_flow_png(path: Union[str, os.PathLike], flow: np.ndarray,
-                  max_flow: Optional[float] = None) -> None:
+def save_flow_png(
+  path: Union[str, os.PathLike],
+  flow: np.ndarray,
+  max_flow: Optional[float] = None,
+) -> None:
   """Writes the colour coding of `flow` as an 8-bit RGB PNG (atomically)."""
   image = Image.fromarray(flow_to_color(flow, max_flow), 'RGB')
   flow_formats.atomic_write(path, lambda tmp: image.save(tmp, format='PNG'))

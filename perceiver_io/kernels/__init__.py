@@ -29,12 +29,27 @@ from perceiver_io.kernels import reference
 from perceiver_io.kernels.options import ATTENTION_IMPLS
 from perceiver_io.kernels.options import KernelOptions
 
-__all__ = ['ATTENTION_IMPLS', 'KernelOptions', 'attend', 'block', 'dense',
-           'layer_norm']
+__all__ = [
+  'ATTENTION_IMPLS',
+  'KernelOptions',
+  'attend',
+  'block',
+  'dense',
+  'layer_norm',
+]
 
 
-def attend(q, k, v, mask, options: KernelOptions, *, dropout_rate=0.0,
-           deterministic=True, dropout_rng=None):
+def attend(
+  q,
+  k,
+  v,
+  mask,
+  options: KernelOptions,
+  *,
+  dropout_rate=0.0,
+  deterministic=True,
+  dropout_rng=None,
+):
   """softmax(q k^T / sqrt(d_qk)) v: [B,T,H,D] x [B,S,H,D] x [B,S,H,Dv].
 
   `mask` is [B, T, S] (True: attend) or None. Attention dropout, when
@@ -43,15 +58,22 @@ def attend(q, k, v, mask, options: KernelOptions, *, dropout_rate=0.0,
   use_dropout = dropout_rate > 0.0 and not deterministic
   kind = options.resolved()
   if kind == 'fused' and (q.shape[-1] != v.shape[-1] or use_dropout):
-    raise ValueError('attention_impl="fused" needs qk_channels == v_channels '
-                     'and no active attention dropout; use "xla".')
+    raise ValueError(
+      'attention_impl="fused" needs qk_channels == v_channels '
+      'and no active attention dropout; use "xla".'
+    )
   if use_dropout:
     return reference.einsum_attention(q, k, v, mask, dropout_rate, dropout_rng)
   if kind == 'einsum':
     return reference.einsum_attention(q, k, v, mask)
   if kind == 'cudnn' and cudnn.supported(
-      q, mask, backend=options.backend(), v_head_width=v.shape[-1],
-      compute_capability=options.compute_capability, kv_length=k.shape[1]):
+    q,
+    mask,
+    backend=options.backend(),
+    v_head_width=v.shape[-1],
+    compute_capability=options.compute_capability,
+    kv_length=k.shape[1],
+  ):
     return cudnn.attention(q, k, v, mask)
   if kind == 'cpu':
     return cpu.attention(q, k, v, mask, options)
@@ -75,4 +97,6 @@ def layer_norm(options: KernelOptions, **kwargs) -> nn.LayerNorm:
 def block(block_cls, options: KernelOptions):
   """`block_cls`; with the CPU kernels a subclass whose backward computes
   each block's parameter gradients before passing on (kernels/cpu.py)."""
-  return cpu.ordered_gradients(block_cls) if options.cpu_kernels() else block_cls
+  return (
+    cpu.ordered_gradients(block_cls) if options.cpu_kernels() else block_cls
+  )

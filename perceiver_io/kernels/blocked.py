@@ -51,8 +51,9 @@ def use_blocked(q, k, options) -> bool:
   slice_bytes = 4 * q_len * k.shape[1]
   if options.blocked_attention_min_bytes is not None:
     return batch * heads * slice_bytes >= options.blocked_attention_min_bytes
-  return (batch * heads * slice_bytes >= MIN_BYTES or
-          (slice_bytes >= MIN_SLICE_BYTES and qk_width <= MAX_QK_WIDTH))
+  return batch * heads * slice_bytes >= MIN_BYTES or (
+    slice_bytes >= MIN_SLICE_BYTES and qk_width <= MAX_QK_WIDTH
+  )
 
 
 def _for_each_block(q, kv_len, block_bytes, body, carry):
@@ -70,17 +71,20 @@ def _for_each_block(q, kv_len, block_bytes, body, carry):
   if q_len % rows:
     loops.append((1, q_len % rows, full * rows))
   for count, size, offset in loops:
+
     def step(i, c, count=count, size=size, offset=offset):
       b, h = i // (heads * count), (i // count) % heads
       return body(b, h, offset + (i % count) * size, size, c)
+
     carry = jax.lax.fori_loop(0, batch * heads * count, step, carry)
   return carry
 
 
 def _block(x, b, first, h, rows):
   """x[b, first:first + rows, h, :] of a [B, T, H, D] array, as [rows, D]."""
-  return jax.lax.dynamic_slice(x, (b, first, h, 0),
-                               (1, rows, 1, x.shape[-1])).reshape(rows, -1)
+  return jax.lax.dynamic_slice(
+    x, (b, first, h, 0), (1, rows, 1, x.shape[-1])
+  ).reshape(rows, -1)
 
 
 def _put_block(x, block, b, first, h):
@@ -93,15 +97,22 @@ def _block_mask(mask, b, first, rows):
   """mask[b, first:first + rows] of a [B, T, S] mask (None stays None)."""
   if mask is None:
     return None
-  return jax.lax.dynamic_slice(mask, (b, first, 0),
-                               (1, rows, mask.shape[-1]))[0]
+  return jax.lax.dynamic_slice(mask, (b, first, 0), (1, rows, mask.shape[-1]))[
+    0
+  ]
 
 
 def _block_logits(q_block, k_block, mask_block, scale):
   """Scaled, masked fp32 logits of a block: [rows, D], [S, D] -> [rows, S]."""
-  logits = jax.lax.dot_general(
-      q_block, k_block, (((1,), (1,)), ((), ())),
-      preferred_element_type=jnp.float32) * scale
+  logits = (
+    jax.lax.dot_general(
+      q_block,
+      k_block,
+      (((1,), (1,)), ((), ())),
+      preferred_element_type=jnp.float32,
+    )
+    * scale
+  )
   if mask_block is not None:
     logits = jnp.where(mask_block, logits, reference.MASKED_LOGIT)
   return logits
@@ -118,20 +129,25 @@ def _forward(q, k, v, mask, block_bytes):
   scale = 1.0 / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
   kv_len = k.shape[1]
   out = jnp.zeros(q.shape[:3] + v.shape[-1:], v.dtype)
-  stats = jnp.zeros((2,) + q.shape[:1] + q.shape[2:3] + q.shape[1:2],
-                    jnp.float32)
+  stats = jnp.zeros(
+    (2,) + q.shape[:1] + q.shape[2:3] + q.shape[1:2], jnp.float32
+  )
 
   def body(b, h, first, rows, carry):
     out, stats = carry
-    logits = _block_logits(_block(q, b, first, h, rows),
-                           _block(k, b, 0, h, kv_len),
-                           _block_mask(mask, b, first, rows), scale)
+    logits = _block_logits(
+      _block(q, b, first, h, rows),
+      _block(k, b, 0, h, kv_len),
+      _block_mask(mask, b, first, rows),
+      scale,
+    )
     row_max = jnp.max(logits, axis=-1, keepdims=True)
     unnormalised = jnp.exp(logits - row_max)
     inv_sum = 1.0 / jnp.sum(unnormalised, axis=-1, keepdims=True)
     weights = (unnormalised * inv_sum).astype(v.dtype)
-    out = _put_block(out, matmul(weights, _block(v, b, 0, h, kv_len)),
-                     b, first, h)
+    out = _put_block(
+      out, matmul(weights, _block(v, b, 0, h, kv_len)), b, first, h
+    )
     block_stats = jnp.stack([row_max, inv_sum]).reshape(2, 1, 1, rows)
     stats = jax.lax.dynamic_update_slice(stats, block_stats, (0, b, h, first))
     return out, stats
@@ -158,25 +174,43 @@ def _blocked_attention_bwd(block_bytes, res, d_out):
 
   def body(b, h, first, rows, carry):
     d_q, d_k, d_v = carry
-    q_b, k_b, v_b = (_block(q, b, first, h, rows), _block(k, b, 0, h, kv_len),
-                     _block(v, b, 0, h, kv_len))
+    q_b, k_b, v_b = (
+      _block(q, b, first, h, rows),
+      _block(k, b, 0, h, kv_len),
+      _block(v, b, 0, h, kv_len),
+    )
     mask_b = _block_mask(mask, b, first, rows)
-    block_stats = jax.lax.dynamic_slice(stats, (0, b, h, first),
-                                        (2, 1, 1, rows)).reshape(2, rows, 1)
-    weights = (jnp.exp(_block_logits(q_b, k_b, mask_b, scale) -
-                       block_stats[0]) * block_stats[1])
+    block_stats = jax.lax.dynamic_slice(
+      stats, (0, b, h, first), (2, 1, 1, rows)
+    ).reshape(2, rows, 1)
+    weights = (
+      jnp.exp(_block_logits(q_b, k_b, mask_b, scale) - block_stats[0])
+      * block_stats[1]
+    )
     d_o = _block(d_out, b, first, h, rows)
     # dV = P^T dO and dK = dS^T Q from row-major copies (kernels/cpu.py, 1.).
     d_v_b = matmul(row_major_t(weights.astype(v.dtype)), d_o)
-    d_weights = jax.lax.dot_general(d_o, v_b, (((1,), (1,)), ((), ())),
-                                    preferred_element_type=jnp.float32)
-    d_logits = softmax_backward(weights, d_weights, d_o,
-                                _block(out, b, first, h, rows), mask_b,
-                                scale, q.dtype)
+    d_weights = jax.lax.dot_general(
+      d_o, v_b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
+    )
+    d_logits = softmax_backward(
+      weights,
+      d_weights,
+      d_o,
+      _block(out, b, first, h, rows),
+      mask_b,
+      scale,
+      q.dtype,
+    )
     d_q = _put_block(d_q, matmul(d_logits, k_b), b, first, h)
     # Several row blocks of one head add into the same dK, dV rows.
-    d_k = _put_block(d_k, _block(d_k, b, 0, h, kv_len) +
-                     matmul(row_major_t(d_logits), q_b), b, 0, h)
+    d_k = _put_block(
+      d_k,
+      _block(d_k, b, 0, h, kv_len) + matmul(row_major_t(d_logits), q_b),
+      b,
+      0,
+      h,
+    )
     d_v = _put_block(d_v, _block(d_v, b, 0, h, kv_len) + d_v_b, b, 0, h)
     return d_q, d_k, d_v
 

@@ -76,8 +76,9 @@ def _dense_matmul_bwd(res, dy):
 _dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
 
 
-def dense_dot_general(lhs, rhs, dimension_numbers, precision=None,
-                      preferred_element_type=None):
+def dense_dot_general(
+  lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None
+):
   """`nn.Dense`'s contraction with a row-major weight gradient.
 
   Same forward and values as `lax.dot_general`. Anything but Dense's plain
@@ -85,13 +86,22 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None,
   `lax.dot_general` unchanged.
   """
   (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
-  plain = (tuple(lhs_contract) == (lhs.ndim - 1,) and
-           tuple(rhs_contract) == (0,) and rhs.ndim == 2 and
-           not lhs_batch and not rhs_batch)
+  plain = (
+    tuple(lhs_contract) == (lhs.ndim - 1,)
+    and tuple(rhs_contract) == (0,)
+    and rhs.ndim == 2
+    and not lhs_batch
+    and not rhs_batch
+  )
   if plain and precision is None and preferred_element_type is None:
     return _dense_matmul(lhs, rhs)
-  return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                             preferred_element_type=preferred_element_type)
+  return jax.lax.dot_general(
+    lhs,
+    rhs,
+    dimension_numbers,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
 
 
 # -------------------------------------------------------------- attention --
@@ -105,8 +115,10 @@ def _full_attention_fwd(q, k, v, mask):
   """Head-major softmax attention; returns (output, residuals)."""
   scale = 1.0 / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
   qh, kh, vh = _heads_first(q), _heads_first(k), _heads_first(v)
-  logits = jnp.einsum('bhtd,bhsd->bhts', qh, kh,
-                      preferred_element_type=jnp.float32) * scale
+  logits = (
+    jnp.einsum('bhtd,bhsd->bhts', qh, kh, preferred_element_type=jnp.float32)
+    * scale
+  )
   if mask is not None:
     logits = jnp.where(mask[:, None, :, :], logits, reference.MASKED_LOGIT)
   weights = jax.nn.softmax(logits, axis=-1)
@@ -132,11 +144,18 @@ def _full_attention_bwd(res, d_out):
   # dV = P^T dO and dK = dS^T Q with P^T, dS^T copied row-major.
   weights_t = row_major_t_last2(weights.astype(vh.dtype))
   d_v = jnp.einsum('bhst,bhtd->bhsd', weights_t, d_oh)
-  d_weights = jnp.einsum('bhtd,bhsd->bhts', d_oh, vh,
-                         preferred_element_type=jnp.float32)
+  d_weights = jnp.einsum(
+    'bhtd,bhsd->bhts', d_oh, vh, preferred_element_type=jnp.float32
+  )
   d_logits = softmax_backward(
-      weights, d_weights, d_oh, out,
-      None if mask is None else mask[:, None, :, :], scale, qh.dtype)
+    weights,
+    d_weights,
+    d_oh,
+    out,
+    None if mask is None else mask[:, None, :, :],
+    scale,
+    qh.dtype,
+  )
   d_q = jnp.einsum('bhts,bhsd->bhtd', d_logits, kh)
   d_k = jnp.einsum('bhst,bhtd->bhsd', row_major_t_last2(d_logits), qh)
   return (_heads_first(d_q), _heads_first(d_k), _heads_first(d_v), None)
@@ -148,8 +167,9 @@ full_attention.defvjp(_full_attention_fwd, _full_attention_bwd)
 def attention(q, k, v, mask, options):
   """The CPU attention for one call: blocked for large logits, else full."""
   if blocked.use_blocked(q, k, options):
-    return blocked.blocked_attention(q, k, v, mask,
-                                     options.attention_block_bytes)
+    return blocked.blocked_attention(
+      q, k, v, mask, options.attention_block_bytes
+    )
   return full_attention(q, k, v, mask)
 
 
@@ -193,15 +213,19 @@ def ordered_gradients(block_cls):
   def backward(vjp_fn, d_out):
     d_params, *d_inputs = vjp_fn(d_out)
     d_params, d_inputs = jax.lax.optimization_barrier((d_params, d_inputs))
-    zero = 0.0 * sum(g.reshape(-1)[0].astype(jnp.float32)
-                     for g in jax.tree_util.tree_leaves(d_params))
-    d_inputs = [d + zero.astype(d.dtype)
-                if d is not None and jnp.issubdtype(d.dtype, jnp.floating)
-                else d for d in d_inputs]
+    zero = 0.0 * sum(
+      g.reshape(-1)[0].astype(jnp.float32)
+      for g in jax.tree_util.tree_leaves(d_params)
+    )
+    d_inputs = [
+      d + zero.astype(d.dtype)
+      if d is not None and jnp.issubdtype(d.dtype, jnp.floating)
+      else d
+      for d in d_inputs
+    ]
     return (d_params, *d_inputs)
 
   class Ordered(block_cls):  # pylint: disable=missing-class-docstring
-
     def __call__(self, *args, **kwargs):
       if self.is_initializing() or not self.kernel_options.blockwise_gradients:
         return super().__call__(*args, **kwargs)
@@ -218,7 +242,8 @@ def ordered_gradients(block_cls):
         return nn.vjp(body, module, *a)
 
       return nn.custom_vjp(body, forward_fn=forward, backward_fn=backward)(
-          self, *arrays.values())
+        self, *arrays.values()
+      )
 
   Ordered.__name__ = Ordered.__qualname__ = block_cls.__name__
   return Ordered

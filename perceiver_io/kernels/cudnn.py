@@ -35,8 +35,14 @@ def device_compute_capability() -> Optional[float]:
     return None
 
 
-def supported(q, mask=None, backend='gpu', v_head_width=None,
-              compute_capability=None, kv_length=None) -> bool:
+def supported(
+  q,
+  mask=None,
+  backend='gpu',
+  v_head_width=None,
+  compute_capability=None,
+  kv_length=None,
+) -> bool:
   """Whether cuDNN flash attention takes these queries ([B, T, H, D]).
 
   The set: an NVIDIA GPU of compute capability 8.0 or later (cuDNN's
@@ -59,11 +65,15 @@ def supported(q, mask=None, backend='gpu', v_head_width=None,
     return False
   max_width = 256 if compute_capability >= 9.0 else 128
   widths = (q.shape[-1], v_head_width or q.shape[-1])
-  lengths = (q.shape[1], kv_length or (mask.shape[-1] if mask is not None
-                                       else q.shape[1]))
-  return (all(n % 2 == 0 for n in lengths) and
-          q.dtype in (jnp.bfloat16, jnp.float16) and
-          all(w % 8 == 0 and w <= max_width for w in widths))
+  lengths = (
+    q.shape[1],
+    kv_length or (mask.shape[-1] if mask is not None else q.shape[1]),
+  )
+  return (
+    all(n % 2 == 0 for n in lengths)
+    and q.dtype in (jnp.bfloat16, jnp.float16)
+    and all(w % 8 == 0 and w <= max_width for w in widths)
+  )
 
 
 def attention(q, k, v, mask=None, implementation='cudnn'):
@@ -83,7 +93,11 @@ def attention(q, k, v, mask=None, implementation='cudnn'):
     return x if extra == 0 else jnp.pad(x, [(0, 0)] * 3 + [(0, extra)])
 
   out = jax.nn.dot_product_attention(
-      pad(q), pad(k), pad(v), scale=1.0 / float(qk_width) ** 0.5,
-      mask=None if mask is None else mask[:, None, :, :],
-      implementation=implementation)
+    pad(q),
+    pad(k),
+    pad(v),
+    scale=1.0 / float(qk_width) ** 0.5,
+    mask=None if mask is None else mask[:, None, :, :],
+    implementation=implementation,
+  )
   return out[..., :v_width]

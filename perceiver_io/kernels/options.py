@@ -53,6 +53,7 @@ class KernelOptions:
     compute_capability: the NVIDIA GPU to choose cuDNN calls for (9.0:
       Hopper); None = read from the first device.
   """
+
   attention: str = 'xla'
   blockwise_gradients: bool = True
   blocked_attention_min_bytes: Optional[int] = None
@@ -62,9 +63,11 @@ class KernelOptions:
 
   def __post_init__(self):
     if self.attention not in ATTENTION_IMPLS:
-      raise ValueError(f'attention_impl must be one of '
-                       f'{", ".join(ATTENTION_IMPLS)}; got '
-                       f'{self.attention!r}.')
+      raise ValueError(
+        f'attention_impl must be one of '
+        f'{", ".join(ATTENTION_IMPLS)}; got '
+        f'{self.attention!r}.'
+      )
 
   @classmethod
   def from_config(cls, config: Dict[str, Any]) -> 'KernelOptions':
@@ -73,8 +76,10 @@ class KernelOptions:
     valid = {f.name for f in dataclasses.fields(cls)} - {'attention'}
     unknown = sorted(set(extra) - valid)
     if unknown:
-      raise ValueError(f'unknown kernel_options keys {unknown}; valid keys '
-                       f'are {sorted(valid)}.')
+      raise ValueError(
+        f'unknown kernel_options keys {unknown}; valid keys '
+        f'are {sorted(valid)}.'
+      )
     return cls(attention=config.get('attention_impl', 'xla'), **extra)
 
   def backend(self) -> str:

@@ -19,8 +19,10 @@ def einsum_attention(q, k, v, mask=None, dropout_rate=0.0, dropout_rng=None):
   weights are dropped with `dropout_rng`. Weights are applied in q's dtype.
   """
   scale = 1.0 / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
-  logits = jnp.einsum('bthd,bshd->bhts', q, k,
-                      preferred_element_type=jnp.float32) * scale
+  logits = (
+    jnp.einsum('bthd,bshd->bhts', q, k, preferred_element_type=jnp.float32)
+    * scale
+  )
   if mask is not None:
     logits = jnp.where(mask[:, None, :, :], logits, MASKED_LOGIT)
   weights = jax.nn.softmax(logits, axis=-1)
@@ -36,5 +38,10 @@ def xla_attention(q, k, v, mask=None):
   if q.shape[-1] != v.shape[-1]:
     return einsum_attention(q, k, v, mask)
   return jax.nn.dot_product_attention(
-      q, k, v, scale=1.0 / float(q.shape[-1]) ** 0.5,
-      mask=None if mask is None else mask[:, None, :, :], implementation=None)
+    q,
+    k,
+    v,
+    scale=1.0 / float(q.shape[-1]) ** 0.5,
+    mask=None if mask is None else mask[:, None, :, :],
+    implementation=None,
+  )

@@ -33,8 +33,9 @@ def softmax_backward(weights, d_weights, d_out, out, mask, scale, dtype):
   `mask` (or None) broadcasts against the weights; rowsum(dO * O) equals
   rowsum(dP * P) without another logits-sized product.
   """
-  row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1,
-                keepdims=True)
+  row = jnp.sum(
+    d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True
+  )
   d_logits = weights * (d_weights - row) * scale
   if mask is not None:
     d_logits = jnp.where(mask, d_logits, 0.0)

@@ -22,18 +22,33 @@ def _inception_crop_tf(image, seed, image_size: int, crop_padding: int):
   tf = import_tf()
   shape = tf.shape(image)
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
-      min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
-      max_attempts=10, use_image_if_no_bounding_boxes=True)
+    shape,
+    bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+    seed=seed,
+    min_object_covered=0.1,
+    aspect_ratio_range=(3 / 4, 4 / 3),
+    area_range=(0.08, 1.0),
+    max_attempts=10,
+    use_image_if_no_bounding_boxes=True,
+  )
   crop = tf.slice(image, begin, size)
   # Like the official code, a crop equal to the whole image means all attempts failed.
-  return tf.cond(tf.reduce_all(tf.equal(size, shape)),
-                 lambda: _center_crop_tf(image, image_size, crop_padding), lambda: crop)
+  return tf.cond(
+    tf.reduce_all(tf.equal(size, shape)),
+    lambda: _center_crop_tf(image, image_size, crop_padding),
+    lambda: crop,
+  )
 
 
-def train_augment(image, seed, *, image_size: int = IMAGE_SIZE,
-                  randaugment: Optional[Tuple[int, float]] = (4, 5), geometry: str = 'imagenet',
-                  crop_padding: int = CROP_PADDING):
+def train_augment(
+  image,
+  seed,
+  *,
+  image_size: int = IMAGE_SIZE,
+  randaugment: Optional[Tuple[int, float]] = (4, 5),
+  geometry: str = 'imagenet',
+  crop_padding: int = CROP_PADDING,
+):
   """The uint8 part of training augmentation: crop, flip and RandAugment.
 
   Args:
@@ -50,32 +65,52 @@ def train_augment(image, seed, *, image_size: int = IMAGE_SIZE,
   """
   # pylint: disable-next=g-import-not-at-top
   from perceiver_io.data import randaugment as randaugment_lib
+
   tf = import_tf()
   seed = tf.cast(seed, tf.int64)
-  crop_seed, flip_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+  crop_seed, flip_seed, augment_seed = tf.unstack(
+    tf.random.experimental.stateless_split(seed, 3)
+  )
   if geometry == 'imagenet':
     image = _inception_crop_tf(image, crop_seed, image_size, crop_padding)
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   elif geometry == 'resize':
-    image = tf.cast(tf.clip_by_value(tf.round(resize_bicubic_tf(image, image_size)), 0, 255),
-                    tf.uint8)
+    image = tf.cast(
+      tf.clip_by_value(tf.round(resize_bicubic_tf(image, image_size)), 0, 255),
+      tf.uint8,
+    )
   else:
-    raise ValueError(f'geometry must be "imagenet" or "resize", got {geometry!r}.')
+    raise ValueError(
+      f'geometry must be "imagenet" or "resize", got {geometry!r}.'
+    )
   if randaugment is not None:
     num_layers, magnitude = randaugment
-    image = randaugment_lib.randaugment(image, augment_seed, num_layers=num_layers,
-                                        magnitude=magnitude)
+    image = randaugment_lib.randaugment(
+      image, augment_seed, num_layers=num_layers, magnitude=magnitude
+    )
   return image
 
 
-def train_preprocess(image, seed, *, image_size: int = IMAGE_SIZE,
-                     randaugment: Optional[Tuple[int, float]] = (4, 5), geometry: str = 'imagenet',
-                     crop_padding: int = CROP_PADDING):
+def train_preprocess(
+  image,
+  seed,
+  *,
+  image_size: int = IMAGE_SIZE,
+  randaugment: Optional[Tuple[int, float]] = (4, 5),
+  geometry: str = 'imagenet',
+  crop_padding: int = CROP_PADDING,
+):
   """Full training preprocessing of one image: `train_augment`, bicubic resize, normalise.
 
   Returns:
     float32 [image_size, image_size, 3].
   """
-  image = train_augment(image, seed, image_size=image_size, randaugment=randaugment,
-                        geometry=geometry, crop_padding=crop_padding)
+  image = train_augment(
+    image,
+    seed,
+    image_size=image_size,
+    randaugment=randaugment,
+    geometry=geometry,
+    crop_padding=crop_padding,
+  )
   return normalize_image(resize_bicubic_tf(image, image_size))

@@ -26,6 +26,7 @@ def load_image_numpy(path: str) -> np.ndarray:
     ValueError: if PIL cannot decode it.
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   if not os.path.isfile(path):
     raise FileNotFoundError(f'Image file not found: {path}')
   try:
@@ -33,7 +34,9 @@ def load_image_numpy(path: str) -> np.ndarray:
       if img.mode in _SIXTEEN_BIT_MODES:
         return _sixteen_bit_grey_to_rgb(np.asarray(img), path)
       if img.mode == 'F':
-        raise ValueError('32-bit float images are not supported (TF cannot decode them either)')
+        raise ValueError(
+          '32-bit float images are not supported (TF cannot decode them either)'
+        )
       return np.asarray(img.convert('RGB'), np.uint8)
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f'Cannot decode image {path}: {e}') from e
@@ -52,7 +55,9 @@ def _sixteen_bit_grey_to_rgb(values: np.ndarray, path: str) -> np.ndarray:
   """
   values = np.asarray(values)
   if values.size and (values.min() < 0 or values.max() > 65535):
-    raise ValueError(f'{path}: 32-bit integer pixel values outside 0..65535 are not supported.')
+    raise ValueError(
+      f'{path}: 32-bit integer pixel values outside 0..65535 are not supported.'
+    )
   grey = (values.astype(np.uint32) >> 8).astype(np.uint8)
   return np.repeat(grey[:, :, None], 3, axis=-1)
 
@@ -66,9 +71,14 @@ def decode_image(image_bytes):
   """
   tf = import_tf()
   image = tf.cond(
-      tf.io.is_jpeg(image_bytes),
-      lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method='INTEGER_ACCURATE'),
-      lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False))
+    tf.io.is_jpeg(image_bytes),
+    lambda: tf.io.decode_jpeg(
+      image_bytes, channels=3, dct_method='INTEGER_ACCURATE'
+    ),
+    lambda: tf.io.decode_image(
+      image_bytes, channels=3, expand_animations=False
+    ),
+  )
   return tf.ensure_shape(image, [None, None, 3])
 
 
@@ -89,17 +99,24 @@ def undecodable_image(path: str) -> Optional[str]:
 def _tf_reason(error) -> str:
   """The readable part of a TF error: no '{{function_node ...}}' prefix or '[Op:...]' tail."""
   import re  # pylint: disable=g-import-not-at-top
-  text = (getattr(error, 'message', '') or str(error) or type(error).__name__).strip()
+
+  text = (
+    getattr(error, 'message', '') or str(error) or type(error).__name__
+  ).strip()
   text = re.sub(r'\{\{[^}]*\}\}\s*', '', text.splitlines()[0])
-  return re.sub(r'\s*\[Op:[^\]]*\].*$', '', text).strip() or type(error).__name__
+  return (
+    re.sub(r'\s*\[Op:[^\]]*\].*$', '', text).strip() or type(error).__name__
+  )
 
 
 def _bad_files_message(bad: Sequence[Tuple[str, str]], where: str) -> str:
   shown = '; '.join(f'{path} ({why.rstrip(".")})' for path, why in bad[:10])
   more = f' (and {len(bad) - 10} more)' if len(bad) > 10 else ''
-  return (f'{len(bad)} image file(s) in {where} cannot be decoded as JPEG/PNG/GIF/BMP: {shown}'
-          f'{more}. Remove or re-encode them (e.g. PIL: Image.open(p).convert("RGB").save(q)), '
-          'then run again.')
+  return (
+    f'{len(bad)} image file(s) in {where} cannot be decoded as JPEG/PNG/GIF/BMP: {shown}'
+    f'{more}. Remove or re-encode them (e.g. PIL: Image.open(p).convert("RGB").save(q)), '
+    'then run again.'
+  )
 
 
 class _NamedDecodeErrors:
@@ -113,8 +130,14 @@ class _NamedDecodeErrors:
   silently: skipping would change the example count and the deterministic stream (and so resume).
   """
 
-  def __init__(self, iterator, paths: Sequence[str], indices_at: Callable[[np.ndarray], np.ndarray],
-               batch_size: int, where: str):
+  def __init__(
+    self,
+    iterator,
+    paths: Sequence[str],
+    indices_at: Callable[[np.ndarray], np.ndarray],
+    batch_size: int,
+    where: str,
+  ):
     self._it = iterator
     self._paths = paths
     self._indices_at = indices_at
@@ -144,18 +167,28 @@ class _NamedDecodeErrors:
       if why is not None:
         bad.append((self._paths[i], why))
     if not bad:
-      bad = [(p, 'not a JPEG/PNG/GIF/BMP file (header ' + head.hex() + ')')
-             for p, head in ((p, _file_header(p)) for p in self._paths)
-             if not _known_image_header(head)]
+      bad = [
+        (p, 'not a JPEG/PNG/GIF/BMP file (header ' + head.hex() + ')')
+        for p, head in ((p, _file_header(p)) for p in self._paths)
+        if not _known_image_header(head)
+      ]
     if not bad:
       reason = _tf_reason(error)
-      return ImageDecodeError(f'An image in {self._where} cannot be decoded ({reason}), but '
-                              'no single file could be pinned down; check the folder with '
-                              'perceiver_io.data.image.undecodable_image(path).')
+      return ImageDecodeError(
+        f'An image in {self._where} cannot be decoded ({reason}), but '
+        'no single file could be pinned down; check the folder with '
+        'perceiver_io.data.image.undecodable_image(path).'
+      )
     return ImageDecodeError(_bad_files_message(bad, self._where))
 
 
-_IMAGE_MAGIC = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n', b'GIF87a', b'GIF89a', b'BM')
+_IMAGE_MAGIC = (
+  b'\xff\xd8\xff',
+  b'\x89PNG\r\n\x1a\n',
+  b'GIF87a',
+  b'GIF89a',
+  b'BM',
+)
 
 
 def _file_header(path: str) -> bytes:
@@ -167,4 +200,6 @@ def _file_header(path: str) -> bytes:
 
 
 def _known_image_header(head: bytes) -> bool:
-  return head.startswith(_IMAGE_MAGIC) or (head[:4] == b'RIFF' and head[8:12] == b'WEBP')
+  return head.startswith(_IMAGE_MAGIC) or (
+    head[:4] == b'RIFF' and head[8:12] == b'WEBP'
+  )

@@ -40,8 +40,12 @@ def normalize_image(image):
   return (image - MEAN_RGB) / STDDEV_RGB
 
 
-def center_crop_window(height: int, width: int, image_size: int = IMAGE_SIZE,
-                       crop_padding: int = CROP_PADDING) -> Tuple[int, int, int]:
+def center_crop_window(
+  height: int,
+  width: int,
+  image_size: int = IMAGE_SIZE,
+  crop_padding: int = CROP_PADDING,
+) -> Tuple[int, int, int]:
   """Returns (top, left, side) of the official eval crop.
 
   The crop is a centred square of side `image_size / (image_size + crop_padding) * min(H, W)`
@@ -80,20 +84,31 @@ def _bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
   round(offset * 1024); we quantise the offset the same way so both agree to float rounding.
   """
   scale = np.float32(in_size) / np.float32(out_size)
-  centres = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+  centres = (
+    np.arange(out_size, dtype=np.float32) + np.float32(0.5)
+  ) * scale - np.float32(0.5)
   first = np.floor(centres)
-  offset = np.rint((centres - first) * _TF_CUBIC_TABLE_SIZE) / _TF_CUBIC_TABLE_SIZE
+  offset = (
+    np.rint((centres - first) * _TF_CUBIC_TABLE_SIZE) / _TF_CUBIC_TABLE_SIZE
+  )
   taps = first[:, None].astype(np.int64) + np.arange(-1, 3)[None, :]
-  weights = _cubic_weights(offset[:, None].astype(np.float64) - np.arange(-1, 3)[None, :])
+  weights = _cubic_weights(
+    offset[:, None].astype(np.float64) - np.arange(-1, 3)[None, :]
+  )
   weights = np.where((taps >= 0) & (taps < in_size), weights, 0.0)
   weights /= weights.sum(axis=1, keepdims=True)
   matrix = np.zeros((out_size, in_size), np.float64)
-  np.add.at(matrix, (np.repeat(np.arange(out_size), 4), np.clip(taps, 0, in_size - 1).ravel()),
-            weights.ravel())
+  np.add.at(
+    matrix,
+    (np.repeat(np.arange(out_size), 4), np.clip(taps, 0, in_size - 1).ravel()),
+    weights.ravel(),
+  )
   return matrix
 
 
-def resize_bicubic_numpy(image: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_bicubic_numpy(
+  image: np.ndarray, height: int, width: int
+) -> np.ndarray:
   """Bicubic resize of [H, W, C] to [height, width, C] float32, without clamping (TF semantics).
 
   Args:
@@ -117,15 +132,24 @@ def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     raise ValueError(f'Expected a uint8 image, got dtype {image.dtype}.')
   if image.ndim == 2:
     image = image[:, :, None]
-  if image.ndim != 3 or image.shape[-1] not in (1, 3, 4) or min(image.shape[:2]) < 1:
-    raise ValueError(f'Expected an image [H, W, 1|3|4] with H, W >= 1, got shape {image.shape}.')
+  if (
+    image.ndim != 3
+    or image.shape[-1] not in (1, 3, 4)
+    or min(image.shape[:2]) < 1
+  ):
+    raise ValueError(
+      f'Expected an image [H, W, 1|3|4] with H, W >= 1, got shape {image.shape}.'
+    )
   if image.shape[-1] == 1:
     image = np.repeat(image, 3, axis=-1)
   return image[:, :, :3]
 
 
-def eval_preprocess_numpy(image: np.ndarray, image_size: int = IMAGE_SIZE,
-                          crop_padding: int = CROP_PADDING) -> np.ndarray:
+def eval_preprocess_numpy(
+  image: np.ndarray,
+  image_size: int = IMAGE_SIZE,
+  crop_padding: int = CROP_PADDING,
+) -> np.ndarray:
   """Official eval preprocessing without TensorFlow: centre crop, bicubic resize, normalise.
 
   Matches `eval_preprocess` (the TF version used by the pipeline) to about 1e-4 in normalised
@@ -140,9 +164,13 @@ def eval_preprocess_numpy(image: np.ndarray, image_size: int = IMAGE_SIZE,
     float32 [image_size, image_size, 3], normalised with ImageNet mean/std.
   """
   image = _as_rgb_uint8(image)
-  top, left, side = center_crop_window(image.shape[0], image.shape[1], image_size, crop_padding)
-  crop = image[top:top + side, left:left + side]
-  return normalize_image(resize_bicubic_numpy(crop, image_size, image_size)).astype(np.float32)
+  top, left, side = center_crop_window(
+    image.shape[0], image.shape[1], image_size, crop_padding
+  )
+  crop = image[top : top + side, left : left + side]
+  return normalize_image(
+    resize_bicubic_numpy(crop, image_size, image_size)
+  ).astype(np.float32)
 
 
 # ============================================================================================
@@ -154,9 +182,14 @@ def _center_crop_tf(image, image_size: int, crop_padding: int):
   tf = import_tf()
   shape = tf.shape(image)
   height, width = shape[0], shape[1]
-  side = tf.maximum(tf.cast(
+  side = tf.maximum(
+    tf.cast(
       np.float32(image_size / (image_size + crop_padding))
-      * tf.cast(tf.minimum(height, width), tf.float32), tf.int32), 1)
+      * tf.cast(tf.minimum(height, width), tf.float32),
+      tf.int32,
+    ),
+    1,
+  )
   top = (height - side + 1) // 2
   left = (width - side + 1) // 2
   return tf.image.crop_to_bounding_box(image, top, left, side, side)
@@ -165,12 +198,21 @@ def _center_crop_tf(image, image_size: int, crop_padding: int):
 def resize_bicubic_tf(image, image_size: int):
   """Bicubic resize to [image_size, image_size] in float32, unclamped (as the official code)."""
   tf = import_tf()
-  return tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size],
-                         method='bicubic', antialias=False)
+  return tf.image.resize(
+    tf.cast(image, tf.float32),
+    [image_size, image_size],
+    method='bicubic',
+    antialias=False,
+  )
 
 
-def eval_preprocess(image, *, image_size: int = IMAGE_SIZE, geometry: str = 'imagenet',
-                    crop_padding: int = CROP_PADDING):
+def eval_preprocess(
+  image,
+  *,
+  image_size: int = IMAGE_SIZE,
+  geometry: str = 'imagenet',
+  crop_padding: int = CROP_PADDING,
+):
   """Eval preprocessing: centre crop (224/256 of the shorter side), bicubic resize, normalise.
 
   Args:
@@ -185,5 +227,7 @@ def eval_preprocess(image, *, image_size: int = IMAGE_SIZE, geometry: str = 'ima
   if geometry == 'imagenet':
     image = _center_crop_tf(image, image_size, crop_padding)
   elif geometry != 'resize':
-    raise ValueError(f'geometry must be "imagenet" or "resize", got {geometry!r}.')
+    raise ValueError(
+      f'geometry must be "imagenet" or "resize", got {geometry!r}.'
+    )
   return normalize_image(resize_bicubic_tf(image, image_size))

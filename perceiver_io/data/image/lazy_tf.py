@@ -9,6 +9,7 @@ accelerators, which belong to JAX: the pipeline runs on the host.
 def import_tf():
   """Imports TensorFlow for the input pipeline and hides accelerators from it."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   try:
     # The pipeline runs on the host; JAX owns the GPUs/TPUs.
     tf.config.set_visible_devices([], 'GPU')

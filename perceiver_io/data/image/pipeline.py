@@ -30,29 +30,31 @@ Batch = Dict[str, np.ndarray]
 
 def _process_seed(seed: int, process_index: int, stream: int) -> np.ndarray:
   """A [2] int64 key for one random stream (0: shuffling, 1: augmentation) of one process."""
-  state = np.random.SeedSequence([seed, process_index, stream]).generate_state(2, np.uint32)
+  state = np.random.SeedSequence([seed, process_index, stream]).generate_state(
+    2, np.uint32
+  )
   return state.astype(np.int64)
 
 
 def make_image_dataset(
-    source: str,
-    split: str,
-    *,
-    batch_size: int,
-    train: bool,
-    image_size: int = IMAGE_SIZE,
-    seed: int = 0,
-    repeat: Optional[bool] = None,
-    process_index: int = 0,
-    process_count: int = 1,
-    randaugment: Optional[Tuple[int, float]] = (4, 5),
-    num_classes: Optional[int] = None,
-    data_dir: Optional[str] = None,
-    manual_dir: Optional[str] = None,
-    class_names: Union[None, str, Sequence[str]] = None,
-    start_batch: int = 0,
-    geometry: Optional[str] = None,
-    shuffle_buffer: Optional[int] = None,
+  source: str,
+  split: str,
+  *,
+  batch_size: int,
+  train: bool,
+  image_size: int = IMAGE_SIZE,
+  seed: int = 0,
+  repeat: Optional[bool] = None,
+  process_index: int = 0,
+  process_count: int = 1,
+  randaugment: Optional[Tuple[int, float]] = (4, 5),
+  num_classes: Optional[int] = None,
+  data_dir: Optional[str] = None,
+  manual_dir: Optional[str] = None,
+  class_names: Union[None, str, Sequence[str]] = None,
+  start_batch: int = 0,
+  geometry: Optional[str] = None,
+  shuffle_buffer: Optional[int] = None,
 ) -> Tuple[Iterator[Batch], Dict[str, Any]]:
   """Builds this process's stream of batches for an image-classification source.
 
@@ -95,43 +97,86 @@ def make_image_dataset(
   if not (isinstance(seed, (int, np.integer)) and seed >= 0):
     raise ValueError(f'seed must be a non-negative integer, got {seed!r}.')
   if process_count < 1 or not 0 <= process_index < process_count:
-    raise ValueError(f'Need 0 <= process_index < process_count, got {process_index} and '
-                     f'{process_count}.')
+    raise ValueError(
+      f'Need 0 <= process_index < process_count, got {process_index} and '
+      f'{process_count}.'
+    )
   if start_batch < 0:
     raise ValueError(f'start_batch must be >= 0, got {start_batch}.')
   if randaugment is not None and len(tuple(randaugment)) != 2:
-    raise ValueError(f'randaugment must be (num_layers, magnitude) or None, got {randaugment!r}.')
+    raise ValueError(
+      f'randaugment must be (num_layers, magnitude) or None, got {randaugment!r}.'
+    )
   repeat = train if repeat is None else repeat
   tf = import_tf()
-  src = _make_source(source, split, data_dir, manual_dir, class_names, num_classes)
+  src = _make_source(
+    source, split, data_dir, manual_dir, class_names, num_classes
+  )
   geometry = geometry or src.geometry
   if geometry not in ('imagenet', 'resize'):
-    raise ValueError(f'geometry must be "imagenet" or "resize", got {geometry!r}.')
+    raise ValueError(
+      f'geometry must be "imagenet" or "resize", got {geometry!r}.'
+    )
   shuffle_key = _process_seed(int(seed), process_index, 0)
   augment_key = _process_seed(int(seed), process_index, 1)
 
   def preprocess(image, label, position):
     if train:
-      example_seed = tf.random.experimental.stateless_fold_in(tf.constant(augment_key), position)
-      image = train_preprocess(image, example_seed, image_size=image_size,
-                               randaugment=randaugment, geometry=geometry)
+      example_seed = tf.random.experimental.stateless_fold_in(
+        tf.constant(augment_key), position
+      )
+      image = train_preprocess(
+        image,
+        example_seed,
+        image_size=image_size,
+        randaugment=randaugment,
+        geometry=geometry,
+      )
     else:
       image = eval_preprocess(image, image_size=image_size, geometry=geometry)
     image = tf.ensure_shape(image, [image_size, image_size, 3])
-    return {'image': image, 'label': tf.cast(label, tf.int32), 'mask': tf.constant(1, tf.int32)}
+    return {
+      'image': image,
+      'label': tf.cast(label, tf.int32),
+      'mask': tf.constant(1, tf.int32),
+    }
 
   def padding_example(_):
-    return {'image': tf.zeros([image_size, image_size, 3], tf.float32),
-            'label': tf.constant(0, tf.int32), 'mask': tf.constant(0, tf.int32)}
+    return {
+      'image': tf.zeros([image_size, image_size, 3], tf.float32),
+      'label': tf.constant(0, tf.int32),
+      'mask': tf.constant(0, tf.int32),
+    }
 
   if isinstance(src, _TableSource):
     ds, total, shard_size, indices_at = _table_stream(
-        tf, src, train, repeat, batch_size, start_batch, process_index, process_count,
-        shuffle_key, preprocess, padding_example)
+      tf,
+      src,
+      train,
+      repeat,
+      batch_size,
+      start_batch,
+      process_index,
+      process_count,
+      shuffle_key,
+      preprocess,
+      padding_example,
+    )
   else:
-    ds, total, shard_size = _tfds_stream(tf, src, train, repeat, batch_size, start_batch,
-                                         process_index, process_count, seed, shuffle_buffer,
-                                         preprocess, padding_example)
+    ds, total, shard_size = _tfds_stream(
+      tf,
+      src,
+      train,
+      repeat,
+      batch_size,
+      start_batch,
+      process_index,
+      process_count,
+      seed,
+      shuffle_buffer,
+      preprocess,
+      padding_example,
+    )
   if train:
     num_batches = shard_size // batch_size
   else:
@@ -141,17 +186,20 @@ def make_image_dataset(
   options.deterministic = True
   ds = ds.with_options(options)
   info = {
-      'num_examples': total,
-      'num_examples_this_process': shard_size,
-      'num_classes': src.num_classes,
-      'class_names': list(src.class_names) if src.class_names is not None else None,
-      'num_batches': num_batches,
-      'image_shape': (image_size, image_size, 3),
+    'num_examples': total,
+    'num_examples_this_process': shard_size,
+    'num_classes': src.num_classes,
+    'class_names': list(src.class_names)
+    if src.class_names is not None
+    else None,
+    'num_batches': num_batches,
+    'image_shape': (image_size, image_size, 3),
   }
   iterator = ds.as_numpy_iterator()
   if isinstance(src, _TableSource) and src.paths is not None:
-    iterator = _NamedDecodeErrors(iterator, src.paths, indices_at, batch_size,
-                                  f'{source} [{split}]')
+    iterator = _NamedDecodeErrors(
+      iterator, src.paths, indices_at, batch_size, f'{source} [{split}]'
+    )
   return iterator, info
 
 
@@ -160,25 +208,45 @@ def _plain(tf, fn):
   return tf.autograph.experimental.do_not_convert(fn)
 
 
-def _table_stream(tf, src: _TableSource, train, repeat, batch_size, start_batch, process_index,
-                  process_count, shuffle_key, preprocess, padding_example):
+def _table_stream(
+  tf,
+  src: _TableSource,
+  train,
+  repeat,
+  batch_size,
+  start_batch,
+  process_index,
+  process_count,
+  shuffle_key,
+  preprocess,
+  padding_example,
+):
   """Positions -> examples for an index-addressable source. Returns (ds, total, shard_size)."""
-  shard = np.arange(src.num_examples, dtype=np.int64)[process_index::process_count]
+  shard = np.arange(src.num_examples, dtype=np.int64)[
+    process_index::process_count
+  ]
   shard_size = len(shard)
   start = start_batch * batch_size
   if train:
     if shard_size < batch_size:
-      raise ValueError(f'Process {process_index} has {shard_size} training examples, fewer than '
-                       f'one batch of {batch_size}.')
-    stop = np.iinfo(np.int64).max if repeat else shard_size - shard_size % batch_size
+      raise ValueError(
+        f'Process {process_index} has {shard_size} training examples, fewer than '
+        f'one batch of {batch_size}.'
+      )
+    stop = (
+      np.iinfo(np.int64).max if repeat else shard_size - shard_size % batch_size
+    )
     positions = tf.data.Dataset.range(start, stop)
 
     def example(position):
       # A fresh permutation of the shard per epoch, computed per position: skipping is free.
       epoch = position // shard_size
-      epoch_key = tf.random.experimental.stateless_fold_in(tf.constant(shuffle_key), epoch)
-      slot = tf.random.experimental.index_shuffle(position % shard_size, epoch_key,
-                                                  tf.constant(shard_size - 1, tf.int64))
+      epoch_key = tf.random.experimental.stateless_fold_in(
+        tf.constant(shuffle_key), epoch
+      )
+      slot = tf.random.experimental.index_shuffle(
+        position % shard_size, epoch_key, tf.constant(shard_size - 1, tf.int64)
+      )
       image, label = src.load(tf.gather(shard, slot))
       return preprocess(image, label, position)
 
@@ -188,49 +256,89 @@ def _table_stream(tf, src: _TableSource, train, repeat, batch_size, start_batch,
       # Source indices of the examples at these offsets of the stream (same maths as `example`).
       slots = []
       for position in np.asarray(offsets, np.int64) + start:
-        epoch_key = tf.random.experimental.stateless_fold_in(tf.constant(shuffle_key),
-                                                             tf.constant(position // shard_size))
-        slots.append(tf.random.experimental.index_shuffle(
-            tf.constant(position % shard_size), epoch_key, tf.constant(shard_size - 1, tf.int64)))
+        epoch_key = tf.random.experimental.stateless_fold_in(
+          tf.constant(shuffle_key), tf.constant(position // shard_size)
+        )
+        slots.append(
+          tf.random.experimental.index_shuffle(
+            tf.constant(position % shard_size),
+            epoch_key,
+            tf.constant(shard_size - 1, tf.int64),
+          )
+        )
       return shard[np.asarray([int(x) for x in slots], np.int64)]
   else:
-    padded = math.ceil(math.ceil(src.num_examples / process_count) / batch_size) * batch_size
+    padded = (
+      math.ceil(math.ceil(src.num_examples / process_count) / batch_size)
+      * batch_size
+    )
 
     def example(position):
       real = position < shard_size
       return tf.cond(
-          real,
-          lambda: preprocess(*src.load(tf.gather(shard, tf.minimum(position, shard_size - 1))),
-                             position),
-          lambda: padding_example(position))
+        real,
+        lambda: preprocess(
+          *src.load(tf.gather(shard, tf.minimum(position, shard_size - 1))),
+          position,
+        ),
+        lambda: padding_example(position),
+      )
 
     positions = tf.data.Dataset.range(padded)
     if repeat:
       positions = positions.repeat()
-    ds = positions.skip(start).map(_plain(tf, example), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = positions.skip(start).map(
+      _plain(tf, example), num_parallel_calls=tf.data.AUTOTUNE
+    )
 
     def indices_at(offsets):
       position = (np.asarray(offsets, np.int64) + start) % padded
       return shard[position[position < shard_size]]
+
   return ds, src.num_examples, shard_size, indices_at
 
 
-def _tfds_stream(tf, src: _TfdsSource, train, repeat, batch_size, start_batch, process_index,
-                 process_count, seed, shuffle_buffer, preprocess, padding_example):
+def _tfds_stream(
+  tf,
+  src: _TfdsSource,
+  train,
+  repeat,
+  batch_size,
+  start_batch,
+  process_index,
+  process_count,
+  seed,
+  shuffle_buffer,
+  preprocess,
+  padding_example,
+):
   """Records -> examples for a TFDS source. Returns (ds, total, shard_size)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  shard_split = tfds.even_splits(src.split, n=process_count, drop_remainder=False)[process_index]
-  read_config = tfds.ReadConfig(shuffle_seed=seed, shuffle_reshuffle_each_iteration=True)
+
+  shard_split = tfds.even_splits(
+    src.split, n=process_count, drop_remainder=False
+  )[process_index]
+  read_config = tfds.ReadConfig(
+    shuffle_seed=seed, shuffle_reshuffle_each_iteration=True
+  )
   decoders = {'image': tfds.decode.SkipDecoding()}
-  ds = src.builder.as_dataset(split=shard_split, shuffle_files=train, read_config=read_config,
-                              decoders=decoders)
+  ds = src.builder.as_dataset(
+    split=shard_split,
+    shuffle_files=train,
+    read_config=read_config,
+    decoders=decoders,
+  )
   shard_size = int(ds.cardinality())
   try:
     total = int(src.builder.info.splits[src.split].num_examples)
   except (KeyError, ValueError, TypeError):
     total = 0
-  if total <= 0:  # Split metadata unavailable (e.g. mocked data): count the split itself.
-    total = int(src.builder.as_dataset(split=src.split, decoders=decoders).cardinality())
+  if (
+    total <= 0
+  ):  # Split metadata unavailable (e.g. mocked data): count the split itself.
+    total = int(
+      src.builder.as_dataset(split=src.split, decoders=decoders).cardinality()
+    )
   if shard_size < 0 or total < 0:
     raise ValueError(f'Cannot count the examples of {src.name}:{src.split}.')
 
@@ -240,25 +348,37 @@ def _tfds_stream(tf, src: _TfdsSource, train, repeat, batch_size, start_batch, p
   start = start_batch * batch_size
   if train:
     if shard_size < batch_size:
-      raise ValueError(f'Process {process_index} has {shard_size} training examples in '
-                       f'{src.name}:{src.split}, fewer than one batch of {batch_size}.')
+      raise ValueError(
+        f'Process {process_index} has {shard_size} training examples in '
+        f'{src.name}:{src.split}, fewer than one batch of {batch_size}.'
+      )
     buffer = shuffle_buffer or max(16 * batch_size, 10_000)
     ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
       ds = ds.repeat()
     # Skipping happens on encoded records (no decoding), before augmentation.
     ds = ds.enumerate().skip(start)
-    ds = ds.map(_plain(tf, lambda position, ex: preprocess(*decode(ex), position)),
-                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(
+      _plain(tf, lambda position, ex: preprocess(*decode(ex), position)),
+      num_parallel_calls=tf.data.AUTOTUNE,
+    )
   else:
-    padded = math.ceil(math.ceil(total / process_count) / batch_size) * batch_size
+    padded = (
+      math.ceil(math.ceil(total / process_count) / batch_size) * batch_size
+    )
     if shard_size > padded:
-      raise ValueError(f'{src.name}:{src.split} shard {process_index} has {shard_size} examples, '
-                       f'more than the {total} / {process_count} expected; split metadata and '
-                       'data disagree.')
-    real = ds.enumerate().map(_plain(tf, lambda position, ex: preprocess(*decode(ex), position)),
-                              num_parallel_calls=tf.data.AUTOTUNE)
-    pads = tf.data.Dataset.range(padded - shard_size).map(_plain(tf, padding_example))
+      raise ValueError(
+        f'{src.name}:{src.split} shard {process_index} has {shard_size} examples, '
+        f'more than the {total} / {process_count} expected; split metadata and '
+        'data disagree.'
+      )
+    real = ds.enumerate().map(
+      _plain(tf, lambda position, ex: preprocess(*decode(ex), position)),
+      num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    pads = tf.data.Dataset.range(padded - shard_size).map(
+      _plain(tf, padding_example)
+    )
     ds = real.concatenate(pads)
     if repeat:
       ds = ds.repeat()

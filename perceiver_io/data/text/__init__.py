@@ -33,7 +33,17 @@ from perceiver_io.data.text.pipeline import TextStats
 from perceiver_io.data.text.tfds_source import local_source_hint
 
 __all__ = [
-    'GLUE_TASKS', 'GlueTask', 'IGNORE_LABEL', 'SplitPart', 'TextDatasetInfo', 'TextStats',
-    'UNLABELED', 'local_source_hint', 'make_mlm_dataset', 'make_text_dataset',
-    'mask_bytes_for_mlm', 'parse_source', 'parse_split',
+  'GLUE_TASKS',
+  'GlueTask',
+  'IGNORE_LABEL',
+  'SplitPart',
+  'TextDatasetInfo',
+  'TextStats',
+  'UNLABELED',
+  'local_source_hint',
+  'make_mlm_dataset',
+  'make_text_dataset',
+  'mask_bytes_for_mlm',
+  'parse_source',
+  'parse_split',
 ]

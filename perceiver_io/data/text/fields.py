@@ -22,11 +22,15 @@ def _as_tuple(fields: Any) -> tuple[Any, ...] | None:
     return (fields,)
   fields = tuple(fields)
   if len(fields) not in (1, 2):
-    raise ValueError(f'text_fields must name one text or a pair, got {fields!r}.')
+    raise ValueError(
+      f'text_fields must name one text or a pair, got {fields!r}.'
+    )
   return fields
 
 
-def _class_map(classes: Any) -> tuple[dict[str, int] | None, tuple[str, ...] | None, int | None]:
+def _class_map(
+  classes: Any,
+) -> tuple[dict[str, int] | None, tuple[str, ...] | None, int | None]:
   """Returns (label string -> id, class names, num_classes) for `classes`."""
   if classes is None:
     return None, None, None
@@ -35,14 +39,18 @@ def _class_map(classes: Any) -> tuple[dict[str, int] | None, tuple[str, ...] | N
   elif isinstance(classes, Mapping):
     ids = sorted(set(int(v) for v in classes.values()))
     if ids != list(range(len(ids))):
-      raise ValueError(f'classes mapping must use ids 0..n-1, got {sorted(classes.values())}.')
+      raise ValueError(
+        f'classes mapping must use ids 0..n-1, got {sorted(classes.values())}.'
+      )
     mapping = {str(k).strip(): int(v) for k, v in classes.items()}
     names = tuple(next(k for k, v in mapping.items() if v == i) for i in ids)
     return mapping, names, len(ids)
   elif isinstance(classes, Sequence) and not isinstance(classes, str):
     names = tuple(str(c).strip() for c in classes)
   else:
-    raise ValueError(f'classes must be None, an int, a list of names or a dict, got {classes!r}.')
+    raise ValueError(
+      f'classes must be None, an int, a list of names or a dict, got {classes!r}.'
+    )
   if len(set(names)) != len(names) or not names:
     raise ValueError(f'classes must be non-empty and unique, got {names!r}.')
   return {n: i for i, n in enumerate(names)}, names, len(names)

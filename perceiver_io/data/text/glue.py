@@ -27,6 +27,7 @@ class GlueTask:
     test_splits: unlabelled splits (labels are -1).
     metrics: the official metric names, the first one being the headline.
   """
+
   tfds_name: str
   text_fields: tuple[str, ...]
   num_classes: int | None
@@ -41,32 +42,83 @@ class GlueTask:
     return self.num_classes is None
 
 
-def _glue(config, fields, classes, metrics, eval_splits=('validation',),
-          test_splits=('test',), train_split='train'):
-  return GlueTask(f'glue/{config}', fields, None if classes is None else len(classes),
-                  classes, train_split, eval_splits, test_splits, metrics)
+def _glue(
+  config,
+  fields,
+  classes,
+  metrics,
+  eval_splits=('validation',),
+  test_splits=('test',),
+  train_split='train',
+):
+  return GlueTask(
+    f'glue/{config}',
+    fields,
+    None if classes is None else len(classes),
+    classes,
+    train_split,
+    eval_splits,
+    test_splits,
+    metrics,
+  )
 
 
 GLUE_TASKS: dict[str, GlueTask] = {
-    'cola': _glue('cola', ('sentence',), ('unacceptable', 'acceptable'),
-                  ('matthews_corrcoef',)),
-    'sst2': _glue('sst2', ('sentence',), ('negative', 'positive'), ('accuracy',)),
-    'mrpc': _glue('mrpc', ('sentence1', 'sentence2'), ('not_equivalent', 'equivalent'),
-                  ('f1', 'accuracy')),
-    'qqp': _glue('qqp', ('question1', 'question2'), ('not_duplicate', 'duplicate'),
-                 ('f1', 'accuracy')),
-    'stsb': _glue('stsb', ('sentence1', 'sentence2'), None, ('pearson', 'spearman')),
-    'mnli': _glue('mnli', ('premise', 'hypothesis'),
-                  ('entailment', 'neutral', 'contradiction'), ('accuracy',),
-                  eval_splits=('validation_matched', 'validation_mismatched'),
-                  test_splits=('test_matched', 'test_mismatched')),
-    'qnli': _glue('qnli', ('question', 'sentence'), ('entailment', 'not_entailment'),
-                  ('accuracy',)),
-    'rte': _glue('rte', ('sentence1', 'sentence2'), ('entailment', 'not_entailment'),
-                 ('accuracy',)),
-    'wnli': _glue('wnli', ('sentence1', 'sentence2'), ('not_entailment', 'entailment'),
-                  ('accuracy',)),
-    # The diagnostic set: test only, scored with Matthews correlation (R3).
-    'ax': _glue('ax', ('premise', 'hypothesis'), ('entailment', 'neutral', 'contradiction'),
-                ('matthews_corrcoef',), eval_splits=(), train_split=None),
+  'cola': _glue(
+    'cola',
+    ('sentence',),
+    ('unacceptable', 'acceptable'),
+    ('matthews_corrcoef',),
+  ),
+  'sst2': _glue('sst2', ('sentence',), ('negative', 'positive'), ('accuracy',)),
+  'mrpc': _glue(
+    'mrpc',
+    ('sentence1', 'sentence2'),
+    ('not_equivalent', 'equivalent'),
+    ('f1', 'accuracy'),
+  ),
+  'qqp': _glue(
+    'qqp',
+    ('question1', 'question2'),
+    ('not_duplicate', 'duplicate'),
+    ('f1', 'accuracy'),
+  ),
+  'stsb': _glue(
+    'stsb', ('sentence1', 'sentence2'), None, ('pearson', 'spearman')
+  ),
+  'mnli': _glue(
+    'mnli',
+    ('premise', 'hypothesis'),
+    ('entailment', 'neutral', 'contradiction'),
+    ('accuracy',),
+    eval_splits=('validation_matched', 'validation_mismatched'),
+    test_splits=('test_matched', 'test_mismatched'),
+  ),
+  'qnli': _glue(
+    'qnli',
+    ('question', 'sentence'),
+    ('entailment', 'not_entailment'),
+    ('accuracy',),
+  ),
+  'rte': _glue(
+    'rte',
+    ('sentence1', 'sentence2'),
+    ('entailment', 'not_entailment'),
+    ('accuracy',),
+  ),
+  'wnli': _glue(
+    'wnli',
+    ('sentence1', 'sentence2'),
+    ('not_entailment', 'entailment'),
+    ('accuracy',),
+  ),
+  # The diagnostic set: test only, scored with Matthews correlation (R3).
+  'ax': _glue(
+    'ax',
+    ('premise', 'hypothesis'),
+    ('entailment', 'neutral', 'contradiction'),
+    ('matthews_corrcoef',),
+    eval_splits=(),
+    train_split=None,
+  ),
 }

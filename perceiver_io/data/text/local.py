@@ -52,28 +52,44 @@ from perceiver_io.data.text.fields import UNLABELED
 # Column names tried, in order, when `text_fields` / `label_field` are None for
 # a local file (GLUE TSVs in original and HF layout, IMDB CSVs).
 _KNOWN_TEXT_COLUMNS = (
-    ('sentence1', 'sentence2'), ('#1 String', '#2 String'), ('question1', 'question2'),
-    ('question', 'sentence'), ('premise', 'hypothesis'), ('sentence',), ('text',),
-    ('review',))
-_KNOWN_LABEL_COLUMNS = ('label', 'Quality', 'is_duplicate', 'score', 'gold_label',
-                        'sentiment')
+  ('sentence1', 'sentence2'),
+  ('#1 String', '#2 String'),
+  ('question1', 'question2'),
+  ('question', 'sentence'),
+  ('premise', 'hypothesis'),
+  ('sentence',),
+  ('text',),
+  ('review',),
+)
+_KNOWN_LABEL_COLUMNS = (
+  'label',
+  'Quality',
+  'is_duplicate',
+  'score',
+  'gold_label',
+  'sentiment',
+)
 
 
 # -------------------------------------------------------------- split syntax
 _PART_RE = re.compile(
-    r'^\s*(?P<name>[^\[\]+:]+?)\s*(?:\[\s*(?P<start>-?\d+%?)?\s*:\s*(?P<stop>-?\d+%?)?\s*\])?\s*$')
+  r'^\s*(?P<name>[^\[\]+:]+?)\s*(?:\[\s*(?P<start>-?\d+%?)?\s*:\s*(?P<stop>-?\d+%?)?\s*\])?\s*$'
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class SplitPart:
   """One ``name[start:stop]`` term of a split string; bounds are raw strings."""
+
   name: str
   start: str | None
   stop: str | None
 
   def indices(self, num_rows: int) -> range:
     """The row indices this term selects from `num_rows` rows."""
-    return range(num_rows)[slice(_bound(self.start, num_rows), _bound(self.stop, num_rows))]
+    return range(num_rows)[
+      slice(_bound(self.start, num_rows), _bound(self.stop, num_rows))
+    ]
 
 
 def _bound(text: str | None, num_rows: int) -> int | None:
@@ -102,15 +118,18 @@ def parse_split(split: str) -> list[SplitPart]:
     The parts, in order.
   """
   if not isinstance(split, str) or not split.strip():
-    raise ValueError(f'split must be a non-empty string like "train" or "train[:100]", '
-                     f'got {split!r}.')
+    raise ValueError(
+      f'split must be a non-empty string like "train" or "train[:100]", '
+      f'got {split!r}.'
+    )
   parts = []
   for text in split.split('+'):
     match = _PART_RE.match(text)
     if not match:
       raise ValueError(
-          f'cannot parse split term {text!r} of {split!r}; expected name, name[a:b], '
-          'name[:10%] or several joined with "+" (e.g. "train[:100]+train[-100:]").')
+        f'cannot parse split term {text!r} of {split!r}; expected name, name[a:b], '
+        'name[:10%] or several joined with "+" (e.g. "train[:100]+train[-100:]").'
+      )
     parts.append(SplitPart(match['name'], match['start'], match['stop']))
   return parts
 
@@ -119,6 +138,7 @@ def parse_split(split: str) -> list[SplitPart]:
 @dataclasses.dataclass
 class _Rows:
   """Examples read into memory: texts as raw bytes, labels as an array."""
+
   text_a: list[bytes]
   text_b: list[bytes] | None
   labels: np.ndarray
@@ -134,8 +154,10 @@ def _field_bytes(value: Any, where: str, field: Any) -> tuple[bytes, bool]:
     except UnicodeDecodeError:
       return value, True
   if not isinstance(value, str):
-    raise ValueError(f'{where}: text field {field!r} is {type(value).__name__} '
-                     f'({value!r:.60}), expected a string.')
+    raise ValueError(
+      f'{where}: text field {field!r} is {type(value).__name__} '
+      f'({value!r:.60}), expected a string.'
+    )
   try:
     return value.encode('utf-8'), False
   except UnicodeEncodeError:  # Undecodable bytes kept by surrogateescape.
@@ -148,7 +170,9 @@ def _field_bytes(value: Any, where: str, field: Any) -> tuple[bytes, bool]:
 def _read_text(path: str) -> str:
   """File text; undecodable bytes survive as surrogates, a BOM is dropped."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'data file {path!r} does not exist (from the source path).')
+    raise FileNotFoundError(
+      f'data file {path!r} does not exist (from the source path).'
+    )
   with open(path, 'rb') as f:
     data = f.read()
   return data.decode('utf-8-sig', errors='surrogateescape')
@@ -176,15 +200,20 @@ def _table_records(path: str, kind: str, has_header: bool):
       try:
         obj = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f'{path}, line {line_no}: not valid JSON ({e.msg}).') from None
+        raise ValueError(
+          f'{path}, line {line_no}: not valid JSON ({e.msg}).'
+        ) from None
       if not isinstance(obj, dict):
-        raise ValueError(f'{path}, line {line_no}: expected a JSON object, got '
-                         f'{type(obj).__name__}.')
+        raise ValueError(
+          f'{path}, line {line_no}: expected a JSON object, got '
+          f'{type(obj).__name__}.'
+        )
       records.append((len(records) + 1, line_no, obj))
     return None, records
   if kind == 'tsv':
-    reader = csv.reader(io.StringIO(text, newline=''), delimiter='\t',
-                        quoting=csv.QUOTE_NONE)
+    reader = csv.reader(
+      io.StringIO(text, newline=''), delimiter='\t', quoting=csv.QUOTE_NONE
+    )
   else:
     reader = csv.reader(io.StringIO(text, newline=''))
   records, columns = [], None
@@ -200,7 +229,9 @@ def _table_records(path: str, kind: str, has_header: bool):
           continue
         records.append((len(records) + 1, line_no, fields))
     except csv.Error as e:
-      raise ValueError(f'{path}, line {reader.line_num}: malformed {kind.upper()} ({e}).') from None
+      raise ValueError(
+        f'{path}, line {reader.line_num}: malformed {kind.upper()} ({e}).'
+      ) from None
   if has_header and columns is None:
     raise ValueError(f'{path} is empty: expected a header line and rows.')
   return columns, records
@@ -210,17 +241,25 @@ def _guess_fields(columns, text_fields, label_field, path):
   """Resolves None text/label fields from known GLUE / IMDB column names."""
   if text_fields is None:
     if columns is None:
-      raise ValueError(f'{path} has no header line; pass text_fields (column indices, '
-                       'e.g. (3,) for CoLA) and label_field.')
-    text_fields = next((c for c in _KNOWN_TEXT_COLUMNS if all(x in columns for x in c)), None)
+      raise ValueError(
+        f'{path} has no header line; pass text_fields (column indices, '
+        'e.g. (3,) for CoLA) and label_field.'
+      )
+    text_fields = next(
+      (c for c in _KNOWN_TEXT_COLUMNS if all(x in columns for x in c)), None
+    )
     if text_fields is None:
-      raise ValueError(f'{path}: cannot guess the text column(s) from {columns}; pass '
-                       'text_fields=("name",) or ("first", "second").')
+      raise ValueError(
+        f'{path}: cannot guess the text column(s) from {columns}; pass '
+        'text_fields=("name",) or ("first", "second").'
+      )
   if label_field is None and columns is not None:
     label_field = next((c for c in _KNOWN_LABEL_COLUMNS if c in columns), None)
     if label_field is None:
-      raise ValueError(f'{path}: cannot guess the label column from {columns}; pass '
-                       'label_field="name" (or label_field=False for unlabelled data).')
+      raise ValueError(
+        f'{path}: cannot guess the label column from {columns}; pass '
+        'label_field="name" (or label_field=False for unlabelled data).'
+      )
   return text_fields, label_field
 
 
@@ -231,9 +270,11 @@ def _make_getter(columns, field, path, what):
   if isinstance(field, (int, np.integer)) and not isinstance(field, bool):
     return lambda record: record[int(field)]
   if field not in columns:
-    raise ValueError(f'{path}: {what} column {field!r} is not in the header (line 1) '
-                     f'{columns}; pass {"label_field" if what == "label" else "text_fields"} '
-                     'with one of them.')
+    raise ValueError(
+      f'{path}: {what} column {field!r} is not in the header (line 1) '
+      f'{columns}; pass {"label_field" if what == "label" else "text_fields"} '
+      'with one of them.'
+    )
   index = columns.index(field)
   return lambda record: record[index]
 
@@ -244,7 +285,9 @@ def _convert_label(raw, task, class_map, where):
     try:
       value = float(raw)
     except (TypeError, ValueError):
-      raise ValueError(f'{where}: label {raw!r} is not a number (task="regression").') from None
+      raise ValueError(
+        f'{where}: label {raw!r} is not a number (task="regression").'
+      ) from None
     if not math.isfinite(value):
       raise ValueError(f'{where}: label {raw!r} is not finite.')
     return value
@@ -253,35 +296,58 @@ def _convert_label(raw, task, class_map, where):
   key = str(raw).strip()
   if class_map is not None:
     if key not in class_map:
-      raise ValueError(f'{where}: label {raw!r} is not one of the classes {list(class_map)}.')
+      raise ValueError(
+        f'{where}: label {raw!r} is not one of the classes {list(class_map)}.'
+      )
     return class_map[key]
   if not re.fullmatch(r'\d+', key):
-    raise ValueError(f'{where}: label {raw!r} is not a class id >= 0; pass classes=[...] '
-                     'with the label names (or task="regression" for numbers).')
+    raise ValueError(
+      f'{where}: label {raw!r} is not a class id >= 0; pass classes=[...] '
+      'with the label names (or task="regression" for numbers).'
+    )
   return int(key)
 
 
-def _read_table_rows(path, kind, text_fields, label_field, task, class_map, has_header):
+def _read_table_rows(
+  path, kind, text_fields, label_field, task, class_map, has_header
+):
   """Every row of one TSV/CSV/JSONL file as (text_a, text_b, label) lists."""
   columns, records = _table_records(path, kind, has_header)
   known = columns
   if kind == 'jsonl' and records:
     known = list(records[0][2].keys())  # Guess names from the first object.
-  text_fields, label_field = _guess_fields(known, text_fields, label_field, path)
+  text_fields, label_field = _guess_fields(
+    known, text_fields, label_field, path
+  )
   if label_field is None:
-    raise ValueError(f'{path} has no header line; pass label_field (a column index) or '
-                     'label_field=False for unlabelled data.')
+    raise ValueError(
+      f'{path} has no header line; pass label_field (a column index) or '
+      'label_field=False for unlabelled data.'
+    )
   getters = [_make_getter(columns, f, path, 'text') for f in text_fields]
-  label_getter = (None if label_field is False
-                  else _make_getter(columns, label_field, path, 'label'))
-  text_a, text_b, labels, invalid = [], [] if len(text_fields) == 2 else None, [], 0
+  label_getter = (
+    None
+    if label_field is False
+    else _make_getter(columns, label_field, path, 'label')
+  )
+  text_a, text_b, labels, invalid = (
+    [],
+    [] if len(text_fields) == 2 else None,
+    [],
+    0,
+  )
   for row, line, record in records:
     where = f'{path}, row {row} (line {line})'
     if columns is not None and len(record) != len(columns):
-      why = ('with quoting off, a tab inside a text breaks the row' if kind == 'tsv' else
-             'a comma inside an unquoted text, or a quote (") left open, breaks the row')
-      raise ValueError(f'{where}: has {len(record)} fields but the header has '
-                       f'{len(columns)} ({columns}); {why}.')
+      why = (
+        'with quoting off, a tab inside a text breaks the row'
+        if kind == 'tsv'
+        else 'a comma inside an unquoted text, or a quote (") left open, breaks the row'
+      )
+      raise ValueError(
+        f'{where}: has {len(record)} fields but the header has '
+        f'{len(columns)} ({columns}); {why}.'
+      )
     values = []
     for field, getter in zip(text_fields, getters):
       try:
@@ -299,10 +365,20 @@ def _read_table_rows(path, kind, text_fields, label_field, task, class_map, has_
     try:
       raw = label_getter(record)
     except (KeyError, IndexError):
-      raise ValueError(f'{where}: missing label field {label_field!r}.') from None
+      raise ValueError(
+        f'{where}: missing label field {label_field!r}.'
+      ) from None
     labels.append(_convert_label(raw, task, class_map, where))
-  return _Rows(text_a, text_b, np.asarray(labels, np.float32 if task == 'regression'
-                                          else np.int64), invalid), text_fields, label_field
+  return (
+    _Rows(
+      text_a,
+      text_b,
+      np.asarray(labels, np.float32 if task == 'regression' else np.int64),
+      invalid,
+    ),
+    text_fields,
+    label_field,
+  )
 
 
 def _read_aclimdb_rows(root: str, name: str) -> _Rows:
@@ -311,11 +387,12 @@ def _read_aclimdb_rows(root: str, name: str) -> _Rows:
   dirs = [os.path.join(folder, 'neg'), os.path.join(folder, 'pos')]
   if not any(os.path.isdir(d) for d in dirs):
     raise FileNotFoundError(
-        f'aclImdb layout not found: expected folders {dirs[0]} and/or {dirs[1]} with '
-        '*.txt reviews (the extracted aclImdb_v1.tar.gz; split names are train/test).')
+      f'aclImdb layout not found: expected folders {dirs[0]} and/or {dirs[1]} with '
+      '*.txt reviews (the extracted aclImdb_v1.tar.gz; split names are train/test).'
+    )
   entries = []
   for label, d in enumerate(dirs):
-    for file_name in (os.listdir(d) if os.path.isdir(d) else ()):
+    for file_name in os.listdir(d) if os.path.isdir(d) else ():
       if file_name.endswith('.txt'):
         stem = file_name[:-4].split('_')[0]
         key = int(stem) if stem.isdigit() else -1
@@ -350,8 +427,9 @@ def _read_text_docs(pattern: str) -> _Rows:
   return _Rows(docs, None, np.full(len(docs), UNLABELED, np.int64), invalid)
 
 
-def _load_local(kind, path, split, *, text_fields, label_field, task, class_map,
-                has_header):
+def _load_local(
+  kind, path, split, *, text_fields, label_field, task, class_map, has_header
+):
   """Reads the rows a local source and split select; returns (rows, fields)."""
   text_fields = _as_tuple(text_fields)
   cache: dict[str, tuple[_Rows, Any, Any]] = {}
@@ -365,14 +443,19 @@ def _load_local(kind, path, split, *, text_fields, label_field, task, class_map,
         cache[target] = _read_text_docs(target), ('text',), False
       else:
         cache[target] = _read_table_rows(
-            target, kind, text_fields, label_field, task, class_map, has_header)
+          target, kind, text_fields, label_field, task, class_map, has_header
+        )
     rows = cache[target][0]
     chosen.append((rows, part.indices(len(rows.text_a))))
   _, text_fields, label_field = next(iter(cache.values()))
   pair = len(text_fields) == 2
   text_a = [rows.text_a[i] for rows, idx in chosen for i in idx]
-  text_b = [rows.text_b[i] for rows, idx in chosen for i in idx] if pair else None
-  labels = np.concatenate([rows.labels[np.asarray(idx, np.int64)] for rows, idx in chosen])
+  text_b = (
+    [rows.text_b[i] for rows, idx in chosen for i in idx] if pair else None
+  )
+  labels = np.concatenate(
+    [rows.labels[np.asarray(idx, np.int64)] for rows, idx in chosen]
+  )
   invalid = sum(_count_invalid(rows, idx) for rows, idx in chosen)
   return _Rows(text_a, text_b, labels, invalid), text_fields, label_field
 

@@ -32,12 +32,17 @@ from perceiver_io.data.text.tfds_source import _tfds_fields
 from perceiver_io.data.text.tfds_source import _tfds_raw
 
 IGNORE_LABEL = -100  # mlm_labels value at positions that are not predicted.
-_WHITESPACE_IDS = np.array([c + tokenizer_lib.NUM_SPECIAL_TOKENS for c in b' \t\n\r\x0b\x0c'])
+_WHITESPACE_IDS = np.array(
+  [c + tokenizer_lib.NUM_SPECIAL_TOKENS for c in b' \t\n\r\x0b\x0c']
+)
 
 
-def mask_bytes_for_mlm(input_ids: np.ndarray, attention_mask: np.ndarray,
-                       rng: np.random.Generator | int, mask_prob: float = 0.15,
-                       ) -> dict[str, np.ndarray]:
+def mask_bytes_for_mlm(
+  input_ids: np.ndarray,
+  attention_mask: np.ndarray,
+  rng: np.random.Generator | int,
+  mask_prob: float = 0.15,
+) -> dict[str, np.ndarray]:
   """The paper's whole-word byte masking (BERT's 80/10/10), vectorised.
 
   A word is a maximal run of non-whitespace byte ids (>= 6) with attention 1;
@@ -64,22 +69,30 @@ def mask_bytes_for_mlm(input_ids: np.ndarray, attention_mask: np.ndarray,
     rng = np.random.default_rng(rng)
   ids = np.asarray(input_ids)
   if ids.ndim != 2 or np.shape(attention_mask) != ids.shape:
-    raise ValueError(f'input_ids and attention_mask must both be [B, L], got {ids.shape} '
-                     f'and {np.shape(attention_mask)}.')
+    raise ValueError(
+      f'input_ids and attention_mask must both be [B, L], got {ids.shape} '
+      f'and {np.shape(attention_mask)}.'
+    )
   if not 0.0 <= mask_prob <= 1.0:
     raise ValueError(f'mask_prob must be in [0, 1], got {mask_prob}.')
-  real = (np.asarray(attention_mask) == 1) & (ids >= tokenizer_lib.NUM_SPECIAL_TOKENS)
+  real = (np.asarray(attention_mask) == 1) & (
+    ids >= tokenizer_lib.NUM_SPECIAL_TOKENS
+  )
   in_word = real & ~np.isin(ids, _WHITESPACE_IDS)
   previous = np.zeros_like(in_word)
   previous[:, 1:] = in_word[:, :-1]
   starts = in_word & ~previous
-  word_of = (np.cumsum(starts.ravel()) - 1).reshape(ids.shape)  # Row-major word ids.
+  word_of = (np.cumsum(starts.ravel()) - 1).reshape(
+    ids.shape
+  )  # Row-major word ids.
   num_words = int(starts.sum())
   chosen = np.zeros(ids.shape, bool)
   if num_words:
     word_len = np.bincount(word_of[in_word], minlength=num_words)
     word_row = np.nonzero(starts)[0]
-    order = np.lexsort((rng.random(num_words), word_row))  # By row, random within.
+    order = np.lexsort(
+      (rng.random(num_words), word_row)
+    )  # By row, random within.
     sorted_len, sorted_row = word_len[order], word_row[order]
     row_total = np.bincount(word_row, weights=word_len, minlength=ids.shape[0])
     row_offset = np.concatenate([[0.0], np.cumsum(row_total)[:-1]])
@@ -90,21 +103,43 @@ def mask_bytes_for_mlm(input_ids: np.ndarray, attention_mask: np.ndarray,
     take[order] = take_sorted
     chosen = in_word & take[np.where(in_word, word_of, 0)]
   draw = rng.random(ids.shape)
-  random_ids = rng.integers(tokenizer_lib.NUM_SPECIAL_TOKENS, tokenizer_lib.VOCAB_SIZE,
-                            ids.shape)
-  corrupted = np.where(chosen & (draw < 0.8), tokenizer_lib.MASK_ID,
-                       np.where(chosen & (draw >= 0.8) & (draw < 0.9), random_ids, ids))
-  return {'input_ids': corrupted.astype(np.int32),
-          'mlm_labels': np.where(chosen, ids, IGNORE_LABEL).astype(np.int32),
-          'mlm_weights': chosen.astype(np.float32)}
+  random_ids = rng.integers(
+    tokenizer_lib.NUM_SPECIAL_TOKENS, tokenizer_lib.VOCAB_SIZE, ids.shape
+  )
+  corrupted = np.where(
+    chosen & (draw < 0.8),
+    tokenizer_lib.MASK_ID,
+    np.where(chosen & (draw >= 0.8) & (draw < 0.9), random_ids, ids),
+  )
+  return {
+    'input_ids': corrupted.astype(np.int32),
+    'mlm_labels': np.where(chosen, ids, IGNORE_LABEL).astype(np.int32),
+    'mlm_weights': chosen.astype(np.float32),
+  }
 
 
-_MLM_KEYS = ('input_ids', 'attention_mask', 'mlm_labels', 'mlm_weights', 'mask',
-             'num_truncated', 'index')
+_MLM_KEYS = (
+  'input_ids',
+  'attention_mask',
+  'mlm_labels',
+  'mlm_weights',
+  'mask',
+  'num_truncated',
+  'index',
+)
 
 
-def _mlm_batch(step, texts, *, tokenizer, max_length, batch_size, seed, process_index,
-               mask_prob):
+def _mlm_batch(
+  step,
+  texts,
+  *,
+  tokenizer,
+  max_length,
+  batch_size,
+  seed,
+  process_index,
+  mask_prob,
+):
   """NumPy: joined documents -> random crop -> ids -> masked batch."""
   rng = np.random.default_rng([seed, process_index, int(step)])
   budget = max_length - 2
@@ -114,45 +149,56 @@ def _mlm_batch(step, texts, *, tokenizer, max_length, batch_size, seed, process_
     if len(text) > budget:
       start = int(rng.integers(0, len(text) - budget + 1))
       cut[i] = len(text) - budget
-      text = text[start:start + budget]
+      text = text[start : start + budget]
     crops.append(text)
   num_real = len(crops)
   crops += [b''] * (batch_size - num_real)
-  enc = tokenizer.batch_encode(crops, max_length=max_length, padding='max_length',
-                               truncation=True)
-  masked = mask_bytes_for_mlm(enc['input_ids'], enc['attention_mask'], rng, mask_prob)
+  enc = tokenizer.batch_encode(
+    crops, max_length=max_length, padding='max_length', truncation=True
+  )
+  masked = mask_bytes_for_mlm(
+    enc['input_ids'], enc['attention_mask'], rng, mask_prob
+  )
   mask = np.zeros(batch_size, np.float32)
   mask[:num_real] = 1.0
   masked['mlm_weights'] *= mask[:, None]
-  masked['mlm_labels'] = np.where(mask[:, None] > 0, masked['mlm_labels'],
-                                  IGNORE_LABEL).astype(np.int32)
+  masked['mlm_labels'] = np.where(
+    mask[:, None] > 0, masked['mlm_labels'], IGNORE_LABEL
+  ).astype(np.int32)
   index = np.full(batch_size, -1, np.int32)
   index[:num_real] = int(step) * batch_size + np.arange(num_real)
-  return (masked['input_ids'], enc['attention_mask'], masked['mlm_labels'],
-          masked['mlm_weights'], mask, cut + enc['num_truncated'], index)
+  return (
+    masked['input_ids'],
+    enc['attention_mask'],
+    masked['mlm_labels'],
+    masked['mlm_weights'],
+    mask,
+    cut + enc['num_truncated'],
+    index,
+  )
 
 
 def make_mlm_dataset(
-    source: str,
-    split: str,
-    *,
-    max_length: int,
-    batch_size: int,
-    repeat: bool,
-    tokenizer: tokenizer_lib.ByteTokenizer | None = None,
-    text_field: Any = None,
-    docs_per_example: int = 10,
-    doc_separator: str | bytes = '\n',
-    mask_prob: float = 0.15,
-    shuffle: bool | None = None,
-    seed: int = 0,
-    shuffle_buffer: int = 16_384,
-    start_step: int = 0,
-    process_index: int = 0,
-    process_count: int = 1,
-    data_dir: str | None = None,
-    download: bool = False,
-    has_header: bool = True,
+  source: str,
+  split: str,
+  *,
+  max_length: int,
+  batch_size: int,
+  repeat: bool,
+  tokenizer: tokenizer_lib.ByteTokenizer | None = None,
+  text_field: Any = None,
+  docs_per_example: int = 10,
+  doc_separator: str | bytes = '\n',
+  mask_prob: float = 0.15,
+  shuffle: bool | None = None,
+  seed: int = 0,
+  shuffle_buffer: int = 16_384,
+  start_step: int = 0,
+  process_index: int = 0,
+  process_count: int = 1,
+  data_dir: str | None = None,
+  download: bool = False,
+  has_header: bool = True,
 ):
   """Byte MLM pipeline: concatenate documents, crop, mask (paper recipe).
 
@@ -190,6 +236,7 @@ def make_mlm_dataset(
     mlm_weights, mask, num_truncated (bytes not used by the crop), index.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   max_length = _check_int('max_length', max_length, 2)
   batch_size = _check_int('batch_size', batch_size, 1)
   start_step = _check_int('start_step', start_step, 0)
@@ -200,46 +247,99 @@ def make_mlm_dataset(
   kind, path = parse_source(source)
   if kind == 'tfds':
     builder = _tfds_builder(path, data_dir, download, task='mlm')
-    text_fields, _ = _tfds_fields(builder, path, _as_tuple(text_field or 'text'), None, 'mlm')
+    text_fields, _ = _tfds_fields(
+      builder, path, _as_tuple(text_field or 'text'), None, 'mlm'
+    )
     shard_splits = _tfds_even_splits(split, process_count)
     sizes = [_tfds_count(builder, s) for s in shard_splits]
-    base = _tfds_raw(tf, builder, shard_splits[process_index], text_fields, False, False,
-                     False, index_offset=0)
+    base = _tfds_raw(
+      tf,
+      builder,
+      shard_splits[process_index],
+      text_fields,
+      False,
+      False,
+      False,
+      index_offset=0,
+    )
     base = base.map(lambda ex: ex['text_a'])
   else:
     rows, text_fields, _ = _load_local(
-        kind, path, split, text_fields=_as_tuple(text_field) if text_field is not None
-        else (None if kind in ('tsv', 'csv', 'jsonl') else ('text',)),
-        label_field=False, task='classification', class_map=None, has_header=has_header)
+      kind,
+      path,
+      split,
+      text_fields=_as_tuple(text_field)
+      if text_field is not None
+      else (None if kind in ('tsv', 'csv', 'jsonl') else ('text',)),
+      label_field=False,
+      task='classification',
+      class_map=None,
+      has_header=has_header,
+    )
     shards = _process_shards(len(rows.text_a), process_count)
     sizes = [stop - start for start, stop in shards]
     start, stop = shards[process_index]
-    base = tf.data.Dataset.from_tensor_slices(_string_tensor(tf, rows.text_a[start:stop]))
+    base = tf.data.Dataset.from_tensor_slices(
+      _string_tensor(tf, rows.text_a[start:stop])
+    )
   num_local = sizes[process_index]
   if num_local == 0:
-    raise ValueError(f'process {process_index} of {process_count} has no documents in '
-                     f'{source!r} split {split!r}.')
-  docs = _epoch_stream(tf, base, num_examples=num_local, batch_size=batch_size,
-                       start_step=start_step, shuffle=shuffle, seed=seed,
-                       shuffle_buffer=shuffle_buffer, repeat=repeat,
-                       examples_per_step=batch_size * docs_per_example)
+    raise ValueError(
+      f'process {process_index} of {process_count} has no documents in '
+      f'{source!r} split {split!r}.'
+    )
+  docs = _epoch_stream(
+    tf,
+    base,
+    num_examples=num_local,
+    batch_size=batch_size,
+    start_step=start_step,
+    shuffle=shuffle,
+    seed=seed,
+    shuffle_buffer=shuffle_buffer,
+    repeat=repeat,
+    examples_per_step=batch_size * docs_per_example,
+  )
   joined = docs.batch(docs_per_example, drop_remainder=repeat).map(
-      lambda group: tf.strings.reduce_join(group, separator=doc_separator))
+    lambda group: tf.strings.reduce_join(group, separator=doc_separator)
+  )
   fn = lambda step, texts: _mlm_batch(  # noqa: E731
-      step, texts, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size,
-      seed=seed, process_index=process_index, mask_prob=mask_prob)
+    step,
+    texts,
+    tokenizer=tokenizer,
+    max_length=max_length,
+    batch_size=batch_size,
+    seed=seed,
+    process_index=process_index,
+    mask_prob=mask_prob,
+  )
   shapes = ([batch_size, max_length],) * 4 + ([batch_size],) * 3
 
   def crop_and_mask(step, texts):
-    outs = tf.numpy_function(fn, [step, texts], [tf.int32, tf.int32, tf.int32, tf.float32,
-                                                 tf.float32, tf.int32, tf.int32],
-                             stateful=False)
+    outs = tf.numpy_function(
+      fn,
+      [step, texts],
+      [
+        tf.int32,
+        tf.int32,
+        tf.int32,
+        tf.float32,
+        tf.float32,
+        tf.int32,
+        tf.int32,
+      ],
+      stateful=False,
+    )
     for out, shape in zip(outs, shapes):
       out.set_shape(shape)
     return dict(zip(_MLM_KEYS, outs))
 
-  ds = joined.batch(batch_size, drop_remainder=repeat).enumerate(start=start_step)
-  ds = ds.map(crop_and_mask, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = joined.batch(batch_size, drop_remainder=repeat).enumerate(
+    start=start_step
+  )
+  ds = ds.map(
+    crop_and_mask, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+  )
   num_batches = None
   if not repeat:
     groups = [math.ceil(n / docs_per_example) for n in sizes]
@@ -251,9 +351,18 @@ def make_mlm_dataset(
       ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(want - have))
   ds = _deterministic(tf, ds.prefetch(tf.data.AUTOTUNE))
   info = TextDatasetInfo(
-      source=source, split=split, task='mlm', text_fields=tuple(text_fields),
-      label_field=False, classes=None, num_classes=None, num_examples=sum(sizes),
-      num_examples_per_process=tuple(sizes), batch_size=batch_size, max_length=max_length,
-      num_batches=num_batches,
-      steps_per_epoch=num_local // (batch_size * docs_per_example))
+    source=source,
+    split=split,
+    task='mlm',
+    text_fields=tuple(text_fields),
+    label_field=False,
+    classes=None,
+    num_classes=None,
+    num_examples=sum(sizes),
+    num_examples_per_process=tuple(sizes),
+    batch_size=batch_size,
+    max_length=max_length,
+    num_batches=num_batches,
+    steps_per_epoch=num_local // (batch_size * docs_per_example),
+  )
   return ds, info

@@ -82,6 +82,7 @@ class TextStats:
     num_unlabeled: examples with label -1 (unlabelled test data).
     label_counts: class id -> count (classification only).
   """
+
   num_examples: int = 0
   num_empty: int = 0
   num_invalid_utf8: int = 0
@@ -116,6 +117,7 @@ class TextDatasetInfo:
     stats: `TextStats`, or None when not computed (large TFDS training splits;
       each batch still carries `num_truncated`).
   """
+
   source: str
   split: str
   task: str
@@ -138,19 +140,26 @@ def parse_source(source: str) -> tuple[str, str]:
   """Splits ``'kind:rest'``; kind is tfds or one of the local kinds."""
   if not isinstance(source, str) or ':' not in source:
     raise ValueError(
-        f'source {source!r} must look like "tfds:imdb_reviews", "tfds:glue/mrpc", '
-        '"tsv:/path/dev.tsv", "csv:/path/train.csv", "jsonl:/path/x.jsonl", '
-        '"aclimdb:/path/aclImdb" or "text:/path/*.txt".')
+      f'source {source!r} must look like "tfds:imdb_reviews", "tfds:glue/mrpc", '
+      '"tsv:/path/dev.tsv", "csv:/path/train.csv", "jsonl:/path/x.jsonl", '
+      '"aclimdb:/path/aclImdb" or "text:/path/*.txt".'
+    )
   kind, rest = source.split(':', 1)
   kind = kind.strip().lower()
   if kind not in ('tfds',) + _LOCAL_KINDS or not rest:
-    raise ValueError(f'unknown source kind {kind!r} in {source!r}; use one of '
-                     f'{("tfds",) + _LOCAL_KINDS} followed by ":" and a name or path.')
+    raise ValueError(
+      f'unknown source kind {kind!r} in {source!r}; use one of '
+      f'{("tfds",) + _LOCAL_KINDS} followed by ":" and a name or path.'
+    )
   return kind, rest
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+  if (
+    isinstance(value, bool)
+    or not isinstance(value, (int, np.integer))
+    or value < minimum
+  ):
     raise ValueError(f'{name} must be an int >= {minimum}, got {value!r}.')
   return int(value)
 
@@ -159,7 +168,9 @@ def _check_processes(process_index: int, process_count: int) -> None:
   _check_int('process_count', process_count, 1)
   _check_int('process_index', process_index, 0)
   if process_index >= process_count:
-    raise ValueError(f'process_index={process_index} must be < process_count={process_count}.')
+    raise ValueError(
+      f'process_index={process_index} must be < process_count={process_count}.'
+    )
 
 
 # ------------------------------------------------------------------- stats
@@ -185,29 +196,48 @@ class _StatsCounter:
     labels = np.asarray(labels)
     s.num_unlabeled += int(np.sum(labels == UNLABELED))
     if self._task == 'classification':
-      for value, count in zip(*np.unique(labels[labels != UNLABELED], return_counts=True)):
-        s.label_counts[int(value)] = s.label_counts.get(int(value), 0) + int(count)
+      for value, count in zip(
+        *np.unique(labels[labels != UNLABELED], return_counts=True)
+      ):
+        s.label_counts[int(value)] = s.label_counts.get(int(value), 0) + int(
+          count
+        )
 
 
 # --------------------------------------------------------------- tf.data parts
 def _process_shards(total: int, process_count: int) -> list[tuple[int, int]]:
   """Contiguous [start, stop) blocks, sizes differing by at most one."""
-  return [(total * p // process_count, total * (p + 1) // process_count)
-          for p in range(process_count)]
+  return [
+    (total * p // process_count, total * (p + 1) // process_count)
+    for p in range(process_count)
+  ]
 
 
-def _epoch_stream(tf, base, *, num_examples, batch_size, start_step, shuffle, seed,
-                  shuffle_buffer, repeat, examples_per_step=None):
+def _epoch_stream(
+  tf,
+  base,
+  *,
+  num_examples,
+  batch_size,
+  start_step,
+  shuffle,
+  seed,
+  shuffle_buffer,
+  repeat,
+  examples_per_step=None,
+):
   """Raw-example stream that starts at batch `start_step` (see module doc)."""
   per_step = examples_per_step or batch_size
   offset = start_step * per_step
-  first_epoch, skip = (divmod(offset, num_examples) if repeat else (0, offset))
+  first_epoch, skip = divmod(offset, num_examples) if repeat else (0, offset)
   buffer = max(1, min(shuffle_buffer, num_examples))
 
   def one_epoch(epoch):
     if not shuffle:
       return base
-    epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
+    epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + tf.cast(
+      epoch, tf.int64
+    )
     return base.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
 
   last_epoch = np.iinfo(np.int64).max if repeat else 1
@@ -221,15 +251,26 @@ def _deterministic(tf, ds):
   return ds.with_options(options)
 
 
-def _tokenize_batch(text_a, text_b, label, index, *, tokenizer, max_length, batch_size,
-                    pair, regression):
+def _tokenize_batch(
+  text_a,
+  text_b,
+  label,
+  index,
+  *,
+  tokenizer,
+  max_length,
+  batch_size,
+  pair,
+  regression,
+):
   """NumPy: one raw batch -> fixed-shape arrays; pads a short batch (mask 0)."""
   num_real = len(text_a)
   num_pad = batch_size - num_real
   a = list(text_a) + [b''] * num_pad
   b = (list(text_b) + [b''] * num_pad) if pair else None
-  enc = tokenizer.batch_encode(a, b, max_length=max_length, padding='max_length',
-                               truncation=True)
+  enc = tokenizer.batch_encode(
+    a, b, max_length=max_length, padding='max_length', truncation=True
+  )
   label_dtype = np.float32 if regression else np.int32
   labels = np.zeros(batch_size, label_dtype)
   labels[:num_real] = label
@@ -237,31 +278,69 @@ def _tokenize_batch(text_a, text_b, label, index, *, tokenizer, max_length, batc
   indices[:num_real] = index
   mask = np.zeros(batch_size, np.float32)
   mask[:num_real] = 1.0
-  return (enc['input_ids'], enc['attention_mask'], labels, mask, enc['num_truncated'], indices)
+  return (
+    enc['input_ids'],
+    enc['attention_mask'],
+    labels,
+    mask,
+    enc['num_truncated'],
+    indices,
+  )
 
 
-_CLS_KEYS = ('input_ids', 'attention_mask', 'label', 'mask', 'num_truncated', 'index')
+_CLS_KEYS = (
+  'input_ids',
+  'attention_mask',
+  'label',
+  'mask',
+  'num_truncated',
+  'index',
+)
 
 
-def _classification_batches(tf, raw, *, tokenizer, max_length, batch_size, pair,
-                            regression, drop_remainder):
+def _classification_batches(
+  tf,
+  raw,
+  *,
+  tokenizer,
+  max_length,
+  batch_size,
+  pair,
+  regression,
+  drop_remainder,
+):
   """Batches raw dict examples and tokenizes each batch in one NumPy call."""
   fn = lambda a, b, y, i: _tokenize_batch(  # noqa: E731
-      a, b, y, i, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size,
-      pair=pair, regression=regression)
+    a,
+    b,
+    y,
+    i,
+    tokenizer=tokenizer,
+    max_length=max_length,
+    batch_size=batch_size,
+    pair=pair,
+    regression=regression,
+  )
   label_dtype = tf.float32 if regression else tf.int32
-  shapes = ([batch_size, max_length], [batch_size, max_length]) + ([batch_size],) * 4
+  shapes = ([batch_size, max_length], [batch_size, max_length]) + (
+    [batch_size],
+  ) * 4
 
   def tokenize(batch):
     outs = tf.numpy_function(
-        fn, [batch['text_a'], batch['text_b'], batch['label'], batch['index']],
-        [tf.int32, tf.int32, label_dtype, tf.float32, tf.int32, tf.int32], stateful=False)
+      fn,
+      [batch['text_a'], batch['text_b'], batch['label'], batch['index']],
+      [tf.int32, tf.int32, label_dtype, tf.float32, tf.int32, tf.int32],
+      stateful=False,
+    )
     for out, shape in zip(outs, shapes):
       out.set_shape(shape)
     return dict(zip(_CLS_KEYS, outs))
 
   ds = raw.batch(batch_size, drop_remainder=drop_remainder)
-  return ds.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), fn
+  return ds.map(
+    tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+  ), fn
 
 
 def _pad_to_num_batches(tf, ds, fn, *, have, want, regression):
@@ -269,35 +348,40 @@ def _pad_to_num_batches(tf, ds, fn, *, have, want, regression):
   if want <= have:
     return ds
   empty = np.array([], object)
-  pad = fn(empty, empty, np.zeros(0, np.float32 if regression else np.int64),
-           np.zeros(0, np.int64))
-  return ds.concatenate(tf.data.Dataset.from_tensors(dict(zip(_CLS_KEYS, pad)))
-                        .repeat(want - have))
+  pad = fn(
+    empty,
+    empty,
+    np.zeros(0, np.float32 if regression else np.int64),
+    np.zeros(0, np.int64),
+  )
+  return ds.concatenate(
+    tf.data.Dataset.from_tensors(dict(zip(_CLS_KEYS, pad))).repeat(want - have)
+  )
 
 
 # ------------------------------------------------------------- public: tasks
 def make_text_dataset(
-    source: str,
-    split: str,
-    *,
-    max_length: int,
-    batch_size: int,
-    repeat: bool,
-    tokenizer: tokenizer_lib.ByteTokenizer | None = None,
-    task: str = 'classification',
-    text_fields: Any = None,
-    label_field: Any = None,
-    classes: Any = None,
-    shuffle: bool | None = None,
-    seed: int = 0,
-    shuffle_buffer: int = 16_384,
-    start_step: int = 0,
-    process_index: int = 0,
-    process_count: int = 1,
-    data_dir: str | None = None,
-    download: bool = False,
-    has_header: bool = True,
-    compute_stats: bool | None = None,
+  source: str,
+  split: str,
+  *,
+  max_length: int,
+  batch_size: int,
+  repeat: bool,
+  tokenizer: tokenizer_lib.ByteTokenizer | None = None,
+  task: str = 'classification',
+  text_fields: Any = None,
+  label_field: Any = None,
+  classes: Any = None,
+  shuffle: bool | None = None,
+  seed: int = 0,
+  shuffle_buffer: int = 16_384,
+  start_step: int = 0,
+  process_index: int = 0,
+  process_count: int = 1,
+  data_dir: str | None = None,
+  download: bool = False,
+  has_header: bool = True,
+  compute_stats: bool | None = None,
 ):
   """Builds a text classification / regression pipeline.
 
@@ -337,6 +421,7 @@ def make_text_dataset(
     and a `TextDatasetInfo`.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   if task not in _TASKS:
     raise ValueError(f'task must be one of {_TASKS}, got {task!r}.')
   max_length = _check_int('max_length', max_length, 2)
@@ -348,14 +433,21 @@ def make_text_dataset(
   kind, path = parse_source(source)
   regression = task == 'regression'
   if kind == 'text':
-    raise ValueError('text: sources are plain documents for MLM (make_mlm_dataset); '
-                     'use tsv:, csv:, jsonl:, aclimdb: or tfds: for classification.')
+    raise ValueError(
+      'text: sources are plain documents for MLM (make_mlm_dataset); '
+      'use tsv:, csv:, jsonl:, aclimdb: or tfds: for classification.'
+    )
 
   stats = None
-  glue = next((t for t in GLUE_TASKS.values() if kind == 'tfds' and t.tfds_name == path), None)
+  glue = next(
+    (t for t in GLUE_TASKS.values() if kind == 'tfds' and t.tfds_name == path),
+    None,
+  )
   if kind == 'tfds':
     builder = _tfds_builder(path, data_dir, download)
-    text_fields, label_field = _tfds_fields(builder, path, text_fields, label_field, task)
+    text_fields, label_field = _tfds_fields(
+      builder, path, text_fields, label_field, task
+    )
     if regression or label_field is False:
       class_names, num_classes = None, None
     else:
@@ -363,27 +455,56 @@ def make_text_dataset(
     shard_splits = _tfds_even_splits(split, process_count)
     sizes = [_tfds_count(builder, s) for s in shard_splits]
     pair = len(text_fields) == 2
-    base = _tfds_raw(tf, builder, shard_splits[process_index], text_fields, label_field,
-                     pair, regression, index_offset=sum(sizes[:process_index]))
+    base = _tfds_raw(
+      tf,
+      builder,
+      shard_splits[process_index],
+      text_fields,
+      label_field,
+      pair,
+      regression,
+      index_offset=sum(sizes[:process_index]),
+    )
     if compute_stats if compute_stats is not None else not repeat:
       counter = _StatsCounter(tokenizer, max_length, task)
-      for chunk in _tfds_raw(tf, builder, split, text_fields, label_field, pair, regression,
-                             0).batch(1024).as_numpy_iterator():
-        counter.add(chunk['text_a'], chunk['text_b'] if pair else None, chunk['label'])
+      for chunk in (
+        _tfds_raw(
+          tf, builder, split, text_fields, label_field, pair, regression, 0
+        )
+        .batch(1024)
+        .as_numpy_iterator()
+      ):
+        counter.add(
+          chunk['text_a'], chunk['text_b'] if pair else None, chunk['label']
+        )
       stats = counter.stats
   else:
-    class_map, class_names, num_classes = (None, None, None) if regression else _class_map(classes)
+    class_map, class_names, num_classes = (
+      (None, None, None) if regression else _class_map(classes)
+    )
     rows, text_fields, label_field = _load_local(
-        kind, path, split, text_fields=text_fields, label_field=label_field, task=task,
-        class_map=class_map, has_header=has_header)
+      kind,
+      path,
+      split,
+      text_fields=text_fields,
+      label_field=label_field,
+      task=task,
+      class_map=class_map,
+      has_header=has_header,
+    )
     if kind == 'aclimdb' and not regression and num_classes is None:
       class_names, num_classes = ('neg', 'pos'), 2  # As TFDS imdb_reviews.
     if not regression and num_classes is None:
       labelled = rows.labels[rows.labels != UNLABELED]
       num_classes = int(labelled.max()) + 1 if labelled.size else None
     pair = rows.text_b is not None
-    sizes = [stop - start for start, stop in _process_shards(len(rows.text_a), process_count)]
-    start, stop = _process_shards(len(rows.text_a), process_count)[process_index]
+    sizes = [
+      stop - start
+      for start, stop in _process_shards(len(rows.text_a), process_count)
+    ]
+    start, stop = _process_shards(len(rows.text_a), process_count)[
+      process_index
+    ]
     base = _local_raw(tf, rows, start, stop, regression)
     if compute_stats is None or compute_stats:
       counter = _StatsCounter(tokenizer, max_length, task)
@@ -391,30 +512,66 @@ def make_text_dataset(
       stats = counter.stats
 
   if len(tuple(text_fields)) == 2 and max_length < 3:
-    raise ValueError('max_length must be >= 3 for text pairs ([CLS] a [SEP] b [SEP]).')
+    raise ValueError(
+      'max_length must be >= 3 for text pairs ([CLS] a [SEP] b [SEP]).'
+    )
   num_local = sizes[process_index]
   if num_local == 0:
-    raise ValueError(f'process {process_index} of {process_count} has no examples: the split '
-                     f'{split!r} of {source!r} has {sum(sizes)} in all.')
-  raw = _epoch_stream(tf, base, num_examples=num_local, batch_size=batch_size,
-                      start_step=start_step, shuffle=shuffle, seed=seed,
-                      shuffle_buffer=shuffle_buffer, repeat=repeat)
-  ds, fn = _classification_batches(tf, raw, tokenizer=tokenizer, max_length=max_length,
-                                   batch_size=batch_size, pair=pair, regression=regression,
-                                   drop_remainder=repeat)
+    raise ValueError(
+      f'process {process_index} of {process_count} has no examples: the split '
+      f'{split!r} of {source!r} has {sum(sizes)} in all.'
+    )
+  raw = _epoch_stream(
+    tf,
+    base,
+    num_examples=num_local,
+    batch_size=batch_size,
+    start_step=start_step,
+    shuffle=shuffle,
+    seed=seed,
+    shuffle_buffer=shuffle_buffer,
+    repeat=repeat,
+  )
+  ds, fn = _classification_batches(
+    tf,
+    raw,
+    tokenizer=tokenizer,
+    max_length=max_length,
+    batch_size=batch_size,
+    pair=pair,
+    regression=regression,
+    drop_remainder=repeat,
+  )
   num_batches = None
   if not repeat:
     num_batches = max(math.ceil(n / batch_size) for n in sizes)
     have = max(0, math.ceil(num_local / batch_size) - start_step)
-    ds = _pad_to_num_batches(tf, ds, fn, have=have, want=max(0, num_batches - start_step),
-                             regression=regression)
+    ds = _pad_to_num_batches(
+      tf,
+      ds,
+      fn,
+      have=have,
+      want=max(0, num_batches - start_step),
+      regression=regression,
+    )
   ds = _deterministic(tf, ds.prefetch(tf.data.AUTOTUNE))
   info = TextDatasetInfo(
-      source=source, split=split, task=task, text_fields=tuple(text_fields),
-      label_field=label_field, classes=class_names, num_classes=num_classes,
-      num_examples=sum(sizes), num_examples_per_process=tuple(sizes), batch_size=batch_size,
-      max_length=max_length, num_batches=num_batches, steps_per_epoch=num_local // batch_size,
-      metrics=glue.metrics if glue else (), stats=stats)
+    source=source,
+    split=split,
+    task=task,
+    text_fields=tuple(text_fields),
+    label_field=label_field,
+    classes=class_names,
+    num_classes=num_classes,
+    num_examples=sum(sizes),
+    num_examples_per_process=tuple(sizes),
+    batch_size=batch_size,
+    max_length=max_length,
+    num_batches=num_batches,
+    steps_per_epoch=num_local // batch_size,
+    metrics=glue.metrics if glue else (),
+    stats=stats,
+  )
   return ds, info
 
 
@@ -423,13 +580,20 @@ def _local_raw(tf, rows: _Rows, start: int, stop: int, regression: bool):
   """This process's rows [start, stop) as dicts text_a / text_b / label / index."""
   n = stop - start
   text_b = rows.text_b[start:stop] if rows.text_b is not None else [b''] * n
-  return tf.data.Dataset.from_tensor_slices({
+  return tf.data.Dataset.from_tensor_slices(
+    {
       'text_a': _string_tensor(tf, rows.text_a[start:stop]),
       'text_b': _string_tensor(tf, text_b),
-      'label': rows.labels[start:stop].astype(np.float32 if regression else np.int64),
-      'index': np.arange(start, stop, dtype=np.int64)})
+      'label': rows.labels[start:stop].astype(
+        np.float32 if regression else np.int64
+      ),
+      'index': np.arange(start, stop, dtype=np.int64),
+    }
+  )
 
 
 def _string_tensor(tf, texts: list[bytes]):
   """A 1-D tf.string tensor from a list of bytes (any content, any count)."""
-  return tf.constant(np.array(texts, dtype=object), tf.string, shape=[len(texts)])
+  return tf.constant(
+    np.array(texts, dtype=object), tf.string, shape=[len(texts)]
+  )
