@@ -36,6 +36,7 @@ if _ROOT not in sys.path:
 
 from benchmarks import runner  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import workloads_ours  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def parse_key_values(items, what):
@@ -79,9 +80,11 @@ def check_batches(batch, known):
 def check_ours(perf, workloads):
   """`--ours` keys and values, checked on each requested workload's config
   (as the worker would build it) before any measurement starts."""
-  unknown = sorted(set(perf) - set(W.PERF_KEYS))
+  unknown = sorted(set(perf) - set(workloads_ours.PERF_KEYS))
   if unknown:
-    raise ValueError(f'--ours keys must be among {W.PERF_KEYS}, got {unknown}.')
+    raise ValueError(
+      f'--ours keys must be among {workloads_ours.PERF_KEYS}, got {unknown}.'
+    )
   if not perf:
     return
   from perceiver_io import kernels  # pylint: disable=g-import-not-at-top
@@ -95,7 +98,7 @@ def check_ours(perf, workloads):
     )
   for w in workloads:
     try:
-      model_lib.validate_config(W.ours_config(w, **perf))
+      model_lib.validate_config(workloads_ours.ours_config(w, **perf))
     except ValueError as e:
       raise ValueError(
         f'--ours {",".join(f"{k}={v}" for k, v in perf.items())}: {e}'
@@ -190,7 +193,7 @@ def build_parser():
     '--ours',
     action='append',
     default=[],
-    help=f'our perf options, e.g. remat=true; keys {W.PERF_KEYS}.',
+    help=f'our perf options, e.g. remat=true; keys {workloads_ours.PERF_KEYS}.',
   )
   p.add_argument(
     '--hf_fused_adam',

@@ -26,8 +26,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
+from benchmarks import measure  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import runner  # pylint: disable=g-import-not-at-top,wrong-import-position
-from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def parse_size(text):
@@ -68,7 +68,7 @@ def run(sizes, rounds, calls):
       times = {name: [] for name in fns}
       for _ in range(rounds):
         for name, fn in fns.items():
-          times[name].append(W.time_calls(fn, calls)['median_s'])
+          times[name].append(measure.time_calls(fn, calls)['median_s'])
       flops = 2.0 * m * k * n
       row = {'m': m, 'k': k, 'n': n, 'form': form}
       for name in fns:

@@ -36,8 +36,6 @@ Usage: benchmarks/gpu.sh [results_dir]  (or python -m benchmarks.gpu_bench)
 """
 
 import argparse
-import dataclasses
-import fnmatch
 import json
 import os
 import subprocess
@@ -49,39 +47,9 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
+from benchmarks import gpu_bench_items  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import gpu_bench_report  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import runner  # pylint: disable=g-import-not-at-top,wrong-import-position
-from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-TERA = 1e12
-# name fragment -> peak dense FLOP/s (bf16, tf32, fp32); see module docstring.
-PEAK_FLOPS = (
-  ('H100 PCIe', (756.5 * TERA, 378.0 * TERA, 51.2 * TERA)),
-  ('H100 NVL', (835.5 * TERA, 417.5 * TERA, 60.0 * TERA)),
-  ('H100', (989.4 * TERA, 494.7 * TERA, 66.9 * TERA)),
-  ('H200', (989.4 * TERA, 494.7 * TERA, 66.9 * TERA)),
-)
-# GPU batch sizes: the IMDB job's 4 x 2048 as in the issue, and a larger batch
-# for the image presets (a GPU at batch 2 measures launch latency).
-GPU_BATCH = {
-  'imdb': 4,
-  'imagenet_fourier': 32,
-  'imagenet_conv': 32,
-  'optical_flow': 1,
-}
-# Larger training batches at which model FLOPs utilisation is measured (bf16;
-# the reference in bf16 autocast and TF32 at the same batch).
-MFU_BATCH = {'imdb': 64, 'imagenet_fourier': 128}
-REF_PRECISIONS = ('bf16_autocast', 'tf32', 'fp32')
-# Suffix of a reference precision run under torch.compile (--hf_compile).
-COMPILED = '_compiled'
-
-
-def peak_flops(device_name):
-  """(bf16, tf32, fp32) peak dense FLOP/s for a card name, or None."""
-  for fragment, peaks in PEAK_FLOPS:
-    if fragment.lower() in (device_name or '').lower():
-      return peaks
-  return None
 
 
 def gpu_name():
@@ -181,95 +149,6 @@ def build_parser():
   return p
 
 
-def _item(impl, mode, w, prec):
-  item = {
-    'impl': impl,
-    'mode': mode,
-    'workload': dataclasses.asdict(w),
-    'precision': prec,
-  }
-  if impl == 'hf' and prec.endswith(COMPILED):
-    item['torch_compile'] = 'inductor'
-  if impl == 'ours':
-    item.update(
-      dtype='float32' if prec == 'fp32' else 'bfloat16',
-      attention_impl='cudnn' if prec == 'bf16_cudnn' else 'auto',
-    )
-  return item
-
-
-def items_for(args, impl):
-  """The worker items of one implementation, most important first.
-
-  Order (each side's budget may end the list early; what is left is reported
-  as skipped): training in bf16 with cuDNN flash attention (our fastest GPU
-  setting on the H200, padded so that it covers the language model too) at the issue's batches, then at the MFU batches (a
-  batch-4 step on this card measures kernel-launch latency, not the model);
-  the same with XLA's attention ('auto'); fp32 training; inference with
-  cuDNN, XLA's attention, then fp32. One run measures about five of our
-  training items (each compiles for 35-50 s), so pick with `--only`.
-  """
-  from benchmarks.compare_reference import parse_key_values  # pylint: disable=g-import-not-at-top
-
-  batch = dict(GPU_BATCH)
-  mfu_batch = dict(MFU_BATCH)
-  if args.smoke:
-    batch = {k: min(v, 2) for k, v in batch.items()}
-    mfu_batch = {k: min(v, 3) for k, v in mfu_batch.items()}
-  batch.update(parse_key_values(args.batch, '--batch'))
-  mfu_batch.update(parse_key_values(args.mfu_batch, '--mfu_batch'))
-  workloads = W.standard_workloads(args.smoke, batch)
-  names = [n for n in args.workloads.split(',') if n]
-  bad = [n for n in names if n not in workloads]
-  if bad:
-    raise ValueError(
-      f'unknown workloads {bad}; choose from {sorted(workloads)}.'
-    )
-  modes = [m for m in args.modes.split(',') if m]
-  ws = [workloads[n] for n in names]
-  train = [w for w in ws if 'train' in w.modes] if 'train' in modes else []
-  infer = [w for w in ws if 'infer' in w.modes] if 'infer' in modes else []
-  big = [
-    dataclasses.replace(
-      w, name=f'{w.name}@{mfu_batch[w.name]}', batch=mfu_batch[w.name]
-    )
-    for w in train
-    if mfu_batch.get(w.name, 0) > 0
-  ]
-  if impl == 'ours':
-    plan = (
-      [('train', w, 'bf16_cudnn') for w in train + big]
-      + [('train', w, 'bf16') for w in train + big]
-      + [('train', w, 'fp32') for w in train]
-      + [('infer', w, p) for p in ('bf16_cudnn', 'bf16', 'fp32') for w in infer]
-    )
-  else:
-    precs = REF_PRECISIONS
-    if args.hf_compile:  # Right after plain autocast, HF's fastest so far.
-      precs = (precs[0], precs[0] + COMPILED) + precs[1:]
-    plan = (
-      [('train', w, p) for w in train for p in precs]
-      + [('train', w, p) for w in big for p in precs[:-1]]
-      + [('infer', w, p) for w in infer for p in precs]
-    )
-  items = [_item(impl, mode, w, prec) for mode, w, prec in plan]
-  patterns = [p for p in args.only.split(',') if p]
-  if patterns:
-    items = [
-      i
-      for i in items
-      if any(fnmatch.fnmatchcase(item_key(i), p) for p in patterns)
-    ]
-  return items
-
-
-def item_key(item):
-  """'impl/workload/mode/precision', the name `--only` patterns match."""
-  return '/'.join(
-    [item['impl'], item['workload']['name'], item['mode'], item['precision']]
-  )
-
-
 def _run_worker(cmd, env, hard_timeout):
   """One worker process: (its RESULT dicts, how it ended, its stderr tail)."""
   results = []
@@ -310,7 +189,7 @@ def run_impl(args, impl, device, deadline, hard_timeout, worker_cmd=None):
   again in a fresh process while the deadline allows. `worker_cmd` replaces
   `python -m benchmarks.worker` (tests).
   """
-  items = items_for(args, impl)
+  items = gpu_bench_items.items_for(args, impl)
   if not items:
     return []
   spec = {
@@ -380,213 +259,12 @@ def run_impl(args, impl, device, deadline, hard_timeout, worker_cmd=None):
   return results
 
 
-def fill_flops(results, flops_table):
-  """Our results without an XLA count take the CPU count (count_flops.py)."""
-  from benchmarks.count_flops import flops_key  # pylint: disable=g-import-not-at-top
-
-  for r in results:
-    if r['impl'] != 'ours' or r.get('status') != 'ok' or r.get('flops'):
-      continue
-    key = flops_key(r['workload'].split('@')[0], r['batch'], r['mode'])
-    if key in flops_table:
-      r['flops'] = flops_table[key]
-      r['flops_source'] = 'count_flops.py (CPU lowering)'
-
-
-def summarise(doc):
-  """Per (workload, mode): ours per precision, the reference's best, MFU."""
-  peaks = peak_flops(doc['device_name'])
-  rows = []
-  keys = []
-  for r in doc['results']:
-    if (r['workload'], r['mode']) not in keys:
-      keys.append((r['workload'], r['mode']))
-  for workload, mode in keys:
-    sel = [
-      r
-      for r in doc['results']
-      if (r['workload'], r['mode']) == (workload, mode)
-      and r.get('status') == 'ok'
-    ]
-    ours = {r['precision']: r for r in sel if r['impl'] == 'ours'}
-    ref = {r['precision']: r for r in sel if r['impl'] == 'hf'}
-    batch = sel[0]['batch'] if sel else None
-    row = {'workload': workload, 'mode': mode, 'batch': batch}
-    if any('run' in r for r in sel):  # A merged document: which run gave what.
-      row['runs'] = {
-        impl: sorted({r['run'] + 1 for r in sel if r['impl'] == impl})
-        for impl in ('ours', 'hf')
-      }
-    for prec, r in ours.items():
-      row[f'ours_{prec}_s'] = r['median_s']
-      flops = r.get('flops')
-      if flops and peaks:
-        peak = peaks[0] if prec.startswith('bf16') else peaks[1]
-        row[f'ours_{prec}_mfu'] = flops / r['median_s'] / peak
-      if flops:
-        row[f'ours_{prec}_tflops_per_s'] = flops / r['median_s'] / TERA
-    for prec, r in ref.items():
-      row[f'ref_{prec}_s'] = r['median_s']
-    if ref:
-      best_prec = min(ref, key=lambda p: ref[p]['median_s'])
-      row['ref_best'] = best_prec
-      row['ref_best_s'] = ref[best_prec]['median_s']
-    if ours:
-      best = min(ours, key=lambda p: ours[p]['median_s'])
-      row['ours_best'] = best
-      row['ours_best_s'] = ours[best]['median_s']
-      row['ours_best_mfu'] = row.get(f'ours_{best}_mfu')
-    if ours and ref:
-      row['throughput_ratio_best'] = row['ref_best_s'] / row['ours_best_s']
-      ours_bf16 = [p for p in ours if p.startswith('bf16')]
-      if ours_bf16 and 'bf16_autocast' in ref:
-        fastest = min(ours[p]['median_s'] for p in ours_bf16)
-        row['throughput_ratio_bf16'] = (
-          ref['bf16_autocast']['median_s'] / fastest
-        )
-      if 'fp32' in ours and 'fp32' in ref:
-        row['throughput_ratio_fp32'] = (
-          ref['fp32']['median_s'] / ours['fp32']['median_s']
-        )
-    rows.append(row)
-  return rows
-
-
-def to_markdown(doc):
-  def pct(x):
-    return '-' if x is None else f'{100 * x:.1f}%'
-
-  def ratio(x):
-    return '-' if x is None else f'{x:.2f}x'
-
-  lines = [
-    f'{doc["device_name"]} ({doc["date"]}); versions '
-    f'{doc["versions"]}; budget {doc["settings"]["budget_s"]} s, total '
-    f'{doc["elapsed_s"]:.0f} s.',
-    '',
-    'Throughput ratio = reference time / our time (> 1: ours faster); '
-    '"best" compares each side\'s fastest setting. MFU = XLA-counted '
-    'model FLOPs / step time / peak (bf16 dense; TF32 for fp32).',
-    '',
-  ]
-  compiled = any(f'ref_bf16_autocast{COMPILED}_s' in r for r in doc['summary'])
-  header = (
-    [
-      'workload',
-      'mode',
-      'batch',
-      'ours bf16',
-      'ours bf16 cuDNN',
-      'ours fp32',
-      'ref bf16 autocast',
-    ]
-    + (['ref bf16 autocast + torch.compile'] if compiled else [])
-    + ['ref tf32', 'ref fp32', 'ratio best', 'ratio bf16', 'ours best MFU']
-  )
-  rows = []
-  for r in doc['summary']:
-    rows.append(
-      [
-        r['workload'],
-        r['mode'],
-        r['batch'],
-        runner.fmt_seconds(r.get('ours_bf16_s')),
-        runner.fmt_seconds(r.get('ours_bf16_cudnn_s')),
-        runner.fmt_seconds(r.get('ours_fp32_s')),
-        runner.fmt_seconds(r.get('ref_bf16_autocast_s')),
-      ]
-      + (
-        [runner.fmt_seconds(r.get(f'ref_bf16_autocast{COMPILED}_s'))]
-        if compiled
-        else []
-      )
-      + [
-        runner.fmt_seconds(r.get('ref_tf32_s')),
-        runner.fmt_seconds(r.get('ref_fp32_s')),
-        ratio(r.get('throughput_ratio_best')),
-        ratio(r.get('throughput_ratio_bf16')),
-        pct(r.get('ours_best_mfu')),
-      ]
-    )
-  if doc.get('runs'):  # Merged: say which run measured each side.
-    header.append('runs (ours / ref)')
-    for row, r in zip(rows, doc['summary']):
-      runs = r.get('runs', {})
-      row.append(
-        ' / '.join(
-          ','.join(map(str, runs.get(i) or ['-'])) for i in ('ours', 'hf')
-        )
-      )
-    lines.insert(
-      1,
-      'Merged from runs: '
-      + '; '.join(
-        f'{i + 1}: {run["date"]}, {run["elapsed_s"]:.0f} s'
-        for i, run in enumerate(doc['runs'])
-      )
-      + ' (each a fresh machine of '
-      'the same kind; a row whose two sides come from different runs '
-      'compares across machines).',
-    )
-  text = '\n'.join(lines) + '\n' + runner.markdown_table(header, rows)
-  bad = [r for r in doc['results'] if r.get('status') != 'ok']
-  if bad:
-    text += '\nNot measured:\n' + ''.join(
-      f'- {r["impl"]} {r["workload"]} {r["mode"]} {r.get("precision")}: '
-      f'{r["status"]} {r.get("reason") or r.get("error") or ""}\n'
-      for r in bad
-    )
-  imported = sorted(
-    {
-      m
-      for r in doc['results']
-      for m in ('tensorflow', 'ml_collections')
-      if r.get(f'imported_{m}')
-    }
-  )
-  text += (
-    '\nImported TensorFlow / ml_collections: '
-    f'{", ".join(imported) if imported else "neither"}.\n'
-  )
-  return text
-
-
-def merge_docs(docs):
-  """One document from several runs; a later run's measured item replaces an
-  earlier one's (a skipped or failed one does not), so each row's
-  ours/reference pair comes from one run wherever the later run re-measured
-  the reference too."""
-  names = sorted({d['device_name'] for d in docs})
-  if len(names) != 1:
-    raise ValueError(f'runs on different cards cannot be merged: {names}.')
-  by_key = {}
-  for i, d in enumerate(docs):
-    for r in d['results']:
-      key = (r['impl'], r['workload'], r['mode'], r.get('precision'))
-      if key not in by_key or r.get('status') == 'ok':  # Not by a skip.
-        by_key[key] = {**r, 'run': i}
-  return {
-    'device_name': names[0],
-    'date': ' + '.join(d['date'] for d in docs),
-    'machine': docs[-1]['machine'],
-    'versions': docs[-1]['versions'],
-    'settings': {
-      'budget_s': ' + '.join(str(d['settings']['budget_s']) for d in docs)
-    },
-    'runs': [
-      {k: d.get(k) for k in ('date', 'elapsed_s', 'settings')} for d in docs
-    ],
-    'elapsed_s': sum(d['elapsed_s'] for d in docs),
-    'results': list(by_key.values()),
-  }
-
-
 def write_doc(doc, args):
   if args.flops_json:
     with open(args.flops_json) as f:
-      fill_flops(doc['results'], json.load(f))
-  doc['summary'] = summarise(doc)
-  md = to_markdown(doc)
+      gpu_bench_report.fill_flops(doc['results'], json.load(f))
+  doc['summary'] = gpu_bench_report.summarise(doc)
+  md = gpu_bench_report.to_markdown(doc)
   runner.write_results(os.path.join(args.out, 'gpu'), doc, md)
   print(md)
 
@@ -599,7 +277,7 @@ def main(argv=None):
     for path in args.merge:
       with open(path) as f:
         docs.append(json.load(f))
-    write_doc(merge_docs(docs), args)
+    write_doc(gpu_bench_report.merge_docs(docs), args)
     return 0
   t_start = time.time()
   name = gpu_name()

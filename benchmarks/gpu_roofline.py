@@ -4,10 +4,10 @@ Why: a GPU is lent rarely and briefly (15 minutes), too little to
 profile every step, yet the GPU targets (2x the reference, 40 % bf16 MFU)
 need to know what a step must move and compute. XLA can compile for a CUDA
 card that is not there (JAX's deviceless ahead-of-time compilation, given
-the card's description): the program is the one the card would run (its
+the card's description: `gpu_compile.py`): the program is the one the card would run (its
 fusions, cuBLAS and cuDNN calls, buffer sizes), only not autotuned. From its
 HLO this counts, per kernel, the bytes it reads and writes and the matmul
-FLOPs it does (`profile_ours.op_bytes_from_hlo`, `op_flops_from_hlo`, cuDNN
+FLOPs it does (`hlo_analysis.op_bytes_from_hlo`, `op_flops_from_hlo`, cuDNN
 attention included), and adds up the roofline: each kernel takes at least
 max(bytes / memory bandwidth, FLOPs / peak matmul rate). The sum is a lower
 bound on the step time; counted FLOPs over (that bound x peak) is the best
@@ -42,7 +42,6 @@ is the GPU targets' rows. Writes roofline.json and roofline.md.
 
 import argparse
 import collections
-import contextlib
 import functools
 import json
 import os
@@ -54,55 +53,10 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
-from benchmarks import profile_ours as P  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import gpu_compile  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import hlo_analysis  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import runner  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# The cards' published figures: dense bf16 and TF32 tensor-core rates (JAX
-# runs fp32 matmuls on a GPU as TF32 by default), HBM bandwidth, and what
-# XLA's GPU compiler reads from a device description.
-CARDS = {
-  'h100': dict(
-    name='NVIDIA H100 80GB HBM3',
-    peak_flops=989.4e12,
-    tf32_flops=494.7e12,
-    bandwidth=3.35e12,
-    memory=85_520_809_984,
-  ),
-  'h200': dict(
-    name='NVIDIA H200',
-    peak_flops=989.4e12,
-    tf32_flops=494.7e12,
-    bandwidth=4.8e12,
-    memory=150_754_820_096,
-  ),
-}
-# Hopper's shape, the same for both (132 SMs at 1.98 GHz, compute 9.0).
-_TARGET_CONFIG = """
-gpu_device_info {{
-  threads_per_block_limit: 1024
-  threads_per_warp: 32
-  shared_memory_per_block: 49152
-  shared_memory_per_core: 233472
-  threads_per_core_limit: 2048
-  core_count: 132
-  fpus_per_core: 128
-  block_dim_limit_x: 2147483647
-  block_dim_limit_y: 65535
-  block_dim_limit_z: 65535
-  memory_bandwidth: {bandwidth:.0f}
-  l2_cache_size: 52428800
-  clock_rate_ghz: 1.98
-  device_memory_size: {memory}
-  shared_memory_per_block_optin: 232448
-  cuda_compute_capability {{ major: 9 minor: 0 }}
-  registers_per_core_limit: 65536
-  registers_per_block_limit: 65536
-}}
-platform_name: "CUDA"
-dnn_version_info {{ major: {cudnn_major} minor: {cudnn_minor} }}
-runtime_version {{ major: {cuda_major} minor: {cuda_minor} }}
-device_description_str: "{name}"
-"""
 # The GPU targets' rows (the ones missed on the H200 and their cuDNN
 # counterparts), the Fourier step whose cuDNN time was measured, and
 # gpu_targets.sh's Fourier MFU batch.
@@ -115,11 +69,6 @@ DEFAULT_ITEMS = (
   'imagenet_fourier:32:train:bf16_cudnn',
   'imagenet_fourier:128:train:bf16_cudnn',
 )
-PRECISIONS = {
-  'fp32': ('float32', 'auto'),
-  'bf16': ('bfloat16', 'auto'),
-  'bf16_cudnn': ('bfloat16', 'cudnn'),
-}
 # HLO instructions that launch no kernel.
 _NO_KERNEL = frozenset(
   (
@@ -141,12 +90,12 @@ def parse_item(text):
   if (
     len(parts) != 4
     or parts[2] not in ('train', 'infer')
-    or parts[3] not in PRECISIONS
+    or parts[3] not in gpu_compile.PRECISIONS
     or not parts[1].isdigit()
   ):
     raise ValueError(
       f'item {text!r} must be WORKLOAD:BATCH:MODE:PRECISION with MODE train '
-      f'or infer and PRECISION one of {sorted(PRECISIONS)}, e.g. '
+      f'or infer and PRECISION one of {sorted(gpu_compile.PRECISIONS)}, e.g. '
       'imagenet_conv:32:train:bf16_cudnn.'
     )
   return parts[0], int(parts[1]), parts[2], parts[3]
@@ -155,7 +104,7 @@ def parse_item(text):
 def _computations(hlo_text):
   """computation name -> names of its instructions; ENTRY's name."""
   members, entry = collections.defaultdict(list), None
-  for computation, name, *_ in P.hlo_instructions(hlo_text):
+  for computation, name, *_ in hlo_analysis.hlo_instructions(hlo_text):
     members[computation].append(name)
   m = re.search(r'^ENTRY %([\w.\-]+)', hlo_text, re.M)
   if m:
@@ -172,17 +121,19 @@ def roofline(hlo_text, peak_flops, bandwidth, top=25):
   max(bytes / bandwidth, FLOPs / peak_flops); it is memory-bound when the
   first term wins. Kernels are grouped by kind (the fusion's name without
   its number; matmul and attention by their FLOPs) and by model location
-  (`profile_ours.model_location` of the op_name of the kernel or of its
+  (`hlo_analysis.model_location` of the op_name of the kernel or of its
   first named instruction).
   """
-  nbytes = P.op_bytes_from_hlo(hlo_text)
-  flops = P.op_flops_from_hlo(hlo_text)
-  attention = P.attention_flops_from_hlo(hlo_text)
-  names = P.op_names_from_hlo(hlo_text)
+  nbytes = hlo_analysis.op_bytes_from_hlo(hlo_text)
+  flops = hlo_analysis.op_flops_from_hlo(hlo_text)
+  attention = hlo_analysis.attention_flops_from_hlo(hlo_text)
+  names = hlo_analysis.op_names_from_hlo(hlo_text)
   members, entry = _computations(hlo_text)
   kinds, places = {}, {}
   total = collections.Counter()
-  for computation, name, _, opcode, _, rest in P.hlo_instructions(hlo_text):
+  for computation, name, _, opcode, _, rest in hlo_analysis.hlo_instructions(
+    hlo_text
+  ):
     if computation != entry or opcode in _NO_KERNEL:
       continue
     called = re.search(r'calls=%([\w.\-]+)', rest)
@@ -202,7 +153,7 @@ def roofline(hlo_text, peak_flops, bandwidth, top=25):
     op_name = names.get(name) or next(
       (names[n] for n in inside if names.get(n)), name
     )
-    phase, location = P.model_location(op_name)
+    phase, location = hlo_analysis.model_location(op_name)
     if not fl:  # Name the layer, not the last elementwise op in it.
       location = re.sub(r'/[a-z_]+$', '', location)
     for table, key in ((kinds, kind), (places, (phase, location, kind))):
@@ -233,186 +184,6 @@ def roofline(hlo_text, peak_flops, bandwidth, top=25):
       for k, v in by_time(places)[:top]
     ],
   }
-
-
-def _deviceless_environment():
-  """What a compile for an absent card needs; set before JAX starts."""
-  os.environ.setdefault('CUDA_VISIBLE_DEVICES', '-1')
-  os.environ.setdefault('JAX_SKIP_CUDA_CONSTRAINTS_CHECK', '1')
-  flags = os.environ.get('XLA_FLAGS', '')
-  if 'xla_gpu_enable_triton_gemm' not in flags:
-    os.environ['XLA_FLAGS'] = (
-      flags + ' --xla_gpu_enable_triton_gemm=false'
-    ).strip()
-
-
-def _deviceless_environment_if_no_gpu():
-  """`_deviceless_environment` unless a GPU is visible (nvidia-smi's
-  device files), decided before JAX's backends start."""
-  if not any(os.path.exists(f'/dev/nvidia{i}') for i in range(16)):
-    _deviceless_environment()
-
-
-def _installed_cuda_versions():
-  """The cuDNN and CUDA runtime versions of the installed CUDA wheels (they
-  decide which cuDNN attention XLA may use); no device needed to read them."""
-  from jax._src.lib import cuda_versions  # pylint: disable=g-import-not-at-top
-
-  cudnn = cuda_versions.cudnn_get_version()  # 92801: 9.28.1
-  cuda = cuda_versions.cuda_runtime_get_version()  # 13050: 13.5
-  return dict(
-    cudnn_major=cudnn // 10000,
-    cudnn_minor=cudnn // 100 % 100,
-    cuda_major=cuda // 1000,
-    cuda_minor=cuda // 10 % 100,
-  )
-
-
-def gpu_sharding(card):
-  """(sharding to compile for, whether a real GPU is used)."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  try:
-    gpus = jax.devices('cuda')
-  except RuntimeError:
-    gpus = []
-  if gpus:
-    return jax.sharding.SingleDeviceSharding(gpus[0]), True
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-
-  try:
-    topology = topologies.get_topology_desc(
-      platform='cuda',
-      topology='1x1x1',
-      target_config=_TARGET_CONFIG.format(
-        **CARDS[card], **_installed_cuda_versions()
-      ),
-    )
-  except Exception as e:  # pylint: disable=broad-except
-    raise SystemExit(
-      f'gpu_roofline: cannot compile for a CUDA card here ({e}). It needs '
-      'JAX\'s CUDA plugin (no GPU): pip install "jax[cuda13]=='
-      f'{jax.__version__}"'
-    ) from e
-  mesh = topologies.make_mesh(topology, (1,), ('x',))
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), False
-
-
-def compile_step(
-  name, batch, mode, precision, sharding, deviceless, smoke=False
-):
-  """(compiled HLO text, XLA's memory analysis) of our step for one item,
-  compiled for `sharding`'s device; `deviceless`: that device is absent
-  (a described card), `smoke`: tiny sizes."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top
-
-  dtype, impl = PRECISIONS[precision]
-  workloads = W.standard_workloads(smoke, {name: batch})
-  if name not in workloads:
-    raise ValueError(
-      f'unknown workload {name!r}; choose from {sorted(workloads)}.'
-    )
-  w = workloads[name]
-  data = W.make_inputs(w)
-  put = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
-  with _hopper_answers(deviceless):
-    return _lower_and_compile(w, data, mode, dtype, impl, put, deviceless)
-
-
-@contextlib.contextmanager
-def _hopper_answers(deviceless):
-  """Without the device, JAX's cuDNN check (a private module, so touched
-  only then) would ask it for its compute capability: answer Hopper's (9.0)
-  for the duration. Ours is told through `gpu_kernel_options`."""
-  if not deviceless:
-    yield
-    return
-  from jax._src.cudnn import fused_attention_stablehlo as jax_cudnn  # pylint: disable=g-import-not-at-top
-
-  saved = jax_cudnn.check_compute_capability
-  jax_cudnn.check_compute_capability = lambda c: float(c) <= 9.0
-  try:
-    yield
-  finally:
-    jax_cudnn.check_compute_capability = saved
-
-
-def gpu_kernel_options(deviceless):
-  """Our `kernel_options` for tracing as on the GPU: the platform, and
-  without the device Hopper's compute capability (9.0)."""
-  return {'platform': 'gpu', 'compute_capability': 9.0 if deviceless else None}
-
-
-def _lower_and_compile(w, data, mode, dtype, impl, put, deviceless):
-  """Our train step (or forward) for workload `w`, traced as on a GPU, its
-  abstract arguments placed by `put`, lowered and compiled."""
-  from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top
-
-  model, variables, x, kwargs = W.ours_build(
-    w,
-    data,
-    abstract=True,
-    dtype=dtype,
-    attention_impl=impl,
-    kernel_options=gpu_kernel_options(deviceless),
-  )
-  fn, args = W.ours_abstract_call(model, variables, x, kwargs, data, mode, put)
-  compiled = fn.lower(*args).compile()
-  return compiled.as_text(), compiled.memory_analysis()
-
-
-def compile_preset_gradient(
-  name, batch, sharding, deviceless, attention_impl='cudnn'
-):
-  """Compiled HLO of the gradient of a preset's summed outputs, in bf16.
-
-  A compile check of the library's GPU path beyond the benchmark
-  workloads: every preset (masks, multimodal inputs and subsampled output
-  points as `model.example_inputs` gives them), traced as on a GPU, where
-  a shape JAX's cuDNN attention refuses fails at trace time.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from perceiver_io import model as model_lib  # pylint: disable=g-import-not-at-top
-  from perceiver_io import presets  # pylint: disable=g-import-not-at-top
-
-  cfg = presets.get_config(name)
-  model = model_lib.build_model(
-    cfg,
-    dtype='bfloat16',
-    attention_impl=attention_impl,
-    kernel_options=gpu_kernel_options(deviceless),
-  )
-  x, kwargs = model_lib.example_inputs(cfg, batch)
-  one, _ = model_lib.example_inputs(cfg, 1)
-  init_kwargs = {k: v for k, v in kwargs.items() if k != 'attention_mask'}
-  put = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
-  x, kwargs = jax.tree_util.tree_map(put, (x, kwargs))
-
-  def loss(params, others, x, kwargs):
-    out = model.apply({'params': params, **others}, x, **kwargs)
-    return sum(
-      jnp.sum(leaf.astype(jnp.float32))
-      for leaf in jax.tree_util.tree_leaves(out)
-    )
-
-  with _hopper_answers(deviceless):
-    variables = jax.tree_util.tree_map(
-      put,
-      jax.eval_shape(
-        lambda: model.lazy_init(
-          jax.random.PRNGKey(0), jax.tree_util.tree_map(put, one), **init_kwargs
-        )
-      ),
-    )
-    others = {k: v for k, v in variables.items() if k != 'params'}
-    return (
-      jax.jit(jax.grad(loss))
-      .lower(variables['params'], others, x, kwargs)
-      .compile()
-      .as_text()
-    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -551,7 +322,7 @@ def check_presets(sharding, deviceless):
   for name in presets.names():
     t0 = time.perf_counter()
     try:
-      hlo = compile_preset_gradient(name, 2, sharding, deviceless)
+      hlo = gpu_compile.compile_preset_gradient(name, 2, sharding, deviceless)
     except Exception as e:  # pylint: disable=broad-except
       failed.append(name)
       print(f'{name}: FAILED {type(e).__name__}: {str(e)[:300]}', flush=True)
@@ -572,7 +343,7 @@ def main(argv=None):
     default=list(DEFAULT_ITEMS),
     help="WORKLOAD:BATCH:MODE:PRECISION (default: the GPU targets' rows).",
   )
-  p.add_argument('--card', choices=sorted(CARDS), default='h200')
+  p.add_argument('--card', choices=sorted(gpu_compile.CARDS), default='h200')
   p.add_argument(
     '--measured',
     default=None,
@@ -614,13 +385,13 @@ def main(argv=None):
   measured, measured_on = (
     measured_rows(args.measured) if args.measured else ({}, None)
   )
-  _deviceless_environment_if_no_gpu()
-  sharding, on_gpu = gpu_sharding(args.card)
+  gpu_compile.deviceless_environment_if_no_gpu()
+  sharding, on_gpu = gpu_compile.gpu_sharding(args.card)
   if args.presets:
     return check_presets(sharding, not on_gpu)
   import jax  # pylint: disable=g-import-not-at-top
 
-  card = CARDS[args.card]
+  card = gpu_compile.CARDS[args.card]
   doc = {
     'card': jax.devices('cuda')[0].device_kind if on_gpu else card['name'],
     'how': (
@@ -639,7 +410,7 @@ def main(argv=None):
   for name, batch, mode, precision in items:
     label = f'{name}:{batch}:{mode}:{precision}'
     t0 = time.perf_counter()
-    hlo, memory = compile_step(
+    hlo, memory = gpu_compile.compile_step(
       name, batch, mode, precision, sharding, not on_gpu, args.smoke
     )
     peak = card['tf32_flops' if precision == 'fp32' else 'peak_flops']

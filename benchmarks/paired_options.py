@@ -18,7 +18,7 @@ Usage:
       --variant default --variant blockwise_cpu_gradients=false
   python -m benchmarks.paired_options --workload text_65536 --mode infer \
       --variant default --variant blocked_attention_min_mib=1000000
-Besides the model's perf options (`workloads.PERF_KEYS`), a variant may set
+Besides the model's perf options (`workloads_ours.PERF_KEYS`), a variant may set
 two A/B switches of the CPU kernels (fields of the model's
 `perceiver_io.kernels.KernelOptions`): `blockwise_cpu_gradients=false`, the
 CPU backward without the block-by-block ordering (`blockwise_gradients`),
@@ -50,6 +50,7 @@ PROCESS_SETTINGS = (
 from benchmarks import compare_reference  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import runner  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import workloads_ours  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def build_parser():
@@ -100,11 +101,11 @@ def parse_variants(items):
       if item == 'default'
       else compare_reference.parse_key_values([item], '--variant')
     )
-    unknown = sorted(set(perf) - set(W.PERF_KEYS) - set(SWITCHES))
+    unknown = sorted(set(perf) - set(workloads_ours.PERF_KEYS) - set(SWITCHES))
     if unknown:
       raise ValueError(
         f'unknown perf option(s) {unknown} in --variant '
-        f'{item!r}; known: {W.PERF_KEYS + SWITCHES}.'
+        f'{item!r}; known: {workloads_ours.PERF_KEYS + SWITCHES}.'
       )
     if not isinstance(perf.get('blockwise_cpu_gradients', True), bool):
       raise ValueError(
@@ -144,20 +145,22 @@ def _compile_variant(w, data, mode, perf):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  model, variables, x, kwargs = W.ours_build(w, data, **perf)
+  model, variables, x, kwargs = workloads_ours.ours_build(w, data, **perf)
   if mode == 'infer':
-    fn = W.ours_infer_fn(model).lower(variables, x, kwargs).compile()
+    fn = (
+      workloads_ours.ours_infer_fn(model).lower(variables, x, kwargs).compile()
+    )
 
     def call():
       jax.block_until_ready(fn(variables, x, kwargs))
       process_tuning.settle_host_memory()  # As the launchers' loops do.
   else:
-    tx = W.ours_optimizer()
+    tx = workloads_ours.ours_optimizer()
     params = variables.pop('params')
     box = [params, variables, tx.init(params)]
     labels = jnp.asarray(data['labels'])
     fn = (
-      W.ours_train_step(model, tx, 'batch_stats' in variables)
+      workloads_ours.ours_train_step(model, tx, 'batch_stats' in variables)
       .lower(*box, x, labels, kwargs)
       .compile()
     )
@@ -194,7 +197,7 @@ def run(args):
       f'{args.workload} supports modes {w.modes}, not {args.mode!r}.'
     )
   data = W.make_inputs(w)
-  W.decide_host_memory_reuse(
+  workloads_ours.decide_host_memory_reuse(
     PROCESS_SETTINGS,
     w,
     data,
@@ -281,7 +284,7 @@ def check_args(args):
       raise ValueError(f'--{flag} must be >= 1, got {getattr(args, flag)}.')
   for _, perf in parse_variants(args.variant):
     compare_reference.check_ours(
-      {k: v for k, v in perf.items() if k in W.PERF_KEYS}, [w]
+      {k: v for k, v in perf.items() if k in workloads_ours.PERF_KEYS}, [w]
     )
 
 

@@ -61,7 +61,10 @@ PROCESS_SETTINGS = (
   _launcher_settings(sys.argv) if __name__ == '__main__' else {}
 )
 
+from benchmarks import measure  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import workloads_hf  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import workloads_ours  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MARKER = 'RESULT '
 
@@ -116,10 +119,12 @@ def count_model_flops(w, mode, data, **perf):
   Counted on the einsum attention path (a fused-attention custom call has no
   count), from shapes only: nothing is initialised or compiled.
   """
-  model, variables, x, kwargs = W.ours_build(
+  model, variables, x, kwargs = workloads_ours.ours_build(
     w, data, abstract=True, **{**perf, 'attention_impl': 'einsum'}
   )
-  fn, args = W.ours_abstract_call(model, variables, x, kwargs, data, mode)
+  fn, args = workloads_ours.ours_abstract_call(
+    model, variables, x, kwargs, data, mode
+  )
   return lowered_flops(fn, *args)
 
 
@@ -142,32 +147,36 @@ def run_ours(spec, w, data):
 
   if spec.get('device', 'cpu') == 'cpu':
     jax.config.update('jax_platforms', 'cpu')
-  perf = {k: spec[k] for k in W.PERF_KEYS if spec.get(k) is not None}
-  W.decide_host_memory_reuse(PROCESS_SETTINGS, w, data, spec['mode'], **perf)
+  perf = {
+    k: spec[k] for k in workloads_ours.PERF_KEYS if spec.get(k) is not None
+  }
+  workloads_ours.decide_host_memory_reuse(
+    PROCESS_SETTINGS, w, data, spec['mode'], **perf
+  )
   t0 = time.perf_counter()
   cache_key = json.dumps([w.kind, w.sizes], sort_keys=True)  # Not the batch.
   if cache_key in _VARIABLES_CACHE:
-    model = build_model(W.ours_config(w, **perf))
+    model = build_model(workloads_ours.ours_config(w, **perf))
     variables = _VARIABLES_CACHE[cache_key]
-    x, kwargs = W.ours_model_inputs(data)
+    x, kwargs = workloads_ours.ours_model_inputs(data)
   else:
-    model, variables, x, kwargs = W.ours_build(w, data, **perf)
+    model, variables, x, kwargs = workloads_ours.ours_build(w, data, **perf)
     jax.block_until_ready(variables)
     process_tuning.release_host_memory()
     if spec.get('items_cache'):
       _VARIABLES_CACHE[cache_key] = variables
   build_s = time.perf_counter() - t0
   out = {
-    'params': W.count_params(variables['params']),
+    'params': workloads_ours.count_params(variables['params']),
     'build_s': build_s,
-    'rss_after_build': W.current_rss_bytes(),
-    'peak_rss_after_build': W.peak_rss_bytes(),
+    'rss_after_build': measure.current_rss_bytes(),
+    'peak_rss_after_build': measure.peak_rss_bytes(),
     'device_kind': jax.devices()[0].device_kind,
     'perf': perf,
     'process_settings': PROCESS_SETTINGS,
   }
   if spec['mode'] == 'train':
-    tx = W.ours_optimizer()
+    tx = workloads_ours.ours_optimizer()
     params = variables['params']
     state = {k: v for k, v in variables.items() if k != 'params'}
     if cache_key in _VARIABLES_CACHE:  # The step donates its inputs: copy.
@@ -178,10 +187,12 @@ def run_ours(spec, w, data):
     has_bs = 'batch_stats' in state
     args = (params, state, opt_state, x, labels, kwargs)
     t0 = time.perf_counter()
-    step = W.ours_train_step(model, tx, has_bs).lower(*args).compile()
+    step = (
+      workloads_ours.ours_train_step(model, tx, has_bs).lower(*args).compile()
+    )
     out['compile_s'] = time.perf_counter() - t0
     process_tuning.release_host_memory()  # As train_lib does after compiling.
-    out['peak_rss_after_compile'] = W.peak_rss_bytes()
+    out['peak_rss_after_compile'] = measure.peak_rss_bytes()
     out['memory_analysis'] = _memory_analysis(step)
     box = {'p': params, 's': state, 'o': opt_state}
 
@@ -194,10 +205,12 @@ def run_ours(spec, w, data):
       process_tuning.settle_host_memory()  # As the launchers' loops do.
   else:
     t0 = time.perf_counter()
-    infer = W.ours_infer_fn(model).lower(variables, x, kwargs).compile()
+    infer = (
+      workloads_ours.ours_infer_fn(model).lower(variables, x, kwargs).compile()
+    )
     out['compile_s'] = time.perf_counter() - t0
     process_tuning.release_host_memory()
-    out['peak_rss_after_compile'] = W.peak_rss_bytes()
+    out['peak_rss_after_compile'] = measure.peak_rss_bytes()
     out['memory_analysis'] = _memory_analysis(infer)
 
     def call():
@@ -205,7 +218,7 @@ def run_ours(spec, w, data):
       process_tuning.settle_host_memory()
 
   out.update(
-    W.time_calls(
+    measure.time_calls(
       call,
       spec.get('repeats', 3),
       spec.get('warmup', 1),
@@ -218,7 +231,7 @@ def run_ours(spec, w, data):
     stats = jax.devices()[0].memory_stats() or {}
     out['device_peak_bytes_process'] = stats.get('peak_bytes_in_use')
   # Counted last (tracing a second model costs memory), after the peak.
-  out['peak_rss'] = W.peak_rss_bytes()
+  out['peak_rss'] = measure.peak_rss_bytes()
   if spec.get('count_flops', True):
     out['flops'], out['flops_error'] = count_model_flops(
       w, spec['mode'], data, **perf
@@ -244,10 +257,10 @@ def run_hf(spec, w, data):
     torch.cuda.reset_peak_memory_stats()
   t0 = time.perf_counter()
   with torch.device(device):  # Initialised where it runs (GPU: no host init).
-    model = W.hf_build(w)
+    model = workloads_hf.hf_build(w)
   process_tuning.release_host_memory()  # Set-up garbage is not the step's peak.
   build_s = time.perf_counter() - t0
-  make_inputs, labels = W.hf_model_inputs(w, data, device)
+  make_inputs, labels = workloads_hf.hf_model_inputs(w, data, device)
   n_params = sum(p.numel() for p in model.parameters())
   backend = spec.get('torch_compile') or ''
   if backend:
@@ -258,8 +271,8 @@ def run_hf(spec, w, data):
     'params': n_params,
     'torch_compile': backend,
     'build_s': build_s,
-    'rss_after_build': W.current_rss_bytes(),
-    'peak_rss_after_build': W.peak_rss_bytes(),
+    'rss_after_build': measure.current_rss_bytes(),
+    'peak_rss_after_build': measure.peak_rss_bytes(),
     'torch_threads': torch.get_num_threads(),
     'precision': precision,
     'device_kind': torch.cuda.get_device_name() if gpu else 'cpu',
@@ -278,7 +291,7 @@ def run_hf(spec, w, data):
 
   if spec['mode'] == 'train':
     model.train()
-    opt = W.hf_optimizer(model, fused=spec.get('fused_adam', False))
+    opt = workloads_hf.hf_optimizer(model, fused=spec.get('fused_adam', False))
     box = {}
 
     def call():
@@ -307,7 +320,7 @@ def run_hf(spec, w, data):
       sync()
 
   out.update(
-    W.time_calls(
+    measure.time_calls(
       call,
       spec.get('repeats', 3),
       spec.get('warmup', 1),
@@ -335,7 +348,7 @@ def run(spec):
       f'workload {w.name} has modes {w.modes}, not {spec["mode"]!r}.'
     )
   threads = _set_cpu_threads(spec.get('threads'))
-  rss_at_start = W.current_rss_bytes()
+  rss_at_start = measure.current_rss_bytes()
   data = W.make_inputs(w)
   t0 = time.perf_counter()
   if spec['impl'] == 'ours':
@@ -344,7 +357,7 @@ def run(spec):
     out = run_hf(spec, w, data)
   else:
     raise ValueError(f"impl must be 'ours' or 'hf', got {spec['impl']!r}.")
-  out.setdefault('peak_rss', W.peak_rss_bytes())
+  out.setdefault('peak_rss', measure.peak_rss_bytes())
   out.update(
     impl=spec['impl'],
     mode=spec['mode'],

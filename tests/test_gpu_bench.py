@@ -18,6 +18,8 @@ import pytest
 
 from benchmarks import count_flops
 from benchmarks import gpu_bench
+from benchmarks import gpu_bench_items
+from benchmarks import gpu_bench_report
 from benchmarks import workloads as W
 
 
@@ -26,12 +28,14 @@ def _args(*argv):
 
 
 def _keys(items):
-  return [gpu_bench.item_key(i) for i in items]
+  return [gpu_bench_items.item_key(i) for i in items]
 
 
 def test_items_order_targets_first():
   ours = _keys(
-    gpu_bench.items_for(_args('--workloads', 'imdb,imagenet_fourier'), 'ours')
+    gpu_bench_items.items_for(
+      _args('--workloads', 'imdb,imagenet_fourier'), 'ours'
+    )
   )
   # cuDNN first (issue batches, then the MFU batches, smoke: 3), then XLA's
   # attention, fp32, and inference in the same precision order.
@@ -51,7 +55,7 @@ def test_items_order_targets_first():
     for p in ('bf16_cudnn', 'bf16', 'fp32')
     for w in ('imdb', 'imagenet_fourier')
   ]
-  hf = _keys(gpu_bench.items_for(_args('--workloads', 'imdb'), 'hf'))
+  hf = _keys(gpu_bench_items.items_for(_args('--workloads', 'imdb'), 'hf'))
   assert hf == [
     'hf/imdb/train/bf16_autocast',
     'hf/imdb/train/tf32',
@@ -65,7 +69,7 @@ def test_items_order_targets_first():
 
 
 def test_hf_compile_adds_compiled_autocast_items_and_a_column():
-  items = gpu_bench.items_for(
+  items = gpu_bench_items.items_for(
     _args('--workloads', 'imdb', '--modes', 'train', '--hf_compile'), 'hf'
   )
   assert _keys(items) == [
@@ -115,11 +119,11 @@ def test_hf_compile_adds_compiled_autocast_items_and_a_column():
       },
     ],
   }
-  doc['summary'] = gpu_bench.summarise(doc)
+  doc['summary'] = gpu_bench_report.summarise(doc)
   row = doc['summary'][0]
   assert row['ref_best'] == 'bf16_autocast_compiled'
   assert row['throughput_ratio_best'] == pytest.approx(2.0)
-  md = gpu_bench.to_markdown(doc)
+  md = gpu_bench_report.to_markdown(doc)
   assert 'ref bf16 autocast + torch.compile' in md and '| 2.00x |' in md
 
 
@@ -132,7 +136,7 @@ def test_only_and_mfu_batch_flags():
     '--mfu_batch',
     'imagenet_fourier=0',
   )
-  items = gpu_bench.items_for(args, 'ours')
+  items = gpu_bench_items.items_for(args, 'ours')
   assert _keys(items) == [
     'ours/imdb@5/train/bf16_cudnn',
     'ours/imdb@5/train/bf16',
@@ -147,11 +151,11 @@ def test_only_and_mfu_batch_flags():
     'cudnn',
     'auto',
   )
-  assert gpu_bench.items_for(args, 'hf') == []
-  cudnn = gpu_bench.items_for(_args('--only', '*bf16_cudnn'), 'ours')
+  assert gpu_bench_items.items_for(args, 'hf') == []
+  cudnn = gpu_bench_items.items_for(_args('--only', '*bf16_cudnn'), 'ours')
   assert {i['attention_impl'] for i in cudnn} == {'cudnn'}
   with pytest.raises(ValueError, match='unknown workloads'):
-    gpu_bench.items_for(_args('--workloads', 'imdb,nope'), 'ours')
+    gpu_bench_items.items_for(_args('--workloads', 'imdb,nope'), 'ours')
 
 
 def _result(impl, workload, mode, precision, median_s, batch=32, **kw):
@@ -190,8 +194,8 @@ def test_summary_ratios_and_mfu_from_cpu_counts():
     ]
   )
   key = count_flops.flops_key('imagenet_fourier', 32, 'train')
-  gpu_bench.fill_flops(doc['results'], {key: 98.94e12})
-  (row,) = gpu_bench.summarise(doc)
+  gpu_bench_report.fill_flops(doc['results'], {key: 98.94e12})
+  (row,) = gpu_bench_report.summarise(doc)
   assert row['ours_best'] == 'bf16_cudnn' and row['ref_best'] == 'tf32'
   assert row['throughput_ratio_best'] == pytest.approx(5.0)  # 0.5 / 0.1
   assert row['throughput_ratio_bf16'] == pytest.approx(6.0)  # 0.6 / 0.1
@@ -225,18 +229,18 @@ def test_merge_keeps_measured_items_over_later_skips():
     ],
     date='2026-01-01T01:00:00',
   )
-  merged = gpu_bench.merge_docs([run1, run2])
+  merged = gpu_bench_report.merge_docs([run1, run2])
   by_impl = {r['impl']: r for r in merged['results']}
   assert by_impl['hf']['median_s'] == 0.013 and by_impl['hf']['run'] == 0
   assert by_impl['ours']['median_s'] == 0.004 and by_impl['ours']['run'] == 1
-  (row,) = gpu_bench.summarise(merged)
+  (row,) = gpu_bench_report.summarise(merged)
   assert row['runs'] == {'ours': [2], 'hf': [1]}
   assert row['throughput_ratio_best'] == pytest.approx(0.013 / 0.004)
-  assert 'runs (ours / ref)' in gpu_bench.to_markdown(
+  assert 'runs (ours / ref)' in gpu_bench_report.to_markdown(
     dict(merged, summary=[row])
   )
   with pytest.raises(ValueError, match='different cards'):
-    gpu_bench.merge_docs([run1, dict(run2, device_name='NVIDIA H100')])
+    gpu_bench_report.merge_docs([run1, dict(run2, device_name='NVIDIA H100')])
 
 
 def test_count_flops_items_and_linearity():
@@ -432,7 +436,7 @@ def test_a_crashed_worker_costs_one_item_and_the_rest_run_again(
     }
     for n in ('a', 'boom', 'c', 'd')
   ]
-  monkeypatch.setattr(gpu_bench, 'items_for', lambda args, impl: items)
+  monkeypatch.setattr(gpu_bench_items, 'items_for', lambda args, impl: items)
   results = gpu_bench.run_impl(
     _args(),
     'ours',

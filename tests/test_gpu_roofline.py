@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from benchmarks import gpu_compile
 from benchmarks import gpu_roofline
-from benchmarks import profile_ours
+from benchmarks import hlo_analysis
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,20 +61,20 @@ _ATTN_FLOPS = 2 * 2 * 4 * 16 * 32 * (8 + 16)  # QK^T (width 8) + PV (16)
 
 
 def test_cudnn_attention_flops_forward_and_backward():
-  got = profile_ours.attention_flops_from_hlo(_GPU_HLO)
+  got = hlo_analysis.attention_flops_from_hlo(_GPU_HLO)
   assert got == {'fmha.2': _ATTN_FLOPS}
   backward = _GPU_HLO.replace('fmhaSoftmax"', 'fmhaSoftmaxBackward"')
   # Recomputed QK^T, dQ and dK at width 8; dP and dV at width 16.
-  assert profile_ours.attention_flops_from_hlo(backward) == {
+  assert hlo_analysis.attention_flops_from_hlo(backward) == {
     'fmha.2': 2 * 2 * 4 * 16 * 32 * (3 * 8 + 2 * 16)
   }
 
 
 def test_a_convert_fusion_is_no_convolution():
-  assert profile_ours.op_category(
+  assert hlo_analysis.op_category(
     'loop_convert_fusion_3', 'loop_convert_fusion.3'
   ) == ('other fusions (elementwise, reductions)')
-  assert profile_ours.op_category(
+  assert hlo_analysis.op_category(
     'implicit_convolve_sgemm', 'convolution.1'
   ) == ('convolution')
 
@@ -149,7 +150,7 @@ def test_parse_item():
 def test_without_the_cuda_plugin_it_says_what_to_install():
   # CI's JAX has no CUDA plugin: no card to compile for, one clear message.
   with pytest.raises(SystemExit, match=r'jax\[cuda13\]'):
-    gpu_roofline.gpu_sharding('h200')
+    gpu_compile.gpu_sharding('h200')
 
 
 def test_measured_rows_from_the_committed_gpu_results():
@@ -213,7 +214,7 @@ def test_compile_step_and_roofline_end_to_end_on_this_machines_device(
   # analysis, the model FLOPs count), compiled for the CPU at tiny sizes:
   # the same path as for a described card, minus the card.
   sharding = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
-  hlo, memory = gpu_roofline.compile_step(
+  hlo, memory = gpu_compile.compile_step(
     'imagenet_conv', 2, mode, precision, sharding, deviceless=False, smoke=True
   )
   r = gpu_roofline.roofline(hlo, peak_flops=1e12, bandwidth=1e11)
@@ -235,14 +236,14 @@ def test_preset_gradient_compile_path_on_this_machines_device():
   # here for the CPU and with XLA's attention (cuDNN's needs a CUDA
   # target): the multimodal preset has the most varied inputs.
   sharding = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
-  hlo = gpu_roofline.compile_preset_gradient(
+  hlo = gpu_compile.compile_preset_gradient(
     'tiny_multimodal_autoencoding',
     2,
     sharding,
     deviceless=False,
     attention_impl='auto',
   )
-  assert 'ENTRY' in hlo and profile_ours.op_flops_from_hlo(hlo)
+  assert 'ENTRY' in hlo and hlo_analysis.op_flops_from_hlo(hlo)
 
 
 def test_an_unreadable_measured_file_is_one_clear_error(tmp_path):

@@ -134,13 +134,16 @@ def test_forward_flops_of_chunked_decoding():
   # The scan's trace for its broadcast parameters keeps a few small products
   # outside the loop (0.2 % here), hence the tolerance.
   from benchmarks import workloads as W  # pylint: disable=g-import-not-at-top
+  from benchmarks import workloads_ours  # pylint: disable=g-import-not-at-top
   from perceiver_io import model as model_lib  # pylint: disable=g-import-not-at-top
 
   w = W.query_workload(100, grid=(32, 32), tiny=True)
-  x, kwargs = W.ours_model_arrays(W.make_inputs(w))
+  x, kwargs = workloads_ours.ours_model_arrays(W.make_inputs(w))
   counts = {
     chunk: flops.forward_flops(
-      model_lib.build_model(W.ours_config(w, query_chunk_size=chunk)),
+      model_lib.build_model(
+        workloads_ours.ours_config(w, query_chunk_size=chunk)
+      ),
       x,
       **kwargs,
     )
