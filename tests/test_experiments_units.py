@@ -27,6 +27,7 @@ from configs import mlm_bytes
 from configs import quickstart
 from experiments import cli
 from experiments import eval_lib
+from experiments import init_from as init_from_lib
 from experiments import input_pipeline
 from experiments import metrics
 from experiments import models
@@ -597,7 +598,7 @@ def test_merge_pretrained_refuses_a_checkpoint_of_another_size():
 
 def test_init_from_rejects_unknown_kinds():
   with pytest.raises(ValueError, match='hf:<dir or hub id>'):
-    workdir_lib.load_init_from('s3://bucket/x')
+    init_from_lib.load_init_from('s3://bucket/x')
 
 
 # ------------------------------------------------------------- glue summary --
