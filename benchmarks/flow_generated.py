@@ -92,7 +92,7 @@ from configs import optical_flow
 from experiments import tasks
 from experiments import train_lib
 from experiments import workdir as workdir_lib
-from experiments.tasks import optical_flow as flow_task
+from experiments.tasks import flow_full_frame
 from perceiver_io.flow import layouts as flow_layouts
 from perceiver_io.flow import metrics as flow_metrics
 from perceiver_io.flow import synthetic
@@ -232,7 +232,7 @@ def main():
       parser.error(f'{flag} {root}: not a folder.')
   if args.sintel or args.middlebury:
     try:
-      flow_task.check_tile_overlap(
+      flow_full_frame.check_tile_overlap(
         config.eval_tile_overlap, tuple(config.model.kwargs.train_size)
       )
     except ValueError as e:

@@ -13,6 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from experiments import init_from as init_from_lib
 from experiments import metrics as metrics_lib
 from experiments import sharding
 from experiments import steps
@@ -106,7 +107,7 @@ def evaluate_pretrained(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """
   config = config.copy_and_resolve_references()
   train_lib.configure_jax(config)
-  imported = workdir_lib.load_init_from(
+  imported = init_from_lib.load_init_from(
     config.init_from, config.model.preset, config.model.attention_impl
   )
   task = tasks.get(config, imported.model_config)

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import jax
 import ml_collections
 
+from experiments import init_from as init_from_lib
 from experiments import tasks
 from experiments import workdir as workdir_lib
 
@@ -53,7 +54,7 @@ def predict_pretrained(
 ) -> List[str]:
   """Prediction lines of the checkpoint named by config.init_from."""
   config = config.copy_and_resolve_references()
-  imported = workdir_lib.load_init_from(
+  imported = init_from_lib.load_init_from(
     config.init_from, config.model.preset, config.model.attention_impl
   )
   task = tasks.get(config, imported.model_config)

@@ -24,6 +24,8 @@ import ml_collections
 import numpy as np
 
 from experiments import checkpointing
+from experiments import init_from as init_from_lib
+from experiments import metric_writer
 from experiments import models
 from experiments import optim
 from experiments import process_tuning
@@ -162,7 +164,7 @@ def train_and_evaluate(
   )
 
   # ----------------------------------------------------------------- loop --
-  writer = workdir_lib.MetricWriter(workdir, start_step)
+  writer = metric_writer.MetricWriter(workdir, start_step)
   preemption = checkpointing.PreemptionFlag().install()
   history = []  # (step, device metrics) since the last finite check.
   last_metrics, eval_metrics = {}, {}
@@ -303,7 +305,7 @@ def pretrained_variables(config, workdir: str) -> Optional[PyTree]:
       config.init_from,
     )
     return None
-  return workdir_lib.load_init_from(
+  return init_from_lib.load_init_from(
     config.init_from, config.model.preset
   ).variables
 
@@ -451,7 +453,7 @@ def evaluate(
   state,
   mesh,
   model,
-  writer: workdir_lib.MetricWriter,
+  writer: metric_writer.MetricWriter,
   step: int,
 ) -> Dict[str, Any]:
   """The task's eval metrics at `step`, logged and recorded."""
@@ -492,7 +494,7 @@ def format_eta(seconds: float) -> str:
 
 
 def log_train_metrics(
-  writer: workdir_lib.MetricWriter,
+  writer: metric_writer.MetricWriter,
   step: int,
   metrics: Dict[str, Any],
   timer: Throughput,

@@ -15,9 +15,10 @@ runs. Its layout is written down here and nowhere else:
 
 A workdir holding another model's or another experiment's checkpoints is
 refused (`check_workdir`), so a run never resumes on the wrong data or mixes
-checkpoints. `config.init_from` is parsed here too (`load_init_from`), for
-both of its uses: the starting point of a fine-tuning run, and evaluating or
-predicting with an imported checkpoint that has no workdir.
+checkpoints. Two modules build on this one and keep its file names:
+`experiments.metric_writer` (the training loop's metrics.jsonl and tb/
+writer) and `experiments.init_from` (pretrained weights, 'workdir:<dir>'
+among them, read back with `load_workdir`).
 """
 
 import glob
@@ -29,11 +30,9 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import jax
 import ml_collections
-import numpy as np
 
 from experiments import checkpointing
 from experiments import models
-from perceiver_io import checkpoints
 from perceiver_io import model as model_lib
 
 PyTree = Any
@@ -313,87 +312,6 @@ def append_metrics(workdir: str, record: Dict[str, Any]) -> None:
     append_jsonl(os.path.join(workdir, METRICS_FILE), record)
 
 
-def drop_records_after(path: str, step: int) -> None:
-  """Rewrites metrics.jsonl without the records of steps > `step`."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = [line for line in f if line.strip()]
-  keep = []
-  for line in lines:
-    try:
-      if int(json.loads(line).get('step', 0)) <= step:
-        keep.append(line)
-    except (ValueError, TypeError, AttributeError):
-      keep.append(line)  # Not ours to judge: leave it.
-  if len(keep) != len(lines):
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'w') as f:
-      f.writelines(keep)
-    os.replace(tmp, path)
-    logging.info(
-      'metrics: dropped %d records after step %d (logged before '
-      'the last crash, logged again now).',
-      len(lines) - len(keep),
-      step,
-    )
-
-
-class MetricWriter:
-  """metrics.jsonl (one JSON object per line) + TensorBoard events.
-
-  Only process 0 writes. TensorBoard uses tensorboardX (no TensorFlow).
-  A run resumed at `start_step` first drops the records written after it
-  (a crash after the last checkpoint logged steps the resumed run logs
-  again), so each step has one record.
-  """
-
-  def __init__(self, workdir: str, start_step: int = 0):
-    self.enabled = jax.process_index() == 0
-    self.path = os.path.join(workdir, METRICS_FILE)
-    self.tb = None
-    if self.enabled:
-      drop_records_after(self.path, start_step)
-      try:
-        import tensorboardX  # pylint: disable=g-import-not-at-top
-
-        # purge_step: TensorBoard hides the events logged after start_step.
-        self.tb = tensorboardX.SummaryWriter(
-          os.path.join(workdir, TENSORBOARD_DIR),
-          purge_step=int(start_step) if start_step else None,
-        )
-      except ImportError:
-        logging.warning(
-          'tensorboardX is not installed; no TensorBoard '
-          'events (pip install tensorboardX).'
-        )
-
-  def write(self, step: int, metrics: Dict[str, Any]) -> None:
-    if not self.enabled:
-      return
-    record = {'step': int(step)}
-    record.update(
-      {
-        k: (
-          float(v)
-          if isinstance(v, (float, np.floating, np.ndarray, jax.Array))
-          else v
-        )
-        for k, v in metrics.items()
-      }
-    )
-    append_jsonl(self.path, record)
-    if self.tb is not None:
-      for k, v in record.items():
-        if k != 'step' and isinstance(v, (int, float)):
-          self.tb.add_scalar(k, v, int(step))
-      self.tb.flush()
-
-  def close(self):
-    if self.tb is not None:
-      self.tb.close()
-
-
 def read_metrics(workdir: str) -> List[Dict[str, Any]]:
   """Every record of metrics.jsonl, in order ([] if there is none)."""
   path = os.path.join(workdir, METRICS_FILE)
@@ -612,98 +530,4 @@ def load_workdir(
     step,
     saved['perceiver'],
     info,
-  )
-
-
-# ----------------------------------------------------------------------------
-# config.init_from.
-# ----------------------------------------------------------------------------
-
-INIT_FROM_USAGE = (
-  'hf:<dir or hub id>, haiku:<pickle>[:<preset>], dir:<dir> or workdir:<dir>'
-)
-
-
-def parse_init_from(spec: str) -> Tuple[str, str]:
-  """'kind:where' -> (kind, where), or one error naming the valid forms."""
-  kind, _, where = str(spec).partition(':')
-  if not where or kind not in ('hf', 'haiku', 'dir', 'workdir'):
-    raise ValueError(
-      f'config.init_from must be {INIT_FROM_USAGE}; got {spec!r}.'
-    )
-  return kind, where
-
-
-def _haiku_preset(preset_hint: str) -> str:
-  """The architecture of a Haiku pickle that does not name one: the
-  official language pickle is the MLM model whatever head is fine-tuned;
-  the others are the config's preset at full size."""
-  if 'text' in preset_hint or 'language' in preset_hint:
-    return 'language_mlm'
-  return preset_hint.replace('tiny_', '')
-
-
-def _hf_label_names(kind: str, where: str) -> List[str]:
-  """id2label of a local HuggingFace checkpoint directory, in index order."""
-  if kind != 'hf' or not os.path.isdir(where):
-    return []
-  try:
-    id2label = (
-      read_json(os.path.join(where, 'config.json')).get('id2label') or {}
-    )
-    return [id2label[str(i)] for i in range(len(id2label))]
-  except (OSError, ValueError, KeyError):
-    return []
-
-
-def load_init_from(
-  spec: str, preset_hint: str = '', attention_impl: str = 'auto'
-) -> Run:
-  """The model and variables named by `config.init_from`.
-
-  The model is built from the checkpoint's own config (a HuggingFace
-  checkpoint keeps its erf GELU and conv padding), not from `config.model`;
-  only how it computes comes from the run (`attention_impl`, as
-  `config.model.attention_impl`: the runner's kernels, not the library's
-  default).
-
-  Args:
-    spec: 'hf:<dir or hub id>' (HuggingFace save_pretrained layout),
-      'haiku:<pickle>[:<preset>]' (official DeepMind checkpoint),
-      'dir:<dir>' (`perceiver_io.checkpoints.save` output) or
-      'workdir:<dir>' (a run of experiments.train: its latest checkpoint).
-    preset_hint: the config's preset, for Haiku pickles that name none.
-
-  Returns:
-    A Run with step 0 (a workdir's: its step and config) and the
-    checkpoint's label names in info (HuggingFace id2label; [] if none).
-  """
-  kind, where = parse_init_from(spec)
-  if kind == 'workdir':
-    return load_workdir(where)
-  try:
-    if kind == 'haiku':
-      path, _, preset = where.partition(':')
-      model, variables, model_config = checkpoints.from_haiku(
-        path,
-        preset or _haiku_preset(preset_hint),
-        attention_impl=attention_impl,
-      )
-    elif kind == 'hf':
-      model, variables, model_config = checkpoints.from_hf(
-        f'hf:{where}', attention_impl=attention_impl
-      )
-    else:
-      model, variables, model_config = checkpoints.load(
-        where, attention_impl=attention_impl
-      )
-  except checkpoints.CheckpointError as e:
-    raise ValueError(f'cannot import {spec}: {e}') from e
-  return Run(
-    model,
-    variables,
-    None,
-    0,
-    model_config,
-    {'label_names': _hf_label_names(kind, where)},
   )

@@ -23,6 +23,7 @@ from configs import imdb_bytes
 from configs import mlm_bytes
 from configs import quickstart
 from experiments import eval_lib
+from experiments import init_from as init_from_lib
 from experiments import input_pipeline
 from experiments import models
 from experiments import predict_lib
@@ -190,7 +191,7 @@ def test_workdir_of_a_different_model_is_refused(quickstart_run):
 
 def test_init_from_workdir_and_library_checkpoint(quickstart_run, tmp_path):
   workdir = quickstart_run[0]
-  trained = workdir_lib.load_init_from(f'workdir:{workdir}').variables
+  trained = init_from_lib.load_init_from(f'workdir:{workdir}').variables
   # A 12-class model: everything but the classifier output comes from the run.
   config = _override(quickstart.get_config('tiny'), data__num_classes=12)
   task = tasks.get(config)
@@ -213,7 +214,9 @@ def test_init_from_workdir_and_library_checkpoint(quickstart_run, tmp_path):
   # The library's own checkpoint format (dir:) round-trips into init_from.
   model_cfg = json.load(open(os.path.join(workdir, 'model.json')))
   ckpt_lib.save(str(tmp_path / 'export'), trained, model_cfg['perceiver'])
-  exported = workdir_lib.load_init_from(f'dir:{tmp_path / "export"}').variables
+  exported = init_from_lib.load_init_from(
+    f'dir:{tmp_path / "export"}'
+  ).variables
   np.testing.assert_array_equal(
     exported['params']['encoder']['latents'],
     trained['params']['encoder']['latents'],

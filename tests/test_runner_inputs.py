@@ -26,13 +26,14 @@ from configs import optical_flow
 from configs import quickstart
 from experiments import cli
 from experiments import eval_lib
+from experiments import init_from as init_from_lib
 from experiments import input_pipeline
 from experiments import models
 from experiments import predict_lib
 from experiments import tasks
 from experiments import train_lib
 from experiments import workdir as workdir_lib
-from experiments.tasks import optical_flow as flow_task
+from experiments.tasks import flow_full_frame
 from perceiver_io import checkpoints
 from perceiver_io import presets
 from perceiver_io.flow import formats as flow_formats
@@ -89,7 +90,9 @@ def test_every_variant_tile_overlap_fits_its_model_tiles():
     if 'eval_tile_overlap' not in config:
       continue
     task = tasks.get(config)
-    flow_task.check_tile_overlap(config.eval_tile_overlap, task.train_size)
+    flow_full_frame.check_tile_overlap(
+      config.eval_tile_overlap, task.train_size
+    )
     checked.append(name)
   assert checked == [
     'optical_flow:default',
@@ -107,9 +110,9 @@ def test_a_too_large_tile_overlap_is_refused_before_training():
     r'\[0, 16\).*24x16',
   ):
     task.data_info()
-  assert flow_task.check_tile_overlap(15, (16, 24)) == 15
+  assert flow_full_frame.check_tile_overlap(15, (16, 24)) == 15
   with pytest.raises(ValueError, match='must be in'):
-    flow_task.check_tile_overlap(-1, (16, 24))
+    flow_full_frame.check_tile_overlap(-1, (16, 24))
 
 
 def _save_png(path, array):
@@ -491,7 +494,7 @@ def test_a_checkpoint_folder_is_not_taken_for_a_workdir(
   )
   for call in (
     lambda: predict_lib.predict_lines(converted, ['x.png']),
-    lambda: workdir_lib.load_init_from(f'workdir:{converted}'),
+    lambda: init_from_lib.load_init_from(f'workdir:{converted}'),
   ):
     with pytest.raises(
       ValueError,

@@ -19,8 +19,9 @@ import ml_collections
 from experiments import models
 from experiments.tasks import base
 
-# Modules of this package that are not tasks.
-_NOT_TASKS = ('base',)
+# Modules of this package that are not tasks: the interface, and the
+# full-frame (tiled) evaluation and frame reading that optical_flow inherits.
+_NOT_TASKS = ('base', 'flow_full_frame')
 
 
 def names() -> List[str]:

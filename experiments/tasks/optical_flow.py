@@ -32,11 +32,9 @@ Evaluation sources (`config.data.eval_source`):
                           separately ('sintel_clean:'/'sintel_final:' one);
   'kitti:<root>'          KITTI 2012/2015 training (flow_occ), EPE + Fl-all;
   'middlebury:<root>', 'chairs:<root>'.
-Directory sources go through tiled inference at the model's size
-(official: 368x496, min overlap 20, weights = 1 + distance to the tile
-border). EPE is pooled over all valid pixels (Sintel convention);
-`epe_per_image` is the mean of per-image EPEs (RAFT's KITTI convention);
-Fl-all is the % of valid pixels with error > 3 px and > 5 % of |gt|.
+Directory sources, and the frames given to predict, go through tiled
+inference at the model's size: `flow_full_frame.FullFrameFlow`, which this
+task inherits, with the metrics' conventions.
 """
 
 import concurrent.futures
@@ -49,15 +47,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
-from experiments import eval_progress
 from experiments import steps
 from experiments.tasks import base
+from experiments.tasks import flow_full_frame
 from perceiver_io import model as model_lib
 from perceiver_io.flow import augment
 from perceiver_io.flow import formats as flow_formats
-from perceiver_io.flow import layouts as flow_layouts
 from perceiver_io.flow import metrics as flow_metrics
 from perceiver_io.flow import synthetic
 from perceiver_io.flow import tiling
@@ -71,13 +67,6 @@ _DIR_KINDS = (
   'middlebury',
   'chairs',
 )
-_GRAYSCALE_MODES = ('L', '1', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'F')
-_ALPHA_MODES = ('RGBA', 'RGBa', 'LA', 'PA', 'La')
-
-
-def normalize_frames(frame1: np.ndarray, frame2: np.ndarray) -> np.ndarray:
-  """Two uint8 [H, W, 3] frames -> float32 [2, H, W, 3] in [-1, 1]."""
-  return np.stack([frame1, frame2]).astype(np.float32) / 127.5 - 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,30 +80,6 @@ class GeneratorSettings:
   synthetic_config: synthetic.SyntheticFlowConfig
   photometric: Optional[augment.PhotometricConfig]
   spatial: Optional[augment.SpatialConfig]
-
-
-def check_tile_overlap(overlap: int, tile_size: Tuple[int, int]) -> int:
-  """`overlap` if tiles of `tile_size` (height, width) can overlap by it.
-
-  Why a function of its own: the overlap is a config field but the tile is
-  the model's size, so a config can pair a small model with the official
-  overlap (20 px for 368x496 tiles); that must fail when a run starts, not
-  when tiled evaluation or predict first meets it.
-
-  Raises:
-    ValueError: the overlap is negative or not smaller than the tile.
-  """
-  overlap = int(overlap)
-  height, width = tile_size
-  if not 0 <= overlap < min(tile_size):
-    raise ValueError(
-      f'config.eval_tile_overlap={overlap} must be in [0, {min(tile_size)}) '
-      f"for this model's {width}x{height} (WxH) tiles (official: 20 for "
-      '496x368; the cpu and tiny configs use 4); set '
-      '--config.eval_tile_overlap=<value> (with --workdir, together with '
-      "--config=<the run's config file>)."
-    )
-  return overlap
 
 
 def _centre_crop(sample, size):
@@ -153,7 +118,9 @@ def make_train_sample(
     if settings.spatial is None:
       sample = _centre_crop(sample, settings.train_size)
   return {
-    'image': normalize_frames(sample['frame1'], sample['frame2']),
+    'image': flow_full_frame.normalize_frames(
+      sample['frame1'], sample['frame2']
+    ),
     'flow': sample['flow'].astype(np.float32),
     'valid': sample['valid'].astype(np.float32),
   }
@@ -199,7 +166,7 @@ class _TrainStream:
     return stack_samples(samples)
 
 
-class Task(base.Task):
+class Task(flow_full_frame.FullFrameFlow, base.Task):
   """Flow of frame pairs, in pixels: generated training pairs, EPE."""
 
   eval_unit = 'pair'
@@ -286,7 +253,9 @@ class Task(base.Task):
         f'by the number of processes {jax.process_count()}.'
       )
     self._eval_spec()  # Validates the eval source before anything is written.
-    check_tile_overlap(self.config.eval_tile_overlap, self.train_size)
+    flow_full_frame.check_tile_overlap(
+      self.config.eval_tile_overlap, self.train_size
+    )
     return (
       {'num_examples': settings.num_examples, 'label_names': []},
       {'num_examples': -1, 'label_names': []},
@@ -379,7 +348,7 @@ class Task(base.Task):
       )
       samples.append(
         {
-          'image': normalize_frames(s['frame1'], s['frame2']),
+          'image': flow_full_frame.normalize_frames(s['frame1'], s['frame2']),
           'flow': s['flow'],
           'valid': s['valid'],
         }
@@ -422,163 +391,7 @@ class Task(base.Task):
       'num_examples': int(sums['weight']),
     }
 
-  def listings(self, kind: str, root: str):
-    """(name, [FlowPairFiles]) groups to report separately."""
-    if kind == 'sintel':
-      groups = [
-        (f'sintel_{p}', flow_layouts.list_sintel(root, passes=p))
-        for p in ('clean', 'final')
-        if os.path.isdir(os.path.join(root, 'training', p))
-        or os.path.isdir(os.path.join(root, p))
-      ]
-      # No pass folder: let the lister raise its layout message.
-      return groups or [('sintel', flow_layouts.list_sintel(root))]
-    if kind in ('sintel_clean', 'sintel_final'):
-      return [(kind, flow_layouts.list_sintel(root, passes=kind.split('_')[1]))]
-    if kind == 'kitti':
-      return [('kitti', flow_layouts.list_kitti(root))]
-    if kind == 'middlebury':
-      return [('middlebury', flow_layouts.list_middlebury(root))]
-    return [('chairs', flow_layouts.list_flying_chairs(root))]
-
-  def make_predict_fn(self, model, variables):
-    """float32 tiles [N, 2, th, tw, 3] in [-1, 1] -> flow in pixels."""
-    apply = jax.jit(lambda v, x: model.apply(v, x, deterministic=True))
-
-    def predict(tiles):
-      return (
-        np.asarray(apply(variables, jnp.asarray(tiles)), np.float32)
-        * self.flow_scale
-      )
-
-    return predict
-
-  def full_frame_flow(
-    self, predict_fn, frame1, frame2, pad_small: bool = False
-  ) -> np.ndarray:
-    """Flow of a whole frame pair by tiling at the model size."""
-    d = self.config
-    overlap = check_tile_overlap(d.eval_tile_overlap, self.train_size)
-    frames = normalize_frames(frame1, frame2)
-    return tiling.tiled_flow(
-      predict_fn,
-      frames[0],
-      frames[1],
-      tile_size=self.train_size,
-      min_overlap=overlap,
-      batch_size=int(d.eval_tile_batch),
-      pad_small=pad_small,
-    )
-
-  def evaluate_directory(
-    self, model, variables, kind: str, root: str
-  ) -> Dict[str, float]:
-    """Tiled full-frame EPE / Fl-all over a benchmark folder."""
-    predict_fn = self.make_predict_fn(model, variables)
-    limit = int(self.config.max_eval_examples)
-    pad_small = bool(self.config.data.pad_small)
-    metrics = {}
-    total = 0
-    groups = [
-      (name, listing[:limit] if limit > 0 else listing)
-      for name, listing in self.listings(kind, root)
-    ]
-    progress = eval_progress.EvalProgress(
-      self.config,
-      sum(len(listing) for _, listing in groups),
-      'pair',
-      desc=f'eval {kind}',
-    )
-    with progress:
-      for name, listing in groups:
-        sums, per_image = {}, []
-        for files in listing:
-          sample = flow_layouts.load_pair(files)
-          self._check_tile_fits(
-            sample['frame1'].shape,
-            files.frame1,
-            pad_small,
-            '--config.data.pad_small=True',
-          )
-          flow = self.full_frame_flow(
-            predict_fn, sample['frame1'], sample['frame2'], pad_small
-          )
-          one = flow_metrics.flow_metric_sums(
-            flow, sample['flow'], sample['valid']
-          )
-          sums = flow_metrics.add_sums(sums, one)
-          if one['count'] > 0:
-            per_image.append(one['epe'] / one['count'])
-          progress.update(1)
-        pooled = flow_metrics.metrics_from_sums(sums)
-        prefix = f'{name}_' if kind == 'sintel' else ''
-        metrics.update(
-          {
-            f'{prefix}epe': pooled['epe'],
-            f'{prefix}epe_per_image': float(np.mean(per_image)),
-            f'{prefix}fl_all': pooled['fl_all'],
-            f'{prefix}acc_1px': pooled['acc_1px'],
-          }
-        )
-        total += len(listing)
-    metrics['num_examples'] = total
-    return metrics
-
   # ------------------------------------------------------------ prediction --
-
-  def _check_tile_fits(self, shape, path, pad_small, how):
-    th, tw = self.train_size
-    if (shape[0] < th or shape[1] < tw) and not pad_small:
-      raise ValueError(
-        f"{path} is {shape[1]}x{shape[0]} (WxH), smaller than the model's "
-        f'{tw}x{th} tile. Resize the frames to at least {tw}x{th}, or pass '
-        f'{how} to pad them by edge replication (the padded border is '
-        'invented content; its flow is cropped away).'
-      )
-
-  @staticmethod
-  def read_frame(path: str) -> np.ndarray:
-    """An RGB frame as uint8 [H, W, 3], read exactly as evaluation reads it.
-
-    Prediction and `evaluate` share `formats.read_image`'s policy: grayscale
-    (e.g. KITTI 2012 `image_0`) is replicated to 3 channels, alpha is dropped,
-    palette images are converted; 16/32-bit images and unreadable or
-    truncated files are one ValueError naming the file.
-    """
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f'frame not found: {path}')
-    frame = flow_formats.read_image(path)
-    with Image.open(path) as image:
-      mode = image.mode
-    if mode in _GRAYSCALE_MODES:
-      logging.info(
-        '%s is grayscale (mode %s): replicated to 3 channels, as '
-        'evaluation does.',
-        path,
-        mode,
-      )
-    elif mode in _ALPHA_MODES:
-      logging.info(
-        '%s has an alpha channel (mode %s): dropped, as evaluation does.',
-        path,
-        mode,
-      )
-    return frame
-
-  @staticmethod
-  def read_ground_truth(path: str) -> Tuple[np.ndarray, np.ndarray]:
-    """(flow [H, W, 2], valid [H, W]) from a .flo or a KITTI 16-bit PNG."""
-    lower = path.lower()
-    if lower.endswith('.flo'):
-      flow = flow_formats.read_flo(path)
-      valid = flow_formats.known_flow_mask(flow)
-      return np.where(valid[..., None] > 0, flow, 0.0), valid
-    if lower.endswith('.png'):
-      return flow_formats.read_kitti_flow(path)
-    raise ValueError(
-      f'--ground_truth {path!r}: expected a Middlebury .flo '
-      'file or a KITTI 16-bit flow .png.'
-    )
 
   def predict_lines(
     self,
