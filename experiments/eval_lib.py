@@ -13,7 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from experiments import init_from as init_from_lib
+from experiments.workdir import init_from as init_from_lib
 from experiments import metrics as metrics_lib
 from experiments import sharding
 from experiments import steps

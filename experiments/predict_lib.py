@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import jax
 import ml_collections
 
-from experiments import init_from as init_from_lib
+from experiments.workdir import init_from as init_from_lib
 from experiments import tasks
 from experiments import workdir as workdir_lib
 

@@ -24,8 +24,8 @@ import ml_collections
 import numpy as np
 
 from experiments import checkpointing
-from experiments import init_from as init_from_lib
-from experiments import metric_writer
+from experiments.workdir import init_from as init_from_lib
+from experiments.workdir import metric_writer
 from experiments import models
 from experiments import optim
 from experiments import process_tuning
@@ -61,7 +61,7 @@ def train_and_evaluate(
 
   Args:
     config: the experiment config (configs/common.py fields).
-    workdir: the run directory (layout: experiments/workdir.py).
+    workdir: the run directory (layout: experiments/workdir/).
 
   Returns:
     {'step': final step, 'eval': final eval metrics, 'train_loss': last

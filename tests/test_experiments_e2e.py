@@ -23,7 +23,7 @@ from configs import imdb_bytes
 from configs import mlm_bytes
 from configs import quickstart
 from experiments import eval_lib
-from experiments import init_from as init_from_lib
+from experiments.workdir import init_from as init_from_lib
 from experiments import input_pipeline
 from experiments import models
 from experiments import predict_lib

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from experiments import init_from as init_from_lib
+from experiments.workdir import init_from as init_from_lib
 from experiments import models
 from experiments import workdir as workdir_lib
 

@@ -26,7 +26,7 @@ from configs import optical_flow
 from configs import quickstart
 from experiments import cli
 from experiments import eval_lib
-from experiments import init_from as init_from_lib
+from experiments.workdir import init_from as init_from_lib
 from experiments import input_pipeline
 from experiments import models
 from experiments import predict_lib

@@ -1,6 +1,6 @@
 """The workdir: its layout, its checks, the run's records, and reading it back.
 
-Why one module: a workdir is how a run survives a crash or preemption, how
+Why one package: a workdir is how a run survives a crash or preemption, how
 evaluate and predict find a trained model, and how a GLUE summary reads many
 runs. Its layout is written down here and nowhere else:
 
@@ -15,10 +15,11 @@ runs. Its layout is written down here and nowhere else:
 
 A workdir holding another model's or another experiment's checkpoints is
 refused (`check_workdir`), so a run never resumes on the wrong data or mixes
-checkpoints. Two modules build on this one and keep its file names:
-`experiments.metric_writer` (the training loop's metrics.jsonl and tb/
-writer) and `experiments.init_from` (pretrained weights, 'workdir:<dir>'
-among them, read back with `load_workdir`).
+checkpoints. Its two submodules build on this one and use its file names:
+`metric_writer` (the training loop's metrics.jsonl and tb/ writer) and
+`init_from` (parsing `config.init_from` once, for fine-tuning and for
+evaluating or predicting an imported checkpoint; 'workdir:<dir>' is read
+back with `load_workdir`).
 """
 
 import glob
