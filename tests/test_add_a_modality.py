@@ -182,6 +182,7 @@ def new_modality(tmp_path, monkeypatch):
   return tmp_path
 
 
+@pytest.mark.slow
 def test_a_new_modality_trains_evaluates_and_predicts(new_modality):
   config = cli.load_config_file(str(new_modality / 'configs' / 'tone_band.py'))
   workdir = str(new_modality / 'run')

@@ -128,6 +128,7 @@ def new_task(tmp_path, monkeypatch):
   return tmp_path
 
 
+@pytest.mark.slow
 def test_a_new_task_module_and_config_train_evaluate_and_predict(new_task):
   # The launcher's own config loading (--config=configs/has_x.py).
   config = cli.load_config_file(str(new_task / 'configs' / 'has_x.py'))

@@ -315,6 +315,7 @@ def _tiny_model_and_inputs(name):
   return model, rand(*shape)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   'name', ['tiny_text_classification', 'tiny_imagenet_fourier']
 )

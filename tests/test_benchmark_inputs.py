@@ -270,6 +270,7 @@ def test_flow_generated_bad_overlap_fails_before_training(
   assert not (tmp_path / 'w').exists()  # No training started.
 
 
+@pytest.mark.slow
 def test_flow_generated_writes_json_when_real_data_eval_fails(
   tmp_path, subprocess_env
 ):

@@ -18,6 +18,7 @@ from benchmarks import paired_options
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_paired_options_end_to_end(tmp_path):
   # Two variants alternated in one process: a row each, ratio to the first.
   out = tmp_path / 'paired'

@@ -289,6 +289,7 @@ def test_profile_without_stream_lines_skips_the_derived_ones():
   }
 
 
+@pytest.mark.slow
 def test_profile_ours_smoke_end_to_end(tmp_path):
   import gzip
   from benchmarks import profile_ours

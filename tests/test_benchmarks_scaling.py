@@ -30,6 +30,7 @@ def test_scaling_linearity_of_exactly_linear_points():
   assert scaling.linearity(points[:1]) is None
 
 
+@pytest.mark.slow
 def test_scaling_smoke_reruns_one_sweep_keeping_the_other(tmp_path):
   # Two tiny runs: the inputs sweep, then the queries sweep with
   # --keep_from the first: one table and plot with both, both dates noted.

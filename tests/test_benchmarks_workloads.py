@@ -73,6 +73,7 @@ def _ours_with_hf_weights(w, hf_model, arch):
   return model, flax.core.unfreeze(variables)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   'name,arch',
   [
@@ -162,6 +163,7 @@ def _run_worker(impl, mode='infer', **extra):
   return json.loads(lines[0][len('RESULT ') :])
 
 
+@pytest.mark.slow
 def test_worker_end_to_end():
   results = {impl: _run_worker(impl) for impl in ('ours', 'hf')}
   for impl, r in results.items():
@@ -184,6 +186,7 @@ def test_worker_end_to_end():
     assert settings['host_memory_reuse'].startswith('off (step '), settings
 
 
+@pytest.mark.slow
 def test_worker_times_a_torch_compiled_reference():
   # --hf_compile's path (compare_reference passes backend 'inductor'; the
   # 'eager' backend here runs the same torch.compile wrapping and Dynamo

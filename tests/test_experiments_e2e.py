@@ -91,6 +91,7 @@ def _read_jsonl(path):
     return [json.loads(line) for line in f if line.strip()]
 
 
+@pytest.mark.slow
 def test_quickstart_tiny_writes_a_complete_workdir(quickstart_run):
   workdir, config, result, counts = quickstart_run
   assert result['step'] == 3
@@ -130,6 +131,7 @@ def test_quickstart_tiny_writes_a_complete_workdir(quickstart_run):
     ckpt.close()
 
 
+@pytest.mark.slow
 def test_quickstart_tiny_evaluate_and_predict(quickstart_run, tmp_path):
   workdir, _, result, _ = quickstart_run
   evaluated = eval_lib.evaluate_workdir(workdir)
@@ -159,6 +161,7 @@ def test_quickstart_tiny_evaluate_and_predict(quickstart_run, tmp_path):
     predict_lib.predict_lines(workdir, [str(tmp_path / 'nope.png')])
 
 
+@pytest.mark.slow
 def test_predictions_are_one_compiled_call_reused_for_the_same_model(
   quickstart_run,
 ):
@@ -223,6 +226,7 @@ def test_init_from_workdir_and_library_checkpoint(quickstart_run, tmp_path):
   )
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   config = _override(
     quickstart.get_config('tiny'),
@@ -247,6 +251,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   )
 
 
+@pytest.mark.slow
 def test_imdb_tiny_on_local_csv_with_cli_predict(
   data_dir, tmp_path, subprocess_env
 ):
@@ -285,6 +290,7 @@ def test_imdb_tiny_on_local_csv_with_cli_predict(
   assert all(l.split(' ')[0] in ('0', '1') for l in lines)
 
 
+@pytest.mark.slow
 def test_glue_tiny_regression_and_tanh_head_then_summary(data_dir, tmp_path):
   stsb = _override(
     glue_bytes.get_config('stsb,tiny'),
@@ -318,6 +324,7 @@ def test_glue_tiny_regression_and_tanh_head_then_summary(data_dir, tmp_path):
   )
 
 
+@pytest.mark.slow
 def test_mlm_tiny_on_local_text_fills_masks(data_dir, tmp_path):
   config = _override(
     mlm_bytes.get_config('tiny'), data__source=f'text:{data_dir}/corpus.txt'
@@ -358,6 +365,7 @@ def test_labels_outside_the_classes_name_the_row(data_dir, tmp_path):
     train_lib.train_and_evaluate(config, str(tmp_path / 'w'))
 
 
+@pytest.mark.slow
 def test_init_from_hf_mlm_checkpoint_gets_a_fresh_head(
   data_dir, tmp_path, caplog
 ):
@@ -484,6 +492,7 @@ class FakeDigitsTask(base.Task):
     return [f'fake {x} top{top_k}' for x in inputs]
 
 
+@pytest.mark.slow
 def test_task_objects_plug_into_train_evaluate_predict(tmp_path):
   # A classification decoder's size is data.num_classes (10) for any task.
   config = _override(
@@ -505,6 +514,7 @@ def test_task_objects_plug_into_train_evaluate_predict(tmp_path):
   assert lines[-1] == 'fake a.png top3'
 
 
+@pytest.mark.slow
 def test_train_launcher_with_host_memory_reuse(tmp_path, subprocess_env):
   # PERCEIVER_IO_REUSE_HOST_MEMORY=1 (what 'auto' picks for large CPU steps)
   # changes the process: glibc keeps freed memory, synchronous CPU dispatch,

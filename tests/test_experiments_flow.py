@@ -53,6 +53,7 @@ def flow_run(tmp_path_factory):
   return workdir, config, result, run.model, run.variables
 
 
+@pytest.mark.slow
 def test_tiny_run_reports_epe_against_an_independent_zero_flow_baseline(
   flow_run,
 ):
@@ -211,6 +212,7 @@ def benchmark_dirs(tmp_path_factory):
   return root, pair
 
 
+@pytest.mark.slow
 def test_tiled_evaluation_on_sintel_and_kitti_layouts_matches_predict(
   flow_run, benchmark_dirs, tmp_path
 ):

@@ -109,6 +109,7 @@ def reference(tmp_path_factory, subprocess_env):
   return workdir, _params(workdir), _losses(workdir)
 
 
+@pytest.mark.slow
 def test_eight_devices_with_sharded_params_match_one(
   reference, tmp_path, subprocess_env
 ):
@@ -133,6 +134,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(reference, tmp_path, subprocess_env):
   port = _free_port()
   procs = [
@@ -203,6 +205,7 @@ def _uncached(env):
   return env
 
 
+@pytest.mark.slow
 def test_sigkill_after_checkpoint_then_restart_is_bit_identical(
   reference, tmp_path, subprocess_env
 ):
@@ -222,6 +225,7 @@ def test_sigkill_after_checkpoint_then_restart_is_bit_identical(
   _assert_trees(_params(workdir), reference[1], exact=True)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_143(
   reference, tmp_path, subprocess_env
 ):

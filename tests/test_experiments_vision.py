@@ -167,6 +167,7 @@ def class_csv(tmp_path_factory):
   return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('variant', ['fourier', 'learned', 'conv'])
 def test_tiny_variant_trains_evaluates_and_predicts(
   variant, tmp_path, image_file, class_csv
@@ -289,6 +290,7 @@ def _hf_reference(model, folder):
   }
 
 
+@pytest.mark.slow
 def test_documented_command_evaluates_an_imported_hf_checkpoint_on_a_folder(
   hf_fourier, val_folder, subprocess_env
 ):
@@ -319,6 +321,7 @@ def test_documented_command_evaluates_an_imported_hf_checkpoint_on_a_folder(
   assert float(table['loss']) == pytest.approx(expected['loss'], rel=2e-3)
 
 
+@pytest.mark.slow
 def test_predict_with_an_imported_checkpoint_names_its_classes(
   hf_fourier, image_file, tmp_path
 ):

@@ -73,6 +73,7 @@ def rte_workdir(tmp_path_factory):
   return workdir, result
 
 
+@pytest.mark.slow
 def test_original_rte_tsv_string_labels_train_and_predict_names(rte_workdir):
   workdir, result = rte_workdir
   assert result['eval']['num_examples'] == 8
@@ -88,6 +89,7 @@ def test_original_rte_tsv_string_labels_train_and_predict_names(rte_workdir):
   assert lines[-1].endswith('A man plays a guitar. [SEP] A man plays music.')
 
 
+@pytest.mark.slow
 def test_pair_model_refuses_single_text_and_takes_pairs(rte_workdir):
   workdir, _ = rte_workdir
   with pytest.raises(ValueError, match='trained on sentence pairs') as e:
@@ -108,6 +110,7 @@ def test_pair_model_refuses_single_text_and_takes_pairs(rte_workdir):
   assert int(batch['attention_mask'].sum()) == 5
 
 
+@pytest.mark.slow
 def test_predict_cli_pair_flag_and_single_text_error(
   rte_workdir, subprocess_env
 ):
@@ -308,6 +311,7 @@ def test_flow_directory_eval_header_names_the_source_not_a_split():
   )
 
 
+@pytest.mark.slow
 def test_mlm_data_log_has_no_made_up_counts(tmp_path, caplog):
   import logging  # pylint: disable=g-import-not-at-top
   from configs import mlm_bytes  # pylint: disable=g-import-not-at-top

@@ -256,6 +256,7 @@ def test_count_flops_items_and_linearity():
   assert w.batch == 1
 
 
+@pytest.mark.slow
 def test_gpu_targets_script_smoke_brings_back_eight_named_files(tmp_path):
   # The one script a GPU lease runs, end to end at tiny sizes on the CPU:
   # every step ran (no 'failed' line), and its output is what a device call
@@ -325,6 +326,7 @@ def test_gpu_targets_picks_fouriers_mfu_batch_by_card_memory(
     assert '--mfu_batch' not in bench[0]
 
 
+@pytest.mark.slow
 def test_profile_reuses_the_benchmark_workers_compiled_step(tmp_path):
   # What gpu_targets.sh's cache relies on: the GPU benchmark's worker (no
   # CPU process settings, as on a GPU) and profile_ours compile the same

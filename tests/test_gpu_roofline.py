@@ -203,6 +203,7 @@ def test_markdown_rows_with_and_without_a_measurement():
   json.dumps(doc)  # What main writes is plain JSON.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   'mode, precision', [('train', 'bf16'), ('infer', 'fp32')]
 )
@@ -231,6 +232,7 @@ def test_compile_step_and_roofline_end_to_end_on_this_machines_device(
   )
 
 
+@pytest.mark.slow
 def test_preset_gradient_compile_path_on_this_machines_device():
   # `--presets`' compile (every preset's bf16 gradient, traced as on a GPU),
   # here for the CPU and with XLA's attention (cuDNN's needs a CUDA

@@ -206,6 +206,7 @@ FAMILIES = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('family', FAMILIES)
 def test_haiku_pickle_matches_hf(family, tmp_path):
   hf_model, _, inputs, kwargs = hf_fixtures.build(family)

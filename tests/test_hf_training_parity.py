@@ -69,6 +69,7 @@ def _our_steps(model, variables, inputs, kwargs, labels):
   return losses, np.asarray(model.apply({'params': params}, inputs, **kwargs))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('family', ['sequence_classification', 'image_fourier'])
 def test_adamw_steps_match_pytorch(family, tmp_path):
   hf_model, hf_kwargs, inputs, kwargs = hf_fixtures.build(family)

@@ -75,6 +75,7 @@ def test_cpu_attention_bfloat16_stays_bfloat16(blocked):
 _TWO_ROWS_OF_7 = 2 * 7 * 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('use_mask', [False, True])
 @pytest.mark.parametrize('q_len,v_width', [(5, 8), (6, 20), (1, 8)])
 def test_blocked_attention_matches_cpu_attention(use_mask, q_len, v_width):
@@ -98,6 +99,7 @@ def test_blocked_attention_matches_cpu_attention(use_mask, q_len, v_width):
     np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_attention_runs_blocked_from_the_size_threshold():
   # The module takes the blocked path when a call's fp32 logits reach the
   # threshold (256 MiB by default: long inputs' cross-attention), with the
@@ -165,6 +167,7 @@ def test_which_calls_run_blocked(q_shape, kv_len, blocked):
   )
 
 
+@pytest.mark.slow
 def test_language_model_same_with_every_attention_blocked():
   # The whole language classifier (masked cross-attention from padded bytes,
   # latent self-attention, a one-query decoder; blockwise block gradients
@@ -203,6 +206,7 @@ def test_language_model_same_with_every_attention_blocked():
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_layer_norm_sums_its_gradients_over_2d():
   # `_layer_norm` normalises like nn.LayerNorm (same values, same
   # parameters) but sees its input as 2-D, so the scale/bias gradients are
@@ -320,6 +324,7 @@ def test_cpu_paths_taken_per_attention_impl():
   assert custom_calls('fused', v=16) == 0
 
 
+@pytest.mark.slow
 def test_forward_mode_needs_the_default_kernels():
   # The CPU attention core is a custom VJP, which has no forward-mode rule:
   # JAX refuses jvp through 'auto' on the CPU; the default 'xla' (and
@@ -355,6 +360,7 @@ def _block_grads(block, params, args, kwargs, rngs=None):
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['self', 'cross'])
 def test_blockwise_gradients_change_no_value(kind):
   # `cpu.ordered_gradients` only reorders the backward: parameter and input
@@ -444,6 +450,7 @@ for impl in ('auto', 'einsum'):
 """
 
 
+@pytest.mark.slow
 def test_blockwise_gradients_free_each_layers_buffers(subprocess_env):
   # The point of `cpu.ordered_gradients`: XLA's low-memory CPU schedule (the
   # one the launchers select; XLA_FLAGS only, so in a subprocess) otherwise computes

@@ -48,6 +48,7 @@ def test_cudnn_attention_only_where_cudnn_takes_it():
   assert not gpu(one_query, kv_length=8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   'qk_width,v_width,masked',
   [(8, 40, False), (40, 8, False), (16, 16, False), (8, 40, True)],
@@ -77,6 +78,7 @@ def test_cudnn_attention_padding_keeps_values_and_gradients(
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_cudnn_impl_takes_the_language_model_on_hopper(monkeypatch):
   # The language model's attention (unequal q/k and v head widths, and a
   # padding mask on the input cross-attention) goes to the padded fused

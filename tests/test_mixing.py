@@ -19,6 +19,7 @@ from perceiver_io import mixing
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_importing_mixing_does_not_import_tensorflow():
   code = (
     'import sys; import perceiver_io.mixing; '
@@ -79,6 +80,7 @@ def test_cutmix_label_ratio_equals_pasted_area_fraction():
   )  # the boxes vary
 
 
+@pytest.mark.slow
 def test_mixup_and_cutmix_halves_like_the_official_code():
   from scipy import stats  # pylint: disable=g-import-not-at-top
 

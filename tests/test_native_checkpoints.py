@@ -20,6 +20,7 @@ def _init(name):
   return model, model.init(jax.random.PRNGKey(1), x, **kw), x, kw
 
 
+@pytest.mark.slow
 def test_save_load_roundtrip_without_preset(tmp_path):
   model, variables, x, kw = _init('tiny_imagenet_conv')  # Has batch_stats.
   path = checkpoints.save(str(tmp_path / 'ckpt'), variables, model.config)
@@ -30,6 +31,7 @@ def test_save_load_roundtrip_without_preset(tmp_path):
   )
 
 
+@pytest.mark.slow
 def test_save_never_overwrites_by_default(tmp_path):
   model, variables, _, _ = _init('tiny_text_classification')
   path = checkpoints.save(str(tmp_path / 'ckpt'), variables, model.config)
@@ -100,6 +102,7 @@ def test_load_into_wrong_config_names_parameters(tmp_path):
     checkpoints.load(path)
 
 
+@pytest.mark.slow
 def test_convert_cli_from_hf(tmp_path, capsys):
   hf_model, hf_kwargs, inputs, kwargs = hf_fixtures.build('image_fourier')
   hf_model.save_pretrained(tmp_path / 'hf')

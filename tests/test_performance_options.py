@@ -191,6 +191,7 @@ def _text_kwargs(batch_size=2, seq_len=64, seed=5):
   return {'attention_mask': attention_mask, 'query_mask': query_mask}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   'name', ['tiny_language_mlm', 'tiny_imagenet_conv', 'tiny_optical_flow']
 )
@@ -273,6 +274,7 @@ def test_remat_option_reaches_the_encoder():
   assert 'remat' not in without and 'checkpoint' not in without
 
 
+@pytest.mark.slow
 def test_remat_same_outputs_and_gradients():
   # Three blocks sharing one layer's weights, a padded input: remat must
   # change neither the outputs nor the gradients (parameters and inputs).
@@ -313,6 +315,7 @@ def _has_scan(cfg, variables, inputs, kwargs, **overrides):
   return 'scan' in str(jax.make_jaxpr(f)(variables, inputs))
 
 
+@pytest.mark.slow
 def test_chunked_mlm_decoding_with_query_mask():
   cfg, inputs, _, variables = _setup_small('tiny_language_mlm')
   kwargs = _text_kwargs()
@@ -330,6 +333,7 @@ def test_chunked_mlm_decoding_with_query_mask():
   assert not np.allclose(free[off], ref[off], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_chunked_decoding_gradients():
   # Gradients w.r.t. the decoder parameters, the queries and the latents
   # (broadcast into every chunk) equal those of unchunked decoding.
@@ -360,6 +364,7 @@ def test_chunked_decoding_gradients():
   assert float(jnp.max(jnp.abs(grad_p[1][1]))) > 1e-3  # d/d latents.
 
 
+@pytest.mark.slow
 def test_chunked_init_matches_unchunked_init_and_decodes_by_chunk():
   """Init with chunking creates the same parameters from one chunk (the
   parameters do not depend on the number of queries), so initialising a
@@ -391,6 +396,7 @@ def test_chunked_init_matches_unchunked_init_and_decodes_by_chunk():
   assert 'scan' in jaxpr  # The init, too, decodes chunk by chunk.
 
 
+@pytest.mark.slow
 def test_chunked_flow_decoding():
   cfg, inputs, kwargs, variables = _setup_small('tiny_optical_flow')
   ref = _forward(cfg)(variables, inputs, kwargs)
@@ -401,6 +407,7 @@ def test_chunked_flow_decoding():
     np.testing.assert_allclose(got, ref, atol=FP32_TOL, rtol=FP32_TOL)
 
 
+@pytest.mark.slow
 def test_chunked_multimodal_decoding():
   cfg, inputs, kwargs, variables = _setup_small('tiny_multimodal_autoencoding')
   assert _has_scan(cfg, variables, inputs, kwargs, query_chunk_size=5)
@@ -411,6 +418,7 @@ def test_chunked_multimodal_decoding():
 
 
 # ----------------------------------------------------------- attention impl --
+@pytest.mark.slow
 def test_attention_impl_einsum_vs_xla_vs_auto_vs_fused():
   # Equal q/k and v widths everywhere: 'xla' and 'fused' take
   # jax.nn.dot_product_attention, 'einsum' the reference path, 'auto' the
@@ -433,6 +441,7 @@ def test_fused_refused_for_unequal_widths():
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('impl', ['auto', 'cpu'])
 @pytest.mark.parametrize('name', ['tiny_imagenet_fourier', 'tiny_language_mlm'])
 def test_attention_impl_cpu_same_outputs_and_gradients(name, impl):

@@ -118,6 +118,7 @@ def test_every_full_size_preset_is_covered():
   assert sorted(full) == sorted(OFFICIAL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(OFFICIAL))
 def test_param_count_matches_huggingface(name):
   class_name, hf_config, paper, rel_tol = OFFICIAL[name]

@@ -153,6 +153,7 @@ def test_cutout_fills_one_clipped_square():
     assert np.ptp(rows) + 1 <= 12 and np.ptp(cols) + 1 <= 12
 
 
+@pytest.mark.slow
 def test_randaugment_is_deterministic_for_a_seed_eager_and_in_tf_data():
   image = _random_image(40, 48, seed=7)
   first = ra.randaugment(image, [5, 6]).numpy()

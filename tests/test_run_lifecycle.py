@@ -62,6 +62,7 @@ def _copy(trained, tmp_path):
   return workdir
 
 
+@pytest.mark.slow
 def test_refused_start_changes_nothing_and_predict_still_works(
   trained, tmp_path
 ):
@@ -122,6 +123,7 @@ def test_corrupt_checkpoint_names_the_good_steps(trained, tmp_path):
     _train(_config(num_train_steps=5), workdir)
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_keeps_one_record_per_step(trained, tmp_path):
   workdir = _copy(trained, tmp_path)
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '3'))  # Lost in a crash.
@@ -171,6 +173,7 @@ def test_bad_init_from_fails_before_the_data_and_writes_nothing(tmp_path):
   assert not (workdir / 'metrics.jsonl').exists()
 
 
+@pytest.mark.slow
 def test_misspelt_best_metric_stops_after_saving(tmp_path):
   workdir = str(tmp_path / 'run')
   with pytest.raises(

@@ -161,6 +161,7 @@ def flow_cpu_run(tmp_path_factory):
   return workdir, root, frames
 
 
+@pytest.mark.slow
 def test_flow_cpu_workdir_evaluates_tiled_and_predicts_without_config(
   flow_cpu_run, tmp_path
 ):
@@ -182,6 +183,7 @@ def test_flow_cpu_workdir_evaluates_tiled_and_predicts_without_config(
   assert any('tile(s) of 24x16' in line for line in lines)
 
 
+@pytest.mark.slow
 def test_documented_flow_predict_command_runs_from_a_cpu_workdir(
   flow_cpu_run, tmp_path, subprocess_env, python_executable
 ):
@@ -282,6 +284,7 @@ def quickstart_workdir(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_predicting_a_non_image_with_a_digits_workdir_is_one_clear_error(
   quickstart_workdir, tmp_path
 ):
@@ -329,6 +332,7 @@ def test_a_file_that_is_not_a_config_is_one_clear_error(
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_query_chunk_size_is_a_config_field_that_reaches_the_decoder():
   config = optical_flow.get_config('tiny')
   assert cli.field_error(config, 'model.query_chunk_size') is None
@@ -447,6 +451,7 @@ def test_unprepared_tfds_corpus_for_mlm_suggests_plain_text_files(tmp_path):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_size_gets_a_short_error(tmp_path):
   small = presets.get_config('tiny_imagenet_fourier')
   model = presets.build('tiny_imagenet_fourier')

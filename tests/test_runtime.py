@@ -44,6 +44,7 @@ def _python_stdout(code, env):
   return proc.stdout.strip()
 
 
+@pytest.mark.slow
 def test_flag_is_accepted_by_xla():
   """A flag XLA does not know aborts the process: check it runs."""
   code = (
@@ -153,6 +154,7 @@ def test_forward_flops_of_chunked_decoding():
   assert counts[None] > 0
 
 
+@pytest.mark.slow
 def test_train_step_flops_match_the_papers_imagenet_counts():
   # Perceiver IO paper, Table 7: config A is 407B FLOPs per image with 2-D
   # Fourier features and 369B with the conv preprocessor. Counted from
@@ -221,6 +223,7 @@ def _run_steps(extra_env):
   return settings, async_dispatch == 'True', int(faults), int(peak)
 
 
+@pytest.mark.slow
 def test_repeated_steps_reuse_host_memory_instead_of_faulting_it_in():
   # Without the settings glibc mmaps the step's 64 MB temporary afresh each
   # call (16,384 pages faulted in); with them (forced with '1'), once the
@@ -246,6 +249,7 @@ def test_repeated_steps_reuse_host_memory_instead_of_faulting_it_in():
   assert peak < peak_off + 2**28  # within 256 MB; a second temporary is 1 GB
 
 
+@pytest.mark.slow
 def test_auto_host_memory_reuse_goes_by_step_size():
   # Unset = 'auto': nothing at start; the launchers then report the step's
   # FLOPs before JAX makes its backend. A small step keeps the defaults; a
