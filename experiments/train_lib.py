@@ -13,8 +13,6 @@ resumed from any checkpoint ends bit-identical to an uninterrupted one.
 import functools
 import logging
 import math
-import sys
-import time
 from typing import Any, Dict, Optional
 
 import jax
@@ -29,6 +27,7 @@ from experiments.workdir import metric_writer
 from experiments import models
 from experiments import optim
 from experiments import process_tuning
+from experiments import progress as progress_lib
 from experiments import sharding
 from experiments import steps
 from experiments import tasks
@@ -169,8 +168,8 @@ def train_and_evaluate(
   history = []  # (step, device metrics) since the last finite check.
   last_metrics, eval_metrics = {}, {}
   last_good_step = latest
-  progress = progress_bar(config, start_step, num_steps)
-  timer = Throughput(config.batch_size, num_steps, start_step)
+  progress = progress_lib.progress_bar(config, start_step, num_steps)
+  timer = progress_lib.Throughput(config.batch_size, num_steps, start_step)
   try:
     for step in range(start_step, num_steps):
       batch = sharding.global_batch(train_stream.batch(step), mesh)
@@ -200,7 +199,7 @@ def train_and_evaluate(
         check_finite(history, ckpt, last_good_step)
         last_metrics = dict(history[-1][1])
         if log_now:
-          log_train_metrics(writer, done, last_metrics, timer)
+          progress_lib.log_train_metrics(writer, done, last_metrics, timer)
         history = []
       if eval_now:
         eval_metrics = evaluate(
@@ -459,7 +458,9 @@ def evaluate(
   """The task's eval metrics at `step`, logged and recorded."""
   metrics = task.evaluate(eval_step, state, mesh, model)
   writer.write(step, {f'eval_{k}': v for k, v in metrics.items()})
-  logging.info('eval at step %d: %s', step, format_metrics(metrics))
+  logging.info(
+    'eval at step %d: %s', step, progress_lib.format_metrics(metrics)
+  )
   return metrics
 
 
@@ -469,81 +470,3 @@ def stop_for_preemption(ckpt: checkpointing.Checkpointer, step: int) -> None:
     'preempted: checkpoint at step %d saved in %s.', step, ckpt.directory
   )
   raise Preempted()
-
-
-class Throughput:
-  """Examples per second and time left, from the steps since the last log."""
-
-  def __init__(self, batch_size: int, num_steps: int, step: int):
-    self.batch_size, self.num_steps = int(batch_size), int(num_steps)
-    self.start, self.step = time.time(), step
-
-  def restart(self, step: int, metrics=None) -> None:
-    if metrics is not None:
-      jax.block_until_ready(metrics)
-    self.start, self.step = time.time(), step
-
-  def rate(self, step: int) -> float:
-    elapsed = time.time() - self.start
-    return (step - self.step) * self.batch_size / max(elapsed, 1e-9)
-
-
-def format_eta(seconds: float) -> str:
-  seconds = max(int(seconds), 0)
-  return f'{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
-
-
-def log_train_metrics(
-  writer: metric_writer.MetricWriter,
-  step: int,
-  metrics: Dict[str, Any],
-  timer: Throughput,
-) -> None:
-  """One metrics.jsonl record and one log line for a train step."""
-  rate = timer.rate(step)
-  record = {
-    'train_loss': metrics['loss'],
-    'grad_norm': metrics['grad_norm'],
-    'learning_rate': metrics['learning_rate'],
-  }
-  speed = ''
-  if rate > 0:  # Not on the first (compiling) step.
-    eta = (timer.num_steps - step) * timer.batch_size / rate
-    record['examples_per_sec'] = rate
-    speed = f'  {rate:.1f} examples/s  ETA {format_eta(eta)}'
-  writer.write(step, record)
-  logging.info(
-    'step %d/%d  loss %.4f  grad_norm %.3f  lr %.3g%s',
-    step,
-    timer.num_steps,
-    metrics['loss'],
-    metrics['grad_norm'],
-    metrics['learning_rate'],
-    speed,
-  )
-  timer.restart(step)
-
-
-def format_metrics(metrics: Dict[str, Any]) -> str:
-  return '  '.join(
-    f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}'
-    for k, v in metrics.items()
-  )
-
-
-def progress_bar(config, start: int, total: int):
-  """A tqdm bar on stderr (process 0, config.progress_bar), else None."""
-  if not config.progress_bar or jax.process_index() != 0:
-    return None
-  try:
-    import tqdm  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  return tqdm.tqdm(
-    total=total,
-    initial=start,
-    unit='step',
-    file=sys.stderr,
-    dynamic_ncols=True,
-    mininterval=1.0,
-  )

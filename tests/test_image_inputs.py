@@ -200,7 +200,7 @@ def test_flow_predict_reads_grayscale_frames_as_evaluate_does(tmp_path):
 def test_eval_progress_logs_count_rate_and_eta_without_a_bar(caplog, capsys):
   import logging  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from experiments import eval_progress  # pylint: disable=g-import-not-at-top
+  from experiments import progress as eval_progress  # pylint: disable=g-import-not-at-top
 
   config = ml_collections.ConfigDict({'progress_bar': False})
   with caplog.at_level(logging.INFO):
@@ -223,7 +223,7 @@ def test_eval_progress_logs_count_rate_and_eta_without_a_bar(caplog, capsys):
 
 def test_eval_progress_bar_goes_to_stderr():
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from experiments import eval_progress  # pylint: disable=g-import-not-at-top
+  from experiments import progress as eval_progress  # pylint: disable=g-import-not-at-top
 
   config = ml_collections.ConfigDict({'progress_bar': True})
   progress = eval_progress.EvalProgress(config, 4, 'image')
@@ -236,7 +236,7 @@ def test_eval_progress_bar_goes_to_stderr():
 
 def test_image_folder_evaluation_reports_progress(tmp_path, monkeypatch):
   """The ImageNet eval loop (the task's evaluate) counts every real image once."""
-  from experiments import eval_progress  # pylint: disable=g-import-not-at-top
+  from experiments import progress as eval_progress  # pylint: disable=g-import-not-at-top
   from experiments import sharding  # pylint: disable=g-import-not-at-top
   from experiments.tasks import image_classification  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top

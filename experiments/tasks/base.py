@@ -67,7 +67,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import eval_progress
+from experiments import progress as eval_progress
 from experiments import metrics
 from experiments import process_tuning
 from experiments import sharding

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from experiments import eval_progress
+from experiments import progress as eval_progress
 from perceiver_io.flow import formats as flow_formats
 from perceiver_io.flow import layouts as flow_layouts
 from perceiver_io.flow import metrics as flow_metrics

@@ -1,4 +1,10 @@
-"""Progress of an evaluation loop (every task's, and tiled flow folders).
+"""Progress of training and of evaluation loops: bars, rates and ETAs.
+
+Training: `Throughput` times the steps since the last log line (compilation
+excluded) and `log_train_metrics` writes one record and one line per log
+step; `progress_bar` is the run's tqdm bar.
+
+Evaluation (every task's, and tiled flow folders):
 
 Why: an evaluation can take hours (the official flow model on CPU tiles each
 Sintel frame ~6 times at ~7 s a tile) and used to print nothing until the
@@ -11,7 +17,7 @@ and tests stay quiet. Only process 0 reports.
 import logging
 import sys
 import time
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import jax
 
@@ -116,3 +122,80 @@ class EvalProgress:
     if self.count:
       logging.info('%s', self.line().split(', ETA')[0])
     self.enabled = False
+
+
+class Throughput:
+  """Examples per second and time left, from the steps since the last log."""
+
+  def __init__(self, batch_size: int, num_steps: int, step: int):
+    self.batch_size, self.num_steps = int(batch_size), int(num_steps)
+    self.start, self.step = time.time(), step
+
+  def restart(self, step: int, metrics=None) -> None:
+    if metrics is not None:
+      jax.block_until_ready(metrics)
+    self.start, self.step = time.time(), step
+
+  def rate(self, step: int) -> float:
+    elapsed = time.time() - self.start
+    return (step - self.step) * self.batch_size / max(elapsed, 1e-9)
+
+
+def format_eta(seconds: float) -> str:
+  return _duration(max(seconds, 0))
+
+
+def log_train_metrics(
+  writer,  # experiments.workdir.metric_writer.MetricWriter
+  step: int,
+  metrics: Dict[str, Any],
+  timer: Throughput,
+) -> None:
+  """One metrics.jsonl record and one log line for a train step."""
+  rate = timer.rate(step)
+  record = {
+    'train_loss': metrics['loss'],
+    'grad_norm': metrics['grad_norm'],
+    'learning_rate': metrics['learning_rate'],
+  }
+  speed = ''
+  if rate > 0:  # Not on the first (compiling) step.
+    eta = (timer.num_steps - step) * timer.batch_size / rate
+    record['examples_per_sec'] = rate
+    speed = f'  {rate:.1f} examples/s  ETA {format_eta(eta)}'
+  writer.write(step, record)
+  logging.info(
+    'step %d/%d  loss %.4f  grad_norm %.3f  lr %.3g%s',
+    step,
+    timer.num_steps,
+    metrics['loss'],
+    metrics['grad_norm'],
+    metrics['learning_rate'],
+    speed,
+  )
+  timer.restart(step)
+
+
+def format_metrics(metrics: Dict[str, Any]) -> str:
+  return '  '.join(
+    f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}'
+    for k, v in metrics.items()
+  )
+
+
+def progress_bar(config, start: int, total: int):
+  """A tqdm bar on stderr (process 0, config.progress_bar), else None."""
+  if not config.progress_bar or jax.process_index() != 0:
+    return None
+  try:
+    import tqdm  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return tqdm.tqdm(
+    total=total,
+    initial=start,
+    unit='step',
+    file=sys.stderr,
+    dynamic_ncols=True,
+    mininterval=1.0,
+  )
