@@ -380,6 +380,12 @@ def split_pairs(
           + f'; {PAIR_USAGE}.'
         )
       text, second = parts
+    if not text.strip() or not second.strip():
+      raise ValueError(
+        f'{name} was trained on sentence pairs ({fields[0]}, {fields[1]}) '
+        f'but the {"first" if not text.strip() else "second"} text of '
+        f'{text!r} + {second!r} is empty; {PAIR_USAGE}.'
+      )
     firsts.append(text)
     seconds.append(second)
   return firsts, seconds, [f'{a} [SEP] {b}' for a, b in zip(firsts, seconds)]
