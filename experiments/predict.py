@@ -39,6 +39,7 @@ _CONFIG = config_flags.DEFINE_config_file(
   'config.json; without, predicts with --config.init_from.',
   lock_config=True,
 )
+flags.FLAGS['config'].parser = cli.ConfigFileParser('config')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Trained workdir.')
 _CHECKPOINT = flags.DEFINE_string(
   'checkpoint', 'latest', "'latest', 'best' or a step number."
@@ -124,5 +125,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.check_overrides_or_exit(sys.argv)
+  sys.argv = cli.with_workdir_config(sys.argv)
+  cli.check_overrides_or_exit(sys.argv, model_from_workdir=True)
   app.run(main)
