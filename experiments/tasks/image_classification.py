@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments import input_pipeline
 from experiments.tasks import base
 from perceiver_io import mixing
 from perceiver_io import model as model_lib
@@ -333,6 +334,7 @@ class Task(base.Task):
       'top1': top[:, 0] * weight,
       'top5': jnp.any(top, axis=-1) * weight,
       'weight': weight,
+      'label': labels,
     }
 
   # ------------------------------------------------------------------ host --
@@ -349,6 +351,11 @@ class Task(base.Task):
       k: float(np.sum(gathered[k], dtype=np.float64))
       for k in ('top1', 'top5', 'loss')
     }
+    if 'label' in gathered:
+      labels = np.asarray(gathered['label'])[np.asarray(gathered['weight']) > 0]
+      input_pipeline.warn_if_single_class(
+        labels, [], f'{self._eval_source()} [{self.config.data.eval_split}]'
+      )
     return {
       'top1': sums['top1'] / total,
       'top5': sums['top5'] / total,
