@@ -80,10 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.task = 'classification'
   c.glue_task = ''  # GLUE task name (evaluate summary)
   c.seed = 0
-  # Model: a perceiver_io preset plus its keyword arguments (its sizes). The
-  # launchers add the preset's defaults for the sizes a config leaves out,
-  # so each one can be overridden (--config.model.kwargs.max_seq_len=128)
-  # and is saved with the run (experiments/cli.py, fill_model_kwargs).
+  # Model: a perceiver_io preset plus its keyword arguments.
   c.model = ml_collections.ConfigDict()
   c.model.preset = 'tiny_text_classification'
   c.model.kwargs = ml_collections.ConfigDict()
