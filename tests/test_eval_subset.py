@@ -124,3 +124,60 @@ def test_eval_labels_outside_the_models_classes_are_one_error(tmp_path):
   task.num_classes = 1  # A model trained on one class.
   with pytest.raises(ValueError, match=r"label 1, outside 0..0 of the model's"):
     task.eval_data()
+
+
+# ---------------------------------------------------------------------------
+# Image streams (perceiver_io.data.image): a folder of class folders lists
+# its images class by class.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def sorted_folder(tmp_path_factory):
+  """Class folders c0..c3 of 6 PNGs each; pixel value 10 * i names image i."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  root = tmp_path_factory.mktemp('sorted')
+  for i in range(24):
+    folder = root / f'c{i // 6}'
+    folder.mkdir(exist_ok=True)
+    pixels = np.full((8, 8, 3), 10 * i, np.uint8)
+    Image.fromarray(pixels).save(folder / f'{i:02d}.png')
+  return str(root)
+
+
+def _image_stream(root, max_examples, process_index=0, process_count=1):
+  from perceiver_io.data import image as image_data  # pylint: disable=g-import-not-at-top
+
+  iterator, info = image_data.make_image_dataset(
+    root,
+    'validation',
+    batch_size=4,
+    train=False,
+    image_size=8,
+    geometry='resize',
+    process_index=process_index,
+    process_count=process_count,
+    max_examples=max_examples,
+  )
+  batches = list(iterator)
+  mask = np.concatenate([b['mask'] for b in batches]) > 0
+  labels = np.concatenate([b['label'] for b in batches])[mask]
+  return labels, info, len(batches)
+
+
+def test_an_image_folder_subset_spans_its_classes(sorted_folder):
+  labels, info, _ = _image_stream(sorted_folder, 8)
+  assert info['num_examples'] == 8 == len(labels)
+  assert len(set(labels.tolist())) >= 3  # The first 8 are classes 0 and 1.
+  assert list(labels) == sorted(labels)  # Source order.
+  again, _, _ = _image_stream(sorted_folder, 8)
+  np.testing.assert_array_equal(again, labels)
+  whole, info, _ = _image_stream(sorted_folder, -1)
+  assert info['num_examples'] == 24
+  np.testing.assert_array_equal(whole, np.arange(24) // 6)
+  # Two processes: the same subset, split between them, as many batches.
+  halves = [_image_stream(sorted_folder, 8, i, 2) for i in (0, 1)]
+  assert halves[0][2] == halves[1][2]
+  joined = np.concatenate([h[0] for h in halves])
+  assert sorted(joined.tolist()) == labels.tolist()
