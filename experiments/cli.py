@@ -114,17 +114,6 @@ def fill_model_kwargs(
   return config
 
 
-def override_value(argv: List[str], dotted: str, flag: str = 'config'):
-  """The last value given to `--config.<dotted>` in argv, else None."""
-  value = None
-  for i, arg in enumerate(argv):
-    if arg.startswith(f'--{flag}.{dotted}='):
-      value = arg.split('=', 1)[1]
-    elif arg == f'--{flag}.{dotted}' and i + 1 < len(argv):
-      value = argv[i + 1]
-  return value
-
-
 def flag_value(argv: List[str], name: str) -> Optional[str]:
   """The last value of `--name=V` / `--name V` in argv, else None."""
   value = None
@@ -170,7 +159,7 @@ def load_launcher_config(value: str, argv: List[str]):
   config.json as it was saved."""
   if value.endswith('.json'):
     return load_saved_config(value)
-  preset = override_value(argv, 'model.preset')
+  preset = flag_value(argv, 'config.model.preset')
   return fill_model_kwargs(load_config_file(value), preset)
 
 
