@@ -44,10 +44,16 @@ def test_a_blank_pair_is_refused():
     predict_lib.read_pairs(['a'], [' '])
 
 
-@pytest.mark.parametrize('line', ['\tsecond', 'first\t', ' \t '])
+@pytest.mark.parametrize('line', ['\tsecond', 'first\t', 'first\t  '])
 def test_a_tab_pair_with_a_blank_half_is_refused(line):
   fields = ['premise', 'hypothesis']
   with pytest.raises(ValueError, match='text of .* is empty'):
     classification.split_pairs('/tmp/rte', fields, [line])
   firsts, seconds, _ = classification.split_pairs('/tmp/rte', fields, ['a\tb'])
   assert (firsts, seconds) == (['a'], ['b'])
+
+
+@pytest.mark.parametrize('fields', [None, ['premise', 'hypothesis']])
+def test_the_task_refuses_a_blank_text_too(fields):
+  with pytest.raises(ValueError, match=r'input 2 is empty \(only whitespace\)'):
+    classification.split_pairs('/tmp/run', fields, ['a\tb', '  '])

@@ -356,6 +356,12 @@ def split_pairs(
   another input format, so single texts are refused for it (and `--pair`
   for a single-text model). `name` (the workdir) is for the messages.
   """
+  for i, text in enumerate(inputs):
+    if not text.strip():
+      raise ValueError(
+        f'input {i + 1} is empty{" (only whitespace)" if text else ""}: '
+        f'{name} predicts from a text; give one.'
+      )
   pairs = list(pairs) if pairs is not None else [None] * len(inputs)
   if fields is None:
     if any(p is not None for p in pairs):
