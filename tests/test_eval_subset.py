@@ -91,7 +91,7 @@ def _write_sorted_csv(tmp_path, n=40):
   return f'csv:{tmp_path}/{{split}}.csv'
 
 
-def _task(source, **fields):
+def _task(source='csv:/data/{split}.csv', **fields):
   fields = {'data__eval_split': 'test', **fields}
   config = override_config(
     imdb_bytes.get_config('tiny'), data__source=source, **fields
@@ -99,31 +99,63 @@ def _task(source, **fields):
   return tasks.get(config)
 
 
-def test_a_label_sorted_file_gives_both_classes(tmp_path, caplog):
-  task = _task(_write_sorted_csv(tmp_path), max_eval_examples=8)
-  with caplog.at_level(logging.WARNING):
-    batches, expected = task.eval_data()
-    batches = list(batches)
-  assert expected == 8
+@pytest.fixture
+def sorted_table(monkeypatch):
+  """The classification task reads a label-sorted table of 40 rows."""
+  table = {
+    'input_ids': np.zeros((40, 64), np.int32),
+    'attention_mask': np.ones((40, 64), np.int32),
+    'label': (np.arange(40) >= 20).astype(np.int32),
+  }
+  info = input_pipeline.TableInfo(label_names=['neg', 'pos'])
+  monkeypatch.setattr(
+    input_pipeline, 'load_table', lambda config, split, kind: (table, info)
+  )
+  return table
+
+
+def _eval_labels(task):
+  batches, expected = task.eval_data()
+  batches = list(batches)
   labels = np.concatenate([b['label'][b['weight'] > 0] for b in batches])
-  assert len(labels) == 8 and set(labels.tolist()) == {0, 1}
+  return labels, expected
+
+
+def test_a_label_sorted_table_gives_both_classes(sorted_table, caplog):
+  with caplog.at_level(logging.WARNING):
+    labels, expected = _eval_labels(_task(max_eval_examples=8))
+  assert expected == 8 == len(labels)
+  assert set(labels.tolist()) == {0, 1}
   assert 'single class' not in caplog.text
 
 
-def test_an_eval_split_of_one_class_warns(tmp_path, caplog):
-  source = _write_sorted_csv(tmp_path)
-  task = _task(source, data__eval_split='test[:10]', max_eval_examples=-1)
+def test_an_eval_set_of_one_class_warns(sorted_table, caplog):
   with caplog.at_level(logging.WARNING):
-    list(task.eval_data()[0])
-  assert 'single class' in caplog.text and 'test[:10]' in caplog.text
+    labels, _ = _eval_labels(_task(max_eval_examples=-1))
+  assert len(labels) == 40 and not caplog.text
+  sorted_table['label'][:] = 1
+  with caplog.at_level(logging.WARNING):
+    _eval_labels(_task(max_eval_examples=-1))
+  assert 'single class' in caplog.text and 'label pos' in caplog.text
+  assert 'csv:/data/{split}.csv [test]' in caplog.text
 
 
-def test_eval_labels_outside_the_models_classes_are_one_error(tmp_path):
-  source = _write_sorted_csv(tmp_path)
-  task = _task(source)
+def test_eval_labels_outside_the_models_classes_are_one_error(sorted_table):
+  task = _task()
   task.num_classes = 1  # A model trained on one class.
   with pytest.raises(ValueError, match=r"label 1, outside 0..0 of the model's"):
     task.eval_data()
+
+
+@pytest.mark.slow
+def test_a_label_sorted_csv_file_gives_both_classes(tmp_path, caplog):
+  source = _write_sorted_csv(tmp_path)
+  with caplog.at_level(logging.WARNING):
+    labels, expected = _eval_labels(_task(source, max_eval_examples=8))
+    _eval_labels(_task(source, data__eval_split='test[:10]'))
+  assert expected == 8 and set(labels.tolist()) == {0, 1}
+  assert caplog.text.count('single class') == 1
+  assert 'test[:10]' in caplog.text
 
 
 # ---------------------------------------------------------------------------
@@ -166,6 +198,7 @@ def _image_stream(root, max_examples, process_index=0, process_count=1):
   return labels, info, len(batches)
 
 
+@pytest.mark.slow
 def test_an_image_folder_subset_spans_its_classes(sorted_folder):
   labels, info, _ = _image_stream(sorted_folder, 8)
   assert info['num_examples'] == 8 == len(labels)
