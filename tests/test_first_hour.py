@@ -138,7 +138,6 @@ def test_field_comments_from_source():
   }
 
 
-@pytest.mark.slow
 def test_helpfull_lists_config_fields(subprocess_env):
   proc = subprocess.run(
     [
