@@ -60,6 +60,10 @@ setup(
   packages=find_packages(
     include=['perceiver_io', 'perceiver_io.*', 'experiments', 'configs']
   ),
+  # The tiny variants' offline data (configs/common.py FIXTURES).
+  package_data={
+    'configs': ['fixtures/*.csv', 'fixtures/*.txt', 'fixtures/glue/*/*.tsv']
+  },
   install_requires=CORE,
   extras_require={'data': DATA, 'test': TEST, 'bench': BENCH},
   license='Apache-2.0',
