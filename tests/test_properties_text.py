@@ -13,11 +13,22 @@ import os
 
 from hypothesis import strategies as st
 import numpy as np
+import pytest
 
 from perceiver_io.data import text as text_lib
 from perceiver_io.data.text.fields import UNLABELED
 from perceiver_io.data.text.local import read_local_rows
 from tests import property_helpers as ph
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _tensorflow_loaded():
+  """TensorFlow's first import and op registration (seconds) belong to
+  setup, not to the first example."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  tf.constant(0)
+
 
 _TEXT = st.text(
   st.characters(blacklist_categories=('Cs',)), min_size=0, max_size=12
