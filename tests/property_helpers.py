@@ -79,6 +79,14 @@ def scratch_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
+def make_session_dir():
+  """A folder for templates shared by the examples of a test run, removed
+  when the process exits."""
+  path = tempfile.mkdtemp(prefix='prop-session-')
+  atexit.register(shutil.rmtree, path, True)
+  return path
+
+
 def write_bytes(path, data):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, 'wb') as f:

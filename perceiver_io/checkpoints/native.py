@@ -23,9 +23,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from perceiver_io.checkpoints.common import build_from_file
 from perceiver_io.checkpoints.common import check_and_unflatten
 from perceiver_io.checkpoints.common import CheckpointError
-from perceiver_io.model import build_model
+from perceiver_io.checkpoints.common import one_line
+from perceiver_io.checkpoints.common import read_json_file
 
 FORMAT_VERSION = 1
 
@@ -99,25 +101,23 @@ def load(directory: str, **overrides):
       f'{directory} is not a perceiver_io checkpoint '
       f'(expected config.json and variables/).'
     )
-  try:
-    with open(os.path.join(directory, 'config.json')) as f:
-      config = json.load(f)
-  except json.JSONDecodeError as e:
-    raise CheckpointError(f'{directory}/config.json is corrupt: {e}') from e
-  config.update(overrides)
-  model = build_model(config)
+  config_file = os.path.join(directory, 'config.json')
+  config = read_json_file(config_file, 'the model config')
+  if isinstance(config, dict):
+    config.update(overrides)
+  model = build_from_file(config, config_file)
   try:
     restored = ocp.StandardCheckpointer().restore(
       os.path.join(directory, 'variables')
     )
+    flat = {
+      k: np.asarray(v)
+      for k, v in flax.traverse_util.flatten_dict(restored).items()
+    }
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(
-      f'cannot read {directory}/variables: {e}. The '
+      f'cannot read {directory}/variables ({one_line(e)}); the '
       f'checkpoint is corrupt or truncated.'
     ) from e
-  flat = {
-    k: np.asarray(v)
-    for k, v in flax.traverse_util.flatten_dict(restored).items()
-  }
   variables = check_and_unflatten(model, flat, directory)
   return model, variables, model.config
