@@ -15,7 +15,9 @@ import contextlib
 import json
 import os
 import shutil
+import struct
 import tempfile
+import zlib
 
 from hypothesis import HealthCheck
 from hypothesis import settings
@@ -183,3 +185,24 @@ def outcome(reader: str, kind: str, read, names, allowed=(ValueError,)):
   STATS[reader]['ok'] += 1
   STATS[reader][f'{kind}:ok'] += 1
   return result
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+  crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+  return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', crc)
+
+
+@st.composite
+def png_claiming(draw, depth=16, colour=2):
+  """A PNG whose header (with a valid CRC) claims any size up to 2^32 - 1
+  pixels a side, over a few bytes of image data. Sides whose image would
+  fit in memory but take gigabytes are left out: a reader may allocate
+  them before finding the data short."""
+  side = st.sampled_from([0, 1, 3, 65536, 2**31 - 1, 2**32 - 1])
+  ihdr = struct.pack('>IIBBBBB', draw(side), draw(side), depth, colour, 0, 0, 0)
+  return (
+    b'\x89PNG\r\n\x1a\n'
+    + _png_chunk(b'IHDR', ihdr)
+    + _png_chunk(b'IDAT', zlib.compress(draw(st.binary(max_size=64))))
+    + _png_chunk(b'IEND', b'')
+  )

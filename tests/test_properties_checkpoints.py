@@ -279,13 +279,11 @@ def _native_body(example):
     assert mutation != 'valid'
     return
   _, variables, _ = result
-  _check_shapes(variables, flat)
-  if mutation == 'valid':
-    _assert_same(variables, flat)
+  _assert_same(variables, flat)  # META.json's checksum catches the rest.
 
 
 test_native, test_native_many = ph.twin_tests(
-  _native_body, _folder_case('native'), fast=8, slow=80
+  _native_body, _folder_case('native'), fast=6, slow=80
 )
 
 

@@ -9,7 +9,6 @@ right shape and dtype or raise one line naming the file.
 import io
 import os
 import struct
-import zlib
 
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -21,24 +20,6 @@ from perceiver_io.flow import layouts
 from tests import property_helpers as ph
 
 _SHAPE = st.tuples(st.integers(1, 5), st.integers(1, 5))
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-  crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-  return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', crc)
-
-
-@st.composite
-def _png_claiming(draw, depth=16, colour=2):
-  """A PNG whose (valid-CRC) header claims any size, up to 2^32 - 1."""
-  side = st.sampled_from([0, 1, 3, 65536, 2**31 - 1, 2**32 - 1])
-  ihdr = struct.pack('>IIBBBBB', draw(side), draw(side), depth, colour, 0, 0, 0)
-  return (
-    b'\x89PNG\r\n\x1a\n'
-    + _png_chunk(b'IHDR', ihdr)
-    + _png_chunk(b'IDAT', zlib.compress(draw(st.binary(max_size=64))))
-    + _png_chunk(b'IEND', b'')
-  )
 
 
 @st.composite
@@ -96,7 +77,7 @@ def _kitti_case(draw):
     with open(path, 'rb') as f:
       png = f.read()
   extra = {
-    'huge_header': _png_claiming(),
+    'huge_header': ph.png_claiming(),
     'other_png': st.sampled_from(
       [
         formats.encode_png(np.zeros((2, 3, 3), np.uint8)),
@@ -150,7 +131,7 @@ def _frame_case(draw):
     fmt = 'TIFF'
   data = _image_bytes(pixels, mode, fmt)
   return (pixels, mode), draw(
-    ph.mutated(data, {'huge_header': _png_claiming(8, 2)})
+    ph.mutated(data, {'huge_header': ph.png_claiming(8, 2)})
   )
 
 

@@ -65,7 +65,8 @@ def _image_file_case(draw):
   fmt = draw(st.sampled_from(['PNG', 'JPEG']))
   images = draw(st.lists(_PIXELS, min_size=2, max_size=4))
   target = draw(st.integers(0, len(images) - 1))
-  mutation = draw(ph.mutated(_encode(images[target], fmt)))
+  extra = {'huge_header': ph.png_claiming(8, 2)}
+  mutation = draw(ph.mutated(_encode(images[target], fmt), extra))
   return fmt, images, target, mutation
 
 

@@ -13,6 +13,7 @@ touches an existing one (saving over an existing directory needs
 is complete).
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -62,7 +63,11 @@ def save(directory: str, variables, config, overwrite: bool = False) -> str:
 
     with open(os.path.join(tmp, 'META.json'), 'w') as f:
       json.dump(
-        {'format_version': FORMAT_VERSION, 'perceiver_io_version': __version__},
+        {
+          'format_version': FORMAT_VERSION,
+          'perceiver_io_version': __version__,
+          'variables_sha256': _digest(state),
+        },
         f,
       )
     if os.path.exists(directory):
@@ -119,5 +124,40 @@ def load(directory: str, **overrides):
       f'cannot read {directory}/variables ({one_line(e)}); the '
       f'checkpoint is corrupt or truncated.'
     ) from e
+  _verify(directory, flat)
   variables = check_and_unflatten(model, flat, directory)
   return model, variables, model.config
+
+
+def _digest(state) -> str:
+  """SHA-256 of every variable's path, dtype, shape and bytes.
+
+  Why: Orbax stores raw array bytes without a checksum, so a flipped byte
+  on disk would load as silently different weights.
+  """
+  digest = hashlib.sha256()
+  flat = flax.traverse_util.flatten_dict(state)
+  for key in sorted(flat, key=lambda k: tuple(map(str, k))):
+    value = np.ascontiguousarray(flat[key])
+    digest.update(
+      repr((tuple(map(str, key)), value.dtype.str, value.shape)).encode()
+    )
+    digest.update(value.tobytes())
+  return digest.hexdigest()
+
+
+def _verify(directory: str, flat) -> None:
+  """Checks the variables against META.json's checksum (checkpoints saved
+  without one load unchecked)."""
+  meta_file = os.path.join(directory, 'META.json')
+  if not os.path.exists(meta_file):
+    return
+  meta = read_json_file(meta_file, 'the checkpoint metadata')
+  want = meta.get('variables_sha256') if isinstance(meta, dict) else None
+  if want is None:
+    return
+  if _digest(flax.traverse_util.unflatten_dict(flat)) != want:
+    raise CheckpointError(
+      f'{directory}/variables does not match the checksum in META.json: '
+      'the checkpoint is corrupt (changed on disk since it was saved).'
+    )
