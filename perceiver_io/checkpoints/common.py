@@ -73,8 +73,9 @@ def _first_huge_number(tree: Any, where: str = 'config'):
 
 
 def build_from_file(config: Any, path: str):
-  """The model of a config read from `path`; a config that does not
-  describe a model is one CheckpointError naming the file."""
+  """(model, its abstract variables) for a config read from `path`; a
+  config that does not describe a model is one CheckpointError naming the
+  file."""
   if not isinstance(config, dict):
     raise CheckpointError(
       f'{path} holds a JSON {type(config).__name__}, expected an object '
@@ -92,13 +93,13 @@ def build_from_file(config: Any, path: str):
     )
   try:
     model = build_model(config)
-    abstract_variables(model)  # Shapes: fails on nonsense sizes.
+    abstract = abstract_variables(model)  # Fails on nonsense sizes.
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(
       f'{path} does not describe a model that can be built '
       f'({type(e).__name__}: {one_line(e)}).'
     ) from None
-  return model
+  return model, abstract
 
 
 # Parameters named per kind of mismatch; the rest are counted. A checkpoint
@@ -122,14 +123,19 @@ def summarise(what: str, entries: Sequence[str], limit: int = MAX_NAMED) -> str:
   return f'{len(entries)} {what}: {shown}{more}'
 
 
-def check_and_unflatten(model, flat: Dict[Path, np.ndarray], source: str):
+def check_and_unflatten(
+  model, flat: Dict[Path, np.ndarray], source: str, abstract=None
+):
   """Checks `flat` against the model's variable shapes; returns variables.
 
   Every error names the offending parameters with their shapes, the first
   few of each kind and a count of all: missing ones, extra ones (present
-  in the file but unused by the model) and shape mismatches.
+  in the file but unused by the model) and shape mismatches. `abstract`:
+  the model's abstract variables when the caller has them already.
   """
-  expected = flax.traverse_util.flatten_dict(abstract_variables(model))
+  if abstract is None:
+    abstract = abstract_variables(model)
+  expected = flax.traverse_util.flatten_dict(abstract)
   missing = sorted(
     f'{"/".join(k)} {_shape(v)}' for k, v in expected.items() if k not in flat
   )

@@ -293,8 +293,9 @@ def _check_tree(tree: Any, path: str) -> None:
         f'mapping to parameters; found {type(leaves).__name__}).'
       )
     for name, value in leaves.items():
-      kind = getattr(np.asarray(value), 'dtype', None)
-      if not isinstance(name, str) or kind is None or kind.kind not in 'biuf':
+      # Objects, strings and dates are no parameters (bfloat16 is kind V).
+      kind = np.asarray(value).dtype.kind
+      if not isinstance(name, str) or kind in 'OUSMm':
         raise CheckpointError(
           f'{path}: parameter {module}/{name!s:.60} is not a number array '
           f'(found {type(value).__name__}).'

@@ -558,7 +558,7 @@ def from_hf(path: str, **overrides):
       f'{one_line(e)}); is it a transformers Perceiver config.json?'
     ) from None
   config.update(overrides)
-  model = build_from_file(config, cfg_file)
+  model, abstract = build_from_file(config, cfg_file)
   arch = config['name'][3:]
   try:
     flat = convert_state_dict(_read_state_dict(path), arch)
@@ -567,5 +567,5 @@ def from_hf(path: str, **overrides):
     raise CheckpointError(
       message if path in message else f'{path}: {message}'
     ) from None
-  variables = check_and_unflatten(model, flat, f'{path}')
+  variables = check_and_unflatten(model, flat, f'{path}', abstract)
   return model, variables, model.config

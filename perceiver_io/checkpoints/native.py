@@ -110,7 +110,7 @@ def load(directory: str, **overrides):
   config = read_json_file(config_file, 'the model config')
   if isinstance(config, dict):
     config.update(overrides)
-  model = build_from_file(config, config_file)
+  model, abstract = build_from_file(config, config_file)
   try:
     restored = ocp.StandardCheckpointer().restore(
       os.path.join(directory, 'variables')
@@ -125,7 +125,7 @@ def load(directory: str, **overrides):
       f'checkpoint is corrupt or truncated.'
     ) from e
   _verify(directory, flat)
-  variables = check_and_unflatten(model, flat, directory)
+  variables = check_and_unflatten(model, flat, directory, abstract)
   return model, variables, model.config
 
 
