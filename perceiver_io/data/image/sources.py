@@ -270,6 +270,9 @@ def _read_labels_csv(root: str, class_names: Optional[List[str]]):
   if not rows:
     raise ValueError(f'{csv_path} lists no images.')
   values = [(row[label_column] or '').strip() for row in rows]
+  for n, row in enumerate(rows, start=1):  # A short or blank row.
+    if not row[file_column].strip() or not values[n - 1]:
+      raise ValueError(f'{csv_path}, row {n}: no file name or no label.')
   if all(v.lstrip('-').isdigit() for v in values):
     too_long = next((v for v in values if len(v.lstrip('-0')) > 10), None)
     if too_long is not None:
