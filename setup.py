@@ -34,6 +34,7 @@ DATA = [
 ]
 TEST = DATA + [
   'pytest>=8.0',
+  'hypothesis>=6.100',  # Property tests of the readers of user files.
   'torch==2.13.0',  # CPU wheel on the project machines; parity reference.
   'transformers>=4.40',
   'matplotlib>=3.8',  # benchmarks.scaling's plot, tested end to end.
