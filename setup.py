@@ -34,6 +34,7 @@ DATA = [
 ]
 TEST = DATA + [
   'pytest>=8.0',
+  'hypothesis>=6.100',  # Property tests of the readers of user files.
   'torch==2.13.0',  # CPU wheel on the project machines; parity reference.
   'transformers>=4.40',
   'matplotlib>=3.8',  # benchmarks.scaling's plot, tested end to end.
@@ -60,6 +61,10 @@ setup(
   packages=find_packages(
     include=['perceiver_io', 'perceiver_io.*', 'experiments', 'configs']
   ),
+  # The tiny variants' offline data (configs/common.py FIXTURES).
+  package_data={
+    'configs': ['fixtures/*.csv', 'fixtures/*.txt', 'fixtures/glue/*/*.tsv']
+  },
   install_requires=CORE,
   extras_require={'data': DATA, 'test': TEST, 'bench': BENCH},
   license='Apache-2.0',

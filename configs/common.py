@@ -9,9 +9,15 @@ place means a new family is a few lines, and a typo in an override fails
 `--config=configs/x.py:<arg>` into typed fields (big_vision habit).
 """
 
+import os
 from typing import Any, Dict
 
 import ml_collections
+
+# A few KB of hand-written examples (configs/fixtures/, shipped with the
+# package) for the tiny variants, so that each runs offline on a fresh clone
+# without a TFDS download.
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures')
 
 
 def parse_arg(arg: str, **defaults: Any) -> ml_collections.ConfigDict:
@@ -79,10 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
   # (STS-B) | 'mlm' (masked bytes) | 'image_classification' | 'optical_flow'.
   c.task = 'classification'
   c.glue_task = ''  # GLUE task name (evaluate summary)
-  c.seed = 0
+  c.seed = 0  # initialisation, data order, masks, dropout
   # Model: a perceiver_io preset plus its keyword arguments.
   c.model = ml_collections.ConfigDict()
-  c.model.preset = 'tiny_text_classification'
+  c.model.preset = 'tiny_text_classification'  # perceiver_io.presets name
   c.model.kwargs = ml_collections.ConfigDict()
   c.model.dtype = 'float32'  # compute dtype; params stay float32
   c.model.remat = False  # rematerialise latent layers
@@ -106,18 +112,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from = ''
   # Data.
   c.data = ml_collections.ConfigDict()
+  # 'digits' or <kind>:<name or path>, kind in tfds, csv, tsv, jsonl,
+  # aclimdb (MLM: also text); a path may hold {split}.
   c.data.source = 'digits'
-  c.data.train_split = 'train'
-  c.data.eval_split = 'test'
+  c.data.train_split = 'train'  # TFDS-style, e.g. 'train[:90%]'
+  c.data.eval_split = 'test'  # the split evaluated
   c.data.text_fields = 'text'  # comma-separated columns (pairs: 2)
-  c.data.label_field = 'label'
+  c.data.label_field = 'label'  # label column
   c.data.label_names = ''  # comma-separated; '' = from the data
   # TSV/CSV without a header: set False and name columns by index, e.g.
   # CoLA: text_fields='3', label_field='1'.
   c.data.has_header = True
-  c.data.num_classes = 2
+  c.data.num_classes = 2  # classifier outputs
   c.data.max_length = 2048  # bytes incl. [CLS]/[SEP]
-  c.data.image_size = 8
+  c.data.image_size = 8  # image side in pixels
   c.data.mask_rate = 0.15  # MLM only (whole words, 80/10/10)
   c.data.docs_per_example = 10  # MLM only: documents joined per crop
   c.data.data_dir = ''  # TFDS data_dir ('' = default)
@@ -127,18 +135,18 @@ def base_config() -> ml_collections.ConfigDict:
   # Parameters (and optimizer moments) with >= this many elements are split
   # over the devices (ZeRO-3 style); 0 = replicate everything (pure DP).
   c.shard_params_min_size = 0
-  c.eval_batch_size = 64
-  c.num_train_steps = -1
-  c.num_epochs = 1.0
-  c.label_smoothing = 0.0
+  c.eval_batch_size = 64  # global, for evaluation
+  c.num_train_steps = -1  # the run's length if > 0
+  c.num_epochs = 1.0  # the run's length if num_train_steps <= 0
+  c.label_smoothing = 0.0  # classification targets: (1-s) one-hot + s/C
   # Optimizer (experiments/optim.py).
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adamw'  # 'adamw' | 'lamb' | 'adam' | 'sgd'
-  c.optimizer.learning_rate = 1e-3
-  c.optimizer.weight_decay = 0.0
-  c.optimizer.b1 = 0.9
-  c.optimizer.b2 = 0.999
-  c.optimizer.eps = 1e-6
+  c.optimizer.learning_rate = 1e-3  # peak (the schedule scales it)
+  c.optimizer.weight_decay = 0.0  # decoupled, as in AdamW / LAMB
+  c.optimizer.b1 = 0.9  # decay of the first moment (Adam family)
+  c.optimizer.b2 = 0.999  # decay of the second moment (Adam family)
+  c.optimizer.eps = 1e-6  # added to the second moment's root
   c.optimizer.grad_clip_norm = 1.0  # 0 = no clipping
   c.optimizer.accumulate_steps = 1  # gradient accumulation (MultiSteps)
   c.optimizer.decay_pos_embs = True  # official: position embeddings decay
@@ -146,12 +154,12 @@ def base_config() -> ml_collections.ConfigDict:
   # 'constant' | 'constant_cosine' (official) | 'warmup_cosine' |
   # 'warmup_linear' | 'warmup_constant'.
   c.schedule.name = 'constant'
-  c.schedule.warmup_steps = 0
+  c.schedule.warmup_steps = 0  # linear warmup (warmup_* schedules)
   c.schedule.constant_fraction = 0.5  # constant_cosine only
   c.schedule.decay_steps = -1  # -1 = the whole run
-  c.schedule.end_value = 0.0
+  c.schedule.end_value = 0.0  # learning rate at the end of the decay
   # Loop.
-  c.log_every_steps = 50
+  c.log_every_steps = 50  # steps per log line and metrics.jsonl record
   c.eval_every_steps = 500  # also evaluates at the end
   c.checkpoint_every_steps = 500  # also saves at the end
   c.keep_checkpoints = 2  # latest N, plus the best one
@@ -160,9 +168,9 @@ def base_config() -> ml_collections.ConfigDict:
   # list, 'score' (their mean) is reported too.
   c.eval_metrics = ''
   c.best_metric = 'accuracy'  # eval metric that picks 'best'
-  c.best_mode = 'max'
+  c.best_mode = 'max'  # 'max' or 'min': the best best_metric value
   c.max_eval_examples = -1  # -1 = the whole eval split
-  c.progress_bar = True
+  c.progress_bar = True  # tqdm bars (only when stderr is a terminal)
   c.predict_examples = 0  # print N test predictions at the end
   # Refuse a workdir that holds another run's checkpoints (another model,
   # or settings a resume may not change: workdir.RESUMABLE_FIELDS)

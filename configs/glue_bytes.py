@@ -37,7 +37,9 @@ grid per task.
 Arguments (`configs/glue_bytes.py:<task>[,lr=..][,batch=..][,tiny]`):
   lr     learning rate (default 5e-5; grid {1e-4, 5e-5, 2e-5, 1e-5});
   batch  batch size (default 32; grid {16, 32, 64});
-  tiny   a 2-layer model on 64 bytes from scratch, 3 steps (tests).
+  tiny   a 2-layer model on 64 bytes from scratch, 3 steps (tests), on a
+         few hand-written rows in the task's columns shipped in
+         configs/fixtures/glue/<task>/ (offline).
 """
 
 import ml_collections
@@ -117,6 +119,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.model.preset = 'tiny_text_classification'
     c.model.remat = False
     c.model.head_hidden = 16
+    c.data.source = f'tsv:{common.FIXTURES}/glue/{args.task}/{{split}}.tsv'
     c.data.max_length = 64
     c.batch_size = 4
     c.eval_batch_size = 4

@@ -16,12 +16,14 @@ without `--config` (`with_workdir_config`).
 import contextlib
 import difflib
 import importlib.util
+import io
 import json
 import logging
 import os
 import re
 import sys
-from typing import List, Optional
+import tokenize
+from typing import Dict, List, Optional
 
 from absl import flags as absl_flags
 import ml_collections
@@ -393,3 +395,92 @@ def maybe_initialize_distributed(
       process_id=process_id,
     )
   jax.distributed.initialize(**kwargs)
+
+
+# ----------------------------------------------------------------------------
+# --helpfull: the config's fields.
+# ----------------------------------------------------------------------------
+
+_HELP_FLAGS = ('--help', '-help', '--helpfull', '-helpfull', '--helpshort')
+_FIELD_LINE = re.compile(r'\s*c\.([A-Za-z_][\w.]*)\s*=(?!=)')
+
+
+def field_comments(source: str) -> Dict[str, str]:
+  """Dotted field -> the comment at its first `c.<field> = ...` line in
+  the Python `source`: the line's own comment, else the comment lines right
+  above it."""
+  comments = {}
+  by_line = {}
+  try:
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+      if token.type == tokenize.COMMENT:
+        by_line[token.start[0]] = token.string.lstrip('#').strip()
+  except (tokenize.TokenError, SyntaxError):
+    return comments
+  block = []
+  for number, line in enumerate(source.splitlines(), 1):
+    if line.strip().startswith('#'):
+      block.append(by_line.get(number, ''))
+      continue
+    match = _FIELD_LINE.match(line)
+    if match:
+      text = by_line.get(number) or ' '.join(block)
+      if text:
+        comments.setdefault(match.group(1), text)
+    block = []
+  return comments
+
+
+def config_field_lines(config, comments: Dict[str, str], prefix='') -> list:
+  """'--config.<field> (default: <value>): <comment>' for every leaf."""
+  lines = []
+  for key in sorted(config.keys()):
+    value, name = config[key], prefix + key
+    if isinstance(value, ml_collections.ConfigDict):
+      lines += config_field_lines(value, comments, name + '.')
+      continue
+    comment = comments.get(name, '')
+    lines.append(
+      f'--config.{name} (default: {value!r})'
+      + (f': {comment}' if comment else '')
+    )
+  return lines
+
+
+def list_config_fields_in_help(argv: List[str], flag_values) -> None:
+  """With a help flag and `--config=<file>` in `argv`, appends every field
+  of that config (with its default and comment) to the --config flag's help.
+
+  Why: absl registers `--config` as one flag and `--config.<field>` flags
+  only for the fields given on the command line, so `--helpfull` listed
+  none of the settable fields. The comments are read from the config
+  files' source (`configs/common.py`, where every shared field is
+  commented, then the given file for the fields it adds): the comment next
+  to a field is its documentation, kept in one place, so a description
+  table could not drift from it.
+  """
+  if not any(arg in _HELP_FLAGS for arg in argv):
+    return
+  value = flag_value(argv, 'config')
+  if not value:
+    return
+  try:
+    config = load_launcher_config(value, argv)
+  except (FileNotFoundError, ValueError) as e:
+    sys.stderr.write(f'error: {e}\n')
+    sys.exit(2)
+  from configs import common  # pylint: disable=g-import-not-at-top
+
+  comments = {}
+  for path in (common.__file__, config_path_and_arg(value)[0]):
+    with open(path, encoding='utf-8') as f:
+      for name, text in field_comments(f.read()).items():
+        comments.setdefault(name, text)
+  flag = flag_values['config']
+  flag.help = '\n'.join(
+    [
+      flag.help,
+      f'Fields of {value} (set one with --config.<field>=<value>):',
+      *config_field_lines(config, comments),
+    ]
+  )

@@ -44,6 +44,7 @@ runs on an accelerator alone.
 import ctypes
 import functools
 import gc
+import logging
 import os
 import sys
 from typing import Optional
@@ -351,3 +352,33 @@ def release_host_memory() -> None:
   libc = _glibc()
   if libc is not None:
     libc.malloc_trim(0)
+
+
+def log_host_memory_reuse(decision: str) -> None:
+  """Logs a `reuse_host_memory_for_step` decision in plain words.
+
+  Why only 'on' at INFO: it changes how the process runs (synchronous
+  dispatch, glibc settings) and the user may want to know how to undo it;
+  'off' is the default behaviour and its reason (FLOPs per core) means
+  nothing to someone training a model, so it goes to DEBUG.
+  """
+  if decision.startswith('on') and _REUSING_HOST_MEMORY:
+    undo = (
+      f'set by {REUSE_HOST_MEMORY_ENV}=1'
+      if REUSE_HOST_MEMORY_ENV in decision
+      else f'a large step; {REUSE_HOST_MEMORY_ENV}=0 turns this off'
+    )
+    logging.info('CPU memory: kept between steps for reuse (%s).', undo)
+  else:
+    logging.debug('host memory reuse: %s', decision)
+
+
+def log_process_settings(settings: dict) -> None:
+  """Logs `configure_process`'s result: a warning when a requested
+  setting could not be applied, otherwise only at DEBUG (the defaults)."""
+  reuse = str(settings.get('host_memory_reuse', ''))
+  if reuse.startswith('off ('):
+    logging.warning(
+      '%s=1 has no effect here: %s.', REUSE_HOST_MEMORY_ENV, reuse[5:-1]
+    )
+  logging.debug('process settings: %s', settings)

@@ -1,31 +1,139 @@
 """Progress of training and of evaluation loops: bars, rates and ETAs.
 
-Training: `Throughput` times the steps since the last log line (compilation
-excluded) and `log_train_metrics` writes one record and one line per log
-step; `progress_bar` is the run's tqdm bar.
+Training: `TrainProgress` says when the first step is compiling (minutes
+for big models) and starts its bar after that step, so the rate and ETA are
+those of the real steps, not of the compiler; `Throughput` times the steps
+since the last log line (compilation excluded) and `log_train_metrics`
+writes one record and one line per log step.
 
 Evaluation (every task's, and tiled flow folders):
 
 Why: an evaluation can take hours (the official flow model on CPU tiles each
 Sintel frame ~6 times at ~7 s a tile) and used to print nothing until the
-final table. With `config.progress_bar` (as for training) a tqdm bar goes to
-stderr; without it (the tiny/test presets) a log line with the count, rate
-and ETA is written at most every `log_every_s` seconds, so short evaluations
-and tests stay quiet. Only process 0 reports.
+final table. With a bar (`bars_wanted`) a tqdm bar goes to stderr; without
+one a log line with the count, rate and ETA is written at most every
+`log_every_s` seconds, so short evaluations and tests stay quiet. Only
+process 0 reports.
+
+Bars are drawn only for a person at a terminal (`bars_wanted`): in a log
+file or a CI log a bar's carriage returns and cursor-up codes (`ESC[A`, from
+an eval bar under the train bar) are garbage, and the log lines already
+carry the rate and ETA. While a bar is open, log lines go through
+`tqdm.write` (`_LogsAboveBars`), so a line never lands inside a bar's line.
 """
 
+import contextlib
 import logging
+import os
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import jax
+import tqdm
+
+from experiments import workdir as workdir_lib
 
 
 def _duration(seconds: float) -> str:
   seconds = int(round(seconds))
   hours, rest = divmod(seconds, 3600)
   return f'{hours}:{rest // 60:02d}:{rest % 60:02d}'
+
+
+def stderr_is_terminal() -> bool:
+  try:
+    return _real_stderr().isatty()
+  except (AttributeError, ValueError):  # No isatty, or a closed stream.
+    return False
+
+
+def bars_wanted(config) -> bool:
+  """Bars for a person at a terminal: `config.progress_bar`, process 0 and
+  stderr a terminal (module docstring)."""
+  return (
+    bool(config.get('progress_bar', False))
+    and jax.process_index() == 0
+    and stderr_is_terminal()
+  )
+
+
+def _real_stderr():
+  """sys.stderr, or the stream under it while `_LogsAboveBars` is active
+  (bars must draw on the terminal itself, not through `tqdm.write`)."""
+  stream = sys.stderr
+  return stream.stream if isinstance(stream, _BarSafeStream) else stream
+
+
+def _open_bar(**kwargs) -> tqdm.tqdm:
+  bar = tqdm.tqdm(
+    file=_real_stderr(), dynamic_ncols=True, mininterval=1.0, **kwargs
+  )
+  _LogsAboveBars.enter()
+  return bar
+
+
+def _close_bar(bar: tqdm.tqdm) -> None:
+  bar.close()
+  _LogsAboveBars.exit()
+
+
+class _BarSafeStream:
+  """A stream that writes whole lines with `tqdm.write`, which clears the
+  open bars, writes the line and draws the bars again below it."""
+
+  def __init__(self, stream):
+    self.stream, self._pending = stream, ''
+
+  def write(self, text: str) -> int:
+    *lines, self._pending = (self._pending + text).split('\n')
+    for line in lines:
+      tqdm.tqdm.write(line, file=self.stream)
+    return len(text)
+
+  def flush(self) -> None:
+    if self._pending:
+      tqdm.tqdm.write(self._pending, file=self.stream)
+      self._pending = ''
+    self.stream.flush()
+
+  def __getattr__(self, name):  # isatty, fileno, encoding, ...
+    return getattr(self.stream, name)
+
+
+class _LogsAboveBars:
+  """While any bar is open, console log handlers (absl's and plain
+  `logging.StreamHandler`s on stderr) and sys.stderr write through
+  `_BarSafeStream`; restored when the last bar closes."""
+
+  _depth = 0
+  _saved: List[tuple] = []  # (object, attribute, original value)
+
+  @classmethod
+  def enter(cls) -> None:
+    cls._depth += 1
+    if cls._depth > 1:
+      return
+    real = sys.stderr
+    safe = _BarSafeStream(real)
+    cls._saved = [(sys, 'stderr', real)]
+    for handler in logging.getLogger().handlers:
+      # absl's ABSLHandler writes through its `python_handler`.
+      for h in (handler, getattr(handler, 'python_handler', None)):
+        if isinstance(h, logging.StreamHandler) and h.stream is real:
+          cls._saved.append((h, 'stream', h.stream))
+          h.stream = safe
+    sys.stderr = safe
+
+  @classmethod
+  def exit(cls) -> None:
+    cls._depth = max(cls._depth - 1, 0)
+    if cls._depth:
+      return
+    for obj, name, value in reversed(cls._saved):
+      getattr(obj, name).flush()
+      setattr(obj, name, value)
+    cls._saved = []
 
 
 class EvalProgress:
@@ -61,21 +169,8 @@ class EvalProgress:
       self.total if self.total is not None else 'an unknown number of',
       unit,
     )
-    if bool(config.get('progress_bar', False)):
-      try:
-        import tqdm  # pylint: disable=g-import-not-at-top
-
-        self.bar = tqdm.tqdm(
-          total=self.total,
-          unit=unit,
-          desc=desc,
-          file=sys.stderr,
-          dynamic_ncols=True,
-          mininterval=1.0,
-          leave=False,
-        )
-      except ImportError:
-        pass
+    if bars_wanted(config):
+      self.bar = _open_bar(total=self.total, unit=unit, desc=desc, leave=False)
 
   def __enter__(self):
     return self
@@ -117,7 +212,7 @@ class EvalProgress:
     if not self.enabled:
       return
     if self.bar is not None:
-      self.bar.close()
+      _close_bar(self.bar)
       self.bar = None
     if self.count:
       logging.info('%s', self.line().split(', ETA')[0])
@@ -183,19 +278,55 @@ def format_metrics(metrics: Dict[str, Any]) -> str:
   )
 
 
-def progress_bar(config, start: int, total: int):
-  """A tqdm bar on stderr (process 0, config.progress_bar), else None."""
-  if not config.progress_bar or jax.process_index() != 0:
-    return None
-  try:
-    import tqdm  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  return tqdm.tqdm(
-    total=total,
-    initial=start,
-    unit='step',
-    file=sys.stderr,
-    dynamic_ncols=True,
-    mininterval=1.0,
+class TrainProgress:
+  """The training loop's notice of compilation and its bar (`bars_wanted`).
+
+  Why the bar opens after the first step: that step includes compiling
+  (seconds to minutes), and a bar opened before it reports the compile as
+  the step rate (`1/562 [00:21<3:19:56, 21.38s/step]` for a run of a few
+  minutes).
+  """
+
+  def __init__(self, config, start: int, total: int):
+    self.total = int(total)
+    self.enabled = jax.process_index() == 0
+    self.use_bar = bars_wanted(config)
+    self.bar = None
+
+  @contextlib.contextmanager
+  def compiling(self):
+    """Around the first step's compilation: says so, and how long it took."""
+    begin = time.monotonic()
+    if self.enabled:
+      logging.info(
+        'compiling the train step (once per run; not counted in the '
+        'rate or ETA)...'
+      )
+    yield
+    if self.enabled:
+      logging.info('compiled in %.1f s.', time.monotonic() - begin)
+
+  def update(self, done: int) -> None:
+    """`done` steps of the run are finished."""
+    if not self.use_bar:
+      return
+    if self.bar is None:
+      self.bar = _open_bar(total=self.total, initial=done, unit='step')
+    else:
+      self.bar.update(done - self.bar.n)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      _close_bar(self.bar)
+      self.bar = None
+
+
+def where_outputs_go(workdir: str) -> str:
+  """The log line at the start of a run: what is written where."""
+  return (
+    f'writing to {os.path.abspath(workdir)}: '
+    f'{workdir_lib.CHECKPOINT_DIR}/ (model and optimizer state, to resume), '
+    f'{workdir_lib.TENSORBOARD_DIR}/ (TensorBoard events), '
+    f'{workdir_lib.METRICS_FILE} (one JSON line per logged step and '
+    'evaluation).'
   )

@@ -9,8 +9,11 @@ when --coordinator_address or --num_processes is given (on Cloud TPU / SLURM
 pass --num_processes=-1 to let JAX detect the cluster).
 """
 
-import logging
+import json
+import os
+import shlex
 import sys
+from typing import List
 
 from absl import app
 from absl import flags
@@ -42,10 +45,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.quiet_library_logs()
-  settings = (
-    process_tuning.configure_process()
-  )  # Before NumPy/JAX (process_tuning.py).
-  logging.info('process settings: %s', settings)
+  # Before NumPy/JAX (process_tuning.py).
+  settings = process_tuning.configure_process()
+  process_tuning.log_process_settings(settings)
   if _NUM_PROCESSES.value == -1:
     import jax  # pylint: disable=g-import-not-at-top
 
@@ -72,8 +74,58 @@ def main(argv):
     )
   if config.predict_examples > 0:
     predict_lib.print_eval_predictions(result, int(config.predict_examples))
+  if jax.process_index() == 0:
+    print('\n'.join(next_commands(_WORKDIR.value, config)))
+
+
+# A masked span for MLM workdirs' example command.
+_MLM_EXAMPLE = 'This is an [MASK][MASK][MASK][MASK][MASK][MASK][MASK] example.'
+
+
+def next_commands(workdir: str, config) -> List[str]:
+  """The commands that look at a finished run, for the end of its output.
+
+  Why: a first run ends with a workdir full of files; these say what to do
+  with them (the predict example fits the task: digits, text, a sentence
+  pair, masked bytes, an image, two frames).
+  """
+  # Not at the top: imports JAX (after `configure_process`).
+  from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+
+  workdir = os.path.abspath(workdir)
+  quoted = shlex.quote(workdir)
+  info = {}
+  path = os.path.join(workdir, workdir_lib.DATA_INFO_FILE)
+  try:
+    with open(path, encoding='utf-8') as f:
+      info = json.load(f)
+  except (OSError, ValueError):
+    pass
+  if config.task == 'mlm':
+    example = shlex.quote(_MLM_EXAMPLE)
+  elif config.task == 'optical_flow':
+    example = 'FRAME1.png FRAME2.png --output=flow.flo'
+  elif config.data.source == 'digits':
+    example = '--digits=0:5'
+  elif config.task == 'image_classification':
+    example = 'IMAGE.jpg'
+  elif len(info.get('text_fields') or []) == 2:
+    example = "'A first sentence.' --pair='A second sentence.'"
+  else:
+    example = "'A text to classify.'"
+  return [
+    '',
+    f'The run is in {workdir}. To look at it:',
+    '  tensorboard --logdir '
+    + shlex.quote(os.path.join(workdir, workdir_lib.TENSORBOARD_DIR))
+    + '   # pip install tensorboard',
+    '  cat ' + shlex.quote(os.path.join(workdir, workdir_lib.METRICS_FILE)),
+    f'  python -m experiments.evaluate --workdir={quoted}',
+    f'  python -m experiments.predict --workdir={quoted} {example}',
+  ]
 
 
 if __name__ == '__main__':
   cli.check_overrides_or_exit(sys.argv)
+  cli.list_config_fields_in_help(sys.argv, flags.FLAGS)
   app.run(main)

@@ -87,17 +87,16 @@ def train_and_evaluate(
   # -------------------------------------------------------- task and data --
   example = task.example_batch()
   # Before anything creates JAX's backend (process_tuning.py).
-  logging.info(
-    'host memory reuse: %s',
+  process_tuning.log_host_memory_reuse(
     process_tuning.reuse_host_memory_for_step(
       train_step_flops(model, task, int(config.batch_size))
-    ),
+    )
   )
   train_info, eval_info = task.data_info()
   num_steps = steps.total_steps(config, train_info['num_examples'])
   logging.info(
     'data: %s; %d steps of batch %d.',
-    data_summary(train_info, eval_info),
+    data_summary(train_info, eval_info, config),
     num_steps,
     config.batch_size,
   )
@@ -168,7 +167,9 @@ def train_and_evaluate(
   history = []  # (step, device metrics) since the last finite check.
   last_metrics, eval_metrics = {}, {}
   last_good_step = latest
-  progress = progress_lib.progress_bar(config, start_step, num_steps)
+  if jax.process_index() == 0:
+    logging.info('%s', progress_lib.where_outputs_go(workdir))
+  progress = progress_lib.TrainProgress(config, start_step, num_steps)
   timer = progress_lib.Throughput(config.batch_size, num_steps, start_step)
   try:
     for step in range(start_step, num_steps):
@@ -176,7 +177,8 @@ def train_and_evaluate(
       if step == start_step:
         # Compile ahead of the first step and hand the compiler's freed heap
         # back to the OS, so it does not add to the step's peak memory.
-        train_step = train_step.lower(state, batch).compile()
+        with progress.compiling():
+          train_step = train_step.lower(state, batch).compile()
         process_tuning.release_host_memory()
       state, metrics = train_step(state, batch)
       process_tuning.settle_host_memory()  # CPU: keep one step's temporaries.
@@ -184,8 +186,7 @@ def train_and_evaluate(
       if step == start_step:  # Compilation: keep it out of examples/s.
         timer.restart(done, metrics)
       history.append((done, metrics))
-      if progress is not None:
-        progress.update(1)
+      progress.update(done)
 
       is_last = done == num_steps
       log_now = done % config.log_every_steps == 0 or is_last
@@ -220,8 +221,7 @@ def train_and_evaluate(
         stop_for_preemption(ckpt, done)
   finally:
     preemption.uninstall()
-    if progress is not None:
-      progress.close()
+    progress.close()
     ckpt.close()
     writer.close()
   if start_step >= num_steps:  # Already trained: just evaluate.
@@ -285,11 +285,20 @@ def train_step_flops(model, task, batch_size: int) -> float:
   )
 
 
-def data_summary(train_info, eval_info) -> str:
-  """The task's summary of its data, else its example counts."""
-  return train_info.get('summary') or (
-    f'{train_info["num_examples"]} train / {eval_info["num_examples"]} '
-    'eval examples'
+def data_summary(train_info, eval_info, config) -> str:
+  """The task's summary of its data, else its example counts; an eval set
+  counted only while evaluating is named by its source and split."""
+  if train_info.get('summary'):
+    return train_info['summary']
+  count = int(eval_info['num_examples'])
+  if count >= 0:
+    return f'{train_info["num_examples"]} train / {count} eval examples'
+  data = config.data
+  limit = int(config.max_eval_examples)
+  return (
+    f'{train_info["num_examples"]} train examples; eval: '
+    f'{data.get("eval_source") or data.source} [{data.eval_split}]'
+    + (f', at most {limit} examples' if limit > 0 else '')
   )
 
 
@@ -327,7 +336,9 @@ def state_shardings(abstract_state: PyTree, mesh, config) -> PyTree:
     abstract_state, mesh, int(config.shard_params_min_size)
   )
   leaves = jax.tree_util.tree_leaves(shardings)
-  logging.info(
+  # Only worth a line where there is something to split.
+  log = logging.info if mesh.size > 1 else logging.debug
+  log(
     'state: %d of %d arrays sharded over %d devices, the rest replicated.',
     sum(not s.is_fully_replicated for s in leaves),
     len(leaves),

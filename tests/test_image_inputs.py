@@ -221,10 +221,12 @@ def test_eval_progress_logs_count_rate_and_eta_without_a_bar(caplog, capsys):
   assert len(caplog.records) == 2
 
 
-def test_eval_progress_bar_goes_to_stderr():
+def test_eval_progress_bar_goes_to_stderr(monkeypatch):
   import ml_collections  # pylint: disable=g-import-not-at-top
   from experiments import progress as eval_progress  # pylint: disable=g-import-not-at-top
 
+  # Bars are drawn for a terminal only (tests/test_first_hour.py).
+  monkeypatch.setattr(eval_progress, 'stderr_is_terminal', lambda: True)
   config = ml_collections.ConfigDict({'progress_bar': True})
   progress = eval_progress.EvalProgress(config, 4, 'image')
   assert progress.bar is not None

@@ -257,9 +257,28 @@ class Task(flow_full_frame.FullFrameFlow, base.Task):
       self.config.eval_tile_overlap, self.train_size
     )
     return (
-      {'num_examples': settings.num_examples, 'label_names': []},
+      {
+        'num_examples': settings.num_examples,
+        'label_names': [],
+        'summary': self.data_summary(settings),
+      },
       {'num_examples': -1, 'label_names': []},
     )
+
+  def data_summary(self, settings: GeneratorSettings) -> str:
+    """The log line's data: what is trained on and what the eval set is."""
+    (height, width), (crop_h, crop_w) = settings.render_size, self.train_size
+    train = (
+      f'{settings.num_examples} generated pairs per epoch ({height}x{width}, '
+      f'cropped to {crop_h}x{crop_w})'
+    )
+    kind, where = self._eval_spec()
+    if kind != 'generated':
+      return f'{train}; eval: every frame pair of {kind} folder {where}'
+    count = int(where or self.config.data.num_eval_examples)
+    limit = int(self.config.max_eval_examples)
+    count = min(count, limit) if limit > 0 else count
+    return f'{train}; eval: {count} other generated pairs (not trained on)'
 
   def example_batch(self) -> Dict[str, np.ndarray]:
     return {'image': np.zeros((1, 2) + self.train_size + (3,), np.float32)}

@@ -64,8 +64,36 @@ def write_json_atomic(path: str, obj: Any) -> None:
 
 
 def read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
+  """A JSON file's value; a damaged file is one ValueError naming it.
+
+  Why not `json.load` alone: non-UTF-8 bytes, integers of over 4300 digits
+  and deep nesting raise other errors (UnicodeDecodeError, a bare
+  ValueError, RecursionError) that name no file.
+  """
+  with open(path, 'rb') as f:
+    data = f.read()
+  return _json_value(data, path)
+
+
+def _json_value(data: bytes, where: str) -> Any:
+  try:
+    return json.loads(data.decode('utf-8-sig'))
+  except UnicodeDecodeError as e:
+    raise ValueError(
+      f'{where} is not UTF-8 text (byte {e.start}); a workdir file is '
+      'JSON written by experiments.train.'
+    ) from None
+  except json.JSONDecodeError as e:
+    raise ValueError(
+      f'{where} is not valid JSON ({e.msg} at line {e.lineno} column '
+      f'{e.colno}).'
+    ) from None
+  except ValueError as e:  # An integer too long to convert.
+    raise ValueError(f'{where} is not usable JSON ({e}).') from None
+  except RecursionError:
+    raise ValueError(
+      f'{where} is not usable JSON (nested too deeply).'
+    ) from None
 
 
 # ----------------------------------------------------------------------------
@@ -318,8 +346,19 @@ def read_metrics(workdir: str) -> List[Dict[str, Any]]:
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  with open(path, 'rb') as f:
+    lines = f.read().splitlines()
+  records = []
+  for line_no, line in enumerate(lines, start=1):
+    if line.strip():
+      record = _json_value(line, f'{path}, line {line_no},')
+      if not isinstance(record, dict):
+        raise ValueError(
+          f'{path}, line {line_no}: expected a JSON object, got '
+          f'{type(record).__name__}.'
+        )
+      records.append(record)
+  return records
 
 
 def last_eval_records(workdir: str) -> Dict[str, Dict[str, Any]]:
@@ -364,15 +403,20 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     )
   try:
     saved = read_json(path)
-  except ValueError as e:  # json.JSONDecodeError
+  except ValueError as e:
     raise ValueError(
-      f'{path} is not valid JSON ({e}); {workdir!r} is not a '
+      f'{str(e).rstrip(".")}; {workdir!r} is not a '
       'readable workdir of experiments.train.'
-    ) from e
+    ) from None
   problem = not_a_run_config(saved, workdir)
   if problem:
     raise ValueError(problem)
-  return ml_collections.ConfigDict(saved)
+  try:
+    return ml_collections.ConfigDict(saved)
+  except (ValueError, AttributeError, TypeError) as e:  # E.g. a dotted key.
+    raise ValueError(
+      f'{path} is not a usable experiment config ({e}).'
+    ) from None
 
 
 def not_a_run_config(saved: Any, workdir: str) -> Optional[str]:
@@ -418,7 +462,13 @@ def not_a_run_config(saved: Any, workdir: str) -> Optional[str]:
 def read_data_info(workdir: str) -> Dict[str, Any]:
   """data_info.json ({} for runs written before it existed)."""
   path = os.path.join(workdir, DATA_INFO_FILE)
-  return read_json(path) if os.path.exists(path) else {}
+  info = read_json(path) if os.path.exists(path) else {}
+  if not isinstance(info, dict):
+    raise ValueError(
+      f'{path} holds a JSON {type(info).__name__}, expected an object '
+      '(label names, text fields, size of the training data).'
+    )
+  return info
 
 
 def choose_step(ckpt: checkpointing.Checkpointer, which: str) -> int:

@@ -21,6 +21,7 @@ import numpy as np
 from perceiver_io import presets
 from perceiver_io.checkpoints.common import check_and_unflatten
 from perceiver_io.checkpoints.common import CheckpointError
+from perceiver_io.checkpoints.common import one_line
 from perceiver_io.model import build_model
 
 # Haiku module prefix (regex) -> our module path (may use groups).
@@ -212,11 +213,38 @@ class _HaikuMapping(dict):
           self.update(item)
 
 
+# What a Haiku checkpoint's pickle may refer to besides Haiku's mappings:
+# NumPy / JAX arrays, dtypes and scalars, and plain containers.
+_ALLOWED_MODULES = ('numpy', 'jax', 'jaxlib', 'ml_dtypes')
+_ALLOWED_GLOBALS = {
+  ('collections', 'OrderedDict'),
+  ('builtins', 'set'),
+  ('builtins', 'frozenset'),
+  ('builtins', 'complex'),
+  ('builtins', 'slice'),
+  ('builtins', 'bytearray'),
+}
+
+
 class _Unpickler(pickle.Unpickler):
+  """Loads arrays in (Haiku) mappings and nothing else.
+
+  Why restricted: a pickle can call any importable function while it
+  loads (os.system, eval); a checkpoint needs only these modules, so a
+  damaged or foreign file is refused instead of running code.
+  """
+
   def find_class(self, module, name):
     if module.startswith('haiku'):
       return _HaikuMapping
-    return super().find_class(module, name)
+    if (module, name) in _ALLOWED_GLOBALS or (
+      module.split('.')[0] in _ALLOWED_MODULES
+    ):
+      return super().find_class(module, name)
+    raise pickle.UnpicklingError(
+      f'it refers to {module:.60}.{name:.60}, which a Haiku checkpoint '
+      'never holds'
+    )
 
 
 def _to_plain(tree):
@@ -235,15 +263,43 @@ def read_haiku_pickle(path: str):
     obj = _Unpickler(io.BytesIO(data)).load()
   except Exception as e:  # Truncated or not a pickle.
     raise CheckpointError(
-      f'cannot unpickle {path}: {e}. The file is corrupt '
+      f'cannot unpickle {path}: {one_line(e)}. The file is corrupt '
       f'or truncated; download it again.'
     ) from e
   obj = _to_plain(obj)
   if not isinstance(obj, dict):
     raise CheckpointError(f'{path} does not hold a Haiku parameter mapping.')
   if set(obj) >= {'params'} and isinstance(obj['params'], dict):
-    return obj['params'], obj.get('state') or {}
-  return obj, {}
+    params, state = obj['params'], obj.get('state') or {}
+  else:
+    params, state = obj, {}
+  for tree in (params, state):
+    _check_tree(tree, path)
+  return params, state
+
+
+def _check_tree(tree: Any, path: str) -> None:
+  """{module name: {parameter name: number array}}, or one error naming
+  the file and the first entry that is not."""
+  if not isinstance(tree, dict):
+    raise CheckpointError(
+      f'{path} does not hold a Haiku parameter mapping '
+      f'(found {type(tree).__name__}).'
+    )
+  for module, leaves in tree.items():
+    if not isinstance(module, str) or not isinstance(leaves, dict):
+      raise CheckpointError(
+        f'{path}: entry {module!r:.60} is not a Haiku module (a name '
+        f'mapping to parameters; found {type(leaves).__name__}).'
+      )
+    for name, value in leaves.items():
+      # Objects, strings and dates are no parameters (bfloat16 is kind V).
+      kind = np.asarray(value).dtype.kind
+      if not isinstance(name, str) or kind in 'OUSMm':
+        raise CheckpointError(
+          f'{path}: parameter {module}/{name!s:.60} is not a number array '
+          f'(found {type(value).__name__}).'
+        )
 
 
 def from_haiku(path: str, preset: Union[str, Dict[str, Any]], **overrides):
@@ -263,6 +319,9 @@ def from_haiku(path: str, preset: Union[str, Dict[str, Any]], **overrides):
   model = build_model(config)
   params, state = read_haiku_pickle(path)
   is_mm = config['decoder'].get('type') == 'multimodal'
-  flat = convert_haiku_params(params, state, is_multimodal=is_mm)
+  try:
+    flat = convert_haiku_params(params, state, is_multimodal=is_mm)
+  except CheckpointError as e:
+    raise CheckpointError(f'{path}: {e}') from None
   variables = check_and_unflatten(model, flat, path)
   return model, variables, model.config

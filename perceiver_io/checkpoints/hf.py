@@ -12,7 +12,6 @@ and unpadded max pool (`conv_hf_compat`), and the query residual of the
 learned-position image decoder (HF sets it; the official checkpoint does not).
 """
 
-import json
 import os
 import re
 import socket
@@ -21,9 +20,11 @@ from typing import Any, Dict, Tuple
 import numpy as np
 
 from perceiver_io import presets
+from perceiver_io.checkpoints.common import build_from_file
 from perceiver_io.checkpoints.common import check_and_unflatten
 from perceiver_io.checkpoints.common import CheckpointError
-from perceiver_io.model import build_model
+from perceiver_io.checkpoints.common import one_line
+from perceiver_io.checkpoints.common import read_json_file
 
 SUPPORTED = (
   'PerceiverForMaskedLM',
@@ -384,7 +385,7 @@ def _read_state_dict(directory: str) -> Dict[str, np.ndarray]:
       return load_file(st)
     except Exception as e:  # Corrupt or truncated file.
       raise CheckpointError(
-        f'cannot read {st}: {e}. The file is corrupt or '
+        f'cannot read {st}: {one_line(e)}. The file is corrupt or '
         f'truncated; download it again.'
       ) from e
   index = os.path.join(directory, 'model.safetensors.index.json')
@@ -392,11 +393,14 @@ def _read_state_dict(directory: str) -> Dict[str, np.ndarray]:
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
 
     try:
-      with open(index) as f:
-        shards = sorted(set(json.load(f)['weight_map'].values()))
+      shards = sorted(set(read_json_file(index, 'JSON')['weight_map'].values()))
+      if not all(isinstance(shard, str) for shard in shards):
+        raise TypeError('shard names must be strings')
+    except CheckpointError:
+      raise
     except (ValueError, KeyError, TypeError, AttributeError) as e:
       raise CheckpointError(
-        f'cannot read {index}: {e!r}. It should be JSON '
+        f'cannot read {index}: {one_line(e)}. It should be JSON '
         f'with a "weight_map" of tensor -> shard file; '
         f'download it again.'
       ) from e
@@ -412,7 +416,7 @@ def _read_state_dict(directory: str) -> Dict[str, np.ndarray]:
         state.update(load_file(shard_path))
       except Exception as e:  # Corrupt or truncated shard.
         raise CheckpointError(
-          f'cannot read {shard_path}: {e}. The shard is '
+          f'cannot read {shard_path}: {one_line(e)}. The shard is '
           f'corrupt or truncated; download it '
           f'again.'
         ) from e
@@ -431,7 +435,7 @@ def _read_state_dict(directory: str) -> Dict[str, np.ndarray]:
       state = torch.load(binf, map_location='cpu', weights_only=True)
     except Exception as e:
       raise CheckpointError(
-        f'cannot read {binf}: {e}. The file is corrupt or truncated.'
+        f'cannot read {binf}: {one_line(e)}. The file is corrupt or truncated.'
       ) from e
     return {
       k: v.float().numpy() if v.is_floating_point() else v.numpy()
@@ -532,22 +536,36 @@ def from_hf(path: str, **overrides):
     raise CheckpointError(
       f'{path} has no config.json (expected a save_pretrained directory).'
     )
-  try:
-    with open(cfg_file) as f:
-      hf_config = json.load(f)
-  except json.JSONDecodeError as e:
-    raise CheckpointError(f'{cfg_file} is not valid JSON: {e}') from e
+  hf_config = read_json_file(cfg_file, 'a transformers config.json')
+  if not isinstance(hf_config, dict):
+    raise CheckpointError(
+      f'{cfg_file} holds a JSON {type(hf_config).__name__}, expected an '
+      'object (a transformers config.json).'
+    )
   try:
     config = config_from_hf(hf_config)
   except KeyError as e:
     raise CheckpointError(
       f'{cfg_file} lacks {e} (architectures '
-      f'{hf_config.get("architectures")}); is it a transformers Perceiver '
-      f'config.json as save_pretrained writes it?'
+      f'{hf_config.get("architectures")!r:.200}); is it a transformers '
+      f'Perceiver config.json as save_pretrained writes it?'
     ) from e
+  except CheckpointError as e:
+    raise CheckpointError(f'{cfg_file}: {e}') from None
+  except (TypeError, ValueError, AttributeError, IndexError) as e:
+    raise CheckpointError(
+      f'{cfg_file} has a field of the wrong type ({type(e).__name__}: '
+      f'{one_line(e)}); is it a transformers Perceiver config.json?'
+    ) from None
   config.update(overrides)
-  model = build_model(config)
+  model, abstract = build_from_file(config, cfg_file)
   arch = config['name'][3:]
-  flat = convert_state_dict(_read_state_dict(path), arch)
-  variables = check_and_unflatten(model, flat, f'{path}')
+  try:
+    flat = convert_state_dict(_read_state_dict(path), arch)
+  except CheckpointError as e:
+    message = str(e)
+    raise CheckpointError(
+      message if path in message else f'{path}: {message}'
+    ) from None
+  variables = check_and_unflatten(model, flat, f'{path}', abstract)
   return model, variables, model.config

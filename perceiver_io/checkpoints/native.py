@@ -13,6 +13,7 @@ touches an existing one (saving over an existing directory needs
 is complete).
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,9 +24,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from perceiver_io.checkpoints.common import build_from_file
 from perceiver_io.checkpoints.common import check_and_unflatten
 from perceiver_io.checkpoints.common import CheckpointError
-from perceiver_io.model import build_model
+from perceiver_io.checkpoints.common import one_line
+from perceiver_io.checkpoints.common import read_json_file
 
 FORMAT_VERSION = 1
 
@@ -60,7 +63,11 @@ def save(directory: str, variables, config, overwrite: bool = False) -> str:
 
     with open(os.path.join(tmp, 'META.json'), 'w') as f:
       json.dump(
-        {'format_version': FORMAT_VERSION, 'perceiver_io_version': __version__},
+        {
+          'format_version': FORMAT_VERSION,
+          'perceiver_io_version': __version__,
+          'variables_sha256': _digest(state),
+        },
         f,
       )
     if os.path.exists(directory):
@@ -99,25 +106,58 @@ def load(directory: str, **overrides):
       f'{directory} is not a perceiver_io checkpoint '
       f'(expected config.json and variables/).'
     )
-  try:
-    with open(os.path.join(directory, 'config.json')) as f:
-      config = json.load(f)
-  except json.JSONDecodeError as e:
-    raise CheckpointError(f'{directory}/config.json is corrupt: {e}') from e
-  config.update(overrides)
-  model = build_model(config)
+  config_file = os.path.join(directory, 'config.json')
+  config = read_json_file(config_file, 'the model config')
+  if isinstance(config, dict):
+    config.update(overrides)
+  model, abstract = build_from_file(config, config_file)
   try:
     restored = ocp.StandardCheckpointer().restore(
       os.path.join(directory, 'variables')
     )
+    flat = {
+      k: np.asarray(v)
+      for k, v in flax.traverse_util.flatten_dict(restored).items()
+    }
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(
-      f'cannot read {directory}/variables: {e}. The '
+      f'cannot read {directory}/variables ({one_line(e)}); the '
       f'checkpoint is corrupt or truncated.'
     ) from e
-  flat = {
-    k: np.asarray(v)
-    for k, v in flax.traverse_util.flatten_dict(restored).items()
-  }
-  variables = check_and_unflatten(model, flat, directory)
+  _verify(directory, flat)
+  variables = check_and_unflatten(model, flat, directory, abstract)
   return model, variables, model.config
+
+
+def _digest(state) -> str:
+  """SHA-256 of every variable's path, dtype, shape and bytes.
+
+  Why: Orbax stores raw array bytes without a checksum, so a flipped byte
+  on disk would load as silently different weights.
+  """
+  digest = hashlib.sha256()
+  flat = flax.traverse_util.flatten_dict(state)
+  for key in sorted(flat, key=lambda k: tuple(map(str, k))):
+    value = np.ascontiguousarray(flat[key])
+    digest.update(
+      repr((tuple(map(str, key)), value.dtype.str, value.shape)).encode()
+    )
+    digest.update(value.tobytes())
+  return digest.hexdigest()
+
+
+def _verify(directory: str, flat) -> None:
+  """Checks the variables against META.json's checksum (checkpoints saved
+  without one load unchecked)."""
+  meta_file = os.path.join(directory, 'META.json')
+  if not os.path.exists(meta_file):
+    return
+  meta = read_json_file(meta_file, 'the checkpoint metadata')
+  want = meta.get('variables_sha256') if isinstance(meta, dict) else None
+  if want is None:
+    return
+  if _digest(flax.traverse_util.unflatten_dict(flat)) != want:
+    raise CheckpointError(
+      f'{directory}/variables does not match the checksum in META.json: '
+      'the checkpoint is corrupt (changed on disk since it was saved).'
+    )

@@ -414,39 +414,52 @@ def read_image(path: PathLike, strict: bool = False) -> np.ndarray:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f'Image not found: {path}')
-  try:
-    with Image.open(path) as im:
-      im.load()
-      mode = im.mode
-      if mode == 'RGB':
-        rgb = np.asarray(im)
-      elif strict:
-        raise ValueError(
-          f'{path}: expected an 8-bit RGB image (strict=True), got mode {mode!r}. '
-          'Use strict=False to replicate grayscale and drop alpha.'
-        )
-      elif mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F'):
-        raise ValueError(
-          f'{path}: {mode!r} is a 16/32-bit single-channel image; expected an '
-          '8-bit RGB or grayscale frame (is this a flow/depth map?).'
-        )
-      elif mode in ('L', '1', 'LA'):
-        gray = np.asarray(im.convert('L'))
-        rgb = np.repeat(gray[:, :, None], 3, axis=2)
-      else:  # RGBA, P, CMYK, YCbCr, ...: drop alpha / convert to RGB.
-        rgb = np.asarray(im.convert('RGB'))
-  except Image.UnidentifiedImageError as e:
-    raise ValueError(f'{path}: not an image file Pillow can read ({e}).') from e
-  except (
-    _PIL_READ_ERRORS
-  ) as e:  # Truncated or corrupt data (e.g. 'image file is truncated').
-    raise ValueError(f'{path}: cannot read the image ({e}).') from e
+  im = _load_pil(path, 'image')
+  mode = im.mode
+  if mode == 'RGB':
+    rgb = np.asarray(im)
+  elif strict:
+    raise ValueError(
+      f'{path}: expected an 8-bit RGB image (strict=True), got mode {mode!r}. '
+      'Use strict=False to replicate grayscale and drop alpha.'
+    )
+  elif mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F'):
+    raise ValueError(
+      f'{path}: {mode!r} is a 16/32-bit single-channel image; expected an '
+      '8-bit RGB or grayscale frame (is this a flow/depth map?).'
+    )
+  elif mode in ('L', '1', 'LA'):
+    gray = np.asarray(im.convert('L'))
+    rgb = np.repeat(gray[:, :, None], 3, axis=2)
+  else:  # RGBA, P, CMYK, YCbCr, ...: drop alpha / convert to RGB.
+    rgb = np.asarray(im.convert('RGB'))
   return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
+def _load_pil(path: str, what: str):
+  """The decoded Pillow image of `path`; a file Pillow cannot decode is one
+  ValueError naming it."""
+  try:
+    with Image.open(path) as im:
+      im.load()
+      return im
+  except Image.UnidentifiedImageError as e:
+    raise ValueError(f'{path}: not an image file Pillow can read ({e}).') from e
+  except _PIL_READ_ERRORS as e:  # E.g. 'image file is truncated'.
+    raise ValueError(f'{path}: cannot read the {what} ({e}).') from e
+
+
 # What Pillow raises for a file whose header it recognised but whose data is truncated or corrupt
-# (OSError 'image file is truncated', SyntaxError 'broken PNG file', EOFError, zlib errors).
-_PIL_READ_ERRORS = (OSError, SyntaxError, EOFError, zlib.error)
+# (OSError 'image file is truncated', SyntaxError 'broken PNG file', EOFError, zlib errors), or
+# whose header claims more pixels than Pillow will allocate (DecompressionBombError).
+_PIL_READ_ERRORS = (
+  OSError,
+  SyntaxError,
+  EOFError,
+  zlib.error,
+  Image.DecompressionBombError,
+  ValueError,  # PPM/TIFF plugins: 'not enough image data', bad header fields.
+)
 
 
 def read_mask(path: PathLike) -> np.ndarray:
@@ -454,16 +467,10 @@ def read_mask(path: PathLike) -> np.ndarray:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f'Mask image not found: {path}')
-  try:
-    with Image.open(path) as im:
-      im.load()
-      if im.mode not in ('L', '1', 'P', 'RGB', 'RGBA', 'LA'):
-        raise ValueError(
-          f'{path}: expected an 8-bit mask image, got mode {im.mode!r}.'
-        )
-      gray = np.asarray(im.convert('L'))
-  except Image.UnidentifiedImageError as e:
-    raise ValueError(f'{path}: not an image file Pillow can read ({e}).') from e
-  except _PIL_READ_ERRORS as e:
-    raise ValueError(f'{path}: cannot read the mask image ({e}).') from e
+  im = _load_pil(path, 'mask image')
+  if im.mode not in ('L', '1', 'P', 'RGB', 'RGBA', 'LA'):
+    raise ValueError(
+      f'{path}: expected an 8-bit mask image, got mode {im.mode!r}.'
+    )
+  gray = np.asarray(im.convert('L'))
   return gray > 0

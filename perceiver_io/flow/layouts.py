@@ -374,9 +374,10 @@ def list_flying_chairs(
       )
     split_file = existing[0]
   with open(
-    _require_file(os.fspath(split_file), 'FlyingChairs split file')
-  ) as f:
-    labels = [line.strip() for line in f if line.strip()]
+    _require_file(os.fspath(split_file), 'FlyingChairs split file'), 'rb'
+  ) as f:  # Other bytes than 1/2 are reported below, not as a decode error.
+    text = f.read().decode('utf-8', errors='replace')
+  labels = [line.strip() for line in text.splitlines() if line.strip()]
   if len(labels) != len(listing) or any(
     label not in ('1', '2') for label in labels
   ):

@@ -33,8 +33,9 @@ Label conventions:
 
 import csv
 import dataclasses
+import io
 import os
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -82,10 +83,7 @@ def load_class_names(path: str, column: Optional[str] = None) -> List[str]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f'Class list file not found: {path}')
   if path.lower().endswith('.csv'):
-    with open(path, newline='', encoding='utf-8-sig') as f:
-      reader = csv.DictReader(f)
-      fields = reader.fieldnames or []
-      rows = list(reader)
+    fields, rows = _read_csv(path)
     if column is None:
       column = next(
         (c for c in ('wnid', 'class_name', 'name', 'label') if c in fields),
@@ -115,8 +113,8 @@ def load_class_names(path: str, column: Optional[str] = None) -> List[str]:
       ]
     names = [(row[column] or '').strip() for row in rows]
   else:
-    with open(path, encoding='utf-8-sig') as f:
-      names = [line.strip() for line in f if line.strip()]
+    text = _read_text(path)
+    names = [line.strip() for line in text.splitlines() if line.strip()]
   if not names or any(not name for name in names):
     raise ValueError(f'{path}: the class list is empty or has an empty name.')
   duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -126,6 +124,35 @@ def load_class_names(path: str, column: Optional[str] = None) -> List[str]:
       'For ImageNet use the wnid column, not the short names.'
     )
   return names
+
+
+def _read_text(path: str) -> str:
+  """A UTF-8 file's text (BOM dropped); other bytes are one ValueError
+  naming the file."""
+  with open(path, 'rb') as f:
+    data = f.read()
+  try:
+    return data.decode('utf-8-sig')
+  except UnicodeDecodeError as e:
+    raise ValueError(
+      f'{path} is not UTF-8 text (byte {e.start}); save it as UTF-8.'
+    ) from None
+
+
+def _read_csv(path: str) -> Tuple[List[str], List[Dict[str, str]]]:
+  """(header, rows as dicts) of a CSV file; short rows read '' for the
+  missing fields, malformed CSV is one ValueError naming the file."""
+  reader = csv.DictReader(io.StringIO(_read_text(path), newline=''), restval='')
+  try:
+    return list(reader.fieldnames or []), list(reader)
+  except csv.Error as e:
+    raise ValueError(
+      f'{path}, line {reader.line_num}: malformed CSV ({e}).'
+    ) from None
+
+
+# Labels become int32 in the batches.
+_MAX_LABEL = 2**31 - 1
 
 
 def _resolve_class_names(
@@ -227,10 +254,7 @@ def _scan_class_folders(root: str, class_names: Optional[List[str]]):
 def _read_labels_csv(root: str, class_names: Optional[List[str]]):
   """Reads `root/labels.csv`. Returns (paths, labels, class_names or None)."""
   csv_path = os.path.join(root, 'labels.csv')
-  with open(csv_path, newline='', encoding='utf-8-sig') as f:
-    reader = csv.DictReader(f)
-    fields = reader.fieldnames or []
-    rows = list(reader)
+  fields, rows = _read_csv(csv_path)
   file_column = next(
     (c for c in ('filename', 'file', 'path') if c in fields), None
   )
@@ -246,13 +270,28 @@ def _read_labels_csv(root: str, class_names: Optional[List[str]]):
   if not rows:
     raise ValueError(f'{csv_path} lists no images.')
   values = [(row[label_column] or '').strip() for row in rows]
+  for n, row in enumerate(rows, start=1):  # A short or blank row.
+    if not row[file_column].strip() or not values[n - 1]:
+      raise ValueError(f'{csv_path}, row {n}: no file name or no label.')
   if all(v.lstrip('-').isdigit() for v in values):
+    too_long = next((v for v in values if len(v.lstrip('-0')) > 10), None)
+    if too_long is not None:
+      raise ValueError(
+        f'{csv_path}: label {too_long:.40} in column {label_column!r} is '
+        f'not a class index (at most {_MAX_LABEL}).'
+      )
     labels = [int(v) for v in values]
     limit = len(class_names) if class_names is not None else None
-    bad = [v for v in labels if v < 0 or (limit is not None and v >= limit)]
+    bad = [
+      v
+      for v in labels
+      if v < 0 or v > _MAX_LABEL or (limit is not None and v >= limit)
+    ]
     if bad:
       allowed = (
-        f'0..{limit - 1} (the class list)' if limit is not None else '>= 0'
+        f'0..{limit - 1} (the class list)'
+        if limit is not None
+        else f'0..{_MAX_LABEL}'
       )
       raise ValueError(
         f'{csv_path}: label {bad[0]} in column {label_column!r} is not in '

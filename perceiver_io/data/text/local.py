@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from perceiver_io.data.text.fields import _as_tuple
+from perceiver_io.data.text.fields import _class_map
 from perceiver_io.data.text.fields import UNLABELED
 
 # Column names tried, in order, when `text_fields` / `label_field` are None for
@@ -178,6 +179,22 @@ def _read_text(path: str) -> str:
   return data.decode('utf-8-sig', errors='surrogateescape')
 
 
+def _json_line(line: str, where: str) -> Any:
+  """One JSON value; any failure is one line naming the file and line.
+
+  Why more than JSONDecodeError: Python refuses integers of over 4300
+  digits with a plain ValueError and deep nesting with RecursionError.
+  """
+  try:
+    return json.loads(line)
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{where}: not valid JSON ({e.msg}).') from None
+  except ValueError as e:  # An integer too long to convert.
+    raise ValueError(f'{where}: not usable JSON ({e}).') from None
+  except RecursionError:
+    raise ValueError(f'{where}: JSON nested too deeply.') from None
+
+
 @contextlib.contextmanager
 def _big_csv_fields():
   """Allows long CSV fields (long reviews) without leaking the global limit."""
@@ -197,18 +214,15 @@ def _table_records(path: str, kind: str, has_header: bool):
     for line_no, line in enumerate(text.splitlines(), start=1):
       if not line.strip():
         continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(
-          f'{path}, line {line_no}: not valid JSON ({e.msg}).'
-        ) from None
+      obj = _json_line(line, f'{path}, line {line_no}')
       if not isinstance(obj, dict):
         raise ValueError(
           f'{path}, line {line_no}: expected a JSON object, got '
           f'{type(obj).__name__}.'
         )
       records.append((len(records) + 1, line_no, obj))
+    if not records:
+      raise ValueError(f'{path} is empty: expected one JSON object a line.')
     return None, records
   if kind == 'tsv':
     reader = csv.reader(
@@ -279,17 +293,24 @@ def _make_getter(columns, field, path, what):
   return lambda record: record[index]
 
 
+# Labels become float32 (regression) or int32 class ids in the batches.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_MAX_CLASS_ID = 2**31 - 1
+
+
 def _convert_label(raw, task, class_map, where):
   """A label value -> int class id or float; raises naming the row."""
   if task == 'regression':
     try:
       value = float(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
       raise ValueError(
-        f'{where}: label {raw!r} is not a number (task="regression").'
+        f'{where}: label {raw!r:.60} is not a number (task="regression").'
       ) from None
-    if not math.isfinite(value):
-      raise ValueError(f'{where}: label {raw!r} is not finite.')
+    if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
+      raise ValueError(
+        f'{where}: label {raw!r:.60} is not a finite float32 number.'
+      )
     return value
   if isinstance(raw, float) and raw.is_integer():
     raw = int(raw)
@@ -302,8 +323,13 @@ def _convert_label(raw, task, class_map, where):
     return class_map[key]
   if not re.fullmatch(r'\d+', key):
     raise ValueError(
-      f'{where}: label {raw!r} is not a class id >= 0; pass classes=[...] '
+      f'{where}: label {raw!r:.60} is not a class id >= 0; pass classes=[...] '
       'with the label names (or task="regression" for numbers).'
+    )
+  if len(key.lstrip('0')) > 9 or int(key) > _MAX_CLASS_ID:
+    raise ValueError(
+      f'{where}: label {key:.60} is too large for a class id '
+      f'(at most {_MAX_CLASS_ID}).'
     )
   return int(key)
 
@@ -474,3 +500,34 @@ def _is_utf8(data: bytes) -> bool:
     return True
   except UnicodeDecodeError:
     return False
+
+
+def read_local_rows(
+  kind: str,
+  path: str,
+  split: str,
+  *,
+  text_fields: Any = None,
+  label_field: Any = None,
+  task: str = 'classification',
+  classes: Any = None,
+  has_header: bool = True,
+) -> _Rows:
+  """The rows a local source selects, without TensorFlow.
+
+  Why public: checking a file (a tool, a test of bad input) needs the
+  reader's answer, not a tf.data pipeline. Arguments are those of
+  `make_text_dataset`, with the source given as its kind and path.
+  """
+  class_map = None if task == 'regression' else _class_map(classes)[0]
+  rows, _, _ = _load_local(
+    kind,
+    path,
+    split,
+    text_fields=text_fields,
+    label_field=label_field,
+    task=task,
+    class_map=class_map,
+    has_header=has_header,
+  )
+  return rows
