@@ -5,12 +5,19 @@ Why: `ml_collections` already refuses unknown fields of a locked config, but
 it does so with a traceback from inside flag parsing. Users should see one
 line naming the bad field and the closest valid ones, so the launchers check
 `--config.*` overrides before absl parses them.
+
+The `--config` flag also loads what a config file alone cannot give
+(`ConfigFileParser`): the model preset's sizes in `model.kwargs`
+(`fill_model_kwargs`), and a workdir's saved config.json, which evaluate
+and predict use for `--config.*` overrides given with `--workdir` but
+without `--config` (`with_workdir_config`).
 """
 
 import contextlib
 import difflib
 import importlib.util
 import io
+import json
 import logging
 import os
 import re
@@ -18,6 +25,7 @@ import sys
 import tokenize
 from typing import Dict, List, Optional
 
+from absl import flags as absl_flags
 import ml_collections
 
 
@@ -73,6 +81,151 @@ def load_config_file(value: str) -> ml_collections.ConfigDict:
   return module.get_config(arg) if arg else module.get_config()
 
 
+# Preset arguments that are not sizes of the config's model: the head's
+# class count is data.num_classes (the task sizes the head from it).
+NOT_MODEL_KWARGS = ('num_classes',)
+
+
+def fill_model_kwargs(
+  config: ml_collections.ConfigDict, preset: Optional[str] = None
+) -> ml_collections.ConfigDict:
+  """Adds the preset's size arguments missing from config.model.kwargs.
+
+  Why: config files list only the sizes they change, so the others could
+  not be overridden (`--config.model.kwargs.max_seq_len=128` was an
+  unknown field) and were not recorded in the run's config.json. Filled in
+  with the preset's defaults they build the same model. `preset`: the one
+  the run will use (a `--config.model.preset=` override), default
+  config.model.preset.
+  """
+  from perceiver_io import presets  # pylint: disable=g-import-not-at-top
+
+  model = config.get('model')
+  if not isinstance(model, ml_collections.ConfigDict):
+    return config
+  try:
+    sizes = presets.size_kwargs(preset or model.get('preset', ''))
+  except ValueError:  # An unknown preset: reported when the model is built.
+    return config
+  with config.unlocked():
+    if not isinstance(model.get('kwargs'), ml_collections.ConfigDict):
+      model.kwargs = ml_collections.ConfigDict()
+    for name, value in sizes.items():
+      if name not in NOT_MODEL_KWARGS and name not in model.kwargs:
+        model.kwargs[name] = value
+  return config
+
+
+def flag_value(argv: List[str], name: str) -> Optional[str]:
+  """The last value of `--name=V` / `--name V` in argv, else None."""
+  value = None
+  for i, arg in enumerate(argv):
+    if arg.startswith(f'--{name}='):
+      value = arg.split('=', 1)[1]
+    elif arg == f'--{name}' and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
+SAVED_CONFIG = 'config.json'
+
+
+def load_saved_config(path: str) -> ml_collections.ConfigDict:
+  """A run's saved config.json (experiments.train writes it) as a config."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+      f'{path} not found: {os.path.dirname(path) or "."!r} is not a workdir '
+      'written by experiments.train (expected config.json and checkpoints/ '
+      'in it).'
+    )
+  try:
+    with open(path, encoding='utf-8') as f:
+      saved = json.load(f)
+  except ValueError as e:
+    raise ValueError(f'{path} is not valid JSON ({e}).') from None
+  if not (
+    isinstance(saved, dict)
+    and 'task' in saved
+    and all(isinstance(saved.get(k), dict) for k in ('model', 'data'))
+  ):
+    raise ValueError(
+      f'{path} is not an experiment config (no task/model/data fields); '
+      'give --config=configs/<family>.py[:<variant>].'
+    )
+  return ml_collections.ConfigDict(saved)
+
+
+def load_launcher_config(value: str, argv: List[str]):
+  """What `--config=value` means to the launchers: a config file
+  (`path[:arg]`) with the preset's sizes filled in, or a run's saved
+  config.json as it was saved."""
+  if value.endswith('.json'):
+    return load_saved_config(value)
+  preset = flag_value(argv, 'config.model.preset')
+  return fill_model_kwargs(load_config_file(value), preset)
+
+
+class ConfigFileParser(absl_flags.ArgumentParser):
+  """`--config` values as `load_launcher_config` reads them.
+
+  Install with `flags.FLAGS[name].parser = ConfigFileParser(name)` after
+  `config_flags.DEFINE_config_file(name, ...)`: the flag keeps
+  ml_collections' override parsing and typing; only loading differs.
+  """
+
+  def __init__(self, name: str, lock_config: bool = True):
+    self.name = name
+    self._lock_config = lock_config
+
+  def parse(self, argument):
+    config = load_launcher_config(argument, sys.argv)
+    if self._lock_config:
+      config.lock()
+    return config
+
+  def flag_type(self):
+    return 'config object'
+
+
+# Model fields evaluate and predict may override on a trained workdir: how
+# the model computes, not what it is (workdir.COMPUTE_OPTIONS).
+WORKDIR_MODEL_OVERRIDES = tuple(
+  f'model.{k}' for k in ('dtype', 'remat', 'query_chunk_size', 'attention_impl')
+)
+
+
+def with_workdir_config(argv: List[str], flag: str = 'config') -> List[str]:
+  """argv, with `--config=<workdir>/config.json` first if it has
+  `--config.*` overrides and `--workdir` but no `--config`.
+
+  Why: the overrides need a config to apply to; the run's own is the one
+  evaluate and predict would use without them.
+  """
+  workdir = flag_value(argv, 'workdir')
+  if not workdir or flag_value(argv, flag) is not None:
+    return list(argv)
+  if not override_names(argv, flag):
+    return list(argv)
+  return (
+    argv[:1] + [f'--{flag}={os.path.join(workdir, SAVED_CONFIG)}'] + argv[1:]
+  )
+
+
+def model_override_error(names: List[str]) -> Optional[str]:
+  """Why an override of a workdir's model is refused, or None."""
+  for name in names:
+    if name in WORKDIR_MODEL_OVERRIDES:
+      continue
+    if name == 'task' or name == 'model' or name.startswith('model.'):
+      return (
+        f'--config.{name} would change the model, but evaluate and predict '
+        "use the workdir's trained model (its model.json); train another "
+        f'run to change it. On a workdir, the model fields that may change '
+        f'are how it computes: {", ".join(WORKDIR_MODEL_OVERRIDES)}.'
+      )
+  return None
+
+
 def field_error(config, dotted: str) -> Optional[str]:
   """None if `dotted` names a field of `config`, else an error message."""
   node = config
@@ -92,9 +245,7 @@ def field_error(config, dotted: str) -> Optional[str]:
     prefix = f'{where}.' if where else ''
     suggestions = [prefix + c for c in close]
     if i == len(parts) - 1:  # A leaf set at the wrong level: same name.
-      suggestions += [
-        p for p in fields_named(config, part) if p not in suggestions
-      ]
+      suggestions = fields_named(config, part) or suggestions
     hint = f' Did you mean {", ".join(suggestions)}?' if suggestions else ''
     return (
       f'unknown config field {dotted!r}.{hint} Valid fields'
@@ -131,26 +282,39 @@ def override_names(argv: List[str], flag: str = 'config') -> List[str]:
   return names
 
 
-def check_overrides_or_exit(argv: List[str], flag: str = 'config') -> None:
-  """Exits with status 2 and one clear line for a bad config override."""
-  value = None
-  for i, arg in enumerate(argv):
-    if arg.startswith(f'--{flag}='):
-      value = arg.split('=', 1)[1]
-    elif arg == f'--{flag}' and i + 1 < len(argv):
-      value = argv[i + 1]
+def check_overrides_or_exit(
+  argv: List[str], flag: str = 'config', model_from_workdir: bool = False
+) -> None:
+  """Exits with status 2 and one clear line for a bad config override.
+
+  `model_from_workdir` (evaluate, predict): with --workdir, the model is
+  the workdir's, so overrides that would change it are refused.
+  """
+  value = flag_value(argv, flag)
+  names = override_names(argv, flag)
   if value is None:
+    if names:
+      sys.stderr.write(
+        f'error: --{flag}.{names[0]} needs a config to override: add '
+        f'--{flag}=configs/<family>.py[:<variant>]'
+        + (' (or --workdir=DIR: its config.json)' if model_from_workdir else '')
+        + '.\n'
+      )
+      sys.exit(2)
     return
   try:
-    config = load_config_file(value)
+    config = load_launcher_config(value, argv)
   except (FileNotFoundError, ValueError) as e:
     sys.stderr.write(f'error: {e}\n')
     sys.exit(2)
-  for name in override_names(argv, flag):
-    message = field_error(config, name)
-    if message:
-      sys.stderr.write(f'error: {message}\n')
-      sys.exit(2)
+  message = None
+  if model_from_workdir and flag_value(argv, 'workdir'):
+    message = model_override_error(names)
+  for name in names:
+    message = message or field_error(config, name)
+  if message:
+    sys.stderr.write(f'error: {message}\n')
+    sys.exit(2)
 
 
 @contextlib.contextmanager
@@ -297,16 +461,11 @@ def list_config_fields_in_help(argv: List[str], flag_values) -> None:
   """
   if not any(arg in _HELP_FLAGS for arg in argv):
     return
-  value = None
-  for i, arg in enumerate(argv):
-    if arg.startswith('--config='):
-      value = arg.split('=', 1)[1]
-    elif arg == '--config' and i + 1 < len(argv):
-      value = argv[i + 1]
+  value = flag_value(argv, 'config')
   if not value:
     return
   try:
-    config = load_config_file(value)
+    config = load_launcher_config(value, argv)
   except (FileNotFoundError, ValueError) as e:
     sys.stderr.write(f'error: {e}\n')
     sys.exit(2)

@@ -10,7 +10,10 @@ Prints the metrics as a table and appends them to the workdir's
 metrics.jsonl. The model and data settings come from the workdir's
 config.json, unless --config is given (e.g. to evaluate on other data:
 `--config=configs/imdb_bytes.py:tiny --config.data.source=csv:...`); the
-model itself always comes from the workdir.
+model itself always comes from the workdir. `--config.*` overrides without
+--config apply to the workdir's config.json (e.g.
+`--workdir=DIR --config.data.eval_split=test`); those that would change the
+model are refused.
 """
 
 import sys
@@ -29,6 +32,7 @@ _CONFIG = config_flags.DEFINE_config_file(
   "Optional config (default: the workdir's config.json).",
   lock_config=True,
 )
+flags.FLAGS['config'].parser = cli.ConfigFileParser('config')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir to evaluate.')
 _CHECKPOINT = flags.DEFINE_string(
   'checkpoint', 'latest', "'latest', 'best' or a step number."
@@ -99,5 +103,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.check_overrides_or_exit(sys.argv)
+  sys.argv = cli.with_workdir_config(sys.argv)
+  cli.check_overrides_or_exit(sys.argv, model_from_workdir=True)
   app.run(main)

@@ -405,6 +405,27 @@ def train_batch(
   return batch
 
 
+# Seed of evaluation subsets: fixed, not config.seed, so runs with other
+# training seeds score the same examples and stay comparable.
+EVAL_SUBSET_SEED = 0
+
+
+def eval_rows(num_examples: int, max_examples: int = -1) -> np.ndarray:
+  """Rows of an eval table to score, in table order.
+
+  All rows when `max_examples` <= 0 or covers the table; otherwise a
+  seeded random subset of `max_examples` rows. Why not the first rows:
+  files are often sorted by label (IMDB's test.csv), and their first rows
+  are then a single class. The subset is the same on every run and every
+  process (a fixed seed), so multi-process evaluation still shards one
+  global order.
+  """
+  if max_examples <= 0 or max_examples >= num_examples:
+    return np.arange(num_examples)
+  rng = np.random.default_rng(EVAL_SUBSET_SEED)
+  return np.sort(rng.choice(num_examples, max_examples, replace=False))
+
+
 def eval_batches(
   table: Table,
   global_batch: int,
@@ -412,18 +433,44 @@ def eval_batches(
   process_count: int = 1,
   max_examples: int = -1,
 ) -> Iterator[Table]:
-  """Ordered eval batches, the last padded with weight-0 rows."""
-  n = len(next(iter(table.values())))
-  if max_examples > 0:
-    n = min(n, max_examples)
+  """Ordered eval batches of `eval_rows`, the last padded with weight-0
+  rows."""
+  order = eval_rows(len(next(iter(table.values()))), max_examples)
+  n = len(order)
   rows = process_slice(global_batch, process_index, process_count)
   for start in range(0, n, global_batch):
     idx = np.arange(start, start + global_batch)
     weight = (idx < n).astype(np.float32)
-    idx = np.minimum(idx, n - 1)[rows]
+    idx = order[np.minimum(idx, n - 1)[rows]]
     batch = {k: v[idx] for k, v in table.items()}
     batch['weight'] = weight[rows]
     yield batch
+
+
+def warn_if_single_class(
+  labels: np.ndarray, names: List[str], what: str
+) -> bool:
+  """Logs a warning if every evaluated label is the same class.
+
+  Why: accuracy on one class measures only how often the model says that
+  class (a model that always says 'negative' scores 1.0 on negatives).
+  Returns whether it warned.
+  """
+  classes = np.unique(labels)
+  if len(labels) < 2 or len(classes) != 1:
+    return False
+  label = int(classes[0])
+  name = names[label] if 0 <= label < len(names) else str(label)
+  logging.warning(
+    '%s: all %d evaluated examples have label %s, a single class: its '
+    'accuracy only says how often the model predicts that class. Evaluate '
+    'on data holding every class (another --config.data.eval_split, or '
+    'more --config.max_eval_examples).',
+    what,
+    len(labels),
+    name,
+  )
+  return True
 
 
 # ----------------------------------------------------------------------------

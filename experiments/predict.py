@@ -39,6 +39,7 @@ _CONFIG = config_flags.DEFINE_config_file(
   'config.json; without, predicts with --config.init_from.',
   lock_config=True,
 )
+flags.FLAGS['config'].parser = cli.ConfigFileParser('config')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Trained workdir.')
 _CHECKPOINT = flags.DEFINE_string(
   'checkpoint', 'latest', "'latest', 'best' or a step number."
@@ -77,44 +78,14 @@ _PAD_SMALL = flags.DEFINE_boolean(
 )
 
 
-def read_pairs(argv, pair):
-  """The second texts of the inputs (None: the input holds both, tab-split).
-
-  --pair values go with the text arguments in order; --input_file lines
-  (after the arguments) carry their own FIRST<TAB>SECOND.
-  """
-  if not pair:
-    return None
-  if len(pair) != len(argv[1:]):
-    raise ValueError(
-      f'{len(pair)} --pair value(s) for {len(argv[1:])} text '
-      'argument(s): give one --pair per text argument, in '
-      'order (lines of --input_file use FIRST<TAB>SECOND).'
-    )
-  return list(pair)
-
-
-def read_inputs(argv, input_file: str):
-  inputs = list(argv[1:])
-  if input_file:
-    try:
-      with open(input_file, encoding='utf-8', errors='replace') as f:
-        inputs += [line.rstrip('\n') for line in f if line.strip()]
-    except FileNotFoundError:
-      raise FileNotFoundError(
-        f'--input_file {input_file!r} not found.'
-      ) from None
-  return inputs
-
-
 def main(argv):
   cli.quiet_library_logs()
   process_tuning.configure_process()  # Before NumPy/JAX are imported (process_tuning.py).
   from experiments import predict_lib  # pylint: disable=g-import-not-at-top
 
   with cli.one_line_errors():
-    inputs = read_inputs(argv, _INPUT_FILE.value)
-    pairs = read_pairs(argv, _PAIR.value)
+    inputs = predict_lib.read_inputs(argv[1:], _INPUT_FILE.value)
+    pairs = predict_lib.read_pairs(argv[1:], _PAIR.value)
     if pairs is not None:
       pairs += [None] * (len(inputs) - len(pairs))
     options = dict(
@@ -154,5 +125,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.check_overrides_or_exit(sys.argv)
+  sys.argv = cli.with_workdir_config(sys.argv)
+  cli.check_overrides_or_exit(sys.argv, model_from_workdir=True)
   app.run(main)

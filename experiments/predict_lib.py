@@ -17,6 +17,68 @@ from experiments import tasks
 from experiments import workdir as workdir_lib
 
 
+def read_pairs(arguments: Sequence[str], pair: Optional[Sequence[str]]):
+  """The second texts of the inputs (None: the input holds both, tab-split).
+
+  --pair values go with the text arguments in order; --input_file lines
+  (after the arguments) carry their own FIRST<TAB>SECOND.
+  """
+  if not pair:
+    return None
+  if len(pair) != len(arguments):
+    raise ValueError(
+      f'{len(pair)} --pair value(s) for {len(arguments)} text '
+      'argument(s): give one --pair per text argument, in '
+      'order (lines of --input_file use FIRST<TAB>SECOND).'
+    )
+  for i, text in enumerate(pair):
+    if not text.strip():
+      raise ValueError(
+        f'--pair number {i + 1} is empty{_blank(text)}: give the second '
+        'text of the pair.'
+      )
+  return list(pair)
+
+
+def _blank(text: str) -> str:
+  return ' (only whitespace)' if text else ''
+
+
+def read_inputs(arguments: Sequence[str], input_file: str) -> List[str]:
+  """The inputs to predict: arguments, then --input_file's non-blank lines.
+
+  Why refuse blank ones: a model answers anything, so an empty text (a
+  shell variable that was never set) printed a confident label.
+  """
+  inputs = list(arguments)
+  for i, text in enumerate(inputs):
+    if not text.strip():
+      raise ValueError(
+        f'input argument {i + 1} is empty{_blank(text)}: give the text (or '
+        'image file) to predict, or --input_file=FILE with one per line.'
+      )
+  if input_file:
+    try:
+      with open(input_file, encoding='utf-8', errors='replace') as f:
+        lines = [line.rstrip('\n') for line in f if line.strip()]
+    except FileNotFoundError:
+      raise FileNotFoundError(
+        f'--input_file {input_file!r} not found.'
+      ) from None
+    except IsADirectoryError:
+      raise ValueError(
+        f'--input_file {input_file!r} is a directory; give a file with one '
+        'input per line.'
+      ) from None
+    if not lines:
+      raise ValueError(
+        f'--input_file {input_file!r} holds no input (it is empty or only '
+        'blank lines); write one text (or image file) per line.'
+      )
+    inputs += lines
+  return inputs
+
+
 def predict_lines(
   workdir: str,
   inputs: Sequence[str],

@@ -29,6 +29,7 @@ _CONFIG = config_flags.DEFINE_config_file(
   'configs/glue_bytes.py:cola.',
   lock_config=True,
 )
+flags.FLAGS['config'].parser = cli.ConfigFileParser('config')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.')
 _COORDINATOR = flags.DEFINE_string(
   'coordinator_address', '', 'host:port of process 0 (multi-process).'

@@ -19,9 +19,9 @@ The counts are checked against HuggingFace's classes in tests/test_presets.py.
 
 import copy
 import difflib
+import functools
+import inspect
 from typing import Any, Dict
-
-import numpy as np
 
 VOCAB_SIZE = 262
 
@@ -120,9 +120,20 @@ def language_mlm(
   }
 
 
-def text_classification(num_classes=2, **kw):
+def text_classification(
+  num_classes=2,
+  d_model=768,
+  max_seq_len=2048,
+  num_latents=256,
+  latent_channels=1280,
+  depth=26,
+  heads=8,
+  qk=256,
+):
   """The language encoder with a one-query classification decoder."""
-  cfg = language_mlm(**kw)
+  cfg = language_mlm(
+    d_model, max_seq_len, num_latents, latent_channels, depth, heads, qk
+  )
   cfg['decoder'] = _classifier(num_classes, cfg['encoder']['latent_channels'])
   cfg['postprocessor'] = None
   return cfg
@@ -337,103 +348,75 @@ PRESETS = {
   'optical_flow': optical_flow,
   'multimodal_autoencoding': multimodal_autoencoding,
   # Tiny sizes for tests and laptop smoke runs (seconds on a CPU).
-  'tiny_language_mlm': lambda **kw: language_mlm(
-    **{
-      **dict(
-        d_model=32,
-        max_seq_len=64,
-        num_latents=8,
-        latent_channels=48,
-        depth=2,
-        heads=4,
-        qk=16,
-      ),
-      **kw,
-    }
+  'tiny_language_mlm': functools.partial(
+    language_mlm,
+    d_model=32,
+    max_seq_len=64,
+    num_latents=8,
+    latent_channels=48,
+    depth=2,
+    heads=4,
+    qk=16,
   ),
-  'tiny_text_classification': lambda **kw: text_classification(
-    **{
-      **dict(
-        d_model=32,
-        max_seq_len=64,
-        num_latents=8,
-        latent_channels=48,
-        depth=2,
-        heads=4,
-        qk=16,
-      ),
-      **kw,
-    }
+  'tiny_text_classification': functools.partial(
+    text_classification,
+    d_model=32,
+    max_seq_len=64,
+    num_latents=8,
+    latent_channels=48,
+    depth=2,
+    heads=4,
+    qk=16,
   ),
-  'tiny_imagenet_fourier': lambda **kw: imagenet_fourier(
-    **{
-      **dict(
-        num_classes=10,
-        image_size=16,
-        num_bands=4,
-        blocks=2,
-        per_block=2,
-        **_TINY_ENC,
-      ),
-      **kw,
-    }
+  'tiny_imagenet_fourier': functools.partial(
+    imagenet_fourier,
+    num_classes=10,
+    image_size=16,
+    num_bands=4,
+    blocks=2,
+    per_block=2,
+    **_TINY_ENC,
   ),
-  'tiny_imagenet_learned': lambda **kw: imagenet_learned(
-    **{
-      **dict(
-        num_classes=10,
-        image_size=16,
-        channels=16,
-        blocks=2,
-        per_block=2,
-        **_TINY_ENC,
-      ),
-      **kw,
-    }
+  'tiny_imagenet_learned': functools.partial(
+    imagenet_learned,
+    num_classes=10,
+    image_size=16,
+    channels=16,
+    blocks=2,
+    per_block=2,
+    **_TINY_ENC,
   ),
-  'tiny_imagenet_conv': lambda **kw: imagenet_conv(
-    **{
-      **dict(
-        num_classes=10,
-        image_size=32,
-        num_bands=4,
-        blocks=2,
-        per_block=2,
-        **_TINY_ENC,
-      ),
-      **kw,
-    }
+  'tiny_imagenet_conv': functools.partial(
+    imagenet_conv,
+    num_classes=10,
+    image_size=32,
+    num_bands=4,
+    blocks=2,
+    per_block=2,
+    **_TINY_ENC,
   ),
-  'tiny_optical_flow': lambda **kw: optical_flow(
-    **{
-      **dict(
-        train_size=(16, 24),
-        num_bands=4,
-        num_latents=16,
-        latent_channels=32,
-        depth=2,
-        self_heads=4,
-        channels=16,
-      ),
-      **kw,
-    }
+  'tiny_optical_flow': functools.partial(
+    optical_flow,
+    train_size=(16, 24),
+    num_bands=4,
+    num_latents=16,
+    latent_channels=32,
+    depth=2,
+    self_heads=4,
+    channels=16,
   ),
-  'tiny_multimodal_autoencoding': lambda **kw: multimodal_autoencoding(
-    **{
-      **dict(
-        num_frames=2,
-        image_size=16,
-        audio_per_frame=32,
-        samples_per_patch=16,
-        num_classes=5,
-        num_latents=8,
-        latent_channels=32,
-        depth=2,
-        output_channels=32,
-        label_query_channels=24,
-      ),
-      **kw,
-    }
+  'tiny_multimodal_autoencoding': functools.partial(
+    multimodal_autoencoding,
+    num_frames=2,
+    image_size=16,
+    audio_per_frame=32,
+    samples_per_patch=16,
+    num_classes=5,
+    num_latents=8,
+    latent_channels=32,
+    depth=2,
+    output_channels=32,
+    label_query_channels=24,
   ),
 }
 
@@ -459,15 +442,45 @@ def register(name: str):
   return add
 
 
-def get_config(name: str, **kwargs) -> Dict[str, Any]:
-  """Config dict of a preset; kwargs are the preset function's arguments."""
+def _preset(name: str):
   if name not in PRESETS:
     close = difflib.get_close_matches(name, PRESETS, n=3)
     hint = f' Did you mean {close}?' if close else ''
     raise ValueError(
       f'unknown preset {name!r}.{hint} Known presets: {", ".join(names())}.'
     )
-  cfg = PRESETS[name](**kwargs)
+  return PRESETS[name]
+
+
+def size_kwargs(name: str) -> Dict[str, Any]:
+  """The keyword arguments preset `name` takes, with their defaults.
+
+  Why: they are the model's sizes (sequence length, latents, widths,
+  depth, ...); the experiment configs list them so that each one can be
+  set from the command line and is recorded with the run.
+  """
+  signature = inspect.signature(_preset(name))
+  return {
+    p.name: p.default
+    for p in signature.parameters.values()
+    if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    and p.default is not p.empty
+  }
+
+
+def get_config(name: str, **kwargs) -> Dict[str, Any]:
+  """Config dict of a preset; kwargs are the preset function's arguments."""
+  fn = _preset(name)
+  parameters = inspect.signature(fn).parameters.values()
+  if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+    valid = sorted(size_kwargs(name))
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+      raise ValueError(
+        f'preset {name!r} takes no argument {", ".join(unknown)}; its '
+        f'arguments: {", ".join(valid)}.'
+      )
+  cfg = fn(**kwargs)
   cfg['name'] = name
   return copy.deepcopy(cfg)
 
@@ -480,5 +493,6 @@ def build(name: str, **kwargs):
 
 def count_params(params) -> int:
   import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
 
   return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))

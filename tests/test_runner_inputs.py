@@ -437,7 +437,12 @@ def test_float16_on_the_cpu_is_refused_before_anything_runs(tmp_path):
 
 
 def test_unprepared_tfds_corpus_for_mlm_suggests_plain_text_files(tmp_path):
-  config = _override(mlm_bytes.get_config('tiny'), data__data_dir=str(tmp_path))
+  config = _override(
+    mlm_bytes.get_config('tiny'),
+    data__source='tfds:c4/en',
+    data__train_split='train',
+    data__data_dir=str(tmp_path),
+  )
   with pytest.raises(FileNotFoundError) as error:
     input_pipeline.MlmTrainStream(config, 0)
   message = str(error.value)

@@ -48,18 +48,26 @@ def classification_loss(logits, labels, label_smoothing: float = 0.0):
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def check_labels(config, train_table, eval_table) -> None:
-  """Labels must lie in [0, num_classes)."""
-  k = int(config.data.num_classes)
-  for name, table in (('train', train_table), ('eval', eval_table)):
+def check_labels(
+  config, train_table, eval_table, num_classes: Optional[int] = None
+) -> None:
+  """Labels must lie in [0, num_classes) (default: config.data.num_classes).
+
+  `num_classes` is the model's when it is known: a trained model's head
+  cannot take more classes whatever the config says.
+  """
+  k = int(config.data.num_classes if num_classes is None else num_classes)
+  tables = [('train', train_table), ('eval', eval_table)]
+  for name, table in tables if train_table is not None else tables[1:]:
     labels = table['label']
     bad = np.nonzero((labels < 0) | (labels >= k))[0]
     if len(bad):
       raise ValueError(
         f'{name} row {int(bad[0]) + 1} (1 = the first data row) has label '
-        f'{int(labels[bad[0]])}, outside 0..{k - 1} '
-        f'(config.data.num_classes={k}); set --config.data.num_classes or '
-        'fix the data.'
+        f"{int(labels[bad[0]])}, outside 0..{k - 1} of the model's {k} "
+        f'classes (config.data.num_classes={config.data.num_classes}); '
+        'train with --config.data.num_classes set to the number of classes '
+        'of the data, or fix the data.'
       )
 
 
@@ -73,6 +81,7 @@ class Task(base.Task):
     super().__init__(config)
     self.is_image = config.data.source == DIGITS
     self._tables = {}
+    self._eval_checked = False
 
   def use_model(self, model_config: Dict[str, Any]) -> None:
     super().use_model(model_config)
@@ -83,6 +92,13 @@ class Task(base.Task):
         f'classification decoder; {self.config.model.preset!r} '
         f'has {decoder!r}.'
       )
+    # The model's class count (its head), the one the labels must fit; a
+    # tanh head's decoder emits hidden features, its classes are the data's.
+    self.num_classes = (
+      int(self.config.data.num_classes)
+      if self.config.model.get('head') == 'tanh_mlp'
+      else int(model_config['decoder']['num_classes'])
+    )
     pre = model_config['preprocessor']
     length = int(self.config.data.max_length)
     if pre.get('type') == 'text' and length > int(pre['max_seq_len']):
@@ -103,7 +119,19 @@ class Task(base.Task):
     return self._tables[split]
 
   def check_labels(self, train_table, eval_table) -> None:
-    check_labels(self.config, train_table, eval_table)
+    check_labels(self.config, train_table, eval_table, self.num_classes)
+
+  def check_eval_labels(self, labels: np.ndarray, info) -> None:
+    """The evaluated labels fit the model; warns if they are one class."""
+    if self._eval_checked:
+      return
+    self._eval_checked = True
+    self.check_labels(None, {'label': labels})
+    input_pipeline.warn_if_single_class(
+      labels,
+      list(info.get('label_names') or []),
+      f'{self.config.data.source} [{self.config.data.eval_split}]',
+    )
 
   def data_info(self):
     input_pipeline.check_eval_is_not_train(self.config)
@@ -128,11 +156,11 @@ class Task(base.Task):
     return input_pipeline.TableTrainStream(self.config, table)
 
   def eval_data(self):
-    table, _ = self.table(self.config.data.eval_split)
+    table, info = self.table(self.config.data.eval_split)
     limit = int(self.config.max_eval_examples)
-    expected = len(next(iter(table.values())))
-    if limit > 0:
-      expected = min(expected, limit)
+    rows = input_pipeline.eval_rows(len(table['label']), limit)
+    expected = len(rows)
+    self.check_eval_labels(table['label'][rows], info)
     batches = input_pipeline.eval_batches(
       table,
       int(self.config.eval_batch_size),
@@ -236,7 +264,7 @@ class Task(base.Task):
     count = min(count, len(next(iter(table.values()))))
     batch = {k: v[:count] for k, v in table.items() if k != 'label'}
     names = list(info.get('label_names') or []) or [
-      str(i) for i in range(int(self.config.data.num_classes))
+      str(i) for i in range(self.num_classes)
     ]
     tokenizer = tokenizer_lib.ByteTokenizer()
     lines = [f'Predictions for the first {count} test examples:']
@@ -328,6 +356,12 @@ def split_pairs(
   another input format, so single texts are refused for it (and `--pair`
   for a single-text model). `name` (the workdir) is for the messages.
   """
+  for i, text in enumerate(inputs):
+    if not text.strip():
+      raise ValueError(
+        f'input {i + 1} is empty{" (only whitespace)" if text else ""}: '
+        f'{name} predicts from a text; give one.'
+      )
   pairs = list(pairs) if pairs is not None else [None] * len(inputs)
   if fields is None:
     if any(p is not None for p in pairs):
@@ -352,6 +386,12 @@ def split_pairs(
           + f'; {PAIR_USAGE}.'
         )
       text, second = parts
+    if not text.strip() or not second.strip():
+      raise ValueError(
+        f'{name} was trained on sentence pairs ({fields[0]}, {fields[1]}) '
+        f'but the {"first" if not text.strip() else "second"} text of '
+        f'{text!r} + {second!r} is empty; {PAIR_USAGE}.'
+      )
     firsts.append(text)
     seconds.append(second)
   return firsts, seconds, [f'{a} [SEP] {b}' for a, b in zip(firsts, seconds)]

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from experiments import input_pipeline
 from experiments import progress as eval_progress
 from perceiver_io.flow import formats as flow_formats
 from perceiver_io.flow import layouts as flow_layouts
@@ -124,7 +125,10 @@ class FullFrameFlow:
     metrics = {}
     total = 0
     groups = [
-      (name, listing[:limit] if limit > 0 else listing)
+      (
+        name,
+        [listing[i] for i in input_pipeline.eval_rows(len(listing), limit)],
+      )
       for name, listing in self.listings(kind, root)
     ]
     progress = eval_progress.EvalProgress(

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments import input_pipeline
 from experiments.tasks import base
 from perceiver_io import mixing
 from perceiver_io import model as model_lib
@@ -155,7 +156,13 @@ class Task(base.Task):
   # ------------------------------------------------------------------ data --
 
   def _dataset(
-    self, source: str, split: str, *, train: bool, start_batch: int = 0
+    self,
+    source: str,
+    split: str,
+    *,
+    train: bool,
+    start_batch: int = 0,
+    max_examples: int = -1,
   ):
     d = self.config.data
     if self.in_channels != 3:
@@ -191,6 +198,7 @@ class Task(base.Task):
       class_names=d.class_names or None,
       start_batch=start_batch,
       geometry=d.geometry or None,
+      max_examples=max_examples,
     )
     self._check_classes(info, source)
     return iterator, info
@@ -275,12 +283,17 @@ class Task(base.Task):
     return _TrainStream(iterator, start_step)
 
   def eval_data(self):
-    """The ordered eval stream (at most `max_eval_examples`, in whole
-    batches: every process stops after the same batch)."""
-    iterator, info = self._dataset(
-      self._eval_source(), self.config.data.eval_split, train=False
-    )
+    """The ordered eval stream, of at most `max_eval_examples`: a seeded
+    random subset of a folder, digits or synthetic source (the library
+    picks it), the first ones of a TFDS split (in whole batches: every
+    process stops after the same batch)."""
     limit = int(self.config.max_eval_examples)
+    iterator, info = self._dataset(
+      self._eval_source(),
+      self.config.data.eval_split,
+      train=False,
+      max_examples=limit,
+    )
     expected = int(info['num_examples'])
     if limit > 0:
       expected = min(expected, limit)
@@ -333,6 +346,7 @@ class Task(base.Task):
       'top1': top[:, 0] * weight,
       'top5': jnp.any(top, axis=-1) * weight,
       'weight': weight,
+      'label': labels,
     }
 
   # ------------------------------------------------------------------ host --
@@ -349,6 +363,11 @@ class Task(base.Task):
       k: float(np.sum(gathered[k], dtype=np.float64))
       for k in ('top1', 'top5', 'loss')
     }
+    if 'label' in gathered:
+      labels = np.asarray(gathered['label'])[np.asarray(gathered['weight']) > 0]
+      input_pipeline.warn_if_single_class(
+        labels, [], f'{self._eval_source()} [{self.config.data.eval_split}]'
+      )
     return {
       'top1': sums['top1'] / total,
       'top5': sums['top5'] / total,

@@ -27,6 +27,9 @@ from perceiver_io.data.image.sources import _TfdsSource
 
 Batch = Dict[str, np.ndarray]
 
+# Seed of `max_examples` eval subsets: fixed, so that runs with other seeds score the same images.
+EVAL_SUBSET_SEED = 0
+
 
 def _process_seed(seed: int, process_index: int, stream: int) -> np.ndarray:
   """A [2] int64 key for one random stream (0: shuffling, 1: augmentation) of one process."""
@@ -55,6 +58,7 @@ def make_image_dataset(
   start_batch: int = 0,
   geometry: Optional[str] = None,
   shuffle_buffer: Optional[int] = None,
+  max_examples: int = -1,
 ) -> Tuple[Iterator[Batch], Dict[str, Any]]:
   """Builds this process's stream of batches for an image-classification source.
 
@@ -85,6 +89,10 @@ def make_image_dataset(
     geometry: 'imagenet' (Inception crop / centre crop) or 'resize' (whole image); the default
       is 'imagenet' for photos (TFDS, folders) and 'resize' for digits and synthetic data.
     shuffle_buffer: TFDS only: shuffle-buffer size (default max(16 * batch_size, 10_000)).
+    max_examples: eval streams of folders, digits and synthetic data: at most this many examples,
+      a seeded random subset in source order, the same on every call and process (a folder of
+      class folders lists its images class by class, so its first ones are a few classes);
+      <= 0: all. TFDS streams ignore it (their callers stop early).
 
   Returns:
     (iterator of dicts with 'image' float32 [B, S, S, 3], 'label' int32 [B], 'mask' int32 [B]
@@ -161,6 +169,7 @@ def make_image_dataset(
       shuffle_key,
       preprocess,
       padding_example,
+      max_examples,
     )
   else:
     ds, total, shard_size = _tfds_stream(
@@ -220,11 +229,14 @@ def _table_stream(
   shuffle_key,
   preprocess,
   padding_example,
+  max_examples=-1,
 ):
   """Positions -> examples for an index-addressable source. Returns (ds, total, shard_size)."""
-  shard = np.arange(src.num_examples, dtype=np.int64)[
-    process_index::process_count
-  ]
+  rows = np.arange(src.num_examples, dtype=np.int64)
+  if not train and 0 < max_examples < src.num_examples:
+    rng = np.random.default_rng(EVAL_SUBSET_SEED)
+    rows = np.sort(rng.choice(src.num_examples, max_examples, replace=False))
+  shard = rows[process_index::process_count]
   shard_size = len(shard)
   start = start_batch * batch_size
   if train:
@@ -269,8 +281,7 @@ def _table_stream(
       return shard[np.asarray([int(x) for x in slots], np.int64)]
   else:
     padded = (
-      math.ceil(math.ceil(src.num_examples / process_count) / batch_size)
-      * batch_size
+      math.ceil(math.ceil(len(rows) / process_count) / batch_size) * batch_size
     )
 
     def example(position):
@@ -295,7 +306,7 @@ def _table_stream(
       position = (np.asarray(offsets, np.int64) + start) % padded
       return shard[position[position < shard_size]]
 
-  return ds, src.num_examples, shard_size, indices_at
+  return ds, len(rows), shard_size, indices_at
 
 
 def _tfds_stream(
