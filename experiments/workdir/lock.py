@@ -49,7 +49,7 @@ class WorkdirBusyError(ValueError):
   """Another run holds the workdir."""
 
 
-def _process_start(pid: int) -> Optional[str]:
+def process_start(pid: int) -> Optional[str]:
   """The start time of `pid` in clock ticks since boot (Linux), else None:
   with the PID it tells a live holder from a new process that reuses it."""
   try:
@@ -74,7 +74,7 @@ def holder_is_alive(holder: Dict[str, Any]) -> bool:
   pid = int(holder.get('pid', -1))
   if pid <= 0 or not _pid_alive(pid):
     return False
-  recorded, now = holder.get('pid_start'), _process_start(pid)
+  recorded, now = holder.get('pid_start'), process_start(pid)
   return recorded is None or now is None or recorded == now
 
 
@@ -106,7 +106,7 @@ def _me() -> Dict[str, Any]:
   return {
     'host': socket.gethostname(),
     'pid': os.getpid(),
-    'pid_start': _process_start(os.getpid()),
+    'pid_start': process_start(os.getpid()),
     'time': time.time(),
     'command': ' '.join(sys.argv)[:1000],
   }
