@@ -28,7 +28,8 @@ refused start also removes the directories it created (`claim`), so it
 leaves the file system as it found it. Readers (evaluate, predict) take no
 lock: Orbax publishes a step by renaming its finished temporary folder, so
 they only ever see whole steps, and they can read a finished step while a
-run trains (`experiments.workdir.steps_to_try`).
+run trains; a step that does not read is skipped
+(`experiments.workdir.newest_intact_variables`).
 """
 
 import contextlib
