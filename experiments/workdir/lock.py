@@ -72,7 +72,10 @@ def _pid_alive(pid: int) -> bool:
 
 def holder_is_alive(holder: Dict[str, Any]) -> bool:
   """Whether the run recorded in a lock file still runs (this host only)."""
-  pid = int(holder.get('pid', -1))
+  try:
+    pid = int(holder.get('pid', -1))
+  except (TypeError, ValueError):  # Not a lock file we wrote.
+    return False
   if pid <= 0 or not _pid_alive(pid):
     return False
   recorded, now = holder.get('pid_start'), process_start(pid)
