@@ -25,6 +25,7 @@ from experiments import train_lib
 from experiments.workdir import lock
 from tests.helpers import override_config
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The holder subprocesses load lock.py alone (stdlib only): no JAX import.
 _HOLD = """
 import importlib.util, sys, time
@@ -231,3 +232,48 @@ def test_the_lock_module_needs_nothing_but_the_standard_library():
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   assert module.LOCK_FILE == lock.LOCK_FILE
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_busy_workdir_stops_every_process_of_a_job(holder, subprocess_env):
+  """Process 0 is refused; process 1 hears it and stops too, at once,
+  instead of waiting for process 0 in JAX's backend."""
+  workdir, proc = holder
+  port = _free_port()
+  runs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        '-m',
+        'experiments.train',
+        '--config=configs/quickstart.py:tiny',
+        f'--workdir={workdir}',
+        f'--coordinator_address=localhost:{port}',
+        '--num_processes=2',
+        f'--process_id={i}',
+      ],
+      cwd=REPO,
+      env=subprocess_env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  try:
+    errors = [run.communicate(timeout=120)[1] for run in runs]
+  finally:
+    for run in runs:
+      if run.poll() is None:
+        run.kill()
+  for run, err in zip(runs, errors):
+    assert run.returncode == 1, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith('error:')]
+    assert len(lines) == 1 and f'in use by PID {proc.pid} ' in lines[0], err
+  assert 'process 0 did not start' in errors[1]

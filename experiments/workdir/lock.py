@@ -19,9 +19,9 @@ command), so a second run is refused at once, naming the holder.
   checks on the file's contents are the lock, with a warning that two runs
   starting in the same instant could both pass them.
 * Multi-host runs: process 0 takes the lock for the whole job (the other
-  processes take none: they are the same run). If it is refused, process 0
-  exits with the error, and the others stop with the coordination service
-  that process 0 hosts.
+  processes take none: they are the same run) and tells the others through
+  JAX's coordination service whether it got it; if not, every process stops
+  with its error, none is left waiting.
 
 The file is removed when the run ends, so a finished workdir holds none. A
 refused start also removes the directories it created (`claim`), so it
@@ -35,13 +35,14 @@ run trains; a step that does not read is skipped
 import contextlib
 import errno
 import fcntl
+import itertools
 import json
 import logging
 import os
 import socket
 import sys
 import time
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 LOCK_FILE = '.lock'
 
@@ -222,21 +223,52 @@ def _created_dirs(workdir: str) -> List[str]:
   return created
 
 
-def _is_process_zero() -> bool:
-  """Process 0 of the job, without making JAX's backend (the launchers
-  decide process settings before it exists: `process_tuning`)."""
+def _job() -> Tuple[int, Any]:
+  """(this process's index, the job's key-value client or None), without
+  making JAX's backend (the launchers decide process settings before it
+  exists: `process_tuning`)."""
   if 'jax' not in sys.modules:
-    return True
+    return 0, None
   import jax  # pylint: disable=g-import-not-at-top
 
   if not jax.distributed.is_initialized():
-    return True
+    return 0, None
   try:
     from jax._src import distributed  # pylint: disable=g-import-not-at-top
 
-    return int(distributed.global_state.process_id) == 0
+    state = distributed.global_state
+    return int(state.process_id), state.client
   except (ImportError, AttributeError):  # Private API moved.
-    return jax.process_index() == 0
+    return jax.process_index(), None
+
+
+_CLAIMS = itertools.count()  # Every process of a job claims in step.
+AGREE_TIMEOUT_S = 600
+
+
+def _take_for_the_job(workdir: str) -> Optional[WorkdirLock]:
+  """Process 0 makes and locks the workdir and tells the other processes
+  how it went through the job's key-value store; they raise its error too.
+  Why before JAX's backend exists: making it waits for every process, so a
+  process 0 that stopped here would leave the others hanging."""
+  index, client = _job()
+  key = f'experiments/workdir_lock/{next(_CLAIMS)}'
+  if index != 0:
+    if client is not None:
+      outcome = client.blocking_key_value_get(key, AGREE_TIMEOUT_S * 1000)
+      if outcome != 'ok':
+        raise WorkdirBusyError(f'process 0 did not start: {outcome}')
+    return None
+  try:
+    make(workdir)
+    lock = WorkdirLock(workdir).acquire()
+  except Exception as e:
+    if client is not None:
+      client.key_value_set(key, str(e) or type(e).__name__)
+    raise
+  if client is not None:
+    client.key_value_set(key, 'ok')
+  return lock
 
 
 @contextlib.contextmanager
@@ -259,12 +291,9 @@ def claim(workdir: str, transient: List[str] = ()) -> Iterator[Any]:
     for name in transient
     if not os.path.exists(os.path.join(workdir, name))
   ]
-  make(workdir)
-  lock = WorkdirLock(workdir) if _is_process_zero() else None
-  done = [False]
+  lock, done = None, [False]
   try:
-    if lock is not None:
-      lock.acquire()
+    lock = _take_for_the_job(workdir)
     yield lambda: done.__setitem__(0, True)
   except BaseException:
     if lock is not None:
