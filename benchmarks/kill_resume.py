@@ -195,7 +195,9 @@ def run(
   kills: int, seed: int = 0, steps: int = 16, root: Optional[str] = None
 ) -> Dict[str, Any]:
   """`kills` trials; returns every record and survived / tried."""
-  root = root or tempfile.mkdtemp(prefix='kill_resume-')
+  if root is None:
+    with tempfile.TemporaryDirectory(prefix='kill_resume-') as tmp:
+      return run(kills, seed, steps, tmp)
   env = environment(os.path.join(root, 'jax_cache'))
   reference_dir = os.path.join(root, 'reference')
   subprocess.run(  # Fills the compilation cache for the timed run.
