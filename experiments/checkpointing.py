@@ -10,15 +10,17 @@ checkpoints live inside a workdir, and which runs they belong to, is
 """
 
 import contextlib
+import json
 import logging
 import os
 import re
 import shutil
 import signal
 import sys
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 PyTree = Any
@@ -26,6 +28,11 @@ PyTree = Any
 
 class CorruptCheckpointError(ValueError):
   """A checkpoint step's files cannot be read (truncated, overwritten)."""
+
+  def __init__(self, message: str, step: int = -1, cause: str = ''):
+    super().__init__(message)
+    self.step = step
+    self.cause = cause
 
 
 # What TensorStore (under Orbax) says when a step's files are truncated,
@@ -38,9 +45,27 @@ _READ_ERROR = re.compile(
 
 
 def _is_read_error(e: Exception) -> bool:
+  if isinstance(e, json.JSONDecodeError):  # A truncated metadata file.
+    return True
   if not isinstance(e, (ValueError, KeyError, TypeError)):
     return True
   return bool(_READ_ERROR.search(str(e)[:4000]))
+
+
+def short_cause(e: BaseException) -> str:
+  """One line of what went wrong, out of Orbax's and TensorStore's pages
+  (which end in a multi-line repr of the array's spec)."""
+  full = str(e)
+  text = re.split(
+    r'\s*(?:See full TensorStore details|\[tensorstore_spec)', full, 1
+  )[0]
+  text = ' '.join(text.split())
+  array = re.search(r"'path': '([^'/]+)/'", full)  # The array's OCDBT key.
+  if 'while reading array' in text and array:
+    text = f'error reading array {array.group(1)}'
+  elif len(text) > 160:
+    text = text.rsplit(': ', 1)[-1]
+  return f'{type(e).__name__}: {text[:160]}'
 
 
 _WRITE_ERROR = re.compile(
@@ -58,8 +83,9 @@ def _silence_orphaned_reads() -> None:
   """After a failed read, TensorStore still completes the step's other
   reads and hands each result to Orbax's event loop, which the failure
   closed: Python prints "RuntimeError: Event loop is closed" per array
-  after our one-line error. Those reports (and only those) are dropped.
-  Installed once per process, however many reads fail."""
+  after our one-line error, and asyncio logs each failed read that nobody
+  awaited. Those reports (and only those) are dropped. Installed once per
+  process, however many reads fail."""
   previous = sys.unraisablehook
   if getattr(previous, 'drops_orphaned_reads', False):
     return
@@ -73,6 +99,15 @@ def _silence_orphaned_reads() -> None:
 
   hook.drops_orphaned_reads = True
   sys.unraisablehook = hook
+  # The same reads, failed too, reported by asyncio with a page each.
+  logging.getLogger('asyncio').addFilter(
+    lambda record: (
+      not (
+        'exception was never retrieved' in str(record.msg)
+        and re.search(r'/orbax/|tensorstore', record.getMessage())
+      )
+    )
+  )
 
 
 class Checkpointer:
@@ -126,13 +161,24 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def best_step(self) -> Optional[int]:
-    """Step with the best saved metric (None if none carries metrics)."""
+    """Step with the best saved metric (None if none carries metrics, or
+    if a step's metrics file cannot be read: then 'best' is unknown)."""
     if not self.best_metric:
       return None
-    steps = [
-      s for s in self.manager.all_steps() if self.manager.metrics(s) is not None
-    ]
-    return self.manager.best_step() if steps else None
+    try:
+      steps = [
+        s
+        for s in self.manager.all_steps()
+        if self.manager.metrics(s) is not None
+      ]
+      return self.manager.best_step() if steps else None
+    except ValueError as e:  # json.JSONDecodeError: a truncated file.
+      logging.warning(
+        'the saved metrics in %s cannot be read (%s); no step counts as best.',
+        self.directory,
+        short_cause(e),
+      )
+      return None
 
   def save(
     self, step: int, state: PyTree, metrics: Optional[Dict[str, float]] = None
@@ -161,28 +207,61 @@ class Checkpointer:
     )
 
   def _restore(self, step: int, args) -> PyTree:
+    _silence_orphaned_reads()  # Now: the first reports come before we hear.
     try:
       return self.manager.restore(step, args=args)
     except Exception as e:  # pylint: disable=broad-except
       if not _is_read_error(e):
         raise  # The state does not fit: the caller says what differs.
-      # Orbax/TensorStore say "error while reading array" with a page of
-      # spec; the user needs the step, what it means and what to do.
+      cause = short_cause(e)
       others = sorted(s for s in self.all_steps() if s != step)
-      _silence_orphaned_reads()
-      cause = re.sub(r'\s*\[tensorstore_spec.*', '', str(e), flags=re.S)
-      cause = cause.rsplit(': ', 1)[-1][:200]
       raise CorruptCheckpointError(
         f'checkpoint step {step} in {self.directory} cannot be read; it is '
-        f'corrupt or truncated ({type(e).__name__}: {cause}). Other steps: '
-        f'{others or "none"}. '
+        f'corrupt or truncated ({cause}). Other steps: {others or "none"}. '
         + (
-          f'Use --checkpoint={others[-1]} to predict or evaluate, or move '
-          f'{self.directory}/{step} aside to resume from step {others[-1]}.'
+          f'--checkpoint=latest uses the newest intact step, '
+          f'--checkpoint={others[-1]} picks one; a resumed run moves this '
+          'step aside by itself.'
           if others
           else 'Train again in a new --workdir.'
-        )
+        ),
+        step,
+        cause,
       ) from e
+
+  def move_aside(self, step: int, destination: str) -> str:
+    """Moves step `step` to `destination`/<step> (never deleted; Orbax
+    does not look there) and forgets it; returns the new path."""
+    target = os.path.join(destination, str(step))
+    n = 1
+    while os.path.exists(target):
+      n += 1
+      target = os.path.join(destination, f'{step}-{n}')
+    if jax.process_index() == 0:
+      os.makedirs(destination, exist_ok=True)
+      os.rename(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'moved checkpoint {step} aside')
+    self.manager.reload()
+    return target
+
+  def restore_newest_intact(
+    self, read: Callable[[int], PyTree], on_corrupt: Callable[..., None]
+  ) -> Tuple[Optional[int], Optional[PyTree]]:
+    """(step, read(step)) of the newest step that reads, else (None,
+    None). `on_corrupt(error)` hears of each step that does not read; it
+    may move the step aside (`move_aside`)."""
+    tried = set()
+    while True:
+      steps = [s for s in self.all_steps() if s not in tried]
+      if not steps:
+        return None, None
+      step = max(steps)
+      tried.add(step)
+      try:
+        return step, read(step)
+      except CorruptCheckpointError as e:
+        on_corrupt(e)
 
   def wait(self) -> None:
     with self._writing():

@@ -35,7 +35,10 @@ _CONFIG = config_flags.DEFINE_config_file(
 flags.FLAGS['config'].parser = cli.ConfigFileParser('config')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir to evaluate.')
 _CHECKPOINT = flags.DEFINE_string(
-  'checkpoint', 'latest', "'latest', 'best' or a step number."
+  'checkpoint',
+  'latest',
+  "'latest' (the newest step that reads; a corrupt newer one is named "
+  "and skipped), 'best' or a step number (read as asked).",
 )
 _SPLIT = flags.DEFINE_string('split', '', "Eval split ('' = the config's).")
 _GLUE_SUMMARY = flags.DEFINE_string(

@@ -42,7 +42,10 @@ _CONFIG = config_flags.DEFINE_config_file(
 flags.FLAGS['config'].parser = cli.ConfigFileParser('config')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Trained workdir.')
 _CHECKPOINT = flags.DEFINE_string(
-  'checkpoint', 'latest', "'latest', 'best' or a step number."
+  'checkpoint',
+  'latest',
+  "'latest' (the newest step that reads; a corrupt newer one is named "
+  "and skipped), 'best' or a step number (read as asked).",
 )
 _INPUT_FILE = flags.DEFINE_string(
   'input_file',

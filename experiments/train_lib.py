@@ -13,6 +13,7 @@ resumed from any checkpoint ends bit-identical to an uninterrupted one.
 import functools
 import logging
 import math
+import os
 from typing import Any, Dict, Optional
 
 import jax
@@ -23,6 +24,7 @@ import numpy as np
 
 from experiments import checkpointing
 from experiments.workdir import init_from as init_from_lib
+from experiments.workdir import lock as workdir_lock
 from experiments.workdir import metric_writer
 from experiments import models
 from experiments import optim
@@ -73,10 +75,19 @@ def train_and_evaluate(
   """
   configure_jax(config)
   check_loop_settings(config)
+  # One run per workdir (`workdir.lock`); a start refused for any reason
+  # removes the directories it made, and nothing is written to the workdir
+  # until the run's state exists: the workdir is left as it was.
+  with workdir_lock.claim(workdir, [workdir_lib.CHECKPOINT_DIR]) as started:
+    return train_in_workdir(config, workdir, started)
+
+
+def train_in_workdir(
+  config: ml_collections.ConfigDict, workdir: str, started
+) -> Dict[str, Any]:
+  """`train_and_evaluate` in a workdir it has locked; `started()` marks the
+  point from which the run exists (its state and records)."""
   # -------------------------------------------------------------- workdir --
-  # Nothing is written to the workdir until the run's state exists: a start
-  # refused for any reason leaves it as it was.
-  workdir_lib.make_workdir(workdir)
   task = tasks.get(config)
   model, description = models.build(config, task.num_outputs())
   workdir_lib.check_workdir(
@@ -131,17 +142,26 @@ def train_and_evaluate(
   ckpt = workdir_lib.open_checkpoints(
     workdir, int(config.keep_checkpoints), config.best_metric, config.best_mode
   )
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state = restore_state(ckpt, latest, abstract_state, state_sharding)
-  else:
-    state = initial_state(
-      init, make_state, pretrained, state_sharding, replicated
+  try:
+    # A step that does not read is moved aside: resume from the one before.
+    latest, state = ckpt.restore_newest_intact(
+      lambda step: restore_state(ckpt, step, abstract_state, state_sharding),
+      functools.partial(set_aside, ckpt, workdir),
     )
-    pretrained = None  # Its arrays are in `state` now.
+    if latest is None:
+      if pretrained is None:  # Every step was moved aside: start afresh.
+        pretrained = pretrained_variables(config, workdir)
+      state = initial_state(
+        init, make_state, pretrained, state_sharding, replicated
+      )
+      pretrained = None  # Its arrays are in `state` now.
+  except BaseException:
+    ckpt.close()
+    raise
   start_step = int(jax.device_get(state['step']))
   # The run exists now: record what it is.
   workdir_lib.write_records(workdir, config, description, train_info)
+  started()
   train_stream = task.train_stream(start_step)
 
   # ---------------------------------------------------------------- steps --
@@ -363,16 +383,32 @@ def restore_state(
   try:
     return ckpt.restore(step, abstract_state)
   except checkpointing.CorruptCheckpointError:
-    ckpt.close()
     raise
   except (ValueError, KeyError, TypeError) as e:
-    ckpt.close()
     raise ValueError(
       f'the checkpoint at step {step} in {ckpt.directory} does not fit '
       f'this run (same model and settings, but another state layout, '
       f'e.g. from an older version): {str(e)[:300]}. Use another '
       '--workdir.'
     ) from e
+
+
+def set_aside(
+  ckpt: checkpointing.Checkpointer,
+  workdir: str,
+  error: checkpointing.CorruptCheckpointError,
+) -> None:
+  """Moves an unreadable step out of the way of the resume (kept)."""
+  aside = ckpt.move_aside(
+    error.step, os.path.join(workdir, workdir_lib.CORRUPT_CHECKPOINT_DIR)
+  )
+  logging.warning(
+    'checkpoint step %d cannot be read (%s); moved it to %s (kept) and '
+    'resuming from the newest step that reads.',
+    error.step,
+    error.cause,
+    aside,
+  )
 
 
 def initial_state(

@@ -114,13 +114,9 @@ def test_corrupt_checkpoint_names_the_good_steps(trained, tmp_path):
     match=r'step 3 .*corrupt or truncated.*Other steps: '
     r'\[2\].*--checkpoint=2',
   ):
-    workdir_lib.load_workdir(workdir)
-  assert workdir_lib.load_workdir(workdir, '2').step == 2
-  with pytest.raises(
-    checkpointing.CorruptCheckpointError,
-    match='move .*checkpoints/3 aside to resume from step 2',
-  ):
-    _train(_config(num_train_steps=5), workdir)
+    workdir_lib.load_workdir(workdir, '3')
+  # 'latest' is the newest step that reads (tests/test_checkpoint_fallback).
+  assert workdir_lib.load_workdir(workdir).step == 2
 
 
 @pytest.mark.slow

@@ -10,6 +10,9 @@ runs. Its layout is written down here and nowhere else:
   checkpoints/<step>/ Orbax steps (`checkpointing.Checkpointer`)
   metrics.jsonl       one JSON object per logged step or evaluation
   tb/                 TensorBoard events
+  .lock               who is training in it, while a run does (`lock`)
+  checkpoints-corrupt/<step>/  steps that could not be read, moved aside
+                      when a run resumed (never deleted)
   replaced-<time>/    a run that `config.overwrite` moved aside (itself a
                       complete workdir)
 
@@ -34,6 +37,7 @@ import ml_collections
 
 from experiments import checkpointing
 from experiments import models
+from experiments.workdir import lock
 from perceiver_io import model as model_lib
 
 PyTree = Any
@@ -41,6 +45,8 @@ CONFIG_FILE = 'config.json'
 MODEL_FILE = 'model.json'
 DATA_INFO_FILE = 'data_info.json'
 CHECKPOINT_DIR = 'checkpoints'
+# Steps that could not be read, moved out of Orbax's sight by a resume.
+CORRUPT_CHECKPOINT_DIR = 'checkpoints-corrupt'
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tb'
 # Everything a run writes at the top of its workdir besides checkpoints/;
@@ -103,18 +109,7 @@ def _json_value(data: bytes, where: str) -> Any:
 
 def make_workdir(workdir: str) -> None:
   """Creates `workdir`, or says in one line why it cannot be used."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
-    with open(probe, 'w'):
-      pass
-    os.remove(probe)
-  except OSError as e:
-    raise ValueError(
-      f'cannot use --workdir={workdir}: {e.strerror or e} '
-      f'({type(e).__name__}); choose a writable '
-      f'directory.'
-    ) from e
+  lock.make(workdir)
 
 
 def has_checkpoints(workdir: str) -> bool:
@@ -281,7 +276,7 @@ def move_run_aside(workdir: str) -> str:
     n += 1
     aside = os.path.join(workdir, f'replaced-{stamp}-{n}')
   os.makedirs(aside)
-  for name in (CHECKPOINT_DIR,) + RUN_FILES:
+  for name in (CHECKPOINT_DIR, CORRUPT_CHECKPOINT_DIR) + RUN_FILES:
     if os.path.exists(os.path.join(workdir, name)):
       os.rename(os.path.join(workdir, name), os.path.join(aside, name))
   return aside
@@ -492,6 +487,38 @@ def choose_step(ckpt: checkpointing.Checkpointer, which: str) -> int:
   return int(which)
 
 
+def newest_intact_variables(
+  ckpt: checkpointing.Checkpointer, abstract: PyTree
+) -> Tuple[int, PyTree]:
+  """(step, variables) of the newest step that reads, naming the others.
+
+  Why not refuse: the newest step may be corrupt (a disk fault) or gone
+  mid-read (a running training keeps only the latest few); the one before
+  is a trained model too. `--checkpoint=N` still reads exactly step N.
+  """
+  bad = []
+
+  def skip(error: checkpointing.CorruptCheckpointError) -> None:
+    bad.append(error.step)
+    logging.warning(
+      'checkpoint step %d in %s cannot be read (%s); using the newest '
+      'step that reads (--checkpoint=N picks one).',
+      error.step,
+      ckpt.directory,
+      error.cause,
+    )
+
+  step, state = ckpt.restore_newest_intact(
+    lambda s: ckpt.restore_variables(s, abstract), skip
+  )
+  if step is None:
+    raise checkpointing.CorruptCheckpointError(
+      f'no checkpoint step in {ckpt.directory} can be read ({bad} are '
+      'corrupt or truncated); train again in a new --workdir.'
+    )
+  return step, state
+
+
 class Run(NamedTuple):
   """A trained model read back from a workdir (or imported by init_from)."""
 
@@ -569,7 +596,10 @@ def load_workdir(
   )
   try:
     step = choose_step(ckpt, which)
-    state = ckpt.restore_variables(step, abstract)
+    if which in ('', 'latest'):
+      step, state = newest_intact_variables(ckpt, abstract)
+    else:
+      state = ckpt.restore_variables(step, abstract)
   finally:
     ckpt.close()
   info = read_data_info(workdir)
