@@ -18,7 +18,9 @@ runs. Its layout is written down here and nowhere else:
 
 A workdir holding another model's or another experiment's checkpoints is
 refused (`check_workdir`), so a run never resumes on the wrong data or mixes
-checkpoints. Its two submodules build on this one and use its file names:
+checkpoints. Two submodules sit below this one: `lock` (one training run
+per workdir; standard library only) and `json_files` (atomic writes, reads
+that fail in one line). Two build on it and use its file names:
 `metric_writer` (the training loop's metrics.jsonl and tb/ writer) and
 `init_from` (parsing `config.init_from` once, for fine-tuning and for
 evaluating or predicting an imported checkpoint; 'workdir:<dir>' is read
@@ -38,6 +40,10 @@ import ml_collections
 from experiments import checkpointing
 from experiments import models
 from experiments.workdir import lock
+from experiments.workdir.json_files import append_jsonl
+from experiments.workdir.json_files import json_value
+from experiments.workdir.json_files import read_json
+from experiments.workdir.json_files import write_json_atomic
 from perceiver_io import model as model_lib
 
 PyTree = Any
@@ -58,48 +64,6 @@ RUN_FILES = (
   METRICS_FILE,
   TENSORBOARD_DIR,
 )
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON to a temp file and renames it (no half-written files)."""
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write('\n')
-  os.replace(tmp, path)
-
-
-def read_json(path: str) -> Any:
-  """A JSON file's value; a damaged file is one ValueError naming it.
-
-  Why not `json.load` alone: non-UTF-8 bytes, integers of over 4300 digits
-  and deep nesting raise other errors (UnicodeDecodeError, a bare
-  ValueError, RecursionError) that name no file.
-  """
-  with open(path, 'rb') as f:
-    data = f.read()
-  return _json_value(data, path)
-
-
-def _json_value(data: bytes, where: str) -> Any:
-  try:
-    return json.loads(data.decode('utf-8-sig'))
-  except UnicodeDecodeError as e:
-    raise ValueError(
-      f'{where} is not UTF-8 text (byte {e.start}); a workdir file is '
-      'JSON written by experiments.train.'
-    ) from None
-  except json.JSONDecodeError as e:
-    raise ValueError(
-      f'{where} is not valid JSON ({e.msg} at line {e.lineno} column '
-      f'{e.colno}).'
-    ) from None
-  except ValueError as e:  # An integer too long to convert.
-    raise ValueError(f'{where} is not usable JSON ({e}).') from None
-  except RecursionError:
-    raise ValueError(
-      f'{where} is not usable JSON (nested too deeply).'
-    ) from None
 
 
 # ----------------------------------------------------------------------------
@@ -325,11 +289,6 @@ def write_records(
   )
 
 
-def append_jsonl(path: str, record: Dict[str, Any]) -> None:
-  with open(path, 'a') as f:
-    f.write(json.dumps(record, sort_keys=True) + '\n')
-
-
 def append_metrics(workdir: str, record: Dict[str, Any]) -> None:
   """Appends one record (with 'step') to metrics.jsonl (process 0 only)."""
   if jax.process_index() == 0:
@@ -346,7 +305,7 @@ def read_metrics(workdir: str) -> List[Dict[str, Any]]:
   records = []
   for line_no, line in enumerate(lines, start=1):
     if line.strip():
-      record = _json_value(line, f'{path}, line {line_no},')
+      record = json_value(line, f'{path}, line {line_no},')
       if not isinstance(record, dict):
         raise ValueError(
           f'{path}, line {line_no}: expected a JSON object, got '
