@@ -196,7 +196,8 @@ WORKDIR_MODEL_OVERRIDES = tuple(
 
 def with_workdir_config(argv: List[str], flag: str = 'config') -> List[str]:
   """argv, with `--config=<workdir>/config.json` first if it has
-  `--config.*` overrides and `--workdir` but no `--config`.
+  `--config.*` overrides (or asks for help) and `--workdir` but no
+  `--config`.
 
   Why: the overrides need a config to apply to; the run's own is the one
   evaluate and predict would use without them.
@@ -204,7 +205,8 @@ def with_workdir_config(argv: List[str], flag: str = 'config') -> List[str]:
   workdir = flag_value(argv, 'workdir')
   if not workdir or flag_value(argv, flag) is not None:
     return list(argv)
-  if not override_names(argv, flag):
+  wants_fields = any(arg in _HELP_FLAGS for arg in argv)
+  if not override_names(argv, flag) and not wants_fields:
     return list(argv)
   return (
     argv[:1] + [f'--{flag}={os.path.join(workdir, SAVED_CONFIG)}'] + argv[1:]
@@ -473,6 +475,8 @@ def list_config_fields_in_help(argv: List[str], flag_values) -> None:
 
   comments = {}
   for path in (common.__file__, config_path_and_arg(value)[0]):
+    if not path.endswith('.py'):  # A workdir's config.json: no comments.
+      continue
     with open(path, encoding='utf-8') as f:
       for name, text in field_comments(f.read()).items():
         comments.setdefault(name, text)

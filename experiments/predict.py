@@ -130,4 +130,5 @@ def main(argv):
 if __name__ == '__main__':
   sys.argv = cli.with_workdir_config(sys.argv)
   cli.check_overrides_or_exit(sys.argv, model_from_workdir=True)
+  cli.list_config_fields_in_help(sys.argv, flags.FLAGS)
   app.run(main)

@@ -150,6 +150,22 @@ def test_overrides_with_a_workdir_use_its_config(saved_workdir):
   cli.check_overrides_or_exit(got, model_from_workdir=True)
 
 
+def test_help_on_a_workdir_lists_the_fields_of_its_saved_config(
+  saved_workdir,
+):
+  argv = cli.with_workdir_config(
+    ['evaluate', f'--workdir={saved_workdir}', '--helpfull']
+  )
+  assert argv[1] == f'--config={saved_workdir}/config.json'
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'The config.', flag_values)
+  cli.list_config_fields_in_help(argv, flag_values)
+  text = flag_values['config'].help
+  assert '--config.model.kwargs.max_seq_len (default: 64)' in text
+  # Comments come from configs/common.py (config.json has none).
+  assert '--config.batch_size (default: 32): global' in text
+
+
 def test_a_saved_config_is_parsed_with_typed_overrides(
   saved_workdir, monkeypatch
 ):
