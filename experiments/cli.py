@@ -213,6 +213,16 @@ def with_workdir_config(argv: List[str], flag: str = 'config') -> List[str]:
   )
 
 
+def config_or_exit(value: str, argv: List[str]):
+  """The launcher's config of `--config=value`, or exit 2 with one line
+  (flags are checked before absl parses them)."""
+  try:
+    return load_launcher_config(value, argv)
+  except (FileNotFoundError, ValueError) as e:
+    sys.stderr.write(f'error: {e}\n')
+    sys.exit(2)
+
+
 def model_override_error(names: List[str]) -> Optional[str]:
   """Why an override of a workdir's model is refused, or None."""
   for name in names:
@@ -304,11 +314,7 @@ def check_overrides_or_exit(
       )
       sys.exit(2)
     return
-  try:
-    config = load_launcher_config(value, argv)
-  except (FileNotFoundError, ValueError) as e:
-    sys.stderr.write(f'error: {e}\n')
-    sys.exit(2)
+  config = config_or_exit(value, argv)
   message = None
   if model_from_workdir and flag_value(argv, 'workdir'):
     message = model_override_error(names)
@@ -466,11 +472,7 @@ def list_config_fields_in_help(argv: List[str], flag_values) -> None:
   value = flag_value(argv, 'config')
   if not value:
     return
-  try:
-    config = load_launcher_config(value, argv)
-  except (FileNotFoundError, ValueError) as e:
-    sys.stderr.write(f'error: {e}\n')
-    sys.exit(2)
+  config = config_or_exit(value, argv)
   from configs import common  # pylint: disable=g-import-not-at-top
 
   comments = {}

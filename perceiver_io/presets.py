@@ -338,6 +338,15 @@ def multimodal_autoencoding(
 
 
 _TINY_ENC = dict(num_latents=8, latent_channels=32, self_heads=4)
+_TINY_TEXT = dict(
+  d_model=32,
+  max_seq_len=64,
+  num_latents=8,
+  latent_channels=48,
+  depth=2,
+  heads=4,
+  qk=16,
+)
 
 PRESETS = {
   'language_mlm': language_mlm,
@@ -348,25 +357,9 @@ PRESETS = {
   'optical_flow': optical_flow,
   'multimodal_autoencoding': multimodal_autoencoding,
   # Tiny sizes for tests and laptop smoke runs (seconds on a CPU).
-  'tiny_language_mlm': functools.partial(
-    language_mlm,
-    d_model=32,
-    max_seq_len=64,
-    num_latents=8,
-    latent_channels=48,
-    depth=2,
-    heads=4,
-    qk=16,
-  ),
+  'tiny_language_mlm': functools.partial(language_mlm, **_TINY_TEXT),
   'tiny_text_classification': functools.partial(
-    text_classification,
-    d_model=32,
-    max_seq_len=64,
-    num_latents=8,
-    latent_channels=48,
-    depth=2,
-    heads=4,
-    qk=16,
+    text_classification, **_TINY_TEXT
   ),
   'tiny_imagenet_fourier': functools.partial(
     imagenet_fourier,
