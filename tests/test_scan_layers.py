@@ -23,7 +23,10 @@ from experiments import train_lib
 from experiments import workdir as workdir_lib
 from experiments.workdir import init_from as init_from_lib
 from perceiver_io import checkpoints
+from perceiver_io import convert
+from perceiver_io import flops
 from perceiver_io import presets
+from perceiver_io.model import abstract_variables
 from perceiver_io.model import build_model
 from perceiver_io.model import example_inputs
 from tests.helpers import override_config
@@ -152,9 +155,15 @@ def test_scanned_equals_unrolled_with_remat(attention_impl):
 
 
 @pytest.mark.slow
-def test_cpu_kernels_scan():
-  # kernels.block's custom-gradient block (the CPU kernels) inside nn.scan.
-  _compare('tiny_text_classification', attention_impl='cpu')
+@pytest.mark.parametrize('blocked', [False, True])
+def test_cpu_kernels_scan(blocked):
+  # kernels.block's custom-gradient block (the CPU kernels) inside nn.scan;
+  # with `blocked`, attention in blocks (kernels/blocked.py) for every call.
+  _compare(
+    'tiny_text_classification',
+    attention_impl='cpu',
+    kernel_options={'blocked_attention_min_bytes': 0} if blocked else None,
+  )
 
 
 def test_scanned_layout_shapes():
@@ -397,3 +406,42 @@ def test_remat_applies_per_scanned_layer():
   unrolled = program()
   calls = enc['num_blocks'] * enc['num_self_attends_per_block']
   assert unrolled.count('remat2[') == calls > 1
+
+
+def test_flop_count_is_the_same_in_both_layouts():
+  # The launchers size a step by this count (perceiver_io.flops).
+  config = presets.get_config('tiny_imagenet_fourier')
+  inputs, kwargs = example_inputs(config)
+  count = lambda **o: flops.forward_flops(
+    build_model(config, **o), inputs, **kwargs
+  )
+  assert count(scan_layers=True) == count() > 0
+
+
+@pytest.mark.slow
+def test_convert_command_switches_a_checkpoint_layout(tmp_path, capsys):
+  config = presets.get_config('tiny_imagenet_fourier')
+  rng = np.random.default_rng(0)
+  variables = jax.tree_util.tree_map(
+    lambda s: rng.standard_normal(s.shape).astype(s.dtype),
+    flax.core.unfreeze(abstract_variables(build_model(config))),
+  )
+  checkpoints.save(str(tmp_path / 'a'), variables, config)
+  run = lambda src, dst, scan: convert.main(
+    ['--from', f'dir:{tmp_path / src}', '--scan_layers', scan]
+    + ['--out', str(tmp_path / dst)]
+  )
+  assert run('a', 'b', 'true') == 0
+  _, scanned, scanned_config = checkpoints.load(str(tmp_path / 'b'))
+  assert scanned_config['scan_layers'] is True
+  want = _flat(checkpoints.stack_layers(variables))
+  assert _flat(scanned).keys() == want.keys()
+  for name, value in want.items():
+    assert np.array_equal(_flat(scanned)[name], value), name
+  assert run('b', 'c', 'false') == 0
+  _, back, _ = checkpoints.load(str(tmp_path / 'c'))
+  assert _flat(back).keys() == _flat(variables).keys()
+  for name, value in _flat(variables).items():
+    assert np.array_equal(_flat(back)[name], value), name
+  assert run('missing', 'd', 'true') == 2
+  assert 'not a perceiver_io checkpoint' in capsys.readouterr().err
