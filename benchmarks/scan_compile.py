@@ -132,6 +132,7 @@ def markdown(results, summary, args) -> str:
         runner.fmt_seconds(r.get('compile_s')) if ok else r['status'],
         runner.fmt_seconds(r.get('median_s')) if ok else '-',
         runner.fmt_seconds(r.get('cpu_user_s')) if ok else '-',
+        runner.fmt_bytes((r.get('memory_analysis') or {}).get('temp_bytes')),
         runner.fmt_bytes(r.get('peak_rss')),
       ]
     )
@@ -143,6 +144,7 @@ def markdown(results, summary, args) -> str:
     'compile',
     'step (median)',
     'step CPU (user)',
+    'XLA temp',
     'peak RSS',
   ]
   lines = []

@@ -422,7 +422,6 @@ def test_flop_count_is_the_same_in_both_layouts():
   assert count(scan_layers=True) == count() > 0
 
 
-@pytest.mark.slow
 def test_convert_command_switches_a_checkpoint_layout(tmp_path, capsys):
   config = presets.get_config('tiny_imagenet_fourier')
   rng = np.random.default_rng(0)

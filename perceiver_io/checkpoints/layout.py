@@ -126,5 +126,8 @@ def match_layout_flat(
   flat: Dict[Tuple[str, ...], Any], like
 ) -> Dict[Tuple[str, ...], Any]:
   """`match_layout` for a dict keyed by path tuples."""
-  converted = match_layout(flax.traverse_util.unflatten_dict(flat), like)
-  return flax.traverse_util.flatten_dict(converted)
+  tree = flax.traverse_util.unflatten_dict(flat)
+  want, have = layout_of(like), layout_of(tree)
+  if want is None or have is None or want == have:
+    return flat
+  return flax.traverse_util.flatten_dict(match_layout(tree, like))
