@@ -15,7 +15,7 @@ It prints one line `RESULT <json>` on stdout. Spec keys:
   impl: 'ours' | 'hf'; mode: 'train' | 'infer'; workload: a Workload as a
   dict; repeats, warmup, max_seconds (timed-phase budget); threads (CPU
   threads; None = all); device: 'cpu' | 'gpu'; for ours: dtype, attention_impl,
-  remat, query_chunk_size, count_flops, low_memory_cpu (default True: the
+  remat, query_chunk_size, scan_layers, count_flops, low_memory_cpu (default True: the
   launchers' process settings, process_tuning.configure_process); for hf: precision
   ('fp32' | 'tf32' | 'bf16_autocast'), fused_adam, torch_compile (a
   torch.compile backend name, 'inductor' for real runs; '' or absent: eager).

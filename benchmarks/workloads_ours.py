@@ -30,6 +30,7 @@ PERF_KEYS = (
   'remat',
   'query_chunk_size',
   'kernel_options',
+  'scan_layers',
 )
 
 

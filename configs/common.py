@@ -92,6 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.kwargs = ml_collections.ConfigDict()
   c.model.dtype = 'float32'  # compute dtype; params stay float32
   c.model.remat = False  # rematerialise latent layers
+  # Run the latent stack as nn.scan over stacked parameters: compiles one
+  # layer instead of all; another parameter layout (fixed for a workdir).
+  c.model.scan_layers = False
   # Decode output queries in chunks of this many (bounded memory for large
   # query sets: flow's one query per pixel); 0 = all at once.
   c.model.query_chunk_size = 0

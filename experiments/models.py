@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from experiments import process_tuning
+from perceiver_io import checkpoints
 from perceiver_io import flops
 from perceiver_io import kernels
 from perceiver_io import presets
@@ -96,6 +97,9 @@ def model_config(
     config.model.dtype, process_tuning.expected_platform()
   )
   cfg['remat'] = bool(config.model.remat)
+  # Only when set: descriptions of unrolled runs stay what they were.
+  if config.model.get('scan_layers', False):
+    cfg['scan_layers'] = True
   # .get: workdirs written before the field existed lack it.
   chunk = int(config.model.get('query_chunk_size', 0) or 0)
   if chunk < 0:
@@ -214,7 +218,8 @@ def merge_pretrained(
     (merged variables, paths newly initialised, pretrained paths unused).
   """
   fresh_flat = _flat(fresh)
-  pre_flat = _flat(pretrained)
+  # The latent stack in `fresh`'s layout (scan_layers), whichever it was.
+  pre_flat = _flat(checkpoints.match_layout(pretrained, fresh))
   nested = any(k[1:2] == ('perceiver',) for k in fresh_flat) and not any(
     k[1:2] == ('perceiver',) for k in pre_flat
   )

@@ -5,6 +5,15 @@ Official semantics (reference section 1.5): a trainable latent array
 once into the inputs; then `num_self_attends_per_block` self-attention layers
 are applied `num_blocks` times *with the same weights* (total depth is the
 product). Only the input mask is used; latent self-attention is never masked.
+
+With `scan_layers` the stack runs as `nn.scan` over parameters stacked on a
+leading layer axis (`self_attend/...` of shape [num_self_attends_per_block,
+...] instead of `self_attend_0/...`, `self_attend_1/...`), and the
+`num_blocks` repeats as a second `nn.scan` that broadcasts those parameters.
+Why: XLA compiles one layer instead of every layer of every repeat (compile
+time grows with depth otherwise); same values to float round-off.
+`perceiver_io.checkpoints.stack_layers` / `unstack_layers` convert between
+the two layouts.
 """
 
 from typing import Any, Optional
@@ -27,6 +36,8 @@ class PerceiverEncoder(nn.Module):
       of what it computes.
     remat: rematerialise each latent layer in the backward pass (saves
       activation memory for deep stacks at ~30% more compute).
+    scan_layers: run the latent stack with `nn.scan` over stacked
+      parameters (module docstring).
   """
 
   num_latents: int = 512
@@ -47,6 +58,7 @@ class PerceiverEncoder(nn.Module):
   gelu_approximate: bool = True
   kernel_options: kernels.KernelOptions = kernels.KernelOptions()
   remat: bool = False
+  scan_layers: bool = False
   dtype: Optional[Any] = None
   param_dtype: Any = jnp.float32
 
@@ -85,7 +97,11 @@ class PerceiverEncoder(nn.Module):
     cross_block = kernels.block(CrossAttentionBlock, self.kernel_options)
     self_block = kernels.block(SelfAttentionBlock, self.kernel_options)
     if self.remat:
-      self_block = nn.remat(self_block, static_argnums=(3,))
+      # Inside a scan the loop already keeps XLA from merging the
+      # recomputation with the forward pass, so no extra CSE barrier.
+      self_block = nn.remat(
+        self_block, static_argnums=(3,), prevent_cse=not self.scan_layers
+      )
     z = cross_block(
       num_heads=self.num_cross_attend_heads,
       qk_channels=self.qk_channels,
@@ -96,18 +112,53 @@ class PerceiverEncoder(nn.Module):
       name='cross_attend',
       **common,
     )(z, inputs, mask=mask, deterministic=deterministic)
+    self_attend = dict(
+      num_heads=self.num_self_attend_heads,
+      qk_channels=self.qk_channels,
+      v_channels=self.v_channels,
+      widening_factor=self.self_attend_widening_factor,
+      **common,
+    )
+    if self.scan_layers:
+      return self._scanned_stack(self_block, self_attend, z, deterministic)
     layers = [
-      self_block(
-        num_heads=self.num_self_attend_heads,
-        qk_channels=self.qk_channels,
-        v_channels=self.v_channels,
-        widening_factor=self.self_attend_widening_factor,
-        name=f'self_attend_{i}',
-        **common,
-      )
+      self_block(name=f'self_attend_{i}', **self_attend)
       for i in range(self.num_self_attends_per_block)
     ]
     for _ in range(self.num_blocks):  # Same modules each block: shared weights.
       for layer in layers:
         z = layer(z, None, deterministic)
     return z
+
+  def _scanned_stack(self, self_block, kwargs, z, deterministic):
+    """The latent stack as one scan over the layers of a block, inside a
+    scan over the `num_blocks` repeats that shares their parameters."""
+    layers = nn.scan(
+      _carry(self_block),
+      variable_axes={'params': 0},
+      split_rngs={'params': True, 'dropout': True},
+      in_axes=(nn.broadcast, nn.broadcast),
+      length=self.num_self_attends_per_block,
+    )(name='self_attend', **kwargs)
+
+    def block(stack, carry, _):
+      return stack(carry, None, deterministic)[0], None
+
+    repeats = nn.scan(
+      block,
+      variable_broadcast='params',
+      split_rngs={'params': False, 'dropout': True},
+      length=self.num_blocks,
+    )
+    return repeats(layers, z, None)[0]
+
+
+def _carry(block_cls):
+  """`block_cls` with the (carry, output) return `nn.scan` expects."""
+
+  class Carry(block_cls):  # pylint: disable=missing-class-docstring
+    def __call__(self, z, mask, deterministic):
+      return super().__call__(z, mask, deterministic), None
+
+  Carry.__name__ = Carry.__qualname__ = block_cls.__name__
+  return Carry

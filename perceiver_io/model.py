@@ -6,6 +6,9 @@ preset. Top-level performance options apply to every part:
 
 * `dtype`: compute dtype ('float32' or 'bfloat16'); parameters stay float32;
 * `remat`: rematerialise latent self-attention layers in the backward pass;
+* `scan_layers`: run the latent self-attention stack as `nn.scan` over
+  stacked parameters (compiles one layer, not all of them; the parameters'
+  layout differs: `checkpoints.stack_layers` / `unstack_layers` convert);
 * `query_chunk_size`: decode large query sets in chunks (bounded memory);
 * `attention_impl`: how attention and dense layers run, one of
   `kernels.ATTENTION_IMPLS` ('xla' by default: plain autodiff, so every JAX
@@ -15,7 +18,8 @@ preset. Top-level performance options apply to every part:
 * `gelu_approximate`: tanh GELU (official) or exact erf GELU (HuggingFace).
 
 Only `gelu_approximate` changes the function; the others change how it is
-computed (values equal to float round-off).
+computed (values equal to float round-off); `scan_layers` also changes the
+parameters' layout (not their values).
 """
 
 import copy
@@ -50,6 +54,7 @@ _DECODERS = {
 _PERF_KEYS = (
   'dtype',
   'remat',
+  'scan_layers',
   'query_chunk_size',
   'attention_impl',
   'kernel_options',
@@ -96,7 +101,7 @@ def validate_config(config: Dict[str, Any]) -> None:
       raise ValueError(
         f'query_chunk_size must be a positive integer or None, got {chunk!r}.'
       )
-  for key in ('remat', 'gelu_approximate'):
+  for key in ('remat', 'scan_layers', 'gelu_approximate'):
     if key in config and not isinstance(config[key], bool):
       raise ValueError(f'{key} must be True or False, got {config[key]!r}.')
   check_keys('encoder', config['encoder'], PerceiverEncoder, exclude=_PERF_KEYS)
@@ -132,7 +137,11 @@ class PerceiverIO(nn.Module):
     )
     self.preprocessor = build_preprocessor(cfg['preprocessor'], dtype=dtype)
     self.encoder = PerceiverEncoder(
-      dtype=dtype, remat=cfg.get('remat', False), **perf, **cfg['encoder']
+      dtype=dtype,
+      remat=cfg.get('remat', False),
+      scan_layers=cfg.get('scan_layers', False),
+      **perf,
+      **cfg['encoder'],
     )
     dec = dict(cfg['decoder'])
     kind = dec.pop('type')

@@ -213,6 +213,7 @@ def check_workdir(
       else ('another run (other settings)', config_changes)
     )
     if not overwrite:
+      _refuse_layout_change(workdir, old, model_changes)
       raise ValueError(
         f'workdir {workdir} holds checkpoints of {what} '
         f'({len(changes)} difference(s): {"; ".join(changes[:5])}). Use '
@@ -227,6 +228,18 @@ def check_workdir(
       f'workdir {workdir} has checkpoints but no {MODEL_FILE}; '
       'it was not written by experiments.train. Use another '
       '--workdir.'
+    )
+
+
+def _refuse_layout_change(workdir: str, old, changes: list) -> None:
+  """One line for a resume in the other latent-stack parameter layout."""
+  if changes and all(c.startswith('perceiver.scan_layers:') for c in changes):
+    was = bool(old['perceiver'].get('scan_layers'))
+    raise ValueError(
+      f'workdir {workdir} holds checkpoints in the '
+      f'{("unrolled", "scanned")[was]} parameter layout; resume with '
+      f'--config.model.scan_layers={was}, or start a new --workdir with '
+      f'--config.init_from=workdir:{workdir} (its weights, other layout).'
     )
 
 

@@ -3,12 +3,19 @@
 from_hf(path_or_hub_id) -> (model, variables, config)
 from_haiku(pickle_path, preset_or_config) -> (model, variables, config)
 save(directory, variables, config); load(directory) -> (model, variables, config)
+stack_layers(variables) / unstack_layers(variables): the latent stack's
+  unrolled <-> scanned (`scan_layers`) parameter layout; every loader above
+  converts to the model's layout itself.
 load_any('hf:...' | 'haiku:FILE[:preset]' | DIR) -> (model, variables, config)
 """
 
 from perceiver_io.checkpoints.common import CheckpointError
 from perceiver_io.checkpoints.haiku import from_haiku
 from perceiver_io.checkpoints.hf import from_hf
+from perceiver_io.checkpoints.layout import layout_of
+from perceiver_io.checkpoints.layout import match_layout
+from perceiver_io.checkpoints.layout import stack_layers
+from perceiver_io.checkpoints.layout import unstack_layers
 from perceiver_io.checkpoints.native import is_checkpoint
 from perceiver_io.checkpoints.native import load
 from perceiver_io.checkpoints.native import save
@@ -36,7 +43,11 @@ __all__ = [
   'from_haiku',
   'from_hf',
   'is_checkpoint',
+  'layout_of',
   'load',
   'load_any',
+  'match_layout',
   'save',
+  'stack_layers',
+  'unstack_layers',
 ]

@@ -7,6 +7,7 @@ import flax
 import jax
 import numpy as np
 
+from perceiver_io.checkpoints.layout import match_layout_flat
 from perceiver_io.model import abstract_variables
 from perceiver_io.model import build_model
 
@@ -131,10 +132,16 @@ def check_and_unflatten(
   Every error names the offending parameters with their shapes, the first
   few of each kind and a count of all: missing ones, extra ones (present
   in the file but unused by the model) and shape mismatches. `abstract`:
-  the model's abstract variables when the caller has them already.
+  the model's abstract variables when the caller has them already. The
+  latent stack is converted to the model's layout (`scan_layers`) first, so
+  every checkpoint loads into either layout.
   """
   if abstract is None:
     abstract = abstract_variables(model)
+  try:
+    flat = match_layout_flat(flat, abstract)
+  except ValueError as e:
+    raise CheckpointError(f'{source}: {e}') from None
   expected = flax.traverse_util.flatten_dict(abstract)
   missing = sorted(
     f'{"/".join(k)} {_shape(v)}' for k, v in expected.items() if k not in flat
