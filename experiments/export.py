@@ -5,13 +5,14 @@ r"""Launcher: export a trained or imported model for serving.
       --config.init_from=hf:deepmind/vision-perceiver-fourier \
       --output=/tmp/fourier_export
 
-Writes a directory: model.stablehlo (the function, serialized by
+Writes a directory (--format=stablehlo, the default): model.stablehlo (the function, serialized by
 jax.export with a symbolic batch and, for text, a symbolic length, for CPU
 and CUDA), params.npz (its parameters, an argument of the function),
 signature.json (input/output names, shapes, dtypes, preprocessing) and the
 run's config.json. experiments/exported_loader.py runs it with only jax and
 numpy; `python -m experiments.predict --exported=DIR ...` predicts from it.
-An existing --output is refused unless --overwrite (and --overwrite only
+--format=onnx writes model.onnx (weights inside; jax2onnx, run with
+onnxruntime) with its signature.json instead. An existing --output is refused unless --overwrite (and --overwrite only
 replaces an exported artifact).
 """
 
@@ -53,9 +54,13 @@ def main(argv):
   cli.quiet_library_logs()
   process_tuning.configure_process()  # Before NumPy/JAX are imported (process_tuning.py).
   from experiments import export_lib  # pylint: disable=g-import-not-at-top
+  from experiments import export_onnx  # pylint: disable=g-import-not-at-top
 
   with cli.one_line_errors():
     export_lib.check_format(_FORMAT.value)
+    onnx = _FORMAT.value == 'onnx'
+    if onnx and export_onnx.missing():
+      raise ValueError(export_onnx.missing())
     output = _OUTPUT.value
     if not _WORKDIR.value:
       config = _CONFIG.value
@@ -77,9 +82,10 @@ def main(argv):
       exportable = export_lib.from_workdir(
         _WORKDIR.value, _CHECKPOINT.value, _CONFIG.value
       )
-    path, sizes = export_lib.export(
-      exportable, output, _FORMAT.value, _OVERWRITE.value
-    )
+    if onnx:
+      path, sizes = export_onnx.export(exportable, output, _OVERWRITE.value)
+    else:
+      path, sizes = export_lib.export(exportable, output, _OVERWRITE.value)
   print(f'exported {exportable["source"]} to {path}:')
   for name, size in sizes.items():
     print(f'  {name}: {size / 1e6:.3f} MB')

@@ -44,10 +44,6 @@ SIGNATURE_FILE = 'signature.json'
 # the task does (absent for a model exported without a task config).
 CONFIG_FILE = 'config.json'
 ARTIFACT_VERSION = 1
-ONNX_MISSING = (
-  "--format=onnx is not available: it needs the 'jax2onnx' converter and "
-  "'onnxruntime'; use --format=stablehlo."
-)
 
 # ImageNet normalisation of the image tasks (image_classification.py).
 _IMAGE_PREPROCESSING = (
@@ -338,16 +334,26 @@ def write_artifact(
   info: Dict[str, Any],
   overwrite: bool = False,
 ) -> Dict[str, int]:
-  """Writes the artifact into a temporary sibling, then renames it into
-  place, so that a failed export leaves the old artifact whole."""
+  """Writes the StableHLO artifact to `path` (see `place_artifact`)."""
   check_output(path, overwrite)
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
   tmp = f'{os.path.abspath(path)}.tmp-{os.getpid()}'
   os.makedirs(tmp)
   with open(os.path.join(tmp, FUNCTION_FILE), 'wb') as f:
     f.write(exported.serialize())
   np.savez(os.path.join(tmp, PARAMS_FILE), **stored)
+  return place_artifact(tmp, path, signature, config, info)
+
+
+def place_artifact(
+  tmp: str,
+  path: str,
+  signature: Dict[str, Any],
+  config: Optional[ml_collections.ConfigDict],
+  info: Dict[str, Any],
+) -> Dict[str, int]:
+  """Adds signature.json (and config.json) to the artifact written in
+  `tmp`, a sibling of `path`, then renames it into place, so that a failed
+  export leaves an old artifact whole; returns the file sizes."""
   signature = dict(signature, info=_jsonable(info))
   workdir_lib.write_json_atomic(os.path.join(tmp, SIGNATURE_FILE), signature)
   if config is not None:
@@ -379,12 +385,11 @@ def _jsonable(info: Dict[str, Any]) -> Dict[str, Any]:
 def export(
   exportable: Exportable,
   output: str,
-  fmt: str = 'stablehlo',
   overwrite: bool = False,
   platforms: Sequence[str] = PLATFORMS,
 ) -> Tuple[str, Dict[str, int]]:
-  """Exports `exportable` to `output`; (output, file sizes in bytes)."""
-  check_format(fmt)
+  """Exports `exportable` to `output` as StableHLO; (output, file sizes in
+  bytes)."""
   check_output(output, overwrite)
   exported, stored, signature = export_stablehlo(
     exportable['model'],
@@ -409,8 +414,6 @@ def check_format(fmt: str) -> None:
     raise ValueError(
       f'unknown --format={fmt!r}; choose one of {", ".join(FORMATS)}.'
     )
-  if fmt == 'onnx':
-    raise ValueError(ONNX_MISSING)
 
 
 def reference_outputs(model, variables, model_config, inputs) -> Callable:

@@ -47,6 +47,11 @@ class ExportedModel:
       )
     with open(signature_path, encoding='utf-8') as f:
       self.signature: Dict[str, Any] = json.load(f)
+    if self.signature.get('format') != 'stablehlo':
+      raise ValueError(
+        f'{path!r} is a {self.signature.get("format")} artifact, not '
+        'StableHLO: run its model.onnx with onnxruntime.'
+      )
     with open(os.path.join(path, self.signature['function_file']), 'rb') as f:
       serialized = bytearray(f.read())
     try:
