@@ -11,6 +11,7 @@ length), so pad text to it with attention_mask 0.
 """
 
 import importlib.util
+import logging
 import os
 from typing import Any, Dict, Optional
 
@@ -39,8 +40,9 @@ def missing() -> Optional[str]:
   if not absent:
     return None
   return (
-    f'--format=onnx needs {" and ".join(absent)} (pip install -e '
-    "'.[onnx]'); use --format=stablehlo."
+    f'--format=onnx needs {" and ".join(absent)} (setup.py ONNX: pip '
+    'install --no-deps jax2onnx onnxruntime onnx onnx-ir equinox dm-pix '
+    'jaxtyping wadler-lindig); use --format=stablehlo.'
   )
 
 
@@ -75,6 +77,9 @@ def onnx_output_name(name: str, input_names) -> str:
 def convert(model, variables, model_config: Dict[str, Any], path: str):
   """Writes `path` (an .onnx file); returns the signature's parts."""
   from jax2onnx import to_onnx  # pylint: disable=g-import-not-at-top
+
+  # onnx_ir warns once per shape constant it leaves untyped (harmless).
+  logging.getLogger('onnx_ir').setLevel(logging.ERROR)
 
   problem = unsupported(model_config)
   if problem:
@@ -170,12 +175,21 @@ def export(exportable, output: str, overwrite: bool = False):
   return output, sizes
 
 
+def quiet_session_options(onnxruntime):
+  """Session options without the per-initializer cleanup warnings."""
+  options = onnxruntime.SessionOptions()
+  options.log_severity_level = 3
+  return options
+
+
 def run(path: str, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
   """Runs an ONNX artifact with onnxruntime (CPU): {output name: array}."""
   import onnxruntime  # pylint: disable=g-import-not-at-top
 
   session = onnxruntime.InferenceSession(
-    os.path.join(path, MODEL_FILE), providers=['CPUExecutionProvider']
+    os.path.join(path, MODEL_FILE),
+    quiet_session_options(onnxruntime),
+    providers=['CPUExecutionProvider'],
   )
   names = [o.name for o in session.get_outputs()]
   return dict(zip(names, session.run(names, inputs)))

@@ -24,9 +24,8 @@ import numpy as np
 
 SIGNATURE_FILE = 'signature.json'
 COMPATIBILITY = (
-  'jax.export keeps backward compatibility for 6 months: an artifact runs '
-  'on JAX releases up to about 6 months newer than the one that exported '
-  'it (and not on older ones when it uses newer features)'
+  'jax.export guarantees that an artifact runs on jaxlib releases up to 6 '
+  'months newer and up to 3 weeks older than the one that exported it'
 )
 
 

@@ -80,5 +80,5 @@ def test_missing_converter_is_named(monkeypatch):
     lambda name, *a: None if name == 'jax2onnx' else real(name, *a),
   )
   message = export_onnx.missing()
-  assert message.startswith('--format=onnx needs jax2onnx (pip install')
+  assert message.startswith('--format=onnx needs jax2onnx (setup.py ONNX')
   assert 'onnxruntime' not in message.split('(')[0]
