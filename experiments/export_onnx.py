@@ -78,8 +78,10 @@ def convert(model, variables, model_config: Dict[str, Any], path: str):
   """Writes `path` (an .onnx file); returns the signature's parts."""
   from jax2onnx import to_onnx  # pylint: disable=g-import-not-at-top
 
-  # onnx_ir warns once per shape constant it leaves untyped (harmless).
+  # onnx_ir warns once per shape constant it leaves untyped (harmless);
+  # jax2onnx logs its optional plugins at INFO.
   logging.getLogger('onnx_ir').setLevel(logging.ERROR)
+  logging.getLogger('jax2onnx').setLevel(logging.WARNING)
 
   problem = unsupported(model_config)
   if problem:

@@ -48,8 +48,8 @@ class ExportedModel:
       self.signature: Dict[str, Any] = json.load(f)
     if self.signature.get('format') != 'stablehlo':
       raise ValueError(
-        f'{path!r} is a {self.signature.get("format")} artifact, not '
-        'StableHLO: run its model.onnx with onnxruntime.'
+        f'{path!r} holds a {self.signature.get("format")!r} artifact, '
+        "not a 'stablehlo' one: run an ONNX model.onnx with onnxruntime."
       )
     with open(os.path.join(path, self.signature['function_file']), 'rb') as f:
       serialized = bytearray(f.read())
