@@ -9,6 +9,7 @@ r"""Launcher: predict with a trained workdir.
   python -m experiments.predict --workdir=/tmp/quickstart digit.png
   python -m experiments.predict --config=configs/imagenet.py:conv \
       --config.init_from=hf:deepmind/vision-perceiver-conv cat.jpg
+  python -m experiments.predict --exported=/tmp/imdb/export "Great film."
 
 Classification prints the label and its probability (top-k with --top_k);
 regression prints the score; an MLM workdir fills every [MASK] byte. For
@@ -41,6 +42,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 flags.FLAGS['config'].parser = cli.ConfigFileParser('config')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Trained workdir.')
+_EXPORTED = flags.DEFINE_string(
+  'exported', '', 'Artifact of experiments.export to predict with.'
+)
 _CHECKPOINT = flags.DEFINE_string(
   'checkpoint',
   'latest',
@@ -97,7 +101,16 @@ def main(argv):
       ground_truth=_GROUND_TRUTH.value,
       pad_small=_PAD_SMALL.value,
     )
-    if not _WORKDIR.value:
+    if _EXPORTED.value:
+      lines = predict_lib.predict_exported(
+        _EXPORTED.value,
+        inputs,
+        top_k=_TOP_K.value,
+        digits=_DIGITS.value,
+        pairs=pairs,
+        **options,
+      )
+    elif not _WORKDIR.value:
       config = _CONFIG.value
       if pairs is not None:
         raise app.UsageError(

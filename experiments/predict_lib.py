@@ -7,12 +7,15 @@ reads its config, model and data info back), and what a prediction is
 prints a few eval predictions after training.
 """
 
+import os
 from typing import Any, Dict, List, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from experiments.workdir import init_from as init_from_lib
+from experiments import exported_loader
 from experiments import tasks
 from experiments import workdir as workdir_lib
 
@@ -126,6 +129,57 @@ def predict_pretrained(
     list(inputs),
     name=config.init_from,
     info=imported.info,
+    **options,
+  )
+
+
+class ExportedModule:
+  """An exported artifact behind the flax call the tasks make
+  (`model.apply(variables, inputs, deterministic=..., **kwargs)`), so that
+  `predict --exported` prints what the task prints for a workdir."""
+
+  def __init__(self, artifact: exported_loader.ExportedModel):
+    self.artifact = artifact
+    self.inputs = artifact.signature['inputs']
+    self.outputs = list(artifact.signature['outputs'])
+
+  def apply(self, variables, inputs, deterministic=True, **kwargs):
+    del deterministic
+    kwargs = {k: v for k, v in kwargs.items() if k not in ('rngs', 'mutable')}
+    if 'input_ids' in self.inputs:
+      named = {'input_ids': inputs, **kwargs}
+    elif isinstance(inputs, dict):
+      named = dict(inputs)
+    else:
+      named = {next(iter(self.inputs)): inputs}
+    named = {
+      k: jnp.asarray(v).astype(self.inputs[k]['dtype'])
+      for k, v in named.items()
+    }
+    out = self.artifact.call(variables, named)
+    return out[self.outputs[0]] if len(self.outputs) == 1 else out
+
+
+def predict_exported(path: str, inputs: Sequence[str], **options) -> List[str]:
+  """Prediction lines of an artifact of experiments.export, formatted by
+  the task of the config saved in it."""
+  artifact = exported_loader.load(path)
+  config_path = os.path.join(path, 'config.json')
+  if not os.path.isfile(config_path):
+    raise ValueError(
+      f'{path} holds no config.json (it was exported from a model without '
+      'a task config), so there is no task to format predictions; call it '
+      'with experiments/exported_loader.py instead.'
+    )
+  config = ml_collections.ConfigDict(workdir_lib.read_json(config_path))
+  signature = artifact.signature
+  task = tasks.get(config, signature['model_config'])
+  return [f'# {path} (exported)'] + task.predict_lines(
+    ExportedModule(artifact),
+    artifact.params,
+    list(inputs),
+    name=path,
+    info=signature.get('info', {}),
     **options,
   )
 

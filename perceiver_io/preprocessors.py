@@ -457,7 +457,7 @@ class MultimodalPreprocessor(nn.Module):
       + self.min_padding_size
     )
     mask_probs = self.mask_probs or {}
-    batches = {k: int(np.shape(v)[0]) for k, v in inputs.items()}
+    batches = {k: np.shape(v)[0] for k, v in inputs.items()}
     if len(set(batches.values())) != 1:
       raise ValueError(
         f'multimodal inputs must share the batch size; got {batches}.'
