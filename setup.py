@@ -43,11 +43,6 @@ TEST = DATA + [
   'ruff>=0.17,<0.18',
   'import-linter>=2.17',
 ]
-# --format=onnx (experiments/export_onnx.py). Not in TEST: jax2onnx 0.17
-# requires orbax-checkpoint<0.11.37, which would downgrade the checkpointer
-# the runner is tested with; install it with `pip install --no-deps` on top
-# (its converter needs only onnx, onnx-ir, equinox, dm-pix, jaxtyping).
-ONNX = ['jax2onnx>=0.17.1', 'onnxruntime>=1.24']
 BENCH = [
   'matplotlib>=3.8',
   'psutil>=5.9',
@@ -75,7 +70,6 @@ setup(
     'data': DATA,
     'test': TEST,
     'bench': BENCH,
-    'onnx': ONNX,
   },
   license='Apache-2.0',
 )

@@ -40,9 +40,9 @@ def missing() -> Optional[str]:
   if not absent:
     return None
   return (
-    f'--format=onnx needs {" and ".join(absent)} (setup.py ONNX: pip '
-    'install --no-deps jax2onnx onnxruntime onnx onnx-ir equinox dm-pix '
-    'jaxtyping wadler-lindig); use --format=stablehlo.'
+    f'--format=onnx needs {" and ".join(absent)} (pip install --no-deps '
+    '-r requirements-onnx.txt, from the repository root); use '
+    '--format=stablehlo.'
   )
 
 

@@ -13,8 +13,6 @@ from experiments import export_onnx
 from experiments import exported_loader
 from tests import test_export_stablehlo as stablehlo_tests
 
-pytest.importorskip('jax2onnx', reason="ONNX export: pip install -e '.[onnx]'")
-pytest.importorskip('onnxruntime', reason="pip install -e '.[onnx]'")
 
 CONVERTIBLE = tuple(f for f in stablehlo_tests.FAMILIES if 'conv' not in f)
 
@@ -80,5 +78,7 @@ def test_missing_converter_is_named(monkeypatch):
     lambda name, *a: None if name == 'jax2onnx' else real(name, *a),
   )
   message = export_onnx.missing()
-  assert message.startswith('--format=onnx needs jax2onnx (setup.py ONNX')
+  assert message.startswith(
+    '--format=onnx needs jax2onnx (pip install --no-deps -r requirements-onnx'
+  )
   assert 'onnxruntime' not in message.split('(')[0]
