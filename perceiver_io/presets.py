@@ -337,7 +337,14 @@ def multimodal_autoencoding(
   }
 
 
-_TINY_ENC = dict(num_latents=8, latent_channels=32, self_heads=4)
+_TINY_IMAGE = dict(
+  num_classes=10,
+  blocks=2,
+  per_block=2,
+  num_latents=8,
+  latent_channels=32,
+  self_heads=4,
+)
 _TINY_TEXT = dict(
   d_model=32,
   max_seq_len=64,
@@ -363,30 +370,21 @@ PRESETS = {
   ),
   'tiny_imagenet_fourier': functools.partial(
     imagenet_fourier,
-    num_classes=10,
     image_size=16,
     num_bands=4,
-    blocks=2,
-    per_block=2,
-    **_TINY_ENC,
+    **_TINY_IMAGE,
   ),
   'tiny_imagenet_learned': functools.partial(
     imagenet_learned,
-    num_classes=10,
     image_size=16,
     channels=16,
-    blocks=2,
-    per_block=2,
-    **_TINY_ENC,
+    **_TINY_IMAGE,
   ),
   'tiny_imagenet_conv': functools.partial(
     imagenet_conv,
-    num_classes=10,
     image_size=32,
     num_bands=4,
-    blocks=2,
-    per_block=2,
-    **_TINY_ENC,
+    **_TINY_IMAGE,
   ),
   'tiny_optical_flow': functools.partial(
     optical_flow,
