@@ -1,5 +1,6 @@
 """Small helpers shared by the tests (experiment configs, GLUE workdirs, images)."""
 
+import hashlib
 import json
 import os
 
@@ -53,3 +54,15 @@ def smooth_image(height, width, seed=0):
   return np.asarray(
     Image.fromarray(small).resize((width, height), Image.BILINEAR)
   )
+
+
+def file_fingerprints(root):
+  """path (relative to `root`) -> md5 of every file under `root`: tells
+  whether a folder was left exactly as it was."""
+  out = {}
+  for dirpath, _, files in os.walk(root):
+    for name in files:
+      path = os.path.join(dirpath, name)
+      with open(path, 'rb') as f:
+        out[os.path.relpath(path, root)] = hashlib.md5(f.read()).hexdigest()
+  return out

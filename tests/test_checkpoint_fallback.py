@@ -7,7 +7,6 @@ deleted) and ends where an uninterrupted run ends; a NaN loss after a save
 keeps that save intact, and the run resumes from it.
 """
 
-import hashlib
 import logging
 import os
 import shutil
@@ -25,6 +24,7 @@ from experiments import steps
 from experiments import train_lib
 from experiments import workdir as workdir_lib
 from tests.helpers import override_config
+from tests import helpers
 
 STEPS = 4  # Checkpoints at 2 and 4.
 
@@ -50,16 +50,6 @@ def _bit_identical(a, b):
   return len(a) == len(b) and all(
     x.dtype == y.dtype and x.tobytes() == y.tobytes() for x, y in zip(a, b)
   )
-
-
-def _tree_md5(root):
-  out = {}
-  for dirpath, _, files in os.walk(root):
-    for name in files:
-      path = os.path.join(dirpath, name)
-      with open(path, 'rb') as f:
-        out[os.path.relpath(path, root)] = hashlib.md5(f.read()).hexdigest()
-  return out
 
 
 @pytest.fixture(scope='module')
@@ -128,11 +118,13 @@ def test_resume_moves_a_corrupt_step_aside_and_ends_as_uninterrupted(
   reference, tmp_path, caplog
 ):
   workdir = _corrupt_copy(reference, tmp_path)
-  bad = _tree_md5(os.path.join(workdir, 'checkpoints', str(STEPS)))
+  bad = helpers.file_fingerprints(
+    os.path.join(workdir, 'checkpoints', str(STEPS))
+  )
   with caplog.at_level(logging.WARNING):
     result = _train(_config(), workdir)
   aside = os.path.join(workdir, workdir_lib.CORRUPT_CHECKPOINT_DIR, str(STEPS))
-  assert _tree_md5(aside) == bad  # Moved whole, never deleted.
+  assert helpers.file_fingerprints(aside) == bad  # Moved whole, never deleted.
   said = [r.getMessage() for r in caplog.records if aside in r.getMessage()]
   assert len(said) == 1 and '\n' not in said[0], said
   assert f'step {STEPS} cannot be read' in said[0]

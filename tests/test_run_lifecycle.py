@@ -7,7 +7,6 @@ good; a crash leaves one metrics record per step after the resume; and a
 bad setting or path fails before anything runs.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from experiments import predict_lib
 from experiments import train_lib
 from experiments import workdir as workdir_lib
 from tests.helpers import override_config as _override
+from tests import helpers
 
 
 def _config(**fields):
@@ -35,17 +35,6 @@ def _train(config, workdir):
     return train_lib.train_and_evaluate(config, workdir)
   finally:
     jax.config.update('jax_disable_most_optimizations', previous)
-
-
-def _fingerprint(workdir):
-  """path -> md5 of every file in the workdir."""
-  out = {}
-  for root, _, files in os.walk(workdir):
-    for name in files:
-      path = os.path.join(root, name)
-      with open(path, 'rb') as f:
-        out[os.path.relpath(path, workdir)] = hashlib.md5(f.read()).hexdigest()
-  return out
 
 
 @pytest.fixture(scope='module')
@@ -67,14 +56,14 @@ def test_refused_start_changes_nothing_and_predict_still_works(
   trained, tmp_path
 ):
   workdir = _copy(trained, tmp_path)
-  before = _fingerprint(workdir)
+  before = helpers.file_fingerprints(workdir)
   with pytest.raises(
     ValueError,
     match=r'another run.*optimizer.name: '
     r"'adamw' -> 'sgd'.*overwrite",
   ):
     _train(_config(optimizer__name='sgd'), workdir)
-  assert _fingerprint(workdir) == before
+  assert helpers.file_fingerprints(workdir) == before
   assert predict_lib.predict_lines(workdir, [], digits='0:2')
 
 
