@@ -1,7 +1,8 @@
 r"""Latency of one prediction: in-process jit vs the exported artifacts vs HF.
 
   python -m benchmarks.export_latency [--sizes=reduced|full|smoke]
-      [--batches=1,32] [--repeats=10] [--out=results/export_latency.json]
+      [--batches=1,32] [--workloads=text,image_fourier] [--repeats=10]
+      [--out=results/export_latency.json]
 
 For the text classifier and ImageNet Fourier, at each batch size, back to
 back in one process: our model under jax.jit; the StableHLO artifact
@@ -31,6 +32,7 @@ from benchmarks import workloads
 from benchmarks import workloads_hf
 from benchmarks import workloads_ours
 
+WORKLOADS = ('text', 'image_fourier')
 REDUCED = {
   'text': dict(workloads.TEXT_FULL, seq_len=256, max_seq_len=256, depth=4),
   'image_fourier': dict(
@@ -140,7 +142,7 @@ def hf_sides(w, data, repeats, compile_model=True):
 
 def run_all(args):
   rows = []
-  for kind in ('text', 'image_fourier'):
+  for kind in args.workloads:
     for batch in args.batches:
       w = _workload(kind, args.sizes, batch)
       data = workloads.make_inputs(w)
@@ -173,6 +175,12 @@ def build_parser():
     type=lambda s: [int(b) for b in s.split(',')],
     default=[1, 32],
   )
+  parser.add_argument(
+    '--workloads',
+    type=lambda s: s.split(','),
+    default=list(WORKLOADS),
+    help='Comma-separated subset of ' + ','.join(WORKLOADS) + '.',
+  )
   parser.add_argument('--repeats', type=int, default=10)
   parser.add_argument(
     '--no_compile', action='store_true', help='Skip torch.compile.'
@@ -185,6 +193,12 @@ def main(argv=None):
   args = build_parser().parse_args(argv)
   if any(b < 1 for b in args.batches) or args.repeats < 1:
     raise SystemExit('error: --batches and --repeats must be positive.')
+  unknown = sorted(set(args.workloads) - set(WORKLOADS))
+  if unknown:
+    raise SystemExit(
+      f'error: --workloads: unknown {",".join(unknown)}; choose from '
+      f'{",".join(WORKLOADS)}.'
+    )
   rows = run_all(args)
   if args.out:
     with open(args.out, 'w', encoding='utf-8') as f:

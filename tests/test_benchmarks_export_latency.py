@@ -21,3 +21,8 @@ def test_every_side_is_timed_for_both_workloads():
 def test_bad_arguments_are_refused():
   with pytest.raises(SystemExit, match='must be positive'):
     export_latency.main(['--batches=0'])
+
+
+def test_unknown_workload_is_refused_naming_the_choices():
+  with pytest.raises(SystemExit, match='choose from text,image_fourier'):
+    export_latency.main(['--workloads=text,audio'])
