@@ -19,8 +19,15 @@ import os
 from typing import Any, Dict
 
 import jax
-from jax import export as jax_export
 import numpy as np
+
+try:
+  from jax import export as jax_export
+except ImportError:  # jax.export is public from JAX 0.4.30 on.
+  raise ImportError(
+    f'exported_loader needs JAX >= 0.4.30 (jax.export); this is JAX '
+    f'{jax.__version__}: pip install -U jax jaxlib.'
+  ) from None
 
 SIGNATURE_FILE = 'signature.json'
 COMPATIBILITY = (
