@@ -16,7 +16,9 @@ inside the functions that need them.
 
 from perceiver_io.data.video.decoding import ClipError
 from perceiver_io.data.video.decoding import decode_clip
-from perceiver_io.data.video.sources import ClipSource
+from perceiver_io.data.video.decoding import read_clip
+from perceiver_io.data.video.clip_source import ClipSource
+from perceiver_io.data.video.sources import HELD_OUT_OFFSET
 from perceiver_io.data.video.sources import open_source
 from perceiver_io.data.video.synthetic import DIRECTIONS
 from perceiver_io.data.video.synthetic import FPS
@@ -31,9 +33,11 @@ __all__ = [
   'ClipSource',
   'DIRECTIONS',
   'FPS',
+  'HELD_OUT_OFFSET',
   'KINDS',
   'MAX_CLASSES',
   'decode_clip',
+  'read_clip',
   'label_names',
   'open_source',
   'synthetic_clip',

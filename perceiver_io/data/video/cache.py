@@ -110,8 +110,10 @@ def decode_to_cache(path: str, base: str, settings: Dict) -> Tuple[str, Dict]:
 
 
 class Progress:
-  """Decoding progress as log lines with rate and ETA, at most every
-  `every_s` seconds, and `callback(done, total)` after each clip."""
+  """Decoding progress as log lines with rate and ETA (the runner's
+  format, experiments/progress.py, which this layer may not import), at
+  most every `every_s` seconds, and `callback(done, total)` after each
+  clip."""
 
   def __init__(
     self,
@@ -128,21 +130,23 @@ class Progress:
     if self.callback is not None:
       self.callback(self.done, self.total)
     now = time.monotonic()
-    if now - self.last >= self.every_s or (
-      self.done == self.total and now - self.start >= self.every_s
-    ):
+    if now - self.last >= self.every_s:
       self.last = now
-      rate = self.done / max(now - self.start, 1e-9)
-      eta = (self.total - self.done) / max(rate, 1e-9)
+      elapsed = now - self.start
+      rate = self.done / max(elapsed, 1e-9)
       logging.info(
-        'decoding clips: %d/%d (%.1f clips/s, ETA %d:%02d:%02d)',
+        'decoding: %d/%d clips, %.3g clip/s, elapsed %s, ETA %s',
         self.done,
         self.total,
         rate,
-        eta // 3600,
-        eta % 3600 // 60,
-        eta % 60,
+        _duration(elapsed),
+        _duration((self.total - self.done) / max(rate, 1e-9)),
       )
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
 
 
 def decode_all(

@@ -1,11 +1,11 @@
 """One video file -> the paper's clip: frames at 224x224 and 48 kHz mono audio.
 
-Why PyAV (ffmpeg's libraries through Cython): its wheels bundle ffmpeg for
-Linux, macOS and Windows on current Pythons (decord's last release, 0.6.0 of
-2021, has no wheels for Python >= 3.11 nor macOS arm64), it decodes audio as
-well as video (decord's audio reader is experimental), and it is maintained
-(releases every few months). Its `AudioResampler` (libswresample) converts
-any rate and channel layout to 48 kHz mono float32.
+Why PyAV (ffmpeg's libraries through Cython) over decord: PyAV decodes and
+encodes (the synthetic-clip writer and prediction's video output need an
+encoder; decord only reads), its `AudioResampler` (libswresample) turns any
+rate and channel layout into 48 kHz mono float32, its abi3 wheels bundle
+ffmpeg, and it is released every few months (18.1.0 here); decord's newest
+release on PyPI is 0.6.0 of 2021, with a manylinux2010 x86_64 wheel.
 
 The choices, each a keyword of `decode_clip`:
 
@@ -30,6 +30,7 @@ right; `sources.open_source` decides whether to skip (and count) or stop.
 """
 
 import math
+import os
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
@@ -251,6 +252,21 @@ def _window(
   return np.clip(out, -1.0, 1.0), length - max(hi - lo, 0)
 
 
+def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+  """uint8 [T, H, W, 3] -> [T, size, size, 3] as decoded files are resized
+  (arrays from TFDS)."""
+  import av  # pylint: disable=g-import-not-at-top
+
+  return np.stack(
+    [
+      _to_rgb(
+        av.VideoFrame.from_ndarray(np.ascontiguousarray(f), 'rgb24'), size
+      )
+      for f in frames
+    ]
+  )
+
+
 def _to_rgb(frame, size: int) -> np.ndarray:
   """Shorter side -> `size` (area filter), then the centre square."""
   width, height = frame.width, frame.height
@@ -262,3 +278,39 @@ def _to_rgb(frame, size: int) -> np.ndarray:
   )
   top, left = (new_h - size) // 2, (new_w - size) // 2
   return np.ascontiguousarray(rgb[top : top + size, left : left + size])
+
+
+def read_clip(
+  path: str,
+  *,
+  num_frames: int = 16,
+  size: int = 224,
+  sample_rate: int = 48000,
+  audio_samples: int = 30720,
+  sampling: str = 'window',
+  short: str = 'pad',
+  no_audio: str = 'bad',
+) -> Dict[str, object]:
+  """One file as a source's clip, for prediction: dict(video, audio,
+  label=-1 (unknown)), decoded exactly as `open_source` decodes a folder.
+
+  Raises:
+    FileNotFoundError: `path` is not a file.
+    ClipError: as `decode_clip`.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+      f'{path}: no such clip file; expected a video file with an audio track '
+      f'({"/".join(VIDEO_EXTENSIONS)}).'
+    )
+  clip, _ = decode_clip(
+    path,
+    num_frames=num_frames,
+    size=size,
+    sample_rate=sample_rate,
+    audio_samples=audio_samples,
+    sampling=sampling,
+    short=short,
+    no_audio=no_audio,
+  )
+  return dict(clip, label=-1)

@@ -25,16 +25,15 @@ only its own.
 """
 
 import collections
-import dataclasses
 import logging
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
-import numpy as np
 
 from perceiver_io.data.video import cache as cache_lib
 from perceiver_io.data.video import listing
 from perceiver_io.data.video import synthetic
+from perceiver_io.data.video.clip_source import ClipSource
 from perceiver_io.data.video.decoding import check_settings
 from perceiver_io.data.video.decoding import ClipError
 from perceiver_io.data.video.decoding import KEPT_HINT
@@ -48,31 +47,6 @@ SPECS = (
   'synthetic:N, a folder of class folders, a CSV of path,label, or '
   'tfds:NAME[:CONFIG]'
 )
-
-
-@dataclasses.dataclass
-class ClipSource:
-  """The clips of one split (this process's share), readable by index.
-
-  `keys` name each clip (a file path, `synthetic:<index>`, or a TFDS
-  example), `labels` are their labels; `summary` is one log line.
-  """
-
-  keys: List[str]
-  labels: List[int]
-  label_names: List[str]
-  num_classes: int
-  summary: str
-  read: Callable[[int], Dict[str, np.ndarray]]
-
-  def __len__(self) -> int:
-    return len(self.keys)
-
-  def __getitem__(self, i: int) -> Dict[str, object]:
-    if not -len(self) <= i < len(self):
-      raise IndexError(f'clip {i} of a source of {len(self)} clips.')
-    i %= len(self)
-    return dict(self.read(i), label=self.labels[i])
 
 
 def _check(name: str, value, allowed: Sequence) -> None:
@@ -196,10 +170,8 @@ def open_source(
       progress=progress,
       process_index=process_index,
       process_count=process_count,
-      on_short=short,
+      short=short,
       no_audio=no_audio,
-      on_bad=on_bad,
-      make_source=ClipSource,
     )
   names = listing.resolve_label_names(label_names)
   if os.path.isdir(spec):
