@@ -23,10 +23,8 @@ import os
 from absl import app
 from absl import flags
 from absl import logging
-import ml_collections
 
 from experiments import cli
-from experiments import progress as progress_lib
 
 _OUT = flags.DEFINE_string('out', None, 'Folder to write the clips to.')
 _NUM_CLIPS = flags.DEFINE_integer('num_clips', 64, 'Training clips.')
@@ -53,7 +51,7 @@ _AUDIO_CODEC = flags.DEFINE_enum(
 _MANIFEST = '.make_synthetic_clips.json'
 
 
-def _check_out(out: str, settings: dict) -> None:
+def check_out_folder(out: str, settings: dict) -> None:
   """Refuses a folder that holds anything but a run of the same flags."""
   if not os.path.exists(out):
     return
@@ -79,6 +77,7 @@ def main(argv):
   del argv
   with cli.one_line_errors():
     from perceiver_io.data import video  # pylint: disable=g-import-not-at-top
+    from perceiver_io.data.video import cache  # pylint: disable=g-import-not-at-top
 
     out = _OUT.value
     if not out:
@@ -104,7 +103,7 @@ def main(argv):
       video_codec=_VIDEO_CODEC.value,
       audio_codec=_AUDIO_CODEC.value,
     )
-    _check_out(out, settings)
+    check_out_folder(out, settings)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, _MANIFEST), 'w') as f:
       json.dump(settings, f)
@@ -112,33 +111,33 @@ def main(argv):
       ('test', video.HELD_OUT_OFFSET + i) for i in range(_NUM_TEST.value)
     ]
     rows = []
-    config = ml_collections.ConfigDict(dict(progress_bar=True))
-    with progress_lib.EvalProgress(
-      config, len(jobs), unit='clip', desc='writing clips', log_every_s=10
-    ) as bar:
-      for split, index in jobs:
-        clip = video.synthetic_clip(
-          index,
-          seed=_SEED.value,
-          num_frames=num_frames,
-          size=_SIZE.value,
-          audio_samples=num_frames * rate // video.FPS,
-          num_classes=_NUM_CLASSES.value,
+    logging.info('writing %d clips to %s', len(jobs), out)
+    # The library's clip progress: log lines with rate and ETA, and no JAX
+    # to load (experiments.progress needs it for the process index).
+    bar = cache.Progress(len(jobs), desc='writing')
+    for split, index in jobs:
+      clip = video.synthetic_clip(
+        index,
+        seed=_SEED.value,
+        num_frames=num_frames,
+        size=_SIZE.value,
+        audio_samples=num_frames * rate // video.FPS,
+        num_classes=_NUM_CLASSES.value,
+      )
+      name = names[clip['label']]
+      relative = os.path.join(split, name, f'clip_{index:010d}.mp4')
+      path = os.path.join(out, relative)
+      if not os.path.exists(path):
+        video.write_clip(
+          path,
+          clip['video'],
+          clip['audio'],
+          sample_rate=rate,
+          video_codec=_VIDEO_CODEC.value,
+          audio_codec=_AUDIO_CODEC.value,
         )
-        name = names[clip['label']]
-        relative = os.path.join(split, name, f'clip_{index:010d}.mp4')
-        path = os.path.join(out, relative)
-        if not os.path.exists(path):
-          video.write_clip(
-            path,
-            clip['video'],
-            clip['audio'],
-            sample_rate=rate,
-            video_codec=_VIDEO_CODEC.value,
-            audio_codec=_AUDIO_CODEC.value,
-          )
-        rows.append((relative, name, split))
-        bar.update()
+      rows.append((relative, name, split))
+      bar.step()
     with open(os.path.join(out, 'clips.csv'), 'w', newline='') as f:
       writer = csv.writer(f)
       writer.writerow(('path', 'label', 'split'))

@@ -110,18 +110,20 @@ def decode_to_cache(path: str, base: str, settings: Dict) -> Tuple[str, Dict]:
 
 
 class Progress:
-  """Decoding progress as log lines with rate and ETA (the runner's
-  format, experiments/progress.py, which this layer may not import), at
-  most every `every_s` seconds, and `callback(done, total)` after each
-  clip."""
+  """Progress over clips as log lines with rate and ETA (the runner's
+  format, experiments/progress.py, which this layer may not import; it
+  also needs no JAX), at most every `every_s` seconds and at the end of a
+  run that logged, and `callback(done, total)` after each clip."""
 
   def __init__(
     self,
     total: int,
     callback: Optional[Callable[[int, int], None]] = None,
     every_s: float = 10.0,
+    desc: str = 'decoding',
   ):
     self.total, self.callback, self.every_s = total, callback, every_s
+    self.desc, self.logged = desc, False
     self.done = 0
     self.start = self.last = time.monotonic()
 
@@ -130,12 +132,14 @@ class Progress:
     if self.callback is not None:
       self.callback(self.done, self.total)
     now = time.monotonic()
-    if now - self.last >= self.every_s:
-      self.last = now
+    finished = self.done == self.total and self.logged
+    if now - self.last >= self.every_s or finished:
+      self.last, self.logged = now, True
       elapsed = now - self.start
       rate = self.done / max(elapsed, 1e-9)
       logging.info(
-        'decoding: %d/%d clips, %.3g clip/s, elapsed %s, ETA %s',
+        '%s: %d/%d clips, %.3g clip/s, elapsed %s, ETA %s',
+        self.desc,
         self.done,
         self.total,
         rate,
