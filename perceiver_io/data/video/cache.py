@@ -17,9 +17,10 @@ only the first epoch (or the first run) decodes.
   clip; the parent holds only the list of files. Reading a clip back holds
   that one clip.
 * Workers are processes started with 'spawn' (forking a process that may
-  hold JAX's threads can deadlock); each writes its clips itself, atomically,
-  so nothing large crosses between processes, and several runs may share
-  one cache.
+  hold JAX's threads can deadlock), so a script that decodes with
+  `workers > 1` needs the `if __name__ == '__main__':` guard; each worker
+  writes its clips itself, atomically, so nothing large crosses between
+  processes, and several runs may share one cache.
 """
 
 import concurrent.futures
@@ -193,7 +194,14 @@ def decode_all(
     }
     for future in concurrent.futures.as_completed(futures):
       i = futures[future]
-      results[i] = future.result()
+      try:
+        results[i] = future.result()
+      except concurrent.futures.process.BrokenProcessPool:
+        raise RuntimeError(
+          f'a decoding worker died on {paths[i]} (out of memory, or a script '
+          "without the `if __name__ == '__main__':` guard that 'spawn' "
+          'workers need); workers=1 decodes in this process.'
+        ) from None
       tracker.step()
       check(paths[i], *results[i])
   finally:
