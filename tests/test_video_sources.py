@@ -76,8 +76,10 @@ def test_the_second_open_reads_the_cache_and_edits_decode_again(
 ):
   work = tmp_path / 'copy'
   shutil.copytree(folder / 'train', work)
-  first = _open(work, tmp_path, workers=2)
+  calls = []
+  first = _open(work, tmp_path, workers=2, progress=lambda *a: calls.append(a))
   assert '5 decoded, 0 read from the cache' in first.summary
+  assert sorted(calls) == [(n, 5) for n in range(1, 6)]
   again = _open(work, tmp_path)
   assert '0 decoded, 5 read from the cache' in again.summary
   for i in range(len(first)):

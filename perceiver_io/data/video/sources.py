@@ -128,35 +128,8 @@ def open_source(
   shape = dict(num_frames=num_frames, size=size, audio_samples=audio_samples)
   where = f'split {split}, process {process_index} of {process_count}'
   if spec.startswith('synthetic:'):
-    count = spec.partition(':')[2]
-    if not count.isdigit() or int(count) < 1:
-      raise ValueError(
-        f'clip source {spec!r}: expected synthetic:N with N >= 1 clips.'
-      )
-    classes = num_classes or synthetic.MAX_CLASSES
-    names = synthetic.label_names(classes)
-    first = 0 if split == 'train' else HELD_OUT_OFFSET
-    indices = _share(
-      range(first, first + int(count)), process_index, process_count
-    )
-    clips = [
-      synthetic.trajectory(i, seed=seed, size=8, num_classes=classes)[0]
-      for i in indices
-    ]
-
-    def read_synthetic(i):
-      clip = synthetic.synthetic_clip(
-        indices[i], seed=seed, num_classes=classes, **shape
-      )
-      return dict(video=clip['video'], audio=clip['audio'])
-
-    return ClipSource(
-      keys=[f'synthetic:{i}' for i in indices],
-      labels=clips,
-      label_names=names,
-      num_classes=classes,
-      summary=f'{spec} ({where}): {len(indices)} clips, {classes} classes.',
-      read=read_synthetic,
+    return _synthetic_source(
+      spec, split, shape, num_classes, seed, process_index, process_count
     )
   if spec.startswith('tfds:'):
     from perceiver_io.data.video import tfds_source  # pylint: disable=g-import-not-at-top
@@ -219,6 +192,45 @@ def open_source(
       f'{len(paths) - decoded} read from the cache {cache_dir}.'
     ),
     read=lambda i: cache_lib.load(bases[kept[i]]),
+  )
+
+
+def _synthetic_source(
+  spec, split, shape, num_classes, seed, process_index, process_count
+) -> ClipSource:
+  """`synthetic:N`: generated on demand; the audio rate is the one that
+  makes `audio_samples` last `num_frames` at 25 fps (48 kHz for the
+  paper's shapes)."""
+  count = spec.partition(':')[2]
+  if not count.isdigit() or int(count) < 1:
+    raise ValueError(
+      f'clip source {spec!r}: expected synthetic:N with N >= 1 clips.'
+    )
+  classes = num_classes or synthetic.MAX_CLASSES
+  names = synthetic.label_names(classes)
+  first = 0 if split == 'train' else HELD_OUT_OFFSET
+  indices = _share(
+    range(first, first + int(count)), process_index, process_count
+  )
+
+  def read(i):
+    clip = synthetic.synthetic_clip(
+      indices[i], seed=seed, num_classes=classes, **shape
+    )
+    return dict(video=clip['video'], audio=clip['audio'])
+
+  return ClipSource(
+    keys=[f'synthetic:{i}' for i in indices],
+    labels=[
+      synthetic.label_of(i, seed=seed, num_classes=classes) for i in indices
+    ],
+    label_names=names,
+    num_classes=classes,
+    summary=(
+      f'{spec} (split {split}, process {process_index} of {process_count}):'
+      f' {len(indices)} clips, {classes} classes.'
+    ),
+    read=read,
   )
 
 
