@@ -15,6 +15,10 @@ the run at once with one line, before minutes of decoding.
 
 `label_names` (a list, or a text file with one name per line) fixes the
 classes and their order; then a label outside it is an error.
+
+A folder without split folders, or a CSV without a `split` column, is the
+same clips for every split (as image folders are): held-out evaluation
+needs split folders, a split column or a second spec.
 """
 
 import csv
