@@ -2,8 +2,8 @@
 
 from_hf(path_or_hub_id) -> (model, variables, config)
 from_haiku(pickle_path, preset_or_config) -> (model, variables, config)
-from_perceiver_ar_haiku(pickle_path, preset_or_config): the same for the
-  official Perceiver AR parameters (perceiver_ar.py)
+perceiver_ar.from_haiku(pickle_path, preset_or_config): the same for the
+  official Perceiver AR parameters
 save(directory, variables, config); load(directory) -> (model, variables, config)
 stack_layers(variables) / unstack_layers(variables): the latent stack's
   unrolled <-> scanned (`scan_layers`) parameter layout; every loader above
@@ -21,9 +21,6 @@ from perceiver_io.checkpoints.layout import unstack_layers
 from perceiver_io.checkpoints.native import is_checkpoint
 from perceiver_io.checkpoints.native import load
 from perceiver_io.checkpoints.native import save
-from perceiver_io.checkpoints.perceiver_ar import (
-  from_haiku as from_perceiver_ar_haiku,
-)
 
 
 def load_any(spec: str, preset=None, **overrides):
