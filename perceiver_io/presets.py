@@ -449,6 +449,11 @@ def names():
   return sorted(PRESETS)
 
 
+def family(name: str) -> str:
+  """'perceiver_io' or 'perceiver_ar': which model class the preset builds."""
+  return get_config(name).get('family', 'perceiver_io')
+
+
 def register(name: str):
   """Function decorator: `get_config(name, **kwargs)` calls it.
 
