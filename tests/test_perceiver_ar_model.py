@@ -298,3 +298,28 @@ def test_presets_and_bad_configs():
   model, params = ar_helpers.random_params(ar_helpers.tiny_config())
   with pytest.raises(ValueError, match='num_latents \\(6\\) <= length'):
     model.apply({'params': params}, np.ones((1, 4), np.int32))
+
+
+def test_forward_flops_follow_the_cost_model():
+  """Reference section 5's cost model, written out per matmul: the inputs
+  cost only the cross-attend's keys/values and its scores/values."""
+  from perceiver_io import flops  # pylint: disable=g-import-not-at-top
+
+  n, m, d, d_in, v, layers = 64, 8, 16, 8, 32, 2
+  config = ar_helpers.tiny_config(
+    max_context=n, num_latents=m, input_channels=d_in, num_cross_attend_heads=1
+  )
+  tokens = jax.ShapeDtypeStruct((1, n), jnp.int32)
+  counted = flops.forward_flops(ar.PerceiverAR(config), tokens)
+  c = d_in  # the cross-attend's q/k/v width follows the inputs ('kv')
+  expected = (
+    2 * m * d_in * d  # z_linear
+    + 2 * m * d * c
+    + 4 * n * d_in * c  # q; k and v of every input
+    + 4 * m * n * c
+    + 2 * m * c * d  # scores, values; output projection
+    + 16 * m * d * d  # cross-attend MLP (widening 4)
+    + layers * (24 * m * d * d + 4 * m * m * d)  # latent self-attention
+    + 2 * m * d * v  # logits
+  )
+  assert counted == expected
