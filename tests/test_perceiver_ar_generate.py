@@ -32,14 +32,28 @@ def _compiled(model):
   return decoding._compiled(json.dumps(cfg, sort_keys=True))  # pylint: disable=protected-access
 
 
+B = 3  # every call has this batch size: one compile per function
+
+
 def _window(seq):
-  """Right-aligned [1, N] window of a sequence and its length."""
-  tokens = np.zeros((1, N), np.int32)
+  """Right-aligned [B, N] window of a sequence (in every row), its length."""
+  tokens = np.zeros((B, N), np.int32)
   tail = seq[-N:]
-  tokens[0, N - len(tail) :] = tail
-  return tokens, np.array([len(tail)], np.int32)
+  tokens[:, N - len(tail) :] = tail
+  return tokens, np.full(B, len(tail), np.int32)
 
 
+def _step(step, params, seq, cache, num_cached):
+  return step(
+    params,
+    jnp.full(B, seq[-1], jnp.int32),
+    jnp.full(B, len(seq) - 1, jnp.int32),
+    cache,
+    jnp.int32(num_cached),
+  )
+
+
+@pytest.mark.slow  # compiles the forward, the cached step and the sampler
 @pytest.mark.parametrize('position', ['rotary', 'absolute'])
 def test_cache_equals_full_recompute(position):
   model, params = _model(position)
@@ -66,13 +80,7 @@ def test_cache_equals_full_recompute(position):
     z_next = z + 1 if z < M else M // 2 + 1
     expected = full_fn(params, *_window(seq), None, jnp.int32(z_next))
     if z_next == z + 1:
-      logits, cache = step(
-        params,
-        jnp.asarray(seq[-1:], jnp.int32),
-        jnp.asarray([len(seq) - 1], jnp.int32),
-        cache,
-        jnp.int32(z),
-      )
+      logits, cache = _step(step, params, seq, cache, z)
       np.testing.assert_allclose(logits, expected, atol=1e-5)
       steps_on_cache += 1
     else:
@@ -93,13 +101,7 @@ def test_plain_rolling_cache_drifts_after_m_steps():
   for t in range(1, 2 * M + 1):
     seq.append(3 + (7 * t) % 20)
     cached = min(t, M - 1)
-    logits, cache = step(
-      params,
-      jnp.asarray(seq[-1:], jnp.int32),
-      jnp.asarray([len(seq) - 1], jnp.int32),
-      cache,
-      jnp.int32(cached),
-    )
+    logits, cache = _step(step, params, seq, cache, cached)
     expected = full_fn(params, *_window(seq), None, jnp.int32(cached + 1))
     errors.append(float(np.abs(logits - expected).max()))
   assert max(errors[: M - 1]) < 1e-5
@@ -144,31 +146,31 @@ def test_stops_streaming_and_bad_input():
   out = ar.generate(
     model,
     biased,
-    [[5, 6], [8]],
+    [[5, 6], [8], [9, 3, 4]],
     max_new_tokens=5,
     rng=jax.random.key(0),
     temperature=0.0,
     eos_id=eos,
     on_token=lambda t, tok: seen.append(tok),
   )
-  assert out == [[], []]
-  assert len(seen) == 1 and seen[0].tolist() == [eos, eos]
+  assert out == [[], [], []]
+  assert len(seen) == 1 and seen[0].tolist() == [eos] * 3
   free = ar.generate(
     model,
     params,
-    [[5, 6], [8]],
+    [[5, 6], [8], [9, 3, 4]],
     max_new_tokens=5,
     rng=jax.random.key(0),
     temperature=0.0,
     on_token=lambda t, tok: seen.append(tok),
   )
-  assert [len(r) for r in free] == [5, 5] and len(seen) == 6
+  assert [len(r) for r in free] == [5, 5, 5] and len(seen) == 6
   long_prompt = list(range(3, 3 + N + 3))
   with pytest.warns(UserWarning, match='truncated from the left'):
     cut = ar.generate(
       model,
       params,
-      [long_prompt],
+      [long_prompt, [5], [6]],
       max_new_tokens=3,
       rng=jax.random.key(0),
       temperature=0.0,
@@ -176,7 +178,7 @@ def test_stops_streaming_and_bad_input():
   assert cut == ar.generate(
     model,
     params,
-    [long_prompt[-N:]],
+    [long_prompt[-N:], [5], [6]],
     max_new_tokens=3,
     rng=jax.random.key(0),
     temperature=0.0,
