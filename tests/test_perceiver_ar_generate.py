@@ -26,10 +26,7 @@ def _model(position='rotary'):
 
 
 def _compiled(model):
-  cfg = ar.config(**dict(model.config))
-  import json  # pylint: disable=g-import-not-at-top
-
-  return decoding._compiled(json.dumps(cfg, sort_keys=True))  # pylint: disable=protected-access
+  return decoding.compiled(model.config)
 
 
 B = 3  # every call has this batch size: one compile per function
@@ -111,7 +108,7 @@ def test_plain_rolling_cache_drifts_after_m_steps():
 def _draws(logits, count=512, **options):
   tiled = jnp.tile(jnp.asarray(logits, jnp.float32)[None], (count, 1))
   return np.asarray(
-    decoding._sample(  # pylint: disable=protected-access
+    decoding.sample(
       tiled,
       jax.random.key(1),
       jnp.float32(options.get('temperature', 1.0)),

@@ -45,6 +45,13 @@ from perceiver_io.ar import model as model_lib
 from perceiver_io.ar import model_config as config_lib
 
 
+def compiled(config):
+  """(forward, forward with cache, cached step), jitted for a model config:
+  the functions `generate` runs (public for tests and benchmarks)."""
+  cfg = config_lib.config(**dict(config))
+  return _compiled(json.dumps(cfg, sort_keys=True))
+
+
 @functools.lru_cache(maxsize=8)
 def _compiled(config_json: str):
   """Jitted forward, forward-with-cache and cached step for one config
@@ -86,7 +93,8 @@ def _compiled(config_json: str):
 
 
 @functools.partial(jax.jit, static_argnames=('greedy', 'top_k'))
-def _sample(logits, key, temperature, top_p, *, greedy, top_k):
+def sample(logits, key, temperature, top_p, *, greedy, top_k):
+  """Next tokens [B] from logits [B, V] (see the module doc for the order)."""
   logits = logits.at[:, config_lib.PAD_ID].set(-jnp.inf)
   if greedy:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -184,7 +192,7 @@ def generate(
   top_k = _check_options(max_new_tokens, temperature, top_k, top_p, vocab)
   rows = _prompt_rows(prompts, n, vocab)
   batch = len(rows)
-  full, full_cache, step = _compiled(json.dumps(cfg, sort_keys=True))
+  full, full_cache, step = compiled(cfg)
 
   tokens = np.full((batch, n), config_lib.PAD_ID, np.int32)
   for b, row in enumerate(rows):
@@ -207,7 +215,7 @@ def generate(
   for t in range(max_new_tokens):
     key = jax.random.fold_in(rng, t)
     new = np.asarray(
-      _sample(
+      sample(
         logits,
         key,
         jnp.float32(max(temperature, 1e-6)),
