@@ -188,6 +188,8 @@ def generate(
       token each row generated at this step, -1 for rows already stopped.
   """
   cfg = config_lib.config(**dict(model.config))
+  if set(params) == {'params'}:  # given the whole variables dict
+    params = params['params']
   n, m, vocab = cfg['max_context'], cfg['num_latents'], cfg['vocab_size']
   top_k = _check_options(max_new_tokens, temperature, top_k, top_p, vocab)
   rows = _prompt_rows(prompts, n, vocab)
