@@ -196,9 +196,17 @@ class PerceiverIO(nn.Module):
 
 
 def build_model(config: Dict[str, Any], **overrides) -> PerceiverIO:
-  """PerceiverIO from a config dict; `overrides` set top-level keys."""
+  """PerceiverIO from a config dict; `overrides` set top-level keys.
+
+  A Perceiver AR config (`'family': 'perceiver_ar'`) builds
+  `perceiver_io.ar.PerceiverAR`.
+  """
   config = copy.deepcopy(dict(config))
   config.update(overrides)
+  if config.get('family') == 'perceiver_ar':
+    from perceiver_io.ar import model as ar_model  # pylint: disable=g-import-not-at-top
+
+    return ar_model.PerceiverAR(config)
   validate_config(config)
   return PerceiverIO(config)
 
@@ -214,6 +222,8 @@ def example_inputs(config: Dict[str, Any], batch_size: int = 1):
   sizes are derived from the position encoding (Fourier `max_resolution`
   times the downsampling, or a square trainable grid).
   """
+  if config.get('family') == 'perceiver_ar':  # int tokens [B, N]
+    return np.zeros((batch_size, config['max_context']), np.int32), {}
   pre = config['preprocessor']
   kwargs = {}
   example = getattr(
