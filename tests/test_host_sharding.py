@@ -10,6 +10,7 @@ read instructions, the images decoded (folders carry their index in their
 pixels), the MLM documents, the generated flow pairs made.
 """
 
+import types
 from unittest import mock
 
 import numpy as np
@@ -307,3 +308,112 @@ def test_mlm_text_files_split_documents(tmp_path):
     owned.append(info.num_examples_per_process[i])
     del encoded
   assert sum(owned) == len(docs) and max(owned) - min(owned) <= 1
+
+
+@pytest.fixture(scope='module')
+def flow_task():
+  from experiments import cli
+  from experiments import tasks
+
+  config = cli.load_config_file('configs/optical_flow.py:cpu')
+  with config.unlocked():
+    config.batch_size = 8
+    config.eval_batch_size = 8
+    config.data.num_workers = 0
+  task = tasks.get(config)
+  task.train_size = (16, 24)  # The :cpu model's frames (use_model's value).
+  return task
+
+
+def _as_process(monkeypatch, i, count=P):
+  import jax
+
+  monkeypatch.setattr(jax, 'process_index', lambda: i)
+  monkeypatch.setattr(jax, 'process_count', lambda: count)
+
+
+def test_generated_flow_pairs_each_process_makes_only_its_own(
+  flow_task, monkeypatch
+):
+  from experiments.tasks import optical_flow
+
+  made = []
+  original = optical_flow.make_train_sample
+  monkeypatch.setattr(
+    optical_flow,
+    'make_train_sample',
+    lambda settings, index, plain: (
+      made.append(index) or original(settings, index, plain)
+    ),
+  )
+  original_eval = flow_task.generated_eval_sample
+  monkeypatch.setattr(
+    flow_task,
+    'generated_eval_sample',
+    lambda i: made.append(-1 - i) or original_eval(i),
+  )
+  with mock.patch.object(flow_task.config, 'max_eval_examples', 10):
+    trained, scored = [], []
+    for i in range(P):
+      _as_process(monkeypatch, i)
+      made.clear()
+      flow_task.train_stream(3).batch(3)
+      assert made == list(range(24 + 2 * i, 26 + 2 * i))
+      trained += made
+      made.clear()
+      batches, count = flow_task.eval_data()
+      for b in batches:  # 10 pairs, 2 batches of 8: rows 8..9 on process 0.
+        assert len(b['weight']) == 2
+        scored += [-1 - r for r in made[-2:]][: int(b['weight'].sum())]
+      assert set(made) <= {-1 - r for r in range(10)}
+  assert sorted(trained) == list(range(24, 32))
+  assert sorted(scored) == list(range(10)) and count == 10
+
+
+def test_flow_dataset_eval_splits_pairs_and_adds_sums(flow_task, monkeypatch):
+  from experiments.tasks import flow_full_frame
+
+  rng = np.random.default_rng(0)
+  listing = [types.SimpleNamespace(frame1=f'pair{i}') for i in range(7)]
+  truth = {
+    f.frame1: rng.normal(size=(16, 24, 2)).astype(np.float32) for f in listing
+  }
+  read = []
+
+  def load_pair(files):
+    read.append(files)
+    frame = np.zeros((16, 24, 3), np.uint8)
+    flow = truth[files.frame1]
+    valid = np.ones(flow.shape[:2], bool)
+    return {'frame1': frame, 'frame2': frame, 'flow': flow, 'valid': valid}
+
+  monkeypatch.setattr(flow_full_frame.flow_layouts, 'load_pair', load_pair)
+  monkeypatch.setattr(flow_task, 'listings', lambda k, r: [('x', listing)])
+  monkeypatch.setattr(flow_task, 'make_predict_fn', lambda m, v: None)
+  monkeypatch.setattr(
+    flow_task, 'full_frame_flow', lambda *a: np.zeros((16, 24, 2))
+  )
+  one = flow_task.evaluate_directory(None, None, 'kitti', '/data')
+  assert read == listing
+
+  def run(process_allgather):
+    monkeypatch.setattr(
+      flow_full_frame.multihost_utils, 'process_allgather', process_allgather
+    )
+    results, reads = [], []
+    for i in range(P):
+      _as_process(monkeypatch, i)
+      read.clear()
+      results.append(flow_task.evaluate_directory(None, None, 'kitti', '/d'))
+      reads.append(list(read))
+    return results, reads
+
+  local = []
+  run(lambda x: local.append(x) or x[None])
+  results, reads = run(lambda x: np.stack(local))
+  names = sorted(f.frame1 for f in sum(reads, []))
+  assert names == sorted(f.frame1 for f in listing)  # Each pair read once.
+  for result in results:
+    assert result.keys() == one.keys()
+    for k, v in one.items():
+      assert result[k] == pytest.approx(v, rel=1e-12)
