@@ -199,11 +199,8 @@ def mocked_tfds():
 
 def test_tfds_text_reads_only_its_even_splits(mocked_tfds):
   config = _config(
-    'tfds:glue/cola', text_fields='sentence', label_names='', num_shards=8
+    'tfds:glue/cola', text_fields='sentence', label_names='', num_shards=P
   )
-  with config.unlocked():
-    config.eval_batch_size = 4
-    config.data.eval_split = 'validation'
   builder_cls = mocked_tfds.core.DatasetBuilder
   original = builder_cls.as_dataset
   for i in range(P):
@@ -220,11 +217,25 @@ def test_tfds_text_reads_only_its_even_splits(mocked_tfds):
       host_data.load_process_table(
         config, 'train', 'classification', True, i, P
       )
-    # The whole split ('train') is only opened to count it, never iterated:
-    # the tokenizer sees only this process's rows (_check_train below).
+    # The whole split ('train') is only opened to count it, never iterated.
+    # (Mock data serves every split whole, so rows are checked on local
+    # files; here: which even splits each process asks TFDS to read.)
     shards = [(s.index, s.count) for s in splits if not isinstance(s, str)]
-    assert shards == [(2 * i, 8), (2 * i + 1, 8)]
-  _check_train(config, read=_text_of)
+    assert shards == [(i, P)]
+
+
+@pytest.mark.parametrize('total, count', [(23, 4), (10, 8), (64, 8), (5, 1)])
+def test_tfds_bounds_are_where_tfds_cuts(total, count):
+  import tensorflow_datasets as tfds
+
+  info = tfds.core.SplitDict(
+    [tfds.core.SplitInfo(name='train', shard_lengths=[total], num_bytes=0)]
+  )
+  cuts = [0]
+  for part in tfds.even_splits('train', n=count):
+    (instruction,) = part.to_absolute(info)
+    cuts.append(total if instruction.to is None else instruction.to)
+  assert host_data.tfds_bounds(total, count) == cuts
 
 
 def _write_numbered(root, count):
@@ -288,10 +299,10 @@ def test_image_folder_train_epoch_and_eval_exactly_once(tmp_path):
 def test_mlm_text_files_split_documents(tmp_path):
   from perceiver_io.data import text as text_lib
 
-  docs = [f'document number {i} ' * 3 for i in range(9)]
+  docs = [f'doc{i:02d}' for i in range(9)]
   for i, d in enumerate(docs):
-    write(str(tmp_path / 'train' / f'{i}.txt'), d)
-  owned = []
+    write(str(tmp_path / 'train' / f'{i}.txt'), d + '\n')
+  masked = []
   for i in range(P):
     with _Encoded() as encoded:
       ds, info = text_lib.make_mlm_dataset(
@@ -305,9 +316,10 @@ def test_mlm_text_files_split_documents(tmp_path):
         process_count=P,
       )
       list(ds.as_numpy_iterator())
-    owned.append(info.num_examples_per_process[i])
-    del encoded
-  assert sum(owned) == len(docs) and max(owned) - min(owned) <= 1
+    mine = sorted(t for t in encoded.texts if t)
+    assert len(mine) == info.num_examples_per_process[i]
+    masked += mine
+  assert sorted(masked) == docs  # Each document tokenised by one process.
 
 
 @pytest.fixture(scope='module')
