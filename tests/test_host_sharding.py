@@ -197,6 +197,7 @@ def mocked_tfds():
     yield tfds
 
 
+@pytest.mark.slow  # ~4 s: mock data is counted by reading it.
 def test_tfds_text_reads_only_its_even_splits(mocked_tfds):
   config = _config(
     'tfds:glue/cola', text_fields='sentence', label_names='', num_shards=P
