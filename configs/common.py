@@ -132,6 +132,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.mask_rate = 0.15  # MLM only (whole words, 80/10/10)
   c.data.docs_per_example = 10  # MLM only: documents joined per crop
   c.data.data_dir = ''  # TFDS data_dir ('' = default)
+  # Tables: training rows are cut into this many shards; each process reads
+  # only its shards, and any process count dividing it trains on the same
+  # batches. 0 = the largest divisor of gcd(batch_size, 64) that fits.
+  c.data.num_shards = 0
   # Batch and duration (one of num_train_steps / num_epochs; steps wins if
   # > 0).
   c.batch_size = 32  # global, over all devices and hosts

@@ -388,21 +388,13 @@ def one_line_orbax_errors(record) -> bool:
 def maybe_initialize_distributed(
   coordinator_address: str, num_processes: int, process_id: int
 ) -> None:
-  """`jax.distributed.initialize` for multi-host (or 2-process CPU) runs."""
-  if not coordinator_address and num_processes <= 1:
-    return
-  # Not at the top: the launchers import this module before
-  # `process_tuning.configure_process`, which must run before JAX loads.
-  import jax  # pylint: disable=g-import-not-at-top
+  """Joins the multi-host job the flags or the cluster describe
+  (`experiments.multihost`); a bad combination exits with one line."""
+  from experiments import multihost  # pylint: disable=g-import-not-at-top
 
-  kwargs = {}
-  if coordinator_address:
-    kwargs.update(
-      coordinator_address=coordinator_address,
-      num_processes=num_processes,
-      process_id=process_id,
-    )
-  jax.distributed.initialize(**kwargs)
+  with one_line_errors():
+    joined = multihost.plan(coordinator_address, num_processes, process_id)
+  multihost.initialize(joined)
 
 
 # ----------------------------------------------------------------------------

@@ -120,14 +120,21 @@ def text_source_kwargs(data: ml_collections.ConfigDict) -> Dict[str, Any]:
 
 
 def load_text_table(
-  config: ml_collections.ConfigDict, split: str, task: str = 'classification'
+  config: ml_collections.ConfigDict,
+  split: str,
+  task: str = 'classification',
+  block: int = 0,
+  blocks: int = 1,
+  stats: bool = True,
 ) -> tuple:
-  """A whole labelled text split, tokenised, in memory.
+  """Block `block` of `blocks` of a labelled text split, tokenised, in memory.
 
   Reads through `perceiver_io.data.text.make_text_dataset` (TFDS, GLUE,
-  TSV/CSV/JSONL, aclImdb folders; one ordered pass) and keeps the real rows.
+  TSV/CSV/JSONL, aclImdb folders; one ordered pass) and keeps the real rows;
+  only the block's rows are tokenised (TFDS: only they are read).
   `task` says how labels are read: 'classification' (class names or ids)
-  or 'regression' (numbers).
+  or 'regression' (numbers). `stats`: count empty/invalid/truncated texts
+  over the whole split (one more pass).
   """
   data = config.data
   names = _comma_list(data.label_names)
@@ -144,6 +151,9 @@ def load_text_table(
       classes=(class_mapping(names) if names else None)
       if task == 'classification'
       else None,
+      process_index=block,
+      process_count=blocks,
+      compute_stats=stats,
       **text_source_kwargs(data),
     )
   except (ValueError, FileNotFoundError) as e:
@@ -176,7 +186,8 @@ def load_text_table(
     )
   label_names = list(info.classes) if info.classes else names
   return table, TableInfo(
-    num_examples=len(table['label']),
+    num_examples=int(info.num_examples),
+    num_examples_per_process=list(info.num_examples_per_process),
     num_classes=info.num_classes,
     label_names=label_names,
     stats=stats,
@@ -327,9 +338,17 @@ TABLE_SOURCES = {'digits': load_digits_table}
 
 
 def load_table(
-  config: ml_collections.ConfigDict, split: str, task: str = 'classification'
+  config: ml_collections.ConfigDict,
+  split: str,
+  task: str = 'classification',
+  block: int = 0,
+  blocks: int = 1,
+  stats: bool = True,
 ) -> tuple:
-  """(table, info) for `split` of `config.data.source` (not MLM).
+  """(table, info) for block `block` of `blocks` of `split` of
+  `config.data.source` (not MLM): contiguous rows, as the text library cuts
+  them; info['num_examples'] counts the whole split and
+  info['num_examples_per_process'] every block.
 
   `task`: 'classification' or 'regression' (how text labels are read).
 
@@ -340,7 +359,12 @@ def load_table(
   """
   source = config.data.source
   if source in TABLE_SOURCES:
-    return TABLE_SOURCES[source](split)
+    table, info = TABLE_SOURCES[source](split)
+    total = int(info['num_examples'])
+    bounds = [total * k // blocks for k in range(blocks + 1)]
+    rows = slice(bounds[block], bounds[block + 1])
+    info['num_examples_per_process'] = list(np.diff(bounds))
+    return {k: v[rows] for k, v in table.items()}, info
   kind = source.split(':', 1)[0].lower() if ':' in source else ''
   if kind not in TEXT_KINDS:
     raise ValueError(
@@ -349,7 +373,7 @@ def load_table(
       f'{TEXT_KINDS} (e.g. csv:/data/train.csv, tfds:glue/cola; MLM also '
       'text:/data/*.txt).'
     )
-  return load_text_table(config, split, task)
+  return load_text_table(config, split, task, block, blocks, stats)
 
 
 # ----------------------------------------------------------------------------
@@ -358,16 +382,17 @@ def load_table(
 
 
 def batch_indices(
-  step: int, global_batch: int, num_examples: int, seed: int
+  step: int, global_batch: int, num_examples: int, seed: int, stream=()
 ) -> np.ndarray:
-  """Row indices of global batch `step` (epochs of fresh permutations)."""
+  """Row indices of global batch `step` (epochs of fresh permutations,
+  seeded by (seed, *stream, epoch))."""
   if num_examples < 1:
     raise ValueError('the training table is empty.')
   start = step * global_batch
   first_epoch = start // num_examples
   last_epoch = (start + global_batch - 1) // num_examples
   parts = [
-    np.random.default_rng([seed, e]).permutation(num_examples)
+    np.random.default_rng([seed, *stream, e]).permutation(num_examples)
     for e in range(first_epoch, last_epoch + 1)
   ]
   stream = np.concatenate(parts)
@@ -551,20 +576,3 @@ def mlm_eval_batches(config) -> Iterator[Table]:
       break
     seen += local * jax.process_count()
     yield mlm_to_runner(batch)
-
-
-class TableTrainStream:
-  """Step-indexed batches of an in-memory table (any order of steps)."""
-
-  def __init__(self, config, table: Table):
-    self.config, self.table = config, table
-
-  def batch(self, step: int) -> Table:
-    return train_batch(
-      self.table,
-      step,
-      int(self.config.batch_size),
-      int(self.config.seed),
-      jax.process_index(),
-      jax.process_count(),
-    )

@@ -4,9 +4,10 @@ r"""Launcher: train (and evaluate) one experiment config in a workdir.
       --workdir=/tmp/quickstart [--config.optimizer.learning_rate=1e-3 ...]
 
 Runs resume automatically from the workdir's latest checkpoint. Multi-host:
-run the same command on every host; `jax.distributed.initialize()` is called
-when --coordinator_address or --num_processes is given (on Cloud TPU / SLURM
-pass --num_processes=-1 to let JAX detect the cluster).
+run the same command on every host with --coordinator_address=HOST:PORT
+--num_processes=N --process_id=I, or inside a SLURM step of several tasks
+with no flags (detected), or --num_processes=-1 to let JAX detect any
+cluster it knows (experiments/multihost.py; examples/slurm/train.sbatch).
 """
 
 import json
@@ -48,14 +49,9 @@ def main(argv):
   # Before NumPy/JAX (process_tuning.py).
   settings = process_tuning.configure_process()
   process_tuning.log_process_settings(settings)
-  if _NUM_PROCESSES.value == -1:
-    import jax  # pylint: disable=g-import-not-at-top
-
-    jax.distributed.initialize()
-  else:
-    cli.maybe_initialize_distributed(
-      _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
-    )
+  cli.maybe_initialize_distributed(
+    _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+  )
   from experiments import predict_lib  # pylint: disable=g-import-not-at-top
   from experiments import train_lib  # pylint: disable=g-import-not-at-top
 

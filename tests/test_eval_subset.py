@@ -107,9 +107,16 @@ def sorted_table(monkeypatch):
     'attention_mask': np.ones((40, 64), np.int32),
     'label': (np.arange(40) >= 20).astype(np.int32),
   }
-  info = input_pipeline.TableInfo(label_names=['neg', 'pos'])
+  info = input_pipeline.TableInfo(
+    label_names=['neg', 'pos'], num_examples=40, num_examples_per_process=[40]
+  )
   monkeypatch.setattr(
-    input_pipeline, 'load_table', lambda config, split, kind: (table, info)
+    input_pipeline,
+    'load_table',
+    lambda config, split, kind, *_, **__: (
+      table,
+      info,
+    ),
   )
   return table
 

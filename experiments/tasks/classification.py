@@ -21,6 +21,7 @@ import numpy as np
 import optax
 from PIL import Image
 
+from experiments import host_data
 from experiments import input_pipeline
 from experiments import metrics
 from experiments.tasks import base
@@ -110,13 +111,16 @@ class Task(base.Task):
 
   # ------------------------------------------------------------------ data --
 
-  def table(self, split: str) -> Tuple[input_pipeline.Table, Dict[str, Any]]:
-    """(table, info) of `split`, read once."""
-    if split not in self._tables:
-      self._tables[split] = input_pipeline.load_table(
-        self.config, split, self.label_kind
+  def table(
+    self, split: str, train: bool = False
+  ) -> Tuple[input_pipeline.Table, Dict[str, Any]]:
+    """(this process's rows of `split`, info), read once: its shards for
+    training, its block for evaluation (`experiments.host_data`)."""
+    if (split, train) not in self._tables:
+      self._tables[split, train] = host_data.load_process_table(
+        self.config, split, self.label_kind, train
       )
-    return self._tables[split]
+    return self._tables[split, train]
 
   def check_labels(self, train_table, eval_table) -> None:
     check_labels(self.config, train_table, eval_table, self.num_classes)
@@ -135,7 +139,7 @@ class Task(base.Task):
 
   def data_info(self):
     input_pipeline.check_eval_is_not_train(self.config)
-    train_table, train_info = self.table(self.config.data.train_split)
+    train_table, train_info = self.table(self.config.data.train_split, True)
     eval_table, eval_info = self.table(self.config.data.eval_split)
     self.check_labels(train_table, eval_table)
     return train_info, eval_info
@@ -152,20 +156,26 @@ class Task(base.Task):
 
   def train_stream(self, start_step: int):
     del start_step  # Any step, in any order.
-    table, _ = self.table(self.config.data.train_split)
-    return input_pipeline.TableTrainStream(self.config, table)
+    table, info = self.table(self.config.data.train_split, True)
+    return host_data.ShardedTableStream(
+      table,
+      info['bounds'],
+      int(self.config.batch_size),
+      int(self.config.seed),
+      jax.process_index(),
+      jax.process_count(),
+    )
 
   def eval_data(self):
     table, info = self.table(self.config.data.eval_split)
     limit = int(self.config.max_eval_examples)
-    rows = input_pipeline.eval_rows(len(table['label']), limit)
-    expected = len(rows)
-    self.check_eval_labels(table['label'][rows], info)
-    batches = input_pipeline.eval_batches(
+    plan, expected = host_data.eval_plan(info['process_sizes'], limit)
+    self.check_eval_labels(table['label'][plan[jax.process_index()]], info)
+    batches = host_data.sharded_eval_batches(
       table,
+      info['process_sizes'],
       int(self.config.eval_batch_size),
       jax.process_index(),
-      jax.process_count(),
       limit,
     )
     return batches, expected

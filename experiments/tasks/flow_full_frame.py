@@ -16,10 +16,11 @@ inherits `FullFrameFlow`.
 
 import logging
 import os
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 from PIL import Image
 
@@ -118,12 +119,17 @@ class FullFrameFlow:
   def evaluate_directory(
     self, model, variables, kind: str, root: str
   ) -> Dict[str, float]:
-    """Tiled full-frame EPE / Fl-all over a benchmark folder."""
+    """Tiled full-frame EPE / Fl-all over a benchmark folder.
+
+    Each process reads and evaluates every n-th pair of the (subset of
+    the) listing, then the processes add their metric sums, so every pair
+    is evaluated once and every process returns the same metrics.
+    """
+    index, count = jax.process_index(), jax.process_count()
     predict_fn = self.make_predict_fn(model, variables)
     limit = int(self.config.max_eval_examples)
     pad_small = bool(self.config.data.pad_small)
     metrics = {}
-    total = 0
     groups = [
       (
         name,
@@ -131,6 +137,8 @@ class FullFrameFlow:
       )
       for name, listing in self.listings(kind, root)
     ]
+    totals = [len(listing) for _, listing in groups]
+    groups = [(name, listing[index::count]) for name, listing in groups]
     progress = eval_progress.EvalProgress(
       self.config,
       sum(len(listing) for _, listing in groups),
@@ -158,18 +166,18 @@ class FullFrameFlow:
           if one['count'] > 0:
             per_image.append(one['epe'] / one['count'])
           progress.update(1)
+        sums, per_image = sum_over_processes(sums, per_image)
         pooled = flow_metrics.metrics_from_sums(sums)
         prefix = f'{name}_' if kind == 'sintel' else ''
         metrics.update(
           {
             f'{prefix}epe': pooled['epe'],
-            f'{prefix}epe_per_image': float(np.mean(per_image)),
+            f'{prefix}epe_per_image': per_image,
             f'{prefix}fl_all': pooled['fl_all'],
             f'{prefix}acc_1px': pooled['acc_1px'],
           }
         )
-        total += len(listing)
-    metrics['num_examples'] = total
+    metrics['num_examples'] = sum(totals)
     return metrics
 
   def _check_tile_fits(self, shape, path, pad_small, how):
@@ -225,3 +233,18 @@ class FullFrameFlow:
       f'--ground_truth {path!r}: expected a Middlebury .flo '
       'file or a KITTI 16-bit flow .png.'
     )
+
+
+def sum_over_processes(sums: Dict[str, float], per_image: List[float]):
+  """(metric sums added over the processes, mean per-image EPE over all
+  processes' images)."""
+  zero = np.zeros((1, 1, 2), np.float32)
+  keys = sorted(flow_metrics.flow_metric_sums(zero, zero))
+  sums = {k: sums.get(k, 0.0) for k in keys}
+  local = np.asarray(
+    [sums[k] for k in keys] + [sum(per_image), len(per_image)], np.float64
+  )
+  if jax.process_count() > 1:
+    local = np.sum(multihost_utils.process_allgather(local), axis=0)
+  total = {k: float(v) for k, v in zip(keys, local)}
+  return total, float(local[-2] / max(local[-1], 1.0))

@@ -356,23 +356,23 @@ class Task(flow_full_frame.FullFrameFlow, base.Task):
 
   def generated_eval_samples(self, count: int):
     """Un-augmented pairs at the model size, indices after the training set."""
+    return [self.generated_eval_sample(i) for i in range(count)]
+
+  def generated_eval_sample(self, i: int):
+    """Eval pair `i` (a pure function of the index, so each process makes
+    only its own)."""
     settings = self.generator_settings()
-    samples = []
-    for i in range(count):
-      s = synthetic.sample_at(
-        settings.seed,
-        settings.num_examples + i,
-        *self.train_size,
-        config=settings.synthetic_config,
-      )
-      samples.append(
-        {
-          'image': flow_full_frame.normalize_frames(s['frame1'], s['frame2']),
-          'flow': s['flow'],
-          'valid': s['valid'],
-        }
-      )
-    return samples
+    s = synthetic.sample_at(
+      settings.seed,
+      settings.num_examples + i,
+      *self.train_size,
+      config=settings.synthetic_config,
+    )
+    return {
+      'image': flow_full_frame.normalize_frames(s['frame1'], s['frame2']),
+      'flow': s['flow'],
+      'valid': s['valid'],
+    }
 
   def eval_data(self):
     """Generated pairs: `data.num_eval_examples` or the count in
@@ -385,13 +385,13 @@ class Task(flow_full_frame.FullFrameFlow, base.Task):
     batch_size = int(self.config.eval_batch_size)
     processes, index = jax.process_count(), jax.process_index()
     local = batch_size // processes
-    samples = self.generated_eval_samples(count)
 
     def batches():
       for start in range(0, count, batch_size):
         first = start + index * local
         rows = [min(first + i, count - 1) for i in range(local)]
-        batch = stack_samples([samples[r] for r in rows])
+        made = {r: self.generated_eval_sample(r) for r in set(rows)}
+        batch = stack_samples([made[r] for r in rows])
         batch['weight'] = np.array(
           [float(first + i < count) for i in range(local)], np.float32
         )

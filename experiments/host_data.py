@@ -1,0 +1,275 @@
+"""In-memory tables per host: each process reads only its rows.
+
+Why: a table (text files, GLUE TSVs, TFDS text, the digits) read whole by
+every process costs each host the whole split's tokenising and memory, so
+adding hosts would not add input capacity. Yet the runner's guarantee is
+that training does not depend on the process count: global batch `step` is
+a pure function of the step, and the union of the processes' rows of it is
+the same batch a single process builds.
+
+Both hold with fixed *shards*: the table's rows are cut into `S` contiguous
+blocks (S from the config, never from the process count), and every global
+batch takes a fixed number of rows from each block, `(j+1)B//S - jB//S`
+from block j, drawn from block j's own stream (a fresh permutation of its
+rows per epoch, seeded by (seed, S, j, epoch)). Process i of n (n divides
+S) owns blocks [iS/n, (i+1)S/n), reads only their rows, and builds exactly
+its rows of every global batch (`input_pipeline.process_slice`), so a
+1-, 2-, 4- or 8-process run with the same S trains on the same batches,
+row for row. With S = 1 this is the single global permutation of
+`input_pipeline.batch_indices`.
+
+`config.data.num_shards = 0` (auto) picks the largest divisor of
+gcd(batch_size, 64) that the process count divides and the table can fill:
+8 for a batch of 8, so 1, 2, 4 and 8 processes see the same batches. A
+process count that does not divide it (3 processes) gets a larger S from
+the batch size's divisors, whose batches then differ from one process's.
+An epoch is approximate: each block cycles at its own length (sizes differ
+by at most one row).
+
+Evaluation needs no common order, only every example exactly once: process
+i reads its contiguous block of the split, keeps the rows of the fixed eval
+subset (`input_pipeline.eval_rows`) that fall in it, and pads to the
+largest process's count with weight-0 rows, so every process runs the same
+number of eval batches.
+"""
+
+import math
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+
+from experiments import input_pipeline
+
+Table = input_pipeline.Table
+MAX_AUTO_SHARDS = 64
+
+
+def floor_bounds(total: int, count: int) -> List[int]:
+  """Block boundaries `total * k // count`, k = 0..count (nested: the
+  bounds for n blocks are among those for S blocks when n divides S)."""
+  return [total * k // count for k in range(count + 1)]
+
+
+def tfds_bounds(total: int, count: int) -> List[int]:
+  """Block boundaries as `tfds.even_splits(drop_remainder=False)` cuts them
+  (the first `total % count` blocks one row longer)."""
+  per, extra = divmod(total, count)
+  return [k * per + min(k, extra) for k in range(count + 1)]
+
+
+def num_shards(
+  requested: int, batch_size: int, num_examples: int, process_count: int
+) -> int:
+  """The shard count S for a table (see the module docstring)."""
+  if requested > 0:
+    problem = None
+    if requested % process_count:
+      problem = f'a multiple of the process count {process_count}'
+    elif requested > batch_size:
+      problem = f'at most batch_size {batch_size}'
+    elif requested > num_examples:
+      problem = f'at most the {num_examples} training examples'
+    if problem:
+      raise ValueError(
+        f'config.data.num_shards={requested} must be {problem} (each '
+        'process reads whole shards and every batch draws from every '
+        'shard); 0 picks one.'
+      )
+    return requested
+
+  def fits(d):
+    return d % process_count == 0 and d <= num_examples
+
+  power_of_two = [
+    d for d in _divisors(math.gcd(batch_size, MAX_AUTO_SHARDS)) if fits(d)
+  ]
+  choices = power_of_two or [d for d in _divisors(batch_size) if fits(d)]
+  if not choices:
+    raise ValueError(
+      f'{num_examples} training examples cannot be shared by '
+      f'{process_count} processes with batch_size {batch_size}.'
+    )
+  return max(choices)
+
+
+def _divisors(n: int) -> List[int]:
+  return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def owned_shards(shards: int, process_index: int, process_count: int):
+  per = shards // process_count
+  return range(process_index * per, (process_index + 1) * per)
+
+
+def shard_batch_rows(
+  step: int,
+  batch_size: int,
+  bounds: Sequence[int],
+  shards: Sequence[int],
+  seed: int,
+) -> np.ndarray:
+  """Global row indices of the given shards' part of global batch `step`.
+
+  `bounds`: the S + 1 shard boundaries; `shards`: which shards, in order.
+  """
+  count = len(bounds) - 1
+  parts = []
+  for j in shards:
+    rows = (j + 1) * batch_size // count - j * batch_size // count
+    size = bounds[j + 1] - bounds[j]
+    stream = () if count == 1 else (count, j)
+    idx = input_pipeline.batch_indices(step, rows, size, seed, stream)
+    parts.append(idx + bounds[j])
+  return np.concatenate(parts)
+
+
+class ShardedTableStream:
+  """Step-indexed training batches of this process's shards of a table.
+
+  `table` holds exactly the rows [bounds[first], bounds[last + 1]) of the
+  split, where first..last are the shards this process owns.
+  """
+
+  def __init__(
+    self,
+    table: Table,
+    bounds: Sequence[int],
+    batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+  ):
+    self.table, self.bounds = table, list(bounds)
+    self.batch_size, self.seed = batch_size, seed
+    input_pipeline.process_slice(batch_size, process_index, process_count)
+    self.shards = owned_shards(len(bounds) - 1, process_index, process_count)
+    self.offset = self.bounds[self.shards[0]]
+    rows = len(next(iter(table.values())))
+    if rows != self.bounds[self.shards[-1] + 1] - self.offset:
+      raise ValueError(
+        f'process {process_index} holds {rows} rows, not its shards '
+        f'{self.shards[0]}..{self.shards[-1]} '
+        f'({self.bounds[self.shards[-1] + 1] - self.offset} rows).'
+      )
+
+  def batch(self, step: int) -> Table:
+    idx = shard_batch_rows(
+      step, self.batch_size, self.bounds, self.shards, self.seed
+    )
+    idx = idx - self.offset
+    batch = {k: v[idx] for k, v in self.table.items()}
+    batch['weight'] = np.ones(len(idx), np.float32)
+    return batch
+
+
+def eval_plan(
+  process_sizes: Sequence[int], max_examples: int = -1
+) -> Tuple[List[np.ndarray], int]:
+  """(per process: its local rows to score, in order; the total scored).
+
+  `process_sizes`: how many rows of the split each process holds
+  (contiguous blocks in process order).
+  """
+  offsets = np.cumsum([0, *process_sizes])
+  order = input_pipeline.eval_rows(int(offsets[-1]), max_examples)
+  local = [
+    order[(order >= offsets[p]) & (order < offsets[p + 1])] - offsets[p]
+    for p in range(len(process_sizes))
+  ]
+  return local, len(order)
+
+
+def sharded_eval_batches(
+  table: Table,
+  process_sizes: Sequence[int],
+  global_batch: int,
+  process_index: int,
+  max_examples: int = -1,
+) -> Iterator[Table]:
+  """This process's eval batches: its rows of the eval subset, then weight-0
+  padding up to the batch count of the process with the most rows."""
+  count = len(process_sizes)
+  per = global_batch // count
+  input_pipeline.process_slice(global_batch, process_index, count)
+  plan, _ = eval_plan(process_sizes, max_examples)
+  mine = plan[process_index]
+  num_batches = max(math.ceil(len(rows) / per) for rows in plan)
+  for b in range(num_batches):
+    idx = mine[b * per : (b + 1) * per]
+    weight = np.zeros(per, np.float32)
+    weight[: len(idx)] = 1.0
+    padded = np.concatenate([idx, np.zeros(per - len(idx), idx.dtype)])
+    batch = {k: v[padded] for k, v in table.items()}
+    batch['weight'] = weight
+    yield batch
+
+
+def load_process_table(
+  config,
+  split: str,
+  task: str,
+  train: bool,
+  process_index: Optional[int] = None,
+  process_count: Optional[int] = None,
+):
+  """(this process's rows of `split`, info): the shards it owns (training)
+  or its contiguous block (evaluation), read without the other rows.
+
+  info adds 'bounds' (training: the S + 1 shard boundaries) and
+  'process_sizes' (evaluation: every process's row count). The process
+  defaults to JAX's.
+  """
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  tfds = str(config.data.source).lower().startswith('tfds:')
+  if train and tfds:  # Read shard by shard: TFDS cuts its own blocks.
+    total = tfds_num_examples(config, split, task)
+    shards = _train_shards(config, total, count)
+    parts = [
+      input_pipeline.load_table(
+        config, split, task, j, shards, stats=count == 1 and j == 0
+      )
+      for j in owned_shards(shards, index, count)
+    ]
+    table = {k: np.concatenate([p[k] for p, _ in parts]) for k in parts[0][0]}
+    info = parts[0][1]
+    info['num_examples'] = total
+    info['bounds'] = tfds_bounds(total, shards)
+    return table, info
+  table, info = input_pipeline.load_table(
+    config, split, task, index, count, stats=count == 1
+  )
+  if not train:
+    info['process_sizes'] = list(info['num_examples_per_process'])
+    return table, info
+  total = int(info['num_examples'])
+  info['bounds'] = floor_bounds(total, _train_shards(config, total, count))
+  return table, info
+
+
+def tfds_num_examples(config, split: str, task: str) -> int:
+  """Examples in a TFDS split, from its metadata (no record is read)."""
+  from perceiver_io.data import text as text_data  # pylint: disable=g-import-not-at-top
+
+  data = config.data
+  _, info = text_data.make_text_dataset(
+    data.source,
+    split,
+    max_length=int(data.max_length),
+    batch_size=1,
+    repeat=False,
+    task=task if task == 'regression' else 'classification',
+    compute_stats=False,
+    **input_pipeline.text_source_kwargs(data),
+  )
+  return int(info.num_examples)
+
+
+def _train_shards(config, total: int, count: int) -> int:
+  return num_shards(
+    int(config.data.get('num_shards', 0) or 0),
+    int(config.batch_size),
+    total,
+    count,
+  )
