@@ -38,7 +38,7 @@ def tiny_config(**fields):
 
 
 def setup(config):
-  """(model, task, optimizer, schedule, initial state on the host)."""
+  """(task, train step function, initial state on the host)."""
   train_lib.configure_jax(config)
   task = tasks.get(config)
   model, _ = models.build(config, task.num_outputs())
@@ -53,12 +53,14 @@ def setup(config):
     config, abstract_vars['params'], int(config.num_train_steps)
   )
   state = jax.jit(lambda: train_lib.new_state(tx, init()))()
-  return model, task, tx, schedule, sharding.to_host(state)
+  # One function for every mesh: JAX traces it once.
+  train_fn = steps.make_train_step(model, task, tx, schedule, config)
+  return task, train_fn, sharding.to_host(state)
 
 
 def train_on_mesh(config, mesh, setup_result):
   """(per-step losses, the final state, its shardings)."""
-  model, task, tx, schedule, state = setup_result
+  task, train_fn, state = setup_result
   abstract_state = jax.tree_util.tree_map(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state
   )
@@ -66,7 +68,7 @@ def train_on_mesh(config, mesh, setup_result):
   replicated = sharding.replicated(mesh)
   state = jax.device_put(state, shardings)
   train_step = jax.jit(
-    steps.make_train_step(model, task, tx, schedule, config),
+    train_fn,
     in_shardings=(shardings, sharding.batch_sharding(mesh)),
     out_shardings=(shardings, replicated),
     donate_argnums=(0,),
