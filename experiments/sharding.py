@@ -59,15 +59,16 @@ def mesh_shape(data: int, fsdp: int, device_count: int) -> Tuple[int, int]:
   return data, fsdp
 
 
-def make_mesh(data: int = -1, fsdp: int = 1) -> Mesh:
-  """A ('data', 'fsdp') mesh over all devices of all processes.
+def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
+  """A ('data', 'fsdp') mesh over `devices` (default: all devices of all
+  processes).
 
   Devices keep `jax.devices()` order (process by process), so each
   process's devices hold one contiguous block of the batch, the rows it
   feeds (`global_batch`); 'fsdp' is the faster-varying axis, inside a host
   where it fits.
   """
-  devices = np.asarray(jax.devices())
+  devices = np.asarray(jax.devices() if devices is None else devices)
   shape = mesh_shape(data, fsdp, devices.size)
   return Mesh(devices.reshape(shape), BATCH_AXES)
 

@@ -4,10 +4,12 @@ Why it looks like this (big_vision / Flax-examples habits):
 `train_and_evaluate` runs in banner sections (workdir, task and data, mesh,
 model and optimizer, state and resume, steps, loop) and asks the task
 (`experiments.tasks`) at fixed points instead of branching on it. The train
-step is jitted once over a mesh of every device of every process, with the
-state donated; the batch is sharded on 'data'. Everything random is a
-function of the step (data order, MLM masks, MixUp, dropout), so a run
-resumed from any checkpoint ends bit-identical to an uninterrupted one.
+step is jitted once over a data x fsdp mesh of every device of every
+process, with the state donated (split over 'fsdp' by rule) and the batch
+split over both axes. Everything random is a function of the step and the
+global batch (data order, MLM masks, MixUp, dropout), so a run resumed from
+any checkpoint ends bit-identical to an uninterrupted one, and one resumed
+on another mesh or process count equal to float round-off.
 """
 
 import functools

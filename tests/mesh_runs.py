@@ -7,9 +7,10 @@ after another here, with the runner's own pieces (task, model, optimizer,
 and no workdir, eval or checkpoint in the way.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 \
-      python -m tests.mesh_runs OUT.pkl 8x1 4x2 2x4 1x8
+      python -m tests.mesh_runs OUT.pkl 1x1 8x1 4x2 2x4 1x8
 """
 
+import concurrent.futures
 import functools
 import pickle
 import sys
@@ -58,21 +59,30 @@ def setup(config):
   return task, train_fn, sharding.to_host(state)
 
 
-def train_on_mesh(config, mesh, setup_result):
-  """(per-step losses, the final state, its shardings)."""
+def compile_for_mesh(config, mesh, setup_result):
+  """(the train step compiled for `mesh`, the state shardings)."""
   task, train_fn, state = setup_result
   abstract_state = jax.tree_util.tree_map(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state
   )
   shardings = train_lib.state_shardings(abstract_state, mesh, config)
-  replicated = sharding.replicated(mesh)
-  state = jax.device_put(state, shardings)
+  batch = sharding.global_batch(task.train_stream(0).batch(0), mesh)
   train_step = jax.jit(
     train_fn,
     in_shardings=(shardings, sharding.batch_sharding(mesh)),
-    out_shardings=(shardings, replicated),
+    out_shardings=(shardings, sharding.replicated(mesh)),
     donate_argnums=(0,),
   )
+  return train_step.lower(abstract_state, batch).compile(), shardings
+
+
+def train_on_mesh(config, mesh, setup_result, compiled=None):
+  """(per-step losses, the final state, its shardings)."""
+  task, _, state = setup_result
+  train_step, shardings = compiled or compile_for_mesh(
+    config, mesh, setup_result
+  )
+  state = jax.device_put(state, shardings)
   stream = task.train_stream(0)
   losses = []
   for step in range(int(config.num_train_steps)):
@@ -96,12 +106,28 @@ def held_bytes(state):
 
 def main(argv):
   out, *shapes = argv[1:]
-  results = {}
-  prepared = setup(tiny_config())
+  config = tiny_config()
+  prepared = setup(config)
+  meshes = {}
   for shape in shapes:
     data, fsdp = (int(n) for n in shape.split('x'))
-    mesh = sharding.make_mesh(data, fsdp)
-    losses, state, shardings = train_on_mesh(tiny_config(), mesh, prepared)
+    # A mesh of fewer devices takes the first ones (1x1: one device).
+    meshes[shape] = sharding.make_mesh(data, fsdp, jax.devices()[: data * fsdp])
+  # XLA compiles outside the GIL: both cores compile at once.
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    compiled = dict(
+      zip(
+        shapes,
+        pool.map(
+          lambda m: compile_for_mesh(config, m, prepared), meshes.values()
+        ),
+      )
+    )
+  results = {}
+  for shape, mesh in meshes.items():
+    losses, state, shardings = train_on_mesh(
+      config, mesh, prepared, compiled[shape]
+    )
     split = sum(
       not s.is_fully_replicated for s in jax.tree_util.tree_leaves(shardings)
     )

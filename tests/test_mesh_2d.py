@@ -7,9 +7,10 @@
   split, Adam moments follow their parameter by path, a scanned stack is
   split as each of its layers;
 * equality: a few train steps on 8 simulated devices with meshes 8x1, 4x2,
-  2x4 and 1x8 (one subprocess, `tests.mesh_runs`) give the losses and
-  parameters of one device to float round-off, and the bytes each device
-  holds are the ones the runner's abstract count logs.
+  2x4 and 1x8 give the losses and parameters of one device to float
+  round-off (one subprocess, `tests.mesh_runs`, the reference on a mesh of
+  its first device), and the bytes each device holds are the ones the
+  runner's abstract count logs.
 """
 
 import functools
@@ -29,7 +30,6 @@ from experiments import sharding
 from experiments import train_lib
 from perceiver_io import model as model_lib
 from perceiver_io import presets
-from tests import mesh_runs
 from tests import parallel_helpers as ph
 
 MESHES = ('8x1', '4x2', '2x4', '1x8')
@@ -192,28 +192,13 @@ def test_a_scanned_stack_is_split_as_each_of_its_layers():
 # ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope='module')
-def one_device():
-  """The reference: the same steps on this process's one CPU device."""
-  previous = jax.config.read('jax_disable_most_optimizations')
-  try:
-    config = mesh_runs.tiny_config()
-    mesh = sharding.make_mesh(1, 1)  # The test process has one device.
-    losses, state, _ = mesh_runs.train_on_mesh(
-      config, mesh, mesh_runs.setup(config)
-    )
-    return losses, sharding.to_host(state['params'])
-  finally:
-    jax.config.update('jax_disable_most_optimizations', previous)
-
-
 @pytest.mark.slow
 def test_four_mesh_shapes_on_eight_devices_match_one_device(
-  one_device, tmp_path, subprocess_env
+  tmp_path, subprocess_env
 ):
   out = str(tmp_path / 'meshes.pkl')
   proc = subprocess.run(
-    [sys.executable, '-m', 'tests.mesh_runs', out, *MESHES],
+    [sys.executable, '-m', 'tests.mesh_runs', out, '1x1', *MESHES],
     cwd=ph.REPO,
     env=ph.with_devices(subprocess_env, 8),
     capture_output=True,
@@ -223,7 +208,8 @@ def test_four_mesh_shapes_on_eight_devices_match_one_device(
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(out, 'rb') as f:
     runs = pickle.load(f)
-  ref_losses, ref_params = one_device
+  # The reference: a mesh of the first device alone.
+  ref_losses, ref_params = runs['1x1']['losses'], runs['1x1']['params']
   for shape in MESHES:
     run = runs[shape]
     # Sums over 8 batch shards (and fsdp's reduce-scatter) add in another

@@ -1,31 +1,26 @@
 """A run resumes on another topology: other device and process counts, and
-another mesh shape.
+another mesh shape, all at once.
 
 One run trains on 2 processes x 4 simulated devices (8 devices, mesh 2x4:
-data across the processes, fsdp inside each) and checkpoints at steps 2 and
-4. Removing step 4 leaves the workdir as a preemption after step 2 would;
-it then resumes as 1 process of 2 devices with mesh 1x2 (Orbax restores
-the 8-device layout into the new target shardings: another device count,
-process count and mesh shape at once), and must continue as an
-uninterrupted run (on 1 device, in this test process) does: the same
-batches (the data order is a function of the step and the global batch,
-not of the devices: checked exactly below) and the same parameters to float
-round-off. Not to the bit: steps 1-2 ran on 8 devices, whose sums of 8
-batch shards (and fsdp's reduce-scatters) add in another order than one
-device's sum; a resume on the same topology is bit-identical
-(tests/test_experiments_parallel.py).
+data across the processes, fsdp inside each), checkpointing at steps 2 and
+4. A copy without step 4 is that run preempted after step 2; it resumes as
+1 process of 2 devices with mesh 1x2 (Orbax restores the saved arrays
+into the new target shardings) and must continue as the uninterrupted run
+did: the same batches (the data order is a function of the step and the
+global batch, not of the devices or processes: checked bit for bit below)
+and the same parameters to float round-off. Not to the bit: steps 3-4 now
+sum 2 batch shards where the first run summed 8 (and reduce-scatters over
+fsdp=2, not 4), which adds in another order; every topology gives the
+one-device result to round-off (tests/test_mesh_2d.py), and a resume on the
+same topology is bit-identical (tests/test_experiments_parallel.py).
 """
 
 import shutil
 
-import jax
 import numpy as np
 import pytest
 
-from configs import quickstart
 from experiments import input_pipeline
-from experiments import train_lib
-from tests import helpers
 from tests import parallel_helpers as ph
 
 STEPS = 4
@@ -44,16 +39,6 @@ ARGS = [
 ]
 
 
-def _train_here(workdir):
-  """The same run in this process (1 device)."""
-  config = helpers.override_config(quickstart.get_config('tiny'), **FIELDS)
-  previous = jax.config.read('jax_disable_most_optimizations')
-  try:
-    train_lib.train_and_evaluate(config, workdir)
-  finally:
-    jax.config.update('jax_disable_most_optimizations', previous)
-
-
 @pytest.fixture(scope='module')
 def eight_devices_two_processes(tmp_path_factory, subprocess_env):
   workdir = str(tmp_path_factory.mktemp('two_processes'))
@@ -68,13 +53,6 @@ def eight_devices_two_processes(tmp_path_factory, subprocess_env):
   return workdir
 
 
-@pytest.fixture(scope='module')
-def uninterrupted(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('one_device'))
-  _train_here(workdir)
-  return ph.read_params(workdir, STEPS), ph.read_losses(workdir)
-
-
 def _preempted_after_step_2(source, target):
   """A copy of `source` as if the run had stopped after checkpoint 2."""
   shutil.copytree(source, target)
@@ -82,24 +60,14 @@ def _preempted_after_step_2(source, target):
   return str(target)
 
 
-def _assert_continues_as(workdir, uninterrupted, first_losses):
-  params, losses = uninterrupted
-  resumed = ph.read_losses(workdir)
-  assert sorted(resumed) == list(range(1, STEPS + 1))
-  # Steps 1-2 are the 8-device run's records, 3-4 the resumed run's.
-  for step in (1, 2):
-    assert resumed[step] == first_losses[step]
-  for step in range(1, STEPS + 1):
-    assert resumed[step] == pytest.approx(losses[step], rel=1e-5), step
-  ph.assert_trees(ph.read_params(workdir, STEPS), params, exact=False)
-
-
 @pytest.mark.slow
 def test_eight_devices_of_two_processes_resume_on_two_devices_of_one(
-  eight_devices_two_processes, uninterrupted, tmp_path, subprocess_env
+  eight_devices_two_processes, tmp_path, subprocess_env
 ):
-  first = ph.read_losses(eight_devices_two_processes)
-  workdir = _preempted_after_step_2(eight_devices_two_processes, tmp_path / 'w')
+  uninterrupted = eight_devices_two_processes
+  params = ph.read_params(uninterrupted, STEPS)
+  losses = ph.read_losses(uninterrupted)
+  workdir = _preempted_after_step_2(uninterrupted, tmp_path / 'w')
   proc = ph.run_train(
     workdir,
     ph.with_devices(subprocess_env, 2),
@@ -107,7 +75,13 @@ def test_eight_devices_of_two_processes_resume_on_two_devices_of_one(
   )
   assert 'resuming from' in proc.stderr and 'step 2.' in proc.stderr
   assert 'mesh: 2 devices over 1 process(es), data=1 x fsdp=2' in proc.stderr
-  _assert_continues_as(workdir, uninterrupted, first)
+  resumed = ph.read_losses(workdir)
+  assert sorted(resumed) == list(range(1, STEPS + 1))
+  for step in (1, 2):  # The first run's records, kept.
+    assert resumed[step] == losses[step]
+  for step in (3, 4):  # Written by the resumed run: the same batches.
+    assert resumed[step] == pytest.approx(losses[step], rel=1e-5), step
+  ph.assert_trees(ph.read_params(workdir, STEPS), params, exact=False)
 
 
 @pytest.mark.parametrize('processes', [2, 4, 8])
