@@ -139,8 +139,15 @@ def base_config() -> ml_collections.ConfigDict:
   # Batch and duration (one of num_train_steps / num_epochs; steps wins if
   # > 0).
   c.batch_size = 32  # global, over all devices and hosts
-  # Parameters (and optimizer moments) with >= this many elements are split
-  # over the devices (ZeRO-3 style); 0 = replicate everything (pure DP).
+  # The device mesh, data x fsdp (-1 = the rest of the devices): the batch
+  # is split over both axes; parameters and optimizer moments over 'fsdp'
+  # by a rule per parameter (experiments/partition_rules.py). data=-1,
+  # fsdp=1 is pure data parallelism (everything replicated).
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  # With fsdp > 1: arrays of fewer elements stay replicated (0: the rules
+  # alone decide).
   c.shard_params_min_size = 0
   c.eval_batch_size = 64  # global, for evaluation
   c.num_train_steps = -1  # the run's length if > 0

@@ -4,10 +4,12 @@ Why it looks like this (big_vision / Flax-examples habits):
 `train_and_evaluate` runs in banner sections (workdir, task and data, mesh,
 model and optimizer, state and resume, steps, loop) and asks the task
 (`experiments.tasks`) at fixed points instead of branching on it. The train
-step is jitted once over a mesh of every device of every process, with the
-state donated; the batch is sharded on 'data'. Everything random is a
-function of the step (data order, MLM masks, MixUp, dropout), so a run
-resumed from any checkpoint ends bit-identical to an uninterrupted one.
+step is jitted once over a data x fsdp mesh of every device of every
+process, with the state donated (split over 'fsdp' by rule) and the batch
+split over both axes. Everything random is a function of the step and the
+global batch (data order, MLM masks, MixUp, dropout), so a run resumed from
+any checkpoint ends bit-identical to an uninterrupted one, and one resumed
+on another mesh or process count equal to float round-off.
 """
 
 import functools
@@ -113,7 +115,7 @@ def train_in_workdir(
   )
 
   # ----------------------------------------------------------------- mesh --
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.fsdp))
   sharding.check_batch_size(int(config.batch_size), mesh)
   sharding.check_batch_size(
     int(config.eval_batch_size), mesh, 'eval_batch_size'
@@ -121,7 +123,10 @@ def train_in_workdir(
   replicated = sharding.replicated(mesh)
   data_sharding = sharding.batch_sharding(mesh)
   logging.info(
-    'mesh: %d devices over %d process(es).', mesh.size, jax.process_count()
+    'mesh: %d devices over %d process(es), data=%d x fsdp=%d.',
+    mesh.size,
+    jax.process_count(),
+    *mesh.devices.shape,
   )
 
   # -------------------------------------------------- model and optimizer --
@@ -351,17 +356,35 @@ def new_state(tx, variables: PyTree) -> PyTree:
 
 
 def state_shardings(abstract_state: PyTree, mesh, config) -> PyTree:
-  """Each state array's layout (config.shard_params_min_size), logged."""
-  shardings = sharding.state_shardings(
+  """Each state array's layout (`sharding.state_shardings`), logged with
+  the bytes of state each device holds."""
+  shardings, unsplit = sharding.state_shardings(
     abstract_state, mesh, int(config.shard_params_min_size)
   )
   leaves = jax.tree_util.tree_leaves(shardings)
   # Only worth a line where there is something to split.
   log = logging.info if mesh.size > 1 else logging.debug
   log(
-    'state: %d of %d arrays sharded over %d devices, the rest replicated.',
+    'state: %d of %d arrays sharded over fsdp=%d, the rest replicated.',
     sum(not s.is_fully_replicated for s in leaves),
     len(leaves),
+    sharding.axis_sizes(mesh)[sharding.FSDP_AXIS],
+  )
+  if unsplit:  # Named by parameter: their optimizer moments follow them.
+    named = [u for u in unsplit if not u.startswith('opt_state/')]
+    logging.warning(
+      'state: %d array(s) replicated, no axis their rule names divides '
+      'fsdp=%d: %s.',
+      len(unsplit),
+      sharding.axis_sizes(mesh)[sharding.FSDP_AXIS],
+      ', '.join(named[:4]) + (', ...' if len(named) > 4 else ''),
+    )
+  logging.info(
+    'memory: parameters + optimizer state %s per device (all %d devices '
+    'alike).',
+    sharding.format_bytes(
+      sharding.state_bytes_per_device(abstract_state, shardings)
+    ),
     mesh.size,
   )
   return shardings

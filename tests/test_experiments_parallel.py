@@ -4,8 +4,8 @@ Every run is the quickstart's tiny config for 6 steps of global batch 8,
 launched as `python -m experiments.train` in a subprocess:
 
 * reference: 1 process, 1 CPU device;
-* 8 simulated CPU devices (XLA_FLAGS), parameters sharded too -> same
-  losses and parameters;
+* 8 simulated CPU devices (XLA_FLAGS), parameters sharded too (mesh 1x8)
+  -> same losses and parameters;
 * 2 processes joined by `jax.distributed` on loopback, each feeding its own
   half of every batch -> same losses and parameters;
 * SIGKILL after a checkpoint, then a restart -> bit-identical parameters;
@@ -55,9 +55,18 @@ def reference(tmp_path_factory, subprocess_env):
 def test_eight_devices_with_sharded_params_match_one(
   reference, tmp_path, subprocess_env
 ):
-  # Batch split 8 ways and every parameter of >= 64 elements split 8 ways.
+  # Batch split 8 ways and every parameter of >= 64 elements split 8 ways
+  # where its rule finds an axis (mesh 1x8: all devices on fsdp).
   env = ph.with_devices(subprocess_env, 8)
-  proc = _run(str(tmp_path), env, ['--config.shard_params_min_size=64'])
+  proc = _run(
+    str(tmp_path),
+    env,
+    [
+      '--config.mesh.data=1',
+      '--config.mesh.fsdp=-1',
+      '--config.shard_params_min_size=64',
+    ],
+  )
   assert 'mesh: 8 devices over 1 process(es)' in proc.stderr
   sharded = int(proc.stderr.split('state: ')[1].split(' of ')[0])
   assert sharded > 10  # Kernels, embeddings and their Adam moments.

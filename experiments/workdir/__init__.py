@@ -125,6 +125,8 @@ RESUMABLE_FIELDS = (
   'overwrite',
   'disable_most_optimizations',
   'shard_params_min_size',
+  'mesh.data',
+  'mesh.fsdp',
   'best_metric',
   'best_mode',
   'data.eval_split',
