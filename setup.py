@@ -1,7 +1,8 @@
 """perceiver_io: Perceiver IO in JAX/Flax.
 
 Install for use:          pip install -e .
-With the data pipelines:  pip install -e ".[data]"   (TensorFlow + TFDS)
+With the data pipelines:  pip install -e ".[data]"   (TensorFlow + TFDS,
+                          PyAV for video)
 For the tests:            pip install -e ".[test]"   (adds torch 2.13.0 +
                           transformers for the parity tests)
 """
@@ -31,6 +32,10 @@ DATA = [
   'tensorflow>=2.16; platform_machine!="x86_64"',
   'tensorflow-datasets>=4.9.4',
   'importlib_resources>=6.0',  # Needed by TFDS >= 4.9.10 with recent etils.
+  # Video + audio decoding and writing (perceiver_io/data/video): its
+  # wheels bundle ffmpeg; decord cannot write files and was last released
+  # in 2021 (perceiver_io/data/video/decoding.py).
+  'av>=14',
 ]
 TEST = DATA + [
   'pytest>=8.0',

@@ -54,9 +54,30 @@ def label_from_audio(audio, sample_rate):
   bin_ = int(round(f_head * quarter / sample_rate))
   third = spectrum[3 * bin_ - 2 : 3 * bin_ + 3].max() / spectrum[bin_]
   kind = 'square' if third > 0.1 else 'disc'
-  loud_head, loud_tail = np.abs(head).max(), np.abs(tail).max()
+  loud_head, loud_tail = np.sqrt(np.mean(head**2)), np.sqrt(np.mean(tail**2))
   if abs(f_tail - f_head) > 0.005 * sample_rate:
     direction = 'right' if f_tail > f_head else 'left'
   else:
     direction = 'up' if loud_tail > loud_head else 'down'
   return KINDS.index(kind) * len(DIRECTIONS) + DIRECTIONS.index(direction)
+
+
+def area_downscale(frames, factor):
+  """Mean over factor x factor blocks: what an area filter computes for an
+  integer shrink."""
+  t, h, w, c = frames.shape
+  blocks = frames.reshape(t, h // factor, factor, w // factor, factor, c)
+  return blocks.astype(np.float64).mean(axis=(2, 4))
+
+
+def numbered_frames(count, height=32, width=32):
+  """Frames whose grey level is 6 x their index: a decoded frame tells
+  which source frame it is (6 steps survive lossy coding)."""
+  levels = (6 * np.arange(count) + 10).astype(np.uint8)
+  return np.broadcast_to(
+    levels[:, None, None, None], (count, height, width, 3)
+  ).copy()
+
+
+def frame_numbers(video):
+  return np.round((video.astype(np.float64).mean(axis=(1, 2, 3)) - 10) / 6)

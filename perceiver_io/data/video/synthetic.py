@@ -68,6 +68,12 @@ def sample_rate_of(num_frames: int, audio_samples: int) -> float:
   return audio_samples * FPS / num_frames
 
 
+def label_of(index: int, *, seed: int = 0, num_classes: int = MAX_CLASSES):
+  """The label of clip `index`, without rendering it."""
+  _check_classes(num_classes)
+  return int(np.random.default_rng([seed, index]).integers(num_classes))
+
+
 def trajectory(
   index: int,
   *,
@@ -79,7 +85,7 @@ def trajectory(
   clip, in pixels: the random draws that `synthetic_clip` renders."""
   _check_classes(num_classes)
   rng = np.random.default_rng([seed, index])
-  label = int(rng.integers(num_classes))
+  label = int(rng.integers(num_classes))  # The draw `label_of` repeats.
   dx, dy = _STEPS[DIRECTIONS[label % len(DIRECTIONS)]]
   radius = RADIUS * size
   travel = TRAVEL * size
