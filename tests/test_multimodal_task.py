@@ -217,6 +217,10 @@ def test_psnr_top_k_and_baselines_match_numpy(setup, decoded):
   assert metrics['video_psnr_mean_frame'] == pytest.approx(
     numpy_psnr(mean_frame, v), abs=1e-3
   )
+  colour = np.broadcast_to(v.mean((1, 2, 3), keepdims=True), v.shape)
+  assert metrics['video_psnr_mean_colour'] == pytest.approx(
+    numpy_psnr(colour, v), abs=1e-3
+  )
   assert metrics['audio_psnr_silence'] == pytest.approx(
     numpy_psnr(np.zeros_like(a), a), abs=1e-3
   )

@@ -28,7 +28,8 @@ chunks), with the official point positions `-1 + 2 i / n` that training
 uses. Metrics per clip, averaged over clips: PSNR = 10 log10(peak^2 / MSE)
 of the clipped reconstruction (video in [0, 1], audio in [-1, 1]; peak 1),
 top-1/top-5, and the trivial baselines: each clip's own mean frame for every
-frame, silence for the audio, chance for the label.
+frame (all that does not move), its mean colour for every pixel, silence for
+the audio, chance for the label.
 """
 
 import concurrent.futures
@@ -85,51 +86,6 @@ def model_shapes(model_config: Dict[str, Any]) -> Dict[str, Any]:
     audio_samples=patches * spp,
     num_classes=int(pre['label']['num_classes']),
   )
-
-
-class _SyntheticOnly:
-  """TEMPORARY stand-in for video.open_source until mm-data lands."""
-
-  def __init__(
-    self,
-    spec,
-    split,
-    num_frames,
-    size,
-    audio_samples,
-    num_classes,
-    seed,
-    **unused,
-  ):
-    from perceiver_io.data import video  # pylint: disable=g-import-not-at-top
-
-    kind, _, count = spec.partition(':')
-    if kind != 'synthetic':
-      raise ValueError(f'only synthetic:N for now; got {spec!r}.')
-    n = int(count)
-    self.first = n if split != 'train' else 0
-    self.count = max(n // 8, 1) if split != 'train' else n
-    self.args = dict(
-      seed=seed,
-      num_frames=num_frames,
-      size=size,
-      audio_samples=audio_samples,
-      num_classes=num_classes,
-    )
-    self.label_names = video.label_names(num_classes)
-    self.num_classes = num_classes
-    self.summary = f'{self.count} synthetic clips'
-    self.clip = video.synthetic_clip
-
-  def __len__(self):
-    return self.count
-
-  def __getitem__(self, i):
-    return self.clip(self.first + i, **self.args)
-
-
-def _synthetic_only(spec, **kwargs):
-  return _SyntheticOnly(spec, **kwargs)
 
 
 class _TrainStream:
@@ -199,8 +155,7 @@ class Task(base.Task):
       from perceiver_io.data import video  # pylint: disable=g-import-not-at-top
 
       d = self.config.data
-      opener = getattr(video, 'open_source', None) or _synthetic_only
-      self._sources[split] = opener(
+      self._sources[split] = video.open_source(
         str(d.eval_source or d.source) if split == 'eval' else str(d.source),
         split=str(d.eval_split if split == 'eval' else d.train_split),
         num_frames=self.shapes['num_frames'],
@@ -245,7 +200,8 @@ class Task(base.Task):
       {
         'num_examples': len(train),
         'label_names': list(train.label_names),
-        'summary': f'train: {train.summary}; eval: {evaluation.summary}',
+        'summary': f'train: {train.summary.rstrip(".")}; eval: '
+        f'{evaluation.summary.rstrip(".")}',
       },
       {'num_examples': len(evaluation), 'label_names': []},
     )
@@ -427,6 +383,9 @@ class Task(base.Task):
     return {
       **sums,
       'video_se_mean_frame': jnp.sum((frames - mean_frame) ** 2, (1, 2, 3)),
+      'video_se_mean_colour': jnp.sum(
+        (frames - frames.mean((1, 2), keepdims=True)) ** 2, (1, 2, 3)
+      ),
       'audio_se_silence': jnp.sum(audio**2, (1, 2)),
       'ce': optax.softmax_cross_entropy_with_integer_labels(logits, label),
       'top1': (rank < 1).astype(jnp.float32),
@@ -498,6 +457,7 @@ class Task(base.Task):
       'video_psnr': mean(psnr(g['video_se'] / pixels)),
       'audio_psnr': mean(psnr(g['audio_se'] / samples)),
       'video_psnr_mean_frame': mean(psnr(g['video_se_mean_frame'] / pixels)),
+      'video_psnr_mean_colour': mean(psnr(g['video_se_mean_colour'] / pixels)),
       'audio_psnr_silence': mean(psnr(g['audio_se_silence'] / samples)),
       'top1': mean(g['top1']),
       'top5': mean(g['top5']),
