@@ -9,11 +9,11 @@ of 224x224, 30,720 audio samples, 784 x 512 latents, 512 pixel and 512
 audio queries per example, the label masked as the sampled draw says) on
 the CPU at a reduced batch: compile time, median step time, peak RSS, and
 the FLOPs counted from shapes (`perceiver_io/flops.py`: multiply and add
-counted separately, as the paper's App. D) per training example against
-the paper's 310B (Tab. 17), and per evaluated clip (every output decoded)
-against its 6.85T. The step is the runner's own
-(`experiments.steps.make_train_step` with the config's LAMB), so it is the
-step `experiments.train` runs. Writes multimodal_step.json and .md.
+counted separately, as the paper's App. D): the train step (3x its forward
+pass) and its forward pass per example against the paper's 310B (Tab. 17),
+and per evaluated clip (every output decoded) against its 6.85T. The step
+is the runner's own (`experiments.steps.make_train_step` with the config's
+LAMB), so it is the step `experiments.train` runs. Writes multimodal_step.json and .md.
 """
 
 import argparse
@@ -129,6 +129,8 @@ def measure_step(args):
     'peak_rss': measure.peak_rss_bytes(),
     'train_flops_per_step': train_flops,
     'train_flops_per_example': train_flops / args.batch,
+    # The paper's FLOPs count forward passes (its eval figure is one too).
+    'forward_flops_per_example': train_flops / 3 / args.batch,
     'paper_train_flops_per_example': PAPER_TRAIN_FLOPS,
     'eval_flops_per_clip': eval_flops,
     'paper_eval_flops_per_clip': PAPER_EVAL_FLOPS,
@@ -148,7 +150,8 @@ def markdown(r) -> str:
         'compile',
         'step (median)',
         'peak RSS',
-        'train FLOPs / example',
+        'train step FLOPs / example',
+        'its forward',
         'paper',
         'eval FLOPs / clip',
         'paper',
@@ -159,6 +162,7 @@ def markdown(r) -> str:
           runner.fmt_seconds(r['median_s']),
           runner.fmt_bytes(r['peak_rss']),
           f'{r["train_flops_per_example"] / 1e9:.0f}B',
+          f'{r["forward_flops_per_example"] / 1e9:.0f}B',
           f'{r["paper_train_flops_per_example"] / 1e9:.0f}B',
           f'{r["eval_flops_per_clip"] / 1e12:.2f}T',
           f'{r["paper_eval_flops_per_clip"] / 1e12:.2f}T',
