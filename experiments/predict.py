@@ -10,6 +10,7 @@ r"""Launcher: predict with a trained workdir.
   python -m experiments.predict --config=configs/imagenet.py:conv \
       --config.init_from=hf:deepmind/vision-perceiver-conv cat.jpg
   python -m experiments.predict --exported=/tmp/imdb/export "Great film."
+  python -m experiments.predict --workdir=/tmp/mm_cpu clip.mp4 --output=/tmp/mm
 
 Classification prints the label and its probability (top-k with --top_k);
 regression prints the score; an MLM workdir fills every [MASK] byte. For
@@ -76,7 +77,9 @@ _DIGITS = flags.DEFINE_string(
 _CLASS_NAMES = flags.DEFINE_string(
   'class_names', '', 'Image tasks: class-name list file.'
 )
-_OUTPUT = flags.DEFINE_string('output', '', 'Flow: output .flo path.')
+_OUTPUT = flags.DEFINE_string(
+  'output', '', 'Flow: output .flo path; multimodal: output folder.'
+)
 _GROUND_TRUTH = flags.DEFINE_string(
   'ground_truth', '', 'Flow: ground-truth .flo for the EPE.'
 )

@@ -101,6 +101,8 @@ def next_commands(workdir: str, config) -> List[str]:
     example = shlex.quote(_MLM_EXAMPLE)
   elif config.task == 'optical_flow':
     example = 'FRAME1.png FRAME2.png --output=flow.flo'
+  elif config.task == 'multimodal_autoencoding':
+    example = 'CLIP.mp4 --output=reconstruction/'
   elif config.data.source == 'digits':
     example = '--digits=0:5'
   elif config.task == 'image_classification':

@@ -378,7 +378,7 @@ class MultimodalDecoder(_QueryDecoder, kw_only=True):
     for name, spec in self.modalities.items():
       pts = subsampled_points.get(name)
       sizes[name] = (
-        int(np.shape(pts)[0])
+        int(np.shape(pts)[-1])  # [n] or per example [B, n].
         if pts is not None
         else int(np.prod(spec['output_index_dims']))
       )

@@ -119,7 +119,9 @@ class PerceiverIO(nn.Module):
   """The whole model, built from `config` (a plain dict; see presets.py).
 
   Call: `model.apply(variables, inputs, attention_mask=None, query_mask=None,
-  subsampled_output_points=None, deterministic=True)`. With
+  subsampled_output_points=None, input_masks=None, deterministic=True)`;
+  `method='encode'` / `'decode'` run the two halves. Subsampled points are
+  flat indices [n] (shared by the batch) or [B, n] (per example). With
   `deterministic=False` pass `rngs={'dropout': key}` (and `'mask'` for
   multimodal masking with 0 < p < 1) and `mutable=['batch_stats']` for the
   conv preprocessor.
@@ -161,9 +163,38 @@ class PerceiverIO(nn.Module):
     attention_mask=None,
     query_mask=None,
     subsampled_output_points=None,
+    input_masks=None,
     deterministic=True,
   ):
-    pre = self.preprocessor(inputs, deterministic)
+    z, pre = self.encode(
+      inputs,
+      attention_mask=attention_mask,
+      input_masks=input_masks,
+      deterministic=deterministic,
+    )
+    return self.decode(
+      z,
+      pre,
+      query_mask=query_mask,
+      subsampled_output_points=subsampled_output_points,
+      deterministic=deterministic,
+    )
+
+  def encode(
+    self, inputs, *, attention_mask=None, input_masks=None, deterministic=True
+  ):
+    """Inputs -> (latents z, the preprocessed inputs).
+
+    `input_masks` (multimodal only): name -> bool [B] or [B, n], elements
+    replaced by the modality's mask token, instead of drawing them with
+    `mask_probs` (a task that chooses which examples to mask).
+    """
+    if input_masks is None:
+      pre = self.preprocessor(inputs, deterministic)
+    elif isinstance(self.preprocessor, preprocessors.MultimodalPreprocessor):
+      pre = self.preprocessor(inputs, deterministic, masks=input_masks)
+    else:
+      raise ValueError('input_masks needs a multimodal preprocessor.')
     if (
       attention_mask is not None
       and attention_mask.shape != pre.inputs.shape[:2]
@@ -172,7 +203,20 @@ class PerceiverIO(nn.Module):
         f'attention_mask must have shape [batch, elements] = '
         f'{pre.inputs.shape[:2]}, got {attention_mask.shape}.'
       )
-    z = self.encoder(pre.inputs, attention_mask, deterministic)
+    return self.encoder(pre.inputs, attention_mask, deterministic), pre
+
+  def decode(
+    self,
+    z,
+    pre,
+    *,
+    query_mask=None,
+    subsampled_output_points=None,
+    deterministic=True,
+  ):
+    """Latents -> outputs; decoding is separate so that one encoding can be
+    decoded in chunks of subsampled points (bounded memory, as the official
+    video colab decodes)."""
     out = self.decoder(
       z,
       inputs=pre.inputs,

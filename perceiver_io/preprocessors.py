@@ -435,7 +435,8 @@ class MultimodalPreprocessor(nn.Module):
   `{name}_padding`. Masking: each element of modality m is replaced by the
   learned `{name}_mask_token` with probability `mask_probs[m]` (probabilities
   of exactly 0 or 1 need no rng; others draw from the 'mask' rng stream).
-  Modalities are concatenated in sorted name order.
+  `masks` (name -> bool [B] or [B, n]) gives the draw instead, for the
+  modalities it names. Modalities are concatenated in sorted name order.
   """
 
   modalities: Dict[str, Dict[str, Any]]
@@ -445,7 +446,14 @@ class MultimodalPreprocessor(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, inputs, deterministic=True):
+  def __call__(self, inputs, deterministic=True, masks=None):
+    masks = masks or {}
+    unknown = sorted(set(masks) - set(self.modalities))
+    if unknown:
+      raise ValueError(
+        f'masks name {unknown}, not modalities of this model '
+        f'({sorted(self.modalities)}).'
+      )
     if not isinstance(inputs, dict) or set(inputs) != set(self.modalities):
       got = sorted(inputs) if isinstance(inputs, dict) else type(inputs)
       raise ValueError(
@@ -478,15 +486,18 @@ class MultimodalPreprocessor(nn.Module):
       x = jnp.concatenate(
         [x, jnp.broadcast_to(pad.astype(x.dtype), (b, n, width - c))], -1
       )
-      if name in mask_probs:
+      if name in mask_probs or name in masks:
         token = self.param(
           f'{name}_mask_token',
           nn.initializers.truncated_normal(0.02),
           (1, width),
           self.param_dtype,
         ).astype(x.dtype)
-        p = float(mask_probs[name])
-        if p >= 1.0:
+        p = float(mask_probs.get(name, 0.0))
+        if name in masks:
+          m = jnp.asarray(masks[name]).astype(bool).reshape(b, -1)[..., None]
+          x = jnp.where(m, token, x)
+        elif p >= 1.0:
           x = jnp.broadcast_to(token, x.shape)
         elif p > 0.0:
           m = jax.random.bernoulli(self.make_rng('mask'), p, (b, n, 1))

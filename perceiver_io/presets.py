@@ -272,11 +272,13 @@ def multimodal_autoencoding(
   depth=8,
   output_channels=512,
   label_query_channels=1024,
+  audio_bands=192,
+  image_bands=32,
 ):
   n_audio = num_frames * audio_per_frame
   patch_res = (num_frames, image_size // 4, image_size // 4)
-  audio_pe = _fourier(192, (n_audio,))
-  image_pe = _fourier(32, patch_res)
+  audio_pe = _fourier(audio_bands, (n_audio,))
+  image_pe = _fourier(image_bands, patch_res)
   return {
     'preprocessor': {
       'type': 'multimodal',

@@ -162,7 +162,8 @@ def test_an_unknown_task_lists_the_task_modules(new_task):
     ValueError,
     match=r"unknown config.task 'has_y'; the "
     r'task modules in experiments/tasks/ are classification, '
-    r'has_x, image_classification, mlm, optical_flow, '
+    r'has_x, image_classification, mlm, multimodal_autoencoding, '
+    r'optical_flow, '
     r'regression',
   ):
     tasks.task_class('has_y')

@@ -20,8 +20,9 @@ from experiments import models
 from experiments.tasks import base
 
 # Modules of this package that are not tasks: the interface, and the
-# full-frame (tiled) evaluation and frame reading that optical_flow inherits.
-_NOT_TASKS = ('base', 'flow_full_frame')
+# full-frame (tiled) evaluation and frame reading that optical_flow inherits,
+# and the files a multimodal prediction writes.
+_NOT_TASKS = ('base', 'flow_full_frame', 'multimodal_files')
 
 
 def names() -> List[str]:
