@@ -196,9 +196,17 @@ class PerceiverIO(nn.Module):
 
 
 def build_model(config: Dict[str, Any], **overrides) -> PerceiverIO:
-  """PerceiverIO from a config dict; `overrides` set top-level keys."""
+  """PerceiverIO from a config dict; `overrides` set top-level keys.
+
+  A Perceiver AR config (`'family': 'perceiver_ar'`) builds
+  `perceiver_io.ar.PerceiverAR`.
+  """
   config = copy.deepcopy(dict(config))
   config.update(overrides)
+  if config.get('family') == 'perceiver_ar':
+    from perceiver_io.ar import model as ar_model  # pylint: disable=g-import-not-at-top
+
+    return ar_model.PerceiverAR(config)
   validate_config(config)
   return PerceiverIO(config)
 

@@ -337,6 +337,29 @@ def multimodal_autoencoding(
   }
 
 
+def perceiver_ar(
+  vocab_size=262,
+  max_context=4096,
+  num_latents=1024,
+  num_channels=1024,
+  num_heads=16,
+  num_self_attend_layers=12,
+  position='rotary',
+  rotary_fraction=0.5,
+  dropout_rate=0.1,
+  cross_attend_dropout_rate=0.0,
+  cross_attend_dropout_mode='safe',
+  z_loss=1e-4,
+):
+  """Perceiver AR (perceiver_io/ar): the official experiment's widths (D =
+  1024, 16 heads of 64, widening 4, rotary on half of each head, dropout
+  0.1, z-loss 1e-4) with a 4k context, 1024 latents and 12 layers."""
+  sizes = dict(locals())
+  from perceiver_io.ar import model_config  # pylint: disable=g-import-not-at-top
+
+  return model_config.config(**sizes)
+
+
 _TINY_IMAGE = dict(
   num_classes=10,
   blocks=2,
@@ -395,6 +418,16 @@ PRESETS = {
     depth=2,
     self_heads=4,
     channels=16,
+  ),
+  'perceiver_ar': perceiver_ar,
+  'tiny_perceiver_ar': functools.partial(
+    perceiver_ar,
+    max_context=64,
+    num_latents=16,
+    num_channels=32,
+    num_heads=4,
+    num_self_attend_layers=2,
+    dropout_rate=0.0,
   ),
   'tiny_multimodal_autoencoding': functools.partial(
     multimodal_autoencoding,
