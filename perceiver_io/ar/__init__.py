@@ -34,7 +34,7 @@ __all__ = [
 _LAZY = {
   'PerceiverAR': 'perceiver_io.ar.model',
   'loss': 'perceiver_io.ar.model',
-  'generate': 'perceiver_io.ar.generate',
+  'generate': 'perceiver_io.ar.decoding',
 }
 
 
