@@ -105,6 +105,8 @@ def next_commands(workdir: str, config) -> List[str]:
     example = shlex.quote(_MLM_EXAMPLE)
   elif config.task == 'optical_flow':
     example = 'FRAME1.png FRAME2.png --output=flow.flo'
+  elif config.task == 'perceiver_ar':
+    example = "--prompt='ROMEO:' --max_new_tokens=200"
   elif config.data.source == 'digits':
     example = '--digits=0:5'
   elif config.task == 'image_classification':
