@@ -114,6 +114,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # random_mirrored: a row is 2 x mirrored_half tokens (= max_context).
   c.data.mirrored_half = n // 2
   c.data.mirrored_eval_rows = 64  # held-out copy-task rows
+  # random_mirrored training rows: random prefixes ending in the copied
+  # half (official crops), or whole rows.
+  c.data.mirrored_crop = True
   c.data.eval_bytes = 1_000_000  # TFDS: bytes of the eval split scored
   c.batch_size = 16
   c.eval_batch_size = 16

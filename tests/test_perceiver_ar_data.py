@@ -161,6 +161,24 @@ def test_mirrored_copied_flag_marks_the_reversed_half_only():
   np.testing.assert_array_equal(batch['copied'][0], [0] * 4 + [1] * 4)
 
 
+def test_mirrored_crops_are_prefixes_ending_in_the_copied_half():
+  half, m = 16, 4
+  full = mirrored.MirroredTrainRows(half, 32, m, global_batch=8).batch(1)
+  crop = mirrored.MirroredTrainRows(half, 32, m, 8, crop=True).batch(1)
+  lengths = []
+  for k in range(8):
+    row = np.concatenate([full['inputs'][k], full['targets'][k][-1:]])
+    cut = np.concatenate([crop['inputs'][k], crop['targets'][k][-1:]])
+    length = int(np.sum(cut != lm.PAD_ID))
+    assert half + 1 + m <= length <= 2 * half + 1
+    np.testing.assert_array_equal(cut[-length:], row[:length])  # A prefix.
+    assert np.all(cut[:-length] == lm.PAD_ID)  # Padded at the start.
+    lengths.append(length)
+  assert len(set(lengths)) > 1
+  # The latents' targets are all in the copied half.
+  assert np.all(crop['copied'] == 1) and np.all(crop['target_weights'] == 1)
+
+
 def test_mirrored_rows_depend_on_step_and_shard_by_process():
   whole = mirrored.MirroredTrainRows(8, 16, 4, 4, seed=1).batch(2)
   again = mirrored.MirroredTrainRows(8, 16, 4, 4, seed=1).batch(2)

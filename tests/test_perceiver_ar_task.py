@@ -30,15 +30,20 @@ from tests import helpers
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope='module')
-def tiny_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('ar_tiny'))
-  config = ar_configs.get_config('tiny')
+@pytest.fixture(scope='module', autouse=True)
+def fast_compiles():
+  """Tiny models: XLA's quick compile (as the tiny configs train)."""
   previous = jax.config.read('jax_disable_most_optimizations')
-  result = train_lib.train_and_evaluate(config, workdir)
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
   jax.config.update('jax_disable_most_optimizations', previous)
-  run = workdir_lib.load_workdir(workdir)
-  return workdir, result, run
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory, fast_compiles):
+  workdir = str(tmp_path_factory.mktemp('ar_tiny'))
+  result = train_lib.train_and_evaluate(ar_configs.get_config('tiny'), workdir)
+  return workdir, result, workdir_lib.load_workdir(workdir)
 
 
 @pytest.fixture(scope='module')

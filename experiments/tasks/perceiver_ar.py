@@ -120,7 +120,7 @@ class Task(base.Task):
     if self.kind == 'random_mirrored':
       return mirrored.MirroredTrainRows(
         self.half, self.n, self.m, int(c.batch_size), int(c.seed),
-        **self._process(),
+        **self._process(), crop=bool(data.mirrored_crop),
       )  # fmt: skip
     if self.kind == 'text':
       return lm.TrainWindows(

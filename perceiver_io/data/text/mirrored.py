@@ -12,7 +12,7 @@ byte + 6), 2L + 1 tokens: the N = 2L inputs and their targets. Row r of
 global batch `step` is drawn from ``(seed, step, r)``, so a batch is a
 function of the step and a process generates only its own rows. The
 'copied' flag marks targets in the reversed half (all of them when
-M <= L).
+M <= L). Evaluation always scores whole rows (the longest distances).
 """
 
 from __future__ import annotations
@@ -39,21 +39,31 @@ def check_half(half: int, max_context: int, num_latents: int) -> None:
 
 
 def mirrored_batch(
-  rows, half: int, num_latents: int, seed: int, key
+  rows, half: int, num_latents: int, seed: int, key, crop: bool = False
 ) -> dict[str, np.ndarray]:
-  """The rows `rows` (global indices) of the batch drawn from `key`."""
-  drawn = np.stack(
-    [
-      mirrored_row(np.random.default_rng([int(seed), *key, int(r)]), half)
-      for r in rows
-    ]
-  )
-  out = lm.rows_to_batch(drawn, num_latents)
-  # Target t of the row (t = 1 ... 2L) is copied when t > L.
-  positions = np.arange(2 * half - num_latents + 1, 2 * half + 1)
-  out['copied'] = np.broadcast_to(
-    (positions > half).astype(np.float32), out['targets'].shape
-  ).copy()
+  """The rows `rows` (global indices) of the batch drawn from `key`.
+
+  With `crop`, each row is a prefix of its sequence ending at a random
+  token of the copied half (at least M into it), padded at the start, as
+  the official training crops are: short prefixes put sources close to
+  their copies, so the position lookup is learnt near before far, and
+  positions still count from BOS.
+  """
+  width, m = 2 * half + 1, int(num_latents)
+  drawn, ends = [], []
+  for r in rows:
+    rng = np.random.default_rng([int(seed), *key, int(r)])
+    row = mirrored_row(rng, half)
+    end = width
+    if crop:
+      end = int(rng.integers(min(half + 1 + m, width), width + 1))
+    drawn.append(lm.left_pad(row[:end], width))
+    ends.append(end)
+  out = lm.rows_to_batch(np.stack(drawn), m)
+  # Latent j's target is token end - M + j of the sequence (BOS = 0);
+  # tokens after the first half (index > L) are copies.
+  target = np.asarray(ends)[:, None] - m + np.arange(m)[None, :]
+  out['copied'] = (target > half).astype(np.float32) * out['target_weights']
   out['weight'] = np.ones(len(drawn), np.float32)
   return out
 
@@ -70,14 +80,18 @@ class MirroredTrainRows:
     seed=0,
     process_index=0,
     process_count=1,
+    crop=False,
   ):
     check_half(half, max_context, num_latents)
     self.half, self.m, self.seed = int(half), int(num_latents), int(seed)
+    self.crop = bool(crop)
     rows = lm.process_rows(global_batch, process_index, process_count)
     self.rows = range(rows.start, rows.stop)
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    return mirrored_batch(self.rows, self.half, self.m, self.seed, (0, step))
+    return mirrored_batch(
+      self.rows, self.half, self.m, self.seed, (0, step), self.crop
+    )
 
 
 def mirrored_eval_batches(
