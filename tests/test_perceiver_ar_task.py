@@ -6,12 +6,8 @@ argmax loop written here, so neither the task's loss nor the decoder is
 trusted to check itself.
 """
 
-import io
 import logging
 import math
-import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -26,8 +22,6 @@ from experiments import train_lib
 from experiments import workdir as workdir_lib
 from perceiver_io.data.text import lm
 from tests import helpers
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -60,6 +54,12 @@ def sharp(tiny_run):
   return run._replace(variables={'params': params})
 
 
+@pytest.fixture(scope='module')
+def tiny_task():
+  """The tiny config's task (no model needed: inputs are checked first)."""
+  return tasks.get(ar_configs.get_config('tiny'))
+
+
 def _apply(run):
   return jax.jit(lambda v, x: run.model.apply(v, x))
 
@@ -69,6 +69,7 @@ def _log_softmax(x):
   return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
+@pytest.mark.slow
 def test_eval_metrics_match_a_numpy_rederivation(tiny_run):
   workdir, result, run = tiny_run
   task = tasks.get(run.config, run.model_config)
@@ -110,37 +111,38 @@ def _greedy_reference(run, prompt: bytes, count: int):
   return lm.decode_ids(ids[len(prompt) :])
 
 
+@pytest.mark.slow
 def test_greedy_prediction_is_the_argmax_continuation(sharp):
   run = sharp
   task = tasks.get(run.config, run.model_config)
-  out = io.StringIO()
+  # Prompts of different lengths, decoded together.
+  prompts = ['First Citizen:', 'You are all resolved rather']
   lines = task.predict_lines(
-    run.model,
-    run.variables,
-    ['First Citizen:'],
-    max_new_tokens=6,
-    temperature=0.0,
-    stream=out,
-  )
-  want = _greedy_reference(run, b'First Citizen:', 6)
-  text = out.getvalue()
-  assert text.startswith('First Citizen:')
-  assert text[len('First Citizen:') :].rstrip('\n').encode() == want.decode(
-    'utf-8', 'replace'
-  ).encode('utf-8')
-  assert lines[-1].startswith('# 6 tokens in ')
-
-
-def test_batched_prompts_each_get_their_continuation(sharp):
-  run = sharp
-  task = tasks.get(run.config, run.model_config)
-  prompts = ['First', 'You are all resolved']
-  lines = task.predict_lines(
-    run.model, run.variables, prompts, max_new_tokens=4, temperature=0.0
+    run.model, run.variables, prompts, max_new_tokens=6, temperature=0.0
   )
   for prompt, line in zip(prompts, lines):
-    want = _greedy_reference(run, prompt.encode(), 4)
+    want = _greedy_reference(run, prompt.encode(), 6)
     assert line == f'{prompt!r} -> {want.decode("utf-8", "replace")!r}'
+  assert lines[-1].startswith('# 12 tokens in ')
+
+
+@pytest.mark.slow
+def test_predict_on_a_workdir_streams_one_prompt(tiny_run, capsys):
+  workdir, _, _ = tiny_run
+  lines = predict_lib.predict_lines(
+    workdir,
+    ['First Citizen:'],
+    max_new_tokens=5,
+    temperature=0.7,
+    top_k=20,
+    top_p=0.9,
+    seed=1,
+  )
+  streamed = capsys.readouterr().out
+  # The prompt, its 5 new bytes (as text), then a newline.
+  assert streamed.startswith('First Citizen:') and streamed.endswith('\n')
+  assert lines[0] == f'# {workdir} (checkpoint step 3)'
+  assert lines[1].startswith('# 5 tokens in ') and len(lines) == 2
 
 
 @pytest.mark.parametrize(
@@ -153,69 +155,33 @@ def test_batched_prompts_each_get_their_continuation(sharp):
     (dict(top_k=-1), '--top_k=-1: must be >= 0'),
   ],
 )
-def test_bad_sampling_options_name_the_valid_range(tiny_run, options, message):
-  _, _, run = tiny_run
-  task = tasks.get(run.config, run.model_config)
+def test_bad_sampling_options_name_the_valid_range(tiny_task, options, message):
   with pytest.raises(ValueError, match=message):
-    task.predict_lines(run.model, run.variables, ['a'], **options)
+    tiny_task.predict_lines(None, None, ['a'], **options)
 
 
-def test_empty_prompt_is_refused(tiny_run):
-  _, _, run = tiny_run
-  task = tasks.get(run.config, run.model_config)
+def test_empty_prompt_is_refused(tiny_task):
   with pytest.raises(ValueError, match='prompt 1 is empty'):
-    task.predict_lines(run.model, run.variables, [''])
+    tiny_task.predict_lines(None, None, [''])
   with pytest.raises(ValueError, match='--prompt number 2 is empty'):
     predict_lib.read_prompts(['ok', ''])
 
 
-def test_non_utf8_prompt_is_encoded_as_its_bytes(tiny_run):
-  _, _, run = tiny_run
-  task = tasks.get(run.config, run.model_config)
+def test_non_utf8_prompt_is_encoded_as_its_bytes(tiny_task):
   # What Python makes of the command-line bytes b'caf\xe9' (Latin-1).
   argv_text = b'caf\xe9'.decode('utf-8', 'surrogateescape')
-  ids = task.prompt_ids(argv_text)
+  ids = tiny_task.prompt_ids(argv_text)
   assert ids == [c + 6 for c in b'caf\xe9']
 
 
-def test_long_prompt_keeps_its_last_tokens_with_a_warning(tiny_run, caplog):
-  _, _, run = tiny_run
-  task = tasks.get(run.config, run.model_config)
+def test_long_prompt_keeps_its_last_tokens_with_a_warning(tiny_task, caplog):
   text = 'x' * 10 + 'y' * 64  # N = 64.
   with caplog.at_level(logging.WARNING):
-    ids = task.prompt_ids(text)
+    ids = tiny_task.prompt_ids(text)
   assert ids == [ord('y') + 6] * 64
   assert 'prompt 1 has 74 bytes, more than the model context N=64' in (
     caplog.text
   )
-
-
-@pytest.mark.slow
-def test_predict_launcher_streams_the_continuation(tiny_run, subprocess_env):
-  workdir, _, _ = tiny_run
-  proc = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'experiments.predict',
-      f'--workdir={workdir}',
-      '--prompt=First Citizen:',
-      '--max_new_tokens=5',
-      '--temperature=0',
-    ],
-    cwd=REPO,
-    env=subprocess_env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  lines = proc.stdout.splitlines()
-  # The prompt and its continuation stream first, then the launcher's
-  # header and the rate.
-  assert lines[0].startswith('First Citizen:')
-  assert lines[-2] == f'# {workdir} (checkpoint step 3)'
-  assert lines[-1].startswith('# 5 tokens in ')
 
 
 def test_every_variant_makes_a_valid_model_config():
@@ -249,21 +215,22 @@ def test_task_refuses_other_models_and_mismatched_copy_length():
 def test_copy_task_scores_the_copied_half():
   config = ar_configs.get_config('tiny_mirrored')
   task = tasks.get(config)
-  model, _ = models.build(config)
   batches, count = task.eval_data()
   assert count == 8
   batch = next(iter(batches))
-  variables = model.init(jax.random.PRNGKey(0), batch['inputs'])
   rng = np.random.default_rng(1)
-  variables = jax.tree_util.tree_map(
-    lambda x: x + rng.standard_normal(x.shape).astype(x.dtype), variables
-  )
-  logits = jax.jit(model.apply)(variables, batch['inputs'])
-  # Mark only the last half of the latents as copies.
-  batch['copied'][:, :4] = 0
+  logits = rng.standard_normal((4, 8, 262)).astype(np.float32)
+  # The right byte wins at a random half of the positions.
+  b, j = np.nonzero(rng.random((4, 8)) < 0.5)
+  logits[b, j, batch['targets'][b, j]] += 10.0
+  batch['copied'][:, :4] = 0  # Count only the last half as copies.
   out = jax.tree_util.tree_map(np.asarray, task.eval_outputs(logits, batch))
   metrics = task.summarize(out)
-  hits = np.asarray(logits).argmax(-1) == batch['targets']
+  hits = logits.argmax(-1) == batch['targets']
+  assert 0 < hits.sum() < hits.size
   assert metrics['accuracy'] == pytest.approx(hits.mean())
   assert metrics['copied_accuracy'] == pytest.approx(hits[:, 4:].mean())
   assert metrics['tokens'] == 4 * 8
+  logp = _log_softmax(logits.astype(np.float64))
+  nll = -np.take_along_axis(logp, batch['targets'][..., None], -1).mean()
+  assert metrics['loss'] == pytest.approx(nll, rel=1e-5)
