@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from perceiver_io import model as model_lib
+from perceiver_io.ar import model as ar_model
 
 
 def count_jaxpr_flops(jaxpr) -> float:
@@ -77,12 +78,12 @@ def forward_flops(model, inputs, **kwargs) -> float:
 
   `inputs` and `kwargs` are the model call's arrays (or
   `jax.ShapeDtypeStruct`s) for the whole batch. Everything is traced
-  abstractly; a `PerceiverIO` is traced with `counting_config`, so no JAX
-  backend is created (build other modules from a `counting_config` for the
-  same). The launchers size a step with this before choosing process
+  abstractly; a `PerceiverIO` or `PerceiverAR` is traced with
+  `counting_config`, so no JAX backend is created (build other modules from
+  a `counting_config` for the same). The launchers size a step with this before choosing process
   settings. A train step is about 3x this.
   """
-  if isinstance(model, model_lib.PerceiverIO):
+  if isinstance(model, (model_lib.PerceiverIO, ar_model.PerceiverAR)):
     model = model.clone(config=counting_config(model.config))
   spec = lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype)
   inputs, kwargs = jax.tree_util.tree_map(spec, (inputs, kwargs))

@@ -222,6 +222,8 @@ def example_inputs(config: Dict[str, Any], batch_size: int = 1):
   sizes are derived from the position encoding (Fourier `max_resolution`
   times the downsampling, or a square trainable grid).
   """
+  if config.get('family') == 'perceiver_ar':  # int tokens [B, N]
+    return np.zeros((batch_size, config['max_context']), np.int32), {}
   pre = config['preprocessor']
   kwargs = {}
   example = getattr(

@@ -32,7 +32,11 @@ from perceiver_io.model import example_inputs
 from tests.helpers import override_config
 from tests.model_helpers import JIT_OPTIONS
 
-TINY = sorted(n for n in presets.names() if n.startswith('tiny_'))
+TINY = sorted(
+  n
+  for n in presets.names()
+  if n.startswith('tiny_') and presets.family(n) == 'perceiver_io'
+)
 
 
 def _flat(tree):

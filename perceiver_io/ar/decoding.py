@@ -19,12 +19,14 @@ forward with M/2 + 1 latents (its last latent already gives the next
 logits), so between resets M/2 - 1 steps run on the cache: per token the
 cost is one cached step plus 2/M of a full forward.
 
-The cross-attend cache holds the keys/values of the last N inputs; they
-depend on their own token only, so it slides exactly. Rotary keys are
-cached unrotated with document positions (relative angles do not change
-as the window slides). Absolute position tables index positions from the
-window start, so once a row outgrows the context every step is a full
-forward (as `use_cache=False`).
+Past the context. While every row fits in the context (N tokens), the
+cross-attend cache (keys/values of the inputs, which depend on their own
+token only) and the latent caches are exact. Once a row outgrows it, the
+window slides and the cached latents have seen inputs that left the
+window: no cache reproduces a forward over the current window. From then
+on every step is a full forward with all M latents, in both modes.
+Rotary keys are cached unrotated with their positions and rotated at each
+step (angles in float32).
 
 Sampling: PAD is never sampled; temperature 0 is greedy (argmax); else
 logits / temperature, then top-k, then top-p (nucleus), then a draw.
@@ -41,6 +43,13 @@ import numpy as np
 
 from perceiver_io.ar import model as model_lib
 from perceiver_io.ar import model_config as config_lib
+
+
+def compiled(config):
+  """(forward, forward with cache, cached step), jitted for a model config:
+  the functions `generate` runs (public for tests and benchmarks)."""
+  cfg = config_lib.config(**dict(config))
+  return _compiled(json.dumps(cfg, sort_keys=True))
 
 
 @functools.lru_cache(maxsize=8)
@@ -84,7 +93,8 @@ def _compiled(config_json: str):
 
 
 @functools.partial(jax.jit, static_argnames=('greedy', 'top_k'))
-def _sample(logits, key, temperature, top_p, *, greedy, top_k):
+def sample(logits, key, temperature, top_p, *, greedy, top_k):
+  """Next tokens [B] from logits [B, V] (see the module doc for the order)."""
   logits = logits.at[:, config_lib.PAD_ID].set(-jnp.inf)
   if greedy:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -178,12 +188,13 @@ def generate(
       token each row generated at this step, -1 for rows already stopped.
   """
   cfg = config_lib.config(**dict(model.config))
+  if set(params) == {'params'}:  # given the whole variables dict
+    params = params['params']
   n, m, vocab = cfg['max_context'], cfg['num_latents'], cfg['vocab_size']
   top_k = _check_options(max_new_tokens, temperature, top_k, top_p, vocab)
   rows = _prompt_rows(prompts, n, vocab)
   batch = len(rows)
-  full, full_cache, step = _compiled(json.dumps(cfg, sort_keys=True))
-  rotary = cfg['position'] == 'rotary'
+  full, full_cache, step = compiled(cfg)
 
   tokens = np.full((batch, n), config_lib.PAD_ID, np.int32)
   for b, row in enumerate(rows):
@@ -191,14 +202,10 @@ def generate(
   lengths = np.array([len(r) for r in rows], np.int64)  # whole sequence
 
   def forward(z, with_cache):
-    # Rotary: document positions (the cache's); tables: window positions.
-    positions = (
-      (lengths[:, None] - n + np.arange(n)).astype(np.int32) if rotary else None
-    )
     args = (params, tokens, np.minimum(lengths, n).astype(np.int32))
-    fn = full_cache if with_cache else full
-    out = fn(*args, positions, jnp.int32(z))
-    return out if with_cache else (out, None)
+    if with_cache:
+      return full_cache(*args, None, jnp.int32(z))
+    return full(*args, None, jnp.int32(z)), None
 
   outputs = [[] for _ in range(batch)]
   done = np.zeros(batch, bool)
@@ -210,7 +217,7 @@ def generate(
   for t in range(max_new_tokens):
     key = jax.random.fold_in(rng, t)
     new = np.asarray(
-      _sample(
+      sample(
         logits,
         key,
         jnp.float32(max(temperature, 1e-6)),
@@ -231,9 +238,9 @@ def generate(
       break
     tokens = np.concatenate([tokens[:, 1:], new[:, None]], axis=1)
     lengths = lengths + 1
-    z_next = z + 1 if z < m else m // 2 + 1
-    cached_ok = rotary or lengths.max() <= n
-    if use_cache and cached_ok and z_next in (z + 1, 1):
+    fits = lengths.max() <= n
+    z_next = (z + 1 if z < m else m // 2 + 1) if fits else m
+    if use_cache and fits and z_next in (z + 1, 1):
       logits, cache = step(
         params,
         jnp.asarray(new),
@@ -242,6 +249,6 @@ def generate(
         jnp.int32(z_next - 1),
       )
     else:
-      logits, cache = forward(z_next, use_cache)
+      logits, cache = forward(z_next, use_cache and fits)
     z = z_next
   return outputs

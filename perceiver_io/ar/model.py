@@ -41,9 +41,48 @@ def sequence_lengths(tokens):
   return n - leading
 
 
-def _fill_diagonal(mask):
-  eye = jnp.eye(mask.shape[-1], dtype=bool)
-  return jnp.logical_or(mask, eye)
+def token_layout(tokens, input_lengths=None, positions=None):
+  """(valid [B, N], positions [B, N]) of right-aligned rows.
+
+  valid: the last `input_lengths` slots of each row (default: all but the
+  leading PADs); positions: 0-based, counted from the row's first valid
+  token unless given; 0 at padding.
+  """
+  n = tokens.shape[1]
+  lengths = sequence_lengths(tokens) if input_lengths is None else input_lengths
+  start = (n - jnp.asarray(lengths))[:, None]
+  index = jnp.arange(n)[None, :]
+  valid = index >= start
+  if positions is None:
+    positions = index - start
+  return valid, jnp.where(valid, positions, 0)
+
+
+def latent_positions(valid, positions, num_latents):
+  """[B, M] the position each latent sits at, -1 for latents at padding
+  (the official `latent_last_steps`)."""
+  m = num_latents
+  return jnp.where(valid[:, -m:], positions[:, -m:], -1)
+
+
+def cross_attend_mask(valid, num_latents):
+  """[B, M, N]: latent m (input slot N-M+m) sees valid inputs up to its own
+  slot, its own token included."""
+  n, m = valid.shape[1], num_latents
+  own = (n - m + jnp.arange(m))[:, None]
+  return jnp.logical_and(jnp.arange(n)[None, :] <= own, valid[:, None, :])
+
+
+def self_attend_mask(valid, num_latents, active=None):
+  """[B, M, M]: latent a sees valid (and active) latents b <= a; every
+  latent sees itself (the official diagonal), so no row is empty."""
+  m = num_latents
+  key_ok = valid[:, -m:]
+  if active is not None:
+    key_ok = jnp.logical_and(key_ok, active)
+  causal = jnp.arange(m)[None, :] <= jnp.arange(m)[:, None]
+  mask = jnp.logical_and(causal[None], key_ok[:, None, :])
+  return jnp.logical_or(mask, jnp.eye(m, dtype=bool))
 
 
 class PerceiverAR(nn.Module):
@@ -160,22 +199,12 @@ class PerceiverAR(nn.Module):
     c = self.cfg
     b, n = tokens.shape
     m = c['num_latents']
-    lengths = (
-      sequence_lengths(tokens) if input_lengths is None else input_lengths
-    )
+    valid, positions = token_layout(tokens, input_lengths, positions)
     index = jnp.arange(n)
-    valid = index[None, :] >= (n - jnp.asarray(lengths))[:, None]
-    if positions is None:
-      positions = index[None, :] - (n - jnp.asarray(lengths))[:, None]
-    positions = jnp.where(valid, positions, 0)
     emb = self._embed(tokens, positions, valid)
-    lat_pos, lat_valid = positions[:, n - m :], valid[:, n - m :]
+    lat_pos = positions[:, n - m :]
 
-    # Latent m (at input n-m+m') sees valid inputs up to its own position.
-    cross_mask = jnp.logical_and(
-      index[None, None, :] <= (n - m + jnp.arange(m))[None, :, None],
-      valid[:, None, :],
-    )
+    cross_mask = cross_attend_mask(valid, m)
     training_drop = c['cross_attend_dropout_rate'] > 0 and not deterministic
     options = self.options
     zero_empty = True
@@ -206,14 +235,10 @@ class PerceiverAR(nn.Module):
       zero_empty,
       options,
     )
-    key_ok = lat_valid
+    active = None
     if num_latents is not None:
       active = jnp.arange(m)[None, :] >= m - jnp.reshape(num_latents, (-1, 1))
-      key_ok = jnp.logical_and(key_ok, active)
-    causal = jnp.arange(m)[None, :] <= jnp.arange(m)[:, None]
-    self_mask = _fill_diagonal(
-      jnp.logical_and(causal[None], key_ok[:, None, :])
-    )
+    self_mask = self_attend_mask(valid, m, active)
     cache_k, cache_v = [], []
     for layer in self.self_attn:
       x, (lk, lv) = layer(x, lat_pos, lat_pos, self_mask, deterministic)

@@ -2,6 +2,8 @@
 
 from_hf(path_or_hub_id) -> (model, variables, config)
 from_haiku(pickle_path, preset_or_config) -> (model, variables, config)
+perceiver_ar.from_haiku(pickle_path, preset_or_config): the same for the
+  official Perceiver AR parameters
 save(directory, variables, config); load(directory) -> (model, variables, config)
 stack_layers(variables) / unstack_layers(variables): the latent stack's
   unrolled <-> scanned (`scan_layers`) parameter layout; every loader above
