@@ -23,7 +23,6 @@ from perceiver_io import checkpoints
 from perceiver_io import flops
 from perceiver_io import kernels
 from perceiver_io import presets
-from perceiver_io import model as model_lib
 from perceiver_io.model import PerceiverIO
 
 PyTree = Any
@@ -145,13 +144,6 @@ def ar_model_config(config, cfg: Dict[str, Any]) -> Dict[str, Any]:
   if config.model.dropout_rate:
     cfg['dropout_rate'] = float(config.model.dropout_rate)
   return cfg
-
-
-def example_inputs(cfg: Dict[str, Any]):
-  """Zero inputs (and call kwargs) of the model a config describes."""
-  if cfg.get('family') == ar.FAMILY:
-    return np.zeros((1, int(cfg['max_context'])), np.int32), {}
-  return model_lib.example_inputs(cfg)
 
 
 def counting_model(model: nn.Module) -> nn.Module:

@@ -44,6 +44,7 @@ from experiments.workdir.json_files import append_jsonl
 from experiments.workdir.json_files import json_value
 from experiments.workdir.json_files import read_json
 from experiments.workdir.json_files import write_json_atomic
+from perceiver_io import model as model_lib
 
 PyTree = Any
 CONFIG_FILE = 'config.json'
@@ -546,7 +547,7 @@ def load_workdir(
   config = load_config(workdir) if config is None else config
   saved = read_json(os.path.join(workdir, MODEL_FILE))
   model = _model_of(config, saved)
-  inputs, kwargs = models.example_inputs(saved['perceiver'])
+  inputs, kwargs = model_lib.example_inputs(saved['perceiver'])
   shapes = dict(
     jax.eval_shape(
       lambda: model.init(
