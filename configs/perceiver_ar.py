@@ -22,38 +22,40 @@ Variants (`--config=configs/perceiver_ar.py:<variant>`):
   text             byte LM on any local text: data.source=text:GLOB (files
                    joined, each ended by EOS), first 90 % of the bytes
                    train, last 10 % evaluate (or a {split} in the glob).
-                   N=2048, M=512, 6 layers of 512 channels (about 20M
-                   parameters); a GPU run (hours), not a CPU one.
+                   N=2048, M=512, 6 layers of 512 channels (22.6M
+                   parameters); meant for a GPU (not run here).
   pg19             TFDS pg19 (prepared in data.data_dir; offline it is one
                    error naming text:GLOB), N=4096, M=1024, 12 layers of
-                   1024; paper (word-level perplexity, SentencePiece 32k,
-                   not bytes): test 28.9, validation 45.9 with 974.6M
-                   parameters, 60 layers and ~200k steps x batch 2048 on
-                   TPUv2/v3. Days on 8 GPUs at this size.
+                   1024 (165.3M parameters; not run here). The paper
+                   (word-level perplexity with SentencePiece 32k, not
+                   bytes): test 28.9, validation 45.9 with 974.6M
+                   parameters, 60 layers, ~200k steps x batch 2048 on
+                   TPUv2/v3.
   wiki40b          TFDS wiki40b/en, as pg19 (no paper number on it).
   mirrored_cpu     the copy task at 2 x 1,024 bytes, N=2048, M=256, 1 layer
-                   of 64 channels, batch 16: every target is 1,537-2,047
-                   tokens after its source, beyond any window of M tokens.
-                   Copied-half accuracy 99.8 % at step 1,500 (chance until
-                   step 1,000) in 12 minutes on 2 CPU cores shared with
-                   other jobs (BUILD_NOTES).
+                   of 64 channels (0.27M parameters), batch 16: every
+                   target is 1,537-2,047 tokens after its source, beyond
+                   any window of M tokens. Copied-half accuracy 99.8 % at
+                   step 1,500 (chance until step 1,000) in 12 minutes on
+                   2 CPU cores shared with other jobs (BUILD_NOTES).
   mirrored_short   the same at 2 x 64, N=128, M=32, 2 layers of 64: targets
                    65-127 tokens after their sources (beyond M): 99.6 %
                    copied-half accuracy at step 1,000 on 2 shared CPU cores
                    (under a minute after a 26 s compile).
   mirrored_paper   the released sweep `random_mirrored_131072`: 2 x 65,536,
                    N=131072, M=1024, 6 layers of 1024, absolute sinusoidal
-                   positions, batch 4096 and training crops that end in the
-                   copied half, as the official code (its README: a TPU
-                   v3-8); the paper reports it "perfectly" copies over 100k
-                   tokens (100 % per secondary sources). Not run here.
+                   positions (224.0M parameters, as the official sweep),
+                   batch 4096, training crops that end in the copied half
+                   (the official code; its README names a TPU v3-8). The
+                   paper reports it "perfectly" copies over 100k tokens
+                   (100 % per secondary sources). Not run here.
   shakespeare_cpu  the issue's CPU proof: tiny Shakespeare (first 90 % train,
                    last 10 % validation), N=512, M=128, 4 layers of 192
-                   channels, 600 steps of batch 16: validation 1.846
-                   nats/byte (2.66 bits) in 25 minutes on 2 CPU cores
-                   shared with other jobs (load 10-20; not timed on idle
-                   cores), beside the unigram 3.35 and nanoGPT's
-                   1.47 (A100, 3 min) / 1.88 (laptop CPU, 3 min).
+                   channels (2.36M parameters), 600 steps of batch 16:
+                   validation 1.846 nats/byte (2.66 bits) in 25 minutes on
+                   2 CPU cores shared with other jobs (load 10-20; not
+                   timed on idle cores), beside the unigram 3.35 and
+                   nanoGPT's 1.47 (A100, 3 min) / 1.88 (laptop CPU, 3 min).
   tiny             2 layers of 32 channels on N=64, M=16, 3 steps, on the
                    few KB of tiny Shakespeare shipped in configs/fixtures/
                    (offline; tests, seconds).
