@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from experiments import process_tuning
+from perceiver_io import ar
 from perceiver_io import checkpoints
 from perceiver_io import flops
 from perceiver_io import kernels
@@ -91,6 +92,8 @@ def model_config(
   """
   kwargs = dict(config.model.kwargs.to_dict())
   cfg = presets.get_config(config.model.preset, **kwargs)
+  if cfg.get('family') == ar.FAMILY:
+    return ar_model_config(config, cfg)
   # The expected platform, not jax.default_backend(): the train launcher
   # sizes its step before JAX creates a backend (process_tuning.py).
   cfg['dtype'] = check_dtype(
@@ -129,6 +132,20 @@ def model_config(
   return cfg
 
 
+def ar_model_config(config, cfg: Dict[str, Any]) -> Dict[str, Any]:
+  """A Perceiver AR config with the runner's compute options (its sizes,
+  positions and dropout come from model.kwargs)."""
+  cfg = ar.config(**{k: v for k, v in cfg.items() if k != 'family'})
+  cfg['dtype'] = check_dtype(
+    config.model.dtype, process_tuning.expected_platform()
+  )
+  impl = config.model.attention_impl
+  cfg['attention_impl'] = 'xla' if impl == 'auto' else impl
+  if config.model.dropout_rate:
+    cfg['dropout_rate'] = float(config.model.dropout_rate)
+  return cfg
+
+
 def counting_model(model: nn.Module) -> nn.Module:
   """`model` with its kernels chosen for the CPU by name, so that tracing it
   to count FLOPs creates no JAX backend (`flops.counting_config`; the
@@ -154,6 +171,8 @@ def build(
       keeps the preset's decoder as it is.
   """
   cfg = model_config(config)
+  if cfg.get('family') == ar.FAMILY:
+    return ar.PerceiverAR(copy.deepcopy(cfg)), {'perceiver': cfg, 'head': ''}
   head = config.model.head
   if head not in ('', 'tanh_mlp'):
     raise ValueError(f"model.head must be '' or 'tanh_mlp', got {head!r}.")
@@ -187,6 +206,8 @@ def build_from_description(description: Dict[str, Any]) -> nn.Module:
     return PerceiverWithTanhHead(
       description['perceiver'], description['num_outputs']
     )
+  if description['perceiver'].get('family') == ar.FAMILY:
+    return ar.PerceiverAR(description['perceiver'])
   return PerceiverIO(description['perceiver'])
 
 

@@ -11,9 +11,13 @@ r"""Launcher: predict with a trained workdir.
       --config.init_from=hf:deepmind/vision-perceiver-conv cat.jpg
   python -m experiments.predict --exported=/tmp/imdb/export "Great film."
   python -m experiments.predict --workdir=/tmp/mm_cpu clip.mp4 --output=/tmp/mm
+  python -m experiments.predict --workdir=/tmp/ar --prompt="ROMEO:" \
+      --max_new_tokens=200 --temperature=0.8 --top_k=40 --top_p=0.95
 
 Classification prints the label and its probability (top-k with --top_k);
-regression prints the score; an MLM workdir fills every [MASK] byte. For
+regression prints the score; an MLM workdir fills every [MASK] byte; a
+Perceiver AR workdir continues each prompt (one prompt streams as it is
+generated; --temperature 0 is greedy). For
 image workdirs, arguments are image files (or --digits=a:b test images).
 --input_file holds one input per line (text, or image path).
 
@@ -86,6 +90,20 @@ _GROUND_TRUTH = flags.DEFINE_string(
 _PAD_SMALL = flags.DEFINE_boolean(
   'pad_small', False, 'Flow: pad frames smaller than the model.'
 )
+# Generation (Perceiver AR); --top_k above is its top-k (0 = off).
+_PROMPT = flags.DEFINE_multi_string(
+  'prompt', None, 'Perceiver AR: text to continue (repeat for a batch).'
+)
+_MAX_NEW_TOKENS = flags.DEFINE_integer(
+  'max_new_tokens', 200, 'Perceiver AR: tokens (bytes) to generate.'
+)
+_TEMPERATURE = flags.DEFINE_float(
+  'temperature', 1.0, 'Perceiver AR: sampling temperature, >= 0 (0: greedy).'
+)
+_TOP_P = flags.DEFINE_float(
+  'top_p', 1.0, 'Perceiver AR: nucleus mass in (0, 1] (1: off).'
+)
+_SEED = flags.DEFINE_integer('seed', 0, 'Perceiver AR: sampling seed.')
 
 
 def main(argv):
@@ -95,6 +113,7 @@ def main(argv):
 
   with cli.one_line_errors():
     inputs = predict_lib.read_inputs(argv[1:], _INPUT_FILE.value)
+    inputs += predict_lib.read_prompts(_PROMPT.value)
     pairs = predict_lib.read_pairs(argv[1:], _PAIR.value)
     if pairs is not None:
       pairs += [None] * (len(inputs) - len(pairs))
@@ -103,6 +122,10 @@ def main(argv):
       output=_OUTPUT.value,
       ground_truth=_GROUND_TRUTH.value,
       pad_small=_PAD_SMALL.value,
+      max_new_tokens=_MAX_NEW_TOKENS.value,
+      temperature=_TEMPERATURE.value,
+      top_p=_TOP_P.value,
+      seed=_SEED.value,
     )
     if _EXPORTED.value:
       lines = predict_lib.predict_exported(

@@ -82,6 +82,16 @@ def read_inputs(arguments: Sequence[str], input_file: str) -> List[str]:
   return inputs
 
 
+def read_prompts(prompts: Optional[Sequence[str]]) -> List[str]:
+  """--prompt values (texts to continue); an empty one is refused."""
+  for i, text in enumerate(prompts or []):
+    if not text:
+      raise ValueError(
+        f'--prompt number {i + 1} is empty: give the text to continue.'
+      )
+  return list(prompts or [])
+
+
 def predict_lines(
   workdir: str,
   inputs: Sequence[str],

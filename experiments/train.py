@@ -74,18 +74,14 @@ def main(argv):
     print('\n'.join(next_commands(_WORKDIR.value, config)))
 
 
-# A masked span for MLM workdirs' example command.
-_MLM_EXAMPLE = 'This is an [MASK][MASK][MASK][MASK][MASK][MASK][MASK] example.'
-
-
 def next_commands(workdir: str, config) -> List[str]:
   """The commands that look at a finished run, for the end of its output.
 
   Why: a first run ends with a workdir full of files; these say what to do
-  with them (the predict example fits the task: digits, text, a sentence
-  pair, masked bytes, an image, two frames).
+  with them (the predict example is the task's `predict_example`).
   """
   # Not at the top: imports JAX (after `configure_process`).
+  from experiments import tasks  # pylint: disable=g-import-not-at-top
   from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(workdir)
@@ -97,20 +93,7 @@ def next_commands(workdir: str, config) -> List[str]:
       info = json.load(f)
   except (OSError, ValueError):
     pass
-  if config.task == 'mlm':
-    example = shlex.quote(_MLM_EXAMPLE)
-  elif config.task == 'optical_flow':
-    example = 'FRAME1.png FRAME2.png --output=flow.flo'
-  elif config.task == 'multimodal_autoencoding':
-    example = 'CLIP.mp4 --output=reconstruction/'
-  elif config.data.source == 'digits':
-    example = '--digits=0:5'
-  elif config.task == 'image_classification':
-    example = 'IMAGE.jpg'
-  elif len(info.get('text_fields') or []) == 2:
-    example = "'A first sentence.' --pair='A second sentence.'"
-  else:
-    example = "'A text to classify.'"
+  example = tasks.task_class(config.task)(config).predict_example(info)
   return [
     '',
     f'The run is in {workdir}. To look at it:',

@@ -51,6 +51,9 @@ Host
   eval_predictions(model, variables, count)*  lines printed after training
                             (config.predict_examples); none by default.
   eval_data_description()*  what evaluate reports it evaluated.
+  predict_example(info)*    the arguments of the predict command printed at
+                            the end of a run (info: the workdir's data
+                            info); `predict_args` by default.
 Helper
   predict(model, variables, batch)  the model's outputs for a batch (one
                             compiled call per model), for predict_lines.
@@ -81,6 +84,8 @@ class Task:
 
   # What evaluation counts, for its progress lines ('image', 'pair', ...).
   eval_unit = 'example'
+  # Example arguments of `experiments.predict` for this task's workdirs.
+  predict_args = "'A text to classify.'"
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -186,6 +191,10 @@ class Task:
   def eval_predictions(self, model, variables, count: int) -> List[str]:
     del model, variables, count
     return []
+
+  def predict_example(self, info: Dict[str, Any]) -> str:
+    del info
+    return self.predict_args
 
   def eval_data_description(self) -> str:
     return f'split {self.config.data.eval_split}'

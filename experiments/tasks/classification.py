@@ -78,6 +78,13 @@ class Task(base.Task):
   # How perceiver_io.data.text reads the label column.
   label_kind = 'classification'
 
+  def predict_example(self, info: Dict[str, Any]) -> str:
+    if self.config.data.source == 'digits':
+      return '--digits=0:5'
+    if len(info.get('text_fields') or []) == 2:
+      return "'A first sentence.' --pair='A second sentence.'"
+    return self.predict_args
+
   def __init__(self, config):
     super().__init__(config)
     self.is_image = config.data.source == DIGITS

@@ -127,6 +127,7 @@ class Task(base.Task):
   """The ImageNet recipe: streamed images, MixUp/CutMix, top-1 / top-5."""
 
   eval_unit = 'image'
+  predict_args = 'IMAGE.jpg'
 
   def __init__(self, config):
     super().__init__(config)

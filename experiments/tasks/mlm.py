@@ -38,6 +38,9 @@ class Task(base.Task):
   """Predict the masked bytes of a text stream."""
 
   eval_unit = 'sequence'
+  predict_args = (
+    "'This is an [MASK][MASK][MASK][MASK][MASK][MASK][MASK] example.'"
+  )
 
   def use_model(self, model_config: Dict[str, Any]) -> None:
     super().use_model(model_config)

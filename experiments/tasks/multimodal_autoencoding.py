@@ -122,6 +122,7 @@ class Task(base.Task):
   """Video + audio + label autoencoding: L1/L1/CE, PSNR and top-k."""
 
   eval_unit = 'clip'
+  predict_args = 'CLIP.mp4 --output=reconstruction/'
 
   def __init__(self, config):
     super().__init__(config)

@@ -170,6 +170,7 @@ class Task(flow_full_frame.FullFrameFlow, base.Task):
   """Flow of frame pairs, in pixels: generated training pairs, EPE."""
 
   eval_unit = 'pair'
+  predict_args = 'FRAME1.png FRAME2.png --output=flow.flo'
 
   def __init__(self, config):
     super().__init__(config)

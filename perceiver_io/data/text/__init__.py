@@ -13,6 +13,9 @@ public API, so callers write ``from perceiver_io.data import text`` and
 * `pipeline`: `make_text_dataset` (tokenize, batch, shard, resume, pad).
 * `mlm`: `mask_bytes_for_mlm` and `make_mlm_dataset`.
 * `fields`: how both kinds of source name their fields and map classes to ids.
+* `lm`, `lm_sources`, `mirrored`: Perceiver AR's byte-level language-model
+  windows (``text:`` globs sliced by bytes, TFDS corpora) and the paper's
+  ``random_mirrored`` copy task.
 
 TensorFlow and TFDS are imported inside the functions that build a pipeline:
 importing this package costs NumPy only.
