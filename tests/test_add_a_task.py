@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from configs import imdb_bytes
 from experiments import cli
 from experiments import eval_lib
 from experiments import predict_lib
@@ -163,7 +164,7 @@ def test_an_unknown_task_lists_the_task_modules(new_task):
     match=r"unknown config.task 'has_y'; the "
     r'task modules in experiments/tasks/ are classification, '
     r'has_x, image_classification, mlm, multimodal_autoencoding, '
-    r'optical_flow, '
+    r'optical_flow, perceiver_ar, '
     r'regression',
   ):
     tasks.task_class('has_y')
@@ -172,3 +173,14 @@ def test_an_unknown_task_lists_the_task_modules(new_task):
     match='defines no class Tsk derived from experiments.tasks.base.Task',
   ):
     tasks.task_class('experiments.tasks.mlm:Tsk')
+
+
+def test_every_task_names_its_predict_example():
+  args = {name: tasks.task_class(name).predict_args for name in tasks.names()}
+  assert args['image_classification'] == 'IMAGE.jpg'
+  assert '--prompt=' in args['perceiver_ar']
+  assert '[MASK]' in args['mlm']
+  assert len(set(args.values())) >= 5
+  text = tasks.task_class('classification')(imdb_bytes.get_config('tiny'))
+  assert '--pair=' in text.predict_example({'text_fields': ['a', 'b']})
+  assert text.predict_example({}) == text.predict_args
