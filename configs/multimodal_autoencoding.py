@@ -106,7 +106,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.task = 'multimodal_autoencoding'
   c.model.preset = 'multimodal_autoencoding'
   c.model.kwargs = ml_collections.ConfigDict(
-    dict(num_latents=_LATENTS.get(variant, 784), num_classes=700)
+    dict(num_latents=_LATENTS.get(variant, 784))
   )
   # Clips: a class-subfolder folder, a path,label CSV, tfds:<name> or
   # synthetic:<N>; eval_source '' = the same source, eval_split.
@@ -148,7 +148,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
         image_size=32,
         audio_per_frame=240,
         samples_per_patch=16,
-        num_classes=8,
         num_latents=64,
         latent_channels=128,
         depth=2,

@@ -92,6 +92,16 @@ def model_config(
   """
   kwargs = dict(config.model.kwargs.to_dict())
   cfg = presets.get_config(config.model.preset, **kwargs)
+  if (
+    num_outputs is not None
+    and 'num_classes' not in kwargs
+    and 'num_classes' in presets.size_kwargs(config.model.preset)
+    and cfg.get('decoder', {}).get('type') != 'classification'
+  ):
+    # One class count (data.num_classes) also where the labels are not a
+    # classification decoder (the multimodal label modality).
+    kwargs['num_classes'] = int(num_outputs)
+    cfg = presets.get_config(config.model.preset, **kwargs)
   if cfg.get('family') == ar.FAMILY:
     return ar_model_config(config, cfg)
   # The expected platform, not jax.default_backend(): the train launcher
@@ -170,7 +180,7 @@ def build(
       (`Task.num_outputs`: the number of classes, 1 for regression); None
       keeps the preset's decoder as it is.
   """
-  cfg = model_config(config)
+  cfg = model_config(config, num_outputs)
   if cfg.get('family') == ar.FAMILY:
     return ar.PerceiverAR(copy.deepcopy(cfg)), {'perceiver': cfg, 'head': ''}
   head = config.model.head

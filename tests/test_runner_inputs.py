@@ -22,7 +22,9 @@ from configs import glue_bytes
 from configs import imagenet
 from configs import imdb_bytes
 from configs import mlm_bytes
+from configs import multimodal_autoencoding
 from configs import optical_flow
+from configs import perceiver_ar
 from configs import quickstart
 from experiments import cli
 from experiments import eval_lib
@@ -59,6 +61,8 @@ VARIANTS = {
   glue_bytes: [t for task in glue_bytes.TASKS for t in (task, task + ',tiny')],
   mlm_bytes: ['default', 'tiny'],
   optical_flow: ['default', 'cpu', 'tiny'],
+  multimodal_autoencoding: list(multimodal_autoencoding.VARIANTS),
+  perceiver_ar: list(perceiver_ar.VARIANTS),
 }
 
 

@@ -145,7 +145,7 @@ class Task(base.Task):
         f'config.data.num_classes={classes} but the model has '
         f'{self.shapes["num_classes"]} label classes; set '
         f'--config.data.num_classes={self.shapes["num_classes"]} (or '
-        'model.kwargs.num_classes for a new model).'
+        'train a new model, which takes data.num_classes).'
       )
 
   # ------------------------------------------------------------------ data --
