@@ -19,6 +19,7 @@ import os
 import platform
 import sys
 import time
+from benchmarks import runner
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
@@ -144,13 +145,7 @@ def main(argv=None):
     'jax': jax.__version__,
     'result': result,
   }
-  out = args.out or os.path.join(
-    _ROOT,
-    'benchmarks',
-    'results',
-    'cpu',
-    time.strftime('run-%Y%m%d-%H%M%S', time.gmtime()),
-  )
+  out = runner.results_dir(args.out, False, 'cpu')
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, 'perceiver_ar_generation.json'), 'w') as f:
     json.dump(doc, f, indent=1)

@@ -22,6 +22,7 @@ import resource
 import subprocess
 import sys
 import time
+from benchmarks import runner
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTEXTS = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
@@ -173,13 +174,7 @@ def main(argv=None):
     args.num_latents, args.repeats = min(args.num_latents, 64), 1
   import jax  # pylint: disable=g-import-not-at-top
 
-  out = args.out or os.path.join(
-    _ROOT,
-    'benchmarks',
-    'results',
-    'cpu',
-    time.strftime('run-%Y%m%d-%H%M%S', time.gmtime()),
-  )
+  out = runner.results_dir(args.out, False, 'cpu')
   os.makedirs(out, exist_ok=True)
   doc = {
     'args': {k: v for k, v in vars(args).items() if k != 'worker'},
