@@ -395,6 +395,12 @@ def test_classifier_size_is_set_only_by_data_num_classes(capsys):
   )
   _, description = models.build(hundred, tasks.get(hundred).num_outputs())
   assert description['perceiver']['decoder']['num_classes'] == 100
+  # Every variant's task accepts the model its config builds (a label
+  # modality sized by the preset instead of data.num_classes did not).
+  for name, config in _all_configs():
+    task = tasks.get(config)
+    if name.startswith('multimodal_autoencoding'):
+      assert task.shapes['num_classes'] == config.data.num_classes, name
   three = _override(imdb_bytes.get_config('tiny'), data__num_classes=3)
   _, description = models.build(three, tasks.get(three).num_outputs())
   assert description['perceiver']['decoder']['num_classes'] == 3

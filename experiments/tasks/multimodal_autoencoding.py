@@ -129,7 +129,8 @@ class Task(base.Task):
     self._sources = {}
 
   def num_outputs(self) -> Optional[int]:
-    return None  # The preset's decoder; its classes are model.kwargs.
+    # The label modality's size: models.model_config passes it to the preset.
+    return int(self.config.data.num_classes)
 
   def use_model(self, model_config: Dict[str, Any]) -> None:
     super().use_model(model_config)
