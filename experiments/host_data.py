@@ -114,14 +114,22 @@ def shard_batch_rows(
   `bounds`: the S + 1 shard boundaries; `shards`: which shards, in order.
   """
   count = len(bounds) - 1
-  parts = []
-  for j in shards:
-    rows = (j + 1) * batch_size // count - j * batch_size // count
-    size = bounds[j + 1] - bounds[j]
-    stream = () if count == 1 else (count, j)
-    idx = input_pipeline.batch_indices(step, rows, size, seed, stream)
-    parts.append(idx + bounds[j])
+  parts = [
+    shard_rows(step, batch_size, count, j, bounds[j + 1] - bounds[j], seed)
+    + bounds[j]
+    for j in shards
+  ]
   return np.concatenate(parts)
+
+
+def shard_rows(
+  step: int, batch_size: int, count: int, j: int, size: int, seed: int
+) -> np.ndarray:
+  """Shard j's part of global batch `step`, as indices into its own `size`
+  rows (only the shard's own size is needed: a process reads no other)."""
+  rows = (j + 1) * batch_size // count - j * batch_size // count
+  stream = () if count == 1 else (count, j)
+  return input_pipeline.batch_indices(step, rows, size, seed, stream)
 
 
 class ShardedTableStream:

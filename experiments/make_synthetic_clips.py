@@ -42,6 +42,11 @@ _NUM_CLASSES = flags.DEFINE_integer(
   'num_classes', 8, 'Classes, 1 to 8 (shape kind x direction).'
 )
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the clips.')
+_PITCH_SCALE = flags.DEFINE_float(
+  'pitch_scale',
+  1.0,
+  'Scales every pitch (the cpu config trains on synthetic:N:pitch=0.1).',
+)
 _VIDEO_CODEC = flags.DEFINE_enum(
   'video_codec', 'libx264', ['libx264', 'mpeg4'], 'Video codec.'
 )
@@ -100,6 +105,7 @@ def main(argv):
       sample_rate=rate,
       num_classes=_NUM_CLASSES.value,
       seed=_SEED.value,
+      pitch_scale=_PITCH_SCALE.value,
       video_codec=_VIDEO_CODEC.value,
       audio_codec=_AUDIO_CODEC.value,
     )
@@ -123,6 +129,7 @@ def main(argv):
         size=_SIZE.value,
         audio_samples=num_frames * rate // video.FPS,
         num_classes=_NUM_CLASSES.value,
+        pitch_scale=_PITCH_SCALE.value,
       )
       name = names[clip['label']]
       relative = os.path.join(split, name, f'clip_{index:010d}.mp4')

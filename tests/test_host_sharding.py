@@ -430,3 +430,52 @@ def test_flow_dataset_eval_splits_pairs_and_adds_sums(flow_task, monkeypatch):
     assert result.keys() == one.keys()
     for k, v in one.items():
       assert result[k] == pytest.approx(v, rel=1e-12)
+
+
+def test_multimodal_training_clips_per_process_same_batches():
+  from experiments.tasks import multimodal_stream
+  from perceiver_io.data import video
+
+  def run(count):
+    opened, batches = [], []
+    for i in range(count):
+
+      def open_shard(j, shards):
+        opened.append((i, j, shards))
+        return video.open_source(
+          'synthetic:44',
+          num_frames=2,
+          size=8,
+          audio_samples=64,
+          process_index=j,
+          process_count=shards,
+        )
+
+      clips = multimodal_stream.ShardedClips(
+        open_shard,
+        batch_size=8,
+        requested_shards=0,
+        seed=3,
+        process_index=i,
+        process_count=count,
+      )
+      batches.append([clips.keys(step) for step in range(12)])
+      if count == 1:  # (several processes sum it with a collective)
+        assert clips.total() == len(clips) == 44
+    # Each process opened only its own shards, and together all of them.
+    shards = {j for _, j, _ in opened}
+    assert len(opened) == len(shards) == 8
+    # Global batch = the processes' rows in process order, whatever count.
+    return [sum((b[step] for b in batches), []) for step in range(12)]
+
+  one = run(1)
+  assert run(2) == one and run(4) == one
+  keys = {f'synthetic:{i}' for i in range(44)}
+  # 12 batches of 8 = 96 draws; every clip at least once (each shard cycles
+  # through its own permutation), no clip from outside the split.
+  drawn = [k for batch in one for k in batch]
+  assert set(drawn) == keys
+  # Within an epoch of a shard no clip repeats: the first 5 steps draw
+  # 5 rows from each 5- or 6-clip shard.
+  first = [k for batch in one[:5] for k in batch]
+  assert len(first) == len(set(first))

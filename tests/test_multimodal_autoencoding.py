@@ -225,9 +225,13 @@ def _with_draws(task, batch, first=0):
   return out
 
 
-def test_loss_is_the_weighted_sum_of_l1_l1_and_ce(setup):
+@pytest.mark.parametrize('error', ['l1', 'l2'])
+def test_loss_is_the_weighted_sum_of_errors_and_ce(setup, error):
   _, _, model, variables, batch = setup
-  task = tasks.get(_tiny(loss__video=0.5, loss__audio=2.0, loss__label=3.0))
+  task = tasks.get(
+    _tiny(loss__video=0.5, loss__audio=2.0, loss__label=3.0, loss__error=error)
+  )
+  norm = np.abs if error == 'l1' else np.square
   batch = _with_draws(task, batch)
   batch['weight'] = np.array([1.0, 0.0, 1.0], np.float32)
   inputs, kwargs = task.model_inputs(batch)
@@ -238,8 +242,8 @@ def test_loss_is_the_weighted_sum_of_l1_l1_and_ce(setup):
   for b in range(3):
     pixels = batch['video'][b].reshape(-1, 3) / 255.0
     patches = batch['audio'][b].reshape(-1, 16)
-    l1_v = np.abs(out['image'][b] - pixels[batch['image_points'][b]]).mean()
-    l1_a = np.abs(
+    l1_v = norm(out['image'][b] - pixels[batch['image_points'][b]]).mean()
+    l1_a = norm(
       out['audio'][b].reshape(-1, 16) - patches[batch['audio_points'][b]]
     ).mean()
     logits = out['label'][b].astype(np.float64)

@@ -118,6 +118,11 @@ def test_synthetic_spec_holds_out_its_test_clips():
   np.testing.assert_array_equal(train[2]['video'], clip['video'])
   assert train[2]['label'] == clip['label'] == train.labels[2]
   assert train.label_names == NAMES and train.num_classes == 8
+  # :pitch=F scales the tone (zero crossings) and nothing else.
+  low = video.open_source('synthetic:6:pitch=0.1', **SHAPE)
+  np.testing.assert_array_equal(low[2]['video'], clip['video'])
+  crossings = lambda a: np.sum(np.diff(np.sign(a)) != 0)
+  assert crossings(low[2]['audio']) < crossings(clip['audio']) / 5
 
 
 @pytest.fixture()
@@ -238,6 +243,8 @@ def test_empty_folder_csv_and_unknown_labels_are_one_line(folder, tmp_path):
     ),
     ('/no/such/dir', FileNotFoundError, 'is not a folder nor a .csv file'),
     ('synthetic:0', ValueError, 'expected synthetic:N with N >= 1'),
+    ('synthetic:4:pitch=x', ValueError, 'synthetic:N:pitch=F with a pitch'),
+    ('synthetic:4:pitch=0', ValueError, 'synthetic:N:pitch=F with a pitch'),
     ('synthetic:4', ValueError, 'synthetic clips have 1 to 8 classes'),
   ],
 )

@@ -18,7 +18,9 @@ function of seed and stream position, so resume is exact) and passed as
 per-example `subsampled_output_points` [B, n]; the label is masked for a
 `data.label_mask_rate` fraction of examples (explicit `input_masks`, the
 draw the official preprocessor makes with mask_probs); loss per example =
-`loss.video` x L1(pixels) + `loss.audio` x L1(audio) + `loss.label` x CE.
+`loss.video` x L1(pixels) + `loss.audio` x L1(audio) + `loss.label` x CE
+(`loss.error='l2'`: squared errors; L1's optimum is the median pixel, the
+background, which a young model cannot leave: configs' cpu variant).
 
 Evaluation: the label is always masked (the model is a classifier, as the
 colab runs it); the clip is encoded once and decoded in chunks of output
@@ -32,7 +34,6 @@ frame (all that does not move), its mean colour for every pixel, silence for
 the audio, chance for the label.
 """
 
-import concurrent.futures
 import functools
 import math
 import os
@@ -48,6 +49,7 @@ from experiments import progress as eval_progress
 from experiments import sharding
 from experiments.tasks import base
 from experiments.tasks import multimodal_files
+from experiments.tasks import multimodal_stream
 
 # Pixels decoded per chunk when model.query_chunk_size is 0: the official
 # colab's 128 chunks of a 16 x 224 x 224 clip.
@@ -88,31 +90,20 @@ def model_shapes(model_config: Dict[str, Any]) -> Dict[str, Any]:
   )
 
 
+_ERRORS = {'l1': jnp.abs, 'l2': jnp.square}
+
+
 class _TrainStream:
-  """This process's rows of global batch `step`: an epoch-wise shuffle of the
-  training clips plus each example's query points and label mask."""
+  """This process's rows of global batch `step`: its shards' clips
+  (`multimodal_stream.py`) plus each example's query points and label
+  mask."""
 
   def __init__(self, task: 'Task'):
-    self.task = task
-    self.source = task.source('train')
-    self.pool = concurrent.futures.ThreadPoolExecutor(
-      max(int(task.config.data.num_workers), 1)
-    )
-
-  def _order(self, epoch: int) -> np.ndarray:
-    seed = int(self.task.config.seed)
-    return np.random.default_rng([seed, 5, epoch]).permutation(len(self.source))
+    self.task, self.clips = task, task.train_clips()
 
   def batch(self, step: int) -> Dict[str, np.ndarray]:
-    global_batch = int(self.task.config.batch_size)
-    local = global_batch // jax.process_count()
-    first = step * global_batch + jax.process_index() * local
-    count = len(self.source)
-    positions = range(first, first + local)
-    indices = [int(self._order(p // count)[p % count]) for p in positions]
-    clips = list(self.pool.map(self.source.__getitem__, indices))
-    batch = self.task.stack(clips)
-    extras = [self.task.train_draws(p) for p in positions]
+    batch = self.task.stack(self.clips.clips(step))
+    extras = [self.task.train_draws(p) for p in self.clips.positions(step)]
     for key in extras[0]:
       batch[key] = np.stack([e[key] for e in extras])
     return batch
@@ -127,6 +118,7 @@ class Task(base.Task):
   def __init__(self, config):
     super().__init__(config)
     self._sources = {}
+    self._train_clips = None
 
   def num_outputs(self) -> Optional[int]:
     # The label modality's size: models.model_config passes it to the preset.
@@ -151,13 +143,14 @@ class Task(base.Task):
 
   # ------------------------------------------------------------------ data --
 
-  def source(self, split: str):
-    """The clip source of `split` ('train' or 'eval'), opened once."""
-    if split not in self._sources:
+  def source(self, split: str, shard: int = 0, shards: int = 1):
+    """Shard `shard` of `shards` of the clips of `split` ('train' or
+    'eval'), opened once."""
+    if (split, shard, shards) not in self._sources:
       from perceiver_io.data import video  # pylint: disable=g-import-not-at-top
 
       d = self.config.data
-      self._sources[split] = video.open_source(
+      self._sources[split, shard, shards] = video.open_source(
         str(d.eval_source or d.source) if split == 'eval' else str(d.source),
         split=str(d.eval_split if split == 'eval' else d.train_split),
         num_frames=self.shapes['num_frames'],
@@ -169,8 +162,24 @@ class Task(base.Task):
         short=str(d.short),
         workers=int(d.num_workers),
         seed=int(self.config.seed),
+        process_index=shard,
+        process_count=shards,
       )
-    return self._sources[split]
+    return self._sources[split, shard, shards]
+
+  def train_clips(self) -> multimodal_stream.ShardedClips:
+    """This process's shards of the training split, opened once."""
+    if self._train_clips is None:
+      self._train_clips = multimodal_stream.ShardedClips(
+        lambda j, count: self.source('train', j, count),
+        batch_size=int(self.config.batch_size),
+        requested_shards=int(self.config.data.get('num_shards', 0) or 0),
+        seed=int(self.config.seed),
+        num_workers=int(self.config.data.num_workers),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+      )
+    return self._train_clips
 
   def _query_counts(self) -> Tuple[int, int]:
     d = self.config.data
@@ -195,15 +204,16 @@ class Task(base.Task):
         f'batch_size {self.config.batch_size} must be divisible by the '
         f'number of processes {jax.process_count()}.'
       )
-    train, evaluation = self.source('train'), self.source('eval')
-    if len(train) < 1:
-      raise ValueError(f'data.source {self.config.data.source!r} has no clips.')
+    train, evaluation = self.train_clips(), self.source('eval')
+    total = train.total()
+    summary = multimodal_stream.summary(
+      str(self.config.data.source), train, total
+    )
     return (
       {
-        'num_examples': len(train),
-        'label_names': list(train.label_names),
-        'summary': f'train: {train.summary.rstrip(".")}; eval: '
-        f'{evaluation.summary.rstrip(".")}',
+        'num_examples': total,
+        'label_names': list(train.first.label_names),
+        'summary': f'train: {summary}; eval: {evaluation.summary.rstrip(".")}',
       },
       {'num_examples': len(evaluation), 'label_names': []},
     )
@@ -285,8 +295,9 @@ class Task(base.Task):
     audio = jnp.take_along_axis(audio, batch['audio_points'][..., None], 1)
     b = video.shape[0]
     pred_audio = outputs['audio'].astype(jnp.float32).reshape(audio.shape)
-    l1_video = jnp.abs(outputs['image'].astype(jnp.float32) - video)
-    l1_audio = jnp.abs(pred_audio - audio)
+    error = _ERRORS[str(self.config.loss.get('error', 'l1'))]
+    l1_video = error(outputs['image'].astype(jnp.float32) - video)
+    l1_audio = error(pred_audio - audio)
     ce = optax.softmax_cross_entropy_with_integer_labels(
       outputs['label'].astype(jnp.float32), batch['label']
     )
@@ -449,9 +460,10 @@ class Task(base.Task):
     g = {k: np.asarray(v, np.float64)[real] for k, v in gathered.items()}
     pixels, samples = s['pixels'] * 3, s['audio_samples']
     w = self.config.loss
+    e = 'se' if str(w.get('error', 'l1')) == 'l2' else 'ae'
     loss = (
-      float(w.video) * g['video_ae'] / pixels
-      + float(w.audio) * g['audio_ae'] / samples
+      float(w.video) * g[f'video_{e}'] / pixels
+      + float(w.audio) * g[f'audio_{e}'] / samples
       + float(w.label) * g['ce']
     )
     mean = lambda x: float(np.mean(x)) if len(x) else float('nan')

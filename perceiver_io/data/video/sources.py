@@ -5,7 +5,7 @@ in [-1, 1], label=int).
 Specs:
   * `synthetic:N`: N generated clips (`synthetic.py`); the train split uses
     indices 0..N-1, every other split indices from 2**30 on, so they never
-    share a clip.
+    share a clip. `synthetic:N:pitch=F` scales every tone's pitch by F.
   * a folder of class folders, or a CSV of `path,label` (`listing.py`):
     every file of the split (this process's share) is decoded once, in
     `workers` processes with progress, into `cache_dir` (`cache.py`); then
@@ -201,10 +201,16 @@ def _synthetic_source(
   """`synthetic:N`: generated on demand; the audio rate is the one that
   makes `audio_samples` last `num_frames` at 25 fps (48 kHz for the
   paper's shapes)."""
-  count = spec.partition(':')[2]
-  if not count.isdigit() or int(count) < 1:
+  count, _, option = spec.partition(':')[2].partition(':')
+  pitch = option.partition('pitch=')[2]
+  try:
+    pitch_scale = float(pitch) if option else 1.0
+  except ValueError:
+    pitch_scale = -1.0
+  if not count.isdigit() or int(count) < 1 or not pitch_scale > 0:
     raise ValueError(
-      f'clip source {spec!r}: expected synthetic:N with N >= 1 clips.'
+      f'clip source {spec!r}: expected synthetic:N with N >= 1 clips, '
+      'optionally synthetic:N:pitch=F with a pitch scale F > 0.'
     )
   classes = num_classes or synthetic.MAX_CLASSES
   names = synthetic.label_names(classes)
@@ -215,7 +221,11 @@ def _synthetic_source(
 
   def read(i):
     clip = synthetic.synthetic_clip(
-      indices[i], seed=seed, num_classes=classes, **shape
+      indices[i],
+      seed=seed,
+      num_classes=classes,
+      pitch_scale=pitch_scale,
+      **shape,
     )
     return dict(video=clip['video'], audio=clip['audio'])
 

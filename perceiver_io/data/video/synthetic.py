@@ -117,8 +117,12 @@ def synthetic_clip(
   size: int = 224,
   audio_samples: int = 30720,
   num_classes: int = MAX_CLASSES,
+  pitch_scale: float = 1.0,
 ) -> Dict[str, object]:
   """One generated clip (module docstring).
+
+  `pitch_scale` multiplies every pitch: below 1, fewer cycles per clip (a
+  smoother waveform, which a small model reconstructs sooner).
 
   Returns:
     dict(video=uint8 [num_frames, size, size, 3], audio=float32
@@ -146,7 +150,9 @@ def synthetic_clip(
   t = np.minimum(t, 1.0)
   x = (x0 + dx * t) / (size - 1)
   y = (y0 + dy * t) / (size - 1)
-  pitch = PITCH_LOW + (PITCH_HIGH - PITCH_LOW) * x  # Cycles per sample.
+  pitch = pitch_scale * (
+    PITCH_LOW + (PITCH_HIGH - PITCH_LOW) * x
+  )  # Cycles/sample.
   phase = 2 * np.pi * np.cumsum(pitch)
   harmonics = HARMONICS[kind]
   wave = sum(np.sin(h * phase) / h for h in harmonics)
