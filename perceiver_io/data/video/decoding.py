@@ -285,19 +285,11 @@ def _to_rgb(frame, size: int) -> np.ndarray:
   return np.ascontiguousarray(rgb[top : top + size, left : left + size])
 
 
-def read_clip(
-  path: str,
-  *,
-  num_frames: int = 16,
-  size: int = 224,
-  sample_rate: int = 48000,
-  audio_samples: int = 30720,
-  sampling: str = 'window',
-  short: str = 'pad',
-  no_audio: str = 'bad',
-) -> Dict[str, object]:
+def read_clip(path: str, **settings) -> Dict[str, object]:
   """One file as a source's clip, for prediction: dict(video, audio,
   label=-1 (unknown)), decoded exactly as `open_source` decodes a folder.
+
+  `settings`: `decode_clip`'s keyword arguments.
 
   Raises:
     FileNotFoundError: `path` is not a file.
@@ -308,14 +300,5 @@ def read_clip(
       f'{path}: no such clip file; expected a video file with an audio track '
       f'({"/".join(VIDEO_EXTENSIONS)}).'
     )
-  clip, _ = decode_clip(
-    path,
-    num_frames=num_frames,
-    size=size,
-    sample_rate=sample_rate,
-    audio_samples=audio_samples,
-    sampling=sampling,
-    short=short,
-    no_audio=no_audio,
-  )
+  clip, _ = decode_clip(path, **settings)
   return dict(clip, label=-1)
