@@ -171,6 +171,17 @@ class ShardedTableStream:
     return batch
 
 
+def process_counts(local: int) -> List[int]:
+  """Every process's `local` count, in process order (a collective with
+  several processes)."""
+  if jax.process_count() == 1:
+    return [int(local)]
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  gathered = multihost_utils.process_allgather(np.asarray([local], np.int64))
+  return [int(n) for n in np.asarray(gathered).reshape(-1)]
+
+
 def eval_plan(
   process_sizes: Sequence[int], max_examples: int = -1
 ) -> Tuple[List[np.ndarray], int]:

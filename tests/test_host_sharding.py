@@ -479,3 +479,52 @@ def test_multimodal_training_clips_per_process_same_batches():
   # 5 rows from each 5- or 6-clip shard.
   first = [k for batch in one[:5] for k in batch]
   assert len(first) == len(set(first))
+
+
+def test_multimodal_eval_clips_each_process_opens_only_its_share(
+  monkeypatch,
+):
+  from configs import multimodal_autoencoding
+  from experiments import tasks
+  from experiments.tasks import multimodal_autoencoding as mm_task
+
+  def scored(count, limit):
+    config = multimodal_autoencoding.get_config('tiny')
+    with config.unlocked():
+      config.data.source = 'synthetic:10'  # 10 held-out clips
+      config.eval_batch_size = 4
+      config.max_eval_examples = limit
+    task = tasks.get(config)
+    # Opened up front (so the sizes need no collective), then recorded.
+    sizes = [len(task.source('eval', i, count)) for i in range(count)]
+    monkeypatch.setattr(
+      mm_task.host_data, 'process_counts', lambda local: list(sizes)
+    )
+    original, opened, seen, batch_counts = task.source, [], [], set()
+    monkeypatch.setattr(
+      task,
+      'source',
+      lambda split, j=0, n=1: (
+        opened.append((split, j, n)) or original(split, j, n)
+      ),
+    )
+    for i in range(count):
+      _as_process(monkeypatch, i, count)
+      batches, total = task.eval_data()
+      batches = list(batches)
+      batch_counts.add(len(batches))
+      for b in batches:
+        assert len(b['weight']) == 4 // count
+        real = b['weight'] > 0
+        seen += [v.tobytes() for v in b['video'][real]]
+    # Each process opened only its own share of the eval split.
+    assert opened == [('eval', i, count) for i in range(count)]
+    assert len(batch_counts) == 1  # Every process runs the same batches.
+    assert len(seen) == len(set(seen)) == total
+    return set(seen)
+
+  everything = scored(1, -1)
+  assert len(everything) == 10
+  assert scored(4, -1) == everything  # Every clip scored exactly once.
+  # A subset (max_eval_examples) is drawn over the shares in process order.
+  assert len(scored(4, 7)) == 7 and scored(4, 7) <= everything

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments import host_data
 from experiments import process_tuning
 from experiments import progress as eval_progress
 from experiments import sharding
@@ -204,7 +205,7 @@ class Task(base.Task):
         f'batch_size {self.config.batch_size} must be divisible by the '
         f'number of processes {jax.process_count()}.'
       )
-    train, evaluation = self.train_clips(), self.source('eval')
+    train, (evaluation, eval_sizes) = self.train_clips(), self.eval_source()
     total = train.total()
     summary = multimodal_stream.summary(
       str(self.config.data.source), train, total
@@ -215,7 +216,7 @@ class Task(base.Task):
         'label_names': list(train.first.label_names),
         'summary': f'train: {summary}; eval: {evaluation.summary.rstrip(".")}',
       },
-      {'num_examples': len(evaluation), 'label_names': []},
+      {'num_examples': sum(eval_sizes), 'label_names': []},
     )
 
   def stack(self, clips: Sequence[Dict[str, Any]]) -> Dict[str, np.ndarray]:
@@ -406,30 +407,43 @@ class Task(base.Task):
       'weight': batch['weight'].astype(jnp.float32),
     }
 
+  def eval_source(self):
+    """This process's share of the eval clips, and every process's count."""
+    index, count = jax.process_index(), jax.process_count()
+    source = self.source('eval', index, count)
+    return source, host_data.process_counts(len(source))
+
   def eval_data(self):
-    """Eval clips in order (a fixed random subset with max_eval_examples)."""
-    source = self.source('eval')
-    count = len(source)
-    indices = np.arange(count)
+    """This process's eval clips (of a fixed random subset with
+    max_eval_examples, drawn over the processes' shares in process order),
+    padded with weight-0 rows to the batch count of the busiest process."""
+    source, sizes = self.eval_source()
+    index, count = jax.process_index(), jax.process_count()
+    chosen = np.arange(sum(sizes))
     limit = int(self.config.max_eval_examples)
-    if 0 < limit < count:
+    if 0 < limit < len(chosen):
       rng = np.random.default_rng(int(self.config.seed))
-      indices = np.sort(rng.choice(count, limit, replace=False))
-    batch_size = int(self.config.eval_batch_size)
-    local = batch_size // jax.process_count()
+      chosen = np.sort(rng.choice(len(chosen), limit, replace=False))
+    offsets = np.cumsum([0, *sizes])
+    shares = [
+      chosen[(chosen >= offsets[p]) & (chosen < offsets[p + 1])] - offsets[p]
+      for p in range(count)
+    ]
+    local = int(self.config.eval_batch_size) // count
+    mine = shares[index]
+    num_batches = max(math.ceil(len(rows) / local) for rows in shares)
 
     def batches():
-      for start in range(0, len(indices), batch_size):
-        first = start + jax.process_index() * local
-        rows = [first + i for i in range(local)]
-        clips = [source[int(indices[min(r, len(indices) - 1)])] for r in rows]
-        batch = self.stack(clips)
+      for b in range(num_batches):
+        rows = [int(r) for r in mine[b * local : (b + 1) * local]]
+        pad = local - len(rows)
+        batch = self.stack([source[r] for r in rows + [0] * pad])
         batch['weight'] = np.asarray(
-          [float(r < len(indices)) for r in rows], np.float32
+          [1.0] * len(rows) + [0.0] * pad, np.float32
         )
         yield batch
 
-    return batches(), len(indices)
+    return batches(), len(chosen)
 
   def evaluate(self, eval_step, state, mesh, model=None) -> Dict[str, Any]:
     """Every output of every eval clip, decoded in chunks (`decode_all`)."""

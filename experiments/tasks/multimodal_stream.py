@@ -18,7 +18,6 @@ shard's length, which only its owner needs.
 import concurrent.futures
 from typing import Callable, Dict, List, Tuple
 
-import numpy as np
 
 from experiments import host_data
 from experiments import input_pipeline
@@ -69,12 +68,7 @@ class ShardedClips:
 
   def total(self) -> int:
     """Clips in every process's shards (a collective with several)."""
-    local = np.asarray([len(self)], np.int64)
-    if self.process_count == 1:
-      return int(local[0])
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
-    return int(np.sum(multihost_utils.process_allgather(local)))
+    return sum(host_data.process_counts(len(self)))
 
   @property
   def first(self):
