@@ -10,6 +10,7 @@ evaluated through `init_from=hf:` against the HF model's own outputs; bad clips 
 that every test shares the run's compiled model.
 """
 
+import json
 import os
 import wave
 
@@ -24,6 +25,7 @@ from experiments import predict_lib
 from experiments import tasks
 from experiments import train_lib
 from perceiver_io.data import video
+from tests import parallel_helpers as ph
 from tests.helpers import override_config
 
 
@@ -389,3 +391,36 @@ def test_psnr_top_k_and_baselines_match_numpy(setup, decoded):
   assert metrics['top1'] == np.mean([r < 1 for r in ranks])
   assert metrics['top5'] == np.mean([r < 5 for r in ranks]) == 1.0  # 5 classes
   assert metrics['top1_chance'] == 0.2
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_evaluate_as_one(tmp_path, subprocess_env):
+  """Real processes: the same batches (sharded training clips) and every
+  eval clip scored once (per-process shares, gathered sums)."""
+  args = [
+    '--config=configs/multimodal_autoencoding.py:tiny',
+    '--config.num_train_steps=3',
+    '--config.eval_every_steps=3',
+    '--config.checkpoint_every_steps=3',
+    '--config.data.source=synthetic:9',
+    '--config.max_eval_examples=-1',
+  ]
+  one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
+  ph.run_train(one, subprocess_env, args)
+  ph.run_processes(two, subprocess_env, args, 2)
+  losses = ph.read_losses(one)
+  assert list(losses) == [1, 2, 3]
+  np.testing.assert_allclose(
+    list(ph.read_losses(two).values()), list(losses.values()), rtol=1e-5
+  )
+  evals = [
+    [
+      json.loads(line)
+      for line in open(os.path.join(w, 'metrics.jsonl'))
+      if 'eval_video_psnr' in line
+    ][-1]
+    for w in (one, two)
+  ]
+  assert evals[0]['eval_num_examples'] == evals[1]['eval_num_examples'] == 9
+  for key in ('eval_video_psnr', 'eval_audio_psnr', 'eval_top1'):
+    assert evals[1][key] == pytest.approx(evals[0][key], rel=1e-5), key

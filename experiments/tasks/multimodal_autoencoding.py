@@ -451,7 +451,11 @@ class Task(base.Task):
     if model is None:
       raise ValueError('multimodal evaluation needs the model.')
     variables = {'params': state['params'], **state['model_state']}
-    step = jax.jit(functools.partial(self.eval_outputs_full, model))
+    # Per-clip sums gathered on every host (the batch spans all processes).
+    step = jax.jit(
+      functools.partial(self.eval_outputs_full, model),
+      out_shardings=sharding.replicated(mesh),
+    )
     gathered = {}
     batches, expected = self.eval_data()
     with eval_progress.EvalProgress(
