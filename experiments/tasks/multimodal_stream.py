@@ -16,6 +16,7 @@ shard's length, which only its owner needs.
 """
 
 import concurrent.futures
+import logging
 from typing import Callable, Dict, List, Tuple
 
 
@@ -53,6 +54,8 @@ class ShardedClips:
       host_data.owned_shards(self.count, process_index, process_count)
     )
     self.shards = [open_shard(j, self.count) for j in self.owned]
+    for j, shard in zip(self.owned, self.shards):  # Its bad-clip counts.
+      logging.info('training shard %d of %d: %s', j, self.count, shard.summary)
     for j, shard in zip(self.owned, self.shards):
       if len(shard) < 1:
         raise ValueError(
@@ -106,5 +109,5 @@ def summary(spec: str, clips: ShardedClips, total: int) -> str:
   return (
     f'{spec}: {total} clips in {clips.count} shards; process '
     f'{clips.process_index} of {clips.process_count} reads shards {lo}..{hi}'
-    f' ({len(clips)} clips; shard {lo}: {clips.first.summary.rstrip(".")})'
+    f' ({len(clips)} clips, {clips.first.num_classes} classes)'
   )
