@@ -7,6 +7,8 @@ public API, so callers write ``from perceiver_io.data import text`` and
 
 * `local`: ``tsv:`` / ``csv:`` / ``jsonl:`` / ``aclimdb:`` / ``text:`` sources
   and the TFDS-style split syntax (`parse_split`).
+* `text_files`: ``text:`` globs read per process (each takes the lines that
+  start in its byte range of the sorted files).
 * `tfds_source`: ``tfds:<name>`` sources (prepared datasets only, unless
   ``download=True``).
 * `glue`: the GLUE task table (`GLUE_TASKS`).

@@ -14,9 +14,12 @@ Sources (the part of the ``source`` string after the kind):
   `label_field` (column names, or integer column indices for files without a
   header); common GLUE / IMDB column names are detected when they are None.
 * ``aclimdb:ROOT``: the extracted ``aclImdb`` folder, read as
-  ``ROOT/<split>/{neg,pos}/*.txt`` (labels neg=0, pos=1 as in TFDS).
+  ``ROOT/<split>/{neg,pos}/*.txt`` (labels neg=0, pos=1 as in TFDS). The
+  folders are listed up front (rows, labels, order); a review file is opened
+  only when its row is taken, so each process reads only its block's files,
+  and its statistics (invalid UTF-8, truncation) count only those rows.
 * ``text:GLOB`` (MLM only): plain text files; every non-empty line is one
-  document.
+  document. Several processes split the files by bytes (`text_files`).
 
 A PATH or GLOB may contain ``{split}``, which is replaced by the split name,
 e.g. ``csv:/data/imdb/{split}.csv`` with ``split='test'``. Without it, the
@@ -33,10 +36,10 @@ Empty texts and invalid UTF-8 are kept (as bytes) and counted.
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import csv
 import dataclasses
-import glob
 import io
 import json
 import math
@@ -49,6 +52,7 @@ import numpy as np
 from perceiver_io.data.text.fields import _as_tuple
 from perceiver_io.data.text.fields import _class_map
 from perceiver_io.data.text.fields import UNLABELED
+from perceiver_io.data.text import text_files
 
 # Column names tried, in order, when `text_fields` / `label_field` are None for
 # a local file (GLUE TSVs in original and HF layout, IMDB CSVs).
@@ -138,7 +142,12 @@ def parse_split(split: str) -> list[SplitPart]:
 # ------------------------------------------------------------- local reading
 @dataclasses.dataclass
 class _Rows:
-  """Examples read into memory: texts as raw bytes, labels as an array."""
+  """Examples read into memory: texts as raw bytes, labels as an array.
+
+  aclImdb rows from `_load_local` hold `_ReviewFiles` (each file read when
+  its row is indexed) and leave `num_invalid_utf8` at 0: only rows that are
+  read can be counted (`read_local_rows` reads and counts every row).
+  """
 
   text_a: list[bytes]
   text_b: list[bytes] | None
@@ -407,8 +416,36 @@ def _read_table_rows(
   )
 
 
+class _ReviewFiles(collections.abc.Sequence):
+  """Review texts read from their files when first indexed (then kept).
+
+  Why: listing the aclImdb folders gives every row and label; a process
+  then opens only the files of the rows it takes (`pipeline` slices its
+  block), so hosts do not each read the whole split.
+  """
+
+  def __init__(self, paths: list[str]):
+    self.paths = paths
+    self._texts: dict[int, bytes] = {}
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return [self[i] for i in range(len(self))[index]]
+    index = range(len(self))[index]
+    if index not in self._texts:
+      with open(self.paths[index], 'rb') as f:
+        self._texts[index] = f.read()
+    return self._texts[index]
+
+
 def _read_aclimdb_rows(root: str, name: str) -> _Rows:
-  """``root/<name>/{neg,pos}/<id>_<rating>.txt`` in (id, label) order."""
+  """``root/<name>/{neg,pos}/<id>_<rating>.txt`` in (id, label) order.
+
+  Only the folders are listed: texts are `_ReviewFiles`, read when indexed.
+  """
   folder = os.path.join(root, name)
   dirs = [os.path.join(folder, 'neg'), os.path.join(folder, 'pos')]
   if not any(os.path.isdir(d) for d in dirs):
@@ -426,30 +463,17 @@ def _read_aclimdb_rows(root: str, name: str) -> _Rows:
   if not entries:
     raise FileNotFoundError(f'no *.txt reviews under {dirs[0]} or {dirs[1]}.')
   entries.sort()
-  texts, labels, invalid = [], [], 0
-  for _, label, _, path in entries:
-    with open(path, 'rb') as f:
-      data = f.read()
-    text, bad = _field_bytes(data, path, 'text')
-    invalid += bad
-    texts.append(text)
-    labels.append(label)
-  return _Rows(texts, None, np.asarray(labels, np.int64), invalid)
+  return _Rows(
+    _ReviewFiles([path for *_, path in entries]),
+    None,
+    np.asarray([label for _, label, _, _ in entries], np.int64),
+  )
 
 
 def _read_text_docs(pattern: str) -> _Rows:
   """Every non-empty line of the files matching `pattern` is a document."""
-  paths = sorted(glob.glob(pattern))
-  if not paths:
-    raise FileNotFoundError(f'no text files match {pattern!r}.')
-  docs, invalid = [], 0
-  for path in paths:
-    with open(path, 'rb') as f:
-      for line in f.read().splitlines():
-        if line.strip():
-          text, bad = _field_bytes(line, path, 'line')
-          invalid += bad
-          docs.append(text)
+  docs = text_files.read_documents(pattern)
+  invalid = sum(not _is_utf8(d) for d in docs)
   return _Rows(docs, None, np.full(len(docs), UNLABELED, np.int64), invalid)
 
 
@@ -475,12 +499,15 @@ def _load_local(
     chosen.append((rows, part.indices(len(rows.text_a))))
   _, text_fields, label_field = next(iter(cache.values()))
   pair = len(text_fields) == 2
+  labels = np.concatenate(
+    [rows.labels[np.asarray(idx, np.int64)] for rows, idx in chosen]
+  )
+  if kind == 'aclimdb':  # Still unread: the caller reads the rows it keeps.
+    paths = [rows.text_a.paths[i] for rows, idx in chosen for i in idx]
+    return _Rows(_ReviewFiles(paths), None, labels), text_fields, label_field
   text_a = [rows.text_a[i] for rows, idx in chosen for i in idx]
   text_b = (
     [rows.text_b[i] for rows, idx in chosen for i in idx] if pair else None
-  )
-  labels = np.concatenate(
-    [rows.labels[np.asarray(idx, np.int64)] for rows, idx in chosen]
   )
   invalid = sum(_count_invalid(rows, idx) for rows, idx in chosen)
   return _Rows(text_a, text_b, labels, invalid), text_fields, label_field
@@ -530,4 +557,7 @@ def read_local_rows(
     class_map=class_map,
     has_header=has_header,
   )
+  if isinstance(rows.text_a, _ReviewFiles):
+    texts = list(rows.text_a)
+    rows = _Rows(texts, None, rows.labels, sum(not _is_utf8(t) for t in texts))
   return rows

@@ -5,18 +5,26 @@ masking, so the masking works on byte ids (words are runs of non-whitespace
 bytes), and the pipeline concatenates documents and crops a random window
 before masking. Crops and masks come from a NumPy generator seeded per batch,
 so a resumed run gets the same batches as an uninterrupted one.
+
+Per host: each process reads only its part of the split. ``text:`` globs
+are cut by bytes (`text_files`), so a process knows only its own document
+count; every process's count (for a sliced split and for the evaluation
+batch count, which must be equal everywhere) comes from one gather while
+the dataset is built (`make_mlm_dataset`'s ``gather_counts``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from perceiver_io import tokenizer as tokenizer_lib
 from perceiver_io.data.text.fields import _as_tuple
+from perceiver_io.data.text import text_files
 from perceiver_io.data.text.local import _load_local
+from perceiver_io.data.text.local import parse_split
 from perceiver_io.data.text.pipeline import _check_int
 from perceiver_io.data.text.pipeline import _check_processes
 from perceiver_io.data.text.pipeline import _deterministic
@@ -199,6 +207,7 @@ def make_mlm_dataset(
   data_dir: str | None = None,
   download: bool = False,
   has_header: bool = True,
+  gather_counts: Callable[[np.ndarray], Any] | None = None,
 ):
   """Byte MLM pipeline: concatenate documents, crop, mask (paper recipe).
 
@@ -230,6 +239,13 @@ def make_mlm_dataset(
     data_dir: TFDS data dir.
     download: allow TFDS to download a missing dataset.
     has_header: TSV/CSV files have a header line.
+    gather_counts: ``text:`` sources with several processes: maps this
+      process's document counts (int64 [T], one per file pattern of the
+      split) to every process's ([process_count, T]). Default: JAX's
+      ``multihost_utils.process_allgather``, a collective (every process
+      builds its dataset at the same point, as the runner does); when JAX
+      runs fewer processes (simulated ones), the counts come from reading
+      the other processes' ranges too.
 
   Returns:
     (dataset, info): dicts with input_ids, attention_mask, mlm_labels,
@@ -263,6 +279,12 @@ def make_mlm_dataset(
       index_offset=0,
     )
     base = base.map(lambda ex: ex['text_a'])
+  elif kind == 'text':
+    text_fields = ('text',)
+    local, sizes = text_documents(
+      path, split, process_index, process_count, gather_counts
+    )
+    base = tf.data.Dataset.from_tensor_slices(_string_tensor(tf, local))
   else:
     rows, text_fields, _ = _load_local(
       kind,
@@ -270,7 +292,7 @@ def make_mlm_dataset(
       split,
       text_fields=_as_tuple(text_field)
       if text_field is not None
-      else (None if kind in ('tsv', 'csv', 'jsonl') else ('text',)),
+      else (None if kind != 'aclimdb' else ('text',)),
       label_field=False,
       task='classification',
       class_map=None,
@@ -366,3 +388,60 @@ def make_mlm_dataset(
     steps_per_epoch=num_local // (batch_size * docs_per_example),
   )
   return ds, info
+
+
+def text_documents(path, split, process_index, process_count, gather):
+  """(this process's documents of a ``text:`` split, every process's count).
+
+  Each process reads only its byte range of each file pattern
+  (`text_files`); the counts of all processes place its documents in the
+  split's order, so a slice (``train[:100]``) keeps the same documents as
+  one process reading everything, each in exactly one process. `gather`:
+  as `make_mlm_dataset`'s ``gather_counts`` (None: its default).
+  """
+  parts = parse_split(split)
+  targets = list(dict.fromkeys(path.replace('{split}', p.name) for p in parts))
+  read = [
+    text_files.read_documents(t, process_index, process_count) for t in targets
+  ]
+  local = np.asarray([len(docs) for docs in read], np.int64)
+  counts = local[None]
+  if process_count > 1:
+    counts = np.asarray(
+      (gather or _default_gather(targets, process_count))(local)
+    )
+    if counts.shape != (process_count, len(targets)):
+      raise ValueError(
+        f'gather_counts returned shape {counts.shape}; expected '
+        f'{(process_count, len(targets))} (processes, file patterns).'
+      )
+  starts = np.concatenate([np.zeros((1, len(targets)), np.int64), counts])
+  starts = np.cumsum(starts, axis=0)  # [P + 1, T] first document of each.
+  mine, sizes = [], [0] * process_count
+  for part in parts:
+    t = targets.index(path.replace('{split}', part.name))
+    rows = part.indices(int(starts[-1, t]))
+    for p in range(process_count):
+      lo = max(rows.start, int(starts[p, t]))
+      hi = min(rows.stop, int(starts[p + 1, t]))
+      sizes[p] += max(hi - lo, 0)
+      if p == process_index and hi > lo:
+        mine += read[t][lo - starts[p, t] : hi - starts[p, t]]
+  return mine, sizes
+
+
+def _default_gather(targets, process_count):
+  """JAX's allgather; for processes simulated in one Python process (JAX
+  runs fewer), the other ranges are read to count their documents."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if jax.process_count() == process_count:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    return multihost_utils.process_allgather
+  return lambda local: np.asarray(
+    [
+      [len(text_files.read_documents(t, p, process_count)) for t in targets]
+      for p in range(process_count)
+    ]
+  )

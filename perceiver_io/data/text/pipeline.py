@@ -414,7 +414,8 @@ def make_text_dataset(
     download: allow TFDS to download and prepare a missing dataset.
     has_header: TSV/CSV files have a header line (else use column indices).
     compute_stats: count empty / invalid UTF-8 / truncated examples up front.
-      Default: always for local files, for TFDS only when ``repeat=False``.
+      Default: always for local files (aclImdb: this process's rows, the only
+      files it opens), for TFDS only when ``repeat=False``.
 
   Returns:
     (dataset, info): a ``tf.data.Dataset`` of dicts (see module docstring)
@@ -498,17 +499,14 @@ def make_text_dataset(
       labelled = rows.labels[rows.labels != UNLABELED]
       num_classes = int(labelled.max()) + 1 if labelled.size else None
     pair = rows.text_b is not None
-    sizes = [
-      stop - start
-      for start, stop in _process_shards(len(rows.text_a), process_count)
-    ]
-    start, stop = _process_shards(len(rows.text_a), process_count)[
-      process_index
-    ]
+    shards = _process_shards(len(rows.text_a), process_count)
+    sizes = [stop - start for start, stop in shards]
+    start, stop = shards[process_index]
     base = _local_raw(tf, rows, start, stop, regression)
     if compute_stats is None or compute_stats:
       counter = _StatsCounter(tokenizer, max_length, task)
-      counter.add(rows.text_a, rows.text_b, rows.labels)
+      part = slice(start, stop) if kind == 'aclimdb' else slice(None)
+      counter.add(rows.text_a[part], rows.text_b, rows.labels[part])
       stats = counter.stats
 
   if len(tuple(text_fields)) == 2 and max_length < 3:
