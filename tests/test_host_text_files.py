@@ -270,3 +270,23 @@ def test_mlm_text_split_slices_with_gathered_counts(tmp_path):
   assert sorted(tokenized) == sorted(expected)  # Each document once.
   with pytest.raises(ValueError, match='expected \\(4, 1\\)'):
     mlm.text_documents(source[5:], split, 0, P, lambda c: c[None])
+
+
+def test_a_sliced_mlm_split_of_one_file_is_shared_evenly(tmp_path):
+  # The last 10 % of one file lies in the last process's byte range: a
+  # sliced split is read whole so that every process gets its block.
+  path = tmp_path / 'corpus.txt'
+  path.write_text(''.join(f'document {i} of the corpus\n' for i in range(200)))
+  for split, each in (('train[:90%]', 45), ('train[90%:]', 5)):
+    for p in range(4):
+      _, info = mlm.make_mlm_dataset(
+        f'text:{path}',
+        split,
+        max_length=32,
+        batch_size=2,
+        docs_per_example=1,
+        process_index=p,
+        process_count=4,
+        repeat=False,
+      )
+      assert info.num_examples_per_process == (each,) * 4

@@ -7,8 +7,9 @@ before masking. Crops and masks come from a NumPy generator seeded per batch,
 so a resumed run gets the same batches as an uninterrupted one.
 
 Per host: each process reads only its part of the split. ``text:`` globs
-are cut by bytes (`text_files`), so a process knows only its own document
-count; every process's count (for a sliced split and for the evaluation
+of whole files are cut by bytes (`text_files`; a sliced split such as
+``train[:90%]`` is read whole, so that its rows can be shared out evenly),
+so a process knows only its own document count; every process's count (for a sliced split and for the evaluation
 batch count, which must be equal everywhere) comes from one gather while
 the dataset is built (`make_mlm_dataset`'s ``gather_counts``).
 """
@@ -279,7 +280,12 @@ def make_mlm_dataset(
       index_offset=0,
     )
     base = base.map(lambda ex: ex['text_a'])
-  elif kind == 'text':
+  elif kind == 'text' and not any(
+    part.start or part.stop for part in parse_split(split)
+  ):
+    # Whole files: each process reads its byte range. A sliced split
+    # (train[90%:]) is read whole below, so that every process gets an
+    # equal block of it (a byte range may hold none of a slice's rows).
     text_fields = ('text',)
     local, sizes = text_documents(
       path, split, process_index, process_count, gather_counts
@@ -292,7 +298,7 @@ def make_mlm_dataset(
       split,
       text_fields=_as_tuple(text_field)
       if text_field is not None
-      else (None if kind != 'aclimdb' else ('text',)),
+      else (None if kind in ('tsv', 'csv', 'jsonl') else ('text',)),
       label_field=False,
       task='classification',
       class_map=None,
