@@ -1,6 +1,6 @@
 """Adding a modality: a preprocessor, a preset that uses it, a task, a config.
 
-The README's "Add a modality" walkthrough, done for real: multichannel time
+The "Add a modality" walkthrough of docs/extending.md, done for real: multichannel time
 series (sensor readings, [B, T, F] floats) become Perceiver inputs through a
 new preprocessor (a per-step linear embedding plus 1-D Fourier positions),
 registered under a new type name; a preset swaps it into the ImageNet

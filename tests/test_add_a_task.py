@@ -1,6 +1,6 @@
 """Adding a task is one module in experiments/tasks/ plus one config.
 
-The walkthrough the README quotes, done for real: a new task module
+The walkthrough docs/extending.md quotes, done for real: a new task module
 (`has_x.py`: does a string of random letters contain an 'x'?) and its
 config are written to a temporary directory whose `tasks/` folder is put on
 `experiments.tasks`' search path (as if the file were in experiments/tasks/,
