@@ -528,3 +528,45 @@ def test_multimodal_eval_clips_each_process_opens_only_its_share(
   assert scored(4, -1) == everything  # Every clip scored exactly once.
   # A subset (max_eval_examples) is drawn over the shares in process order.
   assert len(scored(4, 7)) == 7 and scored(4, 7) <= everything
+
+
+def test_image_folder_training_batches_are_the_same_for_any_process_count(
+  tmp_path,
+):
+  from perceiver_io.data import image as image_lib
+
+  _write_numbered(tmp_path / 'images', 12)
+  read = []
+
+  def global_batches(count, steps=7):
+    per_process = []
+    for i in range(count):
+      it, info = image_lib.make_image_dataset(
+        str(tmp_path / 'images'),
+        'train',
+        batch_size=4 // count,
+        train=True,
+        image_size=4,
+        randaugment=None,
+        geometry='resize',
+        process_index=i,
+        process_count=count,
+        num_shards=4,
+      )
+      batches = [_values(next(it)) for _ in range(steps)]
+      per_process.append(batches)
+      read.append((count, i, sorted({int(v) for b in batches for v in b})))
+    return [
+      [int(v) for p in per_process for v in p[step]] for step in range(steps)
+    ]
+
+  one = global_batches(1)
+  assert global_batches(2) == one and global_batches(4) == one
+  # Shard j (rows 3j..3j+2) gives one row per batch, each row once per epoch
+  # of 3 batches.
+  every = [20 * i + 10 for i in range(12)]
+  assert sorted(v for b in one[:3] for v in b) == every
+  # A process of 4 reads only its own shard's images.
+  for count, i, values in read:
+    if count == 4:
+      assert values == every[3 * i : 3 * i + 3]

@@ -21,8 +21,13 @@ from experiments.tasks import base
 
 # Modules of this package that are not tasks: the interface, and the
 # full-frame (tiled) evaluation and frame reading that optical_flow inherits,
-# and the files a multimodal prediction writes.
-_NOT_TASKS = ('base', 'flow_full_frame', 'multimodal_files')
+# the files a multimodal prediction writes and its per-process clips.
+_NOT_TASKS = (
+  'base',
+  'flow_full_frame',
+  'multimodal_files',
+  'multimodal_stream',
+)
 
 
 def names() -> List[str]:

@@ -40,6 +40,7 @@ import numpy as np
 import optax
 
 from experiments import input_pipeline
+from experiments import host_data
 from experiments.tasks import base
 from perceiver_io import mixing
 from perceiver_io import model as model_lib
@@ -200,6 +201,13 @@ class Task(base.Task):
       start_batch=start_batch,
       geometry=d.geometry or None,
       max_examples=max_examples,
+      # Shards fixed by the batch and the config, not the process count
+      # (host_data): the same global batches on any number of processes.
+      num_shards=host_data.num_shards(
+        int(d.get('num_shards', 0) or 0), batch, batch, count
+      )
+      if train
+      else 0,
     )
     self._check_classes(info, source)
     return iterator, info

@@ -59,6 +59,7 @@ def make_image_dataset(
   geometry: Optional[str] = None,
   shuffle_buffer: Optional[int] = None,
   max_examples: int = -1,
+  num_shards: int = 0,
 ) -> Tuple[Iterator[Batch], Dict[str, Any]]:
   """Builds this process's stream of batches for an image-classification source.
 
@@ -89,6 +90,13 @@ def make_image_dataset(
     geometry: 'imagenet' (Inception crop / centre crop) or 'resize' (whole image); the default
       is 'imagenet' for photos (TFDS, folders) and 'resize' for digits and synthetic data.
     shuffle_buffer: TFDS only: shuffle-buffer size (default max(16 * batch_size, 10_000)).
+    num_shards: training streams of folders, digits and synthetic data: the
+      rows are cut into this many fixed contiguous shards (0: one per
+      process), process i of n owns shards [iS/n, (i+1)S/n), and every
+      global batch takes (j+1)B//S - jB//S rows from shard j, drawn from its
+      own per-epoch permutation; so with the same S, 1, 2 or 4 processes
+      train on the same global batches (augmentation keyed by the global
+      position). S must be a multiple of process_count.
     max_examples: eval streams of folders, digits and synthetic data: at most this many examples,
       a seeded random subset in source order, the same on every call and process (a folder of
       class folders lists its images class by class, so its first ones are a few classes);
@@ -125,8 +133,10 @@ def make_image_dataset(
     raise ValueError(
       f'geometry must be "imagenet" or "resize", got {geometry!r}.'
     )
-  shuffle_key = _process_seed(int(seed), process_index, 0)
-  augment_key = _process_seed(int(seed), process_index, 1)
+  # Training streams are keyed by shard and global position, evaluation is
+  # not random: the keys need not depend on the process.
+  shuffle_key = _process_seed(int(seed), 0, 0)
+  augment_key = _process_seed(int(seed), 0, 1)
 
   def preprocess(image, label, position):
     if train:
@@ -170,6 +180,7 @@ def make_image_dataset(
       preprocess,
       padding_example,
       max_examples,
+      num_shards,
     )
   else:
     ds, total, shard_size = _tfds_stream(
@@ -217,6 +228,43 @@ def _plain(tf, fn):
   return tf.autograph.experimental.do_not_convert(fn)
 
 
+class _ShardPlan:
+  """Which shard and which draw of it each slot of a local batch takes.
+
+  `slots[name][k]` for slot k of this process's batch: 'first' (the
+  shard's first row), 'size' (its rows), 'take' (its rows per global
+  batch), 'offset' (the slot's place among them) and 'stream' (S * 2**20 +
+  j, the shard's permutation stream).
+  """
+
+  def __init__(self, total, count, batch_size, process_index, process_count):
+    if count % process_count or count < 1:
+      raise ValueError(
+        f'num_shards={count} must be a positive multiple of the process '
+        f'count {process_count}.'
+      )
+    self.global_batch = batch_size * process_count
+    if count > min(self.global_batch, total):
+      raise ValueError(
+        f'num_shards={count} must be at most the global batch '
+        f'{self.global_batch} and the {total} training examples.'
+      )
+    self.bounds = bounds = [total * j // count for j in range(count + 1)]
+    per = count // process_count
+    owned = range(process_index * per, (process_index + 1) * per)
+    b = self.global_batch
+    take = {j: (j + 1) * b // count - j * b // count for j in owned}
+    shards = np.repeat(np.asarray(owned, np.int64), [take[j] for j in owned])
+    self.rows = bounds[owned[-1] + 1] - bounds[owned[0]]
+    self.slots = {
+      'first': np.asarray([bounds[j] for j in shards], np.int64),
+      'size': np.asarray([bounds[j + 1] - bounds[j] for j in shards], np.int64),
+      'take': np.asarray([take[j] for j in shards], np.int64),
+      'offset': np.concatenate([np.arange(take[j]) for j in owned]),
+      'stream': np.asarray([count * 2**20 + j for j in shards], np.int64),
+    }
+
+
 def _table_stream(
   tf,
   src: _TableSource,
@@ -230,6 +278,7 @@ def _table_stream(
   preprocess,
   padding_example,
   max_examples=-1,
+  num_shards=0,
 ):
   """Positions -> examples for an index-addressable source. Returns (ds, total, shard_size)."""
   rows = np.arange(src.num_examples, dtype=np.int64)
@@ -240,6 +289,14 @@ def _table_stream(
   shard_size = len(shard)
   start = start_batch * batch_size
   if train:
+    plan = _ShardPlan(
+      src.num_examples,
+      num_shards or process_count,
+      batch_size,
+      process_index,
+      process_count,
+    )
+    shard_size = plan.rows
     if shard_size < batch_size:
       raise ValueError(
         f'Process {process_index} has {shard_size} training examples, fewer than '
@@ -249,36 +306,38 @@ def _table_stream(
       np.iinfo(np.int64).max if repeat else shard_size - shard_size % batch_size
     )
     positions = tf.data.Dataset.range(start, stop)
+    table = {k: tf.constant(v) for k, v in plan.slots.items()}
+
+    def row_at(position):
+      # Shard j's own permutation per epoch, computed per position: skipping is free.
+      k = position % batch_size
+      get = lambda name: tf.gather(table[name], k)  # noqa: E731
+      drawn = position // batch_size * get('take') + get('offset')
+      size = get('size')
+      key = tf.constant(shuffle_key)
+      if len(plan.bounds) > 2:  # One shard: the single global permutation.
+        key = tf.random.experimental.stateless_fold_in(key, get('stream'))
+      key = tf.random.experimental.stateless_fold_in(key, drawn // size)
+      slot = tf.random.experimental.index_shuffle(drawn % size, key, size - 1)
+      return get('first') + slot
 
     def example(position):
-      # A fresh permutation of the shard per epoch, computed per position: skipping is free.
-      epoch = position // shard_size
-      epoch_key = tf.random.experimental.stateless_fold_in(
-        tf.constant(shuffle_key), epoch
+      global_position = (
+        position // batch_size * plan.global_batch
+        + process_index * batch_size
+        + position % batch_size
       )
-      slot = tf.random.experimental.index_shuffle(
-        position % shard_size, epoch_key, tf.constant(shard_size - 1, tf.int64)
-      )
-      image, label = src.load(tf.gather(shard, slot))
-      return preprocess(image, label, position)
+      image, label = src.load(row_at(position))
+      return preprocess(image, label, global_position)
 
     ds = positions.map(_plain(tf, example), num_parallel_calls=tf.data.AUTOTUNE)
 
     def indices_at(offsets):
-      # Source indices of the examples at these offsets of the stream (same maths as `example`).
-      slots = []
-      for position in np.asarray(offsets, np.int64) + start:
-        epoch_key = tf.random.experimental.stateless_fold_in(
-          tf.constant(shuffle_key), tf.constant(position // shard_size)
-        )
-        slots.append(
-          tf.random.experimental.index_shuffle(
-            tf.constant(position % shard_size),
-            epoch_key,
-            tf.constant(shard_size - 1, tf.int64),
-          )
-        )
-      return shard[np.asarray([int(x) for x in slots], np.int64)]
+      # Source indices of the examples at these offsets of the stream.
+      return np.asarray(
+        [int(row_at(tf.constant(int(o) + start, tf.int64))) for o in offsets],
+        np.int64,
+      )
   else:
     padded = (
       math.ceil(math.ceil(len(rows) / process_count) / batch_size) * batch_size
