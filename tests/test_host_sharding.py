@@ -184,45 +184,56 @@ def test_digits_table():
   _check_eval(config)
 
 
-@pytest.fixture()
-def mocked_tfds():
+@pytest.fixture(scope='module')
+def prepared_tfds(tmp_path_factory):
+  """A real TFDS dataset prepared on disk (23 train / 10 test texts), so
+  even splits read real records (mock data serves every split whole)."""
   import tensorflow_datasets as tfds
 
-  with (
-    mock.patch.object(
-      tfds.core.DatasetBuilder, 'is_prepared', return_value=True
-    ),
-    tfds.testing.mock_data(num_examples=10),
-  ):
-    yield tfds
+  class PerceiverHostTestTexts(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version('1.0.0')
 
-
-@pytest.mark.slow  # ~4 s: mock data is counted by reading it.
-def test_tfds_text_reads_only_its_even_splits(mocked_tfds):
-  config = _config(
-    'tfds:glue/cola', text_fields='sentence', label_names='', num_shards=P
-  )
-  builder_cls = mocked_tfds.core.DatasetBuilder
-  original = builder_cls.as_dataset
-  for i in range(P):
-    splits = []
-
-    def as_dataset(builder, *args, split=None, **kwargs):
-      # Reads for the table pass a read_config; counting the mocked split
-      # (real TFDS metadata has the counts) does not.
-      if 'read_config' in kwargs:
-        splits.append(split)  # pylint: disable=cell-var-from-loop
-      return original(builder, *args, split=split, **kwargs)
-
-    with mock.patch.object(builder_cls, 'as_dataset', as_dataset):
-      host_data.load_process_table(
-        config, 'train', 'classification', True, i, P
+    def _info(self):
+      return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict(
+          {
+            'text': tfds.features.Text(),
+            'label': tfds.features.ClassLabel(names=['neg', 'pos']),
+          }
+        ),
       )
-    # The whole split ('train') is only opened to count it, never iterated.
-    # (Mock data serves every split whole, so rows are checked on local
-    # files; here: which even splits each process asks TFDS to read.)
-    shards = [(s.index, s.count) for s in splits if not isinstance(s, str)]
-    assert shards == [(i, P)]
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {
+        split: self._generate_examples(split, n)
+        for split, n in (('train', 23), ('test', 10))
+      }
+
+    def _generate_examples(self, split, n):
+      for i, text in enumerate(_texts(n, split)):
+        yield i, {'text': text, 'label': i % 2}
+
+  root = tmp_path_factory.mktemp('tfds')
+  PerceiverHostTestTexts(data_dir=str(root)).download_and_prepare()
+  return str(root)
+
+
+@pytest.mark.slow  # ~3 s: prepares a dataset
+def test_tfds_text_each_process_reads_its_records(prepared_tfds):
+  config = _config(
+    'tfds:perceiver_host_test_texts',
+    text_fields='text',
+    label_names='',
+    num_shards=P,
+    data_dir=prepared_tfds,
+  )
+  # Each process tokenises exactly the rows of its even splits; together
+  # the whole split, in order; the same global batches as one process.
+  tables = _check_train(config, read=_text_of)
+  assert [len(t['label']) for t in tables] == [6, 6, 6, 5]  # tfds cuts
+  _check_eval(config)
 
 
 @pytest.mark.parametrize('total, count', [(23, 4), (10, 8), (64, 8), (5, 1)])
