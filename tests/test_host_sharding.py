@@ -5,9 +5,10 @@ batches as one process where the runner promises it, and evaluation
 scores every example exactly once with uneven process counts.
 
 What each process *read* is observed, not inferred from its output: the
-texts the byte tokenizer encoded (local files, GLUE TSVs, TFDS), the TFDS
-read instructions, the images decoded (folders carry their index in their
-pixels), the MLM documents, the generated flow pairs made.
+texts the byte tokenizer encoded (local files, GLUE TSVs, a TFDS dataset
+prepared by the test), the images decoded (folders carry their index in
+their pixels), the MLM documents, the generated flow pairs made, the clip
+shards and shares opened.
 """
 
 import types
