@@ -506,7 +506,13 @@ def warn_if_single_class(
 
 
 def _mlm_dataset(
-  config, split: str, *, repeat: bool, start_step: int, batch_size: int
+  config,
+  split: str,
+  *,
+  repeat: bool,
+  start_step: int,
+  batch_size: int,
+  num_shards: Optional[int] = None,
 ):
   data = config.data
   fields = _comma_list(data.text_fields)
@@ -524,6 +530,7 @@ def _mlm_dataset(
     process_index=jax.process_index(),
     process_count=jax.process_count(),
     data_dir=data.data_dir or None,
+    num_shards=num_shards,
   )
 
 
@@ -542,7 +549,7 @@ def mlm_to_runner(batch: Table) -> Table:
 class MlmTrainStream:
   """Step-indexed MLM training batches (must be read in step order)."""
 
-  def __init__(self, config, start_step: int):
+  def __init__(self, config, start_step: int, num_shards: Optional[int] = None):
     local = int(config.batch_size) // jax.process_count()
     ds, self.info = _mlm_dataset(
       config,
@@ -550,6 +557,7 @@ class MlmTrainStream:
       repeat=True,
       start_step=start_step,
       batch_size=local,
+      num_shards=num_shards,
     )
     self._it = ds.as_numpy_iterator()
     self._next_step = start_step

@@ -11,10 +11,12 @@ bytes, their accuracy and the perplexity. Predict fills every [MASK] byte.
 
 from typing import Any, Dict, List, Optional, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments import host_data
 from experiments import input_pipeline
 from experiments import metrics
 from experiments.tasks import base
@@ -81,7 +83,16 @@ class Task(base.Task):
     }
 
   def train_stream(self, start_step: int):
-    return input_pipeline.MlmTrainStream(self.config, start_step)
+    # Fixed document shards: the same batches on any process count that
+    # divides their number (see perceiver_io.data.text.mlm_shards).
+    batch = int(self.config.batch_size)
+    shards = host_data.num_shards(
+      int(self.config.data.get('num_shards', 0) or 0),
+      batch,
+      batch,
+      jax.process_count(),
+    )
+    return input_pipeline.MlmTrainStream(self.config, start_step, shards)
 
   def eval_data(self):
     limit = int(self.config.max_eval_examples)

@@ -6,7 +6,9 @@ bytes), and the pipeline concatenates documents and crops a random window
 before masking. Crops and masks come from a NumPy generator seeded per batch,
 so a resumed run gets the same batches as an uninterrupted one.
 
-Per host: each process reads only its part of the split. ``text:`` globs
+Per host: each process reads only its part of the split; training reads
+fixed shards of it (`mlm_shards`), so its batches do not depend on the
+process count. For evaluation, ``text:`` globs
 of whole files are cut by bytes (`text_files`; a sliced split such as
 ``train[:90%]`` is read whole, so that its rows can be shared out evenly),
 so a process knows only its own document count; every process's count (for a sliced split and for the evaluation
@@ -23,6 +25,7 @@ import numpy as np
 
 from perceiver_io import tokenizer as tokenizer_lib
 from perceiver_io.data.text.fields import _as_tuple
+from perceiver_io.data.text import mlm_shards
 from perceiver_io.data.text import text_files
 from perceiver_io.data.text.local import _load_local
 from perceiver_io.data.text.local import parse_split
@@ -139,18 +142,20 @@ _MLM_KEYS = (
 
 
 def _mlm_batch(
-  step,
   texts,
   *,
+  rng_key,
+  first_index,
   tokenizer,
   max_length,
   batch_size,
-  seed,
-  process_index,
   mask_prob,
 ):
-  """NumPy: joined documents -> random crop -> ids -> masked batch."""
-  rng = np.random.default_rng([seed, process_index, int(step)])
+  """NumPy: joined documents -> random crop -> ids -> masked batch.
+
+  `rng_key` seeds the crops and masks; `first_index`: the first row's index.
+  """
+  rng = np.random.default_rng(rng_key)
   budget = max_length - 2
   crops, cut = [], np.zeros(batch_size, np.int32)
   for i, text in enumerate(texts):
@@ -175,7 +180,7 @@ def _mlm_batch(
     mask[:, None] > 0, masked['mlm_labels'], IGNORE_LABEL
   ).astype(np.int32)
   index = np.full(batch_size, -1, np.int32)
-  index[:num_real] = int(step) * batch_size + np.arange(num_real)
+  index[:num_real] = first_index + np.arange(num_real)
   return (
     masked['input_ids'],
     enc['attention_mask'],
@@ -209,15 +214,18 @@ def make_mlm_dataset(
   download: bool = False,
   has_header: bool = True,
   gather_counts: Callable[[np.ndarray], Any] | None = None,
+  num_shards: int | None = None,
 ):
   """Byte MLM pipeline: concatenate documents, crop, mask (paper recipe).
 
   `docs_per_example` consecutive documents of the (shuffled) stream are joined
   with `doc_separator`, a random window of ``max_length - 2`` bytes is cropped
   and wrapped in [CLS] ... [SEP], and `mask_bytes_for_mlm` picks the targets.
-  The crop and the masks come from a NumPy generator seeded with
-  ``(seed, process_index, step)``, so a resumed run (``start_step``) gets the
-  same batches as an uninterrupted one.
+  Training (`repeat`) reads fixed document shards (`mlm_shards`): its global
+  batches are the same for every process count that divides `num_shards`.
+  Crops and masks come from NumPy generators seeded by the step (and, in
+  training, the shard; in evaluation, the process), so a resumed run
+  (``start_step``) gets the same batches as an uninterrupted one.
 
   Args:
     source: ``tfds:<name>`` (a text feature), ``text:<glob>`` (one document a
@@ -247,6 +255,8 @@ def make_mlm_dataset(
       builds its dataset at the same point, as the runner does); when JAX
       runs fewer processes (simulated ones), the counts come from reading
       the other processes' ranges too.
+    num_shards: training shards S (a multiple of `process_count`, at most
+      the global batch); default `process_count`.
 
   Returns:
     (dataset, info): dicts with input_ids, attention_mask, mlm_labels,
@@ -262,6 +272,36 @@ def make_mlm_dataset(
   tokenizer = tokenizer or tokenizer_lib.ByteTokenizer()
   shuffle = repeat if shuffle is None else shuffle
   kind, path = parse_source(source)
+  whole_text = kind == 'text' and not any(
+    part.start or part.stop for part in parse_split(split)
+  )
+  if repeat:
+    return _train_dataset(
+      tf,
+      kind,
+      path,
+      source=source,
+      split=split,
+      max_length=max_length,
+      batch_size=batch_size,
+      tokenizer=tokenizer,
+      text_field=text_field,
+      docs_per_example=docs_per_example,
+      doc_separator=doc_separator,
+      mask_prob=mask_prob,
+      shuffle=shuffle,
+      seed=seed,
+      shuffle_buffer=shuffle_buffer,
+      start_step=start_step,
+      process_index=process_index,
+      process_count=process_count,
+      data_dir=data_dir,
+      download=download,
+      has_header=has_header,
+      gather_counts=gather_counts,
+      whole_text=whole_text,
+      num_shards=process_count if num_shards is None else num_shards,
+    )
   if kind == 'tfds':
     builder = _tfds_builder(path, data_dir, download, task='mlm')
     text_fields, _ = _tfds_fields(
@@ -280,9 +320,7 @@ def make_mlm_dataset(
       index_offset=0,
     )
     base = base.map(lambda ex: ex['text_a'])
-  elif kind == 'text' and not any(
-    part.start or part.stop for part in parse_split(split)
-  ):
+  elif whole_text:
     # Whole files: each process reads its byte range. A sliced split
     # (train[90%:]) is read whole below, so that every process gets an
     # equal block of it (a byte range may hold none of a slice's rows).
@@ -325,64 +363,67 @@ def make_mlm_dataset(
     shuffle=shuffle,
     seed=seed,
     shuffle_buffer=shuffle_buffer,
-    repeat=repeat,
+    repeat=False,
     examples_per_step=batch_size * docs_per_example,
   )
-  joined = docs.batch(docs_per_example, drop_remainder=repeat).map(
+  joined = docs.batch(docs_per_example).map(
     lambda group: tf.strings.reduce_join(group, separator=doc_separator)
   )
-  fn = lambda step, texts: _mlm_batch(  # noqa: E731
-    step,
-    texts,
+  kwargs = dict(
     tokenizer=tokenizer,
     max_length=max_length,
     batch_size=batch_size,
-    seed=seed,
-    process_index=process_index,
     mask_prob=mask_prob,
   )
-  shapes = ([batch_size, max_length],) * 4 + ([batch_size],) * 3
+  fn = lambda step, texts: _mlm_batch(  # noqa: E731
+    texts,
+    rng_key=[seed, process_index, int(step)],
+    first_index=int(step) * batch_size,
+    **kwargs,
+  )
 
   def crop_and_mask(step, texts):
-    outs = tf.numpy_function(
-      fn,
-      [step, texts],
-      [
-        tf.int32,
-        tf.int32,
-        tf.int32,
-        tf.float32,
-        tf.float32,
-        tf.int32,
-        tf.int32,
-      ],
-      stateful=False,
-    )
-    for out, shape in zip(outs, shapes):
+    outs = tf.numpy_function(fn, [step, texts], _DTYPES, stateful=False)
+    for out, shape in zip(outs, _shapes(batch_size, max_length)):
       out.set_shape(shape)
     return dict(zip(_MLM_KEYS, outs))
 
-  ds = joined.batch(batch_size, drop_remainder=repeat).enumerate(
-    start=start_step
-  )
+  ds = joined.batch(batch_size).enumerate(start=start_step)
   ds = ds.map(
     crop_and_mask, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
   )
-  num_batches = None
-  if not repeat:
-    groups = [math.ceil(n / docs_per_example) for n in sizes]
-    num_batches = max(math.ceil(g / batch_size) for g in groups)
-    have = max(0, math.ceil(groups[process_index] / batch_size) - start_step)
-    want = max(0, num_batches - start_step)
-    if want > have:
-      pad = dict(zip(_MLM_KEYS, fn(np.int64(0), np.array([], object))))
-      ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(want - have))
+  groups = [math.ceil(n / docs_per_example) for n in sizes]
+  num_batches = max(math.ceil(g / batch_size) for g in groups)
+  have = max(0, math.ceil(groups[process_index] / batch_size) - start_step)
+  want = max(0, num_batches - start_step)
+  if want > have:
+    pad = dict(zip(_MLM_KEYS, fn(np.int64(0), np.array([], object))))
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(want - have))
   ds = _deterministic(tf, ds.prefetch(tf.data.AUTOTUNE))
-  info = TextDatasetInfo(
+  return ds, _info(
+    source,
+    split,
+    text_fields,
+    sizes,
+    (batch_size, max_length, num_batches),
+    num_local // (batch_size * docs_per_example),
+  )
+
+
+_DTYPES = [np.int32] * 3 + [np.float32] * 2 + [np.int32] * 2
+
+
+def _shapes(batch_size, max_length):
+  return ([batch_size, max_length],) * 4 + ([batch_size],) * 3
+
+
+def _info(source, split, fields, sizes, batching, steps_per_epoch):
+  batch_size, max_length, num_batches = batching
+  return TextDatasetInfo(
     source=source,
     split=split,
     task='mlm',
-    text_fields=tuple(text_fields),
+    text_fields=tuple(fields),
     label_field=False,
     classes=None,
     num_classes=None,
@@ -391,9 +432,93 @@ def make_mlm_dataset(
     batch_size=batch_size,
     max_length=max_length,
     num_batches=num_batches,
-    steps_per_epoch=num_local // (batch_size * docs_per_example),
+    steps_per_epoch=steps_per_epoch,
   )
-  return ds, info
+
+
+def _train_dataset(
+  tf,
+  kind,
+  path,
+  *,
+  source,
+  split,
+  max_length,
+  batch_size,
+  tokenizer,
+  text_field,
+  docs_per_example,
+  doc_separator,
+  mask_prob,
+  shuffle,
+  seed,
+  shuffle_buffer,
+  start_step,
+  process_index,
+  process_count,
+  data_dir,
+  download,
+  has_header,
+  gather_counts,
+  whole_text,
+  num_shards,
+):
+  """The training stream: this process's rows of each global batch."""
+  global_batch = batch_size * process_count
+  shards = mlm_shards.check_shards(num_shards, global_batch, process_count)
+  sources, sizes, fields = mlm_shards.shard_sources(
+    tf,
+    kind,
+    path,
+    split,
+    shards=shards,
+    process_index=process_index,
+    process_count=process_count,
+    text_field=text_field,
+    has_header=has_header,
+    data_dir=data_dir,
+    download=download,
+    gather_counts=gather_counts,
+    whole_text=whole_text,
+  )
+
+  def chunk(step, j, texts):
+    lo, hi = mlm_shards.rows_of(global_batch, shards, j)
+    return _mlm_batch(
+      texts,
+      rng_key=mlm_shards.rng_key(seed, shards, j, step),
+      first_index=step * global_batch + lo,
+      tokenizer=tokenizer,
+      max_length=max_length,
+      batch_size=hi - lo,
+      mask_prob=mask_prob,
+    )
+
+  ds = mlm_shards.train_stream(
+    tf,
+    sources,
+    shards=shards,
+    global_batch=global_batch,
+    docs_per_example=docs_per_example,
+    doc_separator=doc_separator,
+    start_step=start_step,
+    shuffle=shuffle,
+    seed=seed,
+    shuffle_buffer=shuffle_buffer,
+    chunk_fn=chunk,
+    shapes=_shapes(batch_size, max_length),
+    dtypes=_DTYPES,
+    keys=_MLM_KEYS,
+  )
+  ds = _deterministic(tf, ds.prefetch(tf.data.AUTOTUNE))
+  return ds, _info(
+    source,
+    split,
+    fields,
+    sizes,
+    (batch_size, max_length, None),
+    sum(sizes) // (global_batch * docs_per_example),
+  )
 
 
 def text_documents(path, split, process_index, process_count, gather):

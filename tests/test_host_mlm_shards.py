@@ -1,0 +1,171 @@
+"""MLM training on fixed document shards: 1, 2 and 4 processes (simulated
+with process_index / process_count) build the same global batches, row for
+row, across an epoch boundary; a resumed stream equals the uninterrupted
+one; each process reads only its bytes (``text:``) or uses only its rows
+(a table).
+
+Expected shards are re-derived here from the files' bytes (the lines
+whose first byte is in [jN/S, (j+1)N/S)) and from the table's rows, never
+from the pipeline. What a process read is observed at `open` (as in
+tests/test_host_text_files.py).
+"""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from perceiver_io import tokenizer as tokenizer_lib
+from perceiver_io.data.text import mlm
+from tests.test_host_text_files import _Opened
+from tests.text_data_helpers import write
+
+S, B, STEPS = 4, 8, 6  # Each shard of ~16 documents wraps at step 4.
+KEYS = ('input_ids', 'mlm_labels', 'mlm_weights', 'index')
+TOK = tokenizer_lib.ByteTokenizer()
+_DOC = re.compile(r'(?<![\w])doc(\d+) ')
+
+
+def _make(source, i, count, start=0, **kwargs):
+  ds, _ = mlm.make_mlm_dataset(
+    source,
+    'train',
+    max_length=40,
+    batch_size=B // count,
+    repeat=True,
+    docs_per_example=2,
+    seed=3,
+    start_step=start,
+    process_index=i,
+    process_count=count,
+    num_shards=S,
+    gather_counts=lambda c: np.repeat(c[None], count, 0),
+    **kwargs,
+  )
+  return list(ds.take(STEPS - start).as_numpy_iterator())
+
+
+def _global(per_process):
+  """Per step, the processes' rows concatenated in process order."""
+  return [
+    {k: np.concatenate([p[s][k] for p in per_process]) for k in KEYS}
+    for s in range(len(per_process[0]))
+  ]
+
+
+def _assert_same(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    for k in KEYS:
+      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def _doc_ids(batch):
+  """Per row: the whole `docN ` words its (unmasked) crop shows."""
+  original = np.where(
+    batch['mlm_weights'] > 0, batch['mlm_labels'], batch['input_ids']
+  )
+  return [
+    {int(n) for n in _DOC.findall(TOK.decode(row, skip_special_tokens=True))}
+    for row in original
+  ]
+
+
+def _assert_rows_from_shards(batches, shard_of):
+  """Global row r of every batch comes from shard r // (B // S)."""
+  seen = 0
+  for batch in batches:
+    for r, ids in enumerate(_doc_ids(batch)):
+      assert {shard_of[d] for d in ids} <= {r // (B // S)}, (r, ids)
+      seen += len(ids)
+  assert seen > len(batches) * B  # Crops show whole documents.
+
+
+@pytest.fixture(scope='module')
+def corpus(tmp_path_factory):
+  root = tmp_path_factory.mktemp('mlm_shards')
+  rng = np.random.default_rng(0)
+  docs, k = [], 0
+  for name, n in (('a.txt', 20), ('b.txt', 30), ('c.txt', 14)):
+    lines = []
+    for _ in range(n):
+      words = ' '.join(f'w{x}' for x in rng.integers(0, 99, rng.integers(1, 6)))
+      lines.append(f'doc{k} {words}')
+      k += 1
+    docs.append(lines)
+    write(str(root / name), ''.join(line + '\n' for line in lines))
+  data = b''.join((root / n).read_bytes() for n in ('a.txt', 'b.txt', 'c.txt'))
+  starts = [0] + [m.end() for m in re.finditer(b'\n', data)][:-1]
+  shard_of = {d: s * S // len(data) for d, s in enumerate(starts)}
+  return root, data, shard_of
+
+
+@pytest.mark.slow  # 7 simulated processes and a resumed pair
+def test_text_glob_same_global_batches_on_1_2_4_processes(corpus):
+  root, data, shard_of = corpus
+  source = f'text:{root}/*.txt'
+  offsets = {}
+  total = 0
+  for n in ('a.txt', 'b.txt', 'c.txt'):
+    offsets[str(root / n)] = total
+    total += len((root / n).read_bytes())
+  runs = {}
+  for count in (1, 2, 4):
+    per_process = []
+    for i in range(count):
+      with _Opened(root) as seen:
+        per_process.append(_make(source, i, count))
+      start, stop = len(data) * i // count, len(data) * (i + 1) // count
+      end = data.find(b'\n', stop - 1) + 1  # The end of its last line.
+      for path, lo, hi in seen.spans:  # Only its bytes (and line ends).
+        lo, hi = lo + offsets[path], hi + offsets[path]
+        assert start - 1 <= lo and hi <= end, (count, i, lo, hi)
+    runs[count] = _global(per_process)
+  _assert_rows_from_shards(runs[1], shard_of)
+  _assert_same(runs[2], runs[1])
+  _assert_same(runs[4], runs[1])
+  # Resume at step 3 on 2 processes = the uninterrupted stream.
+  resumed = _global([_make(source, i, 2, start=3) for i in range(2)])
+  _assert_same(resumed, runs[1][3:])
+
+
+def test_table_same_global_batches_and_each_process_uses_its_rows(tmp_path):
+  rows = [f'doc{k} ' + 'w' * (k % 7) + ' end' for k in range(30)]
+  path = write(
+    str(tmp_path / 'train.jsonl'),
+    ''.join(json.dumps({'text': r}) + '\n' for r in rows),
+  )
+  bounds = [len(rows) * j // S for j in range(S + 1)]
+  shard_of = {
+    d: int(np.searchsorted(bounds, d, 'right')) - 1 for d in range(30)
+  }
+  runs = {}
+  for count in (1, 2, 4):
+    per_process = [
+      _make(f'jsonl:{path}', i, count, text_field='text') for i in range(count)
+    ]
+    for i, batches in enumerate(per_process):
+      mine = set(range(i * S // count, (i + 1) * S // count))
+      used = {shard_of[d] for b in batches for ids in _doc_ids(b) for d in ids}
+      assert used == mine  # Only (and all of) its shards' rows.
+    runs[count] = _global(per_process)
+  _assert_rows_from_shards(runs[1], shard_of)
+  _assert_same(runs[2], runs[1])
+  _assert_same(runs[4], runs[1])
+  resumed = _global([_make(f'jsonl:{path}', 0, 1, 4, text_field='text')])
+  _assert_same(resumed, runs[1][4:])
+
+
+def test_a_shard_count_the_processes_cannot_share_is_one_clear_error(corpus):
+  with pytest.raises(ValueError, match='multiple of the process count 2'):
+    mlm.make_mlm_dataset(
+      f'text:{corpus[0]}/*.txt',
+      'train',
+      max_length=40,
+      batch_size=4,
+      repeat=True,
+      process_index=0,
+      process_count=2,
+      num_shards=3,
+    )
