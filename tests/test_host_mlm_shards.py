@@ -2,7 +2,7 @@
 with process_index / process_count) build the same global batches, row for
 row, across an epoch boundary; a resumed stream equals the uninterrupted
 one; each process reads only its bytes (``text:``) or uses only its rows
-(a table).
+(a table, TFDS even splits).
 
 Expected shards are re-derived here from the files' bytes (the lines
 whose first byte is in [jN/S, (j+1)N/S)) and from the table's rows, never
@@ -16,6 +16,7 @@ import re
 import numpy as np
 import pytest
 
+from experiments import host_data
 from perceiver_io import tokenizer as tokenizer_lib
 from perceiver_io.data.text import mlm
 from tests.test_host_text_files import _Opened
@@ -155,6 +156,63 @@ def test_table_same_global_batches_and_each_process_uses_its_rows(tmp_path):
   _assert_same(runs[4], runs[1])
   resumed = _global([_make(f'jsonl:{path}', 0, 1, 4, text_field='text')])
   _assert_same(resumed, runs[1][4:])
+
+
+@pytest.fixture(scope='module')
+def prepared_tfds(tmp_path_factory):
+  """A real TFDS dataset on disk, so even splits read real records."""
+  import tensorflow_datasets as tfds
+
+  class PerceiverMlmShardTexts(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict({'text': tfds.features.Text()}),
+      )
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {'train': self._generate_examples()}
+
+    def _generate_examples(self):
+      for k in range(26):
+        yield k, {'text': f'doc{k} ' + 'w' * (k % 5) + ' end'}
+
+  root = tmp_path_factory.mktemp('tfds')
+  PerceiverMlmShardTexts(data_dir=str(root)).download_and_prepare()
+  return str(root)
+
+
+def test_tfds_same_global_batches_and_each_process_uses_its_records(
+  prepared_tfds,
+):
+  source = 'tfds:perceiver_mlm_shard_texts'
+  import tensorflow_datasets as tfds
+
+  records = tfds.builder(source[5:], data_dir=prepared_tfds).as_dataset(
+    split='train', shuffle_files=False
+  )
+  order = [  # Document ids in record order (TFDS shuffles when preparing).
+    int(_DOC.match(r['text'].decode() + ' ')[1]) for r in tfds.as_numpy(records)
+  ]
+  bounds = host_data.tfds_bounds(26, S)  # Where tfds.even_splits cuts.
+  shard_of = {
+    d: int(np.searchsorted(bounds, k, 'right')) - 1 for k, d in enumerate(order)
+  }
+  runs = {}
+  for count in (1, 2, 4):
+    per_process = [
+      _make(source, i, count, data_dir=prepared_tfds) for i in range(count)
+    ]
+    for i, batches in enumerate(per_process):
+      used = {shard_of[d] for b in batches for ids in _doc_ids(b) for d in ids}
+      assert used == set(range(i * S // count, (i + 1) * S // count))
+    runs[count] = _global(per_process)
+  _assert_rows_from_shards(runs[1], shard_of)
+  _assert_same(runs[2], runs[1])
+  _assert_same(runs[4], runs[1])
 
 
 def test_a_shard_count_the_processes_cannot_share_is_one_clear_error(corpus):
