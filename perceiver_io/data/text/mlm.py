@@ -6,14 +6,15 @@ bytes), and the pipeline concatenates documents and crops a random window
 before masking. Crops and masks come from a NumPy generator seeded per batch,
 so a resumed run gets the same batches as an uninterrupted one.
 
-Per host: each process reads only its part of the split; training reads
-fixed shards of it (`mlm_shards`), so its batches do not depend on the
-process count. For evaluation, ``text:`` globs
+Per host: each process reads only its part of the split. Training reads
+fixed shards of it (`mlm_shards`), so its global batches do not depend on
+the process count. Evaluation reads every document once: ``text:`` globs
 of whole files are cut by bytes (`text_files`; a sliced split such as
 ``train[:90%]`` is read whole, so that its rows can be shared out evenly),
-so a process knows only its own document count; every process's count (for a sliced split and for the evaluation
-batch count, which must be equal everywhere) comes from one gather while
-the dataset is built (`make_mlm_dataset`'s ``gather_counts``).
+so a process knows only its own document count; every process's count
+(for a sliced split and for the evaluation batch count, which must be
+equal everywhere) comes from one gather while the dataset is built
+(`make_mlm_dataset`'s ``gather_counts``).
 """
 
 from __future__ import annotations
@@ -241,9 +242,10 @@ def make_mlm_dataset(
     mask_prob: fraction of real tokens to predict.
     shuffle: defaults to `repeat` (documents are shuffled before grouping).
     seed: seed of the shuffle, crops and masks.
-    shuffle_buffer: document shuffle buffer.
+    shuffle_buffer: document shuffle buffer (training: shared out equally
+      by the shards).
     start_step: first batch to yield (resume).
-    process_index: this process; it reads only its shard.
+    process_index: this process; it reads only its part of the split.
     process_count: number of processes.
     data_dir: TFDS data dir.
     download: allow TFDS to download a missing dataset.
