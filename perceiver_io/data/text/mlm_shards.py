@@ -236,13 +236,22 @@ def train_stream(
       repeat=True,
       examples_per_step=(hi - lo) * docs_per_example,
     )
-    joined = docs.batch(docs_per_example, drop_remainder=True).map(
-      lambda group: tf.strings.reduce_join(group, separator=doc_separator)
-    )
-    streams.append(joined.batch(hi - lo, drop_remainder=True))
+    streams.append(docs.batch((hi - lo) * docs_per_example))
+  sep = (
+    doc_separator.encode()
+    if isinstance(doc_separator, str)
+    else bytes(doc_separator)
+  )
 
   def fn(step, *texts):
-    chunks = [chunk_fn(int(step), j, t) for j, t in zip(order, texts)]
+    chunks = []
+    for j, docs in zip(order, texts):
+      docs = [bytes(d) for d in docs]
+      joined = [
+        sep.join(docs[k : k + docs_per_example])
+        for k in range(0, len(docs), docs_per_example)
+      ]
+      chunks.append(chunk_fn(int(step), j, joined))
     return tuple(np.concatenate(parts) for parts in zip(*chunks))
 
   def crop_and_mask(step, texts):
