@@ -18,6 +18,11 @@ its rows of every global batch (`input_pipeline.process_slice`), so a
 row for row. With S = 1 this is the single global permutation of
 `input_pipeline.batch_indices`.
 
+Image folders (`perceiver_io/data/image/pipeline.py`), MLM documents
+(`perceiver_io/data/text/mlm_shards.py`) and multimodal clips
+(`experiments/tasks/multimodal_stream.py`) train on the same scheme, with
+the shard count this module picks.
+
 `config.data.num_shards = 0` (auto) picks the largest divisor of
 gcd(batch_size, 64) that the process count divides and the table can fill:
 8 for a batch of 8, so 1, 2, 4 and 8 processes see the same batches. A
