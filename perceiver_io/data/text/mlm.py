@@ -28,7 +28,6 @@ from perceiver_io import tokenizer as tokenizer_lib
 from perceiver_io.data.text.fields import _as_tuple
 from perceiver_io.data.text import mlm_shards
 from perceiver_io.data.text import text_files
-from perceiver_io.data.text.local import _load_local
 from perceiver_io.data.text.local import parse_split
 from perceiver_io.data.text.pipeline import _check_int
 from perceiver_io.data.text.pipeline import _check_processes
@@ -332,17 +331,8 @@ def make_mlm_dataset(
     )
     base = tf.data.Dataset.from_tensor_slices(_string_tensor(tf, local))
   else:
-    rows, text_fields, _ = _load_local(
-      kind,
-      path,
-      split,
-      text_fields=_as_tuple(text_field)
-      if text_field is not None
-      else (None if kind in ('tsv', 'csv', 'jsonl') else ('text',)),
-      label_field=False,
-      task='classification',
-      class_map=None,
-      has_header=has_header,
+    rows, text_fields = mlm_shards.local_documents(
+      kind, path, split, text_field, has_header
     )
     shards = _process_shards(len(rows.text_a), process_count)
     sizes = [stop - start for start, stop in shards]

@@ -40,6 +40,24 @@ from perceiver_io.data.text.tfds_source import _tfds_fields
 from perceiver_io.data.text.tfds_source import _tfds_raw
 
 
+def local_documents(kind, path, split, text_field, has_header):
+  """(rows, text fields) of a source read whole (local tables, `text:`
+  files, aclImdb): MLM documents are its texts, unlabelled."""
+  rows, fields, _ = _load_local(
+    kind,
+    path,
+    split,
+    text_fields=_as_tuple(text_field)
+    if text_field is not None
+    else (None if kind in ('tsv', 'csv', 'jsonl') else ('text',)),
+    label_field=False,
+    task='classification',
+    class_map=None,
+    has_header=has_header,
+  )
+  return rows, fields
+
+
 def check_shards(shards: int, global_batch: int, process_count: int) -> int:
   """The shard count, or one line saying what a valid one is."""
   if (
@@ -133,18 +151,7 @@ def shard_sources(
     }
     return out, [int(n) for n in per], fields
   else:
-    rows, fields, _ = _load_local(
-      kind,
-      path,
-      split,
-      text_fields=_as_tuple(text_field)
-      if text_field is not None
-      else (None if kind in ('tsv', 'csv', 'jsonl') else ('text',)),
-      label_field=False,
-      task='classification',
-      class_map=None,
-      has_header=has_header,
-    )
+    rows, fields = local_documents(kind, path, split, text_field, has_header)
     total = len(rows.text_a)
     bounds = [total * k // shards for k in range(shards + 1)]
     counts = [bounds[k + 1] - bounds[k] for k in range(shards)]
