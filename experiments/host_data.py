@@ -45,15 +45,10 @@ import jax
 import numpy as np
 
 from experiments import input_pipeline
+from perceiver_io.data import shards as shards_lib
 
 Table = input_pipeline.Table
 MAX_AUTO_SHARDS = 64
-
-
-def floor_bounds(total: int, count: int) -> List[int]:
-  """Block boundaries `total * k // count`, k = 0..count (nested: the
-  bounds for n blocks are among those for S blocks when n divides S)."""
-  return [total * k // count for k in range(count + 1)]
 
 
 def tfds_bounds(total: int, count: int) -> List[int]:
@@ -102,11 +97,6 @@ def _divisors(n: int) -> List[int]:
   return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def owned_shards(shards: int, process_index: int, process_count: int):
-  per = shards // process_count
-  return range(process_index * per, (process_index + 1) * per)
-
-
 def shard_batch_rows(
   step: int,
   batch_size: int,
@@ -132,9 +122,9 @@ def shard_rows(
 ) -> np.ndarray:
   """Shard j's part of global batch `step`, as indices into its own `size`
   rows (only the shard's own size is needed: a process reads no other)."""
-  rows = (j + 1) * batch_size // count - j * batch_size // count
+  lo, hi = shards_lib.rows_of(batch_size, count, j)
   stream = () if count == 1 else (count, j)
-  return input_pipeline.batch_indices(step, rows, size, seed, stream)
+  return input_pipeline.batch_indices(step, hi - lo, size, seed, stream)
 
 
 class ShardedTableStream:
@@ -156,7 +146,9 @@ class ShardedTableStream:
     self.table, self.bounds = table, list(bounds)
     self.batch_size, self.seed = batch_size, seed
     input_pipeline.process_slice(batch_size, process_index, process_count)
-    self.shards = owned_shards(len(bounds) - 1, process_index, process_count)
+    self.shards = shards_lib.owned(
+      len(bounds) - 1, process_index, process_count
+    )
     self.offset = self.bounds[self.shards[0]]
     rows = len(next(iter(table.values())))
     if rows != self.bounds[self.shards[-1] + 1] - self.offset:
@@ -254,7 +246,7 @@ def load_process_table(
       input_pipeline.load_table(
         config, split, task, j, shards, stats=count == 1 and j == 0
       )
-      for j in owned_shards(shards, index, count)
+      for j in shards_lib.owned(shards, index, count)
     ]
     table = {k: np.concatenate([p[k] for p, _ in parts]) for k in parts[0][0]}
     info = parts[0][1]
@@ -268,7 +260,7 @@ def load_process_table(
     info['process_sizes'] = list(info['num_examples_per_process'])
     return table, info
   total = int(info['num_examples'])
-  info['bounds'] = floor_bounds(total, _train_shards(config, total, count))
+  info['bounds'] = shards_lib.bounds(total, _train_shards(config, total, count))
   return table, info
 
 

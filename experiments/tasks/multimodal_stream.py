@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Tuple
 
 from experiments import host_data
 from experiments import input_pipeline
+from perceiver_io.data import shards as shards_lib
 
 
 class ShardedClips:
@@ -51,7 +52,7 @@ class ShardedClips:
     self.batch_size, self.seed = batch_size, seed
     self.process_index, self.process_count = process_index, process_count
     self.owned = list(
-      host_data.owned_shards(self.count, process_index, process_count)
+      shards_lib.owned(self.count, process_index, process_count)
     )
     self.shards = [open_shard(j, self.count) for j in self.owned]
     for j, shard in zip(self.owned, self.shards):  # Its bad-clip counts.

@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from perceiver_io.data import shards as shards_lib
 from perceiver_io.data.image.augment import train_preprocess
 from perceiver_io.data.image.decoding import _NamedDecodeErrors
 from perceiver_io.data.image.decoding import decode_image
@@ -249,11 +250,10 @@ class _ShardPlan:
         f'num_shards={count} must be at most the global batch '
         f'{self.global_batch} and the {total} training examples.'
       )
-    self.bounds = bounds = [total * j // count for j in range(count + 1)]
-    per = count // process_count
-    owned = range(process_index * per, (process_index + 1) * per)
-    b = self.global_batch
-    take = {j: (j + 1) * b // count - j * b // count for j in owned}
+    self.bounds = bounds = shards_lib.bounds(total, count)
+    owned = shards_lib.owned(count, process_index, process_count)
+    rows = {j: shards_lib.rows_of(self.global_batch, count, j) for j in owned}
+    take = {j: hi - lo for j, (lo, hi) in rows.items()}
     shards = np.repeat(np.asarray(owned, np.int64), [take[j] for j in owned])
     self.rows = bounds[owned[-1] + 1] - bounds[owned[0]]
     self.slots = {

@@ -26,6 +26,7 @@ import numpy as np
 
 from perceiver_io import tokenizer as tokenizer_lib
 from perceiver_io.data.text.fields import _as_tuple
+from perceiver_io.data import shards as shards_lib
 from perceiver_io.data.text import mlm_shards
 from perceiver_io.data.text import text_files
 from perceiver_io.data.text.local import parse_split
@@ -475,7 +476,7 @@ def _train_dataset(
   )
 
   def chunk(step, j, texts):
-    lo, hi = mlm_shards.rows_of(global_batch, shards, j)
+    lo, hi = shards_lib.rows_of(global_batch, shards, j)
     return _mlm_batch(
       texts,
       rng_key=mlm_shards.rng_key(seed, shards, j, step),

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from perceiver_io.data import shards as shards_lib
 from perceiver_io.data.text import text_files
 from perceiver_io.data.text.fields import _as_tuple
 from perceiver_io.data.text.local import _load_local
@@ -86,16 +87,6 @@ def rng_key(seed: int, shards: int, j: int, step: int) -> list[int]:
   return [seed, 0, step] if shards == 1 else [seed, shards, j, step]
 
 
-def rows_of(global_batch: int, shards: int, j: int) -> tuple[int, int]:
-  """Shard j's rows [start, stop) of every global batch."""
-  return (j * global_batch // shards, (j + 1) * global_batch // shards)
-
-
-def owned(shards: int, process_index: int, process_count: int) -> range:
-  per = shards // process_count
-  return range(process_index * per, (process_index + 1) * per)
-
-
 def shard_sources(
   tf,
   kind: str,
@@ -114,7 +105,7 @@ def shard_sources(
 ):
   """(this process's shards as {j: (documents dataset, count)}, every
   process's document count, the text fields)."""
-  mine = owned(shards, process_index, process_count)
+  mine = shards_lib.owned(shards, process_index, process_count)
   if kind == 'tfds':
     builder = _tfds_builder(path, data_dir, download, task='mlm')
     fields, _ = _tfds_fields(
@@ -140,7 +131,7 @@ def shard_sources(
       gather = gather_counts or _gather(
         lambda p: sum(
           len(_text_shard(path, split, j, shards))
-          for j in owned(shards, p, process_count)
+          for j in shards_lib.owned(shards, p, process_count)
         ),
         process_count,
       )
@@ -153,7 +144,7 @@ def shard_sources(
   else:
     rows, fields = local_documents(kind, path, split, text_field, has_header)
     total = len(rows.text_a)
-    bounds = [total * k // shards for k in range(shards + 1)]
+    bounds = shards_lib.bounds(total, shards)
     counts = [bounds[k + 1] - bounds[k] for k in range(shards)]
     out = {
       j: (
@@ -165,7 +156,7 @@ def shard_sources(
       for j in mine
     }
   per = [
-    sum(counts[j] for j in owned(shards, p, process_count))
+    sum(counts[j] for j in shards_lib.owned(shards, p, process_count))
     for p in range(process_count)
   ]
   return out, per, fields
@@ -230,7 +221,7 @@ def train_stream(
         f'MLM training shard {j} of {shards} has no documents; use fewer '
         'shards (data.num_shards) or more documents.'
       )
-    lo, hi = rows_of(global_batch, shards, j)
+    lo, hi = shards_lib.rows_of(global_batch, shards, j)
     docs = _epoch_stream(
       tf,
       base,
