@@ -532,7 +532,15 @@ def text_documents(path, split, process_index, process_count, gather):
   counts = local[None]
   if process_count > 1:
     counts = np.asarray(
-      (gather or _default_gather(targets, process_count))(local)
+      (
+        gather
+        or mlm_shards.default_gather(
+          lambda p: [
+            len(text_files.read_documents(t, p, process_count)) for t in targets
+          ],
+          process_count,
+        )
+      )(local)
     )
     if counts.shape != (process_count, len(targets)):
       raise ValueError(
@@ -552,20 +560,3 @@ def text_documents(path, split, process_index, process_count, gather):
       if p == process_index and hi > lo:
         mine += read[t][lo - starts[p, t] : hi - starts[p, t]]
   return mine, sizes
-
-
-def _default_gather(targets, process_count):
-  """JAX's allgather; for processes simulated in one Python process (JAX
-  runs fewer), the other ranges are read to count their documents."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  if jax.process_count() == process_count:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
-    return multihost_utils.process_allgather
-  return lambda local: np.asarray(
-    [
-      [len(text_files.read_documents(t, p, process_count)) for t in targets]
-      for p in range(process_count)
-    ]
-  )
