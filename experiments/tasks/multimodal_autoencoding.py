@@ -414,23 +414,16 @@ class Task(base.Task):
     return source, host_data.process_counts(len(source))
 
   def eval_data(self):
-    """This process's eval clips (of a fixed random subset with
-    max_eval_examples, drawn over the processes' shares in process order),
+    """This process's eval clips (of the fixed subset with max_eval_examples
+    that tables use, drawn over the processes' shares in process order),
     padded with weight-0 rows to the batch count of the busiest process."""
     source, sizes = self.eval_source()
-    index, count = jax.process_index(), jax.process_count()
-    chosen = np.arange(sum(sizes))
-    limit = int(self.config.max_eval_examples)
-    if 0 < limit < len(chosen):
-      rng = np.random.default_rng(int(self.config.seed))
-      chosen = np.sort(rng.choice(len(chosen), limit, replace=False))
-    offsets = np.cumsum([0, *sizes])
-    shares = [
-      chosen[(chosen >= offsets[p]) & (chosen < offsets[p + 1])] - offsets[p]
-      for p in range(count)
-    ]
+    count = jax.process_count()
+    shares, total = host_data.eval_plan(
+      sizes, int(self.config.max_eval_examples)
+    )
     local = int(self.config.eval_batch_size) // count
-    mine = shares[index]
+    mine = shares[jax.process_index()]
     num_batches = max(math.ceil(len(rows) / local) for rows in shares)
 
     def batches():
@@ -443,7 +436,7 @@ class Task(base.Task):
         )
         yield batch
 
-    return batches(), len(chosen)
+    return batches(), total
 
   def evaluate(self, eval_step, state, mesh, model=None) -> Dict[str, Any]:
     """Every output of every eval clip, decoded in chunks (`decode_all`)."""
