@@ -19,7 +19,7 @@ import pytest
 from experiments import host_data
 from perceiver_io import tokenizer as tokenizer_lib
 from perceiver_io.data.text import mlm
-from tests.test_host_text_files import _Opened
+from tests.text_data_helpers import Opened
 from tests.text_data_helpers import write
 
 S, B, STEPS = 4, 8, 6  # Each shard of ~16 documents wraps at step 4.
@@ -115,7 +115,7 @@ def test_text_glob_same_global_batches_on_1_2_4_processes(corpus):
   for count in (1, 2, 4):
     per_process = []
     for i in range(count):
-      with _Opened(root) as seen:
+      with Opened(root) as seen:
         per_process.append(_make(source, i, count))
       start, stop = len(data) * i // count, len(data) * (i + 1) // count
       end = data.find(b'\n', stop - 1) + 1  # The end of its last line.

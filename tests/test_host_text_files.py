@@ -10,7 +10,6 @@ called with (aclImdb) and the byte intervals returned by every read
 per-process reader.
 """
 
-import builtins
 import os
 from unittest import mock
 
@@ -23,44 +22,10 @@ from perceiver_io import tokenizer as tokenizer_lib
 from perceiver_io.data import text as text_lib
 from perceiver_io.data.text import mlm
 from perceiver_io.data.text import text_files
+from tests.text_data_helpers import Opened
 from tests.text_data_helpers import write
 
 P = 4
-
-
-class _Opened:
-  """Records the files under `root` opened while active, and the byte
-  intervals [offset, offset + n) each read/readline call returned."""
-
-  def __init__(self, root):
-    self.root, self.paths, self.spans = str(root), [], []
-
-  def __enter__(self):
-    original, recorder = builtins.open, self
-
-    def spy(path, *args, **kwargs):
-      f = original(path, *args, **kwargs)
-      if not str(path).startswith(recorder.root):
-        return f
-      recorder.paths.append(str(path))
-      for name in ('read', 'readline'):
-        method = getattr(f, name)
-
-        def counted(*a, _method=method, **k):
-          offset = f.tell()
-          data = _method(*a, **k)
-          recorder.spans.append((str(path), offset, offset + len(data)))
-          return data
-
-        setattr(f, name, counted)
-      return f
-
-    self._patch = mock.patch.object(builtins, 'open', spy)
-    self._patch.start()
-    return self
-
-  def __exit__(self, *exc):
-    self._patch.stop()
 
 
 # ------------------------------------------------------------------ aclImdb
@@ -108,7 +73,7 @@ def _texts(table):
 def test_aclimdb_each_process_opens_only_its_rows(aclimdb, split, train):
   root, reviews = aclimdb
   config = _acl_config(root)
-  with _Opened(root) as one:
+  with Opened(root) as one:
     whole, _ = host_data.load_process_table(
       config, split, 'classification', train, 0, 1
     )
@@ -121,7 +86,7 @@ def test_aclimdb_each_process_opens_only_its_rows(aclimdb, split, train):
   assert sorted(one.paths) == sorted(p for *_, p in reviews[split])
   tables, opened = [], []
   for i in range(P):
-    with _Opened(root) as seen:
+    with Opened(root) as seen:
       table, _ = host_data.load_process_table(
         config, split, 'classification', train, i, P
       )
@@ -154,7 +119,7 @@ def test_aclimdb_stats_count_the_rows_a_process_read(aclimdb):
   assert (one.num_examples, one.num_invalid_utf8) == (9, 2)
   invalid, opened = 0, []
   for i in range(P):
-    with _Opened(root) as seen:
+    with Opened(root) as seen:
       info = make(i, P)
     assert info.stats.num_examples == info.num_examples_per_process[i]
     invalid += info.stats.num_invalid_utf8
@@ -199,7 +164,7 @@ def test_text_glob_processes_read_only_their_byte_ranges(tmp_path):
   paths = _corpus(tmp_path)
   pattern = f'{tmp_path}/*.txt'
   expected = _documents(paths)
-  with _Opened(tmp_path) as one:
+  with Opened(tmp_path) as one:
     assert text_files.read_documents(pattern) == expected
   sizes = [os.path.getsize(p) for p in paths]
   whole = [(p, 0, n) for p, n in zip(paths, sizes) if n]
@@ -208,7 +173,7 @@ def test_text_glob_processes_read_only_their_byte_ranges(tmp_path):
   total = int(offsets[-1])
   got, straddled = [], 0
   for i in range(P):
-    with _Opened(tmp_path) as seen:
+    with Opened(tmp_path) as seen:
       docs = text_files.read_documents(pattern, i, P)
     got.append(docs)
     start, stop = total * i // P, total * (i + 1) // P
