@@ -28,6 +28,7 @@ PERF_KEYS = (
   'dtype',
   'attention_impl',
   'remat',
+  'remat_policy',
   'query_chunk_size',
   'kernel_options',
   'scan_layers',

@@ -92,6 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.kwargs = ml_collections.ConfigDict()
   c.model.dtype = 'float32'  # compute dtype; params stay float32
   c.model.remat = False  # rematerialise latent layers
+  # What a rematerialised layer keeps: 'nothing', 'dots' (every matrix
+  # product's output) or 'dots_no_batch' (the weight products' only).
+  c.model.remat_policy = 'nothing'
   # Run the latent stack as nn.scan over stacked parameters: compiles one
   # layer instead of all; another parameter layout (fixed for a workdir).
   c.model.scan_layers = False

@@ -190,7 +190,14 @@ class ConfigFileParser(absl_flags.ArgumentParser):
 # Model fields evaluate and predict may override on a trained workdir: how
 # the model computes, not what it is (workdir.COMPUTE_OPTIONS).
 WORKDIR_MODEL_OVERRIDES = tuple(
-  f'model.{k}' for k in ('dtype', 'remat', 'query_chunk_size', 'attention_impl')
+  f'model.{k}'
+  for k in (
+    'dtype',
+    'remat',
+    'remat_policy',
+    'query_chunk_size',
+    'attention_impl',
+  )
 )
 
 

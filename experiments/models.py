@@ -110,6 +110,10 @@ def model_config(
     config.model.dtype, process_tuning.expected_platform()
   )
   cfg['remat'] = bool(config.model.remat)
+  # Only when it changes something: descriptions stay what they were.
+  policy = config.model.get('remat_policy', 'nothing')
+  if cfg['remat'] and policy != 'nothing':
+    cfg['remat_policy'] = policy
   # Only when set: descriptions of unrolled runs stay what they were.
   if config.model.get('scan_layers', False):
     cfg['scan_layers'] = True

@@ -6,6 +6,7 @@ preset. Top-level performance options apply to every part:
 
 * `dtype`: compute dtype ('float32' or 'bfloat16'); parameters stay float32;
 * `remat`: rematerialise latent self-attention layers in the backward pass;
+  `remat_policy` says what they keep ('nothing', 'dots', 'dots_no_batch');
 * `scan_layers`: run the latent self-attention stack as `nn.scan` over
   stacked parameters (compiles one layer, not all of them; the parameters'
   layout differs: `checkpoints.stack_layers` / `unstack_layers` convert);
@@ -34,6 +35,7 @@ from perceiver_io import decoders as decoders_lib
 from perceiver_io import kernels
 from perceiver_io.config_checks import check_keys
 from perceiver_io.encoder import PerceiverEncoder
+from perceiver_io.encoder import REMAT_POLICIES
 from perceiver_io.postprocessors import build_postprocessor
 from perceiver_io.postprocessors import EmbeddingDecoder
 from perceiver_io import preprocessors
@@ -54,6 +56,7 @@ _DECODERS = {
 _PERF_KEYS = (
   'dtype',
   'remat',
+  'remat_policy',
   'scan_layers',
   'query_chunk_size',
   'attention_impl',
@@ -104,6 +107,11 @@ def validate_config(config: Dict[str, Any]) -> None:
   for key in ('remat', 'scan_layers', 'gelu_approximate'):
     if key in config and not isinstance(config[key], bool):
       raise ValueError(f'{key} must be True or False, got {config[key]!r}.')
+  policy = config.get('remat_policy', 'nothing')
+  if policy not in REMAT_POLICIES:
+    raise ValueError(
+      f'remat_policy must be one of {sorted(REMAT_POLICIES)}, got {policy!r}.'
+    )
   check_keys('encoder', config['encoder'], PerceiverEncoder, exclude=_PERF_KEYS)
   decoder_cls = _DECODERS[config['decoder']['type']]
   check_keys(
@@ -141,6 +149,7 @@ class PerceiverIO(nn.Module):
     self.encoder = PerceiverEncoder(
       dtype=dtype,
       remat=cfg.get('remat', False),
+      remat_policy=cfg.get('remat_policy', 'nothing'),
       scan_layers=cfg.get('scan_layers', False),
       **perf,
       **cfg['encoder'],

@@ -12,6 +12,7 @@ import pickle
 
 import flax
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -156,6 +157,12 @@ def test_scanned_equals_unrolled_repeated_blocks():
 @pytest.mark.parametrize('attention_impl', ['xla', 'cpu'])
 def test_scanned_equals_unrolled_with_remat(attention_impl):
   _compare('tiny_imagenet_fourier', remat=True, attention_impl=attention_impl)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('policy', ['dots', 'dots_no_batch'])
+def test_scanned_equals_unrolled_with_remat_policy(policy):
+  _compare('tiny_imagenet_fourier', remat=True, remat_policy=policy)
 
 
 @pytest.mark.slow
@@ -414,6 +421,65 @@ def test_remat_applies_per_scanned_layer():
   unrolled = program()
   calls = enc['num_blocks'] * enc['num_self_attends_per_block']
   assert unrolled.count('remat2[') == calls > 1
+
+
+def _checkpoint_policies(jaxpr):
+  """The `policy` of every checkpoint (remat) in a jaxpr, nested ones too."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if 'policy' in eqn.params and 'prevent_cse' in eqn.params:
+      found.append(eqn.params['policy'])
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      found += _checkpoint_policies(sub)
+  return found
+
+
+def test_remat_policy_reaches_each_layer():
+  # The policy is the checkpoint's: per layer call when unrolled, once in
+  # the scan. Without remat a scanned layer keeps only its weight products'
+  # outputs (the unrolled stack has no checkpoint at all).
+  config = presets.get_config('tiny_imagenet_fourier')
+  enc = config['encoder']
+  inputs, kwargs = example_inputs(config)
+  policies = jax.checkpoint_policies
+
+  def checkpoints_of(**options):
+    model = build_model(config, **options)
+    shapes = jax.eval_shape(
+      lambda x: model.init(jax.random.PRNGKey(0), x, **kwargs), inputs
+    )
+    closed = jax.make_jaxpr(lambda v, x: model.apply(v, x, **kwargs))(
+      shapes, inputs
+    )
+    return _checkpoint_policies(closed.jaxpr)
+
+  calls = enc['num_blocks'] * enc['num_self_attends_per_block']
+  unrolled = checkpoints_of(remat=True, remat_policy='dots')
+  assert unrolled == [policies.checkpoint_dots] * calls
+  scanned = checkpoints_of(remat=True, remat_policy='dots', scan_layers=True)
+  assert scanned == [policies.checkpoint_dots]
+  assert checkpoints_of(remat=True) == [None] * calls  # Save nothing.
+  assert checkpoints_of(scan_layers=True) == [
+    policies.dots_with_no_batch_dims_saveable
+  ]
+  assert checkpoints_of() == []
+  with pytest.raises(ValueError, match=r'remat_policy must be one of \['):
+    checkpoints_of(remat=True, remat_policy='everything')
+
+
+def test_experiment_config_sets_the_remat_policy():
+  def described(**fields):
+    config = quickstart.get_config('tiny')
+    return models.model_config(
+      override_config(config, **{f'model__{k}': v for k, v in fields.items()})
+    )
+
+  assert 'remat_policy' not in described()
+  assert 'remat_policy' not in described(remat_policy='dots')  # No remat.
+  assert 'remat_policy' not in described(remat=True)  # 'nothing'.
+  got = described(remat=True, remat_policy='dots_no_batch')
+  assert (got['remat'], got['remat_policy']) == (True, 'dots_no_batch')
+  build_model(got)  # A valid description.
 
 
 def test_flop_count_is_the_same_in_both_layouts():

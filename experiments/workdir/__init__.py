@@ -101,7 +101,13 @@ def _diff(a: Any, b: Any, prefix: str = '') -> list:
 # to rounding. A run may resume with other values (bfloat16 after float32,
 # remat to fit a smaller card, cuDNN attention on a GPU). The model's other
 # top-level option, `gelu_approximate`, changes the function: not here.
-COMPUTE_OPTIONS = ('dtype', 'remat', 'query_chunk_size', 'attention_impl')
+COMPUTE_OPTIONS = (
+  'dtype',
+  'remat',
+  'remat_policy',
+  'query_chunk_size',
+  'attention_impl',
+)
 
 # Config fields a resumed run may change: how long and how often (extending
 # a run is a normal thing to do), what and how it evaluates, where data
