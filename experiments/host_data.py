@@ -46,6 +46,7 @@ import numpy as np
 
 from experiments import input_pipeline
 from perceiver_io.data import shards as shards_lib
+from perceiver_io.data.text import line_tables
 
 Table = input_pipeline.Table
 MAX_AUTO_SHARDS = 64
@@ -260,8 +261,54 @@ def load_process_table(
     info['process_sizes'] = list(info['num_examples_per_process'])
     return table, info
   total = int(info['num_examples'])
-  info['bounds'] = shards_lib.bounds(total, _train_shards(config, total, count))
+  shards = _train_shards(config, total, count)
+  kind, _, path = str(config.data.source).partition(':')
+  kind = kind.strip().lower()
+  if line_tables.splittable(kind, split):
+    info['bounds'] = _byte_shard_bounds(
+      config, kind, path, split, shards, index, count
+    )
+    owned = shards_lib.owned(len(info['bounds']) - 1, index, count)
+    rows = info['bounds'][owned.stop] - info['bounds'][owned.start]
+    if rows != len(table['label']):  # The counts and the reader disagree.
+      raise RuntimeError(
+        f'{config.data.source} [{split}]: {rows} rows counted in this '
+        f"process's byte range, {len(table['label'])} read."
+      )
+  else:
+    info['bounds'] = shards_lib.bounds(total, shards)
   return table, info
+
+
+def _byte_shard_bounds(config, kind, path, split, shards, index, count):
+  """Training shards of a TSV/JSONL file cut by bytes as processes read it
+  (`line_tables`): row bounds from every shard's gathered row count. With
+  `config.data.num_shards=0`, fewer shards if a shard would hold no row
+  (lines longer than the file's size / S)."""
+  has_header = bool(config.data.has_header)
+
+  def counts_of(p):
+    owned = shards_lib.owned(shards, p, count)
+    return line_tables.shard_counts(
+      kind, path, split, has_header, owned, shards
+    )
+
+  local = np.asarray(counts_of(index), np.int64)
+  gathered = local
+  if count > 1:
+    gathered = shards_lib.gather_counts(counts_of, count)(local)
+  counts = np.asarray(gathered).reshape(-1)
+  auto = not int(config.data.get('num_shards', 0) or 0)
+  for d in sorted(_divisors(shards), reverse=True) if auto else [shards]:
+    grouped = counts.reshape(d, -1).sum(axis=1)
+    if d % count == 0 and grouped.min() > 0:
+      return [0] + np.cumsum(grouped).tolist()
+  empty = int(np.argmin(counts))
+  raise ValueError(
+    f'{config.data.source} [{split}]: training shard {empty} of {shards} '
+    f'(its bytes) holds no row; lower config.data.num_shards (0 picks '
+    'one), or use fewer processes.'
+  )
 
 
 def tfds_num_examples(config, split: str, task: str) -> int:

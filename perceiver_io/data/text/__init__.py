@@ -9,6 +9,7 @@ public API, so callers write ``from perceiver_io.data import text`` and
   and the TFDS-style split syntax (`parse_split`).
 * `text_files`: ``text:`` globs read per process (each takes the lines that
   start in its byte range of the sorted files).
+* `line_tables`: TSV and JSONL tables read per process the same way.
 * `tfds_source`: ``tfds:<name>`` sources (prepared datasets only, unless
   ``download=True``).
 * `glue`: the GLUE task table (`GLUE_TASKS`).

@@ -13,6 +13,8 @@ Sources (the part of the ``source`` string after the kind):
   line). The text field(s) and the label field are named by `text_fields` /
   `label_field` (column names, or integer column indices for files without a
   header); common GLUE / IMDB column names are detected when they are None.
+  With several processes a TSV or JSONL split is read by byte blocks
+  (`line_tables`); a CSV is read whole by each.
 * ``aclimdb:ROOT``: the extracted ``aclImdb`` folder, read as
   ``ROOT/<split>/{neg,pos}/*.txt`` (labels neg=0, pos=1 as in TFDS). The
   folders are listed up front (rows, labels, order); a review file is opened
@@ -75,6 +77,8 @@ _KNOWN_LABEL_COLUMNS = (
   'sentiment',
 )
 
+
+_LINE_BREAK = re.compile('\r\n|\r|\n')
 
 # -------------------------------------------------------------- split syntax
 _PART_RE = re.compile(
@@ -215,12 +219,15 @@ def _big_csv_fields():
     csv.field_size_limit(old)
 
 
-def _table_records(path: str, kind: str, has_header: bool):
-  """Reads a TSV/CSV/JSONL file: (columns or None, [(row, line, record)])."""
-  text = _read_text(path)
+def _table_records(path: str, kind: str, has_header: bool, text=None):
+  """Reads a TSV/CSV/JSONL file (or `text`, part of one, with `path` naming
+  it in messages): (columns or None, [(row, line, record)])."""
+  text = _read_text(path) if text is None else text
   if kind == 'jsonl':
     records = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    # Line breaks as the byte readers (text_files) cut them: not the other
+    # characters str.splitlines breaks at, which JSON strings may hold raw.
+    for line_no, line in enumerate(_LINE_BREAK.split(text), start=1):
       if not line.strip():
         continue
       obj = _json_line(line, f'{path}, line {line_no}')
@@ -344,16 +351,29 @@ def _convert_label(raw, task, class_map, where):
 
 
 def _read_table_rows(
-  path, kind, text_fields, label_field, task, class_map, has_header
+  path,
+  kind,
+  text_fields,
+  label_field,
+  task,
+  class_map,
+  has_header,
+  text=None,
+  drop_first=False,
 ):
-  """Every row of one TSV/CSV/JSONL file as (text_a, text_b, label) lists."""
-  columns, records = _table_records(path, kind, has_header)
+  """Every row of one TSV/CSV/JSONL file as (text_a, text_b, label) lists.
+
+  `text`: part of the file instead (`line_tables`); `drop_first`: its first
+  JSONL record is the file's first, there only to guess the field names.
+  """
+  columns, records = _table_records(path, kind, has_header, text)
   known = columns
   if kind == 'jsonl' and records:
     known = list(records[0][2].keys())  # Guess names from the first object.
   text_fields, label_field = _guess_fields(
     known, text_fields, label_field, path
   )
+  records = records[1:] if drop_first else records
   if label_field is None:
     raise ValueError(
       f'{path} has no header line; pass label_field (a column index) or '

@@ -534,7 +534,7 @@ def text_documents(path, split, process_index, process_count, gather):
     counts = np.asarray(
       (
         gather
-        or mlm_shards.default_gather(
+        or shards_lib.gather_counts(
           lambda p: [
             len(text_files.read_documents(t, p, process_count)) for t in targets
           ],

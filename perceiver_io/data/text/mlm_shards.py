@@ -128,7 +128,7 @@ def shard_sources(
     local = np.asarray([sum(len(d) for d in docs.values())], np.int64)
     per = local
     if process_count > 1:  # The others' counts, for the run's summary.
-      gather = gather_counts or default_gather(
+      gather = gather_counts or shards_lib.gather_counts(
         lambda p: sum(
           len(_text_shard(path, split, j, shards))
           for j in shards_lib.owned(shards, p, process_count)
@@ -160,21 +160,6 @@ def shard_sources(
     for p in range(process_count)
   ]
   return out, per, fields
-
-
-def default_gather(count, process_count):
-  """Every process's counts: JAX's allgather; for processes simulated in
-  one Python process (JAX runs fewer), `count(p)` reads process p's part
-  to count it (a number or a row of numbers)."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  if jax.process_count() == process_count:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
-    return multihost_utils.process_allgather
-  return lambda local: np.asarray(
-    [np.atleast_1d(count(p)) for p in range(process_count)], np.int64
-  )
 
 
 def _text_shard(path: str, split: str, j: int, shards: int) -> list[bytes]:

@@ -55,7 +55,7 @@ from perceiver_io.data.text.fields import _class_map
 from perceiver_io.data.text.fields import UNLABELED
 from perceiver_io.data.text.glue import GLUE_TASKS
 from perceiver_io.data.text.local import _is_utf8
-from perceiver_io.data.text.local import _load_local
+from perceiver_io.data.text import line_tables
 from perceiver_io.data.text.local import _Rows
 from perceiver_io.data.text.tfds_source import _tfds_builder
 from perceiver_io.data.text.tfds_source import _tfds_classes
@@ -483,26 +483,28 @@ def make_text_dataset(
     class_map, class_names, num_classes = (
       (None, None, None) if regression else _class_map(classes)
     )
-    rows, text_fields, label_field = _load_local(
-      kind,
-      path,
-      split,
-      text_fields=text_fields,
-      label_field=label_field,
-      task=task,
-      class_map=class_map,
-      has_header=has_header,
+    rows, text_fields, label_field, sizes, offset, top = (
+      line_tables.process_rows(
+        kind,
+        path,
+        split,
+        process_index,
+        process_count,
+        text_fields=text_fields,
+        label_field=label_field,
+        task=task,
+        class_map=class_map,
+        has_header=has_header,
+      )
     )
     if kind == 'aclimdb' and not regression and num_classes is None:
       class_names, num_classes = ('neg', 'pos'), 2  # As TFDS imdb_reviews.
     if not regression and num_classes is None:
-      labelled = rows.labels[rows.labels != UNLABELED]
-      num_classes = int(labelled.max()) + 1 if labelled.size else None
+      num_classes = top or None
     pair = rows.text_b is not None
-    shards = _process_shards(len(rows.text_a), process_count)
-    sizes = [stop - start for start, stop in shards]
-    start, stop = shards[process_index]
-    base = _local_raw(tf, rows, start, stop, regression)
+    start = sum(sizes[:process_index])
+    stop = start + sizes[process_index]
+    base = _local_raw(tf, rows, start, stop, regression, offset)
     if compute_stats is None or compute_stats:
       counter = _StatsCounter(tokenizer, max_length, task)
       part = slice(start, stop) if kind == 'aclimdb' else slice(None)
@@ -574,17 +576,16 @@ def make_text_dataset(
 
 
 # ---------------------------------------------------------- tf.data from rows
-def _local_raw(tf, rows: _Rows, start: int, stop: int, regression: bool):
-  """This process's rows [start, stop) as dicts text_a / text_b / label / index."""
-  n = stop - start
-  text_b = rows.text_b[start:stop] if rows.text_b is not None else [b''] * n
+def _local_raw(tf, rows: _Rows, start, stop, regression, offset=0):
+  """The split's rows [start, stop) as dicts text_a / text_b / label /
+  index, from `rows` holding its rows from `offset` on."""
+  a, b, n = start - offset, stop - offset, stop - start
+  text_b = rows.text_b[a:b] if rows.text_b is not None else [b''] * n
   return tf.data.Dataset.from_tensor_slices(
     {
-      'text_a': _string_tensor(tf, rows.text_a[start:stop]),
+      'text_a': _string_tensor(tf, rows.text_a[a:b]),
       'text_b': _string_tensor(tf, text_b),
-      'label': rows.labels[start:stop].astype(
-        np.float32 if regression else np.int64
-      ),
+      'label': rows.labels[a:b].astype(np.float32 if regression else np.int64),
       'index': np.arange(start, stop, dtype=np.int64),
     }
   )

@@ -1,0 +1,203 @@
+"""TSV and JSONL tables read by byte blocks: each process reads its rows only.
+
+Why: a table read whole by every process costs each host the whole file,
+so adding hosts adds no input capacity. A TSV (quoting off) or JSONL file
+holds one row a line, so cutting the file at byte offsets cuts it between
+rows: block b of B is the rows whose line starts in bytes [bN/B, (b+1)N/B)
+(`text_files` reads exactly those lines, plus the end of the last one).
+Every block also reads the file's first non-blank line: the TSV header (the
+column names), or the first JSONL object (the field names are guessed from
+it, as when the file is read whole). Lines are cut at ``\\r\\n``, ``\\r`` and
+``\\n`` and blank lines are skipped as the whole-file reader does, so the
+blocks in order are the rows of reading the file whole.
+
+Not cut: CSV (a quoted field may hold a line break) and split strings with
+a slice or several parts (``train[:90%]``, ``a+b``: positions need the whole
+row count); those are read whole by every process, which keeps its rows.
+
+A block knows only its own row count. What needs every block's
+(`num_examples_per_process`, padding evaluation to the same batch count,
+class counts guessed from integer labels) gathers one row of numbers per
+process (`shards.gather_counts`); training shards count their rows the same
+way (`shard_counts`, experiments/host_data.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from perceiver_io.data import shards as shards_lib
+from perceiver_io.data.text import text_files
+from perceiver_io.data.text.fields import UNLABELED
+from perceiver_io.data.text.local import _load_local
+from perceiver_io.data.text.local import _read_table_rows
+from perceiver_io.data.text.local import _Rows
+from perceiver_io.data.text.local import parse_split
+
+LINE_KINDS = ('tsv', 'jsonl')
+_BOM = b'\xef\xbb\xbf'
+_BREAK = re.compile(rb'\r\n|\r|\n')
+
+
+def splittable(kind: str, split: str) -> bool:
+  """Whether a source and split are read by byte blocks."""
+  parts = parse_split(split)
+  return (
+    kind in LINE_KINDS
+    and len(parts) == 1
+    and parts[0].start is None
+    and parts[0].stop is None
+  )
+
+
+def target(path: str, split: str) -> str:
+  """The file a splittable split reads."""
+  return path.replace('{split}', parse_split(split)[0].name)
+
+
+def _size(path: str) -> int:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+      f'data file {path!r} does not exist (from the source path).'
+    )
+  return os.stat(path).st_size
+
+
+def _blank(kind: str, line: str) -> bool:
+  """A line the whole-file reader skips (a TSV line with a tab is a row)."""
+  return not line.strip() and (kind == 'jsonl' or '\t' not in line)
+
+
+def _decode(line: bytes) -> str:
+  return line.decode('utf-8', errors='surrogateescape')
+
+
+def _first_line(path: str, kind: str) -> tuple[int, str | None]:
+  """(byte offset, text) of the file's first non-blank line, or (-1, None)."""
+  with open(path, 'rb') as f:
+    offset = 0
+    for chunk in iter(f.readline, b''):
+      bom = len(_BOM) if offset == 0 and chunk.startswith(_BOM) else 0
+      begin = bom
+      for found in _BREAK.finditer(chunk + b'\n', begin):
+        text = _decode(chunk[begin : found.start()])
+        if not _blank(kind, text):
+          return offset + (0 if begin == bom else begin), text
+        begin = found.end()
+        if begin >= len(chunk):
+          break
+      offset += len(chunk)
+  return -1, None
+
+
+def block_lines(
+  path: str, kind: str, has_header: bool, block: int, blocks: int
+) -> tuple[list[str], str | None, bool]:
+  """(the block's rows' lines, the file's first non-blank line, whether the
+  block holds it) for block `block` of `blocks` of `path`. The first line
+  (a TSV header or the first JSONL object) is left out of the lines: the
+  caller adds it back; a header-less TSV has none."""
+  size = _size(path)
+  start, stop = text_files.byte_range(size, block, blocks)
+  raw = text_files._lines(path, size, start, stop) if start < stop else []  # pylint: disable=protected-access
+  if start == 0 and raw and raw[0].startswith(_BOM):
+    raw[0] = raw[0][len(_BOM) :]
+  lines = [t for t in map(_decode, raw) if not _blank(kind, t)]
+  if kind == 'tsv' and not has_header:
+    return lines, None, False
+  first_offset, first = _first_line(path, kind)
+  holds_first = start <= first_offset < stop
+  return (lines[1:] if holds_first else lines), first, holds_first
+
+
+def read_block(
+  kind,
+  path,
+  split,
+  block,
+  blocks,
+  *,
+  text_fields,
+  label_field,
+  task,
+  class_map,
+  has_header,
+):
+  """(rows, text fields, label field) of block `block` of `blocks`."""
+  name = target(path, split)
+  lines, first, holds_first = block_lines(name, kind, has_header, block, blocks)
+  with_first = kind == 'jsonl' or has_header
+  if with_first and first is None:
+    what = (
+      'a header line and rows' if kind == 'tsv' else 'one JSON object a line'
+    )
+    raise ValueError(f'{name} is empty: expected {what}.')
+  return _read_table_rows(
+    name,
+    kind,
+    text_fields,
+    label_field,
+    task,
+    class_map,
+    has_header,
+    text='\n'.join([first] + lines if with_first else lines),
+    drop_first=kind == 'jsonl' and not holds_first,
+  )
+
+
+def shard_counts(
+  kind: str, path: str, split: str, has_header: bool, shards, count: int
+) -> list[int]:
+  """Rows of each of the given byte shards (of `count`), counted from their
+  lines without parsing them: as many as `read_block` gives."""
+  name = target(path, split)
+  out = []
+  for j in shards:
+    lines, _, holds_first = block_lines(name, kind, has_header, j, count)
+    out.append(len(lines) + (kind == 'jsonl' and holds_first))
+  return out
+
+
+def _count_row(rows: _Rows, task: str) -> np.ndarray:
+  """[row count, largest class id + 1 (0: none)] of some rows."""
+  labelled = rows.labels[rows.labels != UNLABELED]
+  top = 0
+  if task != 'regression' and labelled.size:
+    top = int(labelled.max()) + 1
+  return np.asarray([len(rows.text_a), top], np.int64)
+
+
+def process_rows(kind, path, split, process_index, process_count, **read):
+  """A local source's rows for one process, and where they sit.
+
+  Returns (rows, text fields, label field, every process's row count, the
+  split position of rows[0], largest class id + 1 in the split or 0).
+  Splittable sources with several processes are read by byte blocks (rows
+  = the block's); anything else whole (rows = the split, offset 0), cut
+  into blocks of equal row counts, and so is a file where a block would
+  hold no row (a line longer than the file's size / processes: a handful
+  of lines). `read`: `_load_local`'s keywords.
+  """
+  if process_count > 1 and splittable(kind, split):
+    rows, fields, label = read_block(
+      kind, path, split, process_index, process_count, **read
+    )
+    gather = shards_lib.gather_counts(
+      lambda p: _count_row(
+        read_block(kind, path, split, p, process_count, **read)[0],
+        read['task'],
+      ),
+      process_count,
+    )
+    counts = np.asarray(gather(_count_row(rows, read['task']))).reshape(-1, 2)
+    sizes = [int(n) for n in counts[:, 0]]
+    if min(sizes) > 0:  # Else a line is longer than a block: read whole.
+      offset = sum(sizes[:process_index])
+      return rows, fields, label, sizes, offset, int(counts[:, 1].max())
+  rows, fields, label = _load_local(kind, path, split, **read)
+  total = len(rows.text_a)
+  sizes = np.diff(shards_lib.bounds(total, process_count)).tolist()
+  return rows, fields, label, sizes, 0, int(_count_row(rows, read['task'])[1])
