@@ -18,6 +18,11 @@ its rows of every global batch (`input_pipeline.process_slice`), so a
 row for row. With S = 1 this is the single global permutation of
 `input_pipeline.batch_indices`.
 
+A TSV or JSONL split (`perceiver_io/data/text/line_tables.py`) is cut by
+bytes instead: block j = the rows whose line starts in bytes [jN/S,
+(j+1)N/S), so a process reads only its byte range (its blocks' row counts
+gathered into the bounds), and a run on one process cuts the same blocks.
+
 Image folders (`perceiver_io/data/image/pipeline.py`), MLM documents
 (`perceiver_io/data/text/mlm_shards.py`) and multimodal clips
 (`experiments/tasks/multimodal_stream.py`) train on the same scheme, with
