@@ -137,10 +137,12 @@ def test_table_same_global_batches_and_each_process_uses_its_rows(tmp_path):
     str(tmp_path / 'train.jsonl'),
     ''.join(json.dumps({'text': r}) + '\n' for r in rows),
   )
-  bounds = [len(rows) * j // S for j in range(S + 1)]
-  shard_of = {
-    d: int(np.searchsorted(bounds, d, 'right')) - 1 for d in range(30)
-  }
+  # A JSONL table is cut by bytes: row d is in the shard whose bytes hold
+  # the start of its line.
+  lines = [len(json.dumps({'text': r})) + 1 for r in rows]
+  starts, size = np.cumsum([0] + lines[:-1]), sum(lines)
+  shard_of = {d: int(starts[d] * S // size) for d in range(30)}
+  assert len(set(np.bincount(list(shard_of.values())))) > 1  # Not by rows.
   runs = {}
   for count in (1, 2, 4):
     per_process = [

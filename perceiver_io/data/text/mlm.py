@@ -34,7 +34,6 @@ from perceiver_io.data.text.pipeline import _check_int
 from perceiver_io.data.text.pipeline import _check_processes
 from perceiver_io.data.text.pipeline import _deterministic
 from perceiver_io.data.text.pipeline import _epoch_stream
-from perceiver_io.data.text.pipeline import _process_shards
 from perceiver_io.data.text.pipeline import _string_tensor
 from perceiver_io.data.text.pipeline import parse_source
 from perceiver_io.data.text.pipeline import TextDatasetInfo
@@ -332,15 +331,10 @@ def make_mlm_dataset(
     )
     base = tf.data.Dataset.from_tensor_slices(_string_tensor(tf, local))
   else:
-    rows, text_fields = mlm_shards.local_documents(
-      kind, path, split, text_field, has_header
+    local, sizes, text_fields = mlm_shards.process_documents(
+      kind, path, split, process_index, process_count, text_field, has_header
     )
-    shards = _process_shards(len(rows.text_a), process_count)
-    sizes = [stop - start for start, stop in shards]
-    start, stop = shards[process_index]
-    base = tf.data.Dataset.from_tensor_slices(
-      _string_tensor(tf, rows.text_a[start:stop])
-    )
+    base = tf.data.Dataset.from_tensor_slices(_string_tensor(tf, local))
   num_local = sizes[process_index]
   if num_local == 0:
     raise ValueError(

@@ -13,11 +13,12 @@ global batch in shard order, its `input_pipeline.process_slice`. Crops and
 masks of shard j's rows of batch `step` are seeded by (seed, S, j, step),
 the same wherever they are built.
 
-How shards are cut: a ``text:`` split of whole files by bytes (shard j = the
-lines whose first byte is in [jN/S, (j+1)N/S), `text_files`), so process
-i's shards are exactly its byte range; TFDS by ``tfds.even_splits`` per
-shard (a process reads only its shards' records); sources read whole (local
-tables, sliced ``text:`` splits) by contiguous blocks of rows.
+How shards are cut: a ``text:`` split of whole files and a TSV/JSONL table
+by bytes (shard j = the lines whose first byte is in [jN/S, (j+1)N/S),
+`text_files`, `line_tables`), so process i's shards are exactly its byte
+range; TFDS by ``tfds.even_splits`` per shard (a process reads only its
+shards' records); sources read whole (CSV, aclImdb, sliced splits) by
+contiguous blocks of rows.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from perceiver_io.data import shards as shards_lib
+from perceiver_io.data.text import line_tables
 from perceiver_io.data.text import text_files
 from perceiver_io.data.text.fields import _as_tuple
 from perceiver_io.data.text.local import _load_local
@@ -41,13 +43,9 @@ from perceiver_io.data.text.tfds_source import _tfds_fields
 from perceiver_io.data.text.tfds_source import _tfds_raw
 
 
-def local_documents(kind, path, split, text_field, has_header):
-  """(rows, text fields) of a source read whole (local tables, `text:`
-  files, aclImdb): MLM documents are its texts, unlabelled."""
-  rows, fields, _ = _load_local(
-    kind,
-    path,
-    split,
+def _table_read(kind, text_field, has_header):
+  """The local readers' keywords for MLM documents: texts, unlabelled."""
+  return dict(
     text_fields=_as_tuple(text_field)
     if text_field is not None
     else (None if kind in ('tsv', 'csv', 'jsonl') else ('text',)),
@@ -56,7 +54,30 @@ def local_documents(kind, path, split, text_field, has_header):
     class_map=None,
     has_header=has_header,
   )
+
+
+def local_documents(kind, path, split, text_field, has_header):
+  """(rows, text fields) of a source read whole (local tables, `text:`
+  files, aclImdb): MLM documents are its texts, unlabelled."""
+  rows, fields, _ = _load_local(
+    kind, path, split, **_table_read(kind, text_field, has_header)
+  )
   return rows, fields
+
+
+def process_documents(kind, path, split, index, count, text_field, has_header):
+  """(this process's documents of a local source, every process's count,
+  the text fields): TSV/JSONL by byte blocks (`line_tables`), others read
+  whole and cut into equal blocks."""
+  rows, fields, _, sizes, offset, _ = line_tables.process_rows(
+    kind, path, split, index, count, **_table_read(kind, text_field, has_header)
+  )
+  start = sum(sizes[:index])
+  return (
+    rows.text_a[start - offset : start - offset + sizes[index]],
+    sizes,
+    fields,
+  )
 
 
 def check_shards(shards: int, global_batch: int, process_count: int) -> int:
@@ -122,16 +143,30 @@ def shard_sources(
       )
       for j in mine
     }
-  elif whole_text:
+  elif whole_text or line_tables.splittable(kind, split):
     fields = ('text',)
-    docs = {j: _text_shard(path, split, j, shards) for j in mine}
+
+    def shard_docs(j):
+      nonlocal fields
+      if whole_text:
+        return _text_shard(path, split, j, shards)
+      rows, fields, _ = line_tables.read_block(
+        kind,
+        path,
+        split,
+        j,
+        shards,
+        **_table_read(kind, text_field, has_header),
+      )
+      return rows.text_a
+
+    docs = {j: shard_docs(j) for j in mine}
     local = np.asarray([sum(len(d) for d in docs.values())], np.int64)
     per = local
     if process_count > 1:  # The others' counts, for the run's summary.
       gather = gather_counts or shards_lib.gather_counts(
         lambda p: sum(
-          len(_text_shard(path, split, j, shards))
-          for j in shards_lib.owned(shards, p, process_count)
+          len(shard_docs(j)) for j in shards_lib.owned(shards, p, process_count)
         ),
         process_count,
       )

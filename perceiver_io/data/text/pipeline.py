@@ -205,14 +205,6 @@ class _StatsCounter:
 
 
 # --------------------------------------------------------------- tf.data parts
-def _process_shards(total: int, process_count: int) -> list[tuple[int, int]]:
-  """Contiguous [start, stop) blocks, sizes differing by at most one."""
-  return [
-    (total * p // process_count, total * (p + 1) // process_count)
-    for p in range(process_count)
-  ]
-
-
 def _epoch_stream(
   tf,
   base,
