@@ -5,9 +5,11 @@ per-process sharding, padded evaluation batches with a mask (so every process
 yields as many batches and every example counts once), and streams that are
 reproducible and resumable.
 
-Randomness: every random choice is a stateless function of `(seed, process_index, position in the
-stream)`, so a given seed always yields the same batches, and restarting with `start_batch=k`
-yields exactly batch k onwards of the uninterrupted stream.
+Randomness: every random choice is a function of the seed, the training
+shard and the example's global position (never of the process), so a given
+seed always yields the same global batches on any process count, and
+restarting with `start_batch=k` yields exactly batch k onwards of the
+uninterrupted stream.
 """
 
 import math
@@ -30,6 +32,11 @@ Batch = Dict[str, np.ndarray]
 
 # Seed of `max_examples` eval subsets: fixed, so that runs with other seeds score the same images.
 EVAL_SUBSET_SEED = 0
+# Fewest records a TFDS training shard's shuffle buffer holds.
+MIN_SHARD_BUFFER = 64
+# Files a TFDS training stream reads at once (TFDS's own default), shared
+# by its shards: each open file holds an 8 MiB read buffer.
+FILE_CYCLE = 16
 
 
 def _process_seed(seed: int, process_index: int, stream: int) -> np.ndarray:
@@ -90,14 +97,16 @@ def make_image_dataset(
       identical to those of an uninterrupted stream.
     geometry: 'imagenet' (Inception crop / centre crop) or 'resize' (whole image); the default
       is 'imagenet' for photos (TFDS, folders) and 'resize' for digits and synthetic data.
-    shuffle_buffer: TFDS only: shuffle-buffer size (default max(16 * batch_size, 10_000)).
-    num_shards: training streams of folders, digits and synthetic data: the
-      rows are cut into this many fixed contiguous shards (0: one per
-      process), process i of n owns shards [iS/n, (i+1)S/n), and every
-      global batch takes (j+1)B//S - jB//S rows from shard j, drawn from its
-      own per-epoch permutation; so with the same S, 1, 2 or 4 processes
-      train on the same global batches (augmentation keyed by the global
-      position). S must be a multiple of process_count.
+    shuffle_buffer: TFDS training: shuffle buffer over all S shards, each
+      shard's stream holding 1/S of it (at least MIN_SHARD_BUFFER); default
+      max(16 * global batch, 10_000).
+    num_shards: training streams: the rows are cut into this many fixed
+      contiguous shards (0: one per process; TFDS: `tfds.even_splits`),
+      process i of n owns shards [iS/n, (i+1)S/n), and every global batch
+      takes (j+1)B//S - jB//S rows from shard j, drawn from its own
+      per-epoch order; so with the same S, 1, 2 or 4 processes train on the
+      same global batches (augmentation keyed by the global position). S
+      must be a multiple of process_count.
     max_examples: eval streams of folders, digits and synthetic data: at most this many examples,
       a seeded random subset in source order, the same on every call and process (a folder of
       class folders lists its images class by class, so its first ones are a few classes);
@@ -197,6 +206,7 @@ def make_image_dataset(
       shuffle_buffer,
       preprocess,
       padding_example,
+      num_shards,
     )
   if train:
     num_batches = shard_size // batch_size
@@ -229,6 +239,19 @@ def _plain(tf, fn):
   return tf.autograph.experimental.do_not_convert(fn)
 
 
+def _check_shard_count(count, global_batch, total, process_count):
+  if count % process_count or count < 1:
+    raise ValueError(
+      f'num_shards={count} must be a positive multiple of the process '
+      f'count {process_count}.'
+    )
+  if count > min(global_batch, total):
+    raise ValueError(
+      f'num_shards={count} must be at most the global batch '
+      f'{global_batch} and the {total} training examples.'
+    )
+
+
 class _ShardPlan:
   """Which shard and which draw of it each slot of a local batch takes.
 
@@ -239,17 +262,8 @@ class _ShardPlan:
   """
 
   def __init__(self, total, count, batch_size, process_index, process_count):
-    if count % process_count or count < 1:
-      raise ValueError(
-        f'num_shards={count} must be a positive multiple of the process '
-        f'count {process_count}.'
-      )
     self.global_batch = batch_size * process_count
-    if count > min(self.global_batch, total):
-      raise ValueError(
-        f'num_shards={count} must be at most the global batch '
-        f'{self.global_batch} and the {total} training examples.'
-      )
+    _check_shard_count(count, self.global_batch, total, process_count)
     self.bounds = bounds = shards_lib.bounds(total, count)
     owned = shards_lib.owned(count, process_index, process_count)
     rows = {j: shards_lib.rows_of(self.global_batch, count, j) for j in owned}
@@ -381,76 +395,167 @@ def _tfds_stream(
   shuffle_buffer,
   preprocess,
   padding_example,
+  num_shards=0,
 ):
   """Records -> examples for a TFDS source. Returns (ds, total, shard_size)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  shard_split = tfds.even_splits(
-    src.split, n=process_count, drop_remainder=False
-  )[process_index]
-  read_config = tfds.ReadConfig(
-    shuffle_seed=seed, shuffle_reshuffle_each_iteration=True
-  )
   decoders = {'image': tfds.decode.SkipDecoding()}
+  total = _tfds_num_examples(src, decoders)
+  if train:
+    return _tfds_train_stream(
+      tf,
+      tfds,
+      src,
+      total,
+      decoders,
+      repeat,
+      batch_size,
+      start_batch,
+      process_index,
+      process_count,
+      seed,
+      shuffle_buffer,
+      preprocess,
+      num_shards or process_count,
+    )
+  # Evaluation needs no common order: this process's block, in order.
+  splits = tfds.even_splits(src.split, n=process_count, drop_remainder=False)
   ds = src.builder.as_dataset(
-    split=shard_split,
-    shuffle_files=train,
-    read_config=read_config,
-    decoders=decoders,
+    split=splits[process_index], shuffle_files=False, decoders=decoders
   )
   shard_size = int(ds.cardinality())
+  if shard_size < 0:
+    raise ValueError(f'Cannot count the examples of {src.name}:{src.split}.')
+  padded = math.ceil(math.ceil(total / process_count) / batch_size) * batch_size
+  if shard_size > padded:
+    raise ValueError(
+      f'{src.name}:{src.split} shard {process_index} has {shard_size} examples, '
+      f'more than the {total} / {process_count} expected; split metadata and '
+      'data disagree.'
+    )
+  real = ds.enumerate().map(
+    _plain(
+      tf,
+      lambda position, ex: preprocess(
+        decode_image(ex['image']), ex['label'], position
+      ),
+    ),
+    num_parallel_calls=tf.data.AUTOTUNE,
+  )
+  pads = tf.data.Dataset.range(padded - shard_size).map(
+    _plain(tf, padding_example)
+  )
+  ds = real.concatenate(pads)
+  if repeat:
+    ds = ds.repeat()
+  return ds.skip(start_batch * batch_size), total, shard_size
+
+
+def _tfds_num_examples(src: _TfdsSource, decoders) -> int:
+  """Examples in the split: its metadata, else (mocked data) a count."""
   try:
     total = int(src.builder.info.splits[src.split].num_examples)
   except (KeyError, ValueError, TypeError):
     total = 0
-  if (
-    total <= 0
-  ):  # Split metadata unavailable (e.g. mocked data): count the split itself.
+  if total <= 0:
     total = int(
       src.builder.as_dataset(split=src.split, decoders=decoders).cardinality()
     )
-  if shard_size < 0 or total < 0:
+  if total < 0:
     raise ValueError(f'Cannot count the examples of {src.name}:{src.split}.')
+  return total
 
-  def decode(example):
-    return decode_image(example['image']), example['label']
 
-  start = start_batch * batch_size
-  if train:
-    if shard_size < batch_size:
+def _tfds_train_stream(
+  tf,
+  tfds,
+  src: _TfdsSource,
+  total,
+  decoders,
+  repeat,
+  batch_size,
+  start_batch,
+  process_index,
+  process_count,
+  seed,
+  shuffle_buffer,
+  preprocess,
+  count,
+):
+  """The fixed-shard training stream of a TFDS split (see `num_shards`).
+
+  Shard j is `tfds.even_splits(split, count)[j]`, read in its own order:
+  files and shuffle buffer seeded by (seed, count, j), reshuffled each
+  epoch, repeated. Each global batch takes the next rows_of(j) records of
+  every shard; a process zips its shards' parts in shard order. With one
+  shard the seeds are `seed` itself: the single-process stream. The shuffle
+  buffer and the files read at once are split over the shards by `count`
+  alone (by the process count they would change the order): one process
+  holds the one-shard buffer and about max(FILE_CYCLE, count) open files.
+  """
+  global_batch = batch_size * process_count
+  _check_shard_count(count, global_batch, total, process_count)
+  splits = tfds.even_splits(src.split, n=count, drop_remainder=False)
+  buffer = shuffle_buffer or max(16 * global_batch, 10_000)
+  buffer = max(-(-buffer // count), MIN_SHARD_BUFFER)
+  options = tf.data.Options()
+  options.deterministic = True
+  streams, shard_size = [], 0
+  for j in shards_lib.owned(count, process_index, process_count):
+    lo, hi = shards_lib.rows_of(global_batch, count, j)
+    shard_seed = seed if count == 1 else _shard_seed(seed, count, j)
+    ds = src.builder.as_dataset(
+      split=splits[j],
+      shuffle_files=True,
+      read_config=tfds.ReadConfig(
+        shuffle_seed=shard_seed,
+        shuffle_reshuffle_each_iteration=True,
+        interleave_cycle_length=max(FILE_CYCLE // count, 1),
+        options=options,
+      ),
+      decoders=decoders,
+    )
+    size = int(ds.cardinality())
+    if size < hi - lo:
       raise ValueError(
-        f'Process {process_index} has {shard_size} training examples in '
-        f'{src.name}:{src.split}, fewer than one batch of {batch_size}.'
+        f'{src.name}:{src.split} shard {j} of {count} has {size} examples, '
+        f'fewer than its {hi - lo} of every global batch of {global_batch}; '
+        'use fewer shards (num_shards) or a smaller batch.'
       )
-    buffer = shuffle_buffer or max(16 * batch_size, 10_000)
-    ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-      ds = ds.repeat()
-    # Skipping happens on encoded records (no decoding), before augmentation.
-    ds = ds.enumerate().skip(start)
-    ds = ds.map(
-      _plain(tf, lambda position, ex: preprocess(*decode(ex), position)),
-      num_parallel_calls=tf.data.AUTOTUNE,
+    shard_size += size
+    ds = ds.map(_plain(tf, lambda ex: (ex['image'], ex['label'])))
+    ds = ds.shuffle(buffer, seed=shard_seed, reshuffle_each_iteration=True)
+    # Skipping happens on encoded records (no decoding), before batching.
+    ds = ds.repeat().skip(start_batch * (hi - lo))
+    streams.append(ds.batch(hi - lo, drop_remainder=True))
+  ds = tf.data.Dataset.zip(tuple(streams))
+  if not repeat:
+    ds = ds.take(max(shard_size // batch_size - start_batch, 0))
+
+  def rows(step, parts):
+    # The example's global position keys its augmentation.
+    first = step * global_batch + process_index * batch_size
+    return (
+      first + tf.range(batch_size, dtype=tf.int64),
+      tf.concat([images for images, _ in parts], 0),
+      tf.concat([labels for _, labels in parts], 0),
     )
-  else:
-    padded = (
-      math.ceil(math.ceil(total / process_count) / batch_size) * batch_size
-    )
-    if shard_size > padded:
-      raise ValueError(
-        f'{src.name}:{src.split} shard {process_index} has {shard_size} examples, '
-        f'more than the {total} / {process_count} expected; split metadata and '
-        'data disagree.'
-      )
-    real = ds.enumerate().map(
-      _plain(tf, lambda position, ex: preprocess(*decode(ex), position)),
-      num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    pads = tf.data.Dataset.range(padded - shard_size).map(
-      _plain(tf, padding_example)
-    )
-    ds = real.concatenate(pads)
-    if repeat:
-      ds = ds.repeat()
-    ds = ds.skip(start)
+
+  ds = ds.enumerate(start_batch).map(_plain(tf, rows)).unbatch()
+  ds = ds.map(
+    _plain(
+      tf,
+      lambda position, image, label: preprocess(
+        decode_image(image), label, position
+      ),
+    ),
+    num_parallel_calls=tf.data.AUTOTUNE,
+  )
   return ds, total, shard_size
+
+
+def _shard_seed(seed: int, count: int, j: int) -> int:
+  """Shard j of `count`'s own tf.data seed (files and shuffle buffer)."""
+  state = np.random.SeedSequence([seed, count, j]).generate_state(2, np.uint32)
+  return int(state[0]) << 31 | int(state[1]) >> 1
