@@ -21,7 +21,8 @@ residuals across the loop as stacked arrays, so without `remat` its layers
 keep only the outputs of their weight products ('dots_no_batch') and
 recompute the rest (LayerNorm, GELU, attention scores), as XLA recomputes
 cheap elementwise work in the unrolled graph. Saving every residual instead
-held 1.6-1.8x the unrolled stack's temporaries and ran slower (BUILD_NOTES).
+held 1.6-1.8x the unrolled stack's temporaries and ran no faster
+(BUILD_NOTES).
 """
 
 from typing import Any, Optional
