@@ -25,7 +25,6 @@ way (`shard_counts`, experiments/host_data.py).
 from __future__ import annotations
 
 import os
-import re
 
 import numpy as np
 
@@ -39,7 +38,6 @@ from perceiver_io.data.text.local import parse_split
 
 LINE_KINDS = ('tsv', 'jsonl')
 _BOM = b'\xef\xbb\xbf'
-_BREAK = re.compile(rb'\r\n|\r|\n')
 
 
 def splittable(kind: str, split: str) -> bool:
@@ -82,7 +80,7 @@ def _first_line(path: str, kind: str) -> tuple[int, str | None]:
     for chunk in iter(f.readline, b''):
       bom = len(_BOM) if offset == 0 and chunk.startswith(_BOM) else 0
       begin = bom
-      for found in _BREAK.finditer(chunk + b'\n', begin):
+      for found in text_files._BREAK.finditer(chunk + b'\n', begin):  # pylint: disable=protected-access
         text = _decode(chunk[begin : found.start()])
         if not _blank(kind, text):
           return offset + (0 if begin == bom else begin), text
@@ -94,12 +92,13 @@ def _first_line(path: str, kind: str) -> tuple[int, str | None]:
 
 
 def block_lines(
-  path: str, kind: str, has_header: bool, block: int, blocks: int
+  path: str, kind: str, has_header: bool, block: int, blocks: int, head=None
 ) -> tuple[list[str], str | None, bool]:
   """(the block's rows' lines, the file's first non-blank line, whether the
   block holds it) for block `block` of `blocks` of `path`. The first line
   (a TSV header or the first JSONL object) is left out of the lines: the
-  caller adds it back; a header-less TSV has none."""
+  caller adds it back; a header-less TSV has none. `head`: that line's
+  (offset, text) when the caller has read it already."""
   size = _size(path)
   start, stop = text_files.byte_range(size, block, blocks)
   raw = text_files._lines(path, size, start, stop) if start < stop else []  # pylint: disable=protected-access
@@ -108,7 +107,7 @@ def block_lines(
   lines = [t for t in map(_decode, raw) if not _blank(kind, t)]
   if kind == 'tsv' and not has_header:
     return lines, None, False
-  first_offset, first = _first_line(path, kind)
+  first_offset, first = head or _first_line(path, kind)
   holds_first = start <= first_offset < stop
   return (lines[1:] if holds_first else lines), first, holds_first
 
@@ -154,9 +153,10 @@ def shard_counts(
   """Rows of each of the given byte shards (of `count`), counted from their
   lines without parsing them: as many as `read_block` gives."""
   name = target(path, split)
+  head = _first_line(name, kind) if kind == 'jsonl' or has_header else None
   out = []
   for j in shards:
-    lines, _, holds_first = block_lines(name, kind, has_header, j, count)
+    lines, _, holds_first = block_lines(name, kind, has_header, j, count, head)
     out.append(len(lines) + (kind == 'jsonl' and holds_first))
   return out
 
