@@ -28,10 +28,10 @@ TOK = tokenizer_lib.ByteTokenizer()
 _DOC = re.compile(r'(?<![\w])doc(\d+) ')
 
 
-def _make(source, i, count, start=0, **kwargs):
+def _make(source, i, count, start=0, split='train', **kwargs):
   ds, _ = mlm.make_mlm_dataset(
     source,
-    'train',
+    split,
     max_length=40,
     batch_size=B // count,
     repeat=True,
@@ -158,6 +158,32 @@ def test_table_same_global_batches_and_each_process_uses_its_rows(tmp_path):
   _assert_same(runs[4], runs[1])
   resumed = _global([_make(f'jsonl:{path}', 0, 1, 4, text_field='text')])
   _assert_same(resumed, runs[1][4:])
+
+
+def test_sliced_table_same_global_batches_from_row_shards(tmp_path):
+  # A slice of a JSONL table is cut by rows: the split's 24 documents in
+  # 4 shards of 6, each process reading the byte blocks that hold its rows.
+  rows = [f'doc{k} ' + 'w' * (k % 7) + ' end' for k in range(30)]
+  path = write(
+    str(tmp_path / 'train.jsonl'),
+    ''.join(json.dumps({'text': r}) + '\n' for r in rows),
+  )
+  split = 'train[4:28]'
+  shard_of = {d: (d - 4) // 6 for d in range(4, 28)}
+  runs = {}
+  for count in (1, 2, 4):
+    per_process = [
+      _make(f'jsonl:{path}', i, count, split=split, text_field='text')
+      for i in range(count)
+    ]
+    for i, batches in enumerate(per_process):
+      mine = set(range(i * S // count, (i + 1) * S // count))
+      used = {shard_of[d] for b in batches for ids in _doc_ids(b) for d in ids}
+      assert used == mine
+    runs[count] = _global(per_process)
+  _assert_rows_from_shards(runs[1], shard_of)
+  _assert_same(runs[2], runs[1])
+  _assert_same(runs[4], runs[1])
 
 
 @pytest.fixture(scope='module')

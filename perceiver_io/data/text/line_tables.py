@@ -30,7 +30,9 @@ import numpy as np
 
 from perceiver_io.data import shards as shards_lib
 from perceiver_io.data.text import text_files
+from perceiver_io.data.text.fields import _as_tuple
 from perceiver_io.data.text.fields import UNLABELED
+from perceiver_io.data.text.local import _count_invalid
 from perceiver_io.data.text.local import _load_local
 from perceiver_io.data.text.local import _read_table_rows
 from perceiver_io.data.text.local import _Rows
@@ -126,7 +128,24 @@ def read_block(
   has_header,
 ):
   """(rows, text fields, label field) of block `block` of `blocks`."""
-  name = target(path, split)
+  return _file_block(
+    kind,
+    target(path, split),
+    block,
+    blocks,
+    dict(
+      text_fields=text_fields,
+      label_field=label_field,
+      task=task,
+      class_map=class_map,
+      has_header=has_header,
+    ),
+  )
+
+
+def _file_block(kind, name, block, blocks, read):
+  """`read_block` of the file `name`; `read`: `_load_local`'s keywords."""
+  has_header = read['has_header']
   lines, first, holds_first = block_lines(name, kind, has_header, block, blocks)
   with_first = kind == 'jsonl' or has_header
   if with_first and first is None:
@@ -137,10 +156,10 @@ def read_block(
   return _read_table_rows(
     name,
     kind,
-    text_fields,
-    label_field,
-    task,
-    class_map,
+    _as_tuple(read['text_fields']),
+    read['label_field'],
+    read['task'],
+    read['class_map'],
     has_header,
     text='\n'.join([first] + lines if with_first else lines),
     drop_first=kind == 'jsonl' and not holds_first,
@@ -175,11 +194,12 @@ def process_rows(kind, path, split, process_index, process_count, **read):
 
   Returns (rows, text fields, label field, every process's row count, the
   split position of rows[0], largest class id + 1 in the split or 0).
-  Splittable sources with several processes are read by byte blocks (rows
-  = the block's); anything else whole (rows = the split, offset 0), cut
-  into blocks of equal row counts, and so is a file where a block would
-  hold no row (a line longer than the file's size / processes: a handful
-  of lines). `read`: `_load_local`'s keywords.
+  With several processes a TSV or JSONL split is read by byte blocks: an
+  unsliced one-file split gives each process its block's rows (one read);
+  any other (a slice, several parts, or a block that would hold no row)
+  gives process i the split's rows [iR/P, (i+1)R/P) of R, read from the
+  blocks that hold them (`_rows_by_position`). Anything else is read whole
+  and cut the same way. `read`: `_load_local`'s keywords.
   """
   if process_count > 1 and splittable(kind, split):
     rows, fields, label = read_block(
@@ -194,10 +214,93 @@ def process_rows(kind, path, split, process_index, process_count, **read):
     )
     counts = np.asarray(gather(_count_row(rows, read['task']))).reshape(-1, 2)
     sizes = [int(n) for n in counts[:, 0]]
-    if min(sizes) > 0:  # Else a line is longer than a block: read whole.
+    if min(sizes) > 0:  # Else a line is longer than a block.
       offset = sum(sizes[:process_index])
       return rows, fields, label, sizes, offset, int(counts[:, 1].max())
+  if process_count > 1 and kind in LINE_KINDS:
+    return _rows_by_position(
+      kind, path, split, process_index, process_count, read
+    )
   rows, fields, label = _load_local(kind, path, split, **read)
   total = len(rows.text_a)
   sizes = np.diff(shards_lib.bounds(total, process_count)).tolist()
   return rows, fields, label, sizes, 0, int(_count_row(rows, read['task'])[1])
+
+
+def _rows_by_position(kind, path, split, index, count, read):
+  """`process_rows` for any split of line tables, by row position.
+
+  Every process counts the rows of its byte block of each file the split
+  names (it reads and keeps them); the gathered counts place every block's
+  rows in its file, so the split's rows (slices applied, parts joined, as
+  `_load_local` selects them) have known blocks. Process i then reads the
+  blocks holding its share [iR/P, (i+1)R/P) (its own and, as a slice moves
+  the share, a neighbour's), so no process reads a whole file that its
+  share does not span.
+  """
+  parts = parse_split(split)
+  names = list(dict.fromkeys(path.replace('{split}', p.name) for p in parts))
+  cache = {}
+
+  def block(name, b):
+    if (name, b) not in cache:
+      cache[name, b] = _file_block(kind, name, b, count, read)
+    return cache[name, b]
+
+  gather = shards_lib.gather_counts(
+    lambda p: [
+      len(_file_block(kind, n, p, count, read)[0].text_a) for n in names
+    ],
+    count,
+  )
+  own = [len(block(name, index)[0].text_a) for name in names]
+  counts = np.asarray(gather(np.asarray(own, np.int64)))
+  counts = counts.reshape(count, len(names))
+  starts = {  # Each file's row position of each block's first row.
+    name: np.concatenate([[0], np.cumsum(counts[:, k])]).tolist()
+    for k, name in enumerate(names)
+  }
+  segments = []
+  for part in parts:
+    name = path.replace('{split}', part.name)
+    segments.append((name, part.indices(starts[name][-1])))
+  edges = shards_lib.bounds(sum(len(r) for _, r in segments), count)
+
+  def rows_of(p):
+    pieces, pos = [], 0
+    for name, rows in segments:
+      lo, hi = max(edges[p], pos), min(edges[p + 1], pos + len(rows))
+      if lo < hi:  # File rows [first, last) of this part.
+        first, last = rows[lo - pos], rows[hi - pos - 1] + 1
+        for b in range(count):
+          b_lo, b_hi = starts[name][b], starts[name][b + 1]
+          if b_lo < last and first < b_hi:
+            keep = range(max(first, b_lo) - b_lo, min(last, b_hi) - b_lo)
+            pieces.append((block(name, b)[0], keep))
+      pos += len(rows)
+    return _join(pieces, read['task'])
+
+  rows = rows_of(index)
+  gather = shards_lib.gather_counts(
+    lambda p: _count_row(rows_of(p), read['task']), count
+  )
+  top = np.asarray(gather(_count_row(rows, read['task']))).reshape(-1, 2)
+  _, fields, label = block(names[0], index)
+  sizes = np.diff(edges).tolist()
+  return rows, fields, label, sizes, edges[index], int(top[:, 1].max())
+
+
+def _join(pieces, task) -> _Rows:
+  """The rows `keep` of each (rows, keep), in order, as one `_Rows`."""
+  pair = bool(pieces) and pieces[0][0].text_b is not None
+  text_a = [r.text_a[i] for r, keep in pieces for i in keep]
+  text_b = [r.text_b[i] for r, keep in pieces for i in keep] if pair else None
+  dtype = np.float32 if task == 'regression' else np.int64
+  labels = [r.labels[keep.start : keep.stop] for r, keep in pieces]
+  invalid = sum(_count_invalid(r, keep) for r, keep in pieces)
+  return _Rows(
+    text_a,
+    text_b,
+    np.concatenate(labels).astype(dtype) if labels else np.zeros(0, dtype),
+    invalid,
+  )

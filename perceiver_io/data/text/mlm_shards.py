@@ -17,8 +17,10 @@ How shards are cut: a ``text:`` split of whole files and a TSV/JSONL table
 by bytes (shard j = the lines whose first byte is in [jN/S, (j+1)N/S),
 `text_files`, `line_tables`), so process i's shards are exactly its byte
 range; TFDS by ``tfds.even_splits`` per shard (a process reads only its
-shards' records); sources read whole (CSV, aclImdb, sliced splits) by
-contiguous blocks of rows.
+shards' records); any other source by contiguous blocks of rows: a sliced
+or joined TSV/JSONL split read by row position (each process reads the
+byte blocks that hold its rows, `line_tables.process_rows`), CSV and
+aclImdb read whole.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from perceiver_io.data import shards as shards_lib
 from perceiver_io.data.text import line_tables
 from perceiver_io.data.text import text_files
 from perceiver_io.data.text.fields import _as_tuple
-from perceiver_io.data.text.local import _load_local
 from perceiver_io.data.text.local import parse_split
 from perceiver_io.data.text.pipeline import _epoch_stream
 from perceiver_io.data.text.pipeline import _string_tensor
@@ -56,19 +57,10 @@ def _table_read(kind, text_field, has_header):
   )
 
 
-def local_documents(kind, path, split, text_field, has_header):
-  """(rows, text fields) of a source read whole (local tables, `text:`
-  files, aclImdb): MLM documents are its texts, unlabelled."""
-  rows, fields, _ = _load_local(
-    kind, path, split, **_table_read(kind, text_field, has_header)
-  )
-  return rows, fields
-
-
 def process_documents(kind, path, split, index, count, text_field, has_header):
   """(this process's documents of a local source, every process's count,
-  the text fields): TSV/JSONL by byte blocks (`line_tables`), others read
-  whole and cut into equal blocks."""
+  the text fields): TSV/JSONL by byte blocks (`line_tables.process_rows`),
+  others read whole and cut into equal blocks."""
   rows, fields, _, sizes, offset, _ = line_tables.process_rows(
     kind, path, split, index, count, **_table_read(kind, text_field, has_header)
   )
@@ -177,14 +169,18 @@ def shard_sources(
     }
     return out, [int(n) for n in per], fields
   else:
-    rows, fields = local_documents(kind, path, split, text_field, has_header)
-    total = len(rows.text_a)
-    bounds = shards_lib.bounds(total, shards)
+    # This process's equal share of the split, read by row position
+    # (`line_tables.process_rows`); its shards' bounds nest in the shares'.
+    docs, sizes, fields = process_documents(
+      kind, path, split, process_index, process_count, text_field, has_header
+    )
+    bounds = shards_lib.bounds(sum(sizes), shards)
     counts = [bounds[k + 1] - bounds[k] for k in range(shards)]
+    offset = bounds[mine.start]
     out = {
       j: (
         tf.data.Dataset.from_tensor_slices(
-          _string_tensor(tf, rows.text_a[bounds[j] : bounds[j + 1]])
+          _string_tensor(tf, docs[bounds[j] - offset : bounds[j + 1] - offset])
         ),
         counts[j],
       )
