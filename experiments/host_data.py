@@ -18,10 +18,12 @@ its rows of every global batch (`input_pipeline.process_slice`), so a
 row for row. With S = 1 this is the single global permutation of
 `input_pipeline.batch_indices`.
 
-A TSV or JSONL split (`perceiver_io/data/text/line_tables.py`) is cut by
-bytes instead: block j = the rows whose line starts in bytes [jN/S,
-(j+1)N/S), so a process reads only its byte range (its blocks' row counts
-gathered into the bounds), and a run on one process cuts the same blocks.
+An unsliced TSV, JSONL or CSV split (`perceiver_io/data/text/
+line_tables.py`) is cut by bytes instead: block j = the rows whose line (a
+CSV: record) starts in bytes [jN/S, (j+1)N/S), so a process reads only its
+byte range (its blocks' row counts gathered into the bounds), and a run on
+one process cuts the same blocks. A sliced or joined split keeps the equal
+row blocks; each process reads the byte blocks that hold its rows.
 
 Image folders (`perceiver_io/data/image/pipeline.py`), MLM documents
 (`perceiver_io/data/text/mlm_shards.py`) and multimodal clips
@@ -269,9 +271,13 @@ def load_process_table(
   shards = _train_shards(config, total, count)
   kind, _, path = str(config.data.source).partition(':')
   kind = kind.strip().lower()
-  if line_tables.splittable(kind, split):
+  cuts = None
+  if kind == 'csv' and line_tables.splittable(kind, split):
+    name = line_tables.target(path, split)
+    cuts = line_tables.csv_cuts(name, shards, index, count)
+  if line_tables.splittable(kind, split) and (kind != 'csv' or cuts):
     info['bounds'] = _byte_shard_bounds(
-      config, kind, path, split, shards, index, count
+      config, kind, path, split, shards, index, count, cuts
     )
     owned = shards_lib.owned(len(info['bounds']) - 1, index, count)
     rows = info['bounds'][owned.stop] - info['bounds'][owned.start]
@@ -285,17 +291,18 @@ def load_process_table(
   return table, info
 
 
-def _byte_shard_bounds(config, kind, path, split, shards, index, count):
-  """Training shards of a TSV/JSONL file cut by bytes as processes read it
-  (`line_tables`): row bounds from every shard's gathered row count. With
-  `config.data.num_shards=0`, fewer shards if a shard would hold no row
-  (lines longer than the file's size / S)."""
+def _byte_shard_bounds(config, kind, path, split, shards, index, count, cuts):
+  """Training shards of a TSV/JSONL/CSV file cut by bytes as processes read
+  it (`line_tables`; a CSV at its record starts `cuts`): row bounds from
+  every shard's gathered row count. With `config.data.num_shards=0`, fewer
+  shards if a shard would hold no row (lines longer than the file's size /
+  S)."""
   has_header = bool(config.data.has_header)
 
   def counts_of(p):
     owned = shards_lib.owned(shards, p, count)
     return line_tables.shard_counts(
-      kind, path, split, has_header, owned, shards
+      kind, path, split, has_header, owned, shards, cuts
     )
 
   local = np.asarray(counts_of(index), np.int64)

@@ -160,6 +160,35 @@ def test_table_same_global_batches_and_each_process_uses_its_rows(tmp_path):
   _assert_same(resumed, runs[1][4:])
 
 
+def test_csv_same_global_batches_from_record_shards(tmp_path):
+  # Quoted CSV fields holding line breaks: a shard is the records that
+  # start in its bytes, wherever their line breaks fall.
+  records = [
+    f'"doc{k} '
+    + 'w' * (k % 7)
+    + (' ""q""\r\nnext' if k % 3 else '')
+    + ' end"\n'
+    for k in range(30)
+  ]
+  path = write(str(tmp_path / 'train.csv'), 'text\n' + ''.join(records))
+  starts = np.cumsum([5] + [len(r.encode()) for r in records[:-1]])
+  size = 5 + sum(len(r.encode()) for r in records)
+  shard_of = {d: int(starts[d] * S // size) for d in range(30)}
+  runs = {}
+  for count in (1, 2, 4):
+    per_process = [
+      _make(f'csv:{path}', i, count, text_field='text') for i in range(count)
+    ]
+    for i, batches in enumerate(per_process):
+      mine = set(range(i * S // count, (i + 1) * S // count))
+      used = {shard_of[d] for b in batches for ids in _doc_ids(b) for d in ids}
+      assert used == mine
+    runs[count] = _global(per_process)
+  _assert_rows_from_shards(runs[1], shard_of)
+  _assert_same(runs[2], runs[1])
+  _assert_same(runs[4], runs[1])
+
+
 def test_sliced_table_same_global_batches_from_row_shards(tmp_path):
   # A slice of a JSONL table is cut by rows: the split's 24 documents in
   # 4 shards of 6, each process reading the byte blocks that hold its rows.

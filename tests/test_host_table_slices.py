@@ -17,6 +17,7 @@ from experiments import host_data
 from perceiver_io.data import shards as shards_lib
 from perceiver_io.data import text as text_data
 from perceiver_io.data.text import line_tables
+from perceiver_io.data.text import mlm_shards
 from perceiver_io.data.text.local import read_local_rows
 from tests.test_host_line_tables import _config
 from tests.test_host_line_tables import _FILES
@@ -190,8 +191,38 @@ def test_pipeline_and_training_on_a_slice(tmp_path):
         config, split, 'classification', True, i, count
       )
       assert part['bounds'] == bounds
-      streams.append(host_data.ShardedTableStream(table, bounds, 8, 5, i, count))
+      streams.append(
+        host_data.ShardedTableStream(table, bounds, 8, 5, i, count)
+      )
     for step in (0, 5, 13):
       got = [s.batch(step) for s in streams]
       for k, v in stream.batch(step).items():
         np.testing.assert_array_equal(np.concatenate([g[k] for g in got]), v)
+
+
+def test_sliced_text_documents_by_position(tmp_path):
+  # MLM `text:` files (two, one byte stream): a slice gives equal shares,
+  # each process reading its own byte range and the ranges of its share.
+  for name, n in (('a', 150), ('b', 250)):
+    write(
+      str(tmp_path / f'{name}.txt'),
+      ''.join(f'doc {name}{k:03d}\n' for k in range(n)),
+    )
+  pattern = str(tmp_path / '*.txt')
+  size = sum(
+    len(open(str(tmp_path / f), 'rb').read()) for f in ('a.txt', 'b.txt')
+  )
+  split = 'train[45%:70%]'
+  whole = read_local_rows('text', pattern, split, label_field=False)
+  assert len(whole.text_a) == 100
+  docs = []
+  for p in range(4):
+    with _OwnReads(tmp_path) as opened:
+      mine, sizes, fields = mlm_shards.process_documents(
+        'text', pattern, split, p, 4, None, True
+      )
+    assert (sizes, fields) == ([25] * 4, ('text',))
+    docs += mine
+    read = sum(hi - lo for _, lo, hi in opened.spans)
+    assert read <= 3 * size // 4 + 40  # Its range and at most two more.
+  assert docs == whole.text_a

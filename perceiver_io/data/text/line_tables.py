@@ -1,4 +1,4 @@
-"""TSV and JSONL tables read by byte blocks: each process reads its rows only.
+"""Local tables read by byte blocks: each process reads its rows only.
 
 Why: a table read whole by every process costs each host the whole file,
 so adding hosts adds no input capacity. A TSV (quoting off) or JSONL file
@@ -9,11 +9,16 @@ Every block also reads the file's first non-blank line: the TSV header (the
 column names), or the first JSONL object (the field names are guessed from
 it, as when the file is read whole). Lines are cut at ``\\r\\n``, ``\\r`` and
 ``\\n`` and blank lines are skipped as the whole-file reader does, so the
-blocks in order are the rows of reading the file whole.
+blocks in order are the rows of reading the file whole. A CSV is cut at
+the first record start after each block's first byte, found from the
+gathered quote parities (`csv_blocks`; a file whose quotes break RFC 4180
+is read whole, as the csv module would read those quotes differently).
 
-Not cut: CSV (a quoted field may hold a line break) and split strings with
-a slice or several parts (``train[:90%]``, ``a+b``: positions need the whole
-row count); those are read whole by every process, which keeps its rows.
+An unsliced one-file split gives process i block i of P. Any other split
+(``train[:90%]``, ``a+b``; MLM ``text:`` files too) gives process i the
+split's rows [iR/P, (i+1)R/P), as a whole-file read would cut them: every
+process counts its block of each file, and reads the blocks that hold its
+share (`_rows_by_position`).
 
 A block knows only its own row count. What needs every block's
 (`num_examples_per_process`, padding evaluation to the same batch count,
@@ -29,16 +34,20 @@ import os
 import numpy as np
 
 from perceiver_io.data import shards as shards_lib
+from perceiver_io.data.text import csv_blocks
 from perceiver_io.data.text import text_files
 from perceiver_io.data.text.fields import _as_tuple
 from perceiver_io.data.text.fields import UNLABELED
 from perceiver_io.data.text.local import _count_invalid
 from perceiver_io.data.text.local import _load_local
 from perceiver_io.data.text.local import _read_table_rows
+from perceiver_io.data.text.local import _read_text_docs
 from perceiver_io.data.text.local import _Rows
+from perceiver_io.data.text.local import _table_records
 from perceiver_io.data.text.local import parse_split
 
 LINE_KINDS = ('tsv', 'jsonl')
+BLOCK_KINDS = LINE_KINDS + ('csv',)  # CSV: when plain RFC 4180 (`csv_blocks`).
 _BOM = b'\xef\xbb\xbf'
 
 
@@ -46,7 +55,7 @@ def splittable(kind: str, split: str) -> bool:
   """Whether a source and split are read by byte blocks."""
   parts = parse_split(split)
   return (
-    kind in LINE_KINDS
+    kind in BLOCK_KINDS
     and len(parts) == 1
     and parts[0].start is None
     and parts[0].stop is None
@@ -126,8 +135,10 @@ def read_block(
   task,
   class_map,
   has_header,
+  cuts=None,
 ):
-  """(rows, text fields, label field) of block `block` of `blocks`."""
+  """(rows, text fields, label field) of block `block` of `blocks`; a CSV
+  needs its `cuts` (`csv_cuts`)."""
   return _file_block(
     kind,
     target(path, split),
@@ -140,11 +151,62 @@ def read_block(
       class_map=class_map,
       has_header=has_header,
     ),
+    cuts,
   )
 
 
-def _file_block(kind, name, block, blocks, read):
+def csv_cuts(name, blocks, process_index, process_count):
+  """A CSV file's record starts for `blocks` byte blocks, of which the
+  process owns its share, or None if it must be read whole (not plain RFC
+  4180). Every process must call it (it gathers)."""
+  _size(name)
+
+  def gather(fn, local):
+    everyone = shards_lib.gather_counts(
+      lambda p: fn(shards_lib.owned(blocks, p, process_count)), process_count
+    )
+    return (
+      np.asarray(everyone(np.asarray(local, np.int64))).reshape(-1).tolist()
+    )
+
+  owned = shards_lib.owned(blocks, process_index, process_count)
+  return csv_blocks.cuts(name, blocks, owned, gather)
+
+
+def _csv_text(name, block, cuts, has_header):
+  """Block `block` of a CSV file cut at `cuts`, with the header prepended
+  when another block holds it."""
+  lo, hi = cuts[block], cuts[block + 1]
+  data = csv_blocks.read(name, lo, hi) if lo < hi else b''
+  if has_header:
+    span = csv_blocks.head(name, cuts[-1])
+    if span is None:
+      raise ValueError(f'{name} is empty: expected a header line and rows.')
+    if not lo <= span[0] < hi:
+      first = csv_blocks.read(name, *span)
+      data = first + (b'' if first.endswith((b'\n', b'\r')) else b'\n') + data
+  return _decode(data)
+
+
+def _csv_block(name, block, cuts, read):
+  return _read_table_rows(
+    name,
+    'csv',
+    _as_tuple(read['text_fields']),
+    read['label_field'],
+    read['task'],
+    read['class_map'],
+    read['has_header'],
+    text=_csv_text(name, block, cuts, read['has_header']),
+  )
+
+
+def _file_block(kind, name, block, blocks, read, cuts=None):
   """`read_block` of the file `name`; `read`: `_load_local`'s keywords."""
+  if kind == 'text':  # MLM documents: `name` is a file pattern.
+    return _read_text_docs(name, block, blocks), ('text',), False
+  if kind == 'csv':
+    return _csv_block(name, block, cuts, read)
   has_header = read['has_header']
   lines, first, holds_first = block_lines(name, kind, has_header, block, blocks)
   with_first = kind == 'jsonl' or has_header
@@ -167,11 +229,27 @@ def _file_block(kind, name, block, blocks, read):
 
 
 def shard_counts(
-  kind: str, path: str, split: str, has_header: bool, shards, count: int
+  kind: str,
+  path: str,
+  split: str,
+  has_header: bool,
+  shards,
+  count: int,
+  cuts=None,
 ) -> list[int]:
   """Rows of each of the given byte shards (of `count`), counted from their
-  lines without parsing them: as many as `read_block` gives."""
+  lines without parsing them (a CSV's, cut at `cuts`, parsed): as many as
+  `read_block` gives."""
   name = target(path, split)
+  if kind == 'csv':
+    return [
+      len(
+        _table_records(
+          name, kind, has_header, _csv_text(name, j, cuts, has_header)
+        )[1]
+      )
+      for j in shards
+    ]
   head = _first_line(name, kind) if kind == 'jsonl' or has_header else None
   out = []
   for j in shards:
@@ -194,20 +272,29 @@ def process_rows(kind, path, split, process_index, process_count, **read):
 
   Returns (rows, text fields, label field, every process's row count, the
   split position of rows[0], largest class id + 1 in the split or 0).
-  With several processes a TSV or JSONL split is read by byte blocks: an
-  unsliced one-file split gives each process its block's rows (one read);
-  any other (a slice, several parts, or a block that would hold no row)
-  gives process i the split's rows [iR/P, (i+1)R/P) of R, read from the
-  blocks that hold them (`_rows_by_position`). Anything else is read whole
-  and cut the same way. `read`: `_load_local`'s keywords.
+  With several processes a TSV, JSONL or plain RFC 4180 CSV split is read
+  by byte blocks: an unsliced one-file split gives each process its block's
+  rows (one read); any other (a slice, several parts, or a block that would
+  hold no row) gives process i the split's rows [iR/P, (i+1)R/P) of R, read
+  from the blocks that hold them (`_rows_by_position`). Anything else (and
+  a CSV whose quotes break the rule) is read whole and cut the same way.
+  `read`: `_load_local`'s keywords.
   """
-  if process_count > 1 and splittable(kind, split):
+  cuts = None
+  if process_count > 1 and kind == 'csv' and splittable(kind, split):
+    name = target(path, split)
+    cuts = csv_cuts(name, process_count, process_index, process_count)
+  if (
+    process_count > 1
+    and splittable(kind, split)
+    and (kind != 'csv' or cuts is not None)
+  ):
     rows, fields, label = read_block(
-      kind, path, split, process_index, process_count, **read
+      kind, path, split, process_index, process_count, **read, cuts=cuts
     )
     gather = shards_lib.gather_counts(
       lambda p: _count_row(
-        read_block(kind, path, split, p, process_count, **read)[0],
+        read_block(kind, path, split, p, process_count, **read, cuts=cuts)[0],
         read['task'],
       ),
       process_count,
@@ -217,10 +304,12 @@ def process_rows(kind, path, split, process_index, process_count, **read):
     if min(sizes) > 0:  # Else a line is longer than a block.
       offset = sum(sizes[:process_index])
       return rows, fields, label, sizes, offset, int(counts[:, 1].max())
-  if process_count > 1 and kind in LINE_KINDS:
-    return _rows_by_position(
+  if process_count > 1 and kind in BLOCK_KINDS + ('text',):
+    found = _rows_by_position(
       kind, path, split, process_index, process_count, read
     )
+    if found is not None:
+      return found
   rows, fields, label = _load_local(kind, path, split, **read)
   total = len(rows.text_a)
   sizes = np.diff(shards_lib.bounds(total, process_count)).tolist()
@@ -236,20 +325,26 @@ def _rows_by_position(kind, path, split, index, count, read):
   `_load_local` selects them) have known blocks. Process i then reads the
   blocks holding its share [iR/P, (i+1)R/P) (its own and, as a slice moves
   the share, a neighbour's), so no process reads a whole file that its
-  share does not span.
+  share does not span. None: a CSV file must be read whole.
   """
   parts = parse_split(split)
   names = list(dict.fromkeys(path.replace('{split}', p.name) for p in parts))
+  cuts = {}
+  for name in names if kind == 'csv' else ():
+    cuts[name] = csv_cuts(name, count, index, count)
+    if cuts[name] is None:
+      return None
   cache = {}
 
   def block(name, b):
     if (name, b) not in cache:
-      cache[name, b] = _file_block(kind, name, b, count, read)
+      cache[name, b] = _file_block(kind, name, b, count, read, cuts.get(name))
     return cache[name, b]
 
   gather = shards_lib.gather_counts(
     lambda p: [
-      len(_file_block(kind, n, p, count, read)[0].text_a) for n in names
+      len(_file_block(kind, n, p, count, read, cuts.get(n))[0].text_a)
+      for n in names
     ],
     count,
   )

@@ -13,8 +13,8 @@ Sources (the part of the ``source`` string after the kind):
   line). The text field(s) and the label field are named by `text_fields` /
   `label_field` (column names, or integer column indices for files without a
   header); common GLUE / IMDB column names are detected when they are None.
-  With several processes a TSV or JSONL split is read by byte blocks
-  (`line_tables`); a CSV is read whole by each.
+  With several processes a split is read by byte blocks (`line_tables`;
+  a CSV whose quotes break RFC 4180 is read whole by each).
 * ``aclimdb:ROOT``: the extracted ``aclImdb`` folder, read as
   ``ROOT/<split>/{neg,pos}/*.txt`` (labels neg=0, pos=1 as in TFDS). The
   folders are listed up front (rows, labels, order); a review file is opened
@@ -490,9 +490,10 @@ def _read_aclimdb_rows(root: str, name: str) -> _Rows:
   )
 
 
-def _read_text_docs(pattern: str) -> _Rows:
-  """Every non-empty line of the files matching `pattern` is a document."""
-  docs = text_files.read_documents(pattern)
+def _read_text_docs(pattern: str, block: int = 0, blocks: int = 1) -> _Rows:
+  """Every non-empty line of the files matching `pattern` is a document
+  (those of byte block `block` of `blocks`, `text_files`)."""
+  docs = text_files.read_documents(pattern, block, blocks)
   invalid = sum(not _is_utf8(d) for d in docs)
   return _Rows(docs, None, np.full(len(docs), UNLABELED, np.int64), invalid)
 

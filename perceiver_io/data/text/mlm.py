@@ -323,8 +323,8 @@ def make_mlm_dataset(
     base = base.map(lambda ex: ex['text_a'])
   elif whole_text:
     # Whole files: each process reads its byte range. A sliced split
-    # (train[90%:]) is read whole below, so that every process gets an
-    # equal block of it (a byte range may hold none of a slice's rows).
+    # (train[90%:]) goes below: every process gets an equal share of it (a
+    # byte range may hold none of a slice's rows), read by row position.
     text_fields = ('text',)
     local, sizes = text_documents(
       path, split, process_index, process_count, gather_counts

@@ -119,6 +119,11 @@ def shard_sources(
   """(this process's shards as {j: (documents dataset, count)}, every
   process's document count, the text fields)."""
   mine = shards_lib.owned(shards, process_index, process_count)
+  cuts = None  # A CSV's record starts (None: read whole).
+  if kind == 'csv' and line_tables.splittable(kind, split):
+    name = line_tables.target(path, split)
+    cuts = line_tables.csv_cuts(name, shards, process_index, process_count)
+  by_bytes = line_tables.splittable(kind, split) and (kind != 'csv' or cuts)
   if kind == 'tfds':
     builder = _tfds_builder(path, data_dir, download, task='mlm')
     fields, _ = _tfds_fields(
@@ -135,7 +140,7 @@ def shard_sources(
       )
       for j in mine
     }
-  elif whole_text or line_tables.splittable(kind, split):
+  elif whole_text or by_bytes:
     fields = ('text',)
 
     def shard_docs(j):
@@ -149,6 +154,7 @@ def shard_sources(
         j,
         shards,
         **_table_read(kind, text_field, has_header),
+        cuts=cuts,
       )
       return rows.text_a
 
