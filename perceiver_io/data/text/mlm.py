@@ -10,8 +10,9 @@ Per host: each process reads only its part of the split. Training reads
 fixed shards of it (`mlm_shards`), so its global batches do not depend on
 the process count. Evaluation reads every document once: ``text:`` globs
 of whole files are cut by bytes (`text_files`; a sliced split such as
-``train[:90%]`` is read whole, so that its rows can be shared out evenly),
-so a process knows only its own document count; every process's count
+``train[:90%]`` is shared out in equal blocks, each process reading the
+byte ranges that hold its block, `line_tables`), so a process knows only
+its own document count; every process's count
 (for a sliced split and for the evaluation batch count, which must be
 equal everywhere) comes from one gather while the dataset is built
 (`make_mlm_dataset`'s ``gather_counts``).

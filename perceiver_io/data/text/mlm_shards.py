@@ -13,14 +13,15 @@ global batch in shard order, its `input_pipeline.process_slice`. Crops and
 masks of shard j's rows of batch `step` are seeded by (seed, S, j, step),
 the same wherever they are built.
 
-How shards are cut: a ``text:`` split of whole files and a TSV/JSONL table
-by bytes (shard j = the lines whose first byte is in [jN/S, (j+1)N/S),
-`text_files`, `line_tables`), so process i's shards are exactly its byte
-range; TFDS by ``tfds.even_splits`` per shard (a process reads only its
-shards' records); any other source by contiguous blocks of rows: a sliced
-or joined TSV/JSONL split read by row position (each process reads the
-byte blocks that hold its rows, `line_tables.process_rows`), CSV and
-aclImdb read whole.
+How shards are cut: a ``text:`` split of whole files and a TSV/JSONL/CSV
+table by bytes (shard j = the lines, or CSV records, whose first byte is in
+[jN/S, (j+1)N/S), `text_files`, `line_tables`), so process i's shards are
+exactly its byte range; TFDS by ``tfds.even_splits`` per shard (a process
+reads only its shards' records); any other source by contiguous blocks of
+rows: a sliced or joined split read by row position (each process reads
+the byte blocks that hold its rows, `line_tables.process_rows`), aclImdb
+folders listed whole (each process opens only its reviews) and a CSV
+whose quotes break RFC 4180 read whole.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ def _table_read(kind, text_field, has_header):
 
 def process_documents(kind, path, split, index, count, text_field, has_header):
   """(this process's documents of a local source, every process's count,
-  the text fields): TSV/JSONL by byte blocks (`line_tables.process_rows`),
-  others read whole and cut into equal blocks."""
+  the text fields): by byte blocks or row position where the source allows
+  (`line_tables.process_rows`), else read whole and cut into equal blocks."""
   rows, fields, _, sizes, offset, _ = line_tables.process_rows(
     kind, path, split, index, count, **_table_read(kind, text_field, has_header)
   )
