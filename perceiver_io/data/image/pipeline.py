@@ -39,11 +39,12 @@ MIN_SHARD_BUFFER = 64
 FILE_CYCLE = 16
 
 
-def _process_seed(seed: int, process_index: int, stream: int) -> np.ndarray:
-  """A [2] int64 key for one random stream (0: shuffling, 1: augmentation) of one process."""
-  state = np.random.SeedSequence([seed, process_index, stream]).generate_state(
-    2, np.uint32
-  )
+def _stream_key(seed: int, stream: int) -> np.ndarray:
+  """A [2] int64 key for one random stream (0: shuffling, 1: augmentation).
+
+  The same on every process: streams are keyed by shard and global
+  position, not by the process (the 0 keeps the keys of earlier runs)."""
+  state = np.random.SeedSequence([seed, 0, stream]).generate_state(2, np.uint32)
   return state.astype(np.int64)
 
 
@@ -143,10 +144,8 @@ def make_image_dataset(
     raise ValueError(
       f'geometry must be "imagenet" or "resize", got {geometry!r}.'
     )
-  # Training streams are keyed by shard and global position, evaluation is
-  # not random: the keys need not depend on the process.
-  shuffle_key = _process_seed(int(seed), 0, 0)
-  augment_key = _process_seed(int(seed), 0, 1)
+  shuffle_key = _stream_key(int(seed), 0)
+  augment_key = _stream_key(int(seed), 1)
 
   def preprocess(image, label, position):
     if train:
