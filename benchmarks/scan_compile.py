@@ -20,6 +20,7 @@ summary compares the fastest of each. Writes scan_compile.json and .md
 import argparse
 import os
 import sys
+import tempfile
 from typing import Any, Dict, List
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,6 +47,12 @@ def parse_args(argv=None):
     '--rounds', type=int, default=1, help='measurements of each pair.'
   )
   p.add_argument('--smoke', action='store_true', help='tiny sizes.')
+  p.add_argument(
+    '--restart',
+    action='store_true',
+    help='also time the compile of a restart that finds the step in the '
+    'persistent compilation cache.',
+  )
   p.add_argument('--timeout_s', type=float, default=1800.0)
   runner.add_out_flag(p, 'cpu')
   args = p.parse_args(argv)
@@ -81,8 +88,24 @@ def measure(args) -> List[Dict[str, Any]]:
         print(f'{name} {layout} ...', file=sys.stderr, flush=True)
         result = runner.run_worker(spec, timeout_s=args.timeout_s)
         result.update(layout=layout, round=round_)
+        if args.restart and result['status'] == 'ok':
+          result['restart_compile_s'] = _restart_compile(spec, args)
         results.append(result)
   return results
+
+
+def _restart_compile(spec, args) -> float | None:
+  """The compile time of a restart: a process that finds the step in
+  JAX's persistent compilation cache (as `experiments/compile_cache.py`
+  keeps it for a resumed run), after one that filled it."""
+  spec = {**spec, 'repeats': 1}
+  with tempfile.TemporaryDirectory() as cache:
+    env = {'JAX_COMPILATION_CACHE_DIR': cache}
+    for _ in range(2):  # Fill, then load.
+      result = runner.run_worker(spec, timeout_s=args.timeout_s, env=env)
+      if result['status'] != 'ok':
+        return None
+  return result['compile_s']
 
 
 def _fastest(results, name, layout, key):
@@ -90,6 +113,7 @@ def _fastest(results, name, layout, key):
     r[key]
     for r in results
     if (r['workload'], r['layout'], r['status']) == (name, layout, 'ok')
+    and r.get(key) is not None
   ]
   return min(values) if values else None
 
@@ -112,11 +136,26 @@ def summarise(results: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     out[name] = {
       'status': 'ok',
       **{f'{k}_{layout}': v for (layout, k), v in best.items()},
+      **{
+        f'restart_compile_s_{layout}': _fastest(
+          results, name, layout, 'restart_compile_s'
+        )
+        for layout in LAYOUTS
+      },
       'compile_speedup': speedup,
       'step_time_ratio': step_ratio,
       'meets_goal': speedup >= COMPILE_GOAL and step_ratio <= 1 + STEP_GOAL,
     }
   return out
+
+
+def _restart(s) -> str:
+  got = [s.get(f'restart_compile_s_{layout}') for layout in LAYOUTS]
+  if None in got:
+    return ''
+  return ', a restart from the compilation cache ' + ' -> '.join(
+    runner.fmt_seconds(t) for t in got
+  )
 
 
 def markdown(results, summary, args) -> str:
@@ -130,6 +169,7 @@ def markdown(results, summary, args) -> str:
         r.get('round', 0),
         r.get('batch', args.batch),
         runner.fmt_seconds(r.get('compile_s')) if ok else r['status'],
+        runner.fmt_seconds(r.get('restart_compile_s')),
         runner.fmt_seconds(r.get('median_s')) if ok else '-',
         runner.fmt_seconds(r.get('cpu_user_s')) if ok else '-',
         runner.fmt_bytes((r.get('memory_analysis') or {}).get('temp_bytes')),
@@ -142,6 +182,7 @@ def markdown(results, summary, args) -> str:
     'round',
     'batch',
     'compile',
+    'restart compile (cached)',
     'step (median)',
     'step CPU (user)',
     'XLA temp',
@@ -155,7 +196,7 @@ def markdown(results, summary, args) -> str:
     lines.append(
       f'- {name}: compile {runner.fmt_seconds(s["compile_s_unrolled"])} -> '
       f'{runner.fmt_seconds(s["compile_s_scanned"])} '
-      f'({s["compile_speedup"]:.2f}x faster); step '
+      f'({s["compile_speedup"]:.2f}x faster){_restart(s)}; step '
       f'{runner.fmt_seconds(s["median_s_unrolled"])} -> '
       f'{runner.fmt_seconds(s["median_s_scanned"])} (ratio '
       f'{s["step_time_ratio"]:.3f}); goal met: {s["meets_goal"]}.'

@@ -194,6 +194,10 @@ def base_config() -> ml_collections.ConfigDict:
   # unless True; the old run is moved aside, never deleted.
   c.overwrite = False
   c.disable_most_optimizations = False  # faster compiles (tests)
+  # Where compiled steps are kept so that a restart loads them: 'auto' =
+  # JAX_COMPILATION_CACHE_DIR if set, else WORKDIR/compilation_cache; a
+  # path; '' = off (experiments/compile_cache.py).
+  c.compilation_cache = 'auto'
   return c
 
 

@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 
 from experiments.workdir import init_from as init_from_lib
+from experiments import compile_cache
 from experiments import metrics as metrics_lib
 from experiments import sharding
 from experiments import steps
@@ -80,7 +81,9 @@ def evaluate_workdir(
     config.data.eval_split = split
   train_lib.configure_jax(config)
   task = tasks.get(config, run.model_config)
-  metrics = evaluate_variables(task, run.model, run.variables)
+  with compile_cache.scope() as cache:  # The train run's eval step.
+    cache.enable(config, workdir)
+    metrics = evaluate_variables(task, run.model, run.variables)
   workdir_lib.append_metrics(
     workdir,
     {

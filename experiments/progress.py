@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional
 import jax
 import tqdm
 
+from experiments import compile_cache
 from experiments import workdir as workdir_lib
 
 
@@ -294,17 +295,28 @@ class TrainProgress:
     self.bar = None
 
   @contextlib.contextmanager
-  def compiling(self):
-    """Around the first step's compilation: says so, and how long it took."""
+  def compiling(self, cache_dir=None):
+    """Around the first step's compilation: says so, how long it took, and
+    whether the step came from the compilation cache (`compile_cache`)."""
     begin = time.monotonic()
     if self.enabled:
       logging.info(
         'compiling the train step (once per run; not counted in the '
         'rate or ETA)...'
       )
-    yield
-    if self.enabled:
-      logging.info('compiled in %.1f s.', time.monotonic() - begin)
+    with compile_cache.count_hits() as hits:
+      yield
+    if not self.enabled:
+      return
+    took = time.monotonic() - begin
+    if hits[0]:
+      logging.info('loaded from the compilation cache in %.1f s.', took)
+    elif cache_dir:
+      logging.info(
+        'compiled in %.1f s (kept in %s for a restart).', took, cache_dir
+      )
+    else:
+      logging.info('compiled in %.1f s.', took)
 
   def update(self, done: int) -> None:
     """`done` steps of the run are finished."""

@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from experiments import checkpointing
+from experiments import compile_cache
 from experiments.workdir import init_from as init_from_lib
 from experiments.workdir import lock as workdir_lock
 from experiments.workdir import metric_writer
@@ -80,15 +81,19 @@ def train_and_evaluate(
   # One run per workdir (`workdir.lock`); a start refused for any reason
   # removes the directories it made, and nothing is written to the workdir
   # until the run's state exists: the workdir is left as it was.
-  with workdir_lock.claim(workdir, [workdir_lib.CHECKPOINT_DIR]) as started:
-    return train_in_workdir(config, workdir, started)
+  with (
+    workdir_lock.claim(workdir, [workdir_lib.CHECKPOINT_DIR]) as started,
+    compile_cache.scope() as cache,
+  ):
+    return train_in_workdir(config, workdir, started, cache)
 
 
 def train_in_workdir(
-  config: ml_collections.ConfigDict, workdir: str, started
+  config: ml_collections.ConfigDict, workdir: str, started, cache
 ) -> Dict[str, Any]:
   """`train_and_evaluate` in a workdir it has locked; `started()` marks the
-  point from which the run exists (its state and records)."""
+  point from which the run exists (its state and records), from which
+  `cache` (a `compile_cache.Scope`) keeps what it compiles."""
   # -------------------------------------------------------------- workdir --
   task = tasks.get(config)
   model, description = models.build(config, task.num_outputs())
@@ -167,6 +172,8 @@ def train_in_workdir(
   # The run exists now: record what it is.
   workdir_lib.write_records(workdir, config, description, train_info)
   started()
+  # From here on compiled steps are kept, so a restart loads them.
+  cache_dir = cache.enable(config, workdir)
   train_stream = task.train_stream(start_step)
 
   # ---------------------------------------------------------------- steps --
@@ -202,7 +209,7 @@ def train_in_workdir(
       if step == start_step:
         # Compile ahead of the first step and hand the compiler's freed heap
         # back to the OS, so it does not add to the step's peak memory.
-        with progress.compiling():
+        with progress.compiling(cache_dir):
           train_step = train_step.lower(state, batch).compile()
         process_tuning.release_host_memory()
       state, metrics = train_step(state, batch)

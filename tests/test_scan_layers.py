@@ -377,8 +377,8 @@ def test_benchmark_summary_and_arguments():
     'batch': 1,
   }
   results = [
-    ok('imdb', 'unrolled', 60.0, 2.0),
-    ok('imdb', 'scanned', 15.0, 2.05),
+    {**ok('imdb', 'unrolled', 60.0, 2.0), 'restart_compile_s': 9.0},
+    {**ok('imdb', 'scanned', 15.0, 2.05), 'restart_compile_s': 0.5},
     ok('imdb', 'scanned', 19.0, 3.0),  # A round slowed by other work.
     ok('imagenet_fourier', 'unrolled', 30.0, 4.0),
     {'workload': 'imagenet_fourier', 'layout': 'scanned', 'status': 'timeout'},
@@ -390,7 +390,10 @@ def test_benchmark_summary_and_arguments():
   assert summary['imagenet_fourier'] == {'status': 'incomplete'}
   args = scan_compile.parse_args(['--workloads=imdb', '--repeats=2'])
   table = scan_compile.markdown(results, summary, args)
-  assert '60.00 s -> 15.00 s (4.00x faster)' in table
+  assert (
+    '60.00 s -> 15.00 s (4.00x faster), a restart from the compilation '
+    'cache 9.00 s -> 500.0 ms; step' in table
+  )
   assert '(ratio 1.025); goal met: True' in table
   assert '| imagenet_fourier | scanned | 0 | 1 | timeout |' in table
   with pytest.raises(SystemExit):

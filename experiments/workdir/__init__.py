@@ -130,6 +130,7 @@ RESUMABLE_FIELDS = (
   'progress_bar',
   'overwrite',
   'disable_most_optimizations',
+  'compilation_cache',
   'shard_params_min_size',
   'mesh.data',
   'mesh.fsdp',
