@@ -16,13 +16,14 @@ import random
 import numpy as np
 import pytest
 
-from experiments import host_data
-from perceiver_io.data import text as text_data
 from perceiver_io.data.text import csv_blocks
 from perceiver_io.data.text import line_tables
 from perceiver_io.data.text.local import read_local_rows
 from tests.test_host_line_tables import _config
 from tests.test_host_line_tables import _OwnReads
+from tests.text_data_helpers import assert_same_training_batches
+from tests.text_data_helpers import eval_rows
+from tests.text_data_helpers import HEADER_READ
 from tests.text_data_helpers import write
 
 _PIECES = ['a', 'word', ',', '"', '""', '\n', '\r\n', '\r', ' ', 'é', '€']
@@ -44,15 +45,6 @@ def _random_csv(seed, rows=40, quoting=csv.QUOTE_MINIMAL, terminator='\r\n'):
     if k % 9 == 4:
       out.write(terminator)  # A blank line.
   return '\ufeff' + out.getvalue(), texts, labels
-
-
-_READ = dict(
-  text_fields=None,
-  label_field=None,
-  has_header=True,
-  task='classification',
-  class_map=None,
-)
 
 
 def _simulated_cuts(path, blocks, processes):
@@ -80,7 +72,7 @@ def test_blocks_in_order_are_the_whole_file(quoting, terminator, tmp_path):
       assert cuts == sorted(cuts) and cuts[-1] == len(text.encode())
       parts = [
         line_tables.read_block(
-          'csv', path, 'train', b, blocks, **_READ, cuts=cuts
+          'csv', path, 'train', b, blocks, **HEADER_READ, cuts=cuts
         )[0]
         for b in range(blocks)
       ]
@@ -109,7 +101,7 @@ def test_quotes_outside_rfc_4180_read_whole(body, tmp_path):
   assert not csv_blocks.conforms(body.encode())
   whole = read_local_rows('csv', path, 'train')
   parts = [
-    line_tables.process_rows('csv', path, 'train', p, 4, **_READ)
+    line_tables.process_rows('csv', path, 'train', p, 4, **HEADER_READ)
     for p in range(4)
   ]
   sizes = parts[0][3]
@@ -149,7 +141,9 @@ def test_each_process_reads_its_bytes(tmp_path):
   got = []
   for p in range(4):
     with _OwnReads(tmp_path) as opened:
-      rows, *_ = line_tables.process_rows('csv', path, 'train', p, 4, **_READ)
+      rows, *_ = line_tables.process_rows(
+        'csv', path, 'train', p, 4, **HEADER_READ
+      )
     got += rows.text_a
     lo, hi = p * size // 4, (p + 1) * size // 4
     # The header (a first read of at most 1 KiB from it), or its bytes and
@@ -164,48 +158,13 @@ def test_pipeline_and_training_shards_on_any_process_count(tmp_path):
   text, _, _ = _random_csv(5, rows=60)
   path = write(str(tmp_path / 'train.csv'), text)
 
-  def rows_of(index, count):
-    ds, info = text_data.make_text_dataset(
-      f'csv:{path}',
-      'train',
-      max_length=16,
-      batch_size=4,
-      repeat=False,
-      process_index=index,
-      process_count=count,
-    )
-    got = [
-      (int(i), int(y))
-      for b in ds.as_numpy_iterator()
-      for i, y, m in zip(b['index'], b['label'], b['mask'])
-      if m
-    ]
-    return got, info
-
-  one, info = rows_of(0, 1)
-  parts = [rows_of(i, 4) for i in range(4)]
+  source = f'csv:{path}'
+  one, info = eval_rows(source, 'train', 0, 1)
+  parts = [eval_rows(source, 'train', i, 4) for i in range(4)]
   assert [r for got, _ in parts for r in got] == one
   assert all(part.num_classes == info.num_classes == 3 for _, part in parts)
 
-  config = _config(f'csv:{path}')
+  config = _config(source)
   with config.unlocked():
     config.data.text_fields = 'text'
-  single, info = host_data.load_process_table(
-    config, 'train', 'classification', True, 0, 1
-  )
-  bounds = info['bounds']
-  stream = host_data.ShardedTableStream(single, bounds, 8, 5)
-  for count in (2, 4):
-    streams = []
-    for i in range(count):
-      table, part = host_data.load_process_table(
-        config, 'train', 'classification', True, i, count
-      )
-      assert part['bounds'] == bounds
-      streams.append(
-        host_data.ShardedTableStream(table, bounds, 8, 5, i, count)
-      )
-    for step in (0, 4, 9):
-      got = [s.batch(step) for s in streams]
-      for k, v in stream.batch(step).items():
-        np.testing.assert_array_equal(np.concatenate([g[k] for g in got]), v)
+  assert_same_training_batches(config, 'train', steps=(0, 4, 9))

@@ -17,9 +17,9 @@ import pytest
 from configs import common
 from experiments import host_data
 from perceiver_io.data import shards as shards_lib
-from perceiver_io.data import text as text_data
 from perceiver_io.data.text import line_tables
 from perceiver_io.data.text.local import read_local_rows
+from tests.text_data_helpers import eval_rows
 from tests.text_data_helpers import Opened
 from tests.text_data_helpers import write
 
@@ -104,7 +104,7 @@ def test_pipeline_counts_and_classes_from_every_block(tmp_path, long_line):
   # Labels 0..2 with label 3 only in the last row: every process reports
   # the split's 4 classes and every block's size, and the rows in process
   # order are the one-process rows. A line longer than a block would leave
-  # a process without rows: then each reads the file whole and keeps an
+  # a process without rows: then each reads by row position and keeps an
   # equal share.
   rows = [f'text {i} {"w" * 40 * (i < 10)}\t{i % 3}' for i in range(29)]
   rows.append('last\t3')  # Byte blocks: fewer rows in the first ones.
@@ -114,29 +114,11 @@ def test_pipeline_counts_and_classes_from_every_block(tmp_path, long_line):
     str(tmp_path / 'train.tsv'), 'sentence\tlabel\n' + '\n'.join(rows)
   )
 
-  def rows_of(index, count):
-    ds, info = text_data.make_text_dataset(
-      f'tsv:{path}',
-      'train',
-      max_length=16,
-      batch_size=4,
-      repeat=False,
-      process_index=index,
-      process_count=count,
-    )
-    got = [
-      (int(i), int(y))
-      for b in ds.as_numpy_iterator()
-      for i, y, m in zip(b['index'], b['label'], b['mask'])
-      if m
-    ]
-    return got, info
-
-  one, info = rows_of(0, 1)
-  parts = [rows_of(i, 4) for i in range(4)]
+  one, info = eval_rows(f'tsv:{path}', 'train', 0, 1)
+  parts = [eval_rows(f'tsv:{path}', 'train', i, 4) for i in range(4)]
   assert [r for got, _ in parts for r in got] == one
   sizes = [len(got) for got, _ in parts]
-  assert (sizes == [7, 8, 7, 8]) == long_line  # Equal shares: read whole.
+  assert (sizes == [7, 8, 7, 8]) == long_line  # Equal shares by position.
   for _, part in parts:
     assert part.num_classes == info.num_classes == 4
     assert list(part.num_examples_per_process) == sizes

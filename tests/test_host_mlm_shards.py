@@ -131,6 +131,26 @@ def test_text_glob_same_global_batches_on_1_2_4_processes(corpus):
   _assert_same(resumed, runs[1][3:])
 
 
+def _runs_from_shards(source, shard_of, **kwargs):
+  """Global batches of 1, 2 and 4 processes of a table (documents -> shard
+  in `shard_of`): each process uses only (and all of) its shards' rows,
+  every batch row comes from its shard, and the runs are equal."""
+  runs = {}
+  for count in (1, 2, 4):
+    per_process = [
+      _make(source, i, count, text_field='text', **kwargs) for i in range(count)
+    ]
+    for i, batches in enumerate(per_process):
+      mine = set(range(i * S // count, (i + 1) * S // count))
+      used = {shard_of[d] for b in batches for ids in _doc_ids(b) for d in ids}
+      assert used == mine
+    runs[count] = _global(per_process)
+  _assert_rows_from_shards(runs[1], shard_of)
+  _assert_same(runs[2], runs[1])
+  _assert_same(runs[4], runs[1])
+  return runs
+
+
 def test_table_same_global_batches_and_each_process_uses_its_rows(tmp_path):
   rows = [f'doc{k} ' + 'w' * (k % 7) + ' end' for k in range(30)]
   path = write(
@@ -143,19 +163,7 @@ def test_table_same_global_batches_and_each_process_uses_its_rows(tmp_path):
   starts, size = np.cumsum([0] + lines[:-1]), sum(lines)
   shard_of = {d: int(starts[d] * S // size) for d in range(30)}
   assert len(set(np.bincount(list(shard_of.values())))) > 1  # Not by rows.
-  runs = {}
-  for count in (1, 2, 4):
-    per_process = [
-      _make(f'jsonl:{path}', i, count, text_field='text') for i in range(count)
-    ]
-    for i, batches in enumerate(per_process):
-      mine = set(range(i * S // count, (i + 1) * S // count))
-      used = {shard_of[d] for b in batches for ids in _doc_ids(b) for d in ids}
-      assert used == mine  # Only (and all of) its shards' rows.
-    runs[count] = _global(per_process)
-  _assert_rows_from_shards(runs[1], shard_of)
-  _assert_same(runs[2], runs[1])
-  _assert_same(runs[4], runs[1])
+  runs = _runs_from_shards(f'jsonl:{path}', shard_of)
   resumed = _global([_make(f'jsonl:{path}', 0, 1, 4, text_field='text')])
   _assert_same(resumed, runs[1][4:])
 
@@ -174,19 +182,7 @@ def test_csv_same_global_batches_from_record_shards(tmp_path):
   starts = np.cumsum([5] + [len(r.encode()) for r in records[:-1]])
   size = 5 + sum(len(r.encode()) for r in records)
   shard_of = {d: int(starts[d] * S // size) for d in range(30)}
-  runs = {}
-  for count in (1, 2, 4):
-    per_process = [
-      _make(f'csv:{path}', i, count, text_field='text') for i in range(count)
-    ]
-    for i, batches in enumerate(per_process):
-      mine = set(range(i * S // count, (i + 1) * S // count))
-      used = {shard_of[d] for b in batches for ids in _doc_ids(b) for d in ids}
-      assert used == mine
-    runs[count] = _global(per_process)
-  _assert_rows_from_shards(runs[1], shard_of)
-  _assert_same(runs[2], runs[1])
-  _assert_same(runs[4], runs[1])
+  _runs_from_shards(f'csv:{path}', shard_of)
 
 
 def test_sliced_table_same_global_batches_from_row_shards(tmp_path):
@@ -199,20 +195,7 @@ def test_sliced_table_same_global_batches_from_row_shards(tmp_path):
   )
   split = 'train[4:28]'
   shard_of = {d: (d - 4) // 6 for d in range(4, 28)}
-  runs = {}
-  for count in (1, 2, 4):
-    per_process = [
-      _make(f'jsonl:{path}', i, count, split=split, text_field='text')
-      for i in range(count)
-    ]
-    for i, batches in enumerate(per_process):
-      mine = set(range(i * S // count, (i + 1) * S // count))
-      used = {shard_of[d] for b in batches for ids in _doc_ids(b) for d in ids}
-      assert used == mine
-    runs[count] = _global(per_process)
-  _assert_rows_from_shards(runs[1], shard_of)
-  _assert_same(runs[2], runs[1])
-  _assert_same(runs[4], runs[1])
+  _runs_from_shards(f'jsonl:{path}', shard_of, split=split)
 
 
 @pytest.fixture(scope='module')

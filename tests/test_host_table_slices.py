@@ -13,15 +13,16 @@ import json
 import numpy as np
 import pytest
 
-from experiments import host_data
 from perceiver_io.data import shards as shards_lib
-from perceiver_io.data import text as text_data
 from perceiver_io.data.text import line_tables
 from perceiver_io.data.text import mlm_shards
 from perceiver_io.data.text.local import read_local_rows
 from tests.test_host_line_tables import _config
 from tests.test_host_line_tables import _FILES
 from tests.test_host_line_tables import _OwnReads
+from tests.text_data_helpers import assert_same_training_batches
+from tests.text_data_helpers import eval_rows
+from tests.text_data_helpers import HEADER_READ
 from tests.text_data_helpers import write
 
 _SPLITS = (
@@ -88,16 +89,9 @@ def test_parts_from_several_files(tmp_path):
   split = 'a[2:]+b[:60%]+a[:3]'
   whole = read_local_rows('jsonl', path, split)
   assert len(whole.text_a) == 11 + 13 + 3
-  read = dict(
-    text_fields=None,
-    label_field=None,
-    has_header=True,
-    task='classification',
-    class_map=None,
-  )
   for count in (2, 4):
     _assert_equal_shares(
-      _process_rows('jsonl', path, split, count, read), whole, count
+      _process_rows('jsonl', path, split, count, HEADER_READ), whole, count
     )
 
 
@@ -119,20 +113,15 @@ def test_each_process_reads_its_block_and_its_rows_blocks(split, tmp_path):
   whole = read_local_rows('tsv', path, split)
   split_rows = [int(t.split()[1]) for t in whole.text_a]
   edges = shards_lib.bounds(len(split_rows), count)
-  read = dict(
-    text_fields=None,
-    label_field=None,
-    has_header=True,
-    task='classification',
-    class_map=None,
-  )
 
   def block_of(byte):
     return byte * count // size
 
   for p in range(count):
     with _OwnReads(tmp_path) as opened:
-      rows, *_ = line_tables.process_rows('tsv', path, split, p, count, **read)
+      rows, *_ = line_tables.process_rows(
+        'tsv', path, split, p, count, **HEADER_READ
+      )
     mine = split_rows[edges[p] : edges[p + 1]]
     assert [int(t.split()[1]) for t in rows.text_a] == mine
     allowed = {p} | {block_of(len(_HEAD) + _ROW * r) for r in mine}
@@ -153,51 +142,15 @@ def test_pipeline_and_training_on_a_slice(tmp_path):
   )
   split = 'train[10%:95%]'
 
-  def rows_of(index, count):
-    ds, info = text_data.make_text_dataset(
-      f'tsv:{path}',
-      split,
-      max_length=16,
-      batch_size=4,
-      repeat=False,
-      process_index=index,
-      process_count=count,
-    )
-    got = [
-      (int(i), int(y))
-      for b in ds.as_numpy_iterator()
-      for i, y, m in zip(b['index'], b['label'], b['mask'])
-      if m
-    ]
-    return got, info
-
-  one, info = rows_of(0, 1)
+  source = f'tsv:{path}'
+  one, info = eval_rows(source, split, 0, 1)
   assert info.num_examples == 51 and [i for i, _ in one] == list(range(51))
-  parts = [rows_of(i, 4) for i in range(4)]
+  parts = [eval_rows(source, split, i, 4) for i in range(4)]
   assert [r for got, _ in parts for r in got] == one
   assert all(part.num_classes == 3 for _, part in parts)
 
-  config = _config(f'tsv:{path}')
-  single, info = host_data.load_process_table(
-    config, split, 'classification', True, 0, 1
-  )
-  bounds = info['bounds']
+  bounds = assert_same_training_batches(_config(source), split, (0, 5, 13))
   assert bounds == shards_lib.bounds(51, len(bounds) - 1)
-  stream = host_data.ShardedTableStream(single, bounds, 8, 5)
-  for count in (2, 4):
-    streams = []
-    for i in range(count):
-      table, part = host_data.load_process_table(
-        config, split, 'classification', True, i, count
-      )
-      assert part['bounds'] == bounds
-      streams.append(
-        host_data.ShardedTableStream(table, bounds, 8, 5, i, count)
-      )
-    for step in (0, 5, 13):
-      got = [s.batch(step) for s in streams]
-      for k, v in stream.batch(step).items():
-        np.testing.assert_array_equal(np.concatenate([g[k] for g in got]), v)
 
 
 def test_sliced_text_documents_by_position(tmp_path):

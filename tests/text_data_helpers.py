@@ -14,6 +14,15 @@ import numpy as np
 from perceiver_io.tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer()
+# `line_tables.process_rows` keywords for a table with a header whose
+# fields are guessed.
+HEADER_READ = dict(
+  text_fields=None,
+  label_field=None,
+  has_header=True,
+  task='classification',
+  class_map=None,
+)
 
 
 def write(path, data):
@@ -40,6 +49,56 @@ def ids(text, pair=None, max_length=32):
   return TOK.encode(
     text, pair, max_length=max_length, truncation=True, padding='max_length'
   )['input_ids']
+
+
+def eval_rows(source, split, index, count):
+  """(index, label) of every real row process `index` of `count` gets from
+  `make_text_dataset` (evaluation order), and the dataset's info."""
+  from perceiver_io.data import text as text_data  # pylint: disable=g-import-not-at-top
+
+  ds, info = text_data.make_text_dataset(
+    source,
+    split,
+    max_length=16,
+    batch_size=4,
+    repeat=False,
+    process_index=index,
+    process_count=count,
+  )
+  got = [
+    (int(i), int(y))
+    for b in ds.as_numpy_iterator()
+    for i, y, m in zip(b['index'], b['label'], b['mask'])
+    if m
+  ]
+  return got, info
+
+
+def assert_same_training_batches(config, split, steps, counts=(2, 4)):
+  """Training tables of 2 and 4 simulated processes build, step by step,
+  the global batches of one process (`host_data`'s fixed shards)."""
+  from experiments import host_data  # pylint: disable=g-import-not-at-top
+
+  single, info = host_data.load_process_table(
+    config, split, 'classification', True, 0, 1
+  )
+  bounds = info['bounds']
+  stream = host_data.ShardedTableStream(single, bounds, 8, 5)
+  for count in counts:
+    streams = []
+    for i in range(count):
+      table, part = host_data.load_process_table(
+        config, split, 'classification', True, i, count
+      )
+      assert part['bounds'] == bounds
+      streams.append(
+        host_data.ShardedTableStream(table, bounds, 8, 5, i, count)
+      )
+    for step in steps:
+      got = [s.batch(step) for s in streams]
+      for k, v in stream.batch(step).items():
+        np.testing.assert_array_equal(np.concatenate([g[k] for g in got]), v)
+  return bounds
 
 
 class Opened:
