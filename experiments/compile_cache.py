@@ -20,7 +20,7 @@ others may write.
 import contextlib
 import logging
 import os
-from typing import Iterator, List, Optional
+from typing import Dict, Iterator, Optional
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache
@@ -73,17 +73,25 @@ def scope() -> Iterator[Scope]:
 
 
 @contextlib.contextmanager
-def count_hits() -> Iterator[List[int]]:
-  """Counts the programs loaded from the cache inside the block
-  (`jax.monitoring` events): yields a one-element list."""
-  hits = [0]
+def watch(path: Optional[str]) -> Iterator[Dict[str, int]]:
+  """Counts, inside the block, the programs loaded from the cache
+  (`jax.monitoring` events) and the entries written to `path` (JAX keeps
+  only programs that took long enough to compile): yields {'loaded',
+  'kept'}, filled when the block ends."""
+  seen = {'loaded': 0, 'kept': 0}
+  before = _entries(path)
 
   def listener(event: str, **_) -> None:
     if event == _HIT:
-      hits[0] += 1
+      seen['loaded'] += 1
 
   jax.monitoring.register_event_listener(listener)
   try:
-    yield hits
+    yield seen
   finally:
     jax.monitoring.unregister_event_listener(listener)
+    seen['kept'] = len(_entries(path) - before)
+
+
+def _entries(path: Optional[str]) -> set:
+  return set(os.listdir(path)) if path and os.path.isdir(path) else set()

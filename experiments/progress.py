@@ -304,14 +304,14 @@ class TrainProgress:
         'compiling the train step (once per run; not counted in the '
         'rate or ETA)...'
       )
-    with compile_cache.count_hits() as hits:
+    with compile_cache.watch(cache_dir) as seen:
       yield
     if not self.enabled:
       return
     took = time.monotonic() - begin
-    if hits[0]:
+    if seen['loaded']:
       logging.info('loaded from the compilation cache in %.1f s.', took)
-    elif cache_dir:
+    elif seen['kept']:
       logging.info(
         'compiled in %.1f s (kept in %s for a restart).', took, cache_dir
       )

@@ -207,6 +207,9 @@ def test_first_run_output_in_a_log_file(tmp_path, subprocess_env):
   """The quickstart with bars on but stderr a pipe: plain lines only; the
   paths at the start and runnable commands at the end."""
   env = _offline_env(subprocess_env, tmp_path)
+  # A user's first run: no compilation cache yet (the session's shared one
+  # may hold this very step), so it compiles and keeps the step.
+  env.pop('JAX_COMPILATION_CACHE_DIR')
   workdir = str(tmp_path / 'run')
   proc = _run(
     [
@@ -223,6 +226,7 @@ def test_first_run_output_in_a_log_file(tmp_path, subprocess_env):
   assert f'writing to {workdir}: checkpoints/' in err
   assert 'tb/ (TensorBoard events), metrics.jsonl' in err
   assert 'compiling the train step' in err and 'compiled in ' in err
+  assert f'(kept in {workdir}/compilation_cache for a restart)' in err
   step_one = next(l for l in err.splitlines() if 'step 1/3 ' in l)
   assert 'examples/s' not in step_one and 'ETA' not in step_one
   assert 'GFLOP' not in err and 'process settings' not in err
