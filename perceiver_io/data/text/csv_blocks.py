@@ -27,6 +27,7 @@ without decoding (no UTF-8 sequence holds them).
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 import re
@@ -112,7 +113,14 @@ def read(path: str, start: int, stop: int) -> bytes:
 
 def head(path: str, size: int) -> tuple[int, int] | None:
   """Byte span of the file's first record that is not blank (the csv
-  module's reading: no fields, or one blank field), or None."""
+  module's reading: no fields, or one blank field), or None. Every block
+  a process reads needs it: found once per file version."""
+  return _head(path, size, os.stat(path).st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _head(path: str, size: int, mtime_ns: int) -> tuple[int, int] | None:
+  del mtime_ns  # Part of the cache key only.
   with open(path, 'rb') as f:
     start = len(_BOM) if f.read(len(_BOM)) == _BOM else 0
   while start < size:
